@@ -1,0 +1,316 @@
+//! One document, synced with any number of peers.
+//!
+//! A [`DocSession`] owns an Automerge document and one `sync::State` per
+//! peer. It never does I/O: [`DocSession::receive`] applies a peer's sync
+//! message and hands back the changes that are new, and the caller persists
+//! them *before* calling [`DocSession::generate`] for any peer, because a
+//! generated message advertises heads that contain those changes. That order
+//! is the durable acknowledgement: a peer that sees its change in our heads
+//! knows it is on disk.
+//!
+//! A caller that refuses what arrived (an actor the device may not use, a
+//! message over the size limit) must not persist it; it calls
+//! [`DocSession::replace_document`] with the last persisted state, which
+//! drops the refused changes from memory as well.
+
+use std::collections::HashMap;
+
+use automerge::sync::{self, SyncDoc};
+use automerge::{ActorId, Automerge, ChangeHash};
+
+use crate::ids::PeerId;
+
+/// A change that arrived from a peer and is not yet persisted.
+#[derive(Debug, Clone)]
+pub struct NewChange {
+    pub hash: ChangeHash,
+    pub actor: ActorId,
+    /// The change chunk, compressed as Automerge stores it.
+    pub bytes: Vec<u8>,
+    /// Operations in the change; a size measure independent of compression.
+    pub ops: u64,
+    /// Uncompressed size of the change chunk.
+    pub raw_len: usize,
+}
+
+/// What applying one sync message did.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// New changes in causal order, to be persisted before any `generate`.
+    pub new_changes: Vec<NewChange>,
+}
+
+impl Received {
+    /// Uncompressed bytes of all new changes: the "decompressed size" of the
+    /// sync message, for limits.
+    pub fn raw_len(&self) -> usize {
+        self.new_changes.iter().map(|c| c.raw_len).sum()
+    }
+}
+
+/// Why a sync message could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("sync data is not an Automerge sync message: {0}")]
+    BadSyncMessage(String),
+    #[error("changes in the sync message could not be applied: {0}")]
+    Apply(String),
+    #[error("sync state for this peer is corrupt: {0}")]
+    BadSyncState(String),
+}
+
+#[derive(Debug)]
+struct PeerSync {
+    state: sync::State,
+    last_seen_ms: u64,
+}
+
+/// A document and its per-peer sync states.
+#[derive(Debug)]
+pub struct DocSession {
+    doc: Automerge,
+    peers: HashMap<PeerId, PeerSync>,
+    last_activity_ms: u64,
+}
+
+impl DocSession {
+    pub fn new(doc: Automerge, now_ms: u64) -> Self {
+        DocSession {
+            doc,
+            peers: HashMap::new(),
+            last_activity_ms: now_ms,
+        }
+    }
+
+    pub fn document(&self) -> &Automerge {
+        &self.doc
+    }
+
+    /// Local edits (the device SDK, or the server creating a document).
+    /// The caller persists the resulting changes before generating messages.
+    pub fn document_mut(&mut self) -> &mut Automerge {
+        &mut self.doc
+    }
+
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// Replaces the in-memory document, keeping every peer's sync state.
+    ///
+    /// Used after compaction (a freshly loaded document does not retain the
+    /// memory that applying changes costs) and to drop refused changes.
+    /// Sync states stay valid because they only name change hashes; a peer
+    /// whose refused changes are now gone should be removed by the caller.
+    pub fn replace_document(&mut self, doc: Automerge) {
+        self.doc = doc;
+        for peer in self.peers.values_mut() {
+            // Anything we believed in flight may have referred to dropped
+            // changes; letting the peer re-announce is always safe.
+            peer.state.in_flight = false;
+            peer.state.sent_hashes.clear();
+        }
+    }
+
+    /// Starts syncing with a peer, resuming from a persisted sync state when
+    /// the peer has stable storage we saw before.
+    pub fn add_peer(
+        &mut self,
+        peer: PeerId,
+        saved_state: Option<&[u8]>,
+        now_ms: u64,
+    ) -> Result<(), SessionError> {
+        let state = match saved_state {
+            Some(bytes) => sync::State::decode(bytes)
+                .map_err(|e| SessionError::BadSyncState(e.to_string()))?,
+            None => sync::State::new(),
+        };
+        self.peers.insert(
+            peer,
+            PeerSync {
+                state,
+                last_seen_ms: now_ms,
+            },
+        );
+        self.last_activity_ms = self.last_activity_ms.max(now_ms);
+        Ok(())
+    }
+
+    pub fn has_peer(&self, peer: &PeerId) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    pub fn peer_ids(&self) -> impl Iterator<Item = &PeerId> {
+        self.peers.keys()
+    }
+
+    /// Stops syncing with a peer, returning its state to persist.
+    pub fn remove_peer(&mut self, peer: &PeerId) -> Option<Vec<u8>> {
+        self.peers.remove(peer).map(|p| p.state.encode())
+    }
+
+    /// The state to persist for a peer (only the durable part: shared heads).
+    pub fn encoded_state(&self, peer: &PeerId) -> Option<Vec<u8>> {
+        self.peers.get(peer).map(|p| p.state.encode())
+    }
+
+    /// The heads this peer has told us it has, if it has said.
+    pub fn their_heads(&self, peer: &PeerId) -> Option<&[ChangeHash]> {
+        self.peers.get(peer)?.state.their_heads.as_deref()
+    }
+
+    /// Time of the last message to or from any peer; for idle eviction.
+    pub fn last_activity_ms(&self) -> u64 {
+        self.last_activity_ms
+    }
+
+    /// Applies one sync message from `from`, in one batch.
+    ///
+    /// A peer we have not heard from is added with a fresh state.
+    pub fn receive(
+        &mut self,
+        from: &PeerId,
+        data: &[u8],
+        now_ms: u64,
+    ) -> Result<Received, SessionError> {
+        let message = sync::Message::decode(data)
+            .map_err(|e| SessionError::BadSyncMessage(e.to_string()))?;
+        let before = self.doc.get_heads();
+        let peer = self.peers.entry(from.clone()).or_insert_with(|| PeerSync {
+            state: sync::State::new(),
+            last_seen_ms: now_ms,
+        });
+        peer.last_seen_ms = now_ms;
+        self.last_activity_ms = self.last_activity_ms.max(now_ms);
+        self.doc
+            .receive_sync_message(&mut peer.state, message)
+            .map_err(|e| SessionError::Apply(e.to_string()))?;
+        if self.doc.get_heads() == before {
+            return Ok(Received::default());
+        }
+        let new_changes = self
+            .doc
+            .get_changes(&before)
+            .into_iter()
+            .map(|mut change| NewChange {
+                hash: change.hash(),
+                actor: change.actor_id().clone(),
+                ops: change.len() as u64,
+                raw_len: change.raw_bytes().len(),
+                bytes: change.bytes().into_owned(),
+            })
+            .collect();
+        Ok(Received { new_changes })
+    }
+
+    /// The next sync message for one peer, if there is anything to say.
+    pub fn generate(&mut self, peer: &PeerId, now_ms: u64) -> Option<Vec<u8>> {
+        let sync = self.peers.get_mut(peer)?;
+        let message = self.doc.generate_sync_message(&mut sync.state)?;
+        self.last_activity_ms = self.last_activity_ms.max(now_ms);
+        Some(message.encode())
+    }
+
+    /// The next sync message for every peer that needs one.
+    pub fn generate_all(&mut self, now_ms: u64) -> Vec<(PeerId, Vec<u8>)> {
+        let peers: Vec<PeerId> = self.peers.keys().cloned().collect();
+        peers
+            .into_iter()
+            .filter_map(|peer| self.generate(&peer, now_ms).map(|m| (peer, m)))
+            .collect()
+    }
+
+    /// True when every change in `hashes` is in the history of the heads
+    /// `peer` last told us. On a device, with `peer` the server, this is the
+    /// acknowledgement: the server persisted those changes.
+    pub fn peer_covers(&self, peer: &PeerId, hashes: &[ChangeHash]) -> bool {
+        let Some(theirs) = self.their_heads(peer) else {
+            return hashes.is_empty();
+        };
+        if theirs.iter().any(|h| self.doc.get_change_meta_by_hash(h).is_none()) {
+            // Their history is not all here yet; only exact heads count.
+            return hashes.iter().all(|h| theirs.contains(h));
+        }
+        // Changes we have that are not in their history.
+        let beyond: std::collections::HashSet<ChangeHash> = self
+            .doc
+            .get_changes_meta(theirs)
+            .into_iter()
+            .map(|m| m.hash)
+            .collect();
+        hashes.iter().all(|h| !beyond.contains(h))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+
+    fn peer(name: &str) -> PeerId {
+        PeerId::new(name).expect("peer id")
+    }
+
+    /// Runs the sync loop between two sessions until neither has anything to say.
+    pub(crate) fn sync_pair(a: &mut DocSession, a_id: &PeerId, b: &mut DocSession, b_id: &PeerId) {
+        for _ in 0..64 {
+            let a_to_b = a.generate(b_id, 0);
+            if let Some(m) = &a_to_b {
+                b.receive(a_id, m, 0).expect("b receives");
+            }
+            let b_to_a = b.generate(a_id, 0);
+            if let Some(m) = &b_to_a {
+                a.receive(b_id, m, 0).expect("a receives");
+            }
+            if a_to_b.is_none() && b_to_a.is_none() {
+                return;
+            }
+        }
+        panic!("sync did not quiesce");
+    }
+
+    #[test]
+    fn receive_reports_only_new_changes_and_they_converge() {
+        let (ida, idb) = (peer("a"), peer("b"));
+        let mut a = DocSession::new(Automerge::new(), 0);
+        let mut b = DocSession::new(Automerge::new(), 0);
+        a.add_peer(idb.clone(), None, 0).expect("add");
+        b.add_peer(ida.clone(), None, 0).expect("add");
+
+        let mut tx = a.document_mut().transaction();
+        tx.put(automerge::ROOT, "k", "v").expect("put");
+        tx.commit();
+
+        let m = a.generate(&idb, 0).expect("a has something to say");
+        let got = b.receive(&ida, &m, 0).expect("receive");
+        assert!(got.new_changes.is_empty(), "first message carries no changes");
+        sync_pair(&mut a, &ida, &mut b, &idb);
+        assert_eq!(a.heads(), b.heads());
+        assert!(b.peer_covers(&ida, &b.heads()));
+        assert!(a.peer_covers(&idb, &a.heads()));
+    }
+
+    #[test]
+    fn garbage_sync_data_is_an_error_not_a_panic() {
+        let mut s = DocSession::new(Automerge::new(), 0);
+        for data in [&b""[..], b"\x42", b"\xff\xff", b"\x42\x05\x00"] {
+            assert!(s.receive(&peer("x"), data, 0).is_err());
+        }
+    }
+
+    #[test]
+    fn a_saved_sync_state_resumes() {
+        let (ida, idb) = (peer("a"), peer("b"));
+        let mut a = DocSession::new(Automerge::new(), 0);
+        let mut b = DocSession::new(Automerge::new(), 0);
+        a.add_peer(idb.clone(), None, 0).expect("add");
+        b.add_peer(ida.clone(), None, 0).expect("add");
+        let mut tx = a.document_mut().transaction();
+        tx.put(automerge::ROOT, "k", 1).expect("put");
+        tx.commit();
+        sync_pair(&mut a, &ida, &mut b, &idb);
+        let saved = a.remove_peer(&idb).expect("state");
+        a.add_peer(idb.clone(), Some(&saved), 0).expect("resume");
+        assert!(a.add_peer(idb, Some(b"garbage"), 0).is_err());
+    }
+}

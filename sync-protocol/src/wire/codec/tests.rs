@@ -1,0 +1,226 @@
+//! Codec tests. The byte snapshots were produced independently with Python's
+//! `cbor2` encoding the same maps in the same key order, so they pin the wire
+//! format, not just this encoder's habits.
+
+use super::*;
+
+fn peer(s: &str) -> PeerId {
+    PeerId::new(s).expect("peer id")
+}
+
+fn storage(s: &str) -> StorageId {
+    StorageId::new(s).expect("storage id")
+}
+
+fn doc() -> DocumentId {
+    DocumentId::from_bytes([7; 16])
+}
+
+fn samples() -> Vec<(Message, &'static str)> {
+    vec![
+        (
+            Message::Join {
+                sender_id: peer("client-1"),
+                supported_protocol_versions: vec!["1".into()],
+                peer_metadata: Some(PeerMetadata {
+                    storage_id: Some(storage("store-1")),
+                    is_ephemeral: false,
+                }),
+            },
+            "a46474797065646a6f696e6873656e646572496468636c69656e742d317819737570706f7274656450726f746f636f6c56657273696f6e738161316c706565724d65746164617461a26973746f7261676549646773746f72652d316b6973457068656d6572616cf4",
+        ),
+        (
+            Message::Peer {
+                sender_id: peer("server"),
+                target_id: peer("client-1"),
+                selected_protocol_version: "1".into(),
+                peer_metadata: Some(PeerMetadata::default()),
+            },
+            "a5647479706564706565726873656e64657249646673657276657268746172676574496468636c69656e742d317773656c656374656450726f746f636f6c56657273696f6e61316c706565724d65746164617461a16b6973457068656d6572616cf4",
+        ),
+        (
+            Message::Leave {
+                sender_id: peer("client-1"),
+            },
+            "a26474797065656c656176656873656e646572496468636c69656e742d31",
+        ),
+        (
+            Message::Request {
+                sender_id: peer("client-1"),
+                target_id: peer("server"),
+                document_id: doc(),
+                data: vec![0x42, 0x00],
+            },
+            "a5647479706567726571756573746873656e646572496468636c69656e742d31687461726765744964667365727665726a646f63756d656e744964781b36674d48586a735a356378646e34715362674759595938436e4b4b6464617461424200",
+        ),
+        (
+            Message::Sync {
+                sender_id: peer("server"),
+                target_id: peer("client-1"),
+                document_id: doc(),
+                data: vec![0x42, 0x01],
+            },
+            "a564747970656473796e636873656e64657249646673657276657268746172676574496468636c69656e742d316a646f63756d656e744964781b36674d48586a735a356378646e34715362674759595938436e4b4b6464617461424201",
+        ),
+        (
+            Message::DocUnavailable {
+                sender_id: peer("server"),
+                target_id: peer("client-1"),
+                document_id: doc(),
+            },
+            "a464747970656f646f632d756e617661696c61626c656873656e64657249646673657276657268746172676574496468636c69656e742d316a646f63756d656e744964781b36674d48586a735a356378646e34715362674759595938436e4b4b",
+        ),
+        (
+            Message::Ephemeral {
+                sender_id: peer("client-1"),
+                target_id: peer("server"),
+                count: 3,
+                session_id: "s-1".into(),
+                document_id: doc(),
+                data: vec![0xa0],
+            },
+            "a7647479706569657068656d6572616c6873656e646572496468636c69656e742d316874617267657449646673657276657265636f756e74036973657373696f6e496463732d316a646f63756d656e744964781b36674d48586a735a356378646e34715362674759595938436e4b4b646461746141a0",
+        ),
+        (
+            Message::Error {
+                message: "bad".into(),
+                sender_id: Some(peer("server")),
+                target_id: Some(peer("client-1")),
+            },
+            "a46474797065656572726f726873656e64657249646673657276657268746172676574496468636c69656e742d31676d65737361676563626164",
+        ),
+        (
+            Message::RemoteSubscriptionChange {
+                sender_id: peer("client-1"),
+                target_id: peer("server"),
+                add: vec![storage("store-2")],
+                remove: vec![],
+            },
+            "a56474797065781a72656d6f74652d737562736372697074696f6e2d6368616e67656873656e646572496468636c69656e742d316874617267657449646673657276657263616464816773746f72652d326672656d6f766580",
+        ),
+        (
+            Message::RemoteHeadsChanged {
+                sender_id: peer("server"),
+                target_id: peer("client-1"),
+                document_id: doc(),
+                new_heads: [(
+                    storage("store-2"),
+                    RemoteHeads {
+                        heads: vec!["aGVhZA==".into()],
+                        timestamp: 1_700_000_000_000,
+                    },
+                )]
+                .into_iter()
+                .collect(),
+            },
+            "a564747970657472656d6f74652d68656164732d6368616e6765646873656e64657249646673657276657268746172676574496468636c69656e742d316a646f63756d656e744964781b36674d48586a735a356378646e34715362674759595938436e4b4b686e65774865616473a16773746f72652d32a26568656164738168614756685a413d3d6974696d657374616d701b0000018bcfe56800",
+        ),
+    ]
+}
+
+#[test]
+fn every_message_matches_its_byte_snapshot_and_round_trips() {
+    let limits = Limits::default();
+    for (message, snapshot) in samples() {
+        let bytes = encode(&message);
+        assert_eq!(hex::encode(&bytes), snapshot, "{} snapshot", message.type_name());
+        assert_eq!(decode(&bytes, &limits), Ok(message));
+    }
+}
+
+#[test]
+fn decoding_accepts_any_key_order_and_skips_unknown_fields() {
+    // {"extra": [1, {"x": 2}], "senderId": "c", "type": "leave"}
+    let mut e = Encoder::new(Vec::new());
+    e.map(3).expect("cbor");
+    e.str("extra").expect("cbor").array(2).expect("cbor").u8(1).expect("cbor");
+    e.map(1).expect("cbor").str("x").expect("cbor").u8(2).expect("cbor");
+    e.str("senderId").expect("cbor").str("c").expect("cbor");
+    e.str("type").expect("cbor").str("leave").expect("cbor");
+    let message = decode(&e.into_writer(), &Limits::default());
+    assert_eq!(message, Ok(Message::Leave { sender_id: peer("c") }));
+}
+
+#[test]
+fn decoding_accepts_the_spec_single_version_and_metadata_spelling() {
+    let mut e = Encoder::new(Vec::new());
+    e.map(4).expect("cbor");
+    e.str("type").expect("cbor").str("join").expect("cbor");
+    e.str("senderId").expect("cbor").str("c").expect("cbor");
+    e.str("supportedProtocolVersions").expect("cbor").str("1").expect("cbor");
+    e.str("metadata").expect("cbor").map(1).expect("cbor");
+    e.str("isEphemeral").expect("cbor").bool(true).expect("cbor");
+    let message = decode(&e.into_writer(), &Limits::default()).expect("join");
+    assert_eq!(
+        message,
+        Message::Join {
+            sender_id: peer("c"),
+            supported_protocol_versions: vec!["1".into()],
+            peer_metadata: Some(PeerMetadata {
+                storage_id: None,
+                is_ephemeral: true
+            }),
+        }
+    );
+}
+
+#[test]
+fn bad_input_is_malformed_not_a_panic() {
+    let limits = Limits::default();
+    let cases: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xff],
+        vec![0x01],                      // an integer, not a map
+        hex::decode("a1647479706563").expect("hex"), // truncated
+        hex::decode("a164747970650a").expect("hex"), // type is a number
+        // a sync without data
+        hex::decode("a364747970656473796e636873656e646572496461636874617267657449646173").expect("hex"),
+        // a byte string that claims 4 GiB inside a 10-byte frame
+        hex::decode("a164646174615affffffff00").expect("hex"),
+    ];
+    for case in cases {
+        match decode(&case, &limits) {
+            Err(DecodeError::Malformed(_)) => {}
+            other => panic!("{} decoded to {other:?}", hex::encode(&case)),
+        }
+    }
+}
+
+#[test]
+fn unknown_types_and_bad_document_ids_are_reported() {
+    let limits = Limits::default();
+    let mut e = Encoder::new(Vec::new());
+    e.map(2).expect("cbor");
+    e.str("type").expect("cbor").str("teleport").expect("cbor");
+    e.str("senderId").expect("cbor").str("c").expect("cbor");
+    assert_eq!(
+        decode(&e.into_writer(), &limits),
+        Err(DecodeError::UnknownType("teleport".into()))
+    );
+
+    let mut e = Encoder::new(Vec::new());
+    e.map(4).expect("cbor");
+    e.str("type").expect("cbor").str("doc-unavailable").expect("cbor");
+    e.str("senderId").expect("cbor").str("c").expect("cbor");
+    e.str("targetId").expect("cbor").str("s").expect("cbor");
+    e.str("documentId").expect("cbor").str("not-base58!").expect("cbor");
+    assert!(matches!(decode(&e.into_writer(), &limits), Err(DecodeError::Malformed(_))));
+}
+
+#[test]
+fn limits_are_checked_before_decoding() {
+    let limits = Limits {
+        max_frame_bytes: 8,
+        max_items: 2,
+    };
+    assert_eq!(
+        decode(&[0u8; 9], &limits),
+        Err(DecodeError::TooLarge { size: 9, limit: 8 })
+    );
+    // An indefinite map with more entries than allowed.
+    let frame = hex::decode("bf61610161620161630dff").expect("hex");
+    assert!(matches!(
+        decode(&frame, &Limits { max_frame_bytes: 64, max_items: 2 }),
+        Err(DecodeError::TooLarge { .. })
+    ));
+}
