@@ -1,1 +1,103 @@
-//! x
+//! The Doorstep sync server.
+//!
+//! Devices sync their branch's Automerge documents over `/sync`, which speaks
+//! the automerge-repo v1 WebSocket protocol so stock `@automerge/automerge-repo`
+//! clients work. Every change is committed to SQLite before any peer is told
+//! heads that contain it, and every message is checked against the device's
+//! branch.
+//!
+//! ```text
+//! config     settings, limits and their defaults
+//! tenancy    district > sub-district > branch paths, roles, scope checks
+//! auth       tokens, password hashing
+//! store      sqlx persistence: tenants, users, devices, documents, chunks
+//! hub        documents in memory: one DocSession each, persist-then-advertise
+//! sync       the /sync WebSocket connection: handshake, access, limits
+//! http       the JSON API, its extractors and its single error edge
+//! cli        `doorstep` subcommands for operators
+//! ```
+//!
+//! [`run`] serves a bound listener until a shutdown future resolves; `main`
+//! only parses the command line.
+
+pub mod admin;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod store;
+pub mod sync;
+pub mod tenancy;
+mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+use hub::Hub;
+use store::Store;
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    pub config: Arc<Config>,
+}
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("serving failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves the API and `/sync` on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let store = Store::open(&config.database_path).await?;
+    serve(config, store, listener, shutdown).await
+}
+
+/// Like [`run`], with a store the caller opened.
+pub async fn serve(
+    config: Config,
+    store: Store,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let config = Arc::new(config);
+    let hub = Hub::start(store.clone(), config.clone()).await?;
+    let state = AppState {
+        store,
+        hub: hub.clone(),
+        config: config.clone(),
+    };
+    let app = http::router(state);
+    let local = listener.local_addr()?;
+    let result = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            tracing::info!(%local, "serving HTTPS and WSS");
+            tls::serve(listener, app, cert, key, shutdown).await
+        }
+        _ => {
+            tracing::info!(%local, "serving HTTP and WS");
+            axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(StartError::Io)
+        }
+    };
+    hub.shutdown().await;
+    result
+}

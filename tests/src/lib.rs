@@ -1,1 +1,249 @@
-//! x
+//! Test harness for Doorstep's end-to-end tests.
+//!
+//! [`TestServer`] runs the real server on `127.0.0.1:0` over a temporary
+//! SQLite file; [`ServerProcess`] runs the real `doorstep` binary instead,
+//! for tests that kill it. [`TestPeer`] is a small automerge-repo peer over a
+//! real WebSocket, built on `doorstep-protocol`'s session.
+
+mod peer;
+mod process;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use doorstep_protocol::TenantId;
+use doorstep_server::admin;
+use doorstep_server::config::Config;
+use doorstep_server::store::{Store, Tenant};
+use doorstep_server::tenancy::{Level, Role};
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+pub use peer::{SyncOutcome, TestPeer};
+pub use process::ServerProcess;
+
+/// A district with two sub-districts, each with a branch.
+#[derive(Debug, Clone)]
+pub struct District {
+    pub district: Tenant,
+    pub xiangyang: Tenant,
+    pub dongfeng: Tenant,
+    /// Under Xiangyang.
+    pub yingfeng: Tenant,
+    /// Under Dongfeng.
+    pub fenghuangting: Tenant,
+}
+
+/// What enrolling a device returns.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Enrolled {
+    pub device_id: String,
+    pub branch_id: String,
+    pub token: String,
+    pub documents: Vec<DocumentEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DocumentEntry {
+    pub document_id: String,
+    pub url: String,
+    pub kind: String,
+    pub month: Option<String>,
+}
+
+/// A server running in this process.
+#[derive(Debug)]
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub store: Store,
+    data_dir: Option<tempfile::TempDir>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server with default settings.
+    pub async fn spawn() -> anyhow::Result<TestServer> {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Starts a server after `configure` adjusts its settings.
+    pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> anyhow::Result<TestServer> {
+        let data_dir = tempfile::tempdir()?;
+        Self::spawn_in(data_dir, configure).await
+    }
+
+    /// Starts a server on an existing data directory (a restart).
+    pub async fn spawn_in(data_dir: tempfile::TempDir, configure: impl FnOnce(&mut Config)) -> anyhow::Result<TestServer> {
+        init_tracing();
+        let mut config = Config::new(data_dir.path().join("doorstep.db"));
+        configure(&mut config);
+        let store = Store::open(&config.database_path).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = oneshot::channel();
+        let server_store = store.clone();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = rx.await;
+            };
+            if let Err(e) = doorstep_server::serve(config, server_store, listener, shutdown).await {
+                eprintln!("test server failed: {e}");
+            }
+        });
+        Ok(TestServer {
+            addr,
+            store,
+            data_dir: Some(data_dir),
+            shutdown: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    /// Stops the server and waits for it; the data directory stays.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        self.store.close().await;
+        self.data_dir.take().expect("a running server has its data directory")
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.as_ref().expect("a running server has its data directory").path()
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/sync", self.addr)
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir().join("doorstep.db")
+    }
+
+    /// A document as the server stored it (what survives a restart).
+    pub async fn stored_document(&self, id: doorstep_protocol::DocumentId) -> anyhow::Result<automerge::Automerge> {
+        stored_document(&self.store, id).await
+    }
+
+    /// The demo-shaped tenant tree.
+    pub async fn district(&self) -> anyhow::Result<District> {
+        make_district(&self.store).await
+    }
+
+    /// Enrolls a device to `branch` through the real HTTP endpoint.
+    pub async fn enroll(&self, branch: TenantId, label: &str) -> anyhow::Result<Enrolled> {
+        enroll(&self.store, &self.http_url(), branch, label).await
+    }
+
+    /// Creates a user and logs in, returning an API token.
+    pub async fn login_as(&self, username: &str, role: Role, tenant: TenantId) -> anyhow::Result<String> {
+        let password = "a long enough password";
+        admin::create_user(&self.store, username, password, role, tenant, "test").await?;
+        let response: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/api/v1/login", self.http_url()))
+            .json(&serde_json::json!({ "username": username, "password": password }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(response["token"].as_str().context("login token")?.to_owned())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Server logs in test output (shown for failing tests); `RUST_LOG` filters.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+pub async fn make_district(store: &Store) -> anyhow::Result<District> {
+    let district = store.create_tenant(None, Level::District, "燕山工委").await?;
+    let xiangyang = store.create_tenant(Some(district.id), Level::SubDistrict, "向阳街道").await?;
+    let dongfeng = store.create_tenant(Some(district.id), Level::SubDistrict, "东风街道").await?;
+    let yingfeng = store.create_tenant(Some(xiangyang.id), Level::Branch, "迎风怡丽社区").await?;
+    let fenghuangting = store.create_tenant(Some(dongfeng.id), Level::Branch, "凤凰亭社区").await?;
+    Ok(District {
+        district,
+        xiangyang,
+        dongfeng,
+        yingfeng,
+        fenghuangting,
+    })
+}
+
+/// Loads a document from a store's chunks.
+pub async fn stored_document(store: &Store, id: doorstep_protocol::DocumentId) -> anyhow::Result<automerge::Automerge> {
+    let mut doc = automerge::Automerge::new();
+    for chunk in store.load_chunks(id).await?.chunks {
+        doc.load_incremental(&chunk)?;
+    }
+    Ok(doc)
+}
+
+/// Issues a code with the operator API and exchanges it over HTTP.
+pub async fn enroll(store: &Store, http_url: &str, branch: TenantId, label: &str) -> anyhow::Result<Enrolled> {
+    let issued = admin::issue_enrollment_code(store, branch, label, 1, "test").await?;
+    let response = reqwest::Client::new()
+        .post(format!("{http_url}/api/v1/enroll"))
+        .json(&serde_json::json!({ "code": issued.code }))
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!("enroll failed: {}", response.status());
+    }
+    Ok(response.json().await?)
+}
+
+/// Registers an actor id for a device over HTTP.
+pub async fn register_actor(http_url: &str, token: &str, actor: &automerge::ActorId) -> anyhow::Result<reqwest::StatusCode> {
+    Ok(reqwest::Client::new()
+        .post(format!("{http_url}/api/v1/device/actors"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "actor_id": actor.to_hex_string() }))
+        .send()
+        .await?
+        .status())
+}
+
+/// Waits until `check` passes or `timeout` runs out.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("condition not met within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The workspace root, for files the tests use (the JS harness).
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent")
+}

@@ -1,1 +1,61 @@
-fn main(){}
+//! End-to-end tests: the real server on 127.0.0.1:0 with a temporary SQLite
+//! database, driven over real sockets.
+
+mod api;
+mod bad_input;
+mod durability;
+mod interop;
+mod sync;
+mod tls;
+
+use automerge::ActorId;
+use doorstep_protocol::schema::roster::{Member, MemberKind};
+use doorstep_protocol::schema::{write_record, RecordId};
+use doorstep_protocol::DocumentId;
+use doorstep_tests::{register_actor, Enrolled, TestPeer};
+
+#[derive(Debug)]
+/// A device enrolled to a branch, connected, with its roster synced and an
+/// actor registered for its edits.
+pub struct Device {
+    pub enrolled: Enrolled,
+    pub peer: TestPeer,
+    pub roster: DocumentId,
+    pub actor: ActorId,
+}
+
+pub async fn connected_device(http_url: &str, ws_url: &str, enrolled: Enrolled, storage: Option<&str>) -> anyhow::Result<Device> {
+    let roster: DocumentId = enrolled
+        .documents
+        .iter()
+        .find(|d| d.kind == "roster")
+        .ok_or_else(|| anyhow::anyhow!("no roster in the document list"))?
+        .document_id
+        .parse()?;
+    let mut peer = TestPeer::connect(ws_url, &enrolled.token, storage).await?;
+    assert_eq!(peer.sync(roster).await?, doorstep_tests::SyncOutcome::Synced);
+    let actor = ActorId::random();
+    assert!(register_actor(http_url, &enrolled.token, &actor).await?.is_success());
+    peer.document_mut(roster).expect("synced roster").set_actor(actor.clone());
+    Ok(Device {
+        enrolled,
+        peer,
+        roster,
+        actor,
+    })
+}
+
+/// Adds a member to the device's roster replica (not yet synced).
+pub fn add_member(device: &mut Device, name: &str) -> RecordId {
+    let id = RecordId::new_v7();
+    let member = Member {
+        name: name.into(),
+        kinds: [MemberKind::Hardship].into(),
+        ..Member::default()
+    };
+    let doc = device.peer.document_mut(device.roster).expect("roster");
+    let mut tx = doc.transaction();
+    write_record(&mut tx, id, &member).expect("write member");
+    tx.commit();
+    id
+}

@@ -1,0 +1,326 @@
+//! The `doorstep` command line: `serve`, and operator commands that work on
+//! the database directly (the operator on the server's machine is trusted
+//! with all of it; remote administrators use the JSON API instead).
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use doorstep_protocol::{DeviceId, TenantId};
+use serde::Serialize;
+
+use crate::admin;
+use crate::config::{Config, SyncLimits};
+use crate::store::Store;
+use crate::tenancy::{Level, Role, TenantPath};
+
+/// Doorstep: offline-first field data sync for a district's branches.
+#[derive(Debug, Parser)]
+#[command(name = "doorstep", version)]
+pub struct Cli {
+    /// Where the embedded database lives.
+    #[arg(long, env = "DOORSTEP_DATA_DIR", default_value = "./doorstep-data", global = true)]
+    pub data_dir: PathBuf,
+    /// Print results as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sync server.
+    Serve(ServeArgs),
+    /// Districts, sub-districts and branches.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// People who log in to the API.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// One-time codes that enroll a device to a branch.
+    #[command(subcommand, name = "enroll-code")]
+    EnrollCode(EnrollCodeCommand),
+    /// Enrolled devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "DOORSTEP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain; with --tls-key, serve HTTPS and WSS.
+    #[arg(long, env = "DOORSTEP_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long, env = "DOORSTEP_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest WebSocket message accepted, in bytes.
+    #[arg(long, env = "DOORSTEP_MAX_MESSAGE_BYTES", default_value_t = SyncLimits::default().max_message_bytes)]
+    pub max_message_bytes: usize,
+    /// Largest total of uncompressed change bytes in one sync message.
+    #[arg(long, env = "DOORSTEP_MAX_SYNC_CHANGE_BYTES", default_value_t = SyncLimits::default().max_sync_change_bytes)]
+    pub max_sync_change_bytes: usize,
+    /// Sustained messages per second one device may send.
+    #[arg(long, env = "DOORSTEP_MESSAGES_PER_SECOND", default_value_t = SyncLimits::default().messages_per_second)]
+    pub messages_per_second: u32,
+    /// Messages one device may send in a burst.
+    #[arg(long, env = "DOORSTEP_MESSAGE_BURST", default_value_t = SyncLimits::default().message_burst)]
+    pub message_burst: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a district, a sub-district under a district, or a branch under a sub-district.
+    Create {
+        #[arg(long, value_enum)]
+        level: Level,
+        #[arg(long)]
+        name: String,
+        /// The parent tenant's id (not for a district).
+        #[arg(long)]
+        parent: Option<TenantId>,
+    },
+    /// List every tenant.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user. The password comes from DOORSTEP_PASSWORD or standard input.
+    Create {
+        #[arg(long)]
+        username: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        #[arg(long)]
+        tenant: TenantId,
+    },
+    /// List every user.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnrollCodeCommand {
+    /// Issue a code; the device exchanges it at POST /api/v1/enroll.
+    Create {
+        #[arg(long)]
+        branch: TenantId,
+        /// What the device is, e.g. "Li Na's phone".
+        #[arg(long)]
+        label: String,
+        #[arg(long, default_value_t = 72)]
+        ttl_hours: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// List every device.
+    List,
+    /// Revoke a device at once; a running server closes its sockets within a second.
+    Revoke { id: DeviceId },
+    /// The documents a device should sync.
+    Documents { id: DeviceId },
+}
+
+impl Cli {
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("doorstep.db")
+    }
+
+    pub fn server_config(&self, args: &ServeArgs) -> Config {
+        let mut config = Config::new(self.database_path());
+        config.tls_cert = args.tls_cert.clone();
+        config.tls_key = args.tls_key.clone();
+        config.limits = SyncLimits {
+            max_message_bytes: args.max_message_bytes,
+            max_sync_change_bytes: args.max_sync_change_bytes,
+            messages_per_second: args.messages_per_second,
+            message_burst: args.message_burst,
+        };
+        config
+    }
+}
+
+/// Parses the command line and runs it: the whole of the `doorstep` binary.
+pub async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let store = Store::open(&cli.database_path()).await?;
+    match &cli.command {
+        Command::Serve(args) => {
+            let config = cli.server_config(args);
+            let listener = tokio::net::TcpListener::bind(args.listen).await?;
+            let tls = config.tls_cert.is_some();
+            println!("{}", first_steps(&store, listener.local_addr()?, tls).await?);
+            crate::serve(config, store, listener, shutdown_signal()).await?;
+            Ok(())
+        }
+        _ => run_admin(&cli, &store).await,
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
+/// What a new operator should do next, printed when `serve` starts.
+pub async fn first_steps(store: &Store, listen: SocketAddr, tls: bool) -> anyhow::Result<String> {
+    let scheme = if tls { "https" } else { "http" };
+    let mut text = format!("Doorstep is listening on {scheme}://{listen} (health: {scheme}://{listen}/healthz)\n");
+    if store.user_count().await? == 0 {
+        text.push_str(
+            "No users yet. Create the district and its first admin (in another terminal):\n\
+             \x20 doorstep tenant create --level district --name \"Yanshan\"\n\
+             \x20 DOORSTEP_PASSWORD='choose-a-password' doorstep user create --username admin --role district_admin --tenant <district id>\n\
+             Then add sub-districts and branches, and enroll a device:\n\
+             \x20 doorstep tenant create --level sub_district --name \"Xiangyang\" --parent <district id>\n\
+             \x20 doorstep tenant create --level branch --name \"Yingfeng-Yili\" --parent <sub-district id>\n\
+             \x20 doorstep enroll-code create --branch <branch id> --label \"volunteer phone\"\n",
+        );
+    }
+    Ok(text)
+}
+
+fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        println!("{}", human(value));
+    }
+    Ok(())
+}
+
+fn read_password() -> anyhow::Result<String> {
+    if let Ok(password) = std::env::var("DOORSTEP_PASSWORD") {
+        return Ok(password);
+    }
+    eprintln!("password (one line on standard input):");
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// Runs an operator command against the database.
+pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
+    const BY: &str = "cli";
+    match &cli.command {
+        Command::Serve(_) => anyhow::bail!("serve is run by cli::main"),
+        Command::Tenant(TenantCommand::Create { level, name, parent }) => {
+            let tenant = store.create_tenant(*parent, *level, name).await?;
+            store.audit(BY, "tenant.create", &tenant.id.to_string(), Some(&tenant.name)).await?;
+            print(cli.json, &tenant, |t| format!("created {} {} ({})", t.level.as_str(), t.id, t.name))
+        }
+        Command::Tenant(TenantCommand::List) => {
+            let mut tenants = Vec::new();
+            for root in store.tenants_within_roots().await? {
+                tenants.extend(store.tenants_within(&root).await?);
+            }
+            print(cli.json, &tenants, |ts| {
+                ts.iter()
+                    .map(|t| format!("{}{} {} {}", "  ".repeat(t.path.depth() - 1), t.id, t.level.as_str(), t.name))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        Command::User(UserCommand::Create { username, role, tenant }) => {
+            let password = read_password()?;
+            let user = admin::create_user(store, username, &password, *role, *tenant, BY).await?;
+            print(cli.json, &user, |u| format!("created user {} ({})", u.username, u.role.as_str()))
+        }
+        Command::User(UserCommand::List) => {
+            let mut users = Vec::new();
+            for root in store.tenants_within_roots().await? {
+                users.extend(store.users_within(&root).await?);
+            }
+            print(cli.json, &users, |us| {
+                us.iter()
+                    .map(|u| format!("{} {} {}", u.username, u.role.as_str(), u.tenant_id))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        Command::EnrollCode(EnrollCodeCommand::Create { branch, label, ttl_hours }) => {
+            let issued = admin::issue_enrollment_code(store, *branch, label, *ttl_hours, BY).await?;
+            print(cli.json, &issued, |i| {
+                format!(
+                    "enrollment code {} for \"{}\" (one use, expires in {ttl_hours} h)\n\
+                     a device exchanges it with: POST /api/v1/enroll {{\"code\": \"{}\"}}",
+                    i.code, i.details.label, i.code
+                )
+            })
+        }
+        Command::Device(DeviceCommand::List) => {
+            let mut devices = Vec::new();
+            for root in store.tenants_within_roots().await? {
+                devices.extend(store.devices_within(&root).await?);
+            }
+            print(cli.json, &devices, |ds| {
+                ds.iter()
+                    .map(|d| {
+                        let state = if d.revoked_at.is_some() { "revoked" } else { "active" };
+                        format!("{} {} {} {}", d.id, d.branch_id, state, d.label)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        Command::Device(DeviceCommand::Revoke { id }) => {
+            let revoked = admin::revoke_device(store, *id, BY).await?;
+            if !revoked && store.device(*id).await?.is_none() {
+                anyhow::bail!("no device {id}");
+            }
+            print(cli.json, &serde_json::json!({ "revoked": revoked }), |_| {
+                if revoked {
+                    format!("revoked {id}; a running server closes its connections within a second")
+                } else {
+                    format!("{id} was already revoked")
+                }
+            })
+        }
+        Command::Device(DeviceCommand::Documents { id }) => {
+            let device = store.device(*id).await?.ok_or_else(|| anyhow::anyhow!("no device {id}"))?;
+            let documents = admin::device_documents(store, &device).await?;
+            print(cli.json, &documents, |ds| {
+                ds.iter()
+                    .map(|d| format!("{} {:?} {}", d.url, d.kind, d.month.as_deref().unwrap_or("")))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+    }
+}
+
+impl Store {
+    /// The paths of every district (root tenant).
+    pub async fn tenants_within_roots(&self) -> Result<Vec<TenantPath>, crate::store::StoreError> {
+        let paths: Vec<String> = sqlx::query_scalar("select path from tenants where parent_id is null order by path")
+            .fetch_all(self.pool())
+            .await?;
+        paths
+            .iter()
+            .map(|p| p.parse().map_err(crate::store::StoreError::Corrupt))
+            .collect()
+    }
+}

@@ -1,0 +1,76 @@
+//! Server settings. Every setting has a default that runs a district on one
+//! machine; `doorstep serve --help` lists the flags and environment variables.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use doorstep_protocol::wire::Limits;
+
+/// Settings for one server process.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub database_path: PathBuf,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub limits: SyncLimits,
+    /// Interval between server pings on an idle socket.
+    pub ping_interval: Duration,
+    /// A socket that sends nothing at all for this long is closed.
+    pub idle_timeout: Duration,
+    /// A document no peer has touched for this long leaves memory.
+    pub document_idle: Duration,
+    /// How often to look for devices revoked by another process (the CLI).
+    pub revocation_poll: Duration,
+    /// Lifetime of an API login.
+    pub session_ttl: Duration,
+}
+
+/// Bounds on what one device may send.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncLimits {
+    /// Largest WebSocket message, in bytes.
+    pub max_message_bytes: usize,
+    /// Largest total of uncompressed change bytes in one sync message.
+    pub max_sync_change_bytes: usize,
+    /// Sustained messages per second per device; faster senders are slowed.
+    pub messages_per_second: u32,
+    /// Messages a device may send in a burst before it is slowed.
+    pub message_burst: u32,
+}
+
+impl SyncLimits {
+    pub fn wire_limits(&self) -> Limits {
+        Limits {
+            max_frame_bytes: self.max_message_bytes,
+            ..Limits::default()
+        }
+    }
+}
+
+impl Default for SyncLimits {
+    fn default() -> Self {
+        SyncLimits {
+            max_message_bytes: 32 * 1024 * 1024,
+            max_sync_change_bytes: 128 * 1024 * 1024,
+            messages_per_second: 200,
+            message_burst: 2000,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults for a database at `database_path`.
+    pub fn new(database_path: impl Into<PathBuf>) -> Self {
+        Config {
+            database_path: database_path.into(),
+            tls_cert: None,
+            tls_key: None,
+            limits: SyncLimits::default(),
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(90),
+            document_idle: Duration::from_secs(300),
+            revocation_poll: Duration::from_secs(1),
+            session_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Durable state on SQLite through sqlx.
+//!
+//! The database runs in WAL mode with `synchronous=FULL`: a commit has
+//! reached the disk when it returns, which is what the server's
+//! acknowledgement promises. Both settings are set and read back at start.
+//! Migrations are embedded in the binary and applied on open.
+
+mod devices;
+mod documents;
+mod tenants;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+pub use devices::{Device, EnrollError, EnrollmentCode};
+pub use documents::{DocumentKindRow, DocumentRow, StoredChunks};
+pub use tenants::{Tenant, User};
+
+/// Milliseconds since the Unix epoch: the unit of every stored time.
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("database setting {setting} is {actual}, expected {expected}")]
+    Setting {
+        setting: &'static str,
+        actual: String,
+        expected: &'static str,
+    },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl StoreError {
+    /// True when the disk is full: callers report it without losing state.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::Database(e)) if e.code().as_deref() == Some("13"))
+    }
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        let store = Store { pool };
+        store.check_durability().await?;
+        sqlx::migrate!("../migrations/sqlite").run(&store.pool).await?;
+        Ok(store)
+    }
+
+    /// Reads back the settings the acknowledgement depends on.
+    async fn check_durability(&self) -> Result<(), StoreError> {
+        let journal: String = sqlx::query_scalar("pragma journal_mode")
+            .fetch_one(&self.pool)
+            .await?;
+        if !journal.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Setting {
+                setting: "journal_mode",
+                actual: journal,
+                expected: "wal",
+            });
+        }
+        let synchronous: i64 = sqlx::query_scalar("pragma synchronous")
+            .fetch_one(&self.pool)
+            .await?;
+        // 2 is FULL.
+        if synchronous != 2 {
+            return Err(StoreError::Setting {
+                setting: "synchronous",
+                actual: synchronous.to_string(),
+                expected: "FULL (2)",
+            });
+        }
+        Ok(())
+    }
+
+    /// Closes every connection (after which the file can be reopened cleanly).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A write transaction that takes the write lock up front. SQLite's
+    /// default deferred transaction fails with SQLITE_BUSY_SNAPSHOT (517),
+    /// which no busy timeout retries, when it reads and then writes while
+    /// another connection committed in between.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.pool.begin_with("begin immediate").await
+    }
+
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// This installation's automerge-repo storage id, made on first use.
+    pub async fn storage_id(&self) -> Result<String, StoreError> {
+        let fresh = uuid::Uuid::new_v4().to_string();
+        sqlx::query("insert into server_meta (key, value) values ('storage_id', ?) on conflict (key) do nothing")
+            .bind(&fresh)
+            .execute(&self.pool)
+            .await?;
+        Ok(sqlx::query_scalar("select value from server_meta where key = 'storage_id'")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Records who did what; never holds secrets.
+    pub async fn audit(&self, actor: &str, action: &str, subject: &str, detail: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query("insert into audit (at, actor, action, subject, detail) values (?, ?, ?, ?, ?)")
+            .bind(now_ms())
+            .bind(actor)
+            .bind(action)
+            .bind(subject)
+            .bind(detail)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The most recent audit entries, newest first.
+    pub async fn audit_tail(&self, limit: i64) -> Result<Vec<(i64, String, String, String)>, StoreError> {
+        let rows = sqlx::query("select at, actor, action, subject from audit order by id desc limit ?")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+            .collect()
+    }
+}
+
+/// Parses a stored id column, reporting corruption instead of panicking.
+fn parse_column<T: FromStr>(value: &str, what: &str) -> Result<T, StoreError> {
+    value
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("{what} {value:?} does not parse")))
+}

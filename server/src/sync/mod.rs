@@ -1,0 +1,408 @@
+//! The `/sync` WebSocket: automerge-repo's protocol, with Doorstep's rules.
+//!
+//! The device is authenticated at the upgrade (`Authorization: Bearer` or,
+//! for browser clients that cannot set headers, `?token=`). A refused token
+//! still completes the upgrade and is answered with an `error` message and a
+//! close: stock Node clients crash on a failed upgrade, and browsers cannot
+//! read its status anyway. Every message that names a document is checked
+//! against the database; a document the device may not open gets exactly
+//! the `doc-unavailable` a missing one gets.
+
+pub mod rate;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use doorstep_protocol::wire::{self, DecodeError, Message, PeerMetadata, PROTOCOL_VERSION};
+use doorstep_protocol::{DocumentId, PeerId, StorageId};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::auth::hash_secret;
+use crate::hub::{Access, Connection, Hub, Outbound, SyncRefusal};
+use crate::store::Device;
+use crate::AppState;
+
+/// Close codes (4000-4999 are for applications).
+pub mod close_code {
+    /// The token is unknown or revoked.
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// The device was revoked while connected.
+    pub const REVOKED: u16 = 4403;
+    /// The client broke the protocol or a limit.
+    pub const PROTOCOL: u16 = 1002;
+    pub const TOO_LARGE: u16 = 1009;
+    pub const GOING_AWAY: u16 = 1001;
+    /// The server could not store what was sent; retry later.
+    pub const TRY_AGAIN: u16 = 1013;
+}
+
+/// Query of `GET /sync`. Browser clients cannot set headers, so their
+/// token comes here; it is redacted from `Debug` and the request span logs
+/// only the path.
+#[derive(Deserialize)]
+pub struct SyncQuery {
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for SyncQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncQuery")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// `GET /sync`: authenticates, then hands the socket to [`connection`].
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Query(query): Query<SyncQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned)
+        .or(query.token);
+    let device = match token {
+        Some(token) => state.store.device_for_token(&hash_secret(&token)).await,
+        None => Ok(None),
+    };
+    let limit = state.config.limits.max_message_bytes;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| async move {
+            match device {
+                Ok(Some(device)) => {
+                    let span = tracing::info_span!("connection", device = %device.id, branch = %device.branch_id);
+                    connection(state.hub.clone(), socket, device).instrument(span).await
+                }
+                Ok(None) => refuse(socket, close_code::UNAUTHORIZED, "unauthorized: unknown or revoked device token").await,
+                Err(e) => {
+                    tracing::error!(error = %e, "token lookup failed");
+                    refuse(socket, close_code::TRY_AGAIN, "server error, try again later").await
+                }
+            }
+        })
+}
+
+async fn refuse(mut socket: WebSocket, code: u16, reason: &str) {
+    let error = Message::Error {
+        message: reason.to_owned(),
+        sender_id: None,
+        target_id: None,
+    };
+    let _ = socket.send(WsMessage::Binary(wire::encode(&error).into())).await;
+    let _ = socket
+        .send(WsMessage::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
+}
+
+/// Why a connection ends: sent to the client as an `error` and a close frame.
+struct Fatal {
+    code: u16,
+    reason: String,
+}
+
+impl Fatal {
+    fn protocol(reason: impl Into<String>) -> Self {
+        Fatal {
+            code: close_code::PROTOCOL,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<DecodeError> for Fatal {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::TooLarge { .. } => Fatal {
+                code: close_code::TOO_LARGE,
+                reason: e.to_string(),
+            },
+            _ => Fatal::protocol(e.to_string()),
+        }
+    }
+}
+
+impl From<SyncRefusal> for Fatal {
+    fn from(e: SyncRefusal) -> Self {
+        let code = match e {
+            SyncRefusal::TooLarge { .. } => close_code::TOO_LARGE,
+            SyncRefusal::Storage(_) => close_code::TRY_AGAIN,
+            SyncRefusal::BadSyncData(_) | SyncRefusal::ForeignActor { .. } => close_code::PROTOCOL,
+        };
+        Fatal {
+            code,
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// Waits for the client's `join` and answers it with our `peer`.
+async fn handshake(hub: &Hub, socket: &mut WebSocket) -> Result<(PeerId, Option<String>), Option<Fatal>> {
+    let limits = hub.config().limits.wire_limits();
+    let frame = tokio::time::timeout(hub.config().idle_timeout, socket.recv())
+        .await
+        .map_err(|_| Some(Fatal::protocol("no join message")))?;
+    let bytes = match frame {
+        Some(Ok(WsMessage::Binary(bytes))) => bytes,
+        Some(Ok(WsMessage::Close(_))) | None => return Err(None),
+        Some(Ok(_)) => return Err(Some(Fatal::protocol("expected a binary join message"))),
+        Some(Err(e)) => return Err(Some(transport_fatal(&e))),
+    };
+    let Message::Join {
+        sender_id,
+        supported_protocol_versions,
+        peer_metadata,
+    } = wire::decode(&bytes, &limits).map_err(|e| Some(Fatal::from(e)))?
+    else {
+        return Err(Some(Fatal::protocol("the first message must be join")));
+    };
+    if !supported_protocol_versions.iter().any(|v| v == PROTOCOL_VERSION) {
+        return Err(Some(Fatal::protocol(format!(
+            "unsupported protocol versions {supported_protocol_versions:?}; this server speaks \"1\""
+        ))));
+    }
+    let storage_id = peer_metadata
+        .filter(|m| !m.is_ephemeral)
+        .and_then(|m| m.storage_id)
+        .map(|s| s.as_str().to_owned());
+    let peer = Message::Peer {
+        sender_id: hub.peer_id.clone(),
+        target_id: sender_id.clone(),
+        selected_protocol_version: PROTOCOL_VERSION.to_owned(),
+        peer_metadata: Some(PeerMetadata {
+            storage_id: StorageId::new(hub.storage_id.clone()).ok(),
+            is_ephemeral: false,
+        }),
+    };
+    socket
+        .send(WsMessage::Binary(wire::encode(&peer).into()))
+        .await
+        .map_err(|_| None)?;
+    Ok((sender_id, storage_id))
+}
+
+fn transport_fatal(e: &axum::Error) -> Fatal {
+    let text = e.to_string();
+    if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Capacity") {
+        Fatal {
+            code: close_code::TOO_LARGE,
+            reason: format!("message too large: {text}"),
+        }
+    } else {
+        Fatal::protocol(format!("transport error: {text}"))
+    }
+}
+
+/// Runs one device connection until it closes.
+async fn connection(hub: Arc<Hub>, mut socket: WebSocket, device: Device) {
+    let (client, storage_id) = match handshake(&hub, &mut socket).await {
+        Ok(joined) => joined,
+        Err(Some(fatal)) => return close_with(&mut socket, &hub, None, fatal).await,
+        Err(None) => return,
+    };
+    tracing::info!(peer = %client, "device connected");
+    if let Err(e) = hub_store_touch(&hub, &device).await {
+        tracing::warn!(error = %e, "could not record last seen");
+    }
+    let (conn, mut outbox) = hub.connect(device, storage_id);
+    let fatal = serve(&hub, &mut socket, &conn, &client, &mut outbox).await;
+    hub.disconnect(&conn).await;
+    if let Some(fatal) = fatal {
+        close_with(&mut socket, &hub, Some(&client), fatal).await;
+    }
+    tracing::info!(peer = %client, "device disconnected");
+}
+
+async fn hub_store_touch(hub: &Hub, device: &Device) -> Result<(), crate::store::StoreError> {
+    hub.store().touch_device(device.id).await
+}
+
+async fn close_with(socket: &mut WebSocket, hub: &Hub, client: Option<&PeerId>, fatal: Fatal) {
+    tracing::info!(code = fatal.code, reason = %fatal.reason, "closing connection");
+    let error = Message::Error {
+        message: fatal.reason.clone(),
+        sender_id: Some(hub.peer_id.clone()),
+        target_id: client.cloned(),
+    };
+    let _ = socket.send(WsMessage::Binary(wire::encode(&error).into())).await;
+    // Close reasons are limited to 123 bytes by the protocol.
+    let mut reason = fatal.reason;
+    while reason.len() > 120 {
+        reason.pop();
+    }
+    let _ = socket
+        .send(WsMessage::Close(Some(CloseFrame {
+            code: fatal.code,
+            reason: reason.into(),
+        })))
+        .await;
+}
+
+/// The message loop. Returns why it ended, if the client should be told.
+async fn serve(
+    hub: &Hub,
+    socket: &mut WebSocket,
+    conn: &Connection,
+    client: &PeerId,
+    outbox: &mut mpsc::Receiver<Outbound>,
+) -> Option<Fatal> {
+    let config = hub.config();
+    let limits = config.limits.wire_limits();
+    let mut shutdown = hub.shutdown_signal();
+    let mut ping = tokio::time::interval(config.ping_interval);
+    ping.reset();
+    let mut last_heard = Instant::now();
+    loop {
+        let idle_left = config.idle_timeout.saturating_sub(last_heard.elapsed());
+        tokio::select! {
+            _ = conn.revoked.notified() => {
+                return Some(Fatal { code: close_code::REVOKED, reason: "device revoked".into() });
+            }
+            _ = shutdown.changed() => {
+                return Some(Fatal { code: close_code::GOING_AWAY, reason: "server shutting down".into() });
+            }
+            _ = tokio::time::sleep(idle_left) => {
+                return Some(Fatal { code: close_code::GOING_AWAY, reason: "no traffic from the client".into() });
+            }
+            _ = ping.tick() => {
+                if socket.send(WsMessage::Ping(Default::default())).await.is_err() {
+                    return None;
+                }
+            }
+            out = outbox.recv() => {
+                let Some(out) = out else { return None };
+                let message = match out {
+                    Outbound::Sync { document_id, data } => Message::Sync {
+                        sender_id: hub.peer_id.clone(),
+                        target_id: client.clone(),
+                        document_id,
+                        data,
+                    },
+                    Outbound::Ephemeral { sender_id, document_id, count, session_id, data } => Message::Ephemeral {
+                        sender_id,
+                        target_id: client.clone(),
+                        count,
+                        session_id,
+                        document_id,
+                        data,
+                    },
+                };
+                if socket.send(WsMessage::Binary(wire::encode(&message).into())).await.is_err() {
+                    return None;
+                }
+            }
+            frame = socket.recv() => {
+                // Any frame at all, a ping or a pong included, is a sign of life:
+                // a client busy opening many documents is never cut off.
+                last_heard = Instant::now();
+                match frame {
+                    None | Some(Ok(WsMessage::Close(_))) => return None,
+                    Some(Err(e)) => return Some(transport_fatal(&e)),
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                    Some(Ok(WsMessage::Text(_))) => {
+                        return Some(Fatal::protocol("text frames are not part of the protocol; send binary CBOR"));
+                    }
+                    Some(Ok(WsMessage::Binary(bytes))) => {
+                        let wait = hub.throttle(conn.device.id);
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
+                        }
+                        let message = match wire::decode(&bytes, &limits) {
+                            Ok(message) => message,
+                            Err(e) => return Some(e.into()),
+                        };
+                        match handle(hub, socket, conn, client, message).await {
+                            Ok(true) => {}
+                            Ok(false) => return None,
+                            Err(fatal) => return Some(fatal),
+                        }
+                    }
+                }
+            }
+        }
+        if outbox.is_closed() {
+            return None;
+        }
+    }
+}
+
+/// Handles one decoded message. `Ok(false)` ends the connection quietly.
+async fn handle(hub: &Hub, socket: &mut WebSocket, conn: &Connection, client: &PeerId, message: Message) -> Result<bool, Fatal> {
+    match message {
+        Message::Request { document_id, data, .. } | Message::Sync { document_id, data, .. } => {
+            let span = tracing::debug_span!("document", document = %document_id);
+            async {
+                match check_access(hub, conn, document_id).await? {
+                    Access::Open => hub.receive_sync(conn, document_id, &data).await.map_err(Fatal::from),
+                    Access::Unavailable => unavailable(hub, socket, client, document_id).await,
+                }
+            }
+            .instrument(span)
+            .await?;
+            Ok(true)
+        }
+        Message::Ephemeral {
+            sender_id,
+            count,
+            session_id,
+            document_id,
+            data,
+            ..
+        } => {
+            match check_access(hub, conn, document_id).await? {
+                Access::Open => {
+                    hub.relay_ephemeral(conn, document_id, &sender_id, count, &session_id, &data)
+                        .await
+                }
+                Access::Unavailable => unavailable(hub, socket, client, document_id).await?,
+            }
+            Ok(true)
+        }
+        Message::Leave { .. } => Ok(false),
+        // The client lacks a document we asked about (we never ask), or
+        // gossips heads (not enabled by default in automerge-repo): no reply.
+        Message::DocUnavailable { .. }
+        | Message::RemoteSubscriptionChange { .. }
+        | Message::RemoteHeadsChanged { .. } => Ok(true),
+        Message::Error { message, .. } => {
+            tracing::info!(%message, "client reported an error");
+            Ok(false)
+        }
+        Message::Join { .. } | Message::Peer { .. } => Err(Fatal::protocol("already joined")),
+    }
+}
+
+async fn check_access(hub: &Hub, conn: &Connection, document_id: DocumentId) -> Result<Access, Fatal> {
+    hub.access(&conn.device, document_id).await.map_err(|e| {
+        tracing::error!(error = %e, "access check failed");
+        Fatal {
+            code: close_code::TRY_AGAIN,
+            reason: "server error, try again later".into(),
+        }
+    })
+}
+
+async fn unavailable(hub: &Hub, socket: &mut WebSocket, client: &PeerId, document_id: DocumentId) -> Result<(), Fatal> {
+    let message = Message::DocUnavailable {
+        sender_id: hub.peer_id.clone(),
+        target_id: client.clone(),
+        document_id,
+    };
+    socket
+        .send(WsMessage::Binary(wire::encode(&message).into()))
+        .await
+        .map_err(|_| Fatal::protocol("socket closed"))
+}

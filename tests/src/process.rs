@@ -1,0 +1,63 @@
+//! The real `doorstep` binary as a child process, for tests that kill it.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A `doorstep serve` process on a data directory.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `doorstep serve` on `127.0.0.1:0` and reads the bound address
+    /// from the line it prints. `binary` is `env!("CARGO_BIN_EXE_doorstep")`
+    /// as an integration test sees it.
+    pub async fn start(binary: &Path, data_dir: &Path) -> anyhow::Result<ServerProcess> {
+        let mut child = Command::new(binary)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(rest) = line.strip_prefix("Doorstep is listening on http://") {
+                    let addr = rest.split_whitespace().next().context("address")?;
+                    return Ok::<_, anyhow::Error>(addr.parse()?);
+                }
+            }
+            bail!("doorstep exited before listening")
+        })
+        .await
+        .context("doorstep did not start")??;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(ServerProcess { child, addr })
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/sync", self.addr)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SIGKILL: no shutdown code runs, like a power cut for the process.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}

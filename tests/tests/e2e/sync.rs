@@ -1,0 +1,303 @@
+//! Syncing documents: access, monthly logs, actor binding, revocation,
+//! sync state, compaction and keepalive.
+
+use std::time::Duration;
+
+use automerge::{ActorId, Automerge};
+use doorstep_protocol::schema::log::{MonthlyLog, Visit, VisitKind};
+use doorstep_protocol::schema::roster::Roster;
+use doorstep_protocol::schema::{genesis, write_record, DocumentKind, RecordId};
+use doorstep_protocol::wire::{self, Message};
+use doorstep_protocol::{DocumentId, Fen, Month};
+use doorstep_server::tenancy::Role;
+use doorstep_tests::{eventually, SyncOutcome, TestPeer, TestServer};
+
+use crate::{add_member, connected_device};
+
+#[tokio::test]
+async fn a_member_added_on_a_device_is_stored_and_reaches_another_device() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let mut a = connected_device(&server.http_url(), &server.ws_url(), server.enroll(d.yingfeng.id, "a").await?, None).await?;
+    let mut b = connected_device(&server.http_url(), &server.ws_url(), server.enroll(d.yingfeng.id, "b").await?, None).await?;
+
+    let member = add_member(&mut a, "王秀兰");
+    assert_eq!(a.peer.sync(a.roster).await?, SyncOutcome::Synced);
+
+    // Acknowledged means stored: the database already has it.
+    let stored = Roster::load(&server.stored_document(a.roster).await?);
+    assert_eq!(stored.members[&member].name, "王秀兰");
+
+    // The other device, already syncing the roster, is sent the change
+    // without asking: it only has to listen.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !Roster::load(b.peer.document(b.roster).expect("roster")).members.contains_key(&member) {
+        assert!(tokio::time::Instant::now() < deadline, "the change never reached device b");
+        b.peer.listen(Duration::from_millis(200)).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn another_branchs_document_and_a_missing_one_get_the_same_bytes() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let enrolled = server.enroll(d.yingfeng.id, "a").await?;
+    let mut peer = TestPeer::connect(&server.ws_url(), &enrolled.token, None).await?;
+
+    let foreign = DocumentId::roster(d.fenghuangting.id);
+    let missing = DocumentId::from_bytes([9; 16]);
+    let SyncOutcome::Unavailable(foreign_bytes) = peer.sync(foreign).await? else {
+        panic!("another branch's roster must be unavailable");
+    };
+    let SyncOutcome::Unavailable(missing_bytes) = peer.sync(missing).await? else {
+        panic!("a missing document must be unavailable");
+    };
+    // Both are, byte for byte, the one canonical doc-unavailable for their id:
+    // nothing in the answer tells a foreign document from a missing one.
+    let canonical = |document_id| {
+        wire::encode(&Message::DocUnavailable {
+            sender_id: peer.server_peer.clone(),
+            target_id: peer.peer_id.clone(),
+            document_id,
+        })
+    };
+    assert_eq!(foreign_bytes, canonical(foreign));
+    assert_eq!(missing_bytes, canonical(missing));
+    // Another branch's monthly log, which the server never stored, too.
+    let month: Month = "2026-11".parse()?;
+    assert!(matches!(
+        peer.sync(DocumentId::monthly_log(d.fenghuangting.id, month)).await?,
+        SyncOutcome::Unavailable(_)
+    ));
+    // And the connection still works for the device's own documents.
+    assert_eq!(peer.sync(DocumentId::roster(d.yingfeng.id)).await?, SyncOutcome::Synced);
+    Ok(())
+}
+
+fn visit(date: &str, member: RecordId, cash: i64) -> Visit {
+    Visit {
+        date: date.parse().expect("date"),
+        member_id: member,
+        kind: VisitKind::HolidayCondolence,
+        visitors: ["volunteer".to_string()].into(),
+        aid_cash: Fen(cash),
+        aid_goods: Fen::ZERO,
+        goods_description: None,
+        notes: None,
+        follow_up: None,
+    }
+}
+
+#[tokio::test]
+async fn two_devices_open_the_same_new_month_offline_and_both_visits_arrive() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let branch = d.yingfeng.id;
+    let month: Month = "2026-11".parse()?;
+    let log_id = DocumentId::monthly_log(branch, month);
+    let member = RecordId::new_v7();
+
+    let mut visits = Vec::new();
+    let mut devices = Vec::new();
+    for (label, day) in [("a", "2026-11-02"), ("b", "2026-11-03")] {
+        let mut device = connected_device(&server.http_url(), &server.ws_url(), server.enroll(branch, label).await?, None).await?;
+        // Offline: build the month from its genesis and record a visit.
+        let mut doc = genesis(branch, DocumentKind::MonthlyLog(month)).with_actor(device.actor.clone());
+        let id = RecordId::new_v7();
+        let mut tx = doc.transaction();
+        write_record(&mut tx, id, &visit(day, member, 50_000))?;
+        tx.commit();
+        device.peer.open(log_id, doc);
+        visits.push(id);
+        devices.push(device);
+    }
+    for device in &mut devices {
+        assert_eq!(device.peer.sync(log_id).await?, SyncOutcome::Synced);
+    }
+    assert_eq!(devices[0].peer.sync(log_id).await?, SyncOutcome::Synced);
+    let stored = MonthlyLog::load(&server.stored_document(log_id).await?);
+    assert_eq!(stored.visits.keys().copied().collect::<Vec<_>>().len(), 2);
+    for id in &visits {
+        assert!(stored.visits.contains_key(id));
+    }
+    assert!(stored.invalid.is_empty());
+    // The month now shows in each device's document list.
+    let documents: Vec<serde_json::Value> = reqwest::Client::new()
+        .get(format!("{}/api/v1/device/documents", server.http_url()))
+        .bearer_auth(&devices[0].enrolled.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(documents.iter().any(|d| d["document_id"] == log_id.to_string()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn changes_by_an_unregistered_actor_are_refused_and_not_stored() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let mut device = connected_device(&server.http_url(), &server.ws_url(), server.enroll(d.yingfeng.id, "a").await?, None).await?;
+    let other = connected_device(&server.http_url(), &server.ws_url(), server.enroll(d.yingfeng.id, "b").await?, None).await?;
+
+    // An actor nobody registered.
+    device.peer.document_mut(device.roster).expect("roster").set_actor(ActorId::random());
+    let stranger = add_member(&mut device, "nobody registered me");
+    match device.peer.sync(device.roster).await? {
+        SyncOutcome::Refused { message, close_code } => {
+            assert!(message.contains("not registered to this device"), "{message}");
+            assert_eq!(close_code, Some(1002));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Another device's actor is refused just the same.
+    let mut again = connected_device(&server.http_url(), &server.ws_url(), device.enrolled.clone(), None).await?;
+    again.peer.document_mut(again.roster).expect("roster").set_actor(other.actor.clone());
+    add_member(&mut again, "impostor");
+    assert!(matches!(again.peer.sync(again.roster).await?, SyncOutcome::Refused { .. }));
+
+    let stored = Roster::load(&server.stored_document(device.roster).await?);
+    assert!(stored.members.is_empty(), "nothing refused was stored: {:?}", stored.members);
+    assert!(!stored.members.contains_key(&stranger));
+    // The live copy dropped it too: a fresh device sees no members.
+    let mut fresh = TestPeer::connect(&server.ws_url(), &other.enrolled.token, None).await?;
+    assert_eq!(fresh.sync(device.roster).await?, SyncOutcome::Synced);
+    assert!(Roster::load(fresh.document(device.roster).expect("roster")).members.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn revoking_a_device_closes_its_socket_at_once_and_its_token_stops_working() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let secretary = server.login_as("secretary", Role::BranchSecretary, d.yingfeng.id).await?;
+    let mut device = connected_device(&server.http_url(), &server.ws_url(), server.enroll(d.yingfeng.id, "lost phone").await?, None).await?;
+
+    let response: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/devices/{}/revoke", server.http_url(), device.enrolled.device_id))
+        .bearer_auth(&secretary)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(response["revoked"], true);
+    assert_eq!(response["closed_connections"], 1);
+    let (code, reason) = device.peer.closed(Duration::from_secs(2)).await?;
+    assert_eq!((code, reason.as_str()), (4403, "device revoked"));
+
+    // The token no longer opens a connection.
+    let err = TestPeer::connect(&server.ws_url(), &device.enrolled.token, None).await.expect_err("refused");
+    assert!(err.to_string().contains("4401"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_revocation_made_by_another_process_closes_the_socket() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let mut device = connected_device(&server.http_url(), &server.ws_url(), server.enroll(d.yingfeng.id, "phone").await?, None).await?;
+    // What `doorstep device revoke` does: write to the database only.
+    let other_process = doorstep_server::store::Store::open(&server.database_path()).await?;
+    doorstep_server::admin::revoke_device(&other_process, device.enrolled.device_id.parse()?, "cli").await?;
+    let (code, _) = device.peer.closed(Duration::from_secs(5)).await?;
+    assert_eq!(code, 4403);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reconnect_with_saved_sync_state_receives_only_what_is_missing() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let mut writer = connected_device(&server.http_url(), &server.ws_url(), server.enroll(d.yingfeng.id, "writer").await?, None).await?;
+    for i in 0..200 {
+        add_member(&mut writer, &format!("member {i}"));
+    }
+    assert_eq!(writer.peer.sync(writer.roster).await?, SyncOutcome::Synced);
+
+    let reader = server.enroll(d.yingfeng.id, "reader").await?;
+    let storage = "reader-storage";
+    let mut first = TestPeer::connect(&server.ws_url(), &reader.token, Some(storage)).await?;
+    assert_eq!(first.sync(writer.roster).await?, SyncOutcome::Synced);
+    let replica: Automerge = first.document(writer.roster).expect("roster").clone();
+    drop(first);
+    // The server saves the state when the connection ends.
+    eventually(Duration::from_secs(5), || async {
+        Ok(server.store.load_sync_state(writer.roster, storage).await?.is_some())
+    })
+    .await?;
+
+    add_member(&mut writer, "one more");
+    assert_eq!(writer.peer.sync(writer.roster).await?, SyncOutcome::Synced);
+
+    let mut again = TestPeer::connect(&server.ws_url(), &reader.token, Some(storage)).await?;
+    again.open(writer.roster, replica.clone());
+    assert_eq!(again.sync(writer.roster).await?, SyncOutcome::Synced);
+    let received = again.bytes_received(writer.roster);
+    let full = replica.save().len();
+    assert!(received < full / 4, "reconnect received {received} bytes; the whole roster is {full}");
+    assert_eq!(Roster::load(again.document(writer.roster).expect("roster")).members.len(), 201);
+    Ok(())
+}
+
+#[tokio::test]
+async fn compaction_keeps_storage_small_and_nothing_lost() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let mut device = connected_device(&server.http_url(), &server.ws_url(), server.enroll(d.yingfeng.id, "a").await?, None).await?;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(add_member(&mut device, &format!("member {i}")));
+        assert_eq!(device.peer.sync(device.roster).await?, SyncOutcome::Synced);
+    }
+    let (snapshots, incrementals) = server.store.chunk_counts(device.roster).await?;
+    assert_eq!(snapshots, 1);
+    assert!(incrementals < 30, "{incrementals} incremental chunks after compaction");
+    let stored = Roster::load(&server.stored_document(device.roster).await?);
+    for id in ids {
+        assert!(stored.members.contains_key(&id));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_documents_leave_memory() -> anyhow::Result<()> {
+    let server = TestServer::spawn_with(|c| c.document_idle = Duration::from_millis(200)).await?;
+    let d = server.district().await?;
+    let device = connected_device(&server.http_url(), &server.ws_url(), server.enroll(d.yingfeng.id, "a").await?, None).await?;
+    let live = || async {
+        let health: serde_json::Value = reqwest::get(format!("{}/healthz", server.http_url())).await?.json().await?;
+        Ok::<_, anyhow::Error>(health["live_documents"].as_u64().unwrap_or(u64::MAX))
+    };
+    assert_eq!(live().await?, 1);
+    drop(device);
+    eventually(Duration::from_secs(5), || async { Ok(live().await? == 0) }).await
+}
+
+#[tokio::test]
+async fn a_client_busy_opening_many_documents_is_not_cut_off_but_a_silent_one_is() -> anyhow::Result<()> {
+    let server = TestServer::spawn_with(|c| {
+        c.idle_timeout = Duration::from_millis(800);
+        c.ping_interval = Duration::from_secs(60);
+    })
+    .await?;
+    let d = server.district().await?;
+    let enrolled = server.enroll(d.yingfeng.id, "busy").await?;
+    let mut busy = TestPeer::connect(&server.ws_url(), &enrolled.token, None).await?;
+    // 60 monthly logs, one every 40 ms: 2.4 s in all, three idle timeouts.
+    let mut month: Month = "2022-01".parse()?;
+    for _ in 0..60 {
+        assert_eq!(busy.sync(DocumentId::monthly_log(d.yingfeng.id, month)).await?, SyncOutcome::Synced);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        month = month.next();
+    }
+    assert_eq!(busy.sync(DocumentId::roster(d.yingfeng.id)).await?, SyncOutcome::Synced);
+
+    let silent = TestPeer::connect(&server.ws_url(), &enrolled.token, None).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut silent = silent;
+    let (code, reason) = silent.closed(Duration::from_secs(2)).await?;
+    assert_eq!(code, 1001, "{reason}");
+    Ok(())
+}
