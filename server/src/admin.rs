@@ -4,8 +4,8 @@
 use doorstep_protocol::{DeviceId, DocumentId, Month, TenantId};
 use serde::Serialize;
 
-use crate::auth::{hash_password, Secret};
-use crate::store::{now_ms, Device, DocumentKindRow, EnrollmentCode, Store, StoreError, User};
+use crate::auth::{Secret, hash_password};
+use crate::store::{Device, DocumentKindRow, EnrollmentCode, Store, StoreError, User, now_ms};
 use crate::tenancy::{Level, Role};
 
 /// A document a device should keep in sync.
@@ -39,14 +39,18 @@ pub async fn issue_enrollment_code(
         .await?
         .ok_or_else(|| StoreError::Invalid(format!("no tenant {branch}")))?;
     if tenant.level != Level::Branch {
-        return Err(StoreError::Invalid("devices are enrolled to a branch".into()));
+        return Err(StoreError::Invalid(
+            "devices are enrolled to a branch".into(),
+        ));
     }
     if !(1..=24 * 30).contains(&ttl_hours) {
         return Err(StoreError::Invalid("a code lives 1 hour to 30 days".into()));
     }
     let label = label.trim();
     if label.is_empty() || label.chars().count() > 200 {
-        return Err(StoreError::Invalid("a device label is 1 to 200 characters".into()));
+        return Err(StoreError::Invalid(
+            "a device label is 1 to 200 characters".into(),
+        ));
     }
     let code = Secret::generate_code();
     let expires_at = now_ms() + i64::from(ttl_hours) * 3_600_000;
@@ -54,7 +58,12 @@ pub async fn issue_enrollment_code(
         .create_enrollment_code(branch, label, created_by, &code.hash(), expires_at)
         .await?;
     store
-        .audit(created_by, "enrollment_code.create", &branch.to_string(), Some(label))
+        .audit(
+            created_by,
+            "enrollment_code.create",
+            &branch.to_string(),
+            Some(label),
+        )
         .await?;
     Ok(IssuedCode {
         code: code.expose().to_owned(),
@@ -74,7 +83,12 @@ pub async fn create_user(
     let hash = hash_password(password).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let user = store.create_user(username, &hash, role, tenant).await?;
     store
-        .audit(created_by, "user.create", &user.username, Some(role.as_str()))
+        .audit(
+            created_by,
+            "user.create",
+            &user.username,
+            Some(role.as_str()),
+        )
         .await?;
     Ok(user)
 }
@@ -83,14 +97,19 @@ pub async fn create_user(
 pub async fn revoke_device(store: &Store, device: DeviceId, by: &str) -> Result<bool, StoreError> {
     let revoked = store.revoke_device(device).await?;
     if revoked {
-        store.audit(by, "device.revoke", &device.to_string(), None).await?;
+        store
+            .audit(by, "device.revoke", &device.to_string(), None)
+            .await?;
     }
     Ok(revoked)
 }
 
 /// The documents a device should sync: its branch's roster, every monthly
 /// log the server has, and this month's log even before anyone opened it.
-pub async fn device_documents(store: &Store, device: &Device) -> Result<Vec<DocumentEntry>, StoreError> {
+pub async fn device_documents(
+    store: &Store,
+    device: &Device,
+) -> Result<Vec<DocumentEntry>, StoreError> {
     let mut entries: Vec<DocumentEntry> = store
         .documents_of_branch(device.branch_id)
         .await?

@@ -4,9 +4,9 @@
 //! token is high-entropy, so a fast hash is enough and lets every request
 //! look it up by index). Passwords, low-entropy, get argon2.
 
+use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -83,7 +83,11 @@ pub fn hash_password(password: &str) -> Result<String, PasswordError> {
 
 pub fn verify_password(password: &str, stored: &str) -> bool {
     PasswordHash::new(stored)
-        .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -111,6 +115,9 @@ mod tests {
         let stored = hash_password("correct horse").expect("hash");
         assert!(verify_password("correct horse", &stored));
         assert!(!verify_password("wrong horse!", &stored));
-        assert!(matches!(hash_password("short"), Err(PasswordError::TooShort)));
+        assert!(matches!(
+            hash_password("short"),
+            Err(PasswordError::TooShort)
+        ));
     }
 }

@@ -20,7 +20,12 @@ use crate::tenancy::{Level, Role, TenantPath};
 #[command(name = "doorstep", version)]
 pub struct Cli {
     /// Where the embedded database lives.
-    #[arg(long, env = "DOORSTEP_DATA_DIR", default_value = "./doorstep-data", global = true)]
+    #[arg(
+        long,
+        env = "DOORSTEP_DATA_DIR",
+        default_value = "./doorstep-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// Print results as JSON.
     #[arg(long, global = true)]
@@ -162,7 +167,10 @@ pub async fn main() -> anyhow::Result<()> {
             let config = cli.server_config(args);
             let listener = tokio::net::TcpListener::bind(args.listen).await?;
             let tls = config.tls_cert.is_some();
-            println!("{}", first_steps(&store, listener.local_addr()?, tls).await?);
+            println!(
+                "{}",
+                first_steps(&store, listener.local_addr()?, tls).await?
+            );
             crate::serve(config, store, listener, shutdown_signal()).await?;
             Ok(())
         }
@@ -188,7 +196,9 @@ async fn shutdown_signal() {
 /// What a new operator should do next, printed when `serve` starts.
 pub async fn first_steps(store: &Store, listen: SocketAddr, tls: bool) -> anyhow::Result<String> {
     let scheme = if tls { "https" } else { "http" };
-    let mut text = format!("Doorstep is listening on {scheme}://{listen} (health: {scheme}://{listen}/healthz)\n");
+    let mut text = format!(
+        "Doorstep is listening on {scheme}://{listen} (health: {scheme}://{listen}/healthz)\n"
+    );
     if store.user_count().await? == 0 {
         text.push_str(
             "No users yet. Create the district and its first admin (in another terminal):\n\
@@ -203,7 +213,11 @@ pub async fn first_steps(store: &Store, listen: SocketAddr, tls: bool) -> anyhow
     Ok(text)
 }
 
-fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+fn print<T: Serialize>(
+    json: bool,
+    value: &T,
+    human: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(value)?);
     } else {
@@ -227,10 +241,23 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
     const BY: &str = "cli";
     match &cli.command {
         Command::Serve(_) => anyhow::bail!("serve is run by cli::main"),
-        Command::Tenant(TenantCommand::Create { level, name, parent }) => {
+        Command::Tenant(TenantCommand::Create {
+            level,
+            name,
+            parent,
+        }) => {
             let tenant = store.create_tenant(*parent, *level, name).await?;
-            store.audit(BY, "tenant.create", &tenant.id.to_string(), Some(&tenant.name)).await?;
-            print(cli.json, &tenant, |t| format!("created {} {} ({})", t.level.as_str(), t.id, t.name))
+            store
+                .audit(
+                    BY,
+                    "tenant.create",
+                    &tenant.id.to_string(),
+                    Some(&tenant.name),
+                )
+                .await?;
+            print(cli.json, &tenant, |t| {
+                format!("created {} {} ({})", t.level.as_str(), t.id, t.name)
+            })
         }
         Command::Tenant(TenantCommand::List) => {
             let mut tenants = Vec::new();
@@ -239,15 +266,29 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             }
             print(cli.json, &tenants, |ts| {
                 ts.iter()
-                    .map(|t| format!("{}{} {} {}", "  ".repeat(t.path.depth() - 1), t.id, t.level.as_str(), t.name))
+                    .map(|t| {
+                        format!(
+                            "{}{} {} {}",
+                            "  ".repeat(t.path.depth() - 1),
+                            t.id,
+                            t.level.as_str(),
+                            t.name
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             })
         }
-        Command::User(UserCommand::Create { username, role, tenant }) => {
+        Command::User(UserCommand::Create {
+            username,
+            role,
+            tenant,
+        }) => {
             let password = read_password()?;
             let user = admin::create_user(store, username, &password, *role, *tenant, BY).await?;
-            print(cli.json, &user, |u| format!("created user {} ({})", u.username, u.role.as_str()))
+            print(cli.json, &user, |u| {
+                format!("created user {} ({})", u.username, u.role.as_str())
+            })
         }
         Command::User(UserCommand::List) => {
             let mut users = Vec::new();
@@ -261,8 +302,13 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                     .join("\n")
             })
         }
-        Command::EnrollCode(EnrollCodeCommand::Create { branch, label, ttl_hours }) => {
-            let issued = admin::issue_enrollment_code(store, *branch, label, *ttl_hours, BY).await?;
+        Command::EnrollCode(EnrollCodeCommand::Create {
+            branch,
+            label,
+            ttl_hours,
+        }) => {
+            let issued =
+                admin::issue_enrollment_code(store, *branch, label, *ttl_hours, BY).await?;
             print(cli.json, &issued, |i| {
                 format!(
                     "enrollment code {} for \"{}\" (one use, expires in {ttl_hours} h)\n\
@@ -279,7 +325,11 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             print(cli.json, &devices, |ds| {
                 ds.iter()
                     .map(|d| {
-                        let state = if d.revoked_at.is_some() { "revoked" } else { "active" };
+                        let state = if d.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        };
                         format!("{} {} {} {}", d.id, d.branch_id, state, d.label)
                     })
                     .collect::<Vec<_>>()
@@ -300,11 +350,21 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             })
         }
         Command::Device(DeviceCommand::Documents { id }) => {
-            let device = store.device(*id).await?.ok_or_else(|| anyhow::anyhow!("no device {id}"))?;
+            let device = store
+                .device(*id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no device {id}"))?;
             let documents = admin::device_documents(store, &device).await?;
             print(cli.json, &documents, |ds| {
                 ds.iter()
-                    .map(|d| format!("{} {:?} {}", d.url, d.kind, d.month.as_deref().unwrap_or("")))
+                    .map(|d| {
+                        format!(
+                            "{} {:?} {}",
+                            d.url,
+                            d.kind,
+                            d.month.as_deref().unwrap_or("")
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             })
@@ -315,9 +375,10 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
 impl Store {
     /// The paths of every district (root tenant).
     pub async fn tenants_within_roots(&self) -> Result<Vec<TenantPath>, crate::store::StoreError> {
-        let paths: Vec<String> = sqlx::query_scalar("select path from tenants where parent_id is null order by path")
-            .fetch_all(self.pool())
-            .await?;
+        let paths: Vec<String> =
+            sqlx::query_scalar("select path from tenants where parent_id is null order by path")
+                .fetch_all(self.pool())
+                .await?;
         paths
             .iter()
             .map(|p| p.parse().map_err(crate::store::StoreError::Corrupt))

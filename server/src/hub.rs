@@ -13,18 +13,21 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use automerge::{ActorId, Automerge, ChangeHash};
-use doorstep_protocol::schema::{genesis, DocumentKind, GENESIS_ACTOR};
+use doorstep_protocol::schema::{DocumentKind, GENESIS_ACTOR, genesis};
 use doorstep_protocol::session::{DocSession, SessionError};
 use doorstep_protocol::{DeviceId, DocumentId, Month, PeerId, TenantId};
-use tokio::sync::{mpsc, watch, Mutex, Notify};
+use tokio::sync::{Mutex, Notify, mpsc, watch};
 
 use crate::config::Config;
-use crate::store::{now_ms, Device, Store, StoreError};
+use crate::store::{Device, Store, StoreError, now_ms};
 
 /// Something the hub asks a connection to send.
 #[derive(Debug)]
 pub enum Outbound {
-    Sync { document_id: DocumentId, data: Vec<u8> },
+    Sync {
+        document_id: DocumentId,
+        data: Vec<u8>,
+    },
     Ephemeral {
         sender_id: PeerId,
         document_id: DocumentId,
@@ -106,7 +109,9 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("peer_id", &self.peer_id).finish_non_exhaustive()
+        f.debug_struct("Hub")
+            .field("peer_id", &self.peer_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -130,7 +135,10 @@ impl Hub {
             shutdown_tx,
         });
         tokio::spawn(evict_idle(Arc::downgrade(&hub), hub.shutdown_signal()));
-        tokio::spawn(watch_revocations(Arc::downgrade(&hub), hub.shutdown_signal()));
+        tokio::spawn(watch_revocations(
+            Arc::downgrade(&hub),
+            hub.shutdown_signal(),
+        ));
         Ok(hub)
     }
 
@@ -151,8 +159,13 @@ impl Hub {
     /// sync states of documents still in memory.
     pub async fn shutdown(&self) {
         let _ = self.shutdown_tx.send(true);
-        let docs: Vec<(DocumentId, Arc<Mutex<LiveDoc>>)> =
-            self.docs.lock().await.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let docs: Vec<(DocumentId, Arc<Mutex<LiveDoc>>)> = self
+            .docs
+            .lock()
+            .await
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
         for (id, doc) in docs {
             let mut doc = doc.lock().await;
             let keys: Vec<PeerId> = doc.subscribers.keys().cloned().collect();
@@ -163,14 +176,22 @@ impl Hub {
     }
 
     /// Registers a new connection of a live device.
-    pub fn connect(&self, device: Device, storage_id: Option<String>) -> (Arc<Connection>, mpsc::Receiver<Outbound>) {
+    pub fn connect(
+        &self,
+        device: Device,
+        storage_id: Option<String>,
+    ) -> (Arc<Connection>, mpsc::Receiver<Outbound>) {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let (outbox, inbox) = mpsc::channel(OUTBOX_CAPACITY);
         let revoked = Arc::new(Notify::new());
         if let Ok(mut connections) = self.connections.lock() {
-            connections.entry(device.id).or_default().insert(id, revoked.clone());
+            connections
+                .entry(device.id)
+                .or_default()
+                .insert(id, revoked.clone());
         }
-        let key = PeerId::new(format!("connection-{id}")).expect("a short constant-shaped peer id is valid");
+        let key = PeerId::new(format!("connection-{id}"))
+            .expect("a short constant-shaped peer id is valid");
         let connection = Arc::new(Connection {
             id,
             key,
@@ -186,12 +207,12 @@ impl Hub {
 
     /// Forgets a closed connection, saving its sync states.
     pub async fn disconnect(&self, connection: &Connection) {
-        if let Ok(mut connections) = self.connections.lock() {
-            if let Some(of_device) = connections.get_mut(&connection.device.id) {
-                of_device.remove(&connection.id);
-                if of_device.is_empty() {
-                    connections.remove(&connection.device.id);
-                }
+        if let Ok(mut connections) = self.connections.lock()
+            && let Some(of_device) = connections.get_mut(&connection.device.id)
+        {
+            of_device.remove(&connection.id);
+            if of_device.is_empty() {
+                connections.remove(&connection.device.id);
             }
         }
         let documents: Vec<DocumentId> = connection
@@ -203,7 +224,8 @@ impl Hub {
             let live = self.docs.lock().await.get(&id).cloned();
             if let Some(live) = live {
                 let mut doc = live.lock().await;
-                self.persist_and_forget_peer(id, &mut doc, &connection.key).await;
+                self.persist_and_forget_peer(id, &mut doc, &connection.key)
+                    .await;
             }
         }
     }
@@ -211,11 +233,17 @@ impl Hub {
     async fn persist_and_forget_peer(&self, id: DocumentId, doc: &mut LiveDoc, key: &PeerId) {
         let subscriber = doc.subscribers.remove(key);
         let state = doc.session.remove_peer(key);
-        if let (Some(Subscriber { storage_id: Some(storage), .. }), Some(state)) = (subscriber, state) {
-            if let Err(e) = self.store.save_sync_state(id, &storage, &state).await {
-                // Losing a sync state costs a longer sync next time, not data.
-                tracing::warn!(document = %id, error = %e, "could not save sync state");
-            }
+        if let (
+            Some(Subscriber {
+                storage_id: Some(storage),
+                ..
+            }),
+            Some(state),
+        ) = (subscriber, state)
+            && let Err(e) = self.store.save_sync_state(id, &storage, &state).await
+        {
+            // Losing a sync state costs a longer sync next time, not data.
+            tracing::warn!(document = %id, error = %e, "could not save sync state");
         }
     }
 
@@ -243,7 +271,12 @@ impl Hub {
         };
         rates
             .entry(device)
-            .or_insert_with(|| crate::sync::rate::TokenBucket::new(limits.messages_per_second, limits.message_burst))
+            .or_insert_with(|| {
+                crate::sync::rate::TokenBucket::new(
+                    limits.messages_per_second,
+                    limits.message_burst,
+                )
+            })
             .take(std::time::Instant::now())
     }
 
@@ -254,13 +287,16 @@ impl Hub {
         if self.store.device_may_open(device.id, id).await? {
             return Ok(Access::Open);
         }
-        if self.store.document(id).await?.is_some() || !self.store.device_is_live(device.id).await? {
+        if self.store.document(id).await?.is_some() || !self.store.device_is_live(device.id).await?
+        {
             return Ok(Access::Unavailable);
         }
         match log_month(device.branch_id, id, now_ms()) {
             Some(month) => {
                 let doc = genesis(device.branch_id, DocumentKind::MonthlyLog(month));
-                self.store.ensure_log_document(device.branch_id, month, &doc.save()).await?;
+                self.store
+                    .ensure_log_document(device.branch_id, month, &doc.save())
+                    .await?;
                 tracing::info!(document = %id, %month, "opened a new monthly log");
                 Ok(Access::Open)
             }
@@ -285,11 +321,17 @@ impl Hub {
     }
 
     async fn load(&self, id: DocumentId) -> Result<(Automerge, u64, u64), SyncRefusal> {
-        let stored = self.store.load_chunks(id).await.map_err(SyncRefusal::Storage)?;
+        let stored = self
+            .store
+            .load_chunks(id)
+            .await
+            .map_err(SyncRefusal::Storage)?;
         let mut doc = Automerge::new();
         for chunk in &stored.chunks {
             doc.load_incremental(chunk).map_err(|e| {
-                SyncRefusal::Storage(StoreError::Corrupt(format!("document {id} does not load: {e}")))
+                SyncRefusal::Storage(StoreError::Corrupt(format!(
+                    "document {id} does not load: {e}"
+                )))
             })?;
         }
         Ok((doc, stored.snapshot_bytes, stored.incremental_bytes))
@@ -297,16 +339,29 @@ impl Hub {
 
     /// Applies a `request` or `sync` from a connection that may open the
     /// document. Persists first, then queues messages for every peer.
-    pub async fn receive_sync(&self, connection: &Connection, id: DocumentId, data: &[u8]) -> Result<(), SyncRefusal> {
+    pub async fn receive_sync(
+        &self,
+        connection: &Connection,
+        id: DocumentId,
+        data: &[u8],
+    ) -> Result<(), SyncRefusal> {
         let live = self.live(id).await?;
         let mut doc = live.lock().await;
         let now = now_ms() as u64;
         if !doc.subscribers.contains_key(&connection.key) {
             let saved = match &connection.storage_id {
-                Some(storage) => self.store.load_sync_state(id, storage).await.map_err(SyncRefusal::Storage)?,
+                Some(storage) => self
+                    .store
+                    .load_sync_state(id, storage)
+                    .await
+                    .map_err(SyncRefusal::Storage)?,
                 None => None,
             };
-            if doc.session.add_peer(connection.key.clone(), saved.as_deref(), now).is_err() {
+            if doc
+                .session
+                .add_peer(connection.key.clone(), saved.as_deref(), now)
+                .is_err()
+            {
                 // A corrupt saved state only costs a full sync.
                 doc.session
                     .add_peer(connection.key.clone(), None, now)
@@ -326,7 +381,11 @@ impl Hub {
 
         let received = match doc.session.receive(&connection.key, data, now) {
             Ok(received) => received,
-            Err(SessionError::BadSyncMessage(e) | SessionError::Apply(e) | SessionError::BadSyncState(e)) => {
+            Err(
+                SessionError::BadSyncMessage(e)
+                | SessionError::Apply(e)
+                | SessionError::BadSyncState(e),
+            ) => {
                 self.discard_unpersisted(id, &mut doc).await;
                 return Err(SyncRefusal::BadSyncData(e));
             }
@@ -344,7 +403,11 @@ impl Hub {
                 self.discard_unpersisted(id, &mut doc).await;
                 return Err(SyncRefusal::Storage(e));
             }
-            doc.incremental_bytes += received.new_changes.iter().map(|c| c.bytes.len() as u64).sum::<u64>();
+            doc.incremental_bytes += received
+                .new_changes
+                .iter()
+                .map(|c| c.bytes.len() as u64)
+                .sum::<u64>();
             tracing::debug!(document = %id, changes = received.new_changes.len(), "stored changes");
             if doc.incremental_bytes >= doc.snapshot_bytes {
                 self.compact(id, &mut doc).await;
@@ -356,7 +419,11 @@ impl Hub {
 
     /// Checks new changes before they are stored: size, and that every one
     /// is authored by an actor registered to this device.
-    async fn admit(&self, connection: &Connection, received: &doorstep_protocol::session::Received) -> Result<(), SyncRefusal> {
+    async fn admit(
+        &self,
+        connection: &Connection,
+        received: &doorstep_protocol::session::Received,
+    ) -> Result<(), SyncRefusal> {
         let limit = self.config.limits.max_sync_change_bytes;
         if received.raw_len() > limit {
             return Err(SyncRefusal::TooLarge {
@@ -377,7 +444,10 @@ impl Hub {
             let owner = if change.actor.to_bytes() == GENESIS_ACTOR {
                 None
             } else {
-                self.store.actor_owner(&actor).await.map_err(SyncRefusal::Storage)?
+                self.store
+                    .actor_owner(&actor)
+                    .await
+                    .map_err(SyncRefusal::Storage)?
             };
             if owner != Some(connection.device.id) {
                 tracing::warn!(device = %connection.device.id, %actor, hash = %change.hash, "refused a change by an actor not registered to the device");
@@ -437,14 +507,16 @@ impl Hub {
 
     fn send_pending(&self, id: DocumentId, doc: &mut LiveDoc, now: u64) {
         for (peer, data) in doc.session.generate_all(now) {
-            if let Some(subscriber) = doc.subscribers.get(&peer) {
-                if subscriber
+            if let Some(subscriber) = doc.subscribers.get(&peer)
+                && subscriber
                     .outbox
-                    .try_send(Outbound::Sync { document_id: id, data })
+                    .try_send(Outbound::Sync {
+                        document_id: id,
+                        data,
+                    })
                     .is_err()
-                {
-                    tracing::warn!(document = %id, %peer, "peer is not keeping up; its connection will be dropped");
-                }
+            {
+                tracing::warn!(document = %id, %peer, "peer is not keeping up; its connection will be dropped");
             }
         }
     }
@@ -494,7 +566,8 @@ impl Hub {
         let mut docs = self.docs.lock().await;
         docs.retain(|id, live| match live.try_lock() {
             Ok(doc) => {
-                let keep = !doc.subscribers.is_empty() || now.saturating_sub(doc.session.last_activity_ms()) < idle_ms;
+                let keep = !doc.subscribers.is_empty()
+                    || now.saturating_sub(doc.session.last_activity_ms()) < idle_ms;
                 if !keep {
                     tracing::debug!(document = %id, "evicted idle document");
                 }
@@ -579,9 +652,18 @@ mod tests {
         let other = TenantId::from_uuid(Uuid::from_u128(6));
         let now = 1_795_000_000_000; // 2026-11
         let month: Month = "2026-11".parse().expect("month");
-        assert_eq!(log_month(branch, DocumentId::monthly_log(branch, month), now), Some(month));
-        assert_eq!(log_month(branch, DocumentId::monthly_log(branch, month.next()), now), Some(month.next()));
-        assert_eq!(log_month(branch, DocumentId::monthly_log(other, month), now), None);
+        assert_eq!(
+            log_month(branch, DocumentId::monthly_log(branch, month), now),
+            Some(month)
+        );
+        assert_eq!(
+            log_month(branch, DocumentId::monthly_log(branch, month.next()), now),
+            Some(month.next())
+        );
+        assert_eq!(
+            log_month(branch, DocumentId::monthly_log(other, month), now),
+            None
+        );
         assert_eq!(log_month(branch, DocumentId::roster(branch), now), None);
     }
 }

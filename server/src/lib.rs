@@ -92,10 +92,13 @@ pub async fn serve(
         }
         _ => {
             tracing::info!(%local, "serving HTTP and WS");
-            axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(StartError::Io)
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(StartError::Io)
         }
     };
     hub.shutdown().await;

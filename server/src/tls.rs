@@ -19,7 +19,10 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, St
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| StartError::Tls(format!("reading {}: {e}", cert.display())))?;
     if certs.is_empty() {
-        return Err(StartError::Tls(format!("{} holds no certificate", cert.display())));
+        return Err(StartError::Tls(format!(
+            "{} holds no certificate",
+            cert.display()
+        )));
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| StartError::Tls(format!("reading {}: {e}", key.display())))?;

@@ -241,9 +241,18 @@ mod tests {
         let b = TenantId::from_uuid(Uuid::from_u128(2));
         let nov: Month = "2026-11".parse().expect("month");
         let dec: Month = "2026-12".parse().expect("month");
-        assert_eq!(DocumentId::monthly_log(a, nov), DocumentId::monthly_log(a, nov));
-        assert_ne!(DocumentId::monthly_log(a, nov), DocumentId::monthly_log(a, dec));
-        assert_ne!(DocumentId::monthly_log(a, nov), DocumentId::monthly_log(b, nov));
+        assert_eq!(
+            DocumentId::monthly_log(a, nov),
+            DocumentId::monthly_log(a, nov)
+        );
+        assert_ne!(
+            DocumentId::monthly_log(a, nov),
+            DocumentId::monthly_log(a, dec)
+        );
+        assert_ne!(
+            DocumentId::monthly_log(a, nov),
+            DocumentId::monthly_log(b, nov)
+        );
         assert_ne!(DocumentId::roster(a), DocumentId::roster(b));
     }
 

@@ -121,8 +121,9 @@ impl DocSession {
         now_ms: u64,
     ) -> Result<(), SessionError> {
         let state = match saved_state {
-            Some(bytes) => sync::State::decode(bytes)
-                .map_err(|e| SessionError::BadSyncState(e.to_string()))?,
+            Some(bytes) => {
+                sync::State::decode(bytes).map_err(|e| SessionError::BadSyncState(e.to_string()))?
+            }
             None => sync::State::new(),
         };
         self.peers.insert(
@@ -173,8 +174,8 @@ impl DocSession {
         data: &[u8],
         now_ms: u64,
     ) -> Result<Received, SessionError> {
-        let message = sync::Message::decode(data)
-            .map_err(|e| SessionError::BadSyncMessage(e.to_string()))?;
+        let message =
+            sync::Message::decode(data).map_err(|e| SessionError::BadSyncMessage(e.to_string()))?;
         let before = self.doc.get_heads();
         let peer = self.peers.entry(from.clone()).or_insert_with(|| PeerSync {
             state: sync::State::new(),
@@ -227,7 +228,10 @@ impl DocSession {
         let Some(theirs) = self.their_heads(peer) else {
             return hashes.is_empty();
         };
-        if theirs.iter().any(|h| self.doc.get_change_meta_by_hash(h).is_none()) {
+        if theirs
+            .iter()
+            .any(|h| self.doc.get_change_meta_by_hash(h).is_none())
+        {
             // Their history is not all here yet; only exact heads count.
             return hashes.iter().all(|h| theirs.contains(h));
         }
@@ -283,7 +287,10 @@ mod tests {
 
         let m = a.generate(&idb, 0).expect("a has something to say");
         let got = b.receive(&ida, &m, 0).expect("receive");
-        assert!(got.new_changes.is_empty(), "first message carries no changes");
+        assert!(
+            got.new_changes.is_empty(),
+            "first message carries no changes"
+        );
         sync_pair(&mut a, &ida, &mut b, &idb);
         assert_eq!(a.heads(), b.heads());
         assert!(b.peer_covers(&ida, &b.heads()));

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::ActorId;
 use doorstep_protocol::schema::log::{MonthlyLog, Visit, VisitKind};
-use doorstep_protocol::schema::{delete_record, genesis, write_record, DocumentKind, RecordId};
+use doorstep_protocol::schema::{DocumentKind, RecordId, delete_record, genesis, write_record};
 use doorstep_protocol::session::DocSession;
 use doorstep_protocol::{Date, Fen, Month, PeerId, TenantId};
 use proptest::prelude::*;
@@ -101,13 +101,20 @@ fn run(peers: usize, steps: Vec<Step>) -> Result<(), TestCaseError> {
                     notes: None,
                     follow_up: None,
                 };
-                edit(&mut replicas[peer], |tx| write_record(tx, id, &v).expect("write"));
+                edit(&mut replicas[peer], |tx| {
+                    write_record(tx, id, &v).expect("write")
+                });
                 created.insert(id);
             }
             Step::Annotate { peer, nth, text } => {
                 if let Some((id, v)) = visits(&replicas[peer]).into_iter().nth(nth) {
-                    let v = Visit { notes: Some(format!("note {text}")), ..v };
-                    edit(&mut replicas[peer], |tx| write_record(tx, id, &v).expect("write"));
+                    let v = Visit {
+                        notes: Some(format!("note {text}")),
+                        ..v
+                    };
+                    edit(&mut replicas[peer], |tx| {
+                        write_record(tx, id, &v).expect("write")
+                    });
                 }
             }
             Step::Delete { peer, nth } => {

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use doorstep_protocol::TenantId;
 use doorstep_server::admin;
 use doorstep_server::config::Config;
@@ -76,7 +76,10 @@ impl TestServer {
     }
 
     /// Starts a server on an existing data directory (a restart).
-    pub async fn spawn_in(data_dir: tempfile::TempDir, configure: impl FnOnce(&mut Config)) -> anyhow::Result<TestServer> {
+    pub async fn spawn_in(
+        data_dir: tempfile::TempDir,
+        configure: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<TestServer> {
         init_tracing();
         let mut config = Config::new(data_dir.path().join("doorstep.db"));
         configure(&mut config);
@@ -111,11 +114,16 @@ impl TestServer {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
         self.store.close().await;
-        self.data_dir.take().expect("a running server has its data directory")
+        self.data_dir
+            .take()
+            .expect("a running server has its data directory")
     }
 
     pub fn data_dir(&self) -> &Path {
-        self.data_dir.as_ref().expect("a running server has its data directory").path()
+        self.data_dir
+            .as_ref()
+            .expect("a running server has its data directory")
+            .path()
     }
 
     pub fn http_url(&self) -> String {
@@ -131,7 +139,10 @@ impl TestServer {
     }
 
     /// A document as the server stored it (what survives a restart).
-    pub async fn stored_document(&self, id: doorstep_protocol::DocumentId) -> anyhow::Result<automerge::Automerge> {
+    pub async fn stored_document(
+        &self,
+        id: doorstep_protocol::DocumentId,
+    ) -> anyhow::Result<automerge::Automerge> {
         stored_document(&self.store, id).await
     }
 
@@ -146,7 +157,12 @@ impl TestServer {
     }
 
     /// Creates a user and logs in, returning an API token.
-    pub async fn login_as(&self, username: &str, role: Role, tenant: TenantId) -> anyhow::Result<String> {
+    pub async fn login_as(
+        &self,
+        username: &str,
+        role: Role,
+        tenant: TenantId,
+    ) -> anyhow::Result<String> {
         let password = "a long enough password";
         admin::create_user(&self.store, username, password, role, tenant, "test").await?;
         let response: serde_json::Value = reqwest::Client::new()
@@ -157,7 +173,10 @@ impl TestServer {
             .error_for_status()?
             .json()
             .await?;
-        Ok(response["token"].as_str().context("login token")?.to_owned())
+        Ok(response["token"]
+            .as_str()
+            .context("login token")?
+            .to_owned())
     }
 }
 
@@ -173,15 +192,28 @@ impl Drop for TestServer {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 pub async fn make_district(store: &Store) -> anyhow::Result<District> {
-    let district = store.create_tenant(None, Level::District, "燕山工委").await?;
-    let xiangyang = store.create_tenant(Some(district.id), Level::SubDistrict, "向阳街道").await?;
-    let dongfeng = store.create_tenant(Some(district.id), Level::SubDistrict, "东风街道").await?;
-    let yingfeng = store.create_tenant(Some(xiangyang.id), Level::Branch, "迎风怡丽社区").await?;
-    let fenghuangting = store.create_tenant(Some(dongfeng.id), Level::Branch, "凤凰亭社区").await?;
+    let district = store
+        .create_tenant(None, Level::District, "燕山工委")
+        .await?;
+    let xiangyang = store
+        .create_tenant(Some(district.id), Level::SubDistrict, "向阳街道")
+        .await?;
+    let dongfeng = store
+        .create_tenant(Some(district.id), Level::SubDistrict, "东风街道")
+        .await?;
+    let yingfeng = store
+        .create_tenant(Some(xiangyang.id), Level::Branch, "迎风怡丽社区")
+        .await?;
+    let fenghuangting = store
+        .create_tenant(Some(dongfeng.id), Level::Branch, "凤凰亭社区")
+        .await?;
     Ok(District {
         district,
         xiangyang,
@@ -192,7 +224,10 @@ pub async fn make_district(store: &Store) -> anyhow::Result<District> {
 }
 
 /// Loads a document from a store's chunks.
-pub async fn stored_document(store: &Store, id: doorstep_protocol::DocumentId) -> anyhow::Result<automerge::Automerge> {
+pub async fn stored_document(
+    store: &Store,
+    id: doorstep_protocol::DocumentId,
+) -> anyhow::Result<automerge::Automerge> {
     let mut doc = automerge::Automerge::new();
     for chunk in store.load_chunks(id).await?.chunks {
         doc.load_incremental(&chunk)?;
@@ -201,7 +236,12 @@ pub async fn stored_document(store: &Store, id: doorstep_protocol::DocumentId) -
 }
 
 /// Issues a code with the operator API and exchanges it over HTTP.
-pub async fn enroll(store: &Store, http_url: &str, branch: TenantId, label: &str) -> anyhow::Result<Enrolled> {
+pub async fn enroll(
+    store: &Store,
+    http_url: &str,
+    branch: TenantId,
+    label: &str,
+) -> anyhow::Result<Enrolled> {
     let issued = admin::issue_enrollment_code(store, branch, label, 1, "test").await?;
     let response = reqwest::Client::new()
         .post(format!("{http_url}/api/v1/enroll"))
@@ -215,7 +255,11 @@ pub async fn enroll(store: &Store, http_url: &str, branch: TenantId, label: &str
 }
 
 /// Registers an actor id for a device over HTTP.
-pub async fn register_actor(http_url: &str, token: &str, actor: &automerge::ActorId) -> anyhow::Result<reqwest::StatusCode> {
+pub async fn register_actor(
+    http_url: &str,
+    token: &str,
+    actor: &automerge::ActorId,
+) -> anyhow::Result<reqwest::StatusCode> {
     Ok(reqwest::Client::new()
         .post(format!("{http_url}/api/v1/device/actors"))
         .bearer_auth(token)
@@ -245,5 +289,7 @@ where
 
 /// The workspace root, for files the tests use (the JS harness).
 pub fn workspace_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
 }

@@ -3,15 +3,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{Context, anyhow, bail};
 use automerge::Automerge;
 use doorstep_protocol::session::DocSession;
 use doorstep_protocol::wire::{self, Limits, Message, PeerMetadata};
 use doorstep_protocol::{DocumentId, PeerId, StorageId};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -24,7 +24,10 @@ pub enum SyncOutcome {
     /// The server answered `doc-unavailable`; these are its raw bytes.
     Unavailable(Vec<u8>),
     /// The server sent an `error` and closed.
-    Refused { message: String, close_code: Option<u16> },
+    Refused {
+        message: String,
+        close_code: Option<u16>,
+    },
 }
 
 /// One device connection: a WebSocket plus a session per document.
@@ -41,7 +44,11 @@ pub struct TestPeer {
 
 impl TestPeer {
     /// Connects with a bearer token in the header and completes the handshake.
-    pub async fn connect(ws_url: &str, token: &str, storage_id: Option<&str>) -> anyhow::Result<TestPeer> {
+    pub async fn connect(
+        ws_url: &str,
+        token: &str,
+        storage_id: Option<&str>,
+    ) -> anyhow::Result<TestPeer> {
         let mut request = ws_url.into_client_request()?;
         request
             .headers_mut()
@@ -72,7 +79,11 @@ impl TestPeer {
         })
         .await?;
         match peer.recv(Duration::from_secs(5)).await? {
-            Message::Peer { sender_id, selected_protocol_version, .. } if selected_protocol_version == "1" => {
+            Message::Peer {
+                sender_id,
+                selected_protocol_version,
+                ..
+            } if selected_protocol_version == "1" => {
                 peer.server_peer = sender_id;
                 Ok(peer)
             }
@@ -108,7 +119,10 @@ impl TestPeer {
             match frame {
                 Some(Ok(WsMessage::Binary(bytes))) => return Ok(bytes.to_vec()),
                 Some(Ok(WsMessage::Close(frame))) => {
-                    bail!("closed: {:?}", frame.map(|f| (u16::from(f.code), f.reason.to_string())))
+                    bail!(
+                        "closed: {:?}",
+                        frame.map(|f| (u16::from(f.code), f.reason.to_string()))
+                    )
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => bail!("socket error: {e}"),
@@ -124,7 +138,9 @@ impl TestPeer {
                 .await
                 .map_err(|_| anyhow!("not closed within {timeout:?}"))?;
             match frame {
-                Some(Ok(WsMessage::Close(Some(f)))) => return Ok((u16::from(f.code), f.reason.to_string())),
+                Some(Ok(WsMessage::Close(Some(f)))) => {
+                    return Ok((u16::from(f.code), f.reason.to_string()));
+                }
                 Some(Ok(WsMessage::Close(None))) | None => return Ok((1005, String::new())),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => bail!("socket error: {e}"),
@@ -168,18 +184,20 @@ impl TestPeer {
                 Ok(bytes) => bytes,
                 Err(_) => return Ok(()),
             };
-            if let Message::Sync { document_id, data, .. } = wire::decode(&bytes, &self.limits)? {
-                if let Some(session) = self.docs.get_mut(&document_id) {
-                    session.receive(&server, &data, 0)?;
-                    if let Some(reply) = session.generate(&server, 0) {
-                        let message = Message::Sync {
-                            sender_id: self.peer_id.clone(),
-                            target_id: server.clone(),
-                            document_id,
-                            data: reply,
-                        };
-                        self.send(&message).await?;
-                    }
+            if let Message::Sync {
+                document_id, data, ..
+            } = wire::decode(&bytes, &self.limits)?
+                && let Some(session) = self.docs.get_mut(&document_id)
+            {
+                session.receive(&server, &data, 0)?;
+                if let Some(reply) = session.generate(&server, 0) {
+                    let message = Message::Sync {
+                        sender_id: self.peer_id.clone(),
+                        target_id: server.clone(),
+                        document_id,
+                        data: reply,
+                    };
+                    self.send(&message).await?;
                 }
             }
         }
@@ -194,11 +212,26 @@ impl TestPeer {
         let server = self.server_peer.clone();
         let first = !self.requested.contains_key(&id);
         self.requested.insert(id, true);
-        if let Some(data) = self.docs.get_mut(&id).context("open doc")?.generate(&server, 0) {
+        if let Some(data) = self
+            .docs
+            .get_mut(&id)
+            .context("open doc")?
+            .generate(&server, 0)
+        {
             let message = if first {
-                Message::Request { sender_id: self.peer_id.clone(), target_id: server.clone(), document_id: id, data }
+                Message::Request {
+                    sender_id: self.peer_id.clone(),
+                    target_id: server.clone(),
+                    document_id: id,
+                    data,
+                }
             } else {
-                Message::Sync { sender_id: self.peer_id.clone(), target_id: server.clone(), document_id: id, data }
+                Message::Sync {
+                    sender_id: self.peer_id.clone(),
+                    target_id: server.clone(),
+                    document_id: id,
+                    data,
+                }
             };
             self.send(&message).await?;
         }
@@ -206,9 +239,10 @@ impl TestPeer {
             {
                 let session = self.docs.get(&id).context("open doc")?;
                 let ours = session.heads();
-                let theirs_known = session
-                    .their_heads(&server)
-                    .is_some_and(|h| h.iter().all(|h| session.document().get_change_meta_by_hash(h).is_some()));
+                let theirs_known = session.their_heads(&server).is_some_and(|h| {
+                    h.iter()
+                        .all(|h| session.document().get_change_meta_by_hash(h).is_some())
+                });
                 if theirs_known && session.peer_covers(&server, &ours) {
                     return Ok(SyncOutcome::Synced);
                 }
@@ -218,7 +252,9 @@ impl TestPeer {
                 Err(e) => return Err(e.context(format!("syncing {id}"))),
             };
             match wire::decode(&bytes, &self.limits)? {
-                Message::Sync { document_id, data, .. } if document_id == id => {
+                Message::Sync {
+                    document_id, data, ..
+                } if document_id == id => {
                     *self.received.entry(id).or_default() += data.len();
                     let session = self.docs.get_mut(&id).context("open doc")?;
                     session.receive(&server, &data, 0)?;
@@ -232,7 +268,9 @@ impl TestPeer {
                         self.send(&message).await?;
                     }
                 }
-                Message::Sync { document_id, data, .. } => {
+                Message::Sync {
+                    document_id, data, ..
+                } => {
                     // Another document's news: apply it so nothing is lost.
                     if let Some(session) = self.docs.get_mut(&document_id) {
                         session.receive(&server, &data, 0)?;
@@ -242,8 +280,15 @@ impl TestPeer {
                     return Ok(SyncOutcome::Unavailable(bytes));
                 }
                 Message::Error { message, .. } => {
-                    let close_code = self.closed(Duration::from_secs(5)).await.ok().map(|(code, _)| code);
-                    return Ok(SyncOutcome::Refused { message, close_code });
+                    let close_code = self
+                        .closed(Duration::from_secs(5))
+                        .await
+                        .ok()
+                        .map(|(code, _)| code);
+                    return Ok(SyncOutcome::Refused {
+                        message,
+                        close_code,
+                    });
                 }
                 _ => {}
             }

@@ -2,20 +2,20 @@
 //! target against the caller's scope; anything outside it is `404`, exactly
 //! like something that does not exist.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
 use doorstep_protocol::{DeviceId, TenantId};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::extract::{DeviceAuth, UserAuth};
-use crate::admin;
-use crate::auth::{hash_secret, verify_password, Secret};
-use crate::store::{now_ms, Device, Tenant, User};
-use crate::tenancy::{Level, Role};
 use crate::AppState;
+use crate::admin;
+use crate::auth::{Secret, hash_secret, verify_password};
+use crate::store::{Device, Tenant, User, now_ms};
+use crate::tenancy::{Level, Role};
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
@@ -26,7 +26,9 @@ fn parse<T: std::str::FromStr>(text: &str) -> Result<T, ApiError> {
 
 pub async fn healthz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.store.tenant_count().await?;
-    Ok(Json(json!({ "status": "ok", "live_documents": state.hub.live_documents().await })))
+    Ok(Json(
+        json!({ "status": "ok", "live_documents": state.hub.live_documents().await }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -35,7 +37,10 @@ pub struct Login {
     password: String,
 }
 
-pub async fn login(State(state): State<AppState>, Json(body): Json<Login>) -> Result<Json<Value>, ApiError> {
+pub async fn login(
+    State(state): State<AppState>,
+    Json(body): Json<Login>,
+) -> Result<Json<Value>, ApiError> {
     let found = state.store.user_for_login(&body.username).await?;
     // Verify against a dummy hash when the user is unknown, so timing does
     // not reveal which usernames exist.
@@ -50,11 +55,19 @@ pub async fn login(State(state): State<AppState>, Json(body): Json<Login>) -> Re
     };
     let token = Secret::generate_token();
     let expires_at = now_ms() + state.config.session_ttl.as_millis() as i64;
-    state.store.create_session(user.id, &token.hash(), expires_at).await?;
-    Ok(Json(json!({ "token": token.expose(), "expires_at": expires_at, "user": user })))
+    state
+        .store
+        .create_session(user.id, &token.hash(), expires_at)
+        .await?;
+    Ok(Json(
+        json!({ "token": token.expose(), "expires_at": expires_at, "user": user }),
+    ))
 }
 
-pub async fn logout(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Result<StatusCode, ApiError> {
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<StatusCode, ApiError> {
     if let Some(token) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -74,7 +87,11 @@ pub async fn list_tenants(State(state): State<AppState>, auth: UserAuth) -> ApiR
 }
 
 /// The tenant `id`, if it is inside the caller's scope.
-async fn tenant_in_scope(state: &AppState, auth: &UserAuth, id: TenantId) -> Result<Tenant, ApiError> {
+async fn tenant_in_scope(
+    state: &AppState,
+    auth: &UserAuth,
+    id: TenantId,
+) -> Result<Tenant, ApiError> {
     state
         .store
         .tenant(id)
@@ -90,7 +107,11 @@ pub struct NewTenant {
     parent_id: String,
 }
 
-pub async fn create_tenant(State(state): State<AppState>, auth: UserAuth, Json(body): Json<NewTenant>) -> Result<(StatusCode, Json<Tenant>), ApiError> {
+pub async fn create_tenant(
+    State(state): State<AppState>,
+    auth: UserAuth,
+    Json(body): Json<NewTenant>,
+) -> Result<(StatusCode, Json<Tenant>), ApiError> {
     let user = auth.admin()?;
     // Districts are created by operators with the CLI; the API grows a
     // subtree below the caller's own tenant.
@@ -98,10 +119,18 @@ pub async fn create_tenant(State(state): State<AppState>, auth: UserAuth, Json(b
     if user.role == Role::BranchSecretary {
         return Err(ApiError::Forbidden);
     }
-    let tenant = state.store.create_tenant(Some(parent.id), body.level, &body.name).await?;
+    let tenant = state
+        .store
+        .create_tenant(Some(parent.id), body.level, &body.name)
+        .await?;
     state
         .store
-        .audit(&user.username, "tenant.create", &tenant.id.to_string(), Some(&tenant.name))
+        .audit(
+            &user.username,
+            "tenant.create",
+            &tenant.id.to_string(),
+            Some(&tenant.name),
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(tenant)))
 }
@@ -119,13 +148,25 @@ pub struct NewUser {
     tenant_id: String,
 }
 
-pub async fn create_user(State(state): State<AppState>, auth: UserAuth, Json(body): Json<NewUser>) -> Result<(StatusCode, Json<User>), ApiError> {
+pub async fn create_user(
+    State(state): State<AppState>,
+    auth: UserAuth,
+    Json(body): Json<NewUser>,
+) -> Result<(StatusCode, Json<User>), ApiError> {
     let user = auth.admin()?;
     let tenant = tenant_in_scope(&state, &auth, parse(&body.tenant_id)?).await?;
     if !user.role.may_grant(body.role) {
         return Err(ApiError::Forbidden);
     }
-    let created = admin::create_user(&state.store, &body.username, &body.password, body.role, tenant.id, &user.username).await?;
+    let created = admin::create_user(
+        &state.store,
+        &body.username,
+        &body.password,
+        body.role,
+        tenant.id,
+        &user.username,
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -141,10 +182,21 @@ fn default_ttl_hours() -> u32 {
     72
 }
 
-pub async fn create_enrollment_code(State(state): State<AppState>, auth: UserAuth, Json(body): Json<NewCode>) -> Result<(StatusCode, Json<admin::IssuedCode>), ApiError> {
+pub async fn create_enrollment_code(
+    State(state): State<AppState>,
+    auth: UserAuth,
+    Json(body): Json<NewCode>,
+) -> Result<(StatusCode, Json<admin::IssuedCode>), ApiError> {
     let user = auth.admin()?;
     let branch = tenant_in_scope(&state, &auth, parse(&body.branch_id)?).await?;
-    let issued = admin::issue_enrollment_code(&state.store, branch.id, &body.label, body.ttl_hours, &user.username).await?;
+    let issued = admin::issue_enrollment_code(
+        &state.store,
+        branch.id,
+        &body.label,
+        body.ttl_hours,
+        &user.username,
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }
 
@@ -155,12 +207,23 @@ pub struct Enroll {
 
 /// Exchanges a one-time code for a device token. No login: the code is the
 /// credential, and it works once.
-pub async fn enroll(State(state): State<AppState>, Json(body): Json<Enroll>) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn enroll(
+    State(state): State<AppState>,
+    Json(body): Json<Enroll>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let token = Secret::generate_token();
-    let device = state.store.enroll(&hash_secret(&body.code), &token.hash()).await?;
+    let device = state
+        .store
+        .enroll(&hash_secret(&body.code), &token.hash())
+        .await?;
     state
         .store
-        .audit(&format!("device:{}", device.id), "device.enroll", &device.branch_id.to_string(), Some(&device.label))
+        .audit(
+            &format!("device:{}", device.id),
+            "device.enroll",
+            &device.branch_id.to_string(),
+            Some(&device.label),
+        )
         .await?;
     let documents = admin::device_documents(&state.store, &device).await?;
     Ok((
@@ -174,7 +237,11 @@ pub async fn enroll(State(state): State<AppState>, Json(body): Json<Enroll>) -> 
     ))
 }
 
-async fn device_in_scope(state: &AppState, auth: &UserAuth, id: DeviceId) -> Result<Device, ApiError> {
+async fn device_in_scope(
+    state: &AppState,
+    auth: &UserAuth,
+    id: DeviceId,
+) -> Result<Device, ApiError> {
     state
         .store
         .device(id)
@@ -188,15 +255,25 @@ pub async fn list_devices(State(state): State<AppState>, auth: UserAuth) -> ApiR
     Ok(Json(state.store.devices_within(auth.scope()).await?))
 }
 
-pub async fn revoke_device(State(state): State<AppState>, auth: UserAuth, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn revoke_device(
+    State(state): State<AppState>,
+    auth: UserAuth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let user = auth.admin()?;
     let device = device_in_scope(&state, &auth, parse(&id)?).await?;
     let revoked = admin::revoke_device(&state.store, device.id, &user.username).await?;
     let closed = state.hub.disconnect_device(device.id);
-    Ok(Json(json!({ "revoked": revoked, "closed_connections": closed })))
+    Ok(Json(
+        json!({ "revoked": revoked, "closed_connections": closed }),
+    ))
 }
 
-pub async fn documents_of_device(State(state): State<AppState>, auth: UserAuth, Path(id): Path<String>) -> ApiResult<Vec<admin::DocumentEntry>> {
+pub async fn documents_of_device(
+    State(state): State<AppState>,
+    auth: UserAuth,
+    Path(id): Path<String>,
+) -> ApiResult<Vec<admin::DocumentEntry>> {
     auth.admin()?;
     let device = device_in_scope(&state, &auth, parse(&id)?).await?;
     Ok(Json(admin::device_documents(&state.store, &device).await?))
@@ -206,7 +283,10 @@ pub async fn this_device(auth: DeviceAuth) -> Json<Device> {
     Json(auth.0)
 }
 
-pub async fn this_device_documents(State(state): State<AppState>, auth: DeviceAuth) -> ApiResult<Vec<admin::DocumentEntry>> {
+pub async fn this_device_documents(
+    State(state): State<AppState>,
+    auth: DeviceAuth,
+) -> ApiResult<Vec<admin::DocumentEntry>> {
     Ok(Json(admin::device_documents(&state.store, &auth.0).await?))
 }
 
@@ -217,14 +297,23 @@ pub struct NewActor {
 
 /// Binds an Automerge actor id to the calling device. Changes by actors
 /// bound to no device, or to another, are refused on sync.
-pub async fn register_actor(State(state): State<AppState>, auth: DeviceAuth, Json(body): Json<NewActor>) -> Result<StatusCode, ApiError> {
+pub async fn register_actor(
+    State(state): State<AppState>,
+    auth: DeviceAuth,
+    Json(body): Json<NewActor>,
+) -> Result<StatusCode, ApiError> {
     let actor = body.actor_id.trim().to_ascii_lowercase();
-    let bytes = hex::decode(&actor).map_err(|_| ApiError::BadRequest("actor_id must be hex".into()))?;
+    let bytes =
+        hex::decode(&actor).map_err(|_| ApiError::BadRequest("actor_id must be hex".into()))?;
     if bytes.is_empty() || bytes.len() > 64 {
-        return Err(ApiError::BadRequest("actor_id must be 1 to 64 bytes".into()));
+        return Err(ApiError::BadRequest(
+            "actor_id must be 1 to 64 bytes".into(),
+        ));
     }
     if bytes.iter().all(|b| *b == 0) {
-        return Err(ApiError::BadRequest("the genesis actor cannot be registered".into()));
+        return Err(ApiError::BadRequest(
+            "the genesis actor cannot be registered".into(),
+        ));
     }
     state.store.register_actor(auth.0.id, &actor).await?;
     Ok(StatusCode::NO_CONTENT)

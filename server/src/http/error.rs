@@ -1,8 +1,8 @@
 //! The one place errors become HTTP responses.
 
+use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::json;
 
 use crate::store::{EnrollError, StoreError};
@@ -63,7 +63,8 @@ impl IntoResponse for ApiError {
             // Logged once here; the client gets no detail.
             tracing::error!(error = ?cause, "request failed");
         }
-        let mut response = (self.status(), Json(json!({ "error": self.to_string() }))).into_response();
+        let mut response =
+            (self.status(), Json(json!({ "error": self.to_string() }))).into_response();
         if matches!(self, ApiError::Unauthorized) {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

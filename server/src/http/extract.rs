@@ -4,10 +4,10 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
 use super::error::ApiError;
+use crate::AppState;
 use crate::auth::hash_secret;
 use crate::store::{Device, User};
 use crate::tenancy::TenantPath;
-use crate::AppState;
 
 fn bearer(parts: &Parts) -> Option<&str> {
     parts
@@ -40,7 +40,10 @@ impl UserAuth {
 impl FromRequestParts<AppState> for UserAuth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
         state
             .store
@@ -58,7 +61,10 @@ pub struct DeviceAuth(pub Device);
 impl FromRequestParts<AppState> for DeviceAuth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
         state
             .store

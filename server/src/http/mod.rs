@@ -4,9 +4,9 @@ mod api;
 pub mod error;
 pub mod extract;
 
+use axum::Router;
 use axum::extract::Request;
 use axum::routing::{get, post};
-use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 

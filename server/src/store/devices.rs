@@ -2,11 +2,11 @@
 
 use doorstep_protocol::{DeviceId, TenantId};
 use serde::Serialize;
-use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
 
 use super::tenants::{serialize_display, serialize_opt_display};
-use super::{now_ms, parse_column, Store, StoreError};
+use super::{Store, StoreError, now_ms, parse_column};
 use crate::tenancy::TenantPath;
 
 /// An enrolled device.
@@ -126,12 +126,14 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("insert into device_tokens (token_hash, device_id, created_at) values (?, ?, ?)")
-            .bind(token_hash)
-            .bind(device_id.to_string())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "insert into device_tokens (token_hash, device_id, created_at) values (?, ?, ?)",
+        )
+        .bind(token_hash)
+        .bind(device_id.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(self
             .device(device_id)
@@ -183,13 +185,14 @@ impl Store {
     /// Revokes a device and deletes its tokens. True if it was live.
     pub async fn revoke_device(&self, id: DeviceId) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
-        let revoked = sqlx::query("update devices set revoked_at = ? where id = ? and revoked_at is null")
-            .bind(now_ms())
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            > 0;
+        let revoked =
+            sqlx::query("update devices set revoked_at = ? where id = ? and revoked_at is null")
+                .bind(now_ms())
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0;
         sqlx::query("delete from device_tokens where device_id = ?")
             .bind(id.to_string())
             .execute(&mut *tx)
@@ -206,16 +209,23 @@ impl Store {
             .fetch_all(self.pool())
             .await?;
         rows.iter()
-            .map(|r| Ok((parse_column(&r.try_get::<String, _>("id")?, "device id")?, r.try_get("revoked_at")?)))
+            .map(|r| {
+                Ok((
+                    parse_column(&r.try_get::<String, _>("id")?, "device id")?,
+                    r.try_get("revoked_at")?,
+                ))
+            })
             .collect()
     }
 
     /// Whether the device is still live; checked on every sync message.
     pub async fn device_is_live(&self, id: DeviceId) -> Result<bool, StoreError> {
-        Ok(sqlx::query_scalar::<_, i64>("select count(*) from devices where id = ? and revoked_at is null")
-            .bind(id.to_string())
-            .fetch_one(self.pool())
-            .await?
+        Ok(sqlx::query_scalar::<_, i64>(
+            "select count(*) from devices where id = ? and revoked_at is null",
+        )
+        .bind(id.to_string())
+        .fetch_one(self.pool())
+        .await?
             > 0)
     }
 
@@ -230,7 +240,11 @@ impl Store {
 
     /// Binds an Automerge actor id to a device. Registering an actor twice
     /// for the same device is fine; an actor of another device is refused.
-    pub async fn register_actor(&self, device: DeviceId, actor_hex: &str) -> Result<(), StoreError> {
+    pub async fn register_actor(
+        &self,
+        device: DeviceId,
+        actor_hex: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "insert into device_actors (actor_id, device_id, registered_at) values (?, ?, ?)
              on conflict (actor_id) do nothing",
@@ -256,9 +270,11 @@ impl Store {
     }
 
     pub async fn actors_of(&self, device: DeviceId) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar("select actor_id from device_actors where device_id = ? order by registered_at")
-            .bind(device.to_string())
-            .fetch_all(self.pool())
-            .await?)
+        Ok(sqlx::query_scalar(
+            "select actor_id from device_actors where device_id = ? order by registered_at",
+        )
+        .bind(device.to_string())
+        .fetch_all(self.pool())
+        .await?)
     }
 }

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::tenants::serialize_display;
-use super::{now_ms, parse_column, Store, StoreError};
+use super::{Store, StoreError, now_ms, parse_column};
 
 /// What a stored document is, as the document list shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -75,10 +75,22 @@ pub(super) async fn insert_document(
 
 impl Store {
     /// Stores a monthly log document the first time any device opens it.
-    pub async fn ensure_log_document(&self, branch: TenantId, month: Month, genesis: &[u8]) -> Result<DocumentId, StoreError> {
+    pub async fn ensure_log_document(
+        &self,
+        branch: TenantId,
+        month: Month,
+        genesis: &[u8],
+    ) -> Result<DocumentId, StoreError> {
         let id = DocumentId::monthly_log(branch, month);
         let mut tx = self.begin_write().await?;
-        insert_document(&mut tx, id, branch, DocumentKind::MonthlyLog(month), genesis).await?;
+        insert_document(
+            &mut tx,
+            id,
+            branch,
+            DocumentKind::MonthlyLog(month),
+            genesis,
+        )
+        .await?;
         tx.commit().await?;
         Ok(id)
     }
@@ -93,7 +105,11 @@ impl Store {
             Ok(DocumentRow {
                 id,
                 branch_id: parse_column(&r.try_get::<String, _>("branch_id")?, "tenant id")?,
-                kind: if kind == "roster" { DocumentKindRow::Roster } else { DocumentKindRow::Log },
+                kind: if kind == "roster" {
+                    DocumentKindRow::Roster
+                } else {
+                    DocumentKindRow::Log
+                },
                 month: r.try_get("month")?,
             })
         })
@@ -102,7 +118,11 @@ impl Store {
 
     /// Whether a live device may open a stored document: it must belong to
     /// the device's branch. Asked on every message that names a document.
-    pub async fn device_may_open(&self, device: DeviceId, document: DocumentId) -> Result<bool, StoreError> {
+    pub async fn device_may_open(
+        &self,
+        device: DeviceId,
+        document: DocumentId,
+    ) -> Result<bool, StoreError> {
         Ok(sqlx::query_scalar::<_, i64>(
             "select count(*) from documents doc join devices d on d.branch_id = doc.branch_id
              where doc.id = ? and d.id = ? and d.revoked_at is null",
@@ -115,7 +135,10 @@ impl Store {
     }
 
     /// The documents of a branch: its roster, then its logs by month.
-    pub async fn documents_of_branch(&self, branch: TenantId) -> Result<Vec<DocumentRow>, StoreError> {
+    pub async fn documents_of_branch(
+        &self,
+        branch: TenantId,
+    ) -> Result<Vec<DocumentRow>, StoreError> {
         let rows = sqlx::query(
             "select id, kind, month from documents where branch_id = ?
              order by case kind when 'roster' then 0 else 1 end, month",
@@ -129,7 +152,11 @@ impl Store {
                 Ok(DocumentRow {
                     id: parse_column(&r.try_get::<String, _>("id")?, "document id")?,
                     branch_id: branch,
-                    kind: if kind == "roster" { DocumentKindRow::Roster } else { DocumentKindRow::Log },
+                    kind: if kind == "roster" {
+                        DocumentKindRow::Roster
+                    } else {
+                        DocumentKindRow::Log
+                    },
                     month: r.try_get("month")?,
                 })
             })
@@ -160,7 +187,12 @@ impl Store {
 
     /// Stores new changes, idempotently by change hash, and records which
     /// device sent them; committed (to disk) when this returns.
-    pub async fn append_changes(&self, id: DocumentId, changes: &[NewChange], device: Option<DeviceId>) -> Result<u64, StoreError> {
+    pub async fn append_changes(
+        &self,
+        id: DocumentId,
+        changes: &[NewChange],
+        device: Option<DeviceId>,
+    ) -> Result<u64, StoreError> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
         let mut added = 0;
@@ -196,7 +228,12 @@ impl Store {
     /// Replaces every chunk the snapshot covers with the snapshot, in one
     /// transaction. `covers` says whether a stored change hash is in it; a
     /// change stored meanwhile that it lacks is kept.
-    pub async fn compact(&self, id: DocumentId, snapshot: &[u8], covers: impl Fn(&str) -> bool) -> Result<(), StoreError> {
+    pub async fn compact(
+        &self,
+        id: DocumentId,
+        snapshot: &[u8],
+        covers: impl Fn(&str) -> bool,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         let rows = sqlx::query("select kind, hash from chunks where document_id = ?")
             .bind(id.to_string())
@@ -240,15 +277,26 @@ impl Store {
         Ok((row.try_get("snapshots")?, row.try_get("incrementals")?))
     }
 
-    pub async fn load_sync_state(&self, id: DocumentId, storage_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(sqlx::query_scalar("select state from sync_states where document_id = ? and storage_id = ?")
-            .bind(id.to_string())
-            .bind(storage_id)
-            .fetch_optional(self.pool())
-            .await?)
+    pub async fn load_sync_state(
+        &self,
+        id: DocumentId,
+        storage_id: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "select state from sync_states where document_id = ? and storage_id = ?",
+        )
+        .bind(id.to_string())
+        .bind(storage_id)
+        .fetch_optional(self.pool())
+        .await?)
     }
 
-    pub async fn save_sync_state(&self, id: DocumentId, storage_id: &str, state: &[u8]) -> Result<(), StoreError> {
+    pub async fn save_sync_state(
+        &self,
+        id: DocumentId,
+        storage_id: &str,
+        state: &[u8],
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "insert into sync_states (document_id, storage_id, state, updated_at) values (?, ?, ?, ?)
              on conflict (document_id, storage_id) do update set state = excluded.state, updated_at = excluded.updated_at",
@@ -263,12 +311,19 @@ impl Store {
     }
 
     /// Which device sent a change, from the change log.
-    pub async fn change_sender(&self, id: DocumentId, hash: &str) -> Result<Option<(String, Option<String>)>, StoreError> {
-        let row = sqlx::query("select actor_id, device_id from change_log where document_id = ? and hash = ?")
-            .bind(id.to_string())
-            .bind(hash)
-            .fetch_optional(self.pool())
-            .await?;
-        row.map(|r| Ok((r.try_get("actor_id")?, r.try_get("device_id")?))).transpose()
+    pub async fn change_sender(
+        &self,
+        id: DocumentId,
+        hash: &str,
+    ) -> Result<Option<(String, Option<String>)>, StoreError> {
+        let row = sqlx::query(
+            "select actor_id, device_id from change_log where document_id = ? and hash = ?",
+        )
+        .bind(id.to_string())
+        .bind(hash)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|r| Ok((r.try_get("actor_id")?, r.try_get("device_id")?)))
+            .transpose()
     }
 }

@@ -86,7 +86,9 @@ impl Store {
             .await?;
         let store = Store { pool };
         store.check_durability().await?;
-        sqlx::migrate!("../migrations/sqlite").run(&store.pool).await?;
+        sqlx::migrate!("../migrations/sqlite")
+            .run(&store.pool)
+            .await?;
         Ok(store)
     }
 
@@ -125,7 +127,9 @@ impl Store {
     /// default deferred transaction fails with SQLITE_BUSY_SNAPSHOT (517),
     /// which no busy timeout retries, when it reads and then writes while
     /// another connection committed in between.
-    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
         self.pool.begin_with("begin immediate").await
     }
 
@@ -140,30 +144,44 @@ impl Store {
             .bind(&fresh)
             .execute(&self.pool)
             .await?;
-        Ok(sqlx::query_scalar("select value from server_meta where key = 'storage_id'")
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("select value from server_meta where key = 'storage_id'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// Records who did what; never holds secrets.
-    pub async fn audit(&self, actor: &str, action: &str, subject: &str, detail: Option<&str>) -> Result<(), StoreError> {
-        sqlx::query("insert into audit (at, actor, action, subject, detail) values (?, ?, ?, ?, ?)")
-            .bind(now_ms())
-            .bind(actor)
-            .bind(action)
-            .bind(subject)
-            .bind(detail)
-            .execute(&self.pool)
-            .await?;
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        subject: &str,
+        detail: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "insert into audit (at, actor, action, subject, detail) values (?, ?, ?, ?, ?)",
+        )
+        .bind(now_ms())
+        .bind(actor)
+        .bind(action)
+        .bind(subject)
+        .bind(detail)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// The most recent audit entries, newest first.
-    pub async fn audit_tail(&self, limit: i64) -> Result<Vec<(i64, String, String, String)>, StoreError> {
-        let rows = sqlx::query("select at, actor, action, subject from audit order by id desc limit ?")
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+    pub async fn audit_tail(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, String, String)>, StoreError> {
+        let rows =
+            sqlx::query("select at, actor, action, subject from audit order by id desc limit ?")
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
         rows.into_iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
             .collect()

@@ -1,12 +1,12 @@
 //! Tenants, users and login sessions.
 
-use doorstep_protocol::schema::{genesis, DocumentKind};
+use doorstep_protocol::schema::{DocumentKind, genesis};
 use doorstep_protocol::{DocumentId, TenantId};
 use serde::Serialize;
-use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
 
-use super::{now_ms, parse_column, Store, StoreError};
+use super::{Store, StoreError, now_ms, parse_column};
 use crate::tenancy::{Level, Role, TenantPath};
 
 /// A district, sub-district or branch.
@@ -22,7 +22,10 @@ pub struct Tenant {
     pub path: TenantPath,
 }
 
-pub(crate) fn serialize_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_display<S: serde::Serializer, T: std::fmt::Display>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
 
@@ -73,10 +76,17 @@ fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
 impl Store {
     /// Creates a tenant under `parent`. A branch gets its roster document,
     /// stored as its deterministic genesis, in the same transaction.
-    pub async fn create_tenant(&self, parent: Option<TenantId>, level: Level, name: &str) -> Result<Tenant, StoreError> {
+    pub async fn create_tenant(
+        &self,
+        parent: Option<TenantId>,
+        level: Level,
+        name: &str,
+    ) -> Result<Tenant, StoreError> {
         let name = name.trim();
         if name.is_empty() || name.chars().count() > 200 {
-            return Err(StoreError::Invalid("a tenant name is 1 to 200 characters".into()));
+            return Err(StoreError::Invalid(
+                "a tenant name is 1 to 200 characters".into(),
+            ));
         }
         let id = TenantId::new_v7();
         let mut tx = self.begin_write().await?;
@@ -97,14 +107,15 @@ impl Store {
                         actual.as_str()
                     )));
                 }
-                parse_column::<TenantPath>(&row.try_get::<String, _>("path")?, "tenant path")?.child(id)
+                parse_column::<TenantPath>(&row.try_get::<String, _>("path")?, "tenant path")?
+                    .child(id)
             }
             (None, Some(parent_level)) => {
                 return Err(StoreError::Invalid(format!(
                     "a {} needs a parent {}",
                     level.as_str(),
                     parent_level.as_str()
-                )))
+                )));
             }
             (Some(_), None) => return Err(StoreError::Invalid("a district has no parent".into())),
         };
@@ -120,7 +131,14 @@ impl Store {
             .await?;
         if level == Level::Branch {
             let roster = genesis(id, DocumentKind::Roster);
-            super::documents::insert_document(&mut tx, DocumentId::roster(id), id, DocumentKind::Roster, &roster.save()).await?;
+            super::documents::insert_document(
+                &mut tx,
+                DocumentId::roster(id),
+                id,
+                DocumentKind::Roster,
+                &roster.save(),
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(Tenant {
@@ -155,18 +173,30 @@ impl Store {
     }
 
     pub async fn tenant_count(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("select count(*) from tenants").fetch_one(self.pool()).await?)
+        Ok(sqlx::query_scalar("select count(*) from tenants")
+            .fetch_one(self.pool())
+            .await?)
     }
 
     pub async fn user_count(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("select count(*) from users").fetch_one(self.pool()).await?)
+        Ok(sqlx::query_scalar("select count(*) from users")
+            .fetch_one(self.pool())
+            .await?)
     }
 
     /// Creates a user whose role fits the level of its tenant.
-    pub async fn create_user(&self, username: &str, password_hash: &str, role: Role, tenant: TenantId) -> Result<User, StoreError> {
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: Role,
+        tenant: TenantId,
+    ) -> Result<User, StoreError> {
         let username = username.trim();
         if username.is_empty() || username.chars().count() > 100 {
-            return Err(StoreError::Invalid("a username is 1 to 100 characters".into()));
+            return Err(StoreError::Invalid(
+                "a username is 1 to 100 characters".into(),
+            ));
         }
         let t = self
             .tenant(tenant)
@@ -208,7 +238,10 @@ impl Store {
     }
 
     /// A user and their password hash, for login.
-    pub async fn user_for_login(&self, username: &str) -> Result<Option<(User, String)>, StoreError> {
+    pub async fn user_for_login(
+        &self,
+        username: &str,
+    ) -> Result<Option<(User, String)>, StoreError> {
         let row = sqlx::query(
             "select u.id, u.username, u.role, u.tenant_id, u.password_hash, t.path
              from users u join tenants t on t.id = u.tenant_id where u.username = ?",
@@ -216,7 +249,8 @@ impl Store {
         .bind(username.trim())
         .fetch_optional(self.pool())
         .await?;
-        row.map(|r| Ok((user_from_row(&r)?, r.try_get("password_hash")?))).transpose()
+        row.map(|r| Ok((user_from_row(&r)?, r.try_get("password_hash")?)))
+            .transpose()
     }
 
     pub async fn users_within(&self, scope: &TenantPath) -> Result<Vec<User>, StoreError> {
@@ -234,7 +268,12 @@ impl Store {
         .collect()
     }
 
-    pub async fn create_session(&self, user: uuid::Uuid, token_hash: &[u8], expires_at: i64) -> Result<(), StoreError> {
+    pub async fn create_session(
+        &self,
+        user: uuid::Uuid,
+        token_hash: &[u8],
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         sqlx::query("delete from user_sessions where expires_at < ?")
             .bind(now)

@@ -17,16 +17,16 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUp
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use doorstep_protocol::wire::{self, DecodeError, Message, PeerMetadata, PROTOCOL_VERSION};
+use doorstep_protocol::wire::{self, DecodeError, Message, PROTOCOL_VERSION, PeerMetadata};
 use doorstep_protocol::{DocumentId, PeerId, StorageId};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use crate::AppState;
 use crate::auth::hash_secret;
 use crate::hub::{Access, Connection, Hub, Outbound, SyncRefusal};
 use crate::store::Device;
-use crate::AppState;
 
 /// Close codes (4000-4999 are for applications).
 pub mod close_code {
@@ -99,7 +99,9 @@ async fn refuse(mut socket: WebSocket, code: u16, reason: &str) {
         sender_id: None,
         target_id: None,
     };
-    let _ = socket.send(WsMessage::Binary(wire::encode(&error).into())).await;
+    let _ = socket
+        .send(WsMessage::Binary(wire::encode(&error).into()))
+        .await;
     let _ = socket
         .send(WsMessage::Close(Some(CloseFrame {
             code,
@@ -150,7 +152,10 @@ impl From<SyncRefusal> for Fatal {
 }
 
 /// Waits for the client's `join` and answers it with our `peer`.
-async fn handshake(hub: &Hub, socket: &mut WebSocket) -> Result<(PeerId, Option<String>), Option<Fatal>> {
+async fn handshake(
+    hub: &Hub,
+    socket: &mut WebSocket,
+) -> Result<(PeerId, Option<String>), Option<Fatal>> {
     let limits = hub.config().limits.wire_limits();
     let frame = tokio::time::timeout(hub.config().idle_timeout, socket.recv())
         .await
@@ -169,7 +174,10 @@ async fn handshake(hub: &Hub, socket: &mut WebSocket) -> Result<(PeerId, Option<
     else {
         return Err(Some(Fatal::protocol("the first message must be join")));
     };
-    if !supported_protocol_versions.iter().any(|v| v == PROTOCOL_VERSION) {
+    if !supported_protocol_versions
+        .iter()
+        .any(|v| v == PROTOCOL_VERSION)
+    {
         return Err(Some(Fatal::protocol(format!(
             "unsupported protocol versions {supported_protocol_versions:?}; this server speaks \"1\""
         ))));
@@ -196,7 +204,10 @@ async fn handshake(hub: &Hub, socket: &mut WebSocket) -> Result<(PeerId, Option<
 
 fn transport_fatal(e: &axum::Error) -> Fatal {
     let text = e.to_string();
-    if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Capacity") {
+    if text.contains("Space limit exceeded")
+        || text.contains("too long")
+        || text.contains("Capacity")
+    {
         Fatal {
             code: close_code::TOO_LARGE,
             reason: format!("message too large: {text}"),
@@ -237,7 +248,9 @@ async fn close_with(socket: &mut WebSocket, hub: &Hub, client: Option<&PeerId>, 
         sender_id: Some(hub.peer_id.clone()),
         target_id: client.cloned(),
     };
-    let _ = socket.send(WsMessage::Binary(wire::encode(&error).into())).await;
+    let _ = socket
+        .send(WsMessage::Binary(wire::encode(&error).into()))
+        .await;
     // Close reasons are limited to 123 bytes by the protocol.
     let mut reason = fatal.reason;
     while reason.len() > 120 {
@@ -283,7 +296,7 @@ async fn serve(
                 }
             }
             out = outbox.recv() => {
-                let Some(out) = out else { return None };
+                let out = out?;
                 let message = match out {
                     Outbound::Sync { document_id, data } => Message::Sync {
                         sender_id: hub.peer_id.clone(),
@@ -340,13 +353,27 @@ async fn serve(
 }
 
 /// Handles one decoded message. `Ok(false)` ends the connection quietly.
-async fn handle(hub: &Hub, socket: &mut WebSocket, conn: &Connection, client: &PeerId, message: Message) -> Result<bool, Fatal> {
+async fn handle(
+    hub: &Hub,
+    socket: &mut WebSocket,
+    conn: &Connection,
+    client: &PeerId,
+    message: Message,
+) -> Result<bool, Fatal> {
     match message {
-        Message::Request { document_id, data, .. } | Message::Sync { document_id, data, .. } => {
+        Message::Request {
+            document_id, data, ..
+        }
+        | Message::Sync {
+            document_id, data, ..
+        } => {
             let span = tracing::debug_span!("document", document = %document_id);
             async {
                 match check_access(hub, conn, document_id).await? {
-                    Access::Open => hub.receive_sync(conn, document_id, &data).await.map_err(Fatal::from),
+                    Access::Open => hub
+                        .receive_sync(conn, document_id, &data)
+                        .await
+                        .map_err(Fatal::from),
                     Access::Unavailable => unavailable(hub, socket, client, document_id).await,
                 }
             }
@@ -385,7 +412,11 @@ async fn handle(hub: &Hub, socket: &mut WebSocket, conn: &Connection, client: &P
     }
 }
 
-async fn check_access(hub: &Hub, conn: &Connection, document_id: DocumentId) -> Result<Access, Fatal> {
+async fn check_access(
+    hub: &Hub,
+    conn: &Connection,
+    document_id: DocumentId,
+) -> Result<Access, Fatal> {
     hub.access(&conn.device, document_id).await.map_err(|e| {
         tracing::error!(error = %e, "access check failed");
         Fatal {
@@ -395,7 +426,12 @@ async fn check_access(hub: &Hub, conn: &Connection, document_id: DocumentId) -> 
     })
 }
 
-async fn unavailable(hub: &Hub, socket: &mut WebSocket, client: &PeerId, document_id: DocumentId) -> Result<(), Fatal> {
+async fn unavailable(
+    hub: &Hub,
+    socket: &mut WebSocket,
+    client: &PeerId,
+    document_id: DocumentId,
+) -> Result<(), Fatal> {
     let message = Message::DocUnavailable {
         sender_id: hub.peer_id.clone(),
         target_id: client.clone(),

@@ -21,7 +21,10 @@ pub enum FieldError {
     #[error("{0} is missing")]
     Missing(String),
     #[error("{field} has the wrong type: expected {expected}")]
-    WrongType { field: String, expected: &'static str },
+    WrongType {
+        field: String,
+        expected: &'static str,
+    },
     #[error("{field} is invalid: {reason}")]
     Invalid { field: String, reason: String },
 }
@@ -44,10 +47,12 @@ impl<'a, D: ReadDoc> FieldReader<'a, D> {
     }
 
     fn get(&self, key: &str) -> Result<Option<(Value<'a>, ObjId)>, FieldError> {
-        self.doc.get(&self.obj, key).map_err(|e| FieldError::Invalid {
-            field: self.field(key),
-            reason: e.to_string(),
-        })
+        self.doc
+            .get(&self.obj, key)
+            .map_err(|e| FieldError::Invalid {
+                field: self.field(key),
+                reason: e.to_string(),
+            })
     }
 
     /// A string field: a scalar string, or Text as JS clients write it.
@@ -60,10 +65,13 @@ impl<'a, D: ReadDoc> FieldReader<'a, D> {
                 _ => Err(self.wrong(key, "string")),
             },
             Some((Value::Object(ObjType::Text), id)) => {
-                self.doc.text(&id).map(Some).map_err(|e| FieldError::Invalid {
-                    field: self.field(key),
-                    reason: e.to_string(),
-                })
+                self.doc
+                    .text(&id)
+                    .map(Some)
+                    .map_err(|e| FieldError::Invalid {
+                        field: self.field(key),
+                        reason: e.to_string(),
+                    })
             }
             Some(_) => Err(self.wrong(key, "string")),
         }
@@ -231,7 +239,11 @@ impl<'a, T: Transactable> FieldWriter<'a, T> {
 
     /// Puts a scalar unless the field already holds exactly that value
     /// (and holds it without a conflict).
-    pub fn scalar(&mut self, key: &str, value: impl Into<ScalarValue>) -> Result<(), AutomergeError> {
+    pub fn scalar(
+        &mut self,
+        key: &str,
+        value: impl Into<ScalarValue>,
+    ) -> Result<(), AutomergeError> {
         let value = value.into();
         let conflicted = self.tx.get_all(&self.obj, key)?.len() > 1;
         if conflicted || self.current(key)?.as_ref() != Some(&value) {
@@ -251,7 +263,11 @@ impl<'a, T: Transactable> FieldWriter<'a, T> {
         }
     }
 
-    pub fn display(&mut self, key: &str, value: &impl std::fmt::Display) -> Result<(), AutomergeError> {
+    pub fn display(
+        &mut self,
+        key: &str,
+        value: &impl std::fmt::Display,
+    ) -> Result<(), AutomergeError> {
         self.str(key, &value.to_string())
     }
 
@@ -283,7 +299,11 @@ impl<'a, T: Transactable> FieldWriter<'a, T> {
 
     /// Makes the set stored at `key` equal `values`, adding and removing
     /// single entries so concurrent edits to other entries are kept.
-    pub fn set<S: AsRef<str>>(&mut self, key: &str, values: impl IntoIterator<Item = S>) -> Result<(), AutomergeError> {
+    pub fn set<S: AsRef<str>>(
+        &mut self,
+        key: &str,
+        values: impl IntoIterator<Item = S>,
+    ) -> Result<(), AutomergeError> {
         let wanted: BTreeSet<String> = values.into_iter().map(|v| v.as_ref().to_owned()).collect();
         let mut child = self.child(key)?;
         let present: Vec<String> = child.tx.keys(&child.obj).collect();

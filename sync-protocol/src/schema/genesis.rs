@@ -27,7 +27,9 @@ impl DocumentKind {
     pub fn collections(&self) -> &'static [&'static str] {
         match self {
             DocumentKind::Roster => &["members", "hardship", "pairings", "teams"],
-            DocumentKind::MonthlyLog(_) => &["visits", "activities", "trainings", "placements", "fund"],
+            DocumentKind::MonthlyLog(_) => {
+                &["visits", "activities", "trainings", "placements", "fund"]
+            }
         }
     }
 }

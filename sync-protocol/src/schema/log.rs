@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use automerge::transaction::Transactable;
 use automerge::{AutomergeError, ReadDoc};
 
-use super::{string_enum, FieldError, FieldReader, FieldWriter, InvalidRecord, Record, RecordId};
+use super::{FieldError, FieldReader, FieldWriter, InvalidRecord, Record, RecordId, string_enum};
 use crate::values::{Date, Fen, Month};
 
 string_enum!(

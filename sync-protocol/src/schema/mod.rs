@@ -25,7 +25,7 @@ use automerge::{AutomergeError, ObjType, ReadDoc, Value};
 use uuid::Uuid;
 
 pub use fields::{FieldError, FieldReader, FieldWriter};
-pub use genesis::{genesis, DocumentKind, GENESIS_ACTOR};
+pub use genesis::{DocumentKind, GENESIS_ACTOR, genesis};
 
 /// The id of a record inside a document: a UUIDv7 made by the device.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
@@ -112,14 +112,18 @@ pub fn load_collection<R: Record, D: ReadDoc>(doc: &D) -> Loaded<R> {
         let id = match key.parse::<RecordId>() {
             Ok(id) => id,
             Err(_) => {
-                loaded.invalid.push(invalid(vec!["record key is not a UUID".into()]));
+                loaded
+                    .invalid
+                    .push(invalid(vec!["record key is not a UUID".into()]));
                 continue;
             }
         };
         let obj = match doc.get(&collection, key.as_str()) {
             Ok(Some((Value::Object(ObjType::Map), obj))) => obj,
             _ => {
-                loaded.invalid.push(invalid(vec!["record is not a map".into()]));
+                loaded
+                    .invalid
+                    .push(invalid(vec!["record is not a map".into()]));
                 continue;
             }
         };
@@ -141,15 +145,19 @@ pub fn load_collection<R: Record, D: ReadDoc>(doc: &D) -> Loaded<R> {
 
 /// Reads one record by id.
 pub fn read_record<R: Record, D: ReadDoc>(doc: &D, id: RecordId) -> Result<Option<R>, FieldError> {
-    let Ok(Some((Value::Object(ObjType::Map), collection))) = doc.get(automerge::ROOT, R::COLLECTION)
+    let Ok(Some((Value::Object(ObjType::Map), collection))) =
+        doc.get(automerge::ROOT, R::COLLECTION)
     else {
         return Ok(None);
     };
     let key = id.to_string();
     match doc.get(&collection, key.as_str()) {
-        Ok(Some((Value::Object(ObjType::Map), obj))) => {
-            R::read(&FieldReader::new(doc, obj, format!("{}.{key}", R::COLLECTION))).map(Some)
-        }
+        Ok(Some((Value::Object(ObjType::Map), obj))) => R::read(&FieldReader::new(
+            doc,
+            obj,
+            format!("{}.{key}", R::COLLECTION),
+        ))
+        .map(Some),
         _ => Ok(None),
     }
 }
@@ -170,8 +178,12 @@ pub fn write_record<R: Record, T: Transactable>(
 }
 
 /// Deletes a record; a deleted record stops counting everywhere.
-pub fn delete_record<R: Record, T: Transactable>(tx: &mut T, id: RecordId) -> Result<bool, AutomergeError> {
-    let Some((Value::Object(ObjType::Map), collection)) = tx.get(automerge::ROOT, R::COLLECTION)? else {
+pub fn delete_record<R: Record, T: Transactable>(
+    tx: &mut T,
+    id: RecordId,
+) -> Result<bool, AutomergeError> {
+    let Some((Value::Object(ObjType::Map), collection)) = tx.get(automerge::ROOT, R::COLLECTION)?
+    else {
         return Ok(false);
     };
     let key = id.to_string();

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use automerge::transaction::Transactable;
 use automerge::{AutomergeError, ReadDoc};
 
-use super::{string_enum, FieldError, FieldReader, FieldWriter, Record, RecordId};
+use super::{FieldError, FieldReader, FieldWriter, Record, RecordId, string_enum};
 use crate::values::Date;
 
 string_enum!(
@@ -244,7 +244,12 @@ impl Record for HardshipEntry {
         self.status_history
             .values()
             .filter(|s| s.on < self.opened_on)
-            .map(|s| format!("status {} on {} is before the entry was opened", s.status, s.on))
+            .map(|s| {
+                format!(
+                    "status {} on {} is before the entry was opened",
+                    s.status, s.on
+                )
+            })
             .collect()
     }
 }

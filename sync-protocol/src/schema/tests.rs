@@ -47,8 +47,14 @@ fn two_replicas_build_the_same_genesis() {
     let b = genesis(branch(), kind);
     assert_eq!(a.get_heads(), b.get_heads());
     assert_eq!(a.get_heads().len(), 1);
-    assert_ne!(a.get_heads(), genesis(branch(), DocumentKind::MonthlyLog(november().next())).get_heads());
-    assert_ne!(a.get_heads(), genesis(branch(), DocumentKind::Roster).get_heads());
+    assert_ne!(
+        a.get_heads(),
+        genesis(branch(), DocumentKind::MonthlyLog(november().next())).get_heads()
+    );
+    assert_ne!(
+        a.get_heads(),
+        genesis(branch(), DocumentKind::Roster).get_heads()
+    );
 }
 
 #[test]
@@ -70,7 +76,10 @@ fn visits_recorded_offline_on_two_devices_merge_into_one_map() {
     assert_eq!(log.visits[&va], visit("2026-11-03", member));
     assert!(log.invalid.is_empty());
     // The `visits` map itself did not conflict: both came from the genesis.
-    let (_, visits) = a.get(automerge::ROOT, "visits").expect("get").expect("visits");
+    let (_, visits) = a
+        .get(automerge::ROOT, "visits")
+        .expect("get")
+        .expect("visits");
     assert_eq!(a.get_all(automerge::ROOT, "visits").expect("get").len(), 1);
     assert_eq!(a.keys(&visits).count(), 2);
 }
@@ -90,16 +99,34 @@ fn concurrent_edits_to_different_fields_both_survive() {
     let mut b = a.fork().with_actor(ActorId::from([2; 16]));
 
     let mut tx = a.transaction();
-    write_record(&mut tx, id, &Member { phone: Some("13900000001".into()), ..member.clone() }).expect("write");
+    write_record(
+        &mut tx,
+        id,
+        &Member {
+            phone: Some("13900000001".into()),
+            ..member.clone()
+        },
+    )
+    .expect("write");
     tx.commit();
     let mut tx = b.transaction();
     let mut kinds = member.kinds.clone();
     kinds.insert(MemberKind::Retired);
-    write_record(&mut tx, id, &Member { kinds, ..member.clone() }).expect("write");
+    write_record(
+        &mut tx,
+        id,
+        &Member {
+            kinds,
+            ..member.clone()
+        },
+    )
+    .expect("write");
     tx.commit();
 
     a.merge(&mut b).expect("merge");
-    let got = read_record::<Member, _>(&a, id).expect("read").expect("present");
+    let got = read_record::<Member, _>(&a, id)
+        .expect("read")
+        .expect("present");
     assert_eq!(got.phone.as_deref(), Some("13900000001"));
     assert!(got.kinds.contains(&MemberKind::Retired) && got.kinds.contains(&MemberKind::Hardship));
 }
@@ -113,26 +140,49 @@ fn invalid_records_are_reported_not_loaded_and_never_panic() {
     let wrong_month = RecordId::new_v7();
     let mut tx = doc.transaction();
     write_record(&mut tx, good, &visit("2026-11-05", member)).expect("write");
-    write_record(&mut tx, negative, &Visit { aid_cash: Fen(-1), ..visit("2026-11-05", member) }).expect("write");
+    write_record(
+        &mut tx,
+        negative,
+        &Visit {
+            aid_cash: Fen(-1),
+            ..visit("2026-11-05", member)
+        },
+    )
+    .expect("write");
     write_record(&mut tx, wrong_month, &visit("2026-10-31", member)).expect("write");
     // Shapes no writer of ours produces: a non-UUID key, a scalar record,
     // a bad date, an unknown kind.
-    let (_, visits) = tx.get(automerge::ROOT, "visits").expect("get").expect("visits");
-    let bad = tx.put_object(&visits, "not-a-uuid", ObjType::Map).expect("put");
+    let (_, visits) = tx
+        .get(automerge::ROOT, "visits")
+        .expect("get")
+        .expect("visits");
+    let bad = tx
+        .put_object(&visits, "not-a-uuid", ObjType::Map)
+        .expect("put");
     tx.put(&bad, "date", "2026-11-01").expect("put");
-    tx.put(&visits, RecordId::new_v7().to_string(), 7).expect("put");
-    let bad_date = tx.put_object(&visits, RecordId::new_v7().to_string(), ObjType::Map).expect("put");
+    tx.put(&visits, RecordId::new_v7().to_string(), 7)
+        .expect("put");
+    let bad_date = tx
+        .put_object(&visits, RecordId::new_v7().to_string(), ObjType::Map)
+        .expect("put");
     tx.put(&bad_date, "date", "2026-11-31").expect("put");
-    let unknown_kind = tx.put_object(&visits, RecordId::new_v7().to_string(), ObjType::Map).expect("put");
+    let unknown_kind = tx
+        .put_object(&visits, RecordId::new_v7().to_string(), ObjType::Map)
+        .expect("put");
     tx.put(&unknown_kind, "date", "2026-11-02").expect("put");
-    tx.put(&unknown_kind, "member_id", member.to_string()).expect("put");
+    tx.put(&unknown_kind, "member_id", member.to_string())
+        .expect("put");
     tx.put(&unknown_kind, "kind", "séance").expect("put");
     tx.commit();
 
     let log = MonthlyLog::load(&doc);
     assert_eq!(log.visits.keys().copied().collect::<Vec<_>>(), vec![good]);
     assert_eq!(log.invalid.len(), 6, "{:#?}", log.invalid);
-    assert!(log.invalid.iter().all(|i| i.collection == "visits" && !i.problems.is_empty()));
+    assert!(
+        log.invalid
+            .iter()
+            .all(|i| i.collection == "visits" && !i.problems.is_empty())
+    );
 }
 
 #[test]
@@ -140,8 +190,13 @@ fn text_strings_and_float_numbers_from_js_clients_are_read() {
     let mut doc = device(1, DocumentKind::Roster);
     let id = RecordId::new_v7();
     let mut tx = doc.transaction();
-    let (_, members) = tx.get(automerge::ROOT, "members").expect("get").expect("members");
-    let m = tx.put_object(&members, id.to_string(), ObjType::Map).expect("put");
+    let (_, members) = tx
+        .get(automerge::ROOT, "members")
+        .expect("get")
+        .expect("members");
+    let m = tx
+        .put_object(&members, id.to_string(), ObjType::Map)
+        .expect("put");
     let name = tx.put_object(&m, "name", ObjType::Text).expect("put");
     tx.splice_text(&name, 0, 0, "李四").expect("splice");
     let kinds = tx.put_object(&m, "kinds", ObjType::Map).expect("put");
@@ -150,7 +205,10 @@ fn text_strings_and_float_numbers_from_js_clients_are_read() {
     let roster = Roster::load(&doc);
     assert!(roster.invalid.is_empty(), "{:?}", roster.invalid);
     assert_eq!(roster.members[&id].name, "李四");
-    assert_eq!(roster.members[&id].kinds, BTreeSet::from([MemberKind::NoPost]));
+    assert_eq!(
+        roster.members[&id].kinds,
+        BTreeSet::from([MemberKind::NoPost])
+    );
 }
 
 #[test]

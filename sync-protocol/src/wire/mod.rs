@@ -9,7 +9,7 @@ mod codec;
 
 use std::collections::BTreeMap;
 
-pub use codec::{decode, encode, DecodeError, Limits};
+pub use codec::{DecodeError, Limits, decode, encode};
 
 use crate::ids::{DocumentId, PeerId, StorageId};
 

@@ -8,16 +8,23 @@ use doorstep_protocol::wire::{self, Limits, Message};
 use doorstep_protocol::{DocumentId, PeerId};
 use doorstep_tests::{SyncOutcome, TestPeer, TestServer};
 use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::{add_member, connected_device};
 
 /// Sends `frames` on a fresh connection (after a join, if `join`), and
 /// returns the `error` message text and the close code.
-async fn answer_to(server: &TestServer, token: &str, join: bool, frames: Vec<WsMessage>) -> anyhow::Result<(String, u16)> {
+async fn answer_to(
+    server: &TestServer,
+    token: &str,
+    join: bool,
+    frames: Vec<WsMessage>,
+) -> anyhow::Result<(String, u16)> {
     let mut request = server.ws_url().into_client_request()?;
-    request.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
     if join {
         let join = Message::Join {
@@ -25,7 +32,9 @@ async fn answer_to(server: &TestServer, token: &str, join: bool, frames: Vec<WsM
             supported_protocol_versions: vec!["1".into()],
             peer_metadata: None,
         };
-        socket.send(WsMessage::Binary(wire::encode(&join).into())).await?;
+        socket
+            .send(WsMessage::Binary(wire::encode(&join).into()))
+            .await?;
     }
     for frame in frames {
         socket.send(frame).await?;
@@ -34,7 +43,8 @@ async fn answer_to(server: &TestServer, token: &str, join: bool, frames: Vec<WsM
     loop {
         match tokio::time::timeout(Duration::from_secs(5), socket.next()).await? {
             Some(Ok(WsMessage::Binary(bytes))) => {
-                if let Ok(Message::Error { message, .. }) = wire::decode(&bytes, &Limits::default()) {
+                if let Ok(Message::Error { message, .. }) = wire::decode(&bytes, &Limits::default())
+                {
                     error = Some(message);
                 }
             }
@@ -52,12 +62,22 @@ fn binary(bytes: Vec<u8>) -> WsMessage {
 }
 
 #[tokio::test]
-async fn each_kind_of_bad_input_gets_an_error_and_a_close_while_others_keep_working() -> anyhow::Result<()> {
+async fn each_kind_of_bad_input_gets_an_error_and_a_close_while_others_keep_working()
+-> anyhow::Result<()> {
     let server = TestServer::spawn_with(|c| c.limits.max_message_bytes = 64 * 1024).await?;
     let d = server.district().await?;
-    let mut bystander = connected_device(&server.http_url(), &server.ws_url(), server.enroll(d.yingfeng.id, "bystander").await?, None).await?;
+    let mut bystander = connected_device(
+        &server.http_url(),
+        &server.ws_url(),
+        server.enroll(d.yingfeng.id, "bystander").await?,
+        None,
+    )
+    .await?;
     let member = add_member(&mut bystander, "在册成员");
-    assert_eq!(bystander.peer.sync(bystander.roster).await?, SyncOutcome::Synced);
+    assert_eq!(
+        bystander.peer.sync(bystander.roster).await?,
+        SyncOutcome::Synced
+    );
     let token = server.enroll(d.yingfeng.id, "attacker").await?.token;
     let roster = bystander.roster;
 
@@ -74,12 +94,48 @@ async fn each_kind_of_bad_input_gets_an_error_and_a_close_while_others_keep_work
         std::mem::take(&mut e)
     };
     let cases: Vec<(&str, bool, Vec<WsMessage>, &str, u16)> = vec![
-        ("malformed CBOR", true, vec![binary(vec![0xff, 0x00, 0x13])], "malformed", 1002),
-        ("unknown message type", true, vec![binary(unknown_type)], "unknown message type", 1002),
-        ("garbage sync data", true, vec![binary(sync_with(vec![0x42, 0xff, 0xff, 0xff, 0x01]))], "sync data is not valid", 1002),
-        ("a text frame", true, vec![WsMessage::Text("hello".into())], "text frames", 1002),
-        ("an oversized frame", true, vec![binary(sync_with(vec![0x42; 100 * 1024]))], "too large", 1009),
-        ("sync before join", false, vec![binary(sync_with(vec![0x42]))], "first message must be join", 1002),
+        (
+            "malformed CBOR",
+            true,
+            vec![binary(vec![0xff, 0x00, 0x13])],
+            "malformed",
+            1002,
+        ),
+        (
+            "unknown message type",
+            true,
+            vec![binary(unknown_type)],
+            "unknown message type",
+            1002,
+        ),
+        (
+            "garbage sync data",
+            true,
+            vec![binary(sync_with(vec![0x42, 0xff, 0xff, 0xff, 0x01]))],
+            "sync data is not valid",
+            1002,
+        ),
+        (
+            "a text frame",
+            true,
+            vec![WsMessage::Text("hello".into())],
+            "text frames",
+            1002,
+        ),
+        (
+            "an oversized frame",
+            true,
+            vec![binary(sync_with(vec![0x42; 100 * 1024]))],
+            "too large",
+            1009,
+        ),
+        (
+            "sync before join",
+            false,
+            vec![binary(sync_with(vec![0x42]))],
+            "first message must be join",
+            1002,
+        ),
         (
             "a wrong protocol version",
             false,
@@ -94,12 +150,23 @@ async fn each_kind_of_bad_input_gets_an_error_and_a_close_while_others_keep_work
     ];
     for (what, join, frames, expected, code) in cases {
         let (message, close) = answer_to(&server, &token, join, frames).await?;
-        assert!(message.contains(expected), "{what}: error {message:?} should mention {expected:?}");
+        assert!(
+            message.contains(expected),
+            "{what}: error {message:?} should mention {expected:?}"
+        );
         assert_eq!(close, code, "{what}");
         // The bystander's connection is untouched and still syncs.
         let extra = add_member(&mut bystander, what);
-        assert_eq!(bystander.peer.sync(roster).await?, SyncOutcome::Synced, "{what}");
-        assert!(Roster::load(&server.stored_document(roster).await?).members.contains_key(&extra));
+        assert_eq!(
+            bystander.peer.sync(roster).await?,
+            SyncOutcome::Synced,
+            "{what}"
+        );
+        assert!(
+            Roster::load(&server.stored_document(roster).await?)
+                .members
+                .contains_key(&extra)
+        );
     }
     let stored = Roster::load(&server.stored_document(roster).await?);
     assert!(stored.members.contains_key(&member));
@@ -126,11 +193,15 @@ fn minicbor_map(pairs: &[(&str, &str)]) -> Vec<u8> {
 #[tokio::test]
 async fn an_unknown_token_gets_an_error_and_a_close() -> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
-    let err = TestPeer::connect(&server.ws_url(), "not-a-token", None).await.expect_err("refused");
+    let err = TestPeer::connect(&server.ws_url(), "not-a-token", None)
+        .await
+        .expect_err("refused");
     assert!(err.to_string().contains("4401"), "{err}");
     // No token at all, as a browser client without `?token=` would connect.
     let (socket, _) = tokio_tungstenite::connect_async(server.ws_url()).await?;
-    let err = TestPeer::handshake(socket, None).await.expect_err("refused");
+    let err = TestPeer::handshake(socket, None)
+        .await
+        .expect_err("refused");
     assert!(err.to_string().contains("4401"), "{err}");
     Ok(())
 }
@@ -140,8 +211,53 @@ async fn a_token_in_the_query_string_works_for_browser_clients() -> anyhow::Resu
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
     let enrolled = server.enroll(d.yingfeng.id, "browser").await?;
-    let (socket, _) = tokio_tungstenite::connect_async(format!("{}?token={}", server.ws_url(), enrolled.token)).await?;
+    let (socket, _) =
+        tokio_tungstenite::connect_async(format!("{}?token={}", server.ws_url(), enrolled.token))
+            .await?;
     let mut peer = TestPeer::handshake(socket, None).await?;
-    assert_eq!(peer.sync(DocumentId::roster(d.yingfeng.id)).await?, SyncOutcome::Synced);
+    assert_eq!(
+        peer.sync(DocumentId::roster(d.yingfeng.id)).await?,
+        SyncOutcome::Synced
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_sync_message_over_the_change_size_limit_is_refused_and_not_stored() -> anyhow::Result<()>
+{
+    let server = TestServer::spawn_with(|c| c.limits.max_sync_change_bytes = 4 * 1024).await?;
+    let d = server.district().await?;
+    let mut device = connected_device(
+        &server.http_url(),
+        &server.ws_url(),
+        server.enroll(d.yingfeng.id, "a").await?,
+        None,
+    )
+    .await?;
+    let small = add_member(&mut device, "fits");
+    assert_eq!(device.peer.sync(device.roster).await?, SyncOutcome::Synced);
+
+    // Many members in one go: far more than 4 KiB of changes.
+    for i in 0..200 {
+        add_member(
+            &mut device,
+            &format!("member number {i} with a long enough name"),
+        );
+    }
+    match device.peer.sync(device.roster).await? {
+        SyncOutcome::Refused {
+            message,
+            close_code,
+        } => {
+            assert!(message.contains("more than the limit"), "{message}");
+            assert_eq!(close_code, Some(1009));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let stored = Roster::load(&server.stored_document(device.roster).await?);
+    assert_eq!(
+        stored.members.keys().copied().collect::<Vec<_>>(),
+        vec![small]
+    );
     Ok(())
 }

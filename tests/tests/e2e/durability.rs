@@ -3,7 +3,9 @@
 
 use doorstep_protocol::schema::roster::Roster;
 use doorstep_server::store::Store;
-use doorstep_tests::{enroll, make_district, stored_document, ServerProcess, SyncOutcome, TestPeer};
+use doorstep_tests::{
+    ServerProcess, SyncOutcome, TestPeer, enroll, make_district, stored_document,
+};
 
 use crate::{add_member, connected_device};
 
@@ -16,7 +18,8 @@ async fn an_acknowledged_change_survives_kill_9_and_restart() -> anyhow::Result<
 
     let server = ServerProcess::start(binary, dir.path()).await?;
     let enrolled = enroll(&store, &server.http_url(), d.yingfeng.id, "phone").await?;
-    let mut device = connected_device(&server.http_url(), &server.ws_url(), enrolled.clone(), None).await?;
+    let mut device =
+        connected_device(&server.http_url(), &server.ws_url(), enrolled.clone(), None).await?;
     let member = add_member(&mut device, "李淑芬");
     // `Synced` means the server's heads cover the change: the acknowledgement.
     assert_eq!(device.peer.sync(device.roster).await?, SyncOutcome::Synced);

@@ -4,11 +4,11 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use doorstep_protocol::schema::roster::{MemberKind, Roster};
-use doorstep_protocol::schema::RecordId;
+use anyhow::{Context, bail};
 use doorstep_protocol::DocumentId;
-use doorstep_tests::{eventually, workspace_root, TestServer};
+use doorstep_protocol::schema::RecordId;
+use doorstep_protocol::schema::roster::{MemberKind, Roster};
+use doorstep_tests::{TestServer, eventually, workspace_root};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -31,7 +31,8 @@ async fn npm_ci(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn the_stock_automerge_repo_client_adds_a_member_and_is_refused_another_branch() -> anyhow::Result<()> {
+async fn the_stock_automerge_repo_client_adds_a_member_and_is_refused_another_branch()
+-> anyhow::Result<()> {
     let js = workspace_root().join("tests/js");
     npm_ci(&js).await?;
     let server = TestServer::spawn().await?;
@@ -46,7 +47,10 @@ async fn the_stock_automerge_repo_client_adds_a_member_and_is_refused_another_br
         .env("DOORSTEP_URL", server.http_url())
         .env("DOORSTEP_TOKEN", &enrolled.token)
         .env("ROSTER_URL", roster.to_url())
-        .env("FOREIGN_URL", DocumentId::roster(d.fenghuangting.id).to_url())
+        .env(
+            "FOREIGN_URL",
+            DocumentId::roster(d.fenghuangting.id).to_url(),
+        )
         .env("MEMBER_ID", member.to_string())
         .env("MEMBER_NAME", "张建国")
         .stdin(Stdio::piped())
@@ -73,16 +77,26 @@ async fn the_stock_automerge_repo_client_adds_a_member_and_is_refused_another_br
     // The Rust side sees the member, typed, in what the server stored.
     eventually(Duration::from_secs(10), || async {
         let stored = Roster::load(&server.stored_document(roster).await?);
-        Ok(stored.members.get(&member).is_some_and(|m| {
-            m.name == "张建国" && m.kinds.contains(&MemberKind::NoPost)
-        }))
+        Ok(stored
+            .members
+            .get(&member)
+            .is_some_and(|m| m.name == "张建国" && m.kinds.contains(&MemberKind::NoPost)))
     })
     .await?;
-    let stored = server.store.change_sender(roster, &last_change_hash(&server, roster).await?).await?;
-    assert_eq!(stored.map(|(actor, _)| actor), added["actor_id"].as_str().map(str::to_owned));
+    let stored = server
+        .store
+        .change_sender(roster, &last_change_hash(&server, roster).await?)
+        .await?;
+    assert_eq!(
+        stored.map(|(actor, _)| actor),
+        added["actor_id"].as_str().map(str::to_owned)
+    );
 
     let foreign = next_event().await?;
-    assert_eq!(foreign, serde_json::json!({ "event": "foreign", "result": "unavailable" }));
+    assert_eq!(
+        foreign,
+        serde_json::json!({ "event": "foreign", "result": "unavailable" })
+    );
 
     drop(child.stdin.take());
     let done = next_event().await?;

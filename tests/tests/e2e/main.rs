@@ -3,16 +3,17 @@
 
 mod api;
 mod bad_input;
+mod cli;
 mod durability;
 mod interop;
 mod sync;
 mod tls;
 
 use automerge::ActorId;
-use doorstep_protocol::schema::roster::{Member, MemberKind};
-use doorstep_protocol::schema::{write_record, RecordId};
 use doorstep_protocol::DocumentId;
-use doorstep_tests::{register_actor, Enrolled, TestPeer};
+use doorstep_protocol::schema::roster::{Member, MemberKind};
+use doorstep_protocol::schema::{RecordId, write_record};
+use doorstep_tests::{Enrolled, TestPeer, register_actor};
 
 #[derive(Debug)]
 /// A device enrolled to a branch, connected, with its roster synced and an
@@ -24,7 +25,12 @@ pub struct Device {
     pub actor: ActorId,
 }
 
-pub async fn connected_device(http_url: &str, ws_url: &str, enrolled: Enrolled, storage: Option<&str>) -> anyhow::Result<Device> {
+pub async fn connected_device(
+    http_url: &str,
+    ws_url: &str,
+    enrolled: Enrolled,
+    storage: Option<&str>,
+) -> anyhow::Result<Device> {
     let roster: DocumentId = enrolled
         .documents
         .iter()
@@ -33,10 +39,19 @@ pub async fn connected_device(http_url: &str, ws_url: &str, enrolled: Enrolled, 
         .document_id
         .parse()?;
     let mut peer = TestPeer::connect(ws_url, &enrolled.token, storage).await?;
-    assert_eq!(peer.sync(roster).await?, doorstep_tests::SyncOutcome::Synced);
+    assert_eq!(
+        peer.sync(roster).await?,
+        doorstep_tests::SyncOutcome::Synced
+    );
     let actor = ActorId::random();
-    assert!(register_actor(http_url, &enrolled.token, &actor).await?.is_success());
-    peer.document_mut(roster).expect("synced roster").set_actor(actor.clone());
+    assert!(
+        register_actor(http_url, &enrolled.token, &actor)
+            .await?
+            .is_success()
+    );
+    peer.document_mut(roster)
+        .expect("synced roster")
+        .set_actor(actor.clone());
     Ok(Device {
         enrolled,
         peer,

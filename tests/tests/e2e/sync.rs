@@ -6,11 +6,11 @@ use std::time::Duration;
 use automerge::{ActorId, Automerge};
 use doorstep_protocol::schema::log::{MonthlyLog, Visit, VisitKind};
 use doorstep_protocol::schema::roster::Roster;
-use doorstep_protocol::schema::{genesis, write_record, DocumentKind, RecordId};
+use doorstep_protocol::schema::{DocumentKind, RecordId, genesis, write_record};
 use doorstep_protocol::wire::{self, Message};
 use doorstep_protocol::{DocumentId, Fen, Month};
 use doorstep_server::tenancy::Role;
-use doorstep_tests::{eventually, SyncOutcome, TestPeer, TestServer};
+use doorstep_tests::{SyncOutcome, TestPeer, TestServer, eventually};
 
 use crate::{add_member, connected_device};
 
@@ -18,8 +18,20 @@ use crate::{add_member, connected_device};
 async fn a_member_added_on_a_device_is_stored_and_reaches_another_device() -> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
-    let mut a = connected_device(&server.http_url(), &server.ws_url(), server.enroll(d.yingfeng.id, "a").await?, None).await?;
-    let mut b = connected_device(&server.http_url(), &server.ws_url(), server.enroll(d.yingfeng.id, "b").await?, None).await?;
+    let mut a = connected_device(
+        &server.http_url(),
+        &server.ws_url(),
+        server.enroll(d.yingfeng.id, "a").await?,
+        None,
+    )
+    .await?;
+    let mut b = connected_device(
+        &server.http_url(),
+        &server.ws_url(),
+        server.enroll(d.yingfeng.id, "b").await?,
+        None,
+    )
+    .await?;
 
     let member = add_member(&mut a, "王秀兰");
     assert_eq!(a.peer.sync(a.roster).await?, SyncOutcome::Synced);
@@ -31,8 +43,14 @@ async fn a_member_added_on_a_device_is_stored_and_reaches_another_device() -> an
     // The other device, already syncing the roster, is sent the change
     // without asking: it only has to listen.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !Roster::load(b.peer.document(b.roster).expect("roster")).members.contains_key(&member) {
-        assert!(tokio::time::Instant::now() < deadline, "the change never reached device b");
+    while !Roster::load(b.peer.document(b.roster).expect("roster"))
+        .members
+        .contains_key(&member)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the change never reached device b"
+        );
         b.peer.listen(Duration::from_millis(200)).await?;
     }
     Ok(())
@@ -67,11 +85,15 @@ async fn another_branchs_document_and_a_missing_one_get_the_same_bytes() -> anyh
     // Another branch's monthly log, which the server never stored, too.
     let month: Month = "2026-11".parse()?;
     assert!(matches!(
-        peer.sync(DocumentId::monthly_log(d.fenghuangting.id, month)).await?,
+        peer.sync(DocumentId::monthly_log(d.fenghuangting.id, month))
+            .await?,
         SyncOutcome::Unavailable(_)
     ));
     // And the connection still works for the device's own documents.
-    assert_eq!(peer.sync(DocumentId::roster(d.yingfeng.id)).await?, SyncOutcome::Synced);
+    assert_eq!(
+        peer.sync(DocumentId::roster(d.yingfeng.id)).await?,
+        SyncOutcome::Synced
+    );
     Ok(())
 }
 
@@ -90,7 +112,8 @@ fn visit(date: &str, member: RecordId, cash: i64) -> Visit {
 }
 
 #[tokio::test]
-async fn two_devices_open_the_same_new_month_offline_and_both_visits_arrive() -> anyhow::Result<()> {
+async fn two_devices_open_the_same_new_month_offline_and_both_visits_arrive() -> anyhow::Result<()>
+{
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
     let branch = d.yingfeng.id;
@@ -101,9 +124,16 @@ async fn two_devices_open_the_same_new_month_offline_and_both_visits_arrive() ->
     let mut visits = Vec::new();
     let mut devices = Vec::new();
     for (label, day) in [("a", "2026-11-02"), ("b", "2026-11-03")] {
-        let mut device = connected_device(&server.http_url(), &server.ws_url(), server.enroll(branch, label).await?, None).await?;
+        let mut device = connected_device(
+            &server.http_url(),
+            &server.ws_url(),
+            server.enroll(branch, label).await?,
+            None,
+        )
+        .await?;
         // Offline: build the month from its genesis and record a visit.
-        let mut doc = genesis(branch, DocumentKind::MonthlyLog(month)).with_actor(device.actor.clone());
+        let mut doc =
+            genesis(branch, DocumentKind::MonthlyLog(month)).with_actor(device.actor.clone());
         let id = RecordId::new_v7();
         let mut tx = doc.transaction();
         write_record(&mut tx, id, &visit(day, member, 50_000))?;
@@ -130,7 +160,11 @@ async fn two_devices_open_the_same_new_month_offline_and_both_visits_arrive() ->
         .await?
         .json()
         .await?;
-    assert!(documents.iter().any(|d| d["document_id"] == log_id.to_string()));
+    assert!(
+        documents
+            .iter()
+            .any(|d| d["document_id"] == log_id.to_string())
+    );
     Ok(())
 }
 
@@ -138,44 +172,100 @@ async fn two_devices_open_the_same_new_month_offline_and_both_visits_arrive() ->
 async fn changes_by_an_unregistered_actor_are_refused_and_not_stored() -> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
-    let mut device = connected_device(&server.http_url(), &server.ws_url(), server.enroll(d.yingfeng.id, "a").await?, None).await?;
-    let other = connected_device(&server.http_url(), &server.ws_url(), server.enroll(d.yingfeng.id, "b").await?, None).await?;
+    let mut device = connected_device(
+        &server.http_url(),
+        &server.ws_url(),
+        server.enroll(d.yingfeng.id, "a").await?,
+        None,
+    )
+    .await?;
+    let other = connected_device(
+        &server.http_url(),
+        &server.ws_url(),
+        server.enroll(d.yingfeng.id, "b").await?,
+        None,
+    )
+    .await?;
 
     // An actor nobody registered.
-    device.peer.document_mut(device.roster).expect("roster").set_actor(ActorId::random());
+    device
+        .peer
+        .document_mut(device.roster)
+        .expect("roster")
+        .set_actor(ActorId::random());
     let stranger = add_member(&mut device, "nobody registered me");
     match device.peer.sync(device.roster).await? {
-        SyncOutcome::Refused { message, close_code } => {
-            assert!(message.contains("not registered to this device"), "{message}");
+        SyncOutcome::Refused {
+            message,
+            close_code,
+        } => {
+            assert!(
+                message.contains("not registered to this device"),
+                "{message}"
+            );
             assert_eq!(close_code, Some(1002));
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
     // Another device's actor is refused just the same.
-    let mut again = connected_device(&server.http_url(), &server.ws_url(), device.enrolled.clone(), None).await?;
-    again.peer.document_mut(again.roster).expect("roster").set_actor(other.actor.clone());
+    let mut again = connected_device(
+        &server.http_url(),
+        &server.ws_url(),
+        device.enrolled.clone(),
+        None,
+    )
+    .await?;
+    again
+        .peer
+        .document_mut(again.roster)
+        .expect("roster")
+        .set_actor(other.actor.clone());
     add_member(&mut again, "impostor");
-    assert!(matches!(again.peer.sync(again.roster).await?, SyncOutcome::Refused { .. }));
+    assert!(matches!(
+        again.peer.sync(again.roster).await?,
+        SyncOutcome::Refused { .. }
+    ));
 
     let stored = Roster::load(&server.stored_document(device.roster).await?);
-    assert!(stored.members.is_empty(), "nothing refused was stored: {:?}", stored.members);
+    assert!(
+        stored.members.is_empty(),
+        "nothing refused was stored: {:?}",
+        stored.members
+    );
     assert!(!stored.members.contains_key(&stranger));
     // The live copy dropped it too: a fresh device sees no members.
     let mut fresh = TestPeer::connect(&server.ws_url(), &other.enrolled.token, None).await?;
     assert_eq!(fresh.sync(device.roster).await?, SyncOutcome::Synced);
-    assert!(Roster::load(fresh.document(device.roster).expect("roster")).members.is_empty());
+    assert!(
+        Roster::load(fresh.document(device.roster).expect("roster"))
+            .members
+            .is_empty()
+    );
     Ok(())
 }
 
 #[tokio::test]
-async fn revoking_a_device_closes_its_socket_at_once_and_its_token_stops_working() -> anyhow::Result<()> {
+async fn revoking_a_device_closes_its_socket_at_once_and_its_token_stops_working()
+-> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
-    let secretary = server.login_as("secretary", Role::BranchSecretary, d.yingfeng.id).await?;
-    let mut device = connected_device(&server.http_url(), &server.ws_url(), server.enroll(d.yingfeng.id, "lost phone").await?, None).await?;
+    let secretary = server
+        .login_as("secretary", Role::BranchSecretary, d.yingfeng.id)
+        .await?;
+    let mut device = connected_device(
+        &server.http_url(),
+        &server.ws_url(),
+        server.enroll(d.yingfeng.id, "lost phone").await?,
+        None,
+    )
+    .await?;
 
     let response: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/api/v1/devices/{}/revoke", server.http_url(), device.enrolled.device_id))
+        .post(format!(
+            "{}/api/v1/devices/{}/revoke",
+            server.http_url(),
+            device.enrolled.device_id
+        ))
         .bearer_auth(&secretary)
         .send()
         .await?
@@ -188,7 +278,9 @@ async fn revoking_a_device_closes_its_socket_at_once_and_its_token_stops_working
     assert_eq!((code, reason.as_str()), (4403, "device revoked"));
 
     // The token no longer opens a connection.
-    let err = TestPeer::connect(&server.ws_url(), &device.enrolled.token, None).await.expect_err("refused");
+    let err = TestPeer::connect(&server.ws_url(), &device.enrolled.token, None)
+        .await
+        .expect_err("refused");
     assert!(err.to_string().contains("4401"), "{err}");
     Ok(())
 }
@@ -197,10 +289,21 @@ async fn revoking_a_device_closes_its_socket_at_once_and_its_token_stops_working
 async fn a_revocation_made_by_another_process_closes_the_socket() -> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
-    let mut device = connected_device(&server.http_url(), &server.ws_url(), server.enroll(d.yingfeng.id, "phone").await?, None).await?;
+    let mut device = connected_device(
+        &server.http_url(),
+        &server.ws_url(),
+        server.enroll(d.yingfeng.id, "phone").await?,
+        None,
+    )
+    .await?;
     // What `doorstep device revoke` does: write to the database only.
     let other_process = doorstep_server::store::Store::open(&server.database_path()).await?;
-    doorstep_server::admin::revoke_device(&other_process, device.enrolled.device_id.parse()?, "cli").await?;
+    doorstep_server::admin::revoke_device(
+        &other_process,
+        device.enrolled.device_id.parse()?,
+        "cli",
+    )
+    .await?;
     let (code, _) = device.peer.closed(Duration::from_secs(5)).await?;
     assert_eq!(code, 4403);
     Ok(())
@@ -210,7 +313,13 @@ async fn a_revocation_made_by_another_process_closes_the_socket() -> anyhow::Res
 async fn a_reconnect_with_saved_sync_state_receives_only_what_is_missing() -> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
-    let mut writer = connected_device(&server.http_url(), &server.ws_url(), server.enroll(d.yingfeng.id, "writer").await?, None).await?;
+    let mut writer = connected_device(
+        &server.http_url(),
+        &server.ws_url(),
+        server.enroll(d.yingfeng.id, "writer").await?,
+        None,
+    )
+    .await?;
     for i in 0..200 {
         add_member(&mut writer, &format!("member {i}"));
     }
@@ -224,7 +333,11 @@ async fn a_reconnect_with_saved_sync_state_receives_only_what_is_missing() -> an
     drop(first);
     // The server saves the state when the connection ends.
     eventually(Duration::from_secs(5), || async {
-        Ok(server.store.load_sync_state(writer.roster, storage).await?.is_some())
+        Ok(server
+            .store
+            .load_sync_state(writer.roster, storage)
+            .await?
+            .is_some())
     })
     .await?;
 
@@ -236,8 +349,16 @@ async fn a_reconnect_with_saved_sync_state_receives_only_what_is_missing() -> an
     assert_eq!(again.sync(writer.roster).await?, SyncOutcome::Synced);
     let received = again.bytes_received(writer.roster);
     let full = replica.save().len();
-    assert!(received < full / 4, "reconnect received {received} bytes; the whole roster is {full}");
-    assert_eq!(Roster::load(again.document(writer.roster).expect("roster")).members.len(), 201);
+    assert!(
+        received < full / 4,
+        "reconnect received {received} bytes; the whole roster is {full}"
+    );
+    assert_eq!(
+        Roster::load(again.document(writer.roster).expect("roster"))
+            .members
+            .len(),
+        201
+    );
     Ok(())
 }
 
@@ -245,7 +366,13 @@ async fn a_reconnect_with_saved_sync_state_receives_only_what_is_missing() -> an
 async fn compaction_keeps_storage_small_and_nothing_lost() -> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
-    let mut device = connected_device(&server.http_url(), &server.ws_url(), server.enroll(d.yingfeng.id, "a").await?, None).await?;
+    let mut device = connected_device(
+        &server.http_url(),
+        &server.ws_url(),
+        server.enroll(d.yingfeng.id, "a").await?,
+        None,
+    )
+    .await?;
     let mut ids = Vec::new();
     for i in 0..30 {
         ids.push(add_member(&mut device, &format!("member {i}")));
@@ -253,7 +380,10 @@ async fn compaction_keeps_storage_small_and_nothing_lost() -> anyhow::Result<()>
     }
     let (snapshots, incrementals) = server.store.chunk_counts(device.roster).await?;
     assert_eq!(snapshots, 1);
-    assert!(incrementals < 30, "{incrementals} incremental chunks after compaction");
+    assert!(
+        incrementals < 30,
+        "{incrementals} incremental chunks after compaction"
+    );
     let stored = Roster::load(&server.stored_document(device.roster).await?);
     for id in ids {
         assert!(stored.members.contains_key(&id));
@@ -265,9 +395,18 @@ async fn compaction_keeps_storage_small_and_nothing_lost() -> anyhow::Result<()>
 async fn idle_documents_leave_memory() -> anyhow::Result<()> {
     let server = TestServer::spawn_with(|c| c.document_idle = Duration::from_millis(200)).await?;
     let d = server.district().await?;
-    let device = connected_device(&server.http_url(), &server.ws_url(), server.enroll(d.yingfeng.id, "a").await?, None).await?;
+    let device = connected_device(
+        &server.http_url(),
+        &server.ws_url(),
+        server.enroll(d.yingfeng.id, "a").await?,
+        None,
+    )
+    .await?;
     let live = || async {
-        let health: serde_json::Value = reqwest::get(format!("{}/healthz", server.http_url())).await?.json().await?;
+        let health: serde_json::Value = reqwest::get(format!("{}/healthz", server.http_url()))
+            .await?
+            .json()
+            .await?;
         Ok::<_, anyhow::Error>(health["live_documents"].as_u64().unwrap_or(u64::MAX))
     };
     assert_eq!(live().await?, 1);
@@ -276,7 +415,8 @@ async fn idle_documents_leave_memory() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn a_client_busy_opening_many_documents_is_not_cut_off_but_a_silent_one_is() -> anyhow::Result<()> {
+async fn a_client_busy_opening_many_documents_is_not_cut_off_but_a_silent_one_is()
+-> anyhow::Result<()> {
     let server = TestServer::spawn_with(|c| {
         c.idle_timeout = Duration::from_millis(800);
         c.ping_interval = Duration::from_secs(60);
@@ -288,11 +428,18 @@ async fn a_client_busy_opening_many_documents_is_not_cut_off_but_a_silent_one_is
     // 60 monthly logs, one every 40 ms: 2.4 s in all, three idle timeouts.
     let mut month: Month = "2022-01".parse()?;
     for _ in 0..60 {
-        assert_eq!(busy.sync(DocumentId::monthly_log(d.yingfeng.id, month)).await?, SyncOutcome::Synced);
+        assert_eq!(
+            busy.sync(DocumentId::monthly_log(d.yingfeng.id, month))
+                .await?,
+            SyncOutcome::Synced
+        );
         tokio::time::sleep(Duration::from_millis(40)).await;
         month = month.next();
     }
-    assert_eq!(busy.sync(DocumentId::roster(d.yingfeng.id)).await?, SyncOutcome::Synced);
+    assert_eq!(
+        busy.sync(DocumentId::roster(d.yingfeng.id)).await?,
+        SyncOutcome::Synced
+    );
 
     let silent = TestPeer::connect(&server.ws_url(), &enrolled.token, None).await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -16,7 +16,9 @@ async fn devices_sync_over_wss_with_a_certificate_from_their_ca() -> anyhow::Res
     let ca = ca_params.self_signed(&ca_key)?;
     let server_key = KeyPair::generate()?;
     let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
-    params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
     let cert = params.signed_by(&server_key, &ca, &ca_key)?;
 
     let pem_dir = tempfile::tempdir()?;
@@ -32,12 +34,22 @@ async fn devices_sync_over_wss_with_a_certificate_from_their_ca() -> anyhow::Res
     .await?;
     let d = server.district().await?;
     // Enrollment itself goes over HTTPS.
-    let issued = doorstep_server::admin::issue_enrollment_code(&server.store, d.yingfeng.id, "tls phone", 1, "test").await?;
+    let issued = doorstep_server::admin::issue_enrollment_code(
+        &server.store,
+        d.yingfeng.id,
+        "tls phone",
+        1,
+        "test",
+    )
+    .await?;
     let https = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes())?)
         .build()?;
     let enrolled: serde_json::Value = https
-        .post(format!("https://127.0.0.1:{}/api/v1/enroll", server.addr.port()))
+        .post(format!(
+            "https://127.0.0.1:{}/api/v1/enroll",
+            server.addr.port()
+        ))
         .json(&serde_json::json!({ "code": issued.code }))
         .send()
         .await?
@@ -48,18 +60,35 @@ async fn devices_sync_over_wss_with_a_certificate_from_their_ca() -> anyhow::Res
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der().clone())?;
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let url = format!("wss://127.0.0.1:{}/sync?token={token}", server.addr.port());
-    let (socket, _) =
-        tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(Connector::Rustls(Arc::new(client)))).await?;
+    let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(
+        url,
+        None,
+        false,
+        Some(Connector::Rustls(Arc::new(client))),
+    )
+    .await?;
     let mut peer = TestPeer::handshake(socket, None).await?;
-    assert_eq!(peer.sync(DocumentId::roster(d.yingfeng.id)).await?, SyncOutcome::Synced);
+    assert_eq!(
+        peer.sync(DocumentId::roster(d.yingfeng.id)).await?,
+        SyncOutcome::Synced
+    );
 
     // Plain HTTP on the TLS port does not work.
-    assert!(reqwest::get(format!("http://127.0.0.1:{}/healthz", server.addr.port())).await.is_err()
-        || !reqwest::get(format!("http://127.0.0.1:{}/healthz", server.addr.port())).await?.status().is_success());
+    assert!(
+        reqwest::get(format!("http://127.0.0.1:{}/healthz", server.addr.port()))
+            .await
+            .is_err()
+            || !reqwest::get(format!("http://127.0.0.1:{}/healthz", server.addr.port()))
+                .await?
+                .status()
+                .is_success()
+    );
     Ok(())
 }

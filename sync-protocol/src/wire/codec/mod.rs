@@ -93,7 +93,8 @@ fn write_message(e: &mut Encoder<Vec<u8>>, m: &Message) -> EncodeResult {
             e.str("type")?.str(m.type_name())?;
             e.str("senderId")?.str(sender_id.as_str())?;
             e.str("targetId")?.str(target_id.as_str())?;
-            e.str("selectedProtocolVersion")?.str(selected_protocol_version)?;
+            e.str("selectedProtocolVersion")?
+                .str(selected_protocol_version)?;
             if let Some(meta) = peer_metadata {
                 write_metadata(e, meta)?;
             }
@@ -309,7 +310,9 @@ impl Fields<'_> {
                     .to_owned(),
                 peer_metadata: self.metadata,
             },
-            "leave" => Message::Leave { sender_id: sender()? },
+            "leave" => Message::Leave {
+                sender_id: sender()?,
+            },
             "request" => Message::Request {
                 sender_id: sender()?,
                 target_id: target()?,

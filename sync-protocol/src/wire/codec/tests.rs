@@ -123,7 +123,12 @@ fn every_message_matches_its_byte_snapshot_and_round_trips() {
     let limits = Limits::default();
     for (message, snapshot) in samples() {
         let bytes = encode(&message);
-        assert_eq!(hex::encode(&bytes), snapshot, "{} snapshot", message.type_name());
+        assert_eq!(
+            hex::encode(&bytes),
+            snapshot,
+            "{} snapshot",
+            message.type_name()
+        );
         assert_eq!(decode(&bytes, &limits), Ok(message));
     }
 }
@@ -133,12 +138,27 @@ fn decoding_accepts_any_key_order_and_skips_unknown_fields() {
     // {"extra": [1, {"x": 2}], "senderId": "c", "type": "leave"}
     let mut e = Encoder::new(Vec::new());
     e.map(3).expect("cbor");
-    e.str("extra").expect("cbor").array(2).expect("cbor").u8(1).expect("cbor");
-    e.map(1).expect("cbor").str("x").expect("cbor").u8(2).expect("cbor");
+    e.str("extra")
+        .expect("cbor")
+        .array(2)
+        .expect("cbor")
+        .u8(1)
+        .expect("cbor");
+    e.map(1)
+        .expect("cbor")
+        .str("x")
+        .expect("cbor")
+        .u8(2)
+        .expect("cbor");
     e.str("senderId").expect("cbor").str("c").expect("cbor");
     e.str("type").expect("cbor").str("leave").expect("cbor");
     let message = decode(&e.into_writer(), &Limits::default());
-    assert_eq!(message, Ok(Message::Leave { sender_id: peer("c") }));
+    assert_eq!(
+        message,
+        Ok(Message::Leave {
+            sender_id: peer("c")
+        })
+    );
 }
 
 #[test]
@@ -147,9 +167,15 @@ fn decoding_accepts_the_spec_single_version_and_metadata_spelling() {
     e.map(4).expect("cbor");
     e.str("type").expect("cbor").str("join").expect("cbor");
     e.str("senderId").expect("cbor").str("c").expect("cbor");
-    e.str("supportedProtocolVersions").expect("cbor").str("1").expect("cbor");
+    e.str("supportedProtocolVersions")
+        .expect("cbor")
+        .str("1")
+        .expect("cbor");
     e.str("metadata").expect("cbor").map(1).expect("cbor");
-    e.str("isEphemeral").expect("cbor").bool(true).expect("cbor");
+    e.str("isEphemeral")
+        .expect("cbor")
+        .bool(true)
+        .expect("cbor");
     let message = decode(&e.into_writer(), &Limits::default()).expect("join");
     assert_eq!(
         message,
@@ -170,11 +196,12 @@ fn bad_input_is_malformed_not_a_panic() {
     let cases: Vec<Vec<u8>> = vec![
         vec![],
         vec![0xff],
-        vec![0x01],                      // an integer, not a map
+        vec![0x01],                                  // an integer, not a map
         hex::decode("a1647479706563").expect("hex"), // truncated
         hex::decode("a164747970650a").expect("hex"), // type is a number
         // a sync without data
-        hex::decode("a364747970656473796e636873656e646572496461636874617267657449646173").expect("hex"),
+        hex::decode("a364747970656473796e636873656e646572496461636874617267657449646173")
+            .expect("hex"),
         // a byte string that claims 4 GiB inside a 10-byte frame
         hex::decode("a164646174615affffffff00").expect("hex"),
     ];
@@ -200,11 +227,20 @@ fn unknown_types_and_bad_document_ids_are_reported() {
 
     let mut e = Encoder::new(Vec::new());
     e.map(4).expect("cbor");
-    e.str("type").expect("cbor").str("doc-unavailable").expect("cbor");
+    e.str("type")
+        .expect("cbor")
+        .str("doc-unavailable")
+        .expect("cbor");
     e.str("senderId").expect("cbor").str("c").expect("cbor");
     e.str("targetId").expect("cbor").str("s").expect("cbor");
-    e.str("documentId").expect("cbor").str("not-base58!").expect("cbor");
-    assert!(matches!(decode(&e.into_writer(), &limits), Err(DecodeError::Malformed(_))));
+    e.str("documentId")
+        .expect("cbor")
+        .str("not-base58!")
+        .expect("cbor");
+    assert!(matches!(
+        decode(&e.into_writer(), &limits),
+        Err(DecodeError::Malformed(_))
+    ));
 }
 
 #[test]
@@ -220,7 +256,13 @@ fn limits_are_checked_before_decoding() {
     // An indefinite map with more entries than allowed.
     let frame = hex::decode("bf61610161620161630dff").expect("hex");
     assert!(matches!(
-        decode(&frame, &Limits { max_frame_bytes: 64, max_items: 2 }),
+        decode(
+            &frame,
+            &Limits {
+                max_frame_bytes: 64,
+                max_items: 2
+            }
+        ),
         Err(DecodeError::TooLarge { .. })
     ));
 }

@@ -1,0 +1,143 @@
+//! The operator's path from the README: the real `doorstep` binary creates
+//! the tenants and an enrollment code, and a device enrolls with it.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use doorstep_protocol::DocumentId;
+use doorstep_tests::{ServerProcess, SyncOutcome, TestPeer};
+use serde_json::Value;
+use tokio::process::Command;
+
+async fn doorstep(data_dir: &Path, args: &[&str]) -> anyhow::Result<Value> {
+    let output = Command::new(env!("CARGO_BIN_EXE_doorstep"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--json")
+        .args(args)
+        .env("DOORSTEP_PASSWORD", "a long enough password")
+        .env("RUST_LOG", "warn")
+        .output()
+        .await?;
+    if !output.status.success() {
+        bail!(
+            "doorstep {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+#[tokio::test]
+async fn an_operator_sets_up_a_district_and_enrolls_a_device_with_the_cli() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path();
+    let server = ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_doorstep")), data).await?;
+
+    let district = doorstep(
+        data,
+        &[
+            "tenant", "create", "--level", "district", "--name", "Yanshan",
+        ],
+    )
+    .await?;
+    let district_id = district["id"].as_str().context("district id")?;
+    let admin = doorstep(
+        data,
+        &[
+            "user",
+            "create",
+            "--username",
+            "admin",
+            "--role",
+            "district_admin",
+            "--tenant",
+            district_id,
+        ],
+    )
+    .await?;
+    assert_eq!(admin["role"], "district_admin");
+    let sub = doorstep(
+        data,
+        &[
+            "tenant",
+            "create",
+            "--level",
+            "sub_district",
+            "--name",
+            "Xiangyang",
+            "--parent",
+            district_id,
+        ],
+    )
+    .await?;
+    let branch = doorstep(
+        data,
+        &[
+            "tenant",
+            "create",
+            "--level",
+            "branch",
+            "--name",
+            "Yingfeng-Yili",
+            "--parent",
+            sub["id"].as_str().context("id")?,
+        ],
+    )
+    .await?;
+    let branch_id = branch["id"].as_str().context("branch id")?;
+    let code = doorstep(
+        data,
+        &[
+            "enroll-code",
+            "create",
+            "--branch",
+            branch_id,
+            "--label",
+            "Li Na's phone",
+        ],
+    )
+    .await?;
+
+    // What the phone does with the code.
+    let enrolled: doorstep_tests::Enrolled = reqwest::Client::new()
+        .post(format!("{}/api/v1/enroll", server.http_url()))
+        .json(&serde_json::json!({ "code": code["code"] }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(enrolled.branch_id, branch_id);
+    let roster: DocumentId = enrolled.documents[0].document_id.parse()?;
+    let mut peer = TestPeer::connect(&server.ws_url(), &enrolled.token, None).await?;
+    assert_eq!(peer.sync(roster).await?, SyncOutcome::Synced);
+
+    let devices = doorstep(data, &["device", "list"]).await?;
+    assert_eq!(devices[0]["id"], enrolled.device_id.as_str());
+    let documents = doorstep(data, &["device", "documents", &enrolled.device_id]).await?;
+    assert_eq!(documents[0]["url"], roster.to_url());
+
+    // A tenant under the wrong level is a clear error, not a crash.
+    let wrong = doorstep(
+        data,
+        &[
+            "tenant",
+            "create",
+            "--level",
+            "branch",
+            "--name",
+            "x",
+            "--parent",
+            district_id,
+        ],
+    )
+    .await;
+    assert!(
+        wrong
+            .expect_err("a branch under a district is refused")
+            .to_string()
+            .contains("belongs under a sub_district")
+    );
+    server.kill().await
+}
