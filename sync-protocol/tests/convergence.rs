@@ -100,6 +100,7 @@ fn run(peers: usize, steps: Vec<Step>) -> Result<(), TestCaseError> {
                     goods_description: None,
                     notes: None,
                     follow_up: None,
+                    recorded_by: None,
                 };
                 edit(&mut replicas[peer], |tx| {
                     write_record(tx, id, &v).expect("write")

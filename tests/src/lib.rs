@@ -80,11 +80,21 @@ impl TestServer {
         data_dir: tempfile::TempDir,
         configure: impl FnOnce(&mut Config),
     ) -> anyhow::Result<TestServer> {
+        Self::spawn_at(data_dir, "127.0.0.1:0".parse()?, configure).await
+    }
+
+    /// Starts a server on a data directory and address: a restart on the
+    /// same port, which devices already know.
+    pub async fn spawn_at(
+        data_dir: tempfile::TempDir,
+        addr: SocketAddr,
+        configure: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<TestServer> {
         init_tracing();
         let mut config = Config::new(data_dir.path().join("doorstep.db"));
         configure(&mut config);
         let store = Store::open(&config.database_path).await?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel();
         let server_store = store.clone();
@@ -221,6 +231,22 @@ pub async fn make_district(store: &Store) -> anyhow::Result<District> {
         yingfeng,
         fenghuangting,
     })
+}
+
+/// An SDK client enrolled to `branch`, with its data in `dir`.
+pub async fn sdk_device(
+    store: &Store,
+    http_url: &str,
+    branch: TenantId,
+    dir: &Path,
+    configure: impl FnOnce(&mut doorstep_client::ClientConfig),
+) -> anyhow::Result<doorstep_client::Client> {
+    let mut config = doorstep_client::ClientConfig::new(dir, http_url);
+    configure(&mut config);
+    let client = doorstep_client::Client::open(config).await?;
+    let issued = admin::issue_enrollment_code(store, branch, "sdk device", 1, "test").await?;
+    client.enroll(&issued.code).await?;
+    Ok(client)
 }
 
 /// Loads a document from a store's chunks.

@@ -60,6 +60,8 @@ pub struct Visit {
     pub goods_description: Option<String>,
     pub notes: Option<String>,
     pub follow_up: Option<FollowUp>,
+    /// The device that recorded the visit.
+    pub recorded_by: Option<String>,
 }
 
 impl Record for Visit {
@@ -86,6 +88,7 @@ impl Record for Visit {
             goods_description: r.opt_str("goods_description")?,
             notes: r.opt_str("notes")?,
             follow_up,
+            recorded_by: r.opt_str("recorded_by")?,
         })
     }
 
@@ -107,7 +110,7 @@ impl Record for Visit {
             }
             None => w.delete("follow_up")?,
         }
-        Ok(())
+        w.opt_str("recorded_by", self.recorded_by.as_deref())
     }
 
     fn problems(&self) -> Vec<String> {

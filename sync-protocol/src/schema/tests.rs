@@ -33,6 +33,7 @@ fn visit(day: &str, member: RecordId) -> Visit {
         goods_description: Some("rice and oil".into()),
         notes: None,
         follow_up: None,
+        recorded_by: None,
     }
 }
 

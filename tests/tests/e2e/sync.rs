@@ -108,6 +108,7 @@ fn visit(date: &str, member: RecordId, cash: i64) -> Visit {
         goods_description: None,
         notes: None,
         follow_up: None,
+        recorded_by: None,
     }
 }
 

@@ -1,0 +1,561 @@
+//! Typed edits in the domain's words. Each validates its input against the
+//! schema's rules and the roster (a visit names a member that exists) before
+//! anything is written, then commits one change that is on disk when the
+//! call returns.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use doorstep_protocol::schema::log::{
+    Activity, FollowUp, FundDirection, FundEntry, Placement, Training, TrainingLevel, Visit,
+    VisitKind,
+};
+use doorstep_protocol::schema::roster::{
+    HardshipEntry, HardshipKind, HardshipStatus, Member, MemberKind, MigrantContact, Need, Pairing,
+    StatusChange, Team, TeamMember,
+};
+use doorstep_protocol::schema::{DocumentKind, Record, RecordId, read_record, write_record};
+use doorstep_protocol::{Date, DocumentId, Fen, Month};
+use tokio::sync::MutexGuard;
+
+use crate::client::Client;
+use crate::error::ClientError;
+use crate::replicas::Replicas;
+
+/// A member to add to the roster.
+#[derive(Debug, Clone, Default)]
+pub struct NewMember {
+    pub name: String,
+    pub kinds: BTreeSet<MemberKind>,
+    pub birthday: Option<Date>,
+    pub phone: Option<String>,
+    pub address: Option<String>,
+    pub household: Option<String>,
+    pub post: Option<String>,
+    pub migrant: Option<MigrantContact>,
+    pub notes: Option<String>,
+}
+
+/// Fields to change on a member; `None` leaves a field alone, an empty
+/// string clears it. Only the fields given are written, so two devices
+/// changing different fields both keep their edits.
+#[derive(Debug, Clone, Default)]
+pub struct MemberUpdate {
+    pub name: Option<String>,
+    pub kinds: Option<BTreeSet<MemberKind>>,
+    pub birthday: Option<Option<Date>>,
+    pub phone: Option<String>,
+    pub address: Option<String>,
+    pub household: Option<String>,
+    pub post: Option<String>,
+    pub migrant: Option<Option<MigrantContact>>,
+    pub notes: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewHardshipEntry {
+    pub member_id: RecordId,
+    pub kind: HardshipKind,
+    pub opened_on: Date,
+    pub needs: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewTeam {
+    pub name: String,
+    pub category: String,
+    pub founded_on: Option<Date>,
+}
+
+/// Someone joining a team.
+#[derive(Debug, Clone)]
+pub enum TeamPerson {
+    Member { member_id: RecordId, backbone: bool },
+    Resident { name: String, backbone: bool },
+}
+
+#[derive(Debug, Clone)]
+pub struct NewVisit {
+    pub date: Date,
+    pub member_id: RecordId,
+    pub kind: VisitKind,
+    pub visitors: Vec<String>,
+    pub aid_cash: Fen,
+    pub aid_goods: Fen,
+    pub goods_description: Option<String>,
+    pub notes: Option<String>,
+    pub follow_up: Option<FollowUp>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewActivity {
+    pub date: Date,
+    pub team_id: Option<RecordId>,
+    pub title: String,
+    /// Participant (member id or name) and minutes volunteered.
+    pub minutes: Vec<(String, i64)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewTraining {
+    pub date: Date,
+    pub level: TrainingLevel,
+    pub topic: String,
+    pub attendance: i64,
+    pub attendees: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewPlacement {
+    pub date: Date,
+    pub member_id: RecordId,
+    pub employer: String,
+    pub job: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewFundEntry {
+    pub date: Date,
+    pub direction: FundDirection,
+    pub amount: Fen,
+    pub member_id: Option<RecordId>,
+    pub purpose: Option<String>,
+    pub note: Option<String>,
+}
+
+fn check<R: Record>(record: &R) -> Result<(), ClientError> {
+    let problems = record.problems();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ClientError::Invalid(problems.join("; ")))
+    }
+}
+
+fn required(what: &str, value: &str) -> Result<(), ClientError> {
+    if value.trim().is_empty() {
+        Err(ClientError::Invalid(format!("{what} must not be empty")))
+    } else {
+        Ok(())
+    }
+}
+
+fn cleared(value: String) -> Option<String> {
+    (!value.trim().is_empty()).then_some(value)
+}
+
+impl Client {
+    pub(crate) async fn replicas(&self) -> Result<MutexGuard<'_, Option<Replicas>>, ClientError> {
+        let guard = self.inner.replicas.lock().await;
+        if guard.is_none() {
+            return Err(ClientError::NotEnrolled);
+        }
+        Ok(guard)
+    }
+
+    fn roster_id(&self) -> Result<DocumentId, ClientError> {
+        Ok(DocumentId::roster(self.identity()?.branch))
+    }
+
+    fn log_id(&self, month: Month) -> Result<DocumentId, ClientError> {
+        Ok(DocumentId::monthly_log(self.identity()?.branch, month))
+    }
+
+    /// Reads a roster record, or says it does not exist.
+    async fn roster_record<R: Record>(
+        &self,
+        replicas: &mut Replicas,
+        id: RecordId,
+        what: &'static str,
+    ) -> Result<R, ClientError> {
+        let roster = replicas
+            .get(self.roster_id()?, DocumentKind::Roster)
+            .await?;
+        read_record::<R, _>(roster.doc(), id)
+            .map_err(|e| ClientError::Storage(e.to_string()))?
+            .ok_or(ClientError::NotFound {
+                what,
+                id: id.to_string(),
+            })
+    }
+
+    async fn write_roster<R: Record>(
+        &self,
+        replicas: &mut Replicas,
+        id: RecordId,
+        record: &R,
+    ) -> Result<(), ClientError> {
+        check(record)?;
+        replicas
+            .edit(self.roster_id()?, DocumentKind::Roster, |tx| {
+                Ok(write_record(tx, id, record)?)
+            })
+            .await?;
+        self.inner.edited.notify_one();
+        Ok(())
+    }
+
+    async fn write_log<R: Record>(
+        &self,
+        replicas: &mut Replicas,
+        date: Date,
+        id: RecordId,
+        record: &R,
+    ) -> Result<(), ClientError> {
+        check(record)?;
+        let month = date.month();
+        replicas
+            .edit(self.log_id(month)?, DocumentKind::MonthlyLog(month), |tx| {
+                Ok(write_record(tx, id, record)?)
+            })
+            .await?;
+        self.inner.edited.notify_one();
+        Ok(())
+    }
+
+    async fn require_member(
+        &self,
+        replicas: &mut Replicas,
+        id: RecordId,
+    ) -> Result<Member, ClientError> {
+        self.roster_record::<Member>(replicas, id, "member").await
+    }
+
+    pub async fn add_member(&self, new: NewMember) -> Result<RecordId, ClientError> {
+        required("a member's name", &new.name)?;
+        let member = Member {
+            name: new.name,
+            kinds: new.kinds,
+            birthday: new.birthday,
+            phone: new.phone,
+            address: new.address,
+            household: new.household,
+            post: new.post,
+            migrant: new.migrant,
+            notes: new.notes,
+        };
+        let id = RecordId::new_v7();
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        self.write_roster(replicas, id, &member).await?;
+        Ok(id)
+    }
+
+    pub async fn update_member(
+        &self,
+        id: RecordId,
+        update: MemberUpdate,
+    ) -> Result<(), ClientError> {
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        let mut member = self.require_member(replicas, id).await?;
+        if let Some(name) = update.name {
+            required("a member's name", &name)?;
+            member.name = name;
+        }
+        if let Some(kinds) = update.kinds {
+            member.kinds = kinds;
+        }
+        if let Some(birthday) = update.birthday {
+            member.birthday = birthday;
+        }
+        if let Some(phone) = update.phone {
+            member.phone = cleared(phone);
+        }
+        if let Some(address) = update.address {
+            member.address = cleared(address);
+        }
+        if let Some(household) = update.household {
+            member.household = cleared(household);
+        }
+        if let Some(post) = update.post {
+            member.post = cleared(post);
+        }
+        if let Some(migrant) = update.migrant {
+            member.migrant = migrant;
+        }
+        if let Some(notes) = update.notes {
+            member.notes = cleared(notes);
+        }
+        self.write_roster(replicas, id, &member).await
+    }
+
+    pub async fn open_hardship_entry(
+        &self,
+        new: NewHardshipEntry,
+    ) -> Result<RecordId, ClientError> {
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        self.require_member(replicas, new.member_id).await?;
+        let mut needs = BTreeMap::new();
+        for description in new.needs {
+            required("a need", &description)?;
+            needs.insert(
+                RecordId::new_v7(),
+                Need {
+                    description,
+                    added_on: Some(new.opened_on),
+                    met: false,
+                },
+            );
+        }
+        let entry = HardshipEntry {
+            member_id: new.member_id,
+            kind: new.kind,
+            opened_on: new.opened_on,
+            needs,
+            status_history: BTreeMap::from([(
+                RecordId::new_v7(),
+                StatusChange {
+                    status: HardshipStatus::Opened,
+                    on: new.opened_on,
+                    note: None,
+                },
+            )]),
+        };
+        let id = RecordId::new_v7();
+        self.write_roster(replicas, id, &entry).await?;
+        Ok(id)
+    }
+
+    /// Adds a need to an entry's needs file.
+    pub async fn add_need(
+        &self,
+        entry_id: RecordId,
+        description: &str,
+        on: Date,
+    ) -> Result<RecordId, ClientError> {
+        required("a need", description)?;
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        let mut entry = self
+            .roster_record::<HardshipEntry>(replicas, entry_id, "hardship entry")
+            .await?;
+        let id = RecordId::new_v7();
+        entry.needs.insert(
+            id,
+            Need {
+                description: description.to_owned(),
+                added_on: Some(on),
+                met: false,
+            },
+        );
+        self.write_roster(replicas, entry_id, &entry).await?;
+        Ok(id)
+    }
+
+    /// Records a status change (helped, closed, reopened) with its date.
+    pub async fn change_hardship_status(
+        &self,
+        entry_id: RecordId,
+        status: HardshipStatus,
+        on: Date,
+        note: Option<String>,
+    ) -> Result<RecordId, ClientError> {
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        let mut entry = self
+            .roster_record::<HardshipEntry>(replicas, entry_id, "hardship entry")
+            .await?;
+        let id = RecordId::new_v7();
+        entry
+            .status_history
+            .insert(id, StatusChange { status, on, note });
+        self.write_roster(replicas, entry_id, &entry).await?;
+        Ok(id)
+    }
+
+    /// A "hand in hand, one helps one" pairing.
+    pub async fn pair_members(
+        &self,
+        helper_id: RecordId,
+        helped_id: RecordId,
+        since: Date,
+        key_contact: bool,
+    ) -> Result<RecordId, ClientError> {
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        self.require_member(replicas, helper_id).await?;
+        self.require_member(replicas, helped_id).await?;
+        let pairing = Pairing {
+            helper_id,
+            helped_id,
+            since,
+            key_contact,
+            ended_on: None,
+            note: None,
+        };
+        let id = RecordId::new_v7();
+        self.write_roster(replicas, id, &pairing).await?;
+        Ok(id)
+    }
+
+    pub async fn create_team(&self, new: NewTeam) -> Result<RecordId, ClientError> {
+        required("a team's name", &new.name)?;
+        required("a team's category", &new.category)?;
+        let team = Team {
+            name: new.name,
+            category: new.category,
+            founded_on: new.founded_on,
+            people: BTreeMap::new(),
+        };
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        let id = RecordId::new_v7();
+        self.write_roster(replicas, id, &team).await?;
+        Ok(id)
+    }
+
+    pub async fn add_to_team(
+        &self,
+        team_id: RecordId,
+        person: TeamPerson,
+    ) -> Result<RecordId, ClientError> {
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        let mut team = self
+            .roster_record::<Team>(replicas, team_id, "team")
+            .await?;
+        let member = match person {
+            TeamPerson::Member {
+                member_id,
+                backbone,
+            } => {
+                self.require_member(replicas, member_id).await?;
+                TeamMember {
+                    member_id: Some(member_id),
+                    resident_name: None,
+                    backbone,
+                }
+            }
+            TeamPerson::Resident { name, backbone } => {
+                required("a resident's name", &name)?;
+                TeamMember {
+                    member_id: None,
+                    resident_name: Some(name),
+                    backbone,
+                }
+            }
+        };
+        let id = RecordId::new_v7();
+        team.people.insert(id, member);
+        self.write_roster(replicas, team_id, &team).await?;
+        Ok(id)
+    }
+
+    /// Records a visit in its month's log (opened offline if new).
+    pub async fn record_visit(&self, new: NewVisit) -> Result<RecordId, ClientError> {
+        let device = self.identity()?.device_id.clone();
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        self.require_member(replicas, new.member_id).await?;
+        let visit = Visit {
+            date: new.date,
+            member_id: new.member_id,
+            kind: new.kind,
+            visitors: new.visitors.into_iter().collect(),
+            aid_cash: new.aid_cash,
+            aid_goods: new.aid_goods,
+            goods_description: new.goods_description,
+            notes: new.notes,
+            follow_up: new.follow_up,
+            recorded_by: Some(device),
+        };
+        let id = RecordId::new_v7();
+        self.write_log(replicas, new.date, id, &visit).await?;
+        Ok(id)
+    }
+
+    /// Marks a visit's follow-up as done.
+    pub async fn complete_follow_up(&self, visit_id: RecordId) -> Result<(), ClientError> {
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        for id in replicas.all().await? {
+            let Some(replica) = replicas.replica(id) else {
+                continue;
+            };
+            let found = read_record::<Visit, _>(replica.doc(), visit_id)
+                .map_err(|e| ClientError::Storage(e.to_string()))?;
+            if let Some(mut visit) = found {
+                let Some(follow_up) = visit.follow_up.as_mut() else {
+                    return Err(ClientError::Invalid("the visit has no follow-up".into()));
+                };
+                follow_up.done = true;
+                let date = visit.date;
+                return self.write_log(replicas, date, visit_id, &visit).await;
+            }
+        }
+        Err(ClientError::NotFound {
+            what: "visit",
+            id: visit_id.to_string(),
+        })
+    }
+
+    pub async fn log_activity(&self, new: NewActivity) -> Result<RecordId, ClientError> {
+        required("an activity's title", &new.title)?;
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        if let Some(team) = new.team_id {
+            self.roster_record::<Team>(replicas, team, "team").await?;
+        }
+        let activity = Activity {
+            date: new.date,
+            team_id: new.team_id,
+            title: new.title,
+            minutes: new.minutes.into_iter().collect(),
+        };
+        let id = RecordId::new_v7();
+        self.write_log(replicas, new.date, id, &activity).await?;
+        Ok(id)
+    }
+
+    pub async fn record_training(&self, new: NewTraining) -> Result<RecordId, ClientError> {
+        required("a training's topic", &new.topic)?;
+        let training = Training {
+            date: new.date,
+            level: new.level,
+            topic: new.topic,
+            attendance: new.attendance,
+            attendees: new.attendees.into_iter().collect(),
+        };
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        let id = RecordId::new_v7();
+        self.write_log(replicas, new.date, id, &training).await?;
+        Ok(id)
+    }
+
+    pub async fn record_placement(&self, new: NewPlacement) -> Result<RecordId, ClientError> {
+        required("an employer", &new.employer)?;
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        self.require_member(replicas, new.member_id).await?;
+        let placement = Placement {
+            date: new.date,
+            member_id: new.member_id,
+            employer: new.employer,
+            job: new.job,
+        };
+        let id = RecordId::new_v7();
+        self.write_log(replicas, new.date, id, &placement).await?;
+        Ok(id)
+    }
+
+    pub async fn record_fund_entry(&self, new: NewFundEntry) -> Result<RecordId, ClientError> {
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        if let Some(member) = new.member_id {
+            self.require_member(replicas, member).await?;
+        }
+        let entry = FundEntry {
+            date: new.date,
+            direction: new.direction,
+            amount: new.amount,
+            member_id: new.member_id,
+            purpose: new.purpose,
+            note: new.note,
+        };
+        let id = RecordId::new_v7();
+        self.write_log(replicas, new.date, id, &entry).await?;
+        Ok(id)
+    }
+}

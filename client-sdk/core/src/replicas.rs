@@ -1,0 +1,286 @@
+//! The branch's documents on this device, in memory and on disk.
+//!
+//! Every change, made here or received from the server, is appended to the
+//! local store before the call that produced it returns; a failed append
+//! drops the change from memory too (the document is reloaded), so memory
+//! never holds what the disk does not.
+
+use std::collections::HashMap;
+
+use automerge::transaction::{CommitOptions, Transaction};
+use automerge::{ActorId, Automerge, ChangeHash};
+use doorstep_protocol::schema::{DocumentKind, genesis};
+use doorstep_protocol::session::DocSession;
+use doorstep_protocol::{DocumentId, PeerId, TenantId};
+
+use crate::error::ClientError;
+use crate::store::LocalStore;
+
+/// The key of the server's sync state inside each session.
+pub(crate) fn server_peer() -> PeerId {
+    PeerId::new("server").expect("a constant peer id is valid")
+}
+
+#[derive(Debug)]
+pub(crate) struct Replica {
+    pub session: DocSession,
+    pub kind: DocumentKind,
+    /// Heads the server is known to have (the acknowledgement).
+    pub acked: Vec<ChangeHash>,
+    snapshot_bytes: u64,
+    incremental_bytes: u64,
+}
+
+impl Replica {
+    pub fn doc(&self) -> &Automerge {
+        self.session.document()
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Replicas {
+    store: LocalStore,
+    pub branch: TenantId,
+    pub actor: ActorId,
+    docs: HashMap<DocumentId, Replica>,
+}
+
+impl Replicas {
+    pub fn new(store: LocalStore, branch: TenantId, actor: ActorId) -> Self {
+        Replicas {
+            store,
+            branch,
+            actor,
+            docs: HashMap::new(),
+        }
+    }
+
+    /// The document, loaded from disk or, the first time, created from its
+    /// deterministic genesis (so a new month opens offline).
+    pub async fn get(
+        &mut self,
+        id: DocumentId,
+        kind: DocumentKind,
+    ) -> Result<&mut Replica, ClientError> {
+        if !self.docs.contains_key(&id) {
+            let mut chunks = self.store.chunks(id).await?;
+            if chunks.chunks.is_empty() {
+                let doc = genesis(self.branch, kind);
+                let bytes = doc.save();
+                self.store.insert_document(id, kind, &bytes).await?;
+                chunks = self.store.chunks(id).await?;
+            }
+            let mut doc = Automerge::new();
+            for chunk in &chunks.chunks {
+                doc.load_incremental(chunk)?;
+            }
+            let doc = doc.with_actor(self.actor.clone());
+            let mut session = DocSession::new(doc, 0);
+            let (state, acked) = self.store.sync_state(id).await?;
+            if session
+                .add_peer(server_peer(), state.as_deref(), 0)
+                .is_err()
+            {
+                // A corrupt saved state only costs a full sync.
+                session
+                    .add_peer(server_peer(), None, 0)
+                    .map_err(|e| ClientError::Storage(e.to_string()))?;
+            }
+            self.docs.insert(
+                id,
+                Replica {
+                    session,
+                    kind,
+                    acked,
+                    snapshot_bytes: chunks.snapshot_bytes,
+                    incremental_bytes: chunks.incremental_bytes,
+                },
+            );
+        }
+        self.docs
+            .get_mut(&id)
+            .ok_or_else(|| ClientError::Storage("document vanished".into()))
+    }
+
+    /// A document if it exists on this device (no genesis is created).
+    pub async fn existing(&mut self, id: DocumentId) -> Result<Option<&mut Replica>, ClientError> {
+        if self.docs.contains_key(&id) {
+            return Ok(self.docs.get_mut(&id));
+        }
+        let Some(kind) = self
+            .store
+            .documents()
+            .await?
+            .into_iter()
+            .find(|(d, _)| *d == id)
+            .map(|(_, k)| k)
+        else {
+            return Ok(None);
+        };
+        self.get(id, kind).await.map(Some)
+    }
+
+    /// Every document on the device, loaded.
+    pub async fn all(&mut self) -> Result<Vec<DocumentId>, ClientError> {
+        let documents = self.store.documents().await?;
+        for (id, kind) in &documents {
+            self.get(*id, *kind).await?;
+        }
+        Ok(documents.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// Runs `f` in one transaction and makes its change durable before
+    /// returning. An error from `f` rolls the transaction back.
+    pub async fn edit<R>(
+        &mut self,
+        id: DocumentId,
+        kind: DocumentKind,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<R, ClientError>,
+    ) -> Result<R, ClientError> {
+        let replica = self.get(id, kind).await?;
+        let before = replica.session.heads();
+        let doc = replica.session.document_mut();
+        let mut tx = doc.transaction();
+        let out = match f(&mut tx) {
+            Ok(out) => out,
+            Err(e) => {
+                tx.rollback();
+                return Err(e);
+            }
+        };
+        // Automerge's convention: seconds since the epoch. Conflicts show it.
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        tx.commit_with(CommitOptions::default().with_time(now));
+        self.persist_since(id, &before).await?;
+        Ok(out)
+    }
+
+    /// Applies a sync message from the server, persisting what is new.
+    /// Returns the number of new changes.
+    pub async fn receive(&mut self, id: DocumentId, data: &[u8]) -> Result<usize, ClientError> {
+        let replica = self
+            .docs
+            .get_mut(&id)
+            .ok_or_else(|| ClientError::Storage(format!("document {id} is not open")))?;
+        let received = replica
+            .session
+            .receive(&server_peer(), data, 0)
+            .map_err(|e| ClientError::Network(format!("bad sync message from the server: {e}")))?;
+        let changes: Vec<(ChangeHash, Vec<u8>)> = received
+            .new_changes
+            .into_iter()
+            .map(|c| (c.hash, c.bytes))
+            .collect();
+        let count = changes.len();
+        if count > 0 {
+            self.append(id, changes).await?;
+        }
+        Ok(count)
+    }
+
+    pub fn replica(&mut self, id: DocumentId) -> Option<&mut Replica> {
+        self.docs.get_mut(&id)
+    }
+
+    async fn persist_since(
+        &mut self,
+        id: DocumentId,
+        before: &[ChangeHash],
+    ) -> Result<(), ClientError> {
+        let replica = self
+            .docs
+            .get_mut(&id)
+            .ok_or_else(|| ClientError::Storage("document vanished".into()))?;
+        let changes: Vec<(ChangeHash, Vec<u8>)> = replica
+            .session
+            .document()
+            .get_changes(before)
+            .into_iter()
+            .map(|mut c| (c.hash(), c.bytes().into_owned()))
+            .collect();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.append(id, changes).await
+    }
+
+    async fn append(
+        &mut self,
+        id: DocumentId,
+        changes: Vec<(ChangeHash, Vec<u8>)>,
+    ) -> Result<(), ClientError> {
+        if let Err(e) = self.store.append(id, &changes).await {
+            // Memory must not hold what the disk does not: forget the
+            // document; the next access reloads it from the store.
+            self.docs.remove(&id);
+            return Err(e);
+        }
+        let Some(replica) = self.docs.get_mut(&id) else {
+            return Ok(());
+        };
+        replica.incremental_bytes += changes.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+        if replica.incremental_bytes >= replica.snapshot_bytes.max(4096) {
+            let snapshot = replica.session.document().save();
+            self.store.compact(id, &snapshot).await?;
+            let fresh = Automerge::load(&snapshot)?.with_actor(self.actor.clone());
+            replica.session.replace_document(fresh);
+            replica.snapshot_bytes = snapshot.len() as u64;
+            replica.incremental_bytes = 0;
+        }
+        Ok(())
+    }
+
+    /// Starts a new connection's sync from the persisted part of the state
+    /// (the shared heads), as Automerge requires after a reconnect: what the
+    /// server said or had in flight on the last connection is stale.
+    pub fn reconnect(&mut self, id: DocumentId) -> Result<(), ClientError> {
+        let Some(replica) = self.docs.get_mut(&id) else {
+            return Ok(());
+        };
+        let peer = server_peer();
+        let saved = replica.session.remove_peer(&peer);
+        if replica
+            .session
+            .add_peer(peer.clone(), saved.as_deref(), 0)
+            .is_err()
+        {
+            replica
+                .session
+                .add_peer(peer, None, 0)
+                .map_err(|e| ClientError::Storage(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Saves the server sync state and the acknowledged heads of a document.
+    pub async fn save_sync_state(&mut self, id: DocumentId) -> Result<(), ClientError> {
+        let Some(replica) = self.docs.get_mut(&id) else {
+            return Ok(());
+        };
+        let peer = server_peer();
+        let heads = replica.session.heads();
+        if replica.session.peer_covers(&peer, &heads) {
+            replica.acked = heads;
+        }
+        if let Some(state) = replica.session.encoded_state(&peer) {
+            self.store
+                .save_sync_state(id, &state, &replica.acked)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Local changes (by this device's actor) the server has not acknowledged.
+    pub fn pending(&self) -> usize {
+        self.docs
+            .values()
+            .map(|r| {
+                r.doc()
+                    .get_changes_meta(&r.acked)
+                    .into_iter()
+                    .filter(|m| *m.actor == self.actor)
+                    .count()
+            })
+            .sum()
+    }
+}
