@@ -33,6 +33,7 @@ create table user_sessions (
     created_at integer not null,
     expires_at integer not null
 );
+create index user_sessions_expiry on user_sessions(expires_at);
 
 create table devices (
     id text primary key,
@@ -43,6 +44,7 @@ create table devices (
     last_seen_at integer
 );
 create index devices_branch on devices(branch_id);
+create index devices_revoked on devices(revoked_at);
 
 -- One-time codes a device exchanges for its token.
 create table enrollment_codes (
@@ -62,6 +64,7 @@ create table device_tokens (
     device_id text not null references devices(id) on delete cascade,
     created_at integer not null
 );
+create index device_tokens_device on device_tokens(device_id);
 
 -- Automerge actor ids a device may author changes with.
 create table device_actors (
@@ -69,6 +72,7 @@ create table device_actors (
     device_id text not null references devices(id) on delete cascade,
     registered_at integer not null
 );
+create index device_actors_device on device_actors(device_id);
 
 create table documents (
     id text primary key,

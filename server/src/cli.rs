@@ -50,6 +50,8 @@ pub enum Command {
     /// Enrolled devices.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Rebuild every projection (the rows rollups count) from the stored documents.
+    Reproject,
 }
 
 #[derive(Debug, Args)]
@@ -316,6 +318,14 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                     i.code, i.details.label, i.code
                 )
             })
+        }
+        Command::Reproject => {
+            let documents = crate::projection::reproject(store).await?;
+            print(
+                cli.json,
+                &serde_json::json!({ "documents": documents }),
+                |_| format!("reprojected {documents} documents"),
+            )
         }
         Command::Device(DeviceCommand::List) => {
             let mut devices = Vec::new();

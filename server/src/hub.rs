@@ -16,10 +16,11 @@ use automerge::{ActorId, Automerge, ChangeHash};
 use doorstep_protocol::schema::{DocumentKind, GENESIS_ACTOR, genesis};
 use doorstep_protocol::session::{DocSession, SessionError};
 use doorstep_protocol::{DeviceId, DocumentId, Month, PeerId, TenantId};
-use tokio::sync::{Mutex, Notify, mpsc, watch};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard, mpsc, watch};
 
 use crate::config::Config;
-use crate::store::{Device, Store, StoreError, now_ms};
+use crate::projection::{self, Source};
+use crate::store::{Device, DocumentKindRow, Store, StoreError, now_ms};
 
 /// Something the hub asks a connection to send.
 #[derive(Debug)]
@@ -57,15 +58,27 @@ pub enum Access {
     Open,
     /// Missing or not the device's: the two must look the same.
     Unavailable,
+    /// The device was revoked since it connected.
+    Revoked,
 }
 
 struct Subscriber {
     outbox: mpsc::Sender<Outbound>,
+    /// Tells the connection it fell too far behind and must reconnect.
+    overflow: Arc<Notify>,
     storage_id: Option<String>,
 }
 
 struct LiveDoc {
     session: DocSession,
+    /// What the projections need to know; `None` for a document with no row.
+    source: Option<Source>,
+    /// A projection failed; the next merge projects the whole document.
+    stale_projection: bool,
+    /// No longer the hub's copy (evicted, or dropped after a failed reload):
+    /// whoever locks it must fetch the current one instead, so there is
+    /// never more than one live copy of a document.
+    retired: bool,
     subscribers: HashMap<PeerId, Subscriber>,
     snapshot_bytes: u64,
     incremental_bytes: u64,
@@ -82,6 +95,8 @@ pub struct Connection {
     pub outbox: mpsc::Sender<Outbound>,
     /// Notified when the device is revoked.
     pub revoked: Arc<Notify>,
+    /// Notified when the client cannot keep up with what it is sent.
+    pub overflow: Arc<Notify>,
     /// Automerge-repo storage id the client announced, if it persists.
     pub storage_id: Option<String>,
     /// Actor ids known to belong to this device.
@@ -198,6 +213,7 @@ impl Hub {
             device,
             outbox,
             revoked,
+            overflow: Arc::new(Notify::new()),
             storage_id,
             actors: StdMutex::new(HashSet::new()),
             documents: StdMutex::new(HashSet::new()),
@@ -287,8 +303,10 @@ impl Hub {
         if self.store.device_may_open(device.id, id).await? {
             return Ok(Access::Open);
         }
-        if self.store.document(id).await?.is_some() || !self.store.device_is_live(device.id).await?
-        {
+        if !self.store.device_is_live(device.id).await? {
+            return Ok(Access::Revoked);
+        }
+        if self.store.document(id).await?.is_some() {
             return Ok(Access::Unavailable);
         }
         match log_month(device.branch_id, id, now_ms()) {
@@ -304,13 +322,43 @@ impl Hub {
         }
     }
 
+    /// Locks the hub's current copy of a document, loading it if needed.
+    async fn lock_live(&self, id: DocumentId) -> Result<OwnedMutexGuard<LiveDoc>, SyncRefusal> {
+        loop {
+            let doc = self.live(id).await?.lock_owned().await;
+            if !doc.retired {
+                return Ok(doc);
+            }
+        }
+    }
+
     async fn live(&self, id: DocumentId) -> Result<Arc<Mutex<LiveDoc>>, SyncRefusal> {
         let mut docs = self.docs.lock().await;
         if let Some(live) = docs.get(&id) {
             return Ok(live.clone());
         }
         let (doc, snapshot_bytes, incremental_bytes) = self.load(id).await?;
+        let source = self
+            .store
+            .document(id)
+            .await
+            .map_err(SyncRefusal::Storage)?
+            .and_then(|row| {
+                let kind = match (row.kind, row.month.as_deref()) {
+                    (DocumentKindRow::Roster, _) => DocumentKind::Roster,
+                    (DocumentKindRow::Log, Some(m)) => DocumentKind::MonthlyLog(m.parse().ok()?),
+                    (DocumentKindRow::Log, None) => return None,
+                };
+                Some(Source {
+                    document: id,
+                    branch: row.branch_id,
+                    kind,
+                })
+            });
         let live = Arc::new(Mutex::new(LiveDoc {
+            source,
+            stale_projection: false,
+            retired: false,
             session: DocSession::new(doc, now_ms() as u64),
             subscribers: HashMap::new(),
             snapshot_bytes,
@@ -345,14 +393,13 @@ impl Hub {
         id: DocumentId,
         data: &[u8],
     ) -> Result<(), SyncRefusal> {
-        let live = self.live(id).await?;
-        let mut doc = live.lock().await;
+        let mut doc = self.lock_live(id).await?;
         let now = now_ms() as u64;
         if !doc.subscribers.contains_key(&connection.key) {
             let saved = match &connection.storage_id {
                 Some(storage) => self
                     .store
-                    .load_sync_state(id, storage)
+                    .load_sync_state(id, &sync_state_key(connection.device.id, storage))
                     .await
                     .map_err(SyncRefusal::Storage)?,
                 None => None,
@@ -371,7 +418,11 @@ impl Hub {
                 connection.key.clone(),
                 Subscriber {
                     outbox: connection.outbox.clone(),
-                    storage_id: connection.storage_id.clone(),
+                    overflow: connection.overflow.clone(),
+                    storage_id: connection
+                        .storage_id
+                        .as_deref()
+                        .map(|s| sync_state_key(connection.device.id, s)),
                 },
             );
             if let Ok(mut documents) = connection.documents.lock() {
@@ -379,6 +430,7 @@ impl Hub {
             }
         }
 
+        let before = doc.session.heads();
         let received = match doc.session.receive(&connection.key, data, now) {
             Ok(received) => received,
             Err(
@@ -409,12 +461,34 @@ impl Hub {
                 .map(|c| c.bytes.len() as u64)
                 .sum::<u64>();
             tracing::debug!(document = %id, changes = received.new_changes.len(), "stored changes");
+            // Before anyone hears of the merge, so a device that sees its
+            // change acknowledged finds it in the figures too.
+            self.update_projection(&mut doc, &before).await;
             if doc.incremental_bytes >= doc.snapshot_bytes {
                 self.compact(id, &mut doc).await;
             }
         }
         self.send_pending(id, &mut doc, now);
         Ok(())
+    }
+
+    async fn update_projection(&self, doc: &mut LiveDoc, before: &[ChangeHash]) {
+        let Some(source) = doc.source else { return };
+        let document = doc.session.document();
+        let records = if doc.stale_projection {
+            projection::all_records(document, source.kind)
+        } else {
+            projection::touched(document, before, &document.get_heads())
+        };
+        match projection::project(&self.store, source, document, &records).await {
+            Ok(()) => doc.stale_projection = false,
+            Err(e) => {
+                // The changes are stored; only the figures lag until the next
+                // merge (or `doorstep reproject`) catches them up.
+                tracing::error!(document = %source.document, error = %e, "projection failed");
+                doc.stale_projection = true;
+            }
+        }
     }
 
     /// Checks new changes before they are stored: size, and that every one
@@ -475,6 +549,7 @@ impl Hub {
                 // The memory copy may now hold unstored changes; make sure
                 // no one syncs from it by dropping it from the hub.
                 tracing::error!(document = %id, error = %e, "could not reload a document after a refusal");
+                doc.retired = true;
                 self.docs.lock().await.remove(&id);
             }
         }
@@ -484,7 +559,15 @@ impl Hub {
     /// document from it: a loaded document does not keep the memory that
     /// applying changes one by one costs.
     async fn compact(&self, id: DocumentId, doc: &mut LiveDoc) {
-        let snapshot = doc.session.document().save();
+        // Changes still waiting for their dependencies were never checked
+        // (they are not \"new\" until they apply): keep them out of storage.
+        let snapshot = doc
+            .session
+            .document()
+            .save_with_options(automerge::SaveOptions {
+                retain_orphans: false,
+                ..automerge::SaveOptions::default()
+            });
         let document = doc.session.document();
         let covers = |hash: &str| {
             hash.parse::<ChangeHash>()
@@ -506,18 +589,29 @@ impl Hub {
     }
 
     fn send_pending(&self, id: DocumentId, doc: &mut LiveDoc, now: u64) {
+        let mut behind = Vec::new();
         for (peer, data) in doc.session.generate_all(now) {
-            if let Some(subscriber) = doc.subscribers.get(&peer)
-                && subscriber
-                    .outbox
-                    .try_send(Outbound::Sync {
-                        document_id: id,
-                        data,
-                    })
-                    .is_err()
+            let Some(subscriber) = doc.subscribers.get(&peer) else {
+                continue;
+            };
+            if subscriber
+                .outbox
+                .try_send(Outbound::Sync {
+                    document_id: id,
+                    data,
+                })
+                .is_err()
             {
-                tracing::warn!(document = %id, %peer, "peer is not keeping up; its connection will be dropped");
+                // The message is lost and the sync state believes it sent:
+                // the connection must go, and the peer resumes on reconnect.
+                tracing::warn!(document = %id, %peer, "peer is not keeping up; dropping its connection");
+                subscriber.overflow.notify_one();
+                behind.push(peer);
             }
+        }
+        for peer in behind {
+            doc.subscribers.remove(&peer);
+            doc.session.remove_peer(&peer);
         }
     }
 
@@ -550,8 +644,7 @@ impl Hub {
 
     /// Current document, for tests and admin tools.
     pub async fn document_snapshot(&self, id: DocumentId) -> Result<Automerge, SyncRefusal> {
-        let live = self.live(id).await?;
-        let doc = live.lock().await;
+        let doc = self.lock_live(id).await?;
         Ok(doc.session.document().clone())
     }
 
@@ -565,10 +658,11 @@ impl Hub {
         let now = now_ms() as u64;
         let mut docs = self.docs.lock().await;
         docs.retain(|id, live| match live.try_lock() {
-            Ok(doc) => {
+            Ok(mut doc) => {
                 let keep = !doc.subscribers.is_empty()
                     || now.saturating_sub(doc.session.last_activity_ms()) < idle_ms;
                 if !keep {
+                    doc.retired = true;
                     tracing::debug!(document = %id, "evicted idle document");
                 }
                 keep
@@ -576,6 +670,12 @@ impl Hub {
             Err(_) => true,
         });
     }
+}
+
+/// Sync states are saved per device and storage id: a storage id is only
+/// what the client claims, and must not reach another device's state.
+fn sync_state_key(device: DeviceId, storage_id: &str) -> String {
+    format!("{device}/{storage_id}")
 }
 
 /// The month whose log of `branch` has id `id`, if any: checked against

@@ -12,6 +12,7 @@
 //! auth       tokens, password hashing
 //! store      sqlx persistence: tenants, users, devices, documents, chunks
 //! hub        documents in memory: one DocSession each, persist-then-advertise
+//! projection records as relational rows, upserted on every merge
 //! sync       the /sync WebSocket connection: handshake, access, limits
 //! http       the JSON API, its extractors and its single error edge
 //! cli        `doorstep` subcommands for operators
@@ -26,6 +27,8 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod projection;
+pub mod rollup;
 pub mod store;
 pub mod sync;
 pub mod tenancy;

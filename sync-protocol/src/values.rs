@@ -148,7 +148,8 @@ pub struct Month {
 
 impl Month {
     pub fn new(year: i32, month: u8) -> Option<Self> {
-        ((1..=12).contains(&month) && (1..=9999).contains(&year)).then_some(Month { year, month })
+        // 9998 at most, so that `next()` always has a first day.
+        ((1..=12).contains(&month) && (1..=9998).contains(&year)).then_some(Month { year, month })
     }
 
     pub fn year(&self) -> i32 {

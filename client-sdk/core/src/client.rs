@@ -151,6 +151,12 @@ impl Client {
     /// Exchanges a one-time enrollment code for this device's token, stores
     /// it, and registers this device's actor id with the server.
     pub async fn enroll(&self, code: &str) -> Result<Enrollment, ClientError> {
+        if self.is_enrolled() {
+            // Its actor id is registered to the old device: wipe first.
+            return Err(ClientError::Invalid(
+                "this device is already enrolled; wipe it to enroll again".into(),
+            ));
+        }
         #[derive(Deserialize)]
         struct Enrolled {
             device_id: String,

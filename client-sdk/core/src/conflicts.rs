@@ -5,8 +5,9 @@
 //! branch secretary decides: choose one of the values or enter another.
 
 use automerge::transaction::Transactable;
-use automerge::{ObjId, ObjType, ReadDoc, ScalarValue, Value};
+use automerge::{ObjType, ReadDoc, ScalarValue, Value};
 use doorstep_protocol::DocumentId;
+use doorstep_protocol::schema::conflicted_fields;
 
 use crate::client::Client;
 use crate::error::ClientError;
@@ -47,44 +48,6 @@ pub enum Resolution {
     Enter(String),
 }
 
-fn display(doc: &automerge::Automerge, value: &Value<'_>, id: &ObjId) -> String {
-    match value {
-        Value::Scalar(s) => match s.as_ref() {
-            ScalarValue::Str(s) => s.to_string(),
-            other => other.to_string(),
-        },
-        Value::Object(ObjType::Text) => doc.text(id).unwrap_or_default(),
-        Value::Object(_) => "{…}".into(),
-    }
-}
-
-/// A conflicted field: its path in the record and each value with its op id.
-type Found = (Vec<String>, Vec<(String, ObjId)>);
-
-fn walk(doc: &automerge::Automerge, obj: &ObjId, path: &mut Vec<String>, out: &mut Vec<Found>) {
-    for key in doc.keys(obj) {
-        let Ok(values) = doc.get_all(obj, key.as_str()) else {
-            continue;
-        };
-        if values.len() > 1 {
-            let mut field = path.clone();
-            field.push(key.clone());
-            out.push((
-                field,
-                values
-                    .iter()
-                    .map(|(v, id)| (display(doc, v, id), id.clone()))
-                    .collect(),
-            ));
-        }
-        if let Ok(Some((Value::Object(ObjType::Map), child))) = doc.get(obj, key.as_str()) {
-            path.push(key.clone());
-            walk(doc, &child, path, out);
-            path.pop();
-        }
-    }
-}
-
 impl Client {
     /// Every conflicted field in every document on this device.
     pub async fn conflicts(&self) -> Result<Vec<Conflict>, ClientError> {
@@ -109,9 +72,8 @@ impl Client {
                     else {
                         continue;
                     };
-                    let mut found = Vec::new();
-                    walk(doc, &obj, &mut Vec::new(), &mut found);
-                    for (field, values) in found {
+                    for found in conflicted_fields(doc, &obj) {
+                        let (field, values) = (found.path, found.values);
                         let values = values
                             .into_iter()
                             .map(|(value, op)| {

@@ -131,6 +131,23 @@ fn check<R: Record>(record: &R) -> Result<(), ClientError> {
     }
 }
 
+/// The server keeps logs from 2000 to next month; a record dated outside
+/// could never be synced, so it is refused before it is written.
+pub(crate) fn check_month(month: Month) -> Result<(), ClientError> {
+    let now = time::OffsetDateTime::now_utc();
+    let latest = Month::new(now.year(), now.month() as u8)
+        .map(|m| m.next())
+        .ok_or_else(|| ClientError::Invalid("the device clock is out of range".into()))?;
+    let earliest =
+        Month::new(2000, 1).ok_or_else(|| ClientError::Invalid("no month 2000-01".into()))?;
+    if month < earliest || month > latest {
+        return Err(ClientError::Invalid(format!(
+            "{month} is not between {earliest} and {latest}"
+        )));
+    }
+    Ok(())
+}
+
 fn required(what: &str, value: &str) -> Result<(), ClientError> {
     if value.trim().is_empty() {
         Err(ClientError::Invalid(format!("{what} must not be empty")))
@@ -203,6 +220,7 @@ impl Client {
     ) -> Result<(), ClientError> {
         check(record)?;
         let month = date.month();
+        check_month(month)?;
         replicas
             .edit(self.log_id(month)?, DocumentKind::MonthlyLog(month), |tx| {
                 Ok(write_record(tx, id, record)?)

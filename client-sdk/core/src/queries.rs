@@ -117,8 +117,8 @@ impl Client {
         visits.sort_by_key(|(vid, v)| (v.date, *vid));
         let aid_total = Fen(visits
             .iter()
-            .map(|(_, v)| v.aid_cash.as_i64() + v.aid_goods.as_i64())
-            .sum());
+            .map(|(_, v)| v.aid_cash.as_i64().saturating_add(v.aid_goods.as_i64()))
+            .fold(0i64, i64::saturating_add));
         let mut hardship_entries: Vec<(RecordId, HardshipEntry)> = roster
             .hardship
             .into_iter()
@@ -207,6 +207,7 @@ impl Client {
     /// Opens (offline, from its genesis) the log of a month so it can be
     /// synced or read; recording into it opens it too.
     pub async fn open_month(&self, month: Month) -> Result<DocumentId, ClientError> {
+        crate::editing::check_month(month)?;
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
         let id = DocumentId::monthly_log(self.identity()?.branch, month);

@@ -5,7 +5,7 @@
 //! drops the change from memory too (the document is reloaded), so memory
 //! never holds what the disk does not.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use automerge::transaction::{CommitOptions, Transaction};
 use automerge::{ActorId, Automerge, ChangeHash};
@@ -43,6 +43,9 @@ pub(crate) struct Replicas {
     pub branch: TenantId,
     pub actor: ActorId,
     docs: HashMap<DocumentId, Replica>,
+    /// Documents with a change committed in memory whose persist has not
+    /// finished (set across the await, so a cancelled edit is noticed).
+    unpersisted: HashSet<DocumentId>,
 }
 
 impl Replicas {
@@ -52,6 +55,7 @@ impl Replicas {
             branch,
             actor,
             docs: HashMap::new(),
+            unpersisted: HashSet::new(),
         }
     }
 
@@ -62,6 +66,11 @@ impl Replicas {
         id: DocumentId,
         kind: DocumentKind,
     ) -> Result<&mut Replica, ClientError> {
+        if self.unpersisted.remove(&id) {
+            // An edit's future was dropped between commit and persist: what
+            // memory holds beyond the disk must go.
+            self.docs.remove(&id);
+        }
         if !self.docs.contains_key(&id) {
             let mut chunks = self.store.chunks(id).await?;
             if chunks.chunks.is_empty() {
@@ -151,7 +160,9 @@ impl Replicas {
         // Automerge's convention: seconds since the epoch. Conflicts show it.
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         tx.commit_with(CommitOptions::default().with_time(now));
+        self.unpersisted.insert(id);
         self.persist_since(id, &before).await?;
+        self.unpersisted.remove(&id);
         Ok(out)
     }
 
@@ -162,10 +173,16 @@ impl Replicas {
             .docs
             .get_mut(&id)
             .ok_or_else(|| ClientError::Storage(format!("document {id} is not open")))?;
-        let received = replica
-            .session
-            .receive(&server_peer(), data, 0)
-            .map_err(|e| ClientError::Network(format!("bad sync message from the server: {e}")))?;
+        let received = match replica.session.receive(&server_peer(), data, 0) {
+            Ok(received) => received,
+            Err(e) => {
+                // It may have applied in part: reload from disk next time.
+                self.docs.remove(&id);
+                return Err(ClientError::Network(format!(
+                    "bad sync message from the server: {e}"
+                )));
+            }
+        };
         let changes: Vec<(ChangeHash, Vec<u8>)> = received
             .new_changes
             .into_iter()
@@ -220,12 +237,22 @@ impl Replicas {
         };
         replica.incremental_bytes += changes.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
         if replica.incremental_bytes >= replica.snapshot_bytes.max(4096) {
+            // The changes are already on disk: a failed compaction only costs
+            // space, and must not report the edit as failed (it would be
+            // entered again, twice counted).
             let snapshot = replica.session.document().save();
-            self.store.compact(id, &snapshot).await?;
-            let fresh = Automerge::load(&snapshot)?.with_actor(self.actor.clone());
-            replica.session.replace_document(fresh);
-            replica.snapshot_bytes = snapshot.len() as u64;
-            replica.incremental_bytes = 0;
+            match self.store.compact(id, &snapshot).await {
+                Ok(()) => {
+                    if let Ok(fresh) = Automerge::load(&snapshot) {
+                        replica
+                            .session
+                            .replace_document(fresh.with_actor(self.actor.clone()));
+                    }
+                    replica.snapshot_bytes = snapshot.len() as u64;
+                    replica.incremental_bytes = 0;
+                }
+                Err(e) => tracing::warn!(document = %id, error = %e, "local compaction failed"),
+            }
         }
         Ok(())
     }

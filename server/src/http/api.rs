@@ -216,16 +216,24 @@ pub async fn enroll(
         .store
         .enroll(&hash_secret(&body.code), &token.hash())
         .await?;
-    state
+    // The code is spent and the token exists: nothing after this may turn
+    // into an error response, or the device would never learn its token.
+    let by = format!("device:{}", device.id);
+    if let Err(e) = state
         .store
         .audit(
-            &format!("device:{}", device.id),
+            &by,
             "device.enroll",
             &device.branch_id.to_string(),
             Some(&device.label),
         )
-        .await?;
-    let documents = admin::device_documents(&state.store, &device).await?;
+        .await
+    {
+        tracing::warn!(error = %e, "could not audit an enrollment");
+    }
+    let documents = admin::device_documents(&state.store, &device)
+        .await
+        .unwrap_or_default();
     Ok((
         StatusCode::CREATED,
         Json(json!({

@@ -3,6 +3,7 @@
 mod api;
 pub mod error;
 pub mod extract;
+mod rollups;
 
 use axum::Router;
 use axum::extract::Request;
@@ -30,6 +31,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/device", get(api::this_device))
         .route("/api/v1/device/documents", get(api::this_device_documents))
         .route("/api/v1/device/actors", post(api::register_actor))
+        .route("/api/v1/rollups", get(rollups::rollup))
+        .route("/api/v1/rollups/breakdown", get(rollups::breakdown))
+        .route("/api/v1/health", get(rollups::health))
+        .route("/api/v1/branches/{id}/members", get(rollups::branch_members))
+        .route("/api/v1/branches/{id}/invalid-records", get(rollups::branch_invalid))
         // JSON bodies are small; sync traffic goes over the WebSocket.
         .layer(RequestBodyLimitLayer::new(64 * 1024))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {

@@ -265,6 +265,55 @@ impl Store {
         Ok(())
     }
 
+    /// Every stored document, for rebuilding projections.
+    pub async fn all_documents(&self) -> Result<Vec<DocumentRow>, StoreError> {
+        let rows = sqlx::query(
+            "select id, branch_id, kind, month from documents order by branch_id, kind, month",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let kind: String = r.try_get("kind")?;
+                Ok(DocumentRow {
+                    id: parse_column(&r.try_get::<String, _>("id")?, "document id")?,
+                    branch_id: parse_column(&r.try_get::<String, _>("branch_id")?, "tenant id")?,
+                    kind: if kind == "roster" {
+                        DocumentKindRow::Roster
+                    } else {
+                        DocumentKindRow::Log
+                    },
+                    month: r.try_get("month")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Empties every projection table (before a full rebuild).
+    pub async fn clear_projections(&self) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        for table in [
+            "team_people_rows",
+            "team_rows",
+            "member_rows",
+            "hardship_rows",
+            "visit_rows",
+            "activity_rows",
+            "training_rows",
+            "placement_rows",
+            "fund_rows",
+            "invalid_rows",
+            "conflict_rows",
+        ] {
+            // Table names are the constants above, not input.
+            sqlx::query(&format!("delete from {table}"))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// How many snapshot and incremental chunks a document has.
     pub async fn chunk_counts(&self, id: DocumentId) -> Result<(i64, i64), StoreError> {
         let row = sqlx::query(

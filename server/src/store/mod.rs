@@ -18,6 +18,7 @@ use sqlx::{Row, SqlitePool};
 
 pub use devices::{Device, EnrollError, EnrollmentCode};
 pub use documents::{DocumentKindRow, DocumentRow, StoredChunks};
+pub(crate) use tenants::serialize_display;
 pub use tenants::{Tenant, User};
 
 /// Milliseconds since the Unix epoch: the unit of every stored time.

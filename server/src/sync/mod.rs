@@ -281,9 +281,10 @@ async fn serve(
     loop {
         let idle_left = config.idle_timeout.saturating_sub(last_heard.elapsed());
         tokio::select! {
-            _ = conn.revoked.notified() => {
-                return Some(Fatal { code: close_code::REVOKED, reason: "device revoked".into() });
+            _ = conn.overflow.notified() => {
+                return Some(Fatal { code: close_code::TRY_AGAIN, reason: "too far behind; reconnect to resume".into() });
             }
+            _ = conn.revoked.notified() => return Some(revoked()),
             _ = shutdown.changed() => {
                 return Some(Fatal { code: close_code::GOING_AWAY, reason: "server shutting down".into() });
             }
@@ -375,6 +376,7 @@ async fn handle(
                         .await
                         .map_err(Fatal::from),
                     Access::Unavailable => unavailable(hub, socket, client, document_id).await,
+                    Access::Revoked => Err(revoked()),
                 }
             }
             .instrument(span)
@@ -382,7 +384,7 @@ async fn handle(
             Ok(true)
         }
         Message::Ephemeral {
-            sender_id,
+            sender_id: _,
             count,
             session_id,
             document_id,
@@ -391,10 +393,13 @@ async fn handle(
         } => {
             match check_access(hub, conn, document_id).await? {
                 Access::Open => {
-                    hub.relay_ephemeral(conn, document_id, &sender_id, count, &session_id, &data)
+                    // Relayed under the peer id this connection joined with,
+                    // whatever the message claims.
+                    hub.relay_ephemeral(conn, document_id, client, count, &session_id, &data)
                         .await
                 }
                 Access::Unavailable => unavailable(hub, socket, client, document_id).await?,
+                Access::Revoked => return Err(revoked()),
             }
             Ok(true)
         }
@@ -409,6 +414,13 @@ async fn handle(
             Ok(false)
         }
         Message::Join { .. } | Message::Peer { .. } => Err(Fatal::protocol("already joined")),
+    }
+}
+
+fn revoked() -> Fatal {
+    Fatal {
+        code: close_code::REVOKED,
+        reason: "device revoked".into(),
     }
 }
 

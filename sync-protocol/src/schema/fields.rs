@@ -237,16 +237,16 @@ impl<'a, T: Transactable> FieldWriter<'a, T> {
         })
     }
 
-    /// Puts a scalar unless the field already holds exactly that value
-    /// (and holds it without a conflict).
+    /// Puts a scalar unless the field already shows exactly that value. A
+    /// conflicted field showing it is left alone too: writing it again would
+    /// settle the conflict silently, and only a person may settle one.
     pub fn scalar(
         &mut self,
         key: &str,
         value: impl Into<ScalarValue>,
     ) -> Result<(), AutomergeError> {
         let value = value.into();
-        let conflicted = self.tx.get_all(&self.obj, key)?.len() > 1;
-        if conflicted || self.current(key)?.as_ref() != Some(&value) {
+        if self.current(key)?.as_ref() != Some(&value) {
             self.tx.put(&self.obj, key, value)?;
         }
         Ok(())

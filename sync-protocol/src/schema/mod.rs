@@ -11,6 +11,7 @@
 //! the records that parse and validate, and an [`InvalidRecord`] for each one
 //! that does not, so a branch secretary can be shown what to fix.
 
+mod conflicts;
 mod fields;
 mod genesis;
 pub mod log;
@@ -24,6 +25,7 @@ use automerge::transaction::Transactable;
 use automerge::{AutomergeError, ObjType, ReadDoc, Value};
 use uuid::Uuid;
 
+pub use conflicts::{ConflictedField, conflicted_fields, display_value};
 pub use fields::{FieldError, FieldReader, FieldWriter};
 pub use genesis::{DocumentKind, GENESIS_ACTOR, genesis};
 

@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod durability;
 mod interop;
+mod rollups;
 mod sdk;
 mod sync;
 mod tls;

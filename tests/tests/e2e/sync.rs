@@ -334,9 +334,12 @@ async fn a_reconnect_with_saved_sync_state_receives_only_what_is_missing() -> an
     drop(first);
     // The server saves the state when the connection ends.
     eventually(Duration::from_secs(5), || async {
+        // Saved per device and storage id: a claimed storage id reaches no
+        // other device's state.
+        let key = format!("{}/{storage}", reader.device_id);
         Ok(server
             .store
-            .load_sync_state(writer.roster, storage)
+            .load_sync_state(writer.roster, &key)
             .await?
             .is_some())
     })

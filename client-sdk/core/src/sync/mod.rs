@@ -9,7 +9,7 @@
 
 pub(crate) mod transport;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use doorstep_protocol::schema::DocumentKind;
@@ -85,6 +85,20 @@ impl Drop for BackgroundSync {
 const CLOSE_UNAUTHORIZED: u16 = 4401;
 const CLOSE_REVOKED: u16 = 4403;
 const RECEIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Largest message accepted from the server; a first sync of a big
+/// roster arrives as one whole-document message.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// True when the server has all our changes and we have all of its.
+fn in_sync(replica: &crate::replicas::Replica) -> bool {
+    let session = &replica.session;
+    let peer = server_peer();
+    let known = session.their_heads(&peer).is_some_and(|h| {
+        h.iter()
+            .all(|h| session.document().get_change_meta_by_hash(h).is_some())
+    });
+    known && session.peer_covers(&peer, &session.heads())
+}
 
 #[derive(Deserialize)]
 struct ListedDocument {
@@ -192,83 +206,91 @@ impl Client {
             .map_err(|e| ClientError::Storage(e.to_string()))?;
         let server = handshake(&mut socket, &me, &identity.storage_id).await?;
 
-        let mut guard = self.replicas().await?;
-        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-        for (id, kind) in &listed {
-            replicas.get(*id, *kind).await?;
-        }
-        let documents = replicas.all().await?;
-        let pending_before = replicas.pending();
+        // The replicas are locked only between network waits, so the app can
+        // keep editing and reading while a slow sync runs.
+        let (documents, pending_before) = {
+            let mut guard = self.replicas().await?;
+            let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+            for (id, kind) in &listed {
+                replicas.get(*id, *kind).await?;
+            }
+            let documents = replicas.all().await?;
+            for id in &documents {
+                replicas.reconnect(*id)?;
+            }
+            (documents, replicas.pending())
+        };
         let mut report = SyncReport {
             documents: documents.len(),
             ..SyncReport::default()
         };
-
-        // Everything in flight at once: one request per document.
-        let mut waiting: HashSet<DocumentId> = HashSet::new();
-        for id in &documents {
-            replicas.reconnect(*id)?;
-            let replica = replicas
-                .replica(*id)
-                .ok_or_else(|| ClientError::Storage("document vanished".into()))?;
-            if let Some(data) = replica.session.generate(&server_peer(), 0) {
-                report.bytes_sent += data.len();
-                let message = Message::Request {
-                    sender_id: me.clone(),
-                    target_id: server.clone(),
-                    document_id: *id,
-                    data,
-                };
-                send(&mut socket, &message).await?;
-            }
-            waiting.insert(*id);
-        }
-        let mut unavailable: HashMap<DocumentId, ()> = HashMap::new();
+        let mut waiting: HashSet<DocumentId> = documents.iter().copied().collect();
+        let mut requested: HashSet<DocumentId> = HashSet::new();
+        let mut unavailable: HashSet<DocumentId> = HashSet::new();
         loop {
-            waiting.retain(|id| {
-                replicas.replica(*id).is_some_and(|r| {
-                    let s = &r.session;
-                    let peer = server_peer();
-                    let known = s.their_heads(&peer).is_some_and(|h| {
-                        h.iter()
-                            .all(|h| s.document().get_change_meta_by_hash(h).is_some())
-                    });
-                    !(known && s.peer_covers(&peer, &s.heads()))
-                })
-            });
+            // Drop what is done; say whatever is left to say (including
+            // edits made meanwhile) for the rest.
+            let outgoing = {
+                let mut guard = self.replicas().await?;
+                let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+                waiting.retain(|id| replicas.replica(*id).is_some_and(|r| !in_sync(r)));
+                let mut outgoing = Vec::new();
+                for id in &waiting {
+                    let Some(replica) = replicas.replica(*id) else {
+                        continue;
+                    };
+                    if let Some(data) = replica.session.generate(&server_peer(), 0) {
+                        outgoing.push((*id, data));
+                    }
+                }
+                outgoing
+            };
             if waiting.is_empty() {
                 break;
             }
+            for (document_id, data) in outgoing {
+                report.bytes_sent += data.len();
+                let message = if requested.insert(document_id) {
+                    Message::Request {
+                        sender_id: me.clone(),
+                        target_id: server.clone(),
+                        document_id,
+                        data,
+                    }
+                } else {
+                    Message::Sync {
+                        sender_id: me.clone(),
+                        target_id: server.clone(),
+                        document_id,
+                        data,
+                    }
+                };
+                send(&mut socket, &message).await?;
+            }
             let bytes = receive(&mut socket).await?;
             report.bytes_received += bytes.len();
-            match wire::decode(&bytes, &Limits::default())
-                .map_err(|e| ClientError::Network(e.to_string()))?
+            match wire::decode(
+                &bytes,
+                &Limits {
+                    max_frame_bytes: MAX_MESSAGE_BYTES,
+                    ..Limits::default()
+                },
+            )
+            .map_err(|e| ClientError::Network(e.to_string()))?
             {
                 Message::Sync {
                     document_id, data, ..
                 } => {
-                    if replicas.replica(document_id).is_none() {
-                        continue;
-                    }
-                    report.changes_received += replicas.receive(document_id, &data).await?;
-                    let replica = replicas
-                        .replica(document_id)
-                        .ok_or_else(|| ClientError::Storage("document vanished".into()))?;
-                    if let Some(reply) = replica.session.generate(&server_peer(), 0) {
-                        report.bytes_sent += reply.len();
-                        let message = Message::Sync {
-                            sender_id: me.clone(),
-                            target_id: server.clone(),
-                            document_id,
-                            data: reply,
-                        };
-                        send(&mut socket, &message).await?;
+                    let mut guard = self.replicas().await?;
+                    let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+                    if replicas.replica(document_id).is_some() {
+                        report.changes_received += replicas.receive(document_id, &data).await?;
                     }
                 }
                 Message::DocUnavailable { document_id, .. } => {
                     tracing::warn!(document = %document_id, "the server does not have this document for us");
                     waiting.remove(&document_id);
-                    unavailable.insert(document_id, ());
+                    unavailable.insert(document_id);
                 }
                 Message::Error { message, .. } => {
                     return Err(closing_error(&mut socket, message).await);
@@ -276,14 +298,22 @@ impl Client {
                 _ => {}
             }
         }
-        for id in &documents {
-            if !unavailable.contains_key(id) {
+        {
+            let mut guard = self.replicas().await?;
+            let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+            for id in documents.iter().filter(|id| !unavailable.contains(id)) {
                 replicas.save_sync_state(*id).await?;
             }
+            report.changes_sent = pending_before.saturating_sub(replicas.pending());
         }
-        report.changes_sent = pending_before.saturating_sub(replicas.pending());
-        drop(guard);
         let _ = socket.close(None).await;
+        if let Some(id) = unavailable.iter().next() {
+            // Edits in a document the server refuses would never be
+            // acknowledged: say so rather than report "up to date".
+            return Err(ClientError::Refused(format!(
+                "the server does not accept document {id}"
+            )));
+        }
         Ok(report)
     }
 

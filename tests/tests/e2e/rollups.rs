@@ -1,0 +1,428 @@
+//! Projections and rollups: counted once, deletions, freshness,
+//! reprojection, privacy and CSV.
+
+use std::time::{Duration, Instant};
+
+use doorstep_client::{
+    Client, Fen, HardshipKind, MemberKind, NewHardshipEntry, NewMember, NewVisit, RecordId,
+    VisitKind,
+};
+use doorstep_protocol::schema::log::Visit;
+use doorstep_protocol::schema::{DocumentKind, delete_record, write_record};
+use doorstep_server::tenancy::Role;
+use doorstep_tests::{District, TestServer, sdk_device};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+struct Office {
+    server: TestServer,
+    district: District,
+    admin: String,
+    phone: Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn office() -> anyhow::Result<Office> {
+    let server = TestServer::spawn().await?;
+    let district = server.district().await?;
+    let admin = server
+        .login_as("district", Role::DistrictAdmin, district.district.id)
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let phone = sdk_device(
+        &server.store,
+        &server.http_url(),
+        district.yingfeng.id,
+        dir.path(),
+        |_| {},
+    )
+    .await?;
+    Ok(Office {
+        server,
+        district,
+        admin,
+        phone,
+        _dir: dir,
+    })
+}
+
+async fn get(server: &TestServer, token: &str, path: &str) -> anyhow::Result<(StatusCode, String)> {
+    let response = reqwest::Client::new()
+        .get(format!("{}{path}", server.http_url()))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    Ok((response.status(), response.text().await?))
+}
+
+async fn total(o: &Office, query: &str) -> anyhow::Result<Value> {
+    let (status, body) = get(&o.server, &o.admin, &format!("/api/v1/rollups?{query}")).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    Ok(serde_json::from_str::<Value>(&body)?["total"].clone())
+}
+
+fn visit(date: &str, member: RecordId, cash: i64) -> NewVisit {
+    NewVisit {
+        date: date.parse().expect("date"),
+        member_id: member,
+        kind: VisitKind::HolidayCondolence,
+        visitors: vec!["volunteer".into()],
+        aid_cash: Fen(cash),
+        aid_goods: Fen(1000),
+        goods_description: None,
+        notes: None,
+        follow_up: None,
+    }
+}
+
+#[tokio::test]
+async fn a_synced_visit_is_in_the_district_rollup_within_a_second() -> anyhow::Result<()> {
+    let o = office().await?;
+    let member = o
+        .phone
+        .add_member(NewMember {
+            name: "陈奶奶".into(),
+            ..NewMember::default()
+        })
+        .await?;
+    o.phone
+        .record_visit(visit("2026-11-05", member, 20_000))
+        .await?;
+    let synced = Instant::now();
+    o.phone.sync_now().await?;
+    loop {
+        let total = total(&o, "month=2026-11").await?;
+        if total["visits"] == 1 {
+            assert_eq!(total["aid_total_fen"], 21_000);
+            break;
+        }
+        assert!(
+            synced.elapsed() < Duration::from_secs(1),
+            "not in the rollup a second after sync"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_same_changes_synced_twice_from_two_devices_and_after_a_restart_count_once()
+-> anyhow::Result<()> {
+    let o = office().await?;
+    let member = o
+        .phone
+        .add_member(NewMember {
+            name: "周大爷".into(),
+            household: Some("h-1".into()),
+            ..NewMember::default()
+        })
+        .await?;
+    let second = o
+        .phone
+        .add_member(NewMember {
+            name: "周大娘".into(),
+            household: Some("h-1".into()),
+            ..NewMember::default()
+        })
+        .await?;
+    o.phone
+        .record_visit(visit("2026-11-05", member, 10_000))
+        .await?;
+    o.phone
+        .record_visit(visit("2026-11-06", second, 10_000))
+        .await?;
+    o.phone.sync_now().await?;
+    o.phone.sync_now().await?;
+
+    // A second device gets the same changes and sends them back.
+    let dir = tempfile::tempdir()?;
+    let other = sdk_device(
+        &o.server.store,
+        &o.server.http_url(),
+        o.district.yingfeng.id,
+        dir.path(),
+        |_| {},
+    )
+    .await?;
+    other.sync_now().await?;
+    other.sync_now().await?;
+    let first = total(&o, "year=2026").await?;
+    assert_eq!(first["visits"], 2);
+    assert_eq!(
+        first["households_visited"], 1,
+        "two members of one household"
+    );
+
+    // Restart the server on the same data: same figures, and a resync too.
+    let addr = o.server.addr;
+    let data = o.server.stop().await;
+    let server = TestServer::spawn_at(data, addr, |_| {}).await?;
+    let o = Office { server, ..o };
+    o.phone.sync_now().await?;
+    other.sync_now().await?;
+    assert_eq!(total(&o, "year=2026").await?, first);
+
+    // And a full rebuild from the stored documents gives the same figures.
+    doorstep_server::projection::reproject(&o.server.store).await?;
+    assert_eq!(total(&o, "year=2026").await?, first);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deleted_record_stops_counting_and_an_invalid_one_never_counts() -> anyhow::Result<()> {
+    let o = office().await?;
+    let member = o
+        .phone
+        .add_member(NewMember {
+            name: "吴阿姨".into(),
+            ..NewMember::default()
+        })
+        .await?;
+    let kept = o
+        .phone
+        .record_visit(visit("2026-11-05", member, 5_000))
+        .await?;
+    let gone = o
+        .phone
+        .record_visit(visit("2026-11-06", member, 7_000))
+        .await?;
+    o.phone.sync_now().await?;
+    assert_eq!(total(&o, "month=2026-11").await?["visits"], 2);
+
+    // Delete one and write an invalid one, as a raw peer would.
+    let log =
+        doorstep_protocol::DocumentId::monthly_log(o.district.yingfeng.id, "2026-11".parse()?);
+    let enrolled = o.server.enroll(o.district.yingfeng.id, "raw").await?;
+    let mut device =
+        crate::connected_device(&o.server.http_url(), &o.server.ws_url(), enrolled, None).await?;
+    device.peer.sync(log).await?;
+    let doc = device.peer.document_mut(log).expect("log");
+    doc.set_actor(device.actor.clone());
+    let mut tx = doc.transaction();
+    delete_record::<Visit, _>(&mut tx, gone)?;
+    let bad = Visit {
+        date: "2026-11-07".parse()?,
+        member_id: member,
+        kind: VisitKind::Routine,
+        visitors: Default::default(),
+        aid_cash: Fen(-500),
+        aid_goods: Fen::ZERO,
+        goods_description: None,
+        notes: None,
+        follow_up: None,
+        recorded_by: None,
+    };
+    write_record(&mut tx, RecordId::new_v7(), &bad)?;
+    tx.commit();
+    device.peer.sync(log).await?;
+
+    let after = total(&o, "month=2026-11").await?;
+    assert_eq!(after["visits"], 1);
+    assert_eq!(after["aid_cash_fen"], 5_000);
+    let _ = kept;
+    // The invalid record is listed for the branch secretary, without counting.
+    let secretary = o
+        .server
+        .login_as("secretary", Role::BranchSecretary, o.district.yingfeng.id)
+        .await?;
+    let (status, body) = get(
+        &o.server,
+        &secretary,
+        &format!(
+            "/api/v1/branches/{}/invalid-records",
+            o.district.yingfeng.id
+        ),
+    )
+    .await?;
+    assert_eq!(status, StatusCode::OK);
+    let invalid: Value = serde_json::from_str(&body)?;
+    assert_eq!(invalid.as_array().map(Vec::len), Some(1));
+    assert!(
+        invalid[0]["problems"]
+            .as_str()
+            .unwrap_or("")
+            .contains("negative")
+    );
+    let (_, health) = get(&o.server, &o.admin, "/api/v1/health").await?;
+    let health: Value = serde_json::from_str(&health)?;
+    let xiangyang = health
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["tenant"] == "向阳街道")
+        .expect("row")
+        .clone();
+    assert_eq!(xiangyang["invalid_records"], 1);
+    let _ = DocumentKind::Roster;
+    Ok(())
+}
+
+#[tokio::test]
+async fn upper_levels_see_numbers_never_names_and_other_subtrees_look_missing() -> anyhow::Result<()>
+{
+    let o = office().await?;
+    let secret_name = "机密姓名";
+    let secret_phone = "13812345678";
+    let member = o
+        .phone
+        .add_member(NewMember {
+            name: secret_name.into(),
+            phone: Some(secret_phone.into()),
+            address: Some("保密地址".into()),
+            kinds: [MemberKind::Hardship, MemberKind::Migrant].into(),
+            ..NewMember::default()
+        })
+        .await?;
+    o.phone
+        .open_hardship_entry(NewHardshipEntry {
+            member_id: member,
+            kind: HardshipKind::Illness,
+            opened_on: "2026-03-01".parse()?,
+            needs: vec!["药".into()],
+        })
+        .await?;
+    o.phone
+        .record_visit(visit("2026-11-05", member, 5_000))
+        .await?;
+    o.phone.sync_now().await?;
+
+    let sub_admin = o
+        .server
+        .login_as("xy", Role::SubDistrictAdmin, o.district.xiangyang.id)
+        .await?;
+    let df_admin = o
+        .server
+        .login_as("df", Role::SubDistrictAdmin, o.district.dongfeng.id)
+        .await?;
+    let branch = o.district.yingfeng.id;
+    let endpoints = [
+        "/api/v1/rollups?year=2026".to_string(),
+        "/api/v1/rollups?year=2026&format=csv".into(),
+        format!("/api/v1/rollups?year=2026&tenant={branch}"),
+        format!("/api/v1/rollups?year=2026&tenant={branch}&format=csv"),
+        "/api/v1/health".into(),
+        "/api/v1/health?format=csv".into(),
+    ];
+    let by = [
+        "visits_by_kind",
+        "visits_by_month",
+        "hardship_by_kind",
+        "training_by_level",
+        "teams_by_category",
+    ];
+    let endpoints: Vec<String> = endpoints
+        .into_iter()
+        .chain(by.iter().flat_map(|b| {
+            [
+                format!("/api/v1/rollups/breakdown?by={b}&year=2026"),
+                format!("/api/v1/rollups/breakdown?by={b}&year=2026&format=csv"),
+            ]
+        }))
+        .collect();
+    for token in [&o.admin, &sub_admin] {
+        for path in &endpoints {
+            let (status, body) = get(&o.server, token, path).await?;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            for secret in [secret_name, secret_phone, "保密地址"] {
+                assert!(!body.contains(secret), "{path} leaks {secret}");
+            }
+        }
+        // Names are the branch's own business.
+        let (status, body) = get(
+            &o.server,
+            token,
+            &format!("/api/v1/branches/{branch}/members"),
+        )
+        .await?;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(!body.contains(secret_name));
+    }
+    // The figures are there, as numbers.
+    let (_, body) = get(&o.server, &sub_admin, "/api/v1/rollups?year=2026").await?;
+    let rollup: Value = serde_json::from_str(&body)?;
+    assert_eq!(rollup["total"]["visits"], 1);
+    assert_eq!(rollup["total"]["hardship_registered"], 1);
+    assert_eq!(rollup["total"]["hardship_visited_pct"], 100.0);
+    // Visited on 5 November: 56 days before the year's end.
+    assert_eq!(rollup["total"]["migrants"], 1);
+    assert_eq!(rollup["total"]["migrants_contacted_30d"], 0);
+    assert_eq!(rollup["total"]["migrants_contacted_60d"], 1);
+    assert_eq!(rollup["total"]["migrants_contacted_90d"], 1);
+
+    // Another sub-district's admin: the branch is refused like a missing one.
+    let foreign = get(
+        &o.server,
+        &df_admin,
+        &format!("/api/v1/rollups?year=2026&tenant={branch}"),
+    )
+    .await?;
+    let missing = get(
+        &o.server,
+        &df_admin,
+        &format!("/api/v1/rollups?year=2026&tenant={}", uuid::Uuid::now_v7()),
+    )
+    .await?;
+    assert_eq!(foreign.0, StatusCode::NOT_FOUND);
+    assert_eq!(foreign, missing);
+
+    // The branch secretary sees names.
+    let secretary = o
+        .server
+        .login_as("sec", Role::BranchSecretary, branch)
+        .await?;
+    let (status, body) = get(
+        &o.server,
+        &secretary,
+        &format!("/api/v1/branches/{branch}/members"),
+    )
+    .await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains(secret_name));
+    // A volunteer's login sees no figures at all.
+    let volunteer = o.server.login_as("vol", Role::Volunteer, branch).await?;
+    assert_eq!(
+        get(&o.server, &volunteer, "/api/v1/rollups?year=2026")
+            .await?
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn csv_exports_quote_correctly_and_keep_chinese_names() -> anyhow::Result<()> {
+    let o = office().await?;
+    let member = o
+        .phone
+        .add_member(NewMember {
+            name: "x".into(),
+            ..NewMember::default()
+        })
+        .await?;
+    o.phone
+        .record_visit(visit("2026-11-05", member, 5_000))
+        .await?;
+    o.phone.sync_now().await?;
+    let response = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/rollups?year=2026&format=csv",
+            o.server.http_url()
+        ))
+        .bearer_auth(&o.admin)
+        .send()
+        .await?;
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/csv; charset=utf-8"
+    );
+    let body = response.text().await?;
+    let mut lines = body.trim_start_matches('\u{feff}').lines();
+    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+    assert_eq!(&header[..4], &["tenant_id", "tenant", "level", "visits"]);
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 3, "two sub-districts and the total");
+    assert_eq!(rows[0][1], "向阳街道");
+    assert_eq!(rows[0][3], "1");
+    assert_eq!(rows[2][1], "燕山工委");
+    Ok(())
+}
