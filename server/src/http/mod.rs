@@ -13,10 +13,26 @@ use tower_http::trace::TraceLayer;
 
 use crate::AppState;
 
+/// The officials' dashboard: one static page over the JSON API, no build
+/// step and nothing fetched from the internet.
+async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("assets/dashboard.html"))
+}
+
+async fn openapi() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        include_str!("assets/openapi.json"),
+    )
+}
+
 /// All routes of the server.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
+        .route("/", get(|| async { axum::response::Redirect::to("/dashboard") }))
+        .route("/dashboard", get(dashboard))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/sync", get(crate::sync::upgrade))
         .route("/api/v1/login", post(api::login))
         .route("/api/v1/logout", post(api::logout))

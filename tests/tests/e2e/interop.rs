@@ -14,8 +14,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 /// Installs the pinned packages from the committed lock file, once.
-async fn npm_ci(dir: &std::path::Path) -> anyhow::Result<()> {
-    if dir.join("node_modules/@automerge/automerge-repo").exists() {
+pub(crate) async fn npm_ci(dir: &std::path::Path) -> anyhow::Result<()> {
+    if dir.join("node_modules/@automerge/automerge-repo").exists()
+        && dir.join("node_modules/playwright-core").exists()
+    {
         return Ok(());
     }
     let status = Command::new("npm")

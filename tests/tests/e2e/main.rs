@@ -4,6 +4,7 @@
 mod api;
 mod bad_input;
 mod cli;
+mod dashboard;
 mod durability;
 mod interop;
 mod rollups;
