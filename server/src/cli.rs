@@ -52,6 +52,12 @@ pub enum Command {
     Device(DeviceCommand),
     /// Rebuild every projection (the rows rollups count) from the stored documents.
     Reproject,
+    /// Fill a demo district modeled on the Yanshan report through simulated
+    /// phones (runs `doorstep-demo`, built from client-sdk/demo).
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +169,9 @@ pub async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Command::Demo { args } = &cli.command {
+        return run_demo(&cli, args);
+    }
     let store = Store::open(&cli.database_path()).await?;
     match &cli.command {
         Command::Serve(args) => {
@@ -193,6 +202,32 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
     }
+}
+
+/// `doorstep demo` runs the `doorstep-demo` binary beside this one (or on
+/// PATH), like `git foo` runs `git-foo`: the demo drives the device SDK,
+/// which the server itself must not depend on.
+fn run_demo(cli: &Cli, args: &[String]) -> anyhow::Result<()> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("doorstep-demo")))
+        .filter(|path| path.exists());
+    let program = beside.unwrap_or_else(|| "doorstep-demo".into());
+    let status = std::process::Command::new(&program)
+        .arg("--data-dir")
+        .arg(&cli.data_dir)
+        .args(args)
+        .status()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "could not run {}: {e} (build it with `cargo build --release -p doorstep-demo`)",
+                program.display()
+            )
+        })?;
+    if !status.success() {
+        anyhow::bail!("the demo failed ({status})");
+    }
+    Ok(())
 }
 
 /// What a new operator should do next, printed when `serve` starts.
@@ -242,7 +277,7 @@ fn read_password() -> anyhow::Result<String> {
 pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
     const BY: &str = "cli";
     match &cli.command {
-        Command::Serve(_) => anyhow::bail!("serve is run by cli::main"),
+        Command::Serve(_) | Command::Demo { .. } => anyhow::bail!("run by cli::main"),
         Command::Tenant(TenantCommand::Create {
             level,
             name,

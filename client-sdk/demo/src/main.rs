@@ -1,0 +1,598 @@
+//! `doorstep demo`: a demo district modeled on the Yanshan report.
+//!
+//! Creates the district, its sub-districts and branches, enrolls two
+//! simulated volunteer phones per branch that work offline with the real
+//! client SDK and then sync through the real server, and ends by printing
+//! the district's rollup for the year, checked against what it generated,
+//! and the dashboard's address. At `--scale 1` the year reproduces the
+//! report's figures exactly.
+
+mod plan;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use doorstep_client::{
+    Client, ClientConfig, Fen, FundDirection, HardshipKind, MemberKind, NewFundEntry,
+    NewHardshipEntry, NewMember, NewPlacement, NewTeam, NewTraining, NewVisit, RecordId,
+    TeamPerson, TrainingLevel, VisitKind,
+};
+use doorstep_protocol::{Date, TenantId};
+use doorstep_server::admin;
+use doorstep_server::rollup::{self, Figures, Period};
+use doorstep_server::store::{Store, StoreError, Tenant};
+use doorstep_server::tenancy::{Level, Role};
+use plan::{Plan, split};
+
+/// Fill a demo district through simulated volunteer phones.
+#[derive(Debug, Parser)]
+#[command(name = "doorstep demo")]
+struct Args {
+    /// The server's data directory (the demo writes tenants and codes there).
+    #[arg(long, env = "DOORSTEP_DATA_DIR", default_value = "./doorstep-data")]
+    data_dir: PathBuf,
+    /// Where to serve, when no running server is given.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// A server already running on `--data-dir`, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    server: Option<String>,
+    /// Divide the report's figures by this, for a quick demo.
+    #[arg(long, default_value_t = 1)]
+    scale: i64,
+    /// Stop when done instead of serving the dashboard until Ctrl-C.
+    #[arg(long)]
+    exit: bool,
+    /// Print the plan and the district's figures as JSON at the end.
+    #[arg(long)]
+    json: bool,
+}
+
+const DEMO_PASSWORD: &str = "doorstep-demo";
+
+const CATEGORIES: &[&str] = &[
+    "舞蹈",
+    "合唱",
+    "太极拳",
+    "书法",
+    "摄影",
+    "乒乓球",
+    "门球",
+    "秧歌",
+    "京剧",
+    "评剧",
+    "腰鼓",
+    "模特",
+    "手工编织",
+    "剪纸",
+    "绘画",
+    "诗词",
+    "读书",
+    "健步走",
+    "广场舞",
+    "葫芦丝",
+    "二胡",
+    "口琴",
+    "象棋",
+    "围棋",
+    "桥牌",
+    "钓鱼",
+    "游泳",
+    "羽毛球",
+    "健身操",
+    "扇子舞",
+    "空竹",
+    "毽球",
+    "柔力球",
+    "台球",
+    "篮球",
+    "足球",
+    "登山",
+    "骑行",
+    "园艺",
+    "烹饪",
+    "茶艺",
+    "插花",
+    "朗诵",
+    "快板",
+    "相声",
+    "电子琴",
+    "萨克斯",
+    "民乐",
+    "合唱指挥",
+    "戏曲",
+    "老年模特",
+    "志愿巡逻",
+    "环境保护",
+    "助老服务",
+    "法律宣传",
+    "科普宣传",
+];
+
+struct BranchSpec {
+    sub_district: &'static str,
+    name: &'static str,
+}
+
+const BRANCHES: &[BranchSpec] = &[
+    BranchSpec {
+        sub_district: "向阳街道工委",
+        name: "迎风怡丽社区支部",
+    },
+    BranchSpec {
+        sub_district: "向阳街道工委",
+        name: "向阳里社区支部",
+    },
+    BranchSpec {
+        sub_district: "东风街道工委",
+        name: "凤凰亭社区支部",
+    },
+    BranchSpec {
+        sub_district: "东风街道工委",
+        name: "东风北里社区支部",
+    },
+    BranchSpec {
+        sub_district: "区直机关工委",
+        name: "市政管委支部",
+    },
+];
+
+/// Everything one branch must generate.
+#[derive(Debug, Default, Clone)]
+struct BranchWork {
+    households: i64,
+    aid_fen: i64,
+    donations_fen: i64,
+    /// Attendance of each training session the branch ran.
+    trainings: Vec<i64>,
+    placements: i64,
+    /// (category, members, backbones, people) per team.
+    teams: Vec<(String, i64, i64, i64)>,
+}
+
+fn allocate(plan: &Plan) -> Vec<BranchWork> {
+    let n = BRANCHES.len();
+    let mut work = vec![BranchWork::default(); n];
+    for (field, total) in [
+        (0, plan.households),
+        (1, plan.aid_fen),
+        (2, plan.donations_fen),
+        (3, plan.placements),
+    ] {
+        for (w, share) in work.iter_mut().zip(split(total, n)) {
+            match field {
+                0 => w.households = share,
+                1 => w.aid_fen = share,
+                2 => w.donations_fen = share,
+                _ => w.placements = share,
+            }
+        }
+    }
+    // Sessions go round the branches; attendances are split over sessions.
+    for (t, attendance) in split(plan.attendance, plan.trainings as usize)
+        .into_iter()
+        .enumerate()
+    {
+        work[t % n].trainings.push(attendance);
+    }
+    // Teams across the district: categories cycle, so every one is used.
+    let teams = plan.teams as usize;
+    let members = split(plan.team_members, teams);
+    let people = split(plan.team_people, teams);
+    let mut backbones: Vec<i64> = members.iter().map(|m| m * 7 / 10).collect();
+    let mut missing = plan.backbones - backbones.iter().sum::<i64>();
+    for (b, m) in backbones.iter_mut().zip(&members) {
+        if missing > 0 && *b < *m {
+            *b += 1;
+            missing -= 1;
+        }
+    }
+    for t in 0..teams {
+        let category = CATEGORIES
+            .get(t % plan.categories as usize)
+            .map(|c| (*c).to_owned())
+            .unwrap_or_else(|| format!("类别{}", t % plan.categories as usize));
+        work[t % n]
+            .teams
+            .push((category, members[t], backbones[t], people[t]));
+    }
+    work
+}
+
+fn date(year: i32, months: u8, i: i64) -> anyhow::Result<Date> {
+    let month = (i % i64::from(months)) as u8 + 1;
+    let day = (i % 28) as u8 + 1;
+    Date::from_ymd(year, month, day).context("a demo date")
+}
+
+async fn phone(
+    store: &Store,
+    url: &str,
+    dir: PathBuf,
+    branch: TenantId,
+    label: &str,
+) -> anyhow::Result<Client> {
+    let client = Client::open(ClientConfig::new(dir, url)).await?;
+    if !client.is_enrolled() {
+        let issued = admin::issue_enrollment_code(store, branch, label, 1, "demo").await?;
+        client.enroll(&issued.code).await?;
+    }
+    Ok(client)
+}
+
+/// One branch's volunteers at work: members first (online), then a day of
+/// offline work on two phones, then sync.
+async fn run_branch(
+    store: &Store,
+    url: &str,
+    root: &std::path::Path,
+    branch: &Tenant,
+    work: &BranchWork,
+    year: i32,
+    months: u8,
+) -> anyhow::Result<()> {
+    let dir = root.join(branch.id.to_string());
+    let a = phone(store, url, dir.join("phone-a"), branch.id, "demo phone A").await?;
+    let b = phone(store, url, dir.join("phone-b"), branch.id, "demo phone B").await?;
+
+    let team_members: i64 = work.teams.iter().map(|t| t.1).sum();
+    let count = work.households.max(team_members).max(work.placements);
+    let mut members: Vec<RecordId> = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let mut kinds = std::collections::BTreeSet::new();
+        if i < work.households {
+            kinds.insert(MemberKind::Hardship);
+        }
+        kinds.insert(if i < work.placements {
+            MemberKind::NoPost
+        } else {
+            MemberKind::Retired
+        });
+        if i % 9 == 0 {
+            kinds.insert(MemberKind::Migrant);
+        }
+        members.push(
+            a.add_member(NewMember {
+                name: format!(
+                    "{}成员{:04}",
+                    branch.name.chars().take(2).collect::<String>(),
+                    i + 1
+                ),
+                kinds,
+                phone: Some(format!("139{:08}", i)),
+                ..NewMember::default()
+            })
+            .await?,
+        );
+    }
+    for (i, member) in members.iter().take(work.households as usize).enumerate() {
+        a.open_hardship_entry(NewHardshipEntry {
+            member_id: *member,
+            kind: [
+                HardshipKind::Illness,
+                HardshipKind::LowIncome,
+                HardshipKind::Unemployment,
+            ][i % 3],
+            opened_on: Date::from_ymd(year, 1, 1).context("date")?,
+            needs: vec!["生活补助".into()],
+        })
+        .await?;
+    }
+    a.sync_now().await?;
+    b.sync_now().await?;
+
+    // Offline from here on: A visits the first half, B the rest.
+    let aid = split(work.aid_fen, work.households as usize);
+    for (i, (member, aid)) in members.iter().zip(aid).enumerate() {
+        let phone = if i % 2 == 0 { &a } else { &b };
+        let cash = aid * 7 / 10;
+        phone
+            .record_visit(NewVisit {
+                date: date(year, months, i as i64)?,
+                member_id: *member,
+                kind: if i % 4 == 0 {
+                    VisitKind::SpecialDifficulty
+                } else {
+                    VisitKind::HolidayCondolence
+                },
+                visitors: vec![format!("志愿者{}", i % 7 + 1)],
+                aid_cash: Fen(cash),
+                aid_goods: Fen(aid - cash),
+                goods_description: Some("米、面、油".into()),
+                notes: None,
+                follow_up: None,
+            })
+            .await?;
+    }
+    let levels = [
+        TrainingLevel::District,
+        TrainingLevel::SubDistrict,
+        TrainingLevel::Community,
+    ];
+    for (i, attendance) in work.trainings.iter().copied().enumerate() {
+        a.record_training(NewTraining {
+            date: date(year, months, i as i64 * 3)?,
+            level: levels[i % 3],
+            topic: ["编织技能", "劳动法讲座", "仓储保管"][i % 3].into(),
+            attendance,
+            attendees: Vec::new(),
+        })
+        .await?;
+    }
+    for (i, member) in members.iter().take(work.placements as usize).enumerate() {
+        a.record_placement(NewPlacement {
+            date: date(year, months, i as i64)?,
+            member_id: *member,
+            employer: "区再就业服务中心推荐单位".into(),
+            job: Some("保洁".into()),
+        })
+        .await?;
+    }
+    for (i, amount) in split(work.donations_fen, 10)
+        .into_iter()
+        .enumerate()
+        .filter(|(_, a)| *a > 0)
+    {
+        b.record_fund_entry(NewFundEntry {
+            date: date(year, months, i as i64)?,
+            direction: FundDirection::Donation,
+            amount: Fen(amount),
+            member_id: members.get(i).copied(),
+            purpose: None,
+            note: Some("党员捐款".into()),
+        })
+        .await?;
+    }
+    b.record_fund_entry(NewFundEntry {
+        date: date(year, months, 5)?,
+        direction: FundDirection::Payment,
+        amount: Fen::from_yuan(1_000),
+        member_id: members.first().copied(),
+        purpose: Some("schooling".into()),
+        note: None,
+    })
+    .await?;
+    let mut next_member = 0usize;
+    for (t, (category, team_members, backbones, people)) in work.teams.iter().enumerate() {
+        let team = b
+            .create_team(NewTeam {
+                name: format!("{category}队{}", t + 1),
+                category: category.clone(),
+                founded_on: None,
+            })
+            .await?;
+        for m in 0..*team_members {
+            let member = *members
+                .get(next_member)
+                .context("enough members for the teams")?;
+            next_member += 1;
+            b.add_to_team(
+                team,
+                TeamPerson::Member {
+                    member_id: member,
+                    backbone: m < *backbones,
+                },
+            )
+            .await?;
+        }
+        for r in 0..(people - team_members) {
+            b.add_to_team(
+                team,
+                TeamPerson::Resident {
+                    name: format!("居民{:03}", r + 1),
+                    backbone: false,
+                },
+            )
+            .await?;
+        }
+    }
+
+    // Signal again: both phones sync, twice so each hears the other.
+    for _ in 0..2 {
+        a.sync_now().await?;
+        b.sync_now().await?;
+    }
+    if a.pending_changes().await? + b.pending_changes().await? > 0 {
+        bail!("{}: changes left unacknowledged", branch.name);
+    }
+    Ok(())
+}
+
+async fn tenant(
+    store: &Store,
+    parent: Option<TenantId>,
+    level: Level,
+    name: &str,
+) -> Result<Tenant, StoreError> {
+    store.create_tenant(parent, level, name).await
+}
+
+fn print_table(figures: &[Figures]) {
+    println!(
+        "{:<16} {:>7} {:>7} {:>14} {:>14} {:>6} {:>8} {:>7} {:>6} {:>5} {:>8} {:>7} {:>7}",
+        "单位",
+        "走访",
+        "户数",
+        "帮扶金额(元)",
+        "募集(元)",
+        "培训",
+        "培训人次",
+        "再就业",
+        "队伍",
+        "类别",
+        "队伍党员",
+        "党员%",
+        "骨干%"
+    );
+    for f in figures {
+        println!(
+            "{:<16} {:>7} {:>7} {:>14} {:>14} {:>6} {:>8} {:>7} {:>6} {:>5} {:>8} {:>7.1} {:>7.1}",
+            f.tenant,
+            f.visits,
+            f.households_visited,
+            Fen(f.aid_total_fen).to_string(),
+            Fen(f.fund_donations_fen).to_string(),
+            f.trainings,
+            f.training_attendance,
+            f.placements,
+            f.teams,
+            f.team_categories,
+            f.team_members,
+            f.team_member_pct,
+            f.team_backbone_pct
+        );
+    }
+}
+
+/// Where the district's figures differ from the plan, if anywhere.
+fn differences(plan: &Plan, total: &Figures) -> Vec<String> {
+    let checks = [
+        (
+            "households visited",
+            plan.households,
+            total.households_visited,
+        ),
+        ("aid (fen)", plan.aid_fen, total.aid_total_fen),
+        (
+            "donations (fen)",
+            plan.donations_fen,
+            total.fund_donations_fen,
+        ),
+        ("trainings", plan.trainings, total.trainings),
+        ("attendances", plan.attendance, total.training_attendance),
+        ("placements", plan.placements, total.placements),
+        ("teams", plan.teams, total.teams),
+        ("categories", plan.categories, total.team_categories),
+        ("members in teams", plan.team_members, total.team_members),
+        ("people in teams", plan.team_people, total.team_people),
+        ("backbones", plan.backbones, total.team_backbone_members),
+    ];
+    checks
+        .iter()
+        .filter(|(_, want, got)| want != got)
+        .map(|(what, want, got)| format!("{what}: planned {want}, rollup {got}"))
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let plan = if args.scale <= 1 {
+        Plan::REPORT
+    } else {
+        Plan::scaled(args.scale)
+    };
+    let store = Store::open(&args.data_dir.join("doorstep.db")).await?;
+
+    // A server: the one given, or one started here.
+    let (url, server) = match &args.server {
+        Some(url) => (url.trim_end_matches('/').to_owned(), None),
+        None => {
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "listening on {} (is a server already running? pass --server)",
+                        args.listen
+                    )
+                })?;
+            let url = format!("http://{}", listener.local_addr()?);
+            let config = doorstep_server::Config::new(args.data_dir.join("doorstep.db"));
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let serving = store.clone();
+            let task = tokio::spawn(async move {
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                doorstep_server::serve(config, serving, listener, shutdown).await
+            });
+            (url, Some((stop, task)))
+        }
+    };
+
+    let now = time::OffsetDateTime::now_utc();
+    let (year, months) = (now.year(), now.month() as u8);
+    eprintln!(
+        "Doorstep demo: the Yanshan district's {year} at 1/{} of the report, on {url}",
+        args.scale.max(1)
+    );
+    let district = tenant(&store, None, Level::District, "燕山工委").await?;
+    let mut subs: Vec<Tenant> = Vec::new();
+    let mut branches = Vec::new();
+    for spec in BRANCHES {
+        let sub = match subs.iter().find(|s| s.name == spec.sub_district) {
+            Some(sub) => sub.clone(),
+            None => {
+                let sub = tenant(
+                    &store,
+                    Some(district.id),
+                    Level::SubDistrict,
+                    spec.sub_district,
+                )
+                .await?;
+                subs.push(sub.clone());
+                sub
+            }
+        };
+        branches.push(tenant(&store, Some(sub.id), Level::Branch, spec.name).await?);
+    }
+    let username = format!("demo-admin-{}", &district.id.to_string()[..8]);
+    admin::create_user(
+        &store,
+        &username,
+        DEMO_PASSWORD,
+        Role::DistrictAdmin,
+        district.id,
+        "demo",
+    )
+    .await?;
+
+    let devices = args.data_dir.join("demo-devices");
+    for (branch, work) in branches.iter().zip(allocate(&plan)) {
+        eprintln!(
+            "  {}: 2 phones, {} households visited, {} trainings, {} placements, {} teams …",
+            branch.name,
+            work.households,
+            work.trainings.len(),
+            work.placements,
+            work.teams.len()
+        );
+        run_branch(&store, &url, &devices, branch, &work, year, months.max(1)).await?;
+    }
+
+    let period = Period::year(year).context("this year")?;
+    let rollup = rollup::rollup(&store, &district, period).await?;
+    println!("\n{} — {} 年汇总 (rollup for {year})", district.name, year);
+    let mut rows = rollup.rows.clone();
+    rows.push(rollup.total.clone());
+    print_table(&rows);
+    let wrong = differences(&plan, &rollup.total);
+    if wrong.is_empty() {
+        println!("\nThe district's figures match what the phones recorded.");
+    } else {
+        for w in &wrong {
+            eprintln!("MISMATCH {w}");
+        }
+    }
+    println!("Dashboard: {url}/dashboard  (log in as {username} / {DEMO_PASSWORD})");
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "plan": plan, "total": rollup.total, "district": district.id.to_string() })
+        );
+    }
+    if !wrong.is_empty() {
+        bail!("the rollup does not match the plan");
+    }
+    if let Some((stop, task)) = server {
+        if !args.exit {
+            eprintln!("Serving until Ctrl-C.");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        let _ = stop.send(());
+        task.await??;
+    }
+    Ok(())
+}
