@@ -20,7 +20,7 @@ use tokio::sync::{Mutex, Notify, OwnedMutexGuard, mpsc, watch};
 
 use crate::config::Config;
 use crate::projection::{self, Source};
-use crate::store::{Device, DocumentKindRow, Store, StoreError, now_ms};
+use crate::store::{Device, Store, StoreError, now_ms};
 
 /// Something the hub asks a connection to send.
 #[derive(Debug)]
@@ -344,15 +344,10 @@ impl Hub {
             .await
             .map_err(SyncRefusal::Storage)?
             .and_then(|row| {
-                let kind = match (row.kind, row.month.as_deref()) {
-                    (DocumentKindRow::Roster, _) => DocumentKind::Roster,
-                    (DocumentKindRow::Log, Some(m)) => DocumentKind::MonthlyLog(m.parse().ok()?),
-                    (DocumentKindRow::Log, None) => return None,
-                };
                 Some(Source {
                     document: id,
                     branch: row.branch_id,
-                    kind,
+                    kind: row.kind()?,
                 })
             });
         let live = Arc::new(Mutex::new(LiveDoc {

@@ -90,7 +90,8 @@ impl Role {
     }
 
     /// Whether a user with this role may create a user with `other`.
-    /// Nobody creates a peer or a superior: a secretary adds volunteers.
+    /// Only roles below one's own, and district admins their peers (a
+    /// district needs more than one admin): a secretary adds volunteers.
     pub fn may_grant(&self, other: Role) -> bool {
         self.administers() && other.rank() > self.rank()
             || (*self == Role::DistrictAdmin && other == Role::DistrictAdmin)

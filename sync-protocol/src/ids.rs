@@ -40,11 +40,6 @@ impl DocumentId {
         &self.0
     }
 
-    /// A fresh random id, as automerge-repo's `repo.create()` makes.
-    pub fn random(bytes: [u8; 16]) -> Self {
-        Self(bytes)
-    }
-
     /// The roster document of a branch. Derived, so that any replica of the
     /// branch names it the same way without asking the server.
     pub fn roster(branch: TenantId) -> Self {

@@ -137,14 +137,6 @@ impl DocSession {
         Ok(())
     }
 
-    pub fn has_peer(&self, peer: &PeerId) -> bool {
-        self.peers.contains_key(peer)
-    }
-
-    pub fn peer_ids(&self) -> impl Iterator<Item = &PeerId> {
-        self.peers.keys()
-    }
-
     /// Stops syncing with a peer, returning its state to persist.
     pub fn remove_peer(&mut self, peer: &PeerId) -> Option<Vec<u8>> {
         self.peers.remove(peer).map(|p| p.state.encode())

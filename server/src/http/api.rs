@@ -68,11 +68,7 @@ pub async fn logout(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    if let Some(token) = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    {
+    if let Some(token) = super::extract::bearer(&headers) {
         state.store.delete_session(&hash_secret(token)).await?;
     }
     Ok(StatusCode::NO_CONTENT)
@@ -87,7 +83,7 @@ pub async fn list_tenants(State(state): State<AppState>, auth: UserAuth) -> ApiR
 }
 
 /// The tenant `id`, if it is inside the caller's scope.
-async fn tenant_in_scope(
+pub(super) async fn tenant_in_scope(
     state: &AppState,
     auth: &UserAuth,
     id: TenantId,

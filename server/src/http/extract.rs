@@ -9,9 +9,9 @@ use crate::auth::hash_secret;
 use crate::store::{Device, User};
 use crate::tenancy::TenantPath;
 
-fn bearer(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()
         .ok()?
@@ -44,7 +44,7 @@ impl FromRequestParts<AppState> for UserAuth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         state
             .store
             .user_for_session(&hash_secret(token))
@@ -65,7 +65,7 @@ impl FromRequestParts<AppState> for DeviceAuth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         state
             .store
             .device_for_token(&hash_secret(token))

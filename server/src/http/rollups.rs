@@ -44,12 +44,7 @@ async fn target(
         Some(text) => text.parse().map_err(|_| ApiError::NotFound)?,
         None => auth.0.tenant_id,
     };
-    state
-        .store
-        .tenant(id)
-        .await?
-        .filter(|t| auth.scope().contains(&t.path))
-        .ok_or(ApiError::NotFound)
+    super::api::tenant_in_scope(state, auth, id).await
 }
 
 fn respond<T: Serialize>(

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use automerge::{Automerge, ChangeHash, ObjType, Prop, ReadDoc, Value};
 use doorstep_protocol::schema::{DocumentKind, conflicted_fields};
-use doorstep_protocol::{DocumentId, Month, TenantId};
+use doorstep_protocol::{DocumentId, TenantId};
 
 use crate::store::{Store, StoreError};
 
@@ -110,13 +110,9 @@ pub async fn reproject(store: &Store) -> Result<usize, StoreError> {
     store.clear_projections().await?;
     let documents = store.all_documents().await?;
     for row in &documents {
-        let kind = match (&row.kind, &row.month) {
-            (crate::store::DocumentKindRow::Log, Some(m)) => DocumentKind::MonthlyLog(
-                m.parse::<Month>()
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            ),
-            _ => DocumentKind::Roster,
-        };
+        let kind = row.kind().ok_or_else(|| {
+            StoreError::Corrupt(format!("document {} has no valid month", row.id))
+        })?;
         let mut doc = Automerge::new();
         for chunk in store.load_chunks(row.id).await?.chunks {
             doc.load_incremental(&chunk)

@@ -268,13 +268,4 @@ impl Store {
             .map(|d| parse_column(&d, "device id"))
             .transpose()
     }
-
-    pub async fn actors_of(&self, device: DeviceId) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "select actor_id from device_actors where device_id = ? order by registered_at",
-        )
-        .bind(device.to_string())
-        .fetch_all(self.pool())
-        .await?)
-    }
 }

@@ -5,6 +5,7 @@ use doorstep_protocol::session::NewChange;
 use doorstep_protocol::{DeviceId, DocumentId, Month, TenantId};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::tenants::serialize_display;
@@ -35,6 +36,32 @@ pub struct StoredChunks {
     pub chunks: Vec<Vec<u8>>,
     pub snapshot_bytes: u64,
     pub incremental_bytes: u64,
+}
+
+fn document_from_row(r: &SqliteRow) -> Result<DocumentRow, StoreError> {
+    let kind: String = r.try_get("kind")?;
+    Ok(DocumentRow {
+        id: parse_column(&r.try_get::<String, _>("id")?, "document id")?,
+        branch_id: parse_column(&r.try_get::<String, _>("branch_id")?, "tenant id")?,
+        kind: if kind == "roster" {
+            DocumentKindRow::Roster
+        } else {
+            DocumentKindRow::Log
+        },
+        month: r.try_get("month")?,
+    })
+}
+
+impl DocumentRow {
+    /// The schema's kind of the document; `None` for a log row without a
+    /// valid month (which no code path writes).
+    pub fn kind(&self) -> Option<DocumentKind> {
+        match (self.kind, self.month.as_deref()) {
+            (DocumentKindRow::Roster, _) => Some(DocumentKind::Roster),
+            (DocumentKindRow::Log, Some(month)) => month.parse().ok().map(DocumentKind::MonthlyLog),
+            (DocumentKindRow::Log, None) => None,
+        }
+    }
 }
 
 pub(super) async fn insert_document(
@@ -96,24 +123,13 @@ impl Store {
     }
 
     pub async fn document(&self, id: DocumentId) -> Result<Option<DocumentRow>, StoreError> {
-        let row = sqlx::query("select id, branch_id, kind, month from documents where id = ?")
+        sqlx::query("select id, branch_id, kind, month from documents where id = ?")
             .bind(id.to_string())
             .fetch_optional(self.pool())
-            .await?;
-        row.map(|r| {
-            let kind: String = r.try_get("kind")?;
-            Ok(DocumentRow {
-                id,
-                branch_id: parse_column(&r.try_get::<String, _>("branch_id")?, "tenant id")?,
-                kind: if kind == "roster" {
-                    DocumentKindRow::Roster
-                } else {
-                    DocumentKindRow::Log
-                },
-                month: r.try_get("month")?,
-            })
-        })
-        .transpose()
+            .await?
+            .as_ref()
+            .map(document_from_row)
+            .transpose()
     }
 
     /// Whether a live device may open a stored document: it must belong to
@@ -139,28 +155,16 @@ impl Store {
         &self,
         branch: TenantId,
     ) -> Result<Vec<DocumentRow>, StoreError> {
-        let rows = sqlx::query(
-            "select id, kind, month from documents where branch_id = ?
+        sqlx::query(
+            "select id, branch_id, kind, month from documents where branch_id = ?
              order by case kind when 'roster' then 0 else 1 end, month",
         )
         .bind(branch.to_string())
         .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let kind: String = r.try_get("kind")?;
-                Ok(DocumentRow {
-                    id: parse_column(&r.try_get::<String, _>("id")?, "document id")?,
-                    branch_id: branch,
-                    kind: if kind == "roster" {
-                        DocumentKindRow::Roster
-                    } else {
-                        DocumentKindRow::Log
-                    },
-                    month: r.try_get("month")?,
-                })
-            })
-            .collect()
+        .await?
+        .iter()
+        .map(document_from_row)
+        .collect()
     }
 
     pub async fn load_chunks(&self, id: DocumentId) -> Result<StoredChunks, StoreError> {
@@ -267,26 +271,14 @@ impl Store {
 
     /// Every stored document, for rebuilding projections.
     pub async fn all_documents(&self) -> Result<Vec<DocumentRow>, StoreError> {
-        let rows = sqlx::query(
+        sqlx::query(
             "select id, branch_id, kind, month from documents order by branch_id, kind, month",
         )
         .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let kind: String = r.try_get("kind")?;
-                Ok(DocumentRow {
-                    id: parse_column(&r.try_get::<String, _>("id")?, "document id")?,
-                    branch_id: parse_column(&r.try_get::<String, _>("branch_id")?, "tenant id")?,
-                    kind: if kind == "roster" {
-                        DocumentKindRow::Roster
-                    } else {
-                        DocumentKindRow::Log
-                    },
-                    month: r.try_get("month")?,
-                })
-            })
-            .collect()
+        .await?
+        .iter()
+        .map(document_from_row)
+        .collect()
     }
 
     /// Empties every projection table (before a full rebuild).

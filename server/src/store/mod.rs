@@ -14,7 +14,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
 
 pub use devices::{Device, EnrollError, EnrollmentCode};
 pub use documents::{DocumentKindRow, DocumentRow, StoredChunks};
@@ -50,13 +50,6 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
-}
-
-impl StoreError {
-    /// True when the disk is full: callers report it without losing state.
-    pub fn is_disk_full(&self) -> bool {
-        matches!(self, StoreError::Database(sqlx::Error::Database(e)) if e.code().as_deref() == Some("13"))
-    }
 }
 
 /// Handle to the database; cheap to clone.
@@ -171,21 +164,6 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-
-    /// The most recent audit entries, newest first.
-    pub async fn audit_tail(
-        &self,
-        limit: i64,
-    ) -> Result<Vec<(i64, String, String, String)>, StoreError> {
-        let rows =
-            sqlx::query("select at, actor, action, subject from audit order by id desc limit ?")
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
-        rows.into_iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-            .collect()
     }
 }
 

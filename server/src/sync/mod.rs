@@ -65,10 +65,7 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let token = crate::http::extract::bearer(&headers)
         .map(str::to_owned)
         .or(query.token);
     let device = match token {
@@ -346,9 +343,6 @@ async fn serve(
                     }
                 }
             }
-        }
-        if outbox.is_closed() {
-            return None;
         }
     }
 }

@@ -379,36 +379,30 @@ fn for_each_entry<'b>(
     mut on_entry: impl FnMut(&mut Decoder<'b>, &'b str) -> Result<(), DecodeError>,
 ) -> Result<(), DecodeError> {
     let len = d.map()?;
-    let mut seen = 0usize;
-    loop {
-        match len {
-            Some(n) if seen as u64 == n => break,
-            None if d.datatype()? == Type::Break => {
-                d.skip()?;
-                break;
-            }
-            _ => {}
-        }
-        seen += 1;
-        if seen > limits.max_items {
-            return Err(DecodeError::TooLarge {
-                size: seen,
-                limit: limits.max_items,
-            });
-        }
+    for_each_in(d, len, limits, |d| {
         let key = d.str()?;
-        on_entry(d, key)?;
-    }
-    Ok(())
+        on_entry(d, key)
+    })
 }
 
 /// Walks a definite or indefinite array.
 fn for_each_item<'b>(
     d: &mut Decoder<'b>,
     limits: &Limits,
-    mut on_item: impl FnMut(&mut Decoder<'b>) -> Result<(), DecodeError>,
+    on_item: impl FnMut(&mut Decoder<'b>) -> Result<(), DecodeError>,
 ) -> Result<(), DecodeError> {
     let len = d.array()?;
+    for_each_in(d, len, limits, on_item)
+}
+
+/// Calls `on_item` for each of `len` items (until a break when indefinite),
+/// refusing more than `limits.max_items` before reading them.
+fn for_each_in<'b>(
+    d: &mut Decoder<'b>,
+    len: Option<u64>,
+    limits: &Limits,
+    mut on_item: impl FnMut(&mut Decoder<'b>) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
     let mut seen = 0usize;
     loop {
         match len {
