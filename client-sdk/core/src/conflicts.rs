@@ -20,8 +20,10 @@ pub struct Conflict {
     pub collection: String,
     /// The record's key in that map.
     pub record: String,
-    /// The field inside the record; nested fields joined with `.`.
+    /// The field inside the record, for people: nested fields joined with `.`.
     pub field: String,
+    /// The same as keys, outer first (keys may themselves contain `.`).
+    pub path: Vec<String>,
     /// Every concurrent value, in Automerge's order: the last one is the
     /// value every replica currently shows.
     pub values: Vec<ConflictValue>,
@@ -46,6 +48,27 @@ pub enum Resolution {
     Choose(usize),
     /// Replace all of them with a new text value.
     Enter(String),
+}
+
+/// A typed-in value, of the type the field holds now: a number field stays
+/// a number (a string there would make the record invalid).
+fn typed_like(shown: Option<&Value<'_>>, text: &str) -> Result<ScalarValue, ClientError> {
+    let invalid = |what: &str| ClientError::Invalid(format!("{text:?} is not {what}"));
+    Ok(match shown {
+        Some(Value::Scalar(s)) => match s.as_ref() {
+            ScalarValue::Int(_)
+            | ScalarValue::Uint(_)
+            | ScalarValue::F64(_)
+            | ScalarValue::Counter(_) => {
+                ScalarValue::Int(text.trim().parse().map_err(|_| invalid("a whole number"))?)
+            }
+            ScalarValue::Boolean(_) => {
+                ScalarValue::Boolean(text.trim().parse().map_err(|_| invalid("true or false"))?)
+            }
+            _ => ScalarValue::Str(text.into()),
+        },
+        _ => ScalarValue::Str(text.into()),
+    })
 }
 
 impl Client {
@@ -99,6 +122,7 @@ impl Client {
                             collection: (*collection).to_owned(),
                             record: record.clone(),
                             field: field.join("."),
+                            path: field,
                             values,
                         });
                     }
@@ -126,7 +150,7 @@ impl Client {
                 id: conflict.document.to_string(),
             })?;
         let mut path: Vec<&str> = vec![conflict.collection.as_str(), conflict.record.as_str()];
-        path.extend(conflict.field.split('.'));
+        path.extend(conflict.path.iter().map(String::as_str));
         let Some((field, parents)) = path.split_last() else {
             return Err(ClientError::Invalid("empty conflict path".into()));
         };
@@ -146,7 +170,7 @@ impl Client {
                 }
                 let current = tx.get_all(&obj, *field)?;
                 let value = match &resolution {
-                    Resolution::Enter(text) => ScalarValue::Str(text.as_str().into()),
+                    Resolution::Enter(text) => typed_like(current.last().map(|(v, _)| v), text)?,
                     Resolution::Choose(index) => match current.get(*index) {
                         Some((Value::Scalar(s), _)) => s.clone().into_owned(),
                         Some((Value::Object(ObjType::Text), id)) => {

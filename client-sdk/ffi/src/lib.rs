@@ -240,6 +240,8 @@ pub struct ConflictRecord {
     pub collection: String,
     pub record: String,
     pub field: String,
+    /// The field's keys, outer first; pass the record back unchanged.
+    pub path: Vec<String>,
     pub values: Vec<ConflictValueRecord>,
 }
 
@@ -673,6 +675,7 @@ impl DoorstepClient {
                 collection: c.collection,
                 record: c.record,
                 field: c.field,
+                path: c.path,
                 values: c
                     .values
                     .into_iter()
@@ -708,6 +711,7 @@ impl DoorstepClient {
             collection: conflict.collection,
             record: conflict.record,
             field: conflict.field,
+            path: conflict.path,
             values: Vec::new(),
         };
         let client = self.client.clone();
