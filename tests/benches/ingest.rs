@@ -19,7 +19,10 @@ use doorstep_server::rollup::{self, Period};
 use doorstep_tests::{TestServer, sdk_device};
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -64,8 +67,20 @@ async fn main() -> anyhow::Result<()> {
         let server = TestServer::spawn().await?;
         let d = server.district().await?;
         let dir = tempfile::tempdir()?;
-        let phone = sdk_device(&server.store, &server.http_url(), d.yingfeng.id, dir.path(), |_| {}).await?;
-        let member = phone.add_member(NewMember { name: "bench".into(), ..NewMember::default() }).await?;
+        let phone = sdk_device(
+            &server.store,
+            &server.http_url(),
+            d.yingfeng.id,
+            dir.path(),
+            |_| {},
+        )
+        .await?;
+        let member = phone
+            .add_member(NewMember {
+                name: "bench".into(),
+                ..NewMember::default()
+            })
+            .await?;
         phone.sync_now().await?;
         for i in 0..visits {
             phone
@@ -87,15 +102,33 @@ async fn main() -> anyhow::Result<()> {
         ingest.push(started.elapsed());
         merge.push(in_process_merge(d.yingfeng.id, visits));
         let started = Instant::now();
-        let total = rollup::rollup(&server.store, &d.district, Period::year(2026).expect("year")).await?.total;
+        let total = rollup::rollup(
+            &server.store,
+            &d.district,
+            Period::year(2026).expect("year"),
+        )
+        .await?
+        .total;
         rollups.push(started.elapsed());
         assert_eq!(total.visits, visits as i64);
     }
     let (ingest, merge, rollups) = (median(ingest), median(merge), median(rollups));
     println!("{visits} offline visits, median of {runs} runs:");
-    println!("  server ingest (sync_now over loopback, stored, projected): {:>8.1} ms", ingest.as_secs_f64() * 1e3);
-    println!("  in-process Automerge merge of the same changes:            {:>8.1} ms", merge.as_secs_f64() * 1e3);
-    println!("  ratio server / in-process:                                 {:>8.1}x", ingest.as_secs_f64() / merge.as_secs_f64());
-    println!("  district rollup for the year (SQL over projections):       {:>8.1} ms", rollups.as_secs_f64() * 1e3);
+    println!(
+        "  server ingest (sync_now over loopback, stored, projected): {:>8.1} ms",
+        ingest.as_secs_f64() * 1e3
+    );
+    println!(
+        "  in-process Automerge merge of the same changes:            {:>8.1} ms",
+        merge.as_secs_f64() * 1e3
+    );
+    println!(
+        "  ratio server / in-process:                                 {:>8.1}x",
+        ingest.as_secs_f64() / merge.as_secs_f64()
+    );
+    println!(
+        "  district rollup for the year (SQL over projections):       {:>8.1} ms",
+        rollups.as_secs_f64() * 1e3
+    );
     Ok(())
 }
