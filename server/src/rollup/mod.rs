@@ -204,6 +204,9 @@ async fn per_branch(
         .collect()
 }
 
+/// Writes one query's per-branch columns into a branch's figures.
+type Setter = fn(&mut Figures, &[f64]);
+
 /// Branches under the target, for `in (...)`: bound as path and path/%.
 const BRANCHES: &str =
     "select id from tenants where level = 'branch' and (path = ?1 or path like ?2)";
@@ -211,189 +214,147 @@ const BRANCHES: &str =
 pub async fn rollup(store: &Store, target: &Tenant, period: Period) -> Result<Rollup, StoreError> {
     let groups = groups(store, target).await?;
     let (from, to) = (period.from.to_string(), period.to.to_string());
-    let mut per: BTreeMap<String, Figures> = BTreeMap::new();
-    let mut set = |rows: Vec<(String, Vec<f64>)>, f: &dyn Fn(&mut Figures, &[f64])| {
-        for (branch, values) in rows {
-            f(per.entry(branch).or_default(), &values);
-        }
-    };
-
-    set(
-        per_branch(
-            store,
-            &format!(
+    let dates = [from.clone(), to.clone()];
+    let end = std::slice::from_ref(&to);
+    // Each query yields per-branch columns; its setter puts them in place.
+    let queries: [(String, &[String], Setter); 10] = [
+        (
+            format!(
                 "select v.branch_id, count(*), count(distinct coalesce(m.household, v.member_id)),
                         sum(v.aid_cash_fen), sum(v.aid_goods_fen)
                  from visit_rows v left join member_rows m on m.record_id = v.member_id and m.branch_id = v.branch_id
                  where v.branch_id in ({BRANCHES}) and v.date between ?3 and ?4 group by v.branch_id"
             ),
-            target,
-            &[from.clone(), to.clone()],
-        )
-        .await?,
-        &|f, v| {
-            f.visits = v[0] as i64;
-            f.households_visited = v[1] as i64;
-            f.aid_cash_fen = v[2] as i64;
-            f.aid_goods_fen = v[3] as i64;
-        },
-    );
-    set(
-        per_branch(
-            store,
-            &format!(
+            &dates,
+            |f, v| {
+                f.visits = v[0] as i64;
+                f.households_visited = v[1] as i64;
+                f.aid_cash_fen = v[2] as i64;
+                f.aid_goods_fen = v[3] as i64;
+            },
+        ),
+        (
+            format!(
                 "select branch_id,
                         sum(opened_on <= ?4 and (closed_on is null or closed_on > ?4)),
                         sum(opened_on between ?3 and ?4),
                         sum(closed_on between ?3 and ?4)
                  from hardship_rows where branch_id in ({BRANCHES}) group by branch_id"
             ),
-            target,
-            &[from.clone(), to.clone()],
-        )
-        .await?,
-        &|f, v| {
-            f.hardship_registered = v[0] as i64;
-            f.hardship_new = v[1] as i64;
-            f.hardship_closed = v[2] as i64;
-        },
-    );
-    set(
-        per_branch(
-            store,
-            &format!(
+            &dates,
+            |f, v| {
+                f.hardship_registered = v[0] as i64;
+                f.hardship_new = v[1] as i64;
+                f.hardship_closed = v[2] as i64;
+            },
+        ),
+        (
+            format!(
                 "select h.branch_id, count(distinct h.member_id),
                         count(distinct case when exists (
-                            select 1 from visit_rows v where v.member_id = h.member_id and v.date between ?3 and ?4
+                            select 1 from visit_rows v
+                            where v.member_id = h.member_id and v.branch_id = h.branch_id and v.date between ?3 and ?4
                         ) then h.member_id end)
                  from hardship_rows h
                  where h.branch_id in ({BRANCHES}) and h.opened_on <= ?4 and (h.closed_on is null or h.closed_on >= ?3)
                  group by h.branch_id"
             ),
-            target,
-            &[from.clone(), to.clone()],
-        )
-        .await?,
-        &|f, v| {
-            f.hardship_members = v[0] as i64;
-            f.hardship_members_visited = v[1] as i64;
-        },
-    );
-    set(
-        per_branch(
-            store,
-            &format!(
+            &dates,
+            |f, v| {
+                f.hardship_members = v[0] as i64;
+                f.hardship_members_visited = v[1] as i64;
+            },
+        ),
+        (
+            format!(
                 "select branch_id, count(*) from visit_rows
                  where branch_id in ({BRANCHES}) and follow_up_due is not null and follow_up_done = 0
                    and follow_up_due < min(?3, date('now'))
                  group by branch_id"
             ),
-            target,
-            std::slice::from_ref(&to),
-        )
-        .await?,
-        &|f, v| f.follow_ups_overdue = v[0] as i64,
-    );
-    set(
-        per_branch(
-            store,
-            &format!(
+            end,
+            |f, v| f.follow_ups_overdue = v[0] as i64,
+        ),
+        (
+            format!(
                 "select m.branch_id, count(*),
-                        sum(exists (select 1 from visit_rows v where v.member_id = m.record_id and v.date between date(?3, '-30 days') and ?3)),
-                        sum(exists (select 1 from visit_rows v where v.member_id = m.record_id and v.date between date(?3, '-60 days') and ?3)),
-                        sum(exists (select 1 from visit_rows v where v.member_id = m.record_id and v.date between date(?3, '-90 days') and ?3))
+                        sum(exists (select 1 from visit_rows v where v.member_id = m.record_id and v.branch_id = m.branch_id
+                                    and v.date between date(?3, '-30 days') and ?3)),
+                        sum(exists (select 1 from visit_rows v where v.member_id = m.record_id and v.branch_id = m.branch_id
+                                    and v.date between date(?3, '-60 days') and ?3)),
+                        sum(exists (select 1 from visit_rows v where v.member_id = m.record_id and v.branch_id = m.branch_id
+                                    and v.date between date(?3, '-90 days') and ?3))
                  from member_rows m where m.branch_id in ({BRANCHES}) and m.migrant = 1 group by m.branch_id"
             ),
-            target,
-            std::slice::from_ref(&to),
-        )
-        .await?,
-        &|f, v| {
-            f.migrants = v[0] as i64;
-            f.migrants_contacted_30d = v[1] as i64;
-            f.migrants_contacted_60d = v[2] as i64;
-            f.migrants_contacted_90d = v[3] as i64;
-        },
-    );
-    set(
-        per_branch(
-            store,
-            &format!(
+            end,
+            |f, v| {
+                f.migrants = v[0] as i64;
+                f.migrants_contacted_30d = v[1] as i64;
+                f.migrants_contacted_60d = v[2] as i64;
+                f.migrants_contacted_90d = v[3] as i64;
+            },
+        ),
+        (
+            format!(
                 "select branch_id, count(*), sum(attendance) from training_rows
                  where branch_id in ({BRANCHES}) and date between ?3 and ?4 group by branch_id"
             ),
-            target,
-            &[from.clone(), to.clone()],
-        )
-        .await?,
-        &|f, v| {
-            f.trainings = v[0] as i64;
-            f.training_attendance = v[1] as i64;
-        },
-    );
-    set(
-        per_branch(
-            store,
-            &format!(
+            &dates,
+            |f, v| {
+                f.trainings = v[0] as i64;
+                f.training_attendance = v[1] as i64;
+            },
+        ),
+        (
+            format!(
                 "select branch_id, count(*) from placement_rows
                  where branch_id in ({BRANCHES}) and date between ?3 and ?4 group by branch_id"
             ),
-            target,
-            &[from.clone(), to.clone()],
-        )
-        .await?,
-        &|f, v| f.placements = v[0] as i64,
-    );
-    set(
-        per_branch(
-            store,
-            &format!(
+            &dates,
+            |f, v| f.placements = v[0] as i64,
+        ),
+        (
+            format!(
                 "select branch_id, sum(case when direction = 'donation' then amount_fen else 0 end),
                         sum(case when direction = 'payment' then amount_fen else 0 end)
                  from fund_rows where branch_id in ({BRANCHES}) and date between ?3 and ?4 group by branch_id"
             ),
-            target,
-            &[from.clone(), to.clone()],
-        )
-        .await?,
-        &|f, v| {
-            f.fund_donations_fen = v[0] as i64;
-            f.fund_payments_fen = v[1] as i64;
-        },
-    );
-    set(
-        per_branch(
-            store,
-            &format!(
+            &dates,
+            |f, v| {
+                f.fund_donations_fen = v[0] as i64;
+                f.fund_payments_fen = v[1] as i64;
+            },
+        ),
+        (
+            format!(
                 "select t.branch_id, count(distinct t.record_id), count(p.person_id),
                         count(p.member_id), sum(p.member_id is not null and p.backbone = 1)
                  from team_rows t left join team_people_rows p on p.team_id = t.record_id and p.branch_id = t.branch_id
                  where t.branch_id in ({BRANCHES}) group by t.branch_id"
             ),
-            target,
             &[],
-        )
-        .await?,
-        &|f, v| {
-            f.teams = v[0] as i64;
-            f.team_people = v[1] as i64;
-            f.team_members = v[2] as i64;
-            f.team_backbone_members = v[3] as i64;
-        },
-    );
-    set(
-        per_branch(
-            store,
-            &format!(
+            |f, v| {
+                f.teams = v[0] as i64;
+                f.team_people = v[1] as i64;
+                f.team_members = v[2] as i64;
+                f.team_backbone_members = v[3] as i64;
+            },
+        ),
+        (
+            format!(
                 "select branch_id, sum(minutes) / 60.0 from activity_rows
                  where branch_id in ({BRANCHES}) and date between ?3 and ?4 group by branch_id"
             ),
-            target,
-            &[from.clone(), to.clone()],
-        )
-        .await?,
-        &|f, v| f.volunteer_hours = v[0],
-    );
+            &dates,
+            |f, v| f.volunteer_hours = v[0],
+        ),
+    ];
+    let mut per: BTreeMap<String, Figures> = BTreeMap::new();
+    for (sql, binds, set) in &queries {
+        for (branch, values) in per_branch(store, sql, target, binds).await? {
+            set(per.entry(branch).or_default(), &values);
+        }
+    }
 
     // Team categories are distinct across branches, so they are counted per
     // group rather than summed.
