@@ -97,12 +97,51 @@ pub struct MemberInput {
     pub household: Option<String>,
     pub post: Option<String>,
     pub notes: Option<String>,
+    /// Contact details of a migrant member working away from home.
+    #[uniffi(default = None)]
+    pub migrant: Option<MigrantInput>,
+}
+
+/// The mobile-member management card of a migrant member.
+#[derive(uniffi::Record, Debug, Clone)]
+pub struct MigrantInput {
+    pub workplace: Option<String>,
+    pub card_no: Option<String>,
+    pub contact_phone: Option<String>,
+    pub family_contact: Option<String>,
+}
+
+impl From<MigrantInput> for sdk::MigrantContact {
+    fn from(m: MigrantInput) -> Self {
+        sdk::MigrantContact {
+            workplace: m.workplace,
+            card_no: m.card_no,
+            contact_phone: m.contact_phone,
+            family_contact: m.family_contact,
+        }
+    }
+}
+
+impl From<sdk::MigrantContact> for MigrantInput {
+    fn from(m: sdk::MigrantContact) -> Self {
+        MigrantInput {
+            workplace: m.workplace,
+            card_no: m.card_no,
+            contact_phone: m.contact_phone,
+            family_contact: m.family_contact,
+        }
+    }
 }
 
 /// Fields to change; `None` leaves a field alone, `""` clears it.
 #[derive(uniffi::Record, Debug)]
 pub struct MemberUpdateInput {
     pub name: Option<String>,
+    /// `YYYY-MM-DD`, or `""` to clear.
+    #[uniffi(default = None)]
+    pub birthday: Option<String>,
+    #[uniffi(default = None)]
+    pub migrant: Option<MigrantInput>,
     pub kinds: Option<Vec<String>>,
     pub phone: Option<String>,
     pub address: Option<String>,
@@ -122,6 +161,7 @@ pub struct MemberRecord {
     pub household: Option<String>,
     pub post: Option<String>,
     pub notes: Option<String>,
+    pub migrant: Option<MigrantInput>,
 }
 
 fn member_record(id: RecordId, m: sdk::Member) -> MemberRecord {
@@ -135,6 +175,7 @@ fn member_record(id: RecordId, m: sdk::Member) -> MemberRecord {
         household: m.household,
         post: m.post,
         notes: m.notes,
+        migrant: m.migrant.map(MigrantInput::from),
     }
 }
 
@@ -163,6 +204,7 @@ pub struct VisitRecord {
     pub visitors: Vec<String>,
     pub aid_cash_fen: i64,
     pub aid_goods_fen: i64,
+    pub goods_description: Option<String>,
     pub notes: Option<String>,
     pub follow_up_due: Option<String>,
     pub follow_up_action: Option<String>,
@@ -179,6 +221,7 @@ fn visit_record(id: RecordId, v: sdk::Visit) -> VisitRecord {
         visitors: v.visitors.into_iter().collect(),
         aid_cash_fen: v.aid_cash.as_i64(),
         aid_goods_fen: v.aid_goods.as_i64(),
+        goods_description: v.goods_description,
         notes: v.notes,
         follow_up_due: v.follow_up.as_ref().map(|f| f.due.to_string()),
         follow_up_action: v.follow_up.as_ref().map(|f| f.action.clone()),
@@ -317,7 +360,7 @@ impl DoorstepClient {
             address: member.address,
             household: member.household,
             post: member.post,
-            migrant: None,
+            migrant: member.migrant.map(sdk::MigrantContact::from),
             notes: member.notes,
         };
         let client = self.client.clone();
@@ -341,15 +384,21 @@ impl DoorstepClient {
                     .collect::<Result<_, _>>()
             })
             .transpose()?;
+        let birthday = match update.birthday.as_deref() {
+            None => None,
+            Some("") => Some(None),
+            Some(text) => Some(Some(parse("birthday", text)?)),
+        };
         let update = sdk::MemberUpdate {
             name: update.name,
+            birthday,
+            migrant: update.migrant.map(|m| Some(m.into())),
             kinds,
             phone: update.phone,
             address: update.address,
             household: update.household,
             post: update.post,
             notes: update.notes,
-            ..sdk::MemberUpdate::default()
         };
         let client = self.client.clone();
         run(async move { client.update_member(id, update).await }).await

@@ -17,6 +17,8 @@ from doorstep_ffi import (  # noqa: E402
     DoorstepClient,
     DoorstepError,
     MemberInput,
+    MemberUpdateInput,
+    MigrantInput,
     StatusObserver,
     VisitInput,
 )
@@ -71,7 +73,12 @@ async def main():
             household=None,
             post=None,
             notes=None,
+            migrant=MigrantInput(workplace="深圳某厂", card_no="L-017", contact_phone=None, family_contact="女儿"),
         )
+    )
+    await phone.update_member(
+        member,
+        MemberUpdateInput(name=None, birthday="1950-03-03", kinds=None, phone=None, address=None, household=None, post=None, notes=None),
     )
     visits = [
         await phone.record_visit(visit(member, f"{month}-02", 50_000, 12_000)),
@@ -110,6 +117,9 @@ async def main():
     assert history.member.name == "张秀英"
     assert history.aid_total_fen == 50_000 + 12_000 + 30_000 + 8_000, history.aid_total_fen
     assert sorted(history.member.kinds) == ["hardship", "retired"]
+    assert history.member.birthday == "1950-03-03"
+    assert history.member.migrant.workplace == "深圳某厂" and history.member.migrant.family_contact == "女儿"
+    assert history.visits[0].goods_description is None
     assert await office.visits(month, True) == [], "the office recorded none itself"
 
     subscription.cancel()
