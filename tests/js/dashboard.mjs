@@ -16,6 +16,14 @@ const env = (name) => {
   return value
 }
 
+// Runs `action` and waits until the page has finished the load it starts
+// (table, charts and health panel all rendered).
+async function afterLoad(page, action) {
+  const before = await page.evaluate(() => Number(document.body.dataset.loads || 0))
+  await action()
+  await page.waitForFunction((n) => Number(document.body.dataset.loads || 0) > n, before)
+}
+
 async function readTable(page) {
   return page.$$eval("#rollup tbody tr", (rows) =>
     rows.map((tr) => {
@@ -37,12 +45,11 @@ try {
   await page.goto(`${env("DOORSTEP_URL")}/dashboard`)
   await page.fill("#username", env("DOORSTEP_USER"))
   await page.fill("#password", env("DOORSTEP_PASSWORD"))
-  await page.click("#login-button")
-  await page.waitForSelector("#app:not([hidden]) #rollup tbody tr.total")
+  await afterLoad(page, () => page.click("#login-button"))
 
   await page.selectOption("#period-kind", "year")
   await page.fill("#period-value", env("YEAR"))
-  await page.click("#apply")
+  await afterLoad(page, () => page.click("#apply"))
   await page.waitForFunction((year) => document.querySelector("#table-title").textContent.includes(`${year}-01-01`), env("YEAR"))
   const top = await readTable(page)
   await page.screenshot({ path: join(env("OUT_DIR"), "dashboard.png"), fullPage: true })
@@ -53,7 +60,7 @@ try {
   const csv = await readFile(csvPath, "utf8")
 
   const drill = env("DRILL")
-  await page.click(`#rollup tbody tr.drill td:first-child >> text=${drill}`)
+  await afterLoad(page, () => page.click(`#rollup tbody tr.drill td:first-child >> text=${drill}`))
   await page.waitForFunction((name) => document.querySelector("#crumbs").textContent.includes(name), drill)
   await page.waitForFunction((name) => document.querySelector("#table-title").textContent.includes(name), drill)
   const drilled = await readTable(page)
