@@ -336,7 +336,9 @@ async fn serve(
                             Err(e) => return Some(e.into()),
                         };
                         match handle(hub, socket, conn, client, message).await {
-                            Ok(true) => {}
+                            // Time the server spent on the message is not the
+                            // client's silence: the idle clock starts now.
+                            Ok(true) => last_heard = Instant::now(),
                             Ok(false) => return None,
                             Err(fatal) => return Some(fatal),
                         }
