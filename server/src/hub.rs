@@ -638,12 +638,6 @@ impl Hub {
         }
     }
 
-    /// Current document, for tests and admin tools.
-    pub async fn document_snapshot(&self, id: DocumentId) -> Result<Automerge, SyncRefusal> {
-        let doc = self.lock_live(id).await?;
-        Ok(doc.session.document().clone())
-    }
-
     /// Documents held in memory right now.
     pub async fn live_documents(&self) -> usize {
         self.docs.lock().await.len()
