@@ -24,6 +24,12 @@ pub struct Fen(pub i64);
 impl Fen {
     pub const ZERO: Fen = Fen(0);
 
+    /// The largest amount one record may carry: 100,000,000 yuan. Rollups sum
+    /// amounts in SQL over every record under a district, and SQLite refuses
+    /// a sum past `i64::MAX` (the whole rollup fails); with this bound even
+    /// 10^8 records, each with two such amounts, sum to under a quarter of it.
+    pub const MAX_AMOUNT: Fen = Fen(10_000_000_000);
+
     pub const fn from_yuan(yuan: i64) -> Self {
         Fen(yuan * 100)
     }
@@ -229,6 +235,18 @@ mod tests {
         for bad in ["", "1.234", "abc", "1e3", ".5", "99999999999999999999"] {
             assert!(bad.parse::<Fen>().is_err(), "{bad:?} should not parse");
         }
+    }
+
+    #[test]
+    fn the_largest_amounts_of_many_records_still_sum_in_an_i64() {
+        assert_eq!(Fen::MAX_AMOUNT.to_string(), "100000000.00");
+        // 10^8 records with cash and goods both at the bound.
+        let rows: i64 = 100_000_000;
+        let sum = Fen::MAX_AMOUNT
+            .as_i64()
+            .checked_mul(2)
+            .and_then(|per_row| per_row.checked_mul(rows));
+        assert!(sum.is_some_and(|s| s < i64::MAX / 4), "{sum:?}");
     }
 
     #[test]

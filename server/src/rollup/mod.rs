@@ -329,7 +329,7 @@ pub async fn rollup(store: &Store, target: &Tenant, period: Period) -> Result<Ro
             format!(
                 "select t.branch_id, count(distinct t.record_id), count(p.person_id),
                         count(p.member_id), sum(p.member_id is not null and p.backbone = 1)
-                 from team_rows t left join team_people_rows p on p.team_id = t.record_id and p.branch_id = t.branch_id
+                 from team_rows t left join team_people_rows p on p.document_id = t.document_id and p.team_id = t.record_id
                  where t.branch_id in ({BRANCHES}) group by t.branch_id"
             ),
             &[],
@@ -452,7 +452,7 @@ pub async fn breakdown(
         ),
         BreakdownKind::TeamsByCategory => format!(
             "select t.branch_id, t.category, count(distinct t.record_id), count(p.person_id)
-             from team_rows t left join team_people_rows p on p.team_id = t.record_id and p.branch_id = t.branch_id
+             from team_rows t left join team_people_rows p on p.document_id = t.document_id and p.team_id = t.record_id
              where t.branch_id in ({BRANCHES}) and ?3 <= ?4 group by t.branch_id, t.category"
         ),
     };

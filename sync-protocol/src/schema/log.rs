@@ -118,13 +118,23 @@ impl Record for Visit {
         if self.aid_cash.is_negative() {
             problems.push("cash aid is negative".into());
         }
+        if self.aid_cash > Fen::MAX_AMOUNT {
+            problems.push(format!("cash aid is over {} yuan", Fen::MAX_AMOUNT));
+        }
         if self.aid_goods.is_negative() {
             problems.push("goods aid is negative".into());
+        }
+        if self.aid_goods > Fen::MAX_AMOUNT {
+            problems.push(format!("goods aid is over {} yuan", Fen::MAX_AMOUNT));
         }
         if self.follow_up.as_ref().is_some_and(|f| f.due < self.date) {
             problems.push("follow-up is due before the visit".into());
         }
         problems
+    }
+
+    fn dated(&self) -> Option<Date> {
+        Some(self.date)
     }
 }
 
@@ -139,8 +149,18 @@ pub struct Activity {
 }
 
 impl Activity {
+    /// The most minutes one activity may count, all participants together: a
+    /// full day for each of ten thousand people. Rollups sum minutes over
+    /// every activity under a district; this bound keeps that sum far inside
+    /// an `i64` however many activities there are.
+    pub const MAX_TOTAL_MINUTES: i64 = 10_000 * 24 * 60;
+
+    /// Minutes volunteered by everyone; saturates instead of overflowing,
+    /// so an invalid record can still be described.
     pub fn total_minutes(&self) -> i64 {
-        self.minutes.values().sum()
+        self.minutes
+            .values()
+            .fold(0, |sum, m| sum.saturating_add(*m))
     }
 }
 
@@ -174,11 +194,23 @@ impl Record for Activity {
     }
 
     fn problems(&self) -> Vec<String> {
-        self.minutes
+        let mut problems: Vec<String> = self
+            .minutes
             .iter()
             .filter(|(_, m)| **m < 0 || **m > 24 * 60)
             .map(|(who, m)| format!("{m} minutes for {who} is not a day's work"))
-            .collect()
+            .collect();
+        if problems.is_empty() && self.total_minutes() > Self::MAX_TOTAL_MINUTES {
+            problems.push(format!(
+                "more than {} minutes in one activity",
+                Self::MAX_TOTAL_MINUTES
+            ));
+        }
+        problems
+    }
+
+    fn dated(&self) -> Option<Date> {
+        Some(self.date)
     }
 }
 
@@ -192,6 +224,13 @@ pub struct Training {
     pub attendance: i64,
     /// Members known to have attended.
     pub attendees: BTreeSet<String>,
+}
+
+impl Training {
+    /// The largest headcount one session may have. Rollups sum attendance
+    /// over every session under a district; this bound keeps that sum far
+    /// inside an `i64` however many sessions there are.
+    pub const MAX_ATTENDANCE: i64 = 100_000;
 }
 
 impl Record for Training {
@@ -220,10 +259,20 @@ impl Record for Training {
         if self.attendance < 0 {
             problems.push("attendance is negative".into());
         }
+        if self.attendance > Self::MAX_ATTENDANCE {
+            problems.push(format!(
+                "attendance is over {} people",
+                Self::MAX_ATTENDANCE
+            ));
+        }
         if (self.attendees.len() as i64) > self.attendance {
             problems.push("more named attendees than the headcount".into());
         }
         problems
+    }
+
+    fn dated(&self) -> Option<Date> {
+        Some(self.date)
     }
 }
 
@@ -253,6 +302,10 @@ impl Record for Placement {
         w.display("member_id", &self.member_id)?;
         w.str("employer", &self.employer)?;
         w.opt_str("job", self.job.as_deref())
+    }
+
+    fn dated(&self) -> Option<Date> {
+        Some(self.date)
     }
 }
 
@@ -295,9 +348,15 @@ impl Record for FundEntry {
     fn problems(&self) -> Vec<String> {
         if self.amount.as_i64() <= 0 {
             vec!["the amount must be more than zero".into()]
+        } else if self.amount > Fen::MAX_AMOUNT {
+            vec![format!("the amount is over {} yuan", Fen::MAX_AMOUNT)]
         } else {
             Vec::new()
         }
+    }
+
+    fn dated(&self) -> Option<Date> {
+        Some(self.date)
     }
 }
 
@@ -322,11 +381,11 @@ impl MonthlyLog {
             .ok()
             .flatten();
         let mut invalid = Vec::new();
-        let visits = load_in_month::<Visit, _>(doc, month, &mut invalid, |v| v.date);
-        let activities = load_in_month::<Activity, _>(doc, month, &mut invalid, |a| a.date);
-        let trainings = load_in_month::<Training, _>(doc, month, &mut invalid, |t| t.date);
-        let placements = load_in_month::<Placement, _>(doc, month, &mut invalid, |p| p.date);
-        let fund = load_in_month::<FundEntry, _>(doc, month, &mut invalid, |f| f.date);
+        let visits = load_in_month::<Visit, _>(doc, month, &mut invalid);
+        let activities = load_in_month::<Activity, _>(doc, month, &mut invalid);
+        let trainings = load_in_month::<Training, _>(doc, month, &mut invalid);
+        let placements = load_in_month::<Placement, _>(doc, month, &mut invalid);
+        let fund = load_in_month::<FundEntry, _>(doc, month, &mut invalid);
         MonthlyLog {
             month,
             visits,
@@ -343,23 +402,8 @@ fn load_in_month<R: Record, D: ReadDoc>(
     doc: &D,
     month: Option<Month>,
     invalid: &mut Vec<InvalidRecord>,
-    date_of: impl Fn(&R) -> Date,
 ) -> BTreeMap<RecordId, R> {
-    let mut loaded = super::load_collection::<R, D>(doc);
+    let mut loaded = super::load_collection_of_month::<R, D>(doc, month);
     invalid.append(&mut loaded.invalid);
-    if let Some(month) = month {
-        loaded.records.retain(|id, record| {
-            let date = date_of(record);
-            let inside = date.month() == month;
-            if !inside {
-                invalid.push(InvalidRecord {
-                    collection: R::COLLECTION,
-                    key: id.to_string(),
-                    problems: vec![format!("dated {date}, outside the log's month {month}")],
-                });
-            }
-            inside
-        });
-    }
     loaded.records
 }

@@ -9,7 +9,10 @@
 //!
 //! Reading a document never panics on bad data: [`load_collection`] returns
 //! the records that parse and validate, and an [`InvalidRecord`] for each one
-//! that does not, so a branch secretary can be shown what to fix.
+//! that does not, so a branch secretary can be shown what to fix. Whether a
+//! record counts is decided in one place, [`check_record`], which the server's
+//! projection and a device's lists both use, so the figures an office sees and
+//! the records a volunteer sees never disagree.
 
 mod conflicts;
 mod fields;
@@ -22,16 +25,28 @@ use std::fmt;
 use std::str::FromStr;
 
 use automerge::transaction::Transactable;
-use automerge::{AutomergeError, ObjType, ReadDoc, Value};
+use automerge::{AutomergeError, ObjId, ObjType, ReadDoc, Value};
 use uuid::Uuid;
+
+use crate::values::{Date, Month};
 
 pub use conflicts::{ConflictedField, conflicted_fields, display_value};
 pub use fields::{FieldError, FieldReader, FieldWriter};
 pub use genesis::{DocumentKind, GENESIS_ACTOR, genesis};
 
 /// The id of a record inside a document: a UUIDv7 made by the device.
+///
+/// Its text form is exactly one string per id (lowercase, hyphenated), and
+/// only that form parses: records are found by the string, so an id that
+/// `Uuid::try_parse` would also read as `{...}`, `urn:uuid:...`, uppercase or
+/// without hyphens would name a record no lookup by id can find.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct RecordId(Uuid);
+
+/// A string that is not a record id in its one accepted form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a canonical UUIDv7 (lowercase, hyphenated): {0:?}")]
+pub struct RecordIdError(String);
 
 impl RecordId {
     pub fn new_v7() -> Self {
@@ -54,12 +69,29 @@ impl fmt::Display for RecordId {
 }
 
 impl FromStr for RecordId {
-    type Err = uuid::Error;
+    type Err = RecordIdError;
 
+    /// Accepts only the canonical form of a version 7, RFC 4122 UUID.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::try_parse(s).map(RecordId)
+        let refuse = || RecordIdError(s.chars().take(64).collect());
+        // The canonical form is 36 ASCII characters; check before parsing.
+        if s.len() != 36 {
+            return Err(refuse());
+        }
+        let id = Uuid::try_parse(s).map_err(|_| refuse())?;
+        let mut canonical = Uuid::encode_buffer();
+        if id.get_version() != Some(uuid::Version::SortRand)
+            || id.get_variant() != uuid::Variant::RFC4122
+            || id.hyphenated().encode_lower(&mut canonical) != s
+        {
+            return Err(refuse());
+        }
+        Ok(RecordId(id))
     }
 }
+
+/// The problem listed for a record whose map key is not a record id.
+pub const NOT_A_RECORD_KEY: &str = "record key is not a canonical UUIDv7";
 
 /// A record type stored in one root map of a document.
 pub trait Record: Sized {
@@ -76,6 +108,64 @@ pub trait Record: Sized {
     /// returned string is one problem, phrased for a branch secretary.
     fn problems(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// The day a log record happened, which must fall in its log's month
+    /// (or it would be counted in the wrong period); `None` for records
+    /// that are not dated.
+    fn dated(&self) -> Option<Date> {
+        None
+    }
+}
+
+/// One record of a collection, read by its map key and checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Checked<R> {
+    /// No record at that key (never written, or deleted).
+    Absent,
+    /// A record that counts.
+    Valid(RecordId, R),
+    /// Present, but not counted: each string is one problem.
+    Invalid(Vec<String>),
+}
+
+/// Reads and checks the record at `key` of the collection map `collection`:
+/// a canonical UUIDv7 key, a map, the record's shape, its own rules and, in a
+/// monthly log (`month`), its date inside the month.
+pub fn check_record<R: Record, D: ReadDoc>(
+    doc: &D,
+    collection: &ObjId,
+    key: &str,
+    month: Option<Month>,
+) -> Checked<R> {
+    let value = match doc.get(collection, key) {
+        Ok(Some((value, obj))) => (value, obj),
+        Ok(None) | Err(_) => return Checked::Absent,
+    };
+    let Ok(id) = key.parse::<RecordId>() else {
+        return Checked::Invalid(vec![NOT_A_RECORD_KEY.to_owned()]);
+    };
+    let (Value::Object(ObjType::Map), obj) = value else {
+        return Checked::Invalid(vec!["record is not a map".to_owned()]);
+    };
+    let record = match R::read(&FieldReader::new(
+        doc,
+        obj,
+        format!("{}.{key}", R::COLLECTION),
+    )) {
+        Ok(record) => record,
+        Err(e) => return Checked::Invalid(vec![e.to_string()]),
+    };
+    let mut problems = record.problems();
+    if let (Some(month), Some(date)) = (month, record.dated())
+        && date.month() != month
+    {
+        problems.push(format!("dated {date}, outside the log's month {month}"));
+    }
+    if problems.is_empty() {
+        Checked::Valid(id, record)
+    } else {
+        Checked::Invalid(problems)
     }
 }
 
@@ -97,6 +187,12 @@ pub struct Loaded<R> {
 
 /// Reads one collection record by record, so one bad record costs only itself.
 pub fn load_collection<R: Record, D: ReadDoc>(doc: &D) -> Loaded<R> {
+    load_collection_of_month(doc, None)
+}
+
+/// [`load_collection`] for a monthly log: a record dated outside `month` is
+/// invalid.
+pub fn load_collection_of_month<R: Record, D: ReadDoc>(doc: &D, month: Option<Month>) -> Loaded<R> {
     let mut loaded = Loaded {
         records: BTreeMap::new(),
         invalid: Vec::new(),
@@ -106,40 +202,16 @@ pub fn load_collection<R: Record, D: ReadDoc>(doc: &D) -> Loaded<R> {
         _ => return loaded,
     };
     for key in doc.keys(&collection) {
-        let invalid = |problems| InvalidRecord {
-            collection: R::COLLECTION,
-            key: key.clone(),
-            problems,
-        };
-        let id = match key.parse::<RecordId>() {
-            Ok(id) => id,
-            Err(_) => {
-                loaded
-                    .invalid
-                    .push(invalid(vec!["record key is not a UUID".into()]));
-                continue;
+        match check_record::<R, D>(doc, &collection, &key, month) {
+            Checked::Absent => {}
+            Checked::Valid(id, record) => {
+                loaded.records.insert(id, record);
             }
-        };
-        let obj = match doc.get(&collection, key.as_str()) {
-            Ok(Some((Value::Object(ObjType::Map), obj))) => obj,
-            _ => {
-                loaded
-                    .invalid
-                    .push(invalid(vec!["record is not a map".into()]));
-                continue;
-            }
-        };
-        let reader = FieldReader::new(doc, obj, format!("{}.{key}", R::COLLECTION));
-        match R::read(&reader) {
-            Ok(record) => {
-                let problems = record.problems();
-                if problems.is_empty() {
-                    loaded.records.insert(id, record);
-                } else {
-                    loaded.invalid.push(invalid(problems));
-                }
-            }
-            Err(e) => loaded.invalid.push(invalid(vec![e.to_string()])),
+            Checked::Invalid(problems) => loaded.invalid.push(InvalidRecord {
+                collection: R::COLLECTION,
+                key,
+                problems,
+            }),
         }
     }
     loaded

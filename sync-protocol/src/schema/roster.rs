@@ -181,7 +181,7 @@ fn read_map<D: ReadDoc, V>(
         .map(|k| {
             let id = k.parse::<RecordId>().map_err(|_| FieldError::Invalid {
                 field: format!("{key}.{k}"),
-                reason: "key is not a UUID".into(),
+                reason: "key is not a canonical UUIDv7".into(),
             })?;
             let item = child.child(&k)?.ok_or_else(|| FieldError::WrongType {
                 field: format!("{key}.{k}"),

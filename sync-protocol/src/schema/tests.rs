@@ -241,3 +241,197 @@ fn deleting_a_record_removes_it() {
     tx.commit();
     assert!(MonthlyLog::load(&doc).visits.is_empty());
 }
+
+#[test]
+fn record_ids_parse_only_in_their_canonical_v7_form() {
+    let id = RecordId::new_v7();
+    let text = id.to_string();
+    assert_eq!(text.parse::<RecordId>(), Ok(id));
+    let uuid = *id.as_uuid();
+    let other_forms = [
+        text.to_uppercase(),
+        format!("{{{text}}}"),
+        format!("urn:uuid:{text}"),
+        uuid.simple().to_string(),
+        format!(" {text}"),
+        // Version 4 and the nil UUID, canonically written.
+        Uuid::new_v4().to_string(),
+        Uuid::nil().to_string(),
+        Uuid::from_u128(42).to_string(),
+    ];
+    for form in other_forms {
+        assert!(
+            form.parse::<RecordId>().is_err(),
+            "{form:?} should not parse"
+        );
+    }
+    // A v7 with the variant bits of another family is not one either.
+    let mut bytes = *uuid.as_bytes();
+    bytes[8] &= 0x3f;
+    assert!(
+        Uuid::from_bytes(bytes)
+            .to_string()
+            .parse::<RecordId>()
+            .is_err()
+    );
+}
+
+#[test]
+fn records_keyed_in_a_non_canonical_form_are_invalid_never_counted() {
+    let mut doc = device(1, DocumentKind::MonthlyLog(november()));
+    let member = RecordId::new_v7();
+    let good = RecordId::new_v7();
+    let mut tx = doc.transaction();
+    write_record(&mut tx, good, &visit("2026-11-05", member)).expect("write");
+    let (_, visits) = tx
+        .get(automerge::ROOT, "visits")
+        .expect("get")
+        .expect("visits");
+    let id = RecordId::new_v7();
+    let keys = [
+        id.to_string().to_uppercase(),
+        format!("{{{id}}}"),
+        format!("urn:uuid:{id}"),
+        id.as_uuid().simple().to_string(),
+        Uuid::new_v4().to_string(),
+    ];
+    for key in &keys {
+        let obj = tx.put_object(&visits, key, ObjType::Map).expect("put");
+        let mut w = FieldWriter::new(&mut tx, obj);
+        visit("2026-11-06", member).write(&mut w).expect("write");
+    }
+    tx.commit();
+
+    let log = MonthlyLog::load(&doc);
+    assert_eq!(log.visits.keys().copied().collect::<Vec<_>>(), vec![good]);
+    let mut listed: Vec<&str> = log.invalid.iter().map(|i| i.key.as_str()).collect();
+    listed.sort_unstable();
+    let mut expected: Vec<&str> = keys.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(listed, expected);
+    assert!(
+        log.invalid
+            .iter()
+            .all(|i| i.problems == vec![NOT_A_RECORD_KEY.to_owned()]),
+        "{:#?}",
+        log.invalid
+    );
+}
+
+#[test]
+fn amounts_and_counts_too_large_to_sum_are_invalid() {
+    use super::log::{Activity, FundDirection, FundEntry, Training, TrainingLevel};
+
+    let member = RecordId::new_v7();
+    let at_bound = Visit {
+        aid_cash: Fen::MAX_AMOUNT,
+        aid_goods: Fen::MAX_AMOUNT,
+        ..visit("2026-11-05", member)
+    };
+    assert!(at_bound.problems().is_empty());
+    for huge in [Fen(Fen::MAX_AMOUNT.as_i64() + 1), Fen(i64::MAX)] {
+        let cash = Visit {
+            aid_cash: huge,
+            ..visit("2026-11-05", member)
+        };
+        assert_eq!(cash.problems().len(), 1, "{huge:?}");
+        let goods = Visit {
+            aid_goods: huge,
+            ..visit("2026-11-05", member)
+        };
+        assert_eq!(goods.problems().len(), 1, "{huge:?}");
+        let fund = FundEntry {
+            date: date("2026-11-05"),
+            direction: FundDirection::Donation,
+            amount: huge,
+            member_id: None,
+            purpose: None,
+            note: None,
+        };
+        assert_eq!(fund.problems().len(), 1, "{huge:?}");
+        assert!(
+            FundEntry {
+                amount: Fen::MAX_AMOUNT,
+                ..fund
+            }
+            .problems()
+            .is_empty()
+        );
+    }
+
+    let training = |attendance| Training {
+        date: date("2026-11-05"),
+        level: TrainingLevel::Community,
+        topic: "劳动法".into(),
+        attendance,
+        attendees: BTreeSet::new(),
+    };
+    assert!(training(Training::MAX_ATTENDANCE).problems().is_empty());
+    assert_eq!(training(Training::MAX_ATTENDANCE + 1).problems().len(), 1);
+    assert_eq!(training(i64::MAX).problems().len(), 1);
+
+    let activity = |people: i64, each: i64| Activity {
+        date: date("2026-11-05"),
+        team_id: None,
+        title: "敬老".into(),
+        minutes: (0..people).map(|p| (format!("p{p}"), each)).collect(),
+    };
+    assert!(activity(10_000, 24 * 60).problems().is_empty());
+    assert_eq!(activity(10_001, 24 * 60).problems().len(), 1);
+    // Every entry out of range, and their sum past i64::MAX: described, no panic.
+    let wild = activity(3, i64::MAX);
+    assert_eq!(wild.problems().len(), 3);
+    assert_eq!(wild.total_minutes(), i64::MAX);
+
+    // And a document holding such a visit lists it as invalid.
+    let mut doc = device(1, DocumentKind::MonthlyLog(november()));
+    let mut tx = doc.transaction();
+    let id = RecordId::new_v7();
+    write_record(
+        &mut tx,
+        id,
+        &Visit {
+            aid_cash: Fen(i64::MAX),
+            ..visit("2026-11-05", member)
+        },
+    )
+    .expect("write");
+    tx.commit();
+    let log = MonthlyLog::load(&doc);
+    assert!(log.visits.is_empty());
+    assert_eq!(log.invalid.len(), 1);
+    assert_eq!(log.invalid[0].key, id.to_string());
+}
+
+#[test]
+fn check_record_tells_absent_valid_and_invalid_apart() {
+    let mut doc = device(1, DocumentKind::MonthlyLog(november()));
+    let good = RecordId::new_v7();
+    let early = RecordId::new_v7();
+    let mut tx = doc.transaction();
+    write_record(&mut tx, good, &visit("2026-11-05", RecordId::new_v7())).expect("write");
+    write_record(&mut tx, early, &visit("2026-10-05", RecordId::new_v7())).expect("write");
+    tx.commit();
+    let (_, visits) = doc
+        .get(automerge::ROOT, "visits")
+        .expect("get")
+        .expect("visits");
+    let month = Some(november());
+    assert!(matches!(
+        check_record::<Visit, _>(&doc, &visits, &good.to_string(), month),
+        Checked::Valid(id, _) if id == good
+    ));
+    assert!(matches!(
+        check_record::<Visit, _>(&doc, &visits, &early.to_string(), month),
+        Checked::Invalid(p) if p.len() == 1 && p[0].contains("outside the log's month")
+    ));
+    // Without a month (a roster's rules), the date is not checked.
+    assert!(matches!(
+        check_record::<Visit, _>(&doc, &visits, &early.to_string(), None),
+        Checked::Valid(..)
+    ));
+    assert_eq!(
+        check_record::<Visit, _>(&doc, &visits, &RecordId::new_v7().to_string(), month),
+        Checked::Absent
+    );
+}

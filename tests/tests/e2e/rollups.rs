@@ -426,3 +426,162 @@ async fn csv_exports_quote_correctly_and_keep_chinese_names() -> anyhow::Result<
     assert_eq!(rows[2][1], "燕山工委");
     Ok(())
 }
+
+/// A device that writes documents directly, as a stock client could,
+/// without the SDK's checks.
+async fn raw_device(o: &Office) -> anyhow::Result<crate::Device> {
+    let enrolled = o.server.enroll(o.district.yingfeng.id, "raw").await?;
+    crate::connected_device(&o.server.http_url(), &o.server.ws_url(), enrolled, None).await
+}
+
+/// Syncs a document to the raw device, edits it there and syncs it back.
+async fn raw_edit(
+    device: &mut crate::Device,
+    id: doorstep_protocol::DocumentId,
+    edit: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    device.peer.sync(id).await?;
+    let doc = device.peer.document_mut(id).expect("synced document");
+    doc.set_actor(device.actor.clone());
+    let mut tx = doc.transaction();
+    edit(&mut tx)?;
+    tx.commit();
+    device.peer.sync(id).await?;
+    Ok(())
+}
+
+fn raw_visit(date: &str, member: RecordId, cash: Fen) -> Visit {
+    Visit {
+        date: date.parse().expect("date"),
+        member_id: member,
+        kind: VisitKind::Routine,
+        visitors: Default::default(),
+        aid_cash: cash,
+        aid_goods: Fen::ZERO,
+        goods_description: None,
+        notes: None,
+        follow_up: None,
+        recorded_by: None,
+    }
+}
+
+#[tokio::test]
+async fn aid_too_large_to_sum_is_listed_and_every_rollup_above_still_answers() -> anyhow::Result<()>
+{
+    let o = office().await?;
+    let member = o
+        .phone
+        .add_member(NewMember {
+            name: "郑".into(),
+            ..NewMember::default()
+        })
+        .await?;
+    o.phone
+        .record_visit(visit("2026-11-05", member, 5_000))
+        .await?;
+    o.phone.sync_now().await?;
+
+    // Two visits whose aid alone would overflow any sum of them.
+    let log =
+        doorstep_protocol::DocumentId::monthly_log(o.district.yingfeng.id, "2026-11".parse()?);
+    let mut device = raw_device(&o).await?;
+    raw_edit(&mut device, log, |tx| {
+        for _ in 0..2 {
+            write_record(
+                tx,
+                RecordId::new_v7(),
+                &raw_visit("2026-11-06", member, Fen(i64::MAX)),
+            )?;
+        }
+        Ok(())
+    })
+    .await?;
+
+    for query in ["month=2026-11", "year=2026"] {
+        let total = total(&o, query).await?;
+        assert_eq!(total["visits"], 1, "{query}");
+        assert_eq!(total["aid_cash_fen"], 5_000, "{query}");
+    }
+    for by in ["visits_by_kind", "visits_by_month"] {
+        let (status, body) = get(
+            &o.server,
+            &o.admin,
+            &format!("/api/v1/rollups/breakdown?by={by}&year=2026"),
+        )
+        .await?;
+        assert_eq!(status, StatusCode::OK, "{by}: {body}");
+    }
+    let secretary = o
+        .server
+        .login_as("secretary", Role::BranchSecretary, o.district.yingfeng.id)
+        .await?;
+    let (status, body) = get(
+        &o.server,
+        &secretary,
+        &format!(
+            "/api/v1/branches/{}/invalid-records",
+            o.district.yingfeng.id
+        ),
+    )
+    .await?;
+    assert_eq!(status, StatusCode::OK);
+    let invalid: Value = serde_json::from_str(&body)?;
+    let invalid = invalid.as_array().expect("a list");
+    assert_eq!(invalid.len(), 2, "{body}");
+    assert!(
+        invalid.iter().all(|i| i["problems"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cash aid is over")),
+        "{body}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_record_id_in_two_months_counts_in_each_and_a_replaced_collection_keeps_no_rows()
+-> anyhow::Result<()> {
+    let o = office().await?;
+    let branch = o.district.yingfeng.id;
+    let (november, december) = (
+        doorstep_protocol::DocumentId::monthly_log(branch, "2026-11".parse()?),
+        doorstep_protocol::DocumentId::monthly_log(branch, "2026-12".parse()?),
+    );
+    let (member, id) = (RecordId::new_v7(), RecordId::new_v7());
+    let mut device = raw_device(&o).await?;
+    raw_edit(&mut device, november, |tx| {
+        write_record(tx, id, &raw_visit("2026-11-05", member, Fen(1_000)))?;
+        write_record(
+            tx,
+            RecordId::new_v7(),
+            &raw_visit("2026-11-06", member, Fen(10)),
+        )?;
+        Ok(())
+    })
+    .await?;
+    raw_edit(&mut device, december, |tx| {
+        write_record(tx, id, &raw_visit("2026-12-05", member, Fen(2_000)))?;
+        Ok(())
+    })
+    .await?;
+    let year = total(&o, "year=2026").await?;
+    assert_eq!(year["visits"], 3);
+    assert_eq!(year["aid_cash_fen"], 3_010);
+
+    // A device puts a fresh, empty `visits` map over November's.
+    raw_edit(&mut device, november, |tx| {
+        use automerge::transaction::Transactable;
+        tx.put_object(automerge::ROOT, "visits", automerge::ObjType::Map)?;
+        Ok(())
+    })
+    .await?;
+    let year = total(&o, "year=2026").await?;
+    assert_eq!(year["visits"], 1, "only December's visit is left");
+    assert_eq!(year["aid_cash_fen"], 2_000);
+    assert_eq!(total(&o, "month=2026-11").await?["visits"], 0);
+
+    // A full rebuild agrees.
+    doorstep_server::projection::reproject(&o.server.store).await?;
+    assert_eq!(total(&o, "year=2026").await?, year);
+    Ok(())
+}
