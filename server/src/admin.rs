@@ -80,7 +80,11 @@ pub async fn create_user(
     tenant: TenantId,
     created_by: &str,
 ) -> Result<User, StoreError> {
-    let hash = hash_password(password).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let password = password.to_owned();
+    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| StoreError::Invalid(format!("password hashing failed: {e}")))?
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
     let user = store.create_user(username, &hash, role, tenant).await?;
     store
         .audit(

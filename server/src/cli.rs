@@ -74,9 +74,16 @@ pub struct ServeArgs {
     /// Largest WebSocket message accepted, in bytes.
     #[arg(long, env = "DOORSTEP_MAX_MESSAGE_BYTES", default_value_t = SyncLimits::default().max_message_bytes)]
     pub max_message_bytes: usize,
-    /// Largest total of uncompressed change bytes in one sync message.
-    #[arg(long, env = "DOORSTEP_MAX_SYNC_CHANGE_BYTES", default_value_t = SyncLimits::default().max_sync_change_bytes)]
-    pub max_sync_change_bytes: usize,
+    /// Largest total of decompressed change bytes in one sync message
+    /// (measured with a capped inflater before Automerge decodes anything).
+    #[arg(long, env = "DOORSTEP_MAX_SYNC_CHANGE_BYTES", default_value_t = SyncLimits::default().document.admission.max_inflated_bytes)]
+    pub max_sync_change_bytes: u64,
+    /// Most operations one sync message may carry.
+    #[arg(long, env = "DOORSTEP_MAX_SYNC_OPS", default_value_t = SyncLimits::default().document.admission.max_ops)]
+    pub max_sync_ops: u64,
+    /// Largest stored size of one document, in bytes; past it changes are refused.
+    #[arg(long, env = "DOORSTEP_MAX_DOCUMENT_BYTES", default_value_t = SyncLimits::default().document.max_document_bytes)]
+    pub max_document_bytes: u64,
     /// Sustained messages per second one device may send.
     #[arg(long, env = "DOORSTEP_MESSAGES_PER_SECOND", default_value_t = SyncLimits::default().messages_per_second)]
     pub messages_per_second: u32,
@@ -149,11 +156,17 @@ impl Cli {
         let mut config = Config::new(self.database_path());
         config.tls_cert = args.tls_cert.clone();
         config.tls_key = args.tls_key.clone();
+        let defaults = SyncLimits::default();
+        let mut document = defaults.document;
+        document.admission.max_inflated_bytes = args.max_sync_change_bytes;
+        document.admission.max_ops = args.max_sync_ops;
+        document.max_document_bytes = args.max_document_bytes;
         config.limits = SyncLimits {
             max_message_bytes: args.max_message_bytes,
-            max_sync_change_bytes: args.max_sync_change_bytes,
+            document,
             messages_per_second: args.messages_per_second,
             message_burst: args.message_burst,
+            ..defaults
         };
         config
     }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use doorstep_protocol::keeper::KeeperLimits;
 use doorstep_protocol::wire::Limits;
 
 /// Settings for one server process.
@@ -30,8 +31,12 @@ pub struct Config {
 pub struct SyncLimits {
     /// Largest WebSocket message, in bytes.
     pub max_message_bytes: usize,
-    /// Largest total of uncompressed change bytes in one sync message.
-    pub max_sync_change_bytes: usize,
+    /// Bounds on each sync message (checked before Automerge sees it:
+    /// bloom filters, counts, inflated bytes, operations) and on each
+    /// document (stored bytes, changes waiting for dependencies).
+    pub document: KeeperLimits,
+    /// Bytes queued for one connection before it counts as too far behind.
+    pub outbox_bytes: usize,
     /// Sustained messages per second per device; faster senders are slowed.
     pub messages_per_second: u32,
     /// Messages a device may send in a burst before it is slowed.
@@ -51,7 +56,8 @@ impl Default for SyncLimits {
     fn default() -> Self {
         SyncLimits {
             max_message_bytes: 32 * 1024 * 1024,
-            max_sync_change_bytes: 128 * 1024 * 1024,
+            document: KeeperLimits::default(),
+            outbox_bytes: 64 * 1024 * 1024,
             messages_per_second: 200,
             message_burst: 2000,
         }

@@ -10,8 +10,9 @@
 //! config     settings, limits and their defaults
 //! tenancy    district > sub-district > branch paths, roles, scope checks
 //! auth       tokens, password hashing
-//! store      sqlx persistence: tenants, users, devices, documents, chunks
-//! hub        documents in memory: one DocSession each, persist-then-advertise
+//! store      sqlx persistence: tenants, users, devices, documents, chunks;
+//!            the DocumentStore trait the document tasks commit through
+//! hub        live documents: one task each driving a sans-IO Keeper; connections
 //! projection records as relational rows, upserted on every merge
 //! sync       the /sync WebSocket connection: handshake, access, limits
 //! http       the JSON API, its extractors and its single error edge
@@ -79,8 +80,21 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    let documents = Arc::new(store.clone());
+    serve_with(config, store, documents, listener, shutdown).await
+}
+
+/// Like [`serve`], with the documents persisted through `documents` (a
+/// test puts a [`store::faults::FaultyStore`] there).
+pub async fn serve_with(
+    config: Config,
+    store: Store,
+    documents: Arc<dyn store::DocumentStore>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
     let config = Arc::new(config);
-    let hub = Hub::start(store.clone(), config.clone()).await?;
+    let hub = Hub::start(store.clone(), documents, config.clone()).await?;
     let state = AppState {
         store,
         hub: hub.clone(),

@@ -9,12 +9,16 @@
 //! ids        DocumentId (base58check, automerge: URLs), TenantId, DeviceId, PeerId, StorageId
 //! values     Fen (money), Date, Month: parsed at the edge, never strings inside
 //! wire       automerge-repo v1 messages and their bounded CBOR codec
-//! session    one document synced with many peers over automerge::sync::State
+//! admission  bounds on a sync message, checked before Automerge decodes it
+//! session    one document synced with many peers over automerge::sync::State (the device side)
+//! keeper     the server's state machine for one document: admit, apply, persist, then advertise
 //! schema     the branch documents: roster and monthly log, typed records,
 //!            validation and the deterministic genesis of each document
 //! ```
 
+pub mod admission;
 pub mod ids;
+pub mod keeper;
 pub mod schema;
 pub mod session;
 pub mod values;

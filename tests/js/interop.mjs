@@ -217,33 +217,10 @@ async function main() {
   }
   log(`roster ${handle.documentId} ready, heads ${JSON.stringify(Automerge.getHeads(rosterDoc))}`)
 
-  // c. Register this document's actor with the server. Once a handle is
-  // "ready" the repo never replaces its document (only the unavailable /
-  // unload / delete transitions reset it to a fresh Automerge.init()), so the
-  // actor read here is the one the change below will be authored with; that
-  // is re-checked after the change.
-  currentStage = "register_actor"
+  // c. No actor registration: the server binds this handle's fresh actor
+  // to the device on its first change over the authenticated connection.
   const actorId = Automerge.getActorId(handle.doc())
-  log(`actor id ${actorId}`)
-  let res
-  try {
-    res = await fetch(`${cfg.base}/api/v1/device/actors`, {
-      method: "POST",
-      headers: {
-        authorization: `Bearer ${cfg.token}`,
-        "content-type": "application/json",
-      },
-      body: JSON.stringify({ actor_id: actorId }),
-      signal: AbortSignal.timeout(10_000),
-    })
-  } catch (e) {
-    fail("register_actor", e)
-  }
-  if (!res.ok) {
-    const body = await res.text().catch(() => "")
-    fail("register_actor", new Error(`POST /api/v1/device/actors -> ${res.status} ${res.statusText}: ${body.slice(0, 500)}`))
-  }
-  log(`actor registered (${res.status})`)
+  log(`actor id ${actorId} (not registered; bound on first use)`)
 
   // d. Add the member.
   currentStage = "change"

@@ -10,12 +10,14 @@ mod process;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use doorstep_protocol::TenantId;
 use doorstep_server::admin;
 use doorstep_server::config::Config;
+use doorstep_server::store::faults::FaultyStore;
 use doorstep_server::store::{Store, Tenant};
 use doorstep_server::tenancy::{Level, Role};
 use serde::Deserialize;
@@ -58,6 +60,9 @@ pub struct DocumentEntry {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub store: Store,
+    /// The documents' storage, through switches that fail it on demand
+    /// (disarmed unless a test arms them).
+    pub faults: Arc<FaultyStore<Store>>,
     data_dir: Option<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -98,17 +103,23 @@ impl TestServer {
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel();
         let server_store = store.clone();
+        let faults = FaultyStore::new(store.clone());
+        let documents = faults.clone();
         let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = rx.await;
             };
-            if let Err(e) = doorstep_server::serve(config, server_store, listener, shutdown).await {
+            if let Err(e) =
+                doorstep_server::serve_with(config, server_store, documents, listener, shutdown)
+                    .await
+            {
                 eprintln!("test server failed: {e}");
             }
         });
         Ok(TestServer {
             addr,
             store,
+            faults,
             data_dir: Some(data_dir),
             shutdown: Some(tx),
             task: Some(task),

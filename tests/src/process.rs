@@ -25,6 +25,9 @@ impl ServerProcess {
             .arg(data_dir)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
+            // As in production: a caught panic must not pay for symbolizing
+            // a backtrace of this debug build (it costs ~100 MiB of RSS).
+            .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -53,6 +56,22 @@ impl ServerProcess {
 
     pub fn http_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The process's peak resident memory so far (Linux `VmHWM`), in bytes.
+    pub fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
+        let pid = self.child.id().context("the process has exited")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .context("no VmHWM in /proc status")?;
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .context("VmHWM value")?
+            .parse()?;
+        Ok(kib * 1024)
     }
 
     /// SIGKILL: no shutdown code runs, like a power cut for the process.

@@ -1,13 +1,12 @@
 //! Documents, their chunks and per-peer sync states.
 
 use doorstep_protocol::schema::DocumentKind;
-use doorstep_protocol::session::NewChange;
 use doorstep_protocol::{DeviceId, DocumentId, Month, TenantId};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
 
+use super::keeping::{DocumentStore, StoredChunks};
 use super::tenants::serialize_display;
 use super::{Store, StoreError, now_ms, parse_column};
 
@@ -28,14 +27,6 @@ pub struct DocumentRow {
     pub branch_id: TenantId,
     pub kind: DocumentKindRow,
     pub month: Option<String>,
-}
-
-/// Every stored chunk of a document, and their sizes.
-#[derive(Debug, Default)]
-pub struct StoredChunks {
-    pub chunks: Vec<Vec<u8>>,
-    pub snapshot_bytes: u64,
-    pub incremental_bytes: u64,
 }
 
 fn document_from_row(r: &SqliteRow) -> Result<DocumentRow, StoreError> {
@@ -91,7 +82,7 @@ pub(super) async fn insert_document(
     if inserted > 0 {
         sqlx::query("insert into chunks (document_id, kind, hash, bytes, created_at) values (?, 'snapshot', ?, ?, ?)")
             .bind(id.to_string())
-            .bind(hex::encode(Sha256::digest(genesis)))
+            .bind(super::keeping::snapshot_key(genesis))
             .bind(genesis)
             .bind(now)
             .execute(&mut **tx)
@@ -167,106 +158,9 @@ impl Store {
         .collect()
     }
 
+    /// Every chunk of a document (see [`DocumentStore::load`]).
     pub async fn load_chunks(&self, id: DocumentId) -> Result<StoredChunks, StoreError> {
-        let rows = sqlx::query(
-            "select kind, bytes from chunks where document_id = ?
-             order by case kind when 'snapshot' then 0 else 1 end, created_at",
-        )
-        .bind(id.to_string())
-        .fetch_all(self.pool())
-        .await?;
-        let mut stored = StoredChunks::default();
-        for row in rows {
-            let kind: String = row.try_get("kind")?;
-            let bytes: Vec<u8> = row.try_get("bytes")?;
-            if kind == "snapshot" {
-                stored.snapshot_bytes += bytes.len() as u64;
-            } else {
-                stored.incremental_bytes += bytes.len() as u64;
-            }
-            stored.chunks.push(bytes);
-        }
-        Ok(stored)
-    }
-
-    /// Stores new changes, idempotently by change hash, and records which
-    /// device sent them; committed (to disk) when this returns.
-    pub async fn append_changes(
-        &self,
-        id: DocumentId,
-        changes: &[NewChange],
-        device: Option<DeviceId>,
-    ) -> Result<u64, StoreError> {
-        let now = now_ms();
-        let mut tx = self.begin_write().await?;
-        let mut added = 0;
-        for change in changes {
-            let hash = change.hash.to_string();
-            added += sqlx::query(
-                "insert into chunks (document_id, kind, hash, bytes, created_at) values (?, 'incremental', ?, ?, ?)
-                 on conflict (document_id, hash) do nothing",
-            )
-            .bind(id.to_string())
-            .bind(&hash)
-            .bind(&change.bytes)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            sqlx::query(
-                "insert into change_log (document_id, hash, actor_id, device_id, received_at) values (?, ?, ?, ?, ?)
-                 on conflict (document_id, hash) do nothing",
-            )
-            .bind(id.to_string())
-            .bind(&hash)
-            .bind(change.actor.to_hex_string())
-            .bind(device.map(|d| d.to_string()))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(added)
-    }
-
-    /// Replaces every chunk the snapshot covers with the snapshot, in one
-    /// transaction. `covers` says whether a stored change hash is in it; a
-    /// change stored meanwhile that it lacks is kept.
-    pub async fn compact(
-        &self,
-        id: DocumentId,
-        snapshot: &[u8],
-        covers: impl Fn(&str) -> bool,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        let rows = sqlx::query("select kind, hash from chunks where document_id = ?")
-            .bind(id.to_string())
-            .fetch_all(&mut *tx)
-            .await?;
-        let snapshot_hash = hex::encode(Sha256::digest(snapshot));
-        for row in rows {
-            let kind: String = row.try_get("kind")?;
-            let hash: String = row.try_get("hash")?;
-            if hash != snapshot_hash && (kind == "snapshot" || covers(&hash)) {
-                sqlx::query("delete from chunks where document_id = ? and hash = ?")
-                    .bind(id.to_string())
-                    .bind(&hash)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        sqlx::query(
-            "insert into chunks (document_id, kind, hash, bytes, created_at) values (?, 'snapshot', ?, ?, ?)
-             on conflict (document_id, hash) do nothing",
-        )
-        .bind(id.to_string())
-        .bind(&snapshot_hash)
-        .bind(snapshot)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        DocumentStore::load(self, id).await
     }
 
     /// Every stored document, for rebuilding projections.
@@ -279,31 +173,6 @@ impl Store {
         .iter()
         .map(document_from_row)
         .collect()
-    }
-
-    /// Empties every projection table (before a full rebuild).
-    pub async fn clear_projections(&self) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        for table in [
-            "team_people_rows",
-            "team_rows",
-            "member_rows",
-            "hardship_rows",
-            "visit_rows",
-            "activity_rows",
-            "training_rows",
-            "placement_rows",
-            "fund_rows",
-            "invalid_rows",
-            "conflict_rows",
-        ] {
-            // Table names are the constants above, not input.
-            sqlx::query(&format!("delete from {table}"))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     /// How many snapshot and incremental chunks a document has.
@@ -321,34 +190,9 @@ impl Store {
     pub async fn load_sync_state(
         &self,
         id: DocumentId,
-        storage_id: &str,
+        key: &str,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "select state from sync_states where document_id = ? and storage_id = ?",
-        )
-        .bind(id.to_string())
-        .bind(storage_id)
-        .fetch_optional(self.pool())
-        .await?)
-    }
-
-    pub async fn save_sync_state(
-        &self,
-        id: DocumentId,
-        storage_id: &str,
-        state: &[u8],
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "insert into sync_states (document_id, storage_id, state, updated_at) values (?, ?, ?, ?)
-             on conflict (document_id, storage_id) do update set state = excluded.state, updated_at = excluded.updated_at",
-        )
-        .bind(id.to_string())
-        .bind(storage_id)
-        .bind(state)
-        .bind(now_ms())
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        DocumentStore::load_sync_state(self, id, key).await
     }
 
     /// Which device sent a change, from the change log.

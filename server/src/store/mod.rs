@@ -7,6 +7,8 @@
 
 mod devices;
 mod documents;
+pub mod faults;
+pub mod keeping;
 mod tenants;
 
 use std::path::Path;
@@ -17,7 +19,8 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use devices::{Device, EnrollError, EnrollmentCode};
-pub use documents::{DocumentKindRow, DocumentRow, StoredChunks};
+pub use documents::{DocumentKindRow, DocumentRow};
+pub use keeping::{Commit, CommitError, DocumentStore, StoredChunks};
 pub(crate) use tenants::serialize_display;
 pub use tenants::{Tenant, User};
 

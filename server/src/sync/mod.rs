@@ -20,13 +20,14 @@ use axum::response::Response;
 use doorstep_protocol::wire::{self, DecodeError, Message, PROTOCOL_VERSION, PeerMetadata};
 use doorstep_protocol::{DocumentId, PeerId, StorageId};
 use serde::Deserialize;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::AppState;
 use crate::auth::hash_secret;
-use crate::hub::{Access, Connection, Hub, Outbound, SyncRefusal};
+use crate::hub::{Access, Connection, Ephemeral, Hub, Outbound, SyncRefusal};
 use crate::store::Device;
+use doorstep_protocol::admission::AdmissionError;
+use doorstep_protocol::keeper::Refusal;
 
 /// Close codes (4000-4999 are for applications).
 pub mod close_code {
@@ -136,10 +137,15 @@ impl From<DecodeError> for Fatal {
 
 impl From<SyncRefusal> for Fatal {
     fn from(e: SyncRefusal) -> Self {
-        let code = match e {
-            SyncRefusal::TooLarge { .. } => close_code::TOO_LARGE,
-            SyncRefusal::Storage(_) => close_code::TRY_AGAIN,
-            SyncRefusal::BadSyncData(_) | SyncRefusal::ForeignActor { .. } => close_code::PROTOCOL,
+        let code = match &e {
+            SyncRefusal::Refused(
+                Refusal::Inadmissible(AdmissionError::OverLimit { .. })
+                | Refusal::DocumentFull { .. }
+                | Refusal::TooManyOrphans { .. },
+            ) => close_code::TOO_LARGE,
+            SyncRefusal::Refused(Refusal::Busy) => close_code::TRY_AGAIN,
+            SyncRefusal::Refused(_) => close_code::PROTOCOL,
+            SyncRefusal::Storage(_) | SyncRefusal::Internal => close_code::TRY_AGAIN,
         };
         Fatal {
             code,
@@ -225,8 +231,8 @@ async fn connection(hub: Arc<Hub>, mut socket: WebSocket, device: Device) {
     if let Err(e) = hub_store_touch(&hub, &device).await {
         tracing::warn!(error = %e, "could not record last seen");
     }
-    let (conn, mut outbox) = hub.connect(device, storage_id);
-    let fatal = serve(&hub, &mut socket, &conn, &client, &mut outbox).await;
+    let conn = hub.connect(device, storage_id);
+    let fatal = serve(&hub, &mut socket, &conn, &client).await;
     hub.disconnect(&conn).await;
     if let Some(fatal) = fatal {
         close_with(&mut socket, &hub, Some(&client), fatal).await;
@@ -265,9 +271,8 @@ async fn close_with(socket: &mut WebSocket, hub: &Hub, client: Option<&PeerId>, 
 async fn serve(
     hub: &Hub,
     socket: &mut WebSocket,
-    conn: &Connection,
+    conn: &Arc<Connection>,
     client: &PeerId,
-    outbox: &mut mpsc::Receiver<Outbound>,
 ) -> Option<Fatal> {
     let config = hub.config();
     let limits = config.limits.wire_limits();
@@ -293,8 +298,7 @@ async fn serve(
                     return None;
                 }
             }
-            out = outbox.recv() => {
-                let out = out?;
+            out = conn.outbox.pop() => {
                 let message = match out {
                     Outbound::Sync { document_id, data } => Message::Sync {
                         sender_id: hub.peer_id.clone(),
@@ -302,13 +306,13 @@ async fn serve(
                         document_id,
                         data,
                     },
-                    Outbound::Ephemeral { sender_id, document_id, count, session_id, data } => Message::Ephemeral {
-                        sender_id,
+                    Outbound::Ephemeral(e) => Message::Ephemeral {
+                        sender_id: e.sender_id.clone(),
                         target_id: client.clone(),
-                        count,
-                        session_id,
-                        document_id,
-                        data,
+                        count: e.count,
+                        session_id: e.session_id.clone(),
+                        document_id: e.document_id,
+                        data: e.data.clone(),
                     },
                 };
                 if socket.send(WsMessage::Binary(wire::encode(&message).into())).await.is_err() {
@@ -353,7 +357,7 @@ async fn serve(
 async fn handle(
     hub: &Hub,
     socket: &mut WebSocket,
-    conn: &Connection,
+    conn: &Arc<Connection>,
     client: &PeerId,
     message: Message,
 ) -> Result<bool, Fatal> {
@@ -368,7 +372,7 @@ async fn handle(
             async {
                 match check_access(hub, conn, document_id).await? {
                     Access::Open => hub
-                        .receive_sync(conn, document_id, &data)
+                        .receive_sync(conn, document_id, data)
                         .await
                         .map_err(Fatal::from),
                     Access::Unavailable => unavailable(hub, socket, client, document_id).await,
@@ -391,8 +395,14 @@ async fn handle(
                 Access::Open => {
                     // Relayed under the peer id this connection joined with,
                     // whatever the message claims.
-                    hub.relay_ephemeral(conn, document_id, client, count, &session_id, &data)
-                        .await
+                    let ephemeral = Ephemeral {
+                        sender_id: client.clone(),
+                        document_id,
+                        count,
+                        session_id,
+                        data,
+                    };
+                    hub.relay_ephemeral(conn, ephemeral).await
                 }
                 Access::Unavailable => unavailable(hub, socket, client, document_id).await?,
                 Access::Revoked => return Err(revoked()),

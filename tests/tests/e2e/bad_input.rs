@@ -112,7 +112,7 @@ async fn each_kind_of_bad_input_gets_an_error_and_a_close_while_others_keep_work
             "garbage sync data",
             true,
             vec![binary(sync_with(vec![0x42, 0xff, 0xff, 0xff, 0x01]))],
-            "sync data is not valid",
+            "sync message is malformed",
             1002,
         ),
         (
@@ -225,7 +225,9 @@ async fn a_token_in_the_query_string_works_for_browser_clients() -> anyhow::Resu
 #[tokio::test]
 async fn a_sync_message_over_the_change_size_limit_is_refused_and_not_stored() -> anyhow::Result<()>
 {
-    let server = TestServer::spawn_with(|c| c.limits.max_sync_change_bytes = 4 * 1024).await?;
+    let server =
+        TestServer::spawn_with(|c| c.limits.document.admission.max_inflated_bytes = 4 * 1024)
+            .await?;
     let d = server.district().await?;
     let mut device = connected_device(
         &server.http_url(),
@@ -249,7 +251,7 @@ async fn a_sync_message_over_the_change_size_limit_is_refused_and_not_stored() -
             message,
             close_code,
         } => {
-            assert!(message.contains("more than the limit"), "{message}");
+            assert!(message.contains("over the limit"), "{message}");
             assert_eq!(close_code, Some(1009));
         }
         other => panic!("expected a refusal, got {other:?}"),

@@ -3,9 +3,12 @@
 
 mod api;
 mod bad_input;
+mod bombs;
 mod cli;
 mod dashboard;
 mod durability;
+mod failures;
+mod hostile;
 mod interop;
 mod rollups;
 mod sdk;

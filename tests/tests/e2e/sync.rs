@@ -97,7 +97,7 @@ async fn another_branchs_document_and_a_missing_one_get_the_same_bytes() -> anyh
     Ok(())
 }
 
-fn visit(date: &str, member: RecordId, cash: i64) -> Visit {
+pub(crate) fn visit(date: &str, member: RecordId, cash: i64) -> Visit {
     Visit {
         date: date.parse().expect("date"),
         member_id: member,
@@ -170,7 +170,8 @@ async fn two_devices_open_the_same_new_month_offline_and_both_visits_arrive() ->
 }
 
 #[tokio::test]
-async fn changes_by_an_unregistered_actor_are_refused_and_not_stored() -> anyhow::Result<()> {
+async fn a_new_actor_is_bound_on_first_use_and_another_devices_actor_is_refused()
+-> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
     let mut device = connected_device(
@@ -188,27 +189,25 @@ async fn changes_by_an_unregistered_actor_are_refused_and_not_stored() -> anyhow
     )
     .await?;
 
-    // An actor nobody registered.
+    // An actor nobody registered, as a stock client makes per document
+    // handle: bound to this device by its first change.
+    let fresh_actor = ActorId::random();
     device
         .peer
         .document_mut(device.roster)
         .expect("roster")
-        .set_actor(ActorId::random());
-    let stranger = add_member(&mut device, "nobody registered me");
-    match device.peer.sync(device.roster).await? {
-        SyncOutcome::Refused {
-            message,
-            close_code,
-        } => {
-            assert!(
-                message.contains("not registered to this device"),
-                "{message}"
-            );
-            assert_eq!(close_code, Some(1002));
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-    // Another device's actor is refused just the same.
+        .set_actor(fresh_actor.clone());
+    let bound = add_member(&mut device, "bound on first use");
+    assert_eq!(device.peer.sync(device.roster).await?, SyncOutcome::Synced);
+    assert_eq!(
+        server
+            .store
+            .actor_owner(&fresh_actor.to_hex_string())
+            .await?,
+        Some(device.enrolled.device_id.parse()?)
+    );
+
+    // The other device's actor, used from this device's token: refused.
     let mut again = connected_device(
         &server.http_url(),
         &server.ws_url(),
@@ -221,27 +220,29 @@ async fn changes_by_an_unregistered_actor_are_refused_and_not_stored() -> anyhow
         .document_mut(again.roster)
         .expect("roster")
         .set_actor(other.actor.clone());
-    add_member(&mut again, "impostor");
-    assert!(matches!(
-        again.peer.sync(again.roster).await?,
-        SyncOutcome::Refused { .. }
-    ));
+    let impostor = add_member(&mut again, "impostor");
+    match again.peer.sync(again.roster).await? {
+        SyncOutcome::Refused {
+            message,
+            close_code,
+        } => {
+            assert!(message.contains("another device"), "{message}");
+            assert_eq!(close_code, Some(1002));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 
     let stored = Roster::load(&server.stored_document(device.roster).await?);
+    assert!(stored.members.contains_key(&bound));
     assert!(
-        stored.members.is_empty(),
-        "nothing refused was stored: {:?}",
-        stored.members
+        !stored.members.contains_key(&impostor),
+        "nothing refused was stored"
     );
-    assert!(!stored.members.contains_key(&stranger));
-    // The live copy dropped it too: a fresh device sees no members.
+    // The live copy dropped it too: a fresh device sees only the bound one.
     let mut fresh = TestPeer::connect(&server.ws_url(), &other.enrolled.token, None).await?;
     assert_eq!(fresh.sync(device.roster).await?, SyncOutcome::Synced);
-    assert!(
-        Roster::load(fresh.document(device.roster).expect("roster"))
-            .members
-            .is_empty()
-    );
+    let members = Roster::load(fresh.document(device.roster).expect("roster")).members;
+    assert!(members.contains_key(&bound) && !members.contains_key(&impostor));
     Ok(())
 }
 

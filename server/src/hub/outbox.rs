@@ -1,0 +1,159 @@
+//! A connection's queue of messages to send, bounded in bytes.
+//!
+//! A count bound lets 4,096 whole-document messages pile up behind a slow
+//! phone; a byte bound is what memory cares about. A sync message that does
+//! not fit means the connection is too far behind: the document drops that
+//! peer and the connection closes, to resume from its sync state. An
+//! ephemeral message that does not fit is dropped: ephemeral messages are
+//! lossy by contract. Ephemeral payloads are shared, not copied, between the
+//! queues of the peers they go to.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use doorstep_protocol::{DocumentId, PeerId};
+use tokio::sync::Notify;
+
+/// Something the hub asks a connection to send.
+#[derive(Debug)]
+pub enum Outbound {
+    Sync {
+        document_id: DocumentId,
+        data: Vec<u8>,
+    },
+    Ephemeral(Arc<Ephemeral>),
+}
+
+/// An ephemeral message as relayed to every other peer of a document.
+#[derive(Debug)]
+pub struct Ephemeral {
+    pub sender_id: PeerId,
+    pub document_id: DocumentId,
+    pub count: u64,
+    pub session_id: String,
+    pub data: Vec<u8>,
+}
+
+impl Outbound {
+    fn bytes(&self) -> usize {
+        match self {
+            Outbound::Sync { data, .. } => data.len(),
+            Outbound::Ephemeral(e) => e.data.len() + e.session_id.len(),
+        }
+    }
+}
+
+/// The message did not fit.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Full;
+
+#[derive(Debug, Default)]
+struct Queue {
+    messages: VecDeque<Outbound>,
+    bytes: usize,
+}
+
+/// A byte-bounded queue with one consumer (the connection's send loop).
+#[derive(Debug)]
+pub struct Outbox {
+    queue: Mutex<Queue>,
+    ready: Notify,
+    capacity: usize,
+}
+
+impl Outbox {
+    pub fn new(capacity_bytes: usize) -> Self {
+        Outbox {
+            queue: Mutex::new(Queue::default()),
+            ready: Notify::new(),
+            capacity: capacity_bytes,
+        }
+    }
+
+    /// Queues a message. One message larger than the whole capacity still
+    /// goes through an empty queue, or a large document could never be sent.
+    pub fn push(&self, message: Outbound) -> Result<(), Full> {
+        let size = message.bytes();
+        {
+            let mut queue = self.queue.lock().map_err(|_| Full)?;
+            if !queue.messages.is_empty() && queue.bytes.saturating_add(size) > self.capacity {
+                return Err(Full);
+            }
+            queue.bytes += size;
+            queue.messages.push_back(message);
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next message, waiting for one if the queue is empty.
+    pub async fn pop(&self) -> Outbound {
+        loop {
+            if let Some(message) = self.try_pop() {
+                return message;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    fn try_pop(&self) -> Option<Outbound> {
+        let mut queue = self.queue.lock().ok()?;
+        let message = queue.messages.pop_front()?;
+        queue.bytes -= message.bytes();
+        Some(message)
+    }
+
+    /// Bytes waiting.
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.lock().map(|q| q.bytes).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sync(len: usize) -> Outbound {
+        Outbound::Sync {
+            document_id: DocumentId::from_bytes([1; 16]),
+            data: vec![0; len],
+        }
+    }
+
+    #[tokio::test]
+    async fn bounded_in_bytes_and_first_in_first_out() {
+        let outbox = Outbox::new(100);
+        outbox.push(sync(60)).expect("fits");
+        outbox.push(sync(40)).expect("fits exactly");
+        assert_eq!(outbox.push(sync(1)), Err(Full));
+        assert_eq!(outbox.queued_bytes(), 100);
+        match outbox.pop().await {
+            Outbound::Sync { data, .. } => assert_eq!(data.len(), 60),
+            other => panic!("unexpected {other:?}"),
+        }
+        outbox.push(sync(50)).expect("room again");
+        assert_eq!(outbox.queued_bytes(), 90);
+    }
+
+    #[tokio::test]
+    async fn one_oversized_message_passes_an_empty_queue_only() {
+        let outbox = Outbox::new(10);
+        outbox.push(sync(1000)).expect("empty queue takes it");
+        assert_eq!(outbox.push(sync(1)), Err(Full));
+        outbox.pop().await;
+        assert_eq!(outbox.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn pop_waits_for_a_push() {
+        let outbox = Arc::new(Outbox::new(10));
+        let waiter = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.pop().await }
+        });
+        tokio::task::yield_now().await;
+        outbox.push(sync(3)).expect("fits");
+        let got = waiter.await.expect("joined");
+        assert!(matches!(got, Outbound::Sync { data, .. } if data.len() == 3));
+    }
+}

@@ -1,0 +1,369 @@
+//! What the document driver stores, behind one trait.
+//!
+//! The driver (`hub::document`) persists through [`DocumentStore`], so a
+//! test can put a [`super::faults::FaultyStore`] in front of the database and
+//! fail the Nth commit, a compaction or a load on purpose: the promises
+//! ("nothing acknowledged is lost", "figures equal the documents") are tested
+//! against the failures they depend on.
+//!
+//! A [`Commit`] is one transaction: the new chunks, the change log, actor
+//! bindings, the projection rows of the records touched, the heads stored
+//! and projected, and the sender's sync state. Either all of it is on disk
+//! or none of it is, so a crash between two writes cannot leave the figures
+//! behind the documents.
+
+use automerge::{ActorId, ChangeHash};
+use doorstep_protocol::keeper::NewChange;
+use doorstep_protocol::{DeviceId, DocumentId};
+use futures_util::future::BoxFuture;
+use sha2::{Digest, Sha256};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{Store, StoreError, now_ms, parse_column};
+use crate::projection::{self, ProjectionPlan};
+
+/// Rows per multi-row statement: far below SQLite's 32,766 bound parameters.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Every stored chunk of a document, with the keys compaction deletes by.
+#[derive(Debug, Default)]
+pub struct StoredChunks {
+    pub chunks: Vec<Vec<u8>>,
+    /// The `hash` column of each chunk, in the same order.
+    pub keys: Vec<String>,
+    pub snapshot_bytes: u64,
+    pub incremental_bytes: u64,
+}
+
+impl StoredChunks {
+    pub fn stored_bytes(&self) -> u64 {
+        self.snapshot_bytes + self.incremental_bytes
+    }
+}
+
+/// One message's worth of durable state, written in one transaction.
+#[derive(Debug)]
+pub struct Commit<'a> {
+    pub document: DocumentId,
+    pub device: DeviceId,
+    pub changes: &'a [NewChange],
+    /// Bound to `device` on first use; one bound to another device refuses
+    /// the whole commit.
+    pub actors: &'a [ActorId],
+    pub heads: &'a [ChangeHash],
+    /// The rows of the records the changes touched. `None` (the projection
+    /// could not be computed) stores the changes and leaves the document's
+    /// "projected up to" marker behind, so it is re-projected.
+    pub projection: Option<&'a ProjectionPlan>,
+    /// (sync state key, state) of the sender.
+    pub sync_state: Option<(&'a str, &'a [u8])>,
+}
+
+/// Why a commit did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("actor {actor} is bound to another device")]
+    ForeignActor { actor: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for CommitError {
+    fn from(e: sqlx::Error) -> Self {
+        CommitError::Store(e.into())
+    }
+}
+
+/// The storage the document driver needs.
+pub trait DocumentStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Every chunk of a document, snapshots first.
+    fn load(&self, id: DocumentId) -> BoxFuture<'_, Result<StoredChunks, StoreError>>;
+    /// Stores a batch and everything that goes with it, atomically.
+    fn commit<'a>(&'a self, commit: Commit<'a>) -> BoxFuture<'a, Result<(), CommitError>>;
+    /// Writes a verified snapshot and deletes exactly the chunks `replaced`
+    /// (which it covers), in one transaction.
+    fn compact<'a>(
+        &'a self,
+        id: DocumentId,
+        snapshot: &'a [u8],
+        replaced: &'a [String],
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Replaces every projection row of a document and moves its marker to
+    /// `heads`: the catch-up for a document whose marker lags.
+    fn reproject<'a>(
+        &'a self,
+        id: DocumentId,
+        heads: &'a [ChangeHash],
+        plan: &'a ProjectionPlan,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn load_sync_state<'a>(
+        &'a self,
+        id: DocumentId,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>>;
+    fn save_sync_state<'a>(
+        &'a self,
+        id: DocumentId,
+        key: &'a str,
+        state: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// Heads as stored in `documents.heads` / `projected_heads`: sorted hex,
+/// comma-joined, so equal sets compare equal as text.
+pub fn heads_text(heads: &[ChangeHash]) -> String {
+    let mut hex: Vec<String> = heads.iter().map(ToString::to_string).collect();
+    hex.sort();
+    hex.join(",")
+}
+
+/// The key a snapshot chunk is stored under.
+pub fn snapshot_key(snapshot: &[u8]) -> String {
+    hex::encode(Sha256::digest(snapshot))
+}
+
+impl DocumentStore for Store {
+    fn load(&self, id: DocumentId) -> BoxFuture<'_, Result<StoredChunks, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "select kind, hash, bytes from chunks where document_id = ?
+                 order by case kind when 'snapshot' then 0 else 1 end, created_at, hash",
+            )
+            .bind(id.to_string())
+            .fetch_all(self.pool())
+            .await?;
+            let mut stored = StoredChunks::default();
+            for row in rows {
+                let kind: String = row.try_get("kind")?;
+                let bytes: Vec<u8> = row.try_get("bytes")?;
+                if kind == "snapshot" {
+                    stored.snapshot_bytes += bytes.len() as u64;
+                } else {
+                    stored.incremental_bytes += bytes.len() as u64;
+                }
+                stored.keys.push(row.try_get("hash")?);
+                stored.chunks.push(bytes);
+            }
+            Ok(stored)
+        })
+    }
+
+    fn commit<'a>(&'a self, commit: Commit<'a>) -> BoxFuture<'a, Result<(), CommitError>> {
+        Box::pin(async move {
+            let now = now_ms();
+            let document = commit.document.to_string();
+            let device = commit.device.to_string();
+            let mut tx = self.begin_write().await?;
+
+            for actors in commit.actors.chunks(ROWS_PER_STATEMENT) {
+                let mut insert = QueryBuilder::<Sqlite>::new(
+                    "insert into device_actors (actor_id, device_id, registered_at) ",
+                );
+                insert.push_values(actors, |mut row, actor| {
+                    row.push_bind(actor.to_hex_string())
+                        .push_bind(&device)
+                        .push_bind(now);
+                });
+                insert.push(" on conflict (actor_id) do nothing");
+                insert.build().execute(&mut *tx).await?;
+
+                let mut owners = QueryBuilder::<Sqlite>::new(
+                    "select actor_id, device_id from device_actors where actor_id in (",
+                );
+                let mut list = owners.separated(", ");
+                for actor in actors {
+                    list.push_bind(actor.to_hex_string());
+                }
+                owners.push(")");
+                for row in owners.build().fetch_all(&mut *tx).await? {
+                    let owner: String = row.try_get("device_id")?;
+                    if owner != device {
+                        // Dropping the transaction rolls it back.
+                        return Err(CommitError::ForeignActor {
+                            actor: row.try_get("actor_id")?,
+                        });
+                    }
+                }
+            }
+
+            for changes in commit.changes.chunks(ROWS_PER_STATEMENT) {
+                let mut chunks = QueryBuilder::<Sqlite>::new(
+                    "insert into chunks (document_id, kind, hash, bytes, created_at) ",
+                );
+                chunks.push_values(changes, |mut row, change| {
+                    row.push_bind(&document)
+                        .push_bind("incremental")
+                        .push_bind(change.hash.to_string())
+                        .push_bind(&change.bytes)
+                        .push_bind(now);
+                });
+                chunks.push(" on conflict (document_id, hash) do nothing");
+                chunks.build().execute(&mut *tx).await?;
+
+                let mut log = QueryBuilder::<Sqlite>::new(
+                    "insert into change_log (document_id, hash, actor_id, device_id, received_at) ",
+                );
+                log.push_values(changes, |mut row, change| {
+                    row.push_bind(&document)
+                        .push_bind(change.hash.to_string())
+                        .push_bind(change.actor.to_hex_string())
+                        .push_bind(&device)
+                        .push_bind(now);
+                });
+                log.push(" on conflict (document_id, hash) do nothing");
+                log.build().execute(&mut *tx).await?;
+            }
+
+            let heads = heads_text(commit.heads);
+            if let Some(plan) = commit.projection {
+                projection::write(&mut tx, plan).await?;
+                sqlx::query("update documents set heads = ?, projected_heads = ? where id = ?")
+                    .bind(&heads)
+                    .bind(&heads)
+                    .bind(&document)
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
+                sqlx::query("update documents set heads = ? where id = ?")
+                    .bind(&heads)
+                    .bind(&document)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+
+            if let Some((key, state)) = commit.sync_state {
+                upsert_sync_state(&mut tx, &document, key, state, now).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn compact<'a>(
+        &'a self,
+        id: DocumentId,
+        snapshot: &'a [u8],
+        replaced: &'a [String],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let document = id.to_string();
+            let key = snapshot_key(snapshot);
+            let mut tx = self.begin_write().await?;
+            // Written first: should the deletes fail, the transaction rolls
+            // back whole, and at no point is a covered chunk gone without
+            // the snapshot that replaces it.
+            sqlx::query(
+                "insert into chunks (document_id, kind, hash, bytes, created_at) values (?, 'snapshot', ?, ?, ?)
+                 on conflict (document_id, hash) do nothing",
+            )
+            .bind(&document)
+            .bind(&key)
+            .bind(snapshot)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+            let replaced: Vec<&String> = replaced.iter().filter(|k| **k != key).collect();
+            for keys in replaced.chunks(ROWS_PER_STATEMENT) {
+                let mut delete =
+                    QueryBuilder::<Sqlite>::new("delete from chunks where document_id = ");
+                delete.push_bind(&document).push(" and hash in (");
+                let mut list = delete.separated(", ");
+                for key in keys {
+                    list.push_bind(key.as_str());
+                }
+                delete.push(")");
+                delete.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn reproject<'a>(
+        &'a self,
+        id: DocumentId,
+        heads: &'a [ChangeHash],
+        plan: &'a ProjectionPlan,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let heads = heads_text(heads);
+            let mut tx = self.begin_write().await?;
+            projection::write(&mut tx, plan).await?;
+            sqlx::query("update documents set heads = ?, projected_heads = ? where id = ?")
+                .bind(&heads)
+                .bind(&heads)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn load_sync_state<'a>(
+        &'a self,
+        id: DocumentId,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(async move {
+            Ok(sqlx::query_scalar(
+                "select state from sync_states where document_id = ? and storage_id = ?",
+            )
+            .bind(id.to_string())
+            .bind(key)
+            .fetch_optional(self.pool())
+            .await?)
+        })
+    }
+
+    fn save_sync_state<'a>(
+        &'a self,
+        id: DocumentId,
+        key: &'a str,
+        state: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut tx = self.begin_write().await?;
+            upsert_sync_state(&mut tx, &id.to_string(), key, state, now_ms()).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+}
+
+async fn upsert_sync_state(
+    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    document: &str,
+    key: &str,
+    state: &[u8],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into sync_states (document_id, storage_id, state, updated_at) values (?, ?, ?, ?)
+         on conflict (document_id, storage_id) do update set state = excluded.state, updated_at = excluded.updated_at",
+    )
+    .bind(document)
+    .bind(key)
+    .bind(state)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Documents whose projection marker is behind their stored heads (or
+    /// was never set): the ones to re-project at start.
+    pub async fn documents_to_reproject(&self) -> Result<Vec<DocumentId>, StoreError> {
+        sqlx::query_scalar::<_, String>(
+            "select id from documents
+             where heads is null or projected_heads is null or heads <> projected_heads
+             order by id",
+        )
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|id| parse_column(id, "document id"))
+        .collect()
+    }
+}

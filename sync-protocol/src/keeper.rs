@@ -1,0 +1,490 @@
+//! The server's keeping of one branch document for every device that syncs it.
+//!
+//! A [`Keeper`] is a sans-IO state machine: events go in (a device's sync
+//! message, a storage result, a reload after a failure) and effects come out
+//! as values (a [`Batch`] to persist, [`Outgoing`] messages to send, a
+//! [`Refusal`] that closes one device's connection). The driver in the
+//! server does the I/O; the order that makes the acknowledgement durable is
+//! carried by the types:
+//!
+//! - applying a message with new changes yields a [`Batch`] holding a
+//!   [`Ticket`]. While a ticket is out, the keeper produces no message for
+//!   anyone: every method that returns [`Outgoing`] is gated on it.
+//! - only [`Keeper::confirm`], which consumes the ticket and is called after
+//!   the store committed the batch, turns it into messages that advertise the
+//!   new heads. [`Keeper::abandon`] consumes it on failure and leaves the
+//!   keeper [`Keeper::needs_reload`]: memory holds changes the disk does not,
+//!   and nothing is sent until [`Keeper::reload`] replaces the document with
+//!   what the store holds.
+//!
+//! Admission comes before application: a message is measured by
+//! [`crate::admission`] (bloom filters, counts, inflated bytes, operations)
+//! and checked against the document's ceilings before Automerge sees it.
+
+use std::collections::{HashMap, HashSet};
+
+use automerge::sync::{self, MessageVersion, SyncDoc};
+use automerge::{ActorId, Automerge, ChangeHash, Patch, PatchLog};
+
+use crate::admission::{AdmissionError, AdmissionLimits, inspect_sync_message};
+use crate::ids::{DeviceId, PeerId};
+use crate::schema::GENESIS_ACTOR;
+
+/// Ceilings of one kept document, on top of the per-message admission limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeeperLimits {
+    pub admission: AdmissionLimits,
+    /// Stored bytes (compressed, as Automerge saves them) a document may
+    /// grow to; past it every change is refused with a clear error.
+    pub max_document_bytes: u64,
+    /// Changes waiting for their dependencies, per document.
+    pub max_orphans: usize,
+    /// Bytes of those changes, per document.
+    pub max_orphan_bytes: u64,
+}
+
+impl Default for KeeperLimits {
+    fn default() -> Self {
+        KeeperLimits {
+            admission: AdmissionLimits::default(),
+            max_document_bytes: 256 * 1024 * 1024,
+            max_orphans: 1024,
+            max_orphan_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// A change that arrived from a device and is not yet persisted.
+#[derive(Debug, Clone)]
+pub struct NewChange {
+    pub hash: ChangeHash,
+    pub actor: ActorId,
+    /// The change chunk, compressed as Automerge stores it.
+    pub bytes: Vec<u8>,
+}
+
+/// Proof that a batch was handed out for persisting. It cannot be made or
+/// copied outside this module, so messages advertising the batch's heads
+/// exist only after the store gave it back through [`Keeper::confirm`].
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a ticket must be confirmed or abandoned, or the document stays silent"]
+pub struct Ticket(u64);
+
+/// What must be stored, in one transaction, before anyone hears of it.
+#[derive(Debug)]
+#[must_use = "a batch must be persisted and its ticket confirmed or abandoned"]
+pub struct Batch {
+    pub ticket: Ticket,
+    /// The device whose connection sent the changes.
+    pub device: DeviceId,
+    /// New changes in causal order.
+    pub changes: Vec<NewChange>,
+    /// Authors of the new changes; the store binds each to `device` on first
+    /// use and refuses the batch if one is bound to another device.
+    pub actors: Vec<ActorId>,
+    /// What the apply changed, for the projection.
+    pub patches: Vec<Patch>,
+    /// The document's heads once the batch is stored.
+    pub heads: Vec<ChangeHash>,
+    /// The sender's sync state after the message, to store with the batch.
+    pub sender_state: Vec<u8>,
+}
+
+impl Batch {
+    pub fn stored_bytes(&self) -> u64 {
+        self.changes.iter().map(|c| c.bytes.len() as u64).sum()
+    }
+}
+
+/// Messages to send: (peer, encoded Automerge sync message).
+pub type Outgoing = Vec<(PeerId, Vec<u8>)>;
+
+/// The result of a device's message that was not refused.
+#[derive(Debug)]
+pub enum Step {
+    /// New changes: persist the batch, then [`Keeper::confirm`] its ticket.
+    Persist(Batch),
+    /// Nothing new to store: these replies may go out now.
+    Reply(Outgoing),
+}
+
+/// Why a device's message was refused. The sender's connection closes; its
+/// sync state is dropped unsaved, so it never names refused changes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    #[error(transparent)]
+    Inadmissible(#[from] AdmissionError),
+    #[error("sync data is not valid: {0}")]
+    BadSyncData(String),
+    #[error(
+        "the document is full: {size} bytes stored, {incoming} more would pass the ceiling of {limit}"
+    )]
+    DocumentFull {
+        size: u64,
+        incoming: u64,
+        limit: u64,
+    },
+    #[error(
+        "{count} changes ({bytes} bytes) wait for dependencies that never came; the limit is {limit}"
+    )]
+    TooManyOrphans {
+        count: usize,
+        bytes: u64,
+        limit: usize,
+    },
+    #[error("change {hash} claims the genesis actor, which no device may use")]
+    GenesisActor { hash: String },
+    #[error("actor {actor} belongs to another device")]
+    ForeignActor { actor: String },
+    #[error("this peer is not syncing the document")]
+    UnknownPeer,
+    #[error("the document is waiting for storage; retry")]
+    Busy,
+}
+
+impl Refusal {
+    /// Whether the document itself must be reloaded from the store: the
+    /// refused message was (partly) applied in memory.
+    fn poisons(&self) -> bool {
+        matches!(
+            self,
+            Refusal::BadSyncData(_)
+                | Refusal::TooManyOrphans { .. }
+                | Refusal::GenesisActor { .. }
+                | Refusal::ForeignActor { .. }
+        )
+    }
+}
+
+#[derive(Debug)]
+struct Peer {
+    state: sync::State,
+    device: DeviceId,
+}
+
+#[derive(Debug)]
+struct Pending {
+    ticket: u64,
+    sender: PeerId,
+    device: DeviceId,
+    actors: Vec<ActorId>,
+    stored_bytes: u64,
+}
+
+/// One branch document, kept for every device that syncs it.
+#[derive(Debug)]
+pub struct Keeper {
+    doc: Automerge,
+    peers: HashMap<PeerId, Peer>,
+    pending: Option<Pending>,
+    needs_reload: bool,
+    /// Changes Automerge holds back until their dependencies arrive, with
+    /// their sizes. They were never checked as new changes, so they must
+    /// neither grow without bound nor reach another device.
+    orphans: HashMap<ChangeHash, u64>,
+    /// Actors whose binding the store confirmed, with their device.
+    bound: HashMap<ActorId, DeviceId>,
+    stored_bytes: u64,
+    limits: KeeperLimits,
+    next_ticket: u64,
+    last_activity_ms: u64,
+}
+
+impl Keeper {
+    /// Keeps a document loaded from the store, whose chunks take
+    /// `stored_bytes`.
+    pub fn new(doc: Automerge, stored_bytes: u64, limits: KeeperLimits, now_ms: u64) -> Self {
+        Keeper {
+            doc,
+            peers: HashMap::new(),
+            pending: None,
+            needs_reload: false,
+            orphans: HashMap::new(),
+            bound: HashMap::new(),
+            stored_bytes,
+            limits,
+            next_ticket: 1,
+            last_activity_ms: now_ms,
+        }
+    }
+
+    pub fn document(&self) -> &Automerge {
+        &self.doc
+    }
+
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn has_peer(&self, peer: &PeerId) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    /// Time of the last message to or from any device; for idle eviction.
+    pub fn last_activity_ms(&self) -> u64 {
+        self.last_activity_ms
+    }
+
+    /// True after a failure left memory ahead of the store: call
+    /// [`Keeper::reload`] before anything else.
+    pub fn needs_reload(&self) -> bool {
+        self.needs_reload
+    }
+
+    /// True while a batch is out for storage.
+    pub fn is_waiting_for_storage(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Starts syncing with a device's connection, resuming from a saved sync
+    /// state when there is one (a corrupt one only costs a full sync).
+    pub fn add_peer(&mut self, peer: PeerId, device: DeviceId, saved: Option<&[u8]>, now_ms: u64) {
+        let state = saved
+            .and_then(|bytes| sync::State::decode(bytes).ok())
+            .unwrap_or_default();
+        self.peers.insert(peer, Peer { state, device });
+        self.touch(now_ms);
+    }
+
+    /// Stops syncing with a connection that left normally, returning the
+    /// sync state to save. It names only stored changes: nothing is
+    /// advertised or applied for a peer while a batch is unconfirmed, and a
+    /// refused peer was removed unsaved.
+    pub fn remove_peer(&mut self, peer: &PeerId) -> Option<Vec<u8>> {
+        self.peers.remove(peer).map(|p| p.state.encode())
+    }
+
+    /// Applies one sync message from `from`.
+    ///
+    /// On a refusal the sender is removed (its state unsaved); if the
+    /// message reached Automerge, the keeper needs a reload.
+    pub fn receive(&mut self, from: &PeerId, data: &[u8], now_ms: u64) -> Result<Step, Refusal> {
+        if self.pending.is_some() || self.needs_reload {
+            return Err(Refusal::Busy);
+        }
+        let result = self.apply(from, data, now_ms);
+        if let Err(refusal) = &result {
+            self.peers.remove(from);
+            if refusal.poisons() {
+                self.needs_reload = true;
+            }
+        }
+        result
+    }
+
+    fn apply(&mut self, from: &PeerId, data: &[u8], now_ms: u64) -> Result<Step, Refusal> {
+        let device = self.peers.get(from).ok_or(Refusal::UnknownPeer)?.device;
+        self.touch(now_ms);
+        let inspected = inspect_sync_message(data, &self.limits.admission)?;
+        let incoming = inspected.inflated_bytes;
+        if self.stored_bytes.saturating_add(incoming) > self.limits.max_document_bytes
+            && inspected.change_count > 0
+        {
+            return Err(Refusal::DocumentFull {
+                size: self.stored_bytes,
+                incoming,
+                limit: self.limits.max_document_bytes,
+            });
+        }
+        let message =
+            sync::Message::decode(data).map_err(|e| Refusal::BadSyncData(e.to_string()))?;
+
+        let before = self.doc.get_heads();
+        let mut log = PatchLog::active();
+        let peer = self.peers.get_mut(from).ok_or(Refusal::UnknownPeer)?;
+        self.doc
+            .receive_sync_message_log_patches(&mut peer.state, message, &mut log)
+            .map_err(|e| Refusal::BadSyncData(e.to_string()))?;
+
+        // Changes of this message that did not apply wait in Automerge's
+        // queue; count them with the ones already waiting.
+        for change in &inspected.changes {
+            if self.doc.get_change_meta_by_hash(&change.hash).is_none() {
+                self.orphans.insert(change.hash, change.inflated_bytes);
+            }
+        }
+        let doc = &self.doc;
+        self.orphans
+            .retain(|hash, _| doc.get_change_meta_by_hash(hash).is_none());
+        let orphan_bytes: u64 = self.orphans.values().sum();
+        if self.orphans.len() > self.limits.max_orphans
+            || orphan_bytes > self.limits.max_orphan_bytes
+        {
+            return Err(Refusal::TooManyOrphans {
+                count: self.orphans.len(),
+                bytes: orphan_bytes,
+                limit: self.limits.max_orphans,
+            });
+        }
+
+        let heads = self.doc.get_heads();
+        if heads == before {
+            return Ok(Step::Reply(self.generate_all()));
+        }
+        let mut changes = Vec::new();
+        let mut actors = Vec::new();
+        let mut seen = HashSet::new();
+        for mut change in self.doc.get_changes(&before) {
+            let actor = change.actor_id().clone();
+            if actor.to_bytes() == GENESIS_ACTOR {
+                return Err(Refusal::GenesisActor {
+                    hash: change.hash().to_string(),
+                });
+            }
+            if let Some(owner) = self.bound.get(&actor)
+                && *owner != device
+            {
+                return Err(Refusal::ForeignActor {
+                    actor: actor.to_hex_string(),
+                });
+            }
+            if seen.insert(actor.clone()) {
+                actors.push(actor.clone());
+            }
+            changes.push(NewChange {
+                hash: change.hash(),
+                actor,
+                bytes: change.bytes().into_owned(),
+            });
+        }
+        let patches = self.doc.make_patches(&mut log);
+        let sender_state = self
+            .peers
+            .get(from)
+            .map(|p| p.state.encode())
+            .unwrap_or_default();
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let batch = Batch {
+            ticket: Ticket(ticket),
+            device,
+            changes,
+            actors,
+            patches,
+            heads,
+            sender_state,
+        };
+        self.pending = Some(Pending {
+            ticket,
+            sender: from.clone(),
+            device,
+            actors: batch.actors.clone(),
+            stored_bytes: batch.stored_bytes(),
+        });
+        Ok(Step::Persist(batch))
+    }
+
+    /// The store committed the batch of `ticket` (and bound its actors to
+    /// its device): its heads may now be advertised to every peer.
+    pub fn confirm(&mut self, ticket: Ticket, now_ms: u64) -> Outgoing {
+        let Some(pending) = self.pending.take_if(|p| p.ticket == ticket.0) else {
+            // Not the ticket out: a driver bug. Keep silent rather than
+            // advertise anything unconfirmed.
+            return Vec::new();
+        };
+        self.stored_bytes += pending.stored_bytes;
+        for actor in pending.actors {
+            self.bound.insert(actor, pending.device);
+        }
+        self.touch(now_ms);
+        self.generate_all()
+    }
+
+    /// The store did not commit the batch of `ticket`. The sender is
+    /// dropped unsaved (its connection closes with `refusal` or a retry
+    /// hint) and the document must be reloaded before anything is sent.
+    pub fn abandon(&mut self, ticket: Ticket) {
+        if let Some(pending) = self.pending.take_if(|p| p.ticket == ticket.0) {
+            self.peers.remove(&pending.sender);
+        }
+        self.needs_reload = true;
+    }
+
+    /// Replaces the document with the store's copy after a failure (or a
+    /// verified compaction). Peers keep their sync states, which name only
+    /// stored changes, but forget what they believed in flight.
+    pub fn reload(&mut self, doc: Automerge, stored_bytes: u64) {
+        self.doc = doc;
+        self.stored_bytes = stored_bytes;
+        self.orphans.clear();
+        self.needs_reload = false;
+        self.pending = None;
+        for peer in self.peers.values_mut() {
+            peer.state.in_flight = false;
+            peer.state.sent_hashes.clear();
+        }
+    }
+
+    /// Messages every peer is owed now (after a peer joined, or to nudge).
+    pub fn flush(&mut self, now_ms: u64) -> Outgoing {
+        self.touch(now_ms);
+        self.generate_all()
+    }
+
+    /// A snapshot of the stored changes, for compaction: changes still
+    /// waiting for dependencies were never checked and stay out.
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.doc.save_with_options(automerge::SaveOptions {
+            retain_orphans: false,
+            ..automerge::SaveOptions::default()
+        })
+    }
+
+    fn generate_all(&mut self) -> Outgoing {
+        if self.pending.is_some() || self.needs_reload {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let orphans_waiting = !self.orphans.is_empty();
+        for (key, peer) in &mut self.peers {
+            let Some(mut message) = self.doc.generate_sync_message(&mut peer.state) else {
+                continue;
+            };
+            if orphans_waiting && message.version == MessageVersion::V2 {
+                // A V2 message carries `save()`, which includes the orphan
+                // queue: unchecked changes of another device. Send only
+                // what was checked and stored.
+                message.changes =
+                    sync::ChunkList::from(self.doc.save_with_options(automerge::SaveOptions {
+                        retain_orphans: false,
+                        ..automerge::SaveOptions::default()
+                    }));
+            }
+            out.push((key.clone(), message.encode()));
+        }
+        out
+    }
+
+    fn touch(&mut self, now_ms: u64) {
+        self.last_activity_ms = self.last_activity_ms.max(now_ms);
+    }
+}
+
+/// Checks a compaction snapshot before anything it replaces is deleted: it
+/// must load and hold exactly `heads`. Returns the loaded document, which
+/// then replaces the one in memory (a fresh load does not keep the memory
+/// that applying changes one by one costs).
+pub fn verify_snapshot(bytes: &[u8], heads: &[ChangeHash]) -> Result<Automerge, String> {
+    let doc = Automerge::load(bytes).map_err(|e| format!("snapshot does not load: {e}"))?;
+    let mut got = doc.get_heads();
+    let mut want = heads.to_vec();
+    got.sort();
+    want.sort();
+    if got != want {
+        return Err(format!(
+            "snapshot holds heads {got:?}, the document {want:?}"
+        ));
+    }
+    Ok(doc)
+}
+
+#[cfg(test)]
+mod tests;

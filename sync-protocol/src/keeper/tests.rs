@@ -1,0 +1,479 @@
+//! The keeper driven by in-memory devices and a fake store that fails on
+//! demand, run to quiescence.
+
+use std::collections::{BTreeMap, HashMap};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::Transactable;
+use automerge::{ActorId, Automerge, ChangeHash, ReadDoc};
+
+use super::*;
+use crate::ids::TenantId;
+use crate::schema::{DocumentKind, genesis};
+
+/// A device: its own replica and its sync state with the server.
+struct Device {
+    doc: Automerge,
+    state: sync::State,
+    key: PeerId,
+    id: DeviceId,
+}
+
+impl Device {
+    fn new(name: &str, base: &Automerge) -> Self {
+        let mut doc = base.fork();
+        doc.set_actor(ActorId::random());
+        Device {
+            doc,
+            state: sync::State::new(),
+            key: PeerId::new(name).expect("peer id"),
+            id: DeviceId::new_v7(),
+        }
+    }
+
+    fn record_visit(&mut self, key: &str) {
+        let mut tx = self.doc.transaction();
+        let visits = match tx.get(automerge::ROOT, "visits") {
+            Ok(Some((_, id))) => id,
+            other => panic!("no visits map: {other:?}"),
+        };
+        let visit = tx
+            .put_object(&visits, key, automerge::ObjType::Map)
+            .expect("visit");
+        tx.put(&visit, "note", "hello").expect("note");
+        tx.commit();
+    }
+
+    fn visit_keys(doc: &Automerge) -> Vec<String> {
+        match doc.get(automerge::ROOT, "visits") {
+            Ok(Some((_, id))) => doc.keys(&id).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The store: chunks by hash, saved sync states, and a switch to fail.
+#[derive(Default)]
+struct FakeStore {
+    chunks: BTreeMap<ChangeHash, Vec<u8>>,
+    genesis: Vec<u8>,
+    states: HashMap<PeerId, Vec<u8>>,
+    fail_next: bool,
+    commits: usize,
+}
+
+impl FakeStore {
+    fn load(&self) -> Automerge {
+        let mut doc = Automerge::load(&self.genesis).expect("genesis loads");
+        for bytes in self.chunks.values() {
+            doc.load_incremental(bytes).expect("chunk loads");
+        }
+        doc
+    }
+
+    fn stored_bytes(&self) -> u64 {
+        (self.genesis.len() + self.chunks.values().map(Vec::len).sum::<usize>()) as u64
+    }
+}
+
+struct World {
+    keeper: Keeper,
+    store: FakeStore,
+    devices: Vec<Device>,
+    /// Messages from the keeper not yet delivered, per device key.
+    inbox: HashMap<PeerId, Vec<Vec<u8>>>,
+    refusals: Vec<(PeerId, Refusal)>,
+}
+
+fn base() -> Automerge {
+    genesis(
+        TenantId::from_uuid(uuid::Uuid::from_u128(7)),
+        DocumentKind::MonthlyLog("2026-11".parse().expect("month")),
+    )
+}
+
+impl World {
+    fn new(devices: usize, limits: KeeperLimits) -> Self {
+        let genesis = base();
+        let store = FakeStore {
+            genesis: genesis.save(),
+            ..FakeStore::default()
+        };
+        let mut keeper = Keeper::new(store.load(), store.stored_bytes(), limits, 0);
+        let devices: Vec<Device> = (0..devices)
+            .map(|i| Device::new(&format!("device-{i}"), &genesis))
+            .collect();
+        for d in &devices {
+            keeper.add_peer(d.key.clone(), d.id, None, 0);
+        }
+        World {
+            keeper,
+            store,
+            devices,
+            inbox: HashMap::new(),
+            refusals: Vec::new(),
+        }
+    }
+
+    fn post(&mut self, outgoing: Outgoing) {
+        for (peer, data) in outgoing {
+            self.inbox.entry(peer).or_default().push(data);
+        }
+    }
+
+    /// Delivers one message from device `i` to the keeper, persisting what
+    /// it asks for through the fake store.
+    fn device_sends(&mut self, i: usize, data: Vec<u8>) {
+        let key = self.devices[i].key.clone();
+        match self.keeper.receive(&key, &data, 1) {
+            Ok(Step::Reply(out)) => self.post(out),
+            Ok(Step::Persist(batch)) => {
+                // Nothing is advertised while the batch is out.
+                assert!(self.keeper.flush(1).is_empty(), "sent before storing");
+                if std::mem::take(&mut self.store.fail_next) {
+                    self.keeper.abandon(batch.ticket);
+                    assert!(self.keeper.needs_reload());
+                    assert!(self.keeper.flush(1).is_empty(), "sent while poisoned");
+                    self.keeper
+                        .reload(self.store.load(), self.store.stored_bytes());
+                    self.refusals.push((key, Refusal::Busy));
+                    return;
+                }
+                for change in &batch.changes {
+                    self.store.chunks.insert(change.hash, change.bytes.clone());
+                }
+                self.store.states.insert(key, batch.sender_state.clone());
+                self.store.commits += 1;
+                let out = self.keeper.confirm(batch.ticket, 1);
+                self.post(out);
+            }
+            Err(refusal) => {
+                if self.keeper.needs_reload() {
+                    self.keeper
+                        .reload(self.store.load(), self.store.stored_bytes());
+                }
+                self.refusals.push((key, refusal));
+            }
+        }
+    }
+
+    /// Runs every device against the keeper until nobody has anything to say.
+    fn quiesce(&mut self) {
+        assert!(self.run(200), "did not quiesce");
+    }
+
+    /// Up to `rounds` rounds; true if everyone fell quiet.
+    fn run(&mut self, rounds: usize) -> bool {
+        for _ in 0..rounds {
+            let mut quiet = true;
+            for i in 0..self.devices.len() {
+                let key = self.devices[i].key.clone();
+                if !self.keeper.has_peer(&key) {
+                    // A refused device reconnects with a fresh state.
+                    self.devices[i].state = sync::State::new();
+                    self.keeper
+                        .add_peer(key.clone(), self.devices[i].id, None, 1);
+                }
+                for data in self.inbox.remove(&key).unwrap_or_default() {
+                    quiet = false;
+                    let device = &mut self.devices[i];
+                    let message =
+                        sync::Message::decode(&data).expect("keeper sends valid messages");
+                    device
+                        .doc
+                        .receive_sync_message(&mut device.state, message)
+                        .expect("device applies");
+                }
+                let device = &mut self.devices[i];
+                if let Some(message) = device.doc.generate_sync_message(&mut device.state) {
+                    quiet = false;
+                    self.device_sends(i, message.encode());
+                }
+            }
+            if quiet {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+#[test]
+fn devices_converge_and_the_store_holds_every_change() {
+    let mut world = World::new(3, KeeperLimits::default());
+    for (i, device) in world.devices.iter_mut().enumerate() {
+        for n in 0..5 {
+            device.record_visit(&format!("{i}-{n}"));
+        }
+    }
+    world.quiesce();
+    let heads = world.keeper.heads();
+    for device in &world.devices {
+        assert_eq!(device.doc.get_heads(), heads);
+        assert_eq!(Device::visit_keys(&device.doc).len(), 15);
+    }
+    let stored = world.store.load();
+    assert_eq!(
+        stored.get_heads(),
+        heads,
+        "the store holds what was advertised"
+    );
+    assert!(world.refusals.is_empty(), "{:?}", world.refusals);
+}
+
+#[test]
+fn a_failed_commit_acknowledges_nothing_and_the_device_completes_on_retry() {
+    let mut world = World::new(2, KeeperLimits::default());
+    world.devices[0].record_visit("a");
+    world.store.fail_next = true;
+    world.quiesce();
+    assert_eq!(world.refusals.len(), 1, "exactly the failed commit");
+    // The refused sender's state was never saved with the refused change.
+    let heads = world.keeper.heads();
+    assert_eq!(world.store.load().get_heads(), heads);
+    assert!(Device::visit_keys(&world.devices[1].doc).contains(&"a".to_owned()));
+    for state in world.store.states.values() {
+        let state = sync::State::decode(state).expect("state");
+        for head in &state.shared_heads {
+            assert!(
+                world.store.load().get_change_by_hash(head).is_some(),
+                "a saved sync state names a change the store lacks"
+            );
+        }
+    }
+}
+
+#[test]
+fn no_message_names_heads_the_store_lacks() {
+    // Every message the keeper ever sends advertises only stored heads.
+    let mut world = World::new(3, KeeperLimits::default());
+    for (i, device) in world.devices.iter_mut().enumerate() {
+        device.record_visit(&format!("v{i}"));
+    }
+    for round in 0..30 {
+        if round % 4 == 1 {
+            world.store.fail_next = true;
+        }
+        for (peer, messages) in &world.inbox {
+            for data in messages {
+                let message = sync::Message::decode(data).expect("valid");
+                let stored = world.store.load();
+                for head in &message.heads {
+                    assert!(
+                        stored.get_change_by_hash(head).is_some(),
+                        "{peer} was told head {head} before it was stored"
+                    );
+                }
+            }
+        }
+        world.quiesce();
+    }
+    assert_eq!(world.store.load().get_heads(), world.keeper.heads());
+}
+
+#[test]
+fn changes_by_the_genesis_actor_are_refused_and_rolled_back() {
+    let mut world = World::new(1, KeeperLimits::default());
+    world.devices[0].doc.set_actor(ActorId::from(GENESIS_ACTOR));
+    world.devices[0].record_visit("forged");
+    let before = world.keeper.heads();
+    let device = &mut world.devices[0];
+    let message = device
+        .doc
+        .generate_sync_message(&mut device.state)
+        .expect("message");
+    world.device_sends(0, message.encode());
+    // The first message carries no changes (the device does not yet know
+    // what the server has); run a few rounds to get them sent.
+    for _ in 0..4 {
+        let key = world.devices[0].key.clone();
+        if !world.keeper.has_peer(&key) {
+            break;
+        }
+        for data in world.inbox.remove(&key).unwrap_or_default() {
+            let device = &mut world.devices[0];
+            let m = sync::Message::decode(&data).expect("valid");
+            device
+                .doc
+                .receive_sync_message(&mut device.state, m)
+                .expect("apply");
+        }
+        let device = &mut world.devices[0];
+        if let Some(m) = device.doc.generate_sync_message(&mut device.state) {
+            world.device_sends(0, m.encode());
+        }
+    }
+    assert!(
+        world
+            .refusals
+            .iter()
+            .any(|(_, r)| matches!(r, Refusal::GenesisActor { .. })),
+        "{:?}",
+        world.refusals
+    );
+    assert_eq!(
+        world.keeper.heads(),
+        before,
+        "nothing of it stays in memory"
+    );
+    assert!(world.store.chunks.is_empty());
+}
+
+/// A sync message carrying exactly these change chunks.
+fn message_with(changes: Vec<Vec<u8>>, heads: Vec<ChangeHash>) -> Vec<u8> {
+    sync::Message {
+        heads,
+        need: Vec::new(),
+        have: vec![sync::Have::default()],
+        changes: sync::ChunkList::from(changes),
+        flags: None,
+        version: MessageVersion::V1,
+    }
+    .encode()
+}
+
+/// A chain of changes whose first dependency is never sent: all orphans.
+fn orphan_chain(len: usize) -> (Vec<Vec<u8>>, ChangeHash) {
+    let mut device = Device::new("orphan-maker", &base());
+    device.record_visit("withheld");
+    let withheld = device.doc.get_heads();
+    for n in 0..len {
+        device.record_visit(&format!("o{n}"));
+    }
+    let changes: Vec<Vec<u8>> = device
+        .doc
+        .get_changes(&withheld)
+        .into_iter()
+        .map(|mut c| c.bytes().into_owned())
+        .collect();
+    (changes, device.doc.get_heads()[0])
+}
+
+#[test]
+fn a_flood_of_orphans_is_refused_past_the_bound() {
+    let limits = KeeperLimits {
+        max_orphans: 8,
+        ..KeeperLimits::default()
+    };
+    let mut world = World::new(1, limits);
+    let (changes, head) = orphan_chain(9);
+    world.device_sends(0, message_with(changes, vec![head]));
+    assert!(
+        matches!(
+            world.refusals.last(),
+            Some((_, Refusal::TooManyOrphans { count: 9, .. }))
+        ),
+        "{:?}",
+        world.refusals
+    );
+    assert!(
+        world.keeper.document().get_missing_deps(&[]).is_empty(),
+        "the queue was dropped"
+    );
+}
+
+#[test]
+fn orphans_never_reach_another_device() {
+    let mut world = World::new(2, KeeperLimits::default());
+    // Give the document enough history that a fresh device gets a V2
+    // whole-document message.
+    for n in 0..10 {
+        world.devices[1].record_visit(&format!("h{n}"));
+    }
+    world.quiesce();
+    let (changes, head) = orphan_chain(2);
+    world.device_sends(0, message_with(changes, vec![head]));
+    assert!(world.refusals.is_empty(), "{:?}", world.refusals);
+    assert!(
+        !world.keeper.document().get_missing_deps(&[]).is_empty(),
+        "orphans queued"
+    );
+
+    // A new device with no state: whatever it is sent holds no orphan.
+    let newcomer = Device::new("newcomer", &Automerge::new());
+    world
+        .keeper
+        .add_peer(newcomer.key.clone(), newcomer.id, None, 2);
+    let mut state = sync::State::new();
+    let mut doc = Automerge::new();
+    let mut saw_v2 = false;
+    for _ in 0..6 {
+        if let Some(m) = doc.generate_sync_message(&mut state) {
+            match world.keeper.receive(&newcomer.key, &m.encode(), 2) {
+                Ok(Step::Reply(out)) => world.post(out),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        for data in world.inbox.remove(&newcomer.key).unwrap_or_default() {
+            let m = sync::Message::decode(&data).expect("valid");
+            saw_v2 |= m.version == MessageVersion::V2;
+            let mut probe = Automerge::new();
+            for chunk in m.changes.iter() {
+                probe.load_incremental(chunk).expect("loads");
+            }
+            assert!(
+                probe.get_missing_deps(&[]).is_empty(),
+                "an orphan was forwarded"
+            );
+            doc.receive_sync_message(&mut state, m).expect("apply");
+        }
+    }
+    assert!(saw_v2, "the test must exercise the whole-document path");
+    assert_eq!(Device::visit_keys(&doc).len(), 10);
+}
+
+#[test]
+fn hostile_bloom_filters_are_refused_before_automerge() {
+    let mut world = World::new(1, KeeperLimits::default());
+    // num_entries 1, bits per entry 0, probes 7: `% 0` inside Automerge.
+    let bloom = [1u8, 0, 7];
+    let mut data = vec![0x42, 0, 0, 1, 0];
+    data.push(bloom.len() as u8);
+    data.extend_from_slice(&bloom);
+    data.push(0);
+    world.device_sends(0, data);
+    assert!(
+        matches!(world.refusals.last(), Some((_, Refusal::Inadmissible(_)))),
+        "{:?}",
+        world.refusals
+    );
+    assert!(!world.keeper.needs_reload(), "nothing reached the document");
+}
+
+#[test]
+fn the_document_ceiling_refuses_with_a_clear_error() {
+    let limits = KeeperLimits {
+        max_document_bytes: 1,
+        ..KeeperLimits::default()
+    };
+    let mut world = World::new(1, limits);
+    world.devices[0].record_visit("too much");
+    // The device retries and is refused every time: it never goes quiet.
+    assert!(!world.run(10));
+    assert!(
+        world
+            .refusals
+            .iter()
+            .any(|(_, r)| matches!(r, Refusal::DocumentFull { .. })),
+        "{:?}",
+        world.refusals
+    );
+    assert!(world.store.chunks.is_empty());
+}
+
+#[test]
+fn a_snapshot_is_verified_against_the_heads() {
+    let mut doc = base();
+    doc.set_actor(ActorId::random());
+    let mut tx = doc.transaction();
+    tx.put(automerge::ROOT, "touched", 1).expect("put");
+    tx.commit();
+    let heads = doc.get_heads();
+    let bytes = doc.save();
+    assert!(verify_snapshot(&bytes, &heads).is_ok());
+    assert!(verify_snapshot(&bytes[..bytes.len() / 2], &heads).is_err());
+    assert!(
+        verify_snapshot(&base().save(), &heads).is_err(),
+        "wrong heads"
+    );
+}
