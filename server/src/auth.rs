@@ -2,13 +2,29 @@
 //!
 //! Tokens are 256 random bits shown once and stored only as SHA-256 (a
 //! token is high-entropy, so a fast hash is enough and lets every request
-//! look it up by index). Passwords, low-entropy, get argon2.
+//! look it up by index). Passwords, low-entropy, get argon2, on the
+//! blocking pool and at most [`PasswordWork::permits`] at once.
+//!
+//! Logins are throttled per account and per client address
+//! ([`LoginPolicy`]). The throttling state lives in SQLite
+//! (`login_attempts`, `login_lockouts`), so it survives a restart and holds
+//! across processes; every time it compares comes from the [`Clock`] in
+//! [`Config`], which tests move instead of sleeping.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::store::{Session, Store, StoreError, User};
 
 /// A secret as handed to its holder, once.
 #[derive(Clone, PartialEq, Eq)]
@@ -91,6 +107,462 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Verified against when an account is unknown, invited without a password
+/// yet, or disabled, so the time a refusal takes does not tell which it was.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$W3Ykvpl1cxTg9ZQ4Jm3s6mF1m0qQ1bLHD7G2kTfG8oM";
+
+// ---------------------------------------------------------------------------
+// The clock logins go by.
+
+/// The time of logins, sessions and throttling, in milliseconds since the
+/// Unix epoch. The system clock in production; tests use
+/// [`Clock::adjustable`] and [`Clock::advance`] it instead of sleeping
+/// through a lockout.
+#[derive(Clone, Debug, Default)]
+pub struct Clock {
+    /// The time of an adjustable clock; `None` is the system clock.
+    manual_ms: Option<Arc<AtomicI64>>,
+}
+
+impl Clock {
+    pub fn system() -> Self {
+        Clock { manual_ms: None }
+    }
+
+    /// A clock that starts at the system's time and then stands still
+    /// until [`Clock::advance`] moves it, so a test's delays are exact.
+    pub fn adjustable() -> Self {
+        Clock {
+            manual_ms: Some(Arc::new(AtomicI64::new(crate::store::now_ms()))),
+        }
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        match &self.manual_ms {
+            Some(manual) => manual.load(Ordering::SeqCst),
+            None => crate::store::now_ms(),
+        }
+    }
+
+    /// Moves an adjustable clock forward (every clone of it).
+    ///
+    /// # Panics
+    /// On the system clock, which only time moves.
+    pub fn advance(&self, by: Duration) {
+        self.manual_ms
+            .as_ref()
+            .expect("only an adjustable clock can be advanced")
+            .fetch_add(millis(by), Ordering::SeqCst);
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+// ---------------------------------------------------------------------------
+// Bounded argon2 work.
+
+/// Argon2 runs on the blocking pool, at most `permits` at once: a flood of
+/// logins waits for a permit (asynchronously, holding no thread) instead of
+/// filling the blocking pool the document tasks also use. Cheap to clone;
+/// clones share the permits and the counters.
+#[derive(Clone, Debug)]
+pub struct PasswordWork {
+    inner: Arc<WorkInner>,
+}
+
+#[derive(Debug)]
+struct WorkInner {
+    permits: Arc<Semaphore>,
+    size: usize,
+    /// Argon2 computations finished (a test hook: throttled attempts must
+    /// not add to it).
+    runs: AtomicU64,
+    running: AtomicUsize,
+    peak: AtomicUsize,
+    /// While true, argon2 jobs wait before computing (a test hook, like
+    /// `store::faults`: it makes "a sync completes while argon2 is busy" an
+    /// ordering, not a timing).
+    held: Mutex<bool>,
+    released: Condvar,
+}
+
+impl Default for PasswordWork {
+    fn default() -> Self {
+        PasswordWork::new(2)
+    }
+}
+
+impl PasswordWork {
+    pub fn new(permits: usize) -> Self {
+        let permits = permits.max(1);
+        PasswordWork {
+            inner: Arc::new(WorkInner {
+                permits: Arc::new(Semaphore::new(permits)),
+                size: permits,
+                runs: AtomicU64::new(0),
+                running: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
+                held: Mutex::new(false),
+                released: Condvar::new(),
+            }),
+        }
+    }
+
+    /// How many argon2 computations may run at once.
+    pub fn permits(&self) -> usize {
+        self.inner.size
+    }
+
+    /// Argon2 computations finished so far.
+    pub fn runs(&self) -> u64 {
+        self.inner.runs.load(Ordering::SeqCst)
+    }
+
+    /// Argon2 computations in progress (holding a permit) now.
+    pub fn running(&self) -> usize {
+        self.inner.running.load(Ordering::SeqCst)
+    }
+
+    /// The most that were ever in progress at once.
+    pub fn peak(&self) -> usize {
+        self.inner.peak.load(Ordering::SeqCst)
+    }
+
+    /// Test hook: argon2 jobs that get a permit wait until [`Self::release`].
+    pub fn hold(&self) {
+        *self.inner.held.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+
+    pub fn release(&self) {
+        *self.inner.held.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.inner.released.notify_all();
+    }
+
+    /// Runs `job` on the blocking pool under a permit. The permit moves into
+    /// the job, so a request dropped while it runs does not free a permit
+    /// early.
+    async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let permit = self.inner.permits.clone().acquire_owned().await.ok()?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let now = inner.running.fetch_add(1, Ordering::SeqCst) + 1;
+            inner.peak.fetch_max(now, Ordering::SeqCst);
+            {
+                let mut held = inner.held.lock().unwrap_or_else(|e| e.into_inner());
+                while *held {
+                    held = inner.released.wait(held).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+            let result = job();
+            inner.runs.fetch_add(1, Ordering::SeqCst);
+            inner.running.fetch_sub(1, Ordering::SeqCst);
+            result
+        })
+        .await
+        .ok()
+    }
+
+    /// Whether `password` matches `stored`. No stored hash (an unknown,
+    /// invited or disabled account) is verified against a dummy, so it
+    /// costs the same, and never matches.
+    pub async fn verify(&self, password: String, stored: Option<String>) -> bool {
+        let stored = stored.filter(|s| !s.is_empty());
+        let real = stored.is_some();
+        let stored = stored.unwrap_or_else(|| DUMMY_HASH.to_owned());
+        self.run(move || verify_password(&password, &stored))
+            .await
+            .unwrap_or(false)
+            && real
+    }
+
+    /// Hashes a new password (at least 8 characters).
+    pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
+        if password.chars().count() < 8 {
+            return Err(PasswordError::TooShort);
+        }
+        self.run(move || hash_password(&password))
+            .await
+            .unwrap_or_else(|| Err(PasswordError::Hash("the hashing task failed".into())))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Throttling policy.
+
+/// How failed logins slow further attempts down. Failures are counted per
+/// account (the username as typed, whether or not it exists, so throttling
+/// reveals nothing) and per client address within `failure_window`. Past
+/// the free failures each attempt waits `first_delay`, doubling per further
+/// failure up to `max_delay`, after the last failure. After
+/// `lockout_after` failures an account is locked for `lockout`: even the
+/// right password is refused until it ends. A refused attempt runs no
+/// argon2 and counts as nothing.
+#[derive(Clone, Debug)]
+pub struct LoginPolicy {
+    pub account_free_failures: u32,
+    pub address_free_failures: u32,
+    pub failure_window: Duration,
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+    pub lockout_after: u32,
+    pub lockout: Duration,
+}
+
+impl Default for LoginPolicy {
+    fn default() -> Self {
+        LoginPolicy {
+            account_free_failures: 5,
+            address_free_failures: 20,
+            failure_window: Duration::from_secs(15 * 60),
+            first_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(5 * 60),
+            lockout_after: 10,
+            lockout: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// Failures counted for one key within the window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub failures: u32,
+    /// When the latest of them was (ms); meaningless when there are none.
+    pub last_at: i64,
+}
+
+/// Why an attempt is refused before any password is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Too many recent failures: wait this long.
+    Throttled { retry_after: Duration },
+    /// The account is locked until this long from now.
+    Locked { retry_after: Duration },
+}
+
+impl LoginPolicy {
+    /// The wait after `failures` failures of which `free` cost nothing.
+    pub fn delay(&self, failures: u32, free: u32) -> Option<Duration> {
+        if failures < free {
+            return None;
+        }
+        let doublings = (failures - free).min(30);
+        Some(
+            self.first_delay
+                .saturating_mul(1u32 << doublings)
+                .min(self.max_delay),
+        )
+    }
+
+    /// Whether an attempt at `now` may go ahead.
+    pub fn check(
+        &self,
+        now: i64,
+        locked_until: Option<i64>,
+        account: Tally,
+        address: Tally,
+    ) -> Result<(), Refusal> {
+        if let Some(until) = locked_until.filter(|u| *u > now) {
+            return Err(Refusal::Locked {
+                retry_after: Duration::from_millis((until - now) as u64),
+            });
+        }
+        let wait = |tally: Tally, free: u32| {
+            let delay = self.delay(tally.failures, free)?;
+            let until = tally.last_at.saturating_add(millis(delay));
+            (until > now).then(|| Duration::from_millis((until - now) as u64))
+        };
+        let waits = [
+            wait(account, self.account_free_failures),
+            wait(address, self.address_free_failures),
+        ];
+        match waits.into_iter().flatten().max() {
+            Some(retry_after) => Err(Refusal::Throttled { retry_after }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What failures are counted under for an account: the username as typed
+/// (trimmed, as the lookup does), bounded in length.
+pub fn account_key(username: &str) -> String {
+    username.trim().chars().take(100).collect()
+}
+
+/// What failures are counted under for a client: its IPv4 address, or the
+/// /64 of an IPv6 one (one host usually holds a whole /64). Without a known
+/// address every such client shares one key.
+pub fn address_key(ip: Option<IpAddr>) -> String {
+    match ip.map(|ip| ip.to_canonical()) {
+        Some(IpAddr::V4(v4)) => v4.to_string(),
+        Some(IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        None => "unknown".to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Logging in and changing a password.
+
+/// Why a login or a password change did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("wrong username or password")]
+    BadCredentials,
+    #[error("this account is disabled")]
+    Disabled,
+    #[error("too many failed logins; try again in {} s", ceil_secs(*retry_after))]
+    Throttled { retry_after: Duration },
+    #[error("this account is locked after too many failed logins; try again in {} s", ceil_secs(*retry_after))]
+    Locked { retry_after: Duration },
+    #[error("the current password is wrong")]
+    WrongPassword,
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<Refusal> for LoginError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Throttled { retry_after } => LoginError::Throttled { retry_after },
+            Refusal::Locked { retry_after } => LoginError::Locked { retry_after },
+        }
+    }
+}
+
+/// Whole seconds, rounded up, at least 1: a `Retry-After` value.
+pub fn ceil_secs(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
+}
+
+/// A fresh login; the token is shown only here.
+#[derive(Debug)]
+pub struct LoggedIn {
+    pub token: Secret,
+    pub session: Session,
+    pub user: User,
+}
+
+/// Logs `username` in from `ip`: throttling first (a refused attempt runs
+/// no argon2), then the password under [`PasswordWork`], then a session.
+pub async fn log_in(
+    store: &Store,
+    config: &Config,
+    username: &str,
+    password: &str,
+    ip: Option<IpAddr>,
+) -> Result<LoggedIn, LoginError> {
+    let account = account_key(username);
+    let address = address_key(ip);
+    let now = config.clock.now_ms();
+    let attempt = store
+        .begin_login_attempt(&config.logins, now, &account, &address)
+        .await??;
+    let found = store.login_account(&account).await?;
+    let stored = found.as_ref().map(|a| a.password_hash.clone());
+    let verified = config.passwords.verify(password.to_owned(), stored).await;
+    let now = config.clock.now_ms();
+    match found {
+        Some(account) if verified && !account.disabled => {
+            let token = Secret::generate_token();
+            let session = store
+                .login_succeeded(
+                    attempt,
+                    &account.user,
+                    &token.hash(),
+                    ip,
+                    now,
+                    now.saturating_add(millis(config.session_ttl)),
+                )
+                .await?;
+            Ok(LoggedIn {
+                token,
+                session,
+                user: account.user,
+            })
+        }
+        found => {
+            // A disabled account is named only to someone who knows its
+            // password; verifying it costs what any other attempt costs.
+            let disabled = verified && found.as_ref().is_some_and(|a| a.disabled);
+            let reason = if disabled {
+                "account disabled"
+            } else {
+                "wrong password"
+            };
+            store
+                .login_failed(
+                    &config.logins,
+                    attempt,
+                    found.as_ref().map(|a| &a.user),
+                    &account,
+                    &address,
+                    now,
+                    "login",
+                    reason,
+                )
+                .await?;
+            Err(if disabled {
+                LoginError::Disabled
+            } else {
+                LoginError::BadCredentials
+            })
+        }
+    }
+}
+
+/// Changes `user`'s password after checking the current one (throttled like
+/// a login), and ends every other session of theirs. Returns how many
+/// sessions ended.
+pub async fn change_password(
+    store: &Store,
+    config: &Config,
+    user: &User,
+    current_session: &str,
+    current: &str,
+    new: &str,
+    ip: Option<IpAddr>,
+) -> Result<u64, LoginError> {
+    if new.chars().count() < 8 {
+        return Err(PasswordError::TooShort.into());
+    }
+    let account = account_key(&user.username);
+    let address = address_key(ip);
+    let attempt = store
+        .begin_login_attempt(&config.logins, config.clock.now_ms(), &account, &address)
+        .await??;
+    let stored = store
+        .login_account(&account)
+        .await?
+        .filter(|a| a.user.id == user.id && !a.disabled)
+        .map(|a| a.password_hash);
+    if !config.passwords.verify(current.to_owned(), stored).await {
+        store
+            .login_failed(
+                &config.logins,
+                attempt,
+                Some(user),
+                &account,
+                &address,
+                config.clock.now_ms(),
+                "user.password_change",
+                "wrong current password",
+            )
+            .await?;
+        return Err(LoginError::WrongPassword);
+    }
+    let hash = config.passwords.hash(new.to_owned()).await?;
+    Ok(store
+        .password_changed(attempt, user, &hash, current_session)
+        .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +591,137 @@ mod tests {
             hash_password("short"),
             Err(PasswordError::TooShort)
         ));
+    }
+
+    fn tally(failures: u32, last_at: i64) -> Tally {
+        Tally { failures, last_at }
+    }
+
+    #[test]
+    fn delays_double_past_the_free_failures_up_to_the_cap() {
+        let policy = LoginPolicy::default();
+        assert_eq!(policy.delay(4, 5), None);
+        assert_eq!(policy.delay(5, 5), Some(Duration::from_secs(1)));
+        assert_eq!(policy.delay(6, 5), Some(Duration::from_secs(2)));
+        assert_eq!(policy.delay(9, 5), Some(Duration::from_secs(16)));
+        assert_eq!(policy.delay(40, 5), Some(policy.max_delay));
+        assert_eq!(policy.delay(u32::MAX, 0), Some(policy.max_delay));
+    }
+
+    #[test]
+    fn attempts_wait_for_the_longest_delay_and_a_lock_beats_everything() {
+        let policy = LoginPolicy::default();
+        let now = 1_000_000;
+        assert_eq!(
+            policy.check(now, None, tally(4, now), tally(19, now)),
+            Ok(())
+        );
+        assert_eq!(
+            policy.check(now + 500, None, tally(5, now), Tally::default()),
+            Err(Refusal::Throttled {
+                retry_after: Duration::from_millis(500)
+            })
+        );
+        assert_eq!(
+            policy.check(now + 1000, None, tally(5, now), Tally::default()),
+            Ok(())
+        );
+        // The address's delay is longer here, so it is the one to wait.
+        assert_eq!(
+            policy.check(now, None, tally(5, now), tally(22, now)),
+            Err(Refusal::Throttled {
+                retry_after: Duration::from_secs(4)
+            })
+        );
+        assert_eq!(
+            policy.check(now, Some(now + 60_000), tally(0, 0), tally(0, 0)),
+            Err(Refusal::Locked {
+                retry_after: Duration::from_secs(60)
+            })
+        );
+        assert_eq!(
+            policy.check(now, Some(now), tally(0, 0), tally(0, 0)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn addresses_are_keyed_by_host_and_v6_by_its_64() {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+        assert_eq!(
+            address_key(Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)))),
+            "10.0.0.7"
+        );
+        let mapped = Ipv4Addr::new(10, 0, 0, 7).to_ipv6_mapped();
+        assert_eq!(address_key(Some(IpAddr::V6(mapped))), "10.0.0.7");
+        let a: Ipv6Addr = "2001:db8:1:2:aaaa::1".parse().expect("v6");
+        let b: Ipv6Addr = "2001:db8:1:2:bbbb::9".parse().expect("v6");
+        assert_eq!(address_key(Some(a.into())), address_key(Some(b.into())));
+        assert_eq!(address_key(Some(a.into())), "2001:db8:1:2::/64");
+        assert_eq!(address_key(None), "unknown");
+        assert_eq!(account_key("  admin "), "admin");
+        assert_eq!(account_key(&"x".repeat(500)).len(), 100);
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ceil_secs(Duration::ZERO), 1);
+        assert_eq!(ceil_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(ceil_secs(Duration::from_secs(900)), 900);
+    }
+
+    #[test]
+    fn an_adjustable_clock_moves_and_its_clones_with_it() {
+        let clock = Clock::adjustable();
+        let other = clock.clone();
+        let before = other.now_ms();
+        assert_eq!(other.now_ms(), before, "it stands still");
+        clock.advance(Duration::from_secs(3600));
+        assert_eq!(other.now_ms(), before + 3_600_000);
+        assert!(Clock::system().now_ms() >= before);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn argon2_runs_a_bounded_number_at_once() {
+        let work = PasswordWork::new(2);
+        let stored = hash_password("correct horse").expect("hash");
+        work.hold();
+        let jobs: Vec<_> = (0..6)
+            .map(|i| {
+                let (work, stored) = (work.clone(), stored.clone());
+                tokio::spawn(async move {
+                    let password = if i == 0 {
+                        "correct horse"
+                    } else {
+                        "wrong horse!"
+                    };
+                    work.verify(password.to_owned(), Some(stored)).await
+                })
+            })
+            .collect();
+        // Two get permits and wait at the hold; the rest wait for a permit.
+        while work.running() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(work.runs(), 0);
+        work.release();
+        let mut matched = 0;
+        for job in jobs {
+            matched += usize::from(job.await.expect("join"));
+        }
+        assert_eq!(matched, 1);
+        assert_eq!(work.runs(), 6);
+        assert_eq!(work.peak(), 2);
+        // No stored hash (unknown, invited or disabled) costs a run and
+        // never matches, even the dummy's own password.
+        assert!(!work.verify(String::new(), None).await);
+        assert!(!work.verify("x".into(), Some(String::new())).await);
+        assert_eq!(work.runs(), 8);
+        assert!(matches!(
+            work.hash("short".into()).await,
+            Err(PasswordError::TooShort)
+        ));
+        assert_eq!(work.runs(), 8, "a too-short password is refused unhashed");
     }
 }

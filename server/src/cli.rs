@@ -50,6 +50,12 @@ pub enum Command {
     /// Enrolled devices.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Users' login sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// The audit log: who did what to people, devices and access, and every read of names.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Rebuild every projection (the rows rollups count) from the stored documents.
     Reproject,
     /// Fill a demo district modeled on the Yanshan report through simulated
@@ -119,8 +125,52 @@ pub enum UserCommand {
         #[arg(long)]
         tenant: TenantId,
     },
+    /// Invite a user: prints a one-time activation code with which they set
+    /// their own password (POST /api/v1/activate).
+    Invite {
+        #[arg(long)]
+        username: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        #[arg(long)]
+        tenant: TenantId,
+        #[arg(long, default_value_t = 72)]
+        ttl_hours: u32,
+    },
+    /// Invitations waiting for approval (with --all, every invitation).
+    Invitations {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Approve an invitation an upper level made for a branch secretary
+    /// (for a branch that has no secretary to approve it).
+    Approve { id: uuid::Uuid },
+    /// Deny such an invitation.
+    Deny { id: uuid::Uuid },
     /// List every user.
     List,
+    /// Disable a user: no more logins, and their sessions end at once.
+    Disable {
+        #[arg(long)]
+        username: String,
+    },
+    /// Let a disabled user log in again.
+    Enable {
+        #[arg(long)]
+        username: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// List live login sessions (never their tokens).
+    List {
+        /// Only this user's.
+        #[arg(long)]
+        username: Option<String>,
+    },
+    /// End a session at once.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +184,34 @@ pub enum EnrollCodeCommand {
         label: String,
         #[arg(long, default_value_t = 72)]
         ttl_hours: u32,
+    },
+    /// Codes upper levels asked for that wait for the branch's approval
+    /// (with --all, every code).
+    Requests {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Approve a requested code (for a branch that has no secretary to approve it).
+    Approve { id: uuid::Uuid },
+    /// Deny a requested code.
+    Deny { id: uuid::Uuid },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Entries, newest first.
+    List {
+        /// Only entries about this tenant and the tenants below it.
+        #[arg(long)]
+        branch: Option<TenantId>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Only entries older than this id (the next page).
+        #[arg(long)]
+        before: Option<i64>,
+        /// Print CSV (UTF-8 with a byte-order mark) instead.
+        #[arg(long)]
+        csv: bool,
     },
 }
 
@@ -352,6 +430,68 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                     .join("\n")
             })
         }
+        Command::User(UserCommand::Disable { username })
+        | Command::User(UserCommand::Enable { username }) => {
+            let disable = matches!(&cli.command, Command::User(UserCommand::Disable { .. }));
+            let account = store
+                .login_account(username)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user {username}"))?;
+            let (changed, ended) = store
+                .set_user_disabled(&account.user, disable, BY, crate::store::now_ms())
+                .await?;
+            let value = serde_json::json!({
+                "username": account.user.username,
+                "disabled": disable,
+                "changed": changed,
+                "ended_sessions": ended,
+            });
+            print(cli.json, &value, |_| match (disable, changed) {
+                (true, true) => format!("disabled {username}; ended {ended} sessions"),
+                (true, false) => format!("{username} was already disabled"),
+                (false, true) => format!("enabled {username}"),
+                (false, false) => format!("{username} was not disabled"),
+            })
+        }
+        Command::Session(SessionCommand::List { username }) => {
+            let user = match username {
+                Some(name) => Some(
+                    store
+                        .login_account(name)
+                        .await?
+                        .ok_or_else(|| anyhow::anyhow!("no user {name}"))?
+                        .user
+                        .id,
+                ),
+                None => None,
+            };
+            // The default idle timeout: a server configured otherwise may
+            // have ended some of these already.
+            let idle = Config::new(cli.database_path()).session_idle;
+            let sessions = store.sessions(user, crate::store::now_ms(), idle).await?;
+            print(cli.json, &sessions, |ss| {
+                ss.iter()
+                    .map(|s| {
+                        format!(
+                            "{} {} from {} last used {}",
+                            s.id,
+                            s.username,
+                            s.address.as_deref().unwrap_or("?"),
+                            s.last_used_at
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        Command::Session(SessionCommand::Revoke { id }) => {
+            if !store.revoke_session(id, None, BY).await? {
+                anyhow::bail!("no session {id}");
+            }
+            print(cli.json, &serde_json::json!({ "revoked": true }), |_| {
+                format!("ended session {id}")
+            })
+        }
         Command::EnrollCode(EnrollCodeCommand::Create {
             branch,
             label,
@@ -365,6 +505,153 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                      a device exchanges it with: POST /api/v1/enroll {{\"code\": \"{}\"}}",
                     i.code, i.details.label, i.code
                 )
+            })
+        }
+        Command::EnrollCode(EnrollCodeCommand::Requests { all }) => {
+            let mut codes = Vec::new();
+            for root in store.tenants_within_roots().await? {
+                codes.extend(store.enrollment_codes_within(&root, !*all).await?);
+            }
+            print(cli.json, &codes, |cs| {
+                cs.iter()
+                    .map(|c| {
+                        format!(
+                            "{} {} {:?} \"{}\" asked by {}",
+                            c.id, c.branch_id, c.status, c.label, c.created_by
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        Command::EnrollCode(EnrollCodeCommand::Approve { id })
+        | Command::EnrollCode(EnrollCodeCommand::Deny { id }) => {
+            let approve = matches!(
+                &cli.command,
+                Command::EnrollCode(EnrollCodeCommand::Approve { .. })
+            );
+            let code = store
+                .enrollment_code(*id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no enrollment code {id}"))?;
+            let decided = admin::decide_enrollment_code(store, &code, approve, BY)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("{id} is not waiting for a decision"))?;
+            print(cli.json, &decided, |c| {
+                format!("{} is now {:?}", c.id, c.status)
+            })
+        }
+        Command::User(UserCommand::Invite {
+            username,
+            role,
+            tenant,
+            ttl_hours,
+        }) => {
+            let needs_approval = admin::invitation_needs_approval(None, *role);
+            let invited = admin::invite_user(
+                store,
+                username,
+                *role,
+                *tenant,
+                *ttl_hours,
+                BY,
+                needs_approval,
+            )
+            .await?;
+            print(cli.json, &invited, |i| {
+                format!(
+                    "invited {} ({}); activation code {} (one use, expires in {ttl_hours} h)\n\
+                     the invitee sets a password with: POST /api/v1/activate {{\"code\": \"{}\", \"password\": \"...\"}}",
+                    i.user.username,
+                    i.user.role.as_str(),
+                    i.activation_code,
+                    i.activation_code
+                )
+            })
+        }
+        Command::User(UserCommand::Invitations { all }) => {
+            let mut invitations = Vec::new();
+            for root in store.tenants_within_roots().await? {
+                invitations.extend(store.invitations_within(&root, !*all).await?);
+            }
+            print(cli.json, &invitations, |is| {
+                is.iter()
+                    .map(|i| {
+                        format!(
+                            "{} {} {} {:?} invited by {}",
+                            i.id,
+                            i.username,
+                            i.role.as_str(),
+                            i.status,
+                            i.created_by
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        Command::User(UserCommand::Approve { id }) | Command::User(UserCommand::Deny { id }) => {
+            let approve = matches!(&cli.command, Command::User(UserCommand::Approve { .. }));
+            let invitation = store
+                .invitation(*id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no invitation {id}"))?;
+            let decided = admin::decide_invitation(store, &invitation, approve, BY)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("{id} is not waiting for a decision"))?;
+            print(cli.json, &decided, |i| {
+                format!("invitation of {} is now {:?}", i.username, i.status)
+            })
+        }
+        Command::Audit(AuditCommand::List {
+            branch,
+            limit,
+            before,
+            csv,
+        }) => {
+            let scope = match branch {
+                Some(id) => Some(
+                    store
+                        .tenant(*id)
+                        .await?
+                        .ok_or_else(|| anyhow::anyhow!("no tenant {id}"))?
+                        .path,
+                ),
+                None => None,
+            };
+            let entries = store
+                .audit_entries(&crate::store::AuditQuery {
+                    scope,
+                    before: *before,
+                    limit: *limit,
+                })
+                .await?;
+            if *csv {
+                print!("{}", crate::rollup::csv::to_csv(&entries)?);
+                return Ok(());
+            }
+            print(cli.json, &entries, |es| {
+                es.iter()
+                    .map(|e| {
+                        let at = time::OffsetDateTime::from_unix_timestamp(e.at / 1000)
+                            .ok()
+                            .and_then(|t| {
+                                t.format(&time::format_description::well_known::Rfc3339)
+                                    .ok()
+                            })
+                            .unwrap_or_else(|| e.at.to_string());
+                        format!(
+                            "{} {at} {} {} {} {} {}",
+                            e.id,
+                            e.outcome.as_str(),
+                            e.actor,
+                            e.action,
+                            e.subject,
+                            e.detail.as_deref().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
             })
         }
         Command::Reproject => {

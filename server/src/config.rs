@@ -18,12 +18,23 @@ pub struct Config {
     pub ping_interval: Duration,
     /// A socket that sends nothing at all for this long is closed.
     pub idle_timeout: Duration,
+    /// A frame the client has not taken within this long closes the
+    /// connection (it stopped reading; slow 2G links still fit).
+    pub send_timeout: Duration,
     /// A document no peer has touched for this long leaves memory.
     pub document_idle: Duration,
     /// How often to look for devices revoked by another process (the CLI).
     pub revocation_poll: Duration,
     /// Lifetime of an API login.
     pub session_ttl: Duration,
+    /// An API login unused for this long ends (before `session_ttl`).
+    pub session_idle: Duration,
+    /// Login throttling per account and per address, and lockout.
+    pub logins: crate::auth::LoginPolicy,
+    /// The time logins, sessions and throttling go by; tests move it.
+    pub clock: crate::auth::Clock,
+    /// Argon2 on the blocking pool, a bounded number at once.
+    pub passwords: crate::auth::PasswordWork,
 }
 
 /// Bounds on what one device may send.
@@ -74,9 +85,14 @@ impl Config {
             limits: SyncLimits::default(),
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(90),
+            send_timeout: Duration::from_secs(120),
             document_idle: Duration::from_secs(300),
             revocation_poll: Duration::from_secs(1),
             session_ttl: Duration::from_secs(12 * 3600),
+            session_idle: Duration::from_secs(30 * 60),
+            logins: crate::auth::LoginPolicy::default(),
+            clock: crate::auth::Clock::system(),
+            passwords: crate::auth::PasswordWork::new(2),
         }
     }
 }

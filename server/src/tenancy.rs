@@ -59,6 +59,8 @@ impl FromStr for Level {
 #[clap(rename_all = "snake_case")]
 pub enum Role {
     DistrictAdmin,
+    /// Reads the district's audit log; administers nothing, sees no names.
+    DistrictAuditor,
     SubDistrictAdmin,
     BranchSecretary,
     Volunteer,
@@ -68,6 +70,7 @@ impl Role {
     pub fn as_str(&self) -> &'static str {
         match self {
             Role::DistrictAdmin => "district_admin",
+            Role::DistrictAuditor => "district_auditor",
             Role::SubDistrictAdmin => "sub_district_admin",
             Role::BranchSecretary => "branch_secretary",
             Role::Volunteer => "volunteer",
@@ -77,16 +80,35 @@ impl Role {
     /// The level of tenant this role belongs at.
     pub fn level(&self) -> Level {
         match self {
-            Role::DistrictAdmin => Level::District,
+            Role::DistrictAdmin | Role::DistrictAuditor => Level::District,
             Role::SubDistrictAdmin => Level::SubDistrict,
             Role::BranchSecretary | Role::Volunteer => Level::Branch,
         }
     }
 
     /// Whether this role may manage tenants, users, codes and devices in
-    /// its subtree. Volunteers only use devices.
+    /// its subtree. Volunteers only use devices; auditors only read the log.
     pub fn administers(&self) -> bool {
-        !matches!(self, Role::Volunteer)
+        !matches!(self, Role::Volunteer | Role::DistrictAuditor)
+    }
+
+    /// Whether this role sees its own branch's names: the branch secretary,
+    /// who also issues its enrollment codes and approves what upper levels
+    /// ask of the branch.
+    pub fn keeps_branch(&self) -> bool {
+        *self == Role::BranchSecretary
+    }
+
+    /// Whether this role administers from above the branches: it sees
+    /// figures, and reaches names only through a drill-down grant.
+    pub fn is_upper_admin(&self) -> bool {
+        matches!(self, Role::DistrictAdmin | Role::SubDistrictAdmin)
+    }
+
+    /// Whether this role reads the audit log (of its branch, or of its
+    /// district's subtree).
+    pub fn reads_audit(&self) -> bool {
+        matches!(self, Role::BranchSecretary | Role::DistrictAuditor)
     }
 
     /// Whether a user with this role may create a user with `other`.
@@ -100,7 +122,7 @@ impl Role {
     fn rank(&self) -> u8 {
         match self {
             Role::DistrictAdmin => 0,
-            Role::SubDistrictAdmin => 1,
+            Role::DistrictAuditor | Role::SubDistrictAdmin => 1,
             Role::BranchSecretary => 2,
             Role::Volunteer => 3,
         }
@@ -113,6 +135,7 @@ impl FromStr for Role {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "district_admin" => Ok(Role::DistrictAdmin),
+            "district_auditor" => Ok(Role::DistrictAuditor),
             "sub_district_admin" => Ok(Role::SubDistrictAdmin),
             "branch_secretary" => Ok(Role::BranchSecretary),
             "volunteer" => Ok(Role::Volunteer),
@@ -218,5 +241,29 @@ mod tests {
         assert!(!Role::BranchSecretary.may_grant(Role::BranchSecretary));
         assert!(!Role::SubDistrictAdmin.may_grant(Role::DistrictAdmin));
         assert!(!Role::Volunteer.may_grant(Role::Volunteer));
+        assert!(Role::DistrictAdmin.may_grant(Role::DistrictAuditor));
+        assert!(!Role::SubDistrictAdmin.may_grant(Role::DistrictAuditor));
+        assert!(!Role::DistrictAuditor.may_grant(Role::Volunteer));
+    }
+
+    #[test]
+    fn roles_parse_as_they_print() {
+        for role in [
+            Role::DistrictAdmin,
+            Role::DistrictAuditor,
+            Role::SubDistrictAdmin,
+            Role::BranchSecretary,
+            Role::Volunteer,
+        ] {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+            assert_eq!(
+                serde_json::to_value(role).expect("json"),
+                serde_json::json!(role.as_str())
+            );
+        }
+        assert_eq!(Role::DistrictAuditor.level(), Level::District);
+        assert!(!Role::DistrictAuditor.administers());
+        assert!(Role::DistrictAuditor.reads_audit() && Role::BranchSecretary.reads_audit());
+        assert!(!Role::DistrictAdmin.reads_audit() && !Role::SubDistrictAdmin.reads_audit());
     }
 }

@@ -52,7 +52,8 @@ pub async fn serve(
     });
     axum_server::from_tcp_rustls(listener.into_std()?, config)
         .handle(handle)
-        .serve(app.into_make_service())
+        // The client address, for login throttling, as over plain HTTP.
+        .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .await?;
     Ok(())
 }

@@ -41,6 +41,10 @@ pub struct KeeperLimits {
     pub max_orphans: usize,
     /// Bytes of those changes, per document.
     pub max_orphan_bytes: u64,
+    /// Distinct authors of the change chunks in one message: Automerge's
+    /// cost grows faster than linearly with a document's actors, and every
+    /// actor stays in the document for good.
+    pub max_actors_per_message: usize,
 }
 
 impl Default for KeeperLimits {
@@ -50,6 +54,7 @@ impl Default for KeeperLimits {
             max_document_bytes: 256 * 1024 * 1024,
             max_orphans: 1024,
             max_orphan_bytes: 16 * 1024 * 1024,
+            max_actors_per_message: 256,
         }
     }
 }
@@ -134,6 +139,10 @@ pub enum Refusal {
     },
     #[error("change {hash} claims the genesis actor, which no device may use")]
     GenesisActor { hash: String },
+    #[error("the message's changes have {count} authors; the limit is {limit}")]
+    TooManyActors { count: usize, limit: usize },
+    #[error("change {hash} does not follow its actor's previous change")]
+    OutOfSequence { hash: String },
     #[error("actor {actor} belongs to another device")]
     ForeignActor { actor: String },
     #[error("this peer is not syncing the document")]
@@ -151,6 +160,7 @@ impl Refusal {
             Refusal::BadSyncData(_)
                 | Refusal::TooManyOrphans { .. }
                 | Refusal::GenesisActor { .. }
+                | Refusal::OutOfSequence { .. }
                 | Refusal::ForeignActor { .. }
         )
     }
@@ -170,6 +180,11 @@ struct Pending {
     actors: Vec<ActorId>,
     stored_bytes: u64,
 }
+
+/// Changes per message whose actor's previous change is not a direct
+/// dependency, each checked against the whole history outside its deps. An
+/// honest device has about one per actor per sync.
+const MAX_DEEP_SEQUENCE_CHECKS: usize = 64;
 
 /// One branch document, kept for every device that syncs it.
 #[derive(Debug)]
@@ -294,6 +309,13 @@ impl Keeper {
                 limit: self.limits.max_document_bytes,
             });
         }
+        let actors: HashSet<&ActorId> = inspected.changes.iter().map(|c| &c.actor).collect();
+        if actors.len() > self.limits.max_actors_per_message {
+            return Err(Refusal::TooManyActors {
+                count: actors.len(),
+                limit: self.limits.max_actors_per_message,
+            });
+        }
         let message =
             sync::Message::decode(data).map_err(|e| Refusal::BadSyncData(e.to_string()))?;
 
@@ -332,7 +354,9 @@ impl Keeper {
         let mut changes = Vec::new();
         let mut actors = Vec::new();
         let mut seen = HashSet::new();
-        for mut change in self.doc.get_changes(&before) {
+        let mut deep_checks = 0;
+        for mut change in load_order(self.doc.get_changes(&before)) {
+            self.check_sequence(&change, &mut deep_checks)?;
             let actor = change.actor_id().clone();
             if actor.to_bytes() == GENESIS_ACTOR {
                 return Err(Refusal::GenesisActor {
@@ -380,6 +404,48 @@ impl Keeper {
             stored_bytes: batch.stored_bytes(),
         });
         Ok(Step::Persist(batch))
+    }
+
+    /// Refuses a change whose actor's previous change is not in its
+    /// history. Automerge applies such a pair in arrival order, but cannot
+    /// load it back from storage (it panics), so storing it would brick
+    /// the document for the whole branch. The usual case is cheap (the
+    /// previous change is a direct dependency); the full history walk is
+    /// bounded per message.
+    fn check_sequence(
+        &self,
+        change: &automerge::Change,
+        deep_checks: &mut usize,
+    ) -> Result<(), Refusal> {
+        let seq = change.seq();
+        if seq <= 1 {
+            return Ok(());
+        }
+        let actor = change.actor_id();
+        let direct = change.deps().iter().any(|dep| {
+            self.doc
+                .get_change_meta_by_hash(dep)
+                .is_some_and(|m| *m.actor == *actor && m.seq == seq - 1)
+        });
+        if direct {
+            return Ok(());
+        }
+        *deep_checks += 1;
+        if *deep_checks > MAX_DEEP_SEQUENCE_CHECKS {
+            return Err(Refusal::OutOfSequence {
+                hash: change.hash().to_string(),
+            });
+        }
+        let outside_history = self.doc.get_changes_meta(change.deps());
+        if outside_history
+            .iter()
+            .any(|m| *m.actor == *actor && m.seq < seq)
+        {
+            return Err(Refusal::OutOfSequence {
+                hash: change.hash().to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// The store committed the batch of `ticket` (and bound its actors to
@@ -448,7 +514,7 @@ impl Keeper {
             let Some(mut message) = self.doc.generate_sync_message(&mut peer.state) else {
                 continue;
             };
-            if orphans_waiting && message.version == MessageVersion::V2 {
+            if orphans_waiting && carries_a_document(&message) {
                 // A V2 message carries `save()`, which includes the orphan
                 // queue: unchecked changes of another device. Send only
                 // what was checked and stored.
@@ -466,6 +532,72 @@ impl Keeper {
     fn touch(&mut self, now_ms: u64) {
         self.last_activity_ms = self.last_activity_ms.max(now_ms);
     }
+}
+
+/// Whether a sync message carries a whole saved document (Automerge's V2
+/// reply to a peer missing much), rather than change chunks: only such a
+/// payload is `save()`, which includes the orphan queue. The storage chunk
+/// header is 4 magic bytes, 4 checksum bytes, then the type (0: document).
+fn carries_a_document(message: &sync::Message) -> bool {
+    message.version == MessageVersion::V2
+        && message.changes.iter().any(|chunk| chunk.get(8) == Some(&0))
+}
+
+/// Orders changes so that loading them one by one, as the store does,
+/// always works: every change after its dependencies *and* after the same
+/// actor's previous change. `get_changes` orders concurrent changes by
+/// hash, and a device may author two changes of one actor that are
+/// concurrent by their dependencies; loaded seq 2 first, Automerge panics.
+fn load_order(changes: Vec<automerge::Change>) -> Vec<automerge::Change> {
+    let index: HashMap<ChangeHash, usize> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.hash(), i))
+        .collect();
+    let by_seq: HashMap<(ActorId, u64), usize> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ((c.actor_id().clone(), c.seq()), i))
+        .collect();
+    // Edges from each change to those that must come after it.
+    let mut after: Vec<Vec<usize>> = vec![Vec::new(); changes.len()];
+    let mut waiting_on = vec![0usize; changes.len()];
+    for (i, change) in changes.iter().enumerate() {
+        let previous = change
+            .seq()
+            .checked_sub(1)
+            .and_then(|seq| by_seq.get(&(change.actor_id().clone(), seq)));
+        let before: HashSet<usize> = change
+            .deps()
+            .iter()
+            .filter_map(|d| index.get(d))
+            .chain(previous)
+            .copied()
+            .filter(|&j| j != i)
+            .collect();
+        waiting_on[i] = before.len();
+        for j in before {
+            after[j].push(i);
+        }
+    }
+    let mut ready: std::collections::VecDeque<usize> =
+        (0..changes.len()).filter(|&i| waiting_on[i] == 0).collect();
+    let mut order = Vec::with_capacity(changes.len());
+    while let Some(i) = ready.pop_front() {
+        order.push(i);
+        for &k in &after[i] {
+            waiting_on[k] -= 1;
+            if waiting_on[k] == 0 {
+                ready.push_back(k);
+            }
+        }
+    }
+    // A cycle cannot come from hashes; should one appear, keep the rest in
+    // their original order rather than drop anything.
+    let placed: HashSet<usize> = order.iter().copied().collect();
+    order.extend((0..changes.len()).filter(|i| !placed.contains(i)));
+    let mut slots: Vec<Option<automerge::Change>> = changes.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
 /// Checks a compaction snapshot before anything it replaces is deleted: it

@@ -3,18 +3,20 @@
 //! like something that does not exist.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use doorstep_protocol::{DeviceId, TenantId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::extract::{DeviceAuth, UserAuth};
+use super::extract::{ClientAddr, DeviceAuth, UserAuth, UserSession};
 use crate::AppState;
 use crate::admin;
-use crate::auth::{Secret, hash_secret, verify_password};
-use crate::store::{Device, Tenant, User, now_ms};
+use crate::auth::{Secret, hash_secret};
+use crate::store::{
+    AuditEntry, Device, Enrollment, EnrollmentCode, Grant, Invitation, Session, Tenant, User,
+};
 use crate::tenancy::{Level, Role};
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -37,37 +39,28 @@ pub struct Login {
     password: String,
 }
 
+/// Logs in. Attempts are throttled per account and per client address
+/// (`429` with `Retry-After`, before any password is checked); argon2 runs
+/// on the blocking pool, a bounded number at once.
 pub async fn login(
     State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
     Json(body): Json<Login>,
 ) -> Result<Json<Value>, ApiError> {
-    let found = state.store.user_for_login(&body.username).await?;
-    // Verify against a dummy hash when the user is unknown, so timing does
-    // not reveal which usernames exist.
-    const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$W3Ykvpl1cxTg9ZQ4Jm3s6mF1m0qQ1bLHD7G2kTfG8oM";
-    let (user, hash) = match found {
-        Some((user, hash)) => (Some(user), hash),
-        None => (None, DUMMY.to_owned()),
-    };
-    // Argon2 is tens of milliseconds of CPU: off the async workers, so a
-    // burst of logins never stalls a sync.
-    let password = body.password;
-    let verified = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-        .await
-        .unwrap_or(false);
-    let user = match (user, verified) {
-        (Some(user), true) => user,
-        _ => return Err(ApiError::Unauthorized),
-    };
-    let token = Secret::generate_token();
-    let expires_at = now_ms() + state.config.session_ttl.as_millis() as i64;
-    state
-        .store
-        .create_session(user.id, &token.hash(), expires_at)
-        .await?;
-    Ok(Json(
-        json!({ "token": token.expose(), "expires_at": expires_at, "user": user }),
-    ))
+    let logged_in = crate::auth::log_in(
+        &state.store,
+        &state.config,
+        &body.username,
+        &body.password,
+        ip,
+    )
+    .await?;
+    Ok(Json(json!({
+        "token": logged_in.token.expose(),
+        "session_id": logged_in.session.id,
+        "expires_at": logged_in.session.expires_at,
+        "user": logged_in.user,
+    })))
 }
 
 pub async fn logout(
@@ -82,6 +75,146 @@ pub async fn logout(
 
 pub async fn me(auth: UserAuth) -> Json<User> {
     Json(auth.0)
+}
+
+#[derive(Deserialize)]
+pub struct PasswordChange {
+    current: String,
+    new: String,
+}
+
+/// Changes the caller's password: the current one is checked (throttled
+/// like a login), and every other session of the caller ends.
+pub async fn change_password(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    caller: UserSession,
+    Json(body): Json<PasswordChange>,
+) -> Result<Json<Value>, ApiError> {
+    let ended = crate::auth::change_password(
+        &state.store,
+        &state.config,
+        &caller.user,
+        &caller.session.id,
+        &body.current,
+        &body.new,
+        ip,
+    )
+    .await?;
+    Ok(Json(json!({ "ended_sessions": ended })))
+}
+
+/// A session as its owner sees it: never its token.
+#[derive(serde::Serialize)]
+pub struct SessionView {
+    #[serde(flatten)]
+    session: Session,
+    /// When it ends if unused until then.
+    idle_expires_at: i64,
+    /// The session this request came with.
+    current: bool,
+}
+
+/// The caller's live sessions, oldest first.
+pub async fn list_sessions(
+    State(state): State<AppState>,
+    caller: UserSession,
+) -> ApiResult<Vec<SessionView>> {
+    let idle = i64::try_from(state.config.session_idle.as_millis()).unwrap_or(i64::MAX);
+    let sessions = state
+        .store
+        .sessions(
+            Some(caller.user.id),
+            state.config.clock.now_ms(),
+            state.config.session_idle,
+        )
+        .await?;
+    Ok(Json(
+        sessions
+            .into_iter()
+            .map(|session| SessionView {
+                idle_expires_at: session
+                    .last_used_at
+                    .saturating_add(idle)
+                    .min(session.expires_at),
+                current: session.id == caller.session.id,
+                session,
+            })
+            .collect(),
+    ))
+}
+
+/// Ends one of the caller's sessions (`404` for anyone else's).
+pub async fn revoke_session(
+    State(state): State<AppState>,
+    caller: UserSession,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state
+        .store
+        .revoke_session(&id, Some(caller.user.id), &caller.user.username)
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound)
+    }
+}
+
+pub async fn disable_user(
+    State(state): State<AppState>,
+    auth: UserAuth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_user_disabled(&state, &auth, &id, true).await
+}
+
+pub async fn enable_user(
+    State(state): State<AppState>,
+    auth: UserAuth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_user_disabled(&state, &auth, &id, false).await
+}
+
+/// An admin disables (or enables) a user of their subtree whose role they
+/// may grant. A disabled user cannot log in, and their sessions end at once.
+async fn set_user_disabled(
+    state: &AppState,
+    auth: &UserAuth,
+    id: &str,
+    disabled: bool,
+) -> Result<Json<Value>, ApiError> {
+    let caller = auth.admin()?;
+    let target = state
+        .store
+        .login_account_by_id(parse(id)?)
+        .await?
+        .filter(|a| auth.scope().contains(&a.user.tenant_path))
+        .ok_or(ApiError::NotFound)?;
+    if !caller.role.may_grant(target.user.role) {
+        return Err(ApiError::Forbidden);
+    }
+    if target.user.id == caller.id {
+        return Err(ApiError::BadRequest(
+            "you cannot disable or enable yourself".into(),
+        ));
+    }
+    let (changed, ended) = state
+        .store
+        .set_user_disabled(
+            &target.user,
+            disabled,
+            &caller.username,
+            state.config.clock.now_ms(),
+        )
+        .await?;
+    Ok(Json(json!({
+        "user": target.user,
+        "disabled": disabled,
+        "changed": changed,
+        "ended_sessions": ended,
+    })))
 }
 
 pub async fn list_tenants(State(state): State<AppState>, auth: UserAuth) -> ApiResult<Vec<Tenant>> {
@@ -145,31 +278,45 @@ pub async fn list_users(State(state): State<AppState>, auth: UserAuth) -> ApiRes
 #[derive(Deserialize)]
 pub struct NewUser {
     username: String,
-    password: String,
+    /// Refused when present: invitees set their own password.
+    password: Option<String>,
     role: Role,
     tenant_id: String,
+    /// How long the activation code works.
+    #[serde(default = "default_ttl_hours")]
+    ttl_hours: u32,
 }
 
+/// Invites a user: `201` with the account and a one-time activation code
+/// the invitee redeems at `POST /activate` to set their own password. An
+/// upper level's invitee who would see names (a branch secretary) can
+/// activate only once the branch's secretary (or the operator) approves.
 pub async fn create_user(
     State(state): State<AppState>,
     auth: UserAuth,
     Json(body): Json<NewUser>,
-) -> Result<(StatusCode, Json<User>), ApiError> {
+) -> Result<(StatusCode, Json<admin::Invited>), ApiError> {
     let user = auth.admin()?;
     let tenant = tenant_in_scope(&state, &auth, parse(&body.tenant_id)?).await?;
     if !user.role.may_grant(body.role) {
         return Err(ApiError::Forbidden);
     }
-    let created = admin::create_user(
+    if body.password.is_some() {
+        return Err(ApiError::BadRequest(
+            "users set their own password: omit \"password\" and give the invitee the activation code (POST /api/v1/activate)".into(),
+        ));
+    }
+    let invited = admin::invite_user(
         &state.store,
         &body.username,
-        &body.password,
         body.role,
         tenant.id,
+        body.ttl_hours,
         &user.username,
+        admin::invitation_needs_approval(Some(user), body.role),
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(created)))
+    Ok((StatusCode::CREATED, Json(invited)))
 }
 
 #[derive(Deserialize)]
@@ -191,12 +338,17 @@ pub async fn create_enrollment_code(
 ) -> Result<(StatusCode, Json<admin::IssuedCode>), ApiError> {
     let user = auth.admin()?;
     let branch = tenant_in_scope(&state, &auth, parse(&body.branch_id)?).await?;
-    let issued = admin::issue_enrollment_code(
+    // The branch's secretary gets a code that works; an admin above the
+    // branch, a request the secretary approves before any device gets a token.
+    let needs_approval =
+        admin::enrollment_needs_approval(user, &branch).ok_or(ApiError::Forbidden)?;
+    let issued = admin::issue_enrollment_code_as(
         &state.store,
-        branch.id,
+        user,
+        &branch,
         &body.label,
         body.ttl_hours,
-        &user.username,
+        needs_approval,
     )
     .await?;
     Ok((StatusCode::CREATED, Json(issued)))
@@ -208,37 +360,43 @@ pub struct Enroll {
 }
 
 /// Exchanges a one-time code for a device token. No login: the code is the
-/// credential, and it works once.
+/// credential, and it works once. A code an upper level asked for answers
+/// `202 {"status": "pending_approval"}`, issuing nothing and staying unspent,
+/// until the branch's secretary approves it; the next call then enrolls.
 pub async fn enroll(
     State(state): State<AppState>,
     Json(body): Json<Enroll>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let token = Secret::generate_token();
-    let device = state
+    let device = match state
         .store
         .enroll(&hash_secret(&body.code), &token.hash())
-        .await?;
-    // The code is spent and the token exists: nothing after this may turn
-    // into an error response, or the device would never learn its token.
-    let by = format!("device:{}", device.id);
-    if let Err(e) = state
-        .store
-        .audit(
-            &by,
-            "device.enroll",
-            &device.branch_id.to_string(),
-            Some(&device.label),
-        )
-        .await
+        .await?
     {
-        tracing::warn!(error = %e, "could not audit an enrollment");
-    }
+        Enrollment::Enrolled(device) => device,
+        Enrollment::PendingApproval(request) => {
+            return Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "status": "pending_approval",
+                    "request_id": request.id.to_string(),
+                    "branch_id": request.branch_id.to_string(),
+                    "expires_at": request.expires_at,
+                    "message": "waiting for the branch secretary to approve this device; ask again later with the same code",
+                })),
+            ));
+        }
+    };
+    // The code is spent and the token exists (the enrollment was audited in
+    // the same transaction): nothing after this may turn into an error
+    // response, or the device would never learn its token.
     let documents = admin::device_documents(&state.store, &device)
         .await
         .unwrap_or_default();
     Ok((
         StatusCode::CREATED,
         Json(json!({
+            "status": "enrolled",
             "device_id": device.id.to_string(),
             "branch_id": device.branch_id.to_string(),
             "token": token.expose(),
@@ -327,4 +485,304 @@ pub async fn register_actor(
     }
     state.store.register_actor(auth.0.id, &actor).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// Names stay in the branch: activation, the branch's approvals of what
+// upper levels ask, and drill-down grants.
+
+#[derive(Deserialize)]
+pub struct Activate {
+    code: String,
+    /// If given, must be the invited username.
+    username: Option<String>,
+    password: String,
+}
+
+/// An invitee sets their own password with their one-time code. `202
+/// {"status": "pending_approval"}` while the invitation waits for the
+/// branch; the code is not spent until it works.
+pub async fn activate(
+    State(state): State<AppState>,
+    Json(body): Json<Activate>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    match admin::activate(
+        &state.store,
+        &body.code,
+        body.username.as_deref(),
+        &body.password,
+    )
+    .await
+    {
+        Ok(admin::Activation::Activated(user)) => Ok((
+            StatusCode::OK,
+            Json(json!({ "status": "activated", "user": user })),
+        )),
+        Ok(admin::Activation::PendingApproval) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "status": "pending_approval",
+                "message": "waiting for the branch secretary to approve this account; try again later with the same code",
+            })),
+        )),
+        Err(e @ admin::ActivationError::InvalidCode) => Err(ApiError::BadRequest(e.to_string())),
+        Err(admin::ActivationError::Store(e)) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Listing {
+    branch: Option<String>,
+    /// `pending` (the default) or `all`.
+    status: Option<String>,
+}
+
+/// The subtree a listing covers and whether it wants pending items only.
+async fn listing(
+    state: &AppState,
+    auth: &UserAuth,
+    q: &Listing,
+) -> Result<(crate::tenancy::TenantPath, bool), ApiError> {
+    auth.admin()?;
+    let scope = match q.branch.as_deref() {
+        Some(id) => tenant_in_scope(state, auth, parse(id)?).await?.path,
+        None => auth.scope().clone(),
+    };
+    let pending_only = match q.status.as_deref() {
+        None | Some("pending") => true,
+        Some("all") => false,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "unknown status {other:?}; use pending or all"
+            )));
+        }
+    };
+    Ok((scope, pending_only))
+}
+
+/// Only the branch's own secretary decides what enters the branch. Anyone
+/// else in scope who tries is refused, and the attempt recorded.
+async fn branch_decides(
+    state: &AppState,
+    auth: &UserAuth,
+    branch: TenantId,
+    branch_path: &crate::tenancy::TenantPath,
+    action: &str,
+    subject: String,
+) -> Result<(), ApiError> {
+    let user = &auth.0;
+    if user.role.keeps_branch() && user.tenant_id == branch {
+        return Ok(());
+    }
+    state
+        .store
+        .record_audit(
+            AuditEntry::by_user(user, action, subject)
+                .tenant(branch, branch_path)
+                .detail("only the branch's secretary decides")
+                .refused(),
+        )
+        .await?;
+    Err(ApiError::Forbidden)
+}
+
+fn not_waiting() -> ApiError {
+    ApiError::BadRequest("it is not waiting for a decision (decided, used or expired)".into())
+}
+
+/// Enrollment codes asked for by upper levels (with `status=all`, every
+/// code), of the caller's subtree or one `branch` in it.
+pub async fn list_enrollment_requests(
+    State(state): State<AppState>,
+    auth: UserAuth,
+    Query(q): Query<Listing>,
+) -> ApiResult<Vec<EnrollmentCode>> {
+    let (scope, pending_only) = listing(&state, &auth, &q).await?;
+    Ok(Json(
+        state
+            .store
+            .enrollment_codes_within(&scope, pending_only)
+            .await?,
+    ))
+}
+
+async fn decide_enrollment_request(
+    state: AppState,
+    auth: UserAuth,
+    id: &str,
+    approve: bool,
+) -> ApiResult<EnrollmentCode> {
+    let code = state
+        .store
+        .enrollment_code(parse(id)?)
+        .await?
+        .filter(|c| auth.scope().contains(&c.branch_path))
+        .ok_or(ApiError::NotFound)?;
+    let action = if approve {
+        "enrollment_request.approve"
+    } else {
+        "enrollment_request.deny"
+    };
+    branch_decides(
+        &state,
+        &auth,
+        code.branch_id,
+        &code.branch_path,
+        action,
+        code.id.to_string(),
+    )
+    .await?;
+    admin::decide_enrollment_code(&state.store, &code, approve, &auth.0.username)
+        .await?
+        .map(Json)
+        .ok_or_else(not_waiting)
+}
+
+pub async fn approve_enrollment_request(
+    State(state): State<AppState>,
+    auth: UserAuth,
+    Path(id): Path<String>,
+) -> ApiResult<EnrollmentCode> {
+    decide_enrollment_request(state, auth, &id, true).await
+}
+
+pub async fn deny_enrollment_request(
+    State(state): State<AppState>,
+    auth: UserAuth,
+    Path(id): Path<String>,
+) -> ApiResult<EnrollmentCode> {
+    decide_enrollment_request(state, auth, &id, false).await
+}
+
+/// Invitations waiting for approval (with `status=all`, every invitation),
+/// of the caller's subtree or one `branch` in it.
+pub async fn list_invitations(
+    State(state): State<AppState>,
+    auth: UserAuth,
+    Query(q): Query<Listing>,
+) -> ApiResult<Vec<Invitation>> {
+    let (scope, pending_only) = listing(&state, &auth, &q).await?;
+    Ok(Json(
+        state.store.invitations_within(&scope, pending_only).await?,
+    ))
+}
+
+async fn decide_invitation(
+    state: AppState,
+    auth: UserAuth,
+    id: &str,
+    approve: bool,
+) -> ApiResult<Invitation> {
+    let invitation = state
+        .store
+        .invitation(parse(id)?)
+        .await?
+        .filter(|i| auth.scope().contains(&i.tenant_path))
+        .ok_or(ApiError::NotFound)?;
+    let action = if approve {
+        "invitation.approve"
+    } else {
+        "invitation.deny"
+    };
+    branch_decides(
+        &state,
+        &auth,
+        invitation.tenant_id,
+        &invitation.tenant_path,
+        action,
+        invitation.username.clone(),
+    )
+    .await?;
+    admin::decide_invitation(&state.store, &invitation, approve, &auth.0.username)
+        .await?
+        .map(Json)
+        .ok_or_else(not_waiting)
+}
+
+pub async fn approve_invitation(
+    State(state): State<AppState>,
+    auth: UserAuth,
+    Path(id): Path<String>,
+) -> ApiResult<Invitation> {
+    decide_invitation(state, auth, &id, true).await
+}
+
+pub async fn deny_invitation(
+    State(state): State<AppState>,
+    auth: UserAuth,
+    Path(id): Path<String>,
+) -> ApiResult<Invitation> {
+    decide_invitation(state, auth, &id, false).await
+}
+
+#[derive(Deserialize)]
+pub struct NewGrant {
+    /// Why the names are needed; the branch reads it.
+    reason: String,
+    /// At most seven days.
+    #[serde(default = "default_grant_seconds")]
+    duration_seconds: u32,
+}
+
+fn default_grant_seconds() -> u32 {
+    3600
+}
+
+/// "Break the glass": an admin above the branch opens a reasoned,
+/// time-limited drill-down grant to the branch's names. The branch's
+/// secretary sees it and may end it; it and every read under it are
+/// audited.
+pub async fn create_grant(
+    State(state): State<AppState>,
+    auth: UserAuth,
+    Path(id): Path<String>,
+    Json(body): Json<NewGrant>,
+) -> Result<(StatusCode, Json<Grant>), ApiError> {
+    let branch = tenant_in_scope(&state, &auth, parse(&id)?).await?;
+    if !auth.0.role.is_upper_admin() {
+        return Err(ApiError::Forbidden);
+    }
+    let grant = admin::open_grant(
+        &state.store,
+        &auth.0,
+        &branch,
+        &body.reason,
+        body.duration_seconds,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(grant)))
+}
+
+/// Every grant on a branch, newest first: for its secretary, the admins
+/// above it and the district's auditors.
+pub async fn list_grants(
+    State(state): State<AppState>,
+    auth: UserAuth,
+    Path(id): Path<String>,
+) -> ApiResult<Vec<Grant>> {
+    let branch = tenant_in_scope(&state, &auth, parse(&id)?).await?;
+    if auth.0.role == Role::Volunteer {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(Json(state.store.grants_of_branch(branch.id).await?))
+}
+
+/// Ends a grant early: the branch's secretary, or its holder.
+pub async fn revoke_grant(
+    State(state): State<AppState>,
+    auth: UserAuth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let grant = state
+        .store
+        .grant(parse(&id)?)
+        .await?
+        .filter(|g| auth.scope().contains(&g.branch_path))
+        .ok_or(ApiError::NotFound)?;
+    let user = &auth.0;
+    let keeps = user.role.keeps_branch() && user.tenant_id == grant.branch_id;
+    if !keeps && user.id != grant.user_id {
+        return Err(ApiError::Forbidden);
+    }
+    let revoked = admin::revoke_grant(&state.store, &grant, &user.username).await?;
+    Ok(Json(json!({ "revoked": revoked })))
 }

@@ -21,8 +21,36 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0} already exists")]
     Conflict(String),
+    /// Too many failed logins: wait `retry_after` (sent as `Retry-After`).
+    #[error("too many failed logins; try again in {} s", crate::auth::ceil_secs(*retry_after))]
+    TooManyAttempts { retry_after: std::time::Duration },
+    /// The account is locked after too many failed logins.
+    #[error("this account is locked after too many failed logins; try again in {} s", crate::auth::ceil_secs(*retry_after))]
+    AccountLocked { retry_after: std::time::Duration },
+    #[error("this account is disabled")]
+    AccountDisabled,
+    #[error("the current password is wrong")]
+    WrongPassword,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+}
+
+impl From<crate::auth::LoginError> for ApiError {
+    fn from(e: crate::auth::LoginError) -> Self {
+        use crate::auth::{LoginError, PasswordError};
+        match e {
+            LoginError::BadCredentials => ApiError::Unauthorized,
+            LoginError::Disabled => ApiError::AccountDisabled,
+            LoginError::Throttled { retry_after } => ApiError::TooManyAttempts { retry_after },
+            LoginError::Locked { retry_after } => ApiError::AccountLocked { retry_after },
+            LoginError::WrongPassword => ApiError::WrongPassword,
+            LoginError::Password(PasswordError::TooShort) => {
+                ApiError::BadRequest(PasswordError::TooShort.to_string())
+            }
+            LoginError::Password(e) => ApiError::Internal(e.into()),
+            LoginError::Store(e) => e.into(),
+        }
+    }
 }
 
 impl From<StoreError> for ApiError {
@@ -52,6 +80,10 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooManyAttempts { .. } | ApiError::AccountLocked { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::AccountDisabled | ApiError::WrongPassword => StatusCode::FORBIDDEN,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -65,6 +97,14 @@ impl IntoResponse for ApiError {
         }
         let mut response =
             (self.status(), Json(json!({ "error": self.to_string() }))).into_response();
+        if let ApiError::TooManyAttempts { retry_after } | ApiError::AccountLocked { retry_after } =
+            &self
+        {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(crate::auth::ceil_secs(*retry_after)),
+            );
+        }
         if matches!(self, ApiError::Unauthorized) {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

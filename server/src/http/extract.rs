@@ -1,12 +1,14 @@
 //! Who is calling: a logged-in user or an enrolled device.
 
-use axum::extract::FromRequestParts;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 
 use super::error::ApiError;
 use crate::AppState;
 use crate::auth::hash_secret;
-use crate::store::{Device, User};
+use crate::store::{Device, Session, User};
 use crate::tenancy::TenantPath;
 
 /// The token of an `Authorization: Bearer` header.
@@ -44,13 +46,57 @@ impl FromRequestParts<AppState> for UserAuth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        UserSession::from_request_parts(parts, state)
+            .await
+            .map(|s| UserAuth(s.user))
+    }
+}
+
+/// A logged-in user and the session the request came with. A session
+/// works until `session_ttl` after login, and only while it is used at
+/// least every `session_idle`; a disabled user's sessions stop at once.
+#[derive(Debug, Clone)]
+pub struct UserSession {
+    pub user: User,
+    pub session: Session,
+}
+
+impl FromRequestParts<AppState> for UserSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         state
             .store
-            .user_for_session(&hash_secret(token))
+            .session_user(
+                &hash_secret(token),
+                state.config.clock.now_ms(),
+                state.config.session_idle,
+            )
             .await?
-            .map(UserAuth)
+            .map(|(session, user)| UserSession { user, session })
             .ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// The client's IP address, from the connection (`ConnectInfo`); `None`
+/// when the server runs without it. Forwarding headers are not trusted.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0.ip()),
+        ))
     }
 }
 

@@ -14,9 +14,69 @@ use tower_http::trace::TraceLayer;
 use crate::AppState;
 
 /// The officials' dashboard: one static page over the JSON API, no build
-/// step and nothing fetched from the internet.
+/// step and nothing fetched from the internet. Its script and style are
+/// separate files so that the CSP ([`security_headers`]) forbids anything
+/// inline.
 async fn dashboard() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("assets/dashboard.html"))
+}
+
+/// A static asset of the dashboard, revalidated on every load (the files are
+/// compiled in, so a new server may bring new ones under the same name).
+fn asset(content_type: &'static str, body: &'static str) -> impl axum::response::IntoResponse {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, content_type),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+}
+
+async fn dashboard_js() -> impl axum::response::IntoResponse {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("assets/dashboard.js"),
+    )
+}
+
+async fn dashboard_css() -> impl axum::response::IntoResponse {
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("assets/dashboard.css"),
+    )
+}
+
+/// The Content-Security-Policy of every response: scripts, styles and
+/// requests only from this server, nothing inline, no `eval`, no plugins, no
+/// framing. `img-src data:` is for the page's empty icon (`data:,`).
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// Sets the security headers on every response, the dashboard's and the
+/// API's alike (JSON or CSV, errors, `101` upgrades of `/sync`): the CSP,
+/// `nosniff` (a CSV or JSON body is never run as script or HTML), no
+/// referrer (URLs carry tenant ids), and no framing (clickjacking).
+async fn security_headers(
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{HeaderValue, header};
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
 }
 
 async fn openapi() -> impl axum::response::IntoResponse {
@@ -32,15 +92,29 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/", get(|| async { axum::response::Redirect::to("/dashboard") }))
         .route("/dashboard", get(dashboard))
+        .route("/dashboard.js", get(dashboard_js))
+        .route("/dashboard.css", get(dashboard_css))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/sync", get(crate::sync::upgrade))
         .route("/api/v1/login", post(api::login))
         .route("/api/v1/logout", post(api::logout))
         .route("/api/v1/me", get(api::me))
+        .route("/api/v1/me/password", post(api::change_password))
+        .route("/api/v1/me/sessions", get(api::list_sessions))
+        .route("/api/v1/me/sessions/{id}", axum::routing::delete(api::revoke_session))
+        .route("/api/v1/users/{id}/disable", post(api::disable_user))
+        .route("/api/v1/users/{id}/enable", post(api::enable_user))
         .route("/api/v1/tenants", get(api::list_tenants).post(api::create_tenant))
         .route("/api/v1/users", get(api::list_users).post(api::create_user))
         .route("/api/v1/enrollment-codes", post(api::create_enrollment_code))
         .route("/api/v1/enroll", post(api::enroll))
+        .route("/api/v1/enrollment-requests", get(api::list_enrollment_requests))
+        .route("/api/v1/enrollment-requests/{id}/approve", post(api::approve_enrollment_request))
+        .route("/api/v1/enrollment-requests/{id}/deny", post(api::deny_enrollment_request))
+        .route("/api/v1/activate", post(api::activate))
+        .route("/api/v1/invitations", get(api::list_invitations))
+        .route("/api/v1/invitations/{id}/approve", post(api::approve_invitation))
+        .route("/api/v1/invitations/{id}/deny", post(api::deny_invitation))
         .route("/api/v1/devices", get(api::list_devices))
         .route("/api/v1/devices/{id}/revoke", post(api::revoke_device))
         .route("/api/v1/devices/{id}/documents", get(api::documents_of_device))
@@ -52,11 +126,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/health", get(rollups::health))
         .route("/api/v1/branches/{id}/members", get(rollups::branch_members))
         .route("/api/v1/branches/{id}/invalid-records", get(rollups::branch_invalid))
+        .route("/api/v1/branches/{id}/grants", get(api::list_grants).post(api::create_grant))
+        .route("/api/v1/grants/{id}/revoke", post(api::revoke_grant))
+        .route("/api/v1/audit", get(rollups::audit_log))
         // JSON bodies are small; sync traffic goes over the WebSocket.
         .layer(RequestBodyLimitLayer::new(64 * 1024))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             // The path only: `/sync?token=...` must never reach a log line.
             tracing::info_span!("http", method = %request.method(), path = %request.uri().path())
         }))
+        // Outermost, so that every answer has them, even a 413 or a 404.
+        .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
 }

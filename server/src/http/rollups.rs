@@ -12,7 +12,7 @@ use super::error::ApiError;
 use super::extract::UserAuth;
 use crate::AppState;
 use crate::rollup::{self, BreakdownKind, Period, PeriodQuery, csv};
-use crate::store::Tenant;
+use crate::store::{AuditEntry, AuditQuery, Tenant};
 use crate::tenancy::Role;
 
 #[derive(Debug, Deserialize)]
@@ -115,14 +115,67 @@ pub async fn health(
     respond(q.format.as_deref(), "health", &rows, &rows)
 }
 
-/// Names are for the branch itself: its secretary. Upper levels get `403`
-/// (they may know the branch exists, not who is in it).
-async fn own_branch(state: &AppState, auth: &UserAuth, id: &str) -> Result<Tenant, ApiError> {
+/// Names are for the branch itself: its secretary. An admin above the
+/// branch reads them only under a drill-down grant in force; without one,
+/// and for every other role, `403` (they may know the branch exists, not
+/// who is in it), and the attempt is recorded. Returns the branch and the
+/// audit entry of the read, for the caller to record before answering.
+async fn names_of_branch(
+    state: &AppState,
+    auth: &UserAuth,
+    id: &str,
+    action: &str,
+    format: Option<&str>,
+) -> Result<(Tenant, AuditEntry), ApiError> {
     let branch = target(state, auth, Some(id)).await?;
-    if auth.0.role != Role::BranchSecretary || auth.0.tenant_id != branch.id {
-        return Err(ApiError::Forbidden);
+    let user = &auth.0;
+    let ground = if user.role.keeps_branch() && user.tenant_id == branch.id {
+        Some("own branch".to_owned())
+    } else if user.role.is_upper_admin() {
+        state
+            .store
+            .active_grant(user.id, branch.id)
+            .await?
+            .map(|g| format!("grant {} ({})", g.id, g.reason))
+    } else {
+        None
+    };
+    let entry = AuditEntry::by_user(user, action, branch.id.to_string()).on(&branch);
+    match ground {
+        Some(ground) => {
+            let format = format.unwrap_or("json");
+            Ok((branch, entry.detail(format!("{format}, {ground}"))))
+        }
+        None => {
+            let why = if user.role.is_upper_admin() {
+                "no drill-down grant in force"
+            } else {
+                "this role reads no names"
+            };
+            state
+                .store
+                .record_audit(entry.detail(why).refused())
+                .await?;
+            Err(ApiError::Forbidden)
+        }
     }
-    Ok(branch)
+}
+
+/// A format `respond` accepts, checked before a read is recorded.
+fn known_format(format: Option<&str>) -> Result<(), ApiError> {
+    match format {
+        None | Some("json") | Some("csv") => Ok(()),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "unknown format {other:?}; use json or csv"
+        ))),
+    }
+}
+
+/// Records a read of names (with how many rows left) before they leave.
+async fn record_read(state: &AppState, entry: AuditEntry, rows: usize) -> Result<(), ApiError> {
+    let detail = format!("{}, {rows} rows", entry.detail.clone().unwrap_or_default());
+    state.store.record_audit(entry.detail(detail)).await?;
+    Ok(())
 }
 
 pub async fn branch_members(
@@ -131,8 +184,11 @@ pub async fn branch_members(
     Path(id): Path<String>,
     Query(q): Query<FigureQuery>,
 ) -> Result<Response, ApiError> {
-    let branch = own_branch(&state, &auth, &id).await?;
+    known_format(q.format.as_deref())?;
+    let (branch, read) =
+        names_of_branch(&state, &auth, &id, "members.read", q.format.as_deref()).await?;
     let rows = rollup::branch_members(&state.store, branch.id).await?;
+    record_read(&state, read, rows.len()).await?;
     respond(q.format.as_deref(), "members", &rows, &rows)
 }
 
@@ -142,7 +198,53 @@ pub async fn branch_invalid(
     Path(id): Path<String>,
     Query(q): Query<FigureQuery>,
 ) -> Result<Response, ApiError> {
-    let branch = own_branch(&state, &auth, &id).await?;
+    known_format(q.format.as_deref())?;
+    let (branch, read) = names_of_branch(
+        &state,
+        &auth,
+        &id,
+        "invalid_records.read",
+        q.format.as_deref(),
+    )
+    .await?;
     let rows = rollup::branch_invalid(&state.store, branch.id).await?;
+    record_read(&state, read, rows.len()).await?;
     respond(q.format.as_deref(), "invalid-records", &rows, &rows)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AuditParams {
+    /// A tenant in the caller's scope: its entries and those below it.
+    branch: Option<String>,
+    /// Entries with ids below this one: the next page.
+    before: Option<i64>,
+    /// At most 10,000; 1,000 by default.
+    limit: Option<u32>,
+    format: Option<String>,
+}
+
+/// The audit log, newest first, JSON or CSV: a branch's secretary reads
+/// their branch's, a district auditor the district's subtree (or one
+/// `branch` of it). No other role reads it.
+pub async fn audit_log(
+    State(state): State<AppState>,
+    auth: UserAuth,
+    Query(q): Query<AuditParams>,
+) -> Result<Response, ApiError> {
+    if !auth.0.role.reads_audit() {
+        return Err(ApiError::Forbidden);
+    }
+    let scope = match q.branch.as_deref() {
+        Some(id) => target(&state, &auth, Some(id)).await?.path,
+        None => auth.scope().clone(),
+    };
+    let rows = state
+        .store
+        .audit_entries(&AuditQuery {
+            scope: Some(scope),
+            before: q.before,
+            limit: q.limit.unwrap_or(1000),
+        })
+        .await?;
+    respond(q.format.as_deref(), "audit", &rows, &rows)
 }

@@ -155,10 +155,22 @@ pub(super) fn load_document(
     id: DocumentId,
     stored: &StoredChunks,
 ) -> Result<Automerge, StoreError> {
+    let corrupt = |e: automerge::AutomergeError| {
+        StoreError::Corrupt(format!("document {id} does not load: {e}"))
+    };
     let mut doc = Automerge::new();
-    for chunk in &stored.chunks {
-        doc.load_incremental(chunk)
-            .map_err(|e| StoreError::Corrupt(format!("document {id} does not load: {e}")))?;
+    let (snapshots, incrementals) = stored
+        .chunks
+        .split_at(stored.snapshots.min(stored.chunks.len()));
+    for snapshot in snapshots {
+        doc.load_incremental(snapshot).map_err(corrupt)?;
+    }
+    // The incrementals in one call: Automerge then orders them itself (by
+    // dependencies and by each actor's sequence), whatever order they were
+    // stored in.
+    let joined = incrementals.concat();
+    if !joined.is_empty() {
+        doc.load_incremental(&joined).map_err(corrupt)?;
     }
     Ok(doc)
 }
@@ -502,6 +514,9 @@ impl DocumentTask {
     }
 
     fn deliver(&mut self, outgoing: Outgoing) {
+        // A revoked device hears nothing more, even while its connection
+        // is still winding down.
+        self.drop_revoked();
         for (peer, data) in outgoing {
             let Some(subscriber) = self.subscribers.get(&peer) else {
                 continue;
@@ -523,7 +538,23 @@ impl DocumentTask {
         }
     }
 
-    fn relay(&self, from: &PeerId, message: Outbound) {
+    fn drop_revoked(&mut self) {
+        let revoked: Vec<PeerId> = self
+            .subscribers
+            .iter()
+            .filter(|(_, s)| s.connection.revoked.is_revoked())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in revoked {
+            self.subscribers.remove(&key);
+            if let Some(keeper) = self.keeper.as_mut() {
+                let _ = keeper.remove_peer(&key);
+            }
+        }
+    }
+
+    fn relay(&mut self, from: &PeerId, message: Outbound) {
+        self.drop_revoked();
         let Outbound::Ephemeral(ephemeral) = message else {
             return;
         };

@@ -63,13 +63,40 @@ pub struct Connection {
     pub key: PeerId,
     pub device: Device,
     pub outbox: Arc<Outbox>,
-    /// Notified when the device is revoked.
-    pub revoked: Arc<Notify>,
+    /// Set and notified when the device is revoked.
+    pub revoked: Arc<Revocation>,
     /// Notified when the client cannot keep up with what it is sent.
     pub overflow: Arc<Notify>,
     /// Automerge-repo storage id the client announced, if it persists.
     pub storage_id: Option<String>,
     documents: StdMutex<HashSet<DocumentId>>,
+}
+
+/// A connection's revocation: a flag anyone can read (a document task
+/// pushing changes skips a revoked connection at once, whatever its socket
+/// is doing) and a wake-up for the connection's own loop.
+#[derive(Debug, Default)]
+pub struct Revocation {
+    revoked: std::sync::atomic::AtomicBool,
+    notify: Notify,
+}
+
+impl Revocation {
+    pub fn revoke(&self) {
+        self.revoked.store(true, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the connection is revoked (at once if it already is).
+    pub async fn notified(&self) {
+        while !self.is_revoked() {
+            self.notify.notified().await;
+        }
+    }
 }
 
 /// Messages a document's mailbox holds before senders wait.
@@ -134,7 +161,7 @@ pub struct Hub {
     /// Our automerge-repo peer id and storage id.
     pub peer_id: PeerId,
     pub storage_id: String,
-    connections: StdMutex<HashMap<DeviceId, HashMap<u64, Arc<Notify>>>>,
+    connections: StdMutex<HashMap<DeviceId, HashMap<u64, Arc<Revocation>>>>,
     rates: StdMutex<HashMap<DeviceId, crate::sync::rate::TokenBucket>>,
     next_connection: AtomicU64,
     shutdown_tx: watch::Sender<bool>,
@@ -169,12 +196,22 @@ impl Hub {
             next_generation: AtomicU64::new(1),
         });
         let lagging = shared.store.documents_to_reproject().await?;
+        let mut caught_up = 0;
         for id in &lagging {
-            document::catch_up_projection(&shared, *id).await?;
+            // One document that cannot be projected must not keep the
+            // server, and every other branch, down; it stays marked and is
+            // tried again on its next merge and at the next start.
+            match document::catch_up_projection(&shared, *id).await {
+                Ok(()) => caught_up += 1,
+                Err(e) => {
+                    tracing::error!(document = %id, error = %e, "could not re-project a document")
+                }
+            }
         }
         if !lagging.is_empty() {
             tracing::info!(
-                documents = lagging.len(),
+                documents = caught_up,
+                failed = lagging.len() - caught_up,
                 "re-projected documents whose figures lagged"
             );
         }
@@ -233,7 +270,7 @@ impl Hub {
     /// Registers a new connection of a live device.
     pub fn connect(&self, device: Device, storage_id: Option<String>) -> Arc<Connection> {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let revoked = Arc::new(Notify::new());
+        let revoked = Arc::new(Revocation::default());
         if let Ok(mut connections) = self.connections.lock() {
             connections
                 .entry(device.id)
@@ -293,7 +330,7 @@ impl Hub {
             .get(&device)
             .map(|of_device| {
                 for revoked in of_device.values() {
-                    revoked.notify_one();
+                    revoked.revoke();
                 }
                 of_device.len()
             })

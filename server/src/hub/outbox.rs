@@ -43,6 +43,9 @@ impl Outbound {
     }
 }
 
+/// Ephemeral messages may take this fraction (1/N) of the capacity.
+const EPHEMERAL_SHARE: usize = 8;
+
 /// The message did not fit.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Full;
@@ -51,6 +54,10 @@ pub struct Full;
 struct Queue {
     messages: VecDeque<Outbound>,
     bytes: usize,
+    /// Of `bytes`, the ephemeral ones: they have a budget of their own, so
+    /// a flood of them can never crowd out a sync message (which would
+    /// drop an honest peer as "too far behind").
+    ephemeral_bytes: usize,
 }
 
 /// A byte-bounded queue with one consumer (the connection's send loop).
@@ -74,12 +81,22 @@ impl Outbox {
     /// goes through an empty queue, or a large document could never be sent.
     pub fn push(&self, message: Outbound) -> Result<(), Full> {
         let size = message.bytes();
+        let ephemeral = matches!(message, Outbound::Ephemeral(_));
         {
             let mut queue = self.queue.lock().map_err(|_| Full)?;
-            if !queue.messages.is_empty() && queue.bytes.saturating_add(size) > self.capacity {
+            let fits = if ephemeral {
+                queue.ephemeral_bytes.saturating_add(size) <= self.capacity / EPHEMERAL_SHARE
+            } else {
+                let sync_bytes = queue.bytes - queue.ephemeral_bytes;
+                sync_bytes == 0 || sync_bytes.saturating_add(size) <= self.capacity
+            };
+            if !fits {
                 return Err(Full);
             }
             queue.bytes += size;
+            if ephemeral {
+                queue.ephemeral_bytes += size;
+            }
             queue.messages.push_back(message);
         }
         self.ready.notify_one();
@@ -100,6 +117,9 @@ impl Outbox {
         let mut queue = self.queue.lock().ok()?;
         let message = queue.messages.pop_front()?;
         queue.bytes -= message.bytes();
+        if matches!(message, Outbound::Ephemeral(_)) {
+            queue.ephemeral_bytes -= message.bytes();
+        }
         Some(message)
     }
 
@@ -133,6 +153,23 @@ mod tests {
         }
         outbox.push(sync(50)).expect("room again");
         assert_eq!(outbox.queued_bytes(), 90);
+    }
+
+    #[tokio::test]
+    async fn ephemeral_floods_never_crowd_out_sync_messages() {
+        let outbox = Outbox::new(800);
+        let ephemeral = |len| {
+            Outbound::Ephemeral(Arc::new(Ephemeral {
+                sender_id: PeerId::new("p").expect("peer"),
+                document_id: DocumentId::from_bytes([1; 16]),
+                count: 1,
+                session_id: String::new(),
+                data: vec![0; len],
+            }))
+        };
+        outbox.push(ephemeral(100)).expect("within its share");
+        assert_eq!(outbox.push(ephemeral(1)), Err(Full), "its share is 1/8");
+        outbox.push(sync(700)).expect("sync has the whole capacity");
     }
 
     #[tokio::test]

@@ -32,7 +32,7 @@ use automerge::{Automerge, ObjType, Patch, Prop, ReadDoc, Value};
 use doorstep_protocol::schema::DocumentKind;
 use doorstep_protocol::{DocumentId, TenantId};
 
-use crate::store::{Store, StoreError};
+use crate::store::{DocumentRow, Store, StoreError};
 
 /// Which document a projection is for.
 #[derive(Debug, Clone, Copy)]
@@ -211,32 +211,64 @@ pub async fn write(
 /// marker stays behind its heads and the server projects it again.
 pub async fn reproject(store: &Store) -> Result<usize, StoreError> {
     let documents = store.all_documents().await?;
+    let mut failed = Vec::new();
     for row in &documents {
-        let kind = row.kind().ok_or_else(|| {
-            StoreError::Corrupt(format!("document {} has no valid month", row.id))
-        })?;
-        let mut doc = Automerge::new();
-        for chunk in store.load_chunks(row.id).await?.chunks {
-            doc.load_incremental(&chunk)
-                .map_err(|e| StoreError::Corrupt(format!("document {}: {e}", row.id)))?;
+        // One unreadable document must not stop the others' repair.
+        if let Err(e) = reproject_document(store, row).await {
+            tracing::error!(document = %row.id, error = %e, "could not re-project a document");
+            failed.push(row.id.to_string());
         }
-        let source = Source {
-            document: row.id,
-            branch: row.branch_id,
-            kind,
-        };
-        let plan = plan(&doc, source, &Scope::everything(kind));
-        let mut tx = store.begin_write().await?;
-        write(&mut tx, &plan).await?;
-        sqlx::query("update documents set projected_heads = ? where id = ?")
-            .bind(crate::store::keeping::heads_text(&doc.get_heads()))
-            .bind(row.id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
     }
     let mut tx = store.begin_write().await?;
     sql::delete_orphans(&mut tx).await?;
     tx.commit().await?;
+    if !failed.is_empty() {
+        return Err(StoreError::Corrupt(format!(
+            "{} of {} documents could not be re-projected (the rest were): {}",
+            failed.len(),
+            documents.len(),
+            failed.join(", ")
+        )));
+    }
     Ok(documents.len())
+}
+
+async fn reproject_document(store: &Store, row: &DocumentRow) -> Result<(), StoreError> {
+    let kind = row
+        .kind()
+        .ok_or_else(|| StoreError::Corrupt(format!("document {} has no valid month", row.id)))?;
+    let chunks = store.load_chunks(row.id).await?.chunks;
+    let source = Source {
+        document: row.id,
+        branch: row.branch_id,
+        kind,
+    };
+    let id = row.id;
+    // Automerge can panic on stored bytes it wrote itself; a panic is this
+    // document's failure, not the command's.
+    let (heads, plan) = tokio::task::spawn_blocking(move || {
+        std::panic::catch_unwind(|| {
+            let mut doc = Automerge::new();
+            for chunk in &chunks {
+                doc.load_incremental(chunk)
+                    .map_err(|e| StoreError::Corrupt(format!("document {id}: {e}")))?;
+            }
+            Ok::<_, StoreError>((
+                doc.get_heads(),
+                plan(&doc, source, &Scope::everything(kind)),
+            ))
+        })
+    })
+    .await
+    .map_err(|e| StoreError::Corrupt(format!("document {id}: {e}")))?
+    .map_err(|_| StoreError::Corrupt(format!("document {id}: loading it panicked")))??;
+    let mut tx = store.begin_write().await?;
+    write(&mut tx, &plan).await?;
+    sqlx::query("update documents set projected_heads = ? where id = ?")
+        .bind(crate::store::keeping::heads_text(&heads))
+        .bind(row.id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }

@@ -5,6 +5,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
+use super::audit::{AuditEntry, record};
 use super::tenants::{serialize_display, serialize_opt_display};
 use super::{Store, StoreError, now_ms, parse_column};
 use crate::tenancy::TenantPath;
@@ -24,15 +25,85 @@ pub struct Device {
     pub last_seen_at: Option<i64>,
 }
 
+/// Where a one-time code (an enrollment code or an invitation) stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodeStatus {
+    /// Asked for by an upper level: waits for the branch secretary.
+    PendingApproval,
+    /// Works now.
+    Ready,
+    Used,
+    Denied,
+    Expired,
+}
+
+impl CodeStatus {
+    pub(crate) fn of(
+        needs_approval: bool,
+        approved_at: Option<i64>,
+        denied_at: Option<i64>,
+        used_at: Option<i64>,
+        expires_at: i64,
+        now: i64,
+    ) -> CodeStatus {
+        if used_at.is_some() {
+            CodeStatus::Used
+        } else if denied_at.is_some() {
+            CodeStatus::Denied
+        } else if expires_at <= now {
+            CodeStatus::Expired
+        } else if needs_approval && approved_at.is_none() {
+            CodeStatus::PendingApproval
+        } else {
+            CodeStatus::Ready
+        }
+    }
+}
+
 /// A one-time code, as listed (never the code itself).
 #[derive(Clone, Debug, Serialize)]
 pub struct EnrollmentCode {
+    /// Names the code (or the request) in approvals and listings.
+    #[serde(serialize_with = "serialize_display")]
+    pub id: uuid::Uuid,
     #[serde(serialize_with = "serialize_display")]
     pub branch_id: TenantId,
+    #[serde(skip)]
+    pub branch_path: TenantPath,
     pub label: String,
+    pub created_by: String,
+    pub created_at: i64,
     pub expires_at: i64,
+    pub status: CodeStatus,
+    /// Who approved or denied it, if it needed approval.
+    pub decided_by: Option<String>,
+    /// When a device first presented it while it waited for approval.
+    pub presented_at: Option<i64>,
     #[serde(serialize_with = "serialize_opt_display")]
     pub device_id: Option<DeviceId>,
+}
+
+/// What [`Store::create_enrollment_code`] stores.
+#[derive(Debug)]
+pub struct NewEnrollmentCode<'a> {
+    pub branch: TenantId,
+    pub label: &'a str,
+    pub created_by: &'a str,
+    pub code_hash: &'a [u8],
+    pub expires_at: i64,
+    /// Asked for by an upper level: enrolls nothing until the branch approves.
+    pub needs_approval: bool,
+}
+
+/// What exchanging a code gave.
+#[derive(Debug)]
+pub enum Enrollment {
+    /// A new device; its token was stored.
+    Enrolled(Device),
+    /// The code waits for the branch secretary's approval: nothing was
+    /// issued and the code is not spent.
+    PendingApproval(EnrollmentCode),
 }
 
 /// Why a code could not be exchanged for a token.
@@ -55,6 +126,37 @@ impl From<sqlx::Error> for EnrollError {
 const DEVICE_COLUMNS: &str =
     "d.id, d.branch_id, d.label, d.created_at, d.revoked_at, d.last_seen_at, t.path";
 
+const CODE_COLUMNS: &str = "c.id, c.branch_id, c.label, c.created_by, c.created_at, c.expires_at,
+     c.needs_approval, c.approved_at, c.approved_by, c.denied_at, c.denied_by, c.presented_at,
+     c.used_at, c.device_id, t.path";
+
+fn code_from_row(row: &SqliteRow, now: i64) -> Result<EnrollmentCode, StoreError> {
+    let device: Option<String> = row.try_get("device_id")?;
+    let approved_by: Option<String> = row.try_get("approved_by")?;
+    let denied_by: Option<String> = row.try_get("denied_by")?;
+    let expires_at = row.try_get("expires_at")?;
+    Ok(EnrollmentCode {
+        id: parse_column(&row.try_get::<String, _>("id")?, "code id")?,
+        branch_id: parse_column(&row.try_get::<String, _>("branch_id")?, "tenant id")?,
+        branch_path: parse_column(&row.try_get::<String, _>("path")?, "tenant path")?,
+        label: row.try_get("label")?,
+        created_by: row.try_get("created_by")?,
+        created_at: row.try_get("created_at")?,
+        expires_at,
+        status: CodeStatus::of(
+            row.try_get::<i64, _>("needs_approval")? == 1,
+            row.try_get("approved_at")?,
+            row.try_get("denied_at")?,
+            row.try_get("used_at")?,
+            expires_at,
+            now,
+        ),
+        decided_by: approved_by.or(denied_by),
+        presented_at: row.try_get("presented_at")?,
+        device_id: device.map(|d| parse_column(&d, "device id")).transpose()?,
+    })
+}
+
 fn device_from_row(row: &SqliteRow) -> Result<Device, StoreError> {
     Ok(Device {
         id: parse_column(&row.try_get::<String, _>("id")?, "device id")?,
@@ -68,61 +170,194 @@ fn device_from_row(row: &SqliteRow) -> Result<Device, StoreError> {
 }
 
 impl Store {
+    /// Stores a new code and its audit entry in one transaction. A code
+    /// that `needs_approval` enrolls nothing until the branch approves it.
     pub async fn create_enrollment_code(
         &self,
-        branch: TenantId,
-        label: &str,
-        created_by: &str,
-        code_hash: &[u8],
-        expires_at: i64,
+        code: NewEnrollmentCode<'_>,
+        audit: AuditEntry,
     ) -> Result<EnrollmentCode, StoreError> {
+        let NewEnrollmentCode {
+            branch,
+            label,
+            created_by,
+            code_hash,
+            expires_at,
+            needs_approval,
+        } = code;
+        let id = uuid::Uuid::now_v7();
+        let mut tx = self.begin_write().await?;
         sqlx::query(
-            "insert into enrollment_codes (code_hash, branch_id, label, created_by, created_at, expires_at)
-             values (?, ?, ?, ?, ?, ?)",
+            "insert into enrollment_codes (id, code_hash, branch_id, label, created_by, created_at, expires_at, needs_approval)
+             values (?, ?, ?, ?, ?, ?, ?, ?)",
         )
+        .bind(id.to_string())
         .bind(code_hash)
         .bind(branch.to_string())
         .bind(label)
         .bind(created_by)
         .bind(now_ms())
         .bind(expires_at)
-        .execute(self.pool())
+        .bind(i64::from(needs_approval))
+        .execute(&mut *tx)
         .await?;
-        Ok(EnrollmentCode {
-            branch_id: branch,
-            label: label.to_owned(),
-            expires_at,
-            device_id: None,
-        })
+        record(&mut tx, audit.detail(format!("code {id}: {label}"))).await?;
+        tx.commit().await?;
+        self.enrollment_code(id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("a new enrollment code vanished".into()))
     }
 
-    /// Exchanges a code for a new device and its token, once.
-    pub async fn enroll(&self, code_hash: &[u8], token_hash: &[u8]) -> Result<Device, EnrollError> {
+    pub async fn enrollment_code(
+        &self,
+        id: uuid::Uuid,
+    ) -> Result<Option<EnrollmentCode>, StoreError> {
+        sqlx::query(&format!(
+            "select {CODE_COLUMNS} from enrollment_codes c join tenants t on t.id = c.branch_id where c.id = ?"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(self.pool())
+        .await?
+        .map(|r| code_from_row(&r, now_ms()))
+        .transpose()
+    }
+
+    /// Codes of the branches within `scope`, newest first; with
+    /// `pending_only`, only those waiting for approval.
+    pub async fn enrollment_codes_within(
+        &self,
+        scope: &TenantPath,
+        pending_only: bool,
+    ) -> Result<Vec<EnrollmentCode>, StoreError> {
+        let now = now_ms();
+        let rows = sqlx::query(&format!(
+            "select {CODE_COLUMNS} from enrollment_codes c join tenants t on t.id = c.branch_id
+             where (t.path = ? or t.path like ?)
+               and (? = 0 or (c.needs_approval = 1 and c.approved_at is null and c.denied_at is null
+                              and c.used_at is null and c.expires_at > ?))
+             order by c.created_at desc limit 1000"
+        ))
+        .bind(scope.as_str())
+        .bind(scope.descendants_pattern())
+        .bind(i64::from(pending_only))
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|r| code_from_row(r, now)).collect()
+    }
+
+    /// Approves or denies a code waiting for approval, with its audit entry.
+    /// `None` if it is not waiting (never asked, decided, used or expired).
+    pub async fn decide_enrollment_code(
+        &self,
+        id: uuid::Uuid,
+        approve: bool,
+        by: &str,
+        audit: AuditEntry,
+    ) -> Result<Option<EnrollmentCode>, StoreError> {
+        let now = now_ms();
+        let statement = if approve {
+            "update enrollment_codes set approved_at = ?, approved_by = ?"
+        } else {
+            "update enrollment_codes set denied_at = ?, denied_by = ?"
+        };
+        let mut tx = self.begin_write().await?;
+        let decided = sqlx::query(&format!(
+            "{statement} where id = ? and needs_approval = 1 and approved_at is null
+             and denied_at is null and used_at is null and expires_at > ?"
+        ))
+        .bind(now)
+        .bind(by)
+        .bind(id.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if !decided {
+            return Ok(None);
+        }
+        record(&mut tx, audit).await?;
+        tx.commit().await?;
+        self.enrollment_code(id).await
+    }
+
+    /// Exchanges a code for a new device and its token, once, with the
+    /// audit entry in the same transaction. A code waiting for approval
+    /// issues nothing and stays unspent; the first time a device presents
+    /// it is recorded (later polls are not, so a waiting phone does not
+    /// fill the log). Presenting a spent, denied or expired code is
+    /// recorded as refused.
+    pub async fn enroll(
+        &self,
+        code_hash: &[u8],
+        token_hash: &[u8],
+    ) -> Result<Enrollment, EnrollError> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
-        // Claim the code first: the `used_at is null` guard makes a second
-        // concurrent exchange of the same code update nothing.
+        // The write lock is held from here: nobody can decide, spend or
+        // enroll with this code between the read and the writes below.
+        let row = sqlx::query(&format!(
+            "select {CODE_COLUMNS} from enrollment_codes c join tenants t on t.id = c.branch_id
+             where c.code_hash = ?"
+        ))
+        .bind(code_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(code) = row.map(|r| code_from_row(&r, now)).transpose()? else {
+            return Err(EnrollError::InvalidCode);
+        };
+        let entry = |outcome_detail: &str| {
+            AuditEntry::new("anonymous", "device.enroll", code.id.to_string())
+                .tenant(code.branch_id, &code.branch_path)
+                .detail(format!("{outcome_detail}: {}", code.label))
+        };
+        match code.status {
+            CodeStatus::Ready => {}
+            CodeStatus::PendingApproval => {
+                if code.presented_at.is_none() {
+                    sqlx::query("update enrollment_codes set presented_at = ? where id = ?")
+                        .bind(now)
+                        .bind(code.id.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                    record(&mut tx, entry("pending the branch's approval").refused()).await?;
+                    tx.commit().await?;
+                }
+                return Ok(Enrollment::PendingApproval(code));
+            }
+            CodeStatus::Used | CodeStatus::Denied | CodeStatus::Expired => {
+                let why = match code.status {
+                    CodeStatus::Used => "code already used",
+                    CodeStatus::Denied => "request denied",
+                    _ => "code expired",
+                };
+                record(&mut tx, entry(why).refused()).await?;
+                tx.commit().await?;
+                return Err(EnrollError::InvalidCode);
+            }
+        }
         let device_id = DeviceId::new_v7();
+        // The `used_at is null` guard keeps a code single-use even if the
+        // status read above were ever taken outside the write lock.
         let claimed = sqlx::query(
             "update enrollment_codes set used_at = ?, device_id = ?
-             where code_hash = ? and used_at is null and expires_at > ?
-             returning branch_id, label",
+             where id = ? and used_at is null",
         )
         .bind(now)
         .bind(device_id.to_string())
-        .bind(code_hash)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(claimed) = claimed else {
+        .bind(code.id.to_string())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if !claimed {
             return Err(EnrollError::InvalidCode);
-        };
-        let branch: String = claimed.try_get("branch_id")?;
-        let label: String = claimed.try_get("label")?;
+        }
         sqlx::query("insert into devices (id, branch_id, label, created_at) values (?, ?, ?, ?)")
             .bind(device_id.to_string())
-            .bind(&branch)
-            .bind(&label)
+            .bind(code.branch_id.to_string())
+            .bind(&code.label)
             .bind(now)
             .execute(&mut *tx)
             .await?;
@@ -134,11 +369,16 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        let mut enrolled = entry(&format!("code {}", code.id));
+        enrolled.actor = format!("device:{device_id}");
+        enrolled.subject = device_id.to_string();
+        record(&mut tx, enrolled).await?;
         tx.commit().await?;
-        Ok(self
-            .device(device_id)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("enrolled device vanished".into()))?)
+        Ok(Enrollment::Enrolled(
+            self.device(device_id)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("enrolled device vanished".into()))?,
+        ))
     }
 
     /// The live (not revoked) device a token belongs to.
@@ -182,8 +422,9 @@ impl Store {
         .collect()
     }
 
-    /// Revokes a device and deletes its tokens. True if it was live.
-    pub async fn revoke_device(&self, id: DeviceId) -> Result<bool, StoreError> {
+    /// Revokes a device and deletes its tokens, with the audit entry in the
+    /// same transaction. True if it was live (nothing is recorded otherwise).
+    pub async fn revoke_device(&self, id: DeviceId, audit: AuditEntry) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
         let revoked =
             sqlx::query("update devices set revoked_at = ? where id = ? and revoked_at is null")
@@ -197,6 +438,9 @@ impl Store {
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
+        if revoked {
+            record(&mut tx, audit).await?;
+        }
         tx.commit().await?;
         Ok(revoked)
     }

@@ -29,6 +29,8 @@ const ROWS_PER_STATEMENT: usize = 500;
 #[derive(Debug, Default)]
 pub struct StoredChunks {
     pub chunks: Vec<Vec<u8>>,
+    /// How many of `chunks`, from the front, are snapshots.
+    pub snapshots: usize,
     /// The `hash` column of each chunk, in the same order.
     pub keys: Vec<String>,
     pub snapshot_bytes: u64,
@@ -126,8 +128,12 @@ impl DocumentStore for Store {
     fn load(&self, id: DocumentId) -> BoxFuture<'_, Result<StoredChunks, StoreError>> {
         Box::pin(async move {
             let rows = sqlx::query(
+                // Incrementals in the order they were stored (rowid), which
+                // is causal: two changes of one actor that are concurrent by
+                // their dependencies still must load in sequence order, and
+                // ordering by hash would not.
                 "select kind, hash, bytes from chunks where document_id = ?
-                 order by case kind when 'snapshot' then 0 else 1 end, created_at, hash",
+                 order by case kind when 'snapshot' then 0 else 1 end, rowid",
             )
             .bind(id.to_string())
             .fetch_all(self.pool())
@@ -137,6 +143,7 @@ impl DocumentStore for Store {
                 let kind: String = row.try_get("kind")?;
                 let bytes: Vec<u8> = row.try_get("bytes")?;
                 if kind == "snapshot" {
+                    stored.snapshots += 1;
                     stored.snapshot_bytes += bytes.len() as u64;
                 } else {
                     stored.incremental_bytes += bytes.len() as u64;

@@ -5,10 +5,13 @@
 //! acknowledgement promises. Both settings are set and read back at start.
 //! Migrations are embedded in the binary and applied on open.
 
+pub mod audit;
 mod devices;
 mod documents;
 pub mod faults;
 pub mod keeping;
+mod logins;
+pub use logins::{Attempt, LoginAccount, Session};
 mod tenants;
 
 use std::path::Path;
@@ -18,11 +21,12 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-pub use devices::{Device, EnrollError, EnrollmentCode};
+pub use audit::{AuditEntry, AuditQuery, AuditRecord, Outcome, record};
+pub use devices::{CodeStatus, Device, EnrollError, Enrollment, EnrollmentCode, NewEnrollmentCode};
 pub use documents::{DocumentKindRow, DocumentRow};
 pub use keeping::{Commit, CommitError, DocumentStore, StoredChunks};
 pub(crate) use tenants::serialize_display;
-pub use tenants::{Tenant, User};
+pub use tenants::{Grant, Invitation, NewInvitation, Tenant, User};
 
 /// Milliseconds since the Unix epoch: the unit of every stored time.
 pub fn now_ms() -> i64 {
@@ -146,27 +150,6 @@ impl Store {
                 .fetch_one(&self.pool)
                 .await?,
         )
-    }
-
-    /// Records who did what; never holds secrets.
-    pub async fn audit(
-        &self,
-        actor: &str,
-        action: &str,
-        subject: &str,
-        detail: Option<&str>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "insert into audit (at, actor, action, subject, detail) values (?, ?, ?, ?, ?)",
-        )
-        .bind(now_ms())
-        .bind(actor)
-        .bind(action)
-        .bind(subject)
-        .bind(detail)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 }
 

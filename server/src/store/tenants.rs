@@ -1,4 +1,4 @@
-//! Tenants, users and login sessions.
+//! Tenants and users (login sessions are in `logins.rs`).
 
 use doorstep_protocol::schema::{DocumentKind, genesis};
 use doorstep_protocol::{DocumentId, TenantId};
@@ -6,6 +6,8 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
+use super::audit::{AuditEntry, record};
+use super::devices::CodeStatus;
 use super::{Store, StoreError, now_ms, parse_column};
 use crate::tenancy::{Level, Role, TenantPath};
 
@@ -63,13 +65,187 @@ fn tenant_from_row(row: &SqliteRow) -> Result<Tenant, StoreError> {
     })
 }
 
-fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
+pub(super) fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
     Ok(User {
         id: parse_column(&row.try_get::<String, _>("id")?, "user id")?,
         username: row.try_get("username")?,
         role: parse_column(&row.try_get::<String, _>("role")?, "role")?,
         tenant_id: parse_column(&row.try_get::<String, _>("tenant_id")?, "tenant id")?,
         tenant_path: parse_column(&row.try_get::<String, _>("path")?, "tenant path")?,
+    })
+}
+
+/// The stored password hash of an invited user who has not activated the
+/// account: no password verifies against it, and login skips it.
+const NO_PASSWORD: &str = "";
+
+/// Names the system itself uses as audit actors.
+const RESERVED_USERNAMES: &[&str] = &["cli", "anonymous"];
+
+async fn insert_user(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    username: &str,
+    password_hash: &str,
+    role: Role,
+    tenant: TenantId,
+) -> Result<User, StoreError> {
+    let username = username.trim();
+    if username.is_empty() || username.chars().count() > 100 {
+        return Err(StoreError::Invalid(
+            "a username is 1 to 100 characters".into(),
+        ));
+    }
+    if username.contains(':') || RESERVED_USERNAMES.contains(&username) {
+        return Err(StoreError::Invalid(format!(
+            "{username:?} is reserved; a username has no ':' and is not {RESERVED_USERNAMES:?}"
+        )));
+    }
+    let t = sqlx::query("select id, parent_id, level, name, path from tenants where id = ?")
+        .bind(tenant.to_string())
+        .fetch_optional(&mut **tx)
+        .await?
+        .as_ref()
+        .map(tenant_from_row)
+        .transpose()?
+        .ok_or_else(|| StoreError::Invalid(format!("no tenant {tenant}")))?;
+    if t.level != role.level() {
+        return Err(StoreError::Invalid(format!(
+            "a {} belongs to a {}, not a {}",
+            role.as_str(),
+            role.level().as_str(),
+            t.level.as_str()
+        )));
+    }
+    let id = uuid::Uuid::now_v7();
+    let result = sqlx::query("insert into users (id, username, password_hash, role, tenant_id, created_at) values (?, ?, ?, ?, ?, ?)")
+        .bind(id.to_string())
+        .bind(username)
+        .bind(password_hash)
+        .bind(role.as_str())
+        .bind(tenant.to_string())
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await;
+    match result {
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            Err(StoreError::Conflict(format!("user {username}")))
+        }
+        other => {
+            other?;
+            Ok(User {
+                id,
+                username: username.to_owned(),
+                role,
+                tenant_id: tenant,
+                tenant_path: t.path,
+            })
+        }
+    }
+}
+
+/// What [`Store::invite_user`] stores besides the user.
+#[derive(Debug)]
+pub struct NewInvitation<'a> {
+    pub code_hash: &'a [u8],
+    pub created_by: &'a str,
+    pub expires_at: i64,
+    /// An upper level's invitee who would see names: waits for the branch.
+    pub needs_approval: bool,
+}
+
+/// An invitation, as listed (never the code itself).
+#[derive(Clone, Debug, Serialize)]
+pub struct Invitation {
+    #[serde(serialize_with = "serialize_display")]
+    pub id: uuid::Uuid,
+    #[serde(serialize_with = "serialize_display")]
+    pub user_id: uuid::Uuid,
+    pub username: String,
+    pub role: Role,
+    #[serde(serialize_with = "serialize_display")]
+    pub tenant_id: TenantId,
+    #[serde(skip)]
+    pub tenant_path: TenantPath,
+    pub created_by: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub status: CodeStatus,
+    pub decided_by: Option<String>,
+    /// When the invitee first tried it while it waited for approval.
+    pub presented_at: Option<i64>,
+}
+
+const INVITATION_COLUMNS: &str = "i.id, i.user_id, u.username, u.role, u.tenant_id, t.path,
+     i.created_by, i.created_at, i.expires_at, i.needs_approval, i.approved_at, i.approved_by,
+     i.denied_at, i.denied_by, i.presented_at, i.used_at";
+
+fn invitation_from_row(row: &SqliteRow, now: i64) -> Result<Invitation, StoreError> {
+    let approved_by: Option<String> = row.try_get("approved_by")?;
+    let denied_by: Option<String> = row.try_get("denied_by")?;
+    let expires_at = row.try_get("expires_at")?;
+    Ok(Invitation {
+        id: parse_column(&row.try_get::<String, _>("id")?, "invitation id")?,
+        user_id: parse_column(&row.try_get::<String, _>("user_id")?, "user id")?,
+        username: row.try_get("username")?,
+        role: parse_column(&row.try_get::<String, _>("role")?, "role")?,
+        tenant_id: parse_column(&row.try_get::<String, _>("tenant_id")?, "tenant id")?,
+        tenant_path: parse_column(&row.try_get::<String, _>("path")?, "tenant path")?,
+        created_by: row.try_get("created_by")?,
+        created_at: row.try_get("created_at")?,
+        expires_at,
+        status: CodeStatus::of(
+            row.try_get::<i64, _>("needs_approval")? == 1,
+            row.try_get("approved_at")?,
+            row.try_get("denied_at")?,
+            row.try_get("used_at")?,
+            expires_at,
+            now,
+        ),
+        decided_by: approved_by.or(denied_by),
+        presented_at: row.try_get("presented_at")?,
+    })
+}
+
+/// A drill-down grant: one upper-level user's reasoned, time-limited
+/// access to one branch's names ("break the glass").
+#[derive(Clone, Debug, Serialize)]
+pub struct Grant {
+    #[serde(serialize_with = "serialize_display")]
+    pub id: uuid::Uuid,
+    #[serde(serialize_with = "serialize_display")]
+    pub branch_id: TenantId,
+    #[serde(skip)]
+    pub branch_path: TenantPath,
+    #[serde(serialize_with = "serialize_display")]
+    pub user_id: uuid::Uuid,
+    pub username: String,
+    pub reason: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub revoked_by: Option<String>,
+    /// In force now: neither expired nor revoked.
+    pub active: bool,
+}
+
+const GRANT_COLUMNS: &str = "g.id, g.branch_id, t.path, g.user_id, u.username, g.reason,
+     g.created_at, g.expires_at, g.revoked_at, g.revoked_by";
+
+fn grant_from_row(row: &SqliteRow, now: i64) -> Result<Grant, StoreError> {
+    let expires_at: i64 = row.try_get("expires_at")?;
+    let revoked_at: Option<i64> = row.try_get("revoked_at")?;
+    Ok(Grant {
+        id: parse_column(&row.try_get::<String, _>("id")?, "grant id")?,
+        branch_id: parse_column(&row.try_get::<String, _>("branch_id")?, "tenant id")?,
+        branch_path: parse_column(&row.try_get::<String, _>("path")?, "tenant path")?,
+        user_id: parse_column(&row.try_get::<String, _>("user_id")?, "user id")?,
+        username: row.try_get("username")?,
+        reason: row.try_get("reason")?,
+        created_at: row.try_get("created_at")?,
+        expires_at,
+        revoked_at,
+        revoked_by: row.try_get("revoked_by")?,
+        active: revoked_at.is_none() && expires_at > now,
     })
 }
 
@@ -184,73 +360,364 @@ impl Store {
             .await?)
     }
 
-    /// Creates a user whose role fits the level of its tenant.
+    /// Creates a user whose role fits the level of its tenant, with its
+    /// audit entry in the same transaction. Only the operator sets a
+    /// password this way; the API invites ([`Store::invite_user`]).
     pub async fn create_user(
         &self,
         username: &str,
         password_hash: &str,
         role: Role,
         tenant: TenantId,
+        audit: AuditEntry,
     ) -> Result<User, StoreError> {
-        let username = username.trim();
-        if username.is_empty() || username.chars().count() > 100 {
-            return Err(StoreError::Invalid(
-                "a username is 1 to 100 characters".into(),
-            ));
-        }
-        let t = self
-            .tenant(tenant)
-            .await?
-            .ok_or_else(|| StoreError::Invalid(format!("no tenant {tenant}")))?;
-        if t.level != role.level() {
-            return Err(StoreError::Invalid(format!(
-                "a {} belongs to a {}, not a {}",
-                role.as_str(),
-                role.level().as_str(),
-                t.level.as_str()
-            )));
-        }
-        let id = uuid::Uuid::now_v7();
-        let result = sqlx::query("insert into users (id, username, password_hash, role, tenant_id, created_at) values (?, ?, ?, ?, ?, ?)")
-            .bind(id.to_string())
-            .bind(username)
-            .bind(password_hash)
-            .bind(role.as_str())
-            .bind(tenant.to_string())
-            .bind(now_ms())
-            .execute(self.pool())
-            .await;
-        match result {
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(StoreError::Conflict(format!("user {username}")))
-            }
-            other => {
-                other?;
-                Ok(User {
-                    id,
-                    username: username.to_owned(),
-                    role,
-                    tenant_id: tenant,
-                    tenant_path: t.path,
-                })
-            }
-        }
+        let mut tx = self.begin_write().await?;
+        let user = insert_user(&mut tx, username, password_hash, role, tenant).await?;
+        record(&mut tx, audit.tenant(user.tenant_id, &user.tenant_path)).await?;
+        tx.commit().await?;
+        Ok(user)
     }
 
-    /// A user and their password hash, for login.
-    pub async fn user_for_login(
+    /// Creates a user without a password and their one-time activation
+    /// code (stored as its hash), with the audit entry, in one transaction.
+    pub async fn invite_user(
         &self,
         username: &str,
-    ) -> Result<Option<(User, String)>, StoreError> {
-        let row = sqlx::query(
-            "select u.id, u.username, u.role, u.tenant_id, u.password_hash, t.path
-             from users u join tenants t on t.id = u.tenant_id where u.username = ?",
+        role: Role,
+        tenant: TenantId,
+        invitation: NewInvitation<'_>,
+        audit: AuditEntry,
+    ) -> Result<(User, Invitation), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let user = insert_user(&mut tx, username, NO_PASSWORD, role, tenant).await?;
+        let id = uuid::Uuid::now_v7();
+        sqlx::query(
+            "insert into user_invitations (id, user_id, code_hash, created_by, created_at, expires_at, needs_approval)
+             values (?, ?, ?, ?, ?, ?, ?)",
         )
-        .bind(username.trim())
-        .fetch_optional(self.pool())
+        .bind(id.to_string())
+        .bind(user.id.to_string())
+        .bind(invitation.code_hash)
+        .bind(invitation.created_by)
+        .bind(now_ms())
+        .bind(invitation.expires_at)
+        .bind(i64::from(invitation.needs_approval))
+        .execute(&mut *tx)
         .await?;
-        row.map(|r| Ok((user_from_row(&r)?, r.try_get("password_hash")?)))
-            .transpose()
+        record(
+            &mut tx,
+            audit
+                .tenant(user.tenant_id, &user.tenant_path)
+                .detail(format!("{} invitation {id}", role.as_str())),
+        )
+        .await?;
+        tx.commit().await?;
+        let invitation = self
+            .invitation(id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("a new invitation vanished".into()))?;
+        Ok((user, invitation))
+    }
+
+    pub async fn invitation(&self, id: uuid::Uuid) -> Result<Option<Invitation>, StoreError> {
+        sqlx::query(&format!(
+            "select {INVITATION_COLUMNS} from user_invitations i
+             join users u on u.id = i.user_id join tenants t on t.id = u.tenant_id where i.id = ?"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(self.pool())
+        .await?
+        .map(|r| invitation_from_row(&r, now_ms()))
+        .transpose()
+    }
+
+    pub async fn invitation_for_code(
+        &self,
+        code_hash: &[u8],
+    ) -> Result<Option<Invitation>, StoreError> {
+        sqlx::query(&format!(
+            "select {INVITATION_COLUMNS} from user_invitations i
+             join users u on u.id = i.user_id join tenants t on t.id = u.tenant_id where i.code_hash = ?"
+        ))
+        .bind(code_hash)
+        .fetch_optional(self.pool())
+        .await?
+        .map(|r| invitation_from_row(&r, now_ms()))
+        .transpose()
+    }
+
+    /// Invitations of users within `scope`, newest first; with
+    /// `pending_only`, only those waiting for approval.
+    pub async fn invitations_within(
+        &self,
+        scope: &TenantPath,
+        pending_only: bool,
+    ) -> Result<Vec<Invitation>, StoreError> {
+        let now = now_ms();
+        let rows = sqlx::query(&format!(
+            "select {INVITATION_COLUMNS} from user_invitations i
+             join users u on u.id = i.user_id join tenants t on t.id = u.tenant_id
+             where (t.path = ? or t.path like ?)
+               and (? = 0 or (i.needs_approval = 1 and i.approved_at is null and i.denied_at is null
+                              and i.used_at is null and i.expires_at > ?))
+             order by i.created_at desc limit 1000"
+        ))
+        .bind(scope.as_str())
+        .bind(scope.descendants_pattern())
+        .bind(i64::from(pending_only))
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|r| invitation_from_row(r, now)).collect()
+    }
+
+    /// Approves or denies an invitation waiting for approval, with its
+    /// audit entry. `None` if it is not waiting.
+    pub async fn decide_invitation(
+        &self,
+        id: uuid::Uuid,
+        approve: bool,
+        by: &str,
+        audit: AuditEntry,
+    ) -> Result<Option<Invitation>, StoreError> {
+        let now = now_ms();
+        let statement = if approve {
+            "update user_invitations set approved_at = ?, approved_by = ?"
+        } else {
+            "update user_invitations set denied_at = ?, denied_by = ?"
+        };
+        let mut tx = self.begin_write().await?;
+        let decided = sqlx::query(&format!(
+            "{statement} where id = ? and needs_approval = 1 and approved_at is null
+             and denied_at is null and used_at is null and expires_at > ?"
+        ))
+        .bind(now)
+        .bind(by)
+        .bind(id.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if !decided {
+            return Ok(None);
+        }
+        record(&mut tx, audit).await?;
+        tx.commit().await?;
+        self.invitation(id).await
+    }
+
+    /// Records that an invitation waiting for approval was presented, the
+    /// first time only (an invitee who retries does not fill the log).
+    pub async fn invitation_presented(
+        &self,
+        invitation: &Invitation,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let first = sqlx::query(
+            "update user_invitations set presented_at = ? where id = ? and presented_at is null",
+        )
+        .bind(now_ms())
+        .bind(invitation.id.to_string())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if first {
+            record(&mut tx, audit).await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Spends a ready invitation and sets the user's password, with the
+    /// audit entry, in one transaction. `None` if the code is no longer
+    /// ready (spent, denied, expired, or not approved) or the user already
+    /// has a password.
+    pub async fn activate_user(
+        &self,
+        code_hash: &[u8],
+        password_hash: &str,
+        audit: AuditEntry,
+    ) -> Result<Option<User>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        let user: Option<String> = sqlx::query_scalar(
+            "update user_invitations set used_at = ?
+             where code_hash = ? and used_at is null and denied_at is null and expires_at > ?
+               and (needs_approval = 0 or approved_at is not null)
+             returning user_id",
+        )
+        .bind(now)
+        .bind(code_hash)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(user) = user else {
+            return Ok(None);
+        };
+        let set =
+            sqlx::query("update users set password_hash = ? where id = ? and password_hash = ?")
+                .bind(password_hash)
+                .bind(&user)
+                .bind(NO_PASSWORD)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if set == 0 {
+            return Ok(None);
+        }
+        let user = sqlx::query(
+            "select u.id, u.username, u.role, u.tenant_id, t.path
+             from users u join tenants t on t.id = u.tenant_id where u.id = ?",
+        )
+        .bind(&user)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(StoreError::from)
+        .and_then(|r| user_from_row(&r))?;
+        record(&mut tx, audit.tenant(user.tenant_id, &user.tenant_path)).await?;
+        tx.commit().await?;
+        Ok(Some(user))
+    }
+
+    /// The user a login token was issued to, whether or not its session is
+    /// still live: to record an official's attempt to use one where only a
+    /// device token works.
+    pub async fn user_of_login_token(&self, token_hash: &[u8]) -> Result<Option<User>, StoreError> {
+        sqlx::query(
+            "select u.id, u.username, u.role, u.tenant_id, t.path
+             from user_sessions s join users u on u.id = s.user_id join tenants t on t.id = u.tenant_id
+             where s.token_hash = ?",
+        )
+        .bind(token_hash)
+        .fetch_optional(self.pool())
+        .await?
+        .as_ref()
+        .map(user_from_row)
+        .transpose()
+    }
+
+    /// A user by id.
+    pub async fn user(&self, id: uuid::Uuid) -> Result<Option<User>, StoreError> {
+        sqlx::query(
+            "select u.id, u.username, u.role, u.tenant_id, t.path
+             from users u join tenants t on t.id = u.tenant_id where u.id = ?",
+        )
+        .bind(id.to_string())
+        .fetch_optional(self.pool())
+        .await?
+        .as_ref()
+        .map(user_from_row)
+        .transpose()
+    }
+
+    /// Opens a drill-down grant, with its audit entry.
+    pub async fn create_grant(
+        &self,
+        user: &User,
+        branch: &Tenant,
+        reason: &str,
+        expires_at: i64,
+        audit: AuditEntry,
+    ) -> Result<Grant, StoreError> {
+        let id = uuid::Uuid::now_v7();
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "insert into drilldown_grants (id, branch_id, user_id, reason, created_at, expires_at)
+             values (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(branch.id.to_string())
+        .bind(user.id.to_string())
+        .bind(reason)
+        .bind(now_ms())
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        let mut audit = audit;
+        audit.subject = id.to_string();
+        record(&mut tx, audit).await?;
+        tx.commit().await?;
+        self.grant(id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("a new grant vanished".into()))
+    }
+
+    pub async fn grant(&self, id: uuid::Uuid) -> Result<Option<Grant>, StoreError> {
+        sqlx::query(&format!(
+            "select {GRANT_COLUMNS} from drilldown_grants g join users u on u.id = g.user_id
+             join tenants t on t.id = g.branch_id where g.id = ?"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(self.pool())
+        .await?
+        .map(|r| grant_from_row(&r, now_ms()))
+        .transpose()
+    }
+
+    /// Every grant on a branch, newest first.
+    pub async fn grants_of_branch(&self, branch: TenantId) -> Result<Vec<Grant>, StoreError> {
+        let now = now_ms();
+        let rows = sqlx::query(&format!(
+            "select {GRANT_COLUMNS} from drilldown_grants g join users u on u.id = g.user_id
+             join tenants t on t.id = g.branch_id where g.branch_id = ? order by g.created_at desc"
+        ))
+        .bind(branch.to_string())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|r| grant_from_row(r, now)).collect()
+    }
+
+    /// The user's grant on the branch that is in force now, if any.
+    pub async fn active_grant(
+        &self,
+        user: uuid::Uuid,
+        branch: TenantId,
+    ) -> Result<Option<Grant>, StoreError> {
+        let now = now_ms();
+        sqlx::query(&format!(
+            "select {GRANT_COLUMNS} from drilldown_grants g join users u on u.id = g.user_id
+             join tenants t on t.id = g.branch_id
+             where g.user_id = ? and g.branch_id = ? and g.revoked_at is null and g.expires_at > ?
+             order by g.expires_at desc limit 1"
+        ))
+        .bind(user.to_string())
+        .bind(branch.to_string())
+        .bind(now)
+        .fetch_optional(self.pool())
+        .await?
+        .map(|r| grant_from_row(&r, now))
+        .transpose()
+    }
+
+    /// Ends a grant early, with its audit entry. False if it was not in force.
+    pub async fn revoke_grant(
+        &self,
+        id: uuid::Uuid,
+        by: &str,
+        audit: AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        let revoked = sqlx::query(
+            "update drilldown_grants set revoked_at = ?, revoked_by = ?
+             where id = ? and revoked_at is null and expires_at > ?",
+        )
+        .bind(now)
+        .bind(by)
+        .bind(id.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if revoked {
+            record(&mut tx, audit).await?;
+            tx.commit().await?;
+        }
+        Ok(revoked)
     }
 
     pub async fn users_within(&self, scope: &TenantPath) -> Result<Vec<User>, StoreError> {
@@ -266,50 +733,5 @@ impl Store {
         .iter()
         .map(user_from_row)
         .collect()
-    }
-
-    pub async fn create_session(
-        &self,
-        user: uuid::Uuid,
-        token_hash: &[u8],
-        expires_at: i64,
-    ) -> Result<(), StoreError> {
-        let now = now_ms();
-        sqlx::query("delete from user_sessions where expires_at < ?")
-            .bind(now)
-            .execute(self.pool())
-            .await?;
-        sqlx::query("insert into user_sessions (token_hash, user_id, created_at, expires_at) values (?, ?, ?, ?)")
-            .bind(token_hash)
-            .bind(user.to_string())
-            .bind(now)
-            .bind(expires_at)
-            .execute(self.pool())
-            .await?;
-        Ok(())
-    }
-
-    /// The user behind an unexpired session token.
-    pub async fn user_for_session(&self, token_hash: &[u8]) -> Result<Option<User>, StoreError> {
-        sqlx::query(
-            "select u.id, u.username, u.role, u.tenant_id, t.path
-             from user_sessions s join users u on u.id = s.user_id join tenants t on t.id = u.tenant_id
-             where s.token_hash = ? and s.expires_at > ?",
-        )
-        .bind(token_hash)
-        .bind(now_ms())
-        .fetch_optional(self.pool())
-        .await?
-        .as_ref()
-        .map(user_from_row)
-        .transpose()
-    }
-
-    pub async fn delete_session(&self, token_hash: &[u8]) -> Result<(), StoreError> {
-        sqlx::query("delete from user_sessions where token_hash = ?")
-            .bind(token_hash)
-            .execute(self.pool())
-            .await?;
-        Ok(())
     }
 }

@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::AppState;
 use crate::auth::hash_secret;
 use crate::hub::{Access, Connection, Ephemeral, Hub, Outbound, SyncRefusal};
-use crate::store::Device;
+use crate::store::{AuditEntry, Device};
 use doorstep_protocol::admission::AdmissionError;
 use doorstep_protocol::keeper::Refusal;
 
@@ -69,10 +69,13 @@ pub async fn upgrade(
     let token = crate::http::extract::bearer(&headers)
         .map(str::to_owned)
         .or(query.token);
-    let device = match token {
-        Some(token) => state.store.device_for_token(&hash_secret(&token)).await,
+    let device = match &token {
+        Some(token) => state.store.device_for_token(&hash_secret(token)).await,
         None => Ok(None),
     };
+    if let (Ok(None), Some(token)) = (&device, &token) {
+        record_login_token(&state, token).await;
+    }
     let limit = state.config.limits.max_message_bytes;
     ws.max_message_size(limit)
         .max_frame_size(limit)
@@ -89,6 +92,25 @@ pub async fn upgrade(
                 }
             }
         })
+}
+
+/// An official who tries `/sync` with their login token gets what any bad
+/// token gets; the attempt is recorded.
+async fn record_login_token(state: &AppState, token: &str) {
+    let store = &state.store;
+    let recorded = match store.user_of_login_token(&hash_secret(token)).await {
+        Ok(Some(user)) => {
+            let entry = AuditEntry::by_user(&user, "sync.connect", "/sync")
+                .detail("a login token is not a device token")
+                .refused();
+            store.record_audit(entry).await
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = recorded {
+        tracing::warn!(error = %e, "could not record a refused /sync");
+    }
 }
 
 async fn refuse(mut socket: WebSocket, code: u16, reason: &str) {
@@ -141,7 +163,8 @@ impl From<SyncRefusal> for Fatal {
             SyncRefusal::Refused(
                 Refusal::Inadmissible(AdmissionError::OverLimit { .. })
                 | Refusal::DocumentFull { .. }
-                | Refusal::TooManyOrphans { .. },
+                | Refusal::TooManyOrphans { .. }
+                | Refusal::TooManyActors { .. },
             ) => close_code::TOO_LARGE,
             SyncRefusal::Refused(Refusal::Busy) => close_code::TRY_AGAIN,
             SyncRefusal::Refused(_) => close_code::PROTOCOL,
@@ -222,16 +245,47 @@ fn transport_fatal(e: &axum::Error) -> Fatal {
 
 /// Runs one device connection until it closes.
 async fn connection(hub: Arc<Hub>, mut socket: WebSocket, device: Device) {
-    let (client, storage_id) = match handshake(&hub, &mut socket).await {
-        Ok(joined) => joined,
-        Err(Some(fatal)) => return close_with(&mut socket, &hub, None, fatal).await,
-        Err(None) => return,
+    // Registered for revocation before the handshake, so a socket that has
+    // not joined yet closes at once too.
+    let waiting = hub.connect(device.clone(), None);
+    let joined = tokio::select! {
+        joined = handshake(&hub, &mut socket) => joined,
+        _ = waiting.revoked.notified() => Err(Some(revoked())),
     };
+    let (client, storage_id) = match joined {
+        Ok(joined) => joined,
+        Err(fatal) => {
+            hub.disconnect(&waiting).await;
+            if let Some(fatal) = fatal {
+                close_with(&mut socket, &hub, None, fatal).await;
+            }
+            return;
+        }
+    };
+    let conn = hub.connect(device, storage_id);
+    hub.disconnect(&waiting).await;
+    // A revocation that notified only `waiting` committed before it did, so
+    // this sees it; any later one notifies `conn`.
+    match hub.store().device_is_live(conn.device.id).await {
+        Ok(true) => {}
+        Ok(false) => {
+            hub.disconnect(&conn).await;
+            return close_with(&mut socket, &hub, Some(&client), revoked()).await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "liveness check failed");
+            hub.disconnect(&conn).await;
+            let fatal = Fatal {
+                code: close_code::TRY_AGAIN,
+                reason: "server error, try again later".into(),
+            };
+            return close_with(&mut socket, &hub, Some(&client), fatal).await;
+        }
+    }
     tracing::info!(peer = %client, "device connected");
-    if let Err(e) = hub_store_touch(&hub, &device).await {
+    if let Err(e) = hub_store_touch(&hub, &conn.device).await {
         tracing::warn!(error = %e, "could not record last seen");
     }
-    let conn = hub.connect(device, storage_id);
     let fatal = serve(&hub, &mut socket, &conn, &client).await;
     hub.disconnect(&conn).await;
     if let Some(fatal) = fatal {
@@ -251,20 +305,25 @@ async fn close_with(socket: &mut WebSocket, hub: &Hub, client: Option<&PeerId>, 
         sender_id: Some(hub.peer_id.clone()),
         target_id: client.cloned(),
     };
-    let _ = socket
-        .send(WsMessage::Binary(wire::encode(&error).into()))
-        .await;
-    // Close reasons are limited to 123 bytes by the protocol.
-    let mut reason = fatal.reason;
-    while reason.len() > 120 {
-        reason.pop();
-    }
-    let _ = socket
-        .send(WsMessage::Close(Some(CloseFrame {
-            code: fatal.code,
-            reason: reason.into(),
-        })))
-        .await;
+    // A client that stopped reading must not hold this task: the goodbye
+    // gets a few seconds, then the socket is dropped.
+    let goodbye = async {
+        socket
+            .send(WsMessage::Binary(wire::encode(&error).into()))
+            .await?;
+        // Close reasons are limited to 123 bytes by the protocol.
+        let mut reason = fatal.reason;
+        while reason.len() > 120 {
+            reason.pop();
+        }
+        socket
+            .send(WsMessage::Close(Some(CloseFrame {
+                code: fatal.code,
+                reason: reason.into(),
+            })))
+            .await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), goodbye).await;
 }
 
 /// The message loop. Returns why it ended, if the client should be told.
@@ -280,6 +339,7 @@ async fn serve(
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.reset();
     let mut last_heard = Instant::now();
+    let mut roster_opened = false;
     loop {
         let idle_left = config.idle_timeout.saturating_sub(last_heard.elapsed());
         tokio::select! {
@@ -294,8 +354,8 @@ async fn serve(
                 return Some(Fatal { code: close_code::GOING_AWAY, reason: "no traffic from the client".into() });
             }
             _ = ping.tick() => {
-                if socket.send(WsMessage::Ping(Default::default())).await.is_err() {
-                    return None;
+                if let Err(fatal) = send_frame(socket, conn, WsMessage::Ping(Default::default()), config.send_timeout).await {
+                    return fatal;
                 }
             }
             out = conn.outbox.pop() => {
@@ -315,8 +375,9 @@ async fn serve(
                         data: e.data.clone(),
                     },
                 };
-                if socket.send(WsMessage::Binary(wire::encode(&message).into())).await.is_err() {
-                    return None;
+                let frame = WsMessage::Binary(wire::encode(&message).into());
+                if let Err(fatal) = send_frame(socket, conn, frame, config.send_timeout).await {
+                    return fatal;
                 }
             }
             frame = socket.recv() => {
@@ -339,7 +400,7 @@ async fn serve(
                             Ok(message) => message,
                             Err(e) => return Some(e.into()),
                         };
-                        match handle(hub, socket, conn, client, message).await {
+                        match handle(hub, socket, conn, client, message, &mut roster_opened).await {
                             // Time the server spent on the message is not the
                             // client's silence: the idle clock starts now.
                             Ok(true) => last_heard = Instant::now(),
@@ -353,6 +414,29 @@ async fn serve(
     }
 }
 
+/// Sends one frame, unless the device is revoked or the client stops
+/// reading first: a client whose socket buffers are full would otherwise
+/// park this connection in `send`, where neither revocation nor the idle
+/// timeout could reach it. `Err(None)` is a closed socket.
+async fn send_frame(
+    socket: &mut WebSocket,
+    conn: &Connection,
+    frame: WsMessage,
+    within: Duration,
+) -> Result<(), Option<Fatal>> {
+    tokio::select! {
+        sent = tokio::time::timeout(within, socket.send(frame)) => match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(None),
+            Err(_) => Err(Some(Fatal {
+                code: close_code::GOING_AWAY,
+                reason: "the client stopped reading".into(),
+            })),
+        },
+        _ = conn.revoked.notified() => Err(Some(revoked())),
+    }
+}
+
 /// Handles one decoded message. `Ok(false)` ends the connection quietly.
 async fn handle(
     hub: &Hub,
@@ -360,6 +444,7 @@ async fn handle(
     conn: &Arc<Connection>,
     client: &PeerId,
     message: Message,
+    roster_opened: &mut bool,
 ) -> Result<bool, Fatal> {
     match message {
         Message::Request {
@@ -371,10 +456,12 @@ async fn handle(
             let span = tracing::debug_span!("document", document = %document_id);
             async {
                 match check_access(hub, conn, document_id).await? {
-                    Access::Open => hub
-                        .receive_sync(conn, document_id, data)
-                        .await
-                        .map_err(Fatal::from),
+                    Access::Open => {
+                        record_roster_open(hub, conn, document_id, roster_opened).await?;
+                        hub.receive_sync(conn, document_id, data)
+                            .await
+                            .map_err(Fatal::from)
+                    }
                     Access::Unavailable => unavailable(hub, socket, client, document_id).await,
                     Access::Revoked => Err(revoked()),
                 }
@@ -421,6 +508,30 @@ async fn handle(
         }
         Message::Join { .. } | Message::Peer { .. } => Err(Fatal::protocol("already joined")),
     }
+}
+
+/// The roster holds the branch's names: the first time a connection opens
+/// it is recorded, and committed before anything of it is sent.
+async fn record_roster_open(
+    hub: &Hub,
+    conn: &Connection,
+    document_id: DocumentId,
+    roster_opened: &mut bool,
+) -> Result<(), Fatal> {
+    if *roster_opened || document_id != DocumentId::roster(conn.device.branch_id) {
+        return Ok(());
+    }
+    let entry = AuditEntry::by_device(&conn.device, "roster.open", document_id.to_string())
+        .detail(format!("connection {}", conn.id));
+    hub.store().record_audit(entry).await.map_err(|e| {
+        tracing::error!(error = %e, "could not record a roster opening");
+        Fatal {
+            code: close_code::TRY_AGAIN,
+            reason: "server error, try again later".into(),
+        }
+    })?;
+    *roster_opened = true;
+    Ok(())
 }
 
 fn revoked() -> Fatal {

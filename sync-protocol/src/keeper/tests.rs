@@ -477,3 +477,309 @@ fn a_snapshot_is_verified_against_the_heads() {
         "wrong heads"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Review proofs (hostile review of the sync core). Each test asserts the
+// *desired* behaviour, so it FAILS while the finding stands.
+// ---------------------------------------------------------------------------
+
+/// Two changes by one new actor, both depending only on `base`'s heads:
+/// `z1` (seq 1) and `z2` (seq 2, its ops numbered after z1's). Applied in
+/// message order they are fine; a change numbered 2 applied first panics.
+/// Ground until `z2`'s hash sorts before `z1`'s, as the store's load order
+/// (`created_at, hash`) then puts z2 first.
+fn concurrent_pair_of_one_actor(base: &Automerge) -> (automerge::Change, automerge::Change) {
+    loop {
+        let actor = ActorId::random();
+        let mut fork = base.fork().with_actor(actor);
+        let mut tx = fork.transaction();
+        tx.put(automerge::ROOT, "x", 1).expect("put");
+        tx.commit();
+        let mut tx = fork.transaction();
+        tx.put(automerge::ROOT, "y", 2).expect("put");
+        tx.commit();
+        let changes = fork.get_changes(&base.get_heads());
+        let z1 = changes[0].clone();
+        let mut second = automerge::ExpandedChange::from(&changes[1]);
+        assert_eq!(second.seq, 2);
+        second.deps = base.get_heads();
+        second.hash = None;
+        let z2 = automerge::Change::from(second);
+        if z2.hash().to_string() < z1.hash().to_string() {
+            return (z1, z2);
+        }
+    }
+}
+
+#[test]
+fn review_a_pair_that_could_not_load_back_is_refused_not_stored() {
+    let mut world = World::new(1, KeeperLimits::default());
+    let base = world.keeper.document().fork();
+    let (mut z1, mut z2) = concurrent_pair_of_one_actor(&base);
+    let data = message_with(vec![z1.bytes().into_owned(), z2.bytes().into_owned()], {
+        let mut heads = vec![z1.hash(), z2.hash()];
+        heads.sort();
+        heads
+    });
+    let key = world.devices[0].key.clone();
+    // Automerge applies the pair in this order, but a store that loads it
+    // back change by change cannot: seq 2 does not descend from seq 1.
+    match world.keeper.receive(&key, &data, 1) {
+        Err(Refusal::OutOfSequence { .. }) => {}
+        other => panic!("expected a refusal: {other:?}"),
+    }
+    assert!(world.keeper.needs_reload(), "the pair was applied in memory");
+    world
+        .keeper
+        .reload(world.store.load(), world.store.stored_bytes());
+    assert_eq!(world.keeper.heads(), base.get_heads());
+}
+
+#[test]
+fn review_one_orphan_must_not_turn_every_message_into_the_whole_document() {
+    let mut world = World::new(3, KeeperLimits::default());
+    for n in 0..200 {
+        // Visits with a 1 KiB note of incompressible text.
+        let note: String = (0..32).map(|_| format!("{:032x}", rand_u128())).collect();
+        let doc = &mut world.devices[1].doc;
+        let mut tx = doc.transaction();
+        let visits = match tx.get(automerge::ROOT, "visits") {
+            Ok(Some((_, id))) => id,
+            other => panic!("no visits map: {other:?}"),
+        };
+        let visit = tx
+            .put_object(&visits, format!("h{n}"), automerge::ObjType::Map)
+            .expect("visit");
+        tx.put(&visit, "note", note).expect("note");
+        tx.commit();
+    }
+    world.quiesce();
+    let whole = world.keeper.snapshot().len();
+
+    // Baseline: device 1 records one visit; what does device 2 get?
+    world.devices[1].record_visit("before");
+    world.quiesce_and_measure(2); // warm-up
+    world.devices[1].record_visit("baseline");
+    let baseline = world.quiesce_and_measure(2);
+
+    // Device 0 (the attacker) plants one orphan: a change whose dependency
+    // it never sends. It stays in Automerge's queue after device 0 leaves.
+    let (changes, head) = orphan_chain(1);
+    world.device_sends(0, message_with(changes, vec![head]));
+    assert!(world.refusals.is_empty(), "{:?}", world.refusals);
+    let _ = world.keeper.remove_peer(&world.devices[0].key.clone());
+    world.devices.truncate(3);
+
+    world.devices[1].record_visit("after");
+    let after = world.quiesce_and_measure(2);
+    eprintln!(
+        "document save: {whole} bytes; bytes sent to device 2 for one new visit: before the orphan {baseline}, after {after}"
+    );
+    assert!(
+        after < whole / 2,
+        "one 100-byte orphan makes every V2 message carry the whole document \
+         ({after} bytes for one visit, baseline {baseline}, document {whole})"
+    );
+}
+
+impl World {
+    /// Runs to quiescence (the attacker, device 0, stays silent) and returns
+    /// the bytes the keeper sent to device `i` meanwhile.
+    fn quiesce_and_measure(&mut self, i: usize) -> usize {
+        let key = self.devices[i].key.clone();
+        let mut total = 0;
+        for _ in 0..50 {
+            let mut quiet = true;
+            for d in 1..self.devices.len() {
+                let k = self.devices[d].key.clone();
+                for data in self.inbox.remove(&k).unwrap_or_default() {
+                    quiet = false;
+                    if k == key {
+                        total += data.len();
+                    }
+                    let device = &mut self.devices[d];
+                    let m = sync::Message::decode(&data).expect("valid");
+                    device
+                        .doc
+                        .receive_sync_message(&mut device.state, m)
+                        .expect("apply");
+                }
+                let device = &mut self.devices[d];
+                if let Some(m) = device.doc.generate_sync_message(&mut device.state) {
+                    quiet = false;
+                    self.device_sends(d, m.encode());
+                }
+            }
+            self.inbox.remove(&self.devices[0].key.clone());
+            if quiet {
+                break;
+            }
+        }
+        total
+    }
+}
+
+fn rand_u128() -> u128 {
+    u128::from_le_bytes(ActorId::random().to_bytes().try_into().expect("16 bytes"))
+}
+
+/// `n` changes, each by a fresh actor, chained on `base`'s heads.
+fn one_change_per_actor(base: &Automerge, n: usize) -> Vec<Vec<u8>> {
+    // Built without Automerge's per-actor bookkeeping on our side: every
+    // change is made on a two-change document (base + the previous one)
+    // by re-basing the expanded form, so the attacker's cost is linear.
+    let mut out = Vec::with_capacity(n);
+    let mut fork = base.fork().with_actor(ActorId::random());
+    let mut tx = fork.transaction();
+    tx.put(automerge::ROOT, "k", 0).expect("put");
+    tx.commit();
+    let template = automerge::ExpandedChange::from(&fork.get_changes(&base.get_heads())[0]);
+    let mut deps = base.get_heads();
+    for i in 0..n {
+        let mut e = template.clone();
+        e.actor_id = ActorId::random();
+        e.deps = deps.clone();
+        e.hash = None;
+        e.start_op =
+            std::num::NonZeroU64::new(template.start_op.get() + i as u64).expect("nonzero");
+        let change = automerge::Change::from(e);
+        deps = vec![change.hash()];
+        out.push(change.raw_bytes().to_vec());
+    }
+    out
+}
+
+#[test]
+#[ignore = "measurement: cargo test -p doorstep-protocol review_actor_fanout -- --ignored --nocapture"]
+fn review_actor_fanout_costs_quadratic_time_in_automerge() {
+    for n in std::env::var("REVIEW_ACTORS")
+        .map(|v| {
+            v.split(',')
+                .map(|n| n.parse().expect("n"))
+                .collect::<Vec<usize>>()
+        })
+        .unwrap_or_else(|_| vec![2_000, 4_000, 8_000, 16_000])
+    {
+        let mut world = World::new(1, KeeperLimits::default());
+        let base = world.keeper.document().fork();
+        let changes = one_change_per_actor(&base, n);
+        let bytes: usize = changes.iter().map(Vec::len).sum();
+        let head = {
+            let last = automerge::Change::from_bytes(changes.last().expect("one").clone())
+                .expect("change");
+            last.hash()
+        };
+        let data = message_with(changes, vec![head]);
+        let key = world.devices[0].key.clone();
+        let started = std::time::Instant::now();
+        let step = world.keeper.receive(&key, &data, 1);
+        let took = started.elapsed();
+        let persisted = matches!(step, Ok(Step::Persist(ref b)) if b.changes.len() == n);
+        let hwm = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM"))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        eprintln!(
+            "{n} actors: message {} KiB ({bytes} B of changes), receive {took:?}, persisted all: {persisted}, {hwm}",
+            data.len() / 1024
+        );
+    }
+}
+
+/// One change (by a fresh actor, on `base`) that adds a visit record under a
+/// canonical UUIDv7 key holding a chain of `depth` nested maps.
+fn deeply_nested_visit(base: &Automerge, depth: usize) -> (Vec<u8>, ChangeHash) {
+    let mut fork = base.fork().with_actor(ActorId::random());
+    let mut tx = fork.transaction();
+    let visits = match tx.get(automerge::ROOT, "visits") {
+        Ok(Some((_, id))) => id,
+        other => panic!("no visits map: {other:?}"),
+    };
+    let key = crate::schema::RecordId::new_v7().to_string();
+    let mut obj = tx
+        .put_object(&visits, key.as_str(), automerge::ObjType::Map)
+        .expect("visit");
+    for _ in 0..depth {
+        obj = tx
+            .put_object(&obj, "a", automerge::ObjType::Map)
+            .expect("nest");
+    }
+    tx.commit();
+    let mut change = fork
+        .get_changes(&base.get_heads())
+        .pop()
+        .expect("one change");
+    (change.bytes().into_owned(), change.hash())
+}
+
+#[test]
+#[ignore = "measurement: cargo test -p doorstep-protocol review_nesting -- --ignored --nocapture"]
+fn review_nesting_costs_quadratic_patches_in_receive() {
+    let depths: Vec<usize> = std::env::var("REVIEW_DEPTHS")
+        .map(|v| v.split(',').map(|n| n.parse().expect("n")).collect())
+        .unwrap_or_else(|_| vec![1_000, 2_000, 4_000]);
+    for depth in depths {
+        let mut world = World::new(1, KeeperLimits::default());
+        let base = world.keeper.document().fork();
+        let (bytes, hash) = deeply_nested_visit(&base, depth);
+        let data = message_with(vec![bytes], vec![hash]);
+        let key = world.devices[0].key.clone();
+        let started = std::time::Instant::now();
+        let step = world.keeper.receive(&key, &data, 1);
+        let took = started.elapsed();
+        let patches = match &step {
+            Ok(Step::Persist(b)) => b.patches.iter().map(|p| p.path.len()).sum::<usize>(),
+            _ => 0,
+        };
+        let hwm = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM"))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        eprintln!(
+            "depth {depth}: message {} B, receive {took:?}, path elements over all patches {patches}, {hwm}",
+            data.len()
+        );
+    }
+}
+
+#[test]
+// Were the walk unbounded, this would abort the whole test binary: a
+// failure all the same.
+fn review_the_projection_walk_of_a_nested_record_must_not_overflow_a_pool_thread() {
+    // Tokio's blocking-pool threads have 2 MiB stacks; a stack overflow
+    // aborts the whole process (catch_unwind cannot catch it).
+    let depth: usize = std::env::var("REVIEW_DEPTH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let base = base();
+    let (bytes, _) = deeply_nested_visit(&base, depth);
+    let mut doc = base.fork();
+    doc.load_incremental(&bytes).expect("applies");
+    // Run the walk in a child process-like isolation: a thread with the
+    // pool's stack size. If it overflows, this test process aborts.
+    let walked = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || {
+            let visits = match doc.get(automerge::ROOT, "visits") {
+                Ok(Some((_, id))) => id,
+                other => panic!("no visits: {other:?}"),
+            };
+            let key = doc.keys(&visits).next().expect("one visit");
+            let Ok(Some((_, record))) = doc.get(&visits, key.as_str()) else {
+                panic!("record")
+            };
+            crate::schema::conflicted_fields(&doc, &record).len()
+        })
+        .expect("thread")
+        .join();
+    assert!(walked.is_ok());
+}

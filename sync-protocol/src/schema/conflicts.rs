@@ -27,7 +27,14 @@ pub fn display_value<D: ReadDoc>(doc: &D, value: &Value<'_>, id: &ObjId) -> Stri
     }
 }
 
-/// Every conflicted field in the map `obj` and the maps nested in it.
+/// How deep the walk goes into a record's nested maps. The schema nests
+/// two or three levels; a device can nest thousands, and an unbounded
+/// recursion would overflow a thread's stack (an abort, which no
+/// `catch_unwind` stops) on a message of a few kilobytes.
+pub const MAX_RECORD_DEPTH: usize = 16;
+
+/// Every conflicted field in the map `obj` and the maps nested in it (to
+/// [`MAX_RECORD_DEPTH`] levels).
 pub fn conflicted_fields<D: ReadDoc>(doc: &D, obj: &ObjId) -> Vec<ConflictedField> {
     let mut found = Vec::new();
     walk(doc, obj, &mut Vec::new(), &mut found);
@@ -50,7 +57,9 @@ fn walk<D: ReadDoc>(doc: &D, obj: &ObjId, path: &mut Vec<String>, out: &mut Vec<
                     .collect(),
             });
         }
-        if let Ok(Some((Value::Object(ObjType::Map), child))) = doc.get(obj, key.as_str()) {
+        if let Ok(Some((Value::Object(ObjType::Map), child))) = doc.get(obj, key.as_str())
+            && path.len() < MAX_RECORD_DEPTH
+        {
             path.push(key.clone());
             walk(doc, &child, path, out);
             path.pop();

@@ -70,7 +70,23 @@ async fn a_sub_district_admin_manages_its_own_subtree_only() -> anyhow::Result<(
     )
     .await?;
     assert_eq!(status, StatusCode::CREATED);
+    // An upper level's code is a request: the branch approves it first (this
+    // new branch has no secretary yet, so the operator does).
+    assert_eq!(code["status"], "pending_approval");
+    let request = code["id"].as_str().expect("request id").parse()?;
     let code = code["code"].as_str().expect("code").to_owned();
+    let (status, pending) = post(&server, "", "/api/v1/enroll", json!({ "code": code })).await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{pending}");
+    assert_eq!(pending["status"], "pending_approval");
+    assert!(pending.get("token").is_none());
+    let waiting = server
+        .store
+        .enrollment_code(request)
+        .await?
+        .expect("the request");
+    doorstep_server::admin::decide_enrollment_code(&server.store, &waiting, true, "cli")
+        .await?
+        .expect("approved");
 
     // The code enrolls exactly once.
     let (status, enrolled) = post(
@@ -120,6 +136,7 @@ async fn a_sub_district_admin_manages_its_own_subtree_only() -> anyhow::Result<(
     )
     .await?;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // Nor choose anyone's password: users are invited and set their own.
     let (status, _) = post(
         &server,
         &admin,
@@ -130,7 +147,18 @@ async fn a_sub_district_admin_manages_its_own_subtree_only() -> anyhow::Result<(
         }),
     )
     .await?;
-    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, invited) = post(
+        &server,
+        &admin,
+        "/api/v1/users",
+        json!({
+            "username": "sec", "role": "branch_secretary", "tenant_id": d.yingfeng.id.to_string()
+        }),
+    )
+    .await?;
+    assert_eq!(status, StatusCode::CREATED, "{invited}");
+    assert!(invited["activation_code"].is_string());
     Ok(())
 }
 

@@ -1,16 +1,73 @@
 //! The officials' dashboard in a real browser (Debian's Chromium, driven by
 //! playwright-core): log in, pick a period, drill down, download the CSV,
-//! and see the same figures the API gives.
+//! and see the same figures the API gives; tenant names that are HTML show
+//! as text and run nothing, under a strict CSP. Also the security headers
+//! on every response, and CSV exports that a spreadsheet cannot run.
 
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use doorstep_client::{Fen, NewMember, NewVisit, VisitKind};
+use doorstep_protocol::TenantId;
 use doorstep_server::admin;
-use doorstep_server::tenancy::Role;
+use doorstep_server::tenancy::{Level, Role};
 use doorstep_tests::{TestServer, sdk_device, workspace_root};
 use serde_json::Value;
 use tokio::process::Command;
+
+/// Names a sub-district admin could give a branch to run script in the
+/// district admin's dashboard.
+const IMG_ONERROR: &str = "<img src=x onerror=alert(1)>";
+const SVG_ONLOAD: &str = "\"><svg onload=alert(2)>";
+/// A sub-district, so that a hostile name is on the first screen too (table,
+/// chart label and the chart's `<title>` tooltip).
+const TITLE_BREAKOUT: &str = "</title><img src=x onerror=alert(3)><title>";
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// A phone enrolled to `branch` with one member named `member` and
+/// `visits` visits in 2026, synced. Keep the directory alive.
+async fn phone_with_visits(
+    server: &TestServer,
+    branch: TenantId,
+    member: &str,
+    household: Option<&str>,
+    visits: u32,
+) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    let phone = sdk_device(
+        &server.store,
+        &server.http_url(),
+        branch,
+        dir.path(),
+        |_| {},
+    )
+    .await?;
+    let member = phone
+        .add_member(NewMember {
+            name: member.into(),
+            household: household.map(str::to_owned),
+            ..NewMember::default()
+        })
+        .await?;
+    for day in 0..visits {
+        phone
+            .record_visit(NewVisit {
+                date: format!("2026-0{}-1{day}", 3 + day).parse()?,
+                member_id: member,
+                kind: VisitKind::Routine,
+                visitors: vec!["v".into()],
+                aid_cash: Fen(123_456),
+                aid_goods: Fen(50),
+                goods_description: None,
+                notes: None,
+                follow_up: None,
+            })
+            .await?;
+    }
+    phone.sync_now().await?;
+    Ok(dir)
+}
 
 fn yuan(fen: &Value) -> String {
     let fen = fen.as_i64().unwrap_or(0);
@@ -38,41 +95,29 @@ async fn an_official_logs_in_picks_a_period_drills_down_and_downloads_the_csv() 
 
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
-    // Visits in two branches under two sub-districts.
-    let mut dirs = Vec::new();
-    for (branch, visits) in [(d.yingfeng.id, 3), (d.fenghuangting.id, 2)] {
-        let dir = tempfile::tempdir()?;
-        let phone = sdk_device(
-            &server.store,
-            &server.http_url(),
-            branch,
-            dir.path(),
-            |_| {},
-        )
+    // Branches named to inject script, under Xiangyang (where the test
+    // drills down), and a sub-district so named on the first screen.
+    let img = server
+        .store
+        .create_tenant(Some(d.xiangyang.id), Level::Branch, IMG_ONERROR)
         .await?;
-        let member = phone
-            .add_member(NewMember {
-                name: "成员".into(),
-                ..NewMember::default()
-            })
-            .await?;
-        for day in 0..visits {
-            phone
-                .record_visit(NewVisit {
-                    date: format!("2026-0{}-1{day}", 3 + day).parse()?,
-                    member_id: member,
-                    kind: VisitKind::Routine,
-                    visitors: vec!["v".into()],
-                    aid_cash: Fen(123_456),
-                    aid_goods: Fen(50),
-                    goods_description: None,
-                    notes: None,
-                    follow_up: None,
-                })
-                .await?;
-        }
-        phone.sync_now().await?;
-        dirs.push(dir);
+    let svg = server
+        .store
+        .create_tenant(Some(d.xiangyang.id), Level::Branch, SVG_ONLOAD)
+        .await?;
+    server
+        .store
+        .create_tenant(Some(d.district.id), Level::SubDistrict, TITLE_BREAKOUT)
+        .await?;
+    // Visits in four branches under two sub-districts: seven in all.
+    let mut dirs = Vec::new();
+    for (branch, visits) in [
+        (d.yingfeng.id, 3),
+        (d.fenghuangting.id, 2),
+        (img.id, 1),
+        (svg.id, 1),
+    ] {
+        dirs.push(phone_with_visits(&server, branch, "成员", None, visits).await?);
     }
     let password = "a long enough password";
     admin::create_user(
@@ -106,6 +151,11 @@ async fn an_official_logs_in_picks_a_period_drills_down_and_downloads_the_csv() 
             .env("DOORSTEP_PASSWORD", password)
             .env("YEAR", "2026")
             .env("DRILL", &d.xiangyang.name)
+            .env("HOSTILE_TOP", serde_json::to_string(&[TITLE_BREAKOUT])?)
+            .env(
+                "HOSTILE_DRILLED",
+                serde_json::to_string(&[IMG_ONERROR, SVG_ONLOAD])?,
+            )
             .env("OUT_DIR", out.path())
             .env("CHROMIUM", &chromium)
             .output(),
@@ -146,7 +196,7 @@ async fn an_official_logs_in_picks_a_period_drills_down_and_downloads_the_csv() 
             Some(yuan(&want["aid_total_fen"]).as_str())
         );
     }
-    assert_eq!(top.last().context("total")?["visits"], "5");
+    assert_eq!(top.last().context("total")?["visits"], "7");
 
     // The CSV the browser downloaded is the API's CSV.
     let csv: String = reqwest::Client::new()
@@ -166,10 +216,305 @@ async fn an_official_logs_in_picks_a_period_drills_down_and_downloads_the_csv() 
         Some(csv.trim_start_matches('\u{feff}'))
     );
 
-    // Drilled into Xiangyang: its one branch, three visits.
+    // Drilled into Xiangyang: its three branches, Yingfeng with three visits.
     let drilled = seen["drilled"].as_array().context("drilled rows")?;
-    assert_eq!(drilled[0]["tenant"], d.yingfeng.name.as_str());
-    assert_eq!(drilled[0]["visits"], "3");
-    assert_eq!(seen["health"][0][0], d.yingfeng.name.as_str());
+    assert_eq!(
+        drilled.len(),
+        4,
+        "three branches and the total: {drilled:?}"
+    );
+    let yingfeng = drilled
+        .iter()
+        .find(|r| r["tenant"] == d.yingfeng.name.as_str())
+        .context("Yingfeng in the drilled table")?;
+    assert_eq!(yingfeng["visits"], "3");
+    let health = seen["health"].as_array().context("health rows")?;
+    assert!(
+        health.iter().any(|r| r[0] == d.yingfeng.name.as_str()),
+        "{health:?}"
+    );
+
+    // The hostile names show as text, in the table, the chart, its tooltip
+    // and the health panel, and nothing was injected. (A dialog, a console
+    // error or a CSP violation would have failed dashboard.mjs already.)
+    for (view, names) in [
+        ("hostileTop", &[TITLE_BREAKOUT][..]),
+        ("hostileDrilled", &[IMG_ONERROR, SVG_ONLOAD][..]),
+    ] {
+        let report = &seen[view];
+        assert_eq!(
+            report["injected"],
+            serde_json::json!([]),
+            "{view}: {report}"
+        );
+        for name in names {
+            let found = &report["found"][name];
+            for place in ["table", "chart", "tooltip"] {
+                assert_eq!(found[place], 1, "{name:?} as text in the {place}: {report}");
+            }
+            if view == "hostileDrilled" {
+                assert_eq!(found["health"], 1, "{name:?} in the health panel: {report}");
+            }
+        }
+    }
+    assert!(
+        drilled
+            .iter()
+            .any(|r| r["tenant"] == IMG_ONERROR && r["visits"] == "1")
+    );
+    assert!(top.iter().any(|r| r["tenant"] == TITLE_BREAKOUT));
+
+    // The page came with the CSP, and the CSP is enforced: an inline script
+    // put into the page did not run and was reported.
+    assert_eq!(seen["headers"]["content-security-policy"], CSP);
+    assert_eq!(seen["headers"]["x-content-type-options"], "nosniff");
+    assert_eq!(seen["styled"], true, "dashboard.css applied");
+    assert_eq!(seen["control"]["ran"], false, "{}", seen["control"]);
+    assert!(
+        seen["control"]["violations"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|v| v["directive"] == "script-src-elem")),
+        "{}",
+        seen["control"]
+    );
+
+    // The token lived in memory only.
+    assert_eq!(seen["tokenStored"], false);
+    assert_eq!(seen["storageEntries"], 0);
+    assert_eq!(seen["cookies"], 0);
+    assert_eq!(seen["loggedOutOnReload"], true);
+    Ok(())
+}
+
+#[tokio::test]
+async fn security_headers_are_on_every_response() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let token = server
+        .login_as("headers", Role::DistrictAdmin, d.district.id)
+        .await?;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let url = server.http_url();
+    let requests = [
+        (client.get(format!("{url}/dashboard")), 200, "text/html"),
+        (
+            client.get(format!("{url}/dashboard.js")),
+            200,
+            "text/javascript",
+        ),
+        (client.get(format!("{url}/dashboard.css")), 200, "text/css"),
+        (client.get(format!("{url}/")), 303, ""),
+        (
+            client.get(format!("{url}/healthz")),
+            200,
+            "application/json",
+        ),
+        (
+            client.get(format!("{url}/api/v1/me")),
+            401,
+            "application/json",
+        ),
+        (
+            client.get(format!("{url}/api/v1/me")).bearer_auth(&token),
+            200,
+            "application/json",
+        ),
+        (
+            client
+                .get(format!("{url}/api/v1/rollups?year=2026&format=csv"))
+                .bearer_auth(&token),
+            200,
+            "text/csv",
+        ),
+        (
+            client
+                .get(format!("{url}/api/v1/rollups?year=nope"))
+                .bearer_auth(&token),
+            400,
+            "application/json",
+        ),
+        (client.get(format!("{url}/no-such-page")), 404, ""),
+        (client.delete(format!("{url}/api/v1/me")), 405, ""),
+        (
+            client
+                .post(format!("{url}/api/v1/login"))
+                .header("content-type", "application/json")
+                .body(vec![b' '; 100 * 1024]),
+            413,
+            "",
+        ),
+        (
+            client.get(format!("{url}/api/v1/openapi.json")),
+            200,
+            "application/json",
+        ),
+    ];
+    for (request, status, content_type) in requests {
+        let response = request.send().await?;
+        let what = format!("{} {}", response.status(), response.url());
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        let headers = response.headers();
+        assert_eq!(headers["content-security-policy"], CSP, "{what}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{what}");
+        assert_eq!(headers["referrer-policy"], "no-referrer", "{what}");
+        assert_eq!(headers["x-frame-options"], "DENY", "{what}");
+        if !content_type.is_empty() {
+            let got = headers["content-type"].to_str()?;
+            assert!(got.starts_with(content_type), "{what}: {got}");
+        }
+    }
+
+    // The page itself: no inline script, style or event handler for the
+    // CSP to refuse, and no HTML parsing of data in its script.
+    let html = client
+        .get(format!("{url}/dashboard"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(!html.contains("<script>") && !html.contains("<style"));
+    assert!(!html.contains(" style="), "{html}");
+    let handler = html.match_indices(" on").find(|(at, _)| {
+        let rest = &html[at + 3..];
+        let word = rest.len()
+            - rest
+                .trim_start_matches(|c: char| c.is_ascii_lowercase())
+                .len();
+        word > 0 && rest[word..].starts_with('=')
+    });
+    assert!(handler.is_none(), "an inline event handler: {handler:?}");
+    let js = client
+        .get(format!("{url}/dashboard.js"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for sink in [
+        ".innerHTML",
+        ".outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+        "new Function",
+        "sessionStorage.",
+        "localStorage.",
+        "document.cookie",
+    ] {
+        assert!(!js.contains(sink), "dashboard.js uses {sink}");
+    }
+    Ok(())
+}
+
+/// Cells of an RFC 4180 CSV body (after the byte-order mark).
+fn csv_cells(body: &str) -> Vec<Vec<String>> {
+    let body = body.trim_start_matches('\u{feff}');
+    let mut rows = Vec::new();
+    let mut row = Vec::new();
+    let mut cell = String::new();
+    let mut chars = body.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                cell.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => cell.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => row.push(std::mem::take(&mut cell)),
+            (false, '\r') => {}
+            (false, '\n') => {
+                row.push(std::mem::take(&mut cell));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, c) => cell.push(c),
+        }
+    }
+    rows
+}
+
+/// No cell a spreadsheet would run: each one that starts like a formula is
+/// a number we wrote.
+fn assert_no_formula(what: &str, body: &str) {
+    for row in csv_cells(body) {
+        for cell in row {
+            if cell.starts_with(['=', '+', '-', '@', '\t', '\r', '\n']) {
+                assert!(
+                    cell.parse::<f64>().is_ok(),
+                    "{what}: the cell {cell:?} would run as a formula"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn csv_exports_show_formula_names_as_text() -> anyhow::Result<()> {
+    const FORMULA: &str = "=HYPERLINK(\"http://x\",\"y\")";
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let branch = server
+        .store
+        .create_tenant(Some(d.xiangyang.id), Level::Branch, FORMULA)
+        .await?;
+    let _phone = phone_with_visits(&server, branch.id, FORMULA, Some("@SUM(A1)"), 1).await?;
+    let admin = server
+        .login_as("csv-admin", Role::DistrictAdmin, d.district.id)
+        .await?;
+    let secretary = server
+        .login_as("csv-secretary", Role::BranchSecretary, branch.id)
+        .await?;
+    let get = |token: &str, path: String| {
+        let request = reqwest::Client::new()
+            .get(format!("{}{path}", server.http_url()))
+            .bearer_auth(token);
+        async move {
+            let response = request.send().await?.error_for_status()?;
+            anyhow::Ok(response.text().await?)
+        }
+    };
+    let x = d.xiangyang.id;
+    let figures = [
+        format!("/api/v1/rollups?year=2026&tenant={x}&format=csv"),
+        format!("/api/v1/rollups/breakdown?by=visits_by_kind&year=2026&tenant={x}&format=csv"),
+        format!("/api/v1/health?tenant={x}&format=csv"),
+    ];
+    for path in figures {
+        let body = get(&admin, path.clone()).await?;
+        assert_no_formula(&path, &body);
+        let cells = csv_cells(&body);
+        assert!(
+            cells.iter().flatten().any(|c| c == &format!("'{FORMULA}")),
+            "{path}: the branch's name as text: {body}"
+        );
+        assert!(
+            body.contains("\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\""),
+            "{path}: {body}"
+        );
+    }
+
+    // The branch's own members list, with names.
+    let path = format!("/api/v1/branches/{}/members?format=csv", branch.id);
+    let body = get(&secretary, path.clone()).await?;
+    assert_no_formula(&path, &body);
+    let cells = csv_cells(&body);
+    let header = &cells[0];
+    let name = header.iter().position(|h| h == "name").context("name")?;
+    let household = header
+        .iter()
+        .position(|h| h == "household")
+        .context("household")?;
+    assert_eq!(cells.len(), 2, "one member: {body}");
+    assert_eq!(cells[1][name], format!("'{FORMULA}"));
+    assert_eq!(cells[1][household], "'@SUM(A1)");
+    // Chinese text is untouched.
+    assert!(
+        get(&admin, "/api/v1/rollups?year=2026&format=csv".into())
+            .await?
+            .contains("向阳街道")
+    );
     Ok(())
 }
