@@ -528,7 +528,10 @@ fn review_a_pair_that_could_not_load_back_is_refused_not_stored() {
         Err(Refusal::OutOfSequence { .. }) => {}
         other => panic!("expected a refusal: {other:?}"),
     }
-    assert!(world.keeper.needs_reload(), "the pair was applied in memory");
+    assert!(
+        world.keeper.needs_reload(),
+        "the pair was applied in memory"
+    );
     world
         .keeper
         .reload(world.store.load(), world.store.stored_bytes());
