@@ -132,9 +132,17 @@ fn log_with_visits(branch: doorstep_protocol::TenantId, month: Month, visits: us
     doc.save()
 }
 
-#[tokio::test]
+// Several worker threads, so the server is not starved by this test's own
+// work on the 50,000 visits; bounded, so a stall fails instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_one_large_document_cold_loads_twenty_other_devices_keep_syncing()
 -> anyhow::Result<()> {
+    tokio::time::timeout(Duration::from_secs(300), cold_load_while_others_sync())
+        .await
+        .map_err(|_| anyhow::anyhow!("the test did not finish within 5 minutes"))?
+}
+
+async fn cold_load_while_others_sync() -> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
     let branch = d.yingfeng.id;
