@@ -270,7 +270,8 @@ async fn every_operation_reaches_a_handler(
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
-    let placeholder = uuid::Uuid::new_v4().to_string();
+    // An id that names nothing, for every `{id}` in a path.
+    let unknown_id = uuid::Uuid::new_v4().to_string();
     // Logging out ends the session the other requests use: last.
     let mut ordered: Vec<&(String, String)> = operations.iter().collect();
     ordered.sort_by_key(|(_, path)| path.ends_with("/logout"));
@@ -279,7 +280,7 @@ async fn every_operation_reaches_a_handler(
             .split('/')
             .map(|s| {
                 if s.starts_with('{') && s.ends_with('}') {
-                    placeholder.as_str()
+                    unknown_id.as_str()
                 } else {
                     s
                 }
