@@ -27,6 +27,9 @@ pub struct DocumentEntry {
     pub url: String,
     pub kind: DocumentKindRow,
     pub month: Option<String>,
+    /// The heads the rollups count this document up to: a change these
+    /// cover is in every office's figures.
+    pub counted_heads: Vec<String>,
 }
 
 /// A fresh enrollment code; the code itself is shown only here. Its
@@ -413,6 +416,7 @@ pub async fn device_documents(
     store: &Store,
     device: &Device,
 ) -> Result<Vec<DocumentEntry>, StoreError> {
+    let mut counted = store.counted_heads_of_branch(device.branch_id).await?;
     let mut entries: Vec<DocumentEntry> = store
         .documents_of_branch(device.branch_id)
         .await?
@@ -420,6 +424,7 @@ pub async fn device_documents(
         .map(|d| DocumentEntry {
             document_id: d.id.to_string(),
             url: d.id.to_url(),
+            counted_heads: counted.remove(&d.id.to_string()).unwrap_or_default(),
             kind: d.kind,
             month: d.month,
         })
@@ -433,6 +438,7 @@ pub async fn device_documents(
                 url: id.to_url(),
                 kind: DocumentKindRow::Log,
                 month: Some(month.to_string()),
+                counted_heads: Vec::new(),
             });
         }
     }

@@ -244,6 +244,12 @@ pub async fn make_district(store: &Store) -> anyhow::Result<District> {
     })
 }
 
+/// The store key test devices use, standing in for the platform keystore.
+pub fn test_store_key() -> doorstep_client::StoreKey {
+    doorstep_client::StoreKey::from_bytes(&[0x5a; doorstep_client::StoreKey::LEN])
+        .expect("a key of the right length")
+}
+
 /// An SDK client enrolled to `branch`, with its data in `dir`.
 pub async fn sdk_device(
     store: &Store,
@@ -252,7 +258,7 @@ pub async fn sdk_device(
     dir: &Path,
     configure: impl FnOnce(&mut doorstep_client::ClientConfig),
 ) -> anyhow::Result<doorstep_client::Client> {
-    let mut config = doorstep_client::ClientConfig::new(dir, http_url);
+    let mut config = doorstep_client::ClientConfig::new(dir, http_url, test_store_key());
     configure(&mut config);
     let client = doorstep_client::Client::open(config).await?;
     let issued = admin::issue_enrollment_code(store, branch, "sdk device", 1, "test").await?;

@@ -1,7 +1,15 @@
 //! Opening the device store, enrollment, and wiping.
+//!
+//! A data directory has one owner: [`Client::open`] takes an exclusive lock
+//! on it, so a second open in another process is refused, and a second open
+//! in this process shares the first's instance. Two owners would write
+//! different changes under one actor and sequence number, which corrupts the
+//! document for good.
 
+use std::collections::HashMap;
+use std::fs::File;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
 use automerge::ActorId;
@@ -11,7 +19,7 @@ use tokio::sync::{Mutex, Notify, watch};
 
 use crate::error::ClientError;
 use crate::replicas::Replicas;
-use crate::store::LocalStore;
+use crate::store::{LocalStore, StoreKey};
 use crate::sync::{SyncStatus, transport::Transport};
 
 /// Where the device keeps its data and which server it talks to.
@@ -20,28 +28,50 @@ pub struct ClientConfig {
     pub data_dir: PathBuf,
     /// `http://host:port` or `https://host:port`.
     pub server_url: String,
-    /// PEM of an extra CA to trust besides the system roots.
+    /// The key the store is encrypted with, from the platform keystore.
+    pub store_key: StoreKey,
+    /// PEM of an extra CA to trust besides the bundled and system roots.
     pub extra_ca_pem: Option<Vec<u8>>,
-    /// First retry delay of the background sync after a failure.
+    /// First retry delay of the sync service after a failure.
     pub backoff_initial: Duration,
     /// Longest retry delay.
     pub backoff_max: Duration,
-    /// How often the background sync runs when nothing changes locally.
-    pub sync_interval: Duration,
+    /// How often the sync service re-checks documents while connected and
+    /// idle. `None`: never; changes still flow both ways at once over the
+    /// live connection.
+    pub sync_interval: Option<Duration>,
+    /// How many monthly logs stay in memory; older ones are loaded when
+    /// read and evicted (least recently used first).
+    pub max_loaded_months: usize,
+    /// How long to wait for the server's next frame before the connection
+    /// counts as dead (generous: 2G links stall for tens of seconds).
+    pub receive_timeout: Duration,
 }
 
 impl ClientConfig {
-    pub fn new(data_dir: impl Into<PathBuf>, server_url: impl Into<String>) -> Self {
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        server_url: impl Into<String>,
+        store_key: StoreKey,
+    ) -> Self {
         ClientConfig {
             data_dir: data_dir.into(),
             server_url: server_url.into(),
+            store_key,
             extra_ca_pem: None,
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
-            sync_interval: Duration::from_secs(30),
+            sync_interval: Some(Duration::from_secs(300)),
+            max_loaded_months: 3,
+            receive_timeout: Duration::from_secs(90),
         }
     }
 }
+
+/// Open instances by canonical data directory, so a second open in this
+/// process shares the first (the lock file would refuse it otherwise).
+static OPEN: LazyLock<Mutex<HashMap<PathBuf, Weak<Inner>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// What enrollment returned.
 #[derive(Debug, Clone)]
@@ -61,13 +91,22 @@ pub(crate) struct Identity {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub config: ClientConfig,
+    /// The canonical data directory, this instance's key in [`OPEN`].
+    pub dir: PathBuf,
+    /// Holds the exclusive lock on the data directory while open.
+    lock: std::sync::Mutex<Option<File>>,
+    /// Bumped whenever a change was persisted, made here or received.
+    pub changed: watch::Sender<u64>,
+    /// Messages the live connection sent, per document (see `sync`).
+    pub messages_sent:
+        std::sync::Mutex<HashMap<doorstep_protocol::DocumentId, u64>>,
     pub store: LocalStore,
     pub transport: Transport,
     pub identity: std::sync::RwLock<Option<Arc<Identity>>>,
     pub replicas: Mutex<Option<Replicas>>,
     pub actor: ActorId,
     pub status: watch::Sender<SyncStatus>,
-    /// Woken by every local edit, so the background sync runs soon.
+    /// Woken by every local edit, so the sync service sends it at once.
     pub edited: Notify,
     /// Held while a sync runs: one at a time.
     pub syncing: Mutex<()>,
@@ -81,9 +120,42 @@ pub struct Client {
 }
 
 impl Client {
-    /// Opens (creating if needed) the store in `config.data_dir`.
+    /// Opens (creating if needed) the store in `config.data_dir`. A second
+    /// open of the same directory in this process returns the same instance
+    /// (if its server and key match); in another process it is refused with
+    /// [`ClientError::AlreadyOpen`].
     pub async fn open(config: ClientConfig) -> Result<Client, ClientError> {
-        let store = LocalStore::open(&config.data_dir.join("device.db")).await?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            ClientError::Storage(format!("creating {}: {e}", config.data_dir.display()))
+        })?;
+        let dir = config.data_dir.canonicalize().map_err(|e| {
+            ClientError::Storage(format!("opening {}: {e}", config.data_dir.display()))
+        })?;
+        let mut open = OPEN.lock().await;
+        if let Some(inner) = open.get(&dir).and_then(Weak::upgrade) {
+            if inner.config.server_url == config.server_url
+                && inner.config.store_key == config.store_key
+            {
+                return Ok(Client { inner });
+            }
+            return Err(ClientError::AlreadyOpen(format!(
+                "{} (by this app, with another server or key)",
+                dir.display()
+            )));
+        }
+        let lock = lock_directory(&dir)?;
+        let inner = Arc::new(Self::open_locked(config, dir.clone(), lock).await?);
+        open.retain(|_, weak| weak.strong_count() > 0);
+        open.insert(dir, Arc::downgrade(&inner));
+        Ok(Client { inner })
+    }
+
+    async fn open_locked(
+        config: ClientConfig,
+        dir: PathBuf,
+        lock: File,
+    ) -> Result<Inner, ClientError> {
+        let store = LocalStore::open(&dir.join("device.db"), &config.store_key).await?;
         let actor = match store.meta("actor_id").await? {
             Some(hex) => ActorId::from(
                 hex::decode(&hex).map_err(|_| ClientError::Storage("bad actor id".into()))?,
@@ -120,11 +192,17 @@ impl Client {
             })),
             _ => None,
         };
-        let replicas = identity
-            .as_ref()
-            .map(|i| Replicas::new(store.clone(), i.branch, actor.clone()));
-        let revoked = store.meta("revoked").await?;
-        let initial = match revoked {
+        let (changed, _) = watch::channel(0u64);
+        let replicas = identity.as_ref().map(|i| {
+            Replicas::new(
+                store.clone(),
+                i.branch,
+                actor.clone(),
+                changed.clone(),
+                config.max_loaded_months,
+            )
+        });
+        let initial = match store.meta("revoked").await? {
             Some(reason) => SyncStatus::Revoked { reason },
             None => SyncStatus::Offline {
                 reason: "not synced yet".into(),
@@ -132,19 +210,21 @@ impl Client {
         };
         let (status, _) = watch::channel(initial);
         let (stop, _) = watch::channel(false);
-        Ok(Client {
-            inner: Arc::new(Inner {
-                config,
-                store,
-                transport,
-                identity: std::sync::RwLock::new(identity),
-                replicas: Mutex::new(replicas),
-                actor,
-                status,
-                edited: Notify::new(),
-                syncing: Mutex::new(()),
-                stop,
-            }),
+        Ok(Inner {
+            config,
+            dir,
+            lock: std::sync::Mutex::new(Some(lock)),
+            changed,
+            messages_sent: std::sync::Mutex::new(HashMap::new()),
+            store,
+            transport,
+            identity: std::sync::RwLock::new(identity),
+            replicas: Mutex::new(replicas),
+            actor,
+            status,
+            edited: Notify::new(),
+            syncing: Mutex::new(()),
+            stop,
         })
     }
 
@@ -171,6 +251,11 @@ impl Client {
             .json(&serde_json::json!({ "code": code }))
             .send()
             .await?;
+        if response.status() == reqwest::StatusCode::ACCEPTED {
+            // The code was asked for from above: it waits for the branch
+            // secretary, stays unspent, and works once approved.
+            return Err(ClientError::PendingApproval);
+        }
         if !response.status().is_success() {
             let body: serde_json::Value = response.json().await.unwrap_or_default();
             return Err(ClientError::Refused(
@@ -212,6 +297,8 @@ impl Client {
             self.inner.store.clone(),
             branch,
             self.inner.actor.clone(),
+            self.inner.changed.clone(),
+            self.inner.config.max_loaded_months,
         ));
         self.register_actor(&identity).await?;
         Ok(Enrollment {
@@ -238,12 +325,7 @@ impl Client {
                     .await?;
                 Ok(())
             }
-            401 => Err(ClientError::Revoked(
-                "the server no longer knows this device".into(),
-            )),
-            status => Err(ClientError::Refused(format!(
-                "registering the actor id: HTTP {status}"
-            ))),
+            _ => Err(crate::sync::refusal(response, "registering the actor id").await),
         }
     }
 
@@ -269,20 +351,54 @@ impl Client {
     }
 
     /// Deletes everything this device stored (for a revoked or handed-over
-    /// phone). The client is unusable afterwards.
+    /// phone), after [`Client::export_unsynced`] if anything is unsynced.
+    /// Every clone of this client is unusable afterwards and reports
+    /// not enrolled; the directory can be opened afresh.
     pub async fn wipe(self) -> Result<(), ClientError> {
         let _ = self.inner.stop.send(true);
         let _guard = self.inner.syncing.lock().await;
+        let mut open = OPEN.lock().await;
         *self.inner.replicas.lock().await = None;
+        if let Ok(mut slot) = self.inner.identity.write() {
+            *slot = None;
+        }
         self.inner.store.close().await;
         for name in ["device.db", "device.db-wal", "device.db-shm"] {
-            let path = self.inner.config.data_dir.join(name);
+            let path = self.inner.dir.join(name);
             if path.exists() {
                 std::fs::remove_file(&path).map_err(|e| {
                     ClientError::Storage(format!("removing {}: {e}", path.display()))
                 })?;
             }
         }
+        open.remove(&self.inner.dir);
+        if let Ok(mut lock) = self.inner.lock.lock() {
+            lock.take();
+        }
         Ok(())
+    }
+}
+
+/// Takes the exclusive lock on a data directory, for as long as the
+/// returned file is open. The OS releases it when the process dies, however
+/// it dies, so a killed app never leaves the directory locked.
+fn lock_directory(dir: &std::path::Path) -> Result<File, ClientError> {
+    let path = dir.join("device.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| ClientError::Storage(format!("opening {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ClientError::AlreadyOpen(format!(
+            "{} (by another process)",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(ClientError::Storage(format!(
+            "locking {}: {e}",
+            path.display()
+        ))),
     }
 }

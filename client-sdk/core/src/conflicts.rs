@@ -78,10 +78,8 @@ impl Client {
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
         let mut conflicts = Vec::new();
-        for id in replicas.all().await? {
-            let Some(replica) = replicas.replica(id) else {
-                continue;
-            };
+        for (id, kind) in replicas.all().await? {
+            let replica = replicas.get(id, kind).await?;
             let doc = replica.doc();
             for collection in replica.kind.collections() {
                 let Ok(Some((Value::Object(ObjType::Map), coll))) =

@@ -487,10 +487,8 @@ impl Client {
     pub async fn complete_follow_up(&self, visit_id: RecordId) -> Result<(), ClientError> {
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-        for id in replicas.all().await? {
-            let Some(replica) = replicas.replica(id) else {
-                continue;
-            };
+        for (id, kind) in replicas.all().await? {
+            let replica = replicas.get(id, kind).await?;
             let found = read_record::<Visit, _>(replica.doc(), visit_id)
                 .map_err(|e| ClientError::Storage(e.to_string()))?;
             if let Some(mut visit) = found {

@@ -24,6 +24,29 @@ pub enum ClientError {
     /// The local store failed (disk full, corrupt file).
     #[error("local storage: {0}")]
     Storage(String),
+    /// Another process (or another open with a different configuration)
+    /// holds this data directory: two owners would corrupt it.
+    #[error("the data directory {0} is open elsewhere")]
+    AlreadyOpen(String),
+    /// The store key does not open the store (or the file is not a store).
+    #[error("the store key does not open this device's store")]
+    WrongKey,
+    /// The server does not know this device's token: it may have been
+    /// restored from a backup, or this is the wrong server. Not a
+    /// revocation: unsynced edits stay, and can be exported.
+    #[error("the server does not recognise this device: {0}")]
+    UnknownDevice(String),
+    /// The enrollment code waits for the branch secretary's approval; it is
+    /// not spent: enroll with it again once approved.
+    #[error("the enrollment code waits for the branch secretary's approval")]
+    PendingApproval,
+}
+
+impl ClientError {
+    /// Input refused before anything was written, naming the field.
+    pub(crate) fn invalid(field: &str, problem: impl std::fmt::Display) -> ClientError {
+        ClientError::Invalid(format!("{field}: {problem}"))
+    }
 }
 
 impl From<sqlx::Error> for ClientError {
@@ -40,6 +63,15 @@ impl From<automerge::AutomergeError> for ClientError {
 
 impl From<reqwest::Error> for ClientError {
     fn from(e: reqwest::Error) -> Self {
-        ClientError::Network(e.to_string())
+        // reqwest's own message ("error sending request") hides the cause
+        // (a certificate, a refused connection): keep the whole chain.
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        ClientError::Network(message)
     }
 }

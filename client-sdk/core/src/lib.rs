@@ -8,17 +8,19 @@
 //! reports what the server has acknowledged.
 //!
 //! ```text
-//! client     Client: open, enroll, wipe; owns the pieces below
+//! client     Client: open (one owner per data directory), enroll, wipe
+//! custody    where edits stand: checkpoint, edit states, export/import
 //! editing    typed edits, validated before anything is written
 //! queries    what a field app lists: members, histories, follow-ups
 //! conflicts  fields two devices set differently while offline
 //! replicas   documents in memory and on disk (durable edits, compaction)
-//! store      the local SQLite file
-//! sync       the sync engine: sync_now, the background loop, status
+//! store      the local SQLCipher file, encrypted with the app's key
+//! sync       the sync engine: the live connection, sync_now, status
 //! ```
 
 mod client;
 mod conflicts;
+mod custody;
 mod editing;
 mod error;
 mod queries;
@@ -28,13 +30,15 @@ pub mod sync;
 
 pub use client::{Client, ClientConfig, Enrollment};
 pub use conflicts::{Conflict, ConflictValue, Resolution};
+pub use custody::{Checkpoint, EditState, ImportReport};
 pub use editing::{
     MemberUpdate, NewActivity, NewFundEntry, NewHardshipEntry, NewMember, NewPlacement, NewTeam,
     NewTraining, NewVisit, TeamPerson,
 };
 pub use error::ClientError;
 pub use queries::{MemberFilter, MemberHistory};
-pub use sync::{SyncReport, SyncStatus};
+pub use store::StoreKey;
+pub use sync::{BackgroundSync, SyncReport, SyncStatus};
 
 pub use doorstep_protocol::schema::RecordId;
 pub use doorstep_protocol::schema::log::{

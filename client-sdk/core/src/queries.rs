@@ -46,11 +46,9 @@ impl Client {
     /// Every month's log on this device.
     async fn logs(&self, replicas: &mut Replicas) -> Result<Vec<MonthlyLog>, ClientError> {
         let mut logs = Vec::new();
-        for id in replicas.all().await? {
-            if let Some(replica) = replicas.replica(id)
-                && matches!(replica.kind, DocumentKind::MonthlyLog(_))
-            {
-                logs.push(MonthlyLog::load(replica.doc()));
+        for (id, kind) in replicas.all().await? {
+            if matches!(kind, DocumentKind::MonthlyLog(_)) {
+                logs.push(MonthlyLog::load(replicas.get(id, kind).await?.doc()));
             }
         }
         Ok(logs)

@@ -3,7 +3,9 @@
 //! Every change, made here or received from the server, is appended to the
 //! local store before the call that produced it returns; a failed append
 //! drops the change from memory too (the document is reloaded), so memory
-//! never holds what the disk does not.
+//! never holds what the disk does not. That also makes any document safe to
+//! evict: memory holds at most `max_loaded_months` monthly logs (and the
+//! roster), least recently used out first, however long the history.
 
 use std::collections::{HashMap, HashSet};
 
@@ -12,6 +14,8 @@ use automerge::{ActorId, Automerge, ChangeHash};
 use doorstep_protocol::schema::{DocumentKind, genesis};
 use doorstep_protocol::session::DocSession;
 use doorstep_protocol::{DocumentId, PeerId, TenantId};
+
+use tokio::sync::watch;
 
 use crate::error::ClientError;
 use crate::store::LocalStore;
@@ -29,6 +33,11 @@ pub(crate) struct Replica {
     pub acked: Vec<ChangeHash>,
     snapshot_bytes: u64,
     incremental_bytes: u64,
+    /// The keys of the stored chunks this replica holds: what a local
+    /// compaction may replace.
+    chunk_keys: Vec<String>,
+    /// For the LRU: the value of `Replicas::clock` at the last use.
+    last_used: u64,
 }
 
 impl Replica {
@@ -46,16 +55,93 @@ pub(crate) struct Replicas {
     /// Documents with a change committed in memory whose persist has not
     /// finished (set across the await, so a cancelled edit is noticed).
     unpersisted: HashSet<DocumentId>,
+    /// Bumped after every persisted change, for observers.
+    changed: watch::Sender<u64>,
+    max_loaded_months: usize,
+    clock: u64,
+    /// Documents whose load failed (a chunk Automerge refuses): they are
+    /// skipped, not retried on every call, until the app reopens.
+    unreadable: HashMap<DocumentId, String>,
+    /// Documents in the middle of an exchange with the server: never
+    /// evicted, since their in-flight sync state lives only in memory.
+    pinned: HashSet<DocumentId>,
 }
 
 impl Replicas {
-    pub fn new(store: LocalStore, branch: TenantId, actor: ActorId) -> Self {
+    pub fn new(
+        store: LocalStore,
+        branch: TenantId,
+        actor: ActorId,
+        changed: watch::Sender<u64>,
+        max_loaded_months: usize,
+    ) -> Self {
         Replicas {
             store,
             branch,
             actor,
             docs: HashMap::new(),
             unpersisted: HashSet::new(),
+            changed,
+            max_loaded_months: max_loaded_months.max(1),
+            clock: 0,
+            unreadable: HashMap::new(),
+            pinned: HashSet::new(),
+        }
+    }
+
+    /// Keeps a document in memory until [`Replicas::unpin`].
+    pub fn pin(&mut self, id: DocumentId) {
+        if self.docs.contains_key(&id) {
+            self.pinned.insert(id);
+        }
+    }
+
+    pub fn unpin(&mut self, id: DocumentId) {
+        self.pinned.remove(&id);
+    }
+
+    /// Evicts down to the memory bound, now that pins may have gone.
+    pub async fn trim(&mut self) -> Result<(), ClientError> {
+        self.evict(None).await
+    }
+
+    /// Whether another document may start an exchange without going over
+    /// the memory bound.
+    pub fn can_pin_another(&self) -> bool {
+        self.pinned.len() < self.max_loaded_months
+    }
+
+    /// Documents in memory now (the roster and at most `max_loaded_months`
+    /// monthly logs).
+    pub fn loaded(&self) -> Vec<DocumentId> {
+        self.docs.keys().copied().collect()
+    }
+
+    /// Evicts the least recently used monthly logs beyond the limit, saving
+    /// their sync state first (their changes are on disk already).
+    async fn evict(&mut self, keep: Option<DocumentId>) -> Result<(), ClientError> {
+        let keep = keep.unwrap_or(DocumentId::roster(self.branch));
+        loop {
+            let months: Vec<(u64, DocumentId)> = self
+                .docs
+                .iter()
+                .filter(|(id, r)| **id != keep && matches!(r.kind, DocumentKind::MonthlyLog(_)))
+                .filter(|(id, _)| !self.pinned.contains(*id))
+                .map(|(id, r)| (r.last_used, *id))
+                .collect();
+            let loaded = months.len() + usize::from(
+                self.docs
+                    .get(&keep)
+                    .is_some_and(|r| matches!(r.kind, DocumentKind::MonthlyLog(_))),
+            );
+            if loaded <= self.max_loaded_months {
+                return Ok(());
+            }
+            let Some((_, oldest)) = months.into_iter().min() else {
+                return Ok(());
+            };
+            self.save_sync_state(oldest).await?;
+            self.docs.remove(&oldest);
         }
     }
 
@@ -72,6 +158,9 @@ impl Replicas {
             self.docs.remove(&id);
         }
         if !self.docs.contains_key(&id) {
+            if let Some(why) = self.unreadable.get(&id) {
+                return Err(ClientError::Storage(format!("document {id}: {why}")));
+            }
             let mut chunks = self.store.chunks(id).await?;
             if chunks.chunks.is_empty() {
                 let doc = genesis(self.branch, kind);
@@ -81,7 +170,10 @@ impl Replicas {
             }
             let mut doc = Automerge::new();
             for chunk in &chunks.chunks {
-                doc.load_incremental(chunk)?;
+                if let Err(e) = doc.load_incremental(chunk) {
+                    self.unreadable.insert(id, e.to_string());
+                    return Err(e.into());
+                }
             }
             let doc = doc.with_actor(self.actor.clone());
             let mut session = DocSession::new(doc, 0);
@@ -103,18 +195,27 @@ impl Replicas {
                     acked,
                     snapshot_bytes: chunks.snapshot_bytes,
                     incremental_bytes: chunks.incremental_bytes,
+                    chunk_keys: chunks.keys,
+                    last_used: 0,
                 },
             );
+            self.evict(Some(id)).await?;
         }
-        self.docs
+        self.clock += 1;
+        let clock = self.clock;
+        let replica = self
+            .docs
             .get_mut(&id)
-            .ok_or_else(|| ClientError::Storage("document vanished".into()))
+            .ok_or_else(|| ClientError::Storage("document vanished".into()))?;
+        replica.last_used = clock;
+        Ok(replica)
     }
+
 
     /// A document if it exists on this device (no genesis is created).
     pub async fn existing(&mut self, id: DocumentId) -> Result<Option<&mut Replica>, ClientError> {
-        if self.docs.contains_key(&id) {
-            return Ok(self.docs.get_mut(&id));
+        if let Some(kind) = self.docs.get(&id).map(|r| r.kind) {
+            return self.get(id, kind).await.map(Some);
         }
         let Some(kind) = self
             .store
@@ -129,13 +230,10 @@ impl Replicas {
         self.get(id, kind).await.map(Some)
     }
 
-    /// Every document on the device, loaded.
-    pub async fn all(&mut self) -> Result<Vec<DocumentId>, ClientError> {
-        let documents = self.store.documents().await?;
-        for (id, kind) in &documents {
-            self.get(*id, *kind).await?;
-        }
-        Ok(documents.into_iter().map(|(id, _)| id).collect())
+    /// Every document on the device (not loaded: load each with
+    /// [`Replicas::get`] as it is needed, so memory stays bounded).
+    pub async fn all(&mut self) -> Result<Vec<(DocumentId, DocumentKind)>, ClientError> {
+        self.store.documents().await
     }
 
     /// Runs `f` in one transaction and makes its change durable before
@@ -159,9 +257,9 @@ impl Replicas {
         };
         // Automerge's convention: seconds since the epoch. Conflicts show it.
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        tx.commit_with(CommitOptions::default().with_time(now));
+        let _ = tx.commit_with(CommitOptions::default().with_time(now));
         self.unpersisted.insert(id);
-        self.persist_since(id, &before).await?;
+        self.persist_since(id, &before, true).await?;
         self.unpersisted.remove(&id);
         Ok(out)
     }
@@ -190,7 +288,7 @@ impl Replicas {
             .collect();
         let count = changes.len();
         if count > 0 {
-            self.append(id, changes).await?;
+            self.append(id, changes, false).await?;
         }
         Ok(count)
     }
@@ -199,10 +297,15 @@ impl Replicas {
         self.docs.get_mut(&id)
     }
 
+    pub fn peek(&self, id: DocumentId) -> Option<&Replica> {
+        self.docs.get(&id)
+    }
+
     async fn persist_since(
         &mut self,
         id: DocumentId,
         before: &[ChangeHash],
+        local: bool,
     ) -> Result<(), ClientError> {
         let replica = self
             .docs
@@ -218,30 +321,52 @@ impl Replicas {
         if changes.is_empty() {
             return Ok(());
         }
-        self.append(id, changes).await
+        self.append(id, changes, local).await
     }
 
     async fn append(
         &mut self,
         id: DocumentId,
         changes: Vec<(ChangeHash, Vec<u8>)>,
+        local: bool,
     ) -> Result<(), ClientError> {
-        if let Err(e) = self.store.append(id, &changes).await {
+        if let Err(e) = self.store.append(id, &changes, local).await {
             // Memory must not hold what the disk does not: forget the
             // document; the next access reloads it from the store.
             self.docs.remove(&id);
             return Err(e);
         }
+        self.changed.send_modify(|revision| *revision += 1);
         let Some(replica) = self.docs.get_mut(&id) else {
             return Ok(());
         };
+        replica
+            .chunk_keys
+            .extend(changes.iter().map(|(hash, _)| hash.to_string()));
         replica.incremental_bytes += changes.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
         if replica.incremental_bytes >= replica.snapshot_bytes.max(4096) {
             // The changes are already on disk: a failed compaction only costs
             // space, and must not report the edit as failed (it would be
             // entered again, twice counted).
             let snapshot = replica.session.document().save();
-            match self.store.compact(id, &snapshot).await {
+            // Keyed by content, so compacting the same state twice is a no-op.
+            let key = format!(
+                "snapshot:{}",
+                replica
+                    .session
+                    .heads()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let covered: Vec<String> = replica
+                .chunk_keys
+                .iter()
+                .filter(|k| **k != key)
+                .cloned()
+                .collect();
+            match self.store.compact(id, &key, &snapshot, &covered).await {
                 Ok(()) => {
                     if let Ok(fresh) = Automerge::load(&snapshot) {
                         replica
@@ -250,6 +375,7 @@ impl Replicas {
                     }
                     replica.snapshot_bytes = snapshot.len() as u64;
                     replica.incremental_bytes = 0;
+                    replica.chunk_keys = vec![key];
                 }
                 Err(e) => tracing::warn!(document = %id, error = %e, "local compaction failed"),
             }
@@ -290,24 +416,41 @@ impl Replicas {
             replica.acked = heads;
         }
         if let Some(state) = replica.session.encoded_state(&peer) {
+            let acked = replica.acked.clone();
+            let all_acked = self.pending_in(id) == 0;
             self.store
-                .save_sync_state(id, &state, &replica.acked)
+                .save_sync_state(id, &state, &acked, all_acked)
                 .await?;
         }
         Ok(())
     }
 
-    /// Local changes (by this device's actor) the server has not acknowledged.
-    pub fn pending(&self) -> usize {
-        self.docs
-            .values()
-            .map(|r| {
-                r.doc()
-                    .get_changes_meta(&r.acked)
-                    .into_iter()
-                    .filter(|m| *m.actor == self.actor)
-                    .count()
-            })
-            .sum()
+    /// Local changes (by this device's actor) in one loaded document the
+    /// server has not acknowledged.
+    pub fn pending_in(&self, id: DocumentId) -> usize {
+        self.docs.get(&id).map_or(0, |r| {
+            r.doc()
+                .get_changes_meta(&r.acked)
+                .into_iter()
+                .filter(|m| *m.actor == self.actor)
+                .count()
+        })
+    }
+
+    /// Documents holding local changes the server has not acknowledged.
+    pub async fn unacked(&self) -> Result<Vec<DocumentId>, ClientError> {
+        self.store.unacked_documents().await
+    }
+
+    /// Local changes the server has not acknowledged, on the whole device:
+    /// only documents marked unacked are loaded.
+    pub async fn pending(&mut self) -> Result<usize, ClientError> {
+        let mut pending = 0;
+        for id in self.unacked().await? {
+            if self.existing(id).await?.is_some() {
+                pending += self.pending_in(id);
+            }
+        }
+        Ok(pending)
     }
 }

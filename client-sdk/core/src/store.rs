@@ -1,5 +1,7 @@
-//! The device's local store: SQLite in WAL mode with `synchronous=FULL`, so
-//! an edit that returned is on disk even if the app is killed next.
+//! The device's local store: one SQLCipher file in WAL mode with
+//! `synchronous=FULL`, so an edit that returned is on disk even if the app
+//! is killed next, and nothing in it (names, the token) can be read without
+//! the key the app keeps in the platform keystore.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -13,37 +15,102 @@ use sqlx::{Row, SqlitePool};
 
 use crate::error::ClientError;
 
+/// The 256-bit key the store is encrypted with. The app keeps it in the
+/// platform keystore (Android Keystore, iOS Keychain) and hands it over at
+/// every open; the SDK never writes it anywhere.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreKey([u8; 32]);
+
+impl StoreKey {
+    pub const LEN: usize = 32;
+
+    /// The key from its raw bytes; exactly [`StoreKey::LEN`] of them.
+    pub fn from_bytes(bytes: &[u8]) -> Result<StoreKey, ClientError> {
+        let key: [u8; 32] = bytes.try_into().map_err(|_| {
+            ClientError::invalid(
+                "store_key",
+                format!("must be {} bytes, not {}", StoreKey::LEN, bytes.len()),
+            )
+        })?;
+        Ok(StoreKey(key))
+    }
+
+    /// A fresh random key, for an app to store in its keystore on first run.
+    pub fn generate() -> StoreKey {
+        StoreKey(rand::random())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// SQLCipher's raw-key form: no passphrase derivation at every open,
+    /// since the key is already random.
+    fn pragma(&self) -> String {
+        format!("\"x'{}'\"", hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreKey(..)")
+    }
+}
+
 /// Handle to the local database; cheap to clone.
 #[derive(Clone, Debug)]
 pub(crate) struct LocalStore {
     pool: SqlitePool,
 }
 
-/// A document's stored chunks.
+/// A document's stored chunks, with the keys they are stored under: a
+/// compaction deletes exactly these, never a chunk it did not load.
 #[derive(Debug, Default)]
 pub(crate) struct Chunks {
     pub chunks: Vec<Vec<u8>>,
+    pub keys: Vec<String>,
     pub snapshot_bytes: u64,
     pub incremental_bytes: u64,
 }
 
 impl LocalStore {
-    pub async fn open(path: &Path) -> Result<LocalStore, ClientError> {
+    pub async fn open(path: &Path, key: &StoreKey) -> Result<LocalStore, ClientError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| ClientError::Storage(format!("creating {}: {e}", dir.display())))?;
         }
+        // `key` must be the first statement on every connection; sqlx sends
+        // it first by design.
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
+            .pragma("key", key.pragma())
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
+        let pool = match SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
+            .await
+        {
+            Ok(pool) => pool,
+            // SQLCipher cannot tell a wrong key from a file that is not a
+            // database: both read as garbage.
+            Err(sqlx::Error::Database(e)) if e.message().contains("not a database") => {
+                return Err(ClientError::WrongKey);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let cipher: Option<String> = sqlx::query_scalar("pragma cipher_version")
+            .fetch_optional(&pool)
             .await?;
+        if cipher.is_none() {
+            // Built without SQLCipher: refuse rather than store in plaintext.
+            return Err(ClientError::Storage(
+                "this build's SQLite has no encryption (SQLCipher)".into(),
+            ));
+        }
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
@@ -132,7 +199,7 @@ impl LocalStore {
 
     pub async fn chunks(&self, id: DocumentId) -> Result<Chunks, ClientError> {
         let rows = sqlx::query(
-            "select kind, bytes from chunks where document_id = ? order by kind desc, rowid",
+            "select kind, hash, bytes from chunks where document_id = ? order by kind desc, rowid",
         )
         .bind(id.to_string())
         .fetch_all(&self.pool)
@@ -141,6 +208,7 @@ impl LocalStore {
         for row in rows {
             let kind: String = row.try_get("kind")?;
             let bytes: Vec<u8> = row.try_get("bytes")?;
+            chunks.keys.push(row.try_get("hash")?);
             if kind == "snapshot" {
                 chunks.snapshot_bytes += bytes.len() as u64;
             } else {
@@ -152,12 +220,21 @@ impl LocalStore {
     }
 
     /// Appends changes in one transaction; durable when this returns.
+    /// `local`: they were made on this device, so the document now holds
+    /// something the server has not acknowledged.
     pub async fn append(
         &self,
         id: DocumentId,
         changes: &[(ChangeHash, Vec<u8>)],
+        local: bool,
     ) -> Result<(), ClientError> {
         let mut tx = self.pool.begin_with("begin immediate").await?;
+        if local {
+            sqlx::query("update documents set unacked = 1 where id = ?")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
         for (hash, bytes) in changes {
             sqlx::query(
                 "insert into chunks (document_id, kind, hash, bytes) values (?, 'incremental', ?, ?)
@@ -173,19 +250,73 @@ impl LocalStore {
         Ok(())
     }
 
-    /// Replaces every chunk with one snapshot of the whole document.
-    pub async fn compact(&self, id: DocumentId, snapshot: &[u8]) -> Result<(), ClientError> {
+    /// Replaces the chunks `covered` (those the snapshot was made from)
+    /// with the snapshot, stored under `snapshot_key`. A chunk not in
+    /// `covered` stays: the snapshot may not hold it.
+    pub async fn compact(
+        &self,
+        id: DocumentId,
+        snapshot_key: &str,
+        snapshot: &[u8],
+        covered: &[String],
+    ) -> Result<(), ClientError> {
         let mut tx = self.pool.begin_with("begin immediate").await?;
-        sqlx::query("delete from chunks where document_id = ?")
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("insert into chunks (document_id, kind, hash, bytes) values (?, 'snapshot', 'snapshot', ?)")
-            .bind(id.to_string())
-            .bind(snapshot)
-            .execute(&mut *tx)
-            .await?;
+        for key in covered {
+            sqlx::query("delete from chunks where document_id = ? and hash = ?")
+                .bind(id.to_string())
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "insert into chunks (document_id, kind, hash, bytes) values (?, 'snapshot', ?, ?)
+             on conflict (document_id, hash) do nothing",
+        )
+        .bind(id.to_string())
+        .bind(snapshot_key)
+        .bind(snapshot)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Documents with local changes not yet acknowledged by the server.
+    pub async fn unacked_documents(&self) -> Result<Vec<DocumentId>, ClientError> {
+        let ids: Vec<String> = sqlx::query_scalar("select id from documents where unacked = 1")
+            .fetch_all(&self.pool)
+            .await?;
+        ids.iter()
+            .map(|id| {
+                id.parse()
+                    .map_err(|_| ClientError::Storage(format!("bad document id {id}")))
+            })
+            .collect()
+    }
+
+    /// Heads the server's rollups counted the document up to, as last heard.
+    pub async fn counted_heads(&self, id: DocumentId) -> Result<Vec<ChangeHash>, ClientError> {
+        let heads: Option<String> =
+            sqlx::query_scalar("select counted_heads from sync_states where document_id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        parse_heads(&heads.unwrap_or_default())
+    }
+
+    pub async fn save_counted_heads(
+        &self,
+        id: DocumentId,
+        heads: &[String],
+    ) -> Result<(), ClientError> {
+        sqlx::query(
+            "insert into sync_states (document_id, counted_heads) values (?, ?)
+             on conflict (document_id) do update set counted_heads = excluded.counted_heads",
+        )
+        .bind(id.to_string())
+        .bind(heads.join(","))
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -201,28 +332,24 @@ impl LocalStore {
             return Ok((None, Vec::new()));
         };
         let heads: String = row.try_get("acked_heads")?;
-        let heads = heads
-            .split(',')
-            .filter(|h| !h.is_empty())
-            .map(|h| {
-                h.parse()
-                    .map_err(|_| ClientError::Storage(format!("bad head {h}")))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok((row.try_get("state")?, heads))
+        Ok((row.try_get("state")?, parse_heads(&heads)?))
     }
 
+    /// Saves the sync state and the acknowledged heads; `all_acked`: no
+    /// local change is outside them, so the document leaves the unacked set.
     pub async fn save_sync_state(
         &self,
         id: DocumentId,
         state: &[u8],
         acked: &[ChangeHash],
+        all_acked: bool,
     ) -> Result<(), ClientError> {
         let heads = acked
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",");
+        let mut tx = self.pool.begin_with("begin immediate").await?;
         sqlx::query(
             "insert into sync_states (document_id, state, acked_heads) values (?, ?, ?)
              on conflict (document_id) do update set state = excluded.state, acked_heads = excluded.acked_heads",
@@ -230,8 +357,25 @@ impl LocalStore {
         .bind(id.to_string())
         .bind(state)
         .bind(heads)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        if all_acked {
+            sqlx::query("update documents set unacked = 0 where id = ?")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
+}
+
+fn parse_heads(text: &str) -> Result<Vec<ChangeHash>, ClientError> {
+    text.split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            h.parse()
+                .map_err(|_| ClientError::Storage(format!("bad head {h}")))
+        })
+        .collect()
 }

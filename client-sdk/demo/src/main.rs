@@ -17,7 +17,7 @@ use clap::Parser;
 use doorstep_client::{
     Client, ClientConfig, Fen, FundDirection, HardshipKind, MemberKind, NewFundEntry,
     NewHardshipEntry, NewMember, NewPlacement, NewTeam, NewTraining, NewVisit, RecordId,
-    TeamPerson, TrainingLevel, VisitKind,
+    StoreKey, TeamPerson, TrainingLevel, VisitKind,
 };
 use doorstep_protocol::{Date, TenantId};
 use doorstep_server::admin;
@@ -207,6 +207,23 @@ fn date(year: i32, months: u8, i: i64) -> anyhow::Result<Date> {
     Date::from_ymd(year, month, day).context("a demo date")
 }
 
+/// A simulated phone's keystore: its store key in a file beside (not in)
+/// its data directory, so the demo's phones reopen across runs. A real app
+/// keeps the key in the Android Keystore or the iOS Keychain.
+fn simulated_keystore(dir: &std::path::Path) -> anyhow::Result<StoreKey> {
+    let path = dir.with_extension("key");
+    if let Ok(hex) = std::fs::read_to_string(&path) {
+        let bytes = hex::decode(hex.trim()).context("a simulated keystore entry")?;
+        return Ok(StoreKey::from_bytes(&bytes)?);
+    }
+    let key = StoreKey::generate();
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&path, hex::encode(key.as_bytes()))?;
+    Ok(key)
+}
+
 async fn phone(
     store: &Store,
     url: &str,
@@ -214,7 +231,7 @@ async fn phone(
     branch: TenantId,
     label: &str,
 ) -> anyhow::Result<Client> {
-    let client = Client::open(ClientConfig::new(dir, url)).await?;
+    let client = Client::open(ClientConfig::new(&dir, url, simulated_keystore(&dir)?)).await?;
     if !client.is_enrolled() {
         let issued = admin::issue_enrollment_code(store, branch, label, 1, "demo").await?;
         client.enroll(&issued.code).await?;

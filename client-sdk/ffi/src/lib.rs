@@ -67,6 +67,10 @@ impl From<ClientError> for DoorstepError {
             ClientError::Network(m) => DoorstepError::Network(m),
             ClientError::Refused(m) => DoorstepError::Refused(m),
             ClientError::Storage(m) => DoorstepError::Storage(m),
+            e @ (ClientError::AlreadyOpen(_) | ClientError::WrongKey | ClientError::PendingApproval) => {
+                DoorstepError::Storage(e.to_string())
+            }
+            ClientError::UnknownDevice(m) => DoorstepError::Network(m),
         }
     }
 }
@@ -264,6 +268,7 @@ impl From<sdk::SyncStatus> for SyncState {
             sdk::SyncStatus::Syncing => SyncState::Syncing,
             sdk::SyncStatus::UpToDate { at_unix_secs } => SyncState::UpToDate { at_unix_secs },
             sdk::SyncStatus::Error { reason } => SyncState::Error { reason },
+            sdk::SyncStatus::Unrecognised { reason } => SyncState::Offline { reason },
             sdk::SyncStatus::Revoked { reason } => SyncState::Revoked { reason },
         }
     }
@@ -324,9 +329,11 @@ impl DoorstepClient {
     pub async fn open(
         data_dir: String,
         server_url: String,
+        store_key: Vec<u8>,
         extra_ca_pem: Option<Vec<u8>>,
     ) -> Result<Arc<Self>, DoorstepError> {
-        let mut config = ClientConfig::new(data_dir, server_url);
+        let store_key = sdk::StoreKey::from_bytes(&store_key)?;
+        let mut config = ClientConfig::new(data_dir, server_url, store_key);
         config.extra_ca_pem = extra_ca_pem;
         let client = run(Client::open(config)).await?;
         Ok(Arc::new(DoorstepClient {

@@ -14,6 +14,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("not allowed")]
     Forbidden,
+    /// A device token whose device was revoked: the phone stops syncing.
+    #[error("this device was revoked")]
+    DeviceRevoked,
     /// Missing, or outside the caller's scope: the two look the same.
     #[error("not found")]
     NotFound,
@@ -76,7 +79,7 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::DeviceRevoked => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -95,8 +98,12 @@ impl IntoResponse for ApiError {
             // Logged once here; the client gets no detail.
             tracing::error!(error = ?cause, "request failed");
         }
-        let mut response =
-            (self.status(), Json(json!({ "error": self.to_string() }))).into_response();
+        let body = match &self {
+            // A stable code: the SDK acts on it, not on the wording.
+            ApiError::DeviceRevoked => json!({ "error": self.to_string(), "code": "device_revoked" }),
+            _ => json!({ "error": self.to_string() }),
+        };
+        let mut response = (self.status(), Json(body)).into_response();
         if let ApiError::TooManyAttempts { retry_after } | ApiError::AccountLocked { retry_after } =
             &self
         {

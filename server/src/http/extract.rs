@@ -112,11 +112,11 @@ impl FromRequestParts<AppState> for DeviceAuth {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
-        state
-            .store
-            .device_for_token(&hash_secret(token))
-            .await?
-            .map(DeviceAuth)
-            .ok_or(ApiError::Unauthorized)
+        let hash = hash_secret(token);
+        match state.store.device_for_token(&hash).await? {
+            Some(device) => Ok(DeviceAuth(device)),
+            None if state.store.token_was_revoked(&hash).await? => Err(ApiError::DeviceRevoked),
+            None => Err(ApiError::Unauthorized),
+        }
     }
 }

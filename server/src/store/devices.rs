@@ -396,6 +396,22 @@ impl Store {
         .transpose()
     }
 
+    /// Whether a token belongs to a device that was revoked. Only the token's
+    /// holder can ask, so saying so leaks nothing; it lets the phone tell an
+    /// explicit revocation (stop, offer a wipe) from a server that does not
+    /// know it (restored from a backup, a wrong URL), where its unsynced
+    /// edits must not be written off.
+    pub async fn token_was_revoked(&self, token_hash: &[u8]) -> Result<bool, StoreError> {
+        let revoked: Option<i64> = sqlx::query_scalar(
+            "select 1 from device_tokens k join devices d on d.id = k.device_id
+             where k.token_hash = ? and d.revoked_at is not null",
+        )
+        .bind(token_hash)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(revoked.is_some())
+    }
+
     pub async fn device(&self, id: DeviceId) -> Result<Option<Device>, StoreError> {
         sqlx::query(&format!(
             "select {DEVICE_COLUMNS} from devices d join tenants t on t.id = d.branch_id where d.id = ?"

@@ -142,6 +142,32 @@ impl Store {
     }
 
     /// The documents of a branch: its roster, then its logs by month.
+    /// The heads each of a branch's documents is counted in the rollups up
+    /// to (`projected_heads`, sorted hex), so a phone can tell an edit the
+    /// server stored from one the offices already see.
+    pub async fn counted_heads_of_branch(
+        &self,
+        branch: TenantId,
+    ) -> Result<std::collections::HashMap<String, Vec<String>>, StoreError> {
+        let rows: Vec<(String, Option<String>)> =
+            sqlx::query_as("select id, projected_heads from documents where branch_id = ?")
+                .bind(branch.to_string())
+                .fetch_all(self.pool())
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, heads)| {
+                let heads = heads
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                (id, heads)
+            })
+            .collect())
+    }
+
     pub async fn documents_of_branch(
         &self,
         branch: TenantId,

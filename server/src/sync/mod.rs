@@ -31,9 +31,9 @@ use doorstep_protocol::keeper::Refusal;
 
 /// Close codes (4000-4999 are for applications).
 pub mod close_code {
-    /// The token is unknown or revoked.
+    /// The token is unknown (never issued here, or the server lost it).
     pub const UNAUTHORIZED: u16 = 4401;
-    /// The device was revoked while connected.
+    /// The device was revoked, before or while connected.
     pub const REVOKED: u16 = 4403;
     /// The client broke the protocol or a limit.
     pub const PROTOCOL: u16 = 1002;
@@ -73,8 +73,16 @@ pub async fn upgrade(
         Some(token) => state.store.device_for_token(&hash_secret(token)).await,
         None => Ok(None),
     };
+    let mut revoked = false;
     if let (Ok(None), Some(token)) = (&device, &token) {
-        record_login_token(&state, token).await;
+        revoked = state
+            .store
+            .token_was_revoked(&hash_secret(token))
+            .await
+            .unwrap_or(false);
+        if !revoked {
+            record_login_token(&state, token).await;
+        }
     }
     let limit = state.config.limits.max_message_bytes;
     ws.max_message_size(limit)
@@ -85,7 +93,8 @@ pub async fn upgrade(
                     let span = tracing::info_span!("connection", device = %device.id, branch = %device.branch_id);
                     connection(state.hub.clone(), socket, device).instrument(span).await
                 }
-                Ok(None) => refuse(socket, close_code::UNAUTHORIZED, "unauthorized: unknown or revoked device token").await,
+                Ok(None) if revoked => refuse(socket, close_code::REVOKED, "this device was revoked").await,
+                Ok(None) => refuse(socket, close_code::UNAUTHORIZED, "unauthorized: unknown device token").await,
                 Err(e) => {
                     tracing::error!(error = %e, "token lookup failed");
                     refuse(socket, close_code::TRY_AGAIN, "server error, try again later").await

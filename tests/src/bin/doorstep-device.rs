@@ -3,7 +3,8 @@
 //!
 //! `doorstep-device DATA_DIR SERVER_URL COMMAND [ARGS]` with COMMAND one of
 //! `enroll CODE`, `add-member NAME`, `record-visit MEMBER_ID DATE CASH_FEN
-//! [--hold]`, `sync`. Results go to stdout, one line each.
+//! [--hold]`, `sync`, `hold` (open the store and wait to be killed). Results
+//! go to stdout, one line each. The store key is the tests' stand-in.
 
 use anyhow::{Context, bail};
 use doorstep_client::{Client, ClientConfig, Fen, NewMember, NewVisit, VisitKind};
@@ -14,7 +15,12 @@ async fn main() -> anyhow::Result<()> {
     let [data_dir, server, command, rest @ ..] = args.as_slice() else {
         bail!("usage: doorstep-device DATA_DIR SERVER_URL COMMAND [ARGS]");
     };
-    let client = Client::open(ClientConfig::new(data_dir, server)).await?;
+    let client = Client::open(ClientConfig::new(
+        data_dir,
+        server,
+        doorstep_tests::test_store_key(),
+    ))
+    .await?;
     match (command.as_str(), rest) {
         ("enroll", [code]) => {
             let enrolled = client.enroll(code).await?;
@@ -48,6 +54,10 @@ async fn main() -> anyhow::Result<()> {
                 // Wait to be killed: nothing after the edit returned may matter.
                 std::future::pending::<()>().await;
             }
+        }
+        ("hold", []) => {
+            println!("open");
+            std::future::pending::<()>().await;
         }
         ("sync", []) => {
             let report = client.sync_now().await?;

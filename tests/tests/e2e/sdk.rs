@@ -308,7 +308,7 @@ async fn devices_resync_by_themselves_after_a_server_outage() -> anyhow::Result<
     let b = branch_with_devices(2, |c| {
         c.backoff_initial = Duration::from_millis(100);
         c.backoff_max = Duration::from_millis(800);
-        c.sync_interval = Duration::from_secs(60);
+        c.sync_interval = Some(Duration::from_secs(60));
     })
     .await?;
     let member = b.devices[0]

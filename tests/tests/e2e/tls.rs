@@ -8,8 +8,8 @@ use doorstep_tests::{SyncOutcome, TestPeer, TestServer};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
 use tokio_tungstenite::Connector;
 
-#[tokio::test]
-async fn devices_sync_over_wss_with_a_certificate_from_their_ca() -> anyhow::Result<()> {
+/// A TLS server whose certificate comes from a test CA; returns the CA.
+async fn tls_server() -> anyhow::Result<(TestServer, rcgen::Certificate, tempfile::TempDir)> {
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -32,6 +32,49 @@ async fn devices_sync_over_wss_with_a_certificate_from_their_ca() -> anyhow::Res
         c.tls_key = Some(key_path.clone());
     })
     .await?;
+    Ok((server, ca, pem_dir))
+}
+
+#[tokio::test]
+async fn the_sdk_enrolls_and_syncs_over_https_and_wss_with_the_extra_ca() -> anyhow::Result<()> {
+    let (server, ca, _pems) = tls_server().await?;
+    let d = server.district().await?;
+    let url = format!("https://127.0.0.1:{}", server.addr.port());
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let trust_the_ca = |c: &mut doorstep_client::ClientConfig| {
+        c.extra_ca_pem = Some(ca.pem().into_bytes());
+    };
+    let a = doorstep_tests::sdk_device(&server.store, &url, d.yingfeng.id, dir_a.path(), trust_the_ca)
+        .await?;
+    let b = doorstep_tests::sdk_device(&server.store, &url, d.yingfeng.id, dir_b.path(), trust_the_ca)
+        .await?;
+    let member = a
+        .add_member(doorstep_client::NewMember {
+            name: "经由TLS".into(),
+            ..Default::default()
+        })
+        .await?;
+    a.sync_now().await?;
+    b.sync_now().await?;
+    assert_eq!(b.member(member).await?.name, "经由TLS");
+
+    // Without the CA, the bundled and system roots do not vouch for it:
+    // the connection fails as a network error, and nothing is lost.
+    let dir_c = tempfile::tempdir()?;
+    let refused = doorstep_tests::sdk_device(&server.store, &url, d.yingfeng.id, dir_c.path(), |_| {})
+        .await
+        .expect_err("an unknown CA is not trusted");
+    assert!(
+        format!("{refused:#}").to_lowercase().contains("certificate")
+            || format!("{refused:?}").to_lowercase().contains("certificate"),
+        "{refused:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn devices_sync_over_wss_with_a_certificate_from_their_ca() -> anyhow::Result<()> {
+    let (server, ca, _pems) = tls_server().await?;
     let d = server.district().await?;
     // Enrollment itself goes over HTTPS.
     let issued = doorstep_server::admin::issue_enrollment_code(

@@ -1,15 +1,21 @@
 //! The sync engine.
 //!
-//! [`Client::sync_now`] opens one WebSocket, syncs every document of the
-//! branch to quiescence (all documents in flight at once), saves the sync
-//! states and closes. [`Client::start_background_sync`] runs it again after
-//! every local edit and on an interval, and after a failure retries with
-//! exponential backoff and jitter, so a device that regains signal syncs by
-//! itself. Status changes are published to observers.
+//! A [`Connection`] is one WebSocket to the server, speaking the
+//! automerge-repo protocol. It syncs the documents it is subscribed to: the
+//! roster, the current and previous month, every document holding an
+//! unacknowledged local edit, and any month the app opens while connected.
+//! Older months are not touched until the app opens them.
+//!
+//! Two drivers use it. [`Client::start_background_sync`] keeps one
+//! connection open while the app is active: a local edit is sent the moment
+//! it is on disk, the server's changes arrive as they happen, and a broken
+//! connection is retried with exponential backoff and jitter.
+//! [`Client::sync_now`] is bounded: connect, sync to quiescence, close, for
+//! a background job. Neither polls; `sync_interval` only re-checks.
 
 pub(crate) mod transport;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use doorstep_protocol::schema::DocumentKind;
@@ -17,13 +23,12 @@ use doorstep_protocol::wire::{self, Limits, Message, PeerMetadata};
 use doorstep_protocol::{DocumentId, Month, PeerId, StorageId};
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
-use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::client::Client;
 use crate::error::ClientError;
-use crate::replicas::server_peer;
+use crate::replicas::{Replicas, server_peer};
 use transport::Socket;
 
 /// Where syncing stands, for the app's status line.
@@ -34,12 +39,18 @@ pub enum SyncStatus {
         reason: String,
     },
     Syncing,
-    /// Everything was exchanged at this time (seconds since the epoch).
+    /// Everything was exchanged at this time (seconds since the epoch);
+    /// with the live connection, the device stays up to date from here.
     UpToDate {
         at_unix_secs: i64,
     },
     /// Something other than the network went wrong.
     Error {
+        reason: String,
+    },
+    /// The server does not know this device (restored from a backup, a
+    /// wrong URL). Syncing is retried; edits stay and can be exported.
+    Unrecognised {
         reason: String,
     },
     /// The server revoked this device; syncing has stopped for good.
@@ -51,6 +62,7 @@ pub enum SyncStatus {
 /// What one sync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
+    /// Documents exchanged with the server.
     pub documents: usize,
     /// Local changes the server acknowledged during this sync.
     pub changes_sent: usize,
@@ -58,9 +70,12 @@ pub struct SyncReport {
     pub changes_received: usize,
     pub bytes_sent: usize,
     pub bytes_received: usize,
+    /// Documents the server refused (not found for this device): their
+    /// edits cannot be acknowledged. The others synced regardless.
+    pub refused: Vec<DocumentId>,
 }
 
-/// Stops the background sync when dropped or stopped.
+/// Stops the sync service when dropped or stopped.
 #[derive(Debug)]
 pub struct BackgroundSync {
     stop: watch::Sender<bool>,
@@ -84,10 +99,13 @@ impl Drop for BackgroundSync {
 
 const CLOSE_UNAUTHORIZED: u16 = 4401;
 const CLOSE_REVOKED: u16 = 4403;
-const RECEIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Largest message accepted from the server; a first sync of a big
-/// roster arrives as one whole-document message.
-const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// roster arrives as one whole-document message. The socket's own frame
+/// cap is set to the same (see `transport`).
+pub(crate) const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// How often an idle live connection pings, so a dead link is noticed
+/// within `receive_timeout` and middleboxes keep it open.
+const PING_EVERY: Duration = Duration::from_secs(30);
 
 /// True when the server has all our changes and we have all of its.
 fn in_sync(replica: &crate::replicas::Replica) -> bool {
@@ -100,15 +118,233 @@ fn in_sync(replica: &crate::replicas::Replica) -> bool {
     known && session.peer_covers(&peer, &session.heads())
 }
 
-#[derive(Deserialize)]
-struct ListedDocument {
-    document_id: String,
-    kind: String,
-    month: Option<String>,
-}
-
 fn now_secs() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// The documents a connection subscribes to before the app asks for any:
+/// the roster and the current and previous month.
+fn eager(branch: doorstep_protocol::TenantId) -> Vec<(DocumentId, DocumentKind)> {
+    let mut eager = vec![(DocumentId::roster(branch), DocumentKind::Roster)];
+    let now = time::OffsetDateTime::now_utc();
+    if let Some(month) = Month::new(now.year(), now.month() as u8) {
+        for month in [month, month.previous()] {
+            eager.push((
+                DocumentId::monthly_log(branch, month),
+                DocumentKind::MonthlyLog(month),
+            ));
+        }
+    }
+    eager
+}
+
+/// Turns a refused HTTP response into the error it stands for: only the
+/// server's explicit revocation is [`ClientError::Revoked`]; a token it does
+/// not know is [`ClientError::UnknownDevice`], which keeps every edit.
+pub(crate) async fn refusal(response: reqwest::Response, what: &str) -> ClientError {
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let message = body["error"].as_str().unwrap_or("refused").to_owned();
+    match (status.as_u16(), body["code"].as_str()) {
+        (403, Some("device_revoked")) => ClientError::Revoked(message),
+        (401, _) => ClientError::UnknownDevice(format!("{what}: {message}")),
+        (500..=599, _) => ClientError::Network(format!("{what}: HTTP {status}")),
+        _ => ClientError::Refused(format!("{what}: {message}")),
+    }
+}
+
+/// One WebSocket to the server and the sync state of what it carries.
+struct Connection {
+    socket: Socket,
+    me: PeerId,
+    server: PeerId,
+    /// Subscribed documents, and whether a message was sent for each yet
+    /// (the first is a `request`, so the server may answer "unavailable").
+    subscribed: HashMap<DocumentId, bool>,
+    refused: HashSet<DocumentId>,
+    report: SyncReport,
+    exchanged: HashSet<DocumentId>,
+    receive_timeout: Duration,
+    /// Messages sent per document on this connection.
+    sent: HashMap<DocumentId, u64>,
+}
+
+impl Connection {
+    async fn open(client: &Client) -> Result<Connection, ClientError> {
+        let identity = client.identity()?;
+        if client.inner.store.meta("actor_registered").await?.is_none() {
+            client.register_actor(&identity).await?;
+        }
+        let mut socket = client.inner.transport.connect(&identity.token).await?;
+        let me = PeerId::new(format!("device-{}", uuid::Uuid::new_v4()))
+            .map_err(|e| ClientError::Storage(e.to_string()))?;
+        let timeout = client.inner.config.receive_timeout;
+        let server = handshake(&mut socket, &me, &identity.storage_id, timeout).await?;
+        Ok(Connection {
+            socket,
+            me,
+            server,
+            subscribed: HashMap::new(),
+            refused: HashSet::new(),
+            report: SyncReport::default(),
+            exchanged: HashSet::new(),
+            receive_timeout: timeout,
+            sent: HashMap::new(),
+        })
+    }
+
+    /// Subscribes to the eager set, the unacknowledged documents and the
+    /// loaded ones, restarting each from its persisted sync state.
+    async fn subscribe_initial(&mut self, replicas: &mut Replicas) -> Result<(), ClientError> {
+        for (id, kind) in eager(replicas.branch) {
+            replicas.get(id, kind).await?;
+            self.subscribe(replicas, id)?;
+        }
+        for id in replicas.unacked().await? {
+            if replicas.existing(id).await?.is_some() {
+                self.subscribe(replicas, id)?;
+            }
+        }
+        for id in replicas.loaded() {
+            self.subscribe(replicas, id)?;
+        }
+        Ok(())
+    }
+
+    fn subscribe(&mut self, replicas: &mut Replicas, id: DocumentId) -> Result<(), ClientError> {
+        if self.subscribed.contains_key(&id) || self.refused.contains(&id) {
+            return Ok(());
+        }
+        replicas.reconnect(id)?;
+        self.subscribed.insert(id, false);
+        Ok(())
+    }
+
+    /// Sends whatever there is to say for every subscribed document (new
+    /// local edits included). A document evicted from memory comes back
+    /// only for an unacknowledged edit, and only while fewer documents than
+    /// the memory bound are mid-exchange; the rest wait their turn.
+    async fn flush(&mut self, replicas: &mut Replicas) -> Result<(), ClientError> {
+        for id in replicas.loaded() {
+            // Opened by the app while connected: on demand.
+            self.subscribe(replicas, id)?;
+        }
+        let ids: Vec<DocumentId> = self.subscribed.keys().copied().collect();
+        let mut unacked: Option<Vec<DocumentId>> = None;
+        for id in ids {
+            if replicas.peek(id).is_none() {
+                if unacked.is_none() {
+                    unacked = Some(replicas.unacked().await?);
+                }
+                let waiting = unacked.as_ref().is_some_and(|u| u.contains(&id));
+                if !waiting || !replicas.can_pin_another() {
+                    continue;
+                }
+                replicas.existing(id).await?;
+                replicas.reconnect(id)?;
+            }
+            let Some(data) = replicas
+                .replica(id)
+                .and_then(|r| r.session.generate(&server_peer(), 0))
+            else {
+                if replicas.peek(id).is_some_and(in_sync) {
+                    // Nothing more to say either way: evictable again.
+                    replicas.unpin(id);
+                }
+                continue;
+            };
+            replicas.pin(id);
+            self.report.bytes_sent += data.len();
+            self.exchanged.insert(id);
+            *self.sent.entry(id).or_default() += 1;
+            let first = !std::mem::replace(self.subscribed.entry(id).or_default(), true);
+            let (sender_id, target_id, document_id) = (self.me.clone(), self.server.clone(), id);
+            let message = if first {
+                Message::Request {
+                    sender_id,
+                    target_id,
+                    document_id,
+                    data,
+                }
+            } else {
+                Message::Sync {
+                    sender_id,
+                    target_id,
+                    document_id,
+                    data,
+                }
+            };
+            send(&mut self.socket, &message).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies one message from the server and persists what it settled.
+    async fn handle(&mut self, replicas: &mut Replicas, bytes: &[u8]) -> Result<(), ClientError> {
+        self.report.bytes_received += bytes.len();
+        let limits = Limits {
+            max_frame_bytes: MAX_MESSAGE_BYTES,
+            ..Limits::default()
+        };
+        match wire::decode(bytes, &limits).map_err(|e| ClientError::Network(e.to_string()))? {
+            Message::Sync {
+                document_id, data, ..
+            } => {
+                if !self.subscribed.contains_key(&document_id) {
+                    return Ok(());
+                }
+                if replicas.peek(document_id).is_none() {
+                    // Evicted since: the server's news brings it back.
+                    replicas.existing(document_id).await?;
+                    replicas.reconnect(document_id)?;
+                }
+                replicas.pin(document_id);
+                self.exchanged.insert(document_id);
+                let pending = replicas.pending_in(document_id);
+                self.report.changes_received += replicas.receive(document_id, data.as_ref()).await?;
+                if replicas.peek(document_id).is_some_and(in_sync) {
+                    self.report.changes_sent += pending;
+                    replicas.save_sync_state(document_id).await?;
+                    replicas.unpin(document_id);
+                }
+            }
+            Message::DocUnavailable { document_id, .. } => {
+                tracing::warn!(document = %document_id, "the server does not have this document for us");
+                self.subscribed.remove(&document_id);
+                self.refused.insert(document_id);
+                replicas.unpin(document_id);
+            }
+            Message::Error { message, .. } => {
+                return Err(closing_error(&mut self.socket, message, self.receive_timeout).await);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Every subscribed document in memory is in sync, and none evicted
+    /// still holds an unacknowledged edit.
+    async fn settled(&self, replicas: &Replicas) -> Result<bool, ClientError> {
+        if !self
+            .subscribed
+            .keys()
+            .all(|id| replicas.peek(*id).is_none_or(in_sync))
+        {
+            return Ok(false);
+        }
+        let unacked = replicas.unacked().await?;
+        Ok(self
+            .subscribed
+            .keys()
+            .all(|id| replicas.peek(*id).is_some() || !unacked.contains(id)))
+    }
+
+    fn report(&mut self) -> SyncReport {
+        let mut report = std::mem::take(&mut self.report);
+        report.documents = std::mem::take(&mut self.exchanged).len();
+        report.refused = self.refused.iter().copied().collect();
+        report
+    }
 }
 
 impl Client {
@@ -121,30 +357,20 @@ impl Client {
         self.inner.status.subscribe()
     }
 
+    /// A receiver whose value changes whenever a change was persisted on
+    /// this device, made here or received from the server.
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
     fn set_status(&self, status: SyncStatus) {
         self.inner.status.send_replace(status);
     }
 
-    /// Local changes the server has not yet acknowledged: the server's heads,
-    /// as last seen, do not cover them. Zero means nothing can be lost by
-    /// wiping the device.
-    pub async fn pending_changes(&self) -> Result<usize, ClientError> {
-        let mut guard = self.replicas().await?;
-        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-        replicas.all().await?;
-        Ok(replicas.pending())
-    }
-
-    /// Syncs every document now. One sync runs at a time.
-    pub async fn sync_now(&self) -> Result<SyncReport, ClientError> {
-        let _one_at_a_time = self.inner.syncing.lock().await;
-        if let Some(reason) = self.inner.store.meta("revoked").await? {
-            return Err(ClientError::Revoked(reason));
-        }
-        self.set_status(SyncStatus::Syncing);
-        let result = self.sync_once().await;
-        match &result {
-            Ok(_) => self.set_status(SyncStatus::UpToDate {
+    /// Publishes the outcome of a sync and remembers an explicit revocation.
+    async fn settle_status(&self, result: &Result<(), ClientError>) -> Result<(), ClientError> {
+        match result {
+            Ok(()) => self.set_status(SyncStatus::UpToDate {
                 at_unix_secs: now_secs(),
             }),
             Err(ClientError::Revoked(reason)) => {
@@ -153,6 +379,9 @@ impl Client {
                     reason: reason.clone(),
                 });
             }
+            Err(ClientError::UnknownDevice(reason)) => self.set_status(SyncStatus::Unrecognised {
+                reason: reason.clone(),
+            }),
             Err(ClientError::Network(reason)) => self.set_status(SyncStatus::Offline {
                 reason: reason.clone(),
             }),
@@ -160,209 +389,236 @@ impl Client {
                 reason: e.to_string(),
             }),
         }
+        Ok(())
+    }
+
+    /// Local changes the server has not yet acknowledged: the server's heads,
+    /// as last seen, do not cover them. Zero means nothing can be lost by
+    /// wiping the device.
+    pub async fn pending_changes(&self) -> Result<usize, ClientError> {
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        replicas.pending().await
+    }
+
+    /// Messages the live connection has sent so far, per document: what
+    /// syncing costs the battery, and proof that an edit in one month
+    /// syncs that month alone.
+    pub fn messages_sent(&self) -> HashMap<DocumentId, u64> {
+        self.inner
+            .messages_sent
+            .lock()
+            .map(|sent| sent.clone())
+            .unwrap_or_default()
+    }
+
+    /// The documents in memory now (for diagnostics and tests of the LRU).
+    pub async fn loaded_documents(&self) -> Result<Vec<DocumentId>, ClientError> {
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        Ok(replicas.loaded())
+    }
+
+    /// One bounded sync, for a background job: connects, syncs the roster,
+    /// the current and previous month, every document with unacknowledged
+    /// edits and the months in memory to quiescence, then closes. A document
+    /// the server refuses is reported, and does not stop the others.
+    pub async fn sync_now(&self) -> Result<SyncReport, ClientError> {
+        let _one_at_a_time = self.inner.syncing.lock().await;
+        if let Some(reason) = self.inner.store.meta("revoked").await? {
+            return Err(ClientError::Revoked(reason));
+        }
+        self.set_status(SyncStatus::Syncing);
+        let result = self.sync_to_quiescence().await;
+        let settled = result.as_ref().map(|_| ()).map_err(clone_error);
+        self.settle_status(&settled).await?;
         result
     }
 
-    async fn server_documents(
-        &self,
-        token: &str,
-    ) -> Result<Vec<(DocumentId, DocumentKind)>, ClientError> {
-        let response = self
-            .inner
-            .transport
-            .http()
-            .get(self.inner.transport.url("/api/v1/device/documents"))
-            .bearer_auth(token)
-            .send()
-            .await?;
-        if response.status() == reqwest::StatusCode::UNAUTHORIZED {
-            return Err(ClientError::Revoked(
-                "the server no longer accepts this device's token".into(),
-            ));
-        }
-        let listed: Vec<ListedDocument> = response.error_for_status()?.json().await?;
-        Ok(listed
-            .into_iter()
-            .filter_map(|d| {
-                let id = d.document_id.parse().ok()?;
-                let kind = match (d.kind.as_str(), d.month) {
-                    ("roster", _) => DocumentKind::Roster,
-                    ("log", Some(m)) => DocumentKind::MonthlyLog(m.parse::<Month>().ok()?),
-                    _ => return None,
-                };
-                Some((id, kind))
-            })
-            .collect())
-    }
-
-    async fn sync_once(&self) -> Result<SyncReport, ClientError> {
-        let identity = self.identity()?;
-        if self.inner.store.meta("actor_registered").await?.is_none() {
-            self.register_actor(&identity).await?;
-        }
-        let listed = self.server_documents(&identity.token).await?;
-        let mut socket = self.inner.transport.connect(&identity.token).await?;
-        let me = PeerId::new(format!("device-{}", uuid::Uuid::new_v4()))
-            .map_err(|e| ClientError::Storage(e.to_string()))?;
-        let server = handshake(&mut socket, &me, &identity.storage_id).await?;
-
-        // The replicas are locked only between network waits, so the app can
-        // keep editing and reading while a slow sync runs.
-        let (documents, pending_before) = {
-            let mut guard = self.replicas().await?;
-            let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-            for (id, kind) in &listed {
-                replicas.get(*id, *kind).await?;
-            }
-            let documents = replicas.all().await?;
-            for id in &documents {
-                replicas.reconnect(*id)?;
-            }
-            (documents, replicas.pending())
-        };
-        let mut report = SyncReport {
-            documents: documents.len(),
-            ..SyncReport::default()
-        };
-        let mut waiting: HashSet<DocumentId> = documents.iter().copied().collect();
-        let mut requested: HashSet<DocumentId> = HashSet::new();
-        let mut unavailable: HashSet<DocumentId> = HashSet::new();
-        loop {
-            // Drop what is done; say whatever is left to say (including
-            // edits made meanwhile) for the rest.
-            let outgoing = {
-                let mut guard = self.replicas().await?;
-                let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-                waiting.retain(|id| replicas.replica(*id).is_some_and(|r| !in_sync(r)));
-                let mut outgoing = Vec::new();
-                for id in &waiting {
-                    let Some(replica) = replicas.replica(*id) else {
-                        continue;
-                    };
-                    if let Some(data) = replica.session.generate(&server_peer(), 0) {
-                        outgoing.push((*id, data));
-                    }
-                }
-                outgoing
-            };
-            if waiting.is_empty() {
-                break;
-            }
-            for (document_id, data) in outgoing {
-                report.bytes_sent += data.len();
-                let message = if requested.insert(document_id) {
-                    Message::Request {
-                        sender_id: me.clone(),
-                        target_id: server.clone(),
-                        document_id,
-                        data,
-                    }
-                } else {
-                    Message::Sync {
-                        sender_id: me.clone(),
-                        target_id: server.clone(),
-                        document_id,
-                        data,
-                    }
-                };
-                send(&mut socket, &message).await?;
-            }
-            let bytes = receive(&mut socket).await?;
-            report.bytes_received += bytes.len();
-            match wire::decode(
-                &bytes,
-                &Limits {
-                    max_frame_bytes: MAX_MESSAGE_BYTES,
-                    ..Limits::default()
-                },
-            )
-            .map_err(|e| ClientError::Network(e.to_string()))?
-            {
-                Message::Sync {
-                    document_id, data, ..
-                } => {
-                    let mut guard = self.replicas().await?;
-                    let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-                    if replicas.replica(document_id).is_some() {
-                        report.changes_received += replicas.receive(document_id, &data).await?;
-                    }
-                }
-                Message::DocUnavailable { document_id, .. } => {
-                    tracing::warn!(document = %document_id, "the server does not have this document for us");
-                    waiting.remove(&document_id);
-                    unavailable.insert(document_id);
-                }
-                Message::Error { message, .. } => {
-                    return Err(closing_error(&mut socket, message).await);
-                }
-                _ => {}
-            }
-        }
+    async fn sync_to_quiescence(&self) -> Result<SyncReport, ClientError> {
+        let mut connection = Connection::open(self).await?;
         {
             let mut guard = self.replicas().await?;
             let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-            for id in documents.iter().filter(|id| !unavailable.contains(id)) {
-                replicas.save_sync_state(*id).await?;
+            connection.subscribe_initial(replicas).await?;
+        }
+        // The replicas are locked only between network waits, so the app can
+        // keep editing and reading while a slow sync runs.
+        loop {
+            {
+                let mut guard = self.replicas().await?;
+                let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+                connection.flush(replicas).await?;
+                if connection.settled(replicas).await? {
+                    for id in connection.subscribed.keys().copied().collect::<Vec<_>>() {
+                        replicas.save_sync_state(id).await?;
+                    }
+                    replicas.trim().await?;
+                    break;
+                }
             }
-            report.changes_sent = pending_before.saturating_sub(replicas.pending());
+            let bytes = receive(&mut connection.socket, connection.receive_timeout).await?;
+            let mut guard = self.replicas().await?;
+            let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+            connection.handle(replicas, &bytes).await?;
         }
-        let _ = socket.close(None).await;
-        if let Some(id) = unavailable.iter().next() {
-            // Edits in a document the server refuses would never be
-            // acknowledged: say so rather than report "up to date".
-            return Err(ClientError::Refused(format!(
-                "the server does not accept document {id}"
-            )));
-        }
-        Ok(report)
+        let _ = connection.socket.close(None).await;
+        Ok(connection.report())
     }
 
-    /// Syncs in the background: after every local edit, every
-    /// `sync_interval`, and after failures with exponential backoff and
-    /// jitter. Stops for good when the device is revoked.
+    /// Keeps one live connection while the app is active (see the module
+    /// docs). Stops for good when the device is revoked; a device the
+    /// server does not recognise keeps retrying at the longest backoff.
     pub fn start_background_sync(&self) -> BackgroundSync {
-        let (stop, mut stopped) = watch::channel(false);
-        let mut global_stop = self.inner.stop.subscribe();
+        let (stop, stopped) = watch::channel(false);
         let client = self.clone();
-        let task = tokio::spawn(async move {
-            let config = &client.inner.config;
-            let mut failures: u32 = 0;
-            loop {
-                if *stopped.borrow() || *global_stop.borrow() {
-                    return;
-                }
-                let wait = match client.sync_now().await {
-                    Ok(_) => {
-                        failures = 0;
-                        None
-                    }
-                    Err(ClientError::Revoked(_)) => return,
-                    Err(e) => {
-                        failures = failures.saturating_add(1);
-                        let delay = backoff(config.backoff_initial, config.backoff_max, failures);
-                        tracing::info!(error = %e, ?delay, "sync failed; retrying");
-                        Some(delay)
-                    }
-                };
-                match wait {
-                    Some(delay) => tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stopped.changed() => return,
-                        _ = global_stop.changed() => return,
-                    },
-                    None => tokio::select! {
-                        _ = client.inner.edited.notified() => {}
-                        _ = tokio::time::sleep(config.sync_interval) => {}
-                        _ = stopped.changed() => return,
-                        _ = global_stop.changed() => return,
-                    },
-                }
-            }
-        });
+        let task = tokio::spawn(async move { client.run_service(stopped).await });
         BackgroundSync {
             stop,
             task: Some(task),
         }
+    }
+
+    async fn run_service(&self, mut stopped: watch::Receiver<bool>) {
+        let mut global_stop = self.inner.stop.subscribe();
+        let config = &self.inner.config;
+        let mut failures: u32 = 0;
+        loop {
+            if *stopped.borrow() || *global_stop.borrow() {
+                return;
+            }
+            if self.inner.store.meta("revoked").await.ok().flatten().is_some() {
+                return;
+            }
+            let result = self.live(&mut stopped, &mut global_stop, &mut failures).await;
+            if self.settle_status(&result).await.is_err() {
+                tracing::warn!("could not record the sync status");
+            }
+            let delay = match result {
+                Ok(()) => return,
+                Err(ClientError::Revoked(_)) => return,
+                Err(ClientError::UnknownDevice(e)) => {
+                    tracing::warn!(error = %e, "the server does not recognise this device");
+                    failures = failures.saturating_add(1);
+                    config.backoff_max
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let delay = backoff(config.backoff_initial, config.backoff_max, failures);
+                    tracing::info!(error = %e, ?delay, "sync failed; retrying");
+                    delay
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                // A local edit is worth an early retry: the user is there.
+                _ = self.inner.edited.notified() => {}
+                _ = stopped.changed() => return,
+                _ = global_stop.changed() => return,
+            }
+        }
+    }
+
+    /// One live connection, until it breaks (an error) or the service is
+    /// stopped (`Ok`).
+    async fn live(
+        &self,
+        stopped: &mut watch::Receiver<bool>,
+        global_stop: &mut watch::Receiver<bool>,
+        failures: &mut u32,
+    ) -> Result<(), ClientError> {
+        self.set_status(SyncStatus::Syncing);
+        let mut connection = Connection::open(self).await?;
+        {
+            let mut guard = self.replicas().await?;
+            let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+            connection.subscribe_initial(replicas).await?;
+        }
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        let mut recheck = self
+            .inner
+            .config
+            .sync_interval
+            .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
+        let timeout = connection.receive_timeout;
+        let mut last_heard = tokio::time::Instant::now();
+        loop {
+            {
+                let mut guard = self.replicas().await?;
+                let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+                connection.flush(replicas).await?;
+                if let Ok(mut sent) = self.inner.messages_sent.lock() {
+                    sent.clone_from(&connection.sent);
+                }
+                // `handle` saved each document's state as it settled.
+                if connection.settled(replicas).await? {
+                    replicas.trim().await?;
+                    if !matches!(self.status(), SyncStatus::UpToDate { .. }) {
+                        *failures = 0;
+                        self.set_status(SyncStatus::UpToDate {
+                            at_unix_secs: now_secs(),
+                        });
+                    }
+                } else if matches!(self.status(), SyncStatus::UpToDate { .. }) {
+                    self.set_status(SyncStatus::Syncing);
+                }
+            }
+            tokio::select! {
+                frame = connection.socket.next() => {
+                    last_heard = tokio::time::Instant::now();
+                    let Some(bytes) = binary_frame(frame)? else { continue };
+                    let mut guard = self.replicas().await?;
+                    let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+                    connection.handle(replicas, &bytes).await?;
+                }
+                _ = self.inner.edited.notified() => {}
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > timeout {
+                        return Err(ClientError::Network("the server stopped answering".into()));
+                    }
+                    connection
+                        .socket
+                        .send(WsMessage::Ping(Vec::new().into()))
+                        .await
+                        .map_err(|e| ClientError::Network(e.to_string()))?;
+                }
+                _ = tick(&mut recheck) => {
+                    // Restart each document's exchange from its saved state:
+                    // anything either side missed is found again.
+                    let mut guard = self.replicas().await?;
+                    let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+                    for id in connection.subscribed.keys().copied().collect::<Vec<_>>() {
+                        replicas.reconnect(id)?;
+                    }
+                }
+                _ = stopped.changed() => break,
+                _ = global_stop.changed() => break,
+            }
+        }
+        let _ = connection.socket.close(None).await;
+        Ok(())
+    }
+}
+
+/// The next re-check tick, or never when re-checks are off.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// `ClientError` is not `Clone` (it need not be for apps); the status only
+/// needs its kind and message.
+fn clone_error(e: &ClientError) -> ClientError {
+    match e {
+        ClientError::Revoked(m) => ClientError::Revoked(m.clone()),
+        ClientError::UnknownDevice(m) => ClientError::UnknownDevice(m.clone()),
+        ClientError::Network(m) => ClientError::Network(m.clone()),
+        other => ClientError::Storage(other.to_string()),
     }
 }
 
@@ -385,39 +641,51 @@ async fn send(socket: &mut Socket, message: &Message) -> Result<(), ClientError>
         .map_err(|e| ClientError::Network(e.to_string()))
 }
 
-/// The next binary frame; a close frame becomes the error it stands for.
-async fn receive(socket: &mut Socket) -> Result<Vec<u8>, ClientError> {
+/// A binary frame's bytes, `None` for control frames; a close frame or a
+/// broken stream becomes the error it stands for.
+fn binary_frame(
+    frame: Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>,
+) -> Result<Option<Vec<u8>>, ClientError> {
+    match frame {
+        Some(Ok(WsMessage::Binary(bytes))) => Ok(Some(bytes.to_vec())),
+        Some(Ok(WsMessage::Close(frame))) => {
+            let (code, reason) = frame
+                .map(|f| (u16::from(f.code), f.reason.to_string()))
+                .unwrap_or((1005, String::new()));
+            Err(close_error(code, reason))
+        }
+        Some(Ok(_)) => Ok(None),
+        Some(Err(e)) => Err(ClientError::Network(e.to_string())),
+        None => Err(ClientError::Network("the connection closed".into())),
+    }
+}
+
+/// The next binary frame, waiting at most `timeout` for any frame.
+async fn receive(socket: &mut Socket, timeout: Duration) -> Result<Vec<u8>, ClientError> {
     loop {
-        let frame = tokio::time::timeout(RECEIVE_TIMEOUT, socket.next())
+        let frame = tokio::time::timeout(timeout, socket.next())
             .await
             .map_err(|_| ClientError::Network("the server stopped answering".into()))?;
-        match frame {
-            Some(Ok(WsMessage::Binary(bytes))) => return Ok(bytes.to_vec()),
-            Some(Ok(WsMessage::Close(frame))) => {
-                let (code, reason) = frame
-                    .map(|f| (u16::from(f.code), f.reason.to_string()))
-                    .unwrap_or((1005, String::new()));
-                return Err(close_error(code, reason));
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(ClientError::Network(e.to_string())),
-            None => return Err(ClientError::Network("the connection closed".into())),
+        if let Some(bytes) = binary_frame(frame)? {
+            return Ok(bytes);
         }
     }
 }
 
 fn close_error(code: u16, reason: String) -> ClientError {
     match code {
-        CLOSE_REVOKED | CLOSE_UNAUTHORIZED => ClientError::Revoked(reason),
+        CLOSE_REVOKED => ClientError::Revoked(reason),
+        CLOSE_UNAUTHORIZED => ClientError::UnknownDevice(reason),
         1002 | 1009 => ClientError::Refused(reason),
         _ => ClientError::Network(format!("closed by the server ({code}): {reason}")),
     }
 }
 
 /// After an `error` message the server closes; its close code says why.
-async fn closing_error(socket: &mut Socket, message: String) -> ClientError {
-    match receive(socket).await {
+async fn closing_error(socket: &mut Socket, message: String, timeout: Duration) -> ClientError {
+    match receive(socket, timeout).await {
         Err(ClientError::Revoked(_)) => ClientError::Revoked(message),
+        Err(ClientError::UnknownDevice(_)) => ClientError::UnknownDevice(message),
         Err(ClientError::Refused(_)) => ClientError::Refused(message),
         _ => ClientError::Network(message),
     }
@@ -427,6 +695,7 @@ async fn handshake(
     socket: &mut Socket,
     me: &PeerId,
     storage_id: &str,
+    timeout: Duration,
 ) -> Result<PeerId, ClientError> {
     let join = Message::Join {
         sender_id: me.clone(),
@@ -437,12 +706,12 @@ async fn handshake(
         }),
     };
     send(socket, &join).await?;
-    let bytes = receive(socket).await?;
+    let bytes = receive(socket, timeout).await?;
     match wire::decode(&bytes, &Limits::default())
         .map_err(|e| ClientError::Network(e.to_string()))?
     {
         Message::Peer { sender_id, .. } => Ok(sender_id),
-        Message::Error { message, .. } => Err(closing_error(socket, message).await),
+        Message::Error { message, .. } => Err(closing_error(socket, message, timeout).await),
         other => Err(ClientError::Network(format!(
             "expected peer, got {}",
             other.type_name()

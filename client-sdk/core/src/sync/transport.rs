@@ -1,5 +1,13 @@
 //! Connections to the server: HTTPS for enrollment, WSS for sync, both
-//! over rustls with the system's roots plus an optional extra CA.
+//! over rustls.
+//!
+//! Trusted roots: Mozilla's, bundled (`webpki-roots`), so a phone needs no
+//! platform certificate store (rustls-native-certs finds none on Android or
+//! iOS); the system's, where there is a readable store (desktop Linux,
+//! macOS); and an optional extra CA for a server with a private one. The
+//! platform verifier would also honour user-installed CAs, but on Android
+//! it needs a JNI hand-off from the app's process, which a UniFFI library
+//! cannot do on its own; the extra CA covers private deployments instead.
 
 use std::sync::Arc;
 
@@ -18,14 +26,14 @@ pub(crate) struct Transport {
     http: reqwest::Client,
 }
 
-fn tls_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, ClientError> {
+fn trusted_roots(extra_ca_pem: Option<&[u8]>) -> Result<rustls::RootCertStore, ClientError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
 
     let mut roots = rustls::RootCertStore::empty();
-    // A machine without system roots can still use an extra CA.
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    // Absent or unreadable on phones: the bundled roots stand in.
+    for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
     }
     if let Some(pem) = extra_ca_pem {
@@ -36,6 +44,11 @@ fn tls_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, Clien
                 .map_err(|e| ClientError::Invalid(format!("extra CA: {e}")))?;
         }
     }
+    Ok(roots)
+}
+
+fn tls_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, ClientError> {
+    let roots = trusted_roots(extra_ca_pem)?;
     Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -85,9 +98,14 @@ impl Transport {
             .parse()
             .map_err(|_| ClientError::Storage("the stored token is not a valid header".into()))?;
         request.headers_mut().insert("authorization", header);
+        // tungstenite caps frames at 16 MiB by default; a first sync of a
+        // big roster is one whole-document message.
+        let limits = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(super::MAX_MESSAGE_BYTES))
+            .max_frame_size(Some(super::MAX_MESSAGE_BYTES));
         let connect = tokio_tungstenite::connect_async_tls_with_config(
             request,
-            None,
+            Some(limits),
             true,
             Some(Connector::Rustls(self.tls.clone())),
         );
@@ -96,5 +114,27 @@ impl Transport {
             .map_err(|_| ClientError::Network("connecting timed out".into()))?
             .map_err(|e| ClientError::Network(e.to_string()))?;
         Ok(socket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bundled_roots_are_trusted_without_a_system_store() -> Result<(), ClientError> {
+        // Mozilla's list has well over a hundred roots; a phone gets them all
+        // whatever its own store holds.
+        let roots = trusted_roots(None)?;
+        assert!(roots.len() >= webpki_roots::TLS_SERVER_ROOTS.len(), "{}", roots.len());
+        assert!(roots.len() > 100, "{} roots", roots.len());
+        Ok(())
+    }
+
+    #[test]
+    fn a_malformed_extra_ca_is_refused() {
+        let err = trusted_roots(Some(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"))
+            .expect_err("refused");
+        assert!(matches!(err, ClientError::Invalid(_)), "{err}");
     }
 }

@@ -56,7 +56,7 @@ async def main():
     data = os.environ["DATA_DIR"]
     month = os.environ["MONTH"]
 
-    phone = await DoorstepClient.open(os.path.join(data, "phone"), url, None)
+    phone = await DoorstepClient.open(os.path.join(data, "phone"), url, bytes(range(32)), None)
     recorder = Recorder()
     subscription = phone.observe_status(recorder)
     await phone.enroll(os.environ["CODE_PHONE"])
@@ -108,7 +108,7 @@ async def main():
     assert [v.id for v in due] == [visits[2]], due
 
     # The server's view, read back by a second device of the branch.
-    office = await DoorstepClient.open(os.path.join(data, "office"), url, None)
+    office = await DoorstepClient.open(os.path.join(data, "office"), url, bytes(range(1, 33)), None)
     await office.enroll(os.environ["CODE_OFFICE"])
     await office.sync_now()
     seen = await office.visits(month, False)

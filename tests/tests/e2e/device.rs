@@ -1,0 +1,436 @@
+//! The device SDK as a phone runs it: one owner per data directory, an
+//! encrypted store, bounded memory over a long history, a live connection
+//! that pushes edits, truthful edit states, and a way out when the server
+//! forgets the device.
+
+use std::time::Duration;
+
+use automerge::ReadDoc;
+use doorstep_client::{
+    Client, ClientConfig, ClientError, EditState, Fen, NewMember, NewVisit, RecordId, SyncStatus,
+    VisitKind,
+};
+use doorstep_protocol::schema::log::MonthlyLog;
+use doorstep_protocol::{Date, DocumentId, Month};
+use doorstep_tests::{TestServer, eventually, sdk_device, test_store_key};
+use tokio::io::AsyncBufReadExt;
+use tokio::process::Command;
+
+fn this_month() -> Month {
+    let now = time::OffsetDateTime::now_utc();
+    Month::new(now.year(), now.month() as u8).expect("a month")
+}
+
+fn visit_on(date: Date, member: RecordId, cash_yuan: i64) -> NewVisit {
+    NewVisit {
+        date,
+        member_id: member,
+        kind: VisitKind::Routine,
+        visitors: vec!["王志愿".into()],
+        aid_cash: Fen::from_yuan(cash_yuan),
+        aid_goods: Fen::ZERO,
+        goods_description: None,
+        notes: None,
+        follow_up: None,
+    }
+}
+
+fn first_day(month: Month) -> Date {
+    Date::from_ymd(month.year(), month.month(), 1).expect("a date")
+}
+
+async fn member(client: &Client, name: &str) -> anyhow::Result<RecordId> {
+    Ok(client
+        .add_member(NewMember {
+            name: name.into(),
+            ..NewMember::default()
+        })
+        .await?)
+}
+
+/// Waits until `client` has no unacknowledged change, or fails.
+async fn acknowledged(client: &Client) -> anyhow::Result<()> {
+    eventually(Duration::from_secs(30), || async {
+        Ok(client.pending_changes().await? == 0)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_data_directory_has_one_owner_and_survives_either_being_killed() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let dir = tempfile::tempdir()?;
+    let url = server.http_url();
+
+    // In one process, a second open shares the first instance.
+    let first = sdk_device(&server.store, &url, d.yingfeng.id, dir.path(), |_| {}).await?;
+    let second = Client::open(ClientConfig::new(dir.path(), &url, test_store_key())).await?;
+    let id = member(&second, "共享实例").await?;
+    assert_eq!(first.member(id).await?.name, "共享实例");
+    // With another key it is refused, not opened twice.
+    let other_key = doorstep_client::StoreKey::from_bytes(&[7; 32])?;
+    assert!(matches!(
+        Client::open(ClientConfig::new(dir.path(), &url, other_key)).await,
+        Err(ClientError::AlreadyOpen(_))
+    ));
+
+    // Another process is refused while this one holds the directory.
+    let binary = env!("CARGO_BIN_EXE_doorstep-device");
+    let data = dir.path().to_str().expect("utf-8 path");
+    let out = Command::new(binary)
+        .args([data, &url, "add-member", "第二个进程"])
+        .output()
+        .await?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("open elsewhere"), "{stderr}");
+    drop((first, second));
+
+    // Now the other process owns it; this one is refused. Killing the owner
+    // frees the directory and loses nothing.
+    let mut holder = Command::new(binary)
+        .args([data, &url, "hold"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(holder.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await??;
+    assert_eq!(line.as_deref(), Some("open"));
+    assert!(matches!(
+        Client::open(ClientConfig::new(dir.path(), &url, test_store_key())).await,
+        Err(ClientError::AlreadyOpen(_))
+    ));
+    holder.kill().await?;
+    holder.wait().await?;
+
+    let reopened = Client::open(ClientConfig::new(dir.path(), &url, test_store_key())).await?;
+    assert_eq!(reopened.member(id).await?.name, "共享实例");
+    let visit = reopened
+        .record_visit(visit_on(first_day(this_month()), id, 10))
+        .await?;
+    reopened.sync_now().await?;
+    let stored = MonthlyLog::load(
+        &server
+            .stored_document(DocumentId::monthly_log(d.yingfeng.id, this_month()))
+            .await?,
+    );
+    assert!(stored.visits.contains_key(&visit));
+    Ok(())
+}
+
+/// Every byte range of `bytes` that Automerge accepts as a document or as
+/// changes, rendered: what an attacker with the file gets out of it.
+fn automerge_text_in(bytes: &[u8]) -> Vec<String> {
+    // Automerge chunks start with these magic bytes.
+    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+    let mut found = Vec::new();
+    for start in 0..bytes.len().saturating_sub(MAGIC.len()) {
+        if bytes[start..start + 4] != MAGIC {
+            continue;
+        }
+        let tail = &bytes[start..];
+        let loaded = std::panic::catch_unwind(|| {
+            let mut doc = automerge::Automerge::new();
+            doc.load_incremental(tail).ok()?;
+            Some(format!("{:?}", automerge_values(&doc)))
+        });
+        if let Ok(Some(text)) = loaded {
+            found.push(text);
+        }
+    }
+    found
+}
+
+/// All string values in a document, depth first.
+fn automerge_values(doc: &automerge::Automerge) -> Vec<String> {
+    fn walk(doc: &automerge::Automerge, obj: &automerge::ObjId, out: &mut Vec<String>) {
+        for item in doc.map_range(obj, ..) {
+            match item.value {
+                automerge::ValueRef::Object(_) => walk(doc, &item.id(), out),
+                automerge::ValueRef::Scalar(s) => out.push(format!("{s:?}")),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(doc, &automerge::ROOT, &mut out);
+    out
+}
+
+#[tokio::test]
+async fn the_store_cannot_be_read_without_its_key() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let dir = tempfile::tempdir()?;
+    let name = "保密的名字";
+    {
+        let client =
+            sdk_device(&server.store, &server.http_url(), d.yingfeng.id, dir.path(), |_| {}).await?;
+        let id = member(&client, name).await?;
+        client
+            .record_visit(visit_on(first_day(this_month()), id, 5))
+            .await?;
+        client.sync_now().await?;
+    }
+
+    // The method finds a name in plain Automerge bytes, so its silence on
+    // the store below means something.
+    let mut plain = automerge::AutoCommit::new();
+    automerge::transaction::Transactable::put(&mut plain, automerge::ROOT, "name", name)?;
+    assert!(automerge_text_in(&plain.save()).iter().any(|t| t.contains(name)));
+
+    for entry in std::fs::read_dir(dir.path())? {
+        let path = entry?.path();
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            // The WAL and its index go when the last connection closes.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if bytes.is_empty() {
+            // The lock file: nothing in it to read.
+            continue;
+        }
+        let opened = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .read_only(true)
+            .connect_with_plain()
+            .await;
+        if let Ok(mut connection) = opened {
+            let read: Result<i64, _> = sqlx::query_scalar("select count(*) from sqlite_master")
+                .fetch_one(&mut connection)
+                .await;
+            assert!(read.is_err(), "{} opens as plain SQLite", path.display());
+        }
+        for text in automerge_text_in(&bytes) {
+            assert!(!text.contains(name), "{} gives the name away", path.display());
+        }
+        assert!(
+            !bytes.windows(name.len()).any(|w| w == name.as_bytes()),
+            "{} holds the name in the clear",
+            path.display()
+        );
+    }
+    let db = std::fs::read(dir.path().join("device.db"))?;
+    assert!(!db.starts_with(b"SQLite format 3\0"), "a plaintext SQLite header");
+
+    // With the wrong key the store does not open; with the right one it does.
+    let url = server.http_url();
+    let wrong = doorstep_client::StoreKey::from_bytes(&[1; 32])?;
+    assert!(matches!(
+        Client::open(ClientConfig::new(dir.path(), &url, wrong)).await,
+        Err(ClientError::WrongKey)
+    ));
+    let client = Client::open(ClientConfig::new(dir.path(), &url, test_store_key())).await?;
+    assert_eq!(client.members(&Default::default()).await?.len(), 1);
+    Ok(())
+}
+
+/// A connection to a file with no key at all, as plain SQLite would open it.
+trait PlainOpen {
+    async fn connect_with_plain(self) -> Result<sqlx::SqliteConnection, sqlx::Error>;
+}
+
+impl PlainOpen for sqlx::sqlite::SqliteConnectOptions {
+    async fn connect_with_plain(self) -> Result<sqlx::SqliteConnection, sqlx::Error> {
+        use sqlx::ConnectOptions;
+        self.connect().await
+    }
+}
+
+#[tokio::test]
+async fn two_years_of_history_keep_few_months_in_memory_and_an_edit_syncs_only_its_month()
+-> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let dir = tempfile::tempdir()?;
+    let device = sdk_device(&server.store, &server.http_url(), d.yingfeng.id, dir.path(), |c| {
+        c.max_loaded_months = 3;
+        c.sync_interval = None;
+    })
+    .await?;
+    let id = member(&device, "老会员").await?;
+    let mut month = this_month();
+    let mut months = Vec::new();
+    for _ in 0..24 {
+        device.record_visit(visit_on(first_day(month), id, 1)).await?;
+        months.push(month);
+        month = month.previous();
+    }
+    device.sync_now().await?;
+    assert_eq!(device.pending_changes().await?, 0);
+    let loaded = device.loaded_documents().await?;
+    assert!(loaded.len() <= 4, "{} documents in memory", loaded.len());
+
+    let service = device.start_background_sync();
+    // Up to date over the live connection, not from the sync above.
+    eventually(Duration::from_secs(30), || async {
+        Ok(!device.messages_sent().is_empty()
+            && matches!(device.status(), SyncStatus::UpToDate { .. }))
+    })
+    .await?;
+    let before = device.messages_sent();
+    let old = months[10];
+    let visit = device.record_visit(visit_on(first_day(old), id, 2)).await?;
+    acknowledged(&device).await?;
+    let after = device.messages_sent();
+    let old_log = DocumentId::monthly_log(d.yingfeng.id, old);
+    let touched: Vec<DocumentId> = after
+        .iter()
+        .filter(|(doc, n)| before.get(doc) != Some(n))
+        .map(|(doc, _)| *doc)
+        .collect();
+    assert_eq!(touched, vec![old_log], "messages before {before:?}, after {after:?}");
+    assert!(device.loaded_documents().await?.len() <= 4);
+    service.stop().await;
+    let stored = MonthlyLog::load(&server.stored_document(old_log).await?);
+    assert!(stored.visits.contains_key(&visit));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_edit_reaches_another_connected_device_by_push() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    // No re-checks: only the live connection can carry the edit.
+    let no_polling = |c: &mut ClientConfig| c.sync_interval = None;
+    let a = sdk_device(&server.store, &server.http_url(), d.yingfeng.id, dir_a.path(), no_polling).await?;
+    let b = sdk_device(&server.store, &server.http_url(), d.yingfeng.id, dir_b.path(), no_polling).await?;
+    let (service_a, service_b) = (a.start_background_sync(), b.start_background_sync());
+    for device in [&a, &b] {
+        eventually(Duration::from_secs(30), || async {
+            Ok(matches!(device.status(), SyncStatus::UpToDate { .. }))
+        })
+        .await?;
+    }
+    let mut changes = b.subscribe_changes();
+    changes.borrow_and_update();
+    let id = member(&a, "推送的会员").await?;
+    let arrived = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            changes.changed().await?;
+            if b.member(id).await.is_ok() {
+                return anyhow::Ok(());
+            }
+        }
+    })
+    .await;
+    assert!(arrived.is_ok(), "the edit was not pushed to the other device");
+    service_a.stop().await;
+    service_b.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_server_that_lost_the_device_leaves_its_edits_exportable_to_a_new_device()
+-> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let (old_dir, new_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let url = server.http_url();
+    let old = sdk_device(&server.store, &url, d.yingfeng.id, old_dir.path(), |_| {}).await?;
+    let id = member(&old, "丢失设备的会员").await?;
+    old.sync_now().await?;
+    let visit = old
+        .record_visit(visit_on(first_day(this_month()), id, 88))
+        .await?;
+
+    // The server is restored from a backup taken before this device enrolled.
+    let pool = sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new().filename(server.database_path()),
+    )
+    .await?;
+    sqlx::query("delete from device_tokens where device_id = ?")
+        .bind(old.device_id().expect("enrolled"))
+        .execute(&pool)
+        .await?;
+
+    let refused = old.sync_now().await;
+    assert!(matches!(refused, Err(ClientError::UnknownDevice(_))), "{refused:?}");
+    assert!(matches!(old.status(), SyncStatus::Unrecognised { .. }));
+    assert!(old.is_enrolled(), "not treated as a revocation");
+    assert_eq!(old.edit_state(visit).await?, EditState::Local);
+    let checkpoint = old.checkpoint().await?;
+    assert!(!checkpoint.safe && checkpoint.unsynced_changes > 0, "{checkpoint:?}");
+
+    let export = old.export_unsynced().await?;
+    let new = sdk_device(&server.store, &url, d.yingfeng.id, new_dir.path(), |_| {}).await?;
+    new.sync_now().await?;
+    // Bad files are refused and change nothing.
+    for bad in [&b"{}"[..], b"not json", &export[..export.len() / 2]] {
+        assert!(matches!(new.import_unsynced(bad).await, Err(ClientError::Invalid(_))));
+    }
+    let report = new.import_unsynced(&export).await?;
+    assert!(report.records >= 1, "{report:?}");
+    assert_eq!(new.member_history(id).await?.aid_total, Fen::from_yuan(88));
+    let checkpoint = new.checkpoint().await?;
+    assert!(checkpoint.safe, "{checkpoint:?}");
+    let stored = MonthlyLog::load(
+        &server
+            .stored_document(DocumentId::monthly_log(d.yingfeng.id, this_month()))
+            .await?,
+    );
+    assert_eq!(stored.visits.get(&visit).map(|v| v.aid_cash), Some(Fen::from_yuan(88)));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_edit_goes_from_local_to_acknowledged_to_counted() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let dir = tempfile::tempdir()?;
+    let device = sdk_device(&server.store, &server.http_url(), d.yingfeng.id, dir.path(), |_| {}).await?;
+    let id = member(&device, "状态").await?;
+    let visit = device
+        .record_visit(visit_on(first_day(this_month()), id, 3))
+        .await?;
+    assert_eq!(device.edit_state(visit).await?, EditState::Local);
+    let checkpoint = device.checkpoint().await?;
+    assert!(checkpoint.safe && checkpoint.all_counted, "{checkpoint:?}");
+    assert_eq!(device.edit_state(visit).await?, EditState::Counted);
+    assert_eq!(device.edit_state(id).await?, EditState::Counted);
+
+    // The server gone: the checkpoint says so instead of failing.
+    let _ = server.stop().await;
+    device
+        .record_visit(visit_on(first_day(this_month()), id, 4))
+        .await?;
+    let checkpoint = device.checkpoint().await?;
+    assert!(!checkpoint.safe && checkpoint.problem.is_some(), "{checkpoint:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn wiping_ends_enrollment_for_every_handle_and_frees_the_directory() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let dir = tempfile::tempdir()?;
+    let url = server.http_url();
+    let device = sdk_device(&server.store, &url, d.yingfeng.id, dir.path(), |_| {}).await?;
+    let other_handle = device.clone();
+    device.wipe().await?;
+    assert!(!other_handle.is_enrolled());
+    assert!(matches!(other_handle.pending_changes().await, Err(ClientError::NotEnrolled)));
+    let fresh = Client::open(ClientConfig::new(dir.path(), &url, test_store_key())).await?;
+    assert!(!fresh.is_enrolled());
+    Ok(())
+}
+
+/// Reads the automerge document to check the helper above finds values in
+/// nested maps (the store test relies on it).
+#[test]
+fn the_extractor_walks_nested_maps() -> anyhow::Result<()> {
+    let mut doc = automerge::AutoCommit::new();
+    let members = automerge::transaction::Transactable::put_object(
+        &mut doc,
+        automerge::ROOT,
+        "members",
+        automerge::ObjType::Map,
+    )?;
+    automerge::transaction::Transactable::put(&mut doc, &members, "x", "深处的名字")?;
+    let text = automerge_text_in(&doc.save());
+    assert!(text.iter().any(|t| t.contains("深处的名字")), "{text:?}");
+    assert!(doc.get(automerge::ROOT, "members")?.is_some());
+    Ok(())
+}
