@@ -72,6 +72,9 @@ pub(crate) struct Inner {
     /// Held while a sync runs: one at a time.
     pub syncing: Mutex<()>,
     pub stop: watch::Sender<bool>,
+    /// A revision counter bumped whenever a change was persisted (a local
+    /// edit or one received from the server): what observers wait on.
+    pub changed: watch::Sender<u64>,
 }
 
 /// A device's view of its branch. Cheap to clone; all clones share state.
@@ -120,9 +123,10 @@ impl Client {
             })),
             _ => None,
         };
+        let (changed, _) = watch::channel(0u64);
         let replicas = identity
             .as_ref()
-            .map(|i| Replicas::new(store.clone(), i.branch, actor.clone()));
+            .map(|i| Replicas::new(store.clone(), i.branch, actor.clone(), changed.clone()));
         let revoked = store.meta("revoked").await?;
         let initial = match revoked {
             Some(reason) => SyncStatus::Revoked { reason },
@@ -144,6 +148,7 @@ impl Client {
                 edited: Notify::new(),
                 syncing: Mutex::new(()),
                 stop,
+                changed,
             }),
         })
     }
@@ -153,8 +158,9 @@ impl Client {
     pub async fn enroll(&self, code: &str) -> Result<Enrollment, ClientError> {
         if self.is_enrolled() {
             // Its actor id is registered to the old device: wipe first.
-            return Err(ClientError::Invalid(
-                "this device is already enrolled; wipe it to enroll again".into(),
+            return Err(ClientError::invalid(
+                "device",
+                "this device is already enrolled; wipe it to enroll again",
             ));
         }
         #[derive(Deserialize)]
@@ -212,6 +218,7 @@ impl Client {
             self.inner.store.clone(),
             branch,
             self.inner.actor.clone(),
+            self.inner.changed.clone(),
         ));
         self.register_actor(&identity).await?;
         Ok(Enrollment {

@@ -9,9 +9,13 @@
 //!
 //! ```text
 //! client     Client: open, enroll, wipe; owns the pieces below
-//! editing    typed edits, validated before anything is written
-//! queries    what a field app lists: members, histories, follow-ups
-//! conflicts  fields two devices set differently while offline
+//! editing    typed edits, validated before anything is written; corrections
+//!            and deletions of log records
+//! queries    what a field app lists: every record type, histories, follow-ups
+//! observe    live lists: a listener gets the new list when it changes
+//! corrections  the notes that keep who corrected or deleted a record, and why
+//! conflicts  fields two devices set differently while offline, settled by value
+//! tree       a whole value read from a document (map-valued conflicts, notes)
 //! replicas   documents in memory and on disk (durable edits, compaction)
 //! store      the local SQLite file
 //! sync       the sync engine: sync_now, the background loop, status
@@ -19,21 +23,26 @@
 
 mod client;
 mod conflicts;
+mod corrections;
 mod editing;
 mod error;
+mod observe;
 mod queries;
 mod replicas;
 mod store;
 pub mod sync;
+mod tree;
 
 pub use client::{Client, ClientConfig, Enrollment};
 pub use conflicts::{Conflict, ConflictValue, Resolution};
+pub use corrections::{Correction, CorrectionAction};
 pub use editing::{
     MemberUpdate, NewActivity, NewFundEntry, NewHardshipEntry, NewMember, NewPlacement, NewTeam,
     NewTraining, NewVisit, TeamPerson,
 };
 pub use error::ClientError;
-pub use queries::{MemberFilter, MemberHistory};
+pub use observe::{Listener, Observation};
+pub use queries::{LogRecordKind, MemberFilter, MemberHistory, Months, VisitDays};
 pub use sync::{SyncReport, SyncStatus};
 
 pub use doorstep_protocol::schema::RecordId;
@@ -42,6 +51,7 @@ pub use doorstep_protocol::schema::log::{
     VisitKind,
 };
 pub use doorstep_protocol::schema::roster::{
-    HardshipEntry, HardshipKind, HardshipStatus, Member, MemberKind, MigrantContact, Pairing, Team,
+    HardshipEntry, HardshipKind, HardshipStatus, Member, MemberKind, MigrantContact, Need, Pairing,
+    StatusChange, Team, TeamMember,
 };
 pub use doorstep_protocol::{Date, DocumentId, Fen, Month, TenantId};

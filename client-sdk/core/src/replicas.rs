@@ -46,14 +46,22 @@ pub(crate) struct Replicas {
     /// Documents with a change committed in memory whose persist has not
     /// finished (set across the await, so a cancelled edit is noticed).
     unpersisted: HashSet<DocumentId>,
+    /// Bumped after every persisted change, for observers.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Replicas {
-    pub fn new(store: LocalStore, branch: TenantId, actor: ActorId) -> Self {
+    pub fn new(
+        store: LocalStore,
+        branch: TenantId,
+        actor: ActorId,
+        changed: tokio::sync::watch::Sender<u64>,
+    ) -> Self {
         Replicas {
             store,
             branch,
             actor,
+            changed,
             docs: HashMap::new(),
             unpersisted: HashSet::new(),
         }
@@ -232,6 +240,9 @@ impl Replicas {
             self.docs.remove(&id);
             return Err(e);
         }
+        // On disk now: observers may recompute (send_modify notifies even
+        // with no receiver, unlike send).
+        self.changed.send_modify(|revision| *revision += 1);
         let Some(replica) = self.docs.get_mut(&id) else {
             return Ok(());
         };

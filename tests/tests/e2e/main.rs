@@ -6,6 +6,7 @@ mod bad_input;
 mod bombs;
 mod cli;
 mod dashboard;
+mod device_api;
 mod durability;
 mod failures;
 mod hostile;
