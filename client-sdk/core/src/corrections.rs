@@ -8,7 +8,9 @@
 //! agrees without learning a tombstone flag. What a tombstone would have
 //! kept, the record as it was, the note keeps (`before`, as JSON), so the
 //! history a branch secretary sees does not depend on digging through
-//! Automerge's change history.
+//! Automerge's change history. A correction made offline on another device
+//! while the record was deleted here edits fields of a map no longer
+//! reachable: the record stays deleted, and both notes are kept.
 //!
 //! Notes live in the log's root map `corrections`, keyed by a fresh UUIDv7,
 //! beside the collections (the projection only reads the collections). Two
