@@ -95,7 +95,8 @@ pub(crate) struct Inner {
     pub dir: PathBuf,
     /// Holds the exclusive lock on the data directory while open.
     lock: std::sync::Mutex<Option<File>>,
-    /// Bumped whenever a change was persisted, made here or received.
+    /// A revision counter bumped whenever a change was persisted (a local
+    /// edit or one received from the server): what observers wait on.
     pub changed: watch::Sender<u64>,
     /// Messages the live connection sent, per document (see `sync`).
     pub messages_sent:
@@ -233,8 +234,9 @@ impl Client {
     pub async fn enroll(&self, code: &str) -> Result<Enrollment, ClientError> {
         if self.is_enrolled() {
             // Its actor id is registered to the old device: wipe first.
-            return Err(ClientError::Invalid(
-                "this device is already enrolled; wipe it to enroll again".into(),
+            return Err(ClientError::invalid(
+                "device",
+                "this device is already enrolled; wipe it to enroll again",
             ));
         }
         #[derive(Deserialize)]

@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use automerge::transaction::Transactable;
+use automerge::{ObjType, ReadDoc, Value};
 use doorstep_protocol::schema::log::{
     Activity, FollowUp, FundDirection, FundEntry, Placement, Training, TrainingLevel, Visit,
     VisitKind,
@@ -18,7 +20,9 @@ use doorstep_protocol::{Date, DocumentId, Fen, Month};
 use tokio::sync::MutexGuard;
 
 use crate::client::Client;
+use crate::corrections::{self, Correction, CorrectionAction};
 use crate::error::ClientError;
+use crate::queries::LogRecordKind;
 use crate::replicas::Replicas;
 
 /// A member to add to the roster.
@@ -122,12 +126,12 @@ pub struct NewFundEntry {
     pub note: Option<String>,
 }
 
+/// The schema's rules, the same the server counts by: the first problem
+/// found, with its field.
 fn check<R: Record>(record: &R) -> Result<(), ClientError> {
-    let problems = record.problems();
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(ClientError::Invalid(problems.join("; ")))
+    match record.field_problems().into_iter().next() {
+        None => Ok(()),
+        Some((field, problem)) => Err(ClientError::invalid(field, problem)),
     }
 }
 
@@ -137,20 +141,24 @@ pub(crate) fn check_month(month: Month) -> Result<(), ClientError> {
     let now = time::OffsetDateTime::now_utc();
     let latest = Month::new(now.year(), now.month() as u8)
         .map(|m| m.next())
-        .ok_or_else(|| ClientError::Invalid("the device clock is out of range".into()))?;
+        .ok_or_else(|| ClientError::invalid("date", "the device clock is out of range"))?;
     let earliest =
-        Month::new(2000, 1).ok_or_else(|| ClientError::Invalid("no month 2000-01".into()))?;
+        Month::new(2000, 1).ok_or_else(|| ClientError::invalid("date", "no month 2000-01"))?;
     if month < earliest || month > latest {
-        return Err(ClientError::Invalid(format!(
-            "{month} is not between {earliest} and {latest}"
-        )));
+        return Err(ClientError::invalid(
+            "date",
+            format!("{month} is not between {earliest} and {latest}"),
+        ));
     }
     Ok(())
 }
 
-fn required(what: &str, value: &str) -> Result<(), ClientError> {
+fn required(field: &'static str, what: &str, value: &str) -> Result<(), ClientError> {
     if value.trim().is_empty() {
-        Err(ClientError::Invalid(format!("{what} must not be empty")))
+        Err(ClientError::invalid(
+            field,
+            format!("{what} must not be empty"),
+        ))
     } else {
         Ok(())
     }
@@ -239,7 +247,7 @@ impl Client {
     }
 
     pub async fn add_member(&self, new: NewMember) -> Result<RecordId, ClientError> {
-        required("a member's name", &new.name)?;
+        required("name", "a member's name", &new.name)?;
         let member = Member {
             name: new.name,
             kinds: new.kinds,
@@ -267,7 +275,7 @@ impl Client {
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
         let mut member = self.require_member(replicas, id).await?;
         if let Some(name) = update.name {
-            required("a member's name", &name)?;
+            required("name", "a member's name", &name)?;
             member.name = name;
         }
         if let Some(kinds) = update.kinds {
@@ -306,7 +314,7 @@ impl Client {
         self.require_member(replicas, new.member_id).await?;
         let mut needs = BTreeMap::new();
         for description in new.needs {
-            required("a need", &description)?;
+            required("needs", "a need", &description)?;
             needs.insert(
                 RecordId::new_v7(),
                 Need {
@@ -342,7 +350,7 @@ impl Client {
         description: &str,
         on: Date,
     ) -> Result<RecordId, ClientError> {
-        required("a need", description)?;
+        required("description", "a need", description)?;
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
         let mut entry = self
@@ -408,8 +416,8 @@ impl Client {
     }
 
     pub async fn create_team(&self, new: NewTeam) -> Result<RecordId, ClientError> {
-        required("a team's name", &new.name)?;
-        required("a team's category", &new.category)?;
+        required("name", "a team's name", &new.name)?;
+        required("category", "a team's category", &new.category)?;
         let team = Team {
             name: new.name,
             category: new.category,
@@ -446,7 +454,7 @@ impl Client {
                 }
             }
             TeamPerson::Resident { name, backbone } => {
-                required("a resident's name", &name)?;
+                required("name", "a resident's name", &name)?;
                 TeamMember {
                     member_id: None,
                     resident_name: Some(name),
@@ -460,13 +468,15 @@ impl Client {
         Ok(id)
     }
 
-    /// Records a visit in its month's log (opened offline if new).
-    pub async fn record_visit(&self, new: NewVisit) -> Result<RecordId, ClientError> {
-        let device = self.identity()?.device_id.clone();
-        let mut guard = self.replicas().await?;
-        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+    /// A visit from the app's input, checked against the roster.
+    async fn visit_from(
+        &self,
+        replicas: &mut Replicas,
+        new: NewVisit,
+        recorded_by: Option<String>,
+    ) -> Result<Visit, ClientError> {
         self.require_member(replicas, new.member_id).await?;
-        let visit = Visit {
+        Ok(Visit {
             date: new.date,
             member_id: new.member_id,
             kind: new.kind,
@@ -476,10 +486,80 @@ impl Client {
             goods_description: new.goods_description,
             notes: new.notes,
             follow_up: new.follow_up,
-            recorded_by: Some(device),
-        };
+            recorded_by,
+        })
+    }
+
+    async fn activity_from(
+        &self,
+        replicas: &mut Replicas,
+        new: NewActivity,
+    ) -> Result<Activity, ClientError> {
+        required("title", "an activity's title", &new.title)?;
+        if let Some(team) = new.team_id {
+            self.roster_record::<Team>(replicas, team, "team").await?;
+        }
+        Ok(Activity {
+            date: new.date,
+            team_id: new.team_id,
+            title: new.title,
+            minutes: new.minutes.into_iter().collect(),
+        })
+    }
+
+    fn training_from(new: NewTraining) -> Result<Training, ClientError> {
+        required("topic", "a training's topic", &new.topic)?;
+        Ok(Training {
+            date: new.date,
+            level: new.level,
+            topic: new.topic,
+            attendance: new.attendance,
+            attendees: new.attendees.into_iter().collect(),
+        })
+    }
+
+    async fn placement_from(
+        &self,
+        replicas: &mut Replicas,
+        new: NewPlacement,
+    ) -> Result<Placement, ClientError> {
+        required("employer", "an employer", &new.employer)?;
+        self.require_member(replicas, new.member_id).await?;
+        Ok(Placement {
+            date: new.date,
+            member_id: new.member_id,
+            employer: new.employer,
+            job: new.job,
+        })
+    }
+
+    async fn fund_entry_from(
+        &self,
+        replicas: &mut Replicas,
+        new: NewFundEntry,
+    ) -> Result<FundEntry, ClientError> {
+        if let Some(member) = new.member_id {
+            self.require_member(replicas, member).await?;
+        }
+        Ok(FundEntry {
+            date: new.date,
+            direction: new.direction,
+            amount: new.amount,
+            member_id: new.member_id,
+            purpose: new.purpose,
+            note: new.note,
+        })
+    }
+
+    /// Records a visit in its month's log (opened offline if new).
+    pub async fn record_visit(&self, new: NewVisit) -> Result<RecordId, ClientError> {
+        let device = self.identity()?.device_id.clone();
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        let date = new.date;
+        let visit = self.visit_from(replicas, new, Some(device)).await?;
         let id = RecordId::new_v7();
-        self.write_log(replicas, new.date, id, &visit).await?;
+        self.write_log(replicas, date, id, &visit).await?;
         Ok(id)
     }
 
@@ -487,91 +567,241 @@ impl Client {
     pub async fn complete_follow_up(&self, visit_id: RecordId) -> Result<(), ClientError> {
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-        for (id, kind) in replicas.all().await? {
-            let replica = replicas.get(id, kind).await?;
-            let found = read_record::<Visit, _>(replica.doc(), visit_id)
-                .map_err(|e| ClientError::Storage(e.to_string()))?;
-            if let Some(mut visit) = found {
-                let Some(follow_up) = visit.follow_up.as_mut() else {
-                    return Err(ClientError::Invalid("the visit has no follow-up".into()));
-                };
-                follow_up.done = true;
-                let date = visit.date;
-                return self.write_log(replicas, date, visit_id, &visit).await;
-            }
-        }
-        Err(ClientError::NotFound {
-            what: "visit",
-            id: visit_id.to_string(),
-        })
+        let Some((_, mut visit)) = self.find_log_record::<Visit>(replicas, visit_id).await? else {
+            return Err(ClientError::NotFound {
+                what: "visit",
+                id: visit_id.to_string(),
+            });
+        };
+        let Some(follow_up) = visit.follow_up.as_mut() else {
+            return Err(ClientError::invalid(
+                "follow_up",
+                "the visit has no follow-up",
+            ));
+        };
+        follow_up.done = true;
+        let date = visit.date;
+        self.write_log(replicas, date, visit_id, &visit).await
     }
 
     pub async fn log_activity(&self, new: NewActivity) -> Result<RecordId, ClientError> {
-        required("an activity's title", &new.title)?;
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-        if let Some(team) = new.team_id {
-            self.roster_record::<Team>(replicas, team, "team").await?;
-        }
-        let activity = Activity {
-            date: new.date,
-            team_id: new.team_id,
-            title: new.title,
-            minutes: new.minutes.into_iter().collect(),
-        };
+        let date = new.date;
+        let activity = self.activity_from(replicas, new).await?;
         let id = RecordId::new_v7();
-        self.write_log(replicas, new.date, id, &activity).await?;
+        self.write_log(replicas, date, id, &activity).await?;
         Ok(id)
     }
 
     pub async fn record_training(&self, new: NewTraining) -> Result<RecordId, ClientError> {
-        required("a training's topic", &new.topic)?;
-        let training = Training {
-            date: new.date,
-            level: new.level,
-            topic: new.topic,
-            attendance: new.attendance,
-            attendees: new.attendees.into_iter().collect(),
-        };
+        let date = new.date;
+        let training = Self::training_from(new)?;
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
         let id = RecordId::new_v7();
-        self.write_log(replicas, new.date, id, &training).await?;
+        self.write_log(replicas, date, id, &training).await?;
         Ok(id)
     }
 
     pub async fn record_placement(&self, new: NewPlacement) -> Result<RecordId, ClientError> {
-        required("an employer", &new.employer)?;
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-        self.require_member(replicas, new.member_id).await?;
-        let placement = Placement {
-            date: new.date,
-            member_id: new.member_id,
-            employer: new.employer,
-            job: new.job,
-        };
+        let date = new.date;
+        let placement = self.placement_from(replicas, new).await?;
         let id = RecordId::new_v7();
-        self.write_log(replicas, new.date, id, &placement).await?;
+        self.write_log(replicas, date, id, &placement).await?;
         Ok(id)
     }
 
     pub async fn record_fund_entry(&self, new: NewFundEntry) -> Result<RecordId, ClientError> {
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-        if let Some(member) = new.member_id {
-            self.require_member(replicas, member).await?;
-        }
-        let entry = FundEntry {
-            date: new.date,
-            direction: new.direction,
-            amount: new.amount,
-            member_id: new.member_id,
-            purpose: new.purpose,
-            note: new.note,
-        };
+        let date = new.date;
+        let entry = self.fund_entry_from(replicas, new).await?;
         let id = RecordId::new_v7();
-        self.write_log(replicas, new.date, id, &entry).await?;
+        self.write_log(replicas, date, id, &entry).await?;
         Ok(id)
+    }
+
+    /// Replaces a visit with `corrected` (checked as a new visit is), keeping
+    /// who recorded it, and notes who corrected it, when and why.
+    pub async fn correct_visit(
+        &self,
+        id: RecordId,
+        corrected: NewVisit,
+        why: &str,
+    ) -> Result<(), ClientError> {
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        let recorded_by = self
+            .find_log_record::<Visit>(replicas, id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|(_, v)| v.recorded_by);
+        let visit = self.visit_from(replicas, corrected, recorded_by).await?;
+        self.correct_log(replicas, LogRecordKind::Visit, id, &visit, why)
+            .await
+    }
+
+    pub async fn correct_activity(
+        &self,
+        id: RecordId,
+        corrected: NewActivity,
+        why: &str,
+    ) -> Result<(), ClientError> {
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        let activity = self.activity_from(replicas, corrected).await?;
+        self.correct_log(replicas, LogRecordKind::Activity, id, &activity, why)
+            .await
+    }
+
+    pub async fn correct_training(
+        &self,
+        id: RecordId,
+        corrected: NewTraining,
+        why: &str,
+    ) -> Result<(), ClientError> {
+        let training = Self::training_from(corrected)?;
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        self.correct_log(replicas, LogRecordKind::Training, id, &training, why)
+            .await
+    }
+
+    pub async fn correct_placement(
+        &self,
+        id: RecordId,
+        corrected: NewPlacement,
+        why: &str,
+    ) -> Result<(), ClientError> {
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        let placement = self.placement_from(replicas, corrected).await?;
+        self.correct_log(replicas, LogRecordKind::Placement, id, &placement, why)
+            .await
+    }
+
+    pub async fn correct_fund_entry(
+        &self,
+        id: RecordId,
+        corrected: NewFundEntry,
+        why: &str,
+    ) -> Result<(), ClientError> {
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        let entry = self.fund_entry_from(replicas, corrected).await?;
+        self.correct_log(replicas, LogRecordKind::FundEntry, id, &entry, why)
+            .await
+    }
+
+    /// Deletes a log record: it stops counting on this device and, after
+    /// sync, in every rollup. The note keeps what it was, who deleted it,
+    /// when and why (see [`Client::corrections`]).
+    pub async fn delete_log_record(
+        &self,
+        kind: LogRecordKind,
+        id: RecordId,
+        why: &str,
+    ) -> Result<(), ClientError> {
+        required("why", "the reason for a deletion", why)?;
+        let device = self.identity()?.device_id.clone();
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        let month =
+            self.month_of_log_record(replicas, kind, id)
+                .await?
+                .ok_or(ClientError::NotFound {
+                    what: kind.what(),
+                    id: id.to_string(),
+                })?;
+        let key = id.to_string();
+        replicas
+            .edit(self.log_id(month)?, DocumentKind::MonthlyLog(month), |tx| {
+                let before = corrections::record_json(tx, kind.collection(), &key);
+                if let Some((Value::Object(ObjType::Map), collection)) =
+                    tx.get(automerge::ROOT, kind.collection())?
+                {
+                    tx.delete(&collection, key.as_str())?;
+                }
+                corrections::write(
+                    tx,
+                    &note(kind, id, CorrectionAction::Deleted, device, why, before),
+                )?;
+                Ok(())
+            })
+            .await?;
+        self.inner.edited.notify_one();
+        Ok(())
+    }
+
+    /// Writes a corrected log record in place, with its note, in one change.
+    async fn correct_log<R: Record>(
+        &self,
+        replicas: &mut Replicas,
+        kind: LogRecordKind,
+        id: RecordId,
+        record: &R,
+        why: &str,
+    ) -> Result<(), ClientError> {
+        required("why", "the reason for a correction", why)?;
+        check(record)?;
+        let device = self.identity()?.device_id.clone();
+        let month =
+            self.month_of_log_record(replicas, kind, id)
+                .await?
+                .ok_or(ClientError::NotFound {
+                    what: kind.what(),
+                    id: id.to_string(),
+                })?;
+        if let Some(date) = record.dated()
+            && date.month() != month
+        {
+            // Moving it is a delete in one document and a write in another,
+            // which cannot be one change: a failure between would lose or
+            // double-count it.
+            return Err(ClientError::invalid(
+                "date",
+                format!(
+                    "a correction cannot move a record out of {month}; delete it and record it again"
+                ),
+            ));
+        }
+        let key = id.to_string();
+        replicas
+            .edit(self.log_id(month)?, DocumentKind::MonthlyLog(month), |tx| {
+                let before = corrections::record_json(tx, kind.collection(), &key);
+                write_record(tx, id, record)?;
+                corrections::write(
+                    tx,
+                    &note(kind, id, CorrectionAction::Corrected, device, why, before),
+                )?;
+                Ok(())
+            })
+            .await?;
+        self.inner.edited.notify_one();
+        Ok(())
+    }
+}
+
+fn note(
+    kind: LogRecordKind,
+    record_id: RecordId,
+    action: CorrectionAction,
+    by_device: String,
+    why: &str,
+    before: String,
+) -> Correction {
+    Correction {
+        id: RecordId::new_v7(),
+        kind,
+        record_id,
+        action,
+        by_device,
+        at_unix_secs: time::OffsetDateTime::now_utc().unix_timestamp(),
+        why: why.to_owned(),
+        before,
     }
 }

@@ -3,9 +3,21 @@
 /// Errors from the SDK.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// Input refused before anything was written.
-    #[error("invalid input: {0}")]
-    Invalid(String),
+    /// Input refused before anything was written. `field` names the input
+    /// at fault as the Rust field is called (`aid_cash`, `follow_up.due`),
+    /// or what was asked for when no field is to blame (`device`).
+    #[error("invalid {field}: {problem}")]
+    Invalid { field: String, problem: String },
+    /// A conflict changed since the app read it (another device's value
+    /// arrived, or it was resolved elsewhere): nothing was written. Read
+    /// [`Client::conflicts`](crate::Client::conflicts) again and show the
+    /// user what the field holds now.
+    #[error("the conflict on {field} changed since it was read; nothing was written")]
+    ConflictChanged {
+        field: String,
+        /// The values the field holds now.
+        now: Vec<crate::ConflictValue>,
+    },
     /// A record the input refers to does not exist on this device.
     #[error("{what} {id} not found")]
     NotFound { what: &'static str, id: String },
@@ -44,8 +56,11 @@ pub enum ClientError {
 
 impl ClientError {
     /// Input refused before anything was written, naming the field.
-    pub(crate) fn invalid(field: &str, problem: impl std::fmt::Display) -> ClientError {
-        ClientError::Invalid(format!("{field}: {problem}"))
+    pub(crate) fn invalid(field: impl Into<String>, problem: impl std::fmt::Display) -> Self {
+        ClientError::Invalid {
+            field: field.into(),
+            problem: problem.to_string(),
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The Doorstep device SDK: what a volunteer's phone embeds.
 //!
-//! A [`Client`] keeps the branch's documents in a local SQLite store and lets
+//! A [`Client`] keeps the branch's documents in an encrypted local store and lets
 //! the app read and edit them in the domain's words (members, visits, aid,
 //! the hardship register, teams) with no network at all. Every edit is on
 //! disk before the call returns. When there is signal, the sync engine
@@ -10,9 +10,13 @@
 //! ```text
 //! client     Client: open (one owner per data directory), enroll, wipe
 //! custody    where edits stand: checkpoint, edit states, export/import
-//! editing    typed edits, validated before anything is written
-//! queries    what a field app lists: members, histories, follow-ups
-//! conflicts  fields two devices set differently while offline
+//! editing    typed edits, validated before anything is written; corrections
+//!            and deletions of log records
+//! queries    what a field app lists: every record type, histories, follow-ups
+//! observe    live lists: a listener gets the new list when it changes
+//! corrections  the notes that keep who corrected or deleted a record, and why
+//! conflicts  fields two devices set differently while offline, settled by value
+//! tree       a whole value read from a document (map-valued conflicts, notes)
 //! replicas   documents in memory and on disk (durable edits, compaction)
 //! store      the local SQLCipher file, encrypted with the app's key
 //! sync       the sync engine: the live connection, sync_now, status
@@ -20,23 +24,28 @@
 
 mod client;
 mod conflicts;
+mod corrections;
 mod custody;
 mod editing;
 mod error;
+mod observe;
 mod queries;
 mod replicas;
 mod store;
 pub mod sync;
+mod tree;
 
 pub use client::{Client, ClientConfig, Enrollment};
 pub use conflicts::{Conflict, ConflictValue, Resolution};
 pub use custody::{Checkpoint, EditState, ImportReport};
+pub use corrections::{Correction, CorrectionAction};
 pub use editing::{
     MemberUpdate, NewActivity, NewFundEntry, NewHardshipEntry, NewMember, NewPlacement, NewTeam,
     NewTraining, NewVisit, TeamPerson,
 };
 pub use error::ClientError;
-pub use queries::{MemberFilter, MemberHistory};
+pub use observe::{Listener, Observation};
+pub use queries::{LogRecordKind, MemberFilter, MemberHistory, Months, VisitDays};
 pub use store::StoreKey;
 pub use sync::{BackgroundSync, SyncReport, SyncStatus};
 
@@ -46,6 +55,7 @@ pub use doorstep_protocol::schema::log::{
     VisitKind,
 };
 pub use doorstep_protocol::schema::roster::{
-    HardshipEntry, HardshipKind, HardshipStatus, Member, MemberKind, MigrantContact, Pairing, Team,
+    HardshipEntry, HardshipKind, HardshipStatus, Member, MemberKind, MigrantContact, Need, Pairing,
+    StatusChange, Team, TeamMember,
 };
 pub use doorstep_protocol::{Date, DocumentId, Fen, Month, TenantId};

@@ -1,14 +1,18 @@
 //! What a field app lists. Reads only local documents, so everything works
 //! offline.
 
-use doorstep_protocol::schema::log::{MonthlyLog, Visit};
+use automerge::{Automerge, ObjType, ReadDoc, Value};
+use doorstep_protocol::schema::log::{Activity, FundEntry, MonthlyLog, Placement, Training, Visit};
 use doorstep_protocol::schema::roster::{
-    HardshipEntry, HardshipStatus, Member, MemberKind, Roster,
+    HardshipEntry, HardshipStatus, Member, MemberKind, Pairing, Roster, Team,
 };
-use doorstep_protocol::schema::{DocumentKind, InvalidRecord, RecordId};
+use doorstep_protocol::schema::{
+    DocumentKind, InvalidRecord, Record, RecordId, load_collection_of_month, read_record,
+};
 use doorstep_protocol::{Date, DocumentId, Fen, Month};
 
 use crate::client::Client;
+use crate::corrections::Correction;
 use crate::error::ClientError;
 use crate::replicas::Replicas;
 
@@ -35,6 +39,55 @@ pub struct MemberHistory {
     pub hardship_status: Option<HardshipStatus>,
 }
 
+/// Which log records to read: one month's, or every month's on this device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Months {
+    One(Month),
+    All,
+}
+
+/// The days whose visits to list: "today's visits" is `Day(today)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VisitDays {
+    Day(Date),
+    Month(Month),
+}
+
+/// A visit, activity, training, placement or fund entry: the records of a
+/// monthly log, which can be corrected and deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogRecordKind {
+    Visit,
+    Activity,
+    Training,
+    Placement,
+    FundEntry,
+}
+
+impl LogRecordKind {
+    /// The log's root map holding records of this kind.
+    pub fn collection(&self) -> &'static str {
+        match self {
+            LogRecordKind::Visit => Visit::COLLECTION,
+            LogRecordKind::Activity => Activity::COLLECTION,
+            LogRecordKind::Training => Training::COLLECTION,
+            LogRecordKind::Placement => Placement::COLLECTION,
+            LogRecordKind::FundEntry => FundEntry::COLLECTION,
+        }
+    }
+
+    /// For error messages, in the domain's words.
+    pub(crate) fn what(&self) -> &'static str {
+        match self {
+            LogRecordKind::Visit => "visit",
+            LogRecordKind::Activity => "activity",
+            LogRecordKind::Training => "training",
+            LogRecordKind::Placement => "placement",
+            LogRecordKind::FundEntry => "fund entry",
+        }
+    }
+}
+
 impl Client {
     async fn roster(&self, replicas: &mut Replicas) -> Result<Roster, ClientError> {
         let id = DocumentId::roster(self.identity()?.branch);
@@ -43,15 +96,255 @@ impl Client {
         ))
     }
 
-    /// Every month's log on this device.
-    async fn logs(&self, replicas: &mut Replicas) -> Result<Vec<MonthlyLog>, ClientError> {
-        let mut logs = Vec::new();
+    /// Calls `f` with every month's log on this device, one at a time.
+    ///
+    /// The one place that walks all logs: how many months stay in memory is
+    /// the replicas' business, so no other code may list documents and then
+    /// look each one up.
+    pub(crate) async fn for_each_log(
+        &self,
+        replicas: &mut Replicas,
+        mut f: impl FnMut(Month, &Automerge),
+    ) -> Result<(), ClientError> {
         for (id, kind) in replicas.all().await? {
-            if matches!(kind, DocumentKind::MonthlyLog(_)) {
-                logs.push(MonthlyLog::load(replicas.get(id, kind).await?.doc()));
+            if let DocumentKind::MonthlyLog(month) = kind {
+                f(month, replicas.get(id, kind).await?.doc());
             }
         }
+        Ok(())
+    }
+
+    /// Calls `f` with the logs `months` names: one month's (if it is on
+    /// this device) without touching the others, or all of them.
+    pub(crate) async fn for_logs(
+        &self,
+        replicas: &mut Replicas,
+        months: Months,
+        mut f: impl FnMut(Month, &Automerge),
+    ) -> Result<(), ClientError> {
+        match months {
+            Months::All => self.for_each_log(replicas, f).await,
+            Months::One(month) => {
+                let id = DocumentId::monthly_log(self.identity()?.branch, month);
+                if let Some(replica) = replicas.existing(id).await? {
+                    f(month, replica.doc());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Every month's log on this device, typed.
+    async fn logs(&self, replicas: &mut Replicas) -> Result<Vec<MonthlyLog>, ClientError> {
+        let mut logs = Vec::new();
+        self.for_each_log(replicas, |_, doc| logs.push(MonthlyLog::load(doc)))
+            .await?;
         Ok(logs)
+    }
+
+    /// The valid records of one log collection in `months`, oldest first.
+    async fn log_records<R: Record + Clone>(
+        &self,
+        months: Months,
+    ) -> Result<Vec<(RecordId, R)>, ClientError> {
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        let mut records: Vec<(Date, RecordId, R)> = Vec::new();
+        self.for_logs(replicas, months, |month, doc| {
+            let loaded = load_collection_of_month::<R, _>(doc, Some(month));
+            records.extend(loaded.records.into_iter().map(|(id, r)| {
+                // Every log record is dated; the month is a fallback only.
+                let date = r.dated().unwrap_or_else(|| month.first_day());
+                (date, id, r)
+            }));
+        })
+        .await?;
+        records.sort_by_key(|(date, id, _)| (*date, *id));
+        Ok(records.into_iter().map(|(_, id, r)| (id, r)).collect())
+    }
+
+    /// Finds a log record by id in whichever month holds it: its month and
+    /// the record as stored (read, not validated: a record to correct may be
+    /// one that fails validation).
+    pub(crate) async fn find_log_record<R: Record>(
+        &self,
+        replicas: &mut Replicas,
+        id: RecordId,
+    ) -> Result<Option<(Month, R)>, ClientError> {
+        let mut found = None;
+        let mut failed = None;
+        self.for_each_log(replicas, |month, doc| {
+            if found.is_some() {
+                return;
+            }
+            match read_record::<R, _>(doc, id) {
+                Ok(Some(record)) => found = Some((month, record)),
+                Ok(None) => {}
+                Err(e) => failed = Some(e),
+            }
+        })
+        .await?;
+        match (found, failed) {
+            (Some(found), _) => Ok(Some(found)),
+            (None, Some(e)) => Err(ClientError::Storage(e.to_string())),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Finds which month's log holds a record of `kind` at `id`, present
+    /// whatever its shape (so a broken record can still be deleted).
+    pub(crate) async fn month_of_log_record(
+        &self,
+        replicas: &mut Replicas,
+        kind: LogRecordKind,
+        id: RecordId,
+    ) -> Result<Option<Month>, ClientError> {
+        let key = id.to_string();
+        let mut found = None;
+        self.for_each_log(replicas, |month, doc| {
+            if found.is_none()
+                && let Ok(Some((Value::Object(ObjType::Map), collection))) =
+                    doc.get(automerge::ROOT, kind.collection())
+                && let Ok(Some(_)) = doc.get(&collection, key.as_str())
+            {
+                found = Some(month);
+            }
+        })
+        .await?;
+        Ok(found)
+    }
+
+    pub async fn visit(&self, id: RecordId) -> Result<Visit, ClientError> {
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        self.find_log_record::<Visit>(replicas, id)
+            .await?
+            .map(|(_, visit)| visit)
+            .ok_or(ClientError::NotFound {
+                what: "visit",
+                id: id.to_string(),
+            })
+    }
+
+    /// Visits of one day (today's visits) or month, oldest first.
+    pub async fn visits_on(&self, days: VisitDays) -> Result<Vec<(RecordId, Visit)>, ClientError> {
+        let month = match days {
+            VisitDays::Day(date) => date.month(),
+            VisitDays::Month(month) => month,
+        };
+        let mut visits = self.log_records::<Visit>(Months::One(month)).await?;
+        if let VisitDays::Day(date) = days {
+            visits.retain(|(_, v)| v.date == date);
+        }
+        Ok(visits)
+    }
+
+    pub async fn activities(
+        &self,
+        months: Months,
+    ) -> Result<Vec<(RecordId, Activity)>, ClientError> {
+        self.log_records(months).await
+    }
+
+    pub async fn trainings(
+        &self,
+        months: Months,
+    ) -> Result<Vec<(RecordId, Training)>, ClientError> {
+        self.log_records(months).await
+    }
+
+    pub async fn placements(
+        &self,
+        months: Months,
+    ) -> Result<Vec<(RecordId, Placement)>, ClientError> {
+        self.log_records(months).await
+    }
+
+    pub async fn fund_entries(
+        &self,
+        months: Months,
+    ) -> Result<Vec<(RecordId, FundEntry)>, ClientError> {
+        self.log_records(months).await
+    }
+
+    /// The corrections and deletions of log records in `months`, oldest
+    /// first: who changed what, when and why, and what the record was.
+    pub async fn corrections(&self, months: Months) -> Result<Vec<Correction>, ClientError> {
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        let mut corrections = Vec::new();
+        self.for_logs(replicas, months, |_, doc| {
+            corrections.extend(crate::corrections::load(doc));
+        })
+        .await?;
+        corrections.sort_by_key(|c| (c.at_unix_secs, c.id));
+        Ok(corrections)
+    }
+
+    /// The corrections and deletion (if any) of one log record, oldest first.
+    pub async fn corrections_of(&self, record: RecordId) -> Result<Vec<Correction>, ClientError> {
+        let mut all = self.corrections(Months::All).await?;
+        all.retain(|c| c.record_id == record);
+        Ok(all)
+    }
+
+    /// Every team with its people, by name.
+    pub async fn teams(&self) -> Result<Vec<(RecordId, Team)>, ClientError> {
+        let mut teams: Vec<_> = self.roster_now().await?.teams.into_iter().collect();
+        teams.sort_by(|(a_id, a), (b_id, b)| (&a.name, a_id).cmp(&(&b.name, b_id)));
+        Ok(teams)
+    }
+
+    pub async fn team(&self, id: RecordId) -> Result<Team, ClientError> {
+        self.roster_now()
+            .await?
+            .teams
+            .remove(&id)
+            .ok_or(ClientError::NotFound {
+                what: "team",
+                id: id.to_string(),
+            })
+    }
+
+    /// Every mutual-aid pairing, oldest first.
+    pub async fn pairings(&self) -> Result<Vec<(RecordId, Pairing)>, ClientError> {
+        let mut pairings: Vec<_> = self.roster_now().await?.pairings.into_iter().collect();
+        pairings.sort_by_key(|(id, p)| (p.since, *id));
+        Ok(pairings)
+    }
+
+    /// The hardship register, oldest entry first; `member` keeps one
+    /// member's entries.
+    pub async fn hardship_entries(
+        &self,
+        member: Option<RecordId>,
+    ) -> Result<Vec<(RecordId, HardshipEntry)>, ClientError> {
+        let mut entries: Vec<_> = self
+            .roster_now()
+            .await?
+            .hardship
+            .into_iter()
+            .filter(|(_, e)| member.is_none_or(|m| e.member_id == m))
+            .collect();
+        entries.sort_by_key(|(id, e)| (e.opened_on, *id));
+        Ok(entries)
+    }
+
+    pub async fn hardship_entry(&self, id: RecordId) -> Result<HardshipEntry, ClientError> {
+        self.roster_now()
+            .await?
+            .hardship
+            .remove(&id)
+            .ok_or(ClientError::NotFound {
+                what: "hardship entry",
+                id: id.to_string(),
+            })
+    }
+
+    async fn roster_now(&self) -> Result<Roster, ClientError> {
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        self.roster(replicas).await
     }
 
     pub async fn member(&self, id: RecordId) -> Result<Member, ClientError> {

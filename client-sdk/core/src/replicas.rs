@@ -336,6 +336,8 @@ impl Replicas {
             self.docs.remove(&id);
             return Err(e);
         }
+        // On disk now: observers may recompute (send_modify notifies even
+        // with no receiver, unlike send).
         self.changed.send_modify(|revision| *revision += 1);
         let Some(replica) = self.docs.get_mut(&id) else {
             return Ok(());

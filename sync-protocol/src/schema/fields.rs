@@ -318,6 +318,11 @@ impl<'a, T: Transactable> FieldWriter<'a, T> {
         Ok(())
     }
 
+    /// The keys of the map being written.
+    pub fn keys(&self) -> Vec<String> {
+        self.tx.keys(&self.obj).collect()
+    }
+
     /// The nested map at `key`, created if absent.
     pub fn child(&mut self, key: &str) -> Result<FieldWriter<'_, T>, AutomergeError> {
         let obj = match self.tx.get(&self.obj, key)? {

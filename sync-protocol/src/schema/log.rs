@@ -113,22 +113,28 @@ impl Record for Visit {
         w.opt_str("recorded_by", self.recorded_by.as_deref())
     }
 
-    fn problems(&self) -> Vec<String> {
+    fn field_problems(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
         if self.aid_cash.is_negative() {
-            problems.push("cash aid is negative".into());
+            problems.push(("aid_cash", "cash aid is negative".into()));
         }
         if self.aid_cash > Fen::MAX_AMOUNT {
-            problems.push(format!("cash aid is over {} yuan", Fen::MAX_AMOUNT));
+            problems.push((
+                "aid_cash",
+                format!("cash aid is over {} yuan", Fen::MAX_AMOUNT),
+            ));
         }
         if self.aid_goods.is_negative() {
-            problems.push("goods aid is negative".into());
+            problems.push(("aid_goods", "goods aid is negative".into()));
         }
         if self.aid_goods > Fen::MAX_AMOUNT {
-            problems.push(format!("goods aid is over {} yuan", Fen::MAX_AMOUNT));
+            problems.push((
+                "aid_goods",
+                format!("goods aid is over {} yuan", Fen::MAX_AMOUNT),
+            ));
         }
         if self.follow_up.as_ref().is_some_and(|f| f.due < self.date) {
-            problems.push("follow-up is due before the visit".into());
+            problems.push(("follow_up.due", "follow-up is due before the visit".into()));
         }
         problems
     }
@@ -187,23 +193,37 @@ impl Record for Activity {
         w.opt_display("team_id", self.team_id.as_ref())?;
         w.str("title", &self.title)?;
         let mut p = w.child("participants")?;
+        // A correction that drops a participant must drop their minutes.
+        for who in p.keys() {
+            if !self.minutes.contains_key(&who) {
+                p.delete(&who)?;
+            }
+        }
         for (who, minutes) in &self.minutes {
             p.i64(who, *minutes)?;
         }
         Ok(())
     }
 
-    fn problems(&self) -> Vec<String> {
-        let mut problems: Vec<String> = self
+    fn field_problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems: Vec<(&'static str, String)> = self
             .minutes
             .iter()
             .filter(|(_, m)| **m < 0 || **m > 24 * 60)
-            .map(|(who, m)| format!("{m} minutes for {who} is not a day's work"))
+            .map(|(who, m)| {
+                (
+                    "minutes",
+                    format!("{m} minutes for {who} is not a day's work"),
+                )
+            })
             .collect();
         if problems.is_empty() && self.total_minutes() > Self::MAX_TOTAL_MINUTES {
-            problems.push(format!(
-                "more than {} minutes in one activity",
-                Self::MAX_TOTAL_MINUTES
+            problems.push((
+                "minutes",
+                format!(
+                    "more than {} minutes in one activity",
+                    Self::MAX_TOTAL_MINUTES
+                ),
             ));
         }
         problems
@@ -254,19 +274,22 @@ impl Record for Training {
         w.set("attendees", &self.attendees)
     }
 
-    fn problems(&self) -> Vec<String> {
+    fn field_problems(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
         if self.attendance < 0 {
-            problems.push("attendance is negative".into());
+            problems.push(("attendance", "attendance is negative".into()));
         }
         if self.attendance > Self::MAX_ATTENDANCE {
-            problems.push(format!(
-                "attendance is over {} people",
-                Self::MAX_ATTENDANCE
+            problems.push((
+                "attendance",
+                format!("attendance is over {} people", Self::MAX_ATTENDANCE),
             ));
         }
         if (self.attendees.len() as i64) > self.attendance {
-            problems.push("more named attendees than the headcount".into());
+            problems.push((
+                "attendees",
+                "more named attendees than the headcount".into(),
+            ));
         }
         problems
     }
@@ -345,11 +368,14 @@ impl Record for FundEntry {
         w.opt_str("note", self.note.as_deref())
     }
 
-    fn problems(&self) -> Vec<String> {
+    fn field_problems(&self) -> Vec<(&'static str, String)> {
         if self.amount.as_i64() <= 0 {
-            vec!["the amount must be more than zero".into()]
+            vec![("amount", "the amount must be more than zero".into())]
         } else if self.amount > Fen::MAX_AMOUNT {
-            vec![format!("the amount is over {} yuan", Fen::MAX_AMOUNT)]
+            vec![(
+                "amount",
+                format!("the amount is over {} yuan", Fen::MAX_AMOUNT),
+            )]
         } else {
             Vec::new()
         }

@@ -104,10 +104,17 @@ pub trait Record: Sized {
     /// Writes the record's fields, leaving unchanged fields untouched.
     fn write<T: Transactable>(&self, w: &mut FieldWriter<'_, T>) -> Result<(), AutomergeError>;
 
-    /// Rules beyond shape (non-negative money, consistent counts). Each
-    /// returned string is one problem, phrased for a branch secretary.
-    fn problems(&self) -> Vec<String> {
+    /// Rules beyond shape (non-negative money, consistent counts), each
+    /// with the field it is about (the Rust field name, nested fields joined
+    /// with `.`), so an app can point at the input to fix.
+    fn field_problems(&self) -> Vec<(&'static str, String)> {
         Vec::new()
+    }
+
+    /// [`Record::field_problems`] without the fields: each string is one
+    /// problem, phrased for a branch secretary.
+    fn problems(&self) -> Vec<String> {
+        self.field_problems().into_iter().map(|(_, p)| p).collect()
     }
 
     /// The day a log record happened, which must fall in its log's month

@@ -240,14 +240,17 @@ impl Record for HardshipEntry {
         Ok(())
     }
 
-    fn problems(&self) -> Vec<String> {
+    fn field_problems(&self) -> Vec<(&'static str, String)> {
         self.status_history
             .values()
             .filter(|s| s.on < self.opened_on)
             .map(|s| {
-                format!(
-                    "status {} on {} is before the entry was opened",
-                    s.status, s.on
+                (
+                    "status_history",
+                    format!(
+                        "status {} on {} is before the entry was opened",
+                        s.status, s.on
+                    ),
                 )
             })
             .collect()
@@ -289,13 +292,16 @@ impl Record for Pairing {
         w.opt_str("note", self.note.as_deref())
     }
 
-    fn problems(&self) -> Vec<String> {
+    fn field_problems(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
         if self.helper_id == self.helped_id {
-            problems.push("a member cannot be paired with themselves".into());
+            problems.push((
+                "helped_id",
+                "a member cannot be paired with themselves".into(),
+            ));
         }
         if self.ended_on.is_some_and(|end| end < self.since) {
-            problems.push("the pairing ends before it starts".into());
+            problems.push(("ended_on", "the pairing ends before it starts".into()));
         }
         problems
     }
@@ -353,11 +359,16 @@ impl Record for Team {
         Ok(())
     }
 
-    fn problems(&self) -> Vec<String> {
+    fn field_problems(&self) -> Vec<(&'static str, String)> {
         self.people
             .iter()
             .filter(|(_, p)| p.member_id.is_some() == p.resident_name.is_some())
-            .map(|(id, _)| format!("team person {id} must be either a member or a named resident"))
+            .map(|(id, _)| {
+                (
+                    "people",
+                    format!("team person {id} must be either a member or a named resident"),
+                )
+            })
             .collect()
     }
 }

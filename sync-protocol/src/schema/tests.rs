@@ -435,3 +435,36 @@ fn check_record_tells_absent_valid_and_invalid_apart() {
         Checked::Absent
     );
 }
+
+#[test]
+fn each_problem_names_its_field() {
+    use super::log::{FollowUp, FundDirection, FundEntry};
+
+    let member = RecordId::new_v7();
+    let visit = Visit {
+        aid_cash: Fen(-1),
+        aid_goods: Fen(-1),
+        follow_up: Some(FollowUp {
+            due: date("2026-11-01"),
+            action: "call".into(),
+            done: false,
+        }),
+        ..visit("2026-11-05", member)
+    };
+    let fields: Vec<&str> = visit.field_problems().into_iter().map(|(f, _)| f).collect();
+    assert_eq!(fields, vec!["aid_cash", "aid_goods", "follow_up.due"]);
+    assert_eq!(
+        visit.problems().len(),
+        3,
+        "the plain list is the same problems"
+    );
+    let fund = FundEntry {
+        date: date("2026-11-05"),
+        direction: FundDirection::Payment,
+        amount: Fen::ZERO,
+        member_id: None,
+        purpose: None,
+        note: None,
+    };
+    assert_eq!(fund.field_problems()[0].0, "amount");
+}

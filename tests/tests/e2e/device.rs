@@ -359,7 +359,7 @@ async fn a_server_that_lost_the_device_leaves_its_edits_exportable_to_a_new_devi
     new.sync_now().await?;
     // Bad files are refused and change nothing.
     for bad in [&b"{}"[..], b"not json", &export[..export.len() / 2]] {
-        assert!(matches!(new.import_unsynced(bad).await, Err(ClientError::Invalid(_))));
+        assert!(matches!(new.import_unsynced(bad).await, Err(ClientError::Invalid { .. })));
     }
     let report = new.import_unsynced(&export).await?;
     assert!(report.records >= 1, "{report:?}");

@@ -7,6 +7,7 @@ mod bombs;
 mod cli;
 mod dashboard;
 mod device;
+mod device_api;
 mod durability;
 mod failures;
 mod hostile;

@@ -222,7 +222,7 @@ async fn invalid_input_is_refused_before_anything_is_written() -> anyhow::Result
     };
     assert!(matches!(
         device.record_visit(negative).await,
-        Err(ClientError::Invalid(_))
+        Err(ClientError::Invalid { field, .. }) if field == "aid_cash"
     ));
     let stranger = visit("2026-11-02", RecordId::new_v7(), 10);
     assert!(matches!(
@@ -231,7 +231,7 @@ async fn invalid_input_is_refused_before_anything_is_written() -> anyhow::Result
     ));
     assert!(matches!(
         device.add_member(NewMember::default()).await,
-        Err(ClientError::Invalid(_))
+        Err(ClientError::Invalid { field, .. }) if field == "name"
     ));
     assert!("2026-02-30".parse::<doorstep_client::Date>().is_err());
     assert_eq!(

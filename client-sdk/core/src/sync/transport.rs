@@ -38,10 +38,10 @@ fn trusted_roots(extra_ca_pem: Option<&[u8]>) -> Result<rustls::RootCertStore, C
     }
     if let Some(pem) = extra_ca_pem {
         for cert in CertificateDer::pem_slice_iter(pem) {
-            let cert = cert.map_err(|e| ClientError::Invalid(format!("extra CA: {e}")))?;
+            let cert = cert.map_err(|e| ClientError::invalid("extra_ca_pem", e.to_string()))?;
             roots
                 .add(cert)
-                .map_err(|e| ClientError::Invalid(format!("extra CA: {e}")))?;
+                .map_err(|e| ClientError::invalid("extra_ca_pem", e.to_string()))?;
         }
     }
     Ok(roots)
@@ -53,7 +53,7 @@ fn tls_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, Clien
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| ClientError::Invalid(e.to_string()))?
+    .map_err(|e| ClientError::invalid("extra_ca_pem", e.to_string()))?
     .with_root_certificates(roots)
     .with_no_client_auth())
 }
@@ -62,9 +62,10 @@ impl Transport {
     pub fn new(server_url: &str, extra_ca_pem: Option<&[u8]>) -> Result<Transport, ClientError> {
         let base = server_url.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ClientError::Invalid(format!(
-                "server URL must start with http:// or https://: {base}"
-            )));
+            return Err(ClientError::invalid(
+                "server_url",
+                format!("must start with http:// or https://: {base}"),
+            ));
         }
         let tls = Arc::new(tls_config(extra_ca_pem)?);
         let http = reqwest::Client::builder()
@@ -72,7 +73,7 @@ impl Transport {
             .connect_timeout(std::time::Duration::from_secs(10))
             .timeout(std::time::Duration::from_secs(30))
             .build()
-            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+            .map_err(|e| ClientError::invalid("server_url", e.to_string()))?;
         Ok(Transport { base, tls, http })
     }
 
@@ -93,7 +94,7 @@ impl Transport {
         };
         let mut request = ws_url
             .into_client_request()
-            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+            .map_err(|e| ClientError::invalid("server_url", e.to_string()))?;
         let header = format!("Bearer {token}")
             .parse()
             .map_err(|_| ClientError::Storage("the stored token is not a valid header".into()))?;
@@ -135,6 +136,6 @@ mod tests {
     fn a_malformed_extra_ca_is_refused() {
         let err = trusted_roots(Some(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"))
             .expect_err("refused");
-        assert!(matches!(err, ClientError::Invalid(_)), "{err}");
+        assert!(matches!(err, ClientError::Invalid { .. }), "{err}");
     }
 }
