@@ -45,6 +45,7 @@ impl ClientConfig {
 
 /// What enrollment returned.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Enrollment {
     pub device_id: String,
     pub branch_id: TenantId,

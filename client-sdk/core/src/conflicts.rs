@@ -14,6 +14,7 @@ use crate::error::ClientError;
 
 /// One conflicted field of one record.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Conflict {
     pub document: DocumentId,
     /// The root map, e.g. `members`.
@@ -31,6 +32,7 @@ pub struct Conflict {
 
 /// One of the concurrent values, with who wrote it and when.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct ConflictValue {
     pub value: String,
     /// The Automerge actor (hex) that wrote it.
@@ -43,6 +45,7 @@ pub struct ConflictValue {
 
 /// How to settle a conflict.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum Resolution {
     /// Keep the value at this index of [`Conflict::values`].
     Choose(usize),

@@ -14,6 +14,7 @@ use crate::replicas::Replicas;
 
 /// Which members to list; every set condition must hold.
 #[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct MemberFilter {
     /// Members of the hardship kind, or with an entry in the register not closed.
     pub in_hardship: bool,

@@ -28,6 +28,7 @@ use transport::Socket;
 
 /// Where syncing stands, for the app's status line.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum SyncStatus {
     /// No connection to the server (no signal, server down).
     Offline {
@@ -50,6 +51,7 @@ pub enum SyncStatus {
 
 /// What one sync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct SyncReport {
     pub documents: usize,
     /// Local changes the server acknowledged during this sync.
