@@ -36,22 +36,24 @@ async fn python_enrolls_records_offline_syncs_and_reads_the_servers_view() -> an
     if !status.success() || !library.exists() {
         bail!("could not build {}", library.display());
     }
+    // One module per UniFFI namespace (protocol, client, ffi), importing
+    // each other relatively: they form a package, with the library beside them.
     let bindings = tempfile::tempdir()?;
+    let package = bindings.path().join("doorstep_sdk");
     let status = Command::new(env!("CARGO_BIN_EXE_uniffi-bindgen"))
         .args(["generate", "--library"])
         .arg(&library)
         .args(["--language", "python", "--out-dir"])
-        .arg(bindings.path())
+        .arg(&package)
         .status()
         .await?;
     if !status.success() {
         bail!("uniffi-bindgen failed");
     }
+    std::fs::write(package.join("__init__.py"), "")?;
     std::fs::copy(
         &library,
-        bindings
-            .path()
-            .join(library.file_name().context("library name")?),
+        package.join(library.file_name().context("library name")?),
     )?;
 
     let server = TestServer::spawn().await?;

@@ -1,11 +1,13 @@
 """The Doorstep SDK through its generated Python bindings, against a real server.
 
 Run by `client-sdk/ffi/tests/python.rs`, which starts the server, generates the
-bindings into BINDINGS_DIR and passes two enrollment codes. Prints one JSON line
-with what it recorded; any failure raises (non-zero exit).
+bindings as the package `doorstep_sdk` in BINDINGS_DIR and passes two
+enrollment codes. Prints one JSON line with what it recorded; any failure
+raises (non-zero exit).
 """
 
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -13,14 +15,26 @@ import threading
 
 sys.path.insert(0, os.environ["BINDINGS_DIR"])
 
-from doorstep_ffi import (  # noqa: E402
+from doorstep_sdk.doorstep_client import MemberFilter, NewHardshipEntry, NewMember, NewVisit  # noqa: E402
+from doorstep_sdk.doorstep_ffi import (  # noqa: E402
+    BirthdayUpdate,
     DoorstepClient,
     DoorstepError,
-    MemberInput,
-    MemberUpdateInput,
-    MigrantInput,
+    InternalError,
+    LogLevel,
+    LogSink,
+    MemberUpdate,
+    MigrantUpdate,
     StatusObserver,
-    VisitInput,
+    install_log_sink,
+)
+from doorstep_sdk.doorstep_protocol import (  # noqa: E402
+    FollowUp,
+    HardshipKind,
+    HardshipStatus,
+    MemberKind,
+    MigrantContact,
+    VisitKind,
 )
 
 
@@ -33,22 +47,44 @@ class Recorder(StatusObserver):
         with self.lock:
             self.seen.append(status)
 
+    def count(self):
+        with self.lock:
+            return len(self.seen)
 
-def visit(member_id, date, cash_fen, goods_fen=0, **extra):
-    fields = dict(
+
+class Logs(LogSink):
+    def __init__(self):
+        self.lines = []
+        self.lock = threading.Lock()
+
+    def log(self, level, target, message):
+        with self.lock:
+            self.lines.append((level, target, message))
+
+    def snapshot(self):
+        with self.lock:
+            return list(self.lines)
+
+
+def visit(member_id, date, cash_fen, goods_fen=0, follow_up=None):
+    return NewVisit(
         date=date,
         member_id=member_id,
-        kind="holiday_condolence",
+        kind=VisitKind.HOLIDAY_CONDOLENCE,
         visitors=["志愿者小王"],
-        aid_cash_fen=cash_fen,
-        aid_goods_fen=goods_fen,
+        aid_cash=cash_fen,
+        aid_goods=goods_fen,
         goods_description=None,
         notes=None,
-        follow_up_due=None,
-        follow_up_action=None,
+        follow_up=follow_up,
     )
-    fields.update(extra)
-    return VisitInput(**fields)
+
+
+def update(**fields):
+    """A member update that changes only `fields`."""
+    base = dict(birthday=BirthdayUpdate.KEEP(), migrant=MigrantUpdate.KEEP())
+    base.update(fields)
+    return MemberUpdate(**base)
 
 
 async def main():
@@ -56,54 +92,95 @@ async def main():
     data = os.environ["DATA_DIR"]
     month = os.environ["MONTH"]
 
+    logs = Logs()
+    install_log_sink(logs, LogLevel.DEBUG)
+    try:
+        install_log_sink(Logs(), LogLevel.DEBUG)
+    except DoorstepError.Invalid:
+        pass
+    else:
+        raise AssertionError("a second log sink was installed")
+
     phone = await DoorstepClient.open(os.path.join(data, "phone"), url, None)
     recorder = Recorder()
     subscription = phone.observe_status(recorder)
-    await phone.enroll(os.environ["CODE_PHONE"])
+    enrollment = await phone.enroll(os.environ["CODE_PHONE"])
+    assert enrollment.device_id and enrollment.branch_id, enrollment
     assert phone.is_enrolled()
 
     # Offline work: nothing below talks to the server.
     member = await phone.add_member(
-        MemberInput(
+        NewMember(
             name="张秀英",
-            kinds=["hardship", "retired"],
+            kinds=[MemberKind.RETIRED, MemberKind.HARDSHIP],
             birthday="1950-03-02",
             phone="13700000000",
             address=None,
             household=None,
             post=None,
             notes=None,
-            migrant=MigrantInput(workplace="深圳某厂", card_no="L-017", contact_phone=None, family_contact="女儿"),
+            migrant=MigrantContact(workplace="深圳某厂", card_no="L-017", contact_phone=None, family_contact="女儿"),
         )
     )
-    await phone.update_member(
-        member,
-        MemberUpdateInput(name=None, birthday="1950-03-03", kinds=None, phone=None, address=None, household=None, post=None, notes=None),
+    await phone.update_member(member, update(birthday=BirthdayUpdate.SET(birthday="1950-03-03")))
+    migrant = await phone.add_member(
+        NewMember(
+            name="李建国",
+            kinds=[MemberKind.MIGRANT],
+            birthday=None,
+            phone=None,
+            address=None,
+            household=None,
+            post=None,
+            notes=None,
+            migrant=MigrantContact(workplace="东莞", card_no=None, contact_phone=None, family_contact=None),
+        )
     )
+    # The migrant card can be cleared, and "keep" leaves it alone.
+    await phone.update_member(migrant, update(name="李建国 (已返乡)"))
+    assert (await phone.member(migrant)).migrant.workplace == "东莞"
+    await phone.update_member(migrant, update(migrant=MigrantUpdate.CLEAR(), kinds=[]))
+    back_home = await phone.member(migrant)
+    assert back_home.migrant is None and back_home.kinds == [], back_home
+
+    entry = await phone.open_hardship_entry(
+        NewHardshipEntry(member_id=member, kind=HardshipKind.ILLNESS, opened_on=f"{month}-01", needs=["药费"])
+    )
+    await phone.change_hardship_status(entry, HardshipStatus.HELPED, f"{month}-05", "已送药")
+
     visits = [
         await phone.record_visit(visit(member, f"{month}-02", 50_000, 12_000)),
         await phone.record_visit(visit(member, f"{month}-09", 30_000)),
         await phone.record_visit(
-            visit(member, f"{month}-16", 0, 8_000, follow_up_due=f"{month}-20", follow_up_action="送药")
+            visit(member, f"{month}-16", 0, 8_000, follow_up=FollowUp(due=f"{month}-20", action="送药", done=False))
         ),
     ]
     assert await phone.pending_changes() > 0
 
-    # Bad input is refused with a typed error and writes nothing.
+    # Bad input writes nothing: a broken rule is a typed error, a value that
+    # is not a date or an id at all fails as it crosses.
     pending = await phone.pending_changes()
-    for bad in (visit(member, f"{month}-03", -1), visit(member, "2026-02-30", 1), visit("not-an-id", f"{month}-03", 1)):
+    try:
+        await phone.record_visit(visit(member, f"{month}-03", -1))
+    except DoorstepError.Invalid:
+        pass
+    else:
+        raise AssertionError("negative aid accepted")
+    for bad in (visit(member, "2026-02-30", 1), visit("not-an-id", f"{month}-03", 1)):
         try:
             await phone.record_visit(bad)
-        except DoorstepError.Invalid:
-            pass
+        except InternalError as e:
+            assert "Lifting custom type" in str(e), e
         else:
-            raise AssertionError("bad visit accepted")
+            raise AssertionError("bad value accepted")
     assert await phone.pending_changes() == pending
 
+    logged_before_sync = len(logs.snapshot())
     report = await phone.sync_now()
     assert report.documents >= 2, report
     assert await phone.pending_changes() == 0
     assert phone.status().is_UP_TO_DATE(), phone.status()
+    assert len(logs.snapshot()) > logged_before_sync, "no log line during sync"
     due = await phone.follow_ups_due(f"{month}-28")
     assert [v.id for v in due] == [visits[2]], due
 
@@ -113,20 +190,40 @@ async def main():
     await office.sync_now()
     seen = await office.visits(month, False)
     assert sorted(v.id for v in seen) == sorted(visits), seen
+    assert seen[0].visit.kind == VisitKind.HOLIDAY_CONDOLENCE
     history = await office.member_history(member)
     assert history.member.name == "张秀英"
-    assert history.aid_total_fen == 50_000 + 12_000 + 30_000 + 8_000, history.aid_total_fen
-    assert sorted(history.member.kinds) == ["hardship", "retired"]
+    assert history.aid_total == 50_000 + 12_000 + 30_000 + 8_000, history.aid_total
+    # Kinds are a set, in the schema's order whatever order they were given.
+    assert history.member.kinds == [MemberKind.HARDSHIP, MemberKind.RETIRED], history.member.kinds
     assert history.member.birthday == "1950-03-03"
     assert history.member.migrant.workplace == "深圳某厂" and history.member.migrant.family_contact == "女儿"
-    assert history.visits[0].goods_description is None
+    assert history.visits[0].visit.goods_description is None
+    assert [e.id for e in history.hardship_entries] == [entry], history.hardship_entries
+    assert history.hardship_entries[0].entry.kind == HardshipKind.ILLNESS
+    assert [n.description for n in history.hardship_entries[0].entry.needs.values()] == ["药费"]
+    assert history.hardship_status == HardshipStatus.HELPED, history.hardship_status
+    in_hardship = await office.members(MemberFilter(in_hardship=True, migrant=False, no_post=False, name_contains=None))
+    assert [m.id for m in in_hardship] == [member], in_hardship
     assert await office.visits(month, True) == [], "the office recorded none itself"
+
+    # A dropped subscription stops observing, as a cancelled one does.
+    dropped = Recorder()
+    handle = office.observe_status(dropped)
+    await office.sync_now()
+    assert dropped.count() >= 2, dropped.seen
+    del handle
+    gc.collect()
+    after_drop = dropped.count()
+    await office.sync_now()
+    assert dropped.count() == after_drop, dropped.seen
 
     subscription.cancel()
     with recorder.lock:
         seen = list(recorder.seen)
     assert any(s.is_SYNCING() for s in seen) and any(s.is_UP_TO_DATE() for s in seen), seen
 
+    print(f"log lines: {len(logs.snapshot())}, targets: {sorted({t for _, t, _ in logs.snapshot()})}", file=sys.stderr)
     print(json.dumps({"member": member, "visits": visits}))
 
 
