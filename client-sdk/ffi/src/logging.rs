@@ -84,8 +84,7 @@ impl<S: tracing::Subscriber> Layer<S> for SinkLayer {
             .unwrap_or_else(|| metadata.target().to_owned());
         let mut message = line.message;
         message.push_str(&line.fields);
-        self.sink
-            .log(metadata.level().into(), target, message);
+        self.sink.log(metadata.level().into(), target, message);
     }
 }
 

@@ -119,7 +119,11 @@ async fn kotlin_and_swift_bindings_declare_the_sdk_api() -> anyhow::Result<()> {
             "public typealias RecordId = String",
         ],
     );
-    for header in ["doorstep_ffiFFI.h", "doorstep_clientFFI.h", "doorstep_protocolFFI.h"] {
+    for header in [
+        "doorstep_ffiFFI.h",
+        "doorstep_clientFFI.h",
+        "doorstep_protocolFFI.h",
+    ] {
         assert!(swift.join(header).exists(), "no {header}");
     }
     Ok(())

@@ -52,6 +52,8 @@ async fn python_enrolls_records_offline_syncs_and_reads_the_servers_view() -> an
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    // What the Python side logged (the log sink's line count and targets).
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
     let summary: serde_json::Value =
         serde_json::from_str(stdout.lines().last().context("no output")?)?;
 
