@@ -21,8 +21,14 @@ pub mod ids;
 pub mod keeper;
 pub mod schema;
 pub mod session;
+#[cfg(feature = "uniffi")]
+pub mod uniffi_types;
 pub mod values;
 pub mod wire;
+
+// UniFFI derives in this crate name this crate's tag (`crate::UniFfiTag`).
+#[cfg(feature = "uniffi")]
+uniffi::setup_scaffolding!();
 
 pub use ids::{DeviceId, DocumentId, PeerId, StorageId, TenantId};
 pub use values::{Date, Fen, Month};

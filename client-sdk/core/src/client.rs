@@ -75,6 +75,7 @@ static OPEN: LazyLock<Mutex<HashMap<PathBuf, Weak<Inner>>>> =
 
 /// What enrollment returned.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Enrollment {
     pub device_id: String,
     pub branch_id: TenantId,

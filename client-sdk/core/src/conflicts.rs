@@ -23,6 +23,7 @@ use crate::tree::Node;
 
 /// One conflicted field of one record.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Conflict {
     pub document: DocumentId,
     /// The root map, e.g. `members`.
@@ -40,6 +41,7 @@ pub struct Conflict {
 
 /// One of the concurrent values, with who wrote it and when.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct ConflictValue {
     /// As a person reads it; a whole map (a `migrant` card) as JSON.
     pub value: String,
@@ -59,6 +61,7 @@ pub struct ConflictValue {
 /// changed since (a third device's value arrived by sync), nothing is
 /// written and [`ClientError::ConflictChanged`] says what it holds now.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum Resolution {
     /// Keep this value, one of [`Conflict::values`]; a map is kept whole.
     Keep(ConflictValue),

@@ -32,6 +32,7 @@ const NOTES: &str = "corrections";
 
 /// What was done to the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum CorrectionAction {
     Corrected,
     Deleted,
@@ -48,6 +49,7 @@ impl CorrectionAction {
 
 /// One correction or deletion of a log record.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Correction {
     /// The note's own id.
     pub id: RecordId,

@@ -29,6 +29,7 @@ use crate::replicas::Replicas;
 
 /// How far one edit has got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum EditState {
     /// On this phone's disk only.
     Local,
@@ -40,6 +41,7 @@ pub enum EditState {
 
 /// The answer to "is everything on this phone safely on the server?".
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Checkpoint {
     /// True when no local edit is outside what the server acknowledged.
     pub safe: bool,
@@ -76,6 +78,7 @@ struct ExportedDocument {
 
 /// What an import entered.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct ImportReport {
     pub documents: usize,
     /// Records written as this device's edits.

@@ -27,6 +27,7 @@ use crate::replicas::Replicas;
 
 /// A member to add to the roster.
 #[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct NewMember {
     pub name: String,
     pub kinds: BTreeSet<MemberKind>,
@@ -56,6 +57,7 @@ pub struct MemberUpdate {
 }
 
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct NewHardshipEntry {
     pub member_id: RecordId,
     pub kind: HardshipKind,
@@ -64,6 +66,7 @@ pub struct NewHardshipEntry {
 }
 
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct NewTeam {
     pub name: String,
     pub category: String,
@@ -72,12 +75,14 @@ pub struct NewTeam {
 
 /// Someone joining a team.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum TeamPerson {
     Member { member_id: RecordId, backbone: bool },
     Resident { name: String, backbone: bool },
 }
 
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct NewVisit {
     pub date: Date,
     pub member_id: RecordId,
@@ -100,6 +105,7 @@ pub struct NewActivity {
 }
 
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct NewTraining {
     pub date: Date,
     pub level: TrainingLevel,
@@ -109,6 +115,7 @@ pub struct NewTraining {
 }
 
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct NewPlacement {
     pub date: Date,
     pub member_id: RecordId,
@@ -117,6 +124,7 @@ pub struct NewPlacement {
 }
 
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct NewFundEntry {
     pub date: Date,
     pub direction: FundDirection,

@@ -34,6 +34,12 @@ mod replicas;
 mod store;
 pub mod sync;
 mod tree;
+#[cfg(feature = "uniffi")]
+mod uniffi_types;
+
+// UniFFI derives in this crate name this crate's tag (`crate::UniFfiTag`).
+#[cfg(feature = "uniffi")]
+uniffi::setup_scaffolding!();
 
 pub use client::{Client, ClientConfig, Enrollment};
 pub use conflicts::{Conflict, ConflictValue, Resolution};

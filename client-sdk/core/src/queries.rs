@@ -18,6 +18,7 @@ use crate::replicas::Replicas;
 
 /// Which members to list; every set condition must hold.
 #[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct MemberFilter {
     /// Members of the hardship kind, or with an entry in the register not closed.
     pub in_hardship: bool,
@@ -41,6 +42,7 @@ pub struct MemberHistory {
 
 /// Which log records to read: one month's, or every month's on this device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum Months {
     One(Month),
     All,
@@ -48,6 +50,7 @@ pub enum Months {
 
 /// The days whose visits to list: "today's visits" is `Day(today)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum VisitDays {
     Day(Date),
     Month(Month),
@@ -56,6 +59,7 @@ pub enum VisitDays {
 /// A visit, activity, training, placement or fund entry: the records of a
 /// monthly log, which can be corrected and deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum LogRecordKind {
     Visit,
     Activity,

@@ -1,17 +1,33 @@
 //! UniFFI bindings over `doorstep-client`, for Kotlin, Swift and Python.
 //!
-//! Thin wrappers only: values cross as strings (ids, dates `YYYY-MM-DD`,
-//! months `YYYY-MM`, kinds in snake_case) and integers (money in fen), and
-//! are parsed here into the SDK's types; every decision stays in the SDK.
-//! Calls are async and run on one tokio runtime owned by this library; the
-//! status observer is a foreign trait, and observing returns a handle that
-//! cancels it.
+//! A thin shell: the SDK's own types cross as they are (their UniFFI
+//! derives sit behind the `uniffi` feature of `doorstep-protocol` and
+//! `doorstep-client`), so kinds are real enums and dates, months, ids and
+//! money are custom types checked when they cross. This crate adds only
+//! what the FFI cannot express otherwise:
+//!
+//! ```text
+//! lib.rs      DoorstepClient: one async method per SDK call, on one tokio runtime
+//!             records for SDK values UniFFI has no shape for (tuples, Option<Option<_>>)
+//!             the status observer and its cancel-on-drop Subscription
+//! logging.rs  LogSink: the SDK's tracing events to logcat / os_log
+//! ```
+//!
+//! Each crate is its own UniFFI namespace, so the bindings are three
+//! modules: `doorstep_protocol` (schema records, enums, custom types),
+//! `doorstep_client` (the SDK's inputs, sync status, conflicts) and
+//! `doorstep_ffi` (the client object and the records below).
 
-use std::str::FromStr;
+use std::future::Future;
 use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 
 use doorstep_client as sdk;
-use sdk::{Client, ClientConfig, ClientError, RecordId};
+use sdk::{Client, ClientConfig, ClientError, Date, Fen, RecordId};
+
+mod logging;
+
+pub use logging::{LogLevel, LogSink, install_log_sink};
 
 uniffi::setup_scaffolding!();
 
@@ -26,7 +42,7 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
 
 /// Runs an SDK future on the library's runtime, whatever drives the caller.
 async fn run<T: Send + 'static>(
-    future: impl std::future::Future<Output = Result<T, ClientError>> + Send + 'static,
+    future: impl Future<Output = Result<T, ClientError>> + Send + 'static,
 ) -> Result<T, DoorstepError> {
     RUNTIME
         .spawn(future)
@@ -36,6 +52,9 @@ async fn run<T: Send + 'static>(
 }
 
 /// The errors an app acts on; the message says the details.
+///
+/// A malformed date, month or id fails before the call starts, as UniFFI's
+/// own conversion error: those come from code, not from a person typing.
 #[derive(Debug, thiserror::Error, uniffi::Error)]
 #[uniffi(flat_error)]
 pub enum DoorstepError {
@@ -55,262 +74,327 @@ pub enum DoorstepError {
     Storage(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A conflict changed since the app read it: read `conflicts` again.
+    #[error("the conflict changed: {0}")]
+    ConflictChanged(String),
+    /// Another process holds this data directory.
+    #[error("the data directory is open elsewhere: {0}")]
+    AlreadyOpen(String),
+    #[error("the store key does not open this device's store")]
+    WrongKey,
+    /// The server does not know this device; not a revocation: edits stay
+    /// and `export_unsynced` saves them.
+    #[error("the server does not recognise this device: {0}")]
+    UnknownDevice(String),
+    #[error("the enrollment code waits for the branch secretary's approval")]
+    PendingApproval,
 }
 
 impl From<ClientError> for DoorstepError {
     fn from(e: ClientError) -> Self {
         match e {
-            ClientError::Invalid(m) => DoorstepError::Invalid(m),
+            e @ ClientError::Invalid { .. } => DoorstepError::Invalid(e.to_string()),
+            e @ ClientError::ConflictChanged { .. } => {
+                DoorstepError::ConflictChanged(e.to_string())
+            }
             ClientError::NotFound { what, id } => DoorstepError::NotFound(format!("{what} {id}")),
             ClientError::NotEnrolled => DoorstepError::NotEnrolled,
             ClientError::Revoked(m) => DoorstepError::Revoked(m),
             ClientError::Network(m) => DoorstepError::Network(m),
             ClientError::Refused(m) => DoorstepError::Refused(m),
             ClientError::Storage(m) => DoorstepError::Storage(m),
-            e @ (ClientError::AlreadyOpen(_) | ClientError::WrongKey | ClientError::PendingApproval) => {
-                DoorstepError::Storage(e.to_string())
+            ClientError::AlreadyOpen(m) => DoorstepError::AlreadyOpen(m),
+            ClientError::WrongKey => DoorstepError::WrongKey,
+            ClientError::UnknownDevice(m) => DoorstepError::UnknownDevice(m),
+            ClientError::PendingApproval => DoorstepError::PendingApproval,
+        }
+    }
+}
+
+/// Declares a record pairing an SDK value with its record id, for the
+/// SDK's `(RecordId, T)` results (UniFFI has no tuples).
+macro_rules! with_id {
+    ($(#[$doc:meta])* $name:ident { $field:ident: $ty:ty }) => {
+        $(#[$doc])*
+        #[derive(uniffi::Record, Debug, Clone, PartialEq)]
+        pub struct $name {
+            pub id: RecordId,
+            pub $field: $ty,
+        }
+
+        impl From<(RecordId, $ty)> for $name {
+            fn from((id, $field): (RecordId, $ty)) -> Self {
+                $name { id, $field }
             }
-            ClientError::UnknownDevice(m) => DoorstepError::Network(m),
         }
-    }
+    };
 }
 
-fn parse<T: FromStr>(what: &str, text: &str) -> Result<T, DoorstepError>
-where
-    T::Err: std::fmt::Display,
-{
-    text.parse()
-        .map_err(|e| DoorstepError::Invalid(format!("{what}: {e}")))
+with_id!(
+    /// A member and its id.
+    MemberWithId { member: sdk::Member }
+);
+with_id!(
+    /// A visit and its id.
+    VisitWithId { visit: sdk::Visit }
+);
+with_id!(
+    /// A hardship register entry and its id.
+    HardshipEntryWithId { entry: sdk::HardshipEntry }
+);
+with_id!(
+    /// A team and its id.
+    TeamWithId { team: sdk::Team }
+);
+with_id!(
+    /// A pairing and its id.
+    PairingWithId { pairing: sdk::Pairing }
+);
+with_id!(
+    /// A team activity and its id.
+    ActivityWithId { activity: sdk::Activity }
+);
+with_id!(
+    /// A training and its id.
+    TrainingWithId { training: sdk::Training }
+);
+with_id!(
+    /// A re-employment placement and its id.
+    PlacementWithId { placement: sdk::Placement }
+);
+with_id!(
+    /// A fund entry and its id.
+    FundEntryWithId { entry: sdk::FundEntry }
+);
+
+/// The app's keystore: hands over the store key at every open. Return
+/// `None` when the keystore cannot (locked device, key lost); the open
+/// then fails without touching the store.
+#[uniffi::export(foreign)]
+pub trait KeyProvider: Send + Sync {
+    fn store_key(&self) -> Option<Vec<u8>>;
 }
 
-fn parse_opt<T: FromStr>(what: &str, text: Option<String>) -> Result<Option<T>, DoorstepError>
-where
-    T::Err: std::fmt::Display,
-{
-    text.map(|t| parse(what, &t)).transpose()
-}
-
-#[derive(uniffi::Record, Debug)]
-pub struct MemberInput {
-    pub name: String,
-    /// Any of `in_post`, `no_post`, `hardship`, `migrant`, `retired`.
-    pub kinds: Vec<String>,
-    pub birthday: Option<String>,
-    pub phone: Option<String>,
-    pub address: Option<String>,
-    pub household: Option<String>,
-    pub post: Option<String>,
-    pub notes: Option<String>,
-    /// Contact details of a migrant member working away from home.
-    #[uniffi(default = None)]
-    pub migrant: Option<MigrantInput>,
-}
-
-/// The mobile-member management card of a migrant member.
+/// How the client runs; every field has a sensible default.
 #[derive(uniffi::Record, Debug, Clone)]
-pub struct MigrantInput {
-    pub workplace: Option<String>,
-    pub card_no: Option<String>,
-    pub contact_phone: Option<String>,
-    pub family_contact: Option<String>,
+pub struct DeviceOptions {
+    /// PEM of an extra CA to trust besides the bundled and system roots.
+    #[uniffi(default = None)]
+    pub extra_ca_pem: Option<Vec<u8>>,
+    /// Seconds between re-checks of the live connection; 0: never
+    /// (changes flow at once over the connection either way).
+    #[uniffi(default = 300)]
+    pub sync_interval_secs: u64,
+    /// Monthly logs kept in memory; older ones load when read.
+    #[uniffi(default = 3)]
+    pub max_loaded_months: u32,
+    /// Seconds without a frame before the connection counts as dead.
+    #[uniffi(default = 90)]
+    pub receive_timeout_secs: u64,
+    /// Longest retry delay after a failure, in seconds.
+    #[uniffi(default = 60)]
+    pub backoff_max_secs: u64,
 }
 
-impl From<MigrantInput> for sdk::MigrantContact {
-    fn from(m: MigrantInput) -> Self {
-        sdk::MigrantContact {
-            workplace: m.workplace,
-            card_no: m.card_no,
-            contact_phone: m.contact_phone,
-            family_contact: m.family_contact,
+/// Receives a list of members each time it changes.
+#[uniffi::export(foreign)]
+pub trait MembersListener: Send + Sync {
+    fn on_members(&self, members: Vec<MemberWithId>);
+}
+
+/// Receives a list of visits each time it changes.
+#[uniffi::export(foreign)]
+pub trait VisitsListener: Send + Sync {
+    fn on_visits(&self, visits: Vec<VisitWithId>);
+}
+
+/// A live list: it stops on `cancel` or when the handle is dropped.
+#[derive(uniffi::Object, Debug)]
+pub struct Observation {
+    observation: Mutex<Option<sdk::Observation>>,
+}
+
+impl Observation {
+    fn new(observation: sdk::Observation) -> Arc<Self> {
+        Arc::new(Observation {
+            observation: Mutex::new(Some(observation)),
+        })
+    }
+}
+
+#[uniffi::export]
+impl Observation {
+    pub fn cancel(&self) {
+        // Dropping the SDK's handle stops it; the lock is only contended
+        // by a second cancel.
+        if let Ok(mut slot) = self.observation.lock() {
+            slot.take();
         }
     }
 }
 
-impl From<sdk::MigrantContact> for MigrantInput {
-    fn from(m: sdk::MigrantContact) -> Self {
-        MigrantInput {
-            workplace: m.workplace,
-            card_no: m.card_no,
-            contact_phone: m.contact_phone,
-            family_contact: m.family_contact,
+fn with_ids<T, R: From<(RecordId, T)>>(rows: Vec<(RecordId, T)>) -> Vec<R> {
+    rows.into_iter().map(R::from).collect()
+}
+
+/// One member's record and what the branch did for them.
+#[derive(uniffi::Record, Debug, Clone)]
+pub struct MemberHistory {
+    pub member: sdk::Member,
+    /// Visits, oldest first.
+    pub visits: Vec<VisitWithId>,
+    /// Cash and goods handed over in all those visits.
+    pub aid_total: Fen,
+    /// Every hardship register entry of the member.
+    pub hardship_entries: Vec<HardshipEntryWithId>,
+    /// The status of the most recent hardship entry, if any.
+    pub hardship_status: Option<sdk::HardshipStatus>,
+}
+
+impl From<sdk::MemberHistory> for MemberHistory {
+    fn from(h: sdk::MemberHistory) -> Self {
+        MemberHistory {
+            member: h.member,
+            visits: with_ids(h.visits),
+            aid_total: h.aid_total,
+            hardship_entries: with_ids(h.hardship_entries),
+            hardship_status: h.hardship_status,
         }
     }
 }
 
-/// Fields to change; `None` leaves a field alone, `""` clears it.
-#[derive(uniffi::Record, Debug)]
-pub struct MemberUpdateInput {
+/// A change to a member's birthday. The SDK's `Option<Option<Date>>` would
+/// cross as one nullable in Kotlin, Swift and Python, where "leave alone"
+/// and "clear" are the same `null`; here they are two variants.
+#[derive(uniffi::Enum, Debug, Clone, PartialEq)]
+pub enum BirthdayUpdate {
+    Keep,
+    Clear,
+    Set { birthday: Date },
+}
+
+/// A change to a member's migrant card; explicit for the same reason.
+#[derive(uniffi::Enum, Debug, Clone, PartialEq)]
+pub enum MigrantUpdate {
+    Keep,
+    Clear,
+    Set { contact: sdk::MigrantContact },
+}
+
+impl From<BirthdayUpdate> for Option<Option<Date>> {
+    fn from(u: BirthdayUpdate) -> Self {
+        match u {
+            BirthdayUpdate::Keep => None,
+            BirthdayUpdate::Clear => Some(None),
+            BirthdayUpdate::Set { birthday } => Some(Some(birthday)),
+        }
+    }
+}
+
+impl From<MigrantUpdate> for Option<Option<sdk::MigrantContact>> {
+    fn from(u: MigrantUpdate) -> Self {
+        match u {
+            MigrantUpdate::Keep => None,
+            MigrantUpdate::Clear => Some(None),
+            MigrantUpdate::Set { contact } => Some(Some(contact)),
+        }
+    }
+}
+
+/// Fields of a member to change; `None` leaves a text field alone and `""`
+/// clears it (the SDK's rule).
+#[derive(uniffi::Record, Debug, Clone)]
+pub struct MemberUpdate {
+    #[uniffi(default = None)]
     pub name: Option<String>,
-    /// `YYYY-MM-DD`, or `""` to clear.
     #[uniffi(default = None)]
-    pub birthday: Option<String>,
+    pub kinds: Option<Vec<sdk::MemberKind>>,
+    pub birthday: BirthdayUpdate,
+    pub migrant: MigrantUpdate,
     #[uniffi(default = None)]
-    pub migrant: Option<MigrantInput>,
-    pub kinds: Option<Vec<String>>,
     pub phone: Option<String>,
+    #[uniffi(default = None)]
     pub address: Option<String>,
+    #[uniffi(default = None)]
     pub household: Option<String>,
+    #[uniffi(default = None)]
     pub post: Option<String>,
+    #[uniffi(default = None)]
     pub notes: Option<String>,
 }
 
-#[derive(uniffi::Record, Debug)]
-pub struct MemberRecord {
-    pub id: String,
-    pub name: String,
-    pub kinds: Vec<String>,
-    pub birthday: Option<String>,
-    pub phone: Option<String>,
-    pub address: Option<String>,
-    pub household: Option<String>,
-    pub post: Option<String>,
-    pub notes: Option<String>,
-    pub migrant: Option<MigrantInput>,
-}
-
-fn member_record(id: RecordId, m: sdk::Member) -> MemberRecord {
-    MemberRecord {
-        id: id.to_string(),
-        name: m.name,
-        kinds: m.kinds.iter().map(ToString::to_string).collect(),
-        birthday: m.birthday.map(|d| d.to_string()),
-        phone: m.phone,
-        address: m.address,
-        household: m.household,
-        post: m.post,
-        notes: m.notes,
-        migrant: m.migrant.map(MigrantInput::from),
-    }
-}
-
-#[derive(uniffi::Record, Debug)]
-pub struct VisitInput {
-    pub date: String,
-    pub member_id: String,
-    /// `holiday_condolence`, `special_difficulty`, `routine`,
-    /// `migrant_phone`, `migrant_letter` or `migrant_home_visit`.
-    pub kind: String,
-    pub visitors: Vec<String>,
-    pub aid_cash_fen: i64,
-    pub aid_goods_fen: i64,
-    pub goods_description: Option<String>,
-    pub notes: Option<String>,
-    pub follow_up_due: Option<String>,
-    pub follow_up_action: Option<String>,
-}
-
-#[derive(uniffi::Record, Debug)]
-pub struct VisitRecord {
-    pub id: String,
-    pub date: String,
-    pub member_id: String,
-    pub kind: String,
-    pub visitors: Vec<String>,
-    pub aid_cash_fen: i64,
-    pub aid_goods_fen: i64,
-    pub goods_description: Option<String>,
-    pub notes: Option<String>,
-    pub follow_up_due: Option<String>,
-    pub follow_up_action: Option<String>,
-    pub follow_up_done: bool,
-    pub recorded_by: Option<String>,
-}
-
-fn visit_record(id: RecordId, v: sdk::Visit) -> VisitRecord {
-    VisitRecord {
-        id: id.to_string(),
-        date: v.date.to_string(),
-        member_id: v.member_id.to_string(),
-        kind: v.kind.to_string(),
-        visitors: v.visitors.into_iter().collect(),
-        aid_cash_fen: v.aid_cash.as_i64(),
-        aid_goods_fen: v.aid_goods.as_i64(),
-        goods_description: v.goods_description,
-        notes: v.notes,
-        follow_up_due: v.follow_up.as_ref().map(|f| f.due.to_string()),
-        follow_up_action: v.follow_up.as_ref().map(|f| f.action.clone()),
-        follow_up_done: v.follow_up.as_ref().is_some_and(|f| f.done),
-        recorded_by: v.recorded_by,
-    }
-}
-
-#[derive(uniffi::Record, Debug)]
-pub struct MemberHistoryRecord {
-    pub member: MemberRecord,
-    pub visits: Vec<VisitRecord>,
-    pub aid_total_fen: i64,
-    /// `opened`, `helped` or `closed`, if the member was ever registered.
-    pub hardship_status: Option<String>,
-}
-
-#[derive(uniffi::Record, Debug)]
-pub struct SyncReportRecord {
-    pub documents: u64,
-    pub changes_sent: u64,
-    pub changes_received: u64,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-}
-
-#[derive(uniffi::Enum, Debug, Clone, PartialEq, Eq)]
-pub enum SyncState {
-    Offline { reason: String },
-    Syncing,
-    UpToDate { at_unix_secs: i64 },
-    Error { reason: String },
-    Revoked { reason: String },
-}
-
-impl From<sdk::SyncStatus> for SyncState {
-    fn from(s: sdk::SyncStatus) -> Self {
-        match s {
-            sdk::SyncStatus::Offline { reason } => SyncState::Offline { reason },
-            sdk::SyncStatus::Syncing => SyncState::Syncing,
-            sdk::SyncStatus::UpToDate { at_unix_secs } => SyncState::UpToDate { at_unix_secs },
-            sdk::SyncStatus::Error { reason } => SyncState::Error { reason },
-            sdk::SyncStatus::Unrecognised { reason } => SyncState::Offline { reason },
-            sdk::SyncStatus::Revoked { reason } => SyncState::Revoked { reason },
+impl From<MemberUpdate> for sdk::MemberUpdate {
+    fn from(u: MemberUpdate) -> Self {
+        sdk::MemberUpdate {
+            name: u.name,
+            kinds: u.kinds.map(|kinds| kinds.into_iter().collect()),
+            birthday: u.birthday.into(),
+            phone: u.phone,
+            address: u.address,
+            household: u.household,
+            post: u.post,
+            migrant: u.migrant.into(),
+            notes: u.notes,
         }
     }
 }
 
-#[derive(uniffi::Record, Debug)]
-pub struct ConflictValueRecord {
-    pub value: String,
-    pub actor: String,
-    pub mine: bool,
-    pub at_unix_secs: i64,
+/// Minutes one participant (member id or name) volunteered.
+#[derive(uniffi::Record, Debug, Clone)]
+pub struct ParticipantMinutes {
+    pub participant: String,
+    pub minutes: i64,
 }
 
-#[derive(uniffi::Record, Debug)]
-pub struct ConflictRecord {
-    pub document: String,
-    pub collection: String,
-    pub record: String,
-    pub field: String,
-    /// The field's keys, outer first; pass the record back unchanged.
-    pub path: Vec<String>,
-    pub values: Vec<ConflictValueRecord>,
+/// A team activity to log; the SDK's `NewActivity` with its pairs as records.
+#[derive(uniffi::Record, Debug, Clone)]
+pub struct NewActivity {
+    pub date: Date,
+    pub team_id: Option<RecordId>,
+    pub title: String,
+    pub minutes: Vec<ParticipantMinutes>,
+}
+
+impl From<NewActivity> for sdk::NewActivity {
+    fn from(a: NewActivity) -> Self {
+        sdk::NewActivity {
+            date: a.date,
+            team_id: a.team_id,
+            title: a.title,
+            minutes: a
+                .minutes
+                .into_iter()
+                .map(|m| (m.participant, m.minutes))
+                .collect(),
+        }
+    }
 }
 
 /// Receives every change of sync status, on an SDK thread.
 #[uniffi::export(foreign)]
 pub trait StatusObserver: Send + Sync {
-    fn on_status(&self, status: SyncState);
+    fn on_status(&self, status: sdk::SyncStatus);
 }
 
-/// Keeps an observation alive; `cancel` ends it.
+/// Keeps an observation alive: it ends on `cancel` or when the handle is
+/// dropped (garbage-collected, or closed by the foreign caller).
 #[derive(uniffi::Object, Debug)]
 pub struct Subscription {
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    task: tokio::task::AbortHandle,
 }
 
 #[uniffi::export]
 impl Subscription {
     pub fn cancel(&self) {
-        if let Some(task) = self.task.lock().ok().and_then(|mut t| t.take()) {
-            task.abort();
-        }
+        self.task.abort();
+    }
+}
+
+impl Drop for Subscription {
+    // A dropped tokio JoinHandle detaches its task; without this the
+    // observer (and the foreign object it holds) would live forever.
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -321,6 +405,18 @@ pub struct DoorstepClient {
     background: Mutex<Option<sdk::sync::BackgroundSync>>,
 }
 
+impl DoorstepClient {
+    /// Calls the SDK with a clone of the client, on the library's runtime.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, DoorstepError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>> + Send + 'static,
+    {
+        run(call(self.client.clone())).await
+    }
+}
+
 #[uniffi::export(async_runtime = "tokio")]
 impl DoorstepClient {
     /// Opens the device store in `data_dir` for the server at `server_url`
@@ -329,12 +425,19 @@ impl DoorstepClient {
     pub async fn open(
         data_dir: String,
         server_url: String,
-        store_key: Vec<u8>,
-        extra_ca_pem: Option<Vec<u8>>,
+        keys: Arc<dyn KeyProvider>,
+        options: DeviceOptions,
     ) -> Result<Arc<Self>, DoorstepError> {
-        let store_key = sdk::StoreKey::from_bytes(&store_key)?;
-        let mut config = ClientConfig::new(data_dir, server_url, store_key);
-        config.extra_ca_pem = extra_ca_pem;
+        let key = keys
+            .store_key()
+            .ok_or_else(|| DoorstepError::Storage("the keystore gave no store key".into()))?;
+        let mut config = ClientConfig::new(data_dir, server_url, sdk::StoreKey::from_bytes(&key)?);
+        config.extra_ca_pem = options.extra_ca_pem;
+        config.sync_interval =
+            (options.sync_interval_secs > 0).then(|| Duration::from_secs(options.sync_interval_secs));
+        config.max_loaded_months = options.max_loaded_months as usize;
+        config.receive_timeout = Duration::from_secs(options.receive_timeout_secs);
+        config.backoff_max = Duration::from_secs(options.backoff_max_secs);
         let client = run(Client::open(config)).await?;
         Ok(Arc::new(DoorstepClient {
             client,
@@ -342,479 +445,223 @@ impl DoorstepClient {
         }))
     }
 
-    /// Exchanges a one-time code for this device's credentials; returns the device id.
-    pub async fn enroll(&self, code: String) -> Result<String, DoorstepError> {
-        let client = self.client.clone();
-        Ok(run(async move { client.enroll(&code).await })
-            .await?
-            .device_id)
+    /// Exchanges a one-time code for this device's credentials.
+    pub async fn enroll(&self, code: String) -> Result<sdk::Enrollment, DoorstepError> {
+        self.call(|c| async move { c.enroll(&code).await }).await
     }
 
     pub fn is_enrolled(&self) -> bool {
         self.client.is_enrolled()
     }
 
-    pub async fn add_member(&self, member: MemberInput) -> Result<String, DoorstepError> {
-        let new = sdk::NewMember {
-            name: member.name,
-            kinds: member
-                .kinds
-                .iter()
-                .map(|k| parse("member kind", k))
-                .collect::<Result<_, _>>()?,
-            birthday: parse_opt("birthday", member.birthday)?,
-            phone: member.phone,
-            address: member.address,
-            household: member.household,
-            post: member.post,
-            migrant: member.migrant.map(sdk::MigrantContact::from),
-            notes: member.notes,
-        };
-        let client = self.client.clone();
-        Ok(run(async move { client.add_member(new).await })
-            .await?
-            .to_string())
+    pub async fn add_member(&self, member: sdk::NewMember) -> Result<RecordId, DoorstepError> {
+        self.call(|c| async move { c.add_member(member).await })
+            .await
     }
 
     pub async fn update_member(
         &self,
-        member_id: String,
-        update: MemberUpdateInput,
+        member_id: RecordId,
+        update: MemberUpdate,
     ) -> Result<(), DoorstepError> {
-        let id: RecordId = parse("member id", &member_id)?;
-        let kinds = update
-            .kinds
-            .map(|kinds| {
-                kinds
-                    .iter()
-                    .map(|k| parse("member kind", k))
-                    .collect::<Result<_, _>>()
-            })
-            .transpose()?;
-        let birthday = match update.birthday.as_deref() {
-            None => None,
-            Some("") => Some(None),
-            Some(text) => Some(Some(parse("birthday", text)?)),
-        };
-        let update = sdk::MemberUpdate {
-            name: update.name,
-            birthday,
-            migrant: update.migrant.map(|m| Some(m.into())),
-            kinds,
-            phone: update.phone,
-            address: update.address,
-            household: update.household,
-            post: update.post,
-            notes: update.notes,
-        };
-        let client = self.client.clone();
-        run(async move { client.update_member(id, update).await }).await
+        self.call(|c| async move { c.update_member(member_id, update.into()).await })
+            .await
     }
 
-    pub async fn record_visit(&self, visit: VisitInput) -> Result<String, DoorstepError> {
-        let follow_up = match (visit.follow_up_due, visit.follow_up_action) {
-            (Some(due), Some(action)) => Some(sdk::FollowUp {
-                due: parse("follow-up date", &due)?,
-                action,
-                done: false,
-            }),
-            (None, None) => None,
-            _ => {
-                return Err(DoorstepError::Invalid(
-                    "a follow-up needs both a due date and an action".into(),
-                ));
-            }
-        };
-        let new = sdk::NewVisit {
-            date: parse("visit date", &visit.date)?,
-            member_id: parse("member id", &visit.member_id)?,
-            kind: parse("visit kind", &visit.kind)?,
-            visitors: visit.visitors,
-            aid_cash: sdk::Fen(visit.aid_cash_fen),
-            aid_goods: sdk::Fen(visit.aid_goods_fen),
-            goods_description: visit.goods_description,
-            notes: visit.notes,
-            follow_up,
-        };
-        let client = self.client.clone();
-        Ok(run(async move { client.record_visit(new).await })
-            .await?
-            .to_string())
+    pub async fn record_visit(&self, visit: sdk::NewVisit) -> Result<RecordId, DoorstepError> {
+        self.call(|c| async move { c.record_visit(visit).await })
+            .await
     }
 
-    pub async fn complete_follow_up(&self, visit_id: String) -> Result<(), DoorstepError> {
-        let id: RecordId = parse("visit id", &visit_id)?;
-        let client = self.client.clone();
-        run(async move { client.complete_follow_up(id).await }).await
+    pub async fn complete_follow_up(&self, visit_id: RecordId) -> Result<(), DoorstepError> {
+        self.call(|c| async move { c.complete_follow_up(visit_id).await })
+            .await
     }
 
     /// Opens a hardship register entry; returns its id.
     pub async fn open_hardship_entry(
         &self,
-        member_id: String,
-        kind: String,
-        opened_on: String,
-        needs: Vec<String>,
-    ) -> Result<String, DoorstepError> {
-        let new = sdk::NewHardshipEntry {
-            member_id: parse("member id", &member_id)?,
-            kind: parse("hardship kind", &kind)?,
-            opened_on: parse("date", &opened_on)?,
-            needs,
-        };
-        let client = self.client.clone();
-        Ok(run(async move { client.open_hardship_entry(new).await })
-            .await?
-            .to_string())
+        entry: sdk::NewHardshipEntry,
+    ) -> Result<RecordId, DoorstepError> {
+        self.call(|c| async move { c.open_hardship_entry(entry).await })
+            .await
     }
 
+    /// Adds a need to an entry's needs file; returns the need's id.
     pub async fn add_need(
         &self,
-        entry_id: String,
+        entry_id: RecordId,
         description: String,
-        on: String,
-    ) -> Result<String, DoorstepError> {
-        let (id, on): (RecordId, sdk::Date) = (parse("entry id", &entry_id)?, parse("date", &on)?);
-        let client = self.client.clone();
-        Ok(
-            run(async move { client.add_need(id, &description, on).await })
-                .await?
-                .to_string(),
-        )
+        on: Date,
+    ) -> Result<RecordId, DoorstepError> {
+        self.call(|c| async move { c.add_need(entry_id, &description, on).await })
+            .await
     }
 
-    /// `status` is `opened`, `helped` or `closed`.
+    /// Records a status change of an entry; returns the change's id.
     pub async fn change_hardship_status(
         &self,
-        entry_id: String,
-        status: String,
-        on: String,
+        entry_id: RecordId,
+        status: sdk::HardshipStatus,
+        on: Date,
         note: Option<String>,
-    ) -> Result<(), DoorstepError> {
-        let (id, status, on): (RecordId, sdk::HardshipStatus, sdk::Date) = (
-            parse("entry id", &entry_id)?,
-            parse("status", &status)?,
-            parse("date", &on)?,
-        );
-        let client = self.client.clone();
-        run(async move { client.change_hardship_status(id, status, on, note).await })
+    ) -> Result<RecordId, DoorstepError> {
+        self.call(|c| async move { c.change_hardship_status(entry_id, status, on, note).await })
             .await
-            .map(|_| ())
     }
 
     pub async fn pair_members(
         &self,
-        helper_id: String,
-        helped_id: String,
-        since: String,
+        helper_id: RecordId,
+        helped_id: RecordId,
+        since: Date,
         key_contact: bool,
-    ) -> Result<String, DoorstepError> {
-        let (helper, helped, since): (RecordId, RecordId, sdk::Date) = (
-            parse("member id", &helper_id)?,
-            parse("member id", &helped_id)?,
-            parse("date", &since)?,
-        );
-        let client = self.client.clone();
-        Ok(run(async move {
-            client
-                .pair_members(helper, helped, since, key_contact)
+    ) -> Result<RecordId, DoorstepError> {
+        self.call(|c| async move {
+            c.pair_members(helper_id, helped_id, since, key_contact)
                 .await
         })
-        .await?
-        .to_string())
+        .await
     }
 
-    pub async fn create_team(
-        &self,
-        name: String,
-        category: String,
-        founded_on: Option<String>,
-    ) -> Result<String, DoorstepError> {
-        let new = sdk::NewTeam {
-            name,
-            category,
-            founded_on: parse_opt("date", founded_on)?,
-        };
-        let client = self.client.clone();
-        Ok(run(async move { client.create_team(new).await })
-            .await?
-            .to_string())
+    pub async fn create_team(&self, team: sdk::NewTeam) -> Result<RecordId, DoorstepError> {
+        self.call(|c| async move { c.create_team(team).await })
+            .await
     }
 
-    /// Adds a member (by id) or a resident who is not a member (by name).
+    /// Adds a member or a resident who is not a member to a team.
     pub async fn add_to_team(
         &self,
-        team_id: String,
-        member_id: Option<String>,
-        resident_name: Option<String>,
-        backbone: bool,
-    ) -> Result<String, DoorstepError> {
-        let team: RecordId = parse("team id", &team_id)?;
-        let person = match (member_id, resident_name) {
-            (Some(id), None) => sdk::TeamPerson::Member {
-                member_id: parse("member id", &id)?,
-                backbone,
-            },
-            (None, Some(name)) => sdk::TeamPerson::Resident { name, backbone },
-            _ => {
-                return Err(DoorstepError::Invalid(
-                    "give a member id or a resident's name".into(),
-                ));
-            }
-        };
-        let client = self.client.clone();
-        Ok(run(async move { client.add_to_team(team, person).await })
-            .await?
-            .to_string())
+        team_id: RecordId,
+        person: sdk::TeamPerson,
+    ) -> Result<RecordId, DoorstepError> {
+        self.call(|c| async move { c.add_to_team(team_id, person).await })
+            .await
     }
 
-    /// `minutes` pairs a participant (member id or name) with minutes volunteered.
-    pub async fn log_activity(
-        &self,
-        date: String,
-        team_id: Option<String>,
-        title: String,
-        participants: Vec<String>,
-        minutes: Vec<i64>,
-    ) -> Result<String, DoorstepError> {
-        if participants.len() != minutes.len() {
-            return Err(DoorstepError::Invalid(
-                "one number of minutes per participant".into(),
-            ));
-        }
-        let new = sdk::NewActivity {
-            date: parse("date", &date)?,
-            team_id: parse_opt("team id", team_id)?,
-            title,
-            minutes: participants.into_iter().zip(minutes).collect(),
-        };
-        let client = self.client.clone();
-        Ok(run(async move { client.log_activity(new).await })
-            .await?
-            .to_string())
+    pub async fn log_activity(&self, activity: NewActivity) -> Result<RecordId, DoorstepError> {
+        self.call(|c| async move { c.log_activity(activity.into()).await })
+            .await
     }
 
-    /// `level` is `district`, `sub_district` or `community`.
     pub async fn record_training(
         &self,
-        date: String,
-        level: String,
-        topic: String,
-        attendance: i64,
-        attendees: Vec<String>,
-    ) -> Result<String, DoorstepError> {
-        let new = sdk::NewTraining {
-            date: parse("date", &date)?,
-            level: parse("training level", &level)?,
-            topic,
-            attendance,
-            attendees,
-        };
-        let client = self.client.clone();
-        Ok(run(async move { client.record_training(new).await })
-            .await?
-            .to_string())
+        training: sdk::NewTraining,
+    ) -> Result<RecordId, DoorstepError> {
+        self.call(|c| async move { c.record_training(training).await })
+            .await
     }
 
     pub async fn record_placement(
         &self,
-        date: String,
-        member_id: String,
-        employer: String,
-        job: Option<String>,
-    ) -> Result<String, DoorstepError> {
-        let new = sdk::NewPlacement {
-            date: parse("date", &date)?,
-            member_id: parse("member id", &member_id)?,
-            employer,
-            job,
-        };
-        let client = self.client.clone();
-        Ok(run(async move { client.record_placement(new).await })
-            .await?
-            .to_string())
+        placement: sdk::NewPlacement,
+    ) -> Result<RecordId, DoorstepError> {
+        self.call(|c| async move { c.record_placement(placement).await })
+            .await
     }
 
-    /// `direction` is `donation` or `payment`.
     pub async fn record_fund_entry(
         &self,
-        date: String,
-        direction: String,
-        amount_fen: i64,
-        member_id: Option<String>,
-        purpose: Option<String>,
-        note: Option<String>,
-    ) -> Result<String, DoorstepError> {
-        let new = sdk::NewFundEntry {
-            date: parse("date", &date)?,
-            direction: parse("direction", &direction)?,
-            amount: sdk::Fen(amount_fen),
-            member_id: parse_opt("member id", member_id)?,
-            purpose,
-            note,
-        };
-        let client = self.client.clone();
-        Ok(run(async move { client.record_fund_entry(new).await })
-            .await?
-            .to_string())
+        entry: sdk::NewFundEntry,
+    ) -> Result<RecordId, DoorstepError> {
+        self.call(|c| async move { c.record_fund_entry(entry).await })
+            .await
+    }
+
+    pub async fn member(&self, member_id: RecordId) -> Result<sdk::Member, DoorstepError> {
+        self.call(|c| async move { c.member(member_id).await })
+            .await
     }
 
     pub async fn members(
         &self,
-        in_hardship: bool,
-        migrant: bool,
-        no_post: bool,
-        name_contains: Option<String>,
-    ) -> Result<Vec<MemberRecord>, DoorstepError> {
-        let filter = sdk::MemberFilter {
-            in_hardship,
-            migrant,
-            no_post,
-            name_contains,
-        };
-        let client = self.client.clone();
-        let members = run(async move { client.members(&filter).await }).await?;
-        Ok(members
-            .into_iter()
-            .map(|(id, m)| member_record(id, m))
-            .collect())
+        filter: sdk::MemberFilter,
+    ) -> Result<Vec<MemberWithId>, DoorstepError> {
+        let members = self
+            .call(|c| async move { c.members(&filter).await })
+            .await?;
+        Ok(with_ids(members))
     }
 
     pub async fn member_history(
         &self,
-        member_id: String,
-    ) -> Result<MemberHistoryRecord, DoorstepError> {
-        let id: RecordId = parse("member id", &member_id)?;
-        let client = self.client.clone();
-        let history = run(async move { client.member_history(id).await }).await?;
-        Ok(MemberHistoryRecord {
-            member: member_record(id, history.member),
-            visits: history
-                .visits
-                .into_iter()
-                .map(|(vid, v)| visit_record(vid, v))
-                .collect(),
-            aid_total_fen: history.aid_total.as_i64(),
-            hardship_status: history.hardship_status.map(|s| s.to_string()),
-        })
+        member_id: RecordId,
+    ) -> Result<MemberHistory, DoorstepError> {
+        let history = self
+            .call(|c| async move { c.member_history(member_id).await })
+            .await?;
+        Ok(history.into())
     }
 
-    /// Visits of a month (`YYYY-MM`); `only_mine` keeps this device's.
+    /// Visits of a month; `only_mine` keeps this device's.
     pub async fn visits(
         &self,
-        month: String,
+        month: sdk::Month,
         only_mine: bool,
-    ) -> Result<Vec<VisitRecord>, DoorstepError> {
-        let month: sdk::Month = parse("month", &month)?;
-        let client = self.client.clone();
-        let visits = run(async move { client.visits(month, only_mine).await }).await?;
-        Ok(visits
-            .into_iter()
-            .map(|(id, v)| visit_record(id, v))
-            .collect())
+    ) -> Result<Vec<VisitWithId>, DoorstepError> {
+        let visits = self
+            .call(|c| async move { c.visits(month, only_mine).await })
+            .await?;
+        Ok(with_ids(visits))
     }
 
-    pub async fn follow_ups_due(&self, on: String) -> Result<Vec<VisitRecord>, DoorstepError> {
-        let on: sdk::Date = parse("date", &on)?;
-        let client = self.client.clone();
-        let due = run(async move { client.follow_ups_due(on).await }).await?;
-        Ok(due.into_iter().map(|(id, v)| visit_record(id, v)).collect())
+    pub async fn follow_ups_due(&self, on: Date) -> Result<Vec<VisitWithId>, DoorstepError> {
+        let due = self
+            .call(|c| async move { c.follow_ups_due(on).await })
+            .await?;
+        Ok(with_ids(due))
     }
 
-    pub async fn conflicts(&self) -> Result<Vec<ConflictRecord>, DoorstepError> {
-        let client = self.client.clone();
-        let conflicts = run(async move { client.conflicts().await }).await?;
-        Ok(conflicts
-            .into_iter()
-            .map(|c| ConflictRecord {
-                document: c.document.to_string(),
-                collection: c.collection,
-                record: c.record,
-                field: c.field,
-                path: c.path,
-                values: c
-                    .values
-                    .into_iter()
-                    .map(|v| ConflictValueRecord {
-                        value: v.value,
-                        actor: v.actor,
-                        mine: v.mine,
-                        at_unix_secs: v.at_unix_secs,
-                    })
-                    .collect(),
-            })
-            .collect())
+    pub async fn conflicts(&self) -> Result<Vec<sdk::Conflict>, DoorstepError> {
+        self.call(|c| async move { c.conflicts().await }).await
     }
 
-    /// Settles a conflict: keep the value at `chosen_index`, or enter `value`.
+    /// Settles a conflict as returned by `conflicts`.
     pub async fn resolve_conflict(
         &self,
-        conflict: ConflictRecord,
-        chosen_index: Option<u32>,
-        value: Option<String>,
+        conflict: sdk::Conflict,
+        resolution: sdk::Resolution,
     ) -> Result<(), DoorstepError> {
-        let resolution = match (chosen_index, value) {
-            (Some(i), None) => sdk::Resolution::Choose(i as usize),
-            (None, Some(v)) => sdk::Resolution::Enter(v),
-            _ => {
-                return Err(DoorstepError::Invalid(
-                    "choose an index or enter a value".into(),
-                ));
-            }
-        };
-        let conflict = sdk::Conflict {
-            document: parse("document id", &conflict.document)?,
-            collection: conflict.collection,
-            record: conflict.record,
-            field: conflict.field,
-            path: conflict.path,
-            values: Vec::new(),
-        };
-        let client = self.client.clone();
-        run(async move { client.resolve_conflict(&conflict, resolution).await }).await
+        self.call(|c| async move { c.resolve_conflict(&conflict, resolution).await })
+            .await
     }
 
-    pub async fn sync_now(&self) -> Result<SyncReportRecord, DoorstepError> {
-        let client = self.client.clone();
-        let report = run(async move { client.sync_now().await }).await?;
-        Ok(SyncReportRecord {
-            documents: report.documents as u64,
-            changes_sent: report.changes_sent as u64,
-            changes_received: report.changes_received as u64,
-            bytes_sent: report.bytes_sent as u64,
-            bytes_received: report.bytes_received as u64,
-        })
+    pub async fn sync_now(&self) -> Result<sdk::SyncReport, DoorstepError> {
+        self.call(|c| async move { c.sync_now().await }).await
     }
 
     /// Local changes the server has not acknowledged yet.
     pub async fn pending_changes(&self) -> Result<u64, DoorstepError> {
-        let client = self.client.clone();
-        Ok(run(async move { client.pending_changes().await }).await? as u64)
+        let pending = self
+            .call(|c| async move { c.pending_changes().await })
+            .await?;
+        Ok(pending as u64)
     }
 
-    pub fn status(&self) -> SyncState {
-        self.client.status().into()
+    pub fn status(&self) -> sdk::SyncStatus {
+        self.client.status()
     }
 
-    /// Calls `observer` with the current status and every change after it.
+    /// Calls `observer` with the current status and every change after it,
+    /// until the returned handle is cancelled or dropped.
     pub fn observe_status(&self, observer: Arc<dyn StatusObserver>) -> Arc<Subscription> {
         let mut statuses = self.client.subscribe_status();
         let task = RUNTIME.spawn(async move {
             loop {
                 let status = statuses.borrow_and_update().clone();
-                observer.on_status(status.into());
+                observer.on_status(status);
                 if statuses.changed().await.is_err() {
                     return;
                 }
             }
         });
         Arc::new(Subscription {
-            task: Mutex::new(Some(task)),
+            task: task.abort_handle(),
         })
     }
 
-    /// Syncs by itself from now on: after edits, on an interval, and with
-    /// backoff after failures.
+    /// Keeps a live connection from now on: edits go at once, the server's
+    /// changes arrive as they happen, failures retry with backoff.
     pub fn start_background_sync(&self) {
         let _runtime = RUNTIME.enter();
         let handle = self.client.start_background_sync();
@@ -830,10 +677,176 @@ impl DoorstepClient {
         }
     }
 
+    pub async fn visit(&self, visit_id: RecordId) -> Result<sdk::Visit, DoorstepError> {
+        self.call(|c| async move { c.visit(visit_id).await }).await
+    }
+
+    /// Visits of one day ("today's visits") or one month.
+    pub async fn visits_on(&self, days: sdk::VisitDays) -> Result<Vec<VisitWithId>, DoorstepError> {
+        Ok(with_ids(self.call(|c| async move { c.visits_on(days).await }).await?))
+    }
+
+    pub async fn teams(&self) -> Result<Vec<TeamWithId>, DoorstepError> {
+        Ok(with_ids(self.call(|c| async move { c.teams().await }).await?))
+    }
+
+    pub async fn pairings(&self) -> Result<Vec<PairingWithId>, DoorstepError> {
+        Ok(with_ids(self.call(|c| async move { c.pairings().await }).await?))
+    }
+
+    /// Hardship register entries, of one member or all.
+    pub async fn hardship_entries(
+        &self,
+        member_id: Option<RecordId>,
+    ) -> Result<Vec<HardshipEntryWithId>, DoorstepError> {
+        Ok(with_ids(
+            self.call(|c| async move { c.hardship_entries(member_id).await })
+                .await?,
+        ))
+    }
+
+    pub async fn activities(&self, months: sdk::Months) -> Result<Vec<ActivityWithId>, DoorstepError> {
+        Ok(with_ids(self.call(|c| async move { c.activities(months).await }).await?))
+    }
+
+    pub async fn trainings(&self, months: sdk::Months) -> Result<Vec<TrainingWithId>, DoorstepError> {
+        Ok(with_ids(self.call(|c| async move { c.trainings(months).await }).await?))
+    }
+
+    pub async fn placements(&self, months: sdk::Months) -> Result<Vec<PlacementWithId>, DoorstepError> {
+        Ok(with_ids(self.call(|c| async move { c.placements(months).await }).await?))
+    }
+
+    pub async fn fund_entries(&self, months: sdk::Months) -> Result<Vec<FundEntryWithId>, DoorstepError> {
+        Ok(with_ids(self.call(|c| async move { c.fund_entries(months).await }).await?))
+    }
+
+    /// Who corrected or deleted a record, when and why.
+    pub async fn corrections_of(&self, record_id: RecordId) -> Result<Vec<sdk::Correction>, DoorstepError> {
+        self.call(|c| async move { c.corrections_of(record_id).await }).await
+    }
+
+    /// Corrects a visit (the note keeps what it was and why).
+    pub async fn correct_visit(
+        &self,
+        visit_id: RecordId,
+        corrected: sdk::NewVisit,
+        why: String,
+    ) -> Result<(), DoorstepError> {
+        self.call(|c| async move { c.correct_visit(visit_id, corrected, &why).await })
+            .await
+    }
+
+    pub async fn correct_training(
+        &self,
+        training_id: RecordId,
+        corrected: sdk::NewTraining,
+        why: String,
+    ) -> Result<(), DoorstepError> {
+        self.call(|c| async move { c.correct_training(training_id, corrected, &why).await })
+            .await
+    }
+
+    pub async fn correct_placement(
+        &self,
+        placement_id: RecordId,
+        corrected: sdk::NewPlacement,
+        why: String,
+    ) -> Result<(), DoorstepError> {
+        self.call(|c| async move { c.correct_placement(placement_id, corrected, &why).await })
+            .await
+    }
+
+    pub async fn correct_fund_entry(
+        &self,
+        entry_id: RecordId,
+        corrected: sdk::NewFundEntry,
+        why: String,
+    ) -> Result<(), DoorstepError> {
+        self.call(|c| async move { c.correct_fund_entry(entry_id, corrected, &why).await })
+            .await
+    }
+
+    pub async fn correct_activity(
+        &self,
+        activity_id: RecordId,
+        corrected: NewActivity,
+        why: String,
+    ) -> Result<(), DoorstepError> {
+        self.call(|c| async move { c.correct_activity(activity_id, corrected.into(), &why).await })
+            .await
+    }
+
+    /// Deletes a log record; it stops counting, and the note keeps it.
+    pub async fn delete_log_record(
+        &self,
+        kind: sdk::LogRecordKind,
+        record_id: RecordId,
+        why: String,
+    ) -> Result<(), DoorstepError> {
+        self.call(|c| async move { c.delete_log_record(kind, record_id, &why).await })
+            .await
+    }
+
+    /// Members matching `filter`, now and every time the list changes.
+    pub fn observe_members(
+        &self,
+        filter: sdk::MemberFilter,
+        listener: Arc<dyn MembersListener>,
+    ) -> Arc<Observation> {
+        let _runtime = RUNTIME.enter();
+        Observation::new(self.client.observe_members(
+            filter,
+            Arc::new(move |members| listener.on_members(with_ids(members))),
+        ))
+    }
+
+    /// Visits of a day or month, now and every time they change.
+    pub fn observe_visits(
+        &self,
+        days: sdk::VisitDays,
+        listener: Arc<dyn VisitsListener>,
+    ) -> Arc<Observation> {
+        let _runtime = RUNTIME.enter();
+        Observation::new(self.client.observe_visits(
+            days,
+            Arc::new(move |visits| listener.on_visits(with_ids(visits))),
+        ))
+    }
+
+    /// Follow-ups due on or before `on`, now and every time they change.
+    pub fn observe_follow_ups_due(&self, on: Date, listener: Arc<dyn VisitsListener>) -> Arc<Observation> {
+        let _runtime = RUNTIME.enter();
+        Observation::new(self.client.observe_follow_ups_due(
+            on,
+            Arc::new(move |visits| listener.on_visits(with_ids(visits))),
+        ))
+    }
+
+    /// Syncs now and says whether everything on this phone is safely on
+    /// the server: for the volunteer handing the phone back.
+    pub async fn checkpoint(&self) -> Result<sdk::Checkpoint, DoorstepError> {
+        self.call(|c| async move { c.checkpoint().await }).await
+    }
+
+    /// How far the latest edit of a record has got.
+    pub async fn edit_state(&self, record_id: RecordId) -> Result<sdk::EditState, DoorstepError> {
+        self.call(|c| async move { c.edit_state(record_id).await }).await
+    }
+
+    /// Every unsynced change, as a file another device of the branch imports.
+    pub async fn export_unsynced(&self) -> Result<Vec<u8>, DoorstepError> {
+        self.call(|c| async move { c.export_unsynced().await }).await
+    }
+
+    /// Enters another device's exported edits as this device's own.
+    pub async fn import_unsynced(&self, file: Vec<u8>) -> Result<sdk::ImportReport, DoorstepError> {
+        self.call(|c| async move { c.import_unsynced(&file).await }).await
+    }
+
     /// Deletes this device's data; for a revoked or handed-over phone.
     pub async fn wipe(&self) -> Result<(), DoorstepError> {
         self.stop_background_sync().await;
-        let client = self.client.clone();
-        run(async move { client.wipe().await }).await
+        self.call(|c| async move { c.wipe().await }).await
     }
 }

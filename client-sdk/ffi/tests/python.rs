@@ -1,7 +1,7 @@
 //! Generates the Python bindings with `uniffi-bindgen` and runs the Python
 //! test (`tests/python/test_sdk.py`) against a real server.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
 use doorstep_protocol::schema::RecordId;
@@ -11,47 +11,20 @@ use doorstep_server::admin::issue_enrollment_code;
 use doorstep_tests::TestServer;
 use tokio::process::Command;
 
-/// `target/debug`, where cargo put the bindgen binary and the library.
-fn target_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_uniffi-bindgen"))
-        .parent()
-        .expect("the binary is in the target directory")
-        .to_path_buf()
-}
+mod support;
 
 #[tokio::test]
 async fn python_enrolls_records_offline_syncs_and_reads_the_servers_view() -> anyhow::Result<()> {
-    let library = target_dir().join(format!(
-        "{}doorstep_ffi{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    ));
-    // `cargo test` builds this crate as an rlib only; the shared library the
-    // bindings load comes from a build of the lib target (a no-op when fresh,
-    // and never stale: the bindings check the library's API checksums).
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-p", "doorstep-ffi", "--lib"])
-        .status()
-        .await?;
-    if !status.success() || !library.exists() {
-        bail!("could not build {}", library.display());
-    }
+    let library = support::build_library().await?;
+    // One module per UniFFI namespace (protocol, client, ffi), importing
+    // each other relatively: they form a package, with the library beside them.
     let bindings = tempfile::tempdir()?;
-    let status = Command::new(env!("CARGO_BIN_EXE_uniffi-bindgen"))
-        .args(["generate", "--library"])
-        .arg(&library)
-        .args(["--language", "python", "--out-dir"])
-        .arg(bindings.path())
-        .status()
-        .await?;
-    if !status.success() {
-        bail!("uniffi-bindgen failed");
-    }
+    let package = bindings.path().join("doorstep_sdk");
+    support::generate(&library, "python", &package).await?;
+    std::fs::write(package.join("__init__.py"), "")?;
     std::fs::copy(
         &library,
-        bindings
-            .path()
-            .join(library.file_name().context("library name")?),
+        package.join(library.file_name().context("library name")?),
     )?;
 
     let server = TestServer::spawn().await?;
@@ -79,6 +52,8 @@ async fn python_enrolls_records_offline_syncs_and_reads_the_servers_view() -> an
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    // What the Python side logged (the log sink's line count and targets).
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
     let summary: serde_json::Value =
         serde_json::from_str(stdout.lines().last().context("no output")?)?;
 

@@ -39,6 +39,7 @@ string_enum!(
 
 /// Something owed after a visit.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct FollowUp {
     pub due: Date,
     pub action: String,
@@ -47,6 +48,7 @@ pub struct FollowUp {
 
 /// A visit (or condolence, or contact with a migrant member).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Visit {
     pub date: Date,
     /// The member visited; their household is what rollups count.
@@ -146,6 +148,7 @@ impl Record for Visit {
 
 /// A volunteer team activity, with minutes per participant.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Activity {
     pub date: Date,
     pub team_id: Option<RecordId>,
@@ -236,6 +239,7 @@ impl Record for Activity {
 
 /// A training session or lecture.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Training {
     pub date: Date,
     pub level: TrainingLevel,
@@ -301,6 +305,7 @@ impl Record for Training {
 
 /// A member without a post placed in a job.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Placement {
     pub date: Date,
     pub member_id: RecordId,
@@ -334,6 +339,7 @@ impl Record for Placement {
 
 /// A donation to, or payment from, the hardship fund.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct FundEntry {
     pub date: Date,
     pub direction: FundDirection,

@@ -43,6 +43,7 @@ string_enum!(
 /// Contact details kept for a migrant member working away from home
 /// (the "mobile-member management card").
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct MigrantContact {
     pub workplace: Option<String>,
     pub card_no: Option<String>,
@@ -52,6 +53,7 @@ pub struct MigrantContact {
 
 /// A member of the branch.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Member {
     pub name: String,
     pub kinds: BTreeSet<MemberKind>,
@@ -119,6 +121,7 @@ impl Record for Member {
 
 /// One need in a hardship entry's needs file.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Need {
     pub description: String,
     pub added_on: Option<Date>,
@@ -127,6 +130,7 @@ pub struct Need {
 
 /// One status change of a hardship entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct StatusChange {
     pub status: HardshipStatus,
     pub on: Date,
@@ -138,6 +142,7 @@ pub struct StatusChange {
 /// Needs and status changes are maps keyed by UUIDv7, so two volunteers
 /// adding a need or a status change offline both keep theirs.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct HardshipEntry {
     pub member_id: RecordId,
     pub kind: HardshipKind,
@@ -259,6 +264,7 @@ impl Record for HardshipEntry {
 
 /// A "hand in hand, one helps one" pairing.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Pairing {
     pub helper_id: RecordId,
     pub helped_id: RecordId,
@@ -310,6 +316,7 @@ impl Record for Pairing {
 /// Someone in a volunteer team: a member of the branch or a resident who
 /// is not a member.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct TeamMember {
     pub member_id: Option<RecordId>,
     pub resident_name: Option<String>,
@@ -319,6 +326,7 @@ pub struct TeamMember {
 
 /// A volunteer, culture or sports team.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Team {
     pub name: String,
     pub category: String,

@@ -33,6 +33,7 @@ use transport::Socket;
 
 /// Where syncing stands, for the app's status line.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum SyncStatus {
     /// No connection to the server (no signal, server down).
     Offline {
@@ -61,6 +62,7 @@ pub enum SyncStatus {
 
 /// What one sync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct SyncReport {
     /// Documents exchanged with the server.
     pub documents: usize,

@@ -1,0 +1,124 @@
+//! Routes the SDK's `tracing` events (and `log` records of its dependencies)
+//! to the app, which hands them to logcat or os_log.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use tracing::field::{Field, Visit};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::{Context, SubscriberExt as _};
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{Layer, registry};
+
+use crate::DoorstepError;
+
+/// How severe a log line is; also the most verbose level a sink receives.
+#[derive(uniffi::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevel> for tracing::Level {
+    fn from(level: LogLevel) -> Self {
+        match level {
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Trace => tracing::Level::TRACE,
+        }
+    }
+}
+
+impl From<&tracing::Level> for LogLevel {
+    fn from(level: &tracing::Level) -> Self {
+        match *level {
+            tracing::Level::ERROR => LogLevel::Error,
+            tracing::Level::WARN => LogLevel::Warn,
+            tracing::Level::INFO => LogLevel::Info,
+            tracing::Level::DEBUG => LogLevel::Debug,
+            tracing::Level::TRACE => LogLevel::Trace,
+        }
+    }
+}
+
+/// Receives the SDK's log lines (logcat on Android, os_log on iOS).
+///
+/// Called on whichever thread logged, often several at once, so an
+/// implementation must be thread-safe and quick; it must not call back
+/// into the SDK.
+#[uniffi::export(foreign)]
+pub trait LogSink: Send + Sync {
+    /// `target` names the module that logged (`doorstep_client::sync`,
+    /// `sqlx::query`); `message` is the text and then its fields as `key=value`.
+    fn log(&self, level: LogLevel, target: String, message: String);
+}
+
+/// Sends every log line at `max_level` or more severe to `sink`, for the
+/// rest of the process. Once per process: tracing has one global
+/// subscriber, so a second call fails (and the first sink stays).
+#[uniffi::export]
+pub fn install_log_sink(sink: Arc<dyn LogSink>, max_level: LogLevel) -> Result<(), DoorstepError> {
+    let filter = LevelFilter::from_level(max_level.into());
+    registry()
+        .with(SinkLayer { sink }.with_filter(filter))
+        .try_init()
+        .map_err(|e| DoorstepError::Invalid(format!("a log sink is already installed: {e}")))
+}
+
+struct SinkLayer {
+    sink: Arc<dyn LogSink>,
+}
+
+impl<S: tracing::Subscriber> Layer<S> for SinkLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let metadata = event.metadata();
+        let mut line = Line::default();
+        event.record(&mut line);
+        let target = line
+            .log_target
+            .unwrap_or_else(|| metadata.target().to_owned());
+        let mut message = line.message;
+        message.push_str(&line.fields);
+        self.sink.log(metadata.level().into(), target, message);
+    }
+}
+
+/// One event as text: its message, then its other fields.
+#[derive(Default)]
+struct Line {
+    message: String,
+    fields: String,
+    /// A `log` record's own target; tracing-log reports them all under `log`.
+    log_target: Option<String>,
+}
+
+impl Visit for Line {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "message" => self.message.push_str(value),
+            "log.target" => self.log_target = Some(value.to_owned()),
+            name if name.starts_with("log.") => {}
+            name => {
+                let _ = write!(self.fields, " {name}={value}");
+            }
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "message" => {
+                let _ = write!(self.message, "{value:?}");
+            }
+            "log.target" => self.log_target = Some(format!("{value:?}")),
+            name if name.starts_with("log.") => {}
+            name => {
+                let _ = write!(self.fields, " {name}={value:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Generates the Kotlin and Swift bindings, as CI does for the apps, and
+//! checks that they declare the API the apps are written against: real
+//! enums, the error hierarchy, the client and its async methods, the
+//! observer and log sink interfaces, the custom types.
+//!
+//! Compiling them needs a Kotlin compiler with JNA and kotlinx-coroutines,
+//! and Swift; none of these are installable here (Debian's kotlin is 1.3,
+//! far older than the generated code targets), so this checks the source.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+mod support;
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn assert_declares(source: &str, file: &str, declarations: &[&str]) {
+    let missing: Vec<_> = declarations
+        .iter()
+        .filter(|d| !source.contains(*d))
+        .collect();
+    assert!(missing.is_empty(), "{file} lacks {missing:?}");
+}
+
+#[tokio::test]
+async fn kotlin_and_swift_bindings_declare_the_sdk_api() -> anyhow::Result<()> {
+    let library = support::build_library().await?;
+    let out = tempfile::tempdir()?;
+
+    let kotlin = out.path().join("kotlin");
+    support::generate(&library, "kotlin", &kotlin).await?;
+    let ffi = read(&kotlin.join("uniffi/doorstep_ffi/doorstep_ffi.kt"))?;
+    assert_declares(
+        &ffi,
+        "doorstep_ffi.kt",
+        &[
+            "package uniffi.doorstep_ffi",
+            "open class DoorstepClient",
+            "suspend fun `open`(`dataDir`: kotlin.String, `serverUrl`: kotlin.String",
+            "suspend fun `recordVisit`(`visit`: NewVisit): RecordId",
+            "suspend fun `updateMember`(`memberId`: RecordId, `update`: MemberUpdate)",
+            "suspend fun `memberHistory`(`memberId`: RecordId): MemberHistory",
+            "suspend fun `visits`(`month`: Month, `onlyMine`: kotlin.Boolean): List<VisitWithId>",
+            "suspend fun `syncNow`(): SyncReport",
+            "fun `observeStatus`(`observer`: StatusObserver): Subscription",
+            "sealed class DoorstepException(message: String): kotlin.Exception(message)",
+            "class Invalid(message: String) : DoorstepException(message)",
+            "class NotEnrolled(message: String) : DoorstepException(message)",
+            "public interface StatusObserver",
+            "public interface LogSink",
+            "fun `installLogSink`(`sink`: LogSink, `maxLevel`: LogLevel)",
+            "enum class LogLevel",
+            "sealed class MigrantUpdate",
+            "var `hardshipEntries`: List<HardshipEntryWithId>",
+            "open class Subscription",
+        ],
+    );
+    let protocol = read(&kotlin.join("uniffi/doorstep_protocol/doorstep_protocol.kt"))?;
+    assert_declares(
+        &protocol,
+        "doorstep_protocol.kt",
+        &[
+            "enum class VisitKind",
+            "HOLIDAY_CONDOLENCE",
+            "enum class MemberKind",
+            "enum class HardshipStatus",
+            "data class Member (",
+            "data class Visit (",
+            "public typealias Date = kotlin.String",
+            "public typealias Fen = kotlin.Long",
+            "public typealias RecordId = kotlin.String",
+            "public typealias MemberKindSet = List<MemberKind>",
+            "public typealias NeedsById = Map<RecordId, Need>",
+        ],
+    );
+    let client = read(&kotlin.join("uniffi/doorstep_client/doorstep_client.kt"))?;
+    assert_declares(
+        &client,
+        "doorstep_client.kt",
+        &[
+            "data class NewVisit (",
+            "sealed class SyncStatus",
+            "sealed class Resolution",
+            "data class Conflict (",
+            "public typealias Count = kotlin.ULong",
+        ],
+    );
+
+    let swift = out.path().join("swift");
+    support::generate(&library, "swift", &swift).await?;
+    let ffi = read(&swift.join("doorstep_ffi.swift"))?;
+    assert_declares(
+        &ffi,
+        "doorstep_ffi.swift",
+        &[
+            "open class DoorstepClient",
+            "func recordVisit(visit: NewVisit) async throws  -> RecordId",
+            "func memberHistory(memberId: RecordId) async throws  -> MemberHistory",
+            "func observeStatus(observer: StatusObserver)  -> Subscription",
+            "enum DoorstepError: Swift.Error",
+            "public protocol StatusObserver",
+            "public protocol LogSink",
+            "public func installLogSink(sink: LogSink, maxLevel: LogLevel)",
+            "public enum MigrantUpdate",
+            "public struct MemberHistory",
+        ],
+    );
+    let protocol = read(&swift.join("doorstep_protocol.swift"))?;
+    assert_declares(
+        &protocol,
+        "doorstep_protocol.swift",
+        &[
+            "public enum VisitKind",
+            "public struct Member",
+            "public typealias Date = String",
+            "public typealias RecordId = String",
+        ],
+    );
+    for header in [
+        "doorstep_ffiFFI.h",
+        "doorstep_clientFFI.h",
+        "doorstep_protocolFFI.h",
+    ] {
+        assert!(swift.join(header).exists(), "no {header}");
+    }
+    Ok(())
+}
