@@ -100,8 +100,7 @@ pub(crate) struct Inner {
     /// edit or one received from the server): what observers wait on.
     pub changed: watch::Sender<u64>,
     /// Messages the live connection sent, per document (see `sync`).
-    pub messages_sent:
-        std::sync::Mutex<HashMap<doorstep_protocol::DocumentId, u64>>,
+    pub messages_sent: std::sync::Mutex<HashMap<doorstep_protocol::DocumentId, u64>>,
     pub store: LocalStore,
     pub transport: Transport,
     pub identity: std::sync::RwLock<Option<Arc<Identity>>>,

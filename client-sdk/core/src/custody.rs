@@ -119,7 +119,10 @@ fn known(doc: &Automerge, heads: &[ChangeHash]) -> Option<Vec<ChangeHash>> {
 impl Client {
     /// How far the latest edit of a record has got. A record never edited
     /// here, or whose edits are all counted, is `Counted`.
-    pub async fn edit_state(&self, record: doorstep_protocol::schema::RecordId) -> Result<EditState, ClientError> {
+    pub async fn edit_state(
+        &self,
+        record: doorstep_protocol::schema::RecordId,
+    ) -> Result<EditState, ClientError> {
         let key = record.to_string();
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
@@ -345,11 +348,12 @@ async fn import_document(
 ) -> Result<usize, ClientError> {
     let mut parsed = Vec::with_capacity(changes.len());
     for change in changes {
-        let bytes = hex::decode(change).map_err(|_| ClientError::invalid("export", "a change is not hex"))?;
-        parsed.push(
-            automerge::Change::from_bytes(bytes)
-                .map_err(|e| ClientError::invalid("export", format!("a change is corrupt: {e}")))?,
-        );
+        let bytes = hex::decode(change)
+            .map_err(|_| ClientError::invalid("export", "a change is not hex"))?;
+        parsed
+            .push(automerge::Change::from_bytes(bytes).map_err(|e| {
+                ClientError::invalid("export", format!("a change is corrupt: {e}"))
+            })?);
     }
     let base = replicas.get(id, kind).await?.doc().clone();
     let before = base.get_heads();
@@ -378,7 +382,9 @@ async fn import_document(
     replicas
         .edit(id, kind, |tx| {
             for (collection, key) in &touched {
-                let Some((Value::Object(ObjType::Map), target)) = tx.get(automerge::ROOT, collection.as_str())? else {
+                let Some((Value::Object(ObjType::Map), target)) =
+                    tx.get(automerge::ROOT, collection.as_str())?
+                else {
                     continue;
                 };
                 let source = match fork.get(automerge::ROOT, collection.as_str())? {
@@ -386,7 +392,9 @@ async fn import_document(
                     _ => None,
                 };
                 match source {
-                    Some((value, obj)) => copy_into(tx, &target, Prop::Map(key.clone()), &fork, value, &obj)?,
+                    Some((value, obj)) => {
+                        copy_into(tx, &target, Prop::Map(key.clone()), &fork, value, &obj)?
+                    }
                     None => tx.delete(&target, key.as_str())?,
                 }
             }

@@ -43,8 +43,8 @@ uniffi::setup_scaffolding!();
 
 pub use client::{Client, ClientConfig, Enrollment};
 pub use conflicts::{Conflict, ConflictValue, Resolution};
-pub use custody::{Checkpoint, EditState, ImportReport};
 pub use corrections::{Correction, CorrectionAction};
+pub use custody::{Checkpoint, EditState, ImportReport};
 pub use editing::{
     MemberUpdate, NewActivity, NewFundEntry, NewHardshipEntry, NewMember, NewPlacement, NewTeam,
     NewTraining, NewVisit, TeamPerson,

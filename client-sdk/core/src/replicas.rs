@@ -129,11 +129,12 @@ impl Replicas {
                 .filter(|(id, _)| !self.pinned.contains(*id))
                 .map(|(id, r)| (r.last_used, *id))
                 .collect();
-            let loaded = months.len() + usize::from(
-                self.docs
-                    .get(&keep)
-                    .is_some_and(|r| matches!(r.kind, DocumentKind::MonthlyLog(_))),
-            );
+            let loaded = months.len()
+                + usize::from(
+                    self.docs
+                        .get(&keep)
+                        .is_some_and(|r| matches!(r.kind, DocumentKind::MonthlyLog(_))),
+                );
             if loaded <= self.max_loaded_months {
                 return Ok(());
             }
@@ -210,7 +211,6 @@ impl Replicas {
         replica.last_used = clock;
         Ok(replica)
     }
-
 
     /// A document if it exists on this device (no genesis is created).
     pub async fn existing(&mut self, id: DocumentId) -> Result<Option<&mut Replica>, ClientError> {

@@ -16,8 +16,8 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use doorstep_client::{
     Client, ClientConfig, Fen, FundDirection, HardshipKind, MemberKind, NewFundEntry,
-    NewHardshipEntry, NewMember, NewPlacement, NewTeam, NewTraining, NewVisit, RecordId,
-    StoreKey, TeamPerson, TrainingLevel, VisitKind,
+    NewHardshipEntry, NewMember, NewPlacement, NewTeam, NewTraining, NewVisit, RecordId, StoreKey,
+    TeamPerson, TrainingLevel, VisitKind,
 };
 use doorstep_protocol::{Date, TenantId};
 use doorstep_server::admin;

@@ -433,8 +433,8 @@ impl DoorstepClient {
             .ok_or_else(|| DoorstepError::Storage("the keystore gave no store key".into()))?;
         let mut config = ClientConfig::new(data_dir, server_url, sdk::StoreKey::from_bytes(&key)?);
         config.extra_ca_pem = options.extra_ca_pem;
-        config.sync_interval =
-            (options.sync_interval_secs > 0).then(|| Duration::from_secs(options.sync_interval_secs));
+        config.sync_interval = (options.sync_interval_secs > 0)
+            .then(|| Duration::from_secs(options.sync_interval_secs));
         config.max_loaded_months = options.max_loaded_months as usize;
         config.receive_timeout = Duration::from_secs(options.receive_timeout_secs);
         config.backoff_max = Duration::from_secs(options.backoff_max_secs);
@@ -683,15 +683,22 @@ impl DoorstepClient {
 
     /// Visits of one day ("today's visits") or one month.
     pub async fn visits_on(&self, days: sdk::VisitDays) -> Result<Vec<VisitWithId>, DoorstepError> {
-        Ok(with_ids(self.call(|c| async move { c.visits_on(days).await }).await?))
+        Ok(with_ids(
+            self.call(|c| async move { c.visits_on(days).await })
+                .await?,
+        ))
     }
 
     pub async fn teams(&self) -> Result<Vec<TeamWithId>, DoorstepError> {
-        Ok(with_ids(self.call(|c| async move { c.teams().await }).await?))
+        Ok(with_ids(
+            self.call(|c| async move { c.teams().await }).await?,
+        ))
     }
 
     pub async fn pairings(&self) -> Result<Vec<PairingWithId>, DoorstepError> {
-        Ok(with_ids(self.call(|c| async move { c.pairings().await }).await?))
+        Ok(with_ids(
+            self.call(|c| async move { c.pairings().await }).await?,
+        ))
     }
 
     /// Hardship register entries, of one member or all.
@@ -705,25 +712,53 @@ impl DoorstepClient {
         ))
     }
 
-    pub async fn activities(&self, months: sdk::Months) -> Result<Vec<ActivityWithId>, DoorstepError> {
-        Ok(with_ids(self.call(|c| async move { c.activities(months).await }).await?))
+    pub async fn activities(
+        &self,
+        months: sdk::Months,
+    ) -> Result<Vec<ActivityWithId>, DoorstepError> {
+        Ok(with_ids(
+            self.call(|c| async move { c.activities(months).await })
+                .await?,
+        ))
     }
 
-    pub async fn trainings(&self, months: sdk::Months) -> Result<Vec<TrainingWithId>, DoorstepError> {
-        Ok(with_ids(self.call(|c| async move { c.trainings(months).await }).await?))
+    pub async fn trainings(
+        &self,
+        months: sdk::Months,
+    ) -> Result<Vec<TrainingWithId>, DoorstepError> {
+        Ok(with_ids(
+            self.call(|c| async move { c.trainings(months).await })
+                .await?,
+        ))
     }
 
-    pub async fn placements(&self, months: sdk::Months) -> Result<Vec<PlacementWithId>, DoorstepError> {
-        Ok(with_ids(self.call(|c| async move { c.placements(months).await }).await?))
+    pub async fn placements(
+        &self,
+        months: sdk::Months,
+    ) -> Result<Vec<PlacementWithId>, DoorstepError> {
+        Ok(with_ids(
+            self.call(|c| async move { c.placements(months).await })
+                .await?,
+        ))
     }
 
-    pub async fn fund_entries(&self, months: sdk::Months) -> Result<Vec<FundEntryWithId>, DoorstepError> {
-        Ok(with_ids(self.call(|c| async move { c.fund_entries(months).await }).await?))
+    pub async fn fund_entries(
+        &self,
+        months: sdk::Months,
+    ) -> Result<Vec<FundEntryWithId>, DoorstepError> {
+        Ok(with_ids(
+            self.call(|c| async move { c.fund_entries(months).await })
+                .await?,
+        ))
     }
 
     /// Who corrected or deleted a record, when and why.
-    pub async fn corrections_of(&self, record_id: RecordId) -> Result<Vec<sdk::Correction>, DoorstepError> {
-        self.call(|c| async move { c.corrections_of(record_id).await }).await
+    pub async fn corrections_of(
+        &self,
+        record_id: RecordId,
+    ) -> Result<Vec<sdk::Correction>, DoorstepError> {
+        self.call(|c| async move { c.corrections_of(record_id).await })
+            .await
     }
 
     /// Corrects a visit (the note keeps what it was and why).
@@ -773,8 +808,11 @@ impl DoorstepClient {
         corrected: NewActivity,
         why: String,
     ) -> Result<(), DoorstepError> {
-        self.call(|c| async move { c.correct_activity(activity_id, corrected.into(), &why).await })
-            .await
+        self.call(|c| async move {
+            c.correct_activity(activity_id, corrected.into(), &why)
+                .await
+        })
+        .await
     }
 
     /// Deletes a log record; it stops counting, and the note keeps it.
@@ -815,7 +853,11 @@ impl DoorstepClient {
     }
 
     /// Follow-ups due on or before `on`, now and every time they change.
-    pub fn observe_follow_ups_due(&self, on: Date, listener: Arc<dyn VisitsListener>) -> Arc<Observation> {
+    pub fn observe_follow_ups_due(
+        &self,
+        on: Date,
+        listener: Arc<dyn VisitsListener>,
+    ) -> Arc<Observation> {
         let _runtime = RUNTIME.enter();
         Observation::new(self.client.observe_follow_ups_due(
             on,
@@ -831,17 +873,20 @@ impl DoorstepClient {
 
     /// How far the latest edit of a record has got.
     pub async fn edit_state(&self, record_id: RecordId) -> Result<sdk::EditState, DoorstepError> {
-        self.call(|c| async move { c.edit_state(record_id).await }).await
+        self.call(|c| async move { c.edit_state(record_id).await })
+            .await
     }
 
     /// Every unsynced change, as a file another device of the branch imports.
     pub async fn export_unsynced(&self) -> Result<Vec<u8>, DoorstepError> {
-        self.call(|c| async move { c.export_unsynced().await }).await
+        self.call(|c| async move { c.export_unsynced().await })
+            .await
     }
 
     /// Enters another device's exported edits as this device's own.
     pub async fn import_unsynced(&self, file: Vec<u8>) -> Result<sdk::ImportReport, DoorstepError> {
-        self.call(|c| async move { c.import_unsynced(&file).await }).await
+        self.call(|c| async move { c.import_unsynced(&file).await })
+            .await
     }
 
     /// Deletes this device's data; for a revoked or handed-over phone.

@@ -100,7 +100,9 @@ impl IntoResponse for ApiError {
         }
         let body = match &self {
             // A stable code: the SDK acts on it, not on the wording.
-            ApiError::DeviceRevoked => json!({ "error": self.to_string(), "code": "device_revoked" }),
+            ApiError::DeviceRevoked => {
+                json!({ "error": self.to_string(), "code": "device_revoked" })
+            }
             _ => json!({ "error": self.to_string() }),
         };
         let mut response = (self.status(), Json(body)).into_response();

@@ -164,8 +164,14 @@ async fn the_store_cannot_be_read_without_its_key() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let name = "保密的名字";
     {
-        let client =
-            sdk_device(&server.store, &server.http_url(), d.yingfeng.id, dir.path(), |_| {}).await?;
+        let client = sdk_device(
+            &server.store,
+            &server.http_url(),
+            d.yingfeng.id,
+            dir.path(),
+            |_| {},
+        )
+        .await?;
         let id = member(&client, name).await?;
         client
             .record_visit(visit_on(first_day(this_month()), id, 5))
@@ -177,7 +183,11 @@ async fn the_store_cannot_be_read_without_its_key() -> anyhow::Result<()> {
     // the store below means something.
     let mut plain = automerge::AutoCommit::new();
     automerge::transaction::Transactable::put(&mut plain, automerge::ROOT, "name", name)?;
-    assert!(automerge_text_in(&plain.save()).iter().any(|t| t.contains(name)));
+    assert!(
+        automerge_text_in(&plain.save())
+            .iter()
+            .any(|t| t.contains(name))
+    );
 
     for entry in std::fs::read_dir(dir.path())? {
         let path = entry?.path();
@@ -203,7 +213,11 @@ async fn the_store_cannot_be_read_without_its_key() -> anyhow::Result<()> {
             assert!(read.is_err(), "{} opens as plain SQLite", path.display());
         }
         for text in automerge_text_in(&bytes) {
-            assert!(!text.contains(name), "{} gives the name away", path.display());
+            assert!(
+                !text.contains(name),
+                "{} gives the name away",
+                path.display()
+            );
         }
         assert!(
             !bytes.windows(name.len()).any(|w| w == name.as_bytes()),
@@ -212,7 +226,10 @@ async fn the_store_cannot_be_read_without_its_key() -> anyhow::Result<()> {
         );
     }
     let db = std::fs::read(dir.path().join("device.db"))?;
-    assert!(!db.starts_with(b"SQLite format 3\0"), "a plaintext SQLite header");
+    assert!(
+        !db.starts_with(b"SQLite format 3\0"),
+        "a plaintext SQLite header"
+    );
 
     // With the wrong key the store does not open; with the right one it does.
     let url = server.http_url();
@@ -244,16 +261,24 @@ async fn two_years_of_history_keep_few_months_in_memory_and_an_edit_syncs_only_i
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
     let dir = tempfile::tempdir()?;
-    let device = sdk_device(&server.store, &server.http_url(), d.yingfeng.id, dir.path(), |c| {
-        c.max_loaded_months = 3;
-        c.sync_interval = None;
-    })
+    let device = sdk_device(
+        &server.store,
+        &server.http_url(),
+        d.yingfeng.id,
+        dir.path(),
+        |c| {
+            c.max_loaded_months = 3;
+            c.sync_interval = None;
+        },
+    )
     .await?;
     let id = member(&device, "老会员").await?;
     let mut month = this_month();
     let mut months = Vec::new();
     for _ in 0..24 {
-        device.record_visit(visit_on(first_day(month), id, 1)).await?;
+        device
+            .record_visit(visit_on(first_day(month), id, 1))
+            .await?;
         months.push(month);
         month = month.previous();
     }
@@ -280,7 +305,11 @@ async fn two_years_of_history_keep_few_months_in_memory_and_an_edit_syncs_only_i
         .filter(|(doc, n)| before.get(doc) != Some(n))
         .map(|(doc, _)| *doc)
         .collect();
-    assert_eq!(touched, vec![old_log], "messages before {before:?}, after {after:?}");
+    assert_eq!(
+        touched,
+        vec![old_log],
+        "messages before {before:?}, after {after:?}"
+    );
     assert!(device.loaded_documents().await?.len() <= 4);
     service.stop().await;
     let stored = MonthlyLog::load(&server.stored_document(old_log).await?);
@@ -295,8 +324,22 @@ async fn an_edit_reaches_another_connected_device_by_push() -> anyhow::Result<()
     let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
     // No re-checks: only the live connection can carry the edit.
     let no_polling = |c: &mut ClientConfig| c.sync_interval = None;
-    let a = sdk_device(&server.store, &server.http_url(), d.yingfeng.id, dir_a.path(), no_polling).await?;
-    let b = sdk_device(&server.store, &server.http_url(), d.yingfeng.id, dir_b.path(), no_polling).await?;
+    let a = sdk_device(
+        &server.store,
+        &server.http_url(),
+        d.yingfeng.id,
+        dir_a.path(),
+        no_polling,
+    )
+    .await?;
+    let b = sdk_device(
+        &server.store,
+        &server.http_url(),
+        d.yingfeng.id,
+        dir_b.path(),
+        no_polling,
+    )
+    .await?;
     let (service_a, service_b) = (a.start_background_sync(), b.start_background_sync());
     for device in [&a, &b] {
         eventually(Duration::from_secs(30), || async {
@@ -316,7 +359,10 @@ async fn an_edit_reaches_another_connected_device_by_push() -> anyhow::Result<()
         }
     })
     .await;
-    assert!(arrived.is_ok(), "the edit was not pushed to the other device");
+    assert!(
+        arrived.is_ok(),
+        "the edit was not pushed to the other device"
+    );
     service_a.stop().await;
     service_b.stop().await;
     Ok(())
@@ -347,19 +393,28 @@ async fn a_server_that_lost_the_device_leaves_its_edits_exportable_to_a_new_devi
         .await?;
 
     let refused = old.sync_now().await;
-    assert!(matches!(refused, Err(ClientError::UnknownDevice(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(ClientError::UnknownDevice(_))),
+        "{refused:?}"
+    );
     assert!(matches!(old.status(), SyncStatus::Unrecognised { .. }));
     assert!(old.is_enrolled(), "not treated as a revocation");
     assert_eq!(old.edit_state(visit).await?, EditState::Local);
     let checkpoint = old.checkpoint().await?;
-    assert!(!checkpoint.safe && checkpoint.unsynced_changes > 0, "{checkpoint:?}");
+    assert!(
+        !checkpoint.safe && checkpoint.unsynced_changes > 0,
+        "{checkpoint:?}"
+    );
 
     let export = old.export_unsynced().await?;
     let new = sdk_device(&server.store, &url, d.yingfeng.id, new_dir.path(), |_| {}).await?;
     new.sync_now().await?;
     // Bad files are refused and change nothing.
     for bad in [&b"{}"[..], b"not json", &export[..export.len() / 2]] {
-        assert!(matches!(new.import_unsynced(bad).await, Err(ClientError::Invalid { .. })));
+        assert!(matches!(
+            new.import_unsynced(bad).await,
+            Err(ClientError::Invalid { .. })
+        ));
     }
     let report = new.import_unsynced(&export).await?;
     assert!(report.records >= 1, "{report:?}");
@@ -371,7 +426,10 @@ async fn a_server_that_lost_the_device_leaves_its_edits_exportable_to_a_new_devi
             .stored_document(DocumentId::monthly_log(d.yingfeng.id, this_month()))
             .await?,
     );
-    assert_eq!(stored.visits.get(&visit).map(|v| v.aid_cash), Some(Fen::from_yuan(88)));
+    assert_eq!(
+        stored.visits.get(&visit).map(|v| v.aid_cash),
+        Some(Fen::from_yuan(88))
+    );
     Ok(())
 }
 
@@ -380,7 +438,14 @@ async fn an_edit_goes_from_local_to_acknowledged_to_counted() -> anyhow::Result<
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
     let dir = tempfile::tempdir()?;
-    let device = sdk_device(&server.store, &server.http_url(), d.yingfeng.id, dir.path(), |_| {}).await?;
+    let device = sdk_device(
+        &server.store,
+        &server.http_url(),
+        d.yingfeng.id,
+        dir.path(),
+        |_| {},
+    )
+    .await?;
     let id = member(&device, "状态").await?;
     let visit = device
         .record_visit(visit_on(first_day(this_month()), id, 3))
@@ -397,7 +462,10 @@ async fn an_edit_goes_from_local_to_acknowledged_to_counted() -> anyhow::Result<
         .record_visit(visit_on(first_day(this_month()), id, 4))
         .await?;
     let checkpoint = device.checkpoint().await?;
-    assert!(!checkpoint.safe && checkpoint.problem.is_some(), "{checkpoint:?}");
+    assert!(
+        !checkpoint.safe && checkpoint.problem.is_some(),
+        "{checkpoint:?}"
+    );
     Ok(())
 }
 
@@ -411,7 +479,10 @@ async fn wiping_ends_enrollment_for_every_handle_and_frees_the_directory() -> an
     let other_handle = device.clone();
     device.wipe().await?;
     assert!(!other_handle.is_enrolled());
-    assert!(matches!(other_handle.pending_changes().await, Err(ClientError::NotEnrolled)));
+    assert!(matches!(
+        other_handle.pending_changes().await,
+        Err(ClientError::NotEnrolled)
+    ));
     let fresh = Client::open(ClientConfig::new(dir.path(), &url, test_store_key())).await?;
     assert!(!fresh.is_enrolled());
     Ok(())

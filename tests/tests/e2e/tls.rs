@@ -44,10 +44,22 @@ async fn the_sdk_enrolls_and_syncs_over_https_and_wss_with_the_extra_ca() -> any
     let trust_the_ca = |c: &mut doorstep_client::ClientConfig| {
         c.extra_ca_pem = Some(ca.pem().into_bytes());
     };
-    let a = doorstep_tests::sdk_device(&server.store, &url, d.yingfeng.id, dir_a.path(), trust_the_ca)
-        .await?;
-    let b = doorstep_tests::sdk_device(&server.store, &url, d.yingfeng.id, dir_b.path(), trust_the_ca)
-        .await?;
+    let a = doorstep_tests::sdk_device(
+        &server.store,
+        &url,
+        d.yingfeng.id,
+        dir_a.path(),
+        trust_the_ca,
+    )
+    .await?;
+    let b = doorstep_tests::sdk_device(
+        &server.store,
+        &url,
+        d.yingfeng.id,
+        dir_b.path(),
+        trust_the_ca,
+    )
+    .await?;
     let member = a
         .add_member(doorstep_client::NewMember {
             name: "经由TLS".into(),
@@ -61,12 +73,17 @@ async fn the_sdk_enrolls_and_syncs_over_https_and_wss_with_the_extra_ca() -> any
     // Without the CA, the bundled and system roots do not vouch for it:
     // the connection fails as a network error, and nothing is lost.
     let dir_c = tempfile::tempdir()?;
-    let refused = doorstep_tests::sdk_device(&server.store, &url, d.yingfeng.id, dir_c.path(), |_| {})
-        .await
-        .expect_err("an unknown CA is not trusted");
+    let refused =
+        doorstep_tests::sdk_device(&server.store, &url, d.yingfeng.id, dir_c.path(), |_| {})
+            .await
+            .expect_err("an unknown CA is not trusted");
     assert!(
-        format!("{refused:#}").to_lowercase().contains("certificate")
-            || format!("{refused:?}").to_lowercase().contains("certificate"),
+        format!("{refused:#}")
+            .to_lowercase()
+            .contains("certificate")
+            || format!("{refused:?}")
+                .to_lowercase()
+                .contains("certificate"),
         "{refused:?}"
     );
     Ok(())

@@ -303,7 +303,8 @@ impl Connection {
                 replicas.pin(document_id);
                 self.exchanged.insert(document_id);
                 let pending = replicas.pending_in(document_id);
-                self.report.changes_received += replicas.receive(document_id, data.as_ref()).await?;
+                self.report.changes_received +=
+                    replicas.receive(document_id, data.as_ref()).await?;
                 if replicas.peek(document_id).is_some_and(in_sync) {
                     self.report.changes_sent += pending;
                     replicas.save_sync_state(document_id).await?;
@@ -489,10 +490,20 @@ impl Client {
             if *stopped.borrow() || *global_stop.borrow() {
                 return;
             }
-            if self.inner.store.meta("revoked").await.ok().flatten().is_some() {
+            if self
+                .inner
+                .store
+                .meta("revoked")
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+            {
                 return;
             }
-            let result = self.live(&mut stopped, &mut global_stop, &mut failures).await;
+            let result = self
+                .live(&mut stopped, &mut global_stop, &mut failures)
+                .await;
             if self.settle_status(&result).await.is_err() {
                 tracing::warn!("could not record the sync status");
             }

@@ -127,15 +127,21 @@ mod tests {
         // Mozilla's list has well over a hundred roots; a phone gets them all
         // whatever its own store holds.
         let roots = trusted_roots(None)?;
-        assert!(roots.len() >= webpki_roots::TLS_SERVER_ROOTS.len(), "{}", roots.len());
+        assert!(
+            roots.len() >= webpki_roots::TLS_SERVER_ROOTS.len(),
+            "{}",
+            roots.len()
+        );
         assert!(roots.len() > 100, "{} roots", roots.len());
         Ok(())
     }
 
     #[test]
     fn a_malformed_extra_ca_is_refused() {
-        let err = trusted_roots(Some(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"))
-            .expect_err("refused");
+        let err = trusted_roots(Some(
+            b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+        ))
+        .expect_err("refused");
         assert!(matches!(err, ClientError::Invalid { .. }), "{err}");
     }
 }
