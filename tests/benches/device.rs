@@ -1,0 +1,214 @@
+//! The device SDK on a phone's terms: memory over a long history, and how
+//! fast an edit reaches another connected device.
+//!
+//! Memory: a device with BENCH_MONTHS months (24) of BENCH_VISITS visits a
+//! month (300) reads every month's visits once, in a fresh process each
+//! time (so one run's allocations do not hide the other's), keeping at most
+//! 3 months in memory and then all of them. Peak RSS (VmHWM) of each.
+//!
+//! Push: two devices hold live connections with re-checks off; one records
+//! a visit, the other is woken by the change notification. The latency is
+//! compared with the local edit itself (the visit on the first phone's
+//! disk), in one run; medians of BENCH_PUSHES (30).
+//!
+//! `cargo bench -p doorstep-tests --bench device`.
+
+use std::time::{Duration, Instant};
+
+use doorstep_client::{
+    Client, ClientConfig, Fen, NewMember, NewVisit, RecordId, SyncStatus, VisitKind,
+};
+use doorstep_protocol::{Date, Month};
+use doorstep_tests::{TestServer, eventually, sdk_device, test_store_key};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn visit(date: Date, member: RecordId) -> NewVisit {
+    NewVisit {
+        date,
+        member_id: member,
+        kind: VisitKind::Routine,
+        visitors: vec!["志愿者".into()],
+        aid_cash: Fen::from_yuan(10),
+        aid_goods: Fen::ZERO,
+        goods_description: Some("米和油".into()),
+        notes: Some("家中老人身体尚可".into()),
+        follow_up: None,
+    }
+}
+
+/// `VmHWM` and `VmRSS` of this process, in MiB.
+fn memory() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// The child: opens the prepared store offline and reads every month.
+async fn walk(dir: &str, max_months: usize) -> anyhow::Result<()> {
+    let mut config = ClientConfig::new(dir, "http://127.0.0.1:9", test_store_key());
+    config.max_loaded_months = max_months;
+    let client = Client::open(config).await?;
+    let months: Vec<Month> = std::env::var("BENCH_WALK_MONTHS")?
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let mut visits = 0;
+    for month in months {
+        visits += client.visits(month, false).await?.len();
+    }
+    let (peak, now) = memory();
+    println!(
+        "{visits} {peak:.1} {now:.1} {}",
+        client.loaded_documents().await?.len()
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    if let (Ok(dir), Ok(max)) = (
+        std::env::var("BENCH_WALK_DIR"),
+        std::env::var("BENCH_WALK_MAX"),
+    ) {
+        return walk(&dir, max.parse()?).await;
+    }
+    let months = env_or("BENCH_MONTHS", 24);
+    let per_month = env_or("BENCH_VISITS", 300);
+    let pushes = env_or("BENCH_PUSHES", 30);
+
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let dir = tempfile::tempdir()?;
+    let device = sdk_device(
+        &server.store,
+        &server.http_url(),
+        d.yingfeng.id,
+        dir.path(),
+        |_| {},
+    )
+    .await?;
+    let member = device
+        .add_member(NewMember {
+            name: "张秀英".into(),
+            ..NewMember::default()
+        })
+        .await?;
+    let now = time::OffsetDateTime::now_utc();
+    let mut month = Month::new(now.year(), now.month() as u8).expect("a month");
+    let mut history = Vec::new();
+    for _ in 0..months {
+        for day in 0..per_month {
+            let date =
+                Date::from_ymd(month.year(), month.month(), (day % 28) as u8 + 1).expect("a date");
+            device.record_visit(visit(date, member)).await?;
+        }
+        history.push(month.to_string());
+        month = month.previous();
+    }
+    device.sync_now().await?;
+    drop(device);
+
+    println!(
+        "memory: {months} months x {per_month} visits, every month read once, peak RSS of a fresh process"
+    );
+    for max in [3, months] {
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .env("BENCH_WALK_DIR", dir.path())
+            .env("BENCH_WALK_MAX", max.to_string())
+            .env("BENCH_WALK_MONTHS", history.join(","))
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8(out.stdout)?;
+        let f: Vec<&str> = line.split_whitespace().collect();
+        println!(
+            "  max_loaded_months {max:>2}: {} visits read, peak RSS {} MiB, RSS after {} MiB, {} documents in memory",
+            f[0], f[1], f[2], f[3]
+        );
+    }
+
+    // Push latency between two connected phones.
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let no_polling = |c: &mut ClientConfig| c.sync_interval = None;
+    let a = sdk_device(
+        &server.store,
+        &server.http_url(),
+        d.yingfeng.id,
+        dir_a.path(),
+        no_polling,
+    )
+    .await?;
+    let b = sdk_device(
+        &server.store,
+        &server.http_url(),
+        d.yingfeng.id,
+        dir_b.path(),
+        no_polling,
+    )
+    .await?;
+    let member = a
+        .add_member(NewMember {
+            name: "推送".into(),
+            ..NewMember::default()
+        })
+        .await?;
+    let (_sa, _sb) = (a.start_background_sync(), b.start_background_sync());
+    for device in [&a, &b] {
+        eventually(Duration::from_secs(60), || async {
+            Ok(matches!(device.status(), SyncStatus::UpToDate { .. }))
+        })
+        .await?;
+    }
+    b.member(member).await.ok();
+    let today = Date::from_ymd(now.year(), now.month() as u8, now.day()).expect("today");
+    let mut local = Vec::new();
+    let mut pushed = Vec::new();
+    for _ in 0..pushes {
+        let mut changes = b.subscribe_changes();
+        changes.borrow_and_update();
+        let started = Instant::now();
+        let id = a.record_visit(visit(today, member)).await?;
+        local.push(started.elapsed());
+        loop {
+            tokio::time::timeout(Duration::from_secs(30), changes.changed()).await??;
+            if b.visit(id).await.is_ok() {
+                break;
+            }
+        }
+        pushed.push(started.elapsed());
+    }
+    let (local, pushed) = (median(local), median(pushed));
+    println!("push: {pushes} visits, medians");
+    println!("  local edit on disk        {:8.2} ms", ms(local));
+    println!(
+        "  on the other phone's disk {:8.2} ms  ({:.1}x the local edit)",
+        ms(pushed),
+        pushed.as_secs_f64() / local.as_secs_f64()
+    );
+    Ok(())
+}
