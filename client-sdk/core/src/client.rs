@@ -81,7 +81,6 @@ pub struct Enrollment {
     pub branch_id: TenantId,
 }
 
-#[derive(Debug)]
 pub(crate) struct Identity {
     pub device_id: String,
     pub token: String,
@@ -89,13 +88,21 @@ pub(crate) struct Identity {
     pub storage_id: String,
 }
 
+impl std::fmt::Debug for Identity {
+    // `{:?}` of a client must not print the token into a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("device_id", &self.device_id)
+            .field("branch", &self.branch)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub config: ClientConfig,
     /// The canonical data directory, this instance's key in [`OPEN`].
     pub dir: PathBuf,
-    /// Holds the exclusive lock on the data directory while open.
-    lock: std::sync::Mutex<Option<File>>,
     /// A revision counter bumped whenever a change was persisted (a local
     /// edit or one received from the server): what observers wait on.
     pub changed: watch::Sender<u64>,
@@ -112,6 +119,12 @@ pub(crate) struct Inner {
     /// Held while a sync runs: one at a time.
     pub syncing: Mutex<()>,
     pub stop: watch::Sender<bool>,
+    /// Set by `wipe`: every handle refuses to work from then on (an enroll
+    /// through an old handle would spend a code into a closed store).
+    pub wiped: std::sync::atomic::AtomicBool,
+    /// Holds the exclusive lock on the data directory while open. Last, so
+    /// it is released after the store's connections are closed.
+    lock: std::sync::Mutex<Option<File>>,
 }
 
 /// A device's view of its branch. Cheap to clone; all clones share state.
@@ -214,7 +227,6 @@ impl Client {
         Ok(Inner {
             config,
             dir,
-            lock: std::sync::Mutex::new(Some(lock)),
             changed,
             messages_sent: std::sync::Mutex::new(HashMap::new()),
             store,
@@ -226,12 +238,19 @@ impl Client {
             edited: Notify::new(),
             syncing: Mutex::new(()),
             stop,
+            wiped: std::sync::atomic::AtomicBool::new(false),
+            lock: std::sync::Mutex::new(Some(lock)),
         })
     }
 
     /// Exchanges a one-time enrollment code for this device's token, stores
     /// it, and registers this device's actor id with the server.
     pub async fn enroll(&self, code: &str) -> Result<Enrollment, ClientError> {
+        if self.inner.wiped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ClientError::Storage(
+                "this device's data was wiped: open the directory again".into(),
+            ));
+        }
         if self.is_enrolled() {
             // Its actor id is registered to the old device: wipe first.
             return Err(ClientError::invalid(
@@ -358,8 +377,13 @@ impl Client {
     /// not enrolled; the directory can be opened afresh.
     pub async fn wipe(self) -> Result<(), ClientError> {
         let _ = self.inner.stop.send(true);
+        self.inner
+            .wiped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let _guard = self.inner.syncing.lock().await;
         let mut open = OPEN.lock().await;
+        // Whatever fails below, this instance is not handed out again.
+        open.remove(&self.inner.dir);
         *self.inner.replicas.lock().await = None;
         if let Ok(mut slot) = self.inner.identity.write() {
             *slot = None;
@@ -373,7 +397,6 @@ impl Client {
                 })?;
             }
         }
-        open.remove(&self.inner.dir);
         if let Ok(mut lock) = self.inner.lock.lock() {
             lock.take();
         }

@@ -28,7 +28,7 @@ use crate::queries::LogRecordKind;
 use crate::tree::Node;
 
 /// The log's root map holding the notes.
-const NOTES: &str = "corrections";
+pub(crate) const NOTES: &str = "corrections";
 
 /// What was done to the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
 
 use automerge::transaction::Transactable;
-use automerge::{Automerge, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value};
+use automerge::{Automerge, ChangeHash, ObjType, Prop, ReadDoc, Value};
 use doorstep_protocol::schema::DocumentKind;
 use doorstep_protocol::{DocumentId, Month, TenantId};
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::replicas::Replicas;
+use crate::tree::Node;
 
 /// How far one edit has got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -63,6 +64,8 @@ struct Export {
     format: String,
     branch_id: String,
     device_id: String,
+    /// The exporting device's Automerge actor (hex): every change is its.
+    actor_id: String,
     exported_at_unix_secs: i64,
     documents: Vec<ExportedDocument>,
 }
@@ -162,8 +165,8 @@ impl Client {
     }
 
     /// Syncs now and says whether every edit on this phone is on the
-    /// server. Offline, the answer is "not safe" with the reason, never an
-    /// error: the volunteer needs the answer either way.
+    /// server. Unreachable, the answer still comes (with the reason in
+    /// `problem`), never an error: the volunteer needs it either way.
     pub async fn checkpoint(&self) -> Result<Checkpoint, ClientError> {
         let problem = match self.sync_now().await {
             Ok(_) => None,
@@ -250,10 +253,12 @@ impl Client {
                 DocumentKind::Roster => None,
                 DocumentKind::MonthlyLog(month) => Some(month.to_string()),
             };
+            let actor = &self.inner.actor;
             let changes: Vec<String> = replica
                 .doc()
                 .get_changes(&replica.acked)
                 .into_iter()
+                .filter(|c| c.actor_id() == actor)
                 .map(|mut c| hex::encode(c.bytes()))
                 .collect();
             if !changes.is_empty() {
@@ -268,6 +273,7 @@ impl Client {
             format: EXPORT_FORMAT.into(),
             branch_id: identity.branch.to_string(),
             device_id: identity.device_id.clone(),
+            actor_id: self.inner.actor.to_hex_string(),
             exported_at_unix_secs: time::OffsetDateTime::now_utc().unix_timestamp(),
             documents,
         };
@@ -275,9 +281,10 @@ impl Client {
     }
 
     /// Enters another device's exported edits as this device's own: each
-    /// record they changed is written here as it stood on that device.
-    /// The export must be from this branch, and this device must hold what
-    /// those edits build on (sync first).
+    /// record they changed is written whole, as it stands after merging
+    /// them into this device's copy (with their correction notes). The
+    /// export must be from this branch and hold only the exporting device's
+    /// changes, and this device must hold what those build on (sync first).
     pub async fn import_unsynced(&self, file: &[u8]) -> Result<ImportReport, ClientError> {
         if file.len() > MAX_EXPORT_BYTES {
             return Err(ClientError::invalid("export", "larger than any export"));
@@ -297,12 +304,16 @@ impl Client {
                 "it is from another branch's device",
             ));
         }
+        let actor = hex::decode(&export.actor_id)
+            .map(automerge::ActorId::from)
+            .map_err(|_| ClientError::invalid("export", "the actor id is not hex"))?;
         let mut report = ImportReport::default();
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
         for document in &export.documents {
             let (id, kind) = exported_document(branch, document)?;
-            report.records += import_document(replicas, id, kind, &document.changes).await?;
+            report.records +=
+                import_document(replicas, id, kind, &actor, &document.changes).await?;
             report.documents += 1;
         }
         drop(guard);
@@ -344,109 +355,80 @@ async fn import_document(
     replicas: &mut Replicas,
     id: DocumentId,
     kind: DocumentKind,
+    actor: &automerge::ActorId,
     changes: &[String],
 ) -> Result<usize, ClientError> {
     let mut parsed = Vec::with_capacity(changes.len());
     for change in changes {
         let bytes = hex::decode(change)
             .map_err(|_| ClientError::invalid("export", "a change is not hex"))?;
-        parsed
-            .push(automerge::Change::from_bytes(bytes).map_err(|e| {
-                ClientError::invalid("export", format!("a change is corrupt: {e}"))
-            })?);
+        let change = automerge::Change::from_bytes(bytes)
+            .map_err(|e| ClientError::invalid("export", format!("a change is corrupt: {e}")))?;
+        // Only the exporting device's own edits: the file must not carry
+        // anyone else's changes under this device's authority.
+        if change.actor_id() != actor {
+            return Err(ClientError::invalid(
+                "export",
+                "it holds changes the exporting device did not make",
+            ));
+        }
+        parsed.push(change);
     }
     let base = replicas.get(id, kind).await?.doc().clone();
     let before = base.get_heads();
-    // Automerge can panic on hostile input; a copy absorbs it.
-    let fork = std::panic::catch_unwind(AssertUnwindSafe(move || {
-        let mut fork = base;
-        fork.apply_changes(parsed).map(|()| fork)
-    }))
-    .map_err(|_| ClientError::invalid("export", "its changes could not be applied"))?
-    .map_err(|e| ClientError::invalid("export", e))?;
-    if !fork.get_missing_deps(&[]).is_empty() {
-        return Err(ClientError::invalid(
-            "export",
-            "it builds on changes this device does not have yet: sync, then import again",
-        ));
+    let mut collections: Vec<&str> = kind.collections().to_vec();
+    if matches!(kind, DocumentKind::MonthlyLog(_)) {
+        // A deletion's note travels with it.
+        collections.push(crate::corrections::NOTES);
     }
-    let touched: Vec<(String, String)> = records_changed(&fork, &before, &fork.get_heads())
-        .into_iter()
-        .filter_map(|r| r.split_once('/').map(|(c, k)| (c.to_owned(), k.to_owned())))
-        .filter(|(collection, _)| kind.collections().contains(&collection.as_str()))
-        .collect();
-    if touched.is_empty() {
+    // Everything that reads the imported changes runs on the copy, inside
+    // the unwind guard, and yields plain values (bounded in depth): only
+    // those reach the real document's transaction.
+    let planned = std::panic::catch_unwind(AssertUnwindSafe(move || {
+        let mut fork = base;
+        fork.apply_changes(parsed)
+            .map_err(|e| ClientError::invalid("export", e))?;
+        if !fork.get_missing_deps(&[]).is_empty() {
+            return Err(ClientError::invalid(
+                "export",
+                "it builds on changes this device does not have yet: sync, then import again",
+            ));
+        }
+        let mut planned = Vec::new();
+        for record in records_changed(&fork, &before, &fork.get_heads()) {
+            let Some((collection, key)) = record.split_once('/') else {
+                continue;
+            };
+            if !collections.contains(&collection) {
+                continue;
+            }
+            let value = match fork.get(automerge::ROOT, collection) {
+                Ok(Some((Value::Object(ObjType::Map), coll))) => Node::read_key(&fork, &coll, key),
+                _ => None,
+            };
+            planned.push((collection.to_owned(), key.to_owned(), value));
+        }
+        Ok(planned)
+    }))
+    .map_err(|_| ClientError::invalid("export", "its changes could not be applied"))??;
+    if planned.is_empty() {
         return Ok(0);
     }
-    let count = touched.len();
+    let count = planned.len();
     replicas
         .edit(id, kind, |tx| {
-            for (collection, key) in &touched {
-                let Some((Value::Object(ObjType::Map), target)) =
-                    tx.get(automerge::ROOT, collection.as_str())?
-                else {
-                    continue;
+            for (collection, key, value) in &planned {
+                let coll = match tx.get(automerge::ROOT, collection.as_str())? {
+                    Some((Value::Object(ObjType::Map), coll)) => coll,
+                    _ => tx.put_object(automerge::ROOT, collection.as_str(), ObjType::Map)?,
                 };
-                let source = match fork.get(automerge::ROOT, collection.as_str())? {
-                    Some((Value::Object(ObjType::Map), coll)) => fork.get(&coll, key.as_str())?,
-                    _ => None,
-                };
-                match source {
-                    Some((value, obj)) => {
-                        copy_into(tx, &target, Prop::Map(key.clone()), &fork, value, &obj)?
-                    }
-                    None => tx.delete(&target, key.as_str())?,
+                match value {
+                    Some(node) => node.put(tx, &coll, key)?,
+                    None => tx.delete(&coll, key.as_str())?,
                 }
             }
             Ok(())
         })
         .await?;
     Ok(count)
-}
-
-/// Writes `value` (object `obj` of `source`) at `prop` of `target`, deeply:
-/// maps, lists and text are created afresh with the same content.
-fn copy_into<T: Transactable>(
-    tx: &mut T,
-    target: &ObjId,
-    prop: Prop,
-    source: &Automerge,
-    value: Value<'_>,
-    obj: &ObjId,
-) -> Result<(), ClientError> {
-    let created = match value {
-        Value::Scalar(scalar) => {
-            let scalar: ScalarValue = scalar.into_owned();
-            match prop {
-                Prop::Map(key) => tx.put(target, key, scalar)?,
-                Prop::Seq(index) => tx.insert(target, index, scalar)?,
-            }
-            return Ok(());
-        }
-        Value::Object(kind) => match prop {
-            Prop::Map(key) => (tx.put_object(target, key, kind)?, kind),
-            Prop::Seq(index) => (tx.insert_object(target, index, kind)?, kind),
-        },
-    };
-    match created {
-        (new, ObjType::Text) => {
-            let text = source.text(obj)?;
-            tx.splice_text(&new, 0, 0, &text)?;
-        }
-        (new, ObjType::Map | ObjType::Table) => {
-            for key in source.keys(obj) {
-                if let Some((value, child)) = source.get(obj, key.as_str())? {
-                    copy_into(tx, &new, Prop::Map(key), source, value, &child)?;
-                }
-            }
-        }
-        (new, ObjType::List) => {
-            for index in 0..source.length(obj) {
-                if let Some((value, child)) = source.get(obj, index)? {
-                    copy_into(tx, &new, Prop::Seq(index), source, value, &child)?;
-                }
-            }
-        }
-    }
-    Ok(())
 }

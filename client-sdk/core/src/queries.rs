@@ -112,7 +112,13 @@ impl Client {
     ) -> Result<(), ClientError> {
         for (id, kind) in replicas.all().await? {
             if let DocumentKind::MonthlyLog(month) = kind {
-                f(month, replicas.get(id, kind).await?.doc());
+                // One month that does not load must not hide the others.
+                match replicas.get(id, kind).await {
+                    Ok(replica) => f(month, replica.doc()),
+                    Err(e) => {
+                        tracing::warn!(document = %id, error = %e, "skipping a month that does not load")
+                    }
+                }
             }
         }
         Ok(())

@@ -38,6 +38,9 @@ pub(crate) struct Replica {
     chunk_keys: Vec<String>,
     /// For the LRU: the value of `Replicas::clock` at the last use.
     last_used: u64,
+    /// The sync state and acknowledged heads as last saved: an unchanged
+    /// state is not written again (evictions would write one per month).
+    saved: Option<(Vec<u8>, Vec<ChangeHash>)>,
 }
 
 impl Replica {
@@ -86,6 +89,27 @@ impl Replicas {
             clock: 0,
             unreadable: HashMap::new(),
             pinned: HashSet::new(),
+        }
+    }
+
+    /// Drops a document from memory (it reloads from disk when next used),
+    /// and its pin with it: a pin on a document not in memory would hold a
+    /// slot for good.
+    fn forget(&mut self, id: DocumentId) {
+        self.docs.remove(&id);
+        self.pinned.remove(&id);
+    }
+
+    /// Unpins everything: a new connection starts every exchange afresh.
+    pub fn clear_pins(&mut self) {
+        self.pinned.clear();
+    }
+
+    /// Drops what an edit cancelled between its commit in memory and its
+    /// append holds beyond the disk, before anything reads or sends it.
+    pub fn purge_unpersisted(&mut self) {
+        for id in std::mem::take(&mut self.unpersisted) {
+            self.forget(id);
         }
     }
 
@@ -142,7 +166,7 @@ impl Replicas {
                 return Ok(());
             };
             self.save_sync_state(oldest).await?;
-            self.docs.remove(&oldest);
+            self.forget(oldest);
         }
     }
 
@@ -153,11 +177,9 @@ impl Replicas {
         id: DocumentId,
         kind: DocumentKind,
     ) -> Result<&mut Replica, ClientError> {
-        if self.unpersisted.remove(&id) {
-            // An edit's future was dropped between commit and persist: what
-            // memory holds beyond the disk must go.
-            self.docs.remove(&id);
-        }
+        // An edit's future dropped between commit and persist: what memory
+        // holds beyond the disk must go.
+        self.purge_unpersisted();
         if !self.docs.contains_key(&id) {
             if let Some(why) = self.unreadable.get(&id) {
                 return Err(ClientError::Storage(format!("document {id}: {why}")));
@@ -198,6 +220,7 @@ impl Replicas {
                     incremental_bytes: chunks.incremental_bytes,
                     chunk_keys: chunks.keys,
                     last_used: 0,
+                    saved: None,
                 },
             );
             self.evict(Some(id)).await?;
@@ -275,7 +298,7 @@ impl Replicas {
             Ok(received) => received,
             Err(e) => {
                 // It may have applied in part: reload from disk next time.
-                self.docs.remove(&id);
+                self.forget(id);
                 return Err(ClientError::Network(format!(
                     "bad sync message from the server: {e}"
                 )));
@@ -333,7 +356,7 @@ impl Replicas {
         if let Err(e) = self.store.append(id, &changes, local).await {
             // Memory must not hold what the disk does not: forget the
             // document; the next access reloads it from the store.
-            self.docs.remove(&id);
+            self.forget(id);
             return Err(e);
         }
         // On disk now: observers may recompute (send_modify notifies even
@@ -419,10 +442,16 @@ impl Replicas {
         }
         if let Some(state) = replica.session.encoded_state(&peer) {
             let acked = replica.acked.clone();
+            if replica.saved.as_ref() == Some(&(state.clone(), acked.clone())) {
+                return Ok(());
+            }
             let all_acked = self.pending_in(id) == 0;
             self.store
                 .save_sync_state(id, &state, &acked, all_acked)
                 .await?;
+            if let Some(replica) = self.docs.get_mut(&id) {
+                replica.saved = Some((state, acked));
+            }
         }
         Ok(())
     }

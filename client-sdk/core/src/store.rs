@@ -11,7 +11,7 @@ use automerge::ChangeHash;
 use doorstep_protocol::schema::DocumentKind;
 use doorstep_protocol::{DocumentId, Month};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{ConnectOptions, Row, SqlitePool};
 
 use crate::error::ClientError;
 
@@ -80,9 +80,13 @@ impl LocalStore {
                 .map_err(|e| ClientError::Storage(format!("creating {}: {e}", dir.display())))?;
         }
         // `key` must be the first statement on every connection; sqlx sends
-        // it first by design.
+        // it first by design. sqlx logs the statements it runs, the connect
+        // pragmas with the key among them, and an app routes the SDK's logs
+        // to logcat: statement logging is off for this store.
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
+            .log_statements(log::LevelFilter::Off)
+            .log_slow_statements(log::LevelFilter::Off, Duration::MAX)
             .pragma("key", key.pragma())
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)

@@ -436,8 +436,10 @@ impl DoorstepClient {
         config.sync_interval = (options.sync_interval_secs > 0)
             .then(|| Duration::from_secs(options.sync_interval_secs));
         config.max_loaded_months = options.max_loaded_months as usize;
-        config.receive_timeout = Duration::from_secs(options.receive_timeout_secs);
-        config.backoff_max = Duration::from_secs(options.backoff_max_secs);
+        // Floors: a zero timeout fails every handshake, a zero backoff
+        // reconnects in a tight loop.
+        config.receive_timeout = Duration::from_secs(options.receive_timeout_secs.max(10));
+        config.backoff_max = Duration::from_secs(options.backoff_max_secs.max(1));
         let client = run(Client::open(config)).await?;
         Ok(Arc::new(DoorstepClient {
             client,

@@ -438,8 +438,12 @@ impl Store {
         .collect()
     }
 
-    /// Revokes a device and deletes its tokens, with the audit entry in the
-    /// same transaction. True if it was live (nothing is recorded otherwise).
+    /// Revokes a device, with the audit entry in the same transaction. True
+    /// if it was live (nothing is recorded otherwise). Its token hashes
+    /// stay: they no longer authenticate (`device_for_token` wants an
+    /// unrevoked device), and a phone that was offline at the time still
+    /// learns, when it next connects, that it was revoked rather than
+    /// forgotten.
     pub async fn revoke_device(&self, id: DeviceId, audit: AuditEntry) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
         let revoked =
@@ -450,10 +454,6 @@ impl Store {
                 .await?
                 .rows_affected()
                 > 0;
-        sqlx::query("delete from device_tokens where device_id = ?")
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
         if revoked {
             record(&mut tx, audit).await?;
         }

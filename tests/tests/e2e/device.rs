@@ -416,6 +416,14 @@ async fn a_server_that_lost_the_device_leaves_its_edits_exportable_to_a_new_devi
             Err(ClientError::Invalid { .. })
         ));
     }
+    // Nor may a file carry changes of another author than the one it names.
+    let mut forged: serde_json::Value = serde_json::from_slice(&export)?;
+    forged["actor_id"] = serde_json::json!("00112233445566778899aabbccddeeff");
+    let forged = serde_json::to_vec(&forged)?;
+    assert!(matches!(
+        new.import_unsynced(&forged).await,
+        Err(ClientError::Invalid { .. })
+    ));
     let report = new.import_unsynced(&export).await?;
     assert!(report.records >= 1, "{report:?}");
     assert_eq!(new.member_history(id).await?.aid_total, Fen::from_yuan(88));
@@ -470,6 +478,37 @@ async fn an_edit_goes_from_local_to_acknowledged_to_counted() -> anyhow::Result<
 }
 
 #[tokio::test]
+async fn a_device_revoked_while_offline_learns_it_was_revoked_when_it_reconnects()
+-> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let dir = tempfile::tempdir()?;
+    let device = sdk_device(
+        &server.store,
+        &server.http_url(),
+        d.yingfeng.id,
+        dir.path(),
+        |_| {},
+    )
+    .await?;
+    device.sync_now().await?;
+    // No connection open while it is revoked.
+    doorstep_server::admin::revoke_device(
+        &server.store,
+        device.device_id().expect("enrolled").parse()?,
+        "test",
+    )
+    .await?;
+    let refused = device.sync_now().await;
+    assert!(
+        matches!(refused, Err(ClientError::Revoked(_))),
+        "{refused:?}"
+    );
+    assert!(matches!(device.status(), SyncStatus::Revoked { .. }));
+    Ok(())
+}
+
+#[tokio::test]
 async fn wiping_ends_enrollment_for_every_handle_and_frees_the_directory() -> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
@@ -479,12 +518,25 @@ async fn wiping_ends_enrollment_for_every_handle_and_frees_the_directory() -> an
     let other_handle = device.clone();
     device.wipe().await?;
     assert!(!other_handle.is_enrolled());
+    // An old handle spends no enrollment code into the wiped store.
+    let code = doorstep_server::admin::issue_enrollment_code(
+        &server.store,
+        d.yingfeng.id,
+        "again",
+        1,
+        "test",
+    )
+    .await?
+    .code;
+    assert!(other_handle.enroll(&code).await.is_err());
     assert!(matches!(
         other_handle.pending_changes().await,
         Err(ClientError::NotEnrolled)
     ));
     let fresh = Client::open(ClientConfig::new(dir.path(), &url, test_store_key())).await?;
     assert!(!fresh.is_enrolled());
+    // The code is unspent: the fresh store enrolls with it.
+    fresh.enroll(&code).await?;
     Ok(())
 }
 

@@ -180,7 +180,12 @@ impl Connection {
         let mut socket = client.inner.transport.connect(&identity.token).await?;
         let me = PeerId::new(format!("device-{}", uuid::Uuid::new_v4()))
             .map_err(|e| ClientError::Storage(e.to_string()))?;
-        let timeout = client.inner.config.receive_timeout;
+        // A zero timeout would fail every handshake: at least ten seconds.
+        let timeout = client
+            .inner
+            .config
+            .receive_timeout
+            .max(Duration::from_secs(10));
         let server = handshake(&mut socket, &me, &identity.storage_id, timeout).await?;
         Ok(Connection {
             socket,
@@ -198,14 +203,19 @@ impl Connection {
     /// Subscribes to the eager set, the unacknowledged documents and the
     /// loaded ones, restarting each from its persisted sync state.
     async fn subscribe_initial(&mut self, replicas: &mut Replicas) -> Result<(), ClientError> {
+        replicas.clear_pins();
         for (id, kind) in eager(replicas.branch) {
-            replicas.get(id, kind).await?;
-            self.subscribe(replicas, id)?;
+            // One unreadable document must not stop the sync of the rest.
+            match replicas.get(id, kind).await {
+                Ok(_) => self.subscribe(replicas, id)?,
+                Err(e) => {
+                    tracing::warn!(document = %id, error = %e, "not syncing a document that does not load")
+                }
+            }
         }
         for id in replicas.unacked().await? {
-            if replicas.existing(id).await?.is_some() {
-                self.subscribe(replicas, id)?;
-            }
+            // Loaded in turn when it is its turn (see `outgoing`).
+            self.subscribe(replicas, id)?;
         }
         for id in replicas.loaded() {
             self.subscribe(replicas, id)?;
@@ -222,27 +232,32 @@ impl Connection {
         Ok(())
     }
 
-    /// Sends whatever there is to say for every subscribed document (new
-    /// local edits included). A document evicted from memory comes back
-    /// only for an unacknowledged edit, and only while fewer documents than
-    /// the memory bound are mid-exchange; the rest wait their turn.
-    async fn flush(&mut self, replicas: &mut Replicas) -> Result<(), ClientError> {
-        for id in replicas.loaded() {
-            // Opened by the app while connected: on demand.
+    /// What there is to say for every subscribed document (new local
+    /// edits included), prepared under the replicas lock and sent after it
+    /// is released, so a stalled link never blocks the app. A document
+    /// evicted from memory comes back only for an unacknowledged edit, and
+    /// only while fewer documents than the memory bound are mid-exchange;
+    /// the rest wait their turn.
+    async fn outgoing(&mut self, replicas: &mut Replicas) -> Result<Vec<Message>, ClientError> {
+        replicas.purge_unpersisted();
+        let unacked = replicas.unacked().await?;
+        for id in replicas.loaded().into_iter().chain(unacked.iter().copied()) {
+            // Opened by the app, or edited, while connected: on demand.
             self.subscribe(replicas, id)?;
         }
         let ids: Vec<DocumentId> = self.subscribed.keys().copied().collect();
-        let mut unacked: Option<Vec<DocumentId>> = None;
+        let mut messages = Vec::new();
         for id in ids {
             if replicas.peek(id).is_none() {
-                if unacked.is_none() {
-                    unacked = Some(replicas.unacked().await?);
-                }
-                let waiting = unacked.as_ref().is_some_and(|u| u.contains(&id));
-                if !waiting || !replicas.can_pin_another() {
+                if !unacked.contains(&id) || !replicas.can_pin_another() {
                     continue;
                 }
-                replicas.existing(id).await?;
+                if let Err(e) = replicas.existing(id).await {
+                    tracing::warn!(document = %id, error = %e, "not syncing a document that does not load");
+                    self.subscribed.remove(&id);
+                    self.refused.insert(id);
+                    continue;
+                }
                 replicas.reconnect(id)?;
             }
             let Some(data) = replicas
@@ -261,7 +276,7 @@ impl Connection {
             *self.sent.entry(id).or_default() += 1;
             let first = !std::mem::replace(self.subscribed.entry(id).or_default(), true);
             let (sender_id, target_id, document_id) = (self.me.clone(), self.server.clone(), id);
-            let message = if first {
+            messages.push(if first {
                 Message::Request {
                     sender_id,
                     target_id,
@@ -275,14 +290,31 @@ impl Connection {
                     document_id,
                     data,
                 }
-            };
-            send(&mut self.socket, &message).await?;
+            });
+        }
+        Ok(messages)
+    }
+
+    /// Sends prepared messages, each within the receive timeout: a link
+    /// that accepts nothing for that long is dead.
+    async fn send_all(&mut self, messages: Vec<Message>) -> Result<(), ClientError> {
+        for message in messages {
+            tokio::time::timeout(self.receive_timeout, send(&mut self.socket, &message))
+                .await
+                .map_err(|_| ClientError::Network("the server stopped reading".into()))??;
         }
         Ok(())
     }
 
     /// Applies one message from the server and persists what it settled.
-    async fn handle(&mut self, replicas: &mut Replicas, bytes: &[u8]) -> Result<(), ClientError> {
+    /// Returns the server's `error` message, which ends the connection: the
+    /// caller reads the close code once the replicas lock is released.
+    async fn handle(
+        &mut self,
+        replicas: &mut Replicas,
+        bytes: &[u8],
+    ) -> Result<Option<String>, ClientError> {
+        replicas.purge_unpersisted();
         self.report.bytes_received += bytes.len();
         let limits = Limits {
             max_frame_bytes: MAX_MESSAGE_BYTES,
@@ -293,7 +325,7 @@ impl Connection {
                 document_id, data, ..
             } => {
                 if !self.subscribed.contains_key(&document_id) {
-                    return Ok(());
+                    return Ok(None);
                 }
                 if replicas.peek(document_id).is_none() {
                     // Evicted since: the server's news brings it back.
@@ -317,12 +349,16 @@ impl Connection {
                 self.refused.insert(document_id);
                 replicas.unpin(document_id);
             }
-            Message::Error { message, .. } => {
-                return Err(closing_error(&mut self.socket, message, self.receive_timeout).await);
-            }
+            Message::Error { message, .. } => return Ok(Some(message)),
             _ => {}
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// The error a server's `error` message stands for, from the close
+    /// code that follows it.
+    async fn closed_by_server(&mut self, message: String) -> ClientError {
+        closing_error(&mut self.socket, message, self.receive_timeout).await
     }
 
     /// Every subscribed document in memory is in sync, and none evicted
@@ -445,25 +481,38 @@ impl Client {
             let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
             connection.subscribe_initial(replicas).await?;
         }
-        // The replicas are locked only between network waits, so the app can
-        // keep editing and reading while a slow sync runs.
+        // The replicas are locked only to prepare and apply messages, never
+        // across a network wait, so the app can keep editing and reading
+        // while a slow sync runs.
         loop {
-            {
+            let (outgoing, settled) = {
                 let mut guard = self.replicas().await?;
                 let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-                connection.flush(replicas).await?;
-                if connection.settled(replicas).await? {
+                let outgoing = connection.outgoing(replicas).await?;
+                let settled = connection.settled(replicas).await?;
+                if settled {
                     for id in connection.subscribed.keys().copied().collect::<Vec<_>>() {
                         replicas.save_sync_state(id).await?;
                     }
                     replicas.trim().await?;
-                    break;
                 }
+                (outgoing, settled)
+            };
+            // Settled, a last message may still go (Automerge's closing
+            // acknowledgement); the server answers it with nothing.
+            connection.send_all(outgoing).await?;
+            if settled {
+                break;
             }
             let bytes = receive(&mut connection.socket, connection.receive_timeout).await?;
-            let mut guard = self.replicas().await?;
-            let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-            connection.handle(replicas, &bytes).await?;
+            let closing = {
+                let mut guard = self.replicas().await?;
+                let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+                connection.handle(replicas, &bytes).await?
+            };
+            if let Some(message) = closing {
+                return Err(connection.closed_by_server(message).await);
+            }
         }
         let _ = connection.socket.close(None).await;
         Ok(connection.report())
@@ -553,14 +602,16 @@ impl Client {
             .inner
             .config
             .sync_interval
+            // Bounded, so a huge setting cannot overflow the clock.
+            .map(|every| every.clamp(Duration::from_secs(1), Duration::from_secs(86_400)))
             .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
         let timeout = connection.receive_timeout;
         let mut last_heard = tokio::time::Instant::now();
         loop {
-            {
+            let outgoing = {
                 let mut guard = self.replicas().await?;
                 let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-                connection.flush(replicas).await?;
+                let outgoing = connection.outgoing(replicas).await?;
                 if let Ok(mut sent) = self.inner.messages_sent.lock() {
                     sent.clone_from(&connection.sent);
                 }
@@ -576,24 +627,30 @@ impl Client {
                 } else if matches!(self.status(), SyncStatus::UpToDate { .. }) {
                     self.set_status(SyncStatus::Syncing);
                 }
-            }
+                outgoing
+            };
+            connection.send_all(outgoing).await?;
             tokio::select! {
                 frame = connection.socket.next() => {
                     last_heard = tokio::time::Instant::now();
                     let Some(bytes) = binary_frame(frame)? else { continue };
-                    let mut guard = self.replicas().await?;
-                    let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-                    connection.handle(replicas, &bytes).await?;
+                    let closing = {
+                        let mut guard = self.replicas().await?;
+                        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+                        connection.handle(replicas, &bytes).await?
+                    };
+                    if let Some(message) = closing {
+                        return Err(connection.closed_by_server(message).await);
+                    }
                 }
                 _ = self.inner.edited.notified() => {}
                 _ = ping.tick() => {
                     if last_heard.elapsed() > timeout {
                         return Err(ClientError::Network("the server stopped answering".into()));
                     }
-                    connection
-                        .socket
-                        .send(WsMessage::Ping(Vec::new().into()))
+                    tokio::time::timeout(timeout, connection.socket.send(WsMessage::Ping(Vec::new().into())))
                         .await
+                        .map_err(|_| ClientError::Network("the server stopped reading".into()))?
                         .map_err(|e| ClientError::Network(e.to_string()))?;
                 }
                 _ = tick(&mut recheck) => {

@@ -329,6 +329,12 @@ async def main():
         seen = list(recorder.seen)
     assert any(s.is_SYNCING() for s in seen) and any(s.is_UP_TO_DATE() for s in seen), seen
 
+    # The store key never reaches the logs (sqlx logs the statements it
+    # runs, the keying pragma among them, unless told not to).
+    key_hex = bytes(range(32)).hex()
+    leaked = [line for line in logs.snapshot() if key_hex in line[2].lower()]
+    assert not leaked, leaked[:1]
+
     print(f"log lines: {len(logs.snapshot())}, targets: {sorted({t for _, t, _ in logs.snapshot()})}", file=sys.stderr)
     print(json.dumps({"member": member, "visits": visits}))
 
