@@ -116,7 +116,8 @@ pub(crate) struct Inner {
     pub status: watch::Sender<SyncStatus>,
     /// Woken by every local edit, so the sync service sends it at once.
     pub edited: Notify,
-    /// Held while a sync runs: one at a time.
+    /// Held while `sync_now` runs: one bounded sync at a time (the live
+    /// connection does not take it).
     pub syncing: Mutex<()>,
     pub stop: watch::Sender<bool>,
     /// Set by `wipe`: every handle refuses to work from then on (an enroll

@@ -3,9 +3,12 @@
 //! Every change, made here or received from the server, is appended to the
 //! local store before the call that produced it returns; a failed append
 //! drops the change from memory too (the document is reloaded), so memory
-//! never holds what the disk does not. That also makes any document safe to
-//! evict: memory holds at most `max_loaded_months` monthly logs (and the
-//! roster), least recently used out first, however long the history.
+//! never holds what the disk does not (an edit cancelled between the two is
+//! purged before anything reads or sends it). That also makes any document
+//! safe to evict: memory holds `max_loaded_months` monthly logs (and the
+//! roster), least recently used out first, however long the history; only
+//! documents mid-exchange with the server are pinned past that, and no more
+//! of them start an exchange than the bound allows.
 
 use std::collections::{HashMap, HashSet};
 
@@ -19,6 +22,18 @@ use tokio::sync::watch;
 
 use crate::error::ClientError;
 use crate::store::LocalStore;
+
+/// Runs Automerge work (a load, applying a sync message) so that it does
+/// not hold up the runtime's other tasks: on a multi-threaded runtime (the
+/// FFI's) the worker hands its tasks to another first. A current-thread
+/// runtime has no other worker to hand them to, so it runs inline there.
+fn off_async<R>(work: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
 
 /// The key of the server's sync state inside each session.
 pub(crate) fn server_peer() -> PeerId {
@@ -192,11 +207,15 @@ impl Replicas {
                 chunks = self.store.chunks(id).await?;
             }
             let mut doc = Automerge::new();
-            for chunk in &chunks.chunks {
-                if let Err(e) = doc.load_incremental(chunk) {
-                    self.unreadable.insert(id, e.to_string());
-                    return Err(e.into());
-                }
+            let loaded = off_async(|| {
+                chunks
+                    .chunks
+                    .iter()
+                    .try_for_each(|chunk| doc.load_incremental(chunk).map(|_| ()))
+            });
+            if let Err(e) = loaded {
+                self.unreadable.insert(id, e.to_string());
+                return Err(e.into());
             }
             let doc = doc.with_actor(self.actor.clone());
             let mut session = DocSession::new(doc, 0);
@@ -294,7 +313,7 @@ impl Replicas {
             .docs
             .get_mut(&id)
             .ok_or_else(|| ClientError::Storage(format!("document {id} is not open")))?;
-        let received = match replica.session.receive(&server_peer(), data, 0) {
+        let received = match off_async(|| replica.session.receive(&server_peer(), data, 0)) {
             Ok(received) => received,
             Err(e) => {
                 // It may have applied in part: reload from disk next time.
