@@ -368,8 +368,8 @@ impl Hub {
         // so not even the time of the answer tells them apart.
         let stored = self.shared.store.document(id).await?.is_some();
         let month = log_month(device.branch_id, id, now_ms());
-        match month.filter(|_| !stored) {
-            Some(month) => {
+        match month {
+            Some(month) if !stored => {
                 let doc = genesis(device.branch_id, DocumentKind::MonthlyLog(month));
                 self.shared
                     .store
@@ -378,7 +378,10 @@ impl Hub {
                 tracing::info!(document = %id, %month, "opened a new monthly log");
                 Ok(Access::Open)
             }
-            None => Ok(Access::Unavailable),
+            // The device's own branch's month, created by another device
+            // between the first check and this one: open, not missing.
+            Some(_) if self.shared.store.device_may_open(device.id, id).await? => Ok(Access::Open),
+            _ => Ok(Access::Unavailable),
         }
     }
 

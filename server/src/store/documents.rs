@@ -141,7 +141,6 @@ impl Store {
             > 0)
     }
 
-    /// The documents of a branch: its roster, then its logs by month.
     /// The heads each of a branch's documents is counted in the rollups up
     /// to (`projected_heads`, sorted hex), so a phone can tell an edit the
     /// server stored from one the offices already see.
@@ -168,6 +167,7 @@ impl Store {
             .collect())
     }
 
+    /// The documents of a branch: its roster, then its logs by month.
     pub async fn documents_of_branch(
         &self,
         branch: TenantId,
