@@ -130,7 +130,6 @@ impl Client {
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
         for (id, kind) in replicas.all().await? {
-            let counted = self.inner.store.counted_heads(id).await?;
             let replica = replicas.get(id, kind).await?;
             let doc = replica.doc();
             let holds = kind.collections().iter().any(|collection| {
@@ -142,6 +141,7 @@ impl Client {
             if !holds {
                 continue;
             }
+            let counted = self.inner.store.counted_heads(id).await?;
             let touched = |from: &[ChangeHash], to: &[ChangeHash]| {
                 records_changed(doc, from, to)
                     .iter()

@@ -169,6 +169,8 @@ struct Connection {
     receive_timeout: Duration,
     /// Messages sent per document on this connection.
     sent: HashMap<DocumentId, u64>,
+    /// Documents with unacknowledged edits, as the last `outgoing` read them.
+    unacked: Vec<DocumentId>,
 }
 
 impl Connection {
@@ -197,6 +199,7 @@ impl Connection {
             exchanged: HashSet::new(),
             receive_timeout: timeout,
             sent: HashMap::new(),
+            unacked: Vec::new(),
         })
     }
 
@@ -241,6 +244,7 @@ impl Connection {
     async fn outgoing(&mut self, replicas: &mut Replicas) -> Result<Vec<Message>, ClientError> {
         replicas.purge_unpersisted();
         let unacked = replicas.unacked().await?;
+        self.unacked.clone_from(&unacked);
         for id in replicas.loaded().into_iter().chain(unacked.iter().copied()) {
             // Opened by the app, or edited, while connected: on demand.
             self.subscribe(replicas, id)?;
@@ -363,19 +367,12 @@ impl Connection {
 
     /// Every subscribed document in memory is in sync, and none evicted
     /// still holds an unacknowledged edit.
-    async fn settled(&self, replicas: &Replicas) -> Result<bool, ClientError> {
-        if !self
-            .subscribed
-            .keys()
-            .all(|id| replicas.peek(*id).is_none_or(in_sync))
-        {
-            return Ok(false);
-        }
-        let unacked = replicas.unacked().await?;
-        Ok(self
-            .subscribed
-            .keys()
-            .all(|id| replicas.peek(*id).is_some() || !unacked.contains(id)))
+    /// Uses the unacknowledged set `outgoing` read under the same lock.
+    fn settled(&self, replicas: &Replicas) -> bool {
+        self.subscribed.keys().all(|id| match replicas.peek(*id) {
+            Some(replica) => in_sync(replica),
+            None => !self.unacked.contains(id),
+        })
     }
 
     fn report(&mut self) -> SyncReport {
@@ -489,7 +486,7 @@ impl Client {
                 let mut guard = self.replicas().await?;
                 let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
                 let outgoing = connection.outgoing(replicas).await?;
-                let settled = connection.settled(replicas).await?;
+                let settled = connection.settled(replicas);
                 if settled {
                     for id in connection.subscribed.keys().copied().collect::<Vec<_>>() {
                         replicas.save_sync_state(id).await?;
@@ -616,7 +613,7 @@ impl Client {
                     sent.clone_from(&connection.sent);
                 }
                 // `handle` saved each document's state as it settled.
-                if connection.settled(replicas).await? {
+                if connection.settled(replicas) {
                     replicas.trim().await?;
                     if !matches!(self.status(), SyncStatus::UpToDate { .. }) {
                         *failures = 0;
