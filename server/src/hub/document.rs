@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use automerge::Automerge;
 use doorstep_protocol::keeper::{Batch, Keeper, Outgoing, Step, verify_snapshot};
 use doorstep_protocol::{DocumentId, PeerId};
 use tokio::sync::{mpsc, oneshot};
@@ -24,7 +23,7 @@ use super::outbox::{Outbound, Outbox};
 use super::{Connection, Shared, SyncRefusal};
 use crate::projection::{self, Scope, Source};
 use crate::store::keeping::snapshot_key;
-use crate::store::{Commit, CommitError, StoreError, StoredChunks, now_ms};
+use crate::store::{Commit, CommitError, StoreError, now_ms};
 
 /// What a document's mailbox carries.
 #[derive(Debug)]
@@ -149,32 +148,6 @@ fn refuse_while_unloaded(command: Command, error: &StoreError) {
     }
 }
 
-/// Loads a document's stored chunks into Automerge (on the calling thread:
-/// call it on the blocking pool).
-pub(super) fn load_document(
-    id: DocumentId,
-    stored: &StoredChunks,
-) -> Result<Automerge, StoreError> {
-    let corrupt = |e: automerge::AutomergeError| {
-        StoreError::Corrupt(format!("document {id} does not load: {e}"))
-    };
-    let mut doc = Automerge::new();
-    let (snapshots, incrementals) = stored
-        .chunks
-        .split_at(stored.snapshots.min(stored.chunks.len()));
-    for snapshot in snapshots {
-        doc.load_incremental(snapshot).map_err(corrupt)?;
-    }
-    // The incrementals in one call: Automerge then orders them itself (by
-    // dependencies and by each actor's sequence), whatever order they were
-    // stored in.
-    let joined = incrementals.concat();
-    if !joined.is_empty() {
-        doc.load_incremental(&joined).map_err(corrupt)?;
-    }
-    Ok(doc)
-}
-
 /// Runs `f` on the blocking pool; a panic comes back as [`Panicked`].
 async fn on_pool<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Panicked> {
     tokio::task::spawn_blocking(move || std::panic::catch_unwind(AssertUnwindSafe(f)))
@@ -198,7 +171,7 @@ impl DocumentTask {
             })
         });
         let limits = shared.config.limits.document;
-        let (doc, stored) = on_pool(move || load_document(id, &stored).map(|doc| (doc, stored)))
+        let (doc, stored) = on_pool(move || stored.load(id).map(|doc| (doc, stored)))
             .await
             .map_err(|Panicked| StoreError::Corrupt(format!("loading document {id} panicked")))??;
         let keeper = Keeper::new(doc, stored.stored_bytes(), limits, now_ms() as u64);
@@ -422,7 +395,7 @@ impl DocumentTask {
         let loaded = match self.shared.documents.load(self.id).await {
             Ok(stored) => {
                 let id = self.id;
-                on_pool(move || load_document(id, &stored).map(|doc| (doc, stored)))
+                on_pool(move || stored.load(id).map(|doc| (doc, stored)))
                     .await
                     .map_err(|Panicked| StoreError::Corrupt("reload panicked".into()))
                     .and_then(|r| r)
@@ -610,7 +583,7 @@ pub(super) async fn catch_up_projection(shared: &Shared, id: DocumentId) -> Resu
     };
     let stored = shared.documents.load(id).await?;
     let (heads, plan) = on_pool(move || {
-        load_document(id, &stored).map(|doc| {
+        stored.load(id).map(|doc| {
             let plan = projection::plan(&doc, source, &Scope::everything(kind));
             (doc.get_heads(), plan)
         })

@@ -237,7 +237,7 @@ async fn reproject_document(store: &Store, row: &DocumentRow) -> Result<(), Stor
     let kind = row
         .kind()
         .ok_or_else(|| StoreError::Corrupt(format!("document {} has no valid month", row.id)))?;
-    let chunks = store.load_chunks(row.id).await?.chunks;
+    let stored = store.load_chunks(row.id).await?;
     let source = Source {
         document: row.id,
         branch: row.branch_id,
@@ -248,11 +248,7 @@ async fn reproject_document(store: &Store, row: &DocumentRow) -> Result<(), Stor
     // document's failure, not the command's.
     let (heads, plan) = tokio::task::spawn_blocking(move || {
         std::panic::catch_unwind(|| {
-            let mut doc = Automerge::new();
-            for chunk in &chunks {
-                doc.load_incremental(chunk)
-                    .map_err(|e| StoreError::Corrupt(format!("document {id}: {e}")))?;
-            }
+            let doc = stored.load(id)?;
             Ok::<_, StoreError>((
                 doc.get_heads(),
                 plan(&doc, source, &Scope::everything(kind)),

@@ -38,6 +38,30 @@ pub struct StoredChunks {
 }
 
 impl StoredChunks {
+    /// The document these chunks make: snapshots first, then every
+    /// incremental in one call, so Automerge orders them itself (by
+    /// dependencies and each actor's sequence) whatever order they were
+    /// stored in. The one way a stored document is loaded (the hub, and
+    /// `reproject`); it runs on the calling thread, so call it on the
+    /// blocking pool.
+    pub fn load(&self, id: DocumentId) -> Result<automerge::Automerge, StoreError> {
+        let corrupt = |e: automerge::AutomergeError| {
+            StoreError::Corrupt(format!("document {id} does not load: {e}"))
+        };
+        let mut doc = automerge::Automerge::new();
+        let (snapshots, incrementals) = self.chunks.split_at(self.snapshots.min(self.chunks.len()));
+        for snapshot in snapshots {
+            doc.load_incremental(snapshot).map_err(corrupt)?;
+        }
+        let joined = incrementals.concat();
+        if !joined.is_empty() {
+            doc.load_incremental(&joined).map_err(corrupt)?;
+        }
+        Ok(doc)
+    }
+}
+
+impl StoredChunks {
     pub fn stored_bytes(&self) -> u64 {
         self.snapshot_bytes + self.incremental_bytes
     }

@@ -471,7 +471,9 @@ async fn handle(
                             .await
                             .map_err(Fatal::from)
                     }
-                    Access::Unavailable => unavailable(hub, socket, client, document_id).await,
+                    Access::Unavailable => {
+                        unavailable(hub, socket, conn, client, document_id).await
+                    }
                     Access::Revoked => Err(revoked()),
                 }
             }
@@ -500,7 +502,7 @@ async fn handle(
                     };
                     hub.relay_ephemeral(conn, ephemeral).await
                 }
-                Access::Unavailable => unavailable(hub, socket, client, document_id).await?,
+                Access::Unavailable => unavailable(hub, socket, conn, client, document_id).await?,
                 Access::Revoked => return Err(revoked()),
             }
             Ok(true)
@@ -567,6 +569,7 @@ async fn check_access(
 async fn unavailable(
     hub: &Hub,
     socket: &mut WebSocket,
+    conn: &Connection,
     client: &PeerId,
     document_id: DocumentId,
 ) -> Result<(), Fatal> {
@@ -575,8 +578,10 @@ async fn unavailable(
         target_id: client.clone(),
         document_id,
     };
-    socket
-        .send(WsMessage::Binary(wire::encode(&message).into()))
+    // Like every other send: a client that stops reading, or is revoked,
+    // does not park this task.
+    let frame = WsMessage::Binary(wire::encode(&message).into());
+    send_frame(socket, conn, frame, hub.config().send_timeout)
         .await
-        .map_err(|_| Fatal::protocol("socket closed"))
+        .map_err(|fatal| fatal.unwrap_or_else(|| Fatal::protocol("socket closed")))
 }
