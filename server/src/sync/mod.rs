@@ -8,7 +8,6 @@
 //! against the database; a document the device may not open gets exactly
 //! the `doc-unavailable` a missing one gets.
 
-pub mod rate;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -259,7 +258,7 @@ async fn connection(hub: Arc<Hub>, mut socket: WebSocket, device: Device) {
     let waiting = hub.connect(device.clone(), None);
     let joined = tokio::select! {
         joined = handshake(&hub, &mut socket) => joined,
-        _ = waiting.revoked.notified() => Err(Some(revoked())),
+        _ = waiting.revoked.notified() => Err(Some(stopped(&waiting))),
     };
     let (client, storage_id) = match joined {
         Ok(joined) => joined,
@@ -271,10 +270,12 @@ async fn connection(hub: Arc<Hub>, mut socket: WebSocket, device: Device) {
             return;
         }
     };
-    let conn = hub.connect(device, storage_id);
+    // `waiting` leaves before `conn` counts against the device's sockets,
+    // so one socket is never counted twice. A revocation that notified
+    // neither committed before the check below, so it sees it; any later
+    // one notifies `conn`.
     hub.disconnect(&waiting).await;
-    // A revocation that notified only `waiting` committed before it did, so
-    // this sees it; any later one notifies `conn`.
+    let conn = hub.connect(device, storage_id);
     match hub.store().device_is_live(conn.device.id).await {
         Ok(true) => {}
         Ok(false) => {
@@ -355,7 +356,7 @@ async fn serve(
             _ = conn.overflow.notified() => {
                 return Some(Fatal { code: close_code::TRY_AGAIN, reason: "too far behind; reconnect to resume".into() });
             }
-            _ = conn.revoked.notified() => return Some(revoked()),
+            _ = conn.revoked.notified() => return Some(stopped(conn)),
             _ = shutdown.changed() => {
                 return Some(Fatal { code: close_code::GOING_AWAY, reason: "server shutting down".into() });
             }
@@ -442,7 +443,7 @@ async fn send_frame(
                 reason: "the client stopped reading".into(),
             })),
         },
-        _ = conn.revoked.notified() => Err(Some(revoked())),
+        _ = conn.revoked.notified() => Err(Some(stopped(conn))),
     }
 }
 
@@ -549,6 +550,20 @@ fn revoked() -> Fatal {
     Fatal {
         code: close_code::REVOKED,
         reason: "device revoked".into(),
+    }
+}
+
+/// Why a connection told to stop stops: its device was revoked, or newer
+/// connections of the device took its place (not a revocation: the close
+/// code must not make a client give up).
+fn stopped(conn: &Connection) -> Fatal {
+    if conn.revoked.is_superseded() {
+        Fatal {
+            code: close_code::GOING_AWAY,
+            reason: "replaced by newer connections of this device".into(),
+        }
+    } else {
+        revoked()
     }
 }
 
