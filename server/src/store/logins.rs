@@ -497,12 +497,18 @@ impl Store {
 /// An attempt that proved right stops counting, and so do the account's
 /// earlier failures (against the account; their addresses keep them).
 async fn forgive(tx: &mut Tx, attempt: Attempt, account: &str) -> Result<(), StoreError> {
+    // Only the failures of this account *from this address* are forgiven:
+    // the owner logging in elsewhere must not reset a guesser's delays.
+    sqlx::query(
+        "update login_attempts set counts_for_account = 0
+         where account = ? and address = (select address from login_attempts where id = ?)",
+    )
+    .bind(account)
+    .bind(attempt.0)
+    .execute(&mut **tx)
+    .await?;
     sqlx::query("delete from login_attempts where id = ?")
         .bind(attempt.0)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query("update login_attempts set counts_for_account = 0 where account = ?")
-        .bind(account)
         .execute(&mut **tx)
         .await?;
     Ok(())
