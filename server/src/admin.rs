@@ -315,7 +315,6 @@ pub async fn activate(
     username: Option<&str>,
     password: &str,
 ) -> Result<Activation, ActivationError> {
-    use crate::budget::Verdict;
     if password.chars().count() < 8 {
         // Refused before anything is looked up, claimed or hashed.
         return Err(crate::auth::PasswordError::TooShort.into());
@@ -331,16 +330,9 @@ pub async fn activate(
     let verdict = budgets
         .refusals
         .verdict("user.activate", &hex::encode(&code_hash), now_ms());
-    let recorded = |entry: AuditEntry| match verdict {
-        Verdict::Record { left_out: 0 } => Some(entry),
-        Verdict::Record { left_out } => {
-            let detail = format!(
-                "{}; {left_out} similar refusals since the last recorded one were not recorded",
-                entry.detail.clone().unwrap_or_default()
-            );
-            Some(entry.detail(detail))
-        }
-        Verdict::Skip => None,
+    let recorded = |entry: AuditEntry| {
+        let detail = verdict.detail(entry.detail.clone().unwrap_or_default())?;
+        Some(entry.detail(detail))
     };
     let entry = |detail: &str| {
         AuditEntry::new("anonymous", "user.activate", invitation.username.clone())
@@ -356,9 +348,13 @@ pub async fn activate(
     match invitation.status {
         CodeStatus::Ready => {}
         CodeStatus::PendingApproval => {
-            if let Some(entry) = recorded(entry("pending the branch's approval").refused()) {
-                store.invitation_presented(&invitation, entry).await?;
-            }
+            // Recorded on the first presentation only.
+            store
+                .invitation_presented(
+                    &invitation,
+                    entry("pending the branch's approval").refused(),
+                )
+                .await?;
             return Ok(Activation::PendingApproval);
         }
         CodeStatus::Used | CodeStatus::Denied | CodeStatus::Expired => {

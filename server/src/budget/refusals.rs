@@ -36,6 +36,21 @@ pub enum Verdict {
     Skip,
 }
 
+impl Verdict {
+    /// The audit detail to write for a refusal, with how many were left
+    /// out since the last recorded one; `None` when it is not written.
+    pub fn detail(self, detail: impl Into<String>) -> Option<String> {
+        match self {
+            Verdict::Skip => None,
+            Verdict::Record { left_out: 0 } => Some(detail.into()),
+            Verdict::Record { left_out } => Some(format!(
+                "{}; {left_out} similar refusals since the last recorded one were not recorded",
+                detail.into()
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     last: HashMap<(String, String), i64>,

@@ -275,7 +275,7 @@ impl Store {
             .bind(attempt.0)
             .execute(&mut *tx)
             .await?;
-        if let Verdict::Record { left_out } = verdict {
+        if let Some(detail) = verdict.detail(format!("{reason}, from {address}")) {
             // Only a known account's name goes in the log: an unknown
             // "username" is often a password typed into the wrong field.
             let about = |entry: AuditEntry| match user {
@@ -284,12 +284,6 @@ impl Store {
             };
             let subject = user.map_or("unknown user", |u| u.username.as_str());
             let actor = user.map_or("anonymous", |u| u.username.as_str());
-            let mut detail = format!("{reason}, from {address}");
-            if left_out > 0 {
-                detail.push_str(&format!(
-                    "; {left_out} similar refusals since the last recorded one were not recorded"
-                ));
-            }
             record(
                 &mut tx,
                 about(AuditEntry::new(actor, action, subject))

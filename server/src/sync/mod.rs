@@ -108,10 +108,20 @@ async fn record_login_token(state: &AppState, token: &str) {
     let store = &state.store;
     let recorded = match store.user_of_login_token(&hash_secret(token)).await {
         Ok(Some(user)) => {
-            let entry = AuditEntry::by_user(&user, "sync.connect", "/sync")
-                .detail("a login token is not a device token")
-                .refused();
-            store.record_audit(entry).await
+            let verdict = state.config.budgets.refusals.verdict(
+                "sync.connect",
+                &user.id.to_string(),
+                state.config.clock.now_ms(),
+            );
+            match verdict.detail("a login token is not a device token") {
+                Some(detail) => {
+                    let entry = AuditEntry::by_user(&user, "sync.connect", "/sync")
+                        .detail(detail)
+                        .refused();
+                    store.record_audit(entry).await
+                }
+                None => Ok(()),
+            }
         }
         Ok(None) => Ok(()),
         Err(e) => Err(e),
