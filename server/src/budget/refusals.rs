@@ -1,7 +1,8 @@
-//! Which refusals are written to the audit log.
+//! Which repeated events are written to the audit log.
 //!
 //! A refusal that anyone can provoke (a spent enrollment code presented
-//! again, a wrong activation code, a failed login) is recorded once per
+//! again, a wrong activation code, a failed login), or an event a device
+//! repeats by reconnecting (opening its roster), is recorded once per
 //! kind and source within an interval, and the process records at most
 //! `per_minute` of them in all; what is not recorded is counted, and the
 //! next recorded row says how many were left out. An append-only log that

@@ -543,15 +543,24 @@ async fn record_roster_open(
     if *roster_opened || document_id != DocumentId::roster(conn.device.branch_id) {
         return Ok(());
     }
-    let entry = AuditEntry::by_device(&conn.device, "roster.open", document_id.to_string())
-        .detail(format!("connection {}", conn.id));
-    hub.store().record_audit(entry).await.map_err(|e| {
-        tracing::error!(error = %e, "could not record a roster opening");
-        Fatal {
-            code: close_code::TRY_AGAIN,
-            reason: "server error, try again later".into(),
-        }
-    })?;
+    // Once per device and interval: a device reconnecting in a loop must
+    // not grow the append-only log by a row per connection.
+    let verdict = hub.config().budgets.refusals.verdict(
+        "roster.open",
+        &conn.device.id.to_string(),
+        hub.config().clock.now_ms(),
+    );
+    if let Some(detail) = verdict.detail(format!("connection {}", conn.id)) {
+        let entry = AuditEntry::by_device(&conn.device, "roster.open", document_id.to_string())
+            .detail(detail);
+        hub.store().record_audit(entry).await.map_err(|e| {
+            tracing::error!(error = %e, "could not record a roster opening");
+            Fatal {
+                code: close_code::TRY_AGAIN,
+                reason: "server error, try again later".into(),
+            }
+        })?;
+    }
     *roster_opened = true;
     Ok(())
 }
