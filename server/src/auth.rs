@@ -364,11 +364,11 @@ pub async fn log_in(
             } else {
                 "wrong password"
             };
-            let verdict = config.budgets.refusals.verdict(
-                "login",
-                &format!("{account}\u{0}{address}"),
-                now,
-            );
+            let verdict =
+                config
+                    .budgets
+                    .refusals
+                    .verdict("login", &format!("{account}\u{0}{address}"), now);
             store
                 .login_failed(
                     attempt,
@@ -446,7 +446,11 @@ pub async fn change_password(
             .await?;
         return Err(LoginError::WrongPassword);
     }
-    let hash = config.budgets.passwords.hash(&address, new.to_owned()).await?;
+    let hash = config
+        .budgets
+        .passwords
+        .hash(&address, new.to_owned())
+        .await?;
     Ok(store
         .password_changed(attempt, user, &hash, current_session)
         .await?)

@@ -181,15 +181,9 @@ mod tests {
         });
         let a1 = budget.admit(ip(1)).expect("first");
         let _a2 = budget.admit(ip(1)).expect("second");
-        assert_eq!(
-            budget.admit(ip(1)).err(),
-            Some(ConnectionRefusal::Address)
-        );
+        assert_eq!(budget.admit(ip(1)).err(), Some(ConnectionRefusal::Address));
         let _b1 = budget.admit(ip(2)).expect("another address");
-        assert_eq!(
-            budget.admit(ip(3)).err(),
-            Some(ConnectionRefusal::Process)
-        );
+        assert_eq!(budget.admit(ip(3)).err(), Some(ConnectionRefusal::Process));
         assert_eq!(budget.open(), 3);
         drop(a1);
         let _c = budget.admit(ip(3)).expect("a place was freed");

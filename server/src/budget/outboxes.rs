@@ -208,7 +208,10 @@ mod tests {
         assert!(!a.take(1));
         let b = budget.share(device);
         assert!(!b.take(50), "the process bound is hard");
-        assert!(b.take(40), "an empty queue of the device may pass its bound");
+        assert!(
+            b.take(40),
+            "an empty queue of the device may pass its bound"
+        );
         drop(a);
         assert_eq!(budget.queued(), 40, "a dropped share gives its bytes back");
     }

@@ -190,9 +190,11 @@ impl PasswordWork {
     /// past a bound.
     pub async fn permit(&self, source: &str) -> Result<PasswordPermit, Busy> {
         let waiting = {
-            let mut queue = self.inner.queue.lock().map_err(|_| Busy {
-                source_full: false,
-            })?;
+            let mut queue = self
+                .inner
+                .queue
+                .lock()
+                .map_err(|_| Busy { source_full: false })?;
             let mine = queue.per_source.get(source).copied().unwrap_or(0);
             if mine >= self.inner.limits.per_source {
                 return Err(Busy { source_full: true });

@@ -82,7 +82,9 @@ impl RefusalLog {
         };
         let interval = i64::try_from(self.limits.interval.as_millis()).unwrap_or(i64::MAX);
         if state.last.len() > 100_000 {
-            state.last.retain(|_, at| now_ms.saturating_sub(*at) < interval);
+            state
+                .last
+                .retain(|_, at| now_ms.saturating_sub(*at) < interval);
         }
         let key = (kind.to_owned(), source.to_owned());
         if state
@@ -120,12 +122,24 @@ mod tests {
             interval: Duration::from_secs(60),
             per_minute: 100,
         });
-        assert_eq!(log.verdict("enroll", "code-a", 0), Verdict::Record { left_out: 0 });
+        assert_eq!(
+            log.verdict("enroll", "code-a", 0),
+            Verdict::Record { left_out: 0 }
+        );
         assert_eq!(log.verdict("enroll", "code-a", 1_000), Verdict::Skip);
         assert_eq!(log.verdict("enroll", "code-a", 2_000), Verdict::Skip);
-        assert_eq!(log.verdict("enroll", "code-b", 3_000), Verdict::Record { left_out: 2 });
-        assert_eq!(log.verdict("login", "code-a", 3_000), Verdict::Record { left_out: 0 });
-        assert_eq!(log.verdict("enroll", "code-a", 61_000), Verdict::Record { left_out: 0 });
+        assert_eq!(
+            log.verdict("enroll", "code-b", 3_000),
+            Verdict::Record { left_out: 2 }
+        );
+        assert_eq!(
+            log.verdict("login", "code-a", 3_000),
+            Verdict::Record { left_out: 0 }
+        );
+        assert_eq!(
+            log.verdict("enroll", "code-a", 61_000),
+            Verdict::Record { left_out: 0 }
+        );
     }
 
     #[test]
@@ -135,7 +149,12 @@ mod tests {
             per_minute: 3,
         });
         let recorded = (0..1000)
-            .filter(|i| matches!(log.verdict("login", &format!("10.0.{i}"), 5_000), Verdict::Record { .. }))
+            .filter(|i| {
+                matches!(
+                    log.verdict("login", &format!("10.0.{i}"), 5_000),
+                    Verdict::Record { .. }
+                )
+            })
             .count();
         assert_eq!(recorded, 3);
         assert_eq!(

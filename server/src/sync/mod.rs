@@ -8,7 +8,6 @@
 //! against the database; a document the device may not open gets exactly
 //! the `doc-unavailable` a missing one gets.
 
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -64,7 +64,10 @@ fn honest_device(
         while busy.load(Ordering::SeqCst) {
             add_member(&mut device, "王秀兰");
             let outcome = device.peer.sync(device.roster).await?;
-            anyhow::ensure!(outcome == SyncOutcome::Synced, "round {rounds}: {outcome:?}");
+            anyhow::ensure!(
+                outcome == SyncOutcome::Synced,
+                "round {rounds}: {outcome:?}"
+            );
             rounds += 1;
         }
         Ok(rounds)
@@ -76,8 +79,8 @@ fn honest_device(
 /// code, the rest are refused at once, and the password budget bounds
 /// what runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_hundred_concurrent_activations_with_one_code_stay_within_budget()
--> anyhow::Result<()> {
+async fn four_hundred_concurrent_activations_with_one_code_stay_within_budget() -> anyhow::Result<()>
+{
     let data = tempfile::tempdir()?;
     let store = Store::open(&data.path().join("doorstep.db")).await?;
     let d = make_district(&store).await?;
@@ -259,8 +262,7 @@ async fn a_login_flood_from_many_addresses_does_not_queue_an_honest_login_behind
 /// out. Now one address holds at most its share, and a connection that
 /// does not finish its headers in time is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_and_trickling_connections_from_one_address_lock_nobody_out() -> anyhow::Result<()>
-{
+async fn idle_and_trickling_connections_from_one_address_lock_nobody_out() -> anyhow::Result<()> {
     let limits = BudgetLimits {
         connections: ConnectionLimits {
             per_address: 64,
@@ -338,7 +340,11 @@ async fn idle_and_trickling_connections_from_one_address_lock_nobody_out() -> an
         .await;
         closed += usize::from(ended.is_ok());
     }
-    assert_eq!(closed, sockets.len(), "every idle or trickling socket closed");
+    assert_eq!(
+        closed,
+        sockets.len(),
+        "every idle or trickling socket closed"
+    );
     drop(device);
     Ok(())
 }
@@ -374,9 +380,13 @@ async fn a_devices_sockets_that_stop_reading_do_not_multiply_changes_in_memory()
         peer.sync(roster).await?;
         stalled.push(peer);
     }
-    let mut writer =
-        connected_device(&http, &ws, enroll(&store, &http, d.yingfeng.id, "writer").await?, None)
-            .await?;
+    let mut writer = connected_device(
+        &http,
+        &ws,
+        enroll(&store, &http, d.yingfeng.id, "writer").await?,
+        None,
+    )
+    .await?;
     for i in 0..3 {
         let member = Member {
             name: format!("member {i}"),

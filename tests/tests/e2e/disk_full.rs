@@ -125,7 +125,13 @@ async fn a_disk_that_fills_stops_acknowledgements_and_writes_work_again_once_fre
     let unacknowledged = device.peer.document(roster).expect("roster").get_heads();
     let outcome = device.peer.sync(roster).await?;
     assert!(
-        matches!(outcome, SyncOutcome::Refused { close_code: Some(1013), .. }),
+        matches!(
+            outcome,
+            SyncOutcome::Refused {
+                close_code: Some(1013),
+                ..
+            }
+        ),
         "{outcome:?}"
     );
     for _ in 0..5 {
