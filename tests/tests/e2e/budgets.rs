@@ -13,7 +13,7 @@ use doorstep_protocol::schema::roster::Member;
 use doorstep_protocol::schema::write_record;
 use doorstep_server::admin;
 use doorstep_server::budget::{BudgetLimits, Budgets, ConnectionLimits};
-use doorstep_server::store::Store;
+use doorstep_server::store::{AuditQuery, Outcome, Store};
 use doorstep_server::tenancy::Role;
 use doorstep_tests::{
     ServerProcess, SyncOutcome, TestPeer, TestServer, enroll, eventually, make_district,
@@ -174,6 +174,25 @@ async fn four_hundred_concurrent_activations_with_one_code_stay_within_budget() 
     assert!(rounds >= 1, "the other branch synced meanwhile");
     let health = reqwest::get(format!("{}/healthz", server.http_url())).await?;
     assert_eq!(health.status(), StatusCode::OK);
+    // Hundreds of refusals of one spent code are one audit row, not hundreds.
+    let refused = store
+        .audit_entries(&AuditQuery {
+            scope: None,
+            before: None,
+            limit: 10_000,
+        })
+        .await?
+        .into_iter()
+        .filter(|e| e.action == "user.activate" && e.outcome == Outcome::Refused)
+        .count();
+    let spent = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::BAD_REQUEST)
+        .count();
+    assert!(
+        refused <= 1,
+        "{refused} rows for {spent} refused uses of a spent code"
+    );
     server.kill().await?;
     Ok(())
 }
@@ -190,6 +209,17 @@ async fn a_login_flood_from_many_addresses_does_not_queue_an_honest_login_behind
     server
         .login_as("secretary", Role::BranchSecretary, d.yingfeng.id)
         .await?;
+    let busy = Arc::new(AtomicBool::new(true));
+    let syncing = honest_device(
+        connected_device(
+            &server.http_url(),
+            &server.ws_url(),
+            server.enroll(d.fenghuangting.id, "phone").await?,
+            None,
+        )
+        .await?,
+        busy.clone(),
+    );
     const SOURCES: u8 = 60;
     const PER_SOURCE: usize = 10;
     let served = Arc::new(AtomicUsize::new(0));
@@ -247,6 +277,8 @@ async fn a_login_flood_from_many_addresses_does_not_queue_an_honest_login_behind
     for lane in flood {
         lane.await??;
     }
+    busy.store(false, Ordering::SeqCst);
+    assert!(syncing.await?? >= 1, "another branch synced meanwhile");
     let total = usize::from(SOURCES) * PER_SOURCE;
     // In turn: at most one turn of each address (plus the two running)
     // before the honest login; first-in first-out served the ~240 queued.
@@ -380,6 +412,17 @@ async fn a_devices_sockets_that_stop_reading_do_not_multiply_changes_in_memory()
         peer.sync(roster).await?;
         stalled.push(peer);
     }
+    let busy = Arc::new(AtomicBool::new(true));
+    let syncing = honest_device(
+        connected_device(
+            &http,
+            &ws,
+            enroll(&store, &http, d.fenghuangting.id, "other branch").await?,
+            None,
+        )
+        .await?,
+        busy.clone(),
+    );
     let mut writer = connected_device(
         &http,
         &ws,
@@ -399,6 +442,8 @@ async fn a_devices_sockets_that_stop_reading_do_not_multiply_changes_in_memory()
         tx.commit();
         assert_eq!(writer.peer.sync(writer.roster).await?, SyncOutcome::Synced);
     }
+    busy.store(false, Ordering::SeqCst);
+    assert!(syncing.await?? >= 1, "another branch synced meanwhile");
     let peak = server.peak_rss_bytes()?;
     assert!(peak < 600 * MIB, "peak RSS {} MiB", peak / MIB);
     // All but the newest few of the stalled sockets were closed.
