@@ -53,6 +53,10 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         _ => {
             let writable = match state.store.probe_write().await {
                 Ok(()) => true,
+                // Another writer held the lock past the busy timeout (a
+                // compaction): slow, not broken; a load balancer must not
+                // flap on it.
+                Err(e) if e.is_busy() => true,
                 Err(e) => {
                     tracing::warn!(error = %e, "readiness: the database cannot be written");
                     false
@@ -69,7 +73,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({
                 "status": "not_ready",
-                "error": "the database cannot be written (disk full or read-only?); changes are not being acknowledged",
+                "error": "this server cannot store changes right now; the operator's log says why",
             })),
         )
     }

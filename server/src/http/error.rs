@@ -39,6 +39,10 @@ pub enum ApiError {
     AccountDisabled,
     #[error("the current password is wrong")]
     WrongPassword,
+    #[error("the request body is larger than {} bytes", super::MAX_BODY_BYTES)]
+    PayloadTooLarge,
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -92,6 +96,8 @@ impl ApiError {
             ApiError::Busy(busy) if busy.source_full => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::AccountDisabled | ApiError::WrongPassword => StatusCode::FORBIDDEN,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
