@@ -237,7 +237,7 @@ async fn refuses_to_start(data: &Path, extra: &[&str], says: &[&str]) -> anyhow:
 }
 
 #[tokio::test]
-async fn serve_says_listening_only_once_it_can_serve() -> anyhow::Result<()> {
+async fn serve_refuses_a_missing_tls_file_before_listening() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path();
     district(data).await?; // a database with its migrations applied
@@ -257,8 +257,13 @@ async fn serve_says_listening_only_once_it_can_serve() -> anyhow::Result<()> {
         ],
         &["TLS", "missing-cert.pem"],
     )
-    .await?;
+    .await
+}
 
+#[tokio::test]
+async fn serve_names_the_address_in_use_and_how_to_choose_another() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path();
     // The address taken by another program.
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = taken.local_addr()?.to_string();
