@@ -8,7 +8,6 @@ mod rollups;
 use axum::Router;
 use axum::extract::Request;
 use axum::routing::{get, post};
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::AppState;
@@ -129,8 +128,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/branches/{id}/grants", get(api::list_grants).post(api::create_grant))
         .route("/api/v1/grants/{id}/revoke", post(api::revoke_grant))
         .route("/api/v1/audit", get(rollups::audit_log))
-        // JSON bodies are small; sync traffic goes over the WebSocket.
-        .layer(RequestBodyLimitLayer::new(64 * 1024))
+        // JSON bodies are small; sync traffic goes over the WebSocket. The
+        // limit is enforced where the body is read (the `Json` extractor),
+        // so a body over it is refused in the API's JSON error shape.
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             // The path only: `/sync?token=...` must never reach a log line.
             tracing::info_span!("http", method = %request.method(), path = %request.uri().path())

@@ -465,6 +465,18 @@ async fn extractor_rejections_answer_json_like_every_api_error() -> anyhow::Resu
             "invalid_request",
         ),
     ];
+    let too_large = format!(
+        r#"{{"username": "{}", "password": "b"}}"#,
+        "a".repeat(100 * 1024)
+    );
+    let cases = cases.into_iter().chain([(
+        "a body over the limit",
+        http.post(url("/api/v1/login"))
+            .header("content-type", "application/json")
+            .body(too_large.clone()),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )]);
     for (what, request, status, code) in cases {
         let (got, content_type, body) = send(request).await?;
         assert_eq!(got, status, "{what}: {body}");
@@ -478,6 +490,35 @@ async fn extractor_rejections_answer_json_like_every_api_error() -> anyhow::Resu
             "{what}: {body}"
         );
     }
+
+    // The same body sent in chunks, with no length up front: refused while
+    // it is read, in the same shape.
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await?;
+    let mut request = format!(
+        "POST /api/v1/login HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+        server.addr
+    )
+    .into_bytes();
+    for chunk in too_large.as_bytes().chunks(8 * 1024) {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    // The server may answer and close before it has read everything.
+    let _ = socket.write_all(&request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut answer)).await;
+    let answer = text(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").context("an HTTP answer")?;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    assert!(body.contains("payload_too_large"), "{body}");
     Ok(())
 }
 
