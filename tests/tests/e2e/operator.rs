@@ -293,9 +293,16 @@ async fn serve_refuses_a_read_only_database_before_listening() -> anyhow::Result
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
     let is_root = text(&std::process::Command::new("id").arg("-u").output()?.stdout).trim() == "0";
     let mut command = if is_root {
+        // `nobody` may not reach the build's folder (a checkout under
+        // /root): run a link or copy of the binary beside the data.
+        let exe = dir.path().join("doorstep");
+        if std::fs::hard_link(binary(), &exe).is_err() {
+            std::fs::copy(binary(), &exe)?;
+        }
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))?;
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(binary());
+            .arg(exe);
         c
     } else {
         Command::new(binary())
