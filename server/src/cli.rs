@@ -900,3 +900,22 @@ impl Store {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap's own consistency checks (duplicate flags, bad `requires`),
+    /// here so a `--lib` run finds them; the e2e test `operator::
+    /// every_command_and_argument_has_help` checks the help text itself.
+    #[test]
+    fn the_command_line_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn times_print_as_utc() {
+        assert_eq!(utc(1_796_584_186_079), "2026-12-06T19:09:46Z");
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+    }
+}
