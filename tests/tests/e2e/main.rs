@@ -4,10 +4,12 @@
 mod api;
 mod bad_input;
 mod bombs;
+mod budgets;
 mod cli;
 mod dashboard;
 mod device;
 mod device_api;
+mod disk_full;
 mod durability;
 mod failures;
 mod hostile;
