@@ -348,7 +348,11 @@ pub async fn main() -> anyhow::Result<()> {
             // Everything that can stop start-up is checked before the
             // "listening" line: an operator (or a supervisor reading our
             // output) must never see it from a server that then exits.
-            store.check_writable().await.with_context(|| {
+            // A committed write (readiness's own probe): SQLite opens a file
+            // it may not write read-only without a word, migrations already
+            // applied write nothing, and in WAL mode even `begin immediate`
+            // passes on such a file.
+            store.probe_write().await.with_context(|| {
                 format!(
                     "the database {} cannot be written (check the permissions of it and of {})",
                     cli.database_path().display(),
@@ -877,19 +881,6 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
 }
 
 impl Store {
-    /// Writes a row and rolls it back: SQLite opens a file it may not write
-    /// read-only without a word, migrations already applied write nothing,
-    /// and in WAL mode even `begin immediate` succeeds on such a file, so
-    /// only a real write finds it before the first visit a phone sends.
-    pub async fn check_writable(&self) -> Result<(), crate::store::StoreError> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("insert or replace into server_meta (key, value) values ('write-check', '')")
-            .execute(&mut *tx)
-            .await?;
-        tx.rollback().await?;
-        Ok(())
-    }
-
     /// The paths of every district (root tenant).
     pub async fn tenants_within_roots(&self) -> Result<Vec<TenantPath>, crate::store::StoreError> {
         let paths: Vec<String> =
