@@ -2,15 +2,14 @@
 //! target against the caller's scope; anything outside it is `404`, exactly
 //! like something that does not exist.
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use doorstep_protocol::{DeviceId, TenantId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::extract::{ClientAddr, DeviceAuth, UserAuth, UserSession};
+use super::extract::{ClientAddr, DeviceAuth, Json, Path, Query, UserAuth, UserSession};
 use crate::AppState;
 use crate::admin;
 use crate::auth::{Secret, hash_secret};

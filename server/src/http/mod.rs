@@ -158,6 +158,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/branches/{id}/grants", get(api::list_grants).post(api::create_grant))
         .route("/api/v1/grants/{id}/revoke", post(api::revoke_grant))
         .route("/api/v1/audit", get(rollups::audit_log))
+        // Where the `Json` extractor reads the body; the middleware below
+        // has already refused a larger one in the API's JSON error shape.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         // A client trickling its body cannot hold a connection's place;
         // a handler that has started is never cut (it may have committed).
         .layer(axum::middleware::from_fn_with_state(

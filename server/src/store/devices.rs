@@ -109,10 +109,18 @@ pub enum Enrollment {
 /// Why a code could not be exchanged for a token.
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
-    /// Unknown, used or expired: the three look the same to the caller, so
-    /// codes cannot be probed.
+    /// Unknown or denied. Unknown codes all look the same, so codes cannot
+    /// be probed.
     #[error("the enrollment code is not valid")]
     InvalidCode,
+    /// Already exchanged. Saying so tells only the code's holder what
+    /// happened to it (a guess that hits a spent code gains nothing), and
+    /// tells them to ask for a new code rather than retype this one.
+    #[error("the enrollment code was already used")]
+    AlreadyUsed,
+    /// Past its expiry, likewise said only to its holder.
+    #[error("the enrollment code has expired")]
+    Expired,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -334,7 +342,11 @@ impl Store {
                 };
                 record(&mut tx, entry(why).refused()).await?;
                 tx.commit().await?;
-                return Err(EnrollError::InvalidCode);
+                return Err(match code.status {
+                    CodeStatus::Used => EnrollError::AlreadyUsed,
+                    CodeStatus::Expired => EnrollError::Expired,
+                    _ => EnrollError::InvalidCode,
+                });
             }
         }
         let device_id = DeviceId::new_v7();
@@ -352,7 +364,7 @@ impl Store {
         .rows_affected()
             > 0;
         if !claimed {
-            return Err(EnrollError::InvalidCode);
+            return Err(EnrollError::AlreadyUsed);
         }
         sqlx::query("insert into devices (id, branch_id, label, created_at) values (?, ?, ?, ?)")
             .bind(device_id.to_string())

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use doorstep_protocol::wire::{self, DecodeError, Message, PROTOCOL_VERSION, PeerMetadata};
@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use crate::AppState;
 use crate::auth::hash_secret;
+use crate::http::extract::Query;
 use crate::hub::{Access, Connection, Ephemeral, Hub, Outbound, SyncRefusal};
 use crate::store::{AuditEntry, Device};
 use doorstep_protocol::admission::AdmissionError;

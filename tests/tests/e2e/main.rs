@@ -16,6 +16,7 @@ mod hostile;
 mod interop;
 mod logins;
 mod openapi;
+mod operator;
 mod privacy;
 mod review;
 mod rollups;

@@ -391,7 +391,7 @@ async fn the_branch_secretary_approves_or_denies_a_device_an_upper_level_asked_f
         post(&server, "", "/api/v1/enroll", json!({ "code": code }))
             .await?
             .0,
-        StatusCode::BAD_REQUEST
+        StatusCode::CONFLICT
     );
     let denied_code = denied["code"].as_str().context("code")?;
     let (status, answer) = post(
