@@ -58,6 +58,11 @@ pub struct KeeperLimits {
     /// nesting maps 8,000 deep took 3.2 GB), and every reader walks it
     /// again.
     pub max_depth: usize,
+    /// Changes a document may hold over its life. Its stored bytes do not
+    /// bound them: a snapshot keeps a small change in a few bytes, while
+    /// Automerge's change graph and the server's `change_log` keep a row
+    /// for each for good.
+    pub max_document_changes: u64,
 }
 
 impl Default for KeeperLimits {
@@ -75,6 +80,9 @@ impl Default for KeeperLimits {
             // record, a set or a stock client's Text); the projection reads
             // sixteen. Twice that leaves room without making depth a cost.
             max_depth: 32,
+            // A branch's month is thousands of edits and its roster tens of
+            // thousands over years; a million is far past either.
+            max_document_changes: 1_000_000,
         }
     }
 }
@@ -169,6 +177,14 @@ pub enum Refusal {
         incoming: usize,
         limit: usize,
     },
+    #[error(
+        "the document holds {count} changes and the message carries {incoming}; the limit is {limit} changes per document"
+    )]
+    DocumentChanges {
+        count: u64,
+        incoming: u64,
+        limit: u64,
+    },
     #[error("the message nests an object {depth} levels deep; the limit is {limit}")]
     TooDeep { depth: usize, limit: usize },
     #[error("the message makes object {object} inside an object the document does not hold")]
@@ -196,6 +212,13 @@ impl Refusal {
                 | Refusal::ForeignActor { .. }
         )
     }
+}
+
+/// What a document holds, as its lifetime limits count it.
+#[derive(Debug)]
+struct Census {
+    actors: HashSet<ActorId>,
+    changes: u64,
 }
 
 /// An object by the id of the operation that made it: (counter, actor).
@@ -247,10 +270,10 @@ pub struct Keeper {
     /// their sizes. They were never checked as new changes, so they must
     /// neither grow without bound nor reach another device.
     orphans: HashMap<ChangeHash, Orphan>,
-    /// The document's distinct actors, computed on the first message that
-    /// names any after a load (one walk of the change metadata), then kept
-    /// up to date.
-    actors: Option<HashSet<ActorId>>,
+    /// The document's distinct actors and its changes, counted on the
+    /// first message that carries any after a load (one walk of the change
+    /// metadata), then kept up to date.
+    census: Option<Census>,
     /// Actors whose binding the store confirmed, with their device.
     bound: HashMap<ActorId, DeviceId>,
     stored_bytes: u64,
@@ -269,7 +292,7 @@ impl Keeper {
             pending: None,
             needs_reload: false,
             orphans: HashMap::new(),
-            actors: None,
+            census: None,
             bound: HashMap::new(),
             stored_bytes,
             limits,
@@ -371,7 +394,7 @@ impl Keeper {
                 limit: self.limits.max_actors_per_message,
             });
         }
-        self.check_actors(&inspected)?;
+        self.check_census(&inspected)?;
         self.check_depth(&inspected)?;
         let message =
             sync::Message::decode(data).map_err(|e| Refusal::BadSyncData(e.to_string()))?;
@@ -385,10 +408,10 @@ impl Keeper {
 
         // Changes of this message that did not apply wait in Automerge's
         // queue; count them with the ones already waiting.
-        if let Some(known) = self.actors.as_mut() {
+        if let Some(census) = self.census.as_mut() {
             // Counted before applying; some may wait as orphans, which
             // Automerge holds as well.
-            known.extend(inspected.actors.iter().cloned());
+            census.actors.extend(inspected.actors.iter().cloned());
         }
         for change in &inspected.changes {
             if self.doc.get_change_meta_by_hash(&change.hash).is_none() {
@@ -455,6 +478,22 @@ impl Keeper {
                 bytes: change.bytes().into_owned(),
             });
         }
+        if let Some(census) = self.census.as_mut() {
+            let count = census.changes;
+            let incoming = changes.len() as u64;
+            if count.saturating_add(incoming) > self.limits.max_document_changes {
+                // Only a document chunk gets here (change chunks were
+                // counted before applying): bounded by admission, and the
+                // document is reloaded without it.
+                self.needs_reload = true;
+                return Err(Refusal::DocumentChanges {
+                    count,
+                    incoming,
+                    limit: self.limits.max_document_changes,
+                });
+            }
+            census.changes = count.saturating_add(incoming);
+        }
         let patches = self.doc.make_patches(&mut log);
         let sender_state = self
             .peers
@@ -483,30 +522,49 @@ impl Keeper {
     }
 
     /// Refuses a message that would take the document past its lifetime
-    /// actor limit, before Automerge adds any actor. Every actor the message
-    /// names counts, not only authors: Automerge adds the actors a change's
-    /// operations refer to as well.
-    fn check_actors(&mut self, inspected: &Inspected) -> Result<(), Refusal> {
-        if inspected.actors.is_empty() {
+    /// actor or change limits, before Automerge adds anything. Every actor
+    /// the message names counts, not only authors: Automerge adds the
+    /// actors a change's operations refer to as well.
+    fn check_census(&mut self, inspected: &Inspected) -> Result<(), Refusal> {
+        if inspected.actors.is_empty() && inspected.change_count == 0 {
             return Ok(());
         }
         let doc = &self.doc;
-        let known = self.actors.get_or_insert_with(|| {
-            doc.get_changes_meta(&[])
-                .iter()
-                .map(|m| m.actor.as_ref().clone())
-                .collect()
+        let census = self.census.get_or_insert_with(|| {
+            let changes = doc.get_changes_meta(&[]);
+            Census {
+                changes: changes.len() as u64,
+                actors: changes.iter().map(|m| m.actor.as_ref().clone()).collect(),
+            }
         });
         let incoming = inspected
             .actors
             .iter()
-            .filter(|a| !known.contains(*a))
+            .filter(|a| !census.actors.contains(*a))
             .count();
-        if incoming > 0 && known.len().saturating_add(incoming) > self.limits.max_document_actors {
+        if incoming > 0
+            && census.actors.len().saturating_add(incoming) > self.limits.max_document_actors
+        {
             return Err(Refusal::DocumentActors {
-                count: known.len(),
+                count: census.actors.len(),
                 incoming,
                 limit: self.limits.max_document_actors,
+            });
+        }
+        // Change chunks the document lacks; a document chunk's new changes
+        // are known only once applied, and counted then.
+        let incoming = inspected
+            .changes
+            .iter()
+            .filter(|c| doc.get_change_meta_by_hash(&c.hash).is_none())
+            .map(|c| c.hash)
+            .collect::<HashSet<_>>()
+            .len() as u64;
+        if census.changes.saturating_add(incoming) > self.limits.max_document_changes {
+            return Err(Refusal::DocumentChanges {
+                count: census.changes,
+                incoming,
+                limit: self.limits.max_document_changes,
             });
         }
         Ok(())
@@ -763,7 +821,7 @@ impl Keeper {
         self.doc = doc;
         self.stored_bytes = stored_bytes;
         self.orphans.clear();
-        self.actors = None;
+        self.census = None;
         self.needs_reload = false;
         self.pending = None;
         for peer in self.peers.values_mut() {

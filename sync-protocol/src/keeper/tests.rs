@@ -979,3 +979,38 @@ fn a_document_refuses_actors_past_its_lifetime_limit() {
     world.quiesce();
     assert!(Device::visit_keys(world.keeper.document()).contains(&"still".to_owned()));
 }
+
+#[test]
+fn a_document_refuses_changes_past_its_lifetime_limit() {
+    let limits = KeeperLimits {
+        max_document_changes: 4,
+        ..KeeperLimits::default()
+    };
+    let mut world = World::new(1, limits);
+    // The genesis and two visits: three.
+    world.devices[0].record_visit("a");
+    world.devices[0].record_visit("b");
+    world.quiesce();
+    assert!(world.refusals.is_empty(), "{:?}", world.refusals);
+    let heads = world.keeper.heads();
+    world.devices[0].record_visit("c");
+    world.devices[0].record_visit("d");
+    // The device retries and is refused each time: it never falls quiet.
+    assert!(!world.run(5));
+    assert!(
+        matches!(
+            world.refusals.first(),
+            Some((
+                _,
+                Refusal::DocumentChanges {
+                    count: 3,
+                    incoming: 2,
+                    limit: 4
+                }
+            ))
+        ),
+        "{:?}",
+        world.refusals
+    );
+    assert_eq!(world.keeper.heads(), heads);
+}
