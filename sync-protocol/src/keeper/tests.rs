@@ -1014,3 +1014,71 @@ fn a_document_refuses_changes_past_its_lifetime_limit() {
     );
     assert_eq!(world.keeper.heads(), heads);
 }
+
+#[test]
+fn a_whole_document_nesting_past_the_limit_is_refused_before_automerge() {
+    let mut world = World::new(1, KeeperLimits::default());
+    let base = world.keeper.document().fork();
+    let (bytes, _) = deeply_nested_visit(&base, 40);
+    let mut doc = base.fork();
+    doc.load_incremental(&bytes).expect("applies");
+    // Automerge's V2 reply to a peer missing much: `save()` as one chunk.
+    let data = sync::Message {
+        heads: doc.get_heads(),
+        need: Vec::new(),
+        have: vec![sync::Have::default()],
+        changes: sync::ChunkList::from(doc.save()),
+        flags: None,
+        version: MessageVersion::V2,
+    }
+    .encode();
+    world.device_sends(0, data);
+    assert!(
+        matches!(world.refusals.last(), Some((_, Refusal::TooDeep { .. }))),
+        "{:?}",
+        world.refusals
+    );
+    assert!(!world.keeper.needs_reload());
+    assert_eq!(world.keeper.heads(), base.get_heads());
+}
+
+#[test]
+fn an_orphan_is_measured_when_the_change_it_waits_for_arrives() {
+    let mut world = World::new(1, KeeperLimits::default());
+    let base = world.keeper.document().fork();
+    // The first change nests 20 under a new visit (22 deep); the second,
+    // sent first, nests 20 more under its deepest (42).
+    let mut fork = base.fork().with_actor(ActorId::random());
+    let visits = match fork.get(automerge::ROOT, "visits") {
+        Ok(Some((_, id))) => id,
+        other => panic!("no visits map: {other:?}"),
+    };
+    let mut obj = visits;
+    for round in 0..2 {
+        let mut tx = fork.transaction();
+        for _ in 0..20 {
+            obj = tx
+                .put_object(&obj, format!("r{round}").as_str(), automerge::ObjType::Map)
+                .expect("nest");
+        }
+        tx.commit();
+    }
+    let mut changes = fork.get_changes(&base.get_heads());
+    assert_eq!(changes.len(), 2);
+    let second = changes.pop().expect("second");
+    let first = changes.pop().expect("first");
+    let bytes = |c: &automerge::Change| c.raw_bytes().to_vec();
+
+    // Alone, the second waits for the first: nothing to measure yet.
+    world.device_sends(0, message_with(vec![bytes(&second)], vec![second.hash()]));
+    assert!(world.refusals.is_empty(), "{:?}", world.refusals);
+    assert_eq!(world.keeper.heads(), base.get_heads());
+    // The first arrives: together they are 41 deep (visits 1, then 40).
+    world.device_sends(0, message_with(vec![bytes(&first)], vec![first.hash()]));
+    assert!(
+        matches!(world.refusals.last(), Some((_, Refusal::TooDeep { .. }))),
+        "{:?}",
+        world.refusals
+    );
+    assert_eq!(world.keeper.heads(), base.get_heads());
+}
