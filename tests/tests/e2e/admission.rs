@@ -314,3 +314,27 @@ async fn a_device_presenting_endless_storage_ids_keeps_a_bounded_number_of_sync_
     assert_eq!(again.sync(roster).await?, SyncOutcome::Synced);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_device_registering_endless_actors_is_refused_past_its_bound() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let device = server.enroll(d.yingfeng.id, "registrar").await?;
+    let mut first = None;
+    for _ in 0..1024 {
+        let actor = ActorId::random();
+        let status =
+            doorstep_tests::register_actor(&server.http_url(), &device.token, &actor).await?;
+        assert_eq!(status, reqwest::StatusCode::NO_CONTENT);
+        first.get_or_insert(actor);
+    }
+    let status =
+        doorstep_tests::register_actor(&server.http_url(), &device.token, &ActorId::random())
+            .await?;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
+    // Registering one it already holds still answers as before.
+    let held = first.expect("registered");
+    let status = doorstep_tests::register_actor(&server.http_url(), &device.token, &held).await?;
+    assert_eq!(status, reqwest::StatusCode::NO_CONTENT);
+    Ok(())
+}
