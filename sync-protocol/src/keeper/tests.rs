@@ -1082,3 +1082,47 @@ fn an_orphan_is_measured_when_the_change_it_waits_for_arrives() {
     );
     assert_eq!(world.keeper.heads(), base.get_heads());
 }
+
+#[test]
+fn an_object_made_inside_one_the_document_never_held_is_refused() {
+    let mut world = World::new(1, KeeperLimits::default());
+    let base = world.keeper.document().fork();
+    // Change A makes a visit; change B, by another actor, makes a map in
+    // it. B is rewritten to depend on the base alone, and A never sent:
+    // B applies at once, into an object that does not exist.
+    let mut fork = base.fork().with_actor(ActorId::random());
+    let visits = match fork.get(automerge::ROOT, "visits") {
+        Ok(Some((_, id))) => id,
+        other => panic!("no visits map: {other:?}"),
+    };
+    let mut tx = fork.transaction();
+    let visit = tx
+        .put_object(&visits, "v", automerge::ObjType::Map)
+        .expect("visit");
+    tx.commit();
+    let after_a = fork.get_heads();
+    let mut other = fork.fork().with_actor(ActorId::random());
+    let mut tx = other.transaction();
+    tx.put_object(&visit, "inner", automerge::ObjType::Map)
+        .expect("inner");
+    tx.commit();
+    let b = other.get_changes(&after_a).pop().expect("b");
+    let mut expanded = automerge::ExpandedChange::from(&b);
+    expanded.deps = base.get_heads();
+    expanded.hash = None;
+    let b = automerge::Change::from(expanded);
+    world.device_sends(
+        0,
+        message_with(vec![b.raw_bytes().to_vec()], vec![b.hash()]),
+    );
+    assert!(
+        matches!(
+            world.refusals.last(),
+            Some((_, Refusal::UnknownParent { .. }))
+        ),
+        "{:?}",
+        world.refusals
+    );
+    assert!(!world.keeper.needs_reload());
+    assert_eq!(world.keeper.heads(), base.get_heads());
+}
