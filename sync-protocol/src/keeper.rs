@@ -21,6 +21,7 @@
 //! [`crate::admission`] (bloom filters, counts, inflated bytes, operations)
 //! and checked against the document's ceilings before Automerge sees it.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use automerge::sync::{self, MessageVersion, SyncDoc};
@@ -227,8 +228,9 @@ type ObjectRef = (u64, ActorId);
 /// An object made, and the object it is made in (`None`: the root).
 type Made = (ObjectRef, Option<ObjectRef>);
 
-/// Changes not yet in the document: their dependencies and what they make.
-type Unapplied<'a> = HashMap<ChangeHash, (&'a [ChangeHash], Vec<Made>)>;
+/// Changes not yet in the document: their dependencies and the objects
+/// they make (actors as indexes into the depth check's actor table).
+type Unapplied<'a> = HashMap<ChangeHash, (&'a [ChangeHash], Cow<'a, [CreatedObject]>)>;
 
 /// A change waiting in Automerge's queue for its dependencies. What it makes
 /// is checked when it becomes applicable, in the message that completes it.
@@ -583,6 +585,16 @@ impl Keeper {
     /// bound. Changes that stay orphans are checked when they apply.
     fn check_depth(&self, inspected: &Inspected) -> Result<(), Refusal> {
         let limit = self.limits.max_depth;
+        // Objects are keyed by (counter, actor index) into one table: the
+        // message's actors, then any only queued orphans name. A message
+        // may make two million objects; this keeps each entry small.
+        let mut actors: Vec<&ActorId> = inspected.actors.iter().collect();
+        let mut index: HashMap<&ActorId, u32> = actors
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (*a, u32::try_from(i).unwrap_or(u32::MAX)))
+            .collect();
+
         // What each change that is not yet in the document makes, and
         // whether it will apply.
         let mut pending: Unapplied<'_> = HashMap::new();
@@ -592,67 +604,76 @@ impl Keeper {
             {
                 continue;
             }
-            let objects = change
-                .objects
-                .iter()
-                .filter_map(|made| resolve_object(inspected, made))
-                .collect();
-            pending.insert(change.hash, (change.deps.as_slice(), objects));
+            pending.insert(
+                change.hash,
+                (change.deps.as_slice(), Cow::Borrowed(&change.objects)),
+            );
         }
         for (hash, orphan) in &self.orphans {
-            pending
-                .entry(*hash)
-                .or_insert_with(|| (orphan.deps.as_slice(), orphan.objects.clone()));
+            if pending.contains_key(hash) {
+                continue;
+            }
+            let objects: Vec<CreatedObject> = orphan
+                .objects
+                .iter()
+                .map(|(object, parent)| CreatedObject {
+                    object: intern_object(&mut actors, &mut index, object),
+                    parent: parent
+                        .as_ref()
+                        .map(|p| intern_object(&mut actors, &mut index, p)),
+                })
+                .collect();
+            pending.insert(*hash, (orphan.deps.as_slice(), Cow::Owned(objects)));
         }
         let applicable = self.applicable(&pending);
 
-        let mut made: HashMap<ObjectRef, (Option<ObjectRef>, bool)> = HashMap::new();
-        let mut add =
-            |object: ObjectRef, parent: Option<ObjectRef>, applies: bool| match made.get(&object) {
-                Some((known, _)) if *known != parent => Err(Refusal::UnknownParent {
-                    object: object_text(&object),
-                }),
-                Some(_) => Ok(()),
-                None => {
-                    made.insert(object, (parent, applies));
-                    Ok(())
-                }
-            };
-        for made_object in &inspected.document_objects {
-            if let Some((object, parent)) = resolve_object(inspected, made_object) {
-                add(object, parent, true)?;
+        // Each object made: its parent, and whether its change applies now.
+        let mut made: HashMap<ObjectKey, (Option<ObjectKey>, bool)> = HashMap::new();
+        let mut add = |created: &CreatedObject, applies: bool| match made.get(&created.object) {
+            Some((known, _)) if *known != created.parent => Err(created.object),
+            Some(_) => Ok(()),
+            None => {
+                made.insert(created.object, (created.parent, applies));
+                Ok(())
             }
+        };
+        let text = |(counter, actor): ObjectKey| -> String {
+            match actors.get(actor as usize) {
+                Some(actor) => format!("{counter}@{}", actor.to_hex_string()),
+                None => format!("{counter}@?"),
+            }
+        };
+        let twice = |object: ObjectKey| Refusal::UnknownParent {
+            object: text(object),
+        };
+        for created in &inspected.document_objects {
+            add(created, true).map_err(twice)?;
         }
         for (hash, (_, objects)) in &pending {
             let applies = applicable.contains(hash);
-            for (object, parent) in objects {
-                add(object.clone(), parent.clone(), applies)?;
+            for created in objects.iter() {
+                add(created, applies).map_err(twice)?;
             }
         }
 
-        let mut depths: HashMap<ObjectRef, usize> = HashMap::new();
+        let mut depths: HashMap<ObjectKey, usize> = HashMap::new();
+        let mut in_document: HashMap<ObjectKey, Option<usize>> = HashMap::new();
         for (object, (_, applies)) in &made {
             if !*applies || depths.contains_key(object) {
                 continue;
             }
             // Walk up to something of known depth: the root, an object
             // already measured, or one the document holds.
-            let mut chain: Vec<&ObjectRef> = vec![object];
+            let mut chain: Vec<ObjectKey> = vec![*object];
             let base = loop {
-                let Some(current) = chain.last() else {
+                let top = chain.last().copied().unwrap_or(*object);
+                let Some(parent) = made.get(&top).and_then(|(parent, _)| *parent) else {
                     break 0;
                 };
-                let parent = match made.get(*current) {
-                    Some((parent, _)) => parent.as_ref(),
-                    None => break 0,
-                };
-                let Some(parent) = parent else {
-                    break 0;
-                };
-                if let Some(depth) = depths.get(parent) {
+                if let Some(depth) = depths.get(&parent) {
                     break *depth;
                 }
-                match made.get(parent) {
+                match made.get(&parent) {
                     Some((_, true)) => {
                         // A cycle, which no honest encoder makes, also ends here.
                         if chain.len() >= limit {
@@ -664,18 +685,19 @@ impl Keeper {
                         chain.push(parent);
                     }
                     Some((_, false)) => {
-                        return Err(Refusal::UnknownParent {
-                            object: object_text(chain.last().copied().unwrap_or(object)),
-                        });
+                        return Err(Refusal::UnknownParent { object: text(top) });
                     }
-                    None => match self.depth_in_document(parent) {
-                        Some(depth) => break depth,
-                        None => {
-                            return Err(Refusal::UnknownParent {
-                                object: object_text(chain.last().copied().unwrap_or(object)),
-                            });
+                    None => {
+                        let depth = *in_document.entry(parent).or_insert_with(|| {
+                            let (counter, actor) = parent;
+                            let actor = actors.get(actor as usize)?;
+                            self.depth_in_document(&(counter, (*actor).clone()))
+                        });
+                        match depth {
+                            Some(depth) => break depth,
+                            None => return Err(Refusal::UnknownParent { object: text(top) }),
                         }
-                    },
+                    }
                 }
             };
             for (above, current) in chain.iter().rev().enumerate() {
@@ -683,7 +705,7 @@ impl Keeper {
                 if depth > limit {
                     return Err(Refusal::TooDeep { depth, limit });
                 }
-                depths.insert((*current).clone(), depth);
+                depths.insert(*current, depth);
             }
         }
         Ok(())
@@ -875,6 +897,20 @@ impl Keeper {
     }
 }
 
+/// `object` keyed by its actor's index in `actors`, added if new.
+fn intern_object<'a>(
+    actors: &mut Vec<&'a ActorId>,
+    index: &mut HashMap<&'a ActorId, u32>,
+    (counter, actor): &'a ObjectRef,
+) -> ObjectKey {
+    let next = u32::try_from(actors.len()).unwrap_or(u32::MAX);
+    let i = *index.entry(actor).or_insert_with(|| {
+        actors.push(actor);
+        next
+    });
+    (*counter, i)
+}
+
 /// An object of a message by its actor, not the message's actor index.
 fn resolve_object(
     inspected: &Inspected,
@@ -889,10 +925,6 @@ fn resolve_object(
         None => None,
     };
     Some((resolve(made.object)?, parent))
-}
-
-fn object_text((counter, actor): &ObjectRef) -> String {
-    format!("{counter}@{}", actor.to_hex_string())
 }
 
 /// Whether a sync message carries a whole saved document (Automerge's V2
