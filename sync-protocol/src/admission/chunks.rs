@@ -331,6 +331,29 @@ fn check_author_footer(extra: &[u8], seq: u64) -> Result<(), AdmissionError> {
     Ok(())
 }
 
+/// The author footer check of [`check_author_footer`] for every change of a
+/// document chunk: loaded into a document that is not empty, its changes
+/// are applied one by one and meet the same assertion. Runs after the
+/// change count passed its limit, which bounds the rows walked.
+fn check_document_authors(slices: &[(u32, Cow<'_, [u8]>)]) -> Result<(), AdmissionError> {
+    let mut seqs = DeltaValues::new(column(slices, DOC_CHANGE_SEQ), "document seq");
+    let mut metas = UintValues::new(column(slices, VALUE_META), "document extra bytes");
+    let raw = column(slices, VALUE_RAW);
+    let mut offset = 0usize;
+    while let Some(meta) = metas.next_value()? {
+        let seq = seqs.next_value()?.flatten().unwrap_or(0);
+        let len = usize::try_from(meta.map_or(0, |m| m >> 4))
+            .map_err(|_| malformed("document chunk: extra bytes too long"))?;
+        let extra = offset
+            .checked_add(len)
+            .and_then(|end| raw.get(offset..end))
+            .ok_or_else(|| malformed("document chunk: extra bytes past their column"))?;
+        offset += len;
+        check_author_footer(extra, u64::try_from(seq).unwrap_or(0))?;
+    }
+    Ok(())
+}
+
 /// The footer id of an author in a change's extra bytes (`Footer::Author`).
 const AUTHOR_FOOTER: u64 = 1;
 
@@ -503,6 +526,7 @@ fn document(body: &[u8], header_len: u64, totals: &mut Totals<'_>) -> Result<(),
         totals.add_changes(count.rows)?;
         totals.add_references(count.grouped)?;
         check_references(&slices, &[DOC_CHANGE_ACTOR], actor_count, "document change")?;
+        check_document_authors(&slices)?;
         declared_change_ops(&slices)?
     };
 

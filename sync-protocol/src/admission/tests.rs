@@ -1486,3 +1486,22 @@ fn the_objects_a_change_makes_are_named_with_their_parents() {
         ]
     );
 }
+
+#[test]
+fn a_document_whose_actor_first_wrote_with_an_author_passes() {
+    // The document path reads every change's extra bytes; an author on an
+    // actor's first change is what Automerge itself writes, and passes.
+    let mut doc = Automerge::new().with_actor(actor(4));
+    doc.set_author(Some(automerge::Author::from(b"li-na".to_vec())));
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "a", 1).unwrap();
+    tx.commit();
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "b", 2).unwrap();
+    tx.commit();
+    let first = doc.get_changes(&[]).into_iter().next().unwrap();
+    assert!(first.author().is_some());
+    let saved = doc.save();
+    let inspected = inspect_sync_message(&message(&[&saved]), &AdmissionLimits::default()).unwrap();
+    assert_eq!(inspected.change_count, doc.get_changes(&[]).len() as u64);
+}
