@@ -19,6 +19,12 @@
 //! dependency or actor index out of range, value lengths past their column),
 //! which panic it.
 //!
+//! It also reports what the keeper needs to bound a message against the
+//! document before applying it: every actor the message names, and each
+//! object a make operation creates with the object it is made in (the
+//! depth bound), and it refuses a change carrying an author footer past its
+//! actor's first change (Automerge 0.12 asserts `seq == 1` for those).
+//!
 //! What it cannot see is whether a change fits the document it is applied
 //! to: Automerge 0.12 still panics on some well-formed changes that do not
 //! (a new actor's first change numbered other than 1, for one), so the
