@@ -105,6 +105,13 @@ pub struct ServeArgs {
     /// Largest stored size of one document, in bytes; past it changes are refused.
     #[arg(long, env = "DOORSTEP_MAX_DOCUMENT_BYTES", default_value_t = SyncLimits::default().document.max_document_bytes)]
     pub max_document_bytes: u64,
+    /// Distinct Automerge actors one document may hold over its life; past
+    /// it changes by new actors are refused with an error naming the limit.
+    #[arg(long, env = "DOORSTEP_MAX_DOCUMENT_ACTORS", default_value_t = SyncLimits::default().document.max_document_actors)]
+    pub max_document_actors: usize,
+    /// How deep below a document's root a change may nest an object.
+    #[arg(long, env = "DOORSTEP_MAX_NESTING_DEPTH", default_value_t = SyncLimits::default().document.max_depth)]
+    pub max_nesting_depth: usize,
     /// Sustained messages per second one device may send.
     #[arg(long, env = "DOORSTEP_MESSAGES_PER_SECOND", default_value_t = crate::budget::BudgetLimits::default().messages_per_second)]
     pub messages_per_second: u32,
@@ -313,6 +320,8 @@ impl Cli {
         document.admission.max_inflated_bytes = args.max_sync_change_bytes;
         document.admission.max_ops = args.max_sync_ops;
         document.max_document_bytes = args.max_document_bytes;
+        document.max_document_actors = args.max_document_actors;
+        document.max_depth = args.max_nesting_depth;
         config.limits = SyncLimits {
             max_message_bytes: args.max_message_bytes,
             document,

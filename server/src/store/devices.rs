@@ -131,6 +131,11 @@ impl From<sqlx::Error> for EnrollError {
     }
 }
 
+/// Actors a device may hold before explicit registration refuses more: an
+/// app registers one per install, and a stock client's actors (one per
+/// document handle) are bound on first use, under each document's limit.
+pub const MAX_REGISTERED_ACTORS_PER_DEVICE: i64 = 1024;
+
 const DEVICE_COLUMNS: &str =
     "d.id, d.branch_id, d.label, d.created_at, d.revoked_at, d.last_seen_at, t.path";
 
@@ -517,6 +522,22 @@ impl Store {
         device: DeviceId,
         actor_hex: &str,
     ) -> Result<(), StoreError> {
+        // Each registration is a row kept for good; a device registers one
+        // actor per install, so a bound far above that stops a loop of
+        // random ids from growing `device_actors` without end. (Actors
+        // bound on first use are bounded by the documents' actor limit.)
+        let held: i64 =
+            sqlx::query_scalar("select count(*) from device_actors where device_id = ?")
+                .bind(device.to_string())
+                .fetch_one(self.pool())
+                .await?;
+        if held >= MAX_REGISTERED_ACTORS_PER_DEVICE
+            && self.actor_owner(actor_hex).await? != Some(device)
+        {
+            return Err(StoreError::Invalid(format!(
+                "this device already holds {held} actors; the limit is {MAX_REGISTERED_ACTORS_PER_DEVICE}"
+            )));
+        }
         sqlx::query(
             "insert into device_actors (actor_id, device_id, registered_at) values (?, ?, ?)
              on conflict (actor_id) do nothing",

@@ -188,7 +188,10 @@ impl From<SyncRefusal> for Fatal {
                 Refusal::Inadmissible(AdmissionError::OverLimit { .. })
                 | Refusal::DocumentFull { .. }
                 | Refusal::TooManyOrphans { .. }
-                | Refusal::TooManyActors { .. },
+                | Refusal::TooManyActors { .. }
+                | Refusal::DocumentActors { .. }
+                | Refusal::DocumentChanges { .. }
+                | Refusal::TooDeep { .. },
             ) => close_code::TOO_LARGE,
             SyncRefusal::Refused(Refusal::Busy) => close_code::TRY_AGAIN,
             SyncRefusal::Refused(_) => close_code::PROTOCOL,

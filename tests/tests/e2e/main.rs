@@ -1,6 +1,7 @@
 //! End-to-end tests: the real server on 127.0.0.1:0 with a temporary SQLite
 //! database, driven over real sockets.
 
+mod admission;
 mod api;
 mod bad_input;
 mod bombs;
