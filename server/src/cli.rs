@@ -348,9 +348,25 @@ pub async fn main() -> anyhow::Result<()> {
     if let Command::Demo { args } = &cli.command {
         return run_demo(&cli, args);
     }
-    let store = Store::open(&cli.database_path())
-        .await
-        .with_context(|| format!("cannot open the database {}", cli.database_path().display()))?;
+    let store = match Store::open(&cli.database_path()).await {
+        Ok(store) => store,
+        // A read-only folder fails already here (SQLite cannot create the
+        // write-ahead log beside the file): the same words as a read-only
+        // file found by the probe below.
+        Err(e) if e.is_read_only() => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "the database {} cannot be written (check the permissions of it and of {})",
+                cli.database_path().display(),
+                cli.data_dir.display()
+            )));
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot open the database {}",
+                cli.database_path().display()
+            )));
+        }
+    };
     match &cli.command {
         Command::Serve(args) => {
             let config = cli.server_config(args);
