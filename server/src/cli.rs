@@ -118,6 +118,19 @@ pub struct ServeArgs {
     /// Messages one device may send in a burst.
     #[arg(long, env = "DOORSTEP_MESSAGE_BURST", default_value_t = crate::budget::BudgetLimits::default().message_burst)]
     pub message_burst: u32,
+    /// Open connections in all (lowered to fit the open-file limit).
+    #[arg(long, env = "DOORSTEP_MAX_CONNECTIONS", default_value_t = crate::budget::ConnectionLimits::default().total)]
+    pub max_connections: usize,
+    /// Open connections from one address that no device has authenticated
+    /// (raise it behind a reverse proxy or a large NAT).
+    #[arg(long, env = "DOORSTEP_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = crate::budget::ConnectionLimits::default().per_address)]
+    pub max_connections_per_address: usize,
+    /// Live /sync sockets of one device; past it the oldest closes.
+    #[arg(long, env = "DOORSTEP_SOCKETS_PER_DEVICE", default_value_t = crate::budget::BudgetLimits::default().sockets_per_device)]
+    pub sockets_per_device: usize,
+    /// Bytes queued to send to all connections together.
+    #[arg(long, env = "DOORSTEP_MAX_QUEUED_BYTES", default_value_t = crate::budget::OutboxLimits::default().total)]
+    pub max_queued_bytes: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -326,10 +339,21 @@ impl Cli {
             max_message_bytes: args.max_message_bytes,
             document,
         };
+        let budget = crate::budget::BudgetLimits::default();
         config.budgets = crate::budget::Budgets::new(crate::budget::BudgetLimits {
             messages_per_second: args.messages_per_second,
             message_burst: args.message_burst,
-            ..Default::default()
+            sockets_per_device: args.sockets_per_device,
+            connections: crate::budget::ConnectionLimits {
+                total: args.max_connections,
+                per_address: args.max_connections_per_address,
+                ..budget.connections
+            },
+            outboxes: crate::budget::OutboxLimits {
+                total: args.max_queued_bytes,
+                ..budget.outboxes
+            },
+            ..budget
         });
         config
     }
