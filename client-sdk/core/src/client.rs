@@ -2,9 +2,11 @@
 //!
 //! A data directory has one owner: [`Client::open`] takes an exclusive lock
 //! on it, so a second open in another process is refused, and a second open
-//! in this process shares the first's instance. Two owners would write
-//! different changes under one actor and sequence number, which corrupts the
-//! document for good.
+//! in this process shares the first's instance. Two owners would each hold
+//! documents, sync states and acknowledged heads in memory that the other
+//! overwrites on disk. Each open edits under its own actor (see
+//! [`session_actor`]), so even a store rolled back from a backup never
+//! writes two changes under one actor and sequence number.
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -457,7 +457,20 @@ fn reauthor(
     let mut last: Option<ChangeHash> = None;
     let mut fork: Option<Automerge> = None;
     for change in todo {
-        if stand_in.contains_key(&change.hash()) {
+        if let Some(made_before) = stand_in.get(&change.hash()) {
+            // Entered by an earlier import. Later changes may edit objects
+            // it created: map them to the ones its stand-in created.
+            if let [hash] = made_before.as_slice()
+                && let Some(meta) = work.get_change_meta_by_hash(hash)
+            {
+                let theirs = created_objects(&originals, change.deps(), change.hash());
+                let ours = created_objects(&work, &meta.deps, *hash);
+                for (path, id) in theirs {
+                    if let Some(made) = ours.get(&path) {
+                        objects.insert(id, made.clone());
+                    }
+                }
+            }
             continue;
         }
         let mut deps: Vec<ChangeHash> = Vec::new();
@@ -515,6 +528,48 @@ fn reauthor(
         fork = Some(at);
     }
     Ok((made, records.len()))
+}
+
+/// The objects one change created, by where it put them.
+fn created_objects(
+    doc: &Automerge,
+    deps: &[ChangeHash],
+    hash: ChangeHash,
+) -> HashMap<String, ObjId> {
+    // Keyed by the path rendered (`Prop` has no `Hash`).
+    let mut created = HashMap::new();
+    for patch in doc.diff(deps, &[hash]) {
+        let mut path: Vec<Prop> = patch.path.iter().map(|(_, p)| p.clone()).collect();
+        match patch.action {
+            automerge::PatchAction::PutMap {
+                key,
+                value: (Value::Object(_), id),
+                ..
+            } => {
+                path.push(Prop::Map(key));
+                created.insert(format!("{path:?}"), id);
+            }
+            automerge::PatchAction::PutSeq {
+                index,
+                value: (Value::Object(_), id),
+                ..
+            } => {
+                path.push(Prop::Seq(index));
+                created.insert(format!("{path:?}"), id);
+            }
+            automerge::PatchAction::Insert { index, values } => {
+                for (offset, (value, id, _)) in values.iter().enumerate() {
+                    if matches!(value, Value::Object(_)) {
+                        let mut at = path.clone();
+                        at.push(Prop::Seq(index + offset));
+                        created.insert(format!("{at:?}"), id.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    created
 }
 
 fn sorted(mut heads: Vec<ChangeHash>) -> Vec<ChangeHash> {
@@ -616,4 +671,164 @@ fn replay(
         PatchAction::Conflict { .. } | PatchAction::Mark { .. } => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+
+    /// A roster-like document: `members.m` with notes and an address.
+    fn base() -> Automerge {
+        let mut doc = Automerge::new().with_actor(ActorId::random());
+        let mut tx = doc.transaction();
+        let members = tx
+            .put_object(automerge::ROOT, "members", automerge::ObjType::Map)
+            .expect("members");
+        let m = tx
+            .put_object(&members, "m", automerge::ObjType::Map)
+            .expect("m");
+        tx.put(&m, "notes", "old").expect("notes");
+        tx.put(&m, "address", "old").expect("address");
+        tx.commit();
+        doc
+    }
+
+    fn member(doc: &Automerge) -> ObjId {
+        let (_, members) = doc
+            .get(automerge::ROOT, "members")
+            .ok()
+            .flatten()
+            .expect("members");
+        doc.get(&members, "m").ok().flatten().expect("m").1
+    }
+
+    /// One change on a fork of `doc` by a new actor, setting `fields`.
+    fn edit(doc: &Automerge, fields: &[(&str, &str)]) -> automerge::Change {
+        let mut fork = doc.fork().with_actor(ActorId::random());
+        let m = member(&fork);
+        let mut tx = fork.transaction();
+        for (key, value) in fields {
+            tx.put(&m, *key, *value).expect("put");
+        }
+        tx.commit();
+        fork.get_last_local_change().expect("a change")
+    }
+
+    fn values(doc: &Automerge, key: &str) -> Vec<String> {
+        let mut values: Vec<String> = doc
+            .get_all(&member(doc), key)
+            .expect("values")
+            .into_iter()
+            .map(|(v, _)| v.to_str().unwrap_or_default().to_owned())
+            .collect();
+        values.sort();
+        values
+    }
+
+    #[test]
+    fn a_reauthored_change_is_concurrent_with_what_the_original_was() -> Result<(), ClientError> {
+        let base = base();
+        let exported = edit(&base, &[("notes", "B")]);
+        let third = edit(&base, &[("notes", "C"), ("address", "C")]);
+
+        // The importer already holds the third device's edit: the field both
+        // set is a conflict, the other field keeps the third device's value.
+        let mut importer = base.clone();
+        importer.apply_changes([third.clone()])?;
+        let (made, records) =
+            reauthor(importer.clone(), vec![exported.clone()], ActorId::random())?;
+        assert_eq!((made.len(), records), (1, 1));
+        importer.apply_changes(made)?;
+        assert_eq!(values(&importer, "notes"), ["B", "C"]);
+        assert_eq!(values(&importer, "address"), ["C"]);
+        // Importing the same change again enters nothing.
+        let (again, _) = reauthor(importer.clone(), vec![exported.clone()], ActorId::random())?;
+        assert!(again.is_empty());
+
+        // The importer without it: the same once the third edit arrives.
+        let mut importer = base.clone();
+        let (made, _) = reauthor(importer.clone(), vec![exported], ActorId::random())?;
+        importer.apply_changes(made)?;
+        importer.apply_changes([third])?;
+        assert_eq!(values(&importer, "notes"), ["B", "C"]);
+        assert_eq!(values(&importer, "address"), ["C"]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_chain_of_exported_changes_becomes_one_chain_and_new_objects_are_mapped()
+    -> Result<(), ClientError> {
+        let base = base();
+        let mut exporter = base.fork().with_actor(ActorId::random());
+        let m = member(&exporter);
+        let mut tx = exporter.transaction();
+        let card = tx.put_object(&m, "migrant", automerge::ObjType::Map)?;
+        tx.put(&card, "workplace", "深圳")?;
+        tx.commit();
+        let mut tx = exporter.transaction();
+        tx.put(&card, "phone", "123")?;
+        tx.delete(&m, "address")?;
+        tx.commit();
+        let exported = exporter.get_changes(&base.get_heads());
+        assert_eq!(exported.len(), 2);
+
+        let mut importer = base.clone();
+        let actor = ActorId::random();
+        let (made, _) = reauthor(importer.clone(), exported, actor.clone())?;
+        assert_eq!(made.len(), 2);
+        assert!(made.iter().all(|c| *c.actor_id() == actor));
+        assert!(made[1].deps().contains(&made[0].hash()));
+        importer.apply_changes(made)?;
+        let m = member(&importer);
+        let (_, card) = importer.get(&m, "migrant")?.expect("the card");
+        assert_eq!(
+            importer
+                .get(&card, "workplace")?
+                .and_then(|(v, _)| v.to_str().map(str::to_owned)),
+            Some("深圳".to_owned())
+        );
+        assert_eq!(
+            importer
+                .get(&card, "phone")?
+                .and_then(|(v, _)| v.to_str().map(str::to_owned)),
+            Some("123".to_owned())
+        );
+        assert!(importer.get(&m, "address")?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_later_export_editing_an_object_an_earlier_import_created_imports()
+    -> Result<(), ClientError> {
+        let base = base();
+        let mut exporter = base.fork().with_actor(ActorId::random());
+        let m = member(&exporter);
+        let mut tx = exporter.transaction();
+        let card = tx.put_object(&m, "migrant", automerge::ObjType::Map)?;
+        tx.put(&card, "workplace", "深圳")?;
+        tx.commit();
+        let first = exporter.get_changes(&base.get_heads());
+        let mut tx = exporter.transaction();
+        tx.put(&card, "workplace", "天津")?;
+        tx.commit();
+        let second = exporter.get_changes(&base.get_heads());
+        assert_eq!(second.len(), 2);
+
+        let mut importer = base.clone();
+        let (made, _) = reauthor(importer.clone(), first, ActorId::random())?;
+        importer.apply_changes(made)?;
+        let (made, _) = reauthor(importer.clone(), second, ActorId::random())?;
+        assert_eq!(made.len(), 1, "only the new change is entered");
+        importer.apply_changes(made)?;
+        let m = member(&importer);
+        let (_, card) = importer.get(&m, "migrant")?.expect("the card");
+        let workplaces: Vec<String> = importer
+            .get_all(&card, "workplace")?
+            .into_iter()
+            .map(|(v, _)| v.to_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(workplaces, ["天津"]);
+        Ok(())
+    }
 }

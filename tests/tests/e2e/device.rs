@@ -868,6 +868,10 @@ async fn a_retried_write_with_the_apps_id_is_stored_once_and_counted_once() -> a
         .visits_on(doorstep_client::VisitDays::Month(this_month()))
         .await?;
     assert_eq!(visits.len(), 1, "{visits:?}");
+    // An identical retry writes nothing at all.
+    let pending = phone.pending_changes().await?;
+    phone.record_visit_with_id(visit_id, visit.clone()).await?;
+    assert_eq!(phone.pending_changes().await?, pending);
 
     // An id that is not a UUIDv7 is refused, naming the field.
     let v4 = RecordId::from_uuid(uuid::Uuid::new_v4());
