@@ -717,10 +717,10 @@ mod tests {
 
     fn values(doc: &Automerge, key: &str) -> Vec<String> {
         let mut values: Vec<String> = doc
-            .get_all(&member(doc), key)
+            .get_all(member(doc), key)
             .expect("values")
             .into_iter()
-            .map(|(v, _)| v.to_str().unwrap_or_default().to_owned())
+            .map(|(v, _)| v.as_str().unwrap_or_default().to_owned())
             .collect();
         values.sort();
         values
@@ -785,13 +785,13 @@ mod tests {
         assert_eq!(
             importer
                 .get(&card, "workplace")?
-                .and_then(|(v, _)| v.to_str().map(str::to_owned)),
+                .and_then(|(v, _)| v.as_str().map(str::to_owned)),
             Some("深圳".to_owned())
         );
         assert_eq!(
             importer
                 .get(&card, "phone")?
-                .and_then(|(v, _)| v.to_str().map(str::to_owned)),
+                .and_then(|(v, _)| v.as_str().map(str::to_owned)),
             Some("123".to_owned())
         );
         assert!(importer.get(&m, "address")?.is_none());
@@ -826,7 +826,7 @@ mod tests {
         let workplaces: Vec<String> = importer
             .get_all(&card, "workplace")?
             .into_iter()
-            .map(|(v, _)| v.to_str().unwrap_or_default().to_owned())
+            .map(|(v, _)| v.as_str().unwrap_or_default().to_owned())
             .collect();
         assert_eq!(workplaces, ["天津"]);
         Ok(())
