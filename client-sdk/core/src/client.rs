@@ -4,9 +4,10 @@
 //! on it, so a second open in another process is refused, and a second open
 //! in this process shares the first's instance. Two owners would each hold
 //! documents, sync states and acknowledged heads in memory that the other
-//! overwrites on disk. Each open edits under its own actor (see
-//! [`session_actor`]), so even a store rolled back from a backup never
-//! writes two changes under one actor and sequence number.
+//! overwrites on disk. Each generation of the store (a restored copy is a
+//! new one) edits under its own actor (see [`session_actor`]), so even a
+//! store rolled back from a backup never writes two changes under one
+//! actor and sequence number.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -114,8 +115,8 @@ pub(crate) struct Inner {
     pub transport: Transport,
     pub identity: std::sync::RwLock<Option<Arc<Identity>>>,
     pub replicas: Mutex<Option<Replicas>>,
-    /// This open's actor: `actor_base` followed by random bytes (see
-    /// [`session_actor`]).
+    /// This store generation's actor: `actor_base` followed by random
+    /// bytes (see [`session_actor`]).
     pub actor: ActorId,
     /// The prefix every actor of this device starts with: what tells this
     /// device's own changes from others' (pending counts, the export).
@@ -177,14 +178,19 @@ impl Client {
         dir: PathBuf,
         lock: File,
     ) -> Result<Inner, ClientError> {
-        let store = LocalStore::open(&dir.join("device.db"), &config.store_key).await?;
-        // The stored id is this device's actor *base*; every open edits under
-        // a fresh actor that extends it. A backup restore (or any rollback of
-        // the store) brings back an older sequence number with the stored
-        // data: an actor reused across opens would then write a second,
-        // different change under a sequence number the server already holds
-        // ("duplicate seq", refused for good). A fresh actor per open cannot
-        // collide, and the server binds it to this device on first use.
+        let db = dir.join("device.db");
+        let store = LocalStore::open(&db, &config.store_key).await?;
+        // The stored id is this device's actor *base*; edits are made under
+        // an actor that extends it, fresh for every generation of the store.
+        // A backup restore (or any copy of the store put back) brings back
+        // an older sequence number with the stored data: an actor reused
+        // across it would write a second, different change under a sequence
+        // number the server already holds ("duplicate seq", refused for
+        // good). A restore writes new files, so the store file's identity
+        // (device and inode) changes: then, and only then, a fresh actor
+        // starts. A fresh actor per open would also be safe, but each one
+        // stays in a long-lived roster's history for ever (hundreds a year
+        // per phone), and Automerge slows as a document's actors grow.
         let base = match store.meta("actor_id").await? {
             Some(hex) => hex::decode(&hex)
                 .ok()
@@ -196,7 +202,31 @@ impl Client {
                 base
             }
         };
-        let actor = session_actor(&base);
+        let generation = store_generation(&db)?;
+        let kept = match (
+            store.meta("session_actor").await?,
+            store.meta("store_generation").await?,
+        ) {
+            (Some(actor), Some(stored)) if stored == generation => hex::decode(&actor)
+                .ok()
+                .filter(|a| a.starts_with(&base) && a.len() == base.len() + ACTOR_SUFFIX)
+                .map(ActorId::from),
+            _ => None,
+        };
+        let actor = match kept {
+            Some(actor) => actor,
+            None => {
+                let actor = session_actor(&base);
+                // Stored before any edit is made under it.
+                store
+                    .set_meta(&[
+                        ("session_actor", &hex::encode(actor.to_bytes())),
+                        ("store_generation", &generation),
+                    ])
+                    .await?;
+                actor
+            }
+        };
         let storage_id = match store.meta("storage_id").await? {
             Some(id) => id,
             None => {
@@ -408,7 +438,17 @@ const ACTOR_BASE_MAX: usize = 32;
 /// Random bytes that make each open's actor unique.
 const ACTOR_SUFFIX: usize = 8;
 
-/// A fresh actor for one open: the device's base, then random bytes.
+/// Which file the store is: its device and inode. A copy of the store put
+/// back (a backup restore, a move to a new phone) is another file.
+fn store_generation(db: &std::path::Path) -> Result<String, ClientError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(db)
+        .map_err(|e| ClientError::Storage(format!("reading {}: {e}", db.display())))?;
+    Ok(format!("{}:{}", meta.dev(), meta.ino()))
+}
+
+/// A fresh actor for one generation of the store: the device's base, then
+/// random bytes.
 /// Changes by it are this device's (`is_own`), and no earlier open, nor an
 /// open of a restored copy of the store, can have used it.
 pub(crate) fn session_actor(base: &[u8]) -> ActorId {

@@ -900,3 +900,35 @@ async fn a_retried_write_with_the_apps_id_is_stored_once_and_counted_once() -> a
     .await?;
     Ok(())
 }
+
+/// Reopening the same store keeps its actor: only a new generation of the
+/// store (a restored copy) starts a fresh one. A fresh actor per open would
+/// leave hundreds of actors a year per phone in the roster's history.
+#[tokio::test]
+async fn reopening_the_same_store_keeps_its_actor() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let dir = tempfile::tempdir()?;
+    let url = server.http_url();
+    let client = sdk_device(&server.store, &url, d.yingfeng.id, dir.path(), |_| {}).await?;
+    member(&client, "第一次").await?;
+    client.sync_now().await?;
+    drop(client);
+    for round in 0..3 {
+        let client = Client::open(ClientConfig::new(dir.path(), &url, test_store_key())).await?;
+        member(&client, &format!("再打开 {round}")).await?;
+        client.sync_now().await?;
+        drop(client);
+    }
+    let roster = server
+        .stored_document(DocumentId::roster(d.yingfeng.id))
+        .await?;
+    let authors: std::collections::BTreeSet<_> = roster
+        .get_changes(&[])
+        .iter()
+        .map(|c| c.actor_id().clone())
+        .collect();
+    // The server's genesis actor and this phone's one.
+    assert_eq!(authors.len(), 2, "{authors:?}");
+    Ok(())
+}
