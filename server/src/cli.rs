@@ -11,6 +11,7 @@ use doorstep_protocol::{DeviceId, TenantId};
 use serde::Serialize;
 
 use crate::admin;
+use crate::authority::{Action, escape_for_terminal};
 use crate::config::{Config, SyncLimits};
 use crate::store::Store;
 use crate::tenancy::{Level, Role, TenantPath};
@@ -374,15 +375,24 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             name,
             parent,
         }) => {
-            let tenant = store.create_tenant(*parent, *level, name).await?;
-            store
-                .audit(
-                    BY,
-                    "tenant.create",
-                    &tenant.id.to_string(),
-                    Some(&tenant.name),
-                )
-                .await?;
+            let parent = match parent {
+                Some(id) => Some(
+                    store
+                        .tenant(*id)
+                        .await?
+                        .ok_or_else(|| anyhow::anyhow!("no tenant {id}"))?,
+                ),
+                None => None,
+            };
+            let permit = admin::authorize_operator(
+                store,
+                Action::CreateTenant {
+                    parent: parent.as_ref(),
+                },
+            )
+            .await?;
+            let tenant =
+                admin::create_tenant(store, &permit, parent.as_ref(), *level, name).await?;
             print(cli.json, &tenant, |t| {
                 format!("created {} {} ({})", t.level.as_str(), t.id, t.name)
             })
@@ -437,9 +447,24 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                 .login_account(username)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no user {username}"))?;
-            let (changed, ended) = store
-                .set_user_disabled(&account.user, disable, BY, crate::store::now_ms())
-                .await?;
+            // The operator is outside the chain being audited: they may
+            // disable anyone, witnesses included, and the entry says so.
+            let permit = admin::authorize_operator(
+                store,
+                Action::SetUserDisabled {
+                    target: &account.user,
+                    disable,
+                },
+            )
+            .await?;
+            let (changed, ended) = admin::set_user_disabled(
+                store,
+                &permit,
+                &account.user,
+                disable,
+                crate::store::now_ms(),
+            )
+            .await?;
             let value = serde_json::json!({
                 "username": account.user.username,
                 "disabled": disable,
@@ -500,10 +525,11 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             let issued =
                 admin::issue_enrollment_code(store, *branch, label, *ttl_hours, BY).await?;
             print(cli.json, &issued, |i| {
+                let code = &i.code;
                 format!(
-                    "enrollment code {} for \"{}\" (one use, expires in {ttl_hours} h)\n\
-                     a device exchanges it with: POST /api/v1/enroll {{\"code\": \"{}\"}}",
-                    i.code, i.details.label, i.code
+                    "enrollment code {code} for \"{}\" (one use, expires in {ttl_hours} h)\n\
+                     a device exchanges it with: POST /api/v1/enroll {{\"code\": \"{code}\"}}",
+                    escape_for_terminal(i.details.label.as_deref().unwrap_or(""))
                 )
             })
         }
@@ -517,7 +543,11 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                     .map(|c| {
                         format!(
                             "{} {} {:?} \"{}\" asked by {}",
-                            c.id, c.branch_id, c.status, c.label, c.created_by
+                            c.id,
+                            c.branch_id,
+                            c.status,
+                            escape_for_terminal(c.label.as_deref().unwrap_or("")),
+                            escape_for_terminal(&c.created_by)
                         )
                     })
                     .collect::<Vec<_>>()
@@ -534,11 +564,24 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                 .enrollment_code(*id)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no enrollment code {id}"))?;
-            let decided = admin::decide_enrollment_code(store, &code, approve, BY)
+            let permit = admin::authorize_operator(
+                store,
+                Action::DecideEnrollmentRequest {
+                    code: &code,
+                    approve,
+                },
+            )
+            .await?;
+            let decided = admin::decide_enrollment_code(store, &permit, &code, approve)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("{id} is not waiting for a decision"))?;
-            print(cli.json, &decided, |c| {
-                format!("{} is now {:?}", c.id, c.status)
+            print(cli.json, &decided, |c| match &c.code {
+                Some(code) => format!(
+                    "{} is now {:?}; its enrollment code is {code} (one use): give it to the device, \
+                     which exchanges it with POST /api/v1/enroll {{\"code\": \"{code}\"}}",
+                    c.details.id, c.details.status
+                ),
+                None => format!("{} is now {:?}", c.details.id, c.details.status),
             })
         }
         Command::User(UserCommand::Invite {
@@ -547,25 +590,27 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             tenant,
             ttl_hours,
         }) => {
-            let needs_approval = admin::invitation_needs_approval(None, *role);
-            let invited = admin::invite_user(
+            let tenant = store
+                .tenant(*tenant)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no tenant {tenant}"))?;
+            let permit = admin::authorize_operator(
                 store,
-                username,
-                *role,
-                *tenant,
-                *ttl_hours,
-                BY,
-                needs_approval,
+                Action::InviteUser {
+                    tenant: &tenant,
+                    role: *role,
+                },
             )
             .await?;
+            let invited =
+                admin::invite_user(store, &permit, username, *role, &tenant, *ttl_hours).await?;
             print(cli.json, &invited, |i| {
+                let code = i.activation_code.as_deref().unwrap_or("?");
                 format!(
-                    "invited {} ({}); activation code {} (one use, expires in {ttl_hours} h)\n\
-                     the invitee sets a password with: POST /api/v1/activate {{\"code\": \"{}\", \"password\": \"...\"}}",
-                    i.user.username,
+                    "invited {} ({}); activation code {code} (one use, expires in {ttl_hours} h)\n\
+                     the invitee sets a password with: POST /api/v1/activate {{\"code\": \"{code}\", \"password\": \"...\"}}",
+                    escape_for_terminal(&i.user.username),
                     i.user.role.as_str(),
-                    i.activation_code,
-                    i.activation_code
                 )
             })
         }
@@ -580,10 +625,10 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                         format!(
                             "{} {} {} {:?} invited by {}",
                             i.id,
-                            i.username,
+                            escape_for_terminal(&i.username),
                             i.role.as_str(),
                             i.status,
-                            i.created_by
+                            escape_for_terminal(&i.created_by)
                         )
                     })
                     .collect::<Vec<_>>()
@@ -596,11 +641,28 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                 .invitation(*id)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no invitation {id}"))?;
-            let decided = admin::decide_invitation(store, &invitation, approve, BY)
+            let permit = admin::authorize_operator(
+                store,
+                Action::DecideInvitation {
+                    invitation: &invitation,
+                    approve,
+                },
+            )
+            .await?;
+            let decided = admin::decide_invitation(store, &permit, &invitation, approve)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("{id} is not waiting for a decision"))?;
-            print(cli.json, &decided, |i| {
-                format!("invitation of {} is now {:?}", i.username, i.status)
+            print(cli.json, &decided, |d| {
+                let i = &d.invitation;
+                let name = escape_for_terminal(&i.username);
+                match &d.activation_code {
+                    Some(code) => format!(
+                        "invitation of {name} is now {:?}; activation code {code} (one use): give it to \
+                         {name}, who sets a password with POST /api/v1/activate {{\"code\": \"{code}\", \"password\": \"...\"}}",
+                        i.status
+                    ),
+                    None => format!("invitation of {name} is now {:?}", i.status),
+                }
             })
         }
         Command::Audit(AuditCommand::List {
@@ -640,14 +702,18 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                                     .ok()
                             })
                             .unwrap_or_else(|| e.at.to_string());
+                        // Every field is data someone typed (a grant's
+                        // reason, a username, a label): escaped, so that
+                        // no control character in it can hide or rewrite
+                        // a row on the operator's terminal.
                         format!(
                             "{} {at} {} {} {} {} {}",
                             e.id,
                             e.outcome.as_str(),
-                            e.actor,
-                            e.action,
-                            e.subject,
-                            e.detail.as_deref().unwrap_or("")
+                            escape_for_terminal(&e.actor),
+                            escape_for_terminal(&e.action),
+                            escape_for_terminal(&e.subject),
+                            escape_for_terminal(e.detail.as_deref().unwrap_or(""))
                         )
                     })
                     .collect::<Vec<_>>()
@@ -675,17 +741,26 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                         } else {
                             "active"
                         };
-                        format!("{} {} {} {}", d.id, d.branch_id, state, d.label)
+                        format!(
+                            "{} {} {} {}",
+                            d.id,
+                            d.branch_id,
+                            state,
+                            escape_for_terminal(d.label.as_deref().unwrap_or(""))
+                        )
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
             })
         }
         Command::Device(DeviceCommand::Revoke { id }) => {
-            let revoked = admin::revoke_device(store, *id, BY).await?;
-            if !revoked && store.device(*id).await?.is_none() {
-                anyhow::bail!("no device {id}");
-            }
+            let device = store
+                .device(*id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no device {id}"))?;
+            let permit =
+                admin::authorize_operator(store, Action::RevokeDevice { device: &device }).await?;
+            let revoked = admin::revoke_device_with(store, &permit, &device).await?;
             print(cli.json, &serde_json::json!({ "revoked": revoked }), |_| {
                 if revoked {
                     format!("revoked {id}; a running server closes its connections within a second")

@@ -10,6 +10,7 @@
 //! config     settings, limits and their defaults
 //! tenancy    district > sub-district > branch paths, roles, scope checks
 //! auth       tokens, password hashing
+//! authority  the one rule over names: who may do which administrative action
 //! store      sqlx persistence: tenants, users, devices, documents, chunks;
 //!            the DocumentStore trait the document tasks commit through
 //! hub        live documents: one task each driving a sans-IO Keeper; connections
@@ -24,6 +25,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod authority;
 pub mod cli;
 pub mod config;
 pub mod http;

@@ -2,6 +2,7 @@
 //! database, driven over real sockets.
 
 mod api;
+mod authority;
 mod bad_input;
 mod bombs;
 mod cli;
