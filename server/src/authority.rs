@@ -219,10 +219,10 @@ impl Permit {
         if self.verb == verb {
             Ok(())
         } else {
-            Err(StoreError::Invalid(format!(
-                "a permit to {} does not allow {verb}",
-                self.verb
-            )))
+            Err(StoreError::WrongPermit {
+                given: self.verb,
+                wanted: verb,
+            })
         }
     }
 }
@@ -617,6 +617,52 @@ mod tests {
             ),
             Ok(Credential::None)
         );
+    }
+
+    #[test]
+    fn credentials_go_to_the_branch_never_to_whoever_asked_from_above() {
+        let d = TenantPath::root(TenantId::new_v7());
+        let s = d.child(TenantId::new_v7());
+        let b = s.child(TenantId::new_v7());
+        let (d, s, b) = (
+            tenant(&d, Level::District),
+            tenant(&s, Level::SubDistrict),
+            tenant(&b, Level::Branch),
+        );
+        let admin = user("admin", Role::DistrictAdmin, &d);
+        let sub = user("sub", Role::SubDistrictAdmin, &s);
+        let secretary = user("sec", Role::BranchSecretary, &b);
+        let auditor = user("auditor", Role::DistrictAuditor, &d);
+        let issue = Action::IssueEnrollmentCode { branch: &b };
+        let invite = |role| Action::InviteUser { tenant: &b, role };
+        for upper in [&admin, &sub] {
+            assert_eq!(
+                decide(Caller::User(upper), &issue),
+                Ok(Credential::ToApprover)
+            );
+            assert_eq!(
+                decide(Caller::User(upper), &invite(Role::BranchSecretary)),
+                Ok(Credential::ToApprover)
+            );
+            // A volunteer's account reads no names: the inviter may hold it.
+            assert_eq!(
+                decide(Caller::User(upper), &invite(Role::Volunteer)),
+                Ok(Credential::ToCaller)
+            );
+        }
+        assert_eq!(
+            decide(Caller::User(&secretary), &issue),
+            Ok(Credential::ToCaller)
+        );
+        assert!(decide(Caller::User(&auditor), &issue).is_err());
+        assert_eq!(decide(Caller::Operator, &issue), Ok(Credential::ToCaller));
+        let permit = Permit {
+            verb: "device.revoke",
+            actor: "x".into(),
+            user: None,
+            credential: Credential::None,
+        };
+        assert!(permit.check("user.disable").is_err());
     }
 
     #[test]

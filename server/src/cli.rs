@@ -410,7 +410,7 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                             "  ".repeat(t.path.depth() - 1),
                             t.id,
                             t.level.as_str(),
-                            t.name
+                            escape_for_terminal(&t.name)
                         )
                     })
                     .collect::<Vec<_>>()
@@ -435,7 +435,14 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             }
             print(cli.json, &users, |us| {
                 us.iter()
-                    .map(|u| format!("{} {} {}", u.username, u.role.as_str(), u.tenant_id))
+                    .map(|u| {
+                        format!(
+                            "{} {} {}",
+                            escape_for_terminal(&u.username),
+                            u.role.as_str(),
+                            u.tenant_id
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             })
@@ -500,7 +507,7 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                         format!(
                             "{} {} from {} last used {}",
                             s.id,
-                            s.username,
+                            escape_for_terminal(&s.username),
                             s.address.as_deref().unwrap_or("?"),
                             s.last_used_at
                         )
@@ -689,6 +696,13 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                 })
                 .await?;
             if *csv {
+                // A file keeps the text as stored; a terminal shows it
+                // escaped, like the listing below.
+                let entries = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    entries.into_iter().map(escaped_entry).collect()
+                } else {
+                    entries
+                };
                 print!("{}", crate::rollup::csv::to_csv(&entries)?);
                 return Ok(());
             }
@@ -790,6 +804,18 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// An audit entry with every field someone typed escaped for a terminal.
+fn escaped_entry(mut e: crate::store::AuditRecord) -> crate::store::AuditRecord {
+    let escape = |text: &mut String| *text = escape_for_terminal(text).into_owned();
+    escape(&mut e.actor);
+    escape(&mut e.action);
+    escape(&mut e.subject);
+    if let Some(detail) = e.detail.as_mut() {
+        escape(detail);
+    }
+    e
 }
 
 impl Store {

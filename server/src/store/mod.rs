@@ -61,6 +61,12 @@ pub enum StoreError {
     /// action it describes does not commit unwitnessed.
     #[error("the audit entry for {0} names no tenant")]
     Unconcerned(String),
+    /// A permit of the authority rule used for another action: a bug.
+    #[error("a permit to {given} does not allow {wanted}")]
+    WrongPermit {
+        given: &'static str,
+        wanted: &'static str,
+    },
 }
 
 /// Handle to the database; cheap to clone.
