@@ -14,7 +14,7 @@
 use doorstep_protocol::{DocumentId, Month, TenantId};
 use serde::Serialize;
 
-use crate::auth::{Secret, hash_password, hash_secret};
+use crate::auth::{Secret, hash_secret};
 use crate::authority::{self, Action, Caller, Credential, Permit};
 use crate::store::{
     AuditEntry, CodeStatus, Device, DocumentKindRow, EnrollmentCode, Grant, Invitation,
@@ -225,7 +225,11 @@ pub async fn create_user(
     tenant: TenantId,
     created_by: &str,
 ) -> Result<User, StoreError> {
-    let hash = hash_off_thread(password).await?;
+    // The operator's command line: one hash in its own process.
+    let hash = crate::budget::PasswordWork::default()
+        .hash("cli", password.to_owned())
+        .await
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
     store
         .create_user(
             username,
@@ -235,14 +239,6 @@ pub async fn create_user(
             AuditEntry::new(created_by, "user.create", username.trim()).detail(role.as_str()),
         )
         .await
-}
-
-async fn hash_off_thread(password: &str) -> Result<String, StoreError> {
-    let password = password.to_owned();
-    tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(|e| StoreError::Invalid(format!("password hashing failed: {e}")))?
-        .map_err(|e| StoreError::Invalid(e.to_string()))
 }
 
 /// A new user and, for whom the rule gives it to, the one-time code with
@@ -379,20 +375,46 @@ pub enum ActivationError {
     /// the same, so codes cannot be probed.
     #[error("the activation code is not valid")]
     InvalidCode,
+    /// Another activation with the same code is in progress.
+    #[error("this activation code is being used right now; try again in a few seconds")]
+    InUse,
+    #[error(transparent)]
+    Password(#[from] crate::auth::PasswordError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Sets an invited user's password with their one-time code.
+/// Sets an invited user's password with their one-time code, asked from
+/// `source` (the client's address key). The code is claimed for the
+/// duration and the hash takes from the password budget, so many
+/// concurrent calls with one code cost one hash; refusals reach the audit
+/// log once per code and interval.
 pub async fn activate(
     store: &Store,
+    budgets: &crate::budget::Budgets,
+    source: &str,
     code: &str,
     username: Option<&str>,
     password: &str,
 ) -> Result<Activation, ActivationError> {
+    if password.chars().count() < 8 {
+        // Refused before anything is looked up, claimed or hashed.
+        return Err(crate::auth::PasswordError::TooShort.into());
+    }
     let code_hash = hash_secret(code);
+    let _claim = budgets
+        .codes
+        .claim(&code_hash)
+        .ok_or(ActivationError::InUse)?;
     let Some(invitation) = store.invitation_for_code(&code_hash).await? else {
         return Err(ActivationError::InvalidCode);
+    };
+    let verdict = budgets
+        .refusals
+        .verdict("user.activate", &hex::encode(&code_hash), now_ms());
+    let recorded = |entry: AuditEntry| {
+        let detail = verdict.detail(entry.detail.clone().unwrap_or_default())?;
+        Some(entry.detail(detail))
     };
     let entry = |detail: &str| {
         AuditEntry::new("anonymous", "user.activate", invitation.username.clone())
@@ -400,14 +422,15 @@ pub async fn activate(
             .detail(format!("invitation {}: {detail}", invitation.id))
     };
     if username.is_some_and(|u| u.trim() != invitation.username) {
-        store
-            .record_audit(entry("for another username").refused())
-            .await?;
+        if let Some(entry) = recorded(entry("for another username").refused()) {
+            store.record_audit(entry).await?;
+        }
         return Err(ActivationError::InvalidCode);
     }
     match invitation.status {
         CodeStatus::Ready => {}
         CodeStatus::PendingApproval => {
+            // Recorded on the first presentation only.
             store
                 .invitation_presented(
                     &invitation,
@@ -417,13 +440,14 @@ pub async fn activate(
             return Ok(Activation::PendingApproval);
         }
         CodeStatus::Used | CodeStatus::Denied | CodeStatus::Expired => {
-            store
-                .record_audit(entry(&format!("{:?}", invitation.status).to_lowercase()).refused())
-                .await?;
+            let status = format!("{:?}", invitation.status).to_lowercase();
+            if let Some(entry) = recorded(entry(&status).refused()) {
+                store.record_audit(entry).await?;
+            }
             return Err(ActivationError::InvalidCode);
         }
     }
-    let hash = hash_off_thread(password).await?;
+    let hash = budgets.passwords.hash(source, password.to_owned()).await?;
     let mut done = entry("password set by the invitee");
     done.actor = invitation.username.clone();
     match store.activate_user(&code_hash, &hash, done).await? {

@@ -2,18 +2,19 @@
 //!
 //! Tokens are 256 random bits shown once and stored only as SHA-256 (a
 //! token is high-entropy, so a fast hash is enough and lets every request
-//! look it up by index). Passwords, low-entropy, get argon2, on the
-//! blocking pool and at most [`PasswordWork::permits`] at once.
+//! look it up by index). Passwords, low-entropy, get argon2, through the
+//! process's password budget ([`crate::budget::PasswordWork`]).
 //!
-//! Logins are throttled per account and per client address
-//! ([`LoginPolicy`]). The throttling state lives in SQLite
-//! (`login_attempts`, `login_lockouts`), so it survives a restart and holds
-//! across processes; every time it compares comes from the [`Clock`] in
+//! Logins are throttled per (account, address) and per address
+//! ([`LoginPolicy`]); an account is never locked, so nobody who knows a
+//! username can shut its owner out. The throttling state lives in SQLite
+//! (`login_attempts`), so it survives a restart and holds across
+//! processes; every time it compares comes from the [`Clock`] in
 //! [`Config`], which tests move instead of sleeping.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use argon2::Argon2;
@@ -21,7 +22,6 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::store::{Session, Store, StoreError, User};
@@ -84,6 +84,8 @@ pub enum PasswordError {
     TooShort,
     #[error("password hashing failed: {0}")]
     Hash(String),
+    #[error(transparent)]
+    Busy(#[from] crate::budget::Busy),
 }
 
 pub fn hash_password(password: &str) -> Result<String, PasswordError> {
@@ -106,10 +108,6 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
         })
         .unwrap_or(false)
 }
-
-/// Verified against when an account is unknown, invited without a password
-/// yet, or disabled, so the time a refusal takes does not tell which it was.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$W3Ykvpl1cxTg9ZQ4Jm3s6mF1m0qQ1bLHD7G2kTfG8oM";
 
 // ---------------------------------------------------------------------------
 // The clock logins go by.
@@ -161,145 +159,22 @@ fn millis(d: Duration) -> i64 {
 }
 
 // ---------------------------------------------------------------------------
-// Bounded argon2 work.
-
-/// Argon2 runs on the blocking pool, at most `permits` at once: a flood of
-/// logins waits for a permit (asynchronously, holding no thread) instead of
-/// filling the blocking pool the document tasks also use. Cheap to clone;
-/// clones share the permits and the counters.
-#[derive(Clone, Debug)]
-pub struct PasswordWork {
-    inner: Arc<WorkInner>,
-}
-
-#[derive(Debug)]
-struct WorkInner {
-    permits: Arc<Semaphore>,
-    size: usize,
-    /// Argon2 computations finished (a test hook: throttled attempts must
-    /// not add to it).
-    runs: AtomicU64,
-    running: AtomicUsize,
-    peak: AtomicUsize,
-    /// While true, argon2 jobs wait before computing (a test hook, like
-    /// `store::faults`: it makes "a sync completes while argon2 is busy" an
-    /// ordering, not a timing).
-    held: Mutex<bool>,
-    released: Condvar,
-}
-
-impl Default for PasswordWork {
-    fn default() -> Self {
-        PasswordWork::new(2)
-    }
-}
-
-impl PasswordWork {
-    pub fn new(permits: usize) -> Self {
-        let permits = permits.max(1);
-        PasswordWork {
-            inner: Arc::new(WorkInner {
-                permits: Arc::new(Semaphore::new(permits)),
-                size: permits,
-                runs: AtomicU64::new(0),
-                running: AtomicUsize::new(0),
-                peak: AtomicUsize::new(0),
-                held: Mutex::new(false),
-                released: Condvar::new(),
-            }),
-        }
-    }
-
-    /// How many argon2 computations may run at once.
-    pub fn permits(&self) -> usize {
-        self.inner.size
-    }
-
-    /// Argon2 computations finished so far.
-    pub fn runs(&self) -> u64 {
-        self.inner.runs.load(Ordering::SeqCst)
-    }
-
-    /// Argon2 computations in progress (holding a permit) now.
-    pub fn running(&self) -> usize {
-        self.inner.running.load(Ordering::SeqCst)
-    }
-
-    /// The most that were ever in progress at once.
-    pub fn peak(&self) -> usize {
-        self.inner.peak.load(Ordering::SeqCst)
-    }
-
-    /// Test hook: argon2 jobs that get a permit wait until [`Self::release`].
-    pub fn hold(&self) {
-        *self.inner.held.lock().unwrap_or_else(|e| e.into_inner()) = true;
-    }
-
-    pub fn release(&self) {
-        *self.inner.held.lock().unwrap_or_else(|e| e.into_inner()) = false;
-        self.inner.released.notify_all();
-    }
-
-    /// Runs `job` on the blocking pool under a permit. The permit moves into
-    /// the job, so a request dropped while it runs does not free a permit
-    /// early.
-    async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-        let permit = self.inner.permits.clone().acquire_owned().await.ok()?;
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let now = inner.running.fetch_add(1, Ordering::SeqCst) + 1;
-            inner.peak.fetch_max(now, Ordering::SeqCst);
-            {
-                let mut held = inner.held.lock().unwrap_or_else(|e| e.into_inner());
-                while *held {
-                    held = inner.released.wait(held).unwrap_or_else(|e| e.into_inner());
-                }
-            }
-            let result = job();
-            inner.runs.fetch_add(1, Ordering::SeqCst);
-            inner.running.fetch_sub(1, Ordering::SeqCst);
-            result
-        })
-        .await
-        .ok()
-    }
-
-    /// Whether `password` matches `stored`. No stored hash (an unknown,
-    /// invited or disabled account) is verified against a dummy, so it
-    /// costs the same, and never matches.
-    pub async fn verify(&self, password: String, stored: Option<String>) -> bool {
-        let stored = stored.filter(|s| !s.is_empty());
-        let real = stored.is_some();
-        let stored = stored.unwrap_or_else(|| DUMMY_HASH.to_owned());
-        self.run(move || verify_password(&password, &stored))
-            .await
-            .unwrap_or(false)
-            && real
-    }
-
-    /// Hashes a new password (at least 8 characters).
-    pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
-        if password.chars().count() < 8 {
-            return Err(PasswordError::TooShort);
-        }
-        self.run(move || hash_password(&password))
-            .await
-            .unwrap_or_else(|| Err(PasswordError::Hash("the hashing task failed".into())))
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Throttling policy.
 
 /// How failed logins slow further attempts down. Failures are counted per
-/// account (the username as typed, whether or not it exists, so throttling
-/// reveals nothing) and per client address within `failure_window`. Past
-/// the free failures each attempt waits `first_delay`, doubling per further
-/// failure up to `max_delay`, after the last failure. After
-/// `lockout_after` failures an account is locked for `lockout`: even the
-/// right password is refused until it ends. A refused attempt runs no
-/// argon2 and counts as nothing.
+/// account *and address* (the username as typed, whether or not it exists,
+/// so throttling reveals nothing, from one client address), and per
+/// address, within `failure_window`. Past the free failures each attempt
+/// waits `first_delay`, doubling per further failure up to `max_delay`,
+/// after the last failure. A refused attempt runs no argon2 and counts as
+/// nothing.
+///
+/// There is no account lockout: a lock anyone who knows a username can
+/// trigger shuts its owner out (a branch secretary who alone approves
+/// enrollments, for 15 minutes, again and again). Guessing from one
+/// address is slowed by both keys; guessing from many addresses is slowed
+/// per address and paced by the password budget, which serves addresses
+/// in turn ([`crate::budget::PasswordWork`]).
 #[derive(Clone, Debug)]
 pub struct LoginPolicy {
     pub account_free_failures: u32,
@@ -307,8 +182,6 @@ pub struct LoginPolicy {
     pub failure_window: Duration,
     pub first_delay: Duration,
     pub max_delay: Duration,
-    pub lockout_after: u32,
-    pub lockout: Duration,
 }
 
 impl Default for LoginPolicy {
@@ -319,8 +192,6 @@ impl Default for LoginPolicy {
             failure_window: Duration::from_secs(15 * 60),
             first_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(5 * 60),
-            lockout_after: 10,
-            lockout: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -338,8 +209,6 @@ pub struct Tally {
 pub enum Refusal {
     /// Too many recent failures: wait this long.
     Throttled { retry_after: Duration },
-    /// The account is locked until this long from now.
-    Locked { retry_after: Duration },
 }
 
 impl LoginPolicy {
@@ -356,19 +225,9 @@ impl LoginPolicy {
         )
     }
 
-    /// Whether an attempt at `now` may go ahead.
-    pub fn check(
-        &self,
-        now: i64,
-        locked_until: Option<i64>,
-        account: Tally,
-        address: Tally,
-    ) -> Result<(), Refusal> {
-        if let Some(until) = locked_until.filter(|u| *u > now) {
-            return Err(Refusal::Locked {
-                retry_after: Duration::from_millis((until - now) as u64),
-            });
-        }
+    /// Whether an attempt at `now` may go ahead, given the failures of the
+    /// (account, address) pair and of the address.
+    pub fn check(&self, now: i64, account: Tally, address: Tally) -> Result<(), Refusal> {
         let wait = |tally: Tally, free: u32| {
             let delay = self.delay(tally.failures, free)?;
             let until = tally.last_at.saturating_add(millis(delay));
@@ -417,8 +276,6 @@ pub enum LoginError {
     Disabled,
     #[error("too many failed logins; try again in {} s", ceil_secs(*retry_after))]
     Throttled { retry_after: Duration },
-    #[error("this account is locked after too many failed logins; try again in {} s", ceil_secs(*retry_after))]
-    Locked { retry_after: Duration },
     #[error("the current password is wrong")]
     WrongPassword,
     #[error(transparent)]
@@ -431,7 +288,6 @@ impl From<Refusal> for LoginError {
     fn from(r: Refusal) -> Self {
         match r {
             Refusal::Throttled { retry_after } => LoginError::Throttled { retry_after },
-            Refusal::Locked { retry_after } => LoginError::Locked { retry_after },
         }
     }
 }
@@ -466,7 +322,19 @@ pub async fn log_in(
         .await??;
     let found = store.login_account(&account).await?;
     let stored = found.as_ref().map(|a| a.password_hash.clone());
-    let verified = config.passwords.verify(password.to_owned(), stored).await;
+    let verified = match config
+        .budgets
+        .passwords
+        .verify(&address, password.to_owned(), stored)
+        .await
+    {
+        Ok(verified) => verified,
+        Err(busy) => {
+            // Nothing was checked: the attempt must not count as a failure.
+            store.login_abandoned(attempt).await?;
+            return Err(PasswordError::Busy(busy).into());
+        }
+    };
     let now = config.clock.now_ms();
     match found {
         Some(account) if verified && !account.disabled => {
@@ -496,16 +364,20 @@ pub async fn log_in(
             } else {
                 "wrong password"
             };
+            let verdict =
+                config
+                    .budgets
+                    .refusals
+                    .verdict("login", &format!("{account}\u{0}{address}"), now);
             store
                 .login_failed(
-                    &config.logins,
                     attempt,
                     found.as_ref().map(|a| &a.user),
-                    &account,
                     &address,
                     now,
                     "login",
                     reason,
+                    verdict,
                 )
                 .await?;
             Err(if disabled {
@@ -542,22 +414,43 @@ pub async fn change_password(
         .await?
         .filter(|a| a.user.id == user.id && !a.disabled)
         .map(|a| a.password_hash);
-    if !config.passwords.verify(current.to_owned(), stored).await {
+    let verified = match config
+        .budgets
+        .passwords
+        .verify(&address, current.to_owned(), stored)
+        .await
+    {
+        Ok(verified) => verified,
+        Err(busy) => {
+            store.login_abandoned(attempt).await?;
+            return Err(PasswordError::Busy(busy).into());
+        }
+    };
+    if !verified {
+        let now = config.clock.now_ms();
+        let verdict = config.budgets.refusals.verdict(
+            "user.password_change",
+            &format!("{account}\u{0}{address}"),
+            now,
+        );
         store
             .login_failed(
-                &config.logins,
                 attempt,
                 Some(user),
-                &account,
                 &address,
-                config.clock.now_ms(),
+                now,
                 "user.password_change",
                 "wrong current password",
+                verdict,
             )
             .await?;
         return Err(LoginError::WrongPassword);
     }
-    let hash = config.passwords.hash(new.to_owned()).await?;
+    let hash = config
+        .budgets
+        .passwords
+        .hash(&address, new.to_owned())
+        .await?;
     Ok(store
         .password_changed(attempt, user, &hash, current_session)
         .await?)
@@ -609,39 +502,26 @@ mod tests {
     }
 
     #[test]
-    fn attempts_wait_for_the_longest_delay_and_a_lock_beats_everything() {
+    fn attempts_wait_for_the_longest_delay() {
         let policy = LoginPolicy::default();
         let now = 1_000_000;
+        assert_eq!(policy.check(now, tally(4, now), tally(19, now)), Ok(()));
         assert_eq!(
-            policy.check(now, None, tally(4, now), tally(19, now)),
-            Ok(())
-        );
-        assert_eq!(
-            policy.check(now + 500, None, tally(5, now), Tally::default()),
+            policy.check(now + 500, tally(5, now), Tally::default()),
             Err(Refusal::Throttled {
                 retry_after: Duration::from_millis(500)
             })
         );
         assert_eq!(
-            policy.check(now + 1000, None, tally(5, now), Tally::default()),
+            policy.check(now + 1000, tally(5, now), Tally::default()),
             Ok(())
         );
         // The address's delay is longer here, so it is the one to wait.
         assert_eq!(
-            policy.check(now, None, tally(5, now), tally(22, now)),
+            policy.check(now, tally(5, now), tally(22, now)),
             Err(Refusal::Throttled {
                 retry_after: Duration::from_secs(4)
             })
-        );
-        assert_eq!(
-            policy.check(now, Some(now + 60_000), tally(0, 0), tally(0, 0)),
-            Err(Refusal::Locked {
-                retry_after: Duration::from_secs(60)
-            })
-        );
-        assert_eq!(
-            policy.check(now, Some(now), tally(0, 0), tally(0, 0)),
-            Ok(())
         );
     }
 
@@ -680,48 +560,5 @@ mod tests {
         clock.advance(Duration::from_secs(3600));
         assert_eq!(other.now_ms(), before + 3_600_000);
         assert!(Clock::system().now_ms() >= before);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn argon2_runs_a_bounded_number_at_once() {
-        let work = PasswordWork::new(2);
-        let stored = hash_password("correct horse").expect("hash");
-        work.hold();
-        let jobs: Vec<_> = (0..6)
-            .map(|i| {
-                let (work, stored) = (work.clone(), stored.clone());
-                tokio::spawn(async move {
-                    let password = if i == 0 {
-                        "correct horse"
-                    } else {
-                        "wrong horse!"
-                    };
-                    work.verify(password.to_owned(), Some(stored)).await
-                })
-            })
-            .collect();
-        // Two get permits and wait at the hold; the rest wait for a permit.
-        while work.running() < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(work.runs(), 0);
-        work.release();
-        let mut matched = 0;
-        for job in jobs {
-            matched += usize::from(job.await.expect("join"));
-        }
-        assert_eq!(matched, 1);
-        assert_eq!(work.runs(), 6);
-        assert_eq!(work.peak(), 2);
-        // No stored hash (unknown, invited or disabled) costs a run and
-        // never matches, even the dummy's own password.
-        assert!(!work.verify(String::new(), None).await);
-        assert!(!work.verify("x".into(), Some(String::new())).await);
-        assert_eq!(work.runs(), 8);
-        assert!(matches!(
-            work.hash("short".into()).await,
-            Err(PasswordError::TooShort)
-        ));
-        assert_eq!(work.runs(), 8, "a too-short password is refused unhashed");
     }
 }

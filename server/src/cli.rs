@@ -92,10 +92,10 @@ pub struct ServeArgs {
     #[arg(long, env = "DOORSTEP_MAX_DOCUMENT_BYTES", default_value_t = SyncLimits::default().document.max_document_bytes)]
     pub max_document_bytes: u64,
     /// Sustained messages per second one device may send.
-    #[arg(long, env = "DOORSTEP_MESSAGES_PER_SECOND", default_value_t = SyncLimits::default().messages_per_second)]
+    #[arg(long, env = "DOORSTEP_MESSAGES_PER_SECOND", default_value_t = crate::budget::BudgetLimits::default().messages_per_second)]
     pub messages_per_second: u32,
     /// Messages one device may send in a burst.
-    #[arg(long, env = "DOORSTEP_MESSAGE_BURST", default_value_t = SyncLimits::default().message_burst)]
+    #[arg(long, env = "DOORSTEP_MESSAGE_BURST", default_value_t = crate::budget::BudgetLimits::default().message_burst)]
     pub message_burst: u32,
 }
 
@@ -243,10 +243,12 @@ impl Cli {
         config.limits = SyncLimits {
             max_message_bytes: args.max_message_bytes,
             document,
+        };
+        config.budgets = crate::budget::Budgets::new(crate::budget::BudgetLimits {
             messages_per_second: args.messages_per_second,
             message_burst: args.message_burst,
-            ..defaults
-        };
+            ..Default::default()
+        });
         config
     }
 }

@@ -29,12 +29,13 @@ pub struct Config {
     pub session_ttl: Duration,
     /// An API login unused for this long ends (before `session_ttl`).
     pub session_idle: Duration,
-    /// Login throttling per account and per address, and lockout.
+    /// Login throttling per account and address, and per address.
     pub logins: crate::auth::LoginPolicy,
     /// The time logins, sessions and throttling go by; tests move it.
     pub clock: crate::auth::Clock,
-    /// Argon2 on the blocking pool, a bounded number at once.
-    pub passwords: crate::auth::PasswordWork,
+    /// Every bound on what a principal or the process may take (argon2
+    /// work, connections, queued bytes, message rates, recorded refusals).
+    pub budgets: crate::budget::Budgets,
 }
 
 /// Bounds on what one device may send.
@@ -46,12 +47,6 @@ pub struct SyncLimits {
     /// bloom filters, counts, inflated bytes, operations) and on each
     /// document (stored bytes, changes waiting for dependencies).
     pub document: KeeperLimits,
-    /// Bytes queued for one connection before it counts as too far behind.
-    pub outbox_bytes: usize,
-    /// Sustained messages per second per device; faster senders are slowed.
-    pub messages_per_second: u32,
-    /// Messages a device may send in a burst before it is slowed.
-    pub message_burst: u32,
 }
 
 impl SyncLimits {
@@ -68,9 +63,6 @@ impl Default for SyncLimits {
         SyncLimits {
             max_message_bytes: 32 * 1024 * 1024,
             document: KeeperLimits::default(),
-            outbox_bytes: 64 * 1024 * 1024,
-            messages_per_second: 200,
-            message_burst: 2000,
         }
     }
 }
@@ -92,7 +84,7 @@ impl Config {
             session_idle: Duration::from_secs(30 * 60),
             logins: crate::auth::LoginPolicy::default(),
             clock: crate::auth::Clock::system(),
-            passwords: crate::auth::PasswordWork::new(2),
+            budgets: crate::budget::Budgets::default(),
         }
     }
 }

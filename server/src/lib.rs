@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! config     settings, limits and their defaults
+//! budget     the one owner of every bound per principal and per process
 //! tenancy    district > sub-district > branch paths, roles, scope checks
 //! auth       tokens, password hashing
 //! authority  the one rule over names: who may do which administrative action
@@ -17,6 +18,7 @@
 //! projection records as relational rows, upserted on every merge
 //! sync       the /sync WebSocket connection: handshake, access, limits
 //! http       the JSON API, its extractors and its single error edge
+//! listener   the accept loop: connection budget, TLS, header deadlines
 //! cli        `doorstep` subcommands for operators
 //! ```
 //!
@@ -26,10 +28,12 @@
 pub mod admin;
 pub mod auth;
 pub mod authority;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod listener;
 pub mod projection;
 pub mod rollup;
 pub mod store;
@@ -52,6 +56,7 @@ pub struct AppState {
     pub store: Store,
     pub hub: Arc<Hub>,
     pub config: Arc<Config>,
+    pub readiness: Arc<http::Readiness>,
 }
 
 /// Errors that stop the server from starting.
@@ -95,31 +100,46 @@ pub async fn serve_with(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    let mut config = config;
+    let descriptors = listener::raise_file_limit();
+    let wanted = config.budgets.connections.limits();
+    let fitted = wanted.fitted_to(descriptors);
+    if fitted.total < wanted.total {
+        tracing::warn!(
+            descriptors,
+            connections = fitted.total,
+            "the open-file limit bounds connections below the configured budget"
+        );
+        config.budgets.connections = budget::ConnectionBudget::new(fitted);
+    }
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(tls::server_config(cert, key)?)),
+        _ => None,
+    };
     let config = Arc::new(config);
     let hub = Hub::start(store.clone(), documents, config.clone()).await?;
     let state = AppState {
         store,
         hub: hub.clone(),
         config: config.clone(),
+        readiness: Arc::default(),
     };
     let app = http::router(state);
     let local = listener.local_addr()?;
-    let result = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => {
-            tracing::info!(%local, "serving HTTPS and WSS");
-            tls::serve(listener, app, cert, key, shutdown).await
-        }
-        _ => {
-            tracing::info!(%local, "serving HTTP and WS");
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(StartError::Io)
-        }
-    };
+    if tls.is_some() {
+        tracing::info!(%local, "serving HTTPS and WSS");
+    } else {
+        tracing::info!(%local, "serving HTTP and WS");
+    }
+    let result = listener::serve(
+        listener,
+        app,
+        tls,
+        config.budgets.connections.clone(),
+        shutdown,
+    )
+    .await
+    .map_err(StartError::Io);
     hub.shutdown().await;
     result
 }

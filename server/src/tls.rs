@@ -1,14 +1,10 @@
 //! HTTPS and WSS with rustls, TLS 1.2 and 1.3 only.
 
-use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::Router;
-use axum_server::tls_rustls::RustlsConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
 
 use crate::StartError;
 
@@ -34,26 +30,4 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, St
         .map_err(|e| StartError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
-}
-
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    cert: &Path,
-    key: &Path,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
-    let config = RustlsConfig::from_config(Arc::new(server_config(cert, key)?));
-    let handle = axum_server::Handle::new();
-    let on_shutdown = handle.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        on_shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
-    });
-    axum_server::from_tcp_rustls(listener.into_std()?, config)
-        .handle(handle)
-        // The client address, for login throttling, as over plain HTTP.
-        .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .await?;
-    Ok(())
 }

@@ -60,18 +60,37 @@ impl ServerProcess {
 
     /// The process's peak resident memory so far (Linux `VmHWM`), in bytes.
     pub fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
+        Ok(self.status_field("VmHWM:")? * 1024)
+    }
+
+    /// The process's threads now.
+    pub fn threads(&self) -> anyhow::Result<u64> {
+        self.status_field("Threads:")
+    }
+
+    /// The process's open file descriptors now (sockets included).
+    pub fn open_files(&self) -> anyhow::Result<usize> {
+        let pid = self.child.id().context("the process has exited")?;
+        Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    fn status_field(&self, name: &str) -> anyhow::Result<u64> {
         let pid = self.child.id().context("the process has exited")?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let line = status
             .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .context("no VmHWM in /proc status")?;
-        let kib: u64 = line
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name} in /proc status"))?;
+        Ok(line
             .split_whitespace()
             .nth(1)
-            .context("VmHWM value")?
-            .parse()?;
-        Ok(kib * 1024)
+            .context("status value")?
+            .parse()?)
     }
 
     /// SIGKILL: no shutdown code runs, like a power cut for the process.

@@ -31,11 +31,53 @@ async fn permit(state: &AppState, auth: &UserAuth, action: Action<'_>) -> Result
     Ok(authority::authorize(&state.store, Caller::User(&auth.0), action).await??)
 }
 
+/// Liveness: the process answers and the database reads.
 pub async fn healthz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.store.tenant_count().await?;
     Ok(Json(
         json!({ "status": "ok", "live_documents": state.hub.live_documents() }),
     ))
+}
+
+/// The last write probe and when it ran: readiness probes at most once a
+/// second, so polling `/readyz` cannot turn into a storm of fsyncs.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
+}
+
+const READINESS_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Readiness: the database takes writes (a full disk or a read-only file
+/// answers `503` here while `/healthz` stays `200`), so a load balancer
+/// sends devices elsewhere instead of to a server that cannot acknowledge.
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let mut last = state.readiness.last.lock().await;
+    let writable = match *last {
+        Some((at, writable)) if at.elapsed() < READINESS_FRESH => writable,
+        _ => {
+            let writable = match state.store.probe_write().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "readiness: the database cannot be written");
+                    false
+                }
+            };
+            *last = Some((std::time::Instant::now(), writable));
+            writable
+        }
+    };
+    if writable {
+        (StatusCode::OK, Json(json!({ "status": "ready" })))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "not_ready",
+                "error": "the database cannot be written (disk full or read-only?); changes are not being acknowledged",
+            })),
+        )
+    }
 }
 
 #[derive(Deserialize)]
@@ -545,10 +587,13 @@ pub struct Activate {
 /// branch; the code is not spent until it works.
 pub async fn activate(
     State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
     Json(body): Json<Activate>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     match admin::activate(
         &state.store,
+        &state.config.budgets,
+        &crate::auth::address_key(ip),
         &body.code,
         body.username.as_deref(),
         &body.password,
@@ -567,6 +612,10 @@ pub async fn activate(
             })),
         )),
         Err(e @ admin::ActivationError::InvalidCode) => Err(ApiError::BadRequest(e.to_string())),
+        Err(e @ admin::ActivationError::InUse) => Err(ApiError::InUse(e.to_string())),
+        Err(admin::ActivationError::Password(e)) => {
+            Err(crate::auth::LoginError::Password(e).into())
+        }
         Err(admin::ActivationError::Store(e)) => Err(e.into()),
     }
 }

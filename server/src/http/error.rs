@@ -27,12 +27,17 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0} already exists")]
     Conflict(String),
+    /// Something is being used by another request right now (a one-time
+    /// code mid-activation); retrying later works.
+    #[error("{0}")]
+    InUse(String),
     /// Too many failed logins: wait `retry_after` (sent as `Retry-After`).
     #[error("too many failed logins; try again in {} s", crate::auth::ceil_secs(*retry_after))]
     TooManyAttempts { retry_after: std::time::Duration },
-    /// The account is locked after too many failed logins.
-    #[error("this account is locked after too many failed logins; try again in {} s", crate::auth::ceil_secs(*retry_after))]
-    AccountLocked { retry_after: std::time::Duration },
+    /// A budget is used up ([`crate::budget`]): this caller's share (`429`)
+    /// or the whole process's (`503`). Nothing was done; retry later.
+    #[error("{0}")]
+    Busy(crate::budget::Busy),
     #[error("this account is disabled")]
     AccountDisabled,
     #[error("the current password is wrong")]
@@ -48,11 +53,11 @@ impl From<crate::auth::LoginError> for ApiError {
             LoginError::BadCredentials => ApiError::Unauthorized,
             LoginError::Disabled => ApiError::AccountDisabled,
             LoginError::Throttled { retry_after } => ApiError::TooManyAttempts { retry_after },
-            LoginError::Locked { retry_after } => ApiError::AccountLocked { retry_after },
             LoginError::WrongPassword => ApiError::WrongPassword,
             LoginError::Password(PasswordError::TooShort) => {
                 ApiError::BadRequest(PasswordError::TooShort.to_string())
             }
+            LoginError::Password(PasswordError::Busy(busy)) => ApiError::Busy(busy),
             LoginError::Password(e) => ApiError::Internal(e.into()),
             LoginError::Store(e) => e.into(),
         }
@@ -98,10 +103,10 @@ impl ApiError {
             }
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::TooManyAttempts { .. } | ApiError::AccountLocked { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::Conflict(_) | ApiError::InUse(_) => StatusCode::CONFLICT,
+            ApiError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Busy(busy) if busy.source_full => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::AccountDisabled | ApiError::WrongPassword => StatusCode::FORBIDDEN,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -122,12 +127,15 @@ impl IntoResponse for ApiError {
             _ => json!({ "error": self.to_string() }),
         };
         let mut response = (self.status(), Json(body)).into_response();
-        if let ApiError::TooManyAttempts { retry_after } | ApiError::AccountLocked { retry_after } =
-            &self
-        {
+        let retry_after = match &self {
+            ApiError::TooManyAttempts { retry_after } => Some(*retry_after),
+            ApiError::Busy(_) => Some(crate::budget::passwords::BUSY_RETRY_AFTER),
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(crate::auth::ceil_secs(*retry_after)),
+                axum::http::HeaderValue::from(crate::auth::ceil_secs(retry_after)),
             );
         }
         if matches!(self, ApiError::Unauthorized) {

@@ -5,6 +5,8 @@ pub mod error;
 pub mod extract;
 mod rollups;
 
+pub use api::Readiness;
+
 use axum::Router;
 use axum::extract::Request;
 use axum::routing::{get, post};
@@ -88,8 +90,10 @@ async fn openapi() -> impl axum::response::IntoResponse {
 
 /// All routes of the server.
 pub fn router(state: AppState) -> Router {
+    let request_deadline = state.config.budgets.limits().connections.request;
     Router::new()
         .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
         .route("/", get(|| async { axum::response::Redirect::to("/dashboard") }))
         .route("/dashboard", get(dashboard))
         .route("/dashboard.js", get(dashboard_js))
@@ -131,6 +135,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/audit", get(rollups::audit_log))
         // JSON bodies are small; sync traffic goes over the WebSocket.
         .layer(RequestBodyLimitLayer::new(64 * 1024))
+        // A request (its body included) gets an answer in bounded time, so
+        // a client trickling its body cannot hold a connection's place.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            request_deadline,
+        ))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             // The path only: `/sync?token=...` must never reach a log line.
             tracing::info_span!("http", method = %request.method(), path = %request.uri().path())

@@ -74,10 +74,13 @@ pub struct Connection {
 
 /// A connection's revocation: a flag anyone can read (a document task
 /// pushing changes skips a revoked connection at once, whatever its socket
-/// is doing) and a wake-up for the connection's own loop.
+/// is doing) and a wake-up for the connection's own loop. A connection
+/// closed because its device opened too many newer ones is "superseded":
+/// it stops like a revoked one, but the device is not revoked.
 #[derive(Debug, Default)]
 pub struct Revocation {
     revoked: std::sync::atomic::AtomicBool,
+    superseded: std::sync::atomic::AtomicBool,
     notify: Notify,
 }
 
@@ -85,6 +88,17 @@ impl Revocation {
     pub fn revoke(&self) {
         self.revoked.store(true, Ordering::SeqCst);
         self.notify.notify_one();
+    }
+
+    /// Stops the connection because newer ones of its device took its place.
+    pub fn supersede(&self) {
+        self.superseded.store(true, Ordering::SeqCst);
+        self.revoke();
+    }
+
+    /// Whether the stop was [`Revocation::supersede`], not a revocation.
+    pub fn is_superseded(&self) -> bool {
+        self.superseded.load(Ordering::SeqCst)
     }
 
     pub fn is_revoked(&self) -> bool {
@@ -162,7 +176,6 @@ pub struct Hub {
     pub peer_id: PeerId,
     pub storage_id: String,
     connections: StdMutex<HashMap<DeviceId, HashMap<u64, Arc<Revocation>>>>,
-    rates: StdMutex<HashMap<DeviceId, crate::sync::rate::TokenBucket>>,
     next_connection: AtomicU64,
     shutdown_tx: watch::Sender<bool>,
 }
@@ -220,7 +233,6 @@ impl Hub {
             peer_id,
             storage_id,
             connections: StdMutex::new(HashMap::new()),
-            rates: StdMutex::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
             shutdown_tx,
         });
@@ -267,23 +279,40 @@ impl Hub {
         }
     }
 
-    /// Registers a new connection of a live device.
+    /// Registers a new connection of a live device. Past the device's
+    /// socket budget its oldest connections are closed (told so through
+    /// their [`Connection::superseded`]): a phone whose network changed
+    /// reconnects while its old socket still looks open, so the newest is
+    /// the one to keep.
     pub fn connect(&self, device: Device, storage_id: Option<String>) -> Arc<Connection> {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let revoked = Arc::new(Revocation::default());
+        let budgets = &self.shared.config.budgets;
         if let Ok(mut connections) = self.connections.lock() {
-            connections
-                .entry(device.id)
-                .or_default()
-                .insert(id, revoked.clone());
+            let of_device = connections.entry(device.id).or_default();
+            of_device.insert(id, revoked.clone());
+            let allowed = budgets.limits().sockets_per_device.max(1);
+            if of_device.len() > allowed {
+                let mut ids: Vec<u64> = of_device.keys().copied().collect();
+                ids.sort_unstable();
+                for old in &ids[..ids.len() - allowed] {
+                    if let Some(old) = of_device.remove(old) {
+                        old.supersede();
+                    }
+                }
+            }
         }
         let key = PeerId::new(format!("connection-{id}"))
             .expect("a short constant-shaped peer id is valid");
+        let outbox = Outbox::new(
+            budgets.outboxes.share(device.id),
+            budgets.outboxes.limits().per_connection,
+        );
         Arc::new(Connection {
             id,
             key,
             device,
-            outbox: Arc::new(Outbox::new(self.shared.config.limits.outbox_bytes)),
+            outbox: Arc::new(outbox),
             revoked,
             overflow: Arc::new(Notify::new()),
             storage_id,
@@ -299,9 +328,6 @@ impl Hub {
             of_device.remove(&connection.id);
             if of_device.is_empty() {
                 connections.remove(&connection.device.id);
-                if let Ok(mut rates) = self.rates.lock() {
-                    rates.remove(&connection.device.id);
-                }
             }
         }
         let documents: Vec<DocumentId> = connection
@@ -337,21 +363,15 @@ impl Hub {
             .unwrap_or(0)
     }
 
-    /// How long a device must wait before its next message is handled.
+    /// How long a device must wait before its next message is handled
+    /// (its rate is the device's, across all its connections and
+    /// reconnections).
     pub fn throttle(&self, device: DeviceId) -> Duration {
-        let limits = self.shared.config.limits;
-        let Ok(mut rates) = self.rates.lock() else {
-            return Duration::ZERO;
-        };
-        rates
-            .entry(device)
-            .or_insert_with(|| {
-                crate::sync::rate::TokenBucket::new(
-                    limits.messages_per_second,
-                    limits.message_burst,
-                )
-            })
-            .take(std::time::Instant::now())
+        self.shared
+            .config
+            .budgets
+            .rates
+            .take(device, std::time::Instant::now())
     }
 
     /// Decides whether a device may open a document, from the database,

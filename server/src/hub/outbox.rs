@@ -1,18 +1,23 @@
 //! A connection's queue of messages to send, bounded in bytes.
 //!
 //! A count bound lets 4,096 whole-document messages pile up behind a slow
-//! phone; a byte bound is what memory cares about. A sync message that does
-//! not fit means the connection is too far behind: the document drops that
-//! peer and the connection closes, to resume from its sync state. An
-//! ephemeral message that does not fit is dropped: ephemeral messages are
-//! lossy by contract. Ephemeral payloads are shared, not copied, between the
-//! queues of the peers they go to.
+//! phone; a byte bound is what memory cares about. The bytes come from the
+//! connection's [`OutboxShare`] of the process's budget, which also bounds
+//! all of its device's sockets together and the whole process
+//! ([`crate::budget::outboxes`]). A sync message that does not fit means
+//! the connection is too far behind: the document drops that peer and the
+//! connection closes, to resume from its sync state. An ephemeral message
+//! that does not fit is dropped: ephemeral messages are lossy by contract.
+//! Ephemeral payloads are shared, not copied, between the queues of the
+//! peers they go to.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use doorstep_protocol::{DocumentId, PeerId};
 use tokio::sync::Notify;
+
+use crate::budget::OutboxShare;
 
 /// Something the hub asks a connection to send.
 #[derive(Debug)]
@@ -65,32 +70,35 @@ struct Queue {
 pub struct Outbox {
     queue: Mutex<Queue>,
     ready: Notify,
+    /// This connection's bound, for the ephemeral share.
     capacity: usize,
+    share: OutboxShare,
 }
 
 impl Outbox {
-    pub fn new(capacity_bytes: usize) -> Self {
+    pub fn new(share: OutboxShare, capacity_bytes: usize) -> Self {
         Outbox {
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
             capacity: capacity_bytes,
+            share,
         }
     }
 
-    /// Queues a message. One message larger than the whole capacity still
-    /// goes through an empty queue, or a large document could never be sent.
+    /// Queues a message if the budget has room for it. One message larger
+    /// than the connection's bound still goes through an empty queue, or a
+    /// large document could never be sent; never past the process's.
     pub fn push(&self, message: Outbound) -> Result<(), Full> {
         let size = message.bytes();
         let ephemeral = matches!(message, Outbound::Ephemeral(_));
         {
             let mut queue = self.queue.lock().map_err(|_| Full)?;
-            let fits = if ephemeral {
-                queue.ephemeral_bytes.saturating_add(size) <= self.capacity / EPHEMERAL_SHARE
-            } else {
-                let sync_bytes = queue.bytes - queue.ephemeral_bytes;
-                sync_bytes == 0 || sync_bytes.saturating_add(size) <= self.capacity
-            };
-            if !fits {
+            if ephemeral
+                && queue.ephemeral_bytes.saturating_add(size) > self.capacity / EPHEMERAL_SHARE
+            {
+                return Err(Full);
+            }
+            if !self.share.take(size) {
                 return Err(Full);
             }
             queue.bytes += size;
@@ -120,6 +128,7 @@ impl Outbox {
         if matches!(message, Outbound::Ephemeral(_)) {
             queue.ephemeral_bytes -= message.bytes();
         }
+        self.share.give_back(message.bytes());
         Some(message)
     }
 
@@ -132,6 +141,18 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::{OutboxBudget, OutboxLimits};
+    use doorstep_protocol::DeviceId;
+
+    /// An outbox bounded at `capacity` bytes, alone in a large budget.
+    fn outbox(capacity: usize) -> Outbox {
+        let budget = OutboxBudget::new(OutboxLimits {
+            per_connection: capacity,
+            per_device: usize::MAX / 4,
+            total: usize::MAX / 4,
+        });
+        Outbox::new(budget.share(DeviceId::new_v7()), capacity)
+    }
 
     fn sync(len: usize) -> Outbound {
         Outbound::Sync {
@@ -142,7 +163,7 @@ mod tests {
 
     #[tokio::test]
     async fn bounded_in_bytes_and_first_in_first_out() {
-        let outbox = Outbox::new(100);
+        let outbox = outbox(100);
         outbox.push(sync(60)).expect("fits");
         outbox.push(sync(40)).expect("fits exactly");
         assert_eq!(outbox.push(sync(1)), Err(Full));
@@ -157,7 +178,7 @@ mod tests {
 
     #[tokio::test]
     async fn ephemeral_floods_never_crowd_out_sync_messages() {
-        let outbox = Outbox::new(800);
+        let outbox = outbox(800);
         let ephemeral = |len| {
             Outbound::Ephemeral(Arc::new(Ephemeral {
                 sender_id: PeerId::new("p").expect("peer"),
@@ -174,7 +195,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_oversized_message_passes_an_empty_queue_only() {
-        let outbox = Outbox::new(10);
+        let outbox = outbox(10);
         outbox.push(sync(1000)).expect("empty queue takes it");
         assert_eq!(outbox.push(sync(1)), Err(Full));
         outbox.pop().await;
@@ -183,7 +204,7 @@ mod tests {
 
     #[tokio::test]
     async fn pop_waits_for_a_push() {
-        let outbox = Arc::new(Outbox::new(10));
+        let outbox = Arc::new(outbox(10));
         let waiter = tokio::spawn({
             let outbox = outbox.clone();
             async move { outbox.pop().await }

@@ -8,8 +8,9 @@
 //! attempts sees the ones still being checked, and only the free ones get
 //! through. A success deletes its own row and stops the account's earlier
 //! failures counting against the account (they still count against their
-//! addresses). Every time here comes from the caller (the server's
-//! [`crate::auth::Clock`]).
+//! addresses). An account is never locked (see [`LoginPolicy`]); the
+//! `login_lockouts` table of an older version is no longer read. Every time
+//! here comes from the caller (the server's [`crate::auth::Clock`]).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use super::audit::{AuditEntry, record};
 use super::tenants::user_from_row;
 use super::{Store, StoreError, serialize_display};
 use crate::auth::{LoginPolicy, Refusal, Tally};
+use crate::budget::Verdict;
 use crate::store::User;
 
 /// An attempt let through to a password check; it counts as a failure until
@@ -83,29 +85,26 @@ fn touch_granularity(idle: Duration) -> i64 {
 
 type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
 
+/// Failures of the (account, address) pair and of the address.
 async fn tallies(
     conn: &mut sqlx::SqliteConnection,
     cutoff: i64,
     account: &str,
     address: &str,
-) -> Result<(Option<i64>, Tally, Tally), StoreError> {
-    let locked_until: Option<i64> =
-        sqlx::query_scalar("select locked_until from login_lockouts where account = ?")
-            .bind(account)
-            .fetch_optional(&mut *conn)
-            .await?;
+) -> Result<(Tally, Tally), StoreError> {
     let tally = |row: SqliteRow| -> Result<Tally, StoreError> {
         Ok(Tally {
             failures: u32::try_from(row.try_get::<i64, _>(0)?).unwrap_or(u32::MAX),
             last_at: row.try_get(1)?,
         })
     };
-    let account_tally = tally(
+    let pair_tally = tally(
         sqlx::query(
             "select count(*), coalesce(max(at), 0) from login_attempts
-             where account = ? and counts_for_account = 1 and at > ?",
+             where account = ? and address = ? and counts_for_account = 1 and at > ?",
         )
         .bind(account)
+        .bind(address)
         .bind(cutoff)
         .fetch_one(&mut *conn)
         .await?,
@@ -119,7 +118,7 @@ async fn tallies(
         .fetch_one(&mut *conn)
         .await?,
     )?;
-    Ok((locked_until, account_tally, address_tally))
+    Ok((pair_tally, address_tally))
 }
 
 impl Store {
@@ -162,8 +161,8 @@ impl Store {
         let cutoff = now.saturating_sub(millis(policy.failure_window));
         {
             let mut conn = self.pool().acquire().await?;
-            let (locked, a, b) = tallies(&mut conn, cutoff, account, address).await?;
-            if let Err(refusal) = policy.check(now, locked, a, b) {
+            let (pair, by_address) = tallies(&mut conn, cutoff, account, address).await?;
+            if let Err(refusal) = policy.check(now, pair, by_address) {
                 return Ok(Err(refusal));
             }
         }
@@ -174,12 +173,8 @@ impl Store {
             .bind(cutoff)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("delete from login_lockouts where locked_until <= ?")
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        let (locked, a, b) = tallies(&mut tx, cutoff, account, address).await?;
-        if let Err(refusal) = policy.check(now, locked, a, b) {
+        let (pair, by_address) = tallies(&mut tx, cutoff, account, address).await?;
+        if let Err(refusal) = policy.check(now, pair, by_address) {
             tx.commit().await?;
             return Ok(Err(refusal));
         }
@@ -249,82 +244,60 @@ impl Store {
         Ok(session)
     }
 
+    /// No password was checked after all (the password budget was full):
+    /// the attempt is taken back, counting as nothing.
+    pub async fn login_abandoned(&self, attempt: Attempt) -> Result<(), StoreError> {
+        sqlx::query("delete from login_attempts where id = ?")
+            .bind(attempt.0)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     /// The password did not match (or the account cannot log in): the
-    /// attempt stays counted, at `now`. Locks the account when it reached
-    /// the policy's lockout. Returns whether it did.
+    /// attempt stays counted, at `now`, and is audited as `verdict` says
+    /// (once per account, address and interval, so a flood of failures
+    /// cannot grow the append-only log without bound).
     #[allow(clippy::too_many_arguments)]
     pub async fn login_failed(
         &self,
-        policy: &LoginPolicy,
         attempt: Attempt,
         user: Option<&User>,
-        account: &str,
         address: &str,
         now: i64,
         action: &str,
         reason: &str,
-    ) -> Result<bool, StoreError> {
+        verdict: Verdict,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         sqlx::query("update login_attempts set at = ? where id = ?")
             .bind(now)
             .bind(attempt.0)
             .execute(&mut *tx)
             .await?;
-        let cutoff = now.saturating_sub(millis(policy.failure_window));
-        let failures: i64 = sqlx::query_scalar(
-            "select count(*) from login_attempts where account = ? and counts_for_account = 1 and at > ?",
-        )
-        .bind(account)
-        .bind(cutoff)
-        .fetch_one(&mut *tx)
-        .await?;
-        // Only a known account's name goes in the log: an unknown "username"
-        // is often a password typed into the wrong field.
-        // A known account's attempt concerns its tenant. An unknown
-        // username concerns no tenant, yet guessing is what auditors watch
-        // for: it goes to every district's log, where the auditor sees it.
-        let about = |entry: AuditEntry| match user {
-            Some(u) => entry.tenant(u.tenant_id, &u.tenant_path),
-            None => entry.every_district(),
-        };
-        let subject = user.map_or("unknown user", |u| u.username.as_str());
-        let actor = user.map_or("anonymous", |u| u.username.as_str());
-        record(
-            &mut tx,
-            about(AuditEntry::new(actor, action, subject))
-                .detail(format!("{reason}, from {address}"))
-                .refused(),
-        )
-        .await?;
-        let locked = failures >= i64::from(policy.lockout_after.max(1));
-        if locked {
-            let until = now.saturating_add(millis(policy.lockout));
-            sqlx::query(
-                "insert into login_lockouts (account, locked_at, locked_until) values (?, ?, ?)
-                 on conflict (account) do update set locked_at = excluded.locked_at, locked_until = excluded.locked_until",
-            )
-            .bind(account)
-            .bind(now)
-            .bind(until)
-            .execute(&mut *tx)
-            .await?;
-            // The lockout replaces the failures that caused it: when it
-            // ends, the account starts afresh.
-            sqlx::query("update login_attempts set counts_for_account = 0 where account = ?")
-                .bind(account)
-                .execute(&mut *tx)
-                .await?;
+        if let Some(detail) = verdict.detail(format!("{reason}, from {address}")) {
+            // Only a known account's name goes in the log: an unknown
+            // "username" is often a password typed into the wrong field.
+            // A known account's attempt concerns its tenant. An unknown
+            // username concerns no tenant, yet guessing is what auditors
+            // watch for: it goes to every district's log, where the
+            // auditor sees it.
+            let about = |entry: AuditEntry| match user {
+                Some(u) => entry.tenant(u.tenant_id, &u.tenant_path),
+                None => entry.every_district(),
+            };
+            let subject = user.map_or("unknown user", |u| u.username.as_str());
+            let actor = user.map_or("anonymous", |u| u.username.as_str());
             record(
                 &mut tx,
-                about(AuditEntry::new("anonymous", "login.lockout", subject)).detail(format!(
-                    "locked for {} s after {failures} failed logins, the last from {address}",
-                    policy.lockout.as_secs()
-                )),
+                about(AuditEntry::new(actor, action, subject))
+                    .detail(detail)
+                    .refused(),
             )
             .await?;
         }
         tx.commit().await?;
-        Ok(locked)
+        Ok(())
     }
 
     /// The current password matched: sets the new hash and ends every other
@@ -527,16 +500,18 @@ impl Store {
 /// An attempt that proved right stops counting, and so do the account's
 /// earlier failures (against the account; their addresses keep them).
 async fn forgive(tx: &mut Tx, attempt: Attempt, account: &str) -> Result<(), StoreError> {
+    // Only the failures of this account *from this address* are forgiven:
+    // the owner logging in elsewhere must not reset a guesser's delays.
+    sqlx::query(
+        "update login_attempts set counts_for_account = 0
+         where account = ? and address = (select address from login_attempts where id = ?)",
+    )
+    .bind(account)
+    .bind(attempt.0)
+    .execute(&mut **tx)
+    .await?;
     sqlx::query("delete from login_attempts where id = ?")
         .bind(attempt.0)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query("update login_attempts set counts_for_account = 0 where account = ?")
-        .bind(account)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query("delete from login_lockouts where account = ?")
-        .bind(account)
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -580,13 +555,14 @@ mod tests {
         let (store, user) = store_with_user(dir.path()).await;
         let policy = LoginPolicy::default();
         let now = 1_000_000_000;
-        // Twenty at once: each counts as a failure from the moment it is let
-        // through, so only the free five get to a password check.
-        let attempts = futures_util::future::join_all((0..20).map(|i| {
+        // Twenty at once from one address: each counts as a failure from
+        // the moment it is let through, so only the free five get to a
+        // password check.
+        let attempts = futures_util::future::join_all((0..20).map(|_| {
             let (store, policy) = (store.clone(), policy.clone());
             async move {
                 store
-                    .begin_login_attempt(&policy, now, "admin", &format!("10.0.0.{i}"))
+                    .begin_login_attempt(&policy, now, "admin", "10.0.0.1")
                     .await
                     .expect("attempt")
             }
@@ -601,20 +577,18 @@ mod tests {
         );
         for attempt in admitted {
             let attempt = attempt.expect("admitted");
-            let locked = store
+            store
                 .login_failed(
-                    &policy,
                     attempt,
                     Some(&user),
-                    "admin",
                     "10.0.0.1",
                     now,
                     "login",
                     "wrong password",
+                    Verdict::Record { left_out: 0 },
                 )
                 .await
                 .expect("failed");
-            assert!(!locked);
         }
         store.close().await;
 
@@ -622,7 +596,7 @@ mod tests {
             .await
             .expect("reopen");
         let again = store
-            .begin_login_attempt(&policy, now + 10, "admin", "10.9.9.9")
+            .begin_login_attempt(&policy, now + 10, "admin", "10.0.0.1")
             .await
             .expect("attempt");
         assert_eq!(
@@ -631,7 +605,15 @@ mod tests {
                 retry_after: Duration::from_millis(990)
             })
         );
-        // Another account from the same addresses is not held back.
+        // The account is not locked: its owner, from another address, logs in.
+        assert!(
+            store
+                .begin_login_attempt(&policy, now + 10, "admin", "10.9.9.9")
+                .await
+                .expect("attempt")
+                .is_ok()
+        );
+        // Another account from the same address is not held back.
         assert!(
             store
                 .begin_login_attempt(&policy, now + 10, "someone else", "10.0.0.1")

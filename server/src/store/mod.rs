@@ -93,6 +93,7 @@ impl Store {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .after_release(|conn, _| Box::pin(async move { Ok(is_clean(conn).await) }))
             .connect_with(options)
             .await?;
         let store = Store { pool };
@@ -129,6 +130,22 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the database takes a write now: a tiny transaction that
+    /// changes a row and commits, so a full disk or a read-only file shows
+    /// here (readiness), not first in a device's acknowledgement.
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "insert into server_meta (key, value) values ('write_probe', ?)
+             on conflict (key) do update set value = excluded.value",
+        )
+        .bind(now_ms().to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Closes every connection (after which the file can be reopened cleanly).
     pub async fn close(&self) {
         self.pool.close().await;
@@ -161,6 +178,32 @@ impl Store {
                 .await?,
         )
     }
+}
+
+/// Whether a connection going back to the pool is outside any transaction.
+///
+/// This is where rollback is made total, for every path at once. A
+/// transaction dropped on an error path queues its `rollback`; but after
+/// `SQLITE_FULL` SQLite has often rolled the transaction back itself, the
+/// queued `rollback` fails, and sqlx's connection keeps counting a
+/// transaction that no longer exists: every later `begin` on it then
+/// fails, and the server answered 500 to every write until a restart, long
+/// after the disk had room again. A connection that is not clean is closed
+/// instead of pooled; the pool opens a fresh one when it needs it.
+async fn is_clean(conn: &mut sqlx::SqliteConnection) -> bool {
+    use sqlx::Connection;
+    if !conn.is_in_transaction() {
+        return true;
+    }
+    // A rollback queued by a dropped transaction runs before this ping.
+    if conn.ping().await.is_err() {
+        return false;
+    }
+    let clean = !conn.is_in_transaction();
+    if !clean {
+        tracing::warn!("a database connection was left inside a failed transaction; closing it");
+    }
+    clean
 }
 
 /// Parses a stored id column, reporting corruption instead of panicking.

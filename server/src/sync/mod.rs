@@ -8,8 +8,6 @@
 //! against the database; a document the device may not open gets exactly
 //! the `doc-unavailable` a missing one gets.
 
-pub mod rate;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -109,10 +107,20 @@ async fn record_login_token(state: &AppState, token: &str) {
     let store = &state.store;
     let recorded = match store.user_of_login_token(&hash_secret(token)).await {
         Ok(Some(user)) => {
-            let entry = AuditEntry::by_user(&user, "sync.connect", "/sync")
-                .detail("a login token is not a device token")
-                .refused();
-            store.record_audit(entry).await
+            let verdict = state.config.budgets.refusals.verdict(
+                "sync.connect",
+                &user.id.to_string(),
+                state.config.clock.now_ms(),
+            );
+            match verdict.detail("a login token is not a device token") {
+                Some(detail) => {
+                    let entry = AuditEntry::by_user(&user, "sync.connect", "/sync")
+                        .detail(detail)
+                        .refused();
+                    store.record_audit(entry).await
+                }
+                None => Ok(()),
+            }
         }
         Ok(None) => Ok(()),
         Err(e) => Err(e),
@@ -259,7 +267,7 @@ async fn connection(hub: Arc<Hub>, mut socket: WebSocket, device: Device) {
     let waiting = hub.connect(device.clone(), None);
     let joined = tokio::select! {
         joined = handshake(&hub, &mut socket) => joined,
-        _ = waiting.revoked.notified() => Err(Some(revoked())),
+        _ = waiting.revoked.notified() => Err(Some(stopped(&waiting))),
     };
     let (client, storage_id) = match joined {
         Ok(joined) => joined,
@@ -271,10 +279,12 @@ async fn connection(hub: Arc<Hub>, mut socket: WebSocket, device: Device) {
             return;
         }
     };
-    let conn = hub.connect(device, storage_id);
+    // `waiting` leaves before `conn` counts against the device's sockets,
+    // so one socket is never counted twice. A revocation that notified
+    // neither committed before the check below, so it sees it; any later
+    // one notifies `conn`.
     hub.disconnect(&waiting).await;
-    // A revocation that notified only `waiting` committed before it did, so
-    // this sees it; any later one notifies `conn`.
+    let conn = hub.connect(device, storage_id);
     match hub.store().device_is_live(conn.device.id).await {
         Ok(true) => {}
         Ok(false) => {
@@ -355,7 +365,7 @@ async fn serve(
             _ = conn.overflow.notified() => {
                 return Some(Fatal { code: close_code::TRY_AGAIN, reason: "too far behind; reconnect to resume".into() });
             }
-            _ = conn.revoked.notified() => return Some(revoked()),
+            _ = conn.revoked.notified() => return Some(stopped(conn)),
             _ = shutdown.changed() => {
                 return Some(Fatal { code: close_code::GOING_AWAY, reason: "server shutting down".into() });
             }
@@ -442,7 +452,7 @@ async fn send_frame(
                 reason: "the client stopped reading".into(),
             })),
         },
-        _ = conn.revoked.notified() => Err(Some(revoked())),
+        _ = conn.revoked.notified() => Err(Some(stopped(conn))),
     }
 }
 
@@ -532,15 +542,24 @@ async fn record_roster_open(
     if *roster_opened || document_id != DocumentId::roster(conn.device.branch_id) {
         return Ok(());
     }
-    let entry = AuditEntry::by_device(&conn.device, "roster.open", document_id.to_string())
-        .detail(format!("connection {}", conn.id));
-    hub.store().record_audit(entry).await.map_err(|e| {
-        tracing::error!(error = %e, "could not record a roster opening");
-        Fatal {
-            code: close_code::TRY_AGAIN,
-            reason: "server error, try again later".into(),
-        }
-    })?;
+    // Once per device and interval: a device reconnecting in a loop must
+    // not grow the append-only log by a row per connection.
+    let verdict = hub.config().budgets.refusals.verdict(
+        "roster.open",
+        &conn.device.id.to_string(),
+        hub.config().clock.now_ms(),
+    );
+    if let Some(detail) = verdict.detail(format!("connection {}", conn.id)) {
+        let entry = AuditEntry::by_device(&conn.device, "roster.open", document_id.to_string())
+            .detail(detail);
+        hub.store().record_audit(entry).await.map_err(|e| {
+            tracing::error!(error = %e, "could not record a roster opening");
+            Fatal {
+                code: close_code::TRY_AGAIN,
+                reason: "server error, try again later".into(),
+            }
+        })?;
+    }
     *roster_opened = true;
     Ok(())
 }
@@ -549,6 +568,20 @@ fn revoked() -> Fatal {
     Fatal {
         code: close_code::REVOKED,
         reason: "device revoked".into(),
+    }
+}
+
+/// Why a connection told to stop stops: its device was revoked, or newer
+/// connections of the device took its place (not a revocation: the close
+/// code must not make a client give up).
+fn stopped(conn: &Connection) -> Fatal {
+    if conn.revoked.is_superseded() {
+        Fatal {
+            code: close_code::GOING_AWAY,
+            reason: "replaced by newer connections of this device".into(),
+        }
+    } else {
+        revoked()
     }
 }
 

@@ -1224,6 +1224,7 @@ async fn authority_matrix_every_administrative_action_by_every_role_keeps_names_
 /// Routes that are not administrative actions, and why.
 const NOT_ADMINISTRATIVE: &[(&str, &str, &str)] = &[
     ("GET", "/healthz", "liveness"),
+    ("GET", "/readyz", "readiness"),
     ("GET", "/", "a redirect"),
     ("GET", "/dashboard", "a static page"),
     ("GET", "/dashboard.js", "a static file"),

@@ -1,8 +1,55 @@
 //! Per-device message rate: a token bucket that slows a fast sender down
 //! instead of dropping what it sent (nothing a device sends is lost; a
 //! flooding device just waits).
+//!
+//! The bucket belongs to the device, not to a connection, and outlives its
+//! connections: reconnecting does not refill it (it did, so a flooding
+//! device reset its rate by reconnecting).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use doorstep_protocol::DeviceId;
+
+/// Buckets idle this long are full again anyway, and are forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+/// Every device's bucket.
+#[derive(Debug)]
+pub struct MessageRates {
+    per_second: u32,
+    burst: u32,
+    buckets: Mutex<HashMap<DeviceId, TokenBucket>>,
+}
+
+impl MessageRates {
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        MessageRates {
+            per_second,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one message of `device` at `now`; returns how long it must wait
+    /// before the message is handled.
+    pub fn take(&self, device: DeviceId, now: Instant) -> Duration {
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Duration::ZERO;
+        };
+        if buckets.len() >= 1024 && !buckets.contains_key(&device) {
+            buckets.retain(|_, b| {
+                b.updated
+                    .is_some_and(|u| now.saturating_duration_since(u) < FORGET_AFTER)
+            });
+        }
+        buckets
+            .entry(device)
+            .or_insert_with(|| TokenBucket::new(self.per_second, self.burst))
+            .take(now)
+    }
+}
 
 /// Allows `burst` messages at once and `per_second` sustained.
 #[derive(Debug)]
@@ -44,6 +91,18 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_keeps_its_bucket_across_connections() {
+        let rates = MessageRates::new(10, 2);
+        let device = DeviceId::new_v7();
+        let now = Instant::now();
+        assert_eq!(rates.take(device, now), Duration::ZERO);
+        assert_eq!(rates.take(device, now), Duration::ZERO);
+        // Whatever connection the next message comes on, the bucket is empty.
+        assert!(rates.take(device, now) > Duration::ZERO);
+        assert_eq!(rates.take(DeviceId::new_v7(), now), Duration::ZERO);
+    }
 
     #[test]
     fn a_burst_passes_then_the_rate_applies() {
