@@ -419,9 +419,11 @@ pub struct Enroll {
 }
 
 /// Exchanges a one-time code for a device token. No login: the code is the
-/// credential, and it works once. A code an upper level asked for answers
-/// `202 {"status": "pending_approval"}`, issuing nothing and staying unspent,
-/// until the branch's secretary approves it; the next call then enrolls.
+/// credential, and it works once. A request from an upper level has no code
+/// until the branch approves it (the approver receives it); only a code
+/// handed out before that rule (approval replaces it) can still be
+/// presented while waiting, and answers `202 {"status": "pending_approval"}`,
+/// issuing nothing.
 pub async fn enroll(
     State(state): State<AppState>,
     Json(body): Json<Enroll>,
@@ -582,9 +584,11 @@ pub struct Activate {
     password: String,
 }
 
-/// An invitee sets their own password with their one-time code. `202
-/// {"status": "pending_approval"}` while the invitation waits for the
-/// branch; the code is not spent until it works.
+/// An invitee sets their own password with their one-time code (from the
+/// inviter, or, for a secretary invited from above, from whoever approved
+/// the invitation). A code handed out before that rule answers `202
+/// {"status": "pending_approval"}` while the invitation waits, and stops
+/// working when it is approved.
 pub async fn activate(
     State(state): State<AppState>,
     ClientAddr(ip): ClientAddr,
