@@ -109,7 +109,7 @@ pub async fn issue_enrollment_code(
 /// The operator's permit: the rule never refuses the operator, but asking
 /// keeps one path for everyone.
 pub async fn authorize_operator(store: &Store, action: Action<'_>) -> Result<Permit, StoreError> {
-    authority::authorize(store, Caller::Operator, action)
+    authority::authorize(store, None, Caller::Operator, action)
         .await?
         .map_err(|denied| StoreError::Invalid(denied.to_string()))
 }

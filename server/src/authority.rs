@@ -417,8 +417,12 @@ pub fn decide(caller: Caller<'_>, action: &Action<'_>) -> Result<Credential, Den
 /// Decides, and records a refused attempt to change something with the
 /// tenant it concerns (an attempt outside the caller's scope is answered
 /// like a missing thing and not recorded there: the caller cannot see it).
+/// With `refusals`, a caller repeating the same refused attempt writes one
+/// row per interval, the next one saying how many were left out (the
+/// budget on audit rows; the first attempt is always seen).
 pub async fn authorize(
     store: &Store,
+    refusals: Option<&crate::budget::RefusalLog>,
     caller: Caller<'_>,
     action: Action<'_>,
 ) -> Result<Result<Permit, Denied>, StoreError> {
@@ -441,14 +445,26 @@ pub async fn authorize(
                     Action::InviteUser { role, .. } => format!("{}: {denied}", role.as_str()),
                     _ => denied.to_string(),
                 };
-                store
-                    .record_audit(
-                        AuditEntry::new(caller.name(), action.verb(), subject)
-                            .tenant(tenant, path)
-                            .detail(detail)
-                            .refused(),
-                    )
-                    .await?;
+                let detail = match refusals {
+                    Some(log) => log
+                        .verdict(
+                            action.verb(),
+                            &format!("{}\u{0}{subject}", caller.name()),
+                            crate::store::now_ms(),
+                        )
+                        .detail(detail),
+                    None => Some(detail),
+                };
+                if let Some(detail) = detail {
+                    store
+                        .record_audit(
+                            AuditEntry::new(caller.name(), action.verb(), subject)
+                                .tenant(tenant, path)
+                                .detail(detail)
+                                .refused(),
+                        )
+                        .await?;
+                }
             }
             Ok(Err(denied))
         }

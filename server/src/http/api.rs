@@ -28,7 +28,13 @@ fn parse<T: std::str::FromStr>(text: &str) -> Result<T, ApiError> {
 /// Asks the authority rule ([`crate::authority`]) for leave to act; a
 /// refusal is recorded there and answered here.
 async fn permit(state: &AppState, auth: &UserAuth, action: Action<'_>) -> Result<Permit, ApiError> {
-    Ok(authority::authorize(&state.store, Caller::User(&auth.0), action).await??)
+    Ok(authority::authorize(
+        &state.store,
+        Some(&state.config.budgets.refusals),
+        Caller::User(&auth.0),
+        action,
+    )
+    .await??)
 }
 
 /// Liveness: the process answers and the database reads.

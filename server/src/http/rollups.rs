@@ -226,6 +226,7 @@ pub async fn audit_log(
     };
     authority::authorize(
         &state.store,
+        Some(&state.config.budgets.refusals),
         Caller::User(&auth.0),
         Action::ReadAudit { scope: &scope },
     )
