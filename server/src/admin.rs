@@ -409,10 +409,12 @@ pub async fn activate(
     let Some(invitation) = store.invitation_for_code(&code_hash).await? else {
         return Err(ActivationError::InvalidCode);
     };
-    let verdict = budgets
-        .refusals
-        .verdict("user.activate", &hex::encode(&code_hash), now_ms());
+    // Asked only when a refusal is to be recorded: a successful use or a
+    // poll of a pending code must not use up the code's slot.
     let recorded = |entry: AuditEntry| {
+        let verdict = budgets
+            .refusals
+            .verdict("user.activate", &hex::encode(&code_hash), now_ms());
         let detail = verdict.detail(entry.detail.clone().unwrap_or_default())?;
         Some(entry.detail(detail))
     };

@@ -2,11 +2,12 @@
 //! the database directly (the operator on the server's machine is trusted
 //! with all of it; remote administrators use the JSON API instead).
 
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use anyhow::Context;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use doorstep_protocol::{DeviceId, TenantId};
 use serde::Serialize;
 
@@ -18,9 +19,15 @@ use crate::tenancy::{Level, Role, TenantPath};
 
 /// Doorstep: offline-first field data sync for a district's branches.
 #[derive(Debug, Parser)]
-#[command(name = "doorstep", version)]
+#[command(
+    name = "doorstep",
+    version,
+    after_help = "Start with `doorstep serve`: it prints what to do next.\n\
+                  Every command but `serve` and `demo` works on the database directly; \
+                  run it on the server's machine, with the same --data-dir."
+)]
 pub struct Cli {
-    /// Where the embedded database lives.
+    /// Where the embedded database lives (the file doorstep.db inside).
     #[arg(
         long,
         env = "DOORSTEP_DATA_DIR",
@@ -28,7 +35,7 @@ pub struct Cli {
         global = true
     )]
     pub data_dir: PathBuf,
-    /// Print results as JSON.
+    /// Print results as JSON (times as epoch milliseconds) instead of text.
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
@@ -38,6 +45,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the sync server.
+    #[command(after_help = "Examples:\n  \
+        doorstep serve\n  \
+        doorstep serve --listen 0.0.0.0:8443 --tls-cert cert.pem --tls-key key.pem\n  \
+        DOORSTEP_LISTEN=127.0.0.1:9090 doorstep --data-dir /var/lib/doorstep serve")]
     Serve(ServeArgs),
     /// Districts, sub-districts and branches.
     #[command(subcommand)]
@@ -61,7 +72,11 @@ pub enum Command {
     Reproject,
     /// Fill a demo district modeled on the Yanshan report through simulated
     /// phones (runs `doorstep-demo`, built from client-sdk/demo).
+    #[command(after_help = "Examples:\n  \
+        doorstep demo --scale 10\n  \
+        doorstep demo --server http://127.0.0.1:8080")]
     Demo {
+        /// Arguments passed on to doorstep-demo, e.g. `--scale 10` or `--server URL`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -69,13 +84,13 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address and port to listen on; 0.0.0.0:PORT for every interface.
     #[arg(long, env = "DOORSTEP_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// PEM certificate chain; with --tls-key, serve HTTPS and WSS.
     #[arg(long, env = "DOORSTEP_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key.
+    /// PEM private key for --tls-cert.
     #[arg(long, env = "DOORSTEP_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Largest WebSocket message accepted, in bytes.
@@ -91,6 +106,13 @@ pub struct ServeArgs {
     /// Largest stored size of one document, in bytes; past it changes are refused.
     #[arg(long, env = "DOORSTEP_MAX_DOCUMENT_BYTES", default_value_t = SyncLimits::default().document.max_document_bytes)]
     pub max_document_bytes: u64,
+    /// Distinct Automerge actors one document may hold over its life; past
+    /// it changes by new actors are refused with an error naming the limit.
+    #[arg(long, env = "DOORSTEP_MAX_DOCUMENT_ACTORS", default_value_t = SyncLimits::default().document.max_document_actors)]
+    pub max_document_actors: usize,
+    /// How deep below a document's root a change may nest an object.
+    #[arg(long, env = "DOORSTEP_MAX_NESTING_DEPTH", default_value_t = SyncLimits::default().document.max_depth)]
+    pub max_nesting_depth: usize,
     /// Sustained messages per second one device may send.
     #[arg(long, env = "DOORSTEP_MESSAGES_PER_SECOND", default_value_t = crate::budget::BudgetLimits::default().messages_per_second)]
     pub messages_per_second: u32,
@@ -102,9 +124,15 @@ pub struct ServeArgs {
 #[derive(Debug, Subcommand)]
 pub enum TenantCommand {
     /// Create a district, a sub-district under a district, or a branch under a sub-district.
+    #[command(after_help = "Examples:\n  \
+        doorstep tenant create --level district --name \"Yanshan\"\n  \
+        doorstep tenant create --level sub_district --name \"Xiangyang\" --parent <district id>\n  \
+        doorstep tenant create --level branch --name \"Yingfeng-Yili\" --parent <sub-district id>")]
     Create {
+        /// Which level the new tenant is.
         #[arg(long, value_enum)]
         level: Level,
+        /// Its name, as officials know it.
         #[arg(long)]
         name: String,
         /// The parent tenant's id (not for a district).
@@ -117,46 +145,69 @@ pub enum TenantCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
-    /// Create a user. The password comes from DOORSTEP_PASSWORD or standard input.
+    /// Create a user. The password comes from DOORSTEP_PASSWORD, or is asked
+    /// for (without echo on a terminal; one line when piped).
+    #[command(after_help = "Examples:\n  \
+        doorstep user create --username admin --role district_admin --tenant <district id>\n  \
+        DOORSTEP_PASSWORD='a long password' doorstep user create --username admin --role district_admin --tenant <district id>")]
     Create {
+        /// The login name.
         #[arg(long)]
         username: String,
+        /// What the user may do; a role belongs to its tenant's level.
         #[arg(long, value_enum)]
         role: Role,
+        /// The id of the tenant the user belongs to.
         #[arg(long)]
         tenant: TenantId,
     },
     /// Invite a user: prints a one-time activation code with which they set
     /// their own password (POST /api/v1/activate).
+    #[command(after_help = "Examples:\n  \
+        doorstep user invite --username wang --role branch_secretary --tenant <branch id>\n  \
+        doorstep user invite --username li --role volunteer --tenant <branch id> --ttl-hours 24")]
     Invite {
+        /// The login name.
         #[arg(long)]
         username: String,
+        /// What the user may do; a role belongs to its tenant's level.
         #[arg(long, value_enum)]
         role: Role,
+        /// The id of the tenant the user belongs to.
         #[arg(long)]
         tenant: TenantId,
+        /// Hours until the activation code expires.
         #[arg(long, default_value_t = 72)]
         ttl_hours: u32,
     },
     /// Invitations waiting for approval (with --all, every invitation).
     Invitations {
+        /// Every invitation, decided or not.
         #[arg(long)]
         all: bool,
     },
     /// Approve an invitation an upper level made for a branch secretary
     /// (for a branch that has no secretary to approve it).
-    Approve { id: uuid::Uuid },
+    Approve {
+        /// The invitation's id (from `doorstep user invitations`).
+        id: uuid::Uuid,
+    },
     /// Deny such an invitation.
-    Deny { id: uuid::Uuid },
+    Deny {
+        /// The invitation's id (from `doorstep user invitations`).
+        id: uuid::Uuid,
+    },
     /// List every user.
     List,
     /// Disable a user: no more logins, and their sessions end at once.
     Disable {
+        /// The login name.
         #[arg(long)]
         username: String,
     },
     /// Let a disabled user log in again.
     Enable {
+        /// The login name.
         #[arg(long)]
         username: String,
     },
@@ -171,40 +222,61 @@ pub enum SessionCommand {
         username: Option<String>,
     },
     /// End a session at once.
-    Revoke { id: String },
+    Revoke {
+        /// The session's id (from `doorstep session list`).
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum EnrollCodeCommand {
     /// Issue a code; the device exchanges it at POST /api/v1/enroll.
+    #[command(after_help = "Examples:\n  \
+        doorstep enroll-code create --branch <branch id> --label \"Li Na's phone\"\n  \
+        doorstep enroll-code create --branch <branch id> --label \"spare tablet\" --ttl-hours 8")]
     Create {
+        /// The id of the branch the device will belong to.
         #[arg(long)]
         branch: TenantId,
         /// What the device is, e.g. "Li Na's phone".
         #[arg(long)]
         label: String,
+        /// Hours until the code expires.
         #[arg(long, default_value_t = 72)]
         ttl_hours: u32,
     },
     /// Codes upper levels asked for that wait for the branch's approval
     /// (with --all, every code).
     Requests {
+        /// Every code, decided or not.
         #[arg(long)]
         all: bool,
     },
     /// Approve a requested code (for a branch that has no secretary to approve it).
-    Approve { id: uuid::Uuid },
+    Approve {
+        /// The code's id (from `doorstep enroll-code requests`), not the code itself.
+        id: uuid::Uuid,
+    },
     /// Deny a requested code.
-    Deny { id: uuid::Uuid },
+    Deny {
+        /// The code's id (from `doorstep enroll-code requests`), not the code itself.
+        id: uuid::Uuid,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Entries, newest first.
+    #[command(after_help = "Examples:\n  \
+        doorstep audit list\n  \
+        doorstep audit list --branch <branch id> --limit 50\n  \
+        doorstep audit list --before <the last id shown>   # the next page\n  \
+        doorstep audit list --csv > audit.csv")]
     List {
         /// Only entries about this tenant and the tenants below it.
         #[arg(long)]
         branch: Option<TenantId>,
+        /// Most entries to show.
         #[arg(long, default_value_t = 100)]
         limit: u32,
         /// Only entries older than this id (the next page).
@@ -221,9 +293,18 @@ pub enum DeviceCommand {
     /// List every device.
     List,
     /// Revoke a device at once; a running server closes its sockets within a second.
-    Revoke { id: DeviceId },
+    #[command(after_help = "Examples:\n  \
+        doorstep device list\n  \
+        doorstep device revoke <device id>")]
+    Revoke {
+        /// The device's id (from `doorstep device list`).
+        id: DeviceId,
+    },
     /// The documents a device should sync.
-    Documents { id: DeviceId },
+    Documents {
+        /// The device's id (from `doorstep device list`).
+        id: DeviceId,
+    },
 }
 
 impl Cli {
@@ -240,6 +321,8 @@ impl Cli {
         document.admission.max_inflated_bytes = args.max_sync_change_bytes;
         document.admission.max_ops = args.max_sync_ops;
         document.max_document_bytes = args.max_document_bytes;
+        document.max_document_actors = args.max_document_actors;
+        document.max_depth = args.max_nesting_depth;
         config.limits = SyncLimits {
             max_message_bytes: args.max_message_bytes,
             document,
@@ -266,11 +349,28 @@ pub async fn main() -> anyhow::Result<()> {
     if let Command::Demo { args } = &cli.command {
         return run_demo(&cli, args);
     }
-    let store = Store::open(&cli.database_path()).await?;
+    let store = Store::open(&cli.database_path())
+        .await
+        .with_context(|| format!("cannot open the database {}", cli.database_path().display()))?;
     match &cli.command {
         Command::Serve(args) => {
             let config = cli.server_config(args);
-            let listener = tokio::net::TcpListener::bind(args.listen).await?;
+            // Everything that can stop start-up is checked before the
+            // "listening" line: an operator (or a supervisor reading our
+            // output) must never see it from a server that then exits.
+            // A committed write (readiness's own probe): SQLite opens a file
+            // it may not write read-only without a word, migrations already
+            // applied write nothing, and in WAL mode even `begin immediate`
+            // passes on such a file.
+            store.probe_write().await.with_context(|| {
+                format!(
+                    "the database {} cannot be written (check the permissions of it and of {})",
+                    cli.database_path().display(),
+                    cli.data_dir.display()
+                )
+            })?;
+            crate::check_tls(&config)?;
+            let listener = bind(args.listen).await?;
             let tls = config.tls_cert.is_some();
             println!(
                 "{}",
@@ -281,6 +381,39 @@ pub async fn main() -> anyhow::Result<()> {
         }
         _ => run_admin(&cli, &store).await,
     }
+}
+
+/// Why `serve` could not take its address.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot listen on {addr}: {reason}\n\
+     choose another address with --listen HOST:PORT or DOORSTEP_LISTEN=HOST:PORT"
+)]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub reason: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds the listener, naming the address and how to pick another when
+/// that fails (the bare "Address already in use" names neither).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError {
+            addr,
+            reason: match source.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    "the address is already in use (is another doorstep running?)".to_owned()
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    "permission denied (ports below 1024 need privileges)".to_owned()
+                }
+                _ => source.to_string(),
+            },
+            source,
+        })
 }
 
 async fn shutdown_signal() {
@@ -357,14 +490,46 @@ fn print<T: Serialize>(
     Ok(())
 }
 
+/// The password for `user create`: DOORSTEP_PASSWORD, else asked for. On a
+/// terminal it is read with echo off (rpassword: small, maintained, and it
+/// restores the terminal's mode itself on every path) and asked twice, as a
+/// typo nobody saw would lock the account out; from a pipe it is one line,
+/// so scripts keep working.
 fn read_password() -> anyhow::Result<String> {
     if let Ok(password) = std::env::var("DOORSTEP_PASSWORD") {
+        return Ok(password);
+    }
+    if std::io::stdin().is_terminal() {
+        let password = rpassword::prompt_password("password: ")
+            .context("cannot read the password from the terminal")?;
+        let again = rpassword::prompt_password("the same password again: ")
+            .context("cannot read the password from the terminal")?;
+        if password != again {
+            anyhow::bail!("the two passwords differ; nothing was created");
+        }
         return Ok(password);
     }
     eprintln!("password (one line on standard input):");
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// A stored time (epoch milliseconds) as RFC 3339 UTC, for text output;
+/// `--json` keeps the number.
+pub fn utc(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// The whole command tree, for tests that check every argument is explained.
+pub fn command() -> clap::Command {
+    Cli::command()
 }
 
 /// Runs an operator command against the database.
@@ -507,11 +672,12 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                 ss.iter()
                     .map(|s| {
                         format!(
-                            "{} {} from {} last used {}",
+                            "{} {} from {} last used {} expires {}",
                             s.id,
                             escape_for_terminal(&s.username),
                             s.address.as_deref().unwrap_or("?"),
-                            s.last_used_at
+                            utc(s.last_used_at),
+                            utc(s.expires_at)
                         )
                     })
                     .collect::<Vec<_>>()
@@ -757,11 +923,13 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                         } else {
                             "active"
                         };
+                        let seen = d.last_seen_at.map_or_else(|| "never".to_owned(), utc);
                         format!(
-                            "{} {} {} {}",
+                            "{} {} {} last seen {} {}",
                             d.id,
                             d.branch_id,
                             state,
+                            seen,
                             escape_for_terminal(d.label.as_deref().unwrap_or(""))
                         )
                     })
@@ -831,5 +999,24 @@ impl Store {
             .iter()
             .map(|p| p.parse().map_err(crate::store::StoreError::Corrupt))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap's own consistency checks (duplicate flags, bad `requires`),
+    /// here so a `--lib` run finds them; the e2e test `operator::
+    /// every_command_and_argument_has_help` checks the help text itself.
+    #[test]
+    fn the_command_line_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn times_print_as_utc() {
+        assert_eq!(utc(1_796_584_186_079), "2026-12-06T19:09:46Z");
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
     }
 }

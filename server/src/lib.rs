@@ -70,6 +70,16 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
+/// Loads the TLS certificate and key the config names, if any, so that a
+/// missing or unreadable file stops start-up before the server says it
+/// listens (rather than when the first connection arrives).
+pub fn check_tls(config: &Config) -> Result<(), StartError> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => tls::server_config(cert, key).map(drop),
+        _ => Ok(()),
+    }
+}
+
 /// Serves the API and `/sync` on `listener` until `shutdown` resolves.
 pub async fn run(
     config: Config,

@@ -2,15 +2,14 @@
 //! target against the caller's scope; anything outside it is `404`, exactly
 //! like something that does not exist.
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use doorstep_protocol::{DeviceId, TenantId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::extract::{ClientAddr, DeviceAuth, UserAuth, UserSession};
+use super::extract::{ClientAddr, DeviceAuth, Json, Path, Query, UserAuth, UserSession};
 use crate::AppState;
 use crate::admin;
 use crate::auth::{Secret, hash_secret};
@@ -64,6 +63,10 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         _ => {
             let writable = match state.store.probe_write().await {
                 Ok(()) => true,
+                // Another writer held the lock past the busy timeout (a
+                // compaction): slow, not broken; a load balancer must not
+                // flap on it.
+                Err(e) if e.is_busy() => true,
                 Err(e) => {
                     tracing::warn!(error = %e, "readiness: the database cannot be written");
                     false
@@ -80,7 +83,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({
                 "status": "not_ready",
-                "error": "the database cannot be written (disk full or read-only?); changes are not being acknowledged",
+                "error": "this server cannot store changes right now; the operator's log says why",
             })),
         )
     }

@@ -1,15 +1,14 @@
 //! Rollups, breakdowns, health, and the branch secretary's named lists.
 //! Every figure endpoint answers JSON, or CSV with `format=csv`.
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use doorstep_protocol::TenantId;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::extract::UserAuth;
+use super::extract::{Json, Path, Query, UserAuth};
 use crate::AppState;
 use crate::authority::{self, Action, Caller, NamesGround};
 use crate::rollup::{self, BreakdownKind, Period, PeriodQuery, csv};
@@ -83,7 +82,7 @@ pub async fn rollup(
 ) -> Result<Response, ApiError> {
     may_see_figures(&auth)?;
     let target = target(&state, &auth, q.tenant.as_deref()).await?;
-    let period = Period::try_from(&q.period).map_err(ApiError::BadRequest)?;
+    let period = Period::try_from(&q.period)?;
     let rollup = rollup::rollup(&state.store, &target, period).await?;
     let mut rows = rollup.rows.clone();
     rows.push(rollup.total.clone());
@@ -97,7 +96,7 @@ pub async fn breakdown(
 ) -> Result<Response, ApiError> {
     may_see_figures(&auth)?;
     let target = target(&state, &auth, q.tenant.as_deref()).await?;
-    let period = Period::try_from(&q.period).map_err(ApiError::BadRequest)?;
+    let period = Period::try_from(&q.period)?;
     let by = q
         .by
         .ok_or_else(|| ApiError::BadRequest("by= one of visits_by_kind, visits_by_month, hardship_by_kind, training_by_level, teams_by_category".into()))?;

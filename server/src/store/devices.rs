@@ -138,10 +138,18 @@ pub enum Enrollment {
 /// Why a code could not be exchanged for a token.
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
-    /// Unknown, used or expired: the three look the same to the caller, so
-    /// codes cannot be probed.
+    /// Unknown or denied. Unknown codes all look the same, so codes cannot
+    /// be probed.
     #[error("the enrollment code is not valid")]
     InvalidCode,
+    /// Already exchanged. Saying so tells only the code's holder what
+    /// happened to it (a guess that hits a spent code gains nothing), and
+    /// tells them to ask for a new code rather than retype this one.
+    #[error("the enrollment code was already used")]
+    AlreadyUsed,
+    /// Past its expiry, likewise said only to its holder.
+    #[error("the enrollment code has expired")]
+    Expired,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -151,6 +159,11 @@ impl From<sqlx::Error> for EnrollError {
         EnrollError::Store(e.into())
     }
 }
+
+/// Actors a device may hold before explicit registration refuses more: an
+/// app registers one per install, and a stock client's actors (one per
+/// document handle) are bound on first use, under each document's limit.
+pub const MAX_REGISTERED_ACTORS_PER_DEVICE: i64 = 1024;
 
 const DEVICE_COLUMNS: &str =
     "d.id, d.branch_id, d.label, d.created_at, d.revoked_at, d.last_seen_at, t.path";
@@ -375,7 +388,11 @@ impl Store {
                 };
                 record(&mut tx, entry(why).refused()).await?;
                 tx.commit().await?;
-                return Err(EnrollError::InvalidCode);
+                return Err(match code.status {
+                    CodeStatus::Used => EnrollError::AlreadyUsed,
+                    CodeStatus::Expired => EnrollError::Expired,
+                    _ => EnrollError::InvalidCode,
+                });
             }
         }
         let device_id = DeviceId::new_v7();
@@ -393,7 +410,7 @@ impl Store {
         .rows_affected()
             > 0;
         if !claimed {
-            return Err(EnrollError::InvalidCode);
+            return Err(EnrollError::AlreadyUsed);
         }
         sqlx::query("insert into devices (id, branch_id, label, created_at) values (?, ?, ?, ?)")
             .bind(device_id.to_string())
@@ -546,6 +563,22 @@ impl Store {
         device: DeviceId,
         actor_hex: &str,
     ) -> Result<(), StoreError> {
+        // Each registration is a row kept for good; a device registers one
+        // actor per install, so a bound far above that stops a loop of
+        // random ids from growing `device_actors` without end. (Actors
+        // bound on first use are bounded by the documents' actor limit.)
+        let held: i64 =
+            sqlx::query_scalar("select count(*) from device_actors where device_id = ?")
+                .bind(device.to_string())
+                .fetch_one(self.pool())
+                .await?;
+        if held >= MAX_REGISTERED_ACTORS_PER_DEVICE
+            && self.actor_owner(actor_hex).await? != Some(device)
+        {
+            return Err(StoreError::Invalid(format!(
+                "this device already holds {held} actors; the limit is {MAX_REGISTERED_ACTORS_PER_DEVICE}"
+            )));
+        }
         sqlx::query(
             "insert into device_actors (actor_id, device_id, registered_at) values (?, ?, ?)
              on conflict (actor_id) do nothing",

@@ -69,6 +69,23 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether the database was busy (locked by another writer past the
+    /// busy timeout) rather than failing.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(e)) => {
+                // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their
+                // extended codes (the low byte is the primary code).
+                e.code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {

@@ -106,8 +106,9 @@ async fn a_sub_district_admin_manages_its_own_subtree_only() -> anyhow::Result<(
     assert_eq!(status, StatusCode::CREATED, "{enrolled}");
     assert_eq!(enrolled["branch_id"], branch["id"]);
     assert_eq!(enrolled["documents"][0]["kind"], "roster");
-    let (status, _) = post(&server, "", "/api/v1/enroll", json!({ "code": code })).await?;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, again) = post(&server, "", "/api/v1/enroll", json!({ "code": code })).await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+    assert_eq!(again["code"], "enrollment_code_used");
 
     // Another sub-district's branch is refused exactly like a missing one.
     let foreign = post(

@@ -357,7 +357,7 @@ async fn the_branch_secretary_approves_or_denies_a_device_an_upper_level_asked_f
         post(&server, "", "/api/v1/enroll", json!({ "code": code }))
             .await?
             .0,
-        StatusCode::BAD_REQUEST
+        StatusCode::CONFLICT
     );
 
     let enrolled: doorstep_tests::Enrolled = serde_json::from_value(enrolled)?;
