@@ -119,6 +119,19 @@ pub struct ServeArgs {
     /// Messages one device may send in a burst.
     #[arg(long, env = "DOORSTEP_MESSAGE_BURST", default_value_t = crate::budget::BudgetLimits::default().message_burst)]
     pub message_burst: u32,
+    /// Open connections in all (lowered to fit the open-file limit).
+    #[arg(long, env = "DOORSTEP_MAX_CONNECTIONS", default_value_t = crate::budget::ConnectionLimits::default().total)]
+    pub max_connections: usize,
+    /// Open connections from one address that no device has authenticated
+    /// (raise it behind a reverse proxy or a large NAT).
+    #[arg(long, env = "DOORSTEP_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = crate::budget::ConnectionLimits::default().per_address)]
+    pub max_connections_per_address: usize,
+    /// Live /sync sockets of one device; past it the oldest closes.
+    #[arg(long, env = "DOORSTEP_SOCKETS_PER_DEVICE", default_value_t = crate::budget::BudgetLimits::default().sockets_per_device)]
+    pub sockets_per_device: usize,
+    /// Bytes queued to send to all connections together.
+    #[arg(long, env = "DOORSTEP_MAX_QUEUED_BYTES", default_value_t = crate::budget::OutboxLimits::default().total)]
+    pub max_queued_bytes: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -327,10 +340,21 @@ impl Cli {
             max_message_bytes: args.max_message_bytes,
             document,
         };
+        let budget = crate::budget::BudgetLimits::default();
         config.budgets = crate::budget::Budgets::new(crate::budget::BudgetLimits {
             messages_per_second: args.messages_per_second,
             message_burst: args.message_burst,
-            ..Default::default()
+            sockets_per_device: args.sockets_per_device,
+            connections: crate::budget::ConnectionLimits {
+                total: args.max_connections,
+                per_address: args.max_connections_per_address,
+                ..budget.connections
+            },
+            outboxes: crate::budget::OutboxLimits {
+                total: args.max_queued_bytes,
+                ..budget.outboxes
+            },
+            ..budget
         });
         config
     }
@@ -349,9 +373,25 @@ pub async fn main() -> anyhow::Result<()> {
     if let Command::Demo { args } = &cli.command {
         return run_demo(&cli, args);
     }
-    let store = Store::open(&cli.database_path())
-        .await
-        .with_context(|| format!("cannot open the database {}", cli.database_path().display()))?;
+    let store = match Store::open(&cli.database_path()).await {
+        Ok(store) => store,
+        // A read-only folder fails already here (SQLite cannot create the
+        // write-ahead log beside the file): the same words as a read-only
+        // file found by the probe below.
+        Err(e) if e.is_read_only() => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "the database {} cannot be written (check the permissions of it and of {})",
+                cli.database_path().display(),
+                cli.data_dir.display()
+            )));
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot open the database {}",
+                cli.database_path().display()
+            )));
+        }
+    };
     match &cli.command {
         Command::Serve(args) => {
             let config = cli.server_config(args);

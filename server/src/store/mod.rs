@@ -73,15 +73,21 @@ impl StoreError {
     /// Whether the database was busy (locked by another writer past the
     /// busy timeout) rather than failing.
     pub fn is_busy(&self) -> bool {
+        // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended
+        // codes (the low byte is the primary code).
+        self.sqlite_code()
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+    }
+
+    /// Whether the database (or its folder) may not be written.
+    pub fn is_read_only(&self) -> bool {
+        self.sqlite_code().is_some_and(|c| c & 0xff == 8)
+    }
+
+    fn sqlite_code(&self) -> Option<i32> {
         match self {
-            StoreError::Database(sqlx::Error::Database(e)) => {
-                // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their
-                // extended codes (the low byte is the primary code).
-                e.code()
-                    .and_then(|c| c.parse::<i32>().ok())
-                    .is_some_and(|c| matches!(c & 0xff, 5 | 6))
-            }
-            _ => false,
+            StoreError::Database(sqlx::Error::Database(e)) => e.code()?.parse().ok(),
+            _ => None,
         }
     }
 }
