@@ -12,6 +12,7 @@ use doorstep_protocol::{DeviceId, TenantId};
 use serde::Serialize;
 
 use crate::admin;
+use crate::authority::{Action, escape_for_terminal};
 use crate::config::{Config, SyncLimits};
 use crate::store::Store;
 use crate::tenancy::{Level, Role, TenantPath};
@@ -581,15 +582,24 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             name,
             parent,
         }) => {
-            let tenant = store.create_tenant(*parent, *level, name).await?;
-            store
-                .audit(
-                    BY,
-                    "tenant.create",
-                    &tenant.id.to_string(),
-                    Some(&tenant.name),
-                )
-                .await?;
+            let parent = match parent {
+                Some(id) => Some(
+                    store
+                        .tenant(*id)
+                        .await?
+                        .ok_or_else(|| anyhow::anyhow!("no tenant {id}"))?,
+                ),
+                None => None,
+            };
+            let permit = admin::authorize_operator(
+                store,
+                Action::CreateTenant {
+                    parent: parent.as_ref(),
+                },
+            )
+            .await?;
+            let tenant =
+                admin::create_tenant(store, &permit, parent.as_ref(), *level, name).await?;
             print(cli.json, &tenant, |t| {
                 format!("created {} {} ({})", t.level.as_str(), t.id, t.name)
             })
@@ -607,7 +617,7 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                             "  ".repeat(t.path.depth() - 1),
                             t.id,
                             t.level.as_str(),
-                            t.name
+                            escape_for_terminal(&t.name)
                         )
                     })
                     .collect::<Vec<_>>()
@@ -632,7 +642,14 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             }
             print(cli.json, &users, |us| {
                 us.iter()
-                    .map(|u| format!("{} {} {}", u.username, u.role.as_str(), u.tenant_id))
+                    .map(|u| {
+                        format!(
+                            "{} {} {}",
+                            escape_for_terminal(&u.username),
+                            u.role.as_str(),
+                            u.tenant_id
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             })
@@ -644,9 +661,24 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                 .login_account(username)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no user {username}"))?;
-            let (changed, ended) = store
-                .set_user_disabled(&account.user, disable, BY, crate::store::now_ms())
-                .await?;
+            // The operator is outside the chain being audited: they may
+            // disable anyone, witnesses included, and the entry says so.
+            let permit = admin::authorize_operator(
+                store,
+                Action::SetUserDisabled {
+                    target: &account.user,
+                    disable,
+                },
+            )
+            .await?;
+            let (changed, ended) = admin::set_user_disabled(
+                store,
+                &permit,
+                &account.user,
+                disable,
+                crate::store::now_ms(),
+            )
+            .await?;
             let value = serde_json::json!({
                 "username": account.user.username,
                 "disabled": disable,
@@ -682,7 +714,7 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                         format!(
                             "{} {} from {} last used {} expires {}",
                             s.id,
-                            s.username,
+                            escape_for_terminal(&s.username),
                             s.address.as_deref().unwrap_or("?"),
                             utc(s.last_used_at),
                             utc(s.expires_at)
@@ -708,10 +740,11 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             let issued =
                 admin::issue_enrollment_code(store, *branch, label, *ttl_hours, BY).await?;
             print(cli.json, &issued, |i| {
+                let code = &i.code;
                 format!(
-                    "enrollment code {} for \"{}\" (one use, expires in {ttl_hours} h)\n\
-                     a device exchanges it with: POST /api/v1/enroll {{\"code\": \"{}\"}}",
-                    i.code, i.details.label, i.code
+                    "enrollment code {code} for \"{}\" (one use, expires in {ttl_hours} h)\n\
+                     a device exchanges it with: POST /api/v1/enroll {{\"code\": \"{code}\"}}",
+                    escape_for_terminal(i.details.label.as_deref().unwrap_or(""))
                 )
             })
         }
@@ -725,7 +758,11 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                     .map(|c| {
                         format!(
                             "{} {} {:?} \"{}\" asked by {}",
-                            c.id, c.branch_id, c.status, c.label, c.created_by
+                            c.id,
+                            c.branch_id,
+                            c.status,
+                            escape_for_terminal(c.label.as_deref().unwrap_or("")),
+                            escape_for_terminal(&c.created_by)
                         )
                     })
                     .collect::<Vec<_>>()
@@ -742,11 +779,24 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                 .enrollment_code(*id)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no enrollment code {id}"))?;
-            let decided = admin::decide_enrollment_code(store, &code, approve, BY)
+            let permit = admin::authorize_operator(
+                store,
+                Action::DecideEnrollmentRequest {
+                    code: &code,
+                    approve,
+                },
+            )
+            .await?;
+            let decided = admin::decide_enrollment_code(store, &permit, &code, approve)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("{id} is not waiting for a decision"))?;
-            print(cli.json, &decided, |c| {
-                format!("{} is now {:?}", c.id, c.status)
+            print(cli.json, &decided, |c| match &c.code {
+                Some(code) => format!(
+                    "{} is now {:?}; its enrollment code is {code} (one use): give it to the device, \
+                     which exchanges it with POST /api/v1/enroll {{\"code\": \"{code}\"}}",
+                    c.details.id, c.details.status
+                ),
+                None => format!("{} is now {:?}", c.details.id, c.details.status),
             })
         }
         Command::User(UserCommand::Invite {
@@ -755,25 +805,27 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             tenant,
             ttl_hours,
         }) => {
-            let needs_approval = admin::invitation_needs_approval(None, *role);
-            let invited = admin::invite_user(
+            let tenant = store
+                .tenant(*tenant)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no tenant {tenant}"))?;
+            let permit = admin::authorize_operator(
                 store,
-                username,
-                *role,
-                *tenant,
-                *ttl_hours,
-                BY,
-                needs_approval,
+                Action::InviteUser {
+                    tenant: &tenant,
+                    role: *role,
+                },
             )
             .await?;
+            let invited =
+                admin::invite_user(store, &permit, username, *role, &tenant, *ttl_hours).await?;
             print(cli.json, &invited, |i| {
+                let code = i.activation_code.as_deref().unwrap_or("?");
                 format!(
-                    "invited {} ({}); activation code {} (one use, expires in {ttl_hours} h)\n\
-                     the invitee sets a password with: POST /api/v1/activate {{\"code\": \"{}\", \"password\": \"...\"}}",
-                    i.user.username,
+                    "invited {} ({}); activation code {code} (one use, expires in {ttl_hours} h)\n\
+                     the invitee sets a password with: POST /api/v1/activate {{\"code\": \"{code}\", \"password\": \"...\"}}",
+                    escape_for_terminal(&i.user.username),
                     i.user.role.as_str(),
-                    i.activation_code,
-                    i.activation_code
                 )
             })
         }
@@ -788,10 +840,10 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                         format!(
                             "{} {} {} {:?} invited by {}",
                             i.id,
-                            i.username,
+                            escape_for_terminal(&i.username),
                             i.role.as_str(),
                             i.status,
-                            i.created_by
+                            escape_for_terminal(&i.created_by)
                         )
                     })
                     .collect::<Vec<_>>()
@@ -804,11 +856,28 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                 .invitation(*id)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no invitation {id}"))?;
-            let decided = admin::decide_invitation(store, &invitation, approve, BY)
+            let permit = admin::authorize_operator(
+                store,
+                Action::DecideInvitation {
+                    invitation: &invitation,
+                    approve,
+                },
+            )
+            .await?;
+            let decided = admin::decide_invitation(store, &permit, &invitation, approve)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("{id} is not waiting for a decision"))?;
-            print(cli.json, &decided, |i| {
-                format!("invitation of {} is now {:?}", i.username, i.status)
+            print(cli.json, &decided, |d| {
+                let i = &d.invitation;
+                let name = escape_for_terminal(&i.username);
+                match &d.activation_code {
+                    Some(code) => format!(
+                        "invitation of {name} is now {:?}; activation code {code} (one use): give it to \
+                         {name}, who sets a password with POST /api/v1/activate {{\"code\": \"{code}\", \"password\": \"...\"}}",
+                        i.status
+                    ),
+                    None => format!("invitation of {name} is now {:?}", i.status),
+                }
             })
         }
         Command::Audit(AuditCommand::List {
@@ -835,6 +904,13 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                 })
                 .await?;
             if *csv {
+                // A file keeps the text as stored; a terminal shows it
+                // escaped, like the listing below.
+                let entries = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    entries.into_iter().map(escaped_entry).collect()
+                } else {
+                    entries
+                };
                 print!("{}", crate::rollup::csv::to_csv(&entries)?);
                 return Ok(());
             }
@@ -848,14 +924,18 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                                     .ok()
                             })
                             .unwrap_or_else(|| e.at.to_string());
+                        // Every field is data someone typed (a grant's
+                        // reason, a username, a label): escaped, so that
+                        // no control character in it can hide or rewrite
+                        // a row on the operator's terminal.
                         format!(
                             "{} {at} {} {} {} {} {}",
                             e.id,
                             e.outcome.as_str(),
-                            e.actor,
-                            e.action,
-                            e.subject,
-                            e.detail.as_deref().unwrap_or("")
+                            escape_for_terminal(&e.actor),
+                            escape_for_terminal(&e.action),
+                            escape_for_terminal(&e.subject),
+                            escape_for_terminal(e.detail.as_deref().unwrap_or(""))
                         )
                     })
                     .collect::<Vec<_>>()
@@ -886,7 +966,11 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                         let seen = d.last_seen_at.map_or_else(|| "never".to_owned(), utc);
                         format!(
                             "{} {} {} last seen {} {}",
-                            d.id, d.branch_id, state, seen, d.label
+                            d.id,
+                            d.branch_id,
+                            state,
+                            seen,
+                            escape_for_terminal(d.label.as_deref().unwrap_or(""))
                         )
                     })
                     .collect::<Vec<_>>()
@@ -894,10 +978,13 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             })
         }
         Command::Device(DeviceCommand::Revoke { id }) => {
-            let revoked = admin::revoke_device(store, *id, BY).await?;
-            if !revoked && store.device(*id).await?.is_none() {
-                anyhow::bail!("no device {id}");
-            }
+            let device = store
+                .device(*id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no device {id}"))?;
+            let permit =
+                admin::authorize_operator(store, Action::RevokeDevice { device: &device }).await?;
+            let revoked = admin::revoke_device_with(store, &permit, &device).await?;
             print(cli.json, &serde_json::json!({ "revoked": revoked }), |_| {
                 if revoked {
                     format!("revoked {id}; a running server closes its connections within a second")
@@ -927,6 +1014,18 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// An audit entry with every field someone typed escaped for a terminal.
+fn escaped_entry(mut e: crate::store::AuditRecord) -> crate::store::AuditRecord {
+    let escape = |text: &mut String| *text = escape_for_terminal(text).into_owned();
+    escape(&mut e.actor);
+    escape(&mut e.action);
+    escape(&mut e.subject);
+    if let Some(detail) = e.detail.as_mut() {
+        escape(detail);
+    }
+    e
 }
 
 impl Store {

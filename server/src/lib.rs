@@ -11,6 +11,7 @@
 //! budget     the one owner of every bound per principal and per process
 //! tenancy    district > sub-district > branch paths, roles, scope checks
 //! auth       tokens, password hashing
+//! authority  the one rule over names: who may do which administrative action
 //! store      sqlx persistence: tenants, users, devices, documents, chunks;
 //!            the DocumentStore trait the document tasks commit through
 //! hub        live documents: one task each driving a sans-IO Keeper; connections
@@ -26,6 +27,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod authority;
 pub mod budget;
 pub mod cli;
 pub mod config;

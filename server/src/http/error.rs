@@ -15,6 +15,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("not allowed")]
     Forbidden,
+    /// Refused by the authority rule, with its reason.
+    #[error("not allowed: {0}")]
+    Refused(&'static str),
     /// A device token whose device was revoked: the phone stops syncing.
     #[error("this device was revoked")]
     DeviceRevoked,
@@ -87,6 +90,17 @@ impl From<crate::auth::LoginError> for ApiError {
             LoginError::Password(PasswordError::Busy(busy)) => ApiError::Busy(busy),
             LoginError::Password(e) => ApiError::Internal(e.into()),
             LoginError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::authority::Denied> for ApiError {
+    fn from(e: crate::authority::Denied) -> Self {
+        use crate::authority::Denied;
+        match e {
+            Denied::OutOfScope => ApiError::NotFound,
+            Denied::Yourself => ApiError::BadRequest(e.to_string()),
+            Denied::Refused(why) => ApiError::Refused(why),
         }
     }
 }
@@ -167,7 +181,9 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden | ApiError::DeviceRevoked => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::Refused(_) | ApiError::DeviceRevoked => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_)
             | ApiError::MalformedJson(_)

@@ -19,10 +19,25 @@ pub struct Device {
     pub branch_id: TenantId,
     #[serde(skip)]
     pub branch_path: TenantPath,
-    pub label: String,
+    /// What the branch calls the device, by convention its volunteer's name
+    /// ("Li Na's phone"): shown to the branch's own secretary only
+    /// ([`Device::for_viewer`]); upper levels see the id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
     pub last_seen_at: Option<i64>,
+}
+
+impl Device {
+    /// The device as `viewer` may see it: without its label unless they
+    /// keep its branch.
+    pub fn for_viewer(mut self, viewer: &crate::store::User) -> Self {
+        if !crate::authority::sees_device_labels(viewer, self.branch_id) {
+            self.label = None;
+        }
+        self
+    }
 }
 
 /// Where a one-time code (an enrollment code or an invitation) stands.
@@ -71,7 +86,10 @@ pub struct EnrollmentCode {
     pub branch_id: TenantId,
     #[serde(skip)]
     pub branch_path: TenantPath,
-    pub label: String,
+    /// The device's label: for the branch's own secretary only
+    /// ([`EnrollmentCode::for_viewer`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     pub created_by: String,
     pub created_at: i64,
     pub expires_at: i64,
@@ -82,6 +100,17 @@ pub struct EnrollmentCode {
     pub presented_at: Option<i64>,
     #[serde(serialize_with = "serialize_opt_display")]
     pub device_id: Option<DeviceId>,
+}
+
+impl EnrollmentCode {
+    /// The code as `viewer` may see it: without the device's label unless
+    /// they keep its branch.
+    pub fn for_viewer(mut self, viewer: &crate::store::User) -> Self {
+        if !crate::authority::sees_device_labels(viewer, self.branch_id) {
+            self.label = None;
+        }
+        self
+    }
 }
 
 /// What [`Store::create_enrollment_code`] stores.
@@ -152,7 +181,7 @@ fn code_from_row(row: &SqliteRow, now: i64) -> Result<EnrollmentCode, StoreError
         id: parse_column(&row.try_get::<String, _>("id")?, "code id")?,
         branch_id: parse_column(&row.try_get::<String, _>("branch_id")?, "tenant id")?,
         branch_path: parse_column(&row.try_get::<String, _>("path")?, "tenant path")?,
-        label: row.try_get("label")?,
+        label: Some(row.try_get("label")?),
         created_by: row.try_get("created_by")?,
         created_at: row.try_get("created_at")?,
         expires_at,
@@ -175,7 +204,7 @@ fn device_from_row(row: &SqliteRow) -> Result<Device, StoreError> {
         id: parse_column(&row.try_get::<String, _>("id")?, "device id")?,
         branch_id: parse_column(&row.try_get::<String, _>("branch_id")?, "tenant id")?,
         branch_path: parse_column(&row.try_get::<String, _>("path")?, "tenant path")?,
-        label: row.try_get("label")?,
+        label: Some(row.try_get("label")?),
         created_at: row.try_get("created_at")?,
         revoked_at: row.try_get("revoked_at")?,
         last_seen_at: row.try_get("last_seen_at")?,
@@ -214,7 +243,9 @@ impl Store {
         .bind(i64::from(needs_approval))
         .execute(&mut *tx)
         .await?;
-        record(&mut tx, audit.detail(format!("code {id}: {label}"))).await?;
+        // The label stays out of the log: the district's auditors read it,
+        // and a label is by convention a volunteer's name.
+        record(&mut tx, audit.detail(format!("code {id}"))).await?;
         tx.commit().await?;
         self.enrollment_code(id)
             .await?
@@ -266,21 +297,31 @@ impl Store {
         id: uuid::Uuid,
         approve: bool,
         by: &str,
+        new_code_hash: Option<&[u8]>,
         audit: AuditEntry,
     ) -> Result<Option<EnrollmentCode>, StoreError> {
         let now = now_ms();
-        let statement = if approve {
-            "update enrollment_codes set approved_at = ?, approved_by = ?"
-        } else {
-            "update enrollment_codes set denied_at = ?, denied_by = ?"
+        // Approval replaces the code: the one made with the request was
+        // never shown to anyone (or, for a request made before codes went
+        // to approvers, was shown to the requester), and the fresh one goes
+        // to the approver only.
+        let statement = match new_code_hash {
+            Some(_) if approve => {
+                "update enrollment_codes set approved_at = ?, approved_by = ?, code_hash = ?"
+            }
+            _ if approve => "update enrollment_codes set approved_at = ?, approved_by = ?",
+            _ => "update enrollment_codes set denied_at = ?, denied_by = ?",
         };
         let mut tx = self.begin_write().await?;
-        let decided = sqlx::query(&format!(
+        let sql = format!(
             "{statement} where id = ? and needs_approval = 1 and approved_at is null
              and denied_at is null and used_at is null and expires_at > ?"
-        ))
-        .bind(now)
-        .bind(by)
+        );
+        let decided = sqlx::query(&sql).bind(now).bind(by);
+        let decided = match new_code_hash {
+            Some(hash) if approve => decided.bind(hash),
+            _ => decided,
+        }
         .bind(id.to_string())
         .bind(now)
         .execute(&mut *tx)
@@ -323,7 +364,7 @@ impl Store {
         let entry = |outcome_detail: &str| {
             AuditEntry::new("anonymous", "device.enroll", code.id.to_string())
                 .tenant(code.branch_id, &code.branch_path)
-                .detail(format!("{outcome_detail}: {}", code.label))
+                .detail(outcome_detail.to_owned())
         };
         match code.status {
             CodeStatus::Ready => {}
@@ -374,7 +415,7 @@ impl Store {
         sqlx::query("insert into devices (id, branch_id, label, created_at) values (?, ?, ?, ?)")
             .bind(device_id.to_string())
             .bind(code.branch_id.to_string())
-            .bind(&code.label)
+            .bind(code.label.as_deref().unwrap_or_default())
             .bind(now)
             .execute(&mut *tx)
             .await?;

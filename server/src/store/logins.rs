@@ -307,9 +307,13 @@ impl Store {
         if let Some(detail) = verdict.detail(format!("{reason}, from {address}")) {
             // Only a known account's name goes in the log: an unknown
             // "username" is often a password typed into the wrong field.
+            // A known account's attempt concerns its tenant. An unknown
+            // username concerns no tenant, yet guessing is what auditors
+            // watch for: it goes to every district's log, where the
+            // auditor sees it.
             let about = |entry: AuditEntry| match user {
                 Some(u) => entry.tenant(u.tenant_id, &u.tenant_path),
-                None => entry,
+                None => entry.every_district(),
             };
             let subject = user.map_or("unknown user", |u| u.username.as_str());
             let actor = user.map_or("anonymous", |u| u.username.as_str());
@@ -500,6 +504,11 @@ impl Store {
         } else {
             0
         };
+        if changed && disabled {
+            // A grant is its holder's: it ends with their access, and does
+            // not come back if they are enabled again.
+            super::tenants::end_grants_of_holder(&mut tx, user, by).await?;
+        }
         if changed {
             let action = if disabled {
                 "user.disable"

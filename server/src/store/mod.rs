@@ -21,7 +21,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-pub use audit::{AuditEntry, AuditQuery, AuditRecord, Outcome, record};
+pub use audit::{AuditEntry, AuditQuery, AuditRecord, Concern, Outcome, record};
 pub use devices::{CodeStatus, Device, EnrollError, Enrollment, EnrollmentCode, NewEnrollmentCode};
 pub use documents::{DocumentKindRow, DocumentRow};
 pub use keeping::{Commit, CommitError, DocumentStore, StoredChunks};
@@ -57,6 +57,16 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
+    /// An audit entry that names no tenant: a bug, refused so that the
+    /// action it describes does not commit unwitnessed.
+    #[error("the audit entry for {0} names no tenant")]
+    Unconcerned(String),
+    /// A permit of the authority rule used for another action: a bug.
+    #[error("a permit to {given} does not allow {wanted}")]
+    WrongPermit {
+        given: &'static str,
+        wanted: &'static str,
+    },
 }
 
 impl StoreError {

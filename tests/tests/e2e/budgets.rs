@@ -86,14 +86,23 @@ async fn four_hundred_concurrent_activations_with_one_code_stay_within_budget() 
     let data = tempfile::tempdir()?;
     let store = Store::open(&data.path().join("doorstep.db")).await?;
     let d = make_district(&store).await?;
+    // The operator invites (the code comes back to the inviter: a
+    // volunteer's account reads no names).
+    let permit = admin::authorize_operator(
+        &store,
+        doorstep_server::authority::Action::InviteUser {
+            tenant: &d.yingfeng,
+            role: Role::Volunteer,
+        },
+    )
+    .await?;
     let invited = admin::invite_user(
         &store,
+        &permit,
         "volunteer-li",
         Role::Volunteer,
-        d.yingfeng.id,
+        &d.yingfeng,
         24,
-        "test",
-        false,
     )
     .await?;
     let server = ServerProcess::start(

@@ -3,6 +3,7 @@
 
 mod admission;
 mod api;
+mod authority;
 mod bad_input;
 mod bombs;
 mod budgets;
