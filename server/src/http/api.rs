@@ -440,7 +440,11 @@ pub async fn enroll(
     let token = Secret::generate_token();
     let device = match state
         .store
-        .enroll(&hash_secret(&body.code), &token.hash())
+        .enroll(
+            &hash_secret(&body.code),
+            &token.hash(),
+            &state.config.budgets.refusals,
+        )
         .await?
     {
         Enrollment::Enrolled(device) => device,

@@ -341,11 +341,14 @@ impl Store {
     /// issues nothing and stays unspent; the first time a device presents
     /// it is recorded (later polls are not, so a waiting phone does not
     /// fill the log). Presenting a spent, denied or expired code is
-    /// recorded as refused.
+    /// recorded as refused once per code and interval (`refusals`): anyone
+    /// holding an old code could otherwise fill the append-only log, each
+    /// row a write that contends with acknowledgements.
     pub async fn enroll(
         &self,
         code_hash: &[u8],
         token_hash: &[u8],
+        refusals: &crate::budget::RefusalLog,
     ) -> Result<Enrollment, EnrollError> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
@@ -386,8 +389,11 @@ impl Store {
                     CodeStatus::Denied => "request denied",
                     _ => "code expired",
                 };
-                record(&mut tx, entry(why).refused()).await?;
-                tx.commit().await?;
+                let verdict = refusals.verdict("device.enroll", &code.id.to_string(), now);
+                if let Some(detail) = verdict.detail(why) {
+                    record(&mut tx, entry(&detail).refused()).await?;
+                    tx.commit().await?;
+                }
                 return Err(match code.status {
                     CodeStatus::Used => EnrollError::AlreadyUsed,
                     CodeStatus::Expired => EnrollError::Expired,

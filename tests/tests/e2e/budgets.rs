@@ -585,3 +585,45 @@ async fn phones_behind_one_address_are_not_bounded_by_its_connection_share() -> 
     }
     Ok(())
 }
+
+/// From the review: every `POST /enroll` with a spent code wrote an audit
+/// row in a write transaction, so anyone holding an old code could fill
+/// the log and contend with acknowledgements. Now once per code and
+/// interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_enrollment_code_presented_again_and_again_is_recorded_once() -> anyhow::Result<()>
+{
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let issued =
+        admin::issue_enrollment_code(&server.store, d.yingfeng.id, "phone", 1, "test").await?;
+    let url = format!("{}/api/v1/enroll", server.http_url());
+    let client = reqwest::Client::new();
+    let first = client
+        .post(&url)
+        .json(&json!({ "code": issued.code }))
+        .send()
+        .await?;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    for _ in 0..100 {
+        let again = client
+            .post(&url)
+            .json(&json!({ "code": issued.code }))
+            .send()
+            .await?;
+        assert_eq!(again.status(), StatusCode::CONFLICT);
+    }
+    let refused = server
+        .store
+        .audit_entries(&AuditQuery {
+            scope: None,
+            before: None,
+            limit: 10_000,
+        })
+        .await?
+        .into_iter()
+        .filter(|e| e.action == "device.enroll" && e.outcome == Outcome::Refused)
+        .count();
+    assert_eq!(refused, 1, "100 presentations of a spent code");
+    Ok(())
+}
