@@ -438,13 +438,21 @@ const ACTOR_BASE_MAX: usize = 32;
 /// Random bytes that make each open's actor unique.
 const ACTOR_SUFFIX: usize = 8;
 
-/// Which file the store is: its device and inode. A copy of the store put
-/// back (a backup restore, a move to a new phone) is another file.
+/// Which file the store is: its device, inode and (where the file system
+/// keeps it) creation time. A copy of the store put back (a backup
+/// restore, a move to a new phone) is another file; the creation time
+/// tells it apart even when it reuses the inode number of a file just
+/// deleted (a wipe followed by a restore into the same folder).
 fn store_generation(db: &std::path::Path) -> Result<String, ClientError> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(db)
         .map_err(|e| ClientError::Storage(format!("reading {}: {e}", db.display())))?;
-    Ok(format!("{}:{}", meta.dev(), meta.ino()))
+    let born = meta
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok(format!("{}:{}:{born}", meta.dev(), meta.ino()))
 }
 
 /// A fresh actor for one generation of the store: the device's base, then

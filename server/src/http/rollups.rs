@@ -140,10 +140,21 @@ async fn names_of_branch(
             Ok((branch, entry.detail(format!("{format}, {ground}"))))
         }
         Err(why) => {
-            state
-                .store
-                .record_audit(entry.detail(why).refused())
-                .await?;
+            // Once per user, action and branch in an interval: a caller
+            // looping a refused read must not grow the branch's log without
+            // bound (and bury a real grant in it).
+            let source = format!("{}\u{0}{}", user.id, branch.id);
+            let verdict = state.config.budgets.refusals.verdict_for_known(
+                action,
+                &source,
+                state.config.clock.now_ms(),
+            );
+            if let Some(detail) = verdict.detail(why) {
+                state
+                    .store
+                    .record_audit(entry.detail(detail).refused())
+                    .await?;
+            }
             Err(ApiError::Forbidden)
         }
     }

@@ -710,9 +710,13 @@ impl Store {
     ) -> Result<Grant, StoreError> {
         let id = uuid::Uuid::now_v7();
         let mut tx = self.begin_write().await?;
-        sqlx::query(
+        // Under the write lock, the holder must still be enabled: a disable
+        // that committed since the request read the user would otherwise
+        // leave a grant that comes back in force on re-enabling.
+        let inserted = sqlx::query(
             "insert into drilldown_grants (id, branch_id, user_id, reason, created_at, expires_at)
-             values (?, ?, ?, ?, ?, ?)",
+             select ?, ?, ?, ?, ?, ? where exists
+                 (select 1 from users where id = ? and disabled_at is null)",
         )
         .bind(id.to_string())
         .bind(branch.id.to_string())
@@ -720,8 +724,13 @@ impl Store {
         .bind(reason)
         .bind(now_ms())
         .bind(expires_at)
+        .bind(user.id.to_string())
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(StoreError::Invalid("this account is disabled".into()));
+        }
         let mut audit = audit;
         audit.subject = id.to_string();
         record(&mut tx, audit).await?;
