@@ -53,6 +53,11 @@ pub struct KeeperLimits {
     /// message took 3 s, a fresh load 2.3 s) and an actor stays in the
     /// document for good, so past this every new actor is refused.
     pub max_document_actors: usize,
+    /// Actors one device may add to a document over its life: its share of
+    /// `max_document_actors`, so one device (or a stolen token) cannot use
+    /// up a roster's actors and shut every new phone, restored store or
+    /// import out of it for good.
+    pub max_actors_per_device: usize,
     /// How deep, counting from the document root, an object a message makes
     /// may sit. Automerge's patch log records every operation's path from
     /// the root, so applying costs the square of the depth (a 16 KB change
@@ -77,6 +82,9 @@ impl Default for KeeperLimits {
             // A branch has tens of devices; the SDK writes with one actor
             // per install, a stock client with one per document handle.
             max_document_actors: 1024,
+            // The SDK adds one per generation of its store and one per
+            // import; a stock client one per document handle it opens.
+            max_actors_per_device: 64,
             // The branch schema nests four levels (root, collection,
             // record, a set or a stock client's Text); the projection reads
             // sixteen. Twice that leaves room without making depth a cost.
@@ -179,6 +187,14 @@ pub enum Refusal {
         limit: usize,
     },
     #[error(
+        "this device has added {count} actors to the document and the message adds {incoming}; the limit is {limit} per device"
+    )]
+    DeviceActors {
+        count: usize,
+        incoming: usize,
+        limit: usize,
+    },
+    #[error(
         "the document holds {count} changes and the message carries {incoming}; the limit is {limit} changes per document"
     )]
     DocumentChanges {
@@ -253,6 +269,8 @@ struct Pending {
     sender: PeerId,
     device: DeviceId,
     actors: Vec<ActorId>,
+    /// Actors the batch adds to the document, counted to its device.
+    new_actors: usize,
     stored_bytes: u64,
 }
 
@@ -278,6 +296,11 @@ pub struct Keeper {
     census: Option<Census>,
     /// Actors whose binding the store confirmed, with their device.
     bound: HashMap<ActorId, DeviceId>,
+    /// Actors each device has added to the document: from the store at
+    /// load ([`Keeper::set_device_actors`]), then kept up to date.
+    device_actors: HashMap<DeviceId, usize>,
+    /// Actors the message being applied adds, for its pending batch.
+    adding_actors: usize,
     stored_bytes: u64,
     limits: KeeperLimits,
     next_ticket: u64,
@@ -296,11 +319,20 @@ impl Keeper {
             orphans: HashMap::new(),
             census: None,
             bound: HashMap::new(),
+            device_actors: HashMap::new(),
+            adding_actors: 0,
             stored_bytes,
             limits,
             next_ticket: 1,
             last_activity_ms: now_ms,
         }
+    }
+
+    /// How many of the document's actors each device added, as the store
+    /// knows (called once after the first load; confirmed batches keep it
+    /// up to date after that, across reloads).
+    pub fn set_device_actors(&mut self, counts: HashMap<DeviceId, usize>) {
+        self.device_actors = counts;
     }
 
     pub fn document(&self) -> &Automerge {
@@ -396,7 +428,7 @@ impl Keeper {
                 limit: self.limits.max_actors_per_message,
             });
         }
-        self.check_census(&inspected)?;
+        self.check_census(device, &inspected)?;
         self.check_depth(&inspected)?;
         let message =
             sync::Message::decode(data).map_err(|e| Refusal::BadSyncData(e.to_string()))?;
@@ -518,6 +550,7 @@ impl Keeper {
             sender: from.clone(),
             device,
             actors: batch.actors.clone(),
+            new_actors: std::mem::take(&mut self.adding_actors),
             stored_bytes: batch.stored_bytes(),
         });
         Ok(Step::Persist(batch))
@@ -527,7 +560,8 @@ impl Keeper {
     /// actor or change limits, before Automerge adds anything. Every actor
     /// the message names counts, not only authors: Automerge adds the
     /// actors a change's operations refer to as well.
-    fn check_census(&mut self, inspected: &Inspected) -> Result<(), Refusal> {
+    fn check_census(&mut self, device: DeviceId, inspected: &Inspected) -> Result<(), Refusal> {
+        self.adding_actors = 0;
         if inspected.actors.is_empty() && inspected.change_count == 0 {
             return Ok(());
         }
@@ -553,6 +587,15 @@ impl Keeper {
                 limit: self.limits.max_document_actors,
             });
         }
+        let mine = self.device_actors.get(&device).copied().unwrap_or(0);
+        if incoming > 0 && mine.saturating_add(incoming) > self.limits.max_actors_per_device {
+            return Err(Refusal::DeviceActors {
+                count: mine,
+                incoming,
+                limit: self.limits.max_actors_per_device,
+            });
+        }
+        self.adding_actors = incoming;
         // Change chunks the document lacks; a document chunk's new changes
         // are known only once applied, and counted then.
         let incoming = inspected
@@ -822,6 +865,7 @@ impl Keeper {
         for actor in pending.actors {
             self.bound.insert(actor, pending.device);
         }
+        *self.device_actors.entry(pending.device).or_default() += pending.new_actors;
         self.touch(now_ms);
         self.generate_all()
     }

@@ -174,7 +174,8 @@ impl DocumentTask {
         let (doc, stored) = on_pool(move || stored.load(id).map(|doc| (doc, stored)))
             .await
             .map_err(|Panicked| StoreError::Corrupt(format!("loading document {id} panicked")))??;
-        let keeper = Keeper::new(doc, stored.stored_bytes(), limits, now_ms() as u64);
+        let mut keeper = Keeper::new(doc, stored.stored_bytes(), limits, now_ms() as u64);
+        keeper.set_device_actors(stored.device_actors.clone());
         Ok(DocumentTask {
             id,
             generation,

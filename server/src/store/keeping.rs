@@ -45,6 +45,9 @@ pub struct StoredChunks {
     pub keys: Vec<String>,
     pub snapshot_bytes: u64,
     pub incremental_bytes: u64,
+    /// How many of the document's actors each device added (from the
+    /// change log): each device's used share of the document's actors.
+    pub device_actors: std::collections::HashMap<DeviceId, usize>,
 }
 
 impl StoredChunks {
@@ -173,6 +176,21 @@ impl DocumentStore for Store {
             .fetch_all(self.pool())
             .await?;
             let mut stored = StoredChunks::default();
+            let shares = sqlx::query(
+                "select device_id, count(distinct actor_id) as actors from change_log
+                 where document_id = ? and device_id is not null group by device_id",
+            )
+            .bind(id.to_string())
+            .fetch_all(self.pool())
+            .await?;
+            for row in shares {
+                let device: String = row.try_get("device_id")?;
+                let actors: i64 = row.try_get("actors")?;
+                stored.device_actors.insert(
+                    super::parse_column(&device, "device id")?,
+                    usize::try_from(actors).unwrap_or(usize::MAX),
+                );
+            }
             for row in rows {
                 let kind: String = row.try_get("kind")?;
                 let bytes: Vec<u8> = row.try_get("bytes")?;

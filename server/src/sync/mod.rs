@@ -190,6 +190,7 @@ impl From<SyncRefusal> for Fatal {
                 | Refusal::TooManyOrphans { .. }
                 | Refusal::TooManyActors { .. }
                 | Refusal::DocumentActors { .. }
+                | Refusal::DeviceActors { .. }
                 | Refusal::DocumentChanges { .. }
                 | Refusal::TooDeep { .. },
             ) => close_code::TOO_LARGE,

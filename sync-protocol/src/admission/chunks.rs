@@ -352,7 +352,6 @@ fn check_document_authors(slices: &[(u32, Cow<'_, [u8]>)]) -> Result<(), Admissi
     Ok(())
 }
 
-
 /// The make operations (actions 0 map, 2 list, 4 text, 6 table).
 fn is_make(action: u64) -> bool {
     matches!(action, 0 | 2 | 4 | 6)

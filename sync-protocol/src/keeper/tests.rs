@@ -1126,3 +1126,67 @@ fn an_object_made_inside_one_the_document_never_held_is_refused() {
     assert!(!world.keeper.needs_reload());
     assert_eq!(world.keeper.heads(), base.get_heads());
 }
+
+#[test]
+fn one_device_cannot_use_up_a_documents_actors() {
+    let limits = KeeperLimits {
+        max_actors_per_device: 3,
+        ..KeeperLimits::default()
+    };
+    let mut world = World::new(2, limits);
+    world.devices[1].record_visit("first");
+    world.quiesce();
+    // Device 0 adds its share, three actors.
+    let base = world.keeper.document().fork();
+    let changes = one_change_per_actor(&base, 3);
+    let head = automerge::Change::from_bytes(changes.last().expect("one").clone())
+        .expect("change")
+        .hash();
+    world.device_sends(0, message_with(changes, vec![head]));
+    assert!(world.refusals.is_empty(), "{:?}", world.refusals);
+    // A fourth is refused before anything applies; nothing to reload.
+    let base = world.keeper.document().fork();
+    let changes = one_change_per_actor(&base, 1);
+    world.device_sends(0, message_with(changes, vec![]));
+    assert!(
+        matches!(
+            world.refusals.last(),
+            Some((
+                _,
+                Refusal::DeviceActors {
+                    count: 3,
+                    incoming: 1,
+                    limit: 3
+                }
+            ))
+        ),
+        "{:?}",
+        world.refusals
+    );
+    assert!(!world.keeper.needs_reload());
+    assert_eq!(world.keeper.heads(), vec![head]);
+    // Another device still brings a new actor (a restored phone, an
+    // import): the first device's flood did not close the document.
+    world.devices[1].record_visit("second");
+    world.quiesce();
+    assert!(Device::visit_keys(world.keeper.document()).contains(&"second".to_owned()));
+    // The counts the store knows at load are where a device starts.
+    let (id0, id1) = (world.devices[0].id, world.devices[1].id);
+    world
+        .keeper
+        .set_device_actors([(id0, 3), (id1, 3)].into_iter().collect());
+    let (key, id) = (world.devices[0].key.clone(), id0);
+    world.keeper.add_peer(key, id, None, 1);
+    world.refusals.clear();
+    let base = world.keeper.document().fork();
+    let changes = one_change_per_actor(&base, 1);
+    world.device_sends(0, message_with(changes, vec![]));
+    assert!(
+        matches!(
+            world.refusals.last(),
+            Some((_, Refusal::DeviceActors { count: 3, .. }))
+        ),
+        "{:?}",
+        world.refusals
+    );
+}
