@@ -173,9 +173,35 @@ impl Client {
         Ok(records.into_iter().map(|(_, id, r)| (id, r)).collect())
     }
 
-    /// Finds a log record by id in whichever month holds it: its month and
-    /// the record as stored (read, not validated: a record to correct may be
-    /// one that fails validation).
+    /// The logs the record index says hold `collection`/`key`, loaded one
+    /// by one: each with its month (logs that do not load are skipped).
+    async fn logs_holding(
+        &self,
+        replicas: &mut Replicas,
+        collection: &str,
+        key: &str,
+        mut f: impl FnMut(Month, &Automerge),
+    ) -> Result<(), ClientError> {
+        replicas.ensure_indexed().await?;
+        for id in self.inner.store.logs_holding(collection, key).await? {
+            match replicas.existing(id).await {
+                Ok(Some(replica)) => {
+                    if let DocumentKind::MonthlyLog(month) = replica.kind {
+                        f(month, replica.doc());
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(document = %id, error = %e, "skipping a month that does not load")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds a log record by id in whichever month holds it (the record
+    /// index says which): its month and the record as stored (read, not
+    /// validated: a record to correct may be one that fails validation).
     pub(crate) async fn find_log_record<R: Record>(
         &self,
         replicas: &mut Replicas,
@@ -183,7 +209,7 @@ impl Client {
     ) -> Result<Option<(Month, R)>, ClientError> {
         let mut found = None;
         let mut failed = None;
-        self.for_each_log(replicas, |month, doc| {
+        self.logs_holding(replicas, R::COLLECTION, &id.to_string(), |month, doc| {
             if found.is_some() {
                 return;
             }
@@ -211,7 +237,7 @@ impl Client {
     ) -> Result<Option<Month>, ClientError> {
         let key = id.to_string();
         let mut found = None;
-        self.for_each_log(replicas, |month, doc| {
+        self.logs_holding(replicas, kind.collection(), &key, |month, doc| {
             if found.is_none()
                 && let Ok(Some((Value::Object(ObjType::Map), collection))) =
                     doc.get(automerge::ROOT, kind.collection())
@@ -222,6 +248,34 @@ impl Client {
         })
         .await?;
         Ok(found)
+    }
+
+    /// The visits of the logs `documents` that `keep` keeps, reading one
+    /// log at a time with the replicas lock released in between, so an edit
+    /// waits for one month's read at most.
+    async fn visits_in(
+        &self,
+        documents: Vec<DocumentId>,
+        keep: impl Fn(&Visit) -> bool,
+    ) -> Result<Vec<(RecordId, Visit)>, ClientError> {
+        let mut visits = Vec::new();
+        for id in documents {
+            let mut guard = self.replicas().await?;
+            let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+            match replicas.existing(id).await {
+                Ok(Some(replica)) => visits.extend(
+                    MonthlyLog::load(replica.doc())
+                        .visits
+                        .into_iter()
+                        .filter(|(_, v)| keep(v)),
+                ),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(document = %id, error = %e, "skipping a month that does not load")
+                }
+            }
+        }
+        Ok(visits)
     }
 
     pub async fn visit(&self, id: RecordId) -> Result<Visit, ClientError> {
@@ -401,20 +455,19 @@ impl Client {
     }
 
     pub async fn member_history(&self, id: RecordId) -> Result<MemberHistory, ClientError> {
-        let mut guard = self.replicas().await?;
-        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-        let mut roster = self.roster(replicas).await?;
+        let (mut roster, months) = {
+            let mut guard = self.replicas().await?;
+            let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+            let roster = self.roster(replicas).await?;
+            replicas.ensure_indexed().await?;
+            (roster, self.inner.store.logs_with_visits_to(id).await?)
+        };
         let member = roster.members.remove(&id).ok_or(ClientError::NotFound {
             what: "member",
             id: id.to_string(),
         })?;
-        let mut visits: Vec<(RecordId, Visit)> = self
-            .logs(replicas)
-            .await?
-            .into_iter()
-            .flat_map(|log| log.visits.into_iter())
-            .filter(|(_, v)| v.member_id == id)
-            .collect();
+        // Only the months the record index says hold a visit to them.
+        let mut visits = self.visits_in(months, |v| v.member_id == id).await?;
         visits.sort_by_key(|(vid, v)| (v.date, *vid));
         let aid_total = Fen(visits
             .iter()
@@ -437,16 +490,19 @@ impl Client {
     }
 
     /// Visits whose follow-up is not done and is due on or before `on`.
+    /// Only the months the record index says hold one are read.
     pub async fn follow_ups_due(&self, on: Date) -> Result<Vec<(RecordId, Visit)>, ClientError> {
-        let mut guard = self.replicas().await?;
-        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-        let mut due: Vec<(RecordId, Visit)> = self
-            .logs(replicas)
-            .await?
-            .into_iter()
-            .flat_map(|log| log.visits.into_iter())
-            .filter(|(_, v)| v.follow_up.as_ref().is_some_and(|f| !f.done && f.due <= on))
-            .collect();
+        let months = {
+            let mut guard = self.replicas().await?;
+            let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+            replicas.ensure_indexed().await?;
+            self.inner.store.logs_with_follow_ups_due(on).await?
+        };
+        let mut due = self
+            .visits_in(months, |v| {
+                v.follow_up.as_ref().is_some_and(|f| !f.done && f.due <= on)
+            })
+            .await?;
         due.sort_by_key(|(id, v)| (v.follow_up.as_ref().map(|f| f.due), *id));
         Ok(due)
     }

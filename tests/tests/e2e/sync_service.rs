@@ -252,3 +252,110 @@ async fn dropping_an_observation_while_its_listener_runs_returns() -> anyhow::Re
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     Ok(())
 }
+
+fn this_month() -> doorstep_protocol::Month {
+    today().month()
+}
+
+// Observers re-run follow-ups due after every change; before the record
+// index that walked every month's document under the lock edits need.
+#[tokio::test]
+async fn follow_ups_due_and_member_history_read_only_the_months_that_hold_them()
+-> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let url = server.http_url();
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = sdk_device(&server.store, &url, d.yingfeng.id, dir_a.path(), |c| {
+        c.max_loaded_months = 3;
+    })
+    .await?;
+    let helped = member(&a, "孙秀珍").await?;
+    let others = member(&a, "钱国强").await?;
+
+    // Six months, oldest first; only the oldest has a visit to `helped`,
+    // with a follow-up due.
+    let mut months = vec![this_month()];
+    for _ in 0..5 {
+        months.push(months[months.len() - 1].previous());
+    }
+    months.reverse();
+    let oldest = months[0];
+    let mut follow_up = visit(helped, 50);
+    follow_up.date = oldest.first_day();
+    follow_up.follow_up = Some(doorstep_client::FollowUp {
+        due: oldest.first_day(),
+        action: "送药".into(),
+        done: false,
+    });
+    let due_visit = a.record_visit(follow_up).await?;
+    for month in &months[1..] {
+        let mut other = visit(others, 10);
+        other.date = month.first_day();
+        a.record_visit(other).await?;
+    }
+    let log = |month: doorstep_protocol::Month| {
+        doorstep_protocol::DocumentId::monthly_log(d.yingfeng.id, month)
+    };
+    let roster = doorstep_protocol::DocumentId::roster(d.yingfeng.id);
+    let mut loaded = a.loaded_documents().await?;
+    loaded.sort();
+    let mut expected = vec![roster, log(months[3]), log(months[4]), log(months[5])];
+    expected.sort();
+    assert_eq!(loaded, expected, "the three months edited last");
+
+    // The follow-up is found by loading its month alone: the least
+    // recently used month makes room; the walk of every month would have
+    // left the three newest in memory and the oldest out.
+    let due = a.follow_ups_due(today()).await?;
+    assert_eq!(
+        due.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![due_visit]
+    );
+    let mut loaded = a.loaded_documents().await?;
+    loaded.sort();
+    let mut expected = vec![roster, log(oldest), log(months[4]), log(months[5])];
+    expected.sort();
+    assert_eq!(loaded, expected, "only the month holding the follow-up");
+
+    // A member's history reads the months holding their visits, no other.
+    let history = a.member_history(helped).await?;
+    assert_eq!(history.visits.len(), 1);
+    let mut after = a.loaded_documents().await?;
+    after.sort();
+    assert_eq!(after, expected, "only the month holding the visit");
+
+    // A follow-up arriving from another phone is found; completing one
+    // (which finds its month through the index) removes it.
+    a.sync_now().await?;
+    let b = sdk_device(&server.store, &url, d.yingfeng.id, dir_b.path(), |_| {}).await?;
+    b.sync_now().await?;
+    let mut theirs = visit(others, 5);
+    theirs.follow_up = Some(doorstep_client::FollowUp {
+        due: today(),
+        action: "回访".into(),
+        done: false,
+    });
+    let their_visit = b.record_visit(theirs).await?;
+    b.sync_now().await?;
+    a.sync_now().await?;
+    let mut due: Vec<RecordId> = a
+        .follow_ups_due(today())
+        .await?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    due.sort();
+    let mut expected = vec![due_visit, their_visit];
+    expected.sort();
+    assert_eq!(due, expected);
+    a.complete_follow_up(due_visit).await?;
+    let due: Vec<RecordId> = a
+        .follow_ups_due(today())
+        .await?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(due, vec![their_visit]);
+    Ok(())
+}
