@@ -1,5 +1,5 @@
 //! An index of the monthly logs' records, kept in the local store: which
-//! month holds each record, and each valid visit's member and open
+//! month holds each record, and each valid visit's date, member and open
 //! follow-up. Reads that span months (follow-ups due, a member's history,
 //! finding a record to correct or delete) look here and then load only the
 //! months that hold an answer, instead of every month's document in turn
@@ -25,6 +25,8 @@ pub(crate) struct Row {
     /// The record's map key (not necessarily a valid id: a broken record
     /// can still be found, to be deleted).
     pub key: String,
+    /// A valid visit's date (`YYYY-MM-DD`).
+    pub visit_date: Option<String>,
     /// A valid visit's member.
     pub member_id: Option<String>,
     /// A valid visit's follow-up due date (`YYYY-MM-DD`), if not done.
@@ -56,12 +58,14 @@ fn row(doc: &Automerge, month: Month, collection: &'static str, key: &str) -> Op
     let mut row = Row {
         collection,
         key: key.to_owned(),
+        visit_date: None,
         member_id: None,
         follow_up_due: None,
     };
     if collection == Visit::COLLECTION
         && let Checked::Valid(_, visit) = check_record::<Visit, _>(doc, &map, key, Some(month))
     {
+        row.visit_date = Some(visit.date.to_string());
         row.member_id = Some(visit.member_id.to_string());
         row.follow_up_due = visit
             .follow_up

@@ -7,7 +7,8 @@ use doorstep_protocol::schema::roster::{
     HardshipEntry, HardshipStatus, Member, MemberKind, Pairing, Roster, Team,
 };
 use doorstep_protocol::schema::{
-    DocumentKind, InvalidRecord, Record, RecordId, load_collection_of_month, read_record,
+    Checked, DocumentKind, InvalidRecord, Record, RecordId, check_record, load_collection_of_month,
+    read_record,
 };
 use doorstep_protocol::{Date, DocumentId, Fen, Month};
 
@@ -250,28 +251,46 @@ impl Client {
         Ok(found)
     }
 
-    /// The visits of the logs `documents` that `keep` keeps, reading one
-    /// log at a time with the replicas lock released in between, so an edit
-    /// waits for one month's read at most.
-    async fn visits_in(
+    /// The visits the record index named (log and key) that `keep` keeps,
+    /// each read and checked on its own: a log is read one at a time, with
+    /// the replicas lock released in between, so an edit waits for a few
+    /// records' read at most, never a walk of months.
+    async fn visits_at(
         &self,
-        documents: Vec<DocumentId>,
+        keys: Vec<(DocumentId, String)>,
         keep: impl Fn(&Visit) -> bool,
     ) -> Result<Vec<(RecordId, Visit)>, ClientError> {
+        let mut by_log: std::collections::BTreeMap<DocumentId, Vec<String>> = Default::default();
+        for (log, key) in keys {
+            by_log.entry(log).or_default().push(key);
+        }
         let mut visits = Vec::new();
-        for id in documents {
+        for (id, keys) in by_log {
             let mut guard = self.replicas().await?;
             let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-            match replicas.existing(id).await {
-                Ok(Some(replica)) => visits.extend(
-                    MonthlyLog::load(replica.doc())
-                        .visits
-                        .into_iter()
-                        .filter(|(_, v)| keep(v)),
-                ),
-                Ok(None) => {}
+            let replica = match replicas.existing(id).await {
+                Ok(Some(replica)) => replica,
+                Ok(None) => continue,
                 Err(e) => {
-                    tracing::warn!(document = %id, error = %e, "skipping a month that does not load")
+                    tracing::warn!(document = %id, error = %e, "skipping a month that does not load");
+                    continue;
+                }
+            };
+            let DocumentKind::MonthlyLog(month) = replica.kind else {
+                continue;
+            };
+            let doc = replica.doc();
+            let Ok(Some((Value::Object(ObjType::Map), map))) =
+                doc.get(automerge::ROOT, Visit::COLLECTION)
+            else {
+                continue;
+            };
+            for key in keys {
+                if let Checked::Valid(id, visit) =
+                    check_record::<Visit, _>(doc, &map, &key, Some(month))
+                    && keep(&visit)
+                {
+                    visits.push((id, visit));
                 }
             }
         }
@@ -290,16 +309,21 @@ impl Client {
             })
     }
 
-    /// Visits of one day (today's visits) or month, oldest first.
+    /// Visits of one day (today's visits) or month, oldest first. A day's
+    /// are read through the record index, not the whole month's log.
     pub async fn visits_on(&self, days: VisitDays) -> Result<Vec<(RecordId, Visit)>, ClientError> {
-        let month = match days {
-            VisitDays::Day(date) => date.month(),
-            VisitDays::Month(month) => month,
+        let date = match days {
+            VisitDays::Month(month) => return self.log_records::<Visit>(Months::One(month)).await,
+            VisitDays::Day(date) => date,
         };
-        let mut visits = self.log_records::<Visit>(Months::One(month)).await?;
-        if let VisitDays::Day(date) = days {
-            visits.retain(|(_, v)| v.date == date);
-        }
+        let keys = {
+            let mut guard = self.replicas().await?;
+            let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+            replicas.ensure_indexed().await?;
+            self.inner.store.visits_on_day(date).await?
+        };
+        let mut visits = self.visits_at(keys, |v| v.date == date).await?;
+        visits.sort_by_key(|(id, _)| *id);
         Ok(visits)
     }
 
@@ -455,19 +479,19 @@ impl Client {
     }
 
     pub async fn member_history(&self, id: RecordId) -> Result<MemberHistory, ClientError> {
-        let (mut roster, months) = {
+        let (mut roster, keys) = {
             let mut guard = self.replicas().await?;
             let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
             let roster = self.roster(replicas).await?;
             replicas.ensure_indexed().await?;
-            (roster, self.inner.store.logs_with_visits_to(id).await?)
+            (roster, self.inner.store.visits_to(id).await?)
         };
         let member = roster.members.remove(&id).ok_or(ClientError::NotFound {
             what: "member",
             id: id.to_string(),
         })?;
-        // Only the months the record index says hold a visit to them.
-        let mut visits = self.visits_in(months, |v| v.member_id == id).await?;
+        // Only the visits the record index says are theirs.
+        let mut visits = self.visits_at(keys, |v| v.member_id == id).await?;
         visits.sort_by_key(|(vid, v)| (v.date, *vid));
         let aid_total = Fen(visits
             .iter()
@@ -490,16 +514,16 @@ impl Client {
     }
 
     /// Visits whose follow-up is not done and is due on or before `on`.
-    /// Only the months the record index says hold one are read.
+    /// Only the visits the record index names are read.
     pub async fn follow_ups_due(&self, on: Date) -> Result<Vec<(RecordId, Visit)>, ClientError> {
-        let months = {
+        let keys = {
             let mut guard = self.replicas().await?;
             let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
             replicas.ensure_indexed().await?;
-            self.inner.store.logs_with_follow_ups_due(on).await?
+            self.inner.store.visits_due(on).await?
         };
         let mut due = self
-            .visits_in(months, |v| {
+            .visits_at(keys, |v| {
                 v.follow_up.as_ref().is_some_and(|f| !f.done && f.due <= on)
             })
             .await?;

@@ -315,29 +315,50 @@ impl LocalStore {
         parse_ids(&ids)
     }
 
-    /// Logs holding a visit with a follow-up not done, due on or before `on`.
-    pub async fn logs_with_follow_ups_due(&self, on: Date) -> Result<Vec<DocumentId>, ClientError> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "select distinct document_id from record_index
-             where follow_up_due is not null and follow_up_due <= ?",
+    /// Valid visits (log and key) with a follow-up not done, due on or
+    /// before `on`.
+    pub async fn visits_due(&self, on: Date) -> Result<Vec<(DocumentId, String)>, ClientError> {
+        self.visit_keys(
+            "follow_up_due is not null and follow_up_due <= ?",
+            on.to_string(),
         )
-        .bind(on.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        parse_ids(&ids)
+        .await
     }
 
-    /// Logs holding a valid visit to `member`.
-    pub async fn logs_with_visits_to(
+    /// Valid visits (log and key) to `member`.
+    pub async fn visits_to(
         &self,
         member: RecordId,
-    ) -> Result<Vec<DocumentId>, ClientError> {
-        let ids: Vec<String> =
-            sqlx::query_scalar("select distinct document_id from record_index where member_id = ?")
-                .bind(member.to_string())
-                .fetch_all(&self.pool)
-                .await?;
-        parse_ids(&ids)
+    ) -> Result<Vec<(DocumentId, String)>, ClientError> {
+        self.visit_keys("member_id = ?", member.to_string()).await
+    }
+
+    /// Valid visits (log and key) made on `day`.
+    pub async fn visits_on_day(&self, day: Date) -> Result<Vec<(DocumentId, String)>, ClientError> {
+        self.visit_keys("visit_date = ?", day.to_string()).await
+    }
+
+    async fn visit_keys(
+        &self,
+        condition: &'static str,
+        value: String,
+    ) -> Result<Vec<(DocumentId, String)>, ClientError> {
+        let rows = sqlx::query(&format!(
+            "select document_id, record_key from record_index
+             where collection = 'visits' and {condition} order by document_id"
+        ))
+        .bind(value)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("document_id")?;
+                let id = id
+                    .parse()
+                    .map_err(|_| ClientError::Storage(format!("bad document id {id}")))?;
+                Ok((id, row.try_get("record_key")?))
+            })
+            .collect()
     }
 
     /// Logs holding a record at `key` of `collection`, whatever its shape.
@@ -478,14 +499,16 @@ async fn write_index(
     }
     for row in &update.rows {
         sqlx::query(
-            "insert into record_index (document_id, collection, record_key, member_id, follow_up_due)
-             values (?, ?, ?, ?, ?)
+            "insert into record_index (document_id, collection, record_key, visit_date, member_id, follow_up_due)
+             values (?, ?, ?, ?, ?, ?)
              on conflict (document_id, collection, record_key) do update
-             set member_id = excluded.member_id, follow_up_due = excluded.follow_up_due",
+             set visit_date = excluded.visit_date, member_id = excluded.member_id,
+                 follow_up_due = excluded.follow_up_due",
         )
         .bind(&document)
         .bind(row.collection)
         .bind(&row.key)
+        .bind(&row.visit_date)
         .bind(&row.member_id)
         .bind(&row.follow_up_due)
         .execute(&mut *tx)
