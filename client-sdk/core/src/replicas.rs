@@ -83,6 +83,9 @@ pub(crate) struct Replicas {
     /// Documents in the middle of an exchange with the server: never
     /// evicted, since their in-flight sync state lives only in memory.
     pinned: HashSet<DocumentId>,
+    /// Every log is in the record index: set once `ensure_indexed` found
+    /// none left (new logs are stored indexed), so reads skip the check.
+    indexed: bool,
 }
 
 impl Replicas {
@@ -104,6 +107,7 @@ impl Replicas {
             clock: 0,
             unreadable: HashMap::new(),
             pinned: HashSet::new(),
+            indexed: false,
         }
     }
 
@@ -488,6 +492,10 @@ impl Replicas {
     /// Indexes the records of every log stored before the record index
     /// existed (once per store: afterwards each change keeps it current).
     pub async fn ensure_indexed(&mut self) -> Result<(), ClientError> {
+        if self.indexed {
+            return Ok(());
+        }
+        let mut complete = true;
         for id in self.store.unindexed_logs().await? {
             let update = match self.existing(id).await {
                 Ok(Some(replica)) => match replica.kind {
@@ -501,11 +509,13 @@ impl Replicas {
                 // is tried again next time.
                 Err(e) => {
                     tracing::warn!(document = %id, error = %e, "not indexing a month that does not load");
+                    complete = false;
                     continue;
                 }
             };
             self.store.write_index(id, &update).await?;
         }
+        self.indexed = complete;
         Ok(())
     }
 
