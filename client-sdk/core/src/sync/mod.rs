@@ -769,8 +769,10 @@ impl Client {
                         connection.report();
                     }
                     waiting.push(rider);
-                    // Everything the server queued for us before it read
-                    // this ping arrives before its answer.
+                    // Its answer proves the link works now; being in sync
+                    // then means our edits are acknowledged and the
+                    // server's heads known (a push it had queued may still
+                    // be behind the pong: the server serves both in turn).
                     probe += 1;
                     probed = false;
                     let until = Instant::now() + timeout;
