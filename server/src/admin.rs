@@ -2,17 +2,20 @@
 //! both enforce the same rules. Each writes its audit entry in the same
 //! transaction as its change.
 //!
-//! Names stay in the branch by construction: a code that enrolls a device
-//! at once comes from the branch's secretary (or the operator); an upper
-//! level's code is a request the secretary approves before any device
-//! gets a token. Users are invited and set their own password; an
-//! upper level's invitee who would see names (a secretary) also waits for
-//! the branch. Upper levels reach names only through a drill-down grant.
+//! Who may do what is [`crate::authority`]'s decision: every function here
+//! that changes something takes the [`Permit`] it gives. Names stay in the
+//! branch by construction: a code that enrolls a device at once comes from
+//! the branch's secretary (or the operator); an upper level's code is a
+//! request, and its code is made for whoever approves it. Users are invited
+//! and set their own password; a secretary invited from above waits for the
+//! branch, and the approver receives the activation code. Upper levels
+//! reach names only through a drill-down grant.
 
-use doorstep_protocol::{DeviceId, DocumentId, Month, TenantId};
+use doorstep_protocol::{DocumentId, Month, TenantId};
 use serde::Serialize;
 
 use crate::auth::{Secret, hash_secret};
+use crate::authority::{self, Action, Caller, Credential, Permit};
 use crate::store::{
     AuditEntry, CodeStatus, Device, DocumentKindRow, EnrollmentCode, Grant, Invitation,
     NewEnrollmentCode, NewInvitation, Store, StoreError, Tenant, User, now_ms,
@@ -32,12 +35,15 @@ pub struct DocumentEntry {
     pub counted_heads: Vec<String>,
 }
 
-/// A fresh enrollment code; the code itself is shown only here. Its
-/// `status` is `ready`, or `pending_approval` when an upper level asked for
-/// it: then a device presenting it waits until the branch approves.
+/// An enrollment code as issued or decided. `code` is present only for
+/// whom [`crate::authority`] gives it to: the branch's secretary issuing
+/// for their own branch, the operator, and whoever approves a request.
+/// Whoever asked from above gets the request (`status: pending_approval`)
+/// and never the code.
 #[derive(Debug, Serialize)]
 pub struct IssuedCode {
-    pub code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
     #[serde(flatten)]
     pub details: EnrollmentCode,
 }
@@ -48,67 +54,88 @@ const MAX_CODE_HOURS: u32 = 24 * 30;
 /// Longest drill-down grant: seven days.
 pub const MAX_GRANT_SECONDS: u32 = 7 * 24 * 3600;
 
-/// Whether `user` may issue an enrollment code for `branch`, and if so
-/// whether the code waits for the branch's approval: `Some(false)` for the
-/// branch's own secretary, `Some(true)` for an admin above the branch, and
-/// `None` for anyone else (volunteers, auditors, other branches).
-pub fn enrollment_needs_approval(user: &User, branch: &Tenant) -> Option<bool> {
-    if !user.tenant_path.contains(&branch.path) {
-        None
-    } else if user.role.keeps_branch() && user.tenant_id == branch.id {
-        Some(false)
-    } else if user.role.is_upper_admin() {
-        Some(true)
-    } else {
-        None
-    }
+/// Creates a tenant under `parent` (a district: `None`, the operator only),
+/// audited on the new tenant.
+pub async fn create_tenant(
+    store: &Store,
+    permit: &Permit,
+    parent: Option<&Tenant>,
+    level: Level,
+    name: &str,
+) -> Result<Tenant, StoreError> {
+    permit.check("tenant.create")?;
+    store
+        .create_tenant_audited(parent.map(|p| p.id), level, name, permit.entry(name.trim()))
+        .await
+}
+
+/// A code the operator issued: it works at once, and the operator hands it
+/// to the device.
+#[derive(Debug, Serialize)]
+pub struct ReadyCode {
+    pub code: String,
+    #[serde(flatten)]
+    pub details: EnrollmentCode,
 }
 
 /// Issues a one-time enrollment code for a branch as the operator (the CLI
-/// on the server's machine, trusted with everything): it works at once.
+/// on the server's machine, trusted with everything, or a test fixture
+/// standing in for it): it works at once. `created_by` names who the log
+/// records.
 pub async fn issue_enrollment_code(
     store: &Store,
     branch: TenantId,
     label: &str,
     ttl_hours: u32,
     created_by: &str,
-) -> Result<IssuedCode, StoreError> {
+) -> Result<ReadyCode, StoreError> {
     let tenant = store
         .tenant(branch)
         .await?
         .ok_or_else(|| StoreError::Invalid(format!("no tenant {branch}")))?;
-    issue_code(store, &tenant, label, ttl_hours, created_by, false).await
+    let permit = authorize_operator(store, Action::IssueEnrollmentCode { branch: &tenant }).await?;
+    let issued = issue_code(store, &permit, &tenant, label, ttl_hours, created_by).await?;
+    match issued.code {
+        Some(code) => Ok(ReadyCode {
+            code,
+            details: issued.details,
+        }),
+        None => Err(StoreError::Corrupt(
+            "the operator's code was issued as a request".into(),
+        )),
+    }
 }
 
-/// Issues a code as a logged-in user whose right to it
-/// [`enrollment_needs_approval`] decided.
-pub async fn issue_enrollment_code_as(
+/// The operator's permit: the rule never refuses the operator, but asking
+/// keeps one path for everyone.
+pub async fn authorize_operator(store: &Store, action: Action<'_>) -> Result<Permit, StoreError> {
+    authority::authorize(store, None, Caller::Operator, action)
+        .await?
+        .map_err(|denied| StoreError::Invalid(denied.to_string()))
+}
+
+/// Issues a code under `permit`: a code that works at once, shown to the
+/// caller, or a request the branch approves, whose code nobody sees until
+/// then.
+pub async fn issue_enrollment_code_with(
     store: &Store,
-    user: &User,
+    permit: &Permit,
     branch: &Tenant,
     label: &str,
     ttl_hours: u32,
-    needs_approval: bool,
 ) -> Result<IssuedCode, StoreError> {
-    issue_code(
-        store,
-        branch,
-        label,
-        ttl_hours,
-        &user.username,
-        needs_approval,
-    )
-    .await
+    issue_code(store, permit, branch, label, ttl_hours, permit.actor()).await
 }
 
 async fn issue_code(
     store: &Store,
+    permit: &Permit,
     branch: &Tenant,
     label: &str,
     ttl_hours: u32,
     created_by: &str,
-    needs_approval: bool,
 ) -> Result<IssuedCode, StoreError> {
+    permit.check("enrollment_code.create")?;
     if branch.level != Level::Branch {
         return Err(StoreError::Invalid(
             "devices are enrolled to a branch".into(),
@@ -123,6 +150,10 @@ async fn issue_code(
             "a device label is 1 to 200 characters".into(),
         ));
     }
+    authority::plain_text("a device label", label)?;
+    let needs_approval = permit.credential() == Credential::ToApprover;
+    // A request still stores the hash of a code, which nobody is shown:
+    // approval replaces it with one for the approver.
     let code = Secret::generate_code();
     let expires_at = now_ms() + i64::from(ttl_hours) * 3_600_000;
     let action = if needs_approval {
@@ -144,31 +175,44 @@ async fn issue_code(
         )
         .await?;
     Ok(IssuedCode {
-        code: code.expose().to_owned(),
+        code: (!needs_approval).then(|| code.expose().to_owned()),
         details,
     })
 }
 
 /// Approves or denies an enrollment code an upper level asked for. `None`
-/// if it is not waiting for a decision. Who may decide is the caller's
-/// check: the branch's secretary, or the operator.
+/// if it is not waiting for a decision. An approval makes the code, for the
+/// approver only.
 pub async fn decide_enrollment_code(
     store: &Store,
+    permit: &Permit,
     code: &EnrollmentCode,
     approve: bool,
-    by: &str,
-) -> Result<Option<EnrollmentCode>, StoreError> {
-    let action = if approve {
+) -> Result<Option<IssuedCode>, StoreError> {
+    permit.check(if approve {
         "enrollment_request.approve"
     } else {
         "enrollment_request.deny"
-    };
-    let entry = AuditEntry::new(by, action, code.id.to_string())
+    })?;
+    let fresh =
+        (approve && permit.credential() == Credential::ToCaller).then(Secret::generate_code);
+    let entry = permit
+        .entry(code.id.to_string())
         .tenant(code.branch_id, &code.branch_path)
-        .detail(format!("{} (asked by {})", code.label, code.created_by));
-    store
-        .decide_enrollment_code(code.id, approve, by, entry)
-        .await
+        .detail(format!("asked by {}", code.created_by));
+    let decided = store
+        .decide_enrollment_code(
+            code.id,
+            approve,
+            permit.actor(),
+            fresh.as_ref().map(|c| c.hash()).as_deref(),
+            entry,
+        )
+        .await?;
+    Ok(decided.map(|details| IssuedCode {
+        code: fresh.map(|c| c.expose().to_owned()),
+        details,
+    }))
 }
 
 /// Creates a user with a hashed password, as the operator. Through the API
@@ -197,20 +241,14 @@ pub async fn create_user(
         .await
 }
 
-/// Whether an invitation by `inviter` (`None`: the operator) for `role`
-/// waits for the branch's approval: an upper level's invitee who would see
-/// the branch's names (its secretary) does, so no one above can make
-/// themselves a secretary.
-pub fn invitation_needs_approval(inviter: Option<&User>, role: Role) -> bool {
-    role.keeps_branch() && inviter.is_some_and(|u| !u.role.keeps_branch())
-}
-
-/// A new user and the one-time code with which they set their password;
-/// the code is shown only here.
+/// A new user and, for whom the rule gives it to, the one-time code with
+/// which they set their password (shown only here). A secretary invited
+/// from above has no code yet: the branch's approval makes it.
 #[derive(Debug, Serialize)]
 pub struct Invited {
     pub user: User,
-    pub activation_code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation_code: Option<String>,
     pub invitation: Invitation,
 }
 
@@ -218,62 +256,106 @@ pub struct Invited {
 /// activates it with the code (`POST /api/v1/activate`).
 pub async fn invite_user(
     store: &Store,
+    permit: &Permit,
     username: &str,
     role: Role,
-    tenant: TenantId,
+    tenant: &Tenant,
     ttl_hours: u32,
-    created_by: &str,
-    needs_approval: bool,
 ) -> Result<Invited, StoreError> {
+    permit.check("user.invite")?;
     if !(1..=MAX_CODE_HOURS).contains(&ttl_hours) {
         return Err(StoreError::Invalid(
             "an invitation lives 1 hour to 30 days".into(),
         ));
     }
+    let needs_approval = permit.credential() == Credential::ToApprover;
     let code = Secret::generate_code();
     let (user, invitation) = store
         .invite_user(
             username,
             role,
-            tenant,
+            tenant.id,
             NewInvitation {
                 code_hash: &code.hash(),
-                created_by,
+                created_by: permit.actor(),
                 expires_at: now_ms() + i64::from(ttl_hours) * 3_600_000,
                 needs_approval,
             },
-            AuditEntry::new(created_by, "user.invite", username.trim()),
+            permit.entry(username.trim()),
         )
         .await?;
     Ok(Invited {
         user,
-        activation_code: code.expose().to_owned(),
+        activation_code: (!needs_approval).then(|| code.expose().to_owned()),
         invitation,
     })
+}
+
+/// An invitation as decided; the activation code goes to the approver,
+/// who hands it to the invitee.
+#[derive(Debug, Serialize)]
+pub struct DecidedInvitation {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation_code: Option<String>,
+    #[serde(flatten)]
+    pub invitation: Invitation,
 }
 
 /// Approves or denies an invitation that waits for the branch. `None` if it
 /// is not waiting.
 pub async fn decide_invitation(
     store: &Store,
+    permit: &Permit,
     invitation: &Invitation,
     approve: bool,
-    by: &str,
-) -> Result<Option<Invitation>, StoreError> {
-    let action = if approve {
+) -> Result<Option<DecidedInvitation>, StoreError> {
+    permit.check(if approve {
         "invitation.approve"
     } else {
         "invitation.deny"
-    };
-    let entry = AuditEntry::new(by, action, invitation.username.clone())
+    })?;
+    let fresh =
+        (approve && permit.credential() == Credential::ToCaller).then(Secret::generate_code);
+    let entry = permit
+        .entry(invitation.username.clone())
         .tenant(invitation.tenant_id, &invitation.tenant_path)
         .detail(format!(
             "{} invited by {}",
             invitation.role.as_str(),
             invitation.created_by
         ));
+    let decided = store
+        .decide_invitation(
+            invitation.id,
+            approve,
+            permit.actor(),
+            fresh.as_ref().map(|c| c.hash()).as_deref(),
+            entry,
+        )
+        .await?;
+    Ok(decided.map(|invitation| DecidedInvitation {
+        activation_code: fresh.map(|c| c.expose().to_owned()),
+        invitation,
+    }))
+}
+
+/// Disables (or enables) a user; disabling ends their sessions and their
+/// drill-down grants. Returns whether anything changed and how many
+/// sessions ended.
+pub async fn set_user_disabled(
+    store: &Store,
+    permit: &Permit,
+    target: &User,
+    disable: bool,
+    now: i64,
+) -> Result<(bool, u64), StoreError> {
+    permit.check(if disable {
+        "user.disable"
+    } else {
+        "user.enable"
+    })?;
     store
-        .decide_invitation(invitation.id, approve, by, entry)
+        .set_user_disabled(target, disable, permit.actor(), now)
         .await
 }
 
@@ -327,10 +409,12 @@ pub async fn activate(
     let Some(invitation) = store.invitation_for_code(&code_hash).await? else {
         return Err(ActivationError::InvalidCode);
     };
-    let verdict = budgets
-        .refusals
-        .verdict("user.activate", &hex::encode(&code_hash), now_ms());
+    // Asked only when a refusal is to be recorded: a successful use or a
+    // poll of a pending code must not use up the code's slot.
     let recorded = |entry: AuditEntry| {
+        let verdict = budgets
+            .refusals
+            .verdict("user.activate", &hex::encode(&code_hash), now_ms());
         let detail = verdict.detail(entry.detail.clone().unwrap_or_default())?;
         Some(entry.detail(detail))
     };
@@ -374,16 +458,19 @@ pub async fn activate(
     }
 }
 
-/// Opens a drill-down grant for `user` on `branch`: names for a stated
-/// reason, for at most [`MAX_GRANT_SECONDS`]. Who may is the caller's check
-/// (an upper-level admin whose scope holds the branch).
+/// Opens a drill-down grant for the permit's holder on `branch`: names
+/// for a stated reason, for at most [`MAX_GRANT_SECONDS`].
 pub async fn open_grant(
     store: &Store,
-    user: &User,
+    permit: &Permit,
     branch: &Tenant,
     reason: &str,
     duration_seconds: u32,
 ) -> Result<Grant, StoreError> {
+    permit.check("grant.create")?;
+    let user = permit
+        .user()
+        .ok_or_else(|| StoreError::Invalid("grants are held by users".into()))?;
     if branch.level != Level::Branch {
         return Err(StoreError::Invalid(
             "a drill-down grant is for one branch".into(),
@@ -396,6 +483,9 @@ pub async fn open_grant(
             "a drill-down grant needs a reason of 10 to 1000 characters".into(),
         ));
     }
+    // The branch reads the reason, in the dashboard and in a terminal:
+    // nothing in it may hide the rest.
+    authority::plain_text("a grant's reason", reason)?;
     if !(1..=MAX_GRANT_SECONDS).contains(&duration_seconds) {
         return Err(StoreError::Invalid(format!(
             "a drill-down grant lasts 1 to {MAX_GRANT_SECONDS} seconds (7 days)"
@@ -416,21 +506,47 @@ pub async fn open_grant(
 }
 
 /// Ends a grant early. False if it was no longer in force.
-pub async fn revoke_grant(store: &Store, grant: &Grant, by: &str) -> Result<bool, StoreError> {
-    let entry = AuditEntry::new(by, "grant.revoke", grant.id.to_string())
+pub async fn revoke_grant(
+    store: &Store,
+    permit: &Permit,
+    grant: &Grant,
+) -> Result<bool, StoreError> {
+    permit.check("grant.revoke")?;
+    let entry = permit
+        .entry(grant.id.to_string())
         .tenant(grant.branch_id, &grant.branch_path)
         .detail(format!("grant of {}", grant.username));
-    store.revoke_grant(grant.id, by, entry).await
+    store.revoke_grant(grant.id, permit.actor(), entry).await
 }
 
-/// Revokes a device; the caller closes its sockets.
-pub async fn revoke_device(store: &Store, device: DeviceId, by: &str) -> Result<bool, StoreError> {
+/// Revokes a device; the caller closes its sockets. The entry names the
+/// device by id: its label is for the branch.
+pub async fn revoke_device_with(
+    store: &Store,
+    permit: &Permit,
+    device: &Device,
+) -> Result<bool, StoreError> {
+    permit.check("device.revoke")?;
+    let entry = permit
+        .entry(device.id.to_string())
+        .tenant(device.branch_id, &device.branch_path);
+    store.revoke_device(device.id, entry).await
+}
+
+/// Revokes a device as the operator (or a test fixture standing in for
+/// them, named `by`). False if it was already revoked or does not exist.
+pub async fn revoke_device(
+    store: &Store,
+    device: doorstep_protocol::DeviceId,
+    by: &str,
+) -> Result<bool, StoreError> {
     let Some(found) = store.device(device).await? else {
         return Ok(false);
     };
+    let permit = authorize_operator(store, Action::RevokeDevice { device: &found }).await?;
+    permit.check("device.revoke")?;
     let entry = AuditEntry::new(by, "device.revoke", device.to_string())
-        .tenant(found.branch_id, &found.branch_path)
-        .detail(found.label.clone());
+        .tenant(found.branch_id, &found.branch_path);
     store.revoke_device(device, entry).await
 }
 

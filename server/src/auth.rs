@@ -172,16 +172,21 @@ fn millis(d: Duration) -> i64 {
 /// There is no account lockout: a lock anyone who knows a username can
 /// trigger shuts its owner out (a branch secretary who alone approves
 /// enrollments, for 15 minutes, again and again). Guessing from one
-/// address is slowed by both keys; guessing from many addresses is slowed
-/// per address and paced by the password budget, which serves addresses
-/// in turn ([`crate::budget::PasswordWork`]).
+/// address is slowed by both keys. Guessing one account from many
+/// addresses is slowed account-wide past `account_wide_free_failures`,
+/// except from addresses the account logged in from within
+/// `known_address_for`: the owner is never held back by someone else's
+/// guessing, and a guesser gets a few dozen tries per window however many
+/// addresses they hold.
 #[derive(Clone, Debug)]
 pub struct LoginPolicy {
     pub account_free_failures: u32,
     pub address_free_failures: u32,
+    pub account_wide_free_failures: u32,
     pub failure_window: Duration,
     pub first_delay: Duration,
     pub max_delay: Duration,
+    pub known_address_for: Duration,
 }
 
 impl Default for LoginPolicy {
@@ -189,11 +194,25 @@ impl Default for LoginPolicy {
         LoginPolicy {
             account_free_failures: 5,
             address_free_failures: 20,
+            account_wide_free_failures: 50,
             failure_window: Duration::from_secs(15 * 60),
             first_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(5 * 60),
+            known_address_for: Duration::from_secs(90 * 24 * 3600),
         }
     }
+}
+
+/// The failures an attempt is judged by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tallies {
+    /// Of the (account, address) pair.
+    pub pair: Tally,
+    /// Of the address, whatever account.
+    pub address: Tally,
+    /// Of the account from every address; `None` when the address is one
+    /// the account logged in from before (exempt).
+    pub account_wide: Option<Tally>,
 }
 
 /// Failures counted for one key within the window.
@@ -225,17 +244,19 @@ impl LoginPolicy {
         )
     }
 
-    /// Whether an attempt at `now` may go ahead, given the failures of the
-    /// (account, address) pair and of the address.
-    pub fn check(&self, now: i64, account: Tally, address: Tally) -> Result<(), Refusal> {
+    /// Whether an attempt at `now` may go ahead, given its tallies.
+    pub fn check(&self, now: i64, tallies: Tallies) -> Result<(), Refusal> {
         let wait = |tally: Tally, free: u32| {
             let delay = self.delay(tally.failures, free)?;
             let until = tally.last_at.saturating_add(millis(delay));
             (until > now).then(|| Duration::from_millis((until - now) as u64))
         };
         let waits = [
-            wait(account, self.account_free_failures),
-            wait(address, self.address_free_failures),
+            wait(tallies.pair, self.account_free_failures),
+            wait(tallies.address, self.address_free_failures),
+            tallies
+                .account_wide
+                .and_then(|t| wait(t, self.account_wide_free_failures)),
         ];
         match waits.into_iter().flatten().max() {
             Some(retry_after) => Err(Refusal::Throttled { retry_after }),
@@ -364,11 +385,15 @@ pub async fn log_in(
             } else {
                 "wrong password"
             };
-            let verdict =
-                config
-                    .budgets
-                    .refusals
-                    .verdict("login", &format!("{account}\u{0}{address}"), now);
+            // Guesses at a real account are recorded whatever anonymous
+            // floods do; unknown usernames share a per-minute cap.
+            let source = format!("{account}\u{0}{address}");
+            let refusals = &config.budgets.refusals;
+            let verdict = if found.is_some() {
+                refusals.verdict_for_known("login", &source, now)
+            } else {
+                refusals.verdict("login", &source, now)
+            };
             store
                 .login_failed(
                     attempt,
@@ -428,7 +453,7 @@ pub async fn change_password(
     };
     if !verified {
         let now = config.clock.now_ms();
-        let verdict = config.budgets.refusals.verdict(
+        let verdict = config.budgets.refusals.verdict_for_known(
             "user.password_change",
             &format!("{account}\u{0}{address}"),
             now,
@@ -446,13 +471,21 @@ pub async fn change_password(
             .await?;
         return Err(LoginError::WrongPassword);
     }
-    let hash = config
+    let hash = match config
         .budgets
         .passwords
         .hash(&address, new.to_owned())
-        .await?;
+        .await
+    {
+        Ok(hash) => hash,
+        Err(e) => {
+            // The current password was right: this attempt is no failure.
+            store.login_abandoned(attempt).await?;
+            return Err(e.into());
+        }
+    };
     Ok(store
-        .password_changed(attempt, user, &hash, current_session)
+        .password_changed(attempt, user, &hash, current_session, config.clock.now_ms())
         .await?)
 }
 
@@ -501,28 +534,52 @@ mod tests {
         assert_eq!(policy.delay(u32::MAX, 0), Some(policy.max_delay));
     }
 
+    fn tallies(pair: Tally, address: Tally, account_wide: Option<Tally>) -> Tallies {
+        Tallies {
+            pair,
+            address,
+            account_wide,
+        }
+    }
+
     #[test]
     fn attempts_wait_for_the_longest_delay() {
         let policy = LoginPolicy::default();
         let now = 1_000_000;
-        assert_eq!(policy.check(now, tally(4, now), tally(19, now)), Ok(()));
+        let none = Tally::default();
         assert_eq!(
-            policy.check(now + 500, tally(5, now), Tally::default()),
+            policy.check(
+                now,
+                tallies(tally(4, now), tally(19, now), Some(tally(49, now)))
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            policy.check(now + 500, tallies(tally(5, now), none, None)),
             Err(Refusal::Throttled {
                 retry_after: Duration::from_millis(500)
             })
         );
         assert_eq!(
-            policy.check(now + 1000, tally(5, now), Tally::default()),
+            policy.check(now + 1000, tallies(tally(5, now), none, None)),
             Ok(())
         );
         // The address's delay is longer here, so it is the one to wait.
         assert_eq!(
-            policy.check(now, tally(5, now), tally(22, now)),
+            policy.check(now, tallies(tally(5, now), tally(22, now), None)),
             Err(Refusal::Throttled {
                 retry_after: Duration::from_secs(4)
             })
         );
+        // Guessing from many addresses slows the account down for new
+        // addresses; a known address (`None`) is exempt.
+        assert_eq!(
+            policy.check(now, tallies(none, none, Some(tally(52, now)))),
+            Err(Refusal::Throttled {
+                retry_after: Duration::from_secs(4)
+            })
+        );
+        assert_eq!(policy.check(now, tallies(none, none, None)), Ok(()));
     }
 
     #[test]

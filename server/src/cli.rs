@@ -2,24 +2,32 @@
 //! the database directly (the operator on the server's machine is trusted
 //! with all of it; remote administrators use the JSON API instead).
 
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use anyhow::Context;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use doorstep_protocol::{DeviceId, TenantId};
 use serde::Serialize;
 
 use crate::admin;
+use crate::authority::{Action, escape_for_terminal};
 use crate::config::{Config, SyncLimits};
 use crate::store::Store;
 use crate::tenancy::{Level, Role, TenantPath};
 
 /// Doorstep: offline-first field data sync for a district's branches.
 #[derive(Debug, Parser)]
-#[command(name = "doorstep", version)]
+#[command(
+    name = "doorstep",
+    version,
+    after_help = "Start with `doorstep serve`: it prints what to do next.\n\
+                  Every command but `serve` and `demo` works on the database directly; \
+                  run it on the server's machine, with the same --data-dir."
+)]
 pub struct Cli {
-    /// Where the embedded database lives.
+    /// Where the embedded database lives (the file doorstep.db inside).
     #[arg(
         long,
         env = "DOORSTEP_DATA_DIR",
@@ -27,7 +35,7 @@ pub struct Cli {
         global = true
     )]
     pub data_dir: PathBuf,
-    /// Print results as JSON.
+    /// Print results as JSON (times as epoch milliseconds) instead of text.
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
@@ -37,6 +45,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the sync server.
+    #[command(after_help = "Examples:\n  \
+        doorstep serve\n  \
+        doorstep serve --listen 0.0.0.0:8443 --tls-cert cert.pem --tls-key key.pem\n  \
+        DOORSTEP_LISTEN=127.0.0.1:9090 doorstep --data-dir /var/lib/doorstep serve")]
     Serve(ServeArgs),
     /// Districts, sub-districts and branches.
     #[command(subcommand)]
@@ -60,7 +72,11 @@ pub enum Command {
     Reproject,
     /// Fill a demo district modeled on the Yanshan report through simulated
     /// phones (runs `doorstep-demo`, built from client-sdk/demo).
+    #[command(after_help = "Examples:\n  \
+        doorstep demo --scale 10\n  \
+        doorstep demo --server http://127.0.0.1:8080")]
     Demo {
+        /// Arguments passed on to doorstep-demo, e.g. `--scale 10` or `--server URL`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -68,13 +84,13 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address and port to listen on; 0.0.0.0:PORT for every interface.
     #[arg(long, env = "DOORSTEP_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// PEM certificate chain; with --tls-key, serve HTTPS and WSS.
     #[arg(long, env = "DOORSTEP_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key.
+    /// PEM private key for --tls-cert.
     #[arg(long, env = "DOORSTEP_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Largest WebSocket message accepted, in bytes.
@@ -90,20 +106,46 @@ pub struct ServeArgs {
     /// Largest stored size of one document, in bytes; past it changes are refused.
     #[arg(long, env = "DOORSTEP_MAX_DOCUMENT_BYTES", default_value_t = SyncLimits::default().document.max_document_bytes)]
     pub max_document_bytes: u64,
+    /// Distinct Automerge actors one document may hold over its life; past
+    /// it changes by new actors are refused with an error naming the limit.
+    #[arg(long, env = "DOORSTEP_MAX_DOCUMENT_ACTORS", default_value_t = SyncLimits::default().document.max_document_actors)]
+    pub max_document_actors: usize,
+    /// How deep below a document's root a change may nest an object.
+    #[arg(long, env = "DOORSTEP_MAX_NESTING_DEPTH", default_value_t = SyncLimits::default().document.max_depth)]
+    pub max_nesting_depth: usize,
     /// Sustained messages per second one device may send.
     #[arg(long, env = "DOORSTEP_MESSAGES_PER_SECOND", default_value_t = crate::budget::BudgetLimits::default().messages_per_second)]
     pub messages_per_second: u32,
     /// Messages one device may send in a burst.
     #[arg(long, env = "DOORSTEP_MESSAGE_BURST", default_value_t = crate::budget::BudgetLimits::default().message_burst)]
     pub message_burst: u32,
+    /// Open connections in all (lowered to fit the open-file limit).
+    #[arg(long, env = "DOORSTEP_MAX_CONNECTIONS", default_value_t = crate::budget::ConnectionLimits::default().total)]
+    pub max_connections: usize,
+    /// Open connections from one address that no device has authenticated
+    /// (raise it behind a reverse proxy or a large NAT).
+    #[arg(long, env = "DOORSTEP_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = crate::budget::ConnectionLimits::default().per_address)]
+    pub max_connections_per_address: usize,
+    /// Live /sync sockets of one device; past it the oldest closes.
+    #[arg(long, env = "DOORSTEP_SOCKETS_PER_DEVICE", default_value_t = crate::budget::BudgetLimits::default().sockets_per_device)]
+    pub sockets_per_device: usize,
+    /// Bytes queued to send to all connections together.
+    #[arg(long, env = "DOORSTEP_MAX_QUEUED_BYTES", default_value_t = crate::budget::OutboxLimits::default().total)]
+    pub max_queued_bytes: usize,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TenantCommand {
     /// Create a district, a sub-district under a district, or a branch under a sub-district.
+    #[command(after_help = "Examples:\n  \
+        doorstep tenant create --level district --name \"Yanshan\"\n  \
+        doorstep tenant create --level sub_district --name \"Xiangyang\" --parent <district id>\n  \
+        doorstep tenant create --level branch --name \"Yingfeng-Yili\" --parent <sub-district id>")]
     Create {
+        /// Which level the new tenant is.
         #[arg(long, value_enum)]
         level: Level,
+        /// Its name, as officials know it.
         #[arg(long)]
         name: String,
         /// The parent tenant's id (not for a district).
@@ -116,46 +158,69 @@ pub enum TenantCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
-    /// Create a user. The password comes from DOORSTEP_PASSWORD or standard input.
+    /// Create a user. The password comes from DOORSTEP_PASSWORD, or is asked
+    /// for (without echo on a terminal; one line when piped).
+    #[command(after_help = "Examples:\n  \
+        doorstep user create --username admin --role district_admin --tenant <district id>\n  \
+        DOORSTEP_PASSWORD='a long password' doorstep user create --username admin --role district_admin --tenant <district id>")]
     Create {
+        /// The login name.
         #[arg(long)]
         username: String,
+        /// What the user may do; a role belongs to its tenant's level.
         #[arg(long, value_enum)]
         role: Role,
+        /// The id of the tenant the user belongs to.
         #[arg(long)]
         tenant: TenantId,
     },
     /// Invite a user: prints a one-time activation code with which they set
     /// their own password (POST /api/v1/activate).
+    #[command(after_help = "Examples:\n  \
+        doorstep user invite --username wang --role branch_secretary --tenant <branch id>\n  \
+        doorstep user invite --username li --role volunteer --tenant <branch id> --ttl-hours 24")]
     Invite {
+        /// The login name.
         #[arg(long)]
         username: String,
+        /// What the user may do; a role belongs to its tenant's level.
         #[arg(long, value_enum)]
         role: Role,
+        /// The id of the tenant the user belongs to.
         #[arg(long)]
         tenant: TenantId,
+        /// Hours until the activation code expires.
         #[arg(long, default_value_t = 72)]
         ttl_hours: u32,
     },
     /// Invitations waiting for approval (with --all, every invitation).
     Invitations {
+        /// Every invitation, decided or not.
         #[arg(long)]
         all: bool,
     },
     /// Approve an invitation an upper level made for a branch secretary
     /// (for a branch that has no secretary to approve it).
-    Approve { id: uuid::Uuid },
+    Approve {
+        /// The invitation's id (from `doorstep user invitations`).
+        id: uuid::Uuid,
+    },
     /// Deny such an invitation.
-    Deny { id: uuid::Uuid },
+    Deny {
+        /// The invitation's id (from `doorstep user invitations`).
+        id: uuid::Uuid,
+    },
     /// List every user.
     List,
     /// Disable a user: no more logins, and their sessions end at once.
     Disable {
+        /// The login name.
         #[arg(long)]
         username: String,
     },
     /// Let a disabled user log in again.
     Enable {
+        /// The login name.
         #[arg(long)]
         username: String,
     },
@@ -170,40 +235,61 @@ pub enum SessionCommand {
         username: Option<String>,
     },
     /// End a session at once.
-    Revoke { id: String },
+    Revoke {
+        /// The session's id (from `doorstep session list`).
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum EnrollCodeCommand {
     /// Issue a code; the device exchanges it at POST /api/v1/enroll.
+    #[command(after_help = "Examples:\n  \
+        doorstep enroll-code create --branch <branch id> --label \"Li Na's phone\"\n  \
+        doorstep enroll-code create --branch <branch id> --label \"spare tablet\" --ttl-hours 8")]
     Create {
+        /// The id of the branch the device will belong to.
         #[arg(long)]
         branch: TenantId,
         /// What the device is, e.g. "Li Na's phone".
         #[arg(long)]
         label: String,
+        /// Hours until the code expires.
         #[arg(long, default_value_t = 72)]
         ttl_hours: u32,
     },
     /// Codes upper levels asked for that wait for the branch's approval
     /// (with --all, every code).
     Requests {
+        /// Every code, decided or not.
         #[arg(long)]
         all: bool,
     },
     /// Approve a requested code (for a branch that has no secretary to approve it).
-    Approve { id: uuid::Uuid },
+    Approve {
+        /// The code's id (from `doorstep enroll-code requests`), not the code itself.
+        id: uuid::Uuid,
+    },
     /// Deny a requested code.
-    Deny { id: uuid::Uuid },
+    Deny {
+        /// The code's id (from `doorstep enroll-code requests`), not the code itself.
+        id: uuid::Uuid,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Entries, newest first.
+    #[command(after_help = "Examples:\n  \
+        doorstep audit list\n  \
+        doorstep audit list --branch <branch id> --limit 50\n  \
+        doorstep audit list --before <the last id shown>   # the next page\n  \
+        doorstep audit list --csv > audit.csv")]
     List {
         /// Only entries about this tenant and the tenants below it.
         #[arg(long)]
         branch: Option<TenantId>,
+        /// Most entries to show.
         #[arg(long, default_value_t = 100)]
         limit: u32,
         /// Only entries older than this id (the next page).
@@ -220,9 +306,18 @@ pub enum DeviceCommand {
     /// List every device.
     List,
     /// Revoke a device at once; a running server closes its sockets within a second.
-    Revoke { id: DeviceId },
+    #[command(after_help = "Examples:\n  \
+        doorstep device list\n  \
+        doorstep device revoke <device id>")]
+    Revoke {
+        /// The device's id (from `doorstep device list`).
+        id: DeviceId,
+    },
     /// The documents a device should sync.
-    Documents { id: DeviceId },
+    Documents {
+        /// The device's id (from `doorstep device list`).
+        id: DeviceId,
+    },
 }
 
 impl Cli {
@@ -239,14 +334,27 @@ impl Cli {
         document.admission.max_inflated_bytes = args.max_sync_change_bytes;
         document.admission.max_ops = args.max_sync_ops;
         document.max_document_bytes = args.max_document_bytes;
+        document.max_document_actors = args.max_document_actors;
+        document.max_depth = args.max_nesting_depth;
         config.limits = SyncLimits {
             max_message_bytes: args.max_message_bytes,
             document,
         };
+        let budget = crate::budget::BudgetLimits::default();
         config.budgets = crate::budget::Budgets::new(crate::budget::BudgetLimits {
             messages_per_second: args.messages_per_second,
             message_burst: args.message_burst,
-            ..Default::default()
+            sockets_per_device: args.sockets_per_device,
+            connections: crate::budget::ConnectionLimits {
+                total: args.max_connections,
+                per_address: args.max_connections_per_address,
+                ..budget.connections
+            },
+            outboxes: crate::budget::OutboxLimits {
+                total: args.max_queued_bytes,
+                ..budget.outboxes
+            },
+            ..budget
         });
         config
     }
@@ -265,11 +373,44 @@ pub async fn main() -> anyhow::Result<()> {
     if let Command::Demo { args } = &cli.command {
         return run_demo(&cli, args);
     }
-    let store = Store::open(&cli.database_path()).await?;
+    let store = match Store::open(&cli.database_path()).await {
+        Ok(store) => store,
+        // A read-only folder fails already here (SQLite cannot create the
+        // write-ahead log beside the file): the same words as a read-only
+        // file found by the probe below.
+        Err(e) if e.is_read_only() => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "the database {} cannot be written (check the permissions of it and of {})",
+                cli.database_path().display(),
+                cli.data_dir.display()
+            )));
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot open the database {}",
+                cli.database_path().display()
+            )));
+        }
+    };
     match &cli.command {
         Command::Serve(args) => {
             let config = cli.server_config(args);
-            let listener = tokio::net::TcpListener::bind(args.listen).await?;
+            // Everything that can stop start-up is checked before the
+            // "listening" line: an operator (or a supervisor reading our
+            // output) must never see it from a server that then exits.
+            // A committed write (readiness's own probe): SQLite opens a file
+            // it may not write read-only without a word, migrations already
+            // applied write nothing, and in WAL mode even `begin immediate`
+            // passes on such a file.
+            store.probe_write().await.with_context(|| {
+                format!(
+                    "the database {} cannot be written (check the permissions of it and of {})",
+                    cli.database_path().display(),
+                    cli.data_dir.display()
+                )
+            })?;
+            crate::check_tls(&config)?;
+            let listener = bind(args.listen).await?;
             let tls = config.tls_cert.is_some();
             println!(
                 "{}",
@@ -280,6 +421,39 @@ pub async fn main() -> anyhow::Result<()> {
         }
         _ => run_admin(&cli, &store).await,
     }
+}
+
+/// Why `serve` could not take its address.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot listen on {addr}: {reason}\n\
+     choose another address with --listen HOST:PORT or DOORSTEP_LISTEN=HOST:PORT"
+)]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub reason: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds the listener, naming the address and how to pick another when
+/// that fails (the bare "Address already in use" names neither).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError {
+            addr,
+            reason: match source.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    "the address is already in use (is another doorstep running?)".to_owned()
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    "permission denied (ports below 1024 need privileges)".to_owned()
+                }
+                _ => source.to_string(),
+            },
+            source,
+        })
 }
 
 async fn shutdown_signal() {
@@ -356,14 +530,46 @@ fn print<T: Serialize>(
     Ok(())
 }
 
+/// The password for `user create`: DOORSTEP_PASSWORD, else asked for. On a
+/// terminal it is read with echo off (rpassword: small, maintained, and it
+/// restores the terminal's mode itself on every path) and asked twice, as a
+/// typo nobody saw would lock the account out; from a pipe it is one line,
+/// so scripts keep working.
 fn read_password() -> anyhow::Result<String> {
     if let Ok(password) = std::env::var("DOORSTEP_PASSWORD") {
+        return Ok(password);
+    }
+    if std::io::stdin().is_terminal() {
+        let password = rpassword::prompt_password("password: ")
+            .context("cannot read the password from the terminal")?;
+        let again = rpassword::prompt_password("the same password again: ")
+            .context("cannot read the password from the terminal")?;
+        if password != again {
+            anyhow::bail!("the two passwords differ; nothing was created");
+        }
         return Ok(password);
     }
     eprintln!("password (one line on standard input):");
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// A stored time (epoch milliseconds) as RFC 3339 UTC, for text output;
+/// `--json` keeps the number.
+pub fn utc(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// The whole command tree, for tests that check every argument is explained.
+pub fn command() -> clap::Command {
+    Cli::command()
 }
 
 /// Runs an operator command against the database.
@@ -376,15 +582,24 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             name,
             parent,
         }) => {
-            let tenant = store.create_tenant(*parent, *level, name).await?;
-            store
-                .audit(
-                    BY,
-                    "tenant.create",
-                    &tenant.id.to_string(),
-                    Some(&tenant.name),
-                )
-                .await?;
+            let parent = match parent {
+                Some(id) => Some(
+                    store
+                        .tenant(*id)
+                        .await?
+                        .ok_or_else(|| anyhow::anyhow!("no tenant {id}"))?,
+                ),
+                None => None,
+            };
+            let permit = admin::authorize_operator(
+                store,
+                Action::CreateTenant {
+                    parent: parent.as_ref(),
+                },
+            )
+            .await?;
+            let tenant =
+                admin::create_tenant(store, &permit, parent.as_ref(), *level, name).await?;
             print(cli.json, &tenant, |t| {
                 format!("created {} {} ({})", t.level.as_str(), t.id, t.name)
             })
@@ -402,7 +617,7 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                             "  ".repeat(t.path.depth() - 1),
                             t.id,
                             t.level.as_str(),
-                            t.name
+                            escape_for_terminal(&t.name)
                         )
                     })
                     .collect::<Vec<_>>()
@@ -427,7 +642,14 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             }
             print(cli.json, &users, |us| {
                 us.iter()
-                    .map(|u| format!("{} {} {}", u.username, u.role.as_str(), u.tenant_id))
+                    .map(|u| {
+                        format!(
+                            "{} {} {}",
+                            escape_for_terminal(&u.username),
+                            u.role.as_str(),
+                            u.tenant_id
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             })
@@ -439,9 +661,24 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                 .login_account(username)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no user {username}"))?;
-            let (changed, ended) = store
-                .set_user_disabled(&account.user, disable, BY, crate::store::now_ms())
-                .await?;
+            // The operator is outside the chain being audited: they may
+            // disable anyone, witnesses included, and the entry says so.
+            let permit = admin::authorize_operator(
+                store,
+                Action::SetUserDisabled {
+                    target: &account.user,
+                    disable,
+                },
+            )
+            .await?;
+            let (changed, ended) = admin::set_user_disabled(
+                store,
+                &permit,
+                &account.user,
+                disable,
+                crate::store::now_ms(),
+            )
+            .await?;
             let value = serde_json::json!({
                 "username": account.user.username,
                 "disabled": disable,
@@ -475,11 +712,12 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                 ss.iter()
                     .map(|s| {
                         format!(
-                            "{} {} from {} last used {}",
+                            "{} {} from {} last used {} expires {}",
                             s.id,
-                            s.username,
+                            escape_for_terminal(&s.username),
                             s.address.as_deref().unwrap_or("?"),
-                            s.last_used_at
+                            utc(s.last_used_at),
+                            utc(s.expires_at)
                         )
                     })
                     .collect::<Vec<_>>()
@@ -502,10 +740,11 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             let issued =
                 admin::issue_enrollment_code(store, *branch, label, *ttl_hours, BY).await?;
             print(cli.json, &issued, |i| {
+                let code = &i.code;
                 format!(
-                    "enrollment code {} for \"{}\" (one use, expires in {ttl_hours} h)\n\
-                     a device exchanges it with: POST /api/v1/enroll {{\"code\": \"{}\"}}",
-                    i.code, i.details.label, i.code
+                    "enrollment code {code} for \"{}\" (one use, expires in {ttl_hours} h)\n\
+                     a device exchanges it with: POST /api/v1/enroll {{\"code\": \"{code}\"}}",
+                    escape_for_terminal(i.details.label.as_deref().unwrap_or(""))
                 )
             })
         }
@@ -519,7 +758,11 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                     .map(|c| {
                         format!(
                             "{} {} {:?} \"{}\" asked by {}",
-                            c.id, c.branch_id, c.status, c.label, c.created_by
+                            c.id,
+                            c.branch_id,
+                            c.status,
+                            escape_for_terminal(c.label.as_deref().unwrap_or("")),
+                            escape_for_terminal(&c.created_by)
                         )
                     })
                     .collect::<Vec<_>>()
@@ -536,11 +779,24 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                 .enrollment_code(*id)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no enrollment code {id}"))?;
-            let decided = admin::decide_enrollment_code(store, &code, approve, BY)
+            let permit = admin::authorize_operator(
+                store,
+                Action::DecideEnrollmentRequest {
+                    code: &code,
+                    approve,
+                },
+            )
+            .await?;
+            let decided = admin::decide_enrollment_code(store, &permit, &code, approve)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("{id} is not waiting for a decision"))?;
-            print(cli.json, &decided, |c| {
-                format!("{} is now {:?}", c.id, c.status)
+            print(cli.json, &decided, |c| match &c.code {
+                Some(code) => format!(
+                    "{} is now {:?}; its enrollment code is {code} (one use): give it to the device, \
+                     which exchanges it with POST /api/v1/enroll {{\"code\": \"{code}\"}}",
+                    c.details.id, c.details.status
+                ),
+                None => format!("{} is now {:?}", c.details.id, c.details.status),
             })
         }
         Command::User(UserCommand::Invite {
@@ -549,25 +805,27 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             tenant,
             ttl_hours,
         }) => {
-            let needs_approval = admin::invitation_needs_approval(None, *role);
-            let invited = admin::invite_user(
+            let tenant = store
+                .tenant(*tenant)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no tenant {tenant}"))?;
+            let permit = admin::authorize_operator(
                 store,
-                username,
-                *role,
-                *tenant,
-                *ttl_hours,
-                BY,
-                needs_approval,
+                Action::InviteUser {
+                    tenant: &tenant,
+                    role: *role,
+                },
             )
             .await?;
+            let invited =
+                admin::invite_user(store, &permit, username, *role, &tenant, *ttl_hours).await?;
             print(cli.json, &invited, |i| {
+                let code = i.activation_code.as_deref().unwrap_or("?");
                 format!(
-                    "invited {} ({}); activation code {} (one use, expires in {ttl_hours} h)\n\
-                     the invitee sets a password with: POST /api/v1/activate {{\"code\": \"{}\", \"password\": \"...\"}}",
-                    i.user.username,
+                    "invited {} ({}); activation code {code} (one use, expires in {ttl_hours} h)\n\
+                     the invitee sets a password with: POST /api/v1/activate {{\"code\": \"{code}\", \"password\": \"...\"}}",
+                    escape_for_terminal(&i.user.username),
                     i.user.role.as_str(),
-                    i.activation_code,
-                    i.activation_code
                 )
             })
         }
@@ -582,10 +840,10 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                         format!(
                             "{} {} {} {:?} invited by {}",
                             i.id,
-                            i.username,
+                            escape_for_terminal(&i.username),
                             i.role.as_str(),
                             i.status,
-                            i.created_by
+                            escape_for_terminal(&i.created_by)
                         )
                     })
                     .collect::<Vec<_>>()
@@ -598,11 +856,28 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                 .invitation(*id)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no invitation {id}"))?;
-            let decided = admin::decide_invitation(store, &invitation, approve, BY)
+            let permit = admin::authorize_operator(
+                store,
+                Action::DecideInvitation {
+                    invitation: &invitation,
+                    approve,
+                },
+            )
+            .await?;
+            let decided = admin::decide_invitation(store, &permit, &invitation, approve)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("{id} is not waiting for a decision"))?;
-            print(cli.json, &decided, |i| {
-                format!("invitation of {} is now {:?}", i.username, i.status)
+            print(cli.json, &decided, |d| {
+                let i = &d.invitation;
+                let name = escape_for_terminal(&i.username);
+                match &d.activation_code {
+                    Some(code) => format!(
+                        "invitation of {name} is now {:?}; activation code {code} (one use): give it to \
+                         {name}, who sets a password with POST /api/v1/activate {{\"code\": \"{code}\", \"password\": \"...\"}}",
+                        i.status
+                    ),
+                    None => format!("invitation of {name} is now {:?}", i.status),
+                }
             })
         }
         Command::Audit(AuditCommand::List {
@@ -629,6 +904,13 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                 })
                 .await?;
             if *csv {
+                // A file keeps the text as stored; a terminal shows it
+                // escaped, like the listing below.
+                let entries = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    entries.into_iter().map(escaped_entry).collect()
+                } else {
+                    entries
+                };
                 print!("{}", crate::rollup::csv::to_csv(&entries)?);
                 return Ok(());
             }
@@ -642,14 +924,18 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                                     .ok()
                             })
                             .unwrap_or_else(|| e.at.to_string());
+                        // Every field is data someone typed (a grant's
+                        // reason, a username, a label): escaped, so that
+                        // no control character in it can hide or rewrite
+                        // a row on the operator's terminal.
                         format!(
                             "{} {at} {} {} {} {} {}",
                             e.id,
                             e.outcome.as_str(),
-                            e.actor,
-                            e.action,
-                            e.subject,
-                            e.detail.as_deref().unwrap_or("")
+                            escape_for_terminal(&e.actor),
+                            escape_for_terminal(&e.action),
+                            escape_for_terminal(&e.subject),
+                            escape_for_terminal(e.detail.as_deref().unwrap_or(""))
                         )
                     })
                     .collect::<Vec<_>>()
@@ -677,17 +963,28 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                         } else {
                             "active"
                         };
-                        format!("{} {} {} {}", d.id, d.branch_id, state, d.label)
+                        let seen = d.last_seen_at.map_or_else(|| "never".to_owned(), utc);
+                        format!(
+                            "{} {} {} last seen {} {}",
+                            d.id,
+                            d.branch_id,
+                            state,
+                            seen,
+                            escape_for_terminal(d.label.as_deref().unwrap_or(""))
+                        )
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
             })
         }
         Command::Device(DeviceCommand::Revoke { id }) => {
-            let revoked = admin::revoke_device(store, *id, BY).await?;
-            if !revoked && store.device(*id).await?.is_none() {
-                anyhow::bail!("no device {id}");
-            }
+            let device = store
+                .device(*id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no device {id}"))?;
+            let permit =
+                admin::authorize_operator(store, Action::RevokeDevice { device: &device }).await?;
+            let revoked = admin::revoke_device_with(store, &permit, &device).await?;
             print(cli.json, &serde_json::json!({ "revoked": revoked }), |_| {
                 if revoked {
                     format!("revoked {id}; a running server closes its connections within a second")
@@ -719,6 +1016,18 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
     }
 }
 
+/// An audit entry with every field someone typed escaped for a terminal.
+fn escaped_entry(mut e: crate::store::AuditRecord) -> crate::store::AuditRecord {
+    let escape = |text: &mut String| *text = escape_for_terminal(text).into_owned();
+    escape(&mut e.actor);
+    escape(&mut e.action);
+    escape(&mut e.subject);
+    if let Some(detail) = e.detail.as_mut() {
+        escape(detail);
+    }
+    e
+}
+
 impl Store {
     /// The paths of every district (root tenant).
     pub async fn tenants_within_roots(&self) -> Result<Vec<TenantPath>, crate::store::StoreError> {
@@ -730,5 +1039,24 @@ impl Store {
             .iter()
             .map(|p| p.parse().map_err(crate::store::StoreError::Corrupt))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap's own consistency checks (duplicate flags, bad `requires`),
+    /// here so a `--lib` run finds them; the e2e test `operator::
+    /// every_command_and_argument_has_help` checks the help text itself.
+    #[test]
+    fn the_command_line_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn times_print_as_utc() {
+        assert_eq!(utc(1_796_584_186_079), "2026-12-06T19:09:46Z");
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
     }
 }

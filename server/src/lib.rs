@@ -11,6 +11,7 @@
 //! budget     the one owner of every bound per principal and per process
 //! tenancy    district > sub-district > branch paths, roles, scope checks
 //! auth       tokens, password hashing
+//! authority  the one rule over names: who may do which administrative action
 //! store      sqlx persistence: tenants, users, devices, documents, chunks;
 //!            the DocumentStore trait the document tasks commit through
 //! hub        live documents: one task each driving a sans-IO Keeper; connections
@@ -26,6 +27,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod authority;
 pub mod budget;
 pub mod cli;
 pub mod config;
@@ -66,6 +68,16 @@ pub enum StartError {
     Tls(String),
     #[error("serving failed: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Loads the TLS certificate and key the config names, if any, so that a
+/// missing or unreadable file stops start-up before the server says it
+/// listens (rather than when the first connection arrives).
+pub fn check_tls(config: &Config) -> Result<(), StartError> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => tls::server_config(cert, key).map(drop),
+        _ => Ok(()),
+    }
 }
 
 /// Serves the API and `/sync` on `listener` until `shutdown` resolves.

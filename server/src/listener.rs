@@ -30,14 +30,46 @@ use tower::Service;
 
 use crate::budget::{ConnectionBudget, ConnectionPermit};
 
-/// How long shutdown waits for open HTTP exchanges to finish.
-const DRAIN: Duration = Duration::from_secs(5);
+/// How long shutdown waits for open HTTP exchanges to finish (an
+/// enrollment that committed must get its token to the device).
+const DRAIN: Duration = Duration::from_secs(30);
 
-/// A stream holding its connection's place in the budget.
+/// A stream holding its connection's place in the budget, and closing
+/// itself when its peer stops taking bytes: a write that makes no progress
+/// for `write_stall` fails. Without it a client that pipelines requests and
+/// never reads their answers held its place forever (hyper has no write
+/// deadline; the header deadline only runs while reading).
 #[derive(Debug)]
 pub struct Budgeted<S> {
     stream: S,
-    _permit: ConnectionPermit,
+    _permit: Arc<ConnectionPermit>,
+    write_stall: Duration,
+    /// Running while a write waits for the peer to take bytes.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> Budgeted<S> {
+    /// Fails a write that has waited too long, or starts its clock.
+    fn check_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let write_stall = self.write_stall;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(write_stall)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took no bytes for too long",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progress<T>(&mut self, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if result.is_ready() {
+            self.stalled = None;
+        }
+        result
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Budgeted<S> {
@@ -56,15 +88,27 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Budgeted<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let this = &mut *self;
+        match Pin::new(&mut this.stream).poll_write(cx, buf) {
+            Poll::Pending => this.check_stall(cx),
+            ready => this.progress(ready),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let this = &mut *self;
+        match Pin::new(&mut this.stream).poll_flush(cx) {
+            Poll::Pending => this.check_stall(cx).map_ok(|_| ()),
+            ready => this.progress(ready),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        let this = &mut *self;
+        match Pin::new(&mut this.stream).poll_shutdown(cx) {
+            Poll::Pending => this.check_stall(cx).map_ok(|_| ()),
+            ready => this.progress(ready),
+        }
     }
 
     fn poll_write_vectored(
@@ -72,7 +116,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Budgeted<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
+            Poll::Pending => this.check_stall(cx),
+            ready => this.progress(ready),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -115,19 +163,25 @@ pub async fn serve(
                 continue;
             }
         };
+        let limits = budget.limits();
+        let permit = Arc::new(permit);
         let stream = Budgeted {
             stream,
-            _permit: permit,
+            _permit: permit.clone(),
+            write_stall: limits.write_stall,
+            stalled: None,
         };
         let (app, acceptor, closed) = (app.clone(), acceptor.clone(), closed.clone());
-        let limits = budget.limits();
         connections.spawn(async move {
             match acceptor {
-                None => serve_connection(stream, peer, app, limits.header_read, closed).await,
+                None => {
+                    serve_connection(stream, peer, permit, app, limits.header_read, closed).await
+                }
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.handshake, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            serve_connection(stream, peer, app, limits.header_read, closed).await
+                            let header_read = limits.header_read;
+                            serve_connection(stream, peer, permit, app, header_read, closed).await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -147,16 +201,24 @@ pub async fn serve(
 async fn serve_connection<S>(
     stream: S,
     peer: SocketAddr,
+    permit: Arc<ConnectionPermit>,
     app: Router,
     header_read: Duration,
     mut closed: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // The stream holds the place; requests get a weak handle, through which
+    // an authenticated device's socket moves out of its address's share.
+    let place = Arc::downgrade(&permit);
+    drop(permit);
     let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
         // The client address, for throttling and budgets (forwarding
         // headers are not trusted).
         request.extensions_mut().insert(ConnectInfo(peer));
+        request
+            .extensions_mut()
+            .insert(ConnectionPlace(place.clone()));
         let mut app = app.clone();
         async move { app.call(request).await }
     });
@@ -175,6 +237,22 @@ async fn serve_connection<S>(
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// A request's handle on its connection's place in the budget (weak: the
+/// stream owns the place).
+#[derive(Clone, Debug)]
+pub struct ConnectionPlace(std::sync::Weak<ConnectionPermit>);
+
+impl ConnectionPlace {
+    /// The connection now belongs to an authenticated device: it leaves its
+    /// address's share (a carrier NAT may hold many phones) and stays in
+    /// the process's. The device's own bound is its socket budget.
+    pub fn authenticated(&self) {
+        if let Some(permit) = self.0.upgrade() {
+            permit.leave_address();
+        }
     }
 }
 

@@ -119,6 +119,16 @@ impl Role {
             || (*self == Role::DistrictAdmin && other == Role::DistrictAdmin)
     }
 
+    /// How high the role's level sits: 0 for the district, 1 for a
+    /// sub-district, 2 for a branch.
+    pub fn level_rank(&self) -> u8 {
+        match self.level() {
+            Level::District => 0,
+            Level::SubDistrict => 1,
+            Level::Branch => 2,
+        }
+    }
+
     fn rank(&self) -> u8 {
         match self {
             Role::DistrictAdmin => 0,

@@ -21,12 +21,15 @@
 //! [`crate::admission`] (bloom filters, counts, inflated bytes, operations)
 //! and checked against the document's ceilings before Automerge sees it.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use automerge::sync::{self, MessageVersion, SyncDoc};
-use automerge::{ActorId, Automerge, ChangeHash, Patch, PatchLog};
+use automerge::{ActorId, Automerge, ChangeHash, Patch, PatchLog, ReadDoc};
 
-use crate::admission::{AdmissionError, AdmissionLimits, inspect_sync_message};
+use crate::admission::{
+    AdmissionError, AdmissionLimits, CreatedObject, Inspected, ObjectKey, inspect_sync_message,
+};
 use crate::ids::{DeviceId, PeerId};
 use crate::schema::GENESIS_ACTOR;
 
@@ -45,6 +48,22 @@ pub struct KeeperLimits {
     /// cost grows faster than linearly with a document's actors, and every
     /// actor stays in the document for good.
     pub max_actors_per_message: usize,
+    /// Distinct actors a document may hold over its life. Automerge's cost
+    /// per change grows with a document's actors (at 10,240 actors each
+    /// message took 3 s, a fresh load 2.3 s) and an actor stays in the
+    /// document for good, so past this every new actor is refused.
+    pub max_document_actors: usize,
+    /// How deep, counting from the document root, an object a message makes
+    /// may sit. Automerge's patch log records every operation's path from
+    /// the root, so applying costs the square of the depth (a 16 KB change
+    /// nesting maps 8,000 deep took 3.2 GB), and every reader walks it
+    /// again.
+    pub max_depth: usize,
+    /// Changes a document may hold over its life. Its stored bytes do not
+    /// bound them: a snapshot keeps a small change in a few bytes, while
+    /// Automerge's change graph and the server's `change_log` keep a row
+    /// for each for good.
+    pub max_document_changes: u64,
 }
 
 impl Default for KeeperLimits {
@@ -55,6 +74,16 @@ impl Default for KeeperLimits {
             max_orphans: 1024,
             max_orphan_bytes: 16 * 1024 * 1024,
             max_actors_per_message: 256,
+            // A branch has tens of devices; the SDK writes with one actor
+            // per install, a stock client with one per document handle.
+            max_document_actors: 1024,
+            // The branch schema nests four levels (root, collection,
+            // record, a set or a stock client's Text); the projection reads
+            // sixteen. Twice that leaves room without making depth a cost.
+            max_depth: 32,
+            // A branch's month is thousands of edits and its roster tens of
+            // thousands over years; a million is far past either.
+            max_document_changes: 1_000_000,
         }
     }
 }
@@ -141,6 +170,26 @@ pub enum Refusal {
     GenesisActor { hash: String },
     #[error("the message's changes have {count} authors; the limit is {limit}")]
     TooManyActors { count: usize, limit: usize },
+    #[error(
+        "the document has {count} actors and the message adds {incoming}; the limit is {limit} actors per document"
+    )]
+    DocumentActors {
+        count: usize,
+        incoming: usize,
+        limit: usize,
+    },
+    #[error(
+        "the document holds {count} changes and the message carries {incoming}; the limit is {limit} changes per document"
+    )]
+    DocumentChanges {
+        count: u64,
+        incoming: u64,
+        limit: u64,
+    },
+    #[error("the message nests an object {depth} levels deep; the limit is {limit}")]
+    TooDeep { depth: usize, limit: usize },
+    #[error("the message makes object {object} inside an object the document does not hold")]
+    UnknownParent { object: String },
     #[error("change {hash} does not follow its actor's previous change")]
     OutOfSequence { hash: String },
     #[error("actor {actor} belongs to another device")]
@@ -164,6 +213,32 @@ impl Refusal {
                 | Refusal::ForeignActor { .. }
         )
     }
+}
+
+/// What a document holds, as its lifetime limits count it.
+#[derive(Debug)]
+struct Census {
+    actors: HashSet<ActorId>,
+    changes: u64,
+}
+
+/// An object by the id of the operation that made it: (counter, actor).
+type ObjectRef = (u64, ActorId);
+
+/// An object made, and the object it is made in (`None`: the root).
+type Made = (ObjectRef, Option<ObjectRef>);
+
+/// Changes not yet in the document: their dependencies and the objects
+/// they make (actors as indexes into the depth check's actor table).
+type Unapplied<'a> = HashMap<ChangeHash, (&'a [ChangeHash], Cow<'a, [CreatedObject]>)>;
+
+/// A change waiting in Automerge's queue for its dependencies. What it makes
+/// is checked when it becomes applicable, in the message that completes it.
+#[derive(Debug)]
+struct Orphan {
+    bytes: u64,
+    deps: Vec<ChangeHash>,
+    objects: Vec<Made>,
 }
 
 #[derive(Debug)]
@@ -196,7 +271,11 @@ pub struct Keeper {
     /// Changes Automerge holds back until their dependencies arrive, with
     /// their sizes. They were never checked as new changes, so they must
     /// neither grow without bound nor reach another device.
-    orphans: HashMap<ChangeHash, u64>,
+    orphans: HashMap<ChangeHash, Orphan>,
+    /// The document's distinct actors and its changes, counted on the
+    /// first message that carries any after a load (one walk of the change
+    /// metadata), then kept up to date.
+    census: Option<Census>,
     /// Actors whose binding the store confirmed, with their device.
     bound: HashMap<ActorId, DeviceId>,
     stored_bytes: u64,
@@ -215,6 +294,7 @@ impl Keeper {
             pending: None,
             needs_reload: false,
             orphans: HashMap::new(),
+            census: None,
             bound: HashMap::new(),
             stored_bytes,
             limits,
@@ -316,6 +396,8 @@ impl Keeper {
                 limit: self.limits.max_actors_per_message,
             });
         }
+        self.check_census(&inspected)?;
+        self.check_depth(&inspected)?;
         let message =
             sync::Message::decode(data).map_err(|e| Refusal::BadSyncData(e.to_string()))?;
 
@@ -328,17 +410,36 @@ impl Keeper {
 
         // Changes of this message that did not apply wait in Automerge's
         // queue; count them with the ones already waiting.
+        if let Some(census) = self.census.as_mut() {
+            // Counted before applying; some may wait as orphans, which
+            // Automerge holds as well.
+            census.actors.extend(inspected.actors.iter().cloned());
+        }
         for change in &inspected.changes {
             if self.doc.get_change_meta_by_hash(&change.hash).is_none() {
-                self.orphans.insert(change.hash, change.inflated_bytes);
+                let objects = change
+                    .objects
+                    .iter()
+                    .filter_map(|made| resolve_object(&inspected, made))
+                    .collect();
+                self.orphans.insert(
+                    change.hash,
+                    Orphan {
+                        bytes: change.inflated_bytes,
+                        deps: change.deps.clone(),
+                        objects,
+                    },
+                );
             }
         }
         let doc = &self.doc;
         self.orphans
             .retain(|hash, _| doc.get_change_meta_by_hash(hash).is_none());
-        let orphan_bytes: u64 = self.orphans.values().sum();
+        let orphan_bytes: u64 = self.orphans.values().map(|o| o.bytes).sum();
+        let orphan_objects: u64 = self.orphans.values().map(|o| o.objects.len() as u64).sum();
         if self.orphans.len() > self.limits.max_orphans
             || orphan_bytes > self.limits.max_orphan_bytes
+            || orphan_objects > self.limits.admission.max_ops
         {
             return Err(Refusal::TooManyOrphans {
                 count: self.orphans.len(),
@@ -379,6 +480,22 @@ impl Keeper {
                 bytes: change.bytes().into_owned(),
             });
         }
+        if let Some(census) = self.census.as_mut() {
+            let count = census.changes;
+            let incoming = changes.len() as u64;
+            if count.saturating_add(incoming) > self.limits.max_document_changes {
+                // Only a document chunk gets here (change chunks were
+                // counted before applying): bounded by admission, and the
+                // document is reloaded without it.
+                self.needs_reload = true;
+                return Err(Refusal::DocumentChanges {
+                    count,
+                    incoming,
+                    limit: self.limits.max_document_changes,
+                });
+            }
+            census.changes = count.saturating_add(incoming);
+        }
         let patches = self.doc.make_patches(&mut log);
         let sender_state = self
             .peers
@@ -404,6 +521,251 @@ impl Keeper {
             stored_bytes: batch.stored_bytes(),
         });
         Ok(Step::Persist(batch))
+    }
+
+    /// Refuses a message that would take the document past its lifetime
+    /// actor or change limits, before Automerge adds anything. Every actor
+    /// the message names counts, not only authors: Automerge adds the
+    /// actors a change's operations refer to as well.
+    fn check_census(&mut self, inspected: &Inspected) -> Result<(), Refusal> {
+        if inspected.actors.is_empty() && inspected.change_count == 0 {
+            return Ok(());
+        }
+        let doc = &self.doc;
+        let census = self.census.get_or_insert_with(|| {
+            let changes = doc.get_changes_meta(&[]);
+            Census {
+                changes: changes.len() as u64,
+                actors: changes.iter().map(|m| m.actor.as_ref().clone()).collect(),
+            }
+        });
+        let incoming = inspected
+            .actors
+            .iter()
+            .filter(|a| !census.actors.contains(*a))
+            .count();
+        if incoming > 0
+            && census.actors.len().saturating_add(incoming) > self.limits.max_document_actors
+        {
+            return Err(Refusal::DocumentActors {
+                count: census.actors.len(),
+                incoming,
+                limit: self.limits.max_document_actors,
+            });
+        }
+        // Change chunks the document lacks; a document chunk's new changes
+        // are known only once applied, and counted then.
+        let incoming = inspected
+            .changes
+            .iter()
+            .filter(|c| doc.get_change_meta_by_hash(&c.hash).is_none())
+            .map(|c| c.hash)
+            .collect::<HashSet<_>>()
+            .len() as u64;
+        if census.changes.saturating_add(incoming) > self.limits.max_document_changes {
+            return Err(Refusal::DocumentChanges {
+                count: census.changes,
+                incoming,
+                limit: self.limits.max_document_changes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a message that would make an object deeper than
+    /// `max_depth` below the root, before Automerge applies anything.
+    ///
+    /// The objects checked are those made by the changes that will apply
+    /// now: the message's and the queued orphans' whose dependencies the
+    /// document and the message complete, and those of document chunks.
+    /// Each one's parent is the root, another of them, or an object the
+    /// document holds (whose depth the document knows). Anything else is a
+    /// parent that will not exist when the operation applies, and is
+    /// refused too: an object under a phantom parent has no depth to
+    /// bound. Changes that stay orphans are checked when they apply.
+    fn check_depth(&self, inspected: &Inspected) -> Result<(), Refusal> {
+        let limit = self.limits.max_depth;
+        // Objects are keyed by (counter, actor index) into one table: the
+        // message's actors, then any only queued orphans name. A message
+        // may make two million objects; this keeps each entry small.
+        let mut actors: Vec<&ActorId> = inspected.actors.iter().collect();
+        let mut index: HashMap<&ActorId, u32> = actors
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (*a, u32::try_from(i).unwrap_or(u32::MAX)))
+            .collect();
+
+        // What each change that is not yet in the document makes, and
+        // whether it will apply.
+        let mut pending: Unapplied<'_> = HashMap::new();
+        for change in &inspected.changes {
+            if pending.contains_key(&change.hash)
+                || self.doc.get_change_meta_by_hash(&change.hash).is_some()
+            {
+                continue;
+            }
+            pending.insert(
+                change.hash,
+                (change.deps.as_slice(), Cow::Borrowed(&change.objects)),
+            );
+        }
+        for (hash, orphan) in &self.orphans {
+            if pending.contains_key(hash) {
+                continue;
+            }
+            let objects: Vec<CreatedObject> = orphan
+                .objects
+                .iter()
+                .map(|(object, parent)| CreatedObject {
+                    object: intern_object(&mut actors, &mut index, object),
+                    parent: parent
+                        .as_ref()
+                        .map(|p| intern_object(&mut actors, &mut index, p)),
+                })
+                .collect();
+            pending.insert(*hash, (orphan.deps.as_slice(), Cow::Owned(objects)));
+        }
+        let applicable = self.applicable(&pending);
+
+        // Each object made: its parent, and whether its change applies now.
+        let mut made: HashMap<ObjectKey, (Option<ObjectKey>, bool)> = HashMap::new();
+        let mut add = |created: &CreatedObject, applies: bool| match made.get(&created.object) {
+            Some((known, _)) if *known != created.parent => Err(created.object),
+            Some(_) => Ok(()),
+            None => {
+                made.insert(created.object, (created.parent, applies));
+                Ok(())
+            }
+        };
+        let text = |(counter, actor): ObjectKey| -> String {
+            match actors.get(actor as usize) {
+                Some(actor) => format!("{counter}@{}", actor.to_hex_string()),
+                None => format!("{counter}@?"),
+            }
+        };
+        let twice = |object: ObjectKey| Refusal::UnknownParent {
+            object: text(object),
+        };
+        for created in &inspected.document_objects {
+            add(created, true).map_err(twice)?;
+        }
+        for (hash, (_, objects)) in &pending {
+            let applies = applicable.contains(hash);
+            for created in objects.iter() {
+                add(created, applies).map_err(twice)?;
+            }
+        }
+
+        let mut depths: HashMap<ObjectKey, usize> = HashMap::new();
+        let mut in_document: HashMap<ObjectKey, Option<usize>> = HashMap::new();
+        for (object, (_, applies)) in &made {
+            if !*applies || depths.contains_key(object) {
+                continue;
+            }
+            // Walk up to something of known depth: the root, an object
+            // already measured, or one the document holds.
+            let mut chain: Vec<ObjectKey> = vec![*object];
+            let base = loop {
+                let top = chain.last().copied().unwrap_or(*object);
+                let Some(parent) = made.get(&top).and_then(|(parent, _)| *parent) else {
+                    break 0;
+                };
+                if let Some(depth) = depths.get(&parent) {
+                    break *depth;
+                }
+                match made.get(&parent) {
+                    Some((_, true)) => {
+                        // A cycle, which no honest encoder makes, also ends here.
+                        if chain.len() >= limit {
+                            return Err(Refusal::TooDeep {
+                                depth: chain.len() + 1,
+                                limit,
+                            });
+                        }
+                        chain.push(parent);
+                    }
+                    Some((_, false)) => {
+                        return Err(Refusal::UnknownParent { object: text(top) });
+                    }
+                    None => {
+                        let depth = *in_document.entry(parent).or_insert_with(|| {
+                            let (counter, actor) = parent;
+                            let actor = actors.get(actor as usize)?;
+                            self.depth_in_document(&(counter, (*actor).clone()))
+                        });
+                        match depth {
+                            Some(depth) => break depth,
+                            None => return Err(Refusal::UnknownParent { object: text(top) }),
+                        }
+                    }
+                }
+            };
+            for (above, current) in chain.iter().rev().enumerate() {
+                let depth = base + above + 1;
+                if depth > limit {
+                    return Err(Refusal::TooDeep { depth, limit });
+                }
+                depths.insert(*current, depth);
+            }
+        }
+        Ok(())
+    }
+
+    /// The changes of `pending` whose dependencies the document and the
+    /// other applicable changes hold: those Automerge applies now.
+    fn applicable(&self, pending: &Unapplied<'_>) -> HashSet<ChangeHash> {
+        let mut waiting: HashMap<ChangeHash, usize> = HashMap::new();
+        let mut dependents: HashMap<ChangeHash, Vec<ChangeHash>> = HashMap::new();
+        let mut ready = Vec::new();
+        for (hash, (deps, _)) in pending {
+            let mut missing = 0usize;
+            let mut blocked = false;
+            for dep in deps.iter() {
+                if pending.contains_key(dep) {
+                    missing += 1;
+                    dependents.entry(*dep).or_default().push(*hash);
+                } else if self.doc.get_change_meta_by_hash(dep).is_none() {
+                    blocked = true;
+                }
+            }
+            if blocked {
+                continue;
+            }
+            if missing == 0 {
+                ready.push(*hash);
+            } else {
+                waiting.insert(*hash, missing);
+            }
+        }
+        let mut applicable = HashSet::new();
+        while let Some(hash) = ready.pop() {
+            if !applicable.insert(hash) {
+                continue;
+            }
+            for dependent in dependents.get(&hash).into_iter().flatten() {
+                if let Some(left) = waiting.get_mut(dependent) {
+                    *left -= 1;
+                    if *left == 0 {
+                        ready.push(*dependent);
+                    }
+                }
+            }
+        }
+        applicable
+    }
+
+    /// How deep an object the document holds sits, or `None` if it holds
+    /// no such object. Counts at most one past the limit, so a document
+    /// stored before the limit existed costs no more than that.
+    fn depth_in_document(&self, object: &ObjectRef) -> Option<usize> {
+        let (counter, actor) = object;
+        // `import_obj` is Automerge's own parser of "counter@actor" ids.
+        let id = self
+            .doc
+            .import_obj(&format!("{counter}@{}", actor.to_hex_string()))
+            .ok()?;
+        let parents = self.doc.parents(&id).ok()?;
+        Some(parents.take(self.limits.max_depth + 1).count())
     }
 
     /// Refuses a change whose actor's previous change is not in its
@@ -481,6 +843,7 @@ impl Keeper {
         self.doc = doc;
         self.stored_bytes = stored_bytes;
         self.orphans.clear();
+        self.census = None;
         self.needs_reload = false;
         self.pending = None;
         for peer in self.peers.values_mut() {
@@ -532,6 +895,36 @@ impl Keeper {
     fn touch(&mut self, now_ms: u64) {
         self.last_activity_ms = self.last_activity_ms.max(now_ms);
     }
+}
+
+/// `object` keyed by its actor's index in `actors`, added if new.
+fn intern_object<'a>(
+    actors: &mut Vec<&'a ActorId>,
+    index: &mut HashMap<&'a ActorId, u32>,
+    (counter, actor): &'a ObjectRef,
+) -> ObjectKey {
+    let next = u32::try_from(actors.len()).unwrap_or(u32::MAX);
+    let i = *index.entry(actor).or_insert_with(|| {
+        actors.push(actor);
+        next
+    });
+    (*counter, i)
+}
+
+/// An object of a message by its actor, not the message's actor index.
+fn resolve_object(
+    inspected: &Inspected,
+    made: &CreatedObject,
+) -> Option<(ObjectRef, Option<ObjectRef>)> {
+    let resolve = |(counter, actor): ObjectKey| -> Option<ObjectRef> {
+        let actor = inspected.actors.get(usize::try_from(actor).ok()?)?;
+        Some((counter, actor.clone()))
+    };
+    let parent = match made.parent {
+        Some(parent) => Some(resolve(parent)?),
+        None => None,
+    };
+    Some((resolve(made.object)?, parent))
 }
 
 /// Whether a sync message carries a whole saved document (Automerge's V2

@@ -2,9 +2,12 @@
 //!
 //! A data directory has one owner: [`Client::open`] takes an exclusive lock
 //! on it, so a second open in another process is refused, and a second open
-//! in this process shares the first's instance. Two owners would write
-//! different changes under one actor and sequence number, which corrupts the
-//! document for good.
+//! in this process shares the first's instance. Two owners would each hold
+//! documents, sync states and acknowledged heads in memory that the other
+//! overwrites on disk. Each generation of the store (a restored copy is a
+//! new one) edits under its own actor (see [`session_actor`]), so even a
+//! store rolled back from a backup never writes two changes under one
+//! actor and sequence number.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -117,7 +120,12 @@ pub(crate) struct Inner {
     pub transport: Transport,
     pub identity: std::sync::RwLock<Option<Arc<Identity>>>,
     pub replicas: Mutex<Option<Replicas>>,
+    /// This store generation's actor: `actor_base` followed by random
+    /// bytes (see [`session_actor`]).
     pub actor: ActorId,
+    /// The prefix every actor of this device starts with: what tells this
+    /// device's own changes from others' (pending counts, the export).
+    pub actor_base: Vec<u8>,
     pub status: watch::Sender<SyncStatus>,
     /// Woken by every local edit, so the sync service sends it at once.
     pub edited: Notify,
@@ -180,15 +188,51 @@ impl Client {
         dir: PathBuf,
         lock: File,
     ) -> Result<Inner, ClientError> {
-        let store = LocalStore::open(&dir.join("device.db"), &config.store_key).await?;
-        let actor = match store.meta("actor_id").await? {
-            Some(hex) => ActorId::from(
-                hex::decode(&hex).map_err(|_| ClientError::Storage("bad actor id".into()))?,
-            ),
+        let db = dir.join("device.db");
+        let store = LocalStore::open(&db, &config.store_key).await?;
+        // The stored id is this device's actor *base*; edits are made under
+        // an actor that extends it, fresh for every generation of the store.
+        // A backup restore (or any copy of the store put back) brings back
+        // an older sequence number with the stored data: an actor reused
+        // across it would write a second, different change under a sequence
+        // number the server already holds ("duplicate seq", refused for
+        // good). A restore writes new files, so the store file's identity
+        // (device and inode) changes: then, and only then, a fresh actor
+        // starts. A fresh actor per open would also be safe, but each one
+        // stays in a long-lived roster's history for ever (hundreds a year
+        // per phone), and Automerge slows as a document's actors grow.
+        let base = match store.meta("actor_id").await? {
+            Some(hex) => hex::decode(&hex)
+                .ok()
+                .filter(|b| !b.is_empty() && b.len() <= ACTOR_BASE_MAX)
+                .ok_or_else(|| ClientError::Storage("bad actor id".into()))?,
             None => {
-                let actor = ActorId::random();
+                let base = ActorId::random().to_bytes().to_vec();
+                store.set_meta(&[("actor_id", &hex::encode(&base))]).await?;
+                base
+            }
+        };
+        let generation = store_generation(&db)?;
+        let kept = match (
+            store.meta("session_actor").await?,
+            store.meta("store_generation").await?,
+        ) {
+            (Some(actor), Some(stored)) if stored == generation => hex::decode(&actor)
+                .ok()
+                .filter(|a| a.starts_with(&base) && a.len() == base.len() + ACTOR_SUFFIX)
+                .map(ActorId::from),
+            _ => None,
+        };
+        let actor = match kept {
+            Some(actor) => actor,
+            None => {
+                let actor = session_actor(&base);
+                // Stored before any edit is made under it.
                 store
-                    .set_meta(&[("actor_id", &actor.to_hex_string())])
+                    .set_meta(&[
+                        ("session_actor", &hex::encode(actor.to_bytes())),
+                        ("store_generation", &generation),
+                    ])
                     .await?;
                 actor
             }
@@ -223,6 +267,7 @@ impl Client {
                 store.clone(),
                 i.branch,
                 actor.clone(),
+                base.clone(),
                 changed.clone(),
                 config.max_loaded_months,
             )
@@ -245,6 +290,7 @@ impl Client {
             identity: std::sync::RwLock::new(identity),
             replicas: Mutex::new(replicas),
             actor,
+            actor_base: base,
             status,
             edited: Notify::new(),
             syncing: Mutex::new(()),
@@ -255,8 +301,8 @@ impl Client {
         })
     }
 
-    /// Exchanges a one-time enrollment code for this device's token, stores
-    /// it, and registers this device's actor id with the server.
+    /// Exchanges a one-time enrollment code for this device's token and
+    /// stores it.
     pub async fn enroll(&self, code: &str) -> Result<Enrollment, ClientError> {
         if self.inner.wiped.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(ClientError::Storage(
@@ -264,7 +310,7 @@ impl Client {
             ));
         }
         if self.is_enrolled() {
-            // Its actor id is registered to the old device: wipe first.
+            // Its actors are bound to the old device: wipe first.
             return Err(ClientError::invalid(
                 "device",
                 "this device is already enrolled; wipe it to enroll again",
@@ -324,42 +370,23 @@ impl Client {
             storage_id,
         });
         if let Ok(mut slot) = self.inner.identity.write() {
-            *slot = Some(identity.clone());
+            *slot = Some(identity);
         }
         *self.inner.replicas.lock().await = Some(Replicas::new(
             self.inner.store.clone(),
             branch,
             self.inner.actor.clone(),
+            self.inner.actor_base.clone(),
             self.inner.changed.clone(),
             self.inner.config.max_loaded_months,
         ));
-        self.register_actor(&identity).await?;
+        // No actor is registered: the server binds each of this device's
+        // actors to it when its authenticated connection first sends a
+        // change by it (ARCHITECTURE.md, "Actor binding").
         Ok(Enrollment {
             device_id: enrolled.device_id,
             branch_id: branch,
         })
-    }
-
-    pub(crate) async fn register_actor(&self, identity: &Identity) -> Result<(), ClientError> {
-        let response = self
-            .inner
-            .transport
-            .http()
-            .post(self.inner.transport.url("/api/v1/device/actors"))
-            .bearer_auth(&identity.token)
-            .json(&serde_json::json!({ "actor_id": self.inner.actor.to_hex_string() }))
-            .send()
-            .await?;
-        match response.status().as_u16() {
-            200..=299 => {
-                self.inner
-                    .store
-                    .set_meta(&[("actor_registered", "1")])
-                    .await?;
-                Ok(())
-            }
-            _ => Err(crate::sync::refusal(response, "registering the actor id").await),
-        }
     }
 
     pub(crate) fn identity(&self) -> Result<Arc<Identity>, ClientError> {
@@ -414,6 +441,38 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// Longest actor base accepted from the store; with the per-open suffix
+/// the actor stays within the server's 64 bytes.
+const ACTOR_BASE_MAX: usize = 32;
+/// Random bytes that make each open's actor unique.
+const ACTOR_SUFFIX: usize = 8;
+
+/// Which file the store is: its device and inode. A copy of the store put
+/// back (a backup restore, a move to a new phone) is another file.
+fn store_generation(db: &std::path::Path) -> Result<String, ClientError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(db)
+        .map_err(|e| ClientError::Storage(format!("reading {}: {e}", db.display())))?;
+    Ok(format!("{}:{}", meta.dev(), meta.ino()))
+}
+
+/// A fresh actor for one generation of the store: the device's base, then
+/// random bytes.
+/// Changes by it are this device's (`is_own`), and no earlier open, nor an
+/// open of a restored copy of the store, can have used it.
+pub(crate) fn session_actor(base: &[u8]) -> ActorId {
+    let mut bytes = base.to_vec();
+    bytes.extend_from_slice(&rand::random::<[u8; ACTOR_SUFFIX]>());
+    ActorId::from(bytes)
+}
+
+/// Whether a change by `actor` was made on the device whose actor base is
+/// `base` (under any of its opens; a store from before per-open actors
+/// used the base itself).
+pub(crate) fn is_own(base: &[u8], actor: &ActorId) -> bool {
+    actor.to_bytes().starts_with(base)
 }
 
 /// Takes the exclusive lock on a data directory, for as long as the

@@ -111,7 +111,7 @@ fn current_values<D: ReadDoc>(
     doc: &D,
     obj: &ObjId,
     key: &str,
-    me: &ActorId,
+    me: &[u8],
     history: Option<&Automerge>,
 ) -> Result<Vec<(ConflictValue, Node)>, ClientError> {
     Ok(doc
@@ -140,7 +140,8 @@ fn current_values<D: ReadDoc>(
                 .unwrap_or(0);
             let value = ConflictValue {
                 value: shown,
-                mine: actor == *me,
+                // Any of this device's actors (one per open) is "mine".
+                mine: crate::client::is_own(me, &actor),
                 actor: actor.to_hex_string(),
                 at_unix_secs,
                 op: op.to_string(),
@@ -171,7 +172,7 @@ fn parent_of<'p, D: ReadDoc>(
 impl Client {
     /// Every conflicted field in every document on this device.
     pub async fn conflicts(&self) -> Result<Vec<Conflict>, ClientError> {
-        let me = self.inner.actor.clone();
+        let me = self.inner.actor_base.clone();
         let branch = self.identity()?.branch;
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
@@ -209,7 +210,7 @@ impl Client {
         conflict: &Conflict,
         resolution: Resolution,
     ) -> Result<(), ClientError> {
-        let me = self.inner.actor.clone();
+        let me = self.inner.actor_base.clone();
         let keep = match &resolution {
             Resolution::Keep(value) => Some(value.clone()),
             Resolution::Choose(index) => {
@@ -308,7 +309,7 @@ fn conflicts_in(
     doc: &Automerge,
     document: DocumentId,
     kind: DocumentKind,
-    me: &ActorId,
+    me: &[u8],
     out: &mut Vec<Conflict>,
 ) -> Result<(), ClientError> {
     for collection in kind.collections() {
@@ -387,7 +388,7 @@ mod tests {
         a.merge(&mut b)?;
         let doc = a.document();
         let (_, m) = doc.get(ROOT, "m")?.ok_or("no m")?;
-        let values = current_values(doc, &m, "migrant", &ActorId::random(), Some(doc))?;
+        let values = current_values(doc, &m, "migrant", ActorId::random().to_bytes(), Some(doc))?;
         let mut shown: Vec<String> = values.iter().map(|(v, _)| v.value.clone()).collect();
         shown.sort();
         assert_eq!(

@@ -14,11 +14,11 @@
 //! device whose actor wrote it, so the old device's changes cannot simply
 //! be forwarded).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 
-use automerge::transaction::Transactable;
-use automerge::{Automerge, ChangeHash, ObjType, Prop, ReadDoc, Value};
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{ActorId, Automerge, ChangeHash, ObjId, Prop, ReadDoc, Value};
 use doorstep_protocol::schema::DocumentKind;
 use doorstep_protocol::{DocumentId, Month, TenantId};
 use serde::{Deserialize, Serialize};
@@ -26,7 +26,6 @@ use serde::{Deserialize, Serialize};
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::replicas::Replicas;
-use crate::tree::Node;
 
 /// How far one edit has got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -64,7 +63,9 @@ struct Export {
     format: String,
     branch_id: String,
     device_id: String,
-    /// The exporting device's Automerge actor (hex): every change is its.
+    /// The exporting device's actor base (hex): every change is by an actor
+    /// that starts with it (one per open of that device; an export from an
+    /// SDK before per-open actors names its one actor, the same test).
     actor_id: String,
     exported_at_unix_secs: i64,
     documents: Vec<ExportedDocument>,
@@ -239,7 +240,7 @@ impl Client {
                 Some(counted) => doc
                     .get_changes_meta(&counted)
                     .iter()
-                    .all(|m| *m.actor != self.inner.actor),
+                    .all(|m| !crate::client::is_own(&self.inner.actor_base, &m.actor)),
                 None => true,
             };
         }
@@ -262,12 +263,12 @@ impl Client {
                 DocumentKind::Roster => None,
                 DocumentKind::MonthlyLog(month) => Some(month.to_string()),
             };
-            let actor = &self.inner.actor;
+            let base = &self.inner.actor_base;
             let changes: Vec<String> = replica
                 .doc()
                 .get_changes(&replica.acked)
                 .into_iter()
-                .filter(|c| c.actor_id() == actor)
+                .filter(|c| crate::client::is_own(base, c.actor_id()))
                 .map(|mut c| hex::encode(c.bytes()))
                 .collect();
             if !changes.is_empty() {
@@ -282,18 +283,21 @@ impl Client {
             format: EXPORT_FORMAT.into(),
             branch_id: identity.branch.to_string(),
             device_id: identity.device_id.clone(),
-            actor_id: self.inner.actor.to_hex_string(),
+            actor_id: hex::encode(&self.inner.actor_base),
             exported_at_unix_secs: time::OffsetDateTime::now_utc().unix_timestamp(),
             documents,
         };
         serde_json::to_vec_pretty(&export).map_err(|e| ClientError::Storage(e.to_string()))
     }
 
-    /// Enters another device's exported edits as this device's own: each
-    /// record they changed is written whole, as it stands after merging
-    /// them into this device's copy (with their correction notes). The
-    /// export must be from this branch and hold only the exporting device's
-    /// changes, and this device must hold what those build on (sync first).
+    /// Enters another device's exported edits as this device's own, field
+    /// by field: each exported change is made again by this device, on the
+    /// same history as the original, so edits of other devices to other
+    /// fields stay and a field both set shows as a conflict (see
+    /// `import_document`). Importing the same edits twice enters them
+    /// once. The export must be from this branch and hold only the
+    /// exporting device's changes, and this device must hold what those
+    /// build on (sync first).
     pub async fn import_unsynced(&self, file: &[u8]) -> Result<ImportReport, ClientError> {
         if file.len() > MAX_EXPORT_BYTES {
             return Err(ClientError::invalid("export", "larger than any export"));
@@ -313,16 +317,22 @@ impl Client {
                 "it is from another branch's device",
             ));
         }
+        // An empty base would make every change "the exporting device's".
         let actor = hex::decode(&export.actor_id)
-            .map(automerge::ActorId::from)
-            .map_err(|_| ClientError::invalid("export", "the actor id is not hex"))?;
+            .ok()
+            .filter(|base| !base.is_empty())
+            .ok_or_else(|| ClientError::invalid("export", "the actor id is not hex"))?;
         let mut report = ImportReport::default();
+        // A fresh actor of this device for the import: its changes are built
+        // on older heads than this open's edits, so they need their own
+        // sequence (see `reauthor`).
+        let importer = crate::client::session_actor(&self.inner.actor_base);
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
         for document in &export.documents {
             let (id, kind) = exported_document(branch, document)?;
             report.records +=
-                import_document(replicas, id, kind, &actor, &document.changes).await?;
+                import_document(replicas, id, kind, &actor, &document.changes, &importer).await?;
             report.documents += 1;
         }
         drop(guard);
@@ -357,15 +367,28 @@ fn exported_document(
     Ok((id, kind))
 }
 
-/// Applies the changes to a copy of the document, then writes each record
-/// they changed into the real one as this device's edit. Returns the
-/// number of records written.
+/// The commit message of a change an import re-authored: the hash of the
+/// exported change it stands for, so importing the same file again (or a
+/// second export holding the same change) does nothing twice.
+const IMPORTED: &str = "doorstep-import:";
+
+/// Enters the exported changes into the document as this device's edits,
+/// field by field: each exported change becomes one change by `importer`
+/// (a fresh actor of this device) that makes the same puts and deletes,
+/// built on the same history as the original (its dependencies, mapped to
+/// their re-authored stand-ins). So it is concurrent with exactly what the
+/// original was concurrent with: fields it did not touch keep every other
+/// device's edits, and a field another device also set is a conflict, as
+/// it would have been had the exporting device synced. The server takes a
+/// change only from the device whose actor wrote it, so the originals
+/// themselves cannot be forwarded. Returns the number of records touched.
 async fn import_document(
     replicas: &mut Replicas,
     id: DocumentId,
     kind: DocumentKind,
-    actor: &automerge::ActorId,
+    exporter: &[u8],
     changes: &[String],
+    importer: &ActorId,
 ) -> Result<usize, ClientError> {
     let mut parsed = Vec::with_capacity(changes.len());
     for change in changes {
@@ -375,7 +398,7 @@ async fn import_document(
             .map_err(|e| ClientError::invalid("export", format!("a change is corrupt: {e}")))?;
         // Only the exporting device's own edits: the file must not carry
         // anyone else's changes under this device's authority.
-        if change.actor_id() != actor {
+        if !crate::client::is_own(exporter, change.actor_id()) {
             return Err(ClientError::invalid(
                 "export",
                 "it holds changes the exporting device did not make",
@@ -384,60 +407,437 @@ async fn import_document(
         parsed.push(change);
     }
     let base = replicas.get(id, kind).await?.doc().clone();
-    let before = base.get_heads();
-    let mut collections: Vec<&str> = kind.collections().to_vec();
-    if matches!(kind, DocumentKind::MonthlyLog(_)) {
-        // A deletion's note travels with it.
-        collections.push(crate::corrections::NOTES);
-    }
-    // Everything that reads the imported changes runs on the copy, inside
-    // the unwind guard, and yields plain values (bounded in depth): only
-    // those reach the real document's transaction.
-    let planned = std::panic::catch_unwind(AssertUnwindSafe(move || {
-        let mut fork = base;
-        fork.apply_changes(parsed)
-            .map_err(|e| ClientError::invalid("export", e))?;
-        if !fork.get_missing_deps(&[]).is_empty() {
-            return Err(ClientError::invalid(
-                "export",
-                "it builds on changes this device does not have yet: sync, then import again",
-            ));
-        }
-        let mut planned = Vec::new();
-        for record in records_changed(&fork, &before, &fork.get_heads()) {
-            let Some((collection, key)) = record.split_once('/') else {
-                continue;
-            };
-            if !collections.contains(&collection) {
-                continue;
-            }
-            let value = match fork.get(automerge::ROOT, collection) {
-                Ok(Some((Value::Object(ObjType::Map), coll))) => Node::read_key(&fork, &coll, key),
-                _ => None,
-            };
-            planned.push((collection.to_owned(), key.to_owned(), value));
-        }
-        Ok(planned)
-    }))
-    .map_err(|_| ClientError::invalid("export", "its changes could not be applied"))??;
-    if planned.is_empty() {
+    let importer = importer.clone();
+    // Everything that reads the imported changes runs on copies, inside the
+    // unwind guard (an exported change is input from outside); only the
+    // re-authored changes reach the real document.
+    let (made, records) =
+        std::panic::catch_unwind(AssertUnwindSafe(move || reauthor(base, parsed, importer)))
+            .map_err(|_| ClientError::invalid("export", "its changes could not be applied"))??;
+    if made.is_empty() {
         return Ok(0);
     }
-    let count = planned.len();
-    replicas
-        .edit(id, kind, |tx| {
-            for (collection, key, value) in &planned {
-                let coll = match tx.get(automerge::ROOT, collection.as_str())? {
-                    Some((Value::Object(ObjType::Map), coll)) => coll,
-                    _ => tx.put_object(automerge::ROOT, collection.as_str(), ObjType::Map)?,
-                };
-                match value {
-                    Some(node) => node.put(tx, &coll, key)?,
-                    None => tx.delete(&coll, key.as_str())?,
+    replicas.apply_local(id, kind, made).await?;
+    Ok(records)
+}
+
+/// See [`import_document`]: the re-authored changes, in causal order, and
+/// the number of records they touch.
+fn reauthor(
+    mut work: Automerge,
+    exported: Vec<automerge::Change>,
+    importer: ActorId,
+) -> Result<(Vec<automerge::Change>, usize), ClientError> {
+    let invalid = |e: &dyn std::fmt::Display| ClientError::invalid("export", e);
+    let mut originals = work.clone();
+    originals
+        .apply_changes(exported.iter().cloned())
+        .map_err(|e| invalid(&e))?;
+    if !originals.get_missing_deps(&[]).is_empty() {
+        return Err(ClientError::invalid(
+            "export",
+            "it builds on changes this device does not have yet: sync, then import again",
+        ));
+    }
+    // Exported changes already re-authored here (an earlier import of the
+    // same edits) map to their stand-ins and are not entered again.
+    let mut stand_in: HashMap<ChangeHash, Vec<ChangeHash>> = HashMap::new();
+    for meta in work.get_changes_meta(&[]) {
+        if let Some(original) = meta
+            .message
+            .as_deref()
+            .and_then(|m| m.strip_prefix(IMPORTED))
+            .and_then(|h| h.parse::<ChangeHash>().ok())
+        {
+            stand_in.entry(original).or_default().push(meta.hash);
+        }
+    }
+    let exported_hashes: HashSet<ChangeHash> = exported.iter().map(|c| c.hash()).collect();
+    // The exported changes this device lacks, dependencies first.
+    let mut todo: Vec<automerge::Change> = originals
+        .get_changes(&work.get_heads())
+        .into_iter()
+        .filter(|c| exported_hashes.contains(&c.hash()))
+        .collect();
+    todo = causal_order(todo);
+    let mut objects: HashMap<ObjId, ObjId> = HashMap::new();
+    let mut records = BTreeSet::new();
+    let mut made = Vec::new();
+    let mut last: Option<ChangeHash> = None;
+    let mut fork: Option<Automerge> = None;
+    for change in todo {
+        if let Some(made_before) = stand_in.get(&change.hash()) {
+            // Entered by an earlier import. Later changes may edit objects
+            // it created: map them to the ones its stand-in created.
+            if let [hash] = made_before.as_slice()
+                && let Some(meta) = work.get_change_meta_by_hash(hash)
+            {
+                let theirs = created_objects(&originals, change.deps(), change.hash());
+                let ours = created_objects(&work, &meta.deps, *hash);
+                for (path, id) in theirs {
+                    if let Some(made) = ours.get(&path) {
+                        objects.insert(id, made.clone());
+                    }
                 }
             }
-            Ok(())
-        })
-        .await?;
-    Ok(count)
+            continue;
+        }
+        let mut deps: Vec<ChangeHash> = Vec::new();
+        for dep in change.deps() {
+            match stand_in.get(dep) {
+                Some(mapped) => deps.extend(mapped.iter().copied()),
+                None if work.get_change_meta_by_hash(dep).is_some() => deps.push(*dep),
+                None => {
+                    return Err(ClientError::invalid(
+                        "export",
+                        "it builds on changes this device does not have yet: sync, then import again",
+                    ));
+                }
+            }
+        }
+        // The importer's changes form one chain (the server refuses an
+        // actor's change that does not follow its previous one), which an
+        // export of one device's edits is anyway.
+        deps.extend(last);
+        deps.sort();
+        deps.dedup();
+        let mut at = match fork.take() {
+            Some(f) if sorted(f.get_heads()) == deps => f,
+            _ => work
+                .fork_at(&deps)
+                .map_err(|e| invalid(&e))?
+                .with_actor(importer.clone()),
+        };
+        let patches = originals.diff(change.deps(), &[change.hash()]);
+        let mut tx = at.transaction();
+        for patch in &patches {
+            if let Err(e) = replay(&mut tx, patch, &mut objects, &mut records) {
+                tx.rollback();
+                return Err(e);
+            }
+        }
+        let options = CommitOptions::default()
+            .with_time(change.timestamp())
+            .with_message(format!("{IMPORTED}{}", change.hash()));
+        let (hash, _) = tx.commit_with(options);
+        let Some(hash) = hash else {
+            // Nothing visible to re-enter: what builds on it builds on its
+            // dependencies.
+            stand_in.insert(change.hash(), deps.clone());
+            fork = Some(at);
+            continue;
+        };
+        let new = at
+            .get_change_by_hash(&hash)
+            .ok_or_else(|| ClientError::Storage("a re-authored change vanished".into()))?;
+        work.apply_changes([new.clone()]).map_err(|e| invalid(&e))?;
+        stand_in.insert(change.hash(), vec![hash]);
+        last = Some(hash);
+        made.push(new);
+        fork = Some(at);
+    }
+    Ok((made, records.len()))
+}
+
+/// The objects one change created, by where it put them.
+fn created_objects(
+    doc: &Automerge,
+    deps: &[ChangeHash],
+    hash: ChangeHash,
+) -> HashMap<String, ObjId> {
+    // Keyed by the path rendered (`Prop` has no `Hash`).
+    let mut created = HashMap::new();
+    for patch in doc.diff(deps, &[hash]) {
+        let mut path: Vec<Prop> = patch.path.iter().map(|(_, p)| p.clone()).collect();
+        match patch.action {
+            automerge::PatchAction::PutMap {
+                key,
+                value: (Value::Object(_), id),
+                ..
+            } => {
+                path.push(Prop::Map(key));
+                created.insert(format!("{path:?}"), id);
+            }
+            automerge::PatchAction::PutSeq {
+                index,
+                value: (Value::Object(_), id),
+                ..
+            } => {
+                path.push(Prop::Seq(index));
+                created.insert(format!("{path:?}"), id);
+            }
+            automerge::PatchAction::Insert { index, values } => {
+                for (offset, (value, id, _)) in values.iter().enumerate() {
+                    if matches!(value, Value::Object(_)) {
+                        let mut at = path.clone();
+                        at.push(Prop::Seq(index + offset));
+                        created.insert(format!("{at:?}"), id.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    created
+}
+
+fn sorted(mut heads: Vec<ChangeHash>) -> Vec<ChangeHash> {
+    heads.sort();
+    heads
+}
+
+/// `changes` ordered so that each comes after those of them it depends on.
+fn causal_order(mut changes: Vec<automerge::Change>) -> Vec<automerge::Change> {
+    let mut placed: HashSet<ChangeHash> = HashSet::new();
+    let all: HashSet<ChangeHash> = changes.iter().map(|c| c.hash()).collect();
+    let mut ordered = Vec::with_capacity(changes.len());
+    while !changes.is_empty() {
+        let (ready, waiting): (Vec<_>, Vec<_>) = changes.into_iter().partition(|c| {
+            c.deps()
+                .iter()
+                .all(|d| !all.contains(d) || placed.contains(d))
+        });
+        if ready.is_empty() {
+            // A cycle cannot happen between hashes; keep the rest as given.
+            ordered.extend(waiting);
+            break;
+        }
+        placed.extend(ready.iter().map(|c| c.hash()));
+        ordered.extend(ready);
+        changes = waiting;
+    }
+    ordered
+}
+
+/// Makes one patch of an exported change in the importer's transaction.
+/// Objects the export created are mapped to the ones made here; every
+/// other object exists here under the same id (the fork holds the same
+/// history up to the change's dependencies).
+fn replay(
+    tx: &mut automerge::transaction::Transaction<'_>,
+    patch: &automerge::Patch,
+    objects: &mut HashMap<ObjId, ObjId>,
+    records: &mut BTreeSet<String>,
+) -> Result<(), ClientError> {
+    use automerge::PatchAction;
+    let mut keys = patch.path.iter().filter_map(|(_, prop)| match prop {
+        Prop::Map(key) => Some(key.clone()),
+        Prop::Seq(_) => None,
+    });
+    match (keys.next(), keys.next(), &patch.action) {
+        (Some(collection), Some(record), _) => {
+            records.insert(format!("{collection}/{record}"));
+        }
+        (Some(collection), None, PatchAction::PutMap { key, .. })
+        | (Some(collection), None, PatchAction::DeleteMap { key }) => {
+            records.insert(format!("{collection}/{key}"));
+        }
+        _ => {}
+    }
+    let obj = objects
+        .get(&patch.obj)
+        .cloned()
+        .unwrap_or_else(|| patch.obj.clone());
+    match &patch.action {
+        PatchAction::PutMap { key, value, .. } => match &value.0 {
+            Value::Object(kind) => {
+                let made = tx.put_object(&obj, key.as_str(), *kind)?;
+                objects.insert(value.1.clone(), made);
+            }
+            Value::Scalar(scalar) => tx.put(&obj, key.as_str(), scalar.as_ref().clone())?,
+        },
+        PatchAction::PutSeq { index, value, .. } => match &value.0 {
+            Value::Object(kind) => {
+                let made = tx.put_object(&obj, *index, *kind)?;
+                objects.insert(value.1.clone(), made);
+            }
+            Value::Scalar(scalar) => tx.put(&obj, *index, scalar.as_ref().clone())?,
+        },
+        PatchAction::Insert { index, values } => {
+            for (offset, (value, id, _)) in values.iter().enumerate() {
+                match value {
+                    Value::Object(kind) => {
+                        let made = tx.insert_object(&obj, index + offset, *kind)?;
+                        objects.insert(id.clone(), made);
+                    }
+                    Value::Scalar(scalar) => {
+                        tx.insert(&obj, index + offset, scalar.as_ref().clone())?
+                    }
+                }
+            }
+        }
+        PatchAction::SpliceText { index, value, .. } => {
+            tx.splice_text(&obj, *index, 0, &value.make_string())?;
+        }
+        PatchAction::Increment { prop, value } => tx.increment(&obj, prop.clone(), *value)?,
+        PatchAction::DeleteMap { key } => tx.delete(&obj, key.as_str())?,
+        PatchAction::DeleteSeq { index, length } => {
+            for _ in 0..*length {
+                tx.delete(&obj, *index)?;
+            }
+        }
+        // A conflict is not an edit; marks are not part of the schema.
+        PatchAction::Conflict { .. } | PatchAction::Mark { .. } => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+
+    /// A roster-like document: `members.m` with notes and an address.
+    fn base() -> Automerge {
+        let mut doc = Automerge::new().with_actor(ActorId::random());
+        let mut tx = doc.transaction();
+        let members = tx
+            .put_object(automerge::ROOT, "members", automerge::ObjType::Map)
+            .expect("members");
+        let m = tx
+            .put_object(&members, "m", automerge::ObjType::Map)
+            .expect("m");
+        tx.put(&m, "notes", "old").expect("notes");
+        tx.put(&m, "address", "old").expect("address");
+        tx.commit();
+        doc
+    }
+
+    fn member(doc: &Automerge) -> ObjId {
+        let (_, members) = doc
+            .get(automerge::ROOT, "members")
+            .ok()
+            .flatten()
+            .expect("members");
+        doc.get(&members, "m").ok().flatten().expect("m").1
+    }
+
+    /// One change on a fork of `doc` by a new actor, setting `fields`.
+    fn edit(doc: &Automerge, fields: &[(&str, &str)]) -> automerge::Change {
+        let mut fork = doc.fork().with_actor(ActorId::random());
+        let m = member(&fork);
+        let mut tx = fork.transaction();
+        for (key, value) in fields {
+            tx.put(&m, *key, *value).expect("put");
+        }
+        tx.commit();
+        fork.get_last_local_change().expect("a change")
+    }
+
+    fn values(doc: &Automerge, key: &str) -> Vec<String> {
+        let mut values: Vec<String> = doc
+            .get_all(member(doc), key)
+            .expect("values")
+            .into_iter()
+            .map(|(v, _)| v.as_str().unwrap_or_default().to_owned())
+            .collect();
+        values.sort();
+        values
+    }
+
+    #[test]
+    fn a_reauthored_change_is_concurrent_with_what_the_original_was() -> Result<(), ClientError> {
+        let base = base();
+        let exported = edit(&base, &[("notes", "B")]);
+        let third = edit(&base, &[("notes", "C"), ("address", "C")]);
+
+        // The importer already holds the third device's edit: the field both
+        // set is a conflict, the other field keeps the third device's value.
+        let mut importer = base.clone();
+        importer.apply_changes([third.clone()])?;
+        let (made, records) =
+            reauthor(importer.clone(), vec![exported.clone()], ActorId::random())?;
+        assert_eq!((made.len(), records), (1, 1));
+        importer.apply_changes(made)?;
+        assert_eq!(values(&importer, "notes"), ["B", "C"]);
+        assert_eq!(values(&importer, "address"), ["C"]);
+        // Importing the same change again enters nothing.
+        let (again, _) = reauthor(importer.clone(), vec![exported.clone()], ActorId::random())?;
+        assert!(again.is_empty());
+
+        // The importer without it: the same once the third edit arrives.
+        let mut importer = base.clone();
+        let (made, _) = reauthor(importer.clone(), vec![exported], ActorId::random())?;
+        importer.apply_changes(made)?;
+        importer.apply_changes([third])?;
+        assert_eq!(values(&importer, "notes"), ["B", "C"]);
+        assert_eq!(values(&importer, "address"), ["C"]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_chain_of_exported_changes_becomes_one_chain_and_new_objects_are_mapped()
+    -> Result<(), ClientError> {
+        let base = base();
+        let mut exporter = base.fork().with_actor(ActorId::random());
+        let m = member(&exporter);
+        let mut tx = exporter.transaction();
+        let card = tx.put_object(&m, "migrant", automerge::ObjType::Map)?;
+        tx.put(&card, "workplace", "深圳")?;
+        tx.commit();
+        let mut tx = exporter.transaction();
+        tx.put(&card, "phone", "123")?;
+        tx.delete(&m, "address")?;
+        tx.commit();
+        let exported = exporter.get_changes(&base.get_heads());
+        assert_eq!(exported.len(), 2);
+
+        let mut importer = base.clone();
+        let actor = ActorId::random();
+        let (made, _) = reauthor(importer.clone(), exported, actor.clone())?;
+        assert_eq!(made.len(), 2);
+        assert!(made.iter().all(|c| *c.actor_id() == actor));
+        assert!(made[1].deps().contains(&made[0].hash()));
+        importer.apply_changes(made)?;
+        let m = member(&importer);
+        let (_, card) = importer.get(&m, "migrant")?.expect("the card");
+        assert_eq!(
+            importer
+                .get(&card, "workplace")?
+                .and_then(|(v, _)| v.as_str().map(str::to_owned)),
+            Some("深圳".to_owned())
+        );
+        assert_eq!(
+            importer
+                .get(&card, "phone")?
+                .and_then(|(v, _)| v.as_str().map(str::to_owned)),
+            Some("123".to_owned())
+        );
+        assert!(importer.get(&m, "address")?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_later_export_editing_an_object_an_earlier_import_created_imports()
+    -> Result<(), ClientError> {
+        let base = base();
+        let mut exporter = base.fork().with_actor(ActorId::random());
+        let m = member(&exporter);
+        let mut tx = exporter.transaction();
+        let card = tx.put_object(&m, "migrant", automerge::ObjType::Map)?;
+        tx.put(&card, "workplace", "深圳")?;
+        tx.commit();
+        let first = exporter.get_changes(&base.get_heads());
+        let mut tx = exporter.transaction();
+        tx.put(&card, "workplace", "天津")?;
+        tx.commit();
+        let second = exporter.get_changes(&base.get_heads());
+        assert_eq!(second.len(), 2);
+
+        let mut importer = base.clone();
+        let (made, _) = reauthor(importer.clone(), first, ActorId::random())?;
+        importer.apply_changes(made)?;
+        let (made, _) = reauthor(importer.clone(), second, ActorId::random())?;
+        assert_eq!(made.len(), 1, "only the new change is entered");
+        importer.apply_changes(made)?;
+        let m = member(&importer);
+        let (_, card) = importer.get(&m, "migrant")?.expect("the card");
+        let workplaces: Vec<String> = importer
+            .get_all(&card, "workplace")?
+            .into_iter()
+            .map(|(v, _)| v.as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(workplaces, ["天津"]);
+        Ok(())
+    }
 }

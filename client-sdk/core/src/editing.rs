@@ -2,6 +2,15 @@
 //! schema's rules and the roster (a visit names a member that exists) before
 //! anything is written, then commits one change that is on disk when the
 //! call returns.
+//!
+//! Cancelling a call (dropping its future) is not a rollback: the write may
+//! have completed, and once it is on disk it stays (an edit dropped between
+//! its commit in memory and its append is purged instead, never half
+//! kept). Through the FFI a call always runs to completion on the SDK's
+//! runtime, whatever the caller does: "the write completes". Either way an
+//! app that did not see the answer retries with the id it made
+//! (`record_visit_with_id` and the other `*_with_id` calls), and the retry
+//! is an upsert of the same record, never a second one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -172,6 +181,18 @@ fn required(field: &'static str, what: &str, value: &str) -> Result<(), ClientEr
     }
 }
 
+/// An id the app made for a new record: it must be a UUIDv7 (what the
+/// server keys records by), so the app's retry names the same record.
+fn app_id(id: RecordId) -> Result<RecordId, ClientError> {
+    if id.as_uuid().get_version() == Some(uuid::Version::SortRand)
+        && id.as_uuid().get_variant() == uuid::Variant::RFC4122
+    {
+        Ok(id)
+    } else {
+        Err(ClientError::invalid("id", "a record id must be a UUIDv7"))
+    }
+}
+
 fn cleared(value: String) -> Option<String> {
     (!value.trim().is_empty()).then_some(value)
 }
@@ -255,6 +276,19 @@ impl Client {
     }
 
     pub async fn add_member(&self, new: NewMember) -> Result<RecordId, ClientError> {
+        self.add_member_with_id(RecordId::new_v7(), new).await
+    }
+
+    /// [`Client::add_member`] under the id the app made (a UUIDv7), so a
+    /// retry of a call whose outcome the app did not see (cancelled, the
+    /// app killed) is an upsert: a member with this id is updated to `new`,
+    /// field by field, and an identical retry writes nothing.
+    pub async fn add_member_with_id(
+        &self,
+        id: RecordId,
+        new: NewMember,
+    ) -> Result<RecordId, ClientError> {
+        let id = app_id(id)?;
         required("name", "a member's name", &new.name)?;
         let member = Member {
             name: new.name,
@@ -267,7 +301,6 @@ impl Client {
             migrant: new.migrant,
             notes: new.notes,
         };
-        let id = RecordId::new_v7();
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
         self.write_roster(replicas, id, &member).await?;
@@ -561,12 +594,27 @@ impl Client {
 
     /// Records a visit in its month's log (opened offline if new).
     pub async fn record_visit(&self, new: NewVisit) -> Result<RecordId, ClientError> {
+        self.record_visit_with_id(RecordId::new_v7(), new).await
+    }
+
+    /// [`Client::record_visit`] under the id the app made (a UUIDv7): the
+    /// idempotency key of the write. A retry with the same id and date is
+    /// an upsert of the same record (only fields that differ are written;
+    /// an identical retry writes nothing), so a call the app cancelled, or
+    /// whose answer it never saw, can be retried without recording the aid
+    /// twice. The id names one record in its month: a retry must keep the
+    /// date's month.
+    pub async fn record_visit_with_id(
+        &self,
+        id: RecordId,
+        new: NewVisit,
+    ) -> Result<RecordId, ClientError> {
+        let id = app_id(id)?;
         let device = self.identity()?.device_id.clone();
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
         let date = new.date;
         let visit = self.visit_from(replicas, new, Some(device)).await?;
-        let id = RecordId::new_v7();
         self.write_log(replicas, date, id, &visit).await?;
         Ok(id)
     }
@@ -593,41 +641,82 @@ impl Client {
     }
 
     pub async fn log_activity(&self, new: NewActivity) -> Result<RecordId, ClientError> {
+        self.log_activity_with_id(RecordId::new_v7(), new).await
+    }
+
+    /// [`Client::log_activity`] under the app's id, an upsert like
+    /// [`Client::record_visit_with_id`].
+    pub async fn log_activity_with_id(
+        &self,
+        id: RecordId,
+        new: NewActivity,
+    ) -> Result<RecordId, ClientError> {
+        let id = app_id(id)?;
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
         let date = new.date;
         let activity = self.activity_from(replicas, new).await?;
-        let id = RecordId::new_v7();
         self.write_log(replicas, date, id, &activity).await?;
         Ok(id)
     }
 
     pub async fn record_training(&self, new: NewTraining) -> Result<RecordId, ClientError> {
+        self.record_training_with_id(RecordId::new_v7(), new).await
+    }
+
+    /// [`Client::record_training`] under the app's id, an upsert like
+    /// [`Client::record_visit_with_id`].
+    pub async fn record_training_with_id(
+        &self,
+        id: RecordId,
+        new: NewTraining,
+    ) -> Result<RecordId, ClientError> {
+        let id = app_id(id)?;
         let date = new.date;
         let training = Self::training_from(new)?;
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-        let id = RecordId::new_v7();
         self.write_log(replicas, date, id, &training).await?;
         Ok(id)
     }
 
     pub async fn record_placement(&self, new: NewPlacement) -> Result<RecordId, ClientError> {
+        self.record_placement_with_id(RecordId::new_v7(), new).await
+    }
+
+    /// [`Client::record_placement`] under the app's id, an upsert like
+    /// [`Client::record_visit_with_id`].
+    pub async fn record_placement_with_id(
+        &self,
+        id: RecordId,
+        new: NewPlacement,
+    ) -> Result<RecordId, ClientError> {
+        let id = app_id(id)?;
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
         let date = new.date;
         let placement = self.placement_from(replicas, new).await?;
-        let id = RecordId::new_v7();
         self.write_log(replicas, date, id, &placement).await?;
         Ok(id)
     }
 
     pub async fn record_fund_entry(&self, new: NewFundEntry) -> Result<RecordId, ClientError> {
+        self.record_fund_entry_with_id(RecordId::new_v7(), new)
+            .await
+    }
+
+    /// [`Client::record_fund_entry`] under the app's id, an upsert like
+    /// [`Client::record_visit_with_id`].
+    pub async fn record_fund_entry_with_id(
+        &self,
+        id: RecordId,
+        new: NewFundEntry,
+    ) -> Result<RecordId, ClientError> {
+        let id = app_id(id)?;
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
         let date = new.date;
         let entry = self.fund_entry_from(replicas, new).await?;
-        let id = RecordId::new_v7();
         self.write_log(replicas, date, id, &entry).await?;
         Ok(id)
     }

@@ -68,7 +68,10 @@ impl Replica {
 pub(crate) struct Replicas {
     store: LocalStore,
     pub branch: TenantId,
+    /// This open's actor (see `client::session_actor`).
     pub actor: ActorId,
+    /// The prefix of all of this device's actors.
+    pub actor_base: Vec<u8>,
     docs: HashMap<DocumentId, Replica>,
     /// Documents with a change committed in memory whose persist has not
     /// finished (set across the await, so a cancelled edit is noticed).
@@ -93,6 +96,7 @@ impl Replicas {
         store: LocalStore,
         branch: TenantId,
         actor: ActorId,
+        actor_base: Vec<u8>,
         changed: watch::Sender<u64>,
         max_loaded_months: usize,
     ) -> Self {
@@ -100,6 +104,7 @@ impl Replicas {
             store,
             branch,
             actor,
+            actor_base,
             docs: HashMap::new(),
             unpersisted: HashSet::new(),
             changed,
@@ -308,6 +313,30 @@ impl Replicas {
         self.persist_since(id, &before, true).await?;
         self.unpersisted.remove(&id);
         Ok(out)
+    }
+
+    /// Applies changes this device made elsewhere than in [`Replicas::edit`]
+    /// (an import's re-authored changes) and makes them durable as local
+    /// edits before returning.
+    pub async fn apply_local(
+        &mut self,
+        id: DocumentId,
+        kind: DocumentKind,
+        changes: Vec<automerge::Change>,
+    ) -> Result<(), ClientError> {
+        let replica = self.get(id, kind).await?;
+        let before = replica.session.heads();
+        let applied = replica.session.document_mut().apply_changes(changes);
+        if let Err(e) = applied {
+            // It may have applied in part: reload from disk next time.
+            self.forget(id);
+            return Err(e.into());
+        }
+        // No await since the apply: a cancelled import is noticed from here.
+        self.unpersisted.insert(id);
+        self.persist_since(id, &before, true).await?;
+        self.unpersisted.remove(&id);
+        Ok(())
     }
 
     /// Applies a sync message from the server, persisting what is new.
@@ -519,14 +548,15 @@ impl Replicas {
         Ok(())
     }
 
-    /// Local changes (by this device's actor) in one loaded document the
-    /// server has not acknowledged.
+    /// Local changes (by any of this device's actors, this open's or an
+    /// earlier one's) in one loaded document the server has not
+    /// acknowledged.
     pub fn pending_in(&self, id: DocumentId) -> usize {
         self.docs.get(&id).map_or(0, |r| {
             r.doc()
                 .get_changes_meta(&r.acked)
                 .into_iter()
-                .filter(|m| *m.actor == self.actor)
+                .filter(|m| crate::client::is_own(&self.actor_base, &m.actor))
                 .count()
         })
     }

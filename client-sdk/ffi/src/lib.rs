@@ -576,6 +576,66 @@ impl DoorstepClient {
             .await
     }
 
+    // The `*_with_id` calls take the id the app made (a UUIDv7) as the
+    // write's idempotency key: a retry with it is an upsert of the same
+    // record. Cancelling a call from Kotlin or Swift does not stop it: it
+    // runs to completion on the SDK's runtime ("the write completes"), so
+    // an app that did not see the answer retries with the same id.
+
+    pub async fn add_member_with_id(
+        &self,
+        member_id: RecordId,
+        member: sdk::NewMember,
+    ) -> Result<RecordId, DoorstepError> {
+        self.call(|c| async move { c.add_member_with_id(member_id, member).await })
+            .await
+    }
+
+    pub async fn record_visit_with_id(
+        &self,
+        visit_id: RecordId,
+        visit: sdk::NewVisit,
+    ) -> Result<RecordId, DoorstepError> {
+        self.call(|c| async move { c.record_visit_with_id(visit_id, visit).await })
+            .await
+    }
+
+    pub async fn log_activity_with_id(
+        &self,
+        activity_id: RecordId,
+        activity: NewActivity,
+    ) -> Result<RecordId, DoorstepError> {
+        self.call(|c| async move { c.log_activity_with_id(activity_id, activity.into()).await })
+            .await
+    }
+
+    pub async fn record_training_with_id(
+        &self,
+        training_id: RecordId,
+        training: sdk::NewTraining,
+    ) -> Result<RecordId, DoorstepError> {
+        self.call(|c| async move { c.record_training_with_id(training_id, training).await })
+            .await
+    }
+
+    pub async fn record_placement_with_id(
+        &self,
+        placement_id: RecordId,
+        placement: sdk::NewPlacement,
+    ) -> Result<RecordId, DoorstepError> {
+        self.call(|c| async move { c.record_placement_with_id(placement_id, placement).await })
+            .await
+    }
+
+    pub async fn record_fund_entry_with_id(
+        &self,
+        entry_id: RecordId,
+        entry: sdk::NewFundEntry,
+    ) -> Result<RecordId, DoorstepError> {
+        self.call(|c| async move { c.record_fund_entry_with_id(entry_id, entry).await })
+            .await
+    }
+
     pub async fn member(&self, member_id: RecordId) -> Result<sdk::Member, DoorstepError> {
         self.call(|c| async move { c.member(member_id).await })
             .await

@@ -27,10 +27,12 @@ pub struct ConnectionLimits {
     /// being ready for them, an idle keep-alive connection included: a
     /// client that sends a header line every 20 s is closed like a silent one.
     pub header_read: Duration,
-    /// A request (its body included) must be answered within this long. A
-    /// WebSocket upgrade is answered at once; the socket's own idle timeout
-    /// takes over from there.
-    pub request: Duration,
+    /// A request's body must arrive within this long (a handler that has
+    /// started is never cut: it may have committed).
+    pub request_body: Duration,
+    /// A write the client takes no byte of for this long closes the
+    /// connection (a client that stopped reading its answers).
+    pub write_stall: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -38,9 +40,11 @@ impl Default for ConnectionLimits {
         ConnectionLimits {
             total: 4096,
             per_address: 256,
-            handshake: Duration::from_secs(10),
+            // Generous for lossy 2G: a handshake may need a few retransmits.
+            handshake: Duration::from_secs(30),
             header_read: Duration::from_secs(15),
-            request: Duration::from_secs(60),
+            request_body: Duration::from_secs(30),
+            write_stall: Duration::from_secs(60),
         }
     }
 }
@@ -92,17 +96,39 @@ pub struct ConnectionBudget {
 pub struct ConnectionPermit {
     inner: Arc<Inner>,
     address: String,
+    /// Whether it still counts in its address's share.
+    at_address: std::sync::atomic::AtomicBool,
+}
+
+impl ConnectionPermit {
+    /// Stops counting in the address's share (an authenticated device's
+    /// socket); it still counts in the process's.
+    pub fn leave_address(&self) {
+        if self.at_address.swap(false, Ordering::SeqCst)
+            && let Ok(mut counts) = self.inner.counts.lock()
+        {
+            counts.leave_address(&self.address);
+        }
+    }
+}
+
+impl Counts {
+    fn leave_address(&mut self, address: &str) {
+        if let Some(n) = self.per_address.get_mut(address) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_address.remove(address);
+            }
+        }
+    }
 }
 
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         if let Ok(mut counts) = self.inner.counts.lock() {
             counts.total -= 1;
-            if let Some(n) = counts.per_address.get_mut(&self.address) {
-                *n -= 1;
-                if *n == 0 {
-                    counts.per_address.remove(&self.address);
-                }
+            if *self.at_address.get_mut() {
+                counts.leave_address(&self.address);
             }
         }
     }
@@ -149,6 +175,7 @@ impl ConnectionBudget {
         Ok(ConnectionPermit {
             inner: self.inner.clone(),
             address,
+            at_address: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -188,6 +215,32 @@ mod tests {
         drop(a1);
         let _c = budget.admit(ip(3)).expect("a place was freed");
         assert_eq!(budget.refused(), 2);
+    }
+
+    #[test]
+    fn an_authenticated_socket_leaves_its_address_share_not_the_total() {
+        let budget = ConnectionBudget::new(ConnectionLimits {
+            total: 3,
+            per_address: 1,
+            ..ConnectionLimits::default()
+        });
+        let device = budget.admit(ip(1)).expect("first");
+        assert_eq!(budget.admit(ip(1)).err(), Some(ConnectionRefusal::Address));
+        device.leave_address();
+        device.leave_address();
+        let other = budget
+            .admit(ip(1))
+            .expect("the device's socket left the share");
+        let _third = budget.admit(ip(2)).expect("room in the total");
+        assert_eq!(
+            budget.admit(ip(3)).err(),
+            Some(ConnectionRefusal::Process),
+            "the device's socket still counts in the total"
+        );
+        drop(device);
+        drop(other);
+        assert_eq!(budget.open(), 1);
+        let _again = budget.admit(ip(1)).expect("address 1 is free again");
     }
 
     #[test]

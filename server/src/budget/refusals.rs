@@ -52,12 +52,20 @@ impl Verdict {
     }
 }
 
+/// What a kind of event has used of its minute.
+#[derive(Debug, Default)]
+struct Minute {
+    minute: i64,
+    recorded: u32,
+    left_out: u64,
+}
+
 #[derive(Debug, Default)]
 struct State {
     last: HashMap<(String, String), i64>,
-    minute: i64,
-    in_minute: u32,
-    left_out: u64,
+    /// Per kind: a flood of one kind (anonymous wrong usernames) must not
+    /// use up the rows of another (guesses at a real account).
+    minutes: HashMap<String, Minute>,
 }
 
 /// The process's record of recorded refusals.
@@ -75,8 +83,21 @@ impl RefusalLog {
         }
     }
 
-    /// Whether a refusal of `kind` from `source` at `now_ms` is written.
+    /// Whether an event of `kind` from `source` at `now_ms` is written:
+    /// once per kind and source within the interval, and at most
+    /// `per_minute` of the kind. For events anyone can provoke anonymously.
     pub fn verdict(&self, kind: &str, source: &str, now_ms: i64) -> Verdict {
+        self.judge(kind, source, now_ms, true)
+    }
+
+    /// Like [`RefusalLog::verdict`] without the per-minute cap, for events
+    /// about a known account or device: each source is bounded by its own
+    /// interval, and a flood of anonymous events can never crowd them out.
+    pub fn verdict_for_known(&self, kind: &str, source: &str, now_ms: i64) -> Verdict {
+        self.judge(kind, source, now_ms, false)
+    }
+
+    fn judge(&self, kind: &str, source: &str, now_ms: i64, capped: bool) -> Verdict {
         let Ok(mut state) = self.state.lock() else {
             return Verdict::Skip;
         };
@@ -86,29 +107,25 @@ impl RefusalLog {
                 .last
                 .retain(|_, at| now_ms.saturating_sub(*at) < interval);
         }
+        let minute = now_ms.div_euclid(60_000);
         let key = (kind.to_owned(), source.to_owned());
-        if state
+        let repeated = state
             .last
             .get(&key)
-            .is_some_and(|at| now_ms.saturating_sub(*at) < interval)
-        {
-            state.left_out += 1;
+            .is_some_and(|at| now_ms.saturating_sub(*at) < interval);
+        let of_kind = state.minutes.entry(kind.to_owned()).or_default();
+        if of_kind.minute != minute {
+            of_kind.minute = minute;
+            of_kind.recorded = 0;
+        }
+        if repeated || (capped && of_kind.recorded >= self.limits.per_minute) {
+            of_kind.left_out += 1;
             return Verdict::Skip;
         }
-        let minute = now_ms.div_euclid(60_000);
-        if minute != state.minute {
-            state.minute = minute;
-            state.in_minute = 0;
-        }
-        if state.in_minute >= self.limits.per_minute {
-            state.left_out += 1;
-            return Verdict::Skip;
-        }
-        state.in_minute += 1;
+        of_kind.recorded += 1;
+        let left_out = std::mem::take(&mut of_kind.left_out);
         state.last.insert(key, now_ms);
-        Verdict::Record {
-            left_out: std::mem::take(&mut state.left_out),
-        }
+        Verdict::Record { left_out }
     }
 }
 
@@ -143,7 +160,7 @@ mod tests {
     }
 
     #[test]
-    fn at_most_per_minute_rows_in_all() {
+    fn at_most_per_minute_rows_of_a_kind_and_known_sources_are_never_crowded_out() {
         let log = RefusalLog::new(RefusalLimits {
             interval: Duration::from_secs(600),
             per_minute: 3,
@@ -157,9 +174,23 @@ mod tests {
             })
             .count();
         assert_eq!(recorded, 3);
+        // Another kind has its own minute.
+        assert_eq!(
+            log.verdict("user.activate", "code", 5_000),
+            Verdict::Record { left_out: 0 }
+        );
+        // An event about a known account is recorded whatever the flood.
+        assert_eq!(
+            log.verdict_for_known("login", "admin|10.1.1.1", 5_000),
+            Verdict::Record { left_out: 997 }
+        );
+        assert_eq!(
+            log.verdict_for_known("login", "admin|10.1.1.1", 6_000),
+            Verdict::Skip
+        );
         assert_eq!(
             log.verdict("login", "10.9.9.9", 65_000),
-            Verdict::Record { left_out: 997 }
+            Verdict::Record { left_out: 1 }
         );
     }
 }

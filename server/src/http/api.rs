@@ -2,21 +2,19 @@
 //! target against the caller's scope; anything outside it is `404`, exactly
 //! like something that does not exist.
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use doorstep_protocol::{DeviceId, TenantId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::extract::{ClientAddr, DeviceAuth, UserAuth, UserSession};
+use super::extract::{ClientAddr, DeviceAuth, Json, Path, Query, UserAuth, UserSession};
 use crate::AppState;
 use crate::admin;
 use crate::auth::{Secret, hash_secret};
-use crate::store::{
-    AuditEntry, Device, Enrollment, EnrollmentCode, Grant, Invitation, Session, Tenant, User,
-};
+use crate::authority::{self, Action, Caller, Permit};
+use crate::store::{Device, Enrollment, EnrollmentCode, Grant, Invitation, Session, Tenant, User};
 use crate::tenancy::{Level, Role};
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -24,6 +22,18 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 fn parse<T: std::str::FromStr>(text: &str) -> Result<T, ApiError> {
     // An id that does not parse names nothing: same answer as a missing one.
     text.parse().map_err(|_| ApiError::NotFound)
+}
+
+/// Asks the authority rule ([`crate::authority`]) for leave to act; a
+/// refusal is recorded there and answered here.
+async fn permit(state: &AppState, auth: &UserAuth, action: Action<'_>) -> Result<Permit, ApiError> {
+    Ok(authority::authorize(
+        &state.store,
+        Some(&state.config.budgets.refusals),
+        Caller::User(&auth.0),
+        action,
+    )
+    .await??)
 }
 
 /// Liveness: the process answers and the database reads.
@@ -53,6 +63,10 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         _ => {
             let writable = match state.store.probe_write().await {
                 Ok(()) => true,
+                // Another writer held the lock past the busy timeout (a
+                // compaction): slow, not broken; a load balancer must not
+                // flap on it.
+                Err(e) if e.is_busy() => true,
                 Err(e) => {
                     tracing::warn!(error = %e, "readiness: the database cannot be written");
                     false
@@ -69,7 +83,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({
                 "status": "not_ready",
-                "error": "the database cannot be written (disk full or read-only?); changes are not being acknowledged",
+                "error": "this server cannot store changes right now; the operator's log says why",
             })),
         )
     }
@@ -220,37 +234,39 @@ pub async fn enable_user(
 }
 
 /// An admin disables (or enables) a user of their subtree whose role they
-/// may grant. A disabled user cannot log in, and their sessions end at once.
+/// may grant, unless the user witnesses the caller's access to names (see
+/// [`crate::authority`]). A disabled user cannot log in, their sessions end
+/// at once, and so do their drill-down grants.
 async fn set_user_disabled(
     state: &AppState,
     auth: &UserAuth,
     id: &str,
     disabled: bool,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = auth.admin()?;
+    auth.admin()?;
     let target = state
         .store
         .login_account_by_id(parse(id)?)
         .await?
         .filter(|a| auth.scope().contains(&a.user.tenant_path))
         .ok_or(ApiError::NotFound)?;
-    if !caller.role.may_grant(target.user.role) {
-        return Err(ApiError::Forbidden);
-    }
-    if target.user.id == caller.id {
-        return Err(ApiError::BadRequest(
-            "you cannot disable or enable yourself".into(),
-        ));
-    }
-    let (changed, ended) = state
-        .store
-        .set_user_disabled(
-            &target.user,
-            disabled,
-            &caller.username,
-            state.config.clock.now_ms(),
-        )
-        .await?;
+    let permit = permit(
+        state,
+        auth,
+        Action::SetUserDisabled {
+            target: &target.user,
+            disable: disabled,
+        },
+    )
+    .await?;
+    let (changed, ended) = admin::set_user_disabled(
+        &state.store,
+        &permit,
+        &target.user,
+        disabled,
+        state.config.clock.now_ms(),
+    )
+    .await?;
     Ok(Json(json!({
         "user": target.user,
         "disabled": disabled,
@@ -289,31 +305,32 @@ pub async fn create_tenant(
     auth: UserAuth,
     Json(body): Json<NewTenant>,
 ) -> Result<(StatusCode, Json<Tenant>), ApiError> {
-    let user = auth.admin()?;
+    auth.admin()?;
     // Districts are created by operators with the CLI; the API grows a
     // subtree below the caller's own tenant.
     let parent = tenant_in_scope(&state, &auth, parse(&body.parent_id)?).await?;
-    if user.role == Role::BranchSecretary {
-        return Err(ApiError::Forbidden);
-    }
-    let tenant = state
-        .store
-        .create_tenant(Some(parent.id), body.level, &body.name)
-        .await?;
-    state
-        .store
-        .audit(
-            &user.username,
-            "tenant.create",
-            &tenant.id.to_string(),
-            Some(&tenant.name),
-        )
-        .await?;
+    let permit = permit(
+        &state,
+        &auth,
+        Action::CreateTenant {
+            parent: Some(&parent),
+        },
+    )
+    .await?;
+    let tenant =
+        admin::create_tenant(&state.store, &permit, Some(&parent), body.level, &body.name).await?;
     Ok((StatusCode::CREATED, Json(tenant)))
 }
 
 pub async fn list_users(State(state): State<AppState>, auth: UserAuth) -> ApiResult<Vec<User>> {
-    auth.admin()?;
+    permit(
+        &state,
+        &auth,
+        Action::ListAdministration {
+            scope: auth.scope(),
+        },
+    )
+    .await?;
     Ok(Json(state.store.users_within(auth.scope()).await?))
 }
 
@@ -331,18 +348,25 @@ pub struct NewUser {
 
 /// Invites a user: `201` with the account and a one-time activation code
 /// the invitee redeems at `POST /activate` to set their own password. An
-/// upper level's invitee who would see names (a branch secretary) can
-/// activate only once the branch's secretary (or the operator) approves.
+/// upper level's invitee who would see names (a branch secretary) gets no
+/// code here: the branch's secretary (or the operator) approves, and the
+/// approval carries the code, for the approver to hand over.
 pub async fn create_user(
     State(state): State<AppState>,
     auth: UserAuth,
     Json(body): Json<NewUser>,
 ) -> Result<(StatusCode, Json<admin::Invited>), ApiError> {
-    let user = auth.admin()?;
+    auth.admin()?;
     let tenant = tenant_in_scope(&state, &auth, parse(&body.tenant_id)?).await?;
-    if !user.role.may_grant(body.role) {
-        return Err(ApiError::Forbidden);
-    }
+    let permit = permit(
+        &state,
+        &auth,
+        Action::InviteUser {
+            tenant: &tenant,
+            role: body.role,
+        },
+    )
+    .await?;
     if body.password.is_some() {
         return Err(ApiError::BadRequest(
             "users set their own password: omit \"password\" and give the invitee the activation code (POST /api/v1/activate)".into(),
@@ -350,12 +374,11 @@ pub async fn create_user(
     }
     let invited = admin::invite_user(
         &state.store,
+        &permit,
         &body.username,
         body.role,
-        tenant.id,
+        &tenant,
         body.ttl_hours,
-        &user.username,
-        admin::invitation_needs_approval(Some(user), body.role),
     )
     .await?;
     Ok((StatusCode::CREATED, Json(invited)))
@@ -378,21 +401,24 @@ pub async fn create_enrollment_code(
     auth: UserAuth,
     Json(body): Json<NewCode>,
 ) -> Result<(StatusCode, Json<admin::IssuedCode>), ApiError> {
-    let user = auth.admin()?;
     let branch = tenant_in_scope(&state, &auth, parse(&body.branch_id)?).await?;
     // The branch's secretary gets a code that works; an admin above the
-    // branch, a request the secretary approves before any device gets a token.
-    let needs_approval =
-        admin::enrollment_needs_approval(user, &branch).ok_or(ApiError::Forbidden)?;
-    let issued = admin::issue_enrollment_code_as(
+    // branch, a request whose code only its approver ever sees.
+    let permit = permit(
+        &state,
+        &auth,
+        Action::IssueEnrollmentCode { branch: &branch },
+    )
+    .await?;
+    let mut issued = admin::issue_enrollment_code_with(
         &state.store,
-        user,
+        &permit,
         &branch,
         &body.label,
         body.ttl_hours,
-        needs_approval,
     )
     .await?;
+    issued.details = issued.details.for_viewer(&auth.0);
     Ok((StatusCode::CREATED, Json(issued)))
 }
 
@@ -402,9 +428,11 @@ pub struct Enroll {
 }
 
 /// Exchanges a one-time code for a device token. No login: the code is the
-/// credential, and it works once. A code an upper level asked for answers
-/// `202 {"status": "pending_approval"}`, issuing nothing and staying unspent,
-/// until the branch's secretary approves it; the next call then enrolls.
+/// credential, and it works once. A request from an upper level has no code
+/// until the branch approves it (the approver receives it); only a code
+/// handed out before that rule (approval replaces it) can still be
+/// presented while waiting, and answers `202 {"status": "pending_approval"}`,
+/// issuing nothing.
 pub async fn enroll(
     State(state): State<AppState>,
     Json(body): Json<Enroll>,
@@ -412,7 +440,11 @@ pub async fn enroll(
     let token = Secret::generate_token();
     let device = match state
         .store
-        .enroll(&hash_secret(&body.code), &token.hash())
+        .enroll(
+            &hash_secret(&body.code),
+            &token.hash(),
+            &state.config.budgets.refusals,
+        )
         .await?
     {
         Enrollment::Enrolled(device) => device,
@@ -460,9 +492,26 @@ async fn device_in_scope(
         .ok_or(ApiError::NotFound)
 }
 
+/// Devices of the caller's subtree; labels (volunteers' names, by
+/// convention) for the branch's own secretary only.
 pub async fn list_devices(State(state): State<AppState>, auth: UserAuth) -> ApiResult<Vec<Device>> {
-    auth.admin()?;
-    Ok(Json(state.store.devices_within(auth.scope()).await?))
+    permit(
+        &state,
+        &auth,
+        Action::ListAdministration {
+            scope: auth.scope(),
+        },
+    )
+    .await?;
+    Ok(Json(
+        state
+            .store
+            .devices_within(auth.scope())
+            .await?
+            .into_iter()
+            .map(|d| d.for_viewer(&auth.0))
+            .collect(),
+    ))
 }
 
 pub async fn revoke_device(
@@ -470,9 +519,10 @@ pub async fn revoke_device(
     auth: UserAuth,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let user = auth.admin()?;
+    auth.admin()?;
     let device = device_in_scope(&state, &auth, parse(&id)?).await?;
-    let revoked = admin::revoke_device(&state.store, device.id, &user.username).await?;
+    let permit = permit(&state, &auth, Action::RevokeDevice { device: &device }).await?;
+    let revoked = admin::revoke_device_with(&state.store, &permit, &device).await?;
     let closed = state.hub.disconnect_device(device.id);
     Ok(Json(
         json!({ "revoked": revoked, "closed_connections": closed }),
@@ -484,8 +534,15 @@ pub async fn documents_of_device(
     auth: UserAuth,
     Path(id): Path<String>,
 ) -> ApiResult<Vec<admin::DocumentEntry>> {
-    auth.admin()?;
     let device = device_in_scope(&state, &auth, parse(&id)?).await?;
+    permit(
+        &state,
+        &auth,
+        Action::ListAdministration {
+            scope: &device.branch_path,
+        },
+    )
+    .await?;
     Ok(Json(admin::device_documents(&state.store, &device).await?))
 }
 
@@ -540,9 +597,11 @@ pub struct Activate {
     password: String,
 }
 
-/// An invitee sets their own password with their one-time code. `202
-/// {"status": "pending_approval"}` while the invitation waits for the
-/// branch; the code is not spent until it works.
+/// An invitee sets their own password with their one-time code (from the
+/// inviter, or, for a secretary invited from above, from whoever approved
+/// the invitation). A code handed out before that rule answers `202
+/// {"status": "pending_approval"}` while the invitation waits, and stops
+/// working when it is approved.
 pub async fn activate(
     State(state): State<AppState>,
     ClientAddr(ip): ClientAddr,
@@ -596,6 +655,7 @@ async fn listing(
         Some(id) => tenant_in_scope(state, auth, parse(id)?).await?.path,
         None => auth.scope().clone(),
     };
+    permit(state, auth, Action::ListAdministration { scope: &scope }).await?;
     let pending_only = match q.status.as_deref() {
         None | Some("pending") => true,
         Some("all") => false,
@@ -606,32 +666,6 @@ async fn listing(
         }
     };
     Ok((scope, pending_only))
-}
-
-/// Only the branch's own secretary decides what enters the branch. Anyone
-/// else in scope who tries is refused, and the attempt recorded.
-async fn branch_decides(
-    state: &AppState,
-    auth: &UserAuth,
-    branch: TenantId,
-    branch_path: &crate::tenancy::TenantPath,
-    action: &str,
-    subject: String,
-) -> Result<(), ApiError> {
-    let user = &auth.0;
-    if user.role.keeps_branch() && user.tenant_id == branch {
-        return Ok(());
-    }
-    state
-        .store
-        .record_audit(
-            AuditEntry::by_user(user, action, subject)
-                .tenant(branch, branch_path)
-                .detail("only the branch's secretary decides")
-                .refused(),
-        )
-        .await?;
-    Err(ApiError::Forbidden)
 }
 
 fn not_waiting() -> ApiError {
@@ -650,47 +684,48 @@ pub async fn list_enrollment_requests(
         state
             .store
             .enrollment_codes_within(&scope, pending_only)
-            .await?,
+            .await?
+            .into_iter()
+            .map(|c| c.for_viewer(&auth.0))
+            .collect(),
     ))
 }
 
+/// Only the branch's own secretary decides what enters the branch; an
+/// approval answers with the code, for the secretary to hand to the device.
 async fn decide_enrollment_request(
     state: AppState,
     auth: UserAuth,
     id: &str,
     approve: bool,
-) -> ApiResult<EnrollmentCode> {
+) -> ApiResult<admin::IssuedCode> {
     let code = state
         .store
         .enrollment_code(parse(id)?)
         .await?
         .filter(|c| auth.scope().contains(&c.branch_path))
         .ok_or(ApiError::NotFound)?;
-    let action = if approve {
-        "enrollment_request.approve"
-    } else {
-        "enrollment_request.deny"
-    };
-    branch_decides(
+    let permit = permit(
         &state,
         &auth,
-        code.branch_id,
-        &code.branch_path,
-        action,
-        code.id.to_string(),
+        Action::DecideEnrollmentRequest {
+            code: &code,
+            approve,
+        },
     )
     .await?;
-    admin::decide_enrollment_code(&state.store, &code, approve, &auth.0.username)
+    let mut decided = admin::decide_enrollment_code(&state.store, &permit, &code, approve)
         .await?
-        .map(Json)
-        .ok_or_else(not_waiting)
+        .ok_or_else(not_waiting)?;
+    decided.details = decided.details.for_viewer(&auth.0);
+    Ok(Json(decided))
 }
 
 pub async fn approve_enrollment_request(
     State(state): State<AppState>,
     auth: UserAuth,
     Path(id): Path<String>,
-) -> ApiResult<EnrollmentCode> {
+) -> ApiResult<admin::IssuedCode> {
     decide_enrollment_request(state, auth, &id, true).await
 }
 
@@ -698,7 +733,7 @@ pub async fn deny_enrollment_request(
     State(state): State<AppState>,
     auth: UserAuth,
     Path(id): Path<String>,
-) -> ApiResult<EnrollmentCode> {
+) -> ApiResult<admin::IssuedCode> {
     decide_enrollment_request(state, auth, &id, false).await
 }
 
@@ -715,33 +750,30 @@ pub async fn list_invitations(
     ))
 }
 
+/// Only the branch's own secretary decides; an approval answers with the
+/// activation code, for the secretary to hand to the invitee.
 async fn decide_invitation(
     state: AppState,
     auth: UserAuth,
     id: &str,
     approve: bool,
-) -> ApiResult<Invitation> {
+) -> ApiResult<admin::DecidedInvitation> {
     let invitation = state
         .store
         .invitation(parse(id)?)
         .await?
         .filter(|i| auth.scope().contains(&i.tenant_path))
         .ok_or(ApiError::NotFound)?;
-    let action = if approve {
-        "invitation.approve"
-    } else {
-        "invitation.deny"
-    };
-    branch_decides(
+    let permit = permit(
         &state,
         &auth,
-        invitation.tenant_id,
-        &invitation.tenant_path,
-        action,
-        invitation.username.clone(),
+        Action::DecideInvitation {
+            invitation: &invitation,
+            approve,
+        },
     )
     .await?;
-    admin::decide_invitation(&state.store, &invitation, approve, &auth.0.username)
+    admin::decide_invitation(&state.store, &permit, &invitation, approve)
         .await?
         .map(Json)
         .ok_or_else(not_waiting)
@@ -751,7 +783,7 @@ pub async fn approve_invitation(
     State(state): State<AppState>,
     auth: UserAuth,
     Path(id): Path<String>,
-) -> ApiResult<Invitation> {
+) -> ApiResult<admin::DecidedInvitation> {
     decide_invitation(state, auth, &id, true).await
 }
 
@@ -759,7 +791,7 @@ pub async fn deny_invitation(
     State(state): State<AppState>,
     auth: UserAuth,
     Path(id): Path<String>,
-) -> ApiResult<Invitation> {
+) -> ApiResult<admin::DecidedInvitation> {
     decide_invitation(state, auth, &id, false).await
 }
 
@@ -787,12 +819,10 @@ pub async fn create_grant(
     Json(body): Json<NewGrant>,
 ) -> Result<(StatusCode, Json<Grant>), ApiError> {
     let branch = tenant_in_scope(&state, &auth, parse(&id)?).await?;
-    if !auth.0.role.is_upper_admin() {
-        return Err(ApiError::Forbidden);
-    }
+    let permit = permit(&state, &auth, Action::OpenGrant { branch: &branch }).await?;
     let grant = admin::open_grant(
         &state.store,
-        &auth.0,
+        &permit,
         &branch,
         &body.reason,
         body.duration_seconds,
@@ -809,9 +839,7 @@ pub async fn list_grants(
     Path(id): Path<String>,
 ) -> ApiResult<Vec<Grant>> {
     let branch = tenant_in_scope(&state, &auth, parse(&id)?).await?;
-    if auth.0.role == Role::Volunteer {
-        return Err(ApiError::Forbidden);
-    }
+    permit(&state, &auth, Action::ListGrants { branch: &branch }).await?;
     Ok(Json(state.store.grants_of_branch(branch.id).await?))
 }
 
@@ -827,11 +855,7 @@ pub async fn revoke_grant(
         .await?
         .filter(|g| auth.scope().contains(&g.branch_path))
         .ok_or(ApiError::NotFound)?;
-    let user = &auth.0;
-    let keeps = user.role.keeps_branch() && user.tenant_id == grant.branch_id;
-    if !keeps && user.id != grant.user_id {
-        return Err(ApiError::Forbidden);
-    }
-    let revoked = admin::revoke_grant(&state.store, &grant, &user.username).await?;
+    let permit = permit(&state, &auth, Action::RevokeGrant { grant: &grant }).await?;
+    let revoked = admin::revoke_grant(&state.store, &permit, &grant).await?;
     Ok(Json(json!({ "revoked": revoked })))
 }

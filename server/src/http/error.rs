@@ -1,10 +1,11 @@
 //! The one place errors become HTTP responses.
 
-use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::extract::Json;
 use crate::store::{EnrollError, StoreError};
 
 /// Every way an API call can fail.
@@ -14,6 +15,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("not allowed")]
     Forbidden,
+    /// Refused by the authority rule, with its reason.
+    #[error("not allowed: {0}")]
+    Refused(&'static str),
     /// A device token whose device was revoked: the phone stops syncing.
     #[error("this device was revoked")]
     DeviceRevoked,
@@ -22,6 +26,33 @@ pub enum ApiError {
     NotFound,
     #[error("{0}")]
     BadRequest(String),
+    /// A body sent without `Content-Type: application/json`.
+    #[error("send the body as JSON, with the header Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// A body that is not JSON at all.
+    #[error("the body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// JSON that does not fit the call: a field missing or of the wrong type.
+    #[error("the body does not fit this call: {0}")]
+    InvalidBody(String),
+    /// A path or query string that does not parse.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A rollup query that names no period, or a period that cannot be.
+    #[error(transparent)]
+    Period(#[from] crate::rollup::PeriodError),
+    #[error("the body is larger than {} bytes", super::MAX_BODY_BYTES)]
+    PayloadTooLarge,
+    /// An extractor rejection this edge does not name (axum's rejections
+    /// are non-exhaustive): its status and text, in our JSON shape.
+    #[error("{message}")]
+    Rejected { status: StatusCode, message: String },
+    /// An enrollment code a device already exchanged: the phone's user
+    /// needs a new code, not to retype this one.
+    #[error("this enrollment code was already used; ask the branch for a new one")]
+    EnrollmentCodeUsed,
+    #[error("this enrollment code has expired; ask the branch for a new one")]
+    EnrollmentCodeExpired,
     #[error("{0} already exists")]
     Conflict(String),
     /// Something is being used by another request right now (a one-time
@@ -39,6 +70,8 @@ pub enum ApiError {
     AccountDisabled,
     #[error("the current password is wrong")]
     WrongPassword,
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -61,6 +94,17 @@ impl From<crate::auth::LoginError> for ApiError {
     }
 }
 
+impl From<crate::authority::Denied> for ApiError {
+    fn from(e: crate::authority::Denied) -> Self {
+        use crate::authority::Denied;
+        match e {
+            Denied::OutOfScope => ApiError::NotFound,
+            Denied::Yourself => ApiError::BadRequest(e.to_string()),
+            Denied::Refused(why) => ApiError::Refused(why),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -75,23 +119,88 @@ impl From<EnrollError> for ApiError {
     fn from(e: EnrollError) -> Self {
         match e {
             EnrollError::InvalidCode => ApiError::BadRequest(e.to_string()),
+            EnrollError::AlreadyUsed => ApiError::EnrollmentCodeUsed,
+            EnrollError::Expired => ApiError::EnrollmentCodeExpired,
             EnrollError::Store(e) => e.into(),
         }
     }
 }
 
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+            JsonRejection::JsonSyntaxError(e) => ApiError::MalformedJson(e.body_text()),
+            JsonRejection::JsonDataError(e) => ApiError::InvalidBody(e.body_text()),
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::PayloadTooLarge
+            }
+            other => ApiError::Rejected {
+                status: other.status(),
+                message: other.body_text(),
+            },
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        if rejection.status().is_server_error() {
+            // A route whose pattern does not fit its extractor: our bug.
+            return ApiError::Internal(anyhow::anyhow!(rejection.body_text()));
+        }
+        ApiError::InvalidRequest(rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::InvalidRequest(rejection.body_text())
+    }
+}
+
 impl ApiError {
+    /// A stable code for errors a client acts on (the SDK, the dashboard,
+    /// a script): they match on it, not on the wording.
+    fn code(&self) -> Option<&'static str> {
+        Some(match self {
+            ApiError::DeviceRevoked => "device_revoked",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::Period(_) => "invalid_period",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::RequestTimeout => "request_timeout",
+            ApiError::EnrollmentCodeUsed => "enrollment_code_used",
+            ApiError::EnrollmentCodeExpired => "enrollment_code_expired",
+            _ => return None,
+        })
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden | ApiError::DeviceRevoked => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::Refused(_) | ApiError::DeviceRevoked => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_)
+            | ApiError::MalformedJson(_)
+            | ApiError::InvalidRequest(_)
+            | ApiError::Period(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Rejected { status, .. } => *status,
+            ApiError::EnrollmentCodeUsed => StatusCode::CONFLICT,
+            ApiError::EnrollmentCodeExpired => StatusCode::GONE,
             ApiError::Conflict(_) | ApiError::InUse(_) => StatusCode::CONFLICT,
             ApiError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Busy(busy) if busy.source_full => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::AccountDisabled | ApiError::WrongPassword => StatusCode::FORBIDDEN,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -103,12 +212,9 @@ impl IntoResponse for ApiError {
             // Logged once here; the client gets no detail.
             tracing::error!(error = ?cause, "request failed");
         }
-        let body = match &self {
-            // A stable code: the SDK acts on it, not on the wording.
-            ApiError::DeviceRevoked => {
-                json!({ "error": self.to_string(), "code": "device_revoked" })
-            }
-            _ => json!({ "error": self.to_string() }),
+        let body = match self.code() {
+            Some(code) => json!({ "error": self.to_string(), "code": code }),
+            None => json!({ "error": self.to_string() }),
         };
         let mut response = (self.status(), Json(body)).into_response();
         let retry_after = match &self {

@@ -120,3 +120,70 @@ impl FromRequestParts<AppState> for DeviceAuth {
         }
     }
 }
+
+/// axum's `Json`, whose rejections (a body that is not JSON, JSON that does
+/// not fit the type, a missing `Content-Type`, a body over the limit) answer
+/// in the API's own JSON error shape instead of axum's plain text. Every
+/// handler takes and returns this one, so the mapping lives here and in
+/// [`ApiError`]'s `From` impls only; clippy.toml keeps axum's out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for Json<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        #[allow(clippy::disallowed_types)] // the one place that wraps it
+        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(Json(value))
+    }
+}
+
+impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
+    fn into_response(self) -> axum::response::Response {
+        #[allow(clippy::disallowed_types)] // the one place that wraps it
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// axum's `Path`, answering a path it cannot parse with a JSON `400`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        #[allow(clippy::disallowed_types)] // the one place that wraps it
+        let axum::extract::Path(value) =
+            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Path(value))
+    }
+}
+
+/// axum's `Query`, answering a query string it cannot parse with a JSON `400`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        #[allow(clippy::disallowed_types)] // the one place that wraps it
+        let axum::extract::Query(value) =
+            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Query(value))
+    }
+}

@@ -10,7 +10,6 @@ pub use api::Readiness;
 use axum::Router;
 use axum::extract::Request;
 use axum::routing::{get, post};
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::AppState;
@@ -81,6 +80,32 @@ async fn security_headers(
     response
 }
 
+/// Reads the whole request body (at most [`MAX_BODY_BYTES`]) within the
+/// deadline before the handler runs: `408` if it does not arrive in time,
+/// `413` if it is larger. The deadline is total, not per frame, so a byte
+/// every few seconds does not keep a connection.
+async fn read_body_within(
+    axum::extract::State(deadline): axum::extract::State<std::time::Duration>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = request.into_parts();
+    let read = tokio::time::timeout(deadline, axum::body::to_bytes(body, MAX_BODY_BYTES)).await;
+    match read {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Err(_)) => error::ApiError::PayloadTooLarge.into_response(),
+        Err(_) => error::ApiError::RequestTimeout.into_response(),
+    }
+}
+
+/// Largest request body: JSON bodies are small; sync traffic goes over
+/// the WebSocket.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 async fn openapi() -> impl axum::response::IntoResponse {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -90,7 +115,7 @@ async fn openapi() -> impl axum::response::IntoResponse {
 
 /// All routes of the server.
 pub fn router(state: AppState) -> Router {
-    let request_deadline = state.config.budgets.limits().connections.request;
+    let body_deadline = state.config.budgets.limits().connections.request_body;
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
@@ -133,13 +158,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/branches/{id}/grants", get(api::list_grants).post(api::create_grant))
         .route("/api/v1/grants/{id}/revoke", post(api::revoke_grant))
         .route("/api/v1/audit", get(rollups::audit_log))
-        // JSON bodies are small; sync traffic goes over the WebSocket.
-        .layer(RequestBodyLimitLayer::new(64 * 1024))
-        // A request (its body included) gets an answer in bounded time, so
-        // a client trickling its body cannot hold a connection's place.
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            request_deadline,
+        // Where the `Json` extractor reads the body; the middleware below
+        // has already refused a larger one in the API's JSON error shape.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // A client trickling its body cannot hold a connection's place;
+        // a handler that has started is never cut (it may have committed).
+        .layer(axum::middleware::from_fn_with_state(
+            body_deadline,
+            read_body_within,
         ))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             // The path only: `/sync?token=...` must never reach a log line.

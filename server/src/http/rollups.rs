@@ -1,16 +1,16 @@
 //! Rollups, breakdowns, health, and the branch secretary's named lists.
 //! Every figure endpoint answers JSON, or CSV with `format=csv`.
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use doorstep_protocol::TenantId;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::extract::UserAuth;
+use super::extract::{Json, Path, Query, UserAuth};
 use crate::AppState;
+use crate::authority::{self, Action, Caller, NamesGround};
 use crate::rollup::{self, BreakdownKind, Period, PeriodQuery, csv};
 use crate::store::{AuditEntry, AuditQuery, Tenant};
 use crate::tenancy::Role;
@@ -82,7 +82,7 @@ pub async fn rollup(
 ) -> Result<Response, ApiError> {
     may_see_figures(&auth)?;
     let target = target(&state, &auth, q.tenant.as_deref()).await?;
-    let period = Period::try_from(&q.period).map_err(ApiError::BadRequest)?;
+    let period = Period::try_from(&q.period)?;
     let rollup = rollup::rollup(&state.store, &target, period).await?;
     let mut rows = rollup.rows.clone();
     rows.push(rollup.total.clone());
@@ -96,7 +96,7 @@ pub async fn breakdown(
 ) -> Result<Response, ApiError> {
     may_see_figures(&auth)?;
     let target = target(&state, &auth, q.tenant.as_deref()).await?;
-    let period = Period::try_from(&q.period).map_err(ApiError::BadRequest)?;
+    let period = Period::try_from(&q.period)?;
     let by = q
         .by
         .ok_or_else(|| ApiError::BadRequest("by= one of visits_by_kind, visits_by_month, hardship_by_kind, training_by_level, teams_by_category".into()))?;
@@ -129,29 +129,17 @@ async fn names_of_branch(
 ) -> Result<(Tenant, AuditEntry), ApiError> {
     let branch = target(state, auth, Some(id)).await?;
     let user = &auth.0;
-    let ground = if user.role.keeps_branch() && user.tenant_id == branch.id {
-        Some("own branch".to_owned())
-    } else if user.role.is_upper_admin() {
-        state
-            .store
-            .active_grant(user.id, branch.id)
-            .await?
-            .map(|g| format!("grant {} ({})", g.id, g.reason))
-    } else {
-        None
-    };
     let entry = AuditEntry::by_user(user, action, branch.id.to_string()).on(&branch);
-    match ground {
-        Some(ground) => {
+    match authority::names_ground(&state.store, user, &branch).await? {
+        Ok(ground) => {
+            let ground = match ground {
+                NamesGround::OwnBranch => "own branch".to_owned(),
+                NamesGround::Grant(g) => format!("grant {} ({})", g.id, g.reason),
+            };
             let format = format.unwrap_or("json");
             Ok((branch, entry.detail(format!("{format}, {ground}"))))
         }
-        None => {
-            let why = if user.role.is_upper_admin() {
-                "no drill-down grant in force"
-            } else {
-                "this role reads no names"
-            };
+        Err(why) => {
             state
                 .store
                 .record_audit(entry.detail(why).refused())
@@ -231,13 +219,17 @@ pub async fn audit_log(
     auth: UserAuth,
     Query(q): Query<AuditParams>,
 ) -> Result<Response, ApiError> {
-    if !auth.0.role.reads_audit() {
-        return Err(ApiError::Forbidden);
-    }
     let scope = match q.branch.as_deref() {
         Some(id) => target(&state, &auth, Some(id)).await?.path,
         None => auth.scope().clone(),
     };
+    authority::authorize(
+        &state.store,
+        Some(&state.config.budgets.refusals),
+        Caller::User(&auth.0),
+        Action::ReadAudit { scope: &scope },
+    )
+    .await??;
     let rows = state
         .store
         .audit_entries(&AuditQuery {

@@ -87,18 +87,20 @@ impl Outbox {
 
     /// Queues a message if the budget has room for it. One message larger
     /// than the connection's bound still goes through an empty queue, or a
-    /// large document could never be sent; never past the process's.
+    /// large document could never be sent. An ephemeral payload is shared
+    /// between the queues it goes to, so it counts only in this
+    /// connection's ephemeral share, not again in its device's and the
+    /// process's for every peer.
     pub fn push(&self, message: Outbound) -> Result<(), Full> {
         let size = message.bytes();
         let ephemeral = matches!(message, Outbound::Ephemeral(_));
         {
             let mut queue = self.queue.lock().map_err(|_| Full)?;
-            if ephemeral
-                && queue.ephemeral_bytes.saturating_add(size) > self.capacity / EPHEMERAL_SHARE
-            {
-                return Err(Full);
-            }
-            if !self.share.take(size) {
+            if ephemeral {
+                if queue.ephemeral_bytes.saturating_add(size) > self.capacity / EPHEMERAL_SHARE {
+                    return Err(Full);
+                }
+            } else if !self.share.take(size) {
                 return Err(Full);
             }
             queue.bytes += size;
@@ -127,8 +129,9 @@ impl Outbox {
         queue.bytes -= message.bytes();
         if matches!(message, Outbound::Ephemeral(_)) {
             queue.ephemeral_bytes -= message.bytes();
+        } else {
+            self.share.give_back(message.bytes());
         }
-        self.share.give_back(message.bytes());
         Some(message)
     }
 
@@ -191,6 +194,31 @@ mod tests {
         outbox.push(ephemeral(100)).expect("within its share");
         assert_eq!(outbox.push(ephemeral(1)), Err(Full), "its share is 1/8");
         outbox.push(sync(700)).expect("sync has the whole capacity");
+    }
+
+    #[tokio::test]
+    async fn a_shared_ephemeral_payload_is_not_counted_again_for_every_peer() {
+        let budget = OutboxBudget::new(OutboxLimits {
+            per_connection: 8000,
+            per_device: 8000,
+            total: 1000,
+        });
+        let payload = Arc::new(Ephemeral {
+            sender_id: PeerId::new("p").expect("peer"),
+            document_id: DocumentId::from_bytes([1; 16]),
+            count: 1,
+            session_id: String::new(),
+            data: vec![0; 900],
+        });
+        let peers: Vec<Outbox> = (0..100)
+            .map(|_| Outbox::new(budget.share(DeviceId::new_v7()), 8000))
+            .collect();
+        for peer in &peers {
+            peer.push(Outbound::Ephemeral(payload.clone()))
+                .expect("within the peer's ephemeral share");
+        }
+        assert_eq!(budget.queued(), 0, "the process total holds no copies");
+        peers[0].push(sync(500)).expect("sync messages still fit");
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use doorstep_protocol::TenantId;
 use serde::Serialize;
 use sqlx::Row;
 
-pub use period::{Period, PeriodQuery};
+pub use period::{Period, PeriodError, PeriodQuery};
 
 use crate::store::{Store, StoreError, Tenant};
 use crate::tenancy::Level;

@@ -42,6 +42,18 @@ impl Outcome {
 /// What the operator's command line records as its actor.
 pub const OPERATOR: &str = "cli";
 
+/// Which tenant an entry concerns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Concern {
+    /// Not said yet: [`record`] refuses the entry.
+    Unnamed,
+    Tenant(TenantId, TenantPath),
+    /// Something no one tenant owns but every district's auditors should
+    /// see: a failed login under a username that does not exist tells no
+    /// branch, and is how password guessing shows. One row per district.
+    EveryDistrict,
+}
+
 /// One entry, before it is written.
 #[derive(Clone, Debug)]
 pub struct AuditEntry {
@@ -53,7 +65,9 @@ pub struct AuditEntry {
     pub subject: String,
     pub detail: Option<String>,
     /// The tenant the entry concerns: whose secretary and auditors see it.
-    pub tenant: Option<(TenantId, TenantPath)>,
+    /// Every entry names one ([`record`] refuses an entry that does not):
+    /// a row no auditor can see is a row nobody witnesses.
+    pub tenant: Concern,
     pub outcome: Outcome,
 }
 
@@ -68,7 +82,7 @@ impl AuditEntry {
             action: action.into(),
             subject: subject.into(),
             detail: None,
-            tenant: None,
+            tenant: Concern::Unnamed,
             outcome: Outcome::Ok,
         }
     }
@@ -96,7 +110,13 @@ impl AuditEntry {
     }
 
     pub fn tenant(mut self, id: TenantId, path: &TenantPath) -> Self {
-        self.tenant = Some((id, path.clone()));
+        self.tenant = Concern::Tenant(id, path.clone());
+        self
+    }
+
+    /// The entry concerns every district (see [`Concern::EveryDistrict`]).
+    pub fn every_district(mut self) -> Self {
+        self.tenant = Concern::EveryDistrict;
         self
     }
 
@@ -122,24 +142,42 @@ impl AuditEntry {
 /// Appends `entry` inside the caller's transaction: it commits with the
 /// action, or neither does.
 pub async fn record(tx: &mut Transaction<'_, Sqlite>, entry: AuditEntry) -> Result<(), StoreError> {
-    let (tenant_id, tenant_path) = match &entry.tenant {
-        Some((id, path)) => (Some(id.to_string()), Some(path.as_str().to_owned())),
-        None => (None, None),
+    let tenants: Vec<(Option<String>, Option<String>)> = match &entry.tenant {
+        Concern::Tenant(id, path) => vec![(Some(id.to_string()), Some(path.as_str().to_owned()))],
+        Concern::EveryDistrict => {
+            let roots: Vec<(String, String)> =
+                sqlx::query_as("select id, path from tenants where parent_id is null")
+                    .fetch_all(&mut **tx)
+                    .await?;
+            if roots.is_empty() {
+                // No district exists yet, so no auditor either: the
+                // operator's `doorstep audit list` still shows the row.
+                vec![(None, None)]
+            } else {
+                roots
+                    .into_iter()
+                    .map(|(id, path)| (Some(id), Some(path)))
+                    .collect()
+            }
+        }
+        Concern::Unnamed => return Err(StoreError::Unconcerned(entry.action.clone())),
     };
-    sqlx::query(
-        "insert into audit (at, actor, action, subject, detail, tenant_id, tenant_path, outcome)
-         values (?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(now_ms())
-    .bind(&entry.actor)
-    .bind(&entry.action)
-    .bind(&entry.subject)
-    .bind(&entry.detail)
-    .bind(tenant_id)
-    .bind(tenant_path)
-    .bind(entry.outcome.as_str())
-    .execute(&mut **tx)
-    .await?;
+    for (tenant_id, tenant_path) in tenants {
+        sqlx::query(
+            "insert into audit (at, actor, action, subject, detail, tenant_id, tenant_path, outcome)
+             values (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(now_ms())
+        .bind(&entry.actor)
+        .bind(&entry.action)
+        .bind(&entry.subject)
+        .bind(&entry.detail)
+        .bind(tenant_id)
+        .bind(tenant_path)
+        .bind(entry.outcome.as_str())
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(())
 }
 
@@ -200,20 +238,6 @@ impl Store {
         record(&mut tx, entry).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    /// Records who did what, concerning no tenant in particular; never
-    /// holds secrets. Prefer [`record`] inside the action's transaction.
-    pub async fn audit(
-        &self,
-        actor: &str,
-        action: &str,
-        subject: &str,
-        detail: Option<&str>,
-    ) -> Result<(), StoreError> {
-        let mut entry = AuditEntry::new(actor, action, subject);
-        entry.detail = detail.map(str::to_owned);
-        self.record_audit(entry).await
     }
 
     /// Entries newest first.

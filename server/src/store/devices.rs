@@ -19,10 +19,25 @@ pub struct Device {
     pub branch_id: TenantId,
     #[serde(skip)]
     pub branch_path: TenantPath,
-    pub label: String,
+    /// What the branch calls the device, by convention its volunteer's name
+    /// ("Li Na's phone"): shown to the branch's own secretary only
+    /// ([`Device::for_viewer`]); upper levels see the id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
     pub last_seen_at: Option<i64>,
+}
+
+impl Device {
+    /// The device as `viewer` may see it: without its label unless they
+    /// keep its branch.
+    pub fn for_viewer(mut self, viewer: &crate::store::User) -> Self {
+        if !crate::authority::sees_device_labels(viewer, self.branch_id) {
+            self.label = None;
+        }
+        self
+    }
 }
 
 /// Where a one-time code (an enrollment code or an invitation) stands.
@@ -71,7 +86,10 @@ pub struct EnrollmentCode {
     pub branch_id: TenantId,
     #[serde(skip)]
     pub branch_path: TenantPath,
-    pub label: String,
+    /// The device's label: for the branch's own secretary only
+    /// ([`EnrollmentCode::for_viewer`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     pub created_by: String,
     pub created_at: i64,
     pub expires_at: i64,
@@ -82,6 +100,17 @@ pub struct EnrollmentCode {
     pub presented_at: Option<i64>,
     #[serde(serialize_with = "serialize_opt_display")]
     pub device_id: Option<DeviceId>,
+}
+
+impl EnrollmentCode {
+    /// The code as `viewer` may see it: without the device's label unless
+    /// they keep its branch.
+    pub fn for_viewer(mut self, viewer: &crate::store::User) -> Self {
+        if !crate::authority::sees_device_labels(viewer, self.branch_id) {
+            self.label = None;
+        }
+        self
+    }
 }
 
 /// What [`Store::create_enrollment_code`] stores.
@@ -109,10 +138,18 @@ pub enum Enrollment {
 /// Why a code could not be exchanged for a token.
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
-    /// Unknown, used or expired: the three look the same to the caller, so
-    /// codes cannot be probed.
+    /// Unknown or denied. Unknown codes all look the same, so codes cannot
+    /// be probed.
     #[error("the enrollment code is not valid")]
     InvalidCode,
+    /// Already exchanged. Saying so tells only the code's holder what
+    /// happened to it (a guess that hits a spent code gains nothing), and
+    /// tells them to ask for a new code rather than retype this one.
+    #[error("the enrollment code was already used")]
+    AlreadyUsed,
+    /// Past its expiry, likewise said only to its holder.
+    #[error("the enrollment code has expired")]
+    Expired,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -122,6 +159,11 @@ impl From<sqlx::Error> for EnrollError {
         EnrollError::Store(e.into())
     }
 }
+
+/// Actors a device may hold before explicit registration refuses more: an
+/// app registers one per install, and a stock client's actors (one per
+/// document handle) are bound on first use, under each document's limit.
+pub const MAX_REGISTERED_ACTORS_PER_DEVICE: i64 = 1024;
 
 const DEVICE_COLUMNS: &str =
     "d.id, d.branch_id, d.label, d.created_at, d.revoked_at, d.last_seen_at, t.path";
@@ -139,7 +181,7 @@ fn code_from_row(row: &SqliteRow, now: i64) -> Result<EnrollmentCode, StoreError
         id: parse_column(&row.try_get::<String, _>("id")?, "code id")?,
         branch_id: parse_column(&row.try_get::<String, _>("branch_id")?, "tenant id")?,
         branch_path: parse_column(&row.try_get::<String, _>("path")?, "tenant path")?,
-        label: row.try_get("label")?,
+        label: Some(row.try_get("label")?),
         created_by: row.try_get("created_by")?,
         created_at: row.try_get("created_at")?,
         expires_at,
@@ -162,7 +204,7 @@ fn device_from_row(row: &SqliteRow) -> Result<Device, StoreError> {
         id: parse_column(&row.try_get::<String, _>("id")?, "device id")?,
         branch_id: parse_column(&row.try_get::<String, _>("branch_id")?, "tenant id")?,
         branch_path: parse_column(&row.try_get::<String, _>("path")?, "tenant path")?,
-        label: row.try_get("label")?,
+        label: Some(row.try_get("label")?),
         created_at: row.try_get("created_at")?,
         revoked_at: row.try_get("revoked_at")?,
         last_seen_at: row.try_get("last_seen_at")?,
@@ -201,7 +243,9 @@ impl Store {
         .bind(i64::from(needs_approval))
         .execute(&mut *tx)
         .await?;
-        record(&mut tx, audit.detail(format!("code {id}: {label}"))).await?;
+        // The label stays out of the log: the district's auditors read it,
+        // and a label is by convention a volunteer's name.
+        record(&mut tx, audit.detail(format!("code {id}"))).await?;
         tx.commit().await?;
         self.enrollment_code(id)
             .await?
@@ -253,21 +297,31 @@ impl Store {
         id: uuid::Uuid,
         approve: bool,
         by: &str,
+        new_code_hash: Option<&[u8]>,
         audit: AuditEntry,
     ) -> Result<Option<EnrollmentCode>, StoreError> {
         let now = now_ms();
-        let statement = if approve {
-            "update enrollment_codes set approved_at = ?, approved_by = ?"
-        } else {
-            "update enrollment_codes set denied_at = ?, denied_by = ?"
+        // Approval replaces the code: the one made with the request was
+        // never shown to anyone (or, for a request made before codes went
+        // to approvers, was shown to the requester), and the fresh one goes
+        // to the approver only.
+        let statement = match new_code_hash {
+            Some(_) if approve => {
+                "update enrollment_codes set approved_at = ?, approved_by = ?, code_hash = ?"
+            }
+            _ if approve => "update enrollment_codes set approved_at = ?, approved_by = ?",
+            _ => "update enrollment_codes set denied_at = ?, denied_by = ?",
         };
         let mut tx = self.begin_write().await?;
-        let decided = sqlx::query(&format!(
+        let sql = format!(
             "{statement} where id = ? and needs_approval = 1 and approved_at is null
              and denied_at is null and used_at is null and expires_at > ?"
-        ))
-        .bind(now)
-        .bind(by)
+        );
+        let decided = sqlx::query(&sql).bind(now).bind(by);
+        let decided = match new_code_hash {
+            Some(hash) if approve => decided.bind(hash),
+            _ => decided,
+        }
         .bind(id.to_string())
         .bind(now)
         .execute(&mut *tx)
@@ -287,11 +341,14 @@ impl Store {
     /// issues nothing and stays unspent; the first time a device presents
     /// it is recorded (later polls are not, so a waiting phone does not
     /// fill the log). Presenting a spent, denied or expired code is
-    /// recorded as refused.
+    /// recorded as refused once per code and interval (`refusals`): anyone
+    /// holding an old code could otherwise fill the append-only log, each
+    /// row a write that contends with acknowledgements.
     pub async fn enroll(
         &self,
         code_hash: &[u8],
         token_hash: &[u8],
+        refusals: &crate::budget::RefusalLog,
     ) -> Result<Enrollment, EnrollError> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
@@ -310,7 +367,7 @@ impl Store {
         let entry = |outcome_detail: &str| {
             AuditEntry::new("anonymous", "device.enroll", code.id.to_string())
                 .tenant(code.branch_id, &code.branch_path)
-                .detail(format!("{outcome_detail}: {}", code.label))
+                .detail(outcome_detail.to_owned())
         };
         match code.status {
             CodeStatus::Ready => {}
@@ -332,9 +389,16 @@ impl Store {
                     CodeStatus::Denied => "request denied",
                     _ => "code expired",
                 };
-                record(&mut tx, entry(why).refused()).await?;
-                tx.commit().await?;
-                return Err(EnrollError::InvalidCode);
+                let verdict = refusals.verdict("device.enroll", &code.id.to_string(), now);
+                if let Some(detail) = verdict.detail(why) {
+                    record(&mut tx, entry(&detail).refused()).await?;
+                    tx.commit().await?;
+                }
+                return Err(match code.status {
+                    CodeStatus::Used => EnrollError::AlreadyUsed,
+                    CodeStatus::Expired => EnrollError::Expired,
+                    _ => EnrollError::InvalidCode,
+                });
             }
         }
         let device_id = DeviceId::new_v7();
@@ -352,12 +416,12 @@ impl Store {
         .rows_affected()
             > 0;
         if !claimed {
-            return Err(EnrollError::InvalidCode);
+            return Err(EnrollError::AlreadyUsed);
         }
         sqlx::query("insert into devices (id, branch_id, label, created_at) values (?, ?, ?, ?)")
             .bind(device_id.to_string())
             .bind(code.branch_id.to_string())
-            .bind(&code.label)
+            .bind(code.label.as_deref().unwrap_or_default())
             .bind(now)
             .execute(&mut *tx)
             .await?;
@@ -505,6 +569,22 @@ impl Store {
         device: DeviceId,
         actor_hex: &str,
     ) -> Result<(), StoreError> {
+        // Each registration is a row kept for good; a device registers one
+        // actor per install, so a bound far above that stops a loop of
+        // random ids from growing `device_actors` without end. (Actors
+        // bound on first use are bounded by the documents' actor limit.)
+        let held: i64 =
+            sqlx::query_scalar("select count(*) from device_actors where device_id = ?")
+                .bind(device.to_string())
+                .fetch_one(self.pool())
+                .await?;
+        if held >= MAX_REGISTERED_ACTORS_PER_DEVICE
+            && self.actor_owner(actor_hex).await? != Some(device)
+        {
+            return Err(StoreError::Invalid(format!(
+                "this device already holds {held} actors; the limit is {MAX_REGISTERED_ACTORS_PER_DEVICE}"
+            )));
+        }
         sqlx::query(
             "insert into device_actors (actor_id, device_id, registered_at) values (?, ?, ?)
              on conflict (actor_id) do nothing",

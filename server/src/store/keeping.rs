@@ -25,6 +25,16 @@ use crate::projection::{self, ProjectionPlan};
 /// Rows per multi-row statement: far below SQLite's 32,766 bound parameters.
 const ROWS_PER_STATEMENT: usize = 500;
 
+/// Sync states kept per device and document. A state is keyed by the
+/// storage id a connection presents, which a device chooses: a new one per
+/// connection would otherwise add a row each time, for good. An app keeps
+/// one storage id per install, so a handful covers reinstalls and a stock
+/// client's cleared storage; past it the least recently saved goes, which
+/// costs that storage id only a longer sync. A branch has a bounded number
+/// of documents (its roster and a log per month), so this bounds a device's
+/// rows in `sync_states`.
+pub const SYNC_STATES_PER_DEVICE_AND_DOCUMENT: i64 = 8;
+
 /// Every stored chunk of a document, with the keys compaction deletes by.
 #[derive(Debug, Default)]
 pub struct StoredChunks {
@@ -377,6 +387,29 @@ async fn upsert_sync_state(
     .bind(key)
     .bind(state)
     .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    // Keys are "{device}/{storage id}" (`hub::sync_state_key`), so a
+    // device's keys are the range ["{device}/", "{device}0"): a range of
+    // the primary key, cheap whatever the table holds.
+    let Some((device, _)) = key.split_once('/') else {
+        return Ok(());
+    };
+    let (from, to) = (format!("{device}/"), format!("{device}0"));
+    sqlx::query(
+        "delete from sync_states
+         where document_id = ?1 and storage_id >= ?2 and storage_id < ?3
+           and storage_id not in (
+             select storage_id from sync_states
+             where document_id = ?1 and storage_id >= ?2 and storage_id < ?3
+             order by storage_id = ?4 desc, updated_at desc
+             limit ?5)",
+    )
+    .bind(document)
+    .bind(&from)
+    .bind(&to)
+    .bind(key)
+    .bind(SYNC_STATES_PER_DEVICE_AND_DOCUMENT)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -22,7 +22,7 @@ use sqlx::sqlite::SqliteRow;
 use super::audit::{AuditEntry, record};
 use super::tenants::user_from_row;
 use super::{Store, StoreError, serialize_display};
-use crate::auth::{LoginPolicy, Refusal, Tally};
+use crate::auth::{LoginPolicy, Refusal, Tallies, Tally};
 use crate::budget::Verdict;
 use crate::store::User;
 
@@ -85,20 +85,22 @@ fn touch_granularity(idle: Duration) -> i64 {
 
 type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
 
-/// Failures of the (account, address) pair and of the address.
+/// The failures an attempt at an account from an address is judged by.
 async fn tallies(
     conn: &mut sqlx::SqliteConnection,
-    cutoff: i64,
+    policy: &LoginPolicy,
+    now: i64,
     account: &str,
     address: &str,
-) -> Result<(Tally, Tally), StoreError> {
+) -> Result<Tallies, StoreError> {
+    let cutoff = now.saturating_sub(millis(policy.failure_window));
     let tally = |row: SqliteRow| -> Result<Tally, StoreError> {
         Ok(Tally {
             failures: u32::try_from(row.try_get::<i64, _>(0)?).unwrap_or(u32::MAX),
             last_at: row.try_get(1)?,
         })
     };
-    let pair_tally = tally(
+    let pair = tally(
         sqlx::query(
             "select count(*), coalesce(max(at), 0) from login_attempts
              where account = ? and address = ? and counts_for_account = 1 and at > ?",
@@ -109,7 +111,7 @@ async fn tallies(
         .fetch_one(&mut *conn)
         .await?,
     )?;
-    let address_tally = tally(
+    let by_address = tally(
         sqlx::query(
             "select count(*), coalesce(max(at), 0) from login_attempts where address = ? and at > ?",
         )
@@ -118,7 +120,34 @@ async fn tallies(
         .fetch_one(&mut *conn)
         .await?,
     )?;
-    Ok((pair_tally, address_tally))
+    let known: bool = sqlx::query_scalar(
+        "select exists (select 1 from login_known_addresses
+                        where account = ? and address = ? and last_success_at > ?)",
+    )
+    .bind(account)
+    .bind(address)
+    .bind(now.saturating_sub(millis(policy.known_address_for)))
+    .fetch_one(&mut *conn)
+    .await?;
+    let account_wide = if known {
+        None
+    } else {
+        Some(tally(
+            sqlx::query(
+                "select count(*), coalesce(max(at), 0) from login_attempts
+                 where account = ? and counts_for_account = 1 and at > ?",
+            )
+            .bind(account)
+            .bind(cutoff)
+            .fetch_one(&mut *conn)
+            .await?,
+        )?)
+    };
+    Ok(Tallies {
+        pair,
+        address: by_address,
+        account_wide,
+    })
 }
 
 impl Store {
@@ -161,8 +190,8 @@ impl Store {
         let cutoff = now.saturating_sub(millis(policy.failure_window));
         {
             let mut conn = self.pool().acquire().await?;
-            let (pair, by_address) = tallies(&mut conn, cutoff, account, address).await?;
-            if let Err(refusal) = policy.check(now, pair, by_address) {
+            let judged = tallies(&mut conn, policy, now, account, address).await?;
+            if let Err(refusal) = policy.check(now, judged) {
                 return Ok(Err(refusal));
             }
         }
@@ -173,8 +202,8 @@ impl Store {
             .bind(cutoff)
             .execute(&mut *tx)
             .await?;
-        let (pair, by_address) = tallies(&mut tx, cutoff, account, address).await?;
-        if let Err(refusal) = policy.check(now, pair, by_address) {
+        let judged = tallies(&mut tx, policy, now, account, address).await?;
+        if let Err(refusal) = policy.check(now, judged) {
             tx.commit().await?;
             return Ok(Err(refusal));
         }
@@ -203,7 +232,7 @@ impl Store {
         expires_at: i64,
     ) -> Result<Session, StoreError> {
         let mut tx = self.begin_write().await?;
-        forgive(&mut tx, attempt, &user.username).await?;
+        forgive(&mut tx, attempt, &user.username, now).await?;
         sqlx::query("delete from user_sessions where expires_at <= ?")
             .bind(now)
             .execute(&mut *tx)
@@ -278,9 +307,13 @@ impl Store {
         if let Some(detail) = verdict.detail(format!("{reason}, from {address}")) {
             // Only a known account's name goes in the log: an unknown
             // "username" is often a password typed into the wrong field.
+            // A known account's attempt concerns its tenant. An unknown
+            // username concerns no tenant, yet guessing is what auditors
+            // watch for: it goes to every district's log, where the
+            // auditor sees it.
             let about = |entry: AuditEntry| match user {
                 Some(u) => entry.tenant(u.tenant_id, &u.tenant_path),
-                None => entry,
+                None => entry.every_district(),
             };
             let subject = user.map_or("unknown user", |u| u.username.as_str());
             let actor = user.map_or("anonymous", |u| u.username.as_str());
@@ -304,9 +337,10 @@ impl Store {
         user: &User,
         password_hash: &str,
         keep_session: &str,
+        now: i64,
     ) -> Result<u64, StoreError> {
         let mut tx = self.begin_write().await?;
-        forgive(&mut tx, attempt, &user.username).await?;
+        forgive(&mut tx, attempt, &user.username, now).await?;
         sqlx::query("update users set password_hash = ? where id = ?")
             .bind(password_hash)
             .bind(user.id.to_string())
@@ -470,6 +504,11 @@ impl Store {
         } else {
             0
         };
+        if changed && disabled {
+            // A grant is its holder's: it ends with their access, and does
+            // not come back if they are enabled again.
+            super::tenants::end_grants_of_holder(&mut tx, user, by).await?;
+        }
         if changed {
             let action = if disabled {
                 "user.disable"
@@ -490,9 +529,20 @@ impl Store {
 
 /// An attempt that proved right stops counting, and so do the account's
 /// earlier failures (against the account; their addresses keep them).
-async fn forgive(tx: &mut Tx, attempt: Attempt, account: &str) -> Result<(), StoreError> {
+async fn forgive(tx: &mut Tx, attempt: Attempt, account: &str, now: i64) -> Result<(), StoreError> {
     // Only the failures of this account *from this address* are forgiven:
-    // the owner logging in elsewhere must not reset a guesser's delays.
+    // the owner logging in elsewhere must not reset a guesser's delays. The
+    // address becomes one the owner is known to use.
+    sqlx::query(
+        "insert into login_known_addresses (account, address, last_success_at)
+         select ?, address, ? from login_attempts where id = ?
+         on conflict (account, address) do update set last_success_at = excluded.last_success_at",
+    )
+    .bind(account)
+    .bind(now)
+    .bind(attempt.0)
+    .execute(&mut **tx)
+    .await?;
     sqlx::query(
         "update login_attempts set counts_for_account = 0
          where account = ? and address = (select address from login_attempts where id = ?)",

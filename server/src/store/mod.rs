@@ -21,7 +21,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-pub use audit::{AuditEntry, AuditQuery, AuditRecord, Outcome, record};
+pub use audit::{AuditEntry, AuditQuery, AuditRecord, Concern, Outcome, record};
 pub use devices::{CodeStatus, Device, EnrollError, Enrollment, EnrollmentCode, NewEnrollmentCode};
 pub use documents::{DocumentKindRow, DocumentRow};
 pub use keeping::{Commit, CommitError, DocumentStore, StoredChunks};
@@ -57,6 +57,39 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
+    /// An audit entry that names no tenant: a bug, refused so that the
+    /// action it describes does not commit unwitnessed.
+    #[error("the audit entry for {0} names no tenant")]
+    Unconcerned(String),
+    /// A permit of the authority rule used for another action: a bug.
+    #[error("a permit to {given} does not allow {wanted}")]
+    WrongPermit {
+        given: &'static str,
+        wanted: &'static str,
+    },
+}
+
+impl StoreError {
+    /// Whether the database was busy (locked by another writer past the
+    /// busy timeout) rather than failing.
+    pub fn is_busy(&self) -> bool {
+        // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended
+        // codes (the low byte is the primary code).
+        self.sqlite_code()
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+    }
+
+    /// Whether the database (or its folder) may not be written.
+    pub fn is_read_only(&self) -> bool {
+        self.sqlite_code().is_some_and(|c| c & 0xff == 8)
+    }
+
+    fn sqlite_code(&self) -> Option<i32> {
+        match self {
+            StoreError::Database(sqlx::Error::Database(e)) => e.code()?.parse().ok(),
+            _ => None,
+        }
+    }
 }
 
 /// Handle to the database; cheap to clone.

@@ -95,6 +95,7 @@ async fn insert_user(
             "a username is 1 to 100 characters".into(),
         ));
     }
+    crate::authority::plain_text("a username", username)?;
     if username.contains(':') || RESERVED_USERNAMES.contains(&username) {
         return Err(StoreError::Invalid(format!(
             "{username:?} is reserved; a username has no ':' and is not {RESERVED_USERNAMES:?}"
@@ -249,14 +250,77 @@ fn grant_from_row(row: &SqliteRow, now: i64) -> Result<Grant, StoreError> {
     })
 }
 
+/// Ends every grant in force that `holder` has, each with its audit entry
+/// on the grant's branch. Returns how many ended.
+pub(super) async fn end_grants_of_holder(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    holder: &User,
+    by: &str,
+) -> Result<usize, StoreError> {
+    let now = now_ms();
+    let ended: Vec<(String, String, String)> = sqlx::query_as(
+        "update drilldown_grants set revoked_at = ?, revoked_by = ?
+         where user_id = ? and revoked_at is null and expires_at > ?
+         returning id, branch_id, (select path from tenants t where t.id = branch_id)",
+    )
+    .bind(now)
+    .bind(by)
+    .bind(holder.id.to_string())
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (id, branch, path) in &ended {
+        record(
+            tx,
+            AuditEntry::new(by, "grant.revoke", id.clone())
+                .tenant(
+                    parse_column(branch, "tenant id")?,
+                    &parse_column(path, "tenant path")?,
+                )
+                .detail(format!(
+                    "grant of {}: its holder was disabled",
+                    holder.username
+                )),
+        )
+        .await?;
+    }
+    Ok(ended.len())
+}
+
 impl Store {
     /// Creates a tenant under `parent`. A branch gets its roster document,
     /// stored as its deterministic genesis, in the same transaction.
+    /// Unaudited: for fixtures; operators and admins go through
+    /// [`Store::create_tenant_audited`].
     pub async fn create_tenant(
         &self,
         parent: Option<TenantId>,
         level: Level,
         name: &str,
+    ) -> Result<Tenant, StoreError> {
+        self.create_tenant_inner(parent, level, name, None).await
+    }
+
+    /// Creates a tenant with `audit`'s entry in the same transaction,
+    /// concerning the new tenant (so its auditors and, for a branch, its
+    /// secretary see who made it).
+    pub async fn create_tenant_audited(
+        &self,
+        parent: Option<TenantId>,
+        level: Level,
+        name: &str,
+        audit: AuditEntry,
+    ) -> Result<Tenant, StoreError> {
+        self.create_tenant_inner(parent, level, name, Some(audit))
+            .await
+    }
+
+    async fn create_tenant_inner(
+        &self,
+        parent: Option<TenantId>,
+        level: Level,
+        name: &str,
+        audit: Option<AuditEntry>,
     ) -> Result<Tenant, StoreError> {
         let name = name.trim();
         if name.is_empty() || name.chars().count() > 200 {
@@ -264,6 +328,7 @@ impl Store {
                 "a tenant name is 1 to 200 characters".into(),
             ));
         }
+        crate::authority::plain_text("a tenant name", name)?;
         let id = TenantId::new_v7();
         let mut tx = self.begin_write().await?;
         let path = match (parent, level.parent()) {
@@ -316,14 +381,25 @@ impl Store {
             )
             .await?;
         }
-        tx.commit().await?;
-        Ok(Tenant {
+        let tenant = Tenant {
             id,
             parent_id: parent,
             level,
             name: name.to_owned(),
             path,
-        })
+        };
+        if let Some(mut audit) = audit {
+            audit.subject = id.to_string();
+            record(
+                &mut tx,
+                audit
+                    .on(&tenant)
+                    .detail(format!("{} {}", level.as_str(), tenant.name)),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(tenant)
     }
 
     pub async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>, StoreError> {
@@ -478,21 +554,31 @@ impl Store {
         id: uuid::Uuid,
         approve: bool,
         by: &str,
+        new_code_hash: Option<&[u8]>,
         audit: AuditEntry,
     ) -> Result<Option<Invitation>, StoreError> {
         let now = now_ms();
-        let statement = if approve {
-            "update user_invitations set approved_at = ?, approved_by = ?"
-        } else {
-            "update user_invitations set denied_at = ?, denied_by = ?"
+        // Approval replaces the code: the one made with the request was
+        // never shown to anyone (or, for a request made before codes went
+        // to approvers, was shown to the requester), and the fresh one goes
+        // to the approver only.
+        let statement = match new_code_hash {
+            Some(_) if approve => {
+                "update user_invitations set approved_at = ?, approved_by = ?, code_hash = ?"
+            }
+            _ if approve => "update user_invitations set approved_at = ?, approved_by = ?",
+            _ => "update user_invitations set denied_at = ?, denied_by = ?",
         };
         let mut tx = self.begin_write().await?;
-        let decided = sqlx::query(&format!(
+        let sql = format!(
             "{statement} where id = ? and needs_approval = 1 and approved_at is null
              and denied_at is null and used_at is null and expires_at > ?"
-        ))
-        .bind(now)
-        .bind(by)
+        );
+        let decided = sqlx::query(&sql).bind(now).bind(by);
+        let decided = match new_code_hash {
+            Some(hash) if approve => decided.bind(hash),
+            _ => decided,
+        }
         .bind(id.to_string())
         .bind(now)
         .execute(&mut *tx)
@@ -681,6 +767,7 @@ impl Store {
             "select {GRANT_COLUMNS} from drilldown_grants g join users u on u.id = g.user_id
              join tenants t on t.id = g.branch_id
              where g.user_id = ? and g.branch_id = ? and g.revoked_at is null and g.expires_at > ?
+               and u.disabled_at is null
              order by g.expires_at desc limit 1"
         ))
         .bind(user.to_string())

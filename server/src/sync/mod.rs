@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use doorstep_protocol::wire::{self, DecodeError, Message, PROTOCOL_VERSION, PeerMetadata};
@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use crate::AppState;
 use crate::auth::hash_secret;
+use crate::http::extract::Query;
 use crate::hub::{Access, Connection, Ephemeral, Hub, Outbound, SyncRefusal};
 use crate::store::{AuditEntry, Device};
 use doorstep_protocol::admission::AdmissionError;
@@ -61,6 +62,7 @@ impl std::fmt::Debug for SyncQuery {
 pub async fn upgrade(
     State(state): State<AppState>,
     Query(query): Query<SyncQuery>,
+    place: Option<axum::Extension<crate::listener::ConnectionPlace>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -81,6 +83,11 @@ pub async fn upgrade(
         if !revoked {
             record_login_token(&state, token).await;
         }
+    }
+    if let (Ok(Some(_)), Some(place)) = (&device, place) {
+        // A device's sockets are bounded by its own socket budget; its
+        // address's share is for connections nobody has vouched for.
+        place.authenticated();
     }
     let limit = state.config.limits.max_message_bytes;
     ws.max_message_size(limit)
@@ -107,7 +114,7 @@ async fn record_login_token(state: &AppState, token: &str) {
     let store = &state.store;
     let recorded = match store.user_of_login_token(&hash_secret(token)).await {
         Ok(Some(user)) => {
-            let verdict = state.config.budgets.refusals.verdict(
+            let verdict = state.config.budgets.refusals.verdict_for_known(
                 "sync.connect",
                 &user.id.to_string(),
                 state.config.clock.now_ms(),
@@ -181,7 +188,10 @@ impl From<SyncRefusal> for Fatal {
                 Refusal::Inadmissible(AdmissionError::OverLimit { .. })
                 | Refusal::DocumentFull { .. }
                 | Refusal::TooManyOrphans { .. }
-                | Refusal::TooManyActors { .. },
+                | Refusal::TooManyActors { .. }
+                | Refusal::DocumentActors { .. }
+                | Refusal::DocumentChanges { .. }
+                | Refusal::TooDeep { .. },
             ) => close_code::TOO_LARGE,
             SyncRefusal::Refused(Refusal::Busy) => close_code::TRY_AGAIN,
             SyncRefusal::Refused(_) => close_code::PROTOCOL,
@@ -544,7 +554,7 @@ async fn record_roster_open(
     }
     // Once per device and interval: a device reconnecting in a loop must
     // not grow the append-only log by a row per connection.
-    let verdict = hub.config().budgets.refusals.verdict(
+    let verdict = hub.config().budgets.refusals.verdict_for_known(
         "roster.open",
         &conn.device.id.to_string(),
         hub.config().clock.now_ms(),

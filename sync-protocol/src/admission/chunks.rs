@@ -2,6 +2,7 @@
 //! document chunks, walked as `Automerge::load_incremental` walks them.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use automerge::{ActorId, ChangeHash};
 use sha2::{Digest, Sha256};
@@ -11,7 +12,7 @@ use super::columns::{
 };
 use super::inflate::{Budget, inflate};
 use super::reader::{Reader, malformed};
-use super::{AdmissionError, AdmissionLimits, Inspected, InspectedChange};
+use super::{AdmissionError, AdmissionLimits, CreatedObject, Inspected, InspectedChange};
 
 const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 
@@ -91,6 +92,8 @@ pub(super) struct Totals<'l> {
     pub(super) budget: Budget,
     chunks: u64,
     references: u64,
+    /// Index of each actor in `inspected.actors`.
+    actor_index: HashMap<ActorId, u32>,
     pub(super) inspected: Inspected,
 }
 
@@ -105,8 +108,22 @@ impl<'l> Totals<'l> {
             budget: Budget::new(limits.max_inflated_bytes),
             chunks: 0,
             references: 0,
+            actor_index: HashMap::new(),
             inspected: Inspected::default(),
         }
+    }
+
+    /// The index of `actor` in the message's actor list. The list is no
+    /// longer than the actors the input spells out, each at least a byte.
+    fn intern(&mut self, actor: &[u8]) -> u32 {
+        let actor = ActorId::from(actor);
+        if let Some(&index) = self.actor_index.get(&actor) {
+            return index;
+        }
+        let index = u32::try_from(self.inspected.actors.len()).unwrap_or(u32::MAX);
+        self.inspected.actors.push(actor.clone());
+        self.actor_index.insert(actor, index);
+        index
     }
 
     fn add_chunk(&mut self) -> Result<(), AdmissionError> {
@@ -247,9 +264,11 @@ fn change(
     for _ in 0..dep_count {
         deps.push(r.hash("change dependency")?);
     }
-    let actor = ActorId::from(r.length_prefixed("change actor")?);
-    r.uleb("change seq")?;
-    if r.uleb("change start op")? == 0 {
+    let author = r.length_prefixed("change actor")?;
+    let actor = ActorId::from(author);
+    let seq = r.uleb("change seq")?;
+    let start_op = r.uleb("change start op")?;
+    if start_op == 0 {
         return Err(malformed("change start op is zero"));
     }
     r.sleb("change time")?;
@@ -257,9 +276,14 @@ fn change(
     if std::str::from_utf8(message).is_err() {
         return Err(malformed("change message is not UTF-8"));
     }
+    // The change's actor table: its author, then the actors its operations
+    // refer to, as indexes into the message's actor list.
     let others = r.count(1, "change actors")?;
+    let mut actors = Vec::with_capacity(usize::try_from(others).unwrap_or(0).saturating_add(1));
+    actors.push(totals.intern(author));
     for _ in 0..others {
-        r.length_prefixed("change actor")?;
+        let other = r.length_prefixed("change actor")?;
+        actors.push(totals.intern(other));
     }
     let (columns, total) = columns::parse_column_metadata(&mut r, "change op columns")?;
     let data = r.take(total, "change op columns")?;
@@ -267,18 +291,131 @@ fn change(
     if columns.iter().any(ColumnMeta::deflated) {
         return Err(malformed("change chunk with deflated columns"));
     }
+    check_author_footer(r.rest(), seq)?;
     let slices: Slices<'_> = split(data, &columns, None, "change op columns")?;
     let count = count_columns(&slices, CHANGE_OP_COLUMNS, "change op")?;
     totals.add_ops(count.rows)?;
     totals.add_references(count.grouped)?;
+    // Only after the operation count passed its limit: one entry per make
+    // operation, at most that many.
+    let objects = change_objects(&slices, &actors, start_op, count.rows)?;
     totals.inspected.changes.push(InspectedChange {
         hash,
         deps,
         actor,
         inflated_bytes,
         ops: count.rows,
+        objects,
     });
     Ok(())
+}
+
+/// Automerge 0.12 asserts that a change carrying an author footer is its
+/// actor's first (`assert!(change.seq() == 1)` in `ChangeGraph::add_changes`):
+/// a panic any peer could reach. The footer is read as Automerge reads it
+/// (`decode_author_footer`): a footer id of 1, a length, and at least that
+/// many bytes.
+fn check_author_footer(extra: &[u8], seq: u64) -> Result<(), AdmissionError> {
+    if seq == 1 || extra.is_empty() {
+        return Ok(());
+    }
+    let mut r = Reader::new(extra);
+    let (Ok(id), Ok(len)) = (r.uleb("author footer"), r.uleb("author footer")) else {
+        return Ok(());
+    };
+    if id == AUTHOR_FOOTER && (r.remaining() as u64) >= len {
+        return Err(malformed(format_args!(
+            "change at seq {seq} carries an author, which only an actor's first change may"
+        )));
+    }
+    Ok(())
+}
+
+/// The author footer check of [`check_author_footer`] for every change of a
+/// document chunk: loaded into a document that is not empty, its changes
+/// are applied one by one and meet the same assertion. Runs after the
+/// change count passed its limit, which bounds the rows walked.
+fn check_document_authors(slices: &[(u32, Cow<'_, [u8]>)]) -> Result<(), AdmissionError> {
+    let mut seqs = DeltaValues::new(column(slices, DOC_CHANGE_SEQ), "document seq");
+    let mut metas = UintValues::new(column(slices, VALUE_META), "document extra bytes");
+    let raw = column(slices, VALUE_RAW);
+    let mut offset = 0usize;
+    while let Some(meta) = metas.next_value()? {
+        let seq = seqs.next_value()?.flatten().unwrap_or(0);
+        let len = usize::try_from(meta.map_or(0, |m| m >> 4))
+            .map_err(|_| malformed("document chunk: extra bytes too long"))?;
+        let extra = offset
+            .checked_add(len)
+            .and_then(|end| raw.get(offset..end))
+            .ok_or_else(|| malformed("document chunk: extra bytes past their column"))?;
+        offset += len;
+        check_author_footer(extra, u64::try_from(seq).unwrap_or(0))?;
+    }
+    Ok(())
+}
+
+/// The footer id of an author in a change's extra bytes (`Footer::Author`).
+const AUTHOR_FOOTER: u64 = 1;
+
+/// The make operations (actions 0 map, 2 list, 4 text, 6 table).
+fn is_make(action: u64) -> bool {
+    matches!(action, 0 | 2 | 4 | 6)
+}
+
+const OBJ_ACTOR: u32 = spec(0, ACTOR);
+const OBJ_COUNTER: u32 = spec(0, INTEGER);
+const ACTION: u32 = spec(4, INTEGER);
+
+/// The objects a change's operations make: operation `i` has the id
+/// (`start_op + i`, the author), and is made in the object its obj columns
+/// name, read as `ObjIdIter` reads them (both null, or a null actor with
+/// counter 0, is the root). `actors` maps the change's actor indexes to the
+/// message's.
+fn change_objects(
+    slices: &[(u32, Cow<'_, [u8]>)],
+    actors: &[u32],
+    start_op: u64,
+    rows: u64,
+) -> Result<Vec<CreatedObject>, AdmissionError> {
+    let mut obj_actor = UintValues::new(column(slices, OBJ_ACTOR), "change obj actor");
+    let mut obj_counter = UintValues::new(column(slices, OBJ_COUNTER), "change obj counter");
+    let mut action = UintValues::new(column(slices, ACTION), "change action");
+    let author = actors.first().copied().unwrap_or_default();
+    let mut objects = Vec::new();
+    for i in 0..rows {
+        let parent_actor = obj_actor.next_value()?.flatten();
+        let parent_counter = obj_counter.next_value()?.flatten();
+        let Some(make) = action.next_value()?.flatten() else {
+            continue;
+        };
+        if !is_make(make) {
+            continue;
+        }
+        let parent = match (parent_actor, parent_counter) {
+            (None, None | Some(0)) => None,
+            (Some(a), Some(c)) => {
+                let a = usize::try_from(a)
+                    .ok()
+                    .and_then(|a| actors.get(a))
+                    .ok_or_else(|| {
+                        malformed(format_args!(
+                            "change op: object actor index {a} of {} actors",
+                            actors.len()
+                        ))
+                    })?;
+                Some((c, *a))
+            }
+            _ => return Err(malformed("change op: object id with a null half")),
+        };
+        let counter = start_op
+            .checked_add(i)
+            .ok_or_else(|| malformed("change op: operation counter overflows"))?;
+        objects.push(CreatedObject {
+            object: (counter, author),
+            parent,
+        });
+    }
+    Ok(objects)
 }
 
 /// A table's columns: normalized specification and (inflated) data.
@@ -339,10 +476,11 @@ fn column<'s>(slices: &'s [(u32, Cow<'_, [u8]>)], spec: u32) -> &'s [u8] {
 /// `ChangeGraphCols::load` and `OpSet::load` read of it).
 fn document(body: &[u8], header_len: u64, totals: &mut Totals<'_>) -> Result<(), AdmissionError> {
     let mut r = Reader::new(body);
-    let actors = r.count(1, "document actors")?;
-    let actor_count = actors;
-    for _ in 0..actors {
-        r.length_prefixed("document actor")?;
+    let actor_count = r.count(1, "document actors")?;
+    let mut actors = Vec::with_capacity(usize::try_from(actor_count).unwrap_or(0));
+    for _ in 0..actor_count {
+        let actor = r.length_prefixed("document actor")?;
+        actors.push(totals.intern(actor));
     }
     let heads = r.count(32, "document heads")?;
     let limit = totals.limits.max_hashes as u64;
@@ -388,6 +526,7 @@ fn document(body: &[u8], header_len: u64, totals: &mut Totals<'_>) -> Result<(),
         totals.add_changes(count.rows)?;
         totals.add_references(count.grouped)?;
         check_references(&slices, &[DOC_CHANGE_ACTOR], actor_count, "document change")?;
+        check_document_authors(&slices)?;
         declared_change_ops(&slices)?
     };
 
@@ -403,8 +542,60 @@ fn document(body: &[u8], header_len: u64, totals: &mut Totals<'_>) -> Result<(),
     // Reconstructing the changes allocates each one's declared op count,
     // which counts deleted ops the document no longer stores as rows.
     totals.add_ops(count.rows.max(change_ops))?;
+    let objects = document_objects(&slices, &actors, count.rows)?;
+    totals.inspected.document_objects.extend(objects);
     totals.inspected.documents = totals.inspected.documents.saturating_add(1);
     Ok(())
+}
+
+const DOC_ID_ACTOR: u32 = spec(2, ACTOR);
+const DOC_ID_COUNTER: u32 = spec(2, DELTA);
+
+/// The objects a document chunk's make operations create: each row names
+/// its own id (id columns) and the object it is in (obj columns).
+fn document_objects(
+    slices: &[(u32, Cow<'_, [u8]>)],
+    actors: &[u32],
+    rows: u64,
+) -> Result<Vec<CreatedObject>, AdmissionError> {
+    let actor = |index: Option<u64>| -> Result<u32, AdmissionError> {
+        index
+            .and_then(|a| usize::try_from(a).ok())
+            .and_then(|a| actors.get(a))
+            .copied()
+            .ok_or_else(|| malformed("document op: actor index out of range"))
+    };
+    let mut obj_actor = UintValues::new(column(slices, OBJ_ACTOR), "document obj actor");
+    let mut obj_counter = UintValues::new(column(slices, OBJ_COUNTER), "document obj counter");
+    let mut id_actor = UintValues::new(column(slices, DOC_ID_ACTOR), "document id actor");
+    let mut id_counter = DeltaValues::new(column(slices, DOC_ID_COUNTER), "document id counter");
+    let mut action = UintValues::new(column(slices, ACTION), "document action");
+    let mut objects = Vec::new();
+    for _ in 0..rows {
+        let parent_actor = obj_actor.next_value()?.flatten();
+        let parent_counter = obj_counter.next_value()?.flatten();
+        let own_actor = id_actor.next_value()?.flatten();
+        let own_counter = id_counter.next_value()?.flatten();
+        let Some(make) = action.next_value()?.flatten() else {
+            continue;
+        };
+        if !is_make(make) {
+            continue;
+        }
+        let parent = match (parent_actor, parent_counter) {
+            (None, None | Some(0)) => None,
+            (Some(a), Some(c)) => Some((c, actor(Some(a))?)),
+            _ => return Err(malformed("document op: object id with a null half")),
+        };
+        let counter = own_counter
+            .and_then(|c| u64::try_from(c).ok())
+            .ok_or_else(|| malformed("document op: make operation without a counter"))?;
+        objects.push(CreatedObject {
+            object: (counter, actor(own_actor)?),
+            parent,
+        });
+    }
+    Ok(objects)
 }
 
 /// The actor columns of a document's op table.

@@ -19,6 +19,12 @@
 //! dependency or actor index out of range, value lengths past their column),
 //! which panic it.
 //!
+//! It also reports what the keeper needs to bound a message against the
+//! document before applying it: every actor the message names, and each
+//! object a make operation creates with the object it is made in (the
+//! depth bound), and it refuses a change carrying an author footer past its
+//! actor's first change (Automerge 0.12 asserts `seq == 1` for those).
+//!
 //! What it cannot see is whether a change fits the document it is applied
 //! to: Automerge 0.12 still panics on some well-formed changes that do not
 //! (a new actor's first change numbered other than 1, for one), so the
@@ -84,6 +90,13 @@ impl Default for AdmissionLimits {
 pub struct Inspected {
     /// One per change chunk (types 1 and 2), in order.
     pub changes: Vec<InspectedChange>,
+    /// Every actor the message names (authors, the actors a change's
+    /// operations refer to, a document chunk's actors), once each. An
+    /// [`ObjectKey`] indexes this list.
+    pub actors: Vec<automerge::ActorId>,
+    /// Objects made by the operations of document chunks (a document is
+    /// whole: every parent is in it or is the root).
+    pub document_objects: Vec<CreatedObject>,
     /// Document chunks (type 0).
     pub documents: u32,
     /// Bytes of all chunks, headers included, after decompression.
@@ -118,6 +131,26 @@ pub struct InspectedChange {
     pub inflated_bytes: u64,
     /// Operations in the change: what `Change::len()` will be.
     pub ops: u64,
+    /// Objects the change's make operations create, in operation order.
+    pub objects: Vec<CreatedObject>,
+}
+
+/// An object, named by the operation that made it: (counter, index of its
+/// actor in [`Inspected::actors`]). Kept this small because a message may
+/// make two million objects (its operation limit).
+pub type ObjectKey = (u64, u32);
+
+/// An object a make operation creates, and the object it is made in.
+///
+/// Automerge's patch log costs the square of an object's depth (every
+/// operation records its path from the root), and a reader walks it too, so
+/// the keeper bounds the depth of what a message creates before Automerge
+/// applies anything; this is what it needs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreatedObject {
+    pub object: ObjectKey,
+    /// `None`: the document root.
+    pub parent: Option<ObjectKey>,
 }
 
 /// Why a sync message was refused before Automerge saw it.

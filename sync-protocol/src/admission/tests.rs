@@ -1381,3 +1381,127 @@ fn admitted_changes_can_still_panic_automerge_when_their_seq_skips() {
     assert!(inspect_sync_message(&bytes, &AdmissionLimits::default()).is_ok());
     assert!(automerge_panics(&base, &bytes));
 }
+
+// ------------------------------------------------- author footers, depth
+
+/// An actor's first change, then a second one carrying an author footer
+/// (footer id 1, length, bytes) in its extra bytes.
+fn authored_second_change() -> (Automerge, Change) {
+    let mut doc = Automerge::new().with_actor(actor(9));
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "a", 1).unwrap();
+    tx.commit();
+    let first = doc.get_changes(&[]).pop().unwrap();
+    let mut expanded = automerge::ExpandedChange::from(&first);
+    expanded.seq = 2;
+    expanded.deps = vec![first.hash()];
+    expanded.start_op = std::num::NonZeroU64::new(first.max_op() + 1).unwrap();
+    expanded.hash = None;
+    let name = b"li-na";
+    let mut footer = vec![1, name.len() as u8];
+    footer.extend_from_slice(name);
+    expanded.extra_bytes = footer;
+    let second = Change::from(expanded);
+    assert!(second.author().is_some(), "the footer reads as an author");
+    (doc, second)
+}
+
+#[test]
+fn an_author_footer_after_an_actors_first_change_is_refused_and_would_panic_automerge() {
+    let (doc, mut second) = authored_second_change();
+    let bytes = message(&[second.bytes().as_ref()]);
+    assert!(
+        automerge_panics(&doc, &bytes),
+        "Automerge 0.12 asserts seq == 1 for an authored change"
+    );
+    assert!(matches!(
+        inspect_sync_message(&bytes, &AdmissionLimits::default()),
+        Err(AdmissionError::Malformed(why)) if why.contains("author")
+    ));
+}
+
+#[test]
+fn the_objects_a_change_makes_are_named_with_their_parents() {
+    let mut doc = Automerge::new().with_actor(actor(3));
+    let mut tx = doc.transaction();
+    let outer = tx.put_object(ROOT, "outer", ObjType::Map).unwrap();
+    tx.put(&outer, "x", 1).unwrap();
+    let inner = tx.put_object(&outer, "inner", ObjType::List).unwrap();
+    tx.insert_object(&inner, 0, ObjType::Text).unwrap();
+    tx.commit();
+    let mut change = doc.get_changes(&[]).pop().unwrap();
+    let inspected = inspect_sync_message(
+        &message(&[change.bytes().as_ref()]),
+        &AdmissionLimits::default(),
+    )
+    .unwrap();
+    let me = inspected
+        .actors
+        .iter()
+        .position(|a| *a == actor(3))
+        .unwrap() as u32;
+    assert_eq!(
+        inspected.changes[0].objects,
+        vec![
+            CreatedObject {
+                object: (1, me),
+                parent: None
+            },
+            CreatedObject {
+                object: (3, me),
+                parent: Some((1, me))
+            },
+            CreatedObject {
+                object: (4, me),
+                parent: Some((3, me))
+            },
+        ]
+    );
+
+    // The same objects read from a whole document.
+    let saved = doc.save();
+    let inspected = inspect_sync_message(&message(&[&saved]), &AdmissionLimits::default()).unwrap();
+    let me = inspected
+        .actors
+        .iter()
+        .position(|a| *a == actor(3))
+        .unwrap() as u32;
+    let mut objects = inspected.document_objects.clone();
+    objects.sort_by_key(|o| o.object);
+    assert_eq!(
+        objects,
+        vec![
+            CreatedObject {
+                object: (1, me),
+                parent: None
+            },
+            CreatedObject {
+                object: (3, me),
+                parent: Some((1, me))
+            },
+            CreatedObject {
+                object: (4, me),
+                parent: Some((3, me))
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_document_whose_actor_first_wrote_with_an_author_passes() {
+    // The document path reads every change's extra bytes; an author on an
+    // actor's first change is what Automerge itself writes, and passes.
+    let mut doc = Automerge::new().with_actor(actor(4));
+    doc.set_author(Some(automerge::Author::from(b"li-na".to_vec())));
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "a", 1).unwrap();
+    tx.commit();
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "b", 2).unwrap();
+    tx.commit();
+    let first = doc.get_changes(&[]).into_iter().next().unwrap();
+    assert!(first.author().is_some());
+    let saved = doc.save();
+    let inspected = inspect_sync_message(&message(&[&saved]), &AdmissionLimits::default()).unwrap();
+    assert_eq!(inspected.change_count, doc.get_changes(&[]).len() as u64);
+}

@@ -634,7 +634,9 @@ fn one_change_per_actor(base: &Automerge, n: usize) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(n);
     let mut fork = base.fork().with_actor(ActorId::random());
     let mut tx = fork.transaction();
-    tx.put(automerge::ROOT, "k", 0).expect("put");
+    // A fresh value: a put that changes nothing makes no change.
+    tx.put(automerge::ROOT, "k", (rand_u128() >> 65) as i64)
+        .expect("put");
     tx.commit();
     let template = automerge::ExpandedChange::from(&fork.get_changes(&base.get_heads())[0]);
     let mut deps = base.get_heads();
@@ -785,4 +787,342 @@ fn review_the_projection_walk_of_a_nested_record_must_not_overflow_a_pool_thread
         .expect("thread")
         .join();
     assert!(walked.is_ok());
+}
+
+#[test]
+fn a_change_nesting_past_the_depth_limit_is_refused_before_automerge() {
+    let mut world = World::new(2, KeeperLimits::default());
+    world.devices[1].record_visit("honest");
+    world.quiesce();
+    let base = world.keeper.document().fork();
+    let heads = world.keeper.heads();
+    // 8,000 deep cost the server 3.2 GB in Automerge's patch log; refused
+    // here before it is applied, it costs the walk of one chain.
+    let (bytes, hash) = deeply_nested_visit(&base, 8_000);
+    let started = std::time::Instant::now();
+    world.device_sends(0, message_with(vec![bytes], vec![hash]));
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    assert!(
+        matches!(
+            world.refusals.last(),
+            Some((_, Refusal::TooDeep { limit: 32, .. }))
+        ),
+        "{:?}",
+        world.refusals
+    );
+    assert!(!world.keeper.needs_reload(), "nothing reached Automerge");
+    assert_eq!(world.keeper.heads(), heads);
+    assert!(world.store.chunks.len() == 1, "nothing more stored");
+    // The other device goes on syncing.
+    world.devices[1].record_visit("after");
+    world.refusals.clear();
+    world.quiesce();
+    assert!(world.refusals.is_empty(), "{:?}", world.refusals);
+    let keys = Device::visit_keys(world.keeper.document());
+    assert_eq!(keys, vec!["after".to_owned(), "honest".to_owned()]);
+}
+
+#[test]
+fn nesting_within_the_limit_passes_and_counts_from_the_document_root() {
+    let mut world = World::new(1, KeeperLimits::default());
+    // visits (1) > the record (2) > 30 more: 32, the limit.
+    let base = world.keeper.document().fork();
+    let (bytes, hash) = deeply_nested_visit(&base, 30);
+    world.device_sends(0, message_with(vec![bytes], vec![hash]));
+    assert!(world.refusals.is_empty(), "{:?}", world.refusals);
+    assert_eq!(world.keeper.heads(), vec![hash]);
+
+    // One more level under the deepest, in a later message: its parent is
+    // in the document, 32 deep, so this one would be 33.
+    let mut fork = world.keeper.document().fork().with_actor(ActorId::random());
+    let visits = match fork.get(automerge::ROOT, "visits") {
+        Ok(Some((_, id))) => id,
+        other => panic!("no visits map: {other:?}"),
+    };
+    let record = fork.keys(&visits).next().expect("one visit");
+    let Ok(Some((_, mut deepest))) = fork.get(&visits, record.as_str()) else {
+        panic!("record")
+    };
+    while let Ok(Some((_, id))) = fork.get(&deepest, "a") {
+        deepest = id;
+    }
+    let mut tx = fork.transaction();
+    tx.put_object(&deepest, "b", automerge::ObjType::Map)
+        .expect("nest");
+    tx.commit();
+    let mut change = fork.get_changes(&[hash]).pop().expect("one change");
+    world.device_sends(
+        0,
+        message_with(vec![change.bytes().into_owned()], vec![change.hash()]),
+    );
+    assert!(
+        matches!(
+            world.refusals.last(),
+            Some((
+                _,
+                Refusal::TooDeep {
+                    depth: 33,
+                    limit: 32
+                }
+            ))
+        ),
+        "{:?}",
+        world.refusals
+    );
+    assert_eq!(world.keeper.heads(), vec![hash]);
+}
+
+#[test]
+fn nesting_split_across_changes_of_one_message_is_measured_whole() {
+    let mut world = World::new(1, KeeperLimits::default());
+    let base = world.keeper.document().fork();
+    // Ten changes of five levels each, one under the other: 2 + 50 deep.
+    let mut fork = base.fork().with_actor(ActorId::random());
+    let mut obj = match fork.get(automerge::ROOT, "visits") {
+        Ok(Some((_, id))) => id,
+        other => panic!("no visits map: {other:?}"),
+    };
+    for _ in 0..10 {
+        let mut tx = fork.transaction();
+        for _ in 0..5 {
+            obj = tx
+                .put_object(&obj, "a", automerge::ObjType::Map)
+                .expect("nest");
+        }
+        tx.commit();
+    }
+    let changes: Vec<Vec<u8>> = fork
+        .get_changes(&base.get_heads())
+        .into_iter()
+        .map(|mut c| c.bytes().into_owned())
+        .collect();
+    world.device_sends(0, message_with(changes, fork.get_heads()));
+    assert!(
+        matches!(world.refusals.last(), Some((_, Refusal::TooDeep { .. }))),
+        "{:?}",
+        world.refusals
+    );
+    assert_eq!(world.keeper.heads(), base.get_heads());
+}
+
+#[test]
+fn a_document_refuses_actors_past_its_lifetime_limit() {
+    let limits = KeeperLimits {
+        max_document_actors: 12,
+        ..KeeperLimits::default()
+    };
+    let mut world = World::new(2, limits);
+    // The genesis actor and device 1's make two; nine more fit.
+    world.devices[1].record_visit("first");
+    world.quiesce();
+    let base = world.keeper.document().fork();
+    let changes = one_change_per_actor(&base, 9);
+    let head = automerge::Change::from_bytes(changes.last().expect("one").clone())
+        .expect("change")
+        .hash();
+    world.device_sends(0, message_with(changes, vec![head]));
+    assert!(world.refusals.is_empty(), "{:?}", world.refusals);
+    assert_eq!(world.keeper.heads(), vec![head]);
+
+    // Two more in a later message would pass 12: refused, nothing applied.
+    let base = world.keeper.document().fork();
+    let changes = one_change_per_actor(&base, 2);
+    let next = automerge::Change::from_bytes(changes.last().expect("one").clone())
+        .expect("change")
+        .hash();
+    world.device_sends(0, message_with(changes, vec![next]));
+    assert!(
+        matches!(
+            world.refusals.last(),
+            Some((
+                _,
+                Refusal::DocumentActors {
+                    count: 11,
+                    incoming: 2,
+                    limit: 12
+                }
+            ))
+        ),
+        "{:?}",
+        world.refusals
+    );
+    assert!(!world.keeper.needs_reload());
+    assert_eq!(world.keeper.heads(), vec![head]);
+
+    // One more fits, and the count survives a reload from the store.
+    world
+        .keeper
+        .reload(world.store.load(), world.store.stored_bytes());
+    let (id, key) = (world.devices[0].id, world.devices[0].key.clone());
+    world.keeper.add_peer(key, id, None, 1);
+    world.refusals.clear();
+    let base = world.keeper.document().fork();
+    let changes = one_change_per_actor(&base, 1);
+    let last = automerge::Change::from_bytes(changes[0].clone())
+        .expect("change")
+        .hash();
+    world.device_sends(0, message_with(changes, vec![last]));
+    assert!(world.refusals.is_empty(), "{:?}", world.refusals);
+    let base = world.keeper.document().fork();
+    let changes = one_change_per_actor(&base, 1);
+    world.device_sends(0, message_with(changes, vec![]));
+    assert!(
+        matches!(
+            world.refusals.last(),
+            Some((_, Refusal::DocumentActors { count: 12, .. }))
+        ),
+        "{:?}",
+        world.refusals
+    );
+    // The devices already in the document go on writing.
+    world.devices[1].record_visit("still");
+    world.quiesce();
+    assert!(Device::visit_keys(world.keeper.document()).contains(&"still".to_owned()));
+}
+
+#[test]
+fn a_document_refuses_changes_past_its_lifetime_limit() {
+    let limits = KeeperLimits {
+        max_document_changes: 4,
+        ..KeeperLimits::default()
+    };
+    let mut world = World::new(1, limits);
+    // The genesis and two visits: three.
+    world.devices[0].record_visit("a");
+    world.devices[0].record_visit("b");
+    world.quiesce();
+    assert!(world.refusals.is_empty(), "{:?}", world.refusals);
+    let heads = world.keeper.heads();
+    world.devices[0].record_visit("c");
+    world.devices[0].record_visit("d");
+    // The device retries and is refused each time: it never falls quiet.
+    assert!(!world.run(5));
+    assert!(
+        matches!(
+            world.refusals.first(),
+            Some((
+                _,
+                Refusal::DocumentChanges {
+                    count: 3,
+                    incoming: 2,
+                    limit: 4
+                }
+            ))
+        ),
+        "{:?}",
+        world.refusals
+    );
+    assert_eq!(world.keeper.heads(), heads);
+}
+
+#[test]
+fn a_whole_document_nesting_past_the_limit_is_refused_before_automerge() {
+    let mut world = World::new(1, KeeperLimits::default());
+    let base = world.keeper.document().fork();
+    let (bytes, _) = deeply_nested_visit(&base, 40);
+    let mut doc = base.fork();
+    doc.load_incremental(&bytes).expect("applies");
+    // Automerge's V2 reply to a peer missing much: `save()` as one chunk.
+    let data = sync::Message {
+        heads: doc.get_heads(),
+        need: Vec::new(),
+        have: vec![sync::Have::default()],
+        changes: sync::ChunkList::from(doc.save()),
+        flags: None,
+        version: MessageVersion::V2,
+    }
+    .encode();
+    world.device_sends(0, data);
+    assert!(
+        matches!(world.refusals.last(), Some((_, Refusal::TooDeep { .. }))),
+        "{:?}",
+        world.refusals
+    );
+    assert!(!world.keeper.needs_reload());
+    assert_eq!(world.keeper.heads(), base.get_heads());
+}
+
+#[test]
+fn an_orphan_is_measured_when_the_change_it_waits_for_arrives() {
+    let mut world = World::new(1, KeeperLimits::default());
+    let base = world.keeper.document().fork();
+    // The first change nests 20 under a new visit (22 deep); the second,
+    // sent first, nests 20 more under its deepest (42).
+    let mut fork = base.fork().with_actor(ActorId::random());
+    let visits = match fork.get(automerge::ROOT, "visits") {
+        Ok(Some((_, id))) => id,
+        other => panic!("no visits map: {other:?}"),
+    };
+    let mut obj = visits;
+    for round in 0..2 {
+        let mut tx = fork.transaction();
+        for _ in 0..20 {
+            obj = tx
+                .put_object(&obj, format!("r{round}").as_str(), automerge::ObjType::Map)
+                .expect("nest");
+        }
+        tx.commit();
+    }
+    let mut changes = fork.get_changes(&base.get_heads());
+    assert_eq!(changes.len(), 2);
+    let second = changes.pop().expect("second");
+    let first = changes.pop().expect("first");
+    let bytes = |c: &automerge::Change| c.raw_bytes().to_vec();
+
+    // Alone, the second waits for the first: nothing to measure yet.
+    world.device_sends(0, message_with(vec![bytes(&second)], vec![second.hash()]));
+    assert!(world.refusals.is_empty(), "{:?}", world.refusals);
+    assert_eq!(world.keeper.heads(), base.get_heads());
+    // The first arrives: together they are 41 deep (visits 1, then 40).
+    world.device_sends(0, message_with(vec![bytes(&first)], vec![first.hash()]));
+    assert!(
+        matches!(world.refusals.last(), Some((_, Refusal::TooDeep { .. }))),
+        "{:?}",
+        world.refusals
+    );
+    assert_eq!(world.keeper.heads(), base.get_heads());
+}
+
+#[test]
+fn an_object_made_inside_one_the_document_never_held_is_refused() {
+    let mut world = World::new(1, KeeperLimits::default());
+    let base = world.keeper.document().fork();
+    // Change A makes a visit; change B, by another actor, makes a map in
+    // it. B is rewritten to depend on the base alone, and A never sent:
+    // B applies at once, into an object that does not exist.
+    let mut fork = base.fork().with_actor(ActorId::random());
+    let visits = match fork.get(automerge::ROOT, "visits") {
+        Ok(Some((_, id))) => id,
+        other => panic!("no visits map: {other:?}"),
+    };
+    let mut tx = fork.transaction();
+    let visit = tx
+        .put_object(&visits, "v", automerge::ObjType::Map)
+        .expect("visit");
+    tx.commit();
+    let after_a = fork.get_heads();
+    let mut other = fork.fork().with_actor(ActorId::random());
+    let mut tx = other.transaction();
+    tx.put_object(&visit, "inner", automerge::ObjType::Map)
+        .expect("inner");
+    tx.commit();
+    let b = other.get_changes(&after_a).pop().expect("b");
+    let mut expanded = automerge::ExpandedChange::from(&b);
+    expanded.deps = base.get_heads();
+    expanded.hash = None;
+    let b = automerge::Change::from(expanded);
+    world.device_sends(
+        0,
+        message_with(vec![b.raw_bytes().to_vec()], vec![b.hash()]),
+    );
+    assert!(
+        matches!(
+            world.refusals.last(),
+            Some((_, Refusal::UnknownParent { .. }))
+        ),
+        "{:?}",
+        world.refusals
+    );
+    assert!(!world.keeper.needs_reload());
+    assert_eq!(world.keeper.heads(), base.get_heads());
 }

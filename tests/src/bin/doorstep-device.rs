@@ -3,7 +3,8 @@
 //!
 //! `doorstep-device DATA_DIR SERVER_URL COMMAND [ARGS]` with COMMAND one of
 //! `enroll CODE`, `add-member NAME`, `record-visit MEMBER_ID DATE CASH_FEN
-//! [--hold]`, `sync`, `hold` (open the store and wait to be killed). Results
+//! [--hold]`, `sync`, `export FILE` (the unsynced edits), `hold` (open the
+//! store and wait to be killed). Results
 //! go to stdout, one line each. The store key is the tests' stand-in.
 
 use anyhow::{Context, bail};
@@ -54,6 +55,11 @@ async fn main() -> anyhow::Result<()> {
                 // Wait to be killed: nothing after the edit returned may matter.
                 std::future::pending::<()>().await;
             }
+        }
+        ("export", [file]) => {
+            let export = client.export_unsynced().await?;
+            std::fs::write(file, &export)?;
+            println!("exported {} bytes", export.len());
         }
         ("hold", []) => {
             println!("open");

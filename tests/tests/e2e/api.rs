@@ -73,20 +73,27 @@ async fn a_sub_district_admin_manages_its_own_subtree_only() -> anyhow::Result<(
     // An upper level's code is a request: the branch approves it first (this
     // new branch has no secretary yet, so the operator does).
     assert_eq!(code["status"], "pending_approval");
+    // Whoever asks from above never holds the code: the approver gets it.
+    assert!(code.get("code").is_none(), "{code}");
     let request = code["id"].as_str().expect("request id").parse()?;
-    let code = code["code"].as_str().expect("code").to_owned();
-    let (status, pending) = post(&server, "", "/api/v1/enroll", json!({ "code": code })).await?;
-    assert_eq!(status, StatusCode::ACCEPTED, "{pending}");
-    assert_eq!(pending["status"], "pending_approval");
-    assert!(pending.get("token").is_none());
     let waiting = server
         .store
         .enrollment_code(request)
         .await?
         .expect("the request");
-    doorstep_server::admin::decide_enrollment_code(&server.store, &waiting, true, "cli")
-        .await?
-        .expect("approved");
+    let permit = doorstep_server::admin::authorize_operator(
+        &server.store,
+        doorstep_server::authority::Action::DecideEnrollmentRequest {
+            code: &waiting,
+            approve: true,
+        },
+    )
+    .await?;
+    let approved =
+        doorstep_server::admin::decide_enrollment_code(&server.store, &permit, &waiting, true)
+            .await?
+            .expect("approved");
+    let code = approved.code.expect("the approver receives the code");
 
     // The code enrolls exactly once.
     let (status, enrolled) = post(
@@ -99,8 +106,9 @@ async fn a_sub_district_admin_manages_its_own_subtree_only() -> anyhow::Result<(
     assert_eq!(status, StatusCode::CREATED, "{enrolled}");
     assert_eq!(enrolled["branch_id"], branch["id"]);
     assert_eq!(enrolled["documents"][0]["kind"], "roster");
-    let (status, _) = post(&server, "", "/api/v1/enroll", json!({ "code": code })).await?;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, again) = post(&server, "", "/api/v1/enroll", json!({ "code": code })).await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+    assert_eq!(again["code"], "enrollment_code_used");
 
     // Another sub-district's branch is refused exactly like a missing one.
     let foreign = post(
@@ -158,7 +166,8 @@ async fn a_sub_district_admin_manages_its_own_subtree_only() -> anyhow::Result<(
     )
     .await?;
     assert_eq!(status, StatusCode::CREATED, "{invited}");
-    assert!(invited["activation_code"].is_string());
+    // A secretary invited from above: the code goes to the branch's approver.
+    assert!(invited.get("activation_code").is_none(), "{invited}");
     Ok(())
 }
 

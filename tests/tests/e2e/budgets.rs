@@ -13,7 +13,7 @@ use doorstep_protocol::schema::roster::Member;
 use doorstep_protocol::schema::write_record;
 use doorstep_server::admin;
 use doorstep_server::budget::{BudgetLimits, Budgets, ConnectionLimits};
-use doorstep_server::store::Store;
+use doorstep_server::store::{AuditQuery, Outcome, Store};
 use doorstep_server::tenancy::Role;
 use doorstep_tests::{
     ServerProcess, SyncOutcome, TestPeer, TestServer, enroll, eventually, make_district,
@@ -32,6 +32,8 @@ fn client_from(ip: [u8; 4]) -> reqwest::Client {
     reqwest::Client::builder()
         .local_address(std::net::IpAddr::from(ip))
         .timeout(Duration::from_secs(60))
+        // No idle connection left behind to count against the address.
+        .pool_max_idle_per_host(0)
         .build()
         .expect("client")
 }
@@ -84,14 +86,23 @@ async fn four_hundred_concurrent_activations_with_one_code_stay_within_budget() 
     let data = tempfile::tempdir()?;
     let store = Store::open(&data.path().join("doorstep.db")).await?;
     let d = make_district(&store).await?;
+    // The operator invites (the code comes back to the inviter: a
+    // volunteer's account reads no names).
+    let permit = admin::authorize_operator(
+        &store,
+        doorstep_server::authority::Action::InviteUser {
+            tenant: &d.yingfeng,
+            role: Role::Volunteer,
+        },
+    )
+    .await?;
     let invited = admin::invite_user(
         &store,
+        &permit,
         "volunteer-li",
         Role::Volunteer,
-        d.yingfeng.id,
+        &d.yingfeng,
         24,
-        "test",
-        false,
     )
     .await?;
     let server = ServerProcess::start(
@@ -174,6 +185,25 @@ async fn four_hundred_concurrent_activations_with_one_code_stay_within_budget() 
     assert!(rounds >= 1, "the other branch synced meanwhile");
     let health = reqwest::get(format!("{}/healthz", server.http_url())).await?;
     assert_eq!(health.status(), StatusCode::OK);
+    // Hundreds of refusals of one spent code are one audit row, not hundreds.
+    let refused = store
+        .audit_entries(&AuditQuery {
+            scope: None,
+            before: None,
+            limit: 10_000,
+        })
+        .await?
+        .into_iter()
+        .filter(|e| e.action == "user.activate" && e.outcome == Outcome::Refused)
+        .count();
+    let spent = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::BAD_REQUEST)
+        .count();
+    assert!(
+        refused <= 1,
+        "{refused} rows for {spent} refused uses of a spent code"
+    );
     server.kill().await?;
     Ok(())
 }
@@ -190,6 +220,17 @@ async fn a_login_flood_from_many_addresses_does_not_queue_an_honest_login_behind
     server
         .login_as("secretary", Role::BranchSecretary, d.yingfeng.id)
         .await?;
+    let busy = Arc::new(AtomicBool::new(true));
+    let syncing = honest_device(
+        connected_device(
+            &server.http_url(),
+            &server.ws_url(),
+            server.enroll(d.fenghuangting.id, "phone").await?,
+            None,
+        )
+        .await?,
+        busy.clone(),
+    );
     const SOURCES: u8 = 60;
     const PER_SOURCE: usize = 10;
     let served = Arc::new(AtomicUsize::new(0));
@@ -247,6 +288,8 @@ async fn a_login_flood_from_many_addresses_does_not_queue_an_honest_login_behind
     for lane in flood {
         lane.await??;
     }
+    busy.store(false, Ordering::SeqCst);
+    assert!(syncing.await?? >= 1, "another branch synced meanwhile");
     let total = usize::from(SOURCES) * PER_SOURCE;
     // In turn: at most one turn of each address (plus the two running)
     // before the honest login; first-in first-out served the ~240 queued.
@@ -380,6 +423,17 @@ async fn a_devices_sockets_that_stop_reading_do_not_multiply_changes_in_memory()
         peer.sync(roster).await?;
         stalled.push(peer);
     }
+    let busy = Arc::new(AtomicBool::new(true));
+    let syncing = honest_device(
+        connected_device(
+            &http,
+            &ws,
+            enroll(&store, &http, d.fenghuangting.id, "other branch").await?,
+            None,
+        )
+        .await?,
+        busy.clone(),
+    );
     let mut writer = connected_device(
         &http,
         &ws,
@@ -399,6 +453,8 @@ async fn a_devices_sockets_that_stop_reading_do_not_multiply_changes_in_memory()
         tx.commit();
         assert_eq!(writer.peer.sync(writer.roster).await?, SyncOutcome::Synced);
     }
+    busy.store(false, Ordering::SeqCst);
+    assert!(syncing.await?? >= 1, "another branch synced meanwhile");
     let peak = server.peak_rss_bytes()?;
     assert!(peak < 600 * MIB, "peak RSS {} MiB", peak / MIB);
     // All but the newest few of the stalled sockets were closed.
@@ -406,5 +462,168 @@ async fn a_devices_sockets_that_stop_reading_do_not_multiply_changes_in_memory()
     assert!(open < 100, "{open} files open");
     drop(stalled);
     server.kill().await?;
+    Ok(())
+}
+
+/// From the review of the budgets: a client that pipelines requests and
+/// never reads the answers held its place forever (hyper has no write
+/// deadline). Now a write the client takes no byte of closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_answers_loses_its_place() -> anyhow::Result<()> {
+    let budgets = Budgets::new(BudgetLimits {
+        connections: ConnectionLimits {
+            per_address: 8,
+            write_stall: Duration::from_secs(2),
+            ..ConnectionLimits::default()
+        },
+        ..BudgetLimits::default()
+    });
+    let connections = budgets.connections.clone();
+    let server = TestServer::spawn_with(move |config| config.budgets = budgets).await?;
+    let attacker = std::net::SocketAddr::from(([127, 0, 0, 11], 0));
+    let mut sockets = Vec::new();
+    for _ in 0..8 {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(4096)?;
+        socket.bind(attacker)?;
+        let mut stream = socket.connect(server.addr).await?;
+        // A thousand answers of ~45 KB: far more than the socket buffers.
+        let request = "GET /api/v1/openapi.json HTTP/1.1\r\nhost: x\r\n\r\n".repeat(1000);
+        // The server stops reading once its answers back up; what is not
+        // taken is fine.
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(request.as_bytes()))
+            .await;
+        sockets.push(stream);
+    }
+    // The address is full while the answers back up...
+    let full = client_from([127, 0, 0, 11])
+        .get(format!("{}/healthz", server.http_url()))
+        .send()
+        .await;
+    assert!(full.is_err(), "the address's share is used up: {full:?}");
+    // ...and free again once the stalled writes time out.
+    eventually(Duration::from_secs(20), || async {
+        Ok(client_from([127, 0, 0, 11])
+            .get(format!("{}/healthz", server.http_url()))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK))
+    })
+    .await?;
+    assert!(connections.open() < 8, "{} still open", connections.open());
+    drop(sockets);
+    Ok(())
+}
+
+/// From the review: with no lockout, guesses at one account from many
+/// addresses were bounded only per address. Now the account is slowed
+/// for new addresses past a few dozen failures, and its owner, at an
+/// address it logged in from before, is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_at_one_account_from_many_addresses_slow_down_but_never_the_owner()
+-> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    // `login_as` logs in once from 127.0.0.1: the owner's known address.
+    server
+        .login_as("admin", Role::DistrictAdmin, d.district.id)
+        .await?;
+    let url = format!("{}/api/v1/login", server.http_url());
+    let guess = |ip: [u8; 4], password: &'static str| {
+        let url = url.clone();
+        async move {
+            client_from(ip)
+                .post(url)
+                .json(&json!({ "username": "admin", "password": password }))
+                .send()
+                .await
+                .map(|r| r.status())
+        }
+    };
+    // Fifty addresses, one guess each: all checked (and wrong).
+    for i in 0..50u8 {
+        assert_eq!(
+            guess([127, 0, 3, 10 + i], "wrong guess").await?,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // The fifty-first new address waits, before any check.
+    assert_eq!(
+        guess([127, 0, 3, 200], "wrong guess").await?,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // The owner, from where they logged in before, is not held back.
+    assert_eq!(
+        guess([127, 0, 0, 1], "a long enough password").await?,
+        StatusCode::OK
+    );
+    Ok(())
+}
+
+/// From the review: behind a carrier's NAT many phones share one address;
+/// the address's share of connections must not stop the 257th phone.
+/// An authenticated device's socket leaves its address's share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phones_behind_one_address_are_not_bounded_by_its_connection_share() -> anyhow::Result<()> {
+    let budgets = Budgets::new(BudgetLimits {
+        connections: ConnectionLimits {
+            per_address: 2,
+            ..ConnectionLimits::default()
+        },
+        ..BudgetLimits::default()
+    });
+    let server = TestServer::spawn_with(move |config| config.budgets = budgets).await?;
+    let d = server.district().await?;
+    let mut phones = Vec::new();
+    for i in 0..6 {
+        let enrolled = server.enroll(d.yingfeng.id, &format!("phone {i}")).await?;
+        phones.push(connected_device(&server.http_url(), &server.ws_url(), enrolled, None).await?);
+    }
+    for phone in &mut phones {
+        add_member(phone, "王秀兰");
+        assert_eq!(phone.peer.sync(phone.roster).await?, SyncOutcome::Synced);
+    }
+    Ok(())
+}
+
+/// From the review: every `POST /enroll` with a spent code wrote an audit
+/// row in a write transaction, so anyone holding an old code could fill
+/// the log and contend with acknowledgements. Now once per code and
+/// interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_enrollment_code_presented_again_and_again_is_recorded_once() -> anyhow::Result<()>
+{
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let issued =
+        admin::issue_enrollment_code(&server.store, d.yingfeng.id, "phone", 1, "test").await?;
+    let url = format!("{}/api/v1/enroll", server.http_url());
+    let client = reqwest::Client::new();
+    let first = client
+        .post(&url)
+        .json(&json!({ "code": issued.code }))
+        .send()
+        .await?;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    for _ in 0..100 {
+        let again = client
+            .post(&url)
+            .json(&json!({ "code": issued.code }))
+            .send()
+            .await?;
+        assert_eq!(again.status(), StatusCode::CONFLICT);
+    }
+    let refused = server
+        .store
+        .audit_entries(&AuditQuery {
+            scope: None,
+            before: None,
+            limit: 10_000,
+        })
+        .await?
+        .into_iter()
+        .filter(|e| e.action == "device.enroll" && e.outcome == Outcome::Refused)
+        .count();
+    assert_eq!(refused, 1, "100 presentations of a spent code");
     Ok(())
 }

@@ -557,3 +557,378 @@ fn the_extractor_walks_nested_maps() -> anyhow::Result<()> {
     assert!(doc.get(automerge::ROOT, "members")?.is_some());
     Ok(())
 }
+
+/// One app process: opens the data directory, makes one call, exits (so
+/// the directory is closed, as when a phone backs it up).
+async fn app_process(dir: &std::path::Path, url: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_doorstep-device"))
+        .arg(dir)
+        .arg(url)
+        .args(args)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// Copies every file of a data directory (a phone backup takes them all).
+fn copy_files(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts a backup back: the directory holds exactly the backup's files.
+fn restore(backup: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_file() {
+            std::fs::remove_file(path)?;
+        }
+    }
+    copy_files(backup, dir)
+}
+
+/// Issue 14, finding 1: the actor id was stored and reused after a
+/// rollback of the store, so the first edit after a restore wrote a second
+/// change under a sequence number the server already held ("duplicate
+/// seq"): every sync failed for good, and so did importing the export.
+#[tokio::test]
+async fn a_restored_data_directory_keeps_syncing_and_loses_no_edit() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let url = server.http_url();
+    let (dir, backup, other_dir) = (
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    );
+    let phone = dir.path();
+    let code = doorstep_server::admin::issue_enrollment_code(
+        &server.store,
+        d.yingfeng.id,
+        "phone",
+        1,
+        "test",
+    )
+    .await?
+    .code;
+    app_process(phone, &url, &["enroll", &code]).await?;
+    let added = app_process(phone, &url, &["add-member", "备份恢复"]).await?;
+    let member = added.strip_prefix("member ").unwrap_or_default().to_owned();
+    app_process(phone, &url, &["sync"]).await?;
+
+    // The backup; then an edit that reaches the server; then the restore.
+    copy_files(phone, backup.path())?;
+    let date = first_day(this_month()).to_string();
+    let recorded = |out: String| -> anyhow::Result<RecordId> {
+        Ok(out.strip_prefix("recorded ").unwrap_or_default().parse()?)
+    };
+    let lost_locally =
+        recorded(app_process(phone, &url, &["record-visit", &member, &date, "1000"]).await?)?;
+    app_process(phone, &url, &["sync"]).await?;
+    restore(backup.path(), phone)?;
+
+    // The first edit after the restore, exported before it syncs.
+    let after =
+        recorded(app_process(phone, &url, &["record-visit", &member, &date, "2000"]).await?)?;
+    let export_file = other_dir.path().join("export.json");
+    let export_path = export_file.to_str().expect("utf-8 path");
+    app_process(phone, &url, &["export", export_path]).await?;
+
+    // Another device of the branch, holding the edit from before the
+    // restore (from the server), imports the export.
+    let other_store = tempfile::tempdir()?;
+    let other = sdk_device(
+        &server.store,
+        &url,
+        d.yingfeng.id,
+        other_store.path(),
+        |_| {},
+    )
+    .await?;
+    other.sync_now().await?;
+    assert_eq!(other.visit(lost_locally).await?.aid_cash, Fen(1000));
+    let report = other.import_unsynced(&std::fs::read(&export_file)?).await?;
+    assert!(report.records >= 1, "{report:?}");
+    assert_eq!(other.visit(after).await?.aid_cash, Fen(2000));
+    assert!(other.checkpoint().await?.safe);
+
+    // The restored phone itself syncs, and keeps syncing.
+    app_process(phone, &url, &["sync"]).await?;
+    let later =
+        recorded(app_process(phone, &url, &["record-visit", &member, &date, "3000"]).await?)?;
+    app_process(phone, &url, &["sync"]).await?;
+
+    let client = Client::open(ClientConfig::new(phone, &url, test_store_key())).await?;
+    let checkpoint = client.checkpoint().await?;
+    assert!(checkpoint.safe, "{checkpoint:?}");
+    for (visit, fen) in [(lost_locally, 1000), (after, 2000), (later, 3000)] {
+        assert_eq!(client.visit(visit).await?.aid_cash, Fen(fen));
+    }
+    let stored = MonthlyLog::load(
+        &server
+            .stored_document(DocumentId::monthly_log(d.yingfeng.id, this_month()))
+            .await?,
+    );
+    for (visit, fen) in [(lost_locally, 1000), (after, 2000), (later, 3000)] {
+        assert_eq!(
+            stored.visits.get(&visit).map(|v| v.aid_cash),
+            Some(Fen(fen))
+        );
+    }
+    Ok(())
+}
+
+/// Issue 14, finding 2: the import wrote each record whole, so another
+/// device's acknowledged edits to the same records (here an address and a
+/// hardship status) vanished everywhere, and no conflict was shown.
+#[tokio::test]
+async fn an_import_keeps_a_third_devices_acknowledged_edits_and_shows_the_conflict()
+-> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let url = server.http_url();
+    let dirs = [
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    ];
+    let mut devices = Vec::new();
+    for dir in &dirs {
+        devices.push(sdk_device(&server.store, &url, d.yingfeng.id, dir.path(), |_| {}).await?);
+    }
+    let [a, b, c] = [&devices[0], &devices[1], &devices[2]];
+    let m = a
+        .add_member(NewMember {
+            name: "三台手机".into(),
+            phone: Some("111".into()),
+            address: Some("旧地址".into()),
+            ..NewMember::default()
+        })
+        .await?;
+    let today = first_day(this_month());
+    let entry = a
+        .open_hardship_entry(doorstep_client::NewHardshipEntry {
+            member_id: m,
+            kind: doorstep_client::HardshipKind::Illness,
+            opened_on: today,
+            needs: vec![],
+        })
+        .await?;
+    for device in [a, b, c] {
+        device.sync_now().await?;
+    }
+
+    // B edits offline and is lost; its edits travel as an export.
+    let phone_of_b = doorstep_client::MemberUpdate {
+        phone: Some("222".into()),
+        notes: Some("B 的备注".into()),
+        ..Default::default()
+    };
+    b.update_member(m, phone_of_b).await?;
+    b.change_hardship_status(entry, doorstep_client::HardshipStatus::Closed, today, None)
+        .await?;
+    let export = b.export_unsynced().await?;
+
+    // C's address, notes and status change are acknowledged.
+    let c_edit = doorstep_client::MemberUpdate {
+        address: Some("C 的新地址".into()),
+        notes: Some("C 的备注".into()),
+        ..Default::default()
+    };
+    c.update_member(m, c_edit).await?;
+    c.change_hardship_status(entry, doorstep_client::HardshipStatus::Helped, today, None)
+        .await?;
+    assert!(c.checkpoint().await?.safe);
+
+    // A imports B's export before it has C's edits, then everyone syncs.
+    let report = a.import_unsynced(&export).await?;
+    assert!(report.records >= 2, "{report:?}");
+    // Importing the same file again enters nothing twice.
+    assert_eq!(a.import_unsynced(&export).await?.records, 0);
+    for _ in 0..2 {
+        for device in [a, c] {
+            device.sync_now().await?;
+        }
+    }
+
+    for device in [a, c] {
+        let member = device.member(m).await?;
+        assert_eq!(member.address.as_deref(), Some("C 的新地址"), "C's address");
+        assert_eq!(member.phone.as_deref(), Some("222"), "B's phone");
+        let statuses: Vec<_> = device
+            .hardship_entry(entry)
+            .await?
+            .status_history
+            .values()
+            .map(|s| s.status)
+            .collect();
+        for status in [
+            doorstep_client::HardshipStatus::Opened,
+            doorstep_client::HardshipStatus::Helped,
+            doorstep_client::HardshipStatus::Closed,
+        ] {
+            assert!(statuses.contains(&status), "{statuses:?}");
+        }
+        assert_eq!(statuses.len(), 3, "{statuses:?}");
+        // Both set the notes: that is a conflict, shown, with both values.
+        let conflicts = device.conflicts().await?;
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+        assert_eq!(conflicts[0].field, "notes");
+        let values: Vec<&str> = conflicts[0]
+            .values
+            .iter()
+            .map(|v| v.value.as_str())
+            .collect();
+        assert!(
+            values.contains(&"B 的备注") && values.contains(&"C 的备注"),
+            "{values:?}"
+        );
+    }
+    let stored = doorstep_protocol::schema::roster::Roster::load(
+        &server
+            .stored_document(DocumentId::roster(d.yingfeng.id))
+            .await?,
+    );
+    let member = stored.members.get(&m).expect("the member on the server");
+    assert_eq!(member.address.as_deref(), Some("C 的新地址"));
+    assert_eq!(member.phone.as_deref(), Some("222"));
+    Ok(())
+}
+
+/// Issue 14, finding 3: a cancelled call may still have written, and the
+/// app's retry recorded the aid twice. A write under the app's id is an
+/// upsert: recorded once, counted once.
+#[tokio::test]
+async fn a_retried_write_with_the_apps_id_is_stored_once_and_counted_once() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let dir = tempfile::tempdir()?;
+    let phone = sdk_device(
+        &server.store,
+        &server.http_url(),
+        d.yingfeng.id,
+        dir.path(),
+        |_| {},
+    )
+    .await?;
+    let admin = server
+        .login_as(
+            "district",
+            doorstep_server::tenancy::Role::DistrictAdmin,
+            d.district.id,
+        )
+        .await?;
+    let member_id = RecordId::new_v7();
+    let new_member = NewMember {
+        name: "重试".into(),
+        ..NewMember::default()
+    };
+    assert_eq!(
+        phone
+            .add_member_with_id(member_id, new_member.clone())
+            .await?,
+        member_id
+    );
+    assert_eq!(
+        phone.add_member_with_id(member_id, new_member).await?,
+        member_id
+    );
+    assert_eq!(phone.members(&Default::default()).await?.len(), 1);
+
+    let visit_id = RecordId::new_v7();
+    let visit = visit_on(first_day(this_month()), member_id, 500);
+    // The app gives up on the first call almost at once; it may or may
+    // not have written. Then it retries, twice, with the same id.
+    let first = tokio::spawn({
+        let phone = phone.clone();
+        let visit = visit.clone();
+        async move { phone.record_visit_with_id(visit_id, visit).await }
+    });
+    tokio::time::sleep(Duration::from_micros(500)).await;
+    first.abort();
+    let _ = first.await;
+    for _ in 0..2 {
+        assert_eq!(
+            phone.record_visit_with_id(visit_id, visit.clone()).await?,
+            visit_id
+        );
+    }
+    let visits = phone
+        .visits_on(doorstep_client::VisitDays::Month(this_month()))
+        .await?;
+    assert_eq!(visits.len(), 1, "{visits:?}");
+    // An identical retry writes nothing at all.
+    let pending = phone.pending_changes().await?;
+    phone.record_visit_with_id(visit_id, visit.clone()).await?;
+    assert_eq!(phone.pending_changes().await?, pending);
+
+    // An id that is not a UUIDv7 is refused, naming the field.
+    let v4 = RecordId::from_uuid(uuid::Uuid::new_v4());
+    assert!(matches!(
+        phone.record_visit_with_id(v4, visit.clone()).await,
+        Err(ClientError::Invalid { field, .. }) if field == "id"
+    ));
+
+    assert!(phone.checkpoint().await?.safe);
+    let month = this_month().to_string();
+    eventually(Duration::from_secs(20), || async {
+        let total: serde_json::Value = reqwest::Client::new()
+            .get(format!(
+                "{}/api/v1/rollups?month={month}",
+                server.http_url()
+            ))
+            .bearer_auth(&admin)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let total = &total["total"];
+        Ok(total["visits"] == 1 && total["aid_cash_fen"] == Fen::from_yuan(500).0)
+    })
+    .await?;
+    Ok(())
+}
+
+/// Reopening the same store keeps its actor: only a new generation of the
+/// store (a restored copy) starts a fresh one. A fresh actor per open would
+/// leave hundreds of actors a year per phone in the roster's history.
+#[tokio::test]
+async fn reopening_the_same_store_keeps_its_actor() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let dir = tempfile::tempdir()?;
+    let url = server.http_url();
+    let client = sdk_device(&server.store, &url, d.yingfeng.id, dir.path(), |_| {}).await?;
+    member(&client, "第一次").await?;
+    client.sync_now().await?;
+    drop(client);
+    for round in 0..3 {
+        let client = Client::open(ClientConfig::new(dir.path(), &url, test_store_key())).await?;
+        member(&client, &format!("再打开 {round}")).await?;
+        client.sync_now().await?;
+        drop(client);
+    }
+    let roster = server
+        .stored_document(DocumentId::roster(d.yingfeng.id))
+        .await?;
+    let authors: std::collections::BTreeSet<_> = roster
+        .get_changes(&[])
+        .iter()
+        .map(|c| c.actor_id().clone())
+        .collect();
+    // The server's genesis actor and this phone's one.
+    assert_eq!(authors.len(), 2, "{authors:?}");
+    Ok(())
+}

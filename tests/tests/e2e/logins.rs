@@ -253,17 +253,19 @@ async fn a_disabled_user_cannot_log_in_and_its_sessions_stop_at_once() -> anyhow
     let other_admin = server
         .login_as("dongfeng-admin", Role::SubDistrictAdmin, d.dongfeng.id)
         .await?;
+    // A volunteer: a secretary reads the branch's audit log, and so is
+    // disabled by the operator only (see privacy::a_witness_*).
     let secretary = server
-        .login_as("secretary", Role::BranchSecretary, d.yingfeng.id)
+        .login_as("volunteer", Role::Volunteer, d.yingfeng.id)
         .await?;
-    let second = token_of(&server, "secretary", PASSWORD).await?;
+    let second = token_of(&server, "volunteer", PASSWORD).await?;
     let me = get(&server, &secretary, "/api/v1/me").await?;
     assert_eq!(me.status, StatusCode::OK);
     let id = me.body["id"].as_str().expect("id").to_owned();
     let disable = format!("/api/v1/users/{id}/disable");
 
     // Outside the caller's subtree it does not exist; a volunteer-level
-    // caller may not; the secretary may not disable herself either.
+    // caller may not; the volunteer may not disable herself either.
     let reply = call(&server, Method::POST, Some(&other_admin), &disable, None).await?;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     let reply = call(&server, Method::POST, Some(&secretary), &disable, None).await?;
@@ -271,7 +273,7 @@ async fn a_disabled_user_cannot_log_in_and_its_sessions_stop_at_once() -> anyhow
     let reply = call(
         &server,
         Method::POST,
-        Some(&secretary),
+        Some(&admin),
         &format!("/api/v1/users/{}/disable", uuid::Uuid::now_v7()),
         None,
     )
@@ -294,10 +296,10 @@ async fn a_disabled_user_cannot_log_in_and_its_sessions_stop_at_once() -> anyhow
     }
     // The right password is told the account is disabled; a wrong one
     // learns nothing.
-    let reply = login(&server, "secretary", PASSWORD).await?;
+    let reply = login(&server, "volunteer", PASSWORD).await?;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{reply:?}");
     assert_eq!(reply.body["error"], "this account is disabled");
-    let reply = login(&server, "secretary", "wrong password").await?;
+    let reply = login(&server, "volunteer", "wrong password").await?;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
 
     // Disabled in the database by another process (the CLI), a session
@@ -311,7 +313,7 @@ async fn a_disabled_user_cannot_log_in_and_its_sessions_stop_at_once() -> anyhow
     )
     .await?;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
-    let again = token_of(&server, "secretary", PASSWORD).await?;
+    let again = token_of(&server, "volunteer", PASSWORD).await?;
     assert_eq!(
         get(&server, &again, "/api/v1/me").await?.status,
         StatusCode::OK
@@ -325,7 +327,7 @@ async fn a_disabled_user_cannot_log_in_and_its_sessions_stop_at_once() -> anyhow
     let actions = audit_actions(&server).await?;
     for action in ["user.disable", "user.enable"] {
         assert!(
-            actions.contains(&(action.to_owned(), "secretary".to_owned())),
+            actions.contains(&(action.to_owned(), "volunteer".to_owned())),
             "{actions:?}"
         );
     }

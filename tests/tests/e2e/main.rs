@@ -1,7 +1,9 @@
 //! End-to-end tests: the real server on 127.0.0.1:0 with a temporary SQLite
 //! database, driven over real sockets.
 
+mod admission;
 mod api;
+mod authority;
 mod bad_input;
 mod bombs;
 mod budgets;
@@ -16,6 +18,7 @@ mod hostile;
 mod interop;
 mod logins;
 mod openapi;
+mod operator;
 mod privacy;
 mod review;
 mod rollups;

@@ -12,7 +12,7 @@ use doorstep_tests::{TestServer, workspace_root};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-type Operations = BTreeSet<(String, String)>;
+pub(crate) type Operations = BTreeSet<(String, String)>;
 
 const METHODS: &[&str] = &[
     "get", "post", "put", "delete", "patch", "head", "options", "trace",
@@ -121,7 +121,7 @@ fn parse_route(source: &str, start: usize) -> anyhow::Result<(String, Vec<String
 
 /// Every (method, path) the router in `server/src/http/mod.rs` is built
 /// from.
-fn router_operations() -> anyhow::Result<Operations> {
+pub(crate) fn router_operations() -> anyhow::Result<Operations> {
     let file = workspace_root().join("server/src/http/mod.rs");
     let source = without_comments(&std::fs::read_to_string(&file)?);
     let body = &source[source

@@ -194,9 +194,6 @@ struct Connection {
 impl Connection {
     async fn open(client: &Client, deadline: Option<Instant>) -> Result<Connection, ClientError> {
         let identity = client.identity()?;
-        if client.inner.store.meta("actor_registered").await?.is_none() {
-            client.register_actor(&identity).await?;
-        }
         let mut socket = client.inner.transport.connect(&identity.token).await?;
         let me = PeerId::new(format!("device-{}", uuid::Uuid::new_v4()))
             .map_err(|e| ClientError::Storage(e.to_string()))?;

@@ -12,6 +12,8 @@ import json
 import os
 import sys
 import threading
+import time
+import uuid
 
 sys.path.insert(0, os.environ["BINDINGS_DIR"])
 
@@ -130,6 +132,14 @@ def visit(member_id, date, cash_fen, goods_fen=0, follow_up=None):
     )
 
 
+def uuid7():
+    """A UUIDv7 as an app makes one (Python's own `uuid.uuid7` is 3.14+)."""
+    millis = int(time.time() * 1000)
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (millis << 80) | (0x7 << 76) | (((rand >> 62) & 0xFFF) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return str(uuid.UUID(int=value))
+
+
 def update(**fields):
     """A member update that changes only `fields`."""
     base = dict(birthday=BirthdayUpdate.KEEP(), migrant=MigrantUpdate.KEEP())
@@ -213,9 +223,14 @@ async def main():
     )
     await phone.change_hardship_status(entry, HardshipStatus.HELPED, f"{month}-05", "已送药")
 
+    # A visit under the app's own id: the app's retry (it never saw the
+    # first answer) is the same record, counted once below.
+    app_id = uuid7()
+    assert await phone.record_visit_with_id(app_id, visit(member, f"{month}-09", 30_000)) == app_id
+    assert await phone.record_visit_with_id(app_id, visit(member, f"{month}-09", 30_000)) == app_id
     visits = [
         await phone.record_visit(visit(member, f"{month}-02", 50_000, 12_000)),
-        await phone.record_visit(visit(member, f"{month}-09", 30_000)),
+        app_id,
         await phone.record_visit(
             visit(member, f"{month}-16", 0, 8_000, follow_up=FollowUp(due=f"{month}-20", action="送药", done=False))
         ),
