@@ -6,6 +6,12 @@
 //! time (so one run's allocations do not hide the other's), keeping at most
 //! 3 months in memory and then all of them. Peak RSS (VmHWM) of each.
 //!
+//! Observers: on the same device, BENCH_EDITS (30) visits recorded one
+//! after another, then again with three observers live (members, today's
+//! visits, follow-ups due across all months, one due in the oldest month),
+//! each re-running after every edit; medians, and their ratio (target:
+//! at most 2x).
+//!
 //! Push: two devices hold live connections with re-checks off; one records
 //! a visit, the other is woken by the change notification. The latency is
 //! compared with the local edit itself (the visit on the first phone's
@@ -13,10 +19,12 @@
 //!
 //! `cargo bench -p doorstep-tests --bench device`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use doorstep_client::{
-    Client, ClientConfig, Fen, NewMember, NewVisit, RecordId, SyncStatus, VisitKind,
+    Client, ClientConfig, Fen, FollowUp, MemberFilter, NewMember, NewVisit, RecordId, SyncStatus,
+    VisitDays, VisitKind,
 };
 use doorstep_protocol::{Date, Month};
 use doorstep_tests::{TestServer, eventually, sdk_device, test_store_key};
@@ -118,16 +126,26 @@ async fn main() -> anyhow::Result<()> {
     let now = time::OffsetDateTime::now_utc();
     let mut month = Month::new(now.year(), now.month() as u8).expect("a month");
     let mut history = Vec::new();
-    for _ in 0..months {
+    for m in 0..months {
         for day in 0..per_month {
             let date =
                 Date::from_ymd(month.year(), month.month(), (day % 28) as u8 + 1).expect("a date");
-            device.record_visit(visit(date, member)).await?;
+            let mut new = visit(date, member);
+            if m + 1 == months && day == 0 {
+                // One follow-up still open, in the oldest month.
+                new.follow_up = Some(FollowUp {
+                    due: date,
+                    action: "回访".into(),
+                    done: false,
+                });
+            }
+            device.record_visit(new).await?;
         }
         history.push(month.to_string());
         month = month.previous();
     }
     device.sync_now().await?;
+
     drop(device);
 
     println!(
@@ -151,6 +169,42 @@ async fn main() -> anyhow::Result<()> {
             f[0], f[1], f[2], f[3]
         );
     }
+
+    // record_visit with and without observers, on the same store reopened
+    // (the walks above needed it closed).
+    let today = Date::from_ymd(now.year(), now.month() as u8, now.day()).expect("today");
+    let device = Client::open(ClientConfig::new(
+        dir.path(),
+        server.http_url(),
+        test_store_key(),
+    ))
+    .await?;
+    let edits = env_or("BENCH_EDITS", 30);
+    let time_edits = |device: Client| async move {
+        let mut samples = Vec::new();
+        for _ in 0..edits {
+            let started = Instant::now();
+            device.record_visit(visit(today, member)).await?;
+            samples.push(started.elapsed());
+        }
+        anyhow::Ok(median(samples))
+    };
+    let alone = time_edits(device.clone()).await?;
+    let observations = (
+        device.observe_members(MemberFilter::default(), Arc::new(|_| {})),
+        device.observe_visits(VisitDays::Day(today), Arc::new(|_| {})),
+        device.observe_follow_ups_due(today, Arc::new(|_| {})),
+    );
+    let observed = time_edits(device.clone()).await?;
+    drop(observations);
+    println!("record_visit with observers live on {months} months, {edits} edits, medians");
+    println!("  no observers              {:8.2} ms", ms(alone));
+    println!(
+        "  3 observers live          {:8.2} ms  ({:.1}x)",
+        ms(observed),
+        observed.as_secs_f64() / alone.as_secs_f64()
+    );
+    drop(device);
 
     // Push latency between two connected phones.
     let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
@@ -185,7 +239,6 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     }
     b.member(member).await.ok();
-    let today = Date::from_ymd(now.year(), now.month() as u8, now.day()).expect("today");
     let mut local = Vec::new();
     let mut pushed = Vec::new();
     for _ in 0..pushes {

@@ -49,6 +49,10 @@ pub struct ClientConfig {
     /// How long to wait for the server's next frame before the connection
     /// counts as dead (generous: 2G links stall for tens of seconds).
     pub receive_timeout: Duration,
+    /// The longest `sync_now` and `checkpoint` take, whatever the link
+    /// does: past it they return a network error (the checkpoint: "not
+    /// safe", with the reason). Server pings do not extend it.
+    pub sync_deadline: Duration,
 }
 
 impl ClientConfig {
@@ -67,6 +71,7 @@ impl ClientConfig {
             sync_interval: Some(Duration::from_secs(300)),
             max_loaded_months: 3,
             receive_timeout: Duration::from_secs(90),
+            sync_deadline: Duration::from_secs(120),
         }
     }
 }
@@ -124,9 +129,14 @@ pub(crate) struct Inner {
     pub status: watch::Sender<SyncStatus>,
     /// Woken by every local edit, so the sync service sends it at once.
     pub edited: Notify,
-    /// Held while `sync_now` runs: one bounded sync at a time (the live
-    /// connection does not take it).
+    /// Held by whoever drives a connection to the server (the live
+    /// connection for its whole life, or a bounded `sync_now`): two
+    /// connections over the one sync state of each document would take
+    /// each other's replies.
     pub syncing: Mutex<()>,
+    /// Where `sync_now` asks the live connection for a round, while there
+    /// is one (see `sync`).
+    pub live: watch::Sender<Option<crate::sync::LiveRequests>>,
     pub stop: watch::Sender<bool>,
     /// Set by `wipe`: every handle refuses to work from then on (an enroll
     /// through an old handle would spend a code into a closed store).
@@ -284,6 +294,7 @@ impl Client {
             status,
             edited: Notify::new(),
             syncing: Mutex::new(()),
+            live: watch::channel(None).0,
             stop,
             wiped: std::sync::atomic::AtomicBool::new(false),
             lock: std::sync::Mutex::new(Some(lock)),

@@ -169,13 +169,22 @@ impl Client {
     /// server. Unreachable, the answer still comes (with the reason in
     /// `problem`), never an error: the volunteer needs it either way.
     pub async fn checkpoint(&self) -> Result<Checkpoint, ClientError> {
-        let problem = match self.sync_now().await {
+        // One deadline for the whole answer, the sync and the counted heads.
+        let limit = self
+            .inner
+            .config
+            .sync_deadline
+            .min(std::time::Duration::from_secs(86_400));
+        let deadline = tokio::time::Instant::now() + limit;
+        let problem = match self.sync_until(deadline).await {
             Ok(_) => None,
             Err(ClientError::NotEnrolled) => return Err(ClientError::NotEnrolled),
             Err(e) => Some(e.to_string()),
         };
         let all_counted = match problem {
-            None => self.refresh_counted_heads().await.unwrap_or(false),
+            None => tokio::time::timeout_at(deadline, self.refresh_counted_heads())
+                .await
+                .is_ok_and(|counted| counted.unwrap_or(false)),
             Some(_) => false,
         };
         let unsynced_changes = self.pending_changes().await?;

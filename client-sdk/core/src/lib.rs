@@ -17,6 +17,8 @@
 //! corrections  the notes that keep who corrected or deleted a record, and why
 //! conflicts  fields two devices set differently while offline, settled by value
 //! tree       a whole value read from a document (map-valued conflicts, notes)
+//! index      where each log record is, each visit's member and follow-up:
+//!            what reads spanning months look up instead of walking them
 //! replicas   documents in memory and on disk (durable edits, compaction)
 //! store      the local SQLCipher file, encrypted with the app's key
 //! sync       the sync engine: the live connection, sync_now, status
@@ -28,6 +30,7 @@ mod corrections;
 mod custody;
 mod editing;
 mod error;
+mod index;
 mod observe;
 mod queries;
 mod replicas;

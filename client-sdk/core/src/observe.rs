@@ -6,14 +6,18 @@
 //! the result differs from the last one sent; the first result is always
 //! sent. The returned [`Observation`] stops it when dropped or cancelled.
 //!
-//! The `observe_*` calls spawn onto the current Tokio runtime, so they must
-//! be made from inside one (as every other call of the SDK is). Listeners
-//! run on the runtime's threads: they should hand the list to the UI and
-//! return, not block.
+//! Queries run on the current Tokio runtime (the `observe_*` calls spawn
+//! onto it, so they must be made from inside one, as every other call of
+//! the SDK is). Listeners do not: each observation has its own thread,
+//! which calls the listener with the latest result. A listener that is
+//! slow or blocks delays only its own later calls, which coalesce into the
+//! newest list meanwhile; it never holds a runtime worker, an edit or
+//! another observation. Dropping the observation never waits for a call in
+//! progress (the listener may drop it itself, or block on the thread that
+//! drops it): no call starts after the drop returns.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::thread::ThreadId;
+use std::sync::{Arc, Condvar, Mutex};
 
 use doorstep_protocol::Date;
 use doorstep_protocol::schema::RecordId;
@@ -27,21 +31,86 @@ use crate::queries::{MemberFilter, VisitDays};
 /// Called with the whole new list each time it changes.
 pub type Listener<T> = Arc<dyn Fn(Vec<T>) + Send + Sync>;
 
-/// Whether the observation still runs, and which thread is inside its
-/// listener: dropping the handle waits for a call in progress (so nothing
-/// arrives after the drop returns) unless it is that call dropping it.
-#[derive(Default)]
-struct Gate {
+/// What the query hands the listener's thread: the newest list not yet
+/// delivered (a newer one replaces it), and whether the observation ended.
+struct Mailbox<T> {
+    slot: Mutex<Slot<T>>,
+    ready: Condvar,
+}
+
+struct Slot<T> {
+    latest: Option<Vec<T>>,
     cancelled: bool,
-    in_listener: Option<ThreadId>,
+}
+
+impl<T> Mailbox<T> {
+    fn new() -> Self {
+        Mailbox {
+            slot: Mutex::new(Slot {
+                latest: None,
+                cancelled: false,
+            }),
+            ready: Condvar::new(),
+        }
+    }
+
+    // A poisoned lock means a panic between two plain assignments: the
+    // slot is still consistent, so it is used as it is.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot<T>> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Leaves `value` for the listener; false once the observation ended.
+    fn post(&self, value: Vec<T>) -> bool {
+        let mut slot = self.lock();
+        if slot.cancelled {
+            return false;
+        }
+        slot.latest = Some(value);
+        self.ready.notify_one();
+        true
+    }
+
+    fn cancel(&self) {
+        let mut slot = self.lock();
+        slot.cancelled = true;
+        slot.latest = None;
+        self.ready.notify_one();
+    }
+
+    /// The next list to deliver, waiting for one; `None` once cancelled.
+    fn next(&self) -> Option<Vec<T>> {
+        let mut slot = self.lock();
+        loop {
+            if slot.cancelled {
+                return None;
+            }
+            if let Some(value) = slot.latest.take() {
+                return Some(value);
+            }
+            slot = self.ready.wait(slot).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Whatever the list type, the handle can end the observation.
+trait Cancel: Send + Sync {
+    fn cancel(&self);
+}
+
+impl<T: Send> Cancel for Mailbox<T> {
+    fn cancel(&self) {
+        Mailbox::cancel(self)
+    }
 }
 
 /// A running observation. Dropping it (or [`Observation::cancel`]) stops
-/// it: the listener is not called again once that returns.
+/// it at once, without waiting for a listener call in progress; no call
+/// starts after that returns.
 #[must_use = "dropping the handle stops the observation"]
 pub struct Observation {
     task: tokio::task::JoinHandle<()>,
-    gate: Arc<(Mutex<Gate>, std::sync::Condvar)>,
+    mailbox: Arc<dyn Cancel>,
 }
 
 impl std::fmt::Debug for Observation {
@@ -55,41 +124,55 @@ impl Observation {
     pub fn cancel(self) {
         drop(self)
     }
-
-    fn stop(&self) {
-        let (lock, idle) = &*self.gate;
-        // A poisoned gate means a listener panicked: stopping still works.
-        let mut gate = lock.lock().unwrap_or_else(|e| e.into_inner());
-        gate.cancelled = true;
-        let me = std::thread::current().id();
-        while gate.in_listener.is_some_and(|t| t != me) {
-            gate = idle.wait(gate).unwrap_or_else(|e| e.into_inner());
-        }
-        drop(gate);
-        self.task.abort();
-    }
 }
 
 impl Drop for Observation {
     fn drop(&mut self) {
-        self.stop();
+        self.mailbox.cancel();
+        self.task.abort();
     }
 }
 
+/// The listener's own thread: delivers each newest list until cancelled.
+/// It holds nothing but the mailbox and the listener, so it ends on its own
+/// once a call in progress at cancellation returns.
+fn spawn_listener<T: Send + 'static>(
+    mailbox: Arc<Mailbox<T>>,
+    listener: Listener<T>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("doorstep-listener".into())
+        .spawn(move || {
+            while let Some(value) = mailbox.next() {
+                let call = std::panic::AssertUnwindSafe(|| listener(value));
+                if std::panic::catch_unwind(call).is_err() {
+                    tracing::error!("an observation's listener panicked");
+                }
+            }
+        })
+        .map(|_| ())
+}
+
 impl Client {
-    /// Runs `query` now and after every persisted change, sending each
-    /// result that differs from the last one sent.
+    /// Runs `query` now and after every persisted change, handing each
+    /// result that differs from the last one to the listener's thread.
     fn observe<T, F, Fut>(&self, query: F, listener: Listener<T>) -> Observation
     where
         T: PartialEq + Clone + Send + 'static,
         F: Fn(Client) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<T>, ClientError>> + Send,
     {
-        let gate: Arc<(Mutex<Gate>, std::sync::Condvar)> = Arc::default();
+        let mailbox = Arc::new(Mailbox::new());
+        let delivering = spawn_listener(mailbox.clone(), listener);
         let mut changes = self.inner.changed.subscribe();
         let client = self.clone();
-        let task_gate = gate.clone();
+        let posts = mailbox.clone();
         let task = tokio::spawn(async move {
+            if let Err(e) = delivering {
+                // Nothing could ever be delivered: do not run the queries.
+                tracing::error!(error = %e, "no thread for an observation's listener");
+                return;
+            }
             let mut last: Option<Vec<T>> = None;
             loop {
                 // Mark the revision seen before reading, so a change that
@@ -97,7 +180,7 @@ impl Client {
                 changes.borrow_and_update();
                 match query(client.clone()).await {
                     Ok(result) if last.as_ref() != Some(&result) => {
-                        if !call(&task_gate, &listener, result.clone()) {
+                        if !posts.post(result.clone()) {
                             return;
                         }
                         last = Some(result);
@@ -112,7 +195,7 @@ impl Client {
                 }
             }
         });
-        Observation { task, gate }
+        Observation { task, mailbox }
     }
 
     /// Members matching `filter`, whenever the list changes.
@@ -153,29 +236,4 @@ impl Client {
             listener,
         )
     }
-}
-
-/// Calls the listener unless the observation was cancelled; false if it was.
-fn call<T>(
-    gate: &(Mutex<Gate>, std::sync::Condvar),
-    listener: &Listener<T>,
-    value: Vec<T>,
-) -> bool {
-    let (lock, idle) = gate;
-    {
-        let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
-        if g.cancelled {
-            return false;
-        }
-        g.in_listener = Some(std::thread::current().id());
-    }
-    // Not under the lock: the listener may cancel its own observation.
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| listener(value)));
-    let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
-    g.in_listener = None;
-    idle.notify_all();
-    if outcome.is_err() {
-        tracing::error!("an observation's listener panicked");
-    }
-    !g.cancelled
 }

@@ -7,7 +7,8 @@ use doorstep_protocol::schema::roster::{
     HardshipEntry, HardshipStatus, Member, MemberKind, Pairing, Roster, Team,
 };
 use doorstep_protocol::schema::{
-    DocumentKind, InvalidRecord, Record, RecordId, load_collection_of_month, read_record,
+    Checked, DocumentKind, InvalidRecord, Record, RecordId, check_record, load_collection_of_month,
+    read_record,
 };
 use doorstep_protocol::{Date, DocumentId, Fen, Month};
 
@@ -173,9 +174,35 @@ impl Client {
         Ok(records.into_iter().map(|(_, id, r)| (id, r)).collect())
     }
 
-    /// Finds a log record by id in whichever month holds it: its month and
-    /// the record as stored (read, not validated: a record to correct may be
-    /// one that fails validation).
+    /// The logs the record index says hold `collection`/`key`, loaded one
+    /// by one: each with its month (logs that do not load are skipped).
+    async fn logs_holding(
+        &self,
+        replicas: &mut Replicas,
+        collection: &str,
+        key: &str,
+        mut f: impl FnMut(Month, &Automerge),
+    ) -> Result<(), ClientError> {
+        replicas.ensure_indexed().await?;
+        for id in self.inner.store.logs_holding(collection, key).await? {
+            match replicas.existing(id).await {
+                Ok(Some(replica)) => {
+                    if let DocumentKind::MonthlyLog(month) = replica.kind {
+                        f(month, replica.doc());
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(document = %id, error = %e, "skipping a month that does not load")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds a log record by id in whichever month holds it (the record
+    /// index says which): its month and the record as stored (read, not
+    /// validated: a record to correct may be one that fails validation).
     pub(crate) async fn find_log_record<R: Record>(
         &self,
         replicas: &mut Replicas,
@@ -183,7 +210,7 @@ impl Client {
     ) -> Result<Option<(Month, R)>, ClientError> {
         let mut found = None;
         let mut failed = None;
-        self.for_each_log(replicas, |month, doc| {
+        self.logs_holding(replicas, R::COLLECTION, &id.to_string(), |month, doc| {
             if found.is_some() {
                 return;
             }
@@ -211,7 +238,7 @@ impl Client {
     ) -> Result<Option<Month>, ClientError> {
         let key = id.to_string();
         let mut found = None;
-        self.for_each_log(replicas, |month, doc| {
+        self.logs_holding(replicas, kind.collection(), &key, |month, doc| {
             if found.is_none()
                 && let Ok(Some((Value::Object(ObjType::Map), collection))) =
                     doc.get(automerge::ROOT, kind.collection())
@@ -222,6 +249,52 @@ impl Client {
         })
         .await?;
         Ok(found)
+    }
+
+    /// The visits the record index named (log and key) that `keep` keeps,
+    /// each read and checked on its own: a log is read one at a time, with
+    /// the replicas lock released in between, so an edit waits for a few
+    /// records' read at most, never a walk of months.
+    async fn visits_at(
+        &self,
+        keys: Vec<(DocumentId, String)>,
+        keep: impl Fn(&Visit) -> bool,
+    ) -> Result<Vec<(RecordId, Visit)>, ClientError> {
+        let mut by_log: std::collections::BTreeMap<DocumentId, Vec<String>> = Default::default();
+        for (log, key) in keys {
+            by_log.entry(log).or_default().push(key);
+        }
+        let mut visits = Vec::new();
+        for (id, keys) in by_log {
+            let mut guard = self.replicas().await?;
+            let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+            let replica = match replicas.existing(id).await {
+                Ok(Some(replica)) => replica,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(document = %id, error = %e, "skipping a month that does not load");
+                    continue;
+                }
+            };
+            let DocumentKind::MonthlyLog(month) = replica.kind else {
+                continue;
+            };
+            let doc = replica.doc();
+            let Ok(Some((Value::Object(ObjType::Map), map))) =
+                doc.get(automerge::ROOT, Visit::COLLECTION)
+            else {
+                continue;
+            };
+            for key in keys {
+                if let Checked::Valid(id, visit) =
+                    check_record::<Visit, _>(doc, &map, &key, Some(month))
+                    && keep(&visit)
+                {
+                    visits.push((id, visit));
+                }
+            }
+        }
+        Ok(visits)
     }
 
     pub async fn visit(&self, id: RecordId) -> Result<Visit, ClientError> {
@@ -236,16 +309,21 @@ impl Client {
             })
     }
 
-    /// Visits of one day (today's visits) or month, oldest first.
+    /// Visits of one day (today's visits) or month, oldest first. A day's
+    /// are read through the record index, not the whole month's log.
     pub async fn visits_on(&self, days: VisitDays) -> Result<Vec<(RecordId, Visit)>, ClientError> {
-        let month = match days {
-            VisitDays::Day(date) => date.month(),
-            VisitDays::Month(month) => month,
+        let date = match days {
+            VisitDays::Month(month) => return self.log_records::<Visit>(Months::One(month)).await,
+            VisitDays::Day(date) => date,
         };
-        let mut visits = self.log_records::<Visit>(Months::One(month)).await?;
-        if let VisitDays::Day(date) = days {
-            visits.retain(|(_, v)| v.date == date);
-        }
+        let keys = {
+            let mut guard = self.replicas().await?;
+            let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+            replicas.ensure_indexed().await?;
+            self.inner.store.visits_on_day(date).await?
+        };
+        let mut visits = self.visits_at(keys, |v| v.date == date).await?;
+        visits.sort_by_key(|(id, _)| *id);
         Ok(visits)
     }
 
@@ -401,20 +479,19 @@ impl Client {
     }
 
     pub async fn member_history(&self, id: RecordId) -> Result<MemberHistory, ClientError> {
-        let mut guard = self.replicas().await?;
-        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-        let mut roster = self.roster(replicas).await?;
+        let (mut roster, keys) = {
+            let mut guard = self.replicas().await?;
+            let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+            let roster = self.roster(replicas).await?;
+            replicas.ensure_indexed().await?;
+            (roster, self.inner.store.visits_to(id).await?)
+        };
         let member = roster.members.remove(&id).ok_or(ClientError::NotFound {
             what: "member",
             id: id.to_string(),
         })?;
-        let mut visits: Vec<(RecordId, Visit)> = self
-            .logs(replicas)
-            .await?
-            .into_iter()
-            .flat_map(|log| log.visits.into_iter())
-            .filter(|(_, v)| v.member_id == id)
-            .collect();
+        // Only the visits the record index says are theirs.
+        let mut visits = self.visits_at(keys, |v| v.member_id == id).await?;
         visits.sort_by_key(|(vid, v)| (v.date, *vid));
         let aid_total = Fen(visits
             .iter()
@@ -437,16 +514,19 @@ impl Client {
     }
 
     /// Visits whose follow-up is not done and is due on or before `on`.
+    /// Only the visits the record index names are read.
     pub async fn follow_ups_due(&self, on: Date) -> Result<Vec<(RecordId, Visit)>, ClientError> {
-        let mut guard = self.replicas().await?;
-        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-        let mut due: Vec<(RecordId, Visit)> = self
-            .logs(replicas)
-            .await?
-            .into_iter()
-            .flat_map(|log| log.visits.into_iter())
-            .filter(|(_, v)| v.follow_up.as_ref().is_some_and(|f| !f.done && f.due <= on))
-            .collect();
+        let keys = {
+            let mut guard = self.replicas().await?;
+            let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+            replicas.ensure_indexed().await?;
+            self.inner.store.visits_due(on).await?
+        };
+        let mut due = self
+            .visits_at(keys, |v| {
+                v.follow_up.as_ref().is_some_and(|f| !f.done && f.due <= on)
+            })
+            .await?;
         due.sort_by_key(|(id, v)| (v.follow_up.as_ref().map(|f| f.due), *id));
         Ok(due)
     }

@@ -86,6 +86,9 @@ pub(crate) struct Replicas {
     /// Documents in the middle of an exchange with the server: never
     /// evicted, since their in-flight sync state lives only in memory.
     pinned: HashSet<DocumentId>,
+    /// Every log is in the record index: set once `ensure_indexed` found
+    /// none left (new logs are stored indexed), so reads skip the check.
+    indexed: bool,
 }
 
 impl Replicas {
@@ -109,6 +112,7 @@ impl Replicas {
             clock: 0,
             unreadable: HashMap::new(),
             pinned: HashSet::new(),
+            indexed: false,
         }
     }
 
@@ -342,6 +346,7 @@ impl Replicas {
             .docs
             .get_mut(&id)
             .ok_or_else(|| ClientError::Storage(format!("document {id} is not open")))?;
+        let before = replica.session.heads();
         let received = match off_async(|| replica.session.receive(&server_peer(), data, 0)) {
             Ok(received) => received,
             Err(e) => {
@@ -359,7 +364,7 @@ impl Replicas {
             .collect();
         let count = changes.len();
         if count > 0 {
-            self.append(id, changes, false).await?;
+            self.append(id, &before, changes, false).await?;
         }
         Ok(count)
     }
@@ -392,16 +397,25 @@ impl Replicas {
         if changes.is_empty() {
             return Ok(());
         }
-        self.append(id, changes, local).await
+        self.append(id, before, changes, local).await
     }
 
+    /// Appends changes the document in memory holds since `before`, with
+    /// the record index rows they change, in one transaction.
     async fn append(
         &mut self,
         id: DocumentId,
+        before: &[ChangeHash],
         changes: Vec<(ChangeHash, Vec<u8>)>,
         local: bool,
     ) -> Result<(), ClientError> {
-        if let Err(e) = self.store.append(id, &changes, local).await {
+        let index = self.docs.get(&id).and_then(|r| match r.kind {
+            DocumentKind::MonthlyLog(month) => {
+                Some(off_async(|| crate::index::delta(r.doc(), month, before)))
+            }
+            DocumentKind::Roster => None,
+        });
+        if let Err(e) = self.store.append(id, &changes, local, index.as_ref()).await {
             // Memory must not hold what the disk does not: forget the
             // document; the next access reloads it from the store.
             self.forget(id);
@@ -501,6 +515,36 @@ impl Replicas {
                 replica.saved = Some((state, acked));
             }
         }
+        Ok(())
+    }
+
+    /// Indexes the records of every log stored before the record index
+    /// existed (once per store: afterwards each change keeps it current).
+    pub async fn ensure_indexed(&mut self) -> Result<(), ClientError> {
+        if self.indexed {
+            return Ok(());
+        }
+        let mut complete = true;
+        for id in self.store.unindexed_logs().await? {
+            let update = match self.existing(id).await {
+                Ok(Some(replica)) => match replica.kind {
+                    DocumentKind::MonthlyLog(month) => {
+                        off_async(|| crate::index::full(replica.doc(), month))
+                    }
+                    DocumentKind::Roster => continue,
+                },
+                Ok(None) => continue,
+                // One month that does not load must not hide the others; it
+                // is tried again next time.
+                Err(e) => {
+                    tracing::warn!(document = %id, error = %e, "not indexing a month that does not load");
+                    complete = false;
+                    continue;
+                }
+            };
+            self.store.write_index(id, &update).await?;
+        }
+        self.indexed = complete;
         Ok(())
     }
 

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use automerge::ChangeHash;
 use doorstep_protocol::schema::DocumentKind;
-use doorstep_protocol::{DocumentId, Month};
+use doorstep_protocol::schema::RecordId;
+use doorstep_protocol::{Date, DocumentId, Month};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Row, SqlitePool};
 
 use crate::error::ClientError;
+use crate::index;
 
 /// The 256-bit key the store is encrypted with. The app keeps it in the
 /// platform keystore (Android Keystore, iOS Keychain) and hands it over at
@@ -181,8 +183,9 @@ impl LocalStore {
             DocumentKind::MonthlyLog(m) => ("log", Some(m.to_string())),
         };
         let mut tx = self.pool.begin_with("begin immediate").await?;
+        // A genesis holds no records: nothing to index.
         let inserted = sqlx::query(
-            "insert into documents (id, kind, month) values (?, ?, ?) on conflict (id) do nothing",
+            "insert into documents (id, kind, month, indexed) values (?, ?, ?, 1) on conflict (id) do nothing",
         )
         .bind(id.to_string())
         .bind(kind_text)
@@ -226,13 +229,19 @@ impl LocalStore {
     /// Appends changes in one transaction; durable when this returns.
     /// `local`: they were made on this device, so the document now holds
     /// something the server has not acknowledged.
+    /// `index`: the record index rows they change, written in the same
+    /// transaction.
     pub async fn append(
         &self,
         id: DocumentId,
         changes: &[(ChangeHash, Vec<u8>)],
         local: bool,
+        index: Option<&index::Update>,
     ) -> Result<(), ClientError> {
         let mut tx = self.pool.begin_with("begin immediate").await?;
+        if let Some(update) = index {
+            write_index(&mut tx, id, update).await?;
+        }
         if local {
             sqlx::query("update documents set unacked = 1 where id = ?")
                 .bind(id.to_string())
@@ -285,17 +294,95 @@ impl LocalStore {
         Ok(())
     }
 
+    /// Writes a document's index rows on their own (a first indexing).
+    pub async fn write_index(
+        &self,
+        id: DocumentId,
+        update: &index::Update,
+    ) -> Result<(), ClientError> {
+        let mut tx = self.pool.begin_with("begin immediate").await?;
+        write_index(&mut tx, id, update).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Monthly logs whose records are not indexed yet.
+    pub async fn unindexed_logs(&self) -> Result<Vec<DocumentId>, ClientError> {
+        let ids: Vec<String> =
+            sqlx::query_scalar("select id from documents where indexed = 0 and kind = 'log'")
+                .fetch_all(&self.pool)
+                .await?;
+        parse_ids(&ids)
+    }
+
+    /// Valid visits (log and key) with a follow-up not done, due on or
+    /// before `on`.
+    pub async fn visits_due(&self, on: Date) -> Result<Vec<(DocumentId, String)>, ClientError> {
+        self.visit_keys(
+            "follow_up_due is not null and follow_up_due <= ?",
+            on.to_string(),
+        )
+        .await
+    }
+
+    /// Valid visits (log and key) to `member`.
+    pub async fn visits_to(
+        &self,
+        member: RecordId,
+    ) -> Result<Vec<(DocumentId, String)>, ClientError> {
+        self.visit_keys("member_id = ?", member.to_string()).await
+    }
+
+    /// Valid visits (log and key) made on `day`.
+    pub async fn visits_on_day(&self, day: Date) -> Result<Vec<(DocumentId, String)>, ClientError> {
+        self.visit_keys("visit_date = ?", day.to_string()).await
+    }
+
+    async fn visit_keys(
+        &self,
+        condition: &'static str,
+        value: String,
+    ) -> Result<Vec<(DocumentId, String)>, ClientError> {
+        let rows = sqlx::query(&format!(
+            "select document_id, record_key from record_index
+             where collection = 'visits' and {condition} order by document_id"
+        ))
+        .bind(value)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("document_id")?;
+                let id = id
+                    .parse()
+                    .map_err(|_| ClientError::Storage(format!("bad document id {id}")))?;
+                Ok((id, row.try_get("record_key")?))
+            })
+            .collect()
+    }
+
+    /// Logs holding a record at `key` of `collection`, whatever its shape.
+    pub async fn logs_holding(
+        &self,
+        collection: &str,
+        key: &str,
+    ) -> Result<Vec<DocumentId>, ClientError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "select document_id from record_index where record_key = ? and collection = ?",
+        )
+        .bind(key)
+        .bind(collection)
+        .fetch_all(&self.pool)
+        .await?;
+        parse_ids(&ids)
+    }
+
     /// Documents with local changes not yet acknowledged by the server.
     pub async fn unacked_documents(&self) -> Result<Vec<DocumentId>, ClientError> {
         let ids: Vec<String> = sqlx::query_scalar("select id from documents where unacked = 1")
             .fetch_all(&self.pool)
             .await?;
-        ids.iter()
-            .map(|id| {
-                id.parse()
-                    .map_err(|_| ClientError::Storage(format!("bad document id {id}")))
-            })
-            .collect()
+        parse_ids(&ids)
     }
 
     /// Heads the server's rollups counted the document up to, as last heard.
@@ -372,6 +459,62 @@ impl LocalStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+fn parse_ids(ids: &[String]) -> Result<Vec<DocumentId>, ClientError> {
+    ids.iter()
+        .map(|id| {
+            id.parse()
+                .map_err(|_| ClientError::Storage(format!("bad document id {id}")))
+        })
+        .collect()
+}
+
+/// Rewrites a document's index rows inside `tx`.
+async fn write_index(
+    tx: &mut sqlx::SqliteConnection,
+    id: DocumentId,
+    update: &index::Update,
+) -> Result<(), ClientError> {
+    let document = id.to_string();
+    if update.full {
+        sqlx::query("delete from record_index where document_id = ?")
+            .bind(&document)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("update documents set indexed = 1 where id = ?")
+            .bind(&document)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for (collection, key) in &update.touched {
+        sqlx::query(
+            "delete from record_index where document_id = ? and collection = ? and record_key = ?",
+        )
+        .bind(&document)
+        .bind(collection)
+        .bind(key)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for row in &update.rows {
+        sqlx::query(
+            "insert into record_index (document_id, collection, record_key, visit_date, member_id, follow_up_due)
+             values (?, ?, ?, ?, ?, ?)
+             on conflict (document_id, collection, record_key) do update
+             set visit_date = excluded.visit_date, member_id = excluded.member_id,
+                 follow_up_due = excluded.follow_up_due",
+        )
+        .bind(&document)
+        .bind(row.collection)
+        .bind(&row.key)
+        .bind(&row.visit_date)
+        .bind(&row.member_id)
+        .bind(&row.follow_up_due)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }
 
 fn parse_heads(text: &str) -> Result<Vec<ChangeHash>, ClientError> {

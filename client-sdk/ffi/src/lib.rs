@@ -194,6 +194,10 @@ pub struct DeviceOptions {
     /// Longest retry delay after a failure, in seconds.
     #[uniffi(default = 60)]
     pub backoff_max_secs: u64,
+    /// The longest `sync_now` and `checkpoint` take, in seconds, whatever
+    /// the link does.
+    #[uniffi(default = 120)]
+    pub sync_deadline_secs: u64,
 }
 
 /// Receives a list of members each time it changes.
@@ -440,6 +444,8 @@ impl DoorstepClient {
         // reconnects in a tight loop.
         config.receive_timeout = Duration::from_secs(options.receive_timeout_secs.max(10));
         config.backoff_max = Duration::from_secs(options.backoff_max_secs.max(1));
+        // A zero deadline would fail every sync before it starts.
+        config.sync_deadline = Duration::from_secs(options.sync_deadline_secs.max(1));
         let client = run(Client::open(config)).await?;
         Ok(Arc::new(DoorstepClient {
             client,

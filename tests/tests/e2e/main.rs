@@ -24,6 +24,7 @@ mod review;
 mod rollups;
 mod sdk;
 mod sync;
+mod sync_service;
 mod tls;
 
 use automerge::ActorId;

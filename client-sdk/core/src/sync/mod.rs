@@ -6,12 +6,23 @@
 //! unacknowledged local edit, and any month the app opens while connected.
 //! Older months are not touched until the app opens them.
 //!
-//! Two drivers use it. [`Client::start_background_sync`] keeps one
-//! connection open while the app is active: a local edit is sent the moment
-//! it is on disk, the server's changes arrive as they happen, and a broken
-//! connection is retried with exponential backoff and jitter.
-//! [`Client::sync_now`] is bounded: connect, sync to quiescence, close, for
-//! a background job. Neither polls; `sync_interval` only re-checks.
+//! One sync service drives it, and never two connections at once (each
+//! document has one sync state with the server; two connections over it
+//! take each other's replies and wait for good). Whoever drives a
+//! connection holds `Inner::syncing`.
+//! [`Client::start_background_sync`] keeps one connection open while the
+//! app is active: a local edit is sent the moment it is on disk, the
+//! server's changes arrive as they happen, and a broken connection is
+//! retried with exponential backoff and jitter. [`Client::sync_now`] (and
+//! the checkpoint) rides that connection when it is up: it asks for a round
+//! (a ping the server must answer, proving the link, then everything
+//! subscribed in sync) and waits for it. Without one it connects, syncs to
+//! quiescence and closes. Neither polls; `sync_interval` only re-checks.
+//!
+//! Every wait has a deadline that frames other than sync messages do not
+//! extend: a server that pings every second but never answers a sync
+//! message ends `sync_now` at `sync_deadline`, and the live connection at
+//! `receive_timeout` without progress.
 
 pub(crate) mod transport;
 
@@ -23,7 +34,8 @@ use doorstep_protocol::wire::{self, Limits, Message, PeerMetadata};
 use doorstep_protocol::{DocumentId, Month, PeerId, StorageId};
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::client::Client;
@@ -99,6 +111,10 @@ impl Drop for BackgroundSync {
     }
 }
 
+/// How `sync_now` reaches the live connection: it sends where to answer.
+pub(crate) type LiveRequests =
+    mpsc::UnboundedSender<oneshot::Sender<Result<SyncReport, ClientError>>>;
+
 const CLOSE_UNAUTHORIZED: u16 = 4401;
 const CLOSE_REVOKED: u16 = 4403;
 /// Largest message accepted from the server; a first sync of a big
@@ -171,10 +187,12 @@ struct Connection {
     sent: HashMap<DocumentId, u64>,
     /// Documents with unacknowledged edits, as the last `outgoing` read them.
     unacked: Vec<DocumentId>,
+    /// The overall deadline of a bounded sync; no wait goes past it.
+    deadline: Option<Instant>,
 }
 
 impl Connection {
-    async fn open(client: &Client) -> Result<Connection, ClientError> {
+    async fn open(client: &Client, deadline: Option<Instant>) -> Result<Connection, ClientError> {
         let identity = client.identity()?;
         let mut socket = client.inner.transport.connect(&identity.token).await?;
         let me = PeerId::new(format!("device-{}", uuid::Uuid::new_v4()))
@@ -185,7 +203,13 @@ impl Connection {
             .config
             .receive_timeout
             .max(Duration::from_secs(10));
-        let server = handshake(&mut socket, &me, &identity.storage_id, timeout).await?;
+        let server = handshake(
+            &mut socket,
+            &me,
+            &identity.storage_id,
+            wait_until(timeout, deadline),
+        )
+        .await?;
         Ok(Connection {
             socket,
             me,
@@ -197,7 +221,15 @@ impl Connection {
             receive_timeout: timeout,
             sent: HashMap::new(),
             unacked: Vec::new(),
+            deadline,
         })
+    }
+
+    /// When the wait starting now ends: the receive timeout, cut short by
+    /// the overall deadline. Computed once per wait, so frames that are not
+    /// sync messages (pings) do not extend it.
+    fn wait_until(&self) -> Instant {
+        wait_until(self.receive_timeout, self.deadline)
     }
 
     /// Subscribes to the eager set, the unacknowledged documents and the
@@ -300,7 +332,7 @@ impl Connection {
     /// that accepts nothing for that long is dead.
     async fn send_all(&mut self, messages: Vec<Message>) -> Result<(), ClientError> {
         for message in messages {
-            tokio::time::timeout(self.receive_timeout, send(&mut self.socket, &message))
+            tokio::time::timeout_at(self.wait_until(), send(&mut self.socket, &message))
                 .await
                 .map_err(|_| ClientError::Network("the server stopped reading".into()))??;
         }
@@ -359,7 +391,8 @@ impl Connection {
     /// The error a server's `error` message stands for, from the close
     /// code that follows it.
     async fn closed_by_server(&mut self, message: String) -> ClientError {
-        closing_error(&mut self.socket, message, self.receive_timeout).await
+        let until = self.wait_until();
+        closing_error(&mut self.socket, message, until).await
     }
 
     /// Every subscribed document in memory is in sync, and none evicted
@@ -452,24 +485,73 @@ impl Client {
         Ok(replicas.loaded())
     }
 
-    /// One bounded sync, for a background job: connects, syncs the roster,
-    /// the current and previous month, every document with unacknowledged
-    /// edits and the months in memory to quiescence, then closes. A document
-    /// the server refuses is reported, and does not stop the others.
+    /// One bounded sync, for a background job: the roster, the current and
+    /// previous month, every document with unacknowledged edits and the
+    /// months in memory, to quiescence. Rides the live connection when it
+    /// is up; connects, syncs and closes otherwise. Returns within the
+    /// configured `sync_deadline` whatever the link does. A document the
+    /// server refuses is reported, and does not stop the others.
     pub async fn sync_now(&self) -> Result<SyncReport, ClientError> {
-        let _one_at_a_time = self.inner.syncing.lock().await;
+        self.sync_within(self.inner.config.sync_deadline).await
+    }
+
+    /// [`Client::sync_now`] with its own deadline (a background job's
+    /// remaining time): past it, a network error says so.
+    pub async fn sync_within(&self, limit: Duration) -> Result<SyncReport, ClientError> {
+        // Bounded, so a huge limit cannot overflow the clock.
+        let limit = limit.min(Duration::from_secs(86_400));
+        self.sync_until(Instant::now() + limit).await
+    }
+
+    pub(crate) async fn sync_until(&self, deadline: Instant) -> Result<SyncReport, ClientError> {
         if let Some(reason) = self.inner.store.meta("revoked").await? {
             return Err(ClientError::Revoked(reason));
         }
-        self.set_status(SyncStatus::Syncing);
-        let result = self.sync_to_quiescence().await;
-        let settled = result.as_ref().map(|_| ()).map_err(clone_error);
-        self.settle_status(&settled).await?;
-        result
+        let mut live = self.inner.live.subscribe();
+        loop {
+            let requests = live.borrow_and_update().clone();
+            if let Some(requests) = requests {
+                let (reply, answer) = oneshot::channel();
+                if requests.send(reply).is_ok() {
+                    match tokio::time::timeout_at(deadline, answer).await {
+                        Ok(Ok(result)) => return result,
+                        // That connection ended before it could answer:
+                        // the next one, or a connection of our own, will.
+                        Ok(Err(_)) => continue,
+                        Err(_) => return Err(past_deadline()),
+                    }
+                }
+            }
+            // No live connection serving: connect ourselves once nobody else
+            // drives one. A live connection coming up meanwhile is ridden.
+            let guard = tokio::select! {
+                guard = self.inner.syncing.lock() => guard,
+                changed = live.changed() => {
+                    if changed.is_err() {
+                        return Err(ClientError::Storage("the client is closing".into()));
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(deadline) => return Err(past_deadline()),
+            };
+            self.set_status(SyncStatus::Syncing);
+            let result = self.sync_to_quiescence(deadline).await;
+            drop(guard);
+            let settled = result.as_ref().map(|_| ()).map_err(clone_error);
+            self.settle_status(&settled).await?;
+            return result;
+        }
     }
 
-    async fn sync_to_quiescence(&self) -> Result<SyncReport, ClientError> {
-        let mut connection = Connection::open(self).await?;
+    /// One connection of our own, to quiescence. Only network waits are
+    /// bounded by `deadline` (each through `Connection::wait_until`): work
+    /// under the replicas lock is never cut off half way, since a change
+    /// applied in memory must reach the disk.
+    async fn sync_to_quiescence(&self, deadline: Instant) -> Result<SyncReport, ClientError> {
+        let mut connection =
+            tokio::time::timeout_at(deadline, Connection::open(self, Some(deadline)))
+                .await
+                .map_err(|_| past_deadline())??;
         {
             let mut guard = self.replicas().await?;
             let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
@@ -498,7 +580,8 @@ impl Client {
             if settled {
                 break;
             }
-            let bytes = receive(&mut connection.socket, connection.receive_timeout).await?;
+            let until = connection.wait_until();
+            let bytes = receive(&mut connection.socket, until).await?;
             let closing = {
                 let mut guard = self.replicas().await?;
                 let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
@@ -508,7 +591,7 @@ impl Client {
                 return Err(connection.closed_by_server(message).await);
             }
         }
-        let _ = connection.socket.close(None).await;
+        let _ = tokio::time::timeout_at(deadline, connection.socket.close(None)).await;
         Ok(connection.report())
     }
 
@@ -583,13 +666,29 @@ impl Client {
         global_stop: &mut watch::Receiver<bool>,
         failures: &mut u32,
     ) -> Result<(), ClientError> {
+        // The one connection: a bounded sync in progress finishes first
+        // (within its deadline).
+        let _driving = tokio::select! {
+            guard = self.inner.syncing.lock() => guard,
+            _ = stopped.changed() => return Ok(()),
+            _ = global_stop.changed() => return Ok(()),
+        };
         self.set_status(SyncStatus::Syncing);
-        let mut connection = Connection::open(self).await?;
+        let mut connection = Connection::open(self, None).await?;
         {
             let mut guard = self.replicas().await?;
             let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
             connection.subscribe_initial(replicas).await?;
         }
+        // From here `sync_now` rides this connection; the slot empties when
+        // it ends, however it ends, and unanswered riders then see their
+        // reply dropped and go on by themselves.
+        let (requests, mut riders) = mpsc::unbounded_channel();
+        let _serving = Serving::new(&self.inner.live, requests);
+        let mut waiting: Vec<oneshot::Sender<Result<SyncReport, ClientError>>> = Vec::new();
+        // The ping whose answer the waiting riders need, and whether it came.
+        let mut probe: u64 = 0;
+        let mut probed = true;
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
         let mut recheck = self
@@ -600,9 +699,13 @@ impl Client {
             .map(|every| every.clamp(Duration::from_secs(1), Duration::from_secs(86_400)))
             .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
         let timeout = connection.receive_timeout;
-        let mut last_heard = tokio::time::Instant::now();
+        let mut last_heard = Instant::now();
+        // The last sync message from the server, or the last moment with
+        // nothing to wait for: the server's pings prove the link, not that
+        // sync goes anywhere.
+        let mut last_progress = Instant::now();
         loop {
-            let outgoing = {
+            let (outgoing, settled) = {
                 let mut guard = self.replicas().await?;
                 let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
                 let outgoing = connection.outgoing(replicas).await?;
@@ -610,7 +713,8 @@ impl Client {
                     sent.clone_from(&connection.sent);
                 }
                 // `handle` saved each document's state as it settled.
-                if connection.settled(replicas) {
+                let settled = connection.settled(replicas);
+                if settled {
                     replicas.trim().await?;
                     if !matches!(self.status(), SyncStatus::UpToDate { .. }) {
                         *failures = 0;
@@ -618,16 +722,35 @@ impl Client {
                             at_unix_secs: now_secs(),
                         });
                     }
+                    if probed && !waiting.is_empty() {
+                        for id in connection.subscribed.keys().copied().collect::<Vec<_>>() {
+                            replicas.save_sync_state(id).await?;
+                        }
+                        let report = connection.report();
+                        for rider in waiting.drain(..) {
+                            let _ = rider.send(Ok(report.clone()));
+                        }
+                    }
                 } else if matches!(self.status(), SyncStatus::UpToDate { .. }) {
                     self.set_status(SyncStatus::Syncing);
                 }
-                outgoing
+                (outgoing, settled)
             };
+            if settled && outgoing.is_empty() {
+                last_progress = Instant::now();
+            }
             connection.send_all(outgoing).await?;
             tokio::select! {
                 frame = connection.socket.next() => {
-                    last_heard = tokio::time::Instant::now();
+                    last_heard = Instant::now();
+                    if let Some(Ok(WsMessage::Pong(payload))) = &frame {
+                        if !probed && payload.as_ref() == probe.to_be_bytes() {
+                            probed = true;
+                        }
+                        continue;
+                    }
                     let Some(bytes) = binary_frame(frame)? else { continue };
+                    last_progress = Instant::now();
                     let closing = {
                         let mut guard = self.replicas().await?;
                         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
@@ -637,32 +760,89 @@ impl Client {
                         return Err(connection.closed_by_server(message).await);
                     }
                 }
+                Some(rider) = riders.recv() => {
+                    if waiting.is_empty() {
+                        // The report covers what happened for these riders.
+                        connection.report();
+                    }
+                    waiting.push(rider);
+                    // Its answer proves the link works now; being in sync
+                    // then means our edits are acknowledged and the
+                    // server's heads known (a push it had queued may still
+                    // be behind the pong: the server serves both in turn).
+                    probe += 1;
+                    probed = false;
+                    let until = Instant::now() + timeout;
+                    tokio::time::timeout_at(until, connection.socket.send(WsMessage::Ping(probe.to_be_bytes().to_vec().into())))
+                        .await
+                        .map_err(|_| ClientError::Network("the server stopped reading".into()))?
+                        .map_err(|e| ClientError::Network(e.to_string()))?;
+                }
                 _ = self.inner.edited.notified() => {}
                 _ = ping.tick() => {
                     if last_heard.elapsed() > timeout {
                         return Err(ClientError::Network("the server stopped answering".into()));
                     }
-                    tokio::time::timeout(timeout, connection.socket.send(WsMessage::Ping(Vec::new().into())))
+                    if (!settled || !probed) && last_progress.elapsed() > timeout {
+                        return Err(ClientError::Network("the server stopped answering sync messages".into()));
+                    }
+                    let until = Instant::now() + timeout;
+                    tokio::time::timeout_at(until, connection.socket.send(WsMessage::Ping(Vec::new().into())))
                         .await
                         .map_err(|_| ClientError::Network("the server stopped reading".into()))?
                         .map_err(|e| ClientError::Network(e.to_string()))?;
                 }
                 _ = tick(&mut recheck) => {
-                    // Restart each document's exchange from its saved state:
-                    // anything either side missed is found again.
+                    // Restart the exchange of each document not in sync from
+                    // its saved state: anything either side missed is found
+                    // again. A document in sync is left alone: the server
+                    // stays silent to a repeat of heads it has answered, so
+                    // restarting it would wait for a reply that never comes.
                     let mut guard = self.replicas().await?;
                     let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
                     for id in connection.subscribed.keys().copied().collect::<Vec<_>>() {
-                        replicas.reconnect(id)?;
+                        if !replicas.peek(id).is_some_and(in_sync) {
+                            replicas.reconnect(id)?;
+                        }
                     }
                 }
                 _ = stopped.changed() => break,
                 _ = global_stop.changed() => break,
             }
         }
-        let _ = connection.socket.close(None).await;
+        let _ = tokio::time::timeout(timeout, connection.socket.close(None)).await;
         Ok(())
     }
+}
+
+/// Publishes a live connection's request channel while it serves, and
+/// takes it back when dropped (the connection ended, however).
+struct Serving<'a> {
+    slot: &'a watch::Sender<Option<LiveRequests>>,
+}
+
+impl<'a> Serving<'a> {
+    fn new(slot: &'a watch::Sender<Option<LiveRequests>>, requests: LiveRequests) -> Self {
+        slot.send_replace(Some(requests));
+        Serving { slot }
+    }
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.slot.send_replace(None);
+    }
+}
+
+fn past_deadline() -> ClientError {
+    ClientError::Network("the sync did not finish within its deadline".into())
+}
+
+/// The end of a wait starting now: `timeout` from now, or the overall
+/// deadline if that comes first.
+fn wait_until(timeout: Duration, deadline: Option<Instant>) -> Instant {
+    let until = Instant::now() + timeout;
+    deadline.map_or(until, |deadline| deadline.min(until))
 }
 
 /// The next re-check tick, or never when re-checks are off.
@@ -724,10 +904,11 @@ fn binary_frame(
     }
 }
 
-/// The next binary frame, waiting at most `timeout` for any frame.
-async fn receive(socket: &mut Socket, timeout: Duration) -> Result<Vec<u8>, ClientError> {
+/// The next binary frame, by `until`: control frames (the server's pings)
+/// are read past but do not extend the wait.
+async fn receive(socket: &mut Socket, until: Instant) -> Result<Vec<u8>, ClientError> {
     loop {
-        let frame = tokio::time::timeout(timeout, socket.next())
+        let frame = tokio::time::timeout_at(until, socket.next())
             .await
             .map_err(|_| ClientError::Network("the server stopped answering".into()))?;
         if let Some(bytes) = binary_frame(frame)? {
@@ -746,8 +927,8 @@ fn close_error(code: u16, reason: String) -> ClientError {
 }
 
 /// After an `error` message the server closes; its close code says why.
-async fn closing_error(socket: &mut Socket, message: String, timeout: Duration) -> ClientError {
-    match receive(socket, timeout).await {
+async fn closing_error(socket: &mut Socket, message: String, until: Instant) -> ClientError {
+    match receive(socket, until).await {
         Err(ClientError::Revoked(_)) => ClientError::Revoked(message),
         Err(ClientError::UnknownDevice(_)) => ClientError::UnknownDevice(message),
         Err(ClientError::Refused(_)) => ClientError::Refused(message),
@@ -759,7 +940,7 @@ async fn handshake(
     socket: &mut Socket,
     me: &PeerId,
     storage_id: &str,
-    timeout: Duration,
+    until: Instant,
 ) -> Result<PeerId, ClientError> {
     let join = Message::Join {
         sender_id: me.clone(),
@@ -769,13 +950,15 @@ async fn handshake(
             is_ephemeral: false,
         }),
     };
-    send(socket, &join).await?;
-    let bytes = receive(socket, timeout).await?;
+    tokio::time::timeout_at(until, send(socket, &join))
+        .await
+        .map_err(|_| ClientError::Network("the server stopped reading".into()))??;
+    let bytes = receive(socket, until).await?;
     match wire::decode(&bytes, &Limits::default())
         .map_err(|e| ClientError::Network(e.to_string()))?
     {
         Message::Peer { sender_id, .. } => Ok(sender_id),
-        Message::Error { message, .. } => Err(closing_error(socket, message, timeout).await),
+        Message::Error { message, .. } => Err(closing_error(socket, message, until).await),
         other => Err(ClientError::Network(format!(
             "expected peer, got {}",
             other.type_name()
