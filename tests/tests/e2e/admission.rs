@@ -176,7 +176,11 @@ fn one_change_per_actor(base: &Automerge, n: usize) -> (Vec<Vec<u8>>, ChangeHash
 #[tokio::test]
 async fn a_device_adding_actors_past_the_document_limit_is_refused_and_the_document_stays_readable()
 -> anyhow::Result<()> {
-    let server = TestServer::spawn().await?;
+    // The document's bound alone: each device's share (below) is lifted.
+    let server = TestServer::spawn_with(|config| {
+        config.limits.document.max_actors_per_device = usize::MAX;
+    })
+    .await?;
     let d = server.district().await?;
     let branch = d.yingfeng.id;
     let month: Month = "2026-11".parse()?;
@@ -234,6 +238,58 @@ async fn a_device_adding_actors_past_the_document_limit_is_refused_and_the_docum
             .len(),
         2
     );
+    Ok(())
+}
+
+/// From the second review: one device could fill the roster's lifetime
+/// actors and close it to every new phone, restored store or import. A
+/// device has a share of them; past it only that device is refused.
+#[tokio::test]
+async fn one_device_cannot_use_up_a_documents_actors_and_others_still_join() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let branch = d.yingfeng.id;
+    let month: Month = "2026-11".parse()?;
+    let log = DocumentId::monthly_log(branch, month);
+    let attacker = server.enroll(branch, "attacker").await?;
+    let newcomer = server.enroll(branch, "new phone").await?;
+    let mut first = TestPeer::connect(&server.ws_url(), &newcomer.token, None).await?;
+    first.open(log, log_peer_doc(branch, month));
+    record_visit(&mut first, log)?;
+    assert_eq!(first.sync(log).await?, SyncOutcome::Synced);
+
+    // The attacker adds its whole share, 64 actors; one more is refused.
+    let mut base = first.document(log).expect("log").fork();
+    let (changes, head) = one_change_per_actor(&base, 64);
+    let accepted = answer(
+        &server.ws_url(),
+        &attacker.token,
+        log,
+        message_with(changes.clone(), vec![head]),
+    )
+    .await?;
+    assert_eq!(accepted, None, "its share fits");
+    for change in changes {
+        base.load_incremental(&change)?;
+    }
+    let (changes, head) = one_change_per_actor(&base, 1);
+    let refused = answer(
+        &server.ws_url(),
+        &attacker.token,
+        log,
+        message_with(changes, vec![head]),
+    )
+    .await?
+    .expect("past its share, the device is refused");
+    assert!(refused.contains("the limit is 64 per device"), "{refused}");
+
+    // Another device still brings a new actor, and writes.
+    let mut other = TestPeer::connect(&server.ws_url(), &newcomer.token, None).await?;
+    let mut doc = base.fork();
+    doc.set_actor(ActorId::random());
+    other.open(log, doc);
+    record_visit(&mut other, log)?;
+    assert_eq!(other.sync(log).await?, SyncOutcome::Synced);
     Ok(())
 }
 
