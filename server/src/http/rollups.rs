@@ -140,10 +140,24 @@ async fn names_of_branch(
             Ok((branch, entry.detail(format!("{format}, {ground}"))))
         }
         Err(why) => {
-            // Once per user, action and branch in an interval: a caller
-            // looping a refused read must not grow the branch's log without
-            // bound (and bury a real grant in it).
-            let source = format!("{}\u{0}{}", user.id, branch.id);
+            // Once per user, branch, format and state of the user's grants
+            // there in an interval: a caller looping a refused read must
+            // not grow the branch's log without bound (and bury a real
+            // grant in it), while a refusal after a grant ended is a new
+            // row.
+            let latest_grant = state
+                .store
+                .grants_of_branch(branch.id)
+                .await?
+                .into_iter()
+                .find(|g| g.user_id == user.id)
+                .map(|g| (g.id, g.revoked_at.is_some()));
+            let source = format!(
+                "{}\u{0}{}\u{0}{}\u{0}{latest_grant:?}",
+                user.id,
+                branch.id,
+                format.unwrap_or("json")
+            );
             let verdict = state.config.budgets.refusals.verdict_for_known(
                 action,
                 &source,

@@ -627,3 +627,37 @@ async fn a_spent_enrollment_code_presented_again_and_again_is_recorded_once() ->
     assert_eq!(refused, 1, "100 presentations of a spent code");
     Ok(())
 }
+
+/// From the second review: refused reads of names were audited one row
+/// each, so a caller looping them grew the branch's log without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_read_of_names_looped_is_recorded_once() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let token = server
+        .login_as("district-admin", Role::DistrictAdmin, d.district.id)
+        .await?;
+    let url = format!(
+        "{}/api/v1/branches/{}/members",
+        server.http_url(),
+        d.yingfeng.id
+    );
+    let client = reqwest::Client::new();
+    for _ in 0..50 {
+        let status = client.get(&url).bearer_auth(&token).send().await?.status();
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+    let refused = server
+        .store
+        .audit_entries(&AuditQuery {
+            scope: None,
+            before: None,
+            limit: 10_000,
+        })
+        .await?
+        .into_iter()
+        .filter(|e| e.action == "members.read" && e.outcome == Outcome::Refused)
+        .count();
+    assert_eq!(refused, 1, "50 refused reads without a grant");
+    Ok(())
+}
