@@ -495,12 +495,30 @@ impl Client {
         self.sync_within(self.inner.config.sync_deadline).await
     }
 
+    /// The report of a sync, logged at DEBUG: counts only, never contents
+    /// (an app's log sink gets the SDK's own DEBUG lines; see the FFI's
+    /// logging).
+    fn log_report(result: &Result<SyncReport, ClientError>) {
+        match result {
+            Ok(report) => tracing::debug!(
+                documents = report.documents,
+                sent = report.changes_sent,
+                received = report.changes_received,
+                refused = report.refused.len(),
+                "sync finished"
+            ),
+            Err(e) => tracing::debug!(error = %e, "sync did not finish"),
+        }
+    }
+
     /// [`Client::sync_now`] with its own deadline (a background job's
     /// remaining time): past it, a network error says so.
     pub async fn sync_within(&self, limit: Duration) -> Result<SyncReport, ClientError> {
         // Bounded, so a huge limit cannot overflow the clock.
         let limit = limit.min(Duration::from_secs(86_400));
-        self.sync_until(Instant::now() + limit).await
+        let result = self.sync_until(Instant::now() + limit).await;
+        Self::log_report(&result);
+        result
     }
 
     pub(crate) async fn sync_until(&self, deadline: Instant) -> Result<SyncReport, ClientError> {
