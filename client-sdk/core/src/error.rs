@@ -52,6 +52,14 @@ pub enum ClientError {
     /// not spent: enroll with it again once approved.
     #[error("the enrollment code waits for the branch secretary's approval")]
     PendingApproval,
+    /// The store was written by a newer version of the SDK (the app was
+    /// downgraded): its schema has step `version`, which this version does
+    /// not know. Nothing was changed; update the app, do not wipe (the
+    /// store may hold unsynced edits).
+    #[error(
+        "this device's store was written by a newer version of the app (schema step {version}); update the app"
+    )]
+    NewerStore { version: i64 },
 }
 
 impl ClientError {

@@ -120,7 +120,14 @@ impl LocalStore {
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
-            .map_err(|e| ClientError::Storage(e.to_string()))?;
+            .map_err(|e| match e {
+                // A step this version does not have was applied: a newer
+                // SDK wrote the store, and this one must not guess at it.
+                sqlx::migrate::MigrateError::VersionMissing(version) => {
+                    ClientError::NewerStore { version }
+                }
+                other => ClientError::Storage(other.to_string()),
+            })?;
         Ok(LocalStore { pool })
     }
 

@@ -88,6 +88,10 @@ pub enum DoorstepError {
     UnknownDevice(String),
     #[error("the enrollment code waits for the branch secretary's approval")]
     PendingApproval,
+    /// A newer version of the app wrote the store (the app was
+    /// downgraded): update the app; do not wipe.
+    #[error("{0}")]
+    NewerStore(String),
 }
 
 impl From<ClientError> for DoorstepError {
@@ -107,6 +111,7 @@ impl From<ClientError> for DoorstepError {
             ClientError::WrongKey => DoorstepError::WrongKey,
             ClientError::UnknownDevice(m) => DoorstepError::UnknownDevice(m),
             ClientError::PendingApproval => DoorstepError::PendingApproval,
+            e @ ClientError::NewerStore { .. } => DoorstepError::NewerStore(e.to_string()),
         }
     }
 }

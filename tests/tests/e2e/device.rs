@@ -932,3 +932,44 @@ async fn reopening_the_same_store_keeps_its_actor() -> anyhow::Result<()> {
     assert_eq!(authors.len(), 2, "{authors:?}");
     Ok(())
 }
+
+/// A downgraded app met a store from a newer SDK with "migration N was
+/// previously applied but is missing", an untyped storage error an app
+/// cannot act on. Now a typed error that says to update, and the store is
+/// left as it was.
+#[tokio::test]
+async fn a_store_from_a_newer_app_is_refused_with_a_typed_error() -> anyhow::Result<()> {
+    use sqlx::ConnectOptions;
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let dir = tempfile::tempdir()?;
+    let url = server.http_url();
+    let client = sdk_device(&server.store, &url, d.yingfeng.id, dir.path(), |_| {}).await?;
+    member(&client, "新版本").await?;
+    drop(client);
+    // What a newer SDK leaves behind: a schema step this one lacks.
+    let hex: String = test_store_key()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let key = format!("\"x'{hex}'\"");
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join("device.db"))
+        .pragma("key", key)
+        .connect()
+        .await?;
+    sqlx::query(
+        "insert into _sqlx_migrations (version, description, success, checksum, execution_time)
+         values (9999, 'from a newer app', 1, x'00', 0)",
+    )
+    .execute(&mut conn)
+    .await?;
+    drop(conn);
+    let refused = Client::open(ClientConfig::new(dir.path(), &url, test_store_key())).await;
+    assert!(
+        matches!(refused, Err(ClientError::NewerStore { version: 9999 })),
+        "{refused:?}"
+    );
+    Ok(())
+}
