@@ -59,6 +59,25 @@ impl std::fmt::Debug for StoreKey {
     }
 }
 
+/// Whether a connection going back to the pool is outside any transaction;
+/// one that is not is closed instead of pooled. An app cancels calls (a
+/// `record_visit` whose task is dropped): dropped just after the worker ran
+/// `begin immediate` but before sqlx handed back its transaction guard,
+/// nothing queues a rollback, and the pooled connection kept the write
+/// lock, so every later write waited out the busy timeout and failed
+/// ("database is locked"). The server's pool has the same hook.
+async fn is_clean(conn: &mut sqlx::SqliteConnection) -> bool {
+    use sqlx::Connection;
+    if !conn.is_in_transaction() {
+        return true;
+    }
+    // A rollback queued by a dropped transaction runs before this ping.
+    if conn.ping().await.is_err() {
+        return false;
+    }
+    !conn.is_in_transaction()
+}
+
 /// Handle to the local database; cheap to clone.
 #[derive(Clone, Debug)]
 pub(crate) struct LocalStore {
@@ -97,6 +116,7 @@ impl LocalStore {
             .busy_timeout(Duration::from_secs(10));
         let pool = match SqlitePoolOptions::new()
             .max_connections(4)
+            .after_release(|conn, _| Box::pin(async move { Ok(is_clean(conn).await) }))
             .connect_with(options)
             .await
         {
