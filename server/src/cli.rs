@@ -94,44 +94,54 @@ pub struct ServeArgs {
     #[arg(long, env = "DOORSTEP_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Largest WebSocket message accepted, in bytes.
-    #[arg(long, env = "DOORSTEP_MAX_MESSAGE_BYTES", default_value_t = SyncLimits::default().max_message_bytes)]
+    #[arg(long, env = "DOORSTEP_MAX_MESSAGE_BYTES", value_parser = at_least_one::<usize>(), default_value_t = SyncLimits::default().max_message_bytes)]
     pub max_message_bytes: usize,
     /// Largest total of decompressed change bytes in one sync message
     /// (measured with a capped inflater before Automerge decodes anything).
-    #[arg(long, env = "DOORSTEP_MAX_SYNC_CHANGE_BYTES", default_value_t = SyncLimits::default().document.admission.max_inflated_bytes)]
+    #[arg(long, env = "DOORSTEP_MAX_SYNC_CHANGE_BYTES", value_parser = at_least_one::<u64>(), default_value_t = SyncLimits::default().document.admission.max_inflated_bytes)]
     pub max_sync_change_bytes: u64,
     /// Most operations one sync message may carry.
-    #[arg(long, env = "DOORSTEP_MAX_SYNC_OPS", default_value_t = SyncLimits::default().document.admission.max_ops)]
+    #[arg(long, env = "DOORSTEP_MAX_SYNC_OPS", value_parser = at_least_one::<u64>(), default_value_t = SyncLimits::default().document.admission.max_ops)]
     pub max_sync_ops: u64,
     /// Largest stored size of one document, in bytes; past it changes are refused.
-    #[arg(long, env = "DOORSTEP_MAX_DOCUMENT_BYTES", default_value_t = SyncLimits::default().document.max_document_bytes)]
+    #[arg(long, env = "DOORSTEP_MAX_DOCUMENT_BYTES", value_parser = at_least_one::<u64>(), default_value_t = SyncLimits::default().document.max_document_bytes)]
     pub max_document_bytes: u64,
     /// Distinct Automerge actors one document may hold over its life; past
     /// it changes by new actors are refused with an error naming the limit.
-    #[arg(long, env = "DOORSTEP_MAX_DOCUMENT_ACTORS", default_value_t = SyncLimits::default().document.max_document_actors)]
+    #[arg(long, env = "DOORSTEP_MAX_DOCUMENT_ACTORS", value_parser = at_least_one::<usize>(), default_value_t = SyncLimits::default().document.max_document_actors)]
     pub max_document_actors: usize,
     /// How deep below a document's root a change may nest an object.
-    #[arg(long, env = "DOORSTEP_MAX_NESTING_DEPTH", default_value_t = SyncLimits::default().document.max_depth)]
+    #[arg(long, env = "DOORSTEP_MAX_NESTING_DEPTH", value_parser = at_least_one::<usize>(), default_value_t = SyncLimits::default().document.max_depth)]
     pub max_nesting_depth: usize,
     /// Sustained messages per second one device may send.
-    #[arg(long, env = "DOORSTEP_MESSAGES_PER_SECOND", default_value_t = crate::budget::BudgetLimits::default().messages_per_second)]
+    #[arg(long, env = "DOORSTEP_MESSAGES_PER_SECOND", value_parser = at_least_one::<u32>(), default_value_t = crate::budget::BudgetLimits::default().messages_per_second)]
     pub messages_per_second: u32,
     /// Messages one device may send in a burst.
-    #[arg(long, env = "DOORSTEP_MESSAGE_BURST", default_value_t = crate::budget::BudgetLimits::default().message_burst)]
+    #[arg(long, env = "DOORSTEP_MESSAGE_BURST", value_parser = at_least_one::<u32>(), default_value_t = crate::budget::BudgetLimits::default().message_burst)]
     pub message_burst: u32,
     /// Open connections in all (lowered to fit the open-file limit).
-    #[arg(long, env = "DOORSTEP_MAX_CONNECTIONS", default_value_t = crate::budget::ConnectionLimits::default().total)]
+    #[arg(long, env = "DOORSTEP_MAX_CONNECTIONS", value_parser = at_least_one::<usize>(), default_value_t = crate::budget::ConnectionLimits::default().total)]
     pub max_connections: usize,
     /// Open connections from one address that no device has authenticated
     /// (raise it behind a reverse proxy or a large NAT).
-    #[arg(long, env = "DOORSTEP_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = crate::budget::ConnectionLimits::default().per_address)]
+    #[arg(long, env = "DOORSTEP_MAX_CONNECTIONS_PER_ADDRESS", value_parser = at_least_one::<usize>(), default_value_t = crate::budget::ConnectionLimits::default().per_address)]
     pub max_connections_per_address: usize,
     /// Live /sync sockets of one device; past it the oldest closes.
-    #[arg(long, env = "DOORSTEP_SOCKETS_PER_DEVICE", default_value_t = crate::budget::BudgetLimits::default().sockets_per_device)]
+    #[arg(long, env = "DOORSTEP_SOCKETS_PER_DEVICE", value_parser = at_least_one::<usize>(), default_value_t = crate::budget::BudgetLimits::default().sockets_per_device)]
     pub sockets_per_device: usize,
     /// Bytes queued to send to all connections together.
-    #[arg(long, env = "DOORSTEP_MAX_QUEUED_BYTES", default_value_t = crate::budget::OutboxLimits::default().total)]
+    #[arg(long, env = "DOORSTEP_MAX_QUEUED_BYTES", value_parser = at_least_one::<usize>(), default_value_t = crate::budget::OutboxLimits::default().total)]
     pub max_queued_bytes: usize,
+}
+
+/// A limit of zero would refuse everything (`--max-connections 0` closes
+/// every connection at accept), so every limit flag takes 1 or more.
+fn at_least_one<T>() -> clap::builder::RangedU64ValueParser<T>
+where
+    T: TryFrom<u64> + Clone + Send + Sync + 'static,
+    <T as TryFrom<u64>>::Error: std::fmt::Display + Send + Sync + 'static,
+{
+    clap::builder::RangedU64ValueParser::<T>::new().range(1..)
 }
 
 #[derive(Debug, Subcommand)]
@@ -1052,6 +1062,25 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         command().debug_assert();
+    }
+
+    #[test]
+    fn limit_flags_refuse_zero_with_a_named_error() {
+        for flag in [
+            "--max-connections",
+            "--max-queued-bytes",
+            "--messages-per-second",
+        ] {
+            let err = Cli::try_parse_from(["doorstep", "serve", flag, "0"])
+                .expect_err("a zero limit is refused");
+            assert!(err.to_string().contains(flag), "{err}");
+        }
+        let cli = Cli::try_parse_from(["doorstep", "serve", "--max-connections", "1"])
+            .expect("one is a limit");
+        let Command::Serve(args) = cli.command else {
+            panic!("serve parses as serve");
+        };
+        assert_eq!(args.max_connections, 1);
     }
 
     #[test]
