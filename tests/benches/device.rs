@@ -12,6 +12,12 @@
 //! each re-running after every edit; medians, and their ratio (target:
 //! at most 2x).
 //!
+//! Store size: a fresh device records BENCH_DAY_VISITS (300) visits today,
+//! one after another (the day's compactions happen on the way), then syncs;
+//! the store's bytes on disk (database, log and its index) against the
+//! bytes of the documents' chunks, before and after the sync, and per
+//! 1,000 visits (target: at most 2x the chunk bytes).
+//!
 //! Push: two devices hold live connections with re-checks off; one records
 //! a visit, the other is woken by the change notification. The latency is
 //! compared with the local edit itself (the visit on the first phone's
@@ -205,6 +211,45 @@ async fn main() -> anyhow::Result<()> {
         observed.as_secs_f64() / alone.as_secs_f64()
     );
     drop(device);
+
+    // Store bytes on disk after a day of edits.
+    let day_visits = env_or("BENCH_DAY_VISITS", 300);
+    let day_dir = tempfile::tempdir()?;
+    let day = sdk_device(
+        &server.store,
+        &server.http_url(),
+        d.yingfeng.id,
+        day_dir.path(),
+        |_| {},
+    )
+    .await?;
+    let member_today = day
+        .add_member(NewMember {
+            name: "一天".into(),
+            ..NewMember::default()
+        })
+        .await?;
+    for _ in 0..day_visits {
+        day.record_visit(visit(today, member_today)).await?;
+    }
+    let unsynced = day.store_size().await?;
+    day.sync_now().await?;
+    let synced = day.store_size().await?;
+    println!("store size: {day_visits} visits in a day");
+    for (label, size) in [("before sync", unsynced), ("after sync", synced)] {
+        let per_thousand = |bytes: u64| bytes as f64 * 1000.0 / day_visits as f64 / 1024.0;
+        println!(
+            "  {label:<12} on disk {:8.1} KiB (log {:6.1} KiB, free {:6.1} KiB), chunks {:8.1} KiB: {:.2}x; per 1,000 visits {:8.1} KiB on disk, {:8.1} KiB chunks",
+            size.bytes_on_disk as f64 / 1024.0,
+            size.wal_bytes as f64 / 1024.0,
+            size.free_bytes as f64 / 1024.0,
+            size.chunk_bytes as f64 / 1024.0,
+            size.bytes_on_disk as f64 / size.chunk_bytes as f64,
+            per_thousand(size.bytes_on_disk),
+            per_thousand(size.chunk_bytes),
+        );
+    }
+    day.close().await?;
 
     // Push latency between two connected phones.
     let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
