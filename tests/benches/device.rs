@@ -12,8 +12,9 @@
 //! each re-running after every edit; medians, and their ratio (target:
 //! at most 2x).
 //!
-//! Store size: a fresh device records BENCH_DAY_VISITS (300) visits today,
-//! one after another (the day's compactions happen on the way), then syncs;
+//! Store size: a fresh device of another branch records BENCH_DAY_VISITS
+//! (300) visits today to 60 members, each with its own notes, one after
+//! another (the day's compactions happen on the way), then syncs;
 //! the store's bytes on disk (database, log and its index) against the
 //! bytes of the documents' chunks, before and after the sync, and per
 //! 1,000 visits (target: at most 2x the chunk bytes).
@@ -215,22 +216,32 @@ async fn main() -> anyhow::Result<()> {
     // Store bytes on disk after a day of edits.
     let day_visits = env_or("BENCH_DAY_VISITS", 300);
     let day_dir = tempfile::tempdir()?;
+    // In a branch of its own, so the sync brings nothing of the 24 months.
     let day = sdk_device(
         &server.store,
         &server.http_url(),
-        d.yingfeng.id,
+        d.fenghuangting.id,
         day_dir.path(),
         |_| {},
     )
     .await?;
-    let member_today = day
-        .add_member(NewMember {
-            name: "一天".into(),
-            ..NewMember::default()
-        })
-        .await?;
-    for _ in 0..day_visits {
-        day.record_visit(visit(today, member_today)).await?;
+    // Visits as a day brings them: to many members, each with its own
+    // notes and amount (identical visits would compress to almost nothing).
+    let mut members_today = Vec::new();
+    for i in 0..60 {
+        members_today.push(
+            day.add_member(NewMember {
+                name: format!("成员{i}"),
+                ..NewMember::default()
+            })
+            .await?,
+        );
+    }
+    for i in 0..day_visits {
+        let mut new = visit(today, members_today[i % members_today.len()]);
+        new.aid_cash = Fen::from_yuan(10 + (i % 7) as i64 * 5);
+        new.notes = Some(format!("第{i}次走访：家中老人身体尚可，药已按时服用，下周再来"));
+        day.record_visit(new).await?;
     }
     let unsynced = day.store_size().await?;
     day.sync_now().await?;
