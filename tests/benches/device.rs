@@ -12,6 +12,13 @@
 //! each re-running after every edit; medians, and their ratio (target:
 //! at most 2x).
 //!
+//! Store size: a fresh device of another branch records BENCH_DAY_VISITS
+//! (300) visits today to 60 members, each with its own notes, one after
+//! another (the day's compactions happen on the way), then syncs;
+//! the store's bytes on disk (database, log and its index) against the
+//! bytes of the documents' chunks, before and after the sync, and per
+//! 1,000 visits (target: at most 2x the chunk bytes).
+//!
 //! Push: two devices hold live connections with re-checks off; one records
 //! a visit, the other is woken by the change notification. The latency is
 //! compared with the local edit itself (the visit on the first phone's
@@ -205,6 +212,55 @@ async fn main() -> anyhow::Result<()> {
         observed.as_secs_f64() / alone.as_secs_f64()
     );
     drop(device);
+
+    // Store bytes on disk after a day of edits.
+    let day_visits = env_or("BENCH_DAY_VISITS", 300);
+    let day_dir = tempfile::tempdir()?;
+    // In a branch of its own, so the sync brings nothing of the 24 months.
+    let day = sdk_device(
+        &server.store,
+        &server.http_url(),
+        d.fenghuangting.id,
+        day_dir.path(),
+        |_| {},
+    )
+    .await?;
+    // Visits as a day brings them: to many members, each with its own
+    // notes and amount (identical visits would compress to almost nothing).
+    let mut members_today = Vec::new();
+    for i in 0..60 {
+        members_today.push(
+            day.add_member(NewMember {
+                name: format!("成员{i}"),
+                ..NewMember::default()
+            })
+            .await?,
+        );
+    }
+    for i in 0..day_visits {
+        let mut new = visit(today, members_today[i % members_today.len()]);
+        new.aid_cash = Fen::from_yuan(10 + (i % 7) as i64 * 5);
+        new.notes = Some(format!("第{i}次走访：家中老人身体尚可，药已按时服用，下周再来"));
+        day.record_visit(new).await?;
+    }
+    let unsynced = day.store_size().await?;
+    day.sync_now().await?;
+    let synced = day.store_size().await?;
+    println!("store size: {day_visits} visits in a day");
+    for (label, size) in [("before sync", unsynced), ("after sync", synced)] {
+        let per_thousand = |bytes: u64| bytes as f64 * 1000.0 / day_visits as f64 / 1024.0;
+        println!(
+            "  {label:<12} on disk {:8.1} KiB (log {:6.1} KiB, free {:6.1} KiB), chunks {:8.1} KiB: {:.2}x; per 1,000 visits {:8.1} KiB on disk, {:8.1} KiB chunks",
+            size.bytes_on_disk as f64 / 1024.0,
+            size.wal_bytes as f64 / 1024.0,
+            size.free_bytes as f64 / 1024.0,
+            size.chunk_bytes as f64 / 1024.0,
+            size.bytes_on_disk as f64 / size.chunk_bytes as f64,
+            per_thousand(size.bytes_on_disk),
+            per_thousand(size.chunk_bytes),
+        );
+    }
+    day.close().await?;
 
     // Push latency between two connected phones.
     let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);

@@ -141,6 +141,8 @@ pub(crate) struct Inner {
     /// Set by `wipe`: every handle refuses to work from then on (an enroll
     /// through an old handle would spend a code into a closed store).
     pub wiped: std::sync::atomic::AtomicBool,
+    /// Set by `close`: every handle answers [`ClientError::Closed`].
+    pub closed: std::sync::atomic::AtomicBool,
     /// Holds the exclusive lock on the data directory while open. Last, so
     /// it is released after the store's connections are closed.
     lock: std::sync::Mutex<Option<File>>,
@@ -297,6 +299,7 @@ impl Client {
             live: watch::channel(None).0,
             stop,
             wiped: std::sync::atomic::AtomicBool::new(false),
+            closed: std::sync::atomic::AtomicBool::new(false),
             lock: std::sync::Mutex::new(Some(lock)),
         })
     }
@@ -304,6 +307,7 @@ impl Client {
     /// Exchanges a one-time enrollment code for this device's token and
     /// stores it.
     pub async fn enroll(&self, code: &str) -> Result<Enrollment, ClientError> {
+        self.ensure_open()?;
         if self.inner.wiped.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(ClientError::Storage(
                 "this device's data was wiped: open the directory again".into(),
@@ -389,7 +393,16 @@ impl Client {
         })
     }
 
+    /// [`ClientError::Closed`] once `close` began.
+    pub(crate) fn ensure_open(&self) -> Result<(), ClientError> {
+        if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ClientError::Closed);
+        }
+        Ok(())
+    }
+
     pub(crate) fn identity(&self) -> Result<Arc<Identity>, ClientError> {
+        self.ensure_open()?;
         self.inner
             .identity
             .read()
@@ -415,6 +428,9 @@ impl Client {
     /// Every clone of this client is unusable afterwards and reports
     /// not enrolled; the directory can be opened afresh.
     pub async fn wipe(self) -> Result<(), ClientError> {
+        // Closed, the directory may have a new owner by now: its files are
+        // not this handle's to delete.
+        self.ensure_open()?;
         let _ = self.inner.stop.send(true);
         self.inner
             .wiped
@@ -440,6 +456,79 @@ impl Client {
             lock.take();
         }
         Ok(())
+    }
+}
+
+impl Client {
+    /// Stops sync, closes the store and releases the data directory, which
+    /// can be opened again at once (by this process or another: an app
+    /// extension, a sync process). Every clone of this client answers
+    /// [`ClientError::Closed`] from then on; closing twice does nothing.
+    /// An edit in flight finishes first (it holds the documents' lock),
+    /// and an edit that returned is on disk whatever close does.
+    pub async fn close(&self) -> Result<(), ClientError> {
+        use std::sync::atomic::Ordering;
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let _ = self.inner.stop.send(true);
+        // Held until the directory is released, so an open of it meanwhile
+        // waits and then opens afresh, instead of getting this instance.
+        let mut open = OPEN.lock().await;
+        // The live connection leaves at the stop signal; a bounded
+        // `sync_now` in flight ends within its deadline, but close need
+        // not wait that long: past a few seconds the store closes under
+        // it, and it fails with `Closed`.
+        let syncing = tokio::time::timeout(Duration::from_secs(5), self.inner.syncing.lock()).await;
+        if open
+            .get(&self.inner.dir)
+            .is_some_and(|weak| std::ptr::eq(weak.as_ptr(), Arc::as_ptr(&self.inner)))
+        {
+            open.remove(&self.inner.dir);
+        }
+        *self.inner.replicas.lock().await = None;
+        if let Ok(mut slot) = self.inner.identity.write() {
+            *slot = None;
+        }
+        self.inner.store.close().await;
+        // Released only after the last connection closed.
+        if let Ok(mut lock) = self.inner.lock.lock() {
+            lock.take();
+        }
+        drop(syncing);
+        drop(open);
+        Ok(())
+    }
+
+    /// Re-encrypts the store under `new_key` and returns the client
+    /// reopened with it; this client is closed (see [`Client::close`]).
+    /// Keep the new key in the keystore before calling, and the old one
+    /// until this returns: after a crash the store opens with exactly one
+    /// of the two (SQLCipher rewrites every page in one transaction).
+    pub async fn rekey(&self, new_key: StoreKey) -> Result<Client, ClientError> {
+        self.ensure_open()?;
+        let mut config = self.inner.config.clone();
+        let old_key = std::mem::replace(&mut config.store_key, new_key);
+        self.close().await?;
+        {
+            // No one else may open it while its pages are rewritten.
+            let _lock = lock_directory(&self.inner.dir)?;
+            LocalStore::rekey(
+                &self.inner.dir.join("device.db"),
+                &old_key,
+                &config.store_key,
+            )
+            .await?;
+        }
+        drop(old_key);
+        Client::open(config).await
+    }
+
+    /// The store's size on disk (with its write-ahead log) and how much of
+    /// it is the documents' data.
+    pub async fn store_size(&self) -> Result<crate::store::StoreSize, ClientError> {
+        self.ensure_open()?;
+        self.inner.store.size().await
     }
 }
 
@@ -486,7 +575,7 @@ pub(crate) fn is_own(base: &[u8], actor: &ActorId) -> bool {
 /// Takes the exclusive lock on a data directory, for as long as the
 /// returned file is open. The OS releases it when the process dies, however
 /// it dies, so a killed app never leaves the directory locked.
-fn lock_directory(dir: &std::path::Path) -> Result<File, ClientError> {
+pub(crate) fn lock_directory(dir: &std::path::Path) -> Result<File, ClientError> {
     let path = dir.join("device.lock");
     let file = File::options()
         .create(true)
@@ -497,7 +586,7 @@ fn lock_directory(dir: &std::path::Path) -> Result<File, ClientError> {
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(ClientError::AlreadyOpen(format!(
-            "{} (by another process)",
+            "{} (another process holds it: close the client there first)",
             dir.display()
         ))),
         Err(std::fs::TryLockError::Error(e)) => Err(ClientError::Storage(format!(

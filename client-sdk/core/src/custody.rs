@@ -263,14 +263,7 @@ impl Client {
                 DocumentKind::Roster => None,
                 DocumentKind::MonthlyLog(month) => Some(month.to_string()),
             };
-            let base = &self.inner.actor_base;
-            let changes: Vec<String> = replica
-                .doc()
-                .get_changes(&replica.acked)
-                .into_iter()
-                .filter(|c| crate::client::is_own(base, c.actor_id()))
-                .map(|mut c| hex::encode(c.bytes()))
-                .collect();
+            let changes = own_changes(replica.doc(), &replica.acked, &self.inner.actor_base);
             if !changes.is_empty() {
                 documents.push(ExportedDocument {
                     document_id: id.to_string(),
@@ -279,17 +272,32 @@ impl Client {
                 });
             }
         }
-        let export = Export {
-            format: EXPORT_FORMAT.into(),
-            branch_id: identity.branch.to_string(),
-            device_id: identity.device_id.clone(),
-            actor_id: hex::encode(&self.inner.actor_base),
-            exported_at_unix_secs: time::OffsetDateTime::now_utc().unix_timestamp(),
+        export_file(
+            &identity.branch.to_string(),
+            &identity.device_id,
+            &self.inner.actor_base,
             documents,
-        };
-        serde_json::to_vec_pretty(&export).map_err(|e| ClientError::Storage(e.to_string()))
+        )
     }
 
+    /// The export of [`Client::export_unsynced`], read straight from the
+    /// store in `data_dir`, for a store this version cannot open (a
+    /// downgraded app meets [`ClientError::NewerStore`]): no migration
+    /// runs and nothing is written. It reads only what every schema
+    /// version keeps (the identity, the documents, their changes and the
+    /// heads the server acknowledged; migrations only add). The directory
+    /// must not be open (it takes the directory's lock for the read).
+    pub async fn export_unsynced_from_store(
+        data_dir: impl AsRef<std::path::Path>,
+        key: &crate::StoreKey,
+    ) -> Result<Vec<u8>, ClientError> {
+        let dir = data_dir.as_ref();
+        let _lock = crate::client::lock_directory(dir)?;
+        let store = crate::store::LocalStore::open_as_is(&dir.join("device.db"), key).await?;
+        let exported = export_from(&store).await;
+        store.close_without_tidy().await;
+        exported
+    }
     /// Enters another device's exported edits as this device's own, field
     /// by field: each exported change is made again by this device, on the
     /// same history as the original, so edits of other devices to other
@@ -339,6 +347,75 @@ impl Client {
         self.inner.edited.notify_one();
         Ok(report)
     }
+}
+
+/// The changes of `doc` outside `acked` made by the device whose actor base
+/// is `base`, hex-encoded: what an export carries.
+fn own_changes(doc: &Automerge, acked: &[ChangeHash], base: &[u8]) -> Vec<String> {
+    doc.get_changes(acked)
+        .into_iter()
+        .filter(|c| crate::client::is_own(base, c.actor_id()))
+        .map(|mut c| hex::encode(c.bytes()))
+        .collect()
+}
+
+fn export_file(
+    branch: &str,
+    device: &str,
+    actor_base: &[u8],
+    documents: Vec<ExportedDocument>,
+) -> Result<Vec<u8>, ClientError> {
+    let export = Export {
+        format: EXPORT_FORMAT.into(),
+        branch_id: branch.to_owned(),
+        device_id: device.to_owned(),
+        actor_id: hex::encode(actor_base),
+        exported_at_unix_secs: time::OffsetDateTime::now_utc().unix_timestamp(),
+        documents,
+    };
+    serde_json::to_vec_pretty(&export).map_err(|e| ClientError::Storage(e.to_string()))
+}
+
+/// The export of an unmigrated store, documents loaded from their chunks.
+async fn export_from(store: &crate::store::LocalStore) -> Result<Vec<u8>, ClientError> {
+    let (Some(device), Some(branch), Some(base)) = (
+        store.meta("device_id").await?,
+        store.meta("branch_id").await?,
+        store.meta("actor_id").await?,
+    ) else {
+        return Err(ClientError::NotEnrolled);
+    };
+    let base = hex::decode(&base)
+        .ok()
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| ClientError::Storage("bad actor id".into()))?;
+    let kinds: HashMap<DocumentId, DocumentKind> = store.documents().await?.into_iter().collect();
+    let mut documents = Vec::new();
+    for id in store.unacked_documents().await? {
+        let Some(kind) = kinds.get(&id) else {
+            continue;
+        };
+        let mut doc = Automerge::new();
+        for chunk in store.chunks(id).await?.chunks {
+            doc.load_incremental(&chunk)?;
+        }
+        let (_, acked) = store.sync_state(id).await?;
+        // Acknowledged heads this copy lacks cannot bound anything: export
+        // everything of ours (an import enters a change once).
+        let acked = known(&doc, &acked).unwrap_or_default();
+        let changes = own_changes(&doc, &acked, &base);
+        if !changes.is_empty() {
+            documents.push(ExportedDocument {
+                document_id: id.to_string(),
+                month: match kind {
+                    DocumentKind::Roster => None,
+                    DocumentKind::MonthlyLog(month) => Some(month.to_string()),
+                },
+                changes,
+            });
+        }
+    }
+    export_file(&branch, &device, &base, documents)
 }
 
 /// The document an exported entry names, checked against its month.

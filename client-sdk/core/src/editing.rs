@@ -199,6 +199,7 @@ fn cleared(value: String) -> Option<String> {
 
 impl Client {
     pub(crate) async fn replicas(&self) -> Result<MutexGuard<'_, Option<Replicas>>, ClientError> {
+        self.ensure_open()?;
         let guard = self.inner.replicas.lock().await;
         if guard.is_none() {
             return Err(ClientError::NotEnrolled);

@@ -60,6 +60,17 @@ pub enum ClientError {
         "this device's store was written by a newer version of the app (schema step {version}); update the app"
     )]
     NewerStore { version: i64 },
+    /// The client was closed (or re-keyed, which closes it): open the
+    /// directory again for a new one.
+    #[error("this client was closed; open the data directory again")]
+    Closed,
+    /// The store is plain SQLite, as an SDK from before encryption wrote
+    /// it: no key opens it. Migrate it (sync what it holds with the old
+    /// app version, or export it there) and start a new encrypted store.
+    #[error(
+        "this device's store is unencrypted (written by an SDK before encryption); migrate it: sync or export with the old app, then wipe"
+    )]
+    UnencryptedStore,
 }
 
 impl ClientError {
@@ -74,6 +85,10 @@ impl ClientError {
 
 impl From<sqlx::Error> for ClientError {
     fn from(e: sqlx::Error) -> Self {
+        if matches!(e, sqlx::Error::PoolClosed) {
+            // Only `close` (or a re-key) closes the pool.
+            return ClientError::Closed;
+        }
         ClientError::Storage(e.to_string())
     }
 }

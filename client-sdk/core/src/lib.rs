@@ -8,8 +8,10 @@
 //! reports what the server has acknowledged.
 //!
 //! ```text
-//! client     Client: open (one owner per data directory), enroll, wipe
+//! client     Client: open (one owner per data directory, across processes),
+//!            enroll, close, rekey, store size, wipe
 //! custody    where edits stand: checkpoint, edit states, export/import
+//!            (export also from a store this version cannot open)
 //! editing    typed edits, validated before anything is written; corrections
 //!            and deletions of log records
 //! queries    what a field app lists: every record type, histories, follow-ups
@@ -20,7 +22,8 @@
 //! index      where each log record is, each visit's member and follow-up:
 //!            what reads spanning months look up instead of walking them
 //! replicas   documents in memory and on disk (durable edits, compaction)
-//! store      the local SQLCipher file, encrypted with the app's key
+//! store      the local SQLCipher file, encrypted with the app's key; its
+//!            size kept near its data's (capped log, incremental vacuum)
 //! sync       the sync engine: the live connection, sync_now, status
 //! ```
 
@@ -55,7 +58,7 @@ pub use editing::{
 pub use error::ClientError;
 pub use observe::{Listener, Observation};
 pub use queries::{LogRecordKind, MemberFilter, MemberHistory, Months, VisitDays};
-pub use store::StoreKey;
+pub use store::{StoreKey, StoreSize};
 pub use sync::{BackgroundSync, SyncReport, SyncStatus};
 
 pub use doorstep_protocol::schema::RecordId;

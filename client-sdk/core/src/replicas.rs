@@ -463,6 +463,9 @@ impl Replicas {
                     replica.snapshot_bytes = snapshot.len() as u64;
                     replica.incremental_bytes = 0;
                     replica.chunk_keys = vec![key];
+                    // The covered chunks' pages are free now: give them
+                    // back, and fold the log into the database.
+                    self.store.tidy_soon();
                 }
                 Err(e) => tracing::warn!(document = %id, error = %e, "local compaction failed"),
             }

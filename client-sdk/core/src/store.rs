@@ -2,6 +2,11 @@
 //! `synchronous=FULL`, so an edit that returned is on disk even if the app
 //! is killed next, and nothing in it (names, the token) can be read without
 //! the key the app keeps in the platform keystore.
+//!
+//! Its size stays near its data's: the log is capped
+//! (`journal_size_limit`) and checkpointed after a compaction, a sync and
+//! at close, and the pages a compaction frees go back to the file system
+//! (incremental vacuum).
 
 use std::path::Path;
 use std::str::FromStr;
@@ -11,45 +16,89 @@ use automerge::ChangeHash;
 use doorstep_protocol::schema::DocumentKind;
 use doorstep_protocol::schema::RecordId;
 use doorstep_protocol::{Date, DocumentId, Month};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{ConnectOptions, Row, SqlitePool};
+
+use zeroize::Zeroize;
 
 use crate::error::ClientError;
 use crate::index;
 
 /// The 256-bit key the store is encrypted with. The app keeps it in the
-/// platform keystore (Android Keystore, iOS Keychain) and hands it over at
-/// every open; the SDK never writes it anywhere.
+/// platform keystore and hands it over at every open; the SDK never writes
+/// it anywhere, and zeroes every copy of it it made when that copy is
+/// dropped (see [`StoreKey::generate`] for the keystore recipe).
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoreKey([u8; 32]);
 
 impl StoreKey {
     pub const LEN: usize = 32;
 
-    /// The key from its raw bytes; exactly [`StoreKey::LEN`] of them.
+    /// The key from its raw bytes; exactly [`StoreKey::LEN`] of them. The
+    /// caller should zero its own buffer afterwards.
     pub fn from_bytes(bytes: &[u8]) -> Result<StoreKey, ClientError> {
-        let key: [u8; 32] = bytes.try_into().map_err(|_| {
-            ClientError::invalid(
+        if bytes.len() != StoreKey::LEN {
+            return Err(ClientError::invalid(
                 "store_key",
                 format!("must be {} bytes, not {}", StoreKey::LEN, bytes.len()),
-            )
-        })?;
-        Ok(StoreKey(key))
+            ));
+        }
+        let mut key = StoreKey([0; 32]);
+        key.0.copy_from_slice(bytes);
+        Ok(key)
     }
 
-    /// A fresh random key, for an app to store in its keystore on first run.
+    /// A fresh random key from the operating system's generator, for an
+    /// app to keep on first run. The SDK does not store it; the app does,
+    /// wrapped by a key that never leaves the secure hardware:
+    ///
+    /// - Android: create an AES-256-GCM key in the Android Keystore
+    ///   (`KeyGenParameterSpec.Builder(alias, PURPOSE_ENCRYPT or
+    ///   PURPOSE_DECRYPT).setBlockModes(BLOCK_MODE_GCM)`), encrypt these 32
+    ///   bytes with it (`Cipher.getInstance("AES/GCM/NoPadding")`), keep the
+    ///   ciphertext and IV in the app's private files, and decrypt them in
+    ///   the `KeyProvider` at every open.
+    /// - iOS: keep the 32 bytes as a Keychain item (`kSecClassGenericPassword`,
+    ///   `kSecAttrAccessibleAfterFirstUnlockThisDeviceOnly`, so background
+    ///   sync can open the store after the first unlock and the key is not
+    ///   restored onto another phone) and read it with `SecItemCopyMatching`
+    ///   at every open.
+    ///
+    /// With a key that must not move to another phone, a restored backup
+    /// cannot be opened there: export what is unsynced first.
     pub fn generate() -> StoreKey {
-        StoreKey(rand::random())
+        use rand::RngCore;
+        let mut key = StoreKey([0; 32]);
+        rand::rngs::OsRng.fill_bytes(&mut key.0);
+        key
     }
 
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
 
-    /// SQLCipher's raw-key form: no passphrase derivation at every open,
-    /// since the key is already random.
+    /// SQLCipher's raw-key form, `"x'<hex>'"`: no passphrase derivation at
+    /// every open, since the key is already random. Written straight into
+    /// a buffer of its final size, so no intermediate copy of the key is
+    /// left behind in freed memory by a reallocation or a temporary.
     fn pragma(&self) -> String {
-        format!("\"x'{}'\"", hex::encode(self.0))
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = String::with_capacity(5 + 2 * StoreKey::LEN);
+        text.push_str("\"x'");
+        for &byte in &self.0 {
+            text.push(char::from(HEX[usize::from(byte >> 4)]));
+            text.push(char::from(HEX[usize::from(byte & 0xf)]));
+        }
+        text.push_str("'\"");
+        text
+    }
+}
+
+impl Drop for StoreKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
     }
 }
 
@@ -58,6 +107,32 @@ impl std::fmt::Debug for StoreKey {
         f.write_str("StoreKey(..)")
     }
 }
+
+/// The size of the store on disk, and how much of it is the data itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct StoreSize {
+    /// The database file, its write-ahead log and the log's index: what
+    /// the store takes on the phone's storage.
+    pub bytes_on_disk: u64,
+    /// Of `bytes_on_disk`, the write-ahead log's.
+    pub wal_bytes: u64,
+    /// Pages of the database file that hold nothing (returned to the file
+    /// system after a compaction).
+    pub free_bytes: u64,
+    /// The documents' stored changes and snapshots: the data.
+    pub chunk_bytes: u64,
+}
+
+/// The write-ahead log is cut back to this size whenever it is reset
+/// after a checkpoint (SQLite keeps the file at its largest otherwise).
+const JOURNAL_SIZE_LIMIT: u64 = 256 * 1024;
+/// Pages written to the log before SQLite copies them into the database
+/// on its own (SQLite's default, kept explicitly).
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 1000;
+/// The first bytes of a plain SQLite file. A SQLCipher file starts with its
+/// random salt instead.
+const PLAIN_SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
 /// Whether a connection going back to the pool is outside any transaction;
 /// one that is not is closed instead of pooled. An app cancels calls (a
@@ -82,6 +157,11 @@ async fn is_clean(conn: &mut sqlx::SqliteConnection) -> bool {
 #[derive(Clone, Debug)]
 pub(crate) struct LocalStore {
     pool: SqlitePool,
+    /// The database file; its log and index sit beside it.
+    path: std::path::PathBuf,
+    /// Set while a tidy (see [`LocalStore::tidy_soon`]) is queued or runs,
+    /// so compactions in a burst start one, not one each.
+    tidying: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A document's stored chunks, with the keys they are stored under: a
@@ -95,38 +175,81 @@ pub(crate) struct Chunks {
 }
 
 impl LocalStore {
+    /// Opens the store, bringing its schema up to this version's and
+    /// reclaiming free pages once if it predates incremental vacuum.
     pub async fn open(path: &Path, key: &StoreKey) -> Result<LocalStore, ClientError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| ClientError::Storage(format!("creating {}: {e}", dir.display())))?;
         }
-        // `key` must be the first statement on every connection; sqlx sends
-        // it first by design. sqlx logs the statements it runs, the connect
-        // pragmas with the key among them, and an app routes the SDK's logs
-        // to logcat: statement logging is off for this store.
-        let options = SqliteConnectOptions::from_str("sqlite://")?
+        let store = LocalStore::connect(path, key, true).await?;
+        sqlx::migrate!("./migrations")
+            .run(&store.pool)
+            .await
+            .map_err(|e| match e {
+                // A step this version does not have was applied: a newer
+                // SDK wrote the store, and this one must not guess at it.
+                sqlx::migrate::MigrateError::VersionMissing(version) => {
+                    ClientError::NewerStore { version }
+                }
+                other => ClientError::Storage(other.to_string()),
+            })?;
+        store.enable_incremental_vacuum().await?;
+        Ok(store)
+    }
+
+    /// Opens an existing store as it is, whatever its schema version, to
+    /// read it (the export of a store a downgraded app cannot open). Runs
+    /// no migration and writes nothing.
+    pub async fn open_as_is(path: &Path, key: &StoreKey) -> Result<LocalStore, ClientError> {
+        if !path.exists() {
+            return Err(ClientError::Storage(format!(
+                "no store at {}",
+                path.display()
+            )));
+        }
+        LocalStore::connect(path, key, false).await
+    }
+
+    /// How every connection is opened. The key goes first (sqlx sends it
+    /// first by design); `auto_vacuum` before `journal_mode`, so a new
+    /// store is created with incremental vacuum (on an older one it takes
+    /// effect at the one VACUUM of [`Self::enable_incremental_vacuum`]).
+    /// sqlx keeps this one copy of the key pragma for the pool's life, to
+    /// open further connections.
+    fn options(
+        path: &Path,
+        key: &StoreKey,
+        create: bool,
+    ) -> Result<SqliteConnectOptions, ClientError> {
+        // sqlx logs the statements it runs, the connect pragmas with the key
+        // among them, and an app routes the SDK's logs to logcat: statement
+        // logging is off for this store.
+        Ok(SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .log_statements(log::LevelFilter::Off)
             .log_slow_statements(log::LevelFilter::Off, Duration::MAX)
             .pragma("key", key.pragma())
-            .create_if_missing(true)
+            .create_if_missing(create)
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
+            .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string())
+            .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string())
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10)))
+    }
+
+    async fn connect(path: &Path, key: &StoreKey, create: bool) -> Result<LocalStore, ClientError> {
+        refuse_plaintext(path)?;
         let pool = match SqlitePoolOptions::new()
             .max_connections(4)
             .after_release(|conn, _| Box::pin(async move { Ok(is_clean(conn).await) }))
-            .connect_with(options)
+            .connect_with(LocalStore::options(path, key, create)?)
             .await
         {
             Ok(pool) => pool,
-            // SQLCipher cannot tell a wrong key from a file that is not a
-            // database: both read as garbage.
-            Err(sqlx::Error::Database(e)) if e.message().contains("not a database") => {
-                return Err(ClientError::WrongKey);
-            }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(open_error(e)),
         };
         let cipher: Option<String> = sqlx::query_scalar("pragma cipher_version")
             .fetch_optional(&pool)
@@ -137,22 +260,150 @@ impl LocalStore {
                 "this build's SQLite has no encryption (SQLCipher)".into(),
             ));
         }
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|e| match e {
-                // A step this version does not have was applied: a newer
-                // SDK wrote the store, and this one must not guess at it.
-                sqlx::migrate::MigrateError::VersionMissing(version) => {
-                    ClientError::NewerStore { version }
-                }
-                other => ClientError::Storage(other.to_string()),
-            })?;
-        Ok(LocalStore { pool })
+        Ok(LocalStore {
+            pool,
+            path: path.to_path_buf(),
+            tidying: Default::default(),
+        })
     }
 
+    /// A store made before incremental vacuum (auto_vacuum NONE) never
+    /// gives back the pages a compaction frees. Switching needs one full
+    /// VACUUM (SQLite applies a new auto_vacuum mode to a database with
+    /// tables only then); done once, here, in code rather than as a
+    /// migration, so it needs no schema step of its own.
+    async fn enable_incremental_vacuum(&self) -> Result<(), ClientError> {
+        const INCREMENTAL: i64 = 2;
+        let mode: i64 =
+            sqlx::query_scalar("select cast(auto_vacuum as integer) from pragma_auto_vacuum()")
+                .fetch_one(&self.pool)
+                .await?;
+        if mode != INCREMENTAL {
+            // The connection was opened with auto_vacuum=INCREMENTAL set.
+            sqlx::query("vacuum").execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    /// Changes the key of the store at `path`, which no one may have open
+    /// (the caller holds the directory lock). SQLCipher re-encrypts every
+    /// page in one transaction: the store opens with either key after a
+    /// crash, never with neither.
+    pub async fn rekey(path: &Path, old: &StoreKey, new: &StoreKey) -> Result<(), ClientError> {
+        refuse_plaintext(path)?;
+        let mut conn = LocalStore::options(path, old, false)?
+            .connect()
+            .await
+            .map_err(open_error)?;
+        // The old key must open it before anything is rewritten.
+        sqlx::query_scalar::<_, i64>("select count(*) from sqlite_master")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(open_error)?;
+        // Out of WAL mode for the rewrite, the log folded in first: pages
+        // left in the log would be copied back under the old key later
+        // (SQLCipher keeps the salt on rekey, so it is safe in WAL mode
+        // too, but other SQLite ciphers are not, and the rollback journal
+        // is the well-trodden path). The next open turns WAL back on.
+        sqlx::query("pragma wal_checkpoint(truncate)")
+            .execute(&mut conn)
+            .await?;
+        sqlx::query("pragma journal_mode = delete")
+            .execute(&mut conn)
+            .await?;
+        // Run unprepared, so the statement (the new key in it) is not kept
+        // in the connection's statement cache; the text is zeroed after.
+        let mut statement = String::with_capacity(14 + 5 + 2 * StoreKey::LEN);
+        statement.push_str("pragma rekey = ");
+        statement.push_str(&zeroize::Zeroizing::new(new.pragma()));
+        let statement = zeroize::Zeroizing::new(statement);
+        let rekeyed = sqlx::raw_sql(statement.as_str()).execute(&mut conn).await;
+        if rekeyed.is_ok() {
+            sqlx::query("pragma journal_mode = wal")
+                .execute(&mut conn)
+                .await?;
+        }
+        use sqlx::Connection;
+        conn.close().await?;
+        rekeyed?;
+        Ok(())
+    }
+
+    /// Closes the store: the log is copied into the database and cut to
+    /// nothing, so a closed store is one file.
     pub async fn close(&self) {
+        self.tidy().await;
         self.pool.close().await;
+    }
+
+    /// Closes a store opened with [`Self::open_as_is`], writing nothing.
+    pub async fn close_without_tidy(&self) {
+        self.pool.close().await;
+    }
+
+    /// How much the store takes on disk, and how much of it is data.
+    pub async fn size(&self) -> Result<StoreSize, ClientError> {
+        let file_len = |suffix: &str| {
+            let mut name = self.path.clone().into_os_string();
+            name.push(suffix);
+            std::fs::metadata(&name).map_or(0, |m| m.len())
+        };
+        let wal_bytes = file_len("-wal");
+        let chunk_bytes: i64 =
+            sqlx::query_scalar("select coalesce(sum(length(bytes)), 0) from chunks")
+                .fetch_one(&self.pool)
+                .await?;
+        // As table-valued functions, cast: SQLCipher's connection reports
+        // these pragmas' values as text.
+        let free_pages: i64 = sqlx::query_scalar(
+            "select cast(freelist_count as integer) from pragma_freelist_count()",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let page_size: i64 =
+            sqlx::query_scalar("select cast(page_size as integer) from pragma_page_size()")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(StoreSize {
+            bytes_on_disk: file_len("") + wal_bytes + file_len("-shm"),
+            wal_bytes,
+            free_bytes: u64::try_from(free_pages * page_size).unwrap_or(0),
+            chunk_bytes: u64::try_from(chunk_bytes).unwrap_or(0),
+        })
+    }
+
+    /// Gives free pages back to the file system and copies the log into
+    /// the database, cutting it to nothing. Failures only cost space: the
+    /// data is committed either way (a busy checkpoint is retried at the
+    /// next tidy, and SQLite's own autocheckpoint still runs).
+    pub async fn tidy(&self) {
+        if let Err(e) = sqlx::query("pragma incremental_vacuum")
+            .execute(&self.pool)
+            .await
+        {
+            tracing::debug!(error = %e, "incremental vacuum skipped");
+        }
+        if let Err(e) = sqlx::query("pragma wal_checkpoint(truncate)")
+            .execute(&self.pool)
+            .await
+        {
+            tracing::debug!(error = %e, "checkpoint skipped");
+        }
+    }
+
+    /// [`Self::tidy`] in the background, for callers on an edit's path
+    /// (a compaction runs inside `record_visit`): the checkpoint may wait
+    /// for readers, and the edit must not.
+    pub fn tidy_soon(&self) {
+        use std::sync::atomic::Ordering;
+        if self.tidying.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            store.tidy().await;
+            store.tidying.store(false, Ordering::SeqCst);
+        });
     }
 
     pub async fn meta(&self, key: &str) -> Result<Option<String>, ClientError> {
@@ -485,6 +736,31 @@ impl LocalStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// A store file in plain SQLite (an SDK from before encryption wrote it):
+/// SQLCipher would read its header as garbage and report a wrong key, and
+/// the app would ask the user for a key that cannot help.
+fn refuse_plaintext(path: &Path) -> Result<(), ClientError> {
+    use std::io::Read;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        // Missing: a new store (or the open reports it).
+        return Ok(());
+    };
+    let mut header = [0u8; 16];
+    match file.read_exact(&mut header) {
+        Ok(()) if &header == PLAIN_SQLITE_HEADER => Err(ClientError::UnencryptedStore),
+        _ => Ok(()),
+    }
+}
+
+/// The error of opening the store: SQLCipher cannot tell a wrong key from
+/// a file that is not a database, both read as garbage.
+fn open_error(e: sqlx::Error) -> ClientError {
+    match e {
+        sqlx::Error::Database(e) if e.message().contains("not a database") => ClientError::WrongKey,
+        e => e.into(),
     }
 }
 

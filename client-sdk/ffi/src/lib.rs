@@ -92,6 +92,13 @@ pub enum DoorstepError {
     /// downgraded): update the app; do not wipe.
     #[error("{0}")]
     NewerStore(String),
+    /// The client was closed (or re-keyed): open the directory again.
+    #[error("this client was closed; open the data directory again")]
+    Closed,
+    /// The store is plain SQLite from an SDK before encryption: no key
+    /// opens it; migrate (sync or export with the old app, then wipe).
+    #[error("{0}")]
+    UnencryptedStore(String),
 }
 
 impl From<ClientError> for DoorstepError {
@@ -112,6 +119,8 @@ impl From<ClientError> for DoorstepError {
             ClientError::UnknownDevice(m) => DoorstepError::UnknownDevice(m),
             ClientError::PendingApproval => DoorstepError::PendingApproval,
             e @ ClientError::NewerStore { .. } => DoorstepError::NewerStore(e.to_string()),
+            ClientError::Closed => DoorstepError::Closed,
+            e @ ClientError::UnencryptedStore => DoorstepError::UnencryptedStore(e.to_string()),
         }
     }
 }
@@ -178,6 +187,38 @@ with_id!(
 #[uniffi::export(foreign)]
 pub trait KeyProvider: Send + Sync {
     fn store_key(&self) -> Option<Vec<u8>>;
+}
+
+/// The key from the app's keystore; the bytes it handed over are zeroed
+/// once the SDK has its own copy.
+fn key_from(keys: &dyn KeyProvider) -> Result<sdk::StoreKey, DoorstepError> {
+    let bytes = zeroize::Zeroizing::new(
+        keys.store_key()
+            .ok_or_else(|| DoorstepError::Storage("the keystore gave no store key".into()))?,
+    );
+    Ok(sdk::StoreKey::from_bytes(&bytes)?)
+}
+
+/// A fresh random store key (32 bytes from the operating system's
+/// generator), for the app to keep in its keystore on first run: wrapped
+/// by an Android Keystore AES-GCM key, or as an iOS Keychain item
+/// (`AfterFirstUnlockThisDeviceOnly`). See README.md, "Key handling".
+#[uniffi::export]
+pub fn generate_store_key() -> Vec<u8> {
+    sdk::StoreKey::generate().as_bytes().to_vec()
+}
+
+/// The unsynced edits of the store in `data_dir`, read without opening it
+/// as a client: for a store this app version cannot open (`NewerStore`
+/// after a downgrade). Runs no migration and writes nothing; the
+/// directory must not be open.
+#[uniffi::export(async_runtime = "tokio")]
+pub async fn export_unsynced_from_store(
+    data_dir: String,
+    keys: Arc<dyn KeyProvider>,
+) -> Result<Vec<u8>, DoorstepError> {
+    let key = key_from(keys.as_ref())?;
+    run(async move { Client::export_unsynced_from_store(data_dir, &key).await }).await
 }
 
 /// How the client runs; every field has a sensible default.
@@ -437,10 +478,7 @@ impl DoorstepClient {
         keys: Arc<dyn KeyProvider>,
         options: DeviceOptions,
     ) -> Result<Arc<Self>, DoorstepError> {
-        let key = keys
-            .store_key()
-            .ok_or_else(|| DoorstepError::Storage("the keystore gave no store key".into()))?;
-        let mut config = ClientConfig::new(data_dir, server_url, sdk::StoreKey::from_bytes(&key)?);
+        let mut config = ClientConfig::new(data_dir, server_url, key_from(keys.as_ref())?);
         config.extra_ca_pem = options.extra_ca_pem;
         config.sync_interval = (options.sync_interval_secs > 0)
             .then(|| Duration::from_secs(options.sync_interval_secs));
@@ -966,5 +1004,31 @@ impl DoorstepClient {
     pub async fn wipe(&self) -> Result<(), DoorstepError> {
         self.stop_background_sync().await;
         self.call(|c| async move { c.wipe().await }).await
+    }
+
+    /// Stops sync, closes the store and releases the data directory: it
+    /// can be opened again at once, here or in another process (an app
+    /// extension). Every later call on this object fails with `Closed`.
+    pub async fn close(&self) -> Result<(), DoorstepError> {
+        self.stop_background_sync().await;
+        self.call(|c| async move { c.close().await }).await
+    }
+
+    /// Re-encrypts the store under the key `keys` now gives and returns
+    /// the client reopened with it; this object is closed. Put the new key
+    /// in the keystore first and keep the old one until this returns.
+    pub async fn rekey(&self, keys: Arc<dyn KeyProvider>) -> Result<Arc<Self>, DoorstepError> {
+        let key = key_from(keys.as_ref())?;
+        self.stop_background_sync().await;
+        let client = self.call(|c| async move { c.rekey(key).await }).await?;
+        Ok(Arc::new(DoorstepClient {
+            client,
+            background: Mutex::new(None),
+        }))
+    }
+
+    /// The store's bytes on disk (with its write-ahead log) and its data's.
+    pub async fn store_size(&self) -> Result<sdk::StoreSize, DoorstepError> {
+        self.call(|c| async move { c.store_size().await }).await
     }
 }

@@ -23,6 +23,7 @@ mod privacy;
 mod review;
 mod rollups;
 mod sdk;
+mod store_lifecycle;
 mod sync;
 mod sync_service;
 mod tls;

@@ -518,6 +518,11 @@ impl Client {
         let limit = limit.min(Duration::from_secs(86_400));
         let result = self.sync_until(Instant::now() + limit).await;
         Self::log_report(&result);
+        if result.is_ok() {
+            // A sync writes sync states and received changes: fold the log
+            // into the database while the app is not editing.
+            self.inner.store.tidy().await;
+        }
         result
     }
 

@@ -43,6 +43,8 @@ from doorstep_sdk.doorstep_ffi import (  # noqa: E402
     MigrantUpdate,
     StatusObserver,
     VisitsListener,
+    export_unsynced_from_store,
+    generate_store_key,
     install_log_sink,
 )
 from doorstep_sdk.doorstep_protocol import (  # noqa: E402
@@ -344,11 +346,45 @@ async def main():
         seen = list(recorder.seen)
     assert any(s.is_SYNCING() for s in seen) and any(s.is_UP_TO_DATE() for s in seen), seen
 
-    # The store key never reaches the logs (sqlx logs the statements it
-    # runs, the keying pragma among them, unless told not to).
-    key_hex = bytes(range(32)).hex()
-    leaked = [line for line in logs.snapshot() if key_hex in line[2].lower()]
-    assert not leaked, leaked[:1]
+    # Lifecycle: the store's size, a re-key, close, and an open again at once.
+    size = await phone.store_size()
+    assert 0 < size.chunk_bytes <= size.bytes_on_disk, size
+    new_key = generate_store_key()
+    assert len(new_key) == 32 and new_key != generate_store_key()
+    old_phone = phone
+    phone = await old_phone.rekey(Keystore(new_key))
+    try:
+        await old_phone.pending_changes()
+    except DoorstepError.Closed:
+        pass
+    else:
+        raise AssertionError("a re-keyed client still answered")
+    assert (await phone.member(member)).name == "张秀英"
+    await phone.close()
+    try:
+        await phone.store_size()
+    except DoorstepError.Closed:
+        pass
+    else:
+        raise AssertionError("a closed client answered")
+    try:
+        await DoorstepClient.open(os.path.join(data, "phone"), url, Keystore(bytes(range(32))), options())
+    except DoorstepError.WrongKey:
+        pass
+    else:
+        raise AssertionError("the old key still opens the store")
+    # Closed, the directory is free: the export reads it as is.
+    exported = json.loads(bytes(await export_unsynced_from_store(os.path.join(data, "phone"), Keystore(new_key))))
+    assert exported["format"] == "doorstep-unsynced-edits/1", exported
+    phone = await DoorstepClient.open(os.path.join(data, "phone"), url, Keystore(new_key), options())
+    assert (await phone.member(member)).name == "张秀英"
+    await phone.close()
+
+    # No store key reaches the logs (sqlx logs the statements it runs, the
+    # keying pragma among them, unless told not to).
+    for key in (bytes(range(32)), bytes(new_key)):
+        leaked = [line for line in logs.snapshot() if key.hex() in line[2].lower()]
+        assert not leaked, leaked[:1]
 
     print(f"log lines: {len(logs.snapshot())}, targets: {sorted({t for _, t, _ in logs.snapshot()})}", file=sys.stderr)
     print(json.dumps({"member": member, "visits": visits}))
