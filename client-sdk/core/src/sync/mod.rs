@@ -409,11 +409,37 @@ impl Connection {
             } else {
                 wire::encode(&message)
             };
-            tokio::time::timeout_at(self.wait_until(), send_bytes(&mut self.socket, bytes))
-                .await
-                .map_err(|_| ClientError::Network("the server stopped reading".into()))??;
+            let sent =
+                tokio::time::timeout_at(self.wait_until(), send_bytes(&mut self.socket, bytes))
+                    .await
+                    .map_err(|_| ClientError::Network("the server stopped reading".into()))
+                    .and_then(|sent| sent);
+            if let Err(e) = sent {
+                return Err(self.refusal_behind(e).await);
+            }
         }
         Ok(())
+    }
+
+    /// A send failed. Before the server's `peer` came, that is most often
+    /// a server refusing the device (an `error` and a close sent before
+    /// it read our `join`): read what it said, so a revoked or unknown
+    /// device is told so and not taken for a network failure.
+    async fn refusal_behind(&mut self, failed: ClientError) -> ClientError {
+        if !self.awaiting_peer {
+            return failed;
+        }
+        let until = wait_until(Duration::from_secs(5), self.deadline);
+        match receive(&mut self.socket, until).await {
+            Ok(bytes) => match wire::decode(&bytes, &Limits::default()) {
+                Ok(Message::Error { message, .. }) => {
+                    closing_error(&mut self.socket, message, until).await
+                }
+                _ => failed,
+            },
+            Err(refused @ (ClientError::Revoked(_) | ClientError::UnknownDevice(_))) => refused,
+            Err(_) => failed,
+        }
     }
 
     /// Applies one message from the server and persists what it settled.
