@@ -204,6 +204,120 @@ impl DocSession {
         Some(message.encode())
     }
 
+    /// The next sync messages for `peer`: what [`DocSession::generate`]
+    /// would say, with its changes spread over messages of at most about
+    /// `max_part_bytes` each (one change larger than that goes alone).
+    /// Every part carries the same heads, need and bloom filter, so each is
+    /// a whole sync message any automerge peer applies; the peer answers
+    /// each in turn, and a server that persists before it answers thereby
+    /// acknowledges each part. A link cut mid-upload then costs only the
+    /// parts whose answer did not come back.
+    ///
+    /// With `first_flight = Some((known, budget))`, the message also carries
+    /// the changes after the heads the peer is known to hold, up to about
+    /// `budget` bytes in causal order: on a reconnect data moves in the
+    /// first flight, where the plain protocol spends a round trip learning
+    /// the peer's heads first. Known to the peer: the shared heads of the
+    /// sync state (heads the peer advertised; on a server, heads it
+    /// persisted), or `known` when the state has none (such as heads the
+    /// peer acknowledged before). Changes sent are recorded as sent, so
+    /// later messages do not repeat them.
+    pub fn generate_parts(
+        &mut self,
+        peer: &PeerId,
+        first_flight: Option<(&[ChangeHash], usize)>,
+        max_part_bytes: usize,
+        now_ms: u64,
+    ) -> Vec<Vec<u8>> {
+        let Some(sync) = self.peers.get_mut(peer) else {
+            return Vec::new();
+        };
+        let shared = sync.state.shared_heads.clone();
+        let before = sync.state.sent_hashes.clone();
+        let Some(mut message) = self.doc.generate_sync_message(&mut sync.state) else {
+            return Vec::new();
+        };
+        self.last_activity_ms = self.last_activity_ms.max(now_ms);
+        let known: &[ChangeHash] = match first_flight {
+            Some((known, _)) if shared.is_empty() => known,
+            _ => &shared,
+        };
+        let knows_base = known
+            .iter()
+            .all(|h| self.doc.get_change_meta_by_hash(h).is_some());
+        let mut added = false;
+        if let (Some((_, budget)), true, false) = (first_flight, knows_base, known.is_empty()) {
+            if message.changes.is_empty() {
+                let mut bytes = 0;
+                for change in self.doc.get_changes(known) {
+                    let hash = change.hash();
+                    if sync.state.sent_hashes.contains(&hash) {
+                        continue;
+                    }
+                    let len = change.raw_bytes().len();
+                    if bytes + len > budget && bytes > 0 {
+                        // The rest follows once the peer's heads are known.
+                        break;
+                    }
+                    bytes += len;
+                    sync.state.sent_hashes.insert(hash);
+                    added = true;
+                }
+            }
+        }
+        let carried: usize = message.changes.iter().map(<[u8]>::len).sum();
+        if !added && carried <= max_part_bytes {
+            return vec![message.encode()];
+        }
+        // The changes chosen, in causal order, less those under the shared
+        // heads (a whole-document reply names every change; the peer holds
+        // those already).
+        let chosen: std::collections::HashSet<ChangeHash> = sync
+            .state
+            .sent_hashes
+            .difference(&before)
+            .copied()
+            .collect();
+        let base: &[ChangeHash] = if knows_base { known } else { &[] };
+        let mut parts: Vec<Vec<Vec<u8>>> = Vec::new();
+        let mut part = Vec::new();
+        let mut bytes = 0;
+        for change in self.doc.get_changes(base) {
+            if !chosen.contains(&change.hash()) {
+                continue;
+            }
+            let raw = change.raw_bytes();
+            if bytes + raw.len() > max_part_bytes && !part.is_empty() {
+                parts.push(std::mem::take(&mut part));
+                bytes = 0;
+            }
+            bytes += raw.len();
+            part.push(raw.to_vec());
+        }
+        if !part.is_empty() {
+            parts.push(part);
+        }
+        if parts.is_empty() {
+            message.changes = sync::ChunkList::empty();
+            return vec![message.encode()];
+        }
+        parts
+            .into_iter()
+            .map(|changes| {
+                // Version 1 lists changes one by one; every peer reads it.
+                sync::Message {
+                    heads: message.heads.clone(),
+                    need: message.need.clone(),
+                    have: message.have.clone(),
+                    changes: sync::ChunkList::from(changes),
+                    flags: message.flags,
+                    version: sync::MessageVersion::V1,
+                }
+                .encode()
+            })
+            .collect()
+    }
+
     /// The next sync message for every peer that needs one.
     pub fn generate_all(&mut self, now_ms: u64) -> Vec<(PeerId, Vec<u8>)> {
         let peers: Vec<PeerId> = self.peers.keys().cloned().collect();
@@ -286,6 +400,94 @@ mod tests {
         sync_pair(&mut a, &ida, &mut b, &idb);
         assert_eq!(a.heads(), b.heads());
         assert!(b.peer_covers(&ida, &b.heads()));
+        assert!(a.peer_covers(&idb, &a.heads()));
+    }
+
+    #[test]
+    fn changes_since_known_heads_go_in_the_first_message() {
+        let (ida, idb) = (peer("a"), peer("b"));
+        let mut a = DocSession::new(Automerge::new(), 0);
+        let mut b = DocSession::new(Automerge::new(), 0);
+        a.add_peer(idb.clone(), None, 0).expect("add");
+        b.add_peer(ida.clone(), None, 0).expect("add");
+        let mut tx = a.document_mut().transaction();
+        tx.put(automerge::ROOT, "base", 0).expect("put");
+        tx.commit();
+        sync_pair(&mut a, &ida, &mut b, &idb);
+        let known = a.heads();
+        let saved = a.remove_peer(&idb).expect("state");
+        for i in 0..3 {
+            let mut tx = a.document_mut().transaction();
+            tx.put(automerge::ROOT, format!("k{i}"), i).expect("put");
+            tx.commit();
+        }
+        // A reconnect: a plain first message carries no changes; this one
+        // carries all three, and b holds them after that one message.
+        a.add_peer(idb.clone(), Some(&saved), 0).expect("resume");
+        let first = a.generate_parts(&idb, Some((&known, 1 << 20)), 1 << 20, 0);
+        assert_eq!(first.len(), 1);
+        let got = b.receive(&ida, &first[0], 0).expect("receive");
+        assert_eq!(got.new_changes.len(), 3);
+        assert_eq!(b.heads(), a.heads());
+        sync_pair(&mut a, &ida, &mut b, &idb);
+        assert!(a.peer_covers(&idb, &a.heads()));
+
+        // A budget smaller than one change still sends a causal prefix.
+        let mut tx = a.document_mut().transaction();
+        tx.put(automerge::ROOT, "more", 1).expect("put");
+        tx.commit();
+        a.add_peer(peer("c"), None, 0).expect("add");
+        let first = a.generate_parts(&peer("c"), Some((&known, 1)), 1 << 20, 0);
+        let message = sync::Message::decode(&first[0]).expect("decode");
+        assert_eq!(message.changes.len(), 1);
+        // Unknown heads: a plain message.
+        let unknown = [ChangeHash([9; 32])];
+        a.add_peer(peer("d"), None, 0).expect("add");
+        let plain = a.generate_parts(&peer("d"), Some((&unknown, 1 << 20)), 1 << 20, 0);
+        assert!(sync::Message::decode(&plain[0]).expect("decode").changes.is_empty());
+    }
+
+    #[test]
+    fn a_large_upload_goes_in_parts_each_answered_and_none_repeated() {
+        let (ida, idb) = (peer("a"), peer("b"));
+        let mut a = DocSession::new(Automerge::new(), 0);
+        let mut b = DocSession::new(Automerge::new(), 0);
+        a.add_peer(idb.clone(), None, 0).expect("add");
+        b.add_peer(ida.clone(), None, 0).expect("add");
+        let mut tx = a.document_mut().transaction();
+        tx.put(automerge::ROOT, "base", 0).expect("put");
+        tx.commit();
+        sync_pair(&mut a, &ida, &mut b, &idb);
+        let known = a.heads();
+        let saved = a.remove_peer(&idb).expect("state");
+        for i in 0..40 {
+            let mut tx = a.document_mut().transaction();
+            tx.put(automerge::ROOT, format!("k{i}"), "x".repeat(200))
+                .expect("put");
+            tx.commit();
+        }
+        a.add_peer(idb.clone(), Some(&saved), 0).expect("resume");
+        let parts = a.generate_parts(&idb, Some((&known, 1 << 20)), 2_000, 0);
+        assert!(parts.len() >= 4, "{} parts", parts.len());
+        // Each part applies on its own, in order, and b holds a causal
+        // prefix after each: what it would acknowledge.
+        let mut held = 0;
+        for part in &parts {
+            let got = b.receive(&ida, part, 0).expect("receive");
+            assert!(!got.new_changes.is_empty());
+            held += got.new_changes.len();
+            assert!(part.len() < 2_000 + 1_000, "{} bytes", part.len());
+        }
+        assert_eq!(held, 40);
+        assert_eq!(b.heads(), a.heads());
+        // Nothing is sent twice once b answers.
+        let answer = b.generate(&ida, 0).expect("an answer");
+        a.receive(&idb, &answer, 0).expect("receive");
+        for again in a.generate_parts(&idb, None, 2_000, 0) {
+            let message = sync::Message::decode(&again).expect("decode");
+            assert!(message.changes.is_empty());
+        }
+        sync_pair(&mut a, &ida, &mut b, &idb);
         assert!(a.peer_covers(&idb, &a.heads()));
     }
 

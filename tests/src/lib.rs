@@ -7,6 +7,7 @@
 
 mod peer;
 mod process;
+pub mod shaper;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -328,6 +329,38 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A TLS server whose certificate (for `localhost` and 127.0.0.1) comes
+/// from a test CA made by rcgen; returns the CA and the directory holding
+/// the server's PEM files (keep it alive with the server).
+pub async fn tls_server() -> anyhow::Result<(TestServer, rcgen::Certificate, tempfile::TempDir)> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key)?;
+    let server_key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    let cert = params.signed_by(&server_key, &ca, &ca_key)?;
+
+    let pem_dir = tempfile::tempdir()?;
+    let cert_path = pem_dir.path().join("cert.pem");
+    let key_path = pem_dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.pem())?;
+    std::fs::write(&key_path, server_key.serialize_pem())?;
+
+    let server = TestServer::spawn_with(|c| {
+        c.tls_cert = Some(cert_path.clone());
+        c.tls_key = Some(key_path.clone());
+    })
+    .await?;
+    Ok((server, ca, pem_dir))
 }
 
 /// The workspace root, for files the tests use (the JS harness).

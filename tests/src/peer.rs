@@ -75,6 +75,7 @@ impl TestPeer {
             peer_metadata: Some(PeerMetadata {
                 storage_id: storage_id.map(StorageId::new).transpose()?,
                 is_ephemeral: storage_id.is_none(),
+                extensions: Vec::new(),
             }),
         })
         .await?;

@@ -176,16 +176,26 @@ impl Client {
             .sync_deadline
             .min(std::time::Duration::from_secs(86_400));
         let deadline = tokio::time::Instant::now() + limit;
-        let problem = match self.sync_until(deadline).await {
-            Ok(_) => None,
+        let mut synced = self.sync_until(deadline, true).await;
+        if matches!(synced, Err(ClientError::Network(_))) && tokio::time::Instant::now() < deadline
+        {
+            // A reset is common on a poor link, and the volunteer is
+            // waiting: the second try goes at once.
+            tracing::debug!("checkpoint: the sync failed; trying again at once");
+            synced = self.sync_until(deadline, true).await;
+        }
+        let (problem, counted) = match synced {
+            Ok(synced) => (None, synced.counted),
             Err(ClientError::NotEnrolled) => return Err(ClientError::NotEnrolled),
-            Err(e) => Some(e.to_string()),
+            Err(e) => (Some(e.to_string()), None),
         };
-        let all_counted = match problem {
-            None => tokio::time::timeout_at(deadline, self.refresh_counted_heads())
+        let all_counted = match (problem.as_ref(), counted) {
+            // From the sync socket (a server with the extension).
+            (None, Some(counted)) => self.apply_counted_heads(&counted).await?,
+            (None, None) => tokio::time::timeout_at(deadline, self.refresh_counted_heads())
                 .await
                 .is_ok_and(|counted| counted.unwrap_or(false)),
-            Some(_) => false,
+            (Some(_), _) => false,
         };
         let unsynced_changes = self.pending_changes().await?;
         Ok(Checkpoint {
@@ -196,8 +206,9 @@ impl Client {
         })
     }
 
-    /// Fetches the heads the rollups count each document up to; true if
-    /// they cover everything the server acknowledged of ours.
+    /// Fetches the heads the rollups count each document up to over HTTPS
+    /// (a server without `wire::EXTENSION_COUNTED`); true if they cover
+    /// everything the server acknowledged of ours.
     async fn refresh_counted_heads(&self) -> Result<bool, ClientError> {
         #[derive(Deserialize)]
         struct Listed {
@@ -218,19 +229,28 @@ impl Client {
             return Err(crate::sync::refusal(response, "listing documents").await);
         }
         let listed: Vec<Listed> = response.json().await?;
+        let counted = listed
+            .into_iter()
+            .filter_map(|l| Some((l.document_id.parse().ok()?, l.counted_heads)))
+            .collect();
+        self.apply_counted_heads(&counted).await
+    }
+
+    /// Saves the counted heads the server gave; true if they cover
+    /// everything the server acknowledged of ours.
+    async fn apply_counted_heads(
+        &self,
+        listed: &crate::sync::Counted,
+    ) -> Result<bool, ClientError> {
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
         let mut all_counted = true;
         for (id, kind) in replicas.all().await? {
-            let Some(entry) = listed.iter().find(|l| l.document_id == id.to_string()) else {
+            let Some(entry) = listed.get(&id) else {
                 continue;
             };
-            self.inner
-                .store
-                .save_counted_heads(id, &entry.counted_heads)
-                .await?;
+            self.inner.store.save_counted_heads(id, entry).await?;
             let counted: Vec<ChangeHash> = entry
-                .counted_heads
                 .iter()
                 .filter_map(|h| h.parse().ok())
                 .collect();

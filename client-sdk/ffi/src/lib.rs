@@ -781,6 +781,14 @@ impl DoorstepClient {
         }
     }
 
+    /// Tells the SDK the network came back (Android's
+    /// `ConnectivityManager.NetworkCallback.onAvailable`, iOS's
+    /// `NWPathMonitor` reporting `.satisfied`): the sync service retries at
+    /// once instead of waiting out its backoff.
+    pub fn network_available(&self) {
+        self.client.network_available();
+    }
+
     pub async fn stop_background_sync(&self) {
         let handle = self.background.lock().ok().and_then(|mut slot| slot.take());
         if let Some(handle) = handle {

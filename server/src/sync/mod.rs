@@ -15,7 +15,10 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use doorstep_protocol::wire::{self, DecodeError, Message, PROTOCOL_VERSION, PeerMetadata};
+use doorstep_protocol::wire::{
+    self, DecodeError, EXTENSION_COUNTED, EXTENSION_DEFLATE, Message, PROTOCOL_VERSION,
+    PeerMetadata,
+};
 use doorstep_protocol::{DocumentId, PeerId, StorageId};
 use serde::Deserialize;
 use tracing::Instrument;
@@ -205,11 +208,55 @@ impl From<SyncRefusal> for Fatal {
     }
 }
 
+/// The Doorstep extensions a connection negotiated: those the client
+/// offered in `join` that this server speaks (`wire::EXTENSION_COUNTED`,
+/// `wire::EXTENSION_DEFLATE`). A stock client offers none and gets plain
+/// automerge-repo.
+#[derive(Debug, Clone, Copy, Default)]
+struct Extensions {
+    counted: bool,
+    deflate: bool,
+}
+
+impl Extensions {
+    fn accepted(offered: &[String]) -> Extensions {
+        Extensions {
+            counted: offered.iter().any(|e| e == EXTENSION_COUNTED),
+            deflate: offered.iter().any(|e| e == EXTENSION_DEFLATE),
+        }
+    }
+
+    fn names(self) -> Vec<String> {
+        let mut names = Vec::new();
+        if self.counted {
+            names.push(EXTENSION_COUNTED.to_owned());
+        }
+        if self.deflate {
+            names.push(EXTENSION_DEFLATE.to_owned());
+        }
+        names
+    }
+
+    /// A frame for this client: compressed when it accepted that.
+    fn frame(self, message: &Message) -> WsMessage {
+        let bytes = if self.deflate {
+            wire::encode_deflated(message)
+        } else {
+            wire::encode(message)
+        };
+        WsMessage::Binary(bytes.into())
+    }
+}
+
+/// What a `join` said.
+struct Joined {
+    client: PeerId,
+    storage_id: Option<String>,
+    extensions: Extensions,
+}
+
 /// Waits for the client's `join` and answers it with our `peer`.
-async fn handshake(
-    hub: &Hub,
-    socket: &mut WebSocket,
-) -> Result<(PeerId, Option<String>), Option<Fatal>> {
+async fn handshake(hub: &Hub, socket: &mut WebSocket) -> Result<Joined, Option<Fatal>> {
     let limits = hub.config().limits.wire_limits();
     let frame = tokio::time::timeout(hub.config().idle_timeout, socket.recv())
         .await
@@ -236,6 +283,12 @@ async fn handshake(
             "unsupported protocol versions {supported_protocol_versions:?}; this server speaks \"1\""
         ))));
     }
+    let extensions = Extensions::accepted(
+        peer_metadata
+            .as_ref()
+            .map(|m| m.extensions.as_slice())
+            .unwrap_or_default(),
+    );
     let storage_id = peer_metadata
         .filter(|m| !m.is_ephemeral)
         .and_then(|m| m.storage_id)
@@ -247,13 +300,18 @@ async fn handshake(
         peer_metadata: Some(PeerMetadata {
             storage_id: StorageId::new(hub.storage_id.clone()).ok(),
             is_ephemeral: false,
+            extensions: extensions.names(),
         }),
     };
     socket
         .send(WsMessage::Binary(wire::encode(&peer).into()))
         .await
         .map_err(|_| None)?;
-    Ok((sender_id, storage_id))
+    Ok(Joined {
+        client: sender_id,
+        storage_id,
+        extensions,
+    })
 }
 
 fn transport_fatal(e: &axum::Error) -> Fatal {
@@ -280,7 +338,11 @@ async fn connection(hub: Arc<Hub>, mut socket: WebSocket, device: Device) {
         joined = handshake(&hub, &mut socket) => joined,
         _ = waiting.revoked.notified() => Err(Some(stopped(&waiting))),
     };
-    let (client, storage_id) = match joined {
+    let Joined {
+        client,
+        storage_id,
+        extensions,
+    } = match joined {
         Ok(joined) => joined,
         Err(fatal) => {
             hub.disconnect(&waiting).await;
@@ -316,7 +378,7 @@ async fn connection(hub: Arc<Hub>, mut socket: WebSocket, device: Device) {
     if let Err(e) = hub_store_touch(&hub, &conn.device).await {
         tracing::warn!(error = %e, "could not record last seen");
     }
-    let fatal = serve(&hub, &mut socket, &conn, &client).await;
+    let fatal = serve(&hub, &mut socket, &conn, &client, extensions).await;
     hub.disconnect(&conn).await;
     if let Some(fatal) = fatal {
         close_with(&mut socket, &hub, Some(&client), fatal).await;
@@ -362,6 +424,7 @@ async fn serve(
     socket: &mut WebSocket,
     conn: &Arc<Connection>,
     client: &PeerId,
+    extensions: Extensions,
 ) -> Option<Fatal> {
     let config = hub.config();
     let limits = config.limits.wire_limits();
@@ -405,7 +468,7 @@ async fn serve(
                         data: e.data.clone(),
                     },
                 };
-                let frame = WsMessage::Binary(wire::encode(&message).into());
+                let frame = extensions.frame(&message);
                 if let Err(fatal) = send_frame(socket, conn, frame, config.send_timeout).await {
                     return fatal;
                 }
@@ -430,7 +493,7 @@ async fn serve(
                             Ok(message) => message,
                             Err(e) => return Some(e.into()),
                         };
-                        match handle(hub, socket, conn, client, message, &mut roster_opened).await {
+                        match handle(hub, socket, conn, client, extensions, message, &mut roster_opened).await {
                             // Time the server spent on the message is not the
                             // client's silence: the idle clock starts now.
                             Ok(true) => last_heard = Instant::now(),
@@ -473,6 +536,7 @@ async fn handle(
     socket: &mut WebSocket,
     conn: &Arc<Connection>,
     client: &PeerId,
+    extensions: Extensions,
     message: Message,
     roster_opened: &mut bool,
 ) -> Result<bool, Fatal> {
@@ -538,8 +602,55 @@ async fn handle(
             tracing::info!(%message, "client reported an error");
             Ok(false)
         }
+        Message::CountedRequest { .. } if extensions.counted => {
+            counted(hub, socket, conn, client, extensions).await?;
+            Ok(true)
+        }
+        Message::CountedRequest { .. } => Err(Fatal::protocol(format!(
+            "{EXTENSION_COUNTED} was not negotiated in join"
+        ))),
+        Message::Counted { .. } => Err(Fatal::protocol("only the server sends doorstep-counted")),
         Message::Join { .. } | Message::Peer { .. } => Err(Fatal::protocol("already joined")),
     }
+}
+
+/// Answers a `doorstep-counted-request`: the heads the rollups count each
+/// of the device's documents up to, the same list `GET
+/// /api/v1/device/documents` gives, on the socket the device already has.
+/// Messages the device sent before the request were handled (and their
+/// changes persisted) first: this loop handles one message at a time.
+async fn counted(
+    hub: &Hub,
+    socket: &mut WebSocket,
+    conn: &Connection,
+    client: &PeerId,
+    extensions: Extensions,
+) -> Result<(), Fatal> {
+    let entries = crate::admin::device_documents(hub.store(), &conn.device)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "could not list counted heads");
+            Fatal {
+                code: close_code::TRY_AGAIN,
+                reason: "server error, try again later".into(),
+            }
+        })?;
+    let counted = entries
+        .into_iter()
+        .filter_map(|entry| {
+            let id: DocumentId = entry.document_id.parse().ok()?;
+            Some((id, entry.counted_heads))
+        })
+        .collect();
+    let message = Message::Counted {
+        sender_id: hub.peer_id.clone(),
+        target_id: client.clone(),
+        counted,
+    };
+    let frame = extensions.frame(&message);
+    send_frame(socket, conn, frame, hub.config().send_timeout)
+        .await
+        .map_err(|fatal| fatal.unwrap_or_else(|| Fatal::protocol("socket closed")))
 }
 
 /// The roster holds the branch's names: the first time a connection opens

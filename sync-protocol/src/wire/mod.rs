@@ -9,12 +9,28 @@ mod codec;
 
 use std::collections::BTreeMap;
 
-pub use codec::{DecodeError, Limits, decode, encode};
+pub use codec::{DecodeError, Limits, decode, encode, encode_deflated};
 
 use crate::ids::{DocumentId, PeerId, StorageId};
 
 /// The only protocol version automerge-repo speaks.
 pub const PROTOCOL_VERSION: &str = "1";
+
+/// Doorstep's extension: the `doorstep-counted-request` and
+/// `doorstep-counted` messages, so a device learns on its sync socket how
+/// far the rollups count its documents (no second connection).
+///
+/// Extensions are offered in `join`'s peer metadata
+/// (`doorstepExtensions`) and accepted in `peer`'s; a peer that offered
+/// none (a stock automerge-repo client, which ignores the unknown
+/// metadata field) is never sent an extension message.
+pub const EXTENSION_COUNTED: &str = "doorstep-counted/1";
+
+/// Doorstep's extension: a frame may be a `doorstep-deflated` message whose
+/// `data` is another message, CBOR-encoded and then raw-DEFLATE-compressed
+/// ([`encode_deflated`]). Inflating stops at the frame limit, so a deflate
+/// bomb is refused before anything past it is allocated.
+pub const EXTENSION_DEFLATE: &str = "doorstep-deflate/1";
 
 /// What a peer says about its storage in `join` and `peer`.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -23,6 +39,9 @@ pub struct PeerMetadata {
     pub storage_id: Option<StorageId>,
     /// True when the peer will not come back with the same storage.
     pub is_ephemeral: bool,
+    /// Doorstep extensions offered (in `join`) or accepted (in `peer`);
+    /// written only when there are any.
+    pub extensions: Vec<String>,
 }
 
 /// Heads of a document as seen at one storage id, for heads gossip.
@@ -94,6 +113,18 @@ pub enum Message {
         document_id: DocumentId,
         new_heads: BTreeMap<StorageId, RemoteHeads>,
     },
+    /// [`EXTENSION_COUNTED`]: how far do the rollups count my documents?
+    CountedRequest {
+        sender_id: PeerId,
+        target_id: PeerId,
+    },
+    /// [`EXTENSION_COUNTED`]: per document the device may open, the heads
+    /// (hex change hashes) the rollups count it up to.
+    Counted {
+        sender_id: PeerId,
+        target_id: PeerId,
+        counted: BTreeMap<DocumentId, Vec<String>>,
+    },
 }
 
 impl Message {
@@ -110,6 +141,8 @@ impl Message {
             Message::Error { .. } => "error",
             Message::RemoteSubscriptionChange { .. } => "remote-subscription-change",
             Message::RemoteHeadsChanged { .. } => "remote-heads-changed",
+            Message::CountedRequest { .. } => "doorstep-counted-request",
+            Message::Counted { .. } => "doorstep-counted",
         }
     }
 

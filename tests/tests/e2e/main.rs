@@ -19,6 +19,7 @@ mod interop;
 mod logins;
 mod openapi;
 mod operator;
+mod poor_link;
 mod privacy;
 mod review;
 mod rollups;

@@ -1,39 +1,10 @@
 //! HTTPS and WSS with certificates from a test CA made by rcgen.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use doorstep_protocol::DocumentId;
-use doorstep_tests::{SyncOutcome, TestPeer, TestServer};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+use doorstep_tests::{SyncOutcome, TestPeer, tls_server};
 use tokio_tungstenite::Connector;
-
-/// A TLS server whose certificate comes from a test CA; returns the CA.
-async fn tls_server() -> anyhow::Result<(TestServer, rcgen::Certificate, tempfile::TempDir)> {
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key)?;
-    let server_key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-    let cert = params.signed_by(&server_key, &ca, &ca_key)?;
-
-    let pem_dir = tempfile::tempdir()?;
-    let cert_path = pem_dir.path().join("cert.pem");
-    let key_path = pem_dir.path().join("key.pem");
-    std::fs::write(&cert_path, cert.pem())?;
-    std::fs::write(&key_path, server_key.serialize_pem())?;
-
-    let server = TestServer::spawn_with(|c| {
-        c.tls_cert = Some(cert_path.clone());
-        c.tls_key = Some(key_path.clone());
-    })
-    .await?;
-    Ok((server, ca, pem_dir))
-}
 
 #[tokio::test]
 async fn the_sdk_enrolls_and_syncs_over_https_and_wss_with_the_extra_ca() -> anyhow::Result<()> {

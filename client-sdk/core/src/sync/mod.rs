@@ -26,7 +26,7 @@
 
 pub(crate) mod transport;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use doorstep_protocol::schema::DocumentKind;
@@ -41,7 +41,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::replicas::{Replicas, server_peer};
-use transport::Socket;
+use transport::{KnownServer, Socket, Transport};
 
 /// Where syncing stands, for the app's status line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,9 +111,28 @@ impl Drop for BackgroundSync {
     }
 }
 
-/// How `sync_now` reaches the live connection: it sends where to answer.
-pub(crate) type LiveRequests =
-    mpsc::UnboundedSender<oneshot::Sender<Result<SyncReport, ClientError>>>;
+/// The heads the rollups count each of the device's documents up to (hex
+/// change hashes), as the server said on the sync socket.
+pub(crate) type Counted = BTreeMap<DocumentId, Vec<String>>;
+
+/// What a bounded sync brought: its report, and the counted heads when
+/// they were asked for and the server speaks `wire::EXTENSION_COUNTED`.
+#[derive(Debug, Default)]
+pub(crate) struct Synced {
+    pub report: SyncReport,
+    pub counted: Option<Counted>,
+}
+
+/// A request to ride the live connection: a round, then the counted heads
+/// if `counted`, answered on `reply`.
+#[derive(Debug)]
+pub(crate) struct Ride {
+    counted: bool,
+    reply: oneshot::Sender<Result<Synced, ClientError>>,
+}
+
+/// How `sync_now` and `checkpoint` reach the live connection.
+pub(crate) type LiveRequests = mpsc::UnboundedSender<Ride>;
 
 const CLOSE_UNAUTHORIZED: u16 = 4401;
 const CLOSE_REVOKED: u16 = 4403;
@@ -121,6 +140,12 @@ const CLOSE_REVOKED: u16 = 4403;
 /// roster arrives as one whole-document message. The socket's own frame
 /// cap is set to the same (see `transport`).
 pub(crate) const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// Most bytes of changes the first flight of a document carries before the
+/// server's heads are known (see `DocSession::generate_parts`).
+const FIRST_FLIGHT_BYTES: usize = 1024 * 1024;
+/// Changes per message, about: a cut link costs the server's answers to
+/// at most the parts in flight, not the whole upload.
+const PART_BYTES: usize = 16 * 1024;
 /// How often an idle live connection pings, so a dead link is noticed
 /// within `receive_timeout` and middleboxes keep it open.
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -189,6 +214,25 @@ struct Connection {
     unacked: Vec<DocumentId>,
     /// The overall deadline of a bounded sync; no wait goes past it.
     deadline: Option<Instant>,
+    /// The server accepted `wire::EXTENSION_COUNTED` (as last seen, until
+    /// this connection's `peer` arrives).
+    counted_extension: bool,
+    /// The server accepted `wire::EXTENSION_DEFLATE`: what we send may be
+    /// compressed (what it sends is decoded either way).
+    deflate: bool,
+    /// The server's last `doorstep-counted`, until taken.
+    counted: Option<Counted>,
+    /// Counted requests sent and answers received on this connection: an
+    /// answer is to the latest request when they are equal.
+    counted_asks: u32,
+    counted_answers: u32,
+    /// Changes went out after the latest counted request: its answer may
+    /// not cover them.
+    changes_since_counted: bool,
+    /// `join` went without waiting for `peer` (the server was known from a
+    /// previous connection); `peer` is still to come.
+    awaiting_peer: bool,
+    transport: Transport,
 }
 
 impl Connection {
@@ -203,17 +247,24 @@ impl Connection {
             .config
             .receive_timeout
             .max(Duration::from_secs(10));
-        let server = handshake(
-            &mut socket,
-            &me,
-            &identity.storage_id,
-            wait_until(timeout, deadline),
-        )
-        .await?;
+        let until = wait_until(timeout, deadline);
+        let transport = client.inner.transport.clone();
+        join(&mut socket, &me, &identity.storage_id, until).await?;
+        // A server seen before: the first messages go right behind `join`
+        // (a round trip saved); its `peer` is handled when it comes.
+        let (server, awaiting_peer) = match transport.known_server() {
+            Some(known) => (known, true),
+            None => {
+                let server = read_peer(&mut socket, until).await?;
+                transport.remember_server(server.clone());
+                (server, false)
+            }
+        };
+        let extensions = &server.extensions;
         Ok(Connection {
             socket,
             me,
-            server,
+            server: server.peer.clone(),
             subscribed: HashMap::new(),
             refused: HashSet::new(),
             report: SyncReport::default(),
@@ -222,6 +273,14 @@ impl Connection {
             sent: HashMap::new(),
             unacked: Vec::new(),
             deadline,
+            counted_extension: extensions.iter().any(|e| e == wire::EXTENSION_COUNTED),
+            deflate: extensions.iter().any(|e| e == wire::EXTENSION_DEFLATE),
+            counted: None,
+            counted_asks: 0,
+            counted_answers: 0,
+            changes_since_counted: false,
+            awaiting_peer,
+            transport,
         })
     }
 
@@ -293,37 +352,50 @@ impl Connection {
                 }
                 replicas.reconnect(id)?;
             }
-            let Some(data) = replicas
-                .replica(id)
-                .and_then(|r| r.session.generate(&server_peer(), 0))
-            else {
+            let first = !self.subscribed.get(&id).copied().unwrap_or(false);
+            let parts = replicas.replica(id).map(|r| {
+                // Data in the first flight: what the server has not
+                // acknowledged goes with our heads, not a round trip after
+                // them. Uploads go in parts the server answers one by one.
+                let acked = r.acked.clone();
+                let first_flight = first.then_some((acked.as_slice(), FIRST_FLIGHT_BYTES));
+                r.session
+                    .generate_parts(&server_peer(), first_flight, PART_BYTES, 0)
+            });
+            let parts = parts.unwrap_or_default();
+            if parts.is_empty() {
                 if replicas.peek(id).is_some_and(in_sync) {
                     // Nothing more to say either way: evictable again.
                     replicas.unpin(id);
                 }
                 continue;
-            };
+            }
             replicas.pin(id);
-            self.report.bytes_sent += data.len();
             self.exchanged.insert(id);
-            *self.sent.entry(id).or_default() += 1;
-            let first = !std::mem::replace(self.subscribed.entry(id).or_default(), true);
-            let (sender_id, target_id, document_id) = (self.me.clone(), self.server.clone(), id);
-            messages.push(if first {
-                Message::Request {
-                    sender_id,
-                    target_id,
-                    document_id,
-                    data,
-                }
-            } else {
-                Message::Sync {
-                    sender_id,
-                    target_id,
-                    document_id,
-                    data,
-                }
-            });
+            self.subscribed.insert(id, true);
+            for (n, data) in parts.into_iter().enumerate() {
+                self.changes_since_counted |= automerge::sync::Message::decode(&data)
+                    .map_or(true, |m| !m.changes.is_empty());
+                self.report.bytes_sent += data.len();
+                *self.sent.entry(id).or_default() += 1;
+                let (sender_id, target_id, document_id) =
+                    (self.me.clone(), self.server.clone(), id);
+                messages.push(if first && n == 0 {
+                    Message::Request {
+                        sender_id,
+                        target_id,
+                        document_id,
+                        data,
+                    }
+                } else {
+                    Message::Sync {
+                        sender_id,
+                        target_id,
+                        document_id,
+                        data,
+                    }
+                });
+            }
         }
         Ok(messages)
     }
@@ -332,11 +404,42 @@ impl Connection {
     /// that accepts nothing for that long is dead.
     async fn send_all(&mut self, messages: Vec<Message>) -> Result<(), ClientError> {
         for message in messages {
-            tokio::time::timeout_at(self.wait_until(), send(&mut self.socket, &message))
-                .await
-                .map_err(|_| ClientError::Network("the server stopped reading".into()))??;
+            let bytes = if self.deflate {
+                wire::encode_deflated(&message)
+            } else {
+                wire::encode(&message)
+            };
+            let sent =
+                tokio::time::timeout_at(self.wait_until(), send_bytes(&mut self.socket, bytes))
+                    .await
+                    .map_err(|_| ClientError::Network("the server stopped reading".into()))
+                    .and_then(|sent| sent);
+            if let Err(e) = sent {
+                return Err(self.refusal_behind(e).await);
+            }
         }
         Ok(())
+    }
+
+    /// A send failed. Before the server's `peer` came, that is most often
+    /// a server refusing the device (an `error` and a close sent before
+    /// it read our `join`): read what it said, so a revoked or unknown
+    /// device is told so and not taken for a network failure.
+    async fn refusal_behind(&mut self, failed: ClientError) -> ClientError {
+        if !self.awaiting_peer {
+            return failed;
+        }
+        let until = wait_until(Duration::from_secs(5), self.deadline);
+        match receive(&mut self.socket, until).await {
+            Ok(bytes) => match wire::decode(&bytes, &Limits::default()) {
+                Ok(Message::Error { message, .. }) => {
+                    closing_error(&mut self.socket, message, until).await
+                }
+                _ => failed,
+            },
+            Err(refused @ (ClientError::Revoked(_) | ClientError::UnknownDevice(_))) => refused,
+            Err(_) => failed,
+        }
     }
 
     /// Applies one message from the server and persists what it settled.
@@ -382,6 +485,25 @@ impl Connection {
                 self.refused.insert(document_id);
                 replicas.unpin(document_id);
             }
+            Message::Counted { counted, .. } => {
+                self.counted_answers = self.counted_answers.saturating_add(1);
+                self.counted = Some(counted);
+            }
+            Message::Peer {
+                sender_id,
+                peer_metadata,
+                ..
+            } if self.awaiting_peer => {
+                let extensions = peer_metadata.map(|m| m.extensions).unwrap_or_default();
+                self.awaiting_peer = false;
+                self.counted_extension = extensions.iter().any(|e| e == wire::EXTENSION_COUNTED);
+                self.deflate = extensions.iter().any(|e| e == wire::EXTENSION_DEFLATE);
+                self.server = sender_id.clone();
+                self.transport.remember_server(KnownServer {
+                    peer: sender_id,
+                    extensions,
+                });
+            }
             Message::Error { message, .. } => return Ok(Some(message)),
             _ => {}
         }
@@ -403,6 +525,27 @@ impl Connection {
             Some(replica) => in_sync(replica),
             None => !self.unacked.contains(id),
         })
+    }
+
+    /// Asks for the counted heads; the answer lands in `self.counted`.
+    fn counted_request(&mut self) -> Message {
+        self.counted_asks = self.counted_asks.saturating_add(1);
+        self.changes_since_counted = false;
+        self.counted = None;
+        Message::CountedRequest {
+            sender_id: self.me.clone(),
+            target_id: self.server.clone(),
+        }
+    }
+
+    /// A counted request is out and not yet answered.
+    fn counting(&self) -> bool {
+        self.counted_answers < self.counted_asks
+    }
+
+    /// The counted heads answer everything sent so far.
+    fn counted_fresh(&self) -> bool {
+        !self.counting() && self.counted.is_some() && !self.changes_since_counted
     }
 
     fn report(&mut self) -> SyncReport {
@@ -495,6 +638,14 @@ impl Client {
         self.sync_within(self.inner.config.sync_deadline).await
     }
 
+    /// The app saw the network come back (a platform connectivity
+    /// callback): the sync service retries at once instead of waiting out
+    /// its backoff. Harmless when connected or with no service running.
+    pub fn network_available(&self) {
+        // The same wake-up a local edit gives the service's retry sleep.
+        self.inner.edited.notify_one();
+    }
+
     /// The report of a sync, logged at DEBUG: counts only, never contents
     /// (an app's log sink gets the SDK's own DEBUG lines; see the FFI's
     /// logging).
@@ -516,7 +667,10 @@ impl Client {
     pub async fn sync_within(&self, limit: Duration) -> Result<SyncReport, ClientError> {
         // Bounded, so a huge limit cannot overflow the clock.
         let limit = limit.min(Duration::from_secs(86_400));
-        let result = self.sync_until(Instant::now() + limit).await;
+        let result = self
+            .sync_until(Instant::now() + limit, false)
+            .await
+            .map(|synced| synced.report);
         Self::log_report(&result);
         if result.is_ok() {
             // A sync writes sync states and received changes: fold the log
@@ -526,7 +680,14 @@ impl Client {
         result
     }
 
-    pub(crate) async fn sync_until(&self, deadline: Instant) -> Result<SyncReport, ClientError> {
+    /// One bounded sync (see [`Client::sync_now`]); with `counted`, the
+    /// counted heads too, from the same connection, when the server speaks
+    /// `wire::EXTENSION_COUNTED`.
+    pub(crate) async fn sync_until(
+        &self,
+        deadline: Instant,
+        counted: bool,
+    ) -> Result<Synced, ClientError> {
         if let Some(reason) = self.inner.store.meta("revoked").await? {
             return Err(ClientError::Revoked(reason));
         }
@@ -535,7 +696,7 @@ impl Client {
             let requests = live.borrow_and_update().clone();
             if let Some(requests) = requests {
                 let (reply, answer) = oneshot::channel();
-                if requests.send(reply).is_ok() {
+                if requests.send(Ride { counted, reply }).is_ok() {
                     match tokio::time::timeout_at(deadline, answer).await {
                         Ok(Ok(result)) => return result,
                         // That connection ended before it could answer:
@@ -558,7 +719,7 @@ impl Client {
                 _ = tokio::time::sleep_until(deadline) => return Err(past_deadline()),
             };
             self.set_status(SyncStatus::Syncing);
-            let result = self.sync_to_quiescence(deadline).await;
+            let result = self.sync_to_quiescence(deadline, counted).await;
             drop(guard);
             let settled = result.as_ref().map(|_| ()).map_err(clone_error);
             self.settle_status(&settled).await?;
@@ -570,7 +731,11 @@ impl Client {
     /// bounded by `deadline` (each through `Connection::wait_until`): work
     /// under the replicas lock is never cut off half way, since a change
     /// applied in memory must reach the disk.
-    async fn sync_to_quiescence(&self, deadline: Instant) -> Result<SyncReport, ClientError> {
+    async fn sync_to_quiescence(
+        &self,
+        deadline: Instant,
+        counted: bool,
+    ) -> Result<Synced, ClientError> {
         let mut connection =
             tokio::time::timeout_at(deadline, Connection::open(self, Some(deadline)))
                 .await
@@ -583,6 +748,7 @@ impl Client {
         // The replicas are locked only to prepare and apply messages, never
         // across a network wait, so the app can keep editing and reading
         // while a slow sync runs.
+        let counted = counted && connection.counted_extension;
         loop {
             let (outgoing, settled) = {
                 let mut guard = self.replicas().await?;
@@ -600,22 +766,63 @@ impl Client {
             // Settled, a last message may still go (Automerge's closing
             // acknowledgement); the server answers it with nothing.
             connection.send_all(outgoing).await?;
+            if counted && connection.counted_asks == 0 {
+                // Right behind the first flight, on this socket: the server
+                // answers after persisting what came before it, and no
+                // second connection is needed for the counted heads.
+                let request = connection.counted_request();
+                connection.send_all(vec![request]).await?;
+            }
             if settled {
                 break;
             }
-            let until = connection.wait_until();
-            let bytes = receive(&mut connection.socket, until).await?;
-            let closing = {
-                let mut guard = self.replicas().await?;
-                let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-                connection.handle(replicas, &bytes).await?
-            };
-            if let Some(message) = closing {
-                return Err(connection.closed_by_server(message).await);
+            self.receive_one(&mut connection).await?;
+        }
+        // The `peer` of a pipelined `join` says whether the server speaks
+        // the extension; an answer that came before later changes is asked
+        // again.
+        while connection.awaiting_peer {
+            self.receive_one(&mut connection).await?;
+        }
+        if counted && connection.counted_extension {
+            if !connection.counting() && !connection.counted_fresh() {
+                let request = connection.counted_request();
+                connection.send_all(vec![request]).await?;
+            }
+            while !connection.counted_fresh() {
+                if !connection.counting() {
+                    let request = connection.counted_request();
+                    connection.send_all(vec![request]).await?;
+                }
+                self.receive_one(&mut connection).await?;
             }
         }
         let _ = tokio::time::timeout_at(deadline, connection.socket.close(None)).await;
-        Ok(connection.report())
+        let counted = if counted && connection.counted_extension {
+            connection.counted.take()
+        } else {
+            None
+        };
+        Ok(Synced {
+            report: connection.report(),
+            counted,
+        })
+    }
+
+    /// Receives one frame and handles it; a server's `error` ends the
+    /// connection with what its close code stands for.
+    async fn receive_one(&self, connection: &mut Connection) -> Result<(), ClientError> {
+        let until = connection.wait_until();
+        let bytes = receive(&mut connection.socket, until).await?;
+        let closing = {
+            let mut guard = self.replicas().await?;
+            let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+            connection.handle(replicas, &bytes).await?
+        };
+        if let Some(message) = closing {
+            return Err(connection.closed_by_server(message).await);
+        }
+        Ok(())
     }
 
     /// Keeps one live connection while the app is active (see the module
@@ -666,7 +873,12 @@ impl Client {
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
-                    let delay = backoff(config.backoff_initial, config.backoff_max, failures);
+                    // The first retry goes at once: on a poor link most
+                    // failures are one reset, and the next try works.
+                    let delay = match failures {
+                        1 => Duration::ZERO,
+                        n => backoff(config.backoff_initial, config.backoff_max, n - 1),
+                    };
                     tracing::info!(error = %e, ?delay, "sync failed; retrying");
                     delay
                 }
@@ -708,7 +920,7 @@ impl Client {
         // reply dropped and go on by themselves.
         let (requests, mut riders) = mpsc::unbounded_channel();
         let _serving = Serving::new(&self.inner.live, requests);
-        let mut waiting: Vec<oneshot::Sender<Result<SyncReport, ClientError>>> = Vec::new();
+        let mut waiting: Vec<Ride> = Vec::new();
         // The ping whose answer the waiting riders need, and whether it came.
         let mut probe: u64 = 0;
         let mut probed = true;
@@ -731,7 +943,7 @@ impl Client {
             let (outgoing, settled) = {
                 let mut guard = self.replicas().await?;
                 let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
-                let outgoing = connection.outgoing(replicas).await?;
+                let mut outgoing = connection.outgoing(replicas).await?;
                 if let Ok(mut sent) = self.inner.messages_sent.lock() {
                     sent.clone_from(&connection.sent);
                 }
@@ -745,13 +957,26 @@ impl Client {
                             at_unix_secs: now_secs(),
                         });
                     }
-                    if probed && !waiting.is_empty() {
+                    let wants_counted = connection.counted_extension
+                        && waiting.iter().any(|rider| rider.counted);
+                    if probed && wants_counted && !connection.counted_fresh() {
+                        // The counted heads, on this socket, once more if
+                        // changes went after the last request.
+                        if !connection.counting() {
+                            outgoing.push(connection.counted_request());
+                        }
+                    } else if probed && !waiting.is_empty() {
                         for id in connection.subscribed.keys().copied().collect::<Vec<_>>() {
                             replicas.save_sync_state(id).await?;
                         }
                         let report = connection.report();
+                        let counted = connection.counted.take();
                         for rider in waiting.drain(..) {
-                            let _ = rider.send(Ok(report.clone()));
+                            let synced = Synced {
+                                report: report.clone(),
+                                counted: counted.clone().filter(|_| rider.counted),
+                            };
+                            let _ = rider.reply.send(Ok(synced));
                         }
                     }
                 } else if matches!(self.status(), SyncStatus::UpToDate { .. }) {
@@ -788,7 +1013,15 @@ impl Client {
                         // The report covers what happened for these riders.
                         connection.report();
                     }
+                    let ask_counted = rider.counted && connection.counted_extension && !connection.counting();
                     waiting.push(rider);
+                    if ask_counted {
+                        // Along with the probe: the server answers it after
+                        // what we sent before; changes sent later are asked
+                        // about again once settled.
+                        let request = connection.counted_request();
+                        connection.send_all(vec![request]).await?;
+                    }
                     // Its answer proves the link works now; being in sync
                     // then means our edits are acknowledged and the
                     // server's heads known (a push it had queued may still
@@ -902,8 +1135,12 @@ pub(crate) fn backoff(initial: Duration, max: Duration, failures: u32) -> Durati
 }
 
 async fn send(socket: &mut Socket, message: &Message) -> Result<(), ClientError> {
+    send_bytes(socket, wire::encode(message)).await
+}
+
+async fn send_bytes(socket: &mut Socket, bytes: Vec<u8>) -> Result<(), ClientError> {
     socket
-        .send(WsMessage::Binary(wire::encode(message).into()))
+        .send(WsMessage::Binary(bytes.into()))
         .await
         .map_err(|e| ClientError::Network(e.to_string()))
 }
@@ -959,28 +1196,45 @@ async fn closing_error(socket: &mut Socket, message: String, until: Instant) -> 
     }
 }
 
-async fn handshake(
+/// Sends `join`, offering Doorstep's extensions.
+async fn join(
     socket: &mut Socket,
     me: &PeerId,
     storage_id: &str,
     until: Instant,
-) -> Result<PeerId, ClientError> {
+) -> Result<(), ClientError> {
     let join = Message::Join {
         sender_id: me.clone(),
         supported_protocol_versions: vec![wire::PROTOCOL_VERSION.into()],
         peer_metadata: Some(PeerMetadata {
             storage_id: StorageId::new(storage_id).ok(),
             is_ephemeral: false,
+            extensions: vec![
+                wire::EXTENSION_COUNTED.into(),
+                wire::EXTENSION_DEFLATE.into(),
+            ],
         }),
     };
     tokio::time::timeout_at(until, send(socket, &join))
         .await
-        .map_err(|_| ClientError::Network("the server stopped reading".into()))??;
+        .map_err(|_| ClientError::Network("the server stopped reading".into()))?
+}
+
+/// Waits for the server's `peer`: its peer id and the extensions it
+/// accepted (none from a server without them).
+async fn read_peer(socket: &mut Socket, until: Instant) -> Result<KnownServer, ClientError> {
     let bytes = receive(socket, until).await?;
     match wire::decode(&bytes, &Limits::default())
         .map_err(|e| ClientError::Network(e.to_string()))?
     {
-        Message::Peer { sender_id, .. } => Ok(sender_id),
+        Message::Peer {
+            sender_id,
+            peer_metadata,
+            ..
+        } => Ok(KnownServer {
+            peer: sender_id,
+            extensions: peer_metadata.map(|m| m.extensions).unwrap_or_default(),
+        }),
         Message::Error { message, .. } => Err(closing_error(socket, message, until).await),
         other => Err(ClientError::Network(format!(
             "expected peer, got {}",

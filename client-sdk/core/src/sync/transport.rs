@@ -9,7 +9,9 @@
 //! it needs a JNI hand-off from the app's process, which a UniFFI library
 //! cannot do on its own; the extra CA covers private deployments instead.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use doorstep_protocol::PeerId;
 
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -24,6 +26,17 @@ pub(crate) struct Transport {
     base: String,
     tls: Arc<rustls::ClientConfig>,
     http: reqwest::Client,
+    /// The server as its last `peer` message described it: its peer id and
+    /// the extensions it accepted. With it the next connection sends its
+    /// `join` and first messages back to back.
+    server: Arc<Mutex<Option<KnownServer>>>,
+}
+
+/// What a server said about itself in `peer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KnownServer {
+    pub peer: PeerId,
+    pub extensions: Vec<String>,
 }
 
 fn trusted_roots(extra_ca_pem: Option<&[u8]>) -> Result<rustls::RootCertStore, ClientError> {
@@ -74,7 +87,23 @@ impl Transport {
             .timeout(std::time::Duration::from_secs(30))
             .build()
             .map_err(|e| ClientError::invalid("server_url", e.to_string()))?;
-        Ok(Transport { base, tls, http })
+        Ok(Transport {
+            base,
+            tls,
+            http,
+            server: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// The server as last seen, if a connection has seen it.
+    pub fn known_server(&self) -> Option<KnownServer> {
+        self.server.lock().ok().and_then(|known| known.clone())
+    }
+
+    pub fn remember_server(&self, server: KnownServer) {
+        if let Ok(mut known) = self.server.lock() {
+            *known = Some(server);
+        }
     }
 
     pub fn http(&self) -> &reqwest::Client {

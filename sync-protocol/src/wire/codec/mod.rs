@@ -206,17 +206,52 @@ fn write_message(e: &mut Encoder<Vec<u8>>, m: &Message) -> EncodeResult {
                 e.str("timestamp")?.u64(heads.timestamp)?;
             }
         }
+        Message::CountedRequest {
+            sender_id,
+            target_id,
+        } => {
+            e.map(3)?;
+            e.str("type")?.str(m.type_name())?;
+            e.str("senderId")?.str(sender_id.as_str())?;
+            e.str("targetId")?.str(target_id.as_str())?;
+        }
+        Message::Counted {
+            sender_id,
+            target_id,
+            counted,
+        } => {
+            e.map(4)?;
+            e.str("type")?.str(m.type_name())?;
+            e.str("senderId")?.str(sender_id.as_str())?;
+            e.str("targetId")?.str(target_id.as_str())?;
+            e.str("counted")?.map(counted.len() as u64)?;
+            for (document, heads) in counted {
+                e.str(&document.to_string())?
+                    .array(heads.len() as u64)?;
+                for h in heads {
+                    e.str(h)?;
+                }
+            }
+        }
     }
     Ok(())
 }
 
 fn write_metadata(e: &mut Encoder<Vec<u8>>, meta: &PeerMetadata) -> EncodeResult {
+    let extensions = !meta.extensions.is_empty();
     e.str("peerMetadata")?
-        .map(1 + u64::from(meta.storage_id.is_some()))?;
+        .map(1 + u64::from(meta.storage_id.is_some()) + u64::from(extensions))?;
     if let Some(storage) = &meta.storage_id {
         e.str("storageId")?.str(storage.as_str())?;
     }
     e.str("isEphemeral")?.bool(meta.is_ephemeral)?;
+    if extensions {
+        e.str("doorstepExtensions")?
+            .array(meta.extensions.len() as u64)?;
+        for extension in &meta.extensions {
+            e.str(extension)?;
+        }
+    }
     Ok(())
 }
 
@@ -238,10 +273,88 @@ struct Fields<'b> {
     add: Option<Vec<StorageId>>,
     remove: Option<Vec<StorageId>>,
     new_heads: Option<BTreeMap<StorageId, RemoteHeads>>,
+    counted: Option<BTreeMap<DocumentId, Vec<String>>>,
 }
 
-/// Decodes one frame into a message.
+/// The `type` of a frame holding a compressed message
+/// (`wire::EXTENSION_DEFLATE`).
+const DEFLATED: &str = "doorstep-deflated";
+
+/// Messages smaller than this are not worth compressing.
+const DEFLATE_FROM_BYTES: usize = 512;
+
+/// Encodes a message for a peer that accepted `wire::EXTENSION_DEFLATE`:
+/// compressed when that makes it smaller, plain otherwise.
+pub fn encode_deflated(message: &Message) -> Vec<u8> {
+    use std::io::Write;
+
+    let plain = encode(message);
+    if plain.len() < DEFLATE_FROM_BYTES {
+        return plain;
+    }
+    let mut deflate =
+        flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    let compressed = deflate
+        .write_all(&plain)
+        .and_then(|()| deflate.finish());
+    let Ok(compressed) = compressed else {
+        return plain;
+    };
+    let mut e = Encoder::new(Vec::new());
+    let written: EncodeResult = (|| {
+        e.map(2)?;
+        e.str("type")?.str(DEFLATED)?;
+        e.str("data")?.bytes(&compressed)?;
+        Ok(())
+    })();
+    match written {
+        Ok(()) if e.writer().len() < plain.len() => e.into_writer(),
+        _ => plain,
+    }
+}
+
+/// Inflates a `doorstep-deflated` payload, refusing one that would pass
+/// `limit` bytes: the output grows only as bytes come out, and reading
+/// stops at one byte past the limit.
+fn inflate(compressed: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
+    use std::io::Read;
+
+    let mut out = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit));
+    flate2::bufread::DeflateDecoder::new(compressed)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| malformed(format!("{DEFLATED}: does not inflate: {e}")))?;
+    if out.len() > limit {
+        return Err(DecodeError::TooLarge {
+            size: out.len(),
+            limit,
+        });
+    }
+    Ok(out)
+}
+
+/// Decodes one frame into a message; a `doorstep-deflated` frame is
+/// inflated (within `limits.max_frame_bytes`) and its message decoded.
 pub fn decode(frame: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
+    match decode_plain(frame, limits)? {
+        Plain::Message(message) => Ok(message),
+        Plain::Deflated(data) => {
+            let inflated = inflate(data, limits.max_frame_bytes)?;
+            match decode_plain(&inflated, limits)? {
+                Plain::Message(message) => Ok(message),
+                Plain::Deflated(_) => Err(malformed(format!("{DEFLATED} inside {DEFLATED}"))),
+            }
+        }
+    }
+}
+
+/// A frame: a message, or the compressed bytes of one.
+enum Plain<'b> {
+    Message(Message),
+    Deflated(&'b [u8]),
+}
+
+fn decode_plain<'b>(frame: &'b [u8], limits: &Limits) -> Result<Plain<'b>, DecodeError> {
     if frame.len() > limits.max_frame_bytes {
         return Err(DecodeError::TooLarge {
             size: frame.len(),
@@ -267,6 +380,7 @@ pub fn decode(frame: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
             "add" => f.add = Some(storage_ids(d, limits)?),
             "remove" => f.remove = Some(storage_ids(d, limits)?),
             "newHeads" => f.new_heads = Some(new_heads(d, limits)?),
+            "counted" => f.counted = Some(counted(d, limits)?),
             _ => d.skip()?,
         }
         Ok(())
@@ -274,7 +388,13 @@ pub fn decode(frame: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
     if d.position() != frame.len() {
         return Err(malformed("trailing bytes after the message"));
     }
-    f.into_message()
+    if f.kind == Some(DEFLATED) {
+        return f
+            .data
+            .map(Plain::Deflated)
+            .ok_or_else(|| malformed("missing field data"));
+    }
+    f.into_message().map(Plain::Message)
 }
 
 impl Fields<'_> {
@@ -359,6 +479,17 @@ impl Fields<'_> {
                 new_heads: self
                     .new_heads
                     .ok_or_else(|| malformed("missing field newHeads"))?,
+            },
+            "doorstep-counted-request" => Message::CountedRequest {
+                sender_id: sender()?,
+                target_id: target()?,
+            },
+            "doorstep-counted" => Message::Counted {
+                sender_id: sender()?,
+                target_id: target()?,
+                counted: self
+                    .counted
+                    .ok_or_else(|| malformed("missing field counted"))?,
             },
             other => {
                 return Err(DecodeError::UnknownType(other.chars().take(64).collect()));
@@ -471,11 +602,37 @@ fn metadata(d: &mut Decoder<'_>, limits: &Limits) -> Result<PeerMetadata, Decode
                 }
             }
             "isEphemeral" => meta.is_ephemeral = d.bool()?,
+            "doorstepExtensions" => {
+                for_each_item(d, limits, |d| {
+                    meta.extensions.push(d.str()?.to_owned());
+                    Ok(())
+                })?;
+            }
             _ => d.skip()?,
         }
         Ok(())
     })?;
     Ok(meta)
+}
+
+fn counted(
+    d: &mut Decoder<'_>,
+    limits: &Limits,
+) -> Result<BTreeMap<DocumentId, Vec<String>>, DecodeError> {
+    let mut out = BTreeMap::new();
+    for_each_entry(d, limits, |d, document| {
+        let document: DocumentId = document
+            .parse()
+            .map_err(|e| malformed(format!("counted key: {e}")))?;
+        let mut heads = Vec::new();
+        for_each_item(d, limits, |d| {
+            heads.push(d.str()?.to_owned());
+            Ok(())
+        })?;
+        out.insert(document, heads);
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 fn new_heads(

@@ -25,6 +25,7 @@ fn samples() -> Vec<(Message, &'static str)> {
                 peer_metadata: Some(PeerMetadata {
                     storage_id: Some(storage("store-1")),
                     is_ephemeral: false,
+                    extensions: Vec::new(),
                 }),
             },
             "a46474797065646a6f696e6873656e646572496468636c69656e742d317819737570706f7274656450726f746f636f6c56657273696f6e738161316c706565724d65746164617461a26973746f7261676549646773746f72652d316b6973457068656d6572616cf4",
@@ -184,7 +185,8 @@ fn decoding_accepts_the_spec_single_version_and_metadata_spelling() {
             supported_protocol_versions: vec!["1".into()],
             peer_metadata: Some(PeerMetadata {
                 storage_id: None,
-                is_ephemeral: true
+                is_ephemeral: true,
+                extensions: Vec::new(),
             }),
         }
     );
@@ -264,5 +266,134 @@ fn limits_are_checked_before_decoding() {
             }
         ),
         Err(DecodeError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn extensions_and_counted_heads_round_trip_and_are_absent_when_unused() {
+    let limits = Limits::default();
+    let mut counted = BTreeMap::new();
+    counted.insert(doc(), vec!["ab".repeat(32)]);
+    counted.insert(DocumentId::from_bytes([8; 16]), Vec::new());
+    let messages = [
+        Message::Join {
+            sender_id: peer("c"),
+            supported_protocol_versions: vec!["1".into()],
+            peer_metadata: Some(PeerMetadata {
+                storage_id: Some(storage("s")),
+                is_ephemeral: false,
+                extensions: vec![crate::wire::EXTENSION_COUNTED.into()],
+            }),
+        },
+        Message::CountedRequest {
+            sender_id: peer("c"),
+            target_id: peer("server"),
+        },
+        Message::Counted {
+            sender_id: peer("server"),
+            target_id: peer("c"),
+            counted,
+        },
+    ];
+    for message in messages {
+        let bytes = encode(&message);
+        assert_eq!(decode(&bytes, &limits), Ok(message));
+    }
+    // Without extensions the metadata is what a stock peer writes.
+    let plain = encode(&Message::Peer {
+        sender_id: peer("server"),
+        target_id: peer("c"),
+        selected_protocol_version: "1".into(),
+        peer_metadata: Some(PeerMetadata::default()),
+    });
+    assert!(!plain.windows(18).any(|w| w == b"doorstepExtensions"));
+    // More extensions than the item limit are refused before collecting.
+    let mut e = Encoder::new(Vec::new());
+    e.map(4).expect("cbor");
+    e.str("type").and_then(|e| e.str("join")).expect("cbor");
+    e.str("senderId").and_then(|e| e.str("c")).expect("cbor");
+    e.str("supportedProtocolVersions")
+        .and_then(|e| e.str("1"))
+        .expect("cbor");
+    e.str("peerMetadata")
+        .and_then(|e| e.map(1))
+        .and_then(|e| e.str("doorstepExtensions"))
+        .and_then(|e| e.array(5000))
+        .expect("cbor");
+    for _ in 0..5000 {
+        e.str("x").expect("cbor");
+    }
+    assert!(matches!(
+        decode(&e.into_writer(), &limits),
+        Err(DecodeError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn a_deflated_message_round_trips_and_a_small_one_stays_plain() {
+    let limits = Limits::default();
+    let big = Message::Sync {
+        sender_id: peer("server"),
+        target_id: peer("c"),
+        document_id: doc(),
+        data: b"visit visit visit ".repeat(500),
+    };
+    let deflated = encode_deflated(&big);
+    assert!(deflated.len() * 5 < encode(&big).len(), "{}", deflated.len());
+    assert_eq!(decode(&deflated, &limits), Ok(big));
+    let small = Message::Leave {
+        sender_id: peer("c"),
+    };
+    assert_eq!(encode_deflated(&small), encode(&small));
+}
+
+/// A `doorstep-deflated` frame around `compressed`.
+fn deflated_frame(compressed: &[u8]) -> Vec<u8> {
+    let mut e = Encoder::new(Vec::new());
+    e.map(2).expect("cbor");
+    e.str("type")
+        .and_then(|e| e.str("doorstep-deflated"))
+        .expect("cbor");
+    e.str("data").and_then(|e| e.bytes(compressed)).expect("cbor");
+    e.into_writer()
+}
+
+#[test]
+fn a_deflate_bomb_is_refused_at_the_frame_limit() {
+    use std::io::Write;
+    let limits = Limits {
+        max_frame_bytes: 1024 * 1024,
+        max_items: 4096,
+    };
+    // 64 MiB of zeros deflate to about 64 kB.
+    let mut deflate =
+        flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1024 * 1024];
+    for _ in 0..64 {
+        deflate.write_all(&zeros).expect("deflate");
+    }
+    let bomb = deflated_frame(&deflate.finish().expect("deflate"));
+    assert!(bomb.len() < 128 * 1024);
+    assert_eq!(
+        decode(&bomb, &limits),
+        Err(DecodeError::TooLarge {
+            size: limits.max_frame_bytes + 1,
+            limit: limits.max_frame_bytes
+        })
+    );
+    // Garbage and a deflated frame inside a deflated frame are malformed.
+    assert!(matches!(
+        decode(&deflated_frame(b"\xff\xff\xff"), &limits),
+        Err(DecodeError::Malformed(_))
+    ));
+    let mut deflate =
+        flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    deflate
+        .write_all(&deflated_frame(b"x"))
+        .expect("deflate");
+    let nested = deflated_frame(&deflate.finish().expect("deflate"));
+    assert!(matches!(
+        decode(&nested, &limits),
+        Err(DecodeError::Malformed(_))
     ));
 }
