@@ -60,6 +60,9 @@ pub enum ClientError {
         "this device's store was written by a newer version of the app (schema step {version}); update the app"
     )]
     NewerStore { version: i64 },
+    /// The call was cancelled before it finished; what it completed stays.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl ClientError {

@@ -24,6 +24,8 @@ pub(crate) struct Transport {
     base: String,
     tls: Arc<rustls::ClientConfig>,
     http: reqwest::Client,
+    /// The server's time, from the `Date` of its answers (see `clock`).
+    pub server_time: Arc<crate::clock::ServerTime>,
 }
 
 fn trusted_roots(extra_ca_pem: Option<&[u8]>) -> Result<rustls::RootCertStore, ClientError> {
@@ -74,7 +76,12 @@ impl Transport {
             .timeout(std::time::Duration::from_secs(30))
             .build()
             .map_err(|e| ClientError::invalid("server_url", e.to_string()))?;
-        Ok(Transport { base, tls, http })
+        Ok(Transport {
+            base,
+            tls,
+            http,
+            server_time: Arc::default(),
+        })
     }
 
     pub fn http(&self) -> &reqwest::Client {
@@ -110,10 +117,11 @@ impl Transport {
             true,
             Some(Connector::Rustls(self.tls.clone())),
         );
-        let (socket, _) = tokio::time::timeout(std::time::Duration::from_secs(15), connect)
+        let (socket, response) = tokio::time::timeout(std::time::Duration::from_secs(15), connect)
             .await
             .map_err(|_| ClientError::Network("connecting timed out".into()))?
             .map_err(|e| ClientError::Network(e.to_string()))?;
+        self.server_time.note(response.headers());
         Ok(socket)
     }
 }
