@@ -17,14 +17,63 @@ use crate::schema::RecordId;
 use crate::schema::roster::{MemberKind, Need, StatusChange, TeamMember};
 use crate::values::{Date, Fen, Month};
 
-uniffi::custom_type!(Date, String, {
+/// How a value that does not parse is reported to the foreign caller.
+///
+/// A malformed date, month or id fails as it crosses, before any SDK code
+/// runs; UniFFI turns that failure into the call's own typed error only if
+/// it *is* that error, and the error type (the FFI crate's `DoorstepError`)
+/// lives above this crate. So the FFI crate registers how to make one, once,
+/// before it hands out anything to call ([`report_unparsable_values_as`]);
+/// unregistered (another embedding), the failure is an
+/// [`UnparsableValue`] and UniFFI reports it as an internal error.
+static REPORT: std::sync::OnceLock<fn(UnparsableValue) -> uniffi::deps::anyhow::Error> =
+    std::sync::OnceLock::new();
+
+/// A value from a foreign caller that is not what its type says.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a {what}: {problem}")]
+pub struct UnparsableValue {
+    /// The kind of value: `date`, `month`, `record id`, `document id`,
+    /// `branch id`.
+    pub what: &'static str,
+    /// What the caller sent.
+    pub text: String,
+    pub problem: String,
+}
+
+/// Makes every value that fails to cross into the error `report` makes.
+/// The first registration wins (one FFI library per process).
+pub fn report_unparsable_values_as(report: fn(UnparsableValue) -> uniffi::deps::anyhow::Error) {
+    let _ = REPORT.set(report);
+}
+
+fn unparsable(
+    what: &'static str,
+    text: &str,
+    problem: impl std::fmt::Display,
+) -> uniffi::deps::anyhow::Error {
+    let value = UnparsableValue {
+        what,
+        text: text.chars().take(64).collect(),
+        problem: problem.to_string(),
+    };
+    match REPORT.get() {
+        Some(report) => report(value),
+        None => value.into(),
+    }
+}
+
+/// A calendar day, as the bindings name it: `Date` would shadow
+/// Foundation's `Date` in Swift (and `java.util.Date` where imported).
+pub type CalendarDate = Date;
+uniffi::custom_type!(CalendarDate, String, {
     lower: |date| date.to_string(),
-    try_lift: |text| Ok(text.parse::<Date>()?),
+    try_lift: |text| text.parse::<Date>().map_err(|e| unparsable("date", &text, e)),
 });
 
 uniffi::custom_type!(Month, String, {
     lower: |month| month.to_string(),
-    try_lift: |text| Ok(text.parse::<Month>()?),
+    try_lift: |text| text.parse::<Month>().map_err(|e| unparsable("month", &text, e)),
 });
 
 uniffi::custom_type!(Fen, i64, {
@@ -34,17 +83,17 @@ uniffi::custom_type!(Fen, i64, {
 
 uniffi::custom_type!(RecordId, String, {
     lower: |id| id.to_string(),
-    try_lift: |text| Ok(text.parse::<RecordId>()?),
+    try_lift: |text| text.parse::<RecordId>().map_err(|e| unparsable("record id", &text, e)),
 });
 
 uniffi::custom_type!(DocumentId, String, {
     lower: |id| id.to_string(),
-    try_lift: |text| Ok(text.parse::<DocumentId>()?),
+    try_lift: |text| text.parse::<DocumentId>().map_err(|e| unparsable("document id", &text, e)),
 });
 
 uniffi::custom_type!(TenantId, String, {
     lower: |id| id.to_string(),
-    try_lift: |text| Ok(text.parse::<TenantId>()?),
+    try_lift: |text| text.parse::<TenantId>().map_err(|e| unparsable("branch id", &text, e)),
 });
 
 /// A member's kinds.

@@ -53,6 +53,9 @@ pub struct ClientConfig {
     /// does: past it they return a network error (the checkpoint: "not
     /// safe", with the reason). Server pings do not extend it.
     pub sync_deadline: Duration,
+    /// The phone's clock; dates are bounded by the server's time learned
+    /// from it (see `clock`). Tests set a phone to any date here.
+    pub device_clock: crate::clock::DeviceClock,
 }
 
 impl ClientConfig {
@@ -72,6 +75,7 @@ impl ClientConfig {
             max_loaded_months: 3,
             receive_timeout: Duration::from_secs(90),
             sync_deadline: Duration::from_secs(120),
+            device_clock: crate::clock::DeviceClock::system(),
         }
     }
 }
@@ -248,6 +252,12 @@ impl Client {
             }
         };
         let transport = Transport::new(&config.server_url, config.extra_ca_pem.as_deref())?;
+        transport.server_time.set_stored_offset(
+            store
+                .meta(SERVER_CLOCK_OFFSET)
+                .await?
+                .and_then(|offset| offset.parse().ok()),
+        );
         let identity = match (
             store.meta("device_id").await?,
             store.meta("token").await?,
@@ -281,6 +291,7 @@ impl Client {
             },
         };
         let (status, _) = watch::channel(initial);
+        crate::status::keep_last_synced(status.subscribe(), store.clone());
         let (stop, _) = watch::channel(false);
         Ok(Inner {
             config,
@@ -305,7 +316,14 @@ impl Client {
     }
 
     /// Exchanges a one-time enrollment code for this device's token and
-    /// stores it.
+    /// stores it. Idempotent: a retry after any failure (the response lost
+    /// on the way, the app killed while waiting, the call's answer not
+    /// seen) gives the same enrollment. The device makes and stores a
+    /// nonce before its first attempt and sends it with the code; the
+    /// server enrolls the same device again for the same code and nonce
+    /// (until the device first connects). Once enrolled, the same code
+    /// answers the stored enrollment without asking the server; another
+    /// code is refused (wipe first).
     pub async fn enroll(&self, code: &str) -> Result<Enrollment, ClientError> {
         self.ensure_open()?;
         if self.inner.wiped.load(std::sync::atomic::Ordering::SeqCst) {
@@ -313,7 +331,14 @@ impl Client {
                 "this device's data was wiped: open the directory again".into(),
             ));
         }
-        if self.is_enrolled() {
+        if let Ok(identity) = self.identity() {
+            let enrolled_with = self.inner.store.meta("enrollment_code").await?;
+            if enrolled_with.as_deref().map(normalised_code) == Some(normalised_code(code)) {
+                return Ok(Enrollment {
+                    device_id: identity.device_id.clone(),
+                    branch_id: identity.branch,
+                });
+            }
             // Its actors are bound to the old device: wipe first.
             return Err(ClientError::invalid(
                 "device",
@@ -325,15 +350,30 @@ impl Client {
             device_id: String,
             branch_id: String,
             token: String,
+            #[serde(default)]
+            documents: Vec<crate::history::ListedMonth>,
         }
+        // Stored before the first attempt, so every retry sends the same.
+        let nonce = match self.inner.store.meta("enrollment_nonce").await? {
+            Some(nonce) => nonce,
+            None => {
+                let nonce = hex::encode(rand::random::<[u8; 16]>());
+                self.inner
+                    .store
+                    .set_meta(&[("enrollment_nonce", &nonce)])
+                    .await?;
+                nonce
+            }
+        };
         let response = self
             .inner
             .transport
             .http()
             .post(self.inner.transport.url("/api/v1/enroll"))
-            .json(&serde_json::json!({ "code": code }))
+            .json(&serde_json::json!({ "code": code, "nonce": nonce }))
             .send()
             .await?;
+        self.inner.transport.server_time.note(response.headers());
         if response.status() == reqwest::StatusCode::ACCEPTED {
             // The code was asked for from above: it waits for the branch
             // secretary, stays unspent, and works once approved.
@@ -359,6 +399,7 @@ impl Client {
                 ("device_id", &enrolled.device_id),
                 ("token", &enrolled.token),
                 ("branch_id", &enrolled.branch_id),
+                ("enrollment_code", code),
             ])
             .await?;
         let storage_id = self
@@ -384,6 +425,14 @@ impl Client {
             self.inner.changed.clone(),
             self.inner.config.max_loaded_months,
         ));
+        // Which months exist, so reads can say what this new device lacks.
+        // Only a hint: failing to keep it must not undo the enrollment.
+        if let Err(e) = self
+            .remember_server_months(&crate::history::months_of(&enrolled.documents))
+            .await
+        {
+            tracing::warn!(error = %e, "could not keep the server's month list");
+        }
         // No actor is registered: the server binds each of this device's
         // actors to it when its authenticated connection first sends a
         // change by it (ARCHITECTURE.md, "Actor binding").
@@ -399,6 +448,23 @@ impl Client {
             return Err(ClientError::Closed);
         }
         Ok(())
+    }
+
+    /// The time by the server's clock as last learned (see `clock`); keeps
+    /// a newly learned offset from the phone's clock in the store.
+    pub(crate) async fn server_now(&self) -> Result<time::OffsetDateTime, ClientError> {
+        let (now, offset) = self
+            .inner
+            .transport
+            .server_time
+            .now(&self.inner.config.device_clock);
+        if let Some(offset) = offset {
+            self.inner
+                .store
+                .set_meta(&[(SERVER_CLOCK_OFFSET, &offset.to_string())])
+                .await?;
+        }
+        Ok(now)
     }
 
     pub(crate) fn identity(&self) -> Result<Arc<Identity>, ClientError> {
@@ -530,6 +596,17 @@ impl Client {
         self.ensure_open()?;
         self.inner.store.size().await
     }
+}
+
+/// The store's key for the server's time minus the phone's, in seconds.
+const SERVER_CLOCK_OFFSET: &str = "server_clock_offset_secs";
+
+/// A code as the server compares it: without dashes, spaces and case.
+fn normalised_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| *c != '-' && !c.is_whitespace())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
 }
 
 /// Longest actor base accepted from the store; with the per-open suffix

@@ -270,6 +270,11 @@ impl Client {
     /// Every change the server has not acknowledged, as a file another
     /// device of the branch can import. Works offline and after the server
     /// stopped recognising this device.
+    ///
+    /// **The file is plaintext**: JSON holding the changes, and so members'
+    /// names, phones and addresses, in clear. It is not encrypted to anyone's
+    /// key: hand it from phone to phone directly, never through shared
+    /// storage, mail or chat, and delete it once imported.
     pub async fn export_unsynced(&self) -> Result<Vec<u8>, ClientError> {
         let identity = self.identity()?;
         let mut guard = self.replicas().await?;

@@ -152,10 +152,10 @@ fn check<R: Record>(record: &R) -> Result<(), ClientError> {
     }
 }
 
-/// The server keeps logs from 2000 to next month; a record dated outside
-/// could never be synced, so it is refused before it is written.
-pub(crate) fn check_month(month: Month) -> Result<(), ClientError> {
-    let now = time::OffsetDateTime::now_utc();
+/// The server keeps logs from 2000 to next month by its clock; a record
+/// dated outside could never be synced, so it is refused before it is
+/// written. `now` is the server's time as this device knows it.
+pub(crate) fn check_month(month: Month, now: time::OffsetDateTime) -> Result<(), ClientError> {
     let latest = Month::new(now.year(), now.month() as u8)
         .map(|m| m.next())
         .ok_or_else(|| ClientError::invalid("date", "the device clock is out of range"))?;
@@ -258,7 +258,7 @@ impl Client {
     ) -> Result<(), ClientError> {
         check(record)?;
         let month = date.month();
-        check_month(month)?;
+        check_month(month, self.server_now().await?)?;
         replicas
             .edit(self.log_id(month)?, DocumentKind::MonthlyLog(month), |tx| {
                 Ok(write_record(tx, id, record)?)

@@ -71,6 +71,9 @@ pub enum ClientError {
         "this device's store is unencrypted (written by an SDK before encryption); migrate it: sync or export with the old app, then wipe"
     )]
     UnencryptedStore,
+    /// The call was cancelled before it finished; what it completed stays.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl ClientError {

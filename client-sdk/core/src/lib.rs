@@ -10,6 +10,7 @@
 //! ```text
 //! client     Client: open (one owner per data directory, across processes),
 //!            enroll, close, rekey, store size, wipe
+//! clock      the date the device goes by: the server's, learned at each exchange
 //! custody    where edits stand: checkpoint, edit states, export/import
 //!            (export also from a store this version cannot open)
 //! editing    typed edits, validated before anything is written; corrections
@@ -19,24 +20,31 @@
 //! corrections  the notes that keep who corrected or deleted a record, and why
 //! conflicts  fields two devices set differently while offline, settled by value
 //! tree       a whole value read from a document (map-valued conflicts, notes)
+//! history    which months the server holds; fetching older ones
 //! index      where each log record is, each visit's member and follow-up:
 //!            what reads spanning months look up instead of walking them
 //! replicas   documents in memory and on disk (durable edits, compaction)
 //! store      the local SQLCipher file, encrypted with the app's key; its
 //!            size kept near its data's (capped log, incremental vacuum)
 //! sync       the sync engine: the live connection, sync_now, status
+//! status     where syncing stands, pushed on change; the first sync
+//! background one bounded, cancellable sync for WorkManager / BGTask
 //! ```
 
+mod background;
 mod client;
+mod clock;
 mod conflicts;
 mod corrections;
 mod custody;
 mod editing;
 mod error;
+mod history;
 mod index;
 mod observe;
 mod queries;
 mod replicas;
+mod status;
 mod store;
 pub mod sync;
 mod tree;
@@ -48,6 +56,7 @@ mod uniffi_types;
 uniffi::setup_scaffolding!();
 
 pub use client::{Client, ClientConfig, Enrollment};
+pub use clock::DeviceClock;
 pub use conflicts::{Conflict, ConflictValue, Resolution};
 pub use corrections::{Correction, CorrectionAction};
 pub use custody::{Checkpoint, EditState, ImportReport};
@@ -56,8 +65,10 @@ pub use editing::{
     NewTraining, NewVisit, TeamPerson,
 };
 pub use error::ClientError;
+pub use history::HistoryFetch;
 pub use observe::{Listener, Observation};
 pub use queries::{LogRecordKind, MemberFilter, MemberHistory, Months, VisitDays};
+pub use status::{SyncState, SyncStateChanges};
 pub use store::{StoreKey, StoreSize};
 pub use sync::{BackgroundSync, SyncReport, SyncStatus};
 

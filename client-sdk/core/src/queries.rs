@@ -39,6 +39,10 @@ pub struct MemberHistory {
     pub hardship_entries: Vec<(RecordId, HardshipEntry)>,
     /// The status of the most recent hardship entry, if any.
     pub hardship_status: Option<HardshipStatus>,
+    /// Months the server holds that this device does not (yet), newest
+    /// first: their visits are not in `visits`. Empty: complete as of the
+    /// server's last list. [`Client::fetch_history`] brings them over.
+    pub missing_months: Vec<Month>,
 }
 
 /// Which log records to read: one month's, or every month's on this device.
@@ -510,6 +514,7 @@ impl Client {
             aid_total,
             hardship_entries,
             hardship_status,
+            missing_months: self.missing_months().await?,
         })
     }
 
@@ -588,7 +593,7 @@ impl Client {
     /// Opens (offline, from its genesis) the log of a month so it can be
     /// synced or read; recording into it opens it too.
     pub async fn open_month(&self, month: Month) -> Result<DocumentId, ClientError> {
-        crate::editing::check_month(month)?;
+        crate::editing::check_month(month, self.server_now().await?)?;
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
         let id = DocumentId::monthly_log(self.identity()?.branch, month);

@@ -47,82 +47,137 @@ async fn run<T: Send + 'static>(
     RUNTIME
         .spawn(future)
         .await
-        .map_err(|e| DoorstepError::Internal(e.to_string()))?
+        .map_err(DoorstepError::internal)?
         .map_err(DoorstepError::from)
 }
 
-/// The errors an app acts on; the message says the details.
+/// The errors an app acts on, each with the values it needs to act.
 ///
-/// A malformed date, month or id fails before the call starts, as UniFFI's
-/// own conversion error: those come from code, not from a person typing.
+/// A malformed date, month or id fails before the call starts, as
+/// `Invalid` naming the kind of value (`date`, `month`, `record id`) and
+/// quoting what was sent: UniFFI reads a record's fields without names, so
+/// the field of a record at fault is not known there (the value is).
 #[derive(Debug, thiserror::Error, uniffi::Error)]
-#[uniffi(flat_error)]
 pub enum DoorstepError {
-    #[error("invalid input: {0}")]
-    Invalid(String),
-    #[error("not found: {0}")]
-    NotFound(String),
+    /// Input refused before anything was written. `field` names the input
+    /// at fault (`aid_cash`, `follow_up.due`, or for a value that did not
+    /// parse, its kind: `date`).
+    #[error("invalid {field}: {problem}")]
+    Invalid { field: String, problem: String },
+    #[error("{what} {id} not found")]
+    NotFound { what: String, id: String },
     #[error("this device is not enrolled")]
     NotEnrolled,
-    #[error("this device was revoked: {0}")]
-    Revoked(String),
-    #[error("network: {0}")]
-    Network(String),
-    #[error("the server refused: {0}")]
-    Refused(String),
-    #[error("local storage: {0}")]
-    Storage(String),
-    #[error("internal error: {0}")]
-    Internal(String),
-    /// A conflict changed since the app read it: read `conflicts` again.
-    #[error("the conflict changed: {0}")]
-    ConflictChanged(String),
+    #[error("this device was revoked: {reason}")]
+    Revoked { reason: String },
+    #[error("network: {message}")]
+    Network { message: String },
+    #[error("the server refused: {message}")]
+    Refused { message: String },
+    #[error("local storage: {message}")]
+    Storage { message: String },
+    #[error("internal error: {message}")]
+    Internal { message: String },
+    /// A conflict changed since the app read it: nothing was written.
+    /// `now` holds the values the field holds now, to show the user.
+    #[error("the conflict on {field} changed since it was read; nothing was written")]
+    ConflictChanged {
+        field: String,
+        now: Vec<sdk::ConflictValue>,
+    },
     /// Another process holds this data directory.
-    #[error("the data directory is open elsewhere: {0}")]
-    AlreadyOpen(String),
+    #[error("the data directory is open elsewhere: {message}")]
+    AlreadyOpen { message: String },
     #[error("the store key does not open this device's store")]
     WrongKey,
     /// The server does not know this device; not a revocation: edits stay
     /// and `export_unsynced` saves them.
-    #[error("the server does not recognise this device: {0}")]
-    UnknownDevice(String),
+    #[error("the server does not recognise this device: {message}")]
+    UnknownDevice { message: String },
     #[error("the enrollment code waits for the branch secretary's approval")]
     PendingApproval,
-    /// A newer version of the app wrote the store (the app was
-    /// downgraded): update the app; do not wipe.
-    #[error("{0}")]
-    NewerStore(String),
+    /// A newer version of the app wrote the store (schema step `version`):
+    /// update the app; do not wipe.
+    #[error(
+        "this device's store was written by a newer version of the app (schema step {version}); update the app"
+    )]
+    NewerStore { version: i64 },
+    /// The call was cancelled (`cancel` on its handle) before it finished.
+    #[error("cancelled")]
+    Cancelled,
+    
     /// The client was closed (or re-keyed): open the directory again.
     #[error("this client was closed; open the data directory again")]
     Closed,
     /// The store is plain SQLite from an SDK before encryption: no key
     /// opens it; migrate (sync or export with the old app, then wipe).
-    #[error("{0}")]
-    UnencryptedStore(String),
+    #[error("{message}")]
+    UnencryptedStore { message: String },
+}
+
+impl DoorstepError {
+    fn internal(message: impl std::fmt::Display) -> Self {
+        DoorstepError::Internal {
+            message: message.to_string(),
+        }
+    }
+
+    fn storage(message: impl Into<String>) -> Self {
+        DoorstepError::Storage {
+            message: message.into(),
+        }
+    }
 }
 
 impl From<ClientError> for DoorstepError {
     fn from(e: ClientError) -> Self {
         match e {
-            e @ ClientError::Invalid { .. } => DoorstepError::Invalid(e.to_string()),
-            e @ ClientError::ConflictChanged { .. } => {
-                DoorstepError::ConflictChanged(e.to_string())
+            ClientError::Invalid { field, problem } => DoorstepError::Invalid { field, problem },
+            ClientError::ConflictChanged { field, now } => {
+                DoorstepError::ConflictChanged { field, now }
             }
-            ClientError::NotFound { what, id } => DoorstepError::NotFound(format!("{what} {id}")),
+            ClientError::NotFound { what, id } => DoorstepError::NotFound {
+                what: what.to_owned(),
+                id,
+            },
             ClientError::NotEnrolled => DoorstepError::NotEnrolled,
-            ClientError::Revoked(m) => DoorstepError::Revoked(m),
-            ClientError::Network(m) => DoorstepError::Network(m),
-            ClientError::Refused(m) => DoorstepError::Refused(m),
-            ClientError::Storage(m) => DoorstepError::Storage(m),
-            ClientError::AlreadyOpen(m) => DoorstepError::AlreadyOpen(m),
+            ClientError::Revoked(reason) => DoorstepError::Revoked { reason },
+            ClientError::Network(message) => DoorstepError::Network { message },
+            ClientError::Refused(message) => DoorstepError::Refused { message },
+            ClientError::Storage(message) => DoorstepError::Storage { message },
+            ClientError::AlreadyOpen(message) => DoorstepError::AlreadyOpen { message },
             ClientError::WrongKey => DoorstepError::WrongKey,
-            ClientError::UnknownDevice(m) => DoorstepError::UnknownDevice(m),
+            ClientError::UnknownDevice(message) => DoorstepError::UnknownDevice { message },
             ClientError::PendingApproval => DoorstepError::PendingApproval,
-            e @ ClientError::NewerStore { .. } => DoorstepError::NewerStore(e.to_string()),
+            ClientError::NewerStore { version } => DoorstepError::NewerStore { version },
+            ClientError::Cancelled => DoorstepError::Cancelled,
             ClientError::Closed => DoorstepError::Closed,
-            e @ ClientError::UnencryptedStore => DoorstepError::UnencryptedStore(e.to_string()),
+            e @ ClientError::UnencryptedStore => DoorstepError::UnencryptedStore {
+                message: e.to_string(),
+            },
         }
     }
+}
+
+/// A value that did not parse as it crossed, as the call's own error.
+fn unparsable(
+    value: doorstep_protocol::uniffi_types::UnparsableValue,
+) -> uniffi::deps::anyhow::Error {
+    DoorstepError::Invalid {
+        field: value.what.to_owned(),
+        problem: format!(
+            "{:?} is not a {}: {}",
+            value.text, value.what, value.problem
+        ),
+    }
+    .into()
+}
+
+/// Registers [`unparsable`] before any value can cross: every call that
+/// takes a date, month or id is a method of a `DoorstepClient`, made by
+/// `open`, which registers first.
+fn report_unparsable_values() {
+    doorstep_protocol::uniffi_types::report_unparsable_values_as(unparsable);
 }
 
 /// Declares a record pairing an SDK value with its record id, for the
@@ -194,7 +249,7 @@ pub trait KeyProvider: Send + Sync {
 fn key_from(keys: &dyn KeyProvider) -> Result<sdk::StoreKey, DoorstepError> {
     let bytes = zeroize::Zeroizing::new(
         keys.store_key()
-            .ok_or_else(|| DoorstepError::Storage("the keystore gave no store key".into()))?,
+            .ok_or_else(|| DoorstepError::storage("the keystore gave no store key"))?,
     );
     Ok(sdk::StoreKey::from_bytes(&bytes)?)
 }
@@ -299,6 +354,9 @@ pub struct MemberHistory {
     pub hardship_entries: Vec<HardshipEntryWithId>,
     /// The status of the most recent hardship entry, if any.
     pub hardship_status: Option<sdk::HardshipStatus>,
+    /// Months the server holds that this device does not yet, newest
+    /// first: their visits are missing above. `fetch_history` gets them.
+    pub missing_months: Vec<sdk::Month>,
 }
 
 impl From<sdk::MemberHistory> for MemberHistory {
@@ -309,6 +367,7 @@ impl From<sdk::MemberHistory> for MemberHistory {
             aid_total: h.aid_total,
             hardship_entries: with_ids(h.hardship_entries),
             hardship_status: h.hardship_status,
+            missing_months: h.missing_months,
         }
     }
 }
@@ -426,6 +485,44 @@ pub trait StatusObserver: Send + Sync {
     fn on_status(&self, status: sdk::SyncStatus);
 }
 
+/// Receives where syncing stands each time any part of it changes, on a
+/// thread of its own (a slow observer holds up no sync and no edit).
+#[uniffi::export(foreign)]
+pub trait SyncStateObserver: Send + Sync {
+    fn on_sync_state(&self, state: sdk::SyncState);
+}
+
+/// Cancels a `sync_once`: for WorkManager's `onStopped` or a BGTask's
+/// expiration handler. Cancelling the call itself (a Kotlin coroutine, a
+/// Swift task) does the same.
+#[derive(uniffi::Object, Debug)]
+pub struct SyncCancellation {
+    cancelled: tokio::sync::watch::Sender<bool>,
+}
+
+#[uniffi::export]
+impl SyncCancellation {
+    #[uniffi::constructor]
+    pub fn new() -> Arc<Self> {
+        Arc::new(SyncCancellation {
+            cancelled: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    pub fn cancel(&self) {
+        self.cancelled.send_replace(true);
+    }
+}
+
+/// Cancels a `sync_once` when the foreign caller drops its call.
+struct CancelOnDrop(tokio::sync::watch::Sender<bool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
+}
+
 /// Keeps an observation alive: it ends on `cancel` or when the handle is
 /// dropped (garbage-collected, or closed by the foreign caller).
 #[derive(uniffi::Object, Debug)]
@@ -478,6 +575,7 @@ impl DoorstepClient {
         keys: Arc<dyn KeyProvider>,
         options: DeviceOptions,
     ) -> Result<Arc<Self>, DoorstepError> {
+        report_unparsable_values();
         let mut config = ClientConfig::new(data_dir, server_url, key_from(keys.as_ref())?);
         config.extra_ca_pem = options.extra_ca_pem;
         config.sync_interval = (options.sync_interval_secs > 0)
@@ -741,6 +839,89 @@ impl DoorstepClient {
         self.call(|c| async move { c.sync_now().await }).await
     }
 
+    /// The background entry point (Android WorkManager, iOS BGTask): syncs
+    /// once and returns within `deadline_secs` whatever the link does, or
+    /// fails with `Cancelled` as soon as `cancellation` is cancelled (or
+    /// this call is). Nothing is half written either way.
+    pub async fn sync_once(
+        &self,
+        deadline_secs: u64,
+        cancellation: Arc<SyncCancellation>,
+    ) -> Result<sdk::SyncReport, DoorstepError> {
+        let (dropped, mut call_dropped) = tokio::sync::watch::channel(false);
+        let _cancel_on_drop = CancelOnDrop(dropped);
+        let mut cancelled = cancellation.cancelled.subscribe();
+        let limit = Duration::from_secs(deadline_secs);
+        self.call(|c| async move {
+            let cancel = async move {
+                tokio::select! {
+                    _ = cancelled.wait_for(|c| *c) => {}
+                    _ = call_dropped.wait_for(|c| *c) => {}
+                }
+            };
+            c.sync_once(limit, cancel).await
+        })
+        .await
+    }
+
+    /// Waits until this device has completed a sync, at once if it ever
+    /// did; false if `deadline_secs` passed first. Start background sync
+    /// (or call `sync_now`) alongside: this does not sync.
+    pub async fn wait_for_first_sync(&self, deadline_secs: u64) -> Result<bool, DoorstepError> {
+        let limit = Duration::from_secs(deadline_secs);
+        self.call(|c| async move { c.wait_for_first_sync(limit).await })
+            .await
+    }
+
+    /// Where syncing stands now.
+    pub async fn sync_state(&self) -> Result<sdk::SyncState, DoorstepError> {
+        self.call(|c| async move { c.sync_state().await }).await
+    }
+
+    /// Calls `observer` with where syncing stands now and after every
+    /// change (status, connection, last sync, pending count), until the
+    /// returned handle is cancelled or dropped.
+    pub fn observe_sync_state(&self, observer: Arc<dyn SyncStateObserver>) -> Arc<Subscription> {
+        let client = self.client.clone();
+        let mut changes = client.sync_state_changes();
+        let task = RUNTIME.spawn(async move {
+            let mut last = None;
+            loop {
+                if let Ok(state) = client.sync_state().await
+                    && last.as_ref() != Some(&state)
+                {
+                    last = Some(state.clone());
+                    let observer = observer.clone();
+                    // Off the SDK's workers: a slow observer stalls only
+                    // its own updates.
+                    if tokio::task::spawn_blocking(move || observer.on_sync_state(state))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                if !changes.changed().await {
+                    return;
+                }
+            }
+        });
+        Arc::new(Subscription {
+            task: task.abort_handle(),
+        })
+    }
+
+    /// Brings over the months the server holds that this device lacks
+    /// (newest first), within `deadline_secs`; what is left is in `missing`.
+    pub async fn fetch_history(
+        &self,
+        deadline_secs: u64,
+    ) -> Result<sdk::HistoryFetch, DoorstepError> {
+        let limit = Duration::from_secs(deadline_secs);
+        self.call(|c| async move { c.fetch_history(limit).await })
+            .await
+    }
+
     /// Local changes the server has not acknowledged yet.
     pub async fn pending_changes(&self) -> Result<u64, DoorstepError> {
         let pending = self
@@ -997,6 +1178,9 @@ impl DoorstepClient {
     }
 
     /// Every unsynced change, as a file another device of the branch imports.
+    /// PLAINTEXT: it holds members' names, phones and addresses in clear;
+    /// hand it over directly (never shared storage or chat) and delete it
+    /// once imported.
     pub async fn export_unsynced(&self) -> Result<Vec<u8>, DoorstepError> {
         self.call(|c| async move { c.export_unsynced().await })
             .await

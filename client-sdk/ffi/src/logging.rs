@@ -75,7 +75,10 @@ pub fn install_log_sink(sink: Arc<dyn LogSink>, max_level: LogLevel) -> Result<(
     registry()
         .with(SinkLayer { sink }.with_filter(filter))
         .try_init()
-        .map_err(|e| DoorstepError::Invalid(format!("a log sink is already installed: {e}")))
+        .map_err(|e| DoorstepError::Invalid {
+            field: "sink".into(),
+            problem: format!("a log sink is already installed: {e}"),
+        })
 }
 
 struct SinkLayer {

@@ -31,7 +31,11 @@ async fn python_enrolls_records_offline_syncs_and_reads_the_servers_view() -> an
     let d = server.district().await?;
     let code =
         |label: &'static str| issue_enrollment_code(&server.store, d.yingfeng.id, label, 1, "test");
-    let (phone, office) = (code("phone").await?.code, code("office").await?.code);
+    let (phone, office, worker) = (
+        code("phone").await?.code,
+        code("office").await?.code,
+        code("worker").await?.code,
+    );
     let now = time_now_month();
     let data = tempfile::tempdir()?;
     let output = Command::new("python3")
@@ -41,6 +45,7 @@ async fn python_enrolls_records_offline_syncs_and_reads_the_servers_view() -> an
         .env("DOORSTEP_URL", server.http_url())
         .env("CODE_PHONE", phone)
         .env("CODE_OFFICE", office)
+        .env("CODE_WORKER", worker)
         .env("MONTH", now.to_string())
         .output()
         .await

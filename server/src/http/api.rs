@@ -425,7 +425,18 @@ pub async fn create_enrollment_code(
 #[derive(Deserialize)]
 pub struct Enroll {
     code: String,
+    /// A random value the device made and kept before its first attempt
+    /// (16 to 128 characters): the same code with the same nonce again is
+    /// that device retrying after a lost response, and is enrolled again
+    /// (the same device, a new token) instead of refused.
+    #[serde(default)]
+    nonce: Option<String>,
 }
+
+/// The shortest nonce taken: 16 characters of hex or base64 carry at least
+/// 64 random bits, beyond guessing alongside a one-time code.
+const MIN_NONCE_CHARS: usize = 16;
+const MAX_NONCE_CHARS: usize = 128;
 
 /// Exchanges a one-time code for a device token. No login: the code is the
 /// credential, and it works once. A request from an upper level has no code
@@ -437,11 +448,21 @@ pub async fn enroll(
     State(state): State<AppState>,
     Json(body): Json<Enroll>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let nonce_hash = match &body.nonce {
+        Some(nonce) if !(MIN_NONCE_CHARS..=MAX_NONCE_CHARS).contains(&nonce.chars().count()) => {
+            return Err(ApiError::BadRequest(format!(
+                "nonce: {MIN_NONCE_CHARS} to {MAX_NONCE_CHARS} characters"
+            )));
+        }
+        Some(nonce) => Some(hash_secret(nonce)),
+        None => None,
+    };
     let token = Secret::generate_token();
     let device = match state
         .store
         .enroll(
             &hash_secret(&body.code),
+            nonce_hash.as_deref(),
             &token.hash(),
             &state.config.budgets.refusals,
         )

@@ -160,6 +160,66 @@ impl From<sqlx::Error> for EnrollError {
     }
 }
 
+/// The device a spent code enrolled, given again to the device that spent
+/// it: its nonce matches the one stored with the code, the device is not
+/// revoked, and it never connected (a device that synced received its
+/// token; a nonce replayed after that is refused as "code already used").
+/// Its tokens are replaced by `token_hash`: the lost response carried the
+/// only copy of the old one. `None`: not a retry by that device.
+async fn repeat_enrollment(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    code: &EnrollmentCode,
+    nonce_hash: &[u8],
+    token_hash: &[u8],
+    now: i64,
+) -> Result<Option<DeviceId>, EnrollError> {
+    let Some(device) = code.device_id else {
+        return Ok(None);
+    };
+    let stored: Option<Vec<u8>> =
+        sqlx::query_scalar("select device_nonce_hash from enrollment_codes where id = ?")
+            .bind(code.id.to_string())
+            .fetch_one(&mut **tx)
+            .await?;
+    // Constant time is not needed: both sides are hashes of 128-bit
+    // secrets, and a mismatch says nothing about the stored one.
+    if stored.as_deref() != Some(nonce_hash) {
+        return Ok(None);
+    }
+    let fresh: bool = sqlx::query_scalar(
+        "select count(*) > 0 from devices
+         where id = ? and revoked_at is null and last_seen_at is null",
+    )
+    .bind(device.to_string())
+    .fetch_one(&mut **tx)
+    .await?;
+    if !fresh {
+        return Ok(None);
+    }
+    sqlx::query("delete from device_tokens where device_id = ?")
+        .bind(device.to_string())
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("insert into device_tokens (token_hash, device_id, created_at) values (?, ?, ?)")
+        .bind(token_hash)
+        .bind(device.to_string())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    let entry = AuditEntry::new(
+        format!("device:{device}"),
+        "device.enroll",
+        device.to_string(),
+    )
+    .tenant(code.branch_id, &code.branch_path)
+    .detail(format!(
+        "code {} again, same device nonce (response lost)",
+        code.id
+    ));
+    record(tx, entry).await?;
+    Ok(Some(device))
+}
+
 /// Actors a device may hold before explicit registration refuses more: an
 /// app registers one per install, and a stock client's actors (one per
 /// document handle) are bound on first use, under each document's limit.
@@ -344,9 +404,16 @@ impl Store {
     /// recorded as refused once per code and interval (`refusals`): anyone
     /// holding an old code could otherwise fill the append-only log, each
     /// row a write that contends with acknowledgements.
+    ///
+    /// `nonce_hash` is the SHA-256 of a random nonce the device made and
+    /// kept before its first attempt. It is stored with the spent code, and
+    /// the same code presented with the same nonce again is the same device
+    /// retrying after the response was lost: it gets its enrollment again
+    /// with `token_hash` as its token (see [`Store::repeat_enrollment`]).
     pub async fn enroll(
         &self,
         code_hash: &[u8],
+        nonce_hash: Option<&[u8]>,
         token_hash: &[u8],
         refusals: &crate::budget::RefusalLog,
     ) -> Result<Enrollment, EnrollError> {
@@ -384,6 +451,18 @@ impl Store {
                 return Ok(Enrollment::PendingApproval(code));
             }
             CodeStatus::Used | CodeStatus::Denied | CodeStatus::Expired => {
+                if code.status == CodeStatus::Used
+                    && let Some(nonce_hash) = nonce_hash
+                    && let Some(device) =
+                        repeat_enrollment(&mut tx, &code, nonce_hash, token_hash, now).await?
+                {
+                    tx.commit().await?;
+                    return Ok(Enrollment::Enrolled(
+                        self.device(device).await?.ok_or_else(|| {
+                            StoreError::Corrupt("a re-enrolled device vanished".into())
+                        })?,
+                    ));
+                }
                 let why = match code.status {
                     CodeStatus::Used => "code already used",
                     CodeStatus::Denied => "request denied",
@@ -405,11 +484,12 @@ impl Store {
         // The `used_at is null` guard keeps a code single-use even if the
         // status read above were ever taken outside the write lock.
         let claimed = sqlx::query(
-            "update enrollment_codes set used_at = ?, device_id = ?
+            "update enrollment_codes set used_at = ?, device_id = ?, device_nonce_hash = ?
              where id = ? and used_at is null",
         )
         .bind(now)
         .bind(device_id.to_string())
+        .bind(nonce_hash)
         .bind(code.id.to_string())
         .execute(&mut *tx)
         .await?

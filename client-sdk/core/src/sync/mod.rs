@@ -166,10 +166,14 @@ fn now_secs() -> i64 {
 }
 
 /// The documents a connection subscribes to before the app asks for any:
-/// the roster and the current and previous month.
-fn eager(branch: doorstep_protocol::TenantId) -> Vec<(DocumentId, DocumentKind)> {
+/// the roster and the current and previous month, by the server's clock
+/// (`now`, see `clock`; a phone's clock in 1970 would ask for months the
+/// server refuses).
+fn eager(
+    branch: doorstep_protocol::TenantId,
+    now: time::OffsetDateTime,
+) -> Vec<(DocumentId, DocumentKind)> {
     let mut eager = vec![(DocumentId::roster(branch), DocumentKind::Roster)];
-    let now = time::OffsetDateTime::now_utc();
     if let Some(month) = Month::new(now.year(), now.month() as u8) {
         for month in [month, month.previous()] {
             eager.push((
@@ -233,6 +237,8 @@ struct Connection {
     /// previous connection); `peer` is still to come.
     awaiting_peer: bool,
     transport: Transport,
+    /// The server's time when it answered the upgrade (see `clock`).
+    server_now: time::OffsetDateTime,
 }
 
 impl Connection {
@@ -281,6 +287,12 @@ impl Connection {
             changes_since_counted: false,
             awaiting_peer,
             transport,
+            server_now: client
+                .inner
+                .transport
+                .server_time
+                .now(&client.inner.config.device_clock)
+                .0,
         })
     }
 
@@ -295,7 +307,7 @@ impl Connection {
     /// loaded ones, restarting each from its persisted sync state.
     async fn subscribe_initial(&mut self, replicas: &mut Replicas) -> Result<(), ClientError> {
         replicas.clear_pins();
-        for (id, kind) in eager(replicas.branch) {
+        for (id, kind) in eager(replicas.branch, self.server_now) {
             // One unreadable document must not stop the sync of the rest.
             match replicas.get(id, kind).await {
                 Ok(_) => self.subscribe(replicas, id)?,

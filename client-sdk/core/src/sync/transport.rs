@@ -26,6 +26,8 @@ pub(crate) struct Transport {
     base: String,
     tls: Arc<rustls::ClientConfig>,
     http: reqwest::Client,
+    /// The server's time, from the `Date` of its answers (see `clock`).
+    pub server_time: Arc<crate::clock::ServerTime>,
     /// The server as its last `peer` message described it: its peer id and
     /// the extensions it accepted. With it the next connection sends its
     /// `join` and first messages back to back.
@@ -91,6 +93,7 @@ impl Transport {
             base,
             tls,
             http,
+            server_time: Arc::default(),
             server: Arc::new(Mutex::new(None)),
         })
     }
@@ -139,10 +142,11 @@ impl Transport {
             true,
             Some(Connector::Rustls(self.tls.clone())),
         );
-        let (socket, _) = tokio::time::timeout(std::time::Duration::from_secs(15), connect)
+        let (socket, response) = tokio::time::timeout(std::time::Duration::from_secs(15), connect)
             .await
             .map_err(|_| ClientError::Network("connecting timed out".into()))?
             .map_err(|e| ClientError::Network(e.to_string()))?;
+        self.server_time.note(response.headers());
         Ok(socket)
     }
 }

@@ -10,6 +10,7 @@ import asyncio
 import gc
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -35,13 +36,14 @@ from doorstep_sdk.doorstep_ffi import (  # noqa: E402
     DeviceOptions,
     DoorstepClient,
     DoorstepError,
-    InternalError,
     KeyProvider,
     LogLevel,
     LogSink,
     MemberUpdate,
     MigrantUpdate,
     StatusObserver,
+    SyncCancellation,
+    SyncStateObserver,
     VisitsListener,
     export_unsynced_from_store,
     generate_store_key,
@@ -71,6 +73,66 @@ class Recorder(StatusObserver):
     def count(self):
         with self.lock:
             return len(self.seen)
+
+
+class States(SyncStateObserver):
+    """Keeps every sync state pushed; `wait_for` blocks on the next."""
+
+    def __init__(self):
+        self.seen = []
+        self.changed = threading.Condition()
+
+    def on_sync_state(self, state):
+        with self.changed:
+            self.seen.append(state)
+            self.changed.notify_all()
+
+    def wait_for(self, predicate, timeout=30):
+        with self.changed:
+            return self.changed.wait_for(lambda: any(predicate(s) for s in self.seen), timeout)
+
+
+def pipe(source, sink):
+    try:
+        while True:
+            data = source.recv(65536)
+            if not data:
+                break
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        try:
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+class Proxy:
+    """Forwards to the server while `forward` is set; after that it accepts
+    connections and never answers (a server that hangs)."""
+
+    def __init__(self, url):
+        self.upstream = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        self.forward = True
+        self.held = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def url(self):
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def accept(self):
+        while True:
+            conn, _ = self.listener.accept()
+            if not self.forward:
+                self.held.append(conn)
+                continue
+            upstream = socket.create_connection(self.upstream)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
 
 
 class Logs(LogSink):
@@ -182,6 +244,11 @@ async def main():
     recorder = Recorder()
     subscription = phone.observe_status(recorder)
     enrollment = await phone.enroll(os.environ["CODE_PHONE"])
+    # Asked again (the app never saw the answer), the same enrollment.
+    assert (await phone.enroll(os.environ["CODE_PHONE"])).device_id == enrollment.device_id
+    states = States()
+    state_subscription = phone.observe_sync_state(states)
+    assert not await phone.wait_for_first_sync(0), "never synced yet"
     assert enrollment.device_id and enrollment.branch_id, enrollment
     assert phone.is_enrolled()
 
@@ -239,22 +306,32 @@ async def main():
     ]
     assert await phone.pending_changes() > 0
 
-    # Bad input writes nothing: a broken rule is a typed error, a value that
-    # is not a date or an id at all fails as it crosses.
+    # Bad input writes nothing: a broken rule is a typed error naming the
+    # field; a value that is not a date or an id at all fails as it crosses,
+    # as the same typed error naming the kind of value and quoting it.
     pending = await phone.pending_changes()
     try:
         await phone.record_visit(visit(member, f"{month}-03", -1))
-    except DoorstepError.Invalid:
-        pass
+    except DoorstepError.Invalid as e:
+        assert e.field == "aid_cash", (e.field, e.problem)
     else:
         raise AssertionError("negative aid accepted")
-    for bad in (visit(member, "2026-02-30", 1), visit("not-an-id", f"{month}-03", 1)):
+    for bad, field, text in (
+        (visit(member, "2026-02-30", 1), "date", "2026-02-30"),
+        (visit("not-an-id", f"{month}-03", 1), "record id", "not-an-id"),
+    ):
         try:
             await phone.record_visit(bad)
-        except InternalError as e:
-            assert "Lifting custom type" in str(e), e
+        except DoorstepError.Invalid as e:
+            assert e.field == field and text in e.problem, (e.field, e.problem)
         else:
             raise AssertionError("bad value accepted")
+    try:
+        await phone.follow_ups_due("yesterday")
+    except DoorstepError.Invalid as e:
+        assert e.field == "date", (e.field, e.problem)
+    else:
+        raise AssertionError("a bad date argument accepted")
     assert await phone.pending_changes() == pending
 
     # Every record type reads back; a log record is corrected and deleted.
@@ -307,6 +384,9 @@ async def main():
     assert history.hardship_entries[0].entry.kind == HardshipKind.ILLNESS
     assert [n.description for n in history.hardship_entries[0].entry.needs.values()] == ["药费"]
     assert history.hardship_status == HardshipStatus.HELPED, history.hardship_status
+    assert history.missing_months == [], history.missing_months
+    fetched = await office.fetch_history(30)
+    assert fetched.fetched == [] and fetched.missing == [], fetched
     in_hardship = await office.members(MemberFilter(in_hardship=True, migrant=False, no_post=False, name_contains=None))
     assert [m.id for m in in_hardship] == [member], in_hardship
     assert await office.visits(month, True) == [], "the office recorded none itself"
@@ -340,6 +420,43 @@ async def main():
     after_drop = dropped.count()
     await office.sync_now()
     assert dropped.count() == after_drop, dropped.seen
+
+    # The sync state was pushed: pending edits, then none, and a last sync.
+    assert states.wait_for(lambda s: s.pending_changes > 0), states.seen
+    assert states.wait_for(lambda s: s.pending_changes == 0 and s.last_synced_at_unix_secs is not None), states.seen
+    state_subscription.cancel()
+    assert await phone.wait_for_first_sync(0)
+
+    # Background work: one bounded sync, within its deadline against a
+    # server that accepts and never answers, and cancellable.
+    proxy = Proxy(url)
+    worker = await DoorstepClient.open(os.path.join(data, "worker"), proxy.url(), Keystore(bytes(range(2, 34))), options())
+    await worker.enroll(os.environ["CODE_WORKER"])
+    report = await worker.sync_once(60, SyncCancellation())
+    assert report.documents >= 1, report
+    proxy.forward = False
+    started = time.monotonic()
+    try:
+        await worker.sync_once(2, SyncCancellation())
+    except DoorstepError.Network:
+        pass
+    else:
+        raise AssertionError("a sync against a silent server succeeded")
+    took = time.monotonic() - started
+    assert took < 10, f"past its deadline: {took:.1f} s"
+    cancellation = SyncCancellation()
+    asyncio.get_running_loop().call_later(0.5, cancellation.cancel)
+    started = time.monotonic()
+    try:
+        await worker.sync_once(120, cancellation)
+    except DoorstepError.Cancelled:
+        pass
+    else:
+        raise AssertionError("a cancelled sync succeeded")
+    took = time.monotonic() - started
+    assert took < 10, f"not stopped when cancelled: {took:.1f} s"
+    assert not worker.status().is_SYNCING(), worker.status()
+    assert proxy.held, "the worker never reached the silent server"
 
     subscription.cancel()
     with recorder.lock:

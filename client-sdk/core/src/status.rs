@@ -1,0 +1,132 @@
+//! Where syncing stands, as one value an app's status line shows: the
+//! sync status, whether a live connection is up, when everything was last
+//! exchanged (this run or an earlier one) and how many local changes the
+//! server has not acknowledged. [`SyncStateChanges`] wakes on every change
+//! of any of them, so an observer is pushed, never polls; and
+//! [`Client::wait_for_first_sync`] waits for a new device's first sync.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::client::Client;
+use crate::error::ClientError;
+use crate::store::LocalStore;
+use crate::sync::SyncStatus;
+
+/// The store's key for the last time everything was exchanged.
+const LAST_SYNCED: &str = "last_synced_at_unix_secs";
+
+/// Where syncing stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct SyncState {
+    pub status: SyncStatus,
+    /// A live connection is up (background sync, connected).
+    pub connected: bool,
+    /// When everything was last exchanged (seconds since the epoch), in
+    /// this run or an earlier one; `None`: never.
+    pub last_synced_at_unix_secs: Option<i64>,
+    /// Local changes the server has not acknowledged yet.
+    pub pending_changes: usize,
+}
+
+/// Wakes when anything a [`SyncState`] shows may have changed.
+#[derive(Debug)]
+pub struct SyncStateChanges {
+    status: watch::Receiver<SyncStatus>,
+    edits: watch::Receiver<u64>,
+    live: watch::Receiver<Option<crate::sync::LiveRequests>>,
+}
+
+impl SyncStateChanges {
+    /// Waits for the next change; false once the client is gone.
+    pub async fn changed(&mut self) -> bool {
+        tokio::select! {
+            r = self.status.changed() => r.is_ok(),
+            r = self.edits.changed() => r.is_ok(),
+            r = self.live.changed() => r.is_ok(),
+        }
+    }
+}
+
+/// Keeps the time of every completed sync in the store, for as long as the
+/// client's status channel lives, so "last synced" survives a restart and
+/// "first sync" means the device's first ever.
+pub(crate) fn keep_last_synced(mut status: watch::Receiver<SyncStatus>, store: LocalStore) {
+    tokio::spawn(async move {
+        while status.changed().await.is_ok() {
+            let synced = match &*status.borrow_and_update() {
+                SyncStatus::UpToDate { at_unix_secs } => Some(*at_unix_secs),
+                _ => None,
+            };
+            if let Some(at) = synced
+                && let Err(e) = store.set_meta(&[(LAST_SYNCED, &at.to_string())]).await
+            {
+                tracing::debug!(error = %e, "could not keep the last sync time");
+            }
+        }
+    });
+}
+
+impl Client {
+    /// Where syncing stands now.
+    pub async fn sync_state(&self) -> Result<SyncState, ClientError> {
+        let status = self.status();
+        let last_synced_at_unix_secs = match status {
+            SyncStatus::UpToDate { at_unix_secs } => Some(at_unix_secs),
+            _ => self
+                .inner
+                .store
+                .meta(LAST_SYNCED)
+                .await?
+                .and_then(|at| at.parse().ok()),
+        };
+        let pending_changes = self.pending_changes().await?;
+        // Read last: the watch's guard must not be held across an await.
+        let connected = self.inner.live.borrow().is_some();
+        Ok(SyncState {
+            status,
+            connected,
+            last_synced_at_unix_secs,
+            pending_changes,
+        })
+    }
+
+    /// Something to wait on for the next change of [`Client::sync_state`].
+    pub fn sync_state_changes(&self) -> SyncStateChanges {
+        SyncStateChanges {
+            status: self.inner.status.subscribe(),
+            edits: self.inner.changed.subscribe(),
+            live: self.inner.live.subscribe(),
+        }
+    }
+
+    /// Waits until this device has completed a sync (at once if it ever
+    /// did, in this run or an earlier one), for at most `limit`: true when
+    /// it has, false when `limit` passed first. A revoked device fails.
+    /// It does not sync itself: start background sync, or call
+    /// `sync_now`, alongside.
+    pub async fn wait_for_first_sync(&self, limit: Duration) -> Result<bool, ClientError> {
+        let limit = limit.min(Duration::from_secs(86_400));
+        let mut status = self.inner.status.subscribe();
+        if self.inner.store.meta(LAST_SYNCED).await?.is_some() {
+            return Ok(true);
+        }
+        let settled = tokio::time::timeout(
+            limit,
+            status.wait_for(|s| {
+                matches!(s, SyncStatus::UpToDate { .. } | SyncStatus::Revoked { .. })
+            }),
+        )
+        .await;
+        match settled {
+            Err(_) => Ok(false),
+            Ok(Err(_)) => Err(ClientError::Storage("the client is closing".into())),
+            Ok(Ok(status)) => match &*status {
+                SyncStatus::Revoked { reason } => Err(ClientError::Revoked(reason.clone())),
+                _ => Ok(true),
+            },
+        }
+    }
+}
