@@ -108,7 +108,7 @@ async fn kotlin_and_swift_bindings_declare_the_sdk_api() -> anyhow::Result<()> {
             "func observeStatus(observer: StatusObserver)  -> Subscription",
             "func close() async throws",
             "func rekey(keys: KeyProvider) async throws  -> DoorstepClient",
-            "public func generateStoreKey()  -> Data",
+            "public func generateStoreKey()",
             "enum DoorstepError: Swift.Error",
             "public protocol StatusObserver",
             "public protocol LogSink",
