@@ -291,13 +291,27 @@ impl LocalStore {
     /// crash, never with neither.
     pub async fn rekey(path: &Path, old: &StoreKey, new: &StoreKey) -> Result<(), ClientError> {
         refuse_plaintext(path)?;
-        let mut conn = LocalStore::options(path, old, false)?
-            .connect()
+        // One connection, never recycled: the rekey applies to the
+        // connection that runs it. (A pool, not a bare connection, because
+        // sqlx's futures over `&mut SqliteConnection` are not `Send` for
+        // every lifetime, and the FFI runs this on its runtime's tasks.)
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .test_before_acquire(false)
+            .connect_with(LocalStore::options(path, old, false)?)
             .await
             .map_err(open_error)?;
+        let rekeyed = LocalStore::rekey_on(&pool, new).await;
+        pool.close().await;
+        rekeyed
+    }
+
+    async fn rekey_on(pool: &SqlitePool, new: &StoreKey) -> Result<(), ClientError> {
         // The old key must open it before anything is rewritten.
         sqlx::query_scalar::<_, i64>("select count(*) from sqlite_master")
-            .fetch_one(&mut conn)
+            .fetch_one(pool)
             .await
             .map_err(open_error)?;
         // Out of WAL mode for the rewrite, the log folded in first: pages
@@ -306,10 +320,10 @@ impl LocalStore {
         // too, but other SQLite ciphers are not, and the rollback journal
         // is the well-trodden path). The next open turns WAL back on.
         sqlx::query("pragma wal_checkpoint(truncate)")
-            .execute(&mut conn)
+            .execute(pool)
             .await?;
         sqlx::query("pragma journal_mode = delete")
-            .execute(&mut conn)
+            .execute(pool)
             .await?;
         // Run unprepared, so the statement (the new key in it) is not kept
         // in the connection's statement cache; the text is zeroed after.
@@ -317,15 +331,10 @@ impl LocalStore {
         statement.push_str("pragma rekey = ");
         statement.push_str(&zeroize::Zeroizing::new(new.pragma()));
         let statement = zeroize::Zeroizing::new(statement);
-        let rekeyed = sqlx::raw_sql(statement.as_str()).execute(&mut conn).await;
-        if rekeyed.is_ok() {
-            sqlx::query("pragma journal_mode = wal")
-                .execute(&mut conn)
-                .await?;
-        }
-        use sqlx::Connection;
-        conn.close().await?;
-        rekeyed?;
+        sqlx::raw_sql(statement.as_str()).execute(pool).await?;
+        sqlx::query("pragma journal_mode = wal")
+            .execute(pool)
+            .await?;
         Ok(())
     }
 

@@ -131,7 +131,7 @@ async fn kotlin_and_swift_bindings_declare_the_sdk_api() -> anyhow::Result<()> {
             "func observeStatus(observer: StatusObserver)  -> Subscription",
             "func close() async throws",
             "func rekey(keys: KeyProvider) async throws  -> DoorstepClient",
-            "public func generateStoreKey()  -> Data",
+            "public func generateStoreKey()",
             "func syncOnce(deadlineSecs: UInt64, cancellation: SyncCancellation) async throws  -> SyncReport",
             "func observeSyncState(observer: SyncStateObserver)  -> Subscription",
             "case Invalid(field: String, problem: String",
