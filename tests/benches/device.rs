@@ -240,7 +240,9 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..day_visits {
         let mut new = visit(today, members_today[i % members_today.len()]);
         new.aid_cash = Fen::from_yuan(10 + (i % 7) as i64 * 5);
-        new.notes = Some(format!("第{i}次走访：家中老人身体尚可，药已按时服用，下周再来"));
+        new.notes = Some(format!(
+            "第{i}次走访：家中老人身体尚可，药已按时服用，下周再来"
+        ));
         day.record_visit(new).await?;
     }
     let unsynced = day.store_size().await?;
