@@ -444,7 +444,12 @@ mod tests {
         let unknown = [ChangeHash([9; 32])];
         a.add_peer(peer("d"), None, 0).expect("add");
         let plain = a.generate_parts(&peer("d"), Some((&unknown, 1 << 20)), 1 << 20, 0);
-        assert!(sync::Message::decode(&plain[0]).expect("decode").changes.is_empty());
+        assert!(
+            sync::Message::decode(&plain[0])
+                .expect("decode")
+                .changes
+                .is_empty()
+        );
     }
 
     #[test]

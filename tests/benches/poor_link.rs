@@ -192,11 +192,7 @@ impl Bench {
         Ok((device, needed))
     }
 
-    async fn upload(
-        &self,
-        mode: Mode,
-        branch: (TenantId, RecordId),
-    ) -> anyhow::Result<Run> {
+    async fn upload(&self, mode: Mode, branch: (TenantId, RecordId)) -> anyhow::Result<Run> {
         let dir = tempfile::tempdir()?;
         let (device, needed) = self.offline_visits(branch, dir.path()).await?;
         self.proxy.set_shaped(true);

@@ -131,7 +131,10 @@ impl ShapingProxy {
                     drop(client);
                     continue;
                 }
-                accepting.counters.connections.fetch_add(1, Ordering::SeqCst);
+                accepting
+                    .counters
+                    .connections
+                    .fetch_add(1, Ordering::SeqCst);
                 let shared = accepting.clone();
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(target).await {
@@ -218,8 +221,8 @@ async fn pump(
     connected: Instant,
 ) {
     let shape = shared.shape;
-    let in_flight = ((shape.bytes_per_sec * shape.round_trip().as_secs_f64()) as usize / CHUNK)
-        .max(4);
+    let in_flight =
+        ((shape.bytes_per_sec * shape.round_trip().as_secs_f64()) as usize / CHUNK).max(4);
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(in_flight);
     let reader_shared = shared.clone();
     let reader = async move {
