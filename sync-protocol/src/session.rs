@@ -246,23 +246,26 @@ impl DocSession {
             .iter()
             .all(|h| self.doc.get_change_meta_by_hash(h).is_some());
         let mut added = false;
-        if let (Some((_, budget)), true, false) = (first_flight, knows_base, known.is_empty()) {
-            if message.changes.is_empty() {
-                let mut bytes = 0;
-                for change in self.doc.get_changes(known) {
-                    let hash = change.hash();
-                    if sync.state.sent_hashes.contains(&hash) {
-                        continue;
-                    }
-                    let len = change.raw_bytes().len();
-                    if bytes + len > budget && bytes > 0 {
-                        // The rest follows once the peer's heads are known.
-                        break;
-                    }
-                    bytes += len;
-                    sync.state.sent_hashes.insert(hash);
-                    added = true;
+        if let (Some((_, budget)), true, false, true) = (
+            first_flight,
+            knows_base,
+            known.is_empty(),
+            message.changes.is_empty(),
+        ) {
+            let mut bytes = 0;
+            for change in self.doc.get_changes(known) {
+                let hash = change.hash();
+                if sync.state.sent_hashes.contains(&hash) {
+                    continue;
                 }
+                let len = change.raw_bytes().len();
+                if bytes + len > budget && bytes > 0 {
+                    // The rest follows once the peer's heads are known.
+                    break;
+                }
+                bytes += len;
+                sync.state.sent_hashes.insert(hash);
+                added = true;
             }
         }
         let carried: usize = message.changes.iter().map(<[u8]>::len).sum();
@@ -444,7 +447,12 @@ mod tests {
         let unknown = [ChangeHash([9; 32])];
         a.add_peer(peer("d"), None, 0).expect("add");
         let plain = a.generate_parts(&peer("d"), Some((&unknown, 1 << 20)), 1 << 20, 0);
-        assert!(sync::Message::decode(&plain[0]).expect("decode").changes.is_empty());
+        assert!(
+            sync::Message::decode(&plain[0])
+                .expect("decode")
+                .changes
+                .is_empty()
+        );
     }
 
     #[test]

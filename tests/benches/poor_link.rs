@@ -7,7 +7,9 @@
 //! (`start_background_sync`), medians of BENCH_RUNS (3):
 //! - reconnect with 200 offline visits (BENCH_VISITS);
 //! - the same upload, the link cut once half of it has crossed and back
-//!   after 2 s: time from the link's return, and the bytes sent up after it;
+//!   after 2 s: time from the link's return, and the bytes sent up after it
+//!   (the live connection is told by `network_available()`, as an app
+//!   does from the platform's connectivity callback);
 //! - a fresh device's first sync of a 2,000-member roster (BENCH_ROSTER);
 //! - 200 visits on a month that already holds 600 (BENCH_LOG).
 //!
@@ -190,11 +192,7 @@ impl Bench {
         Ok((device, needed))
     }
 
-    async fn upload(
-        &self,
-        mode: Mode,
-        branch: (TenantId, RecordId),
-    ) -> anyhow::Result<Run> {
+    async fn upload(&self, mode: Mode, branch: (TenantId, RecordId)) -> anyhow::Result<Run> {
         let dir = tempfile::tempdir()?;
         let (device, needed) = self.offline_visits(branch, dir.path()).await?;
         self.proxy.set_shaped(true);
@@ -228,6 +226,10 @@ impl Bench {
             self.proxy.cut();
             tokio::time::sleep(Duration::from_secs(2)).await;
             self.proxy.restore();
+            if mode == Mode::Live {
+                // As the app does from the platform's connectivity callback.
+                device.network_available();
+            }
             (Instant::now(), counters.up(), counters.down())
         };
         let (service, (back, up_back, down_back)) = tokio::join!(uploading, watch_and_cut);

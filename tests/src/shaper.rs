@@ -4,7 +4,9 @@
 //! Each direction is one link shared by every connection through the proxy
 //! (a phone has one radio): a chunk leaves when the link has finished
 //! sending what came before it (`len / rate`), and arrives `one_way_delay`
-//! later. What a cut catches in flight is lost, as on a real link; the
+//! later. The proxy accepts at once on loopback, so the TCP handshake's
+//! round trip is charged to each connection's first bytes: nothing it
+//! sends leaves before a round trip after it connected. What a cut catches in flight is lost, as on a real link; the
 //! endpoints see their connections reset, and connections made while the
 //! link is down are dropped at once.
 
@@ -129,7 +131,10 @@ impl ShapingProxy {
                     drop(client);
                     continue;
                 }
-                accepting.counters.connections.fetch_add(1, Ordering::SeqCst);
+                accepting
+                    .counters
+                    .connections
+                    .fetch_add(1, Ordering::SeqCst);
                 let shared = accepting.clone();
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(target).await {
@@ -195,8 +200,9 @@ async fn relay(shared: Arc<Shared>, client: TcpStream, server: TcpStream) {
     cut.borrow_and_update();
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    let up = pump(shared.clone(), client_read, server_write, true);
-    let down = pump(shared.clone(), server_read, client_write, false);
+    let handshake = Instant::now() + shared.shape.round_trip();
+    let up = pump(shared.clone(), client_read, server_write, true, handshake);
+    let down = pump(shared.clone(), server_read, client_write, false, handshake);
     tokio::select! {
         _ = async { tokio::join!(up, down) } => {}
         _ = cut.changed() => {}
@@ -212,10 +218,11 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     upward: bool,
+    connected: Instant,
 ) {
     let shape = shared.shape;
-    let in_flight = ((shape.bytes_per_sec * shape.round_trip().as_secs_f64()) as usize / CHUNK)
-        .max(4);
+    let in_flight =
+        ((shape.bytes_per_sec * shape.round_trip().as_secs_f64()) as usize / CHUNK).max(4);
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(in_flight);
     let reader_shared = shared.clone();
     let reader = async move {
@@ -229,7 +236,7 @@ async fn pump(
             let arrives = if shared.shaped.load(Ordering::SeqCst) {
                 let direction = if upward { &shared.up } else { &shared.down };
                 let mut free_at = direction.free_at.lock().await;
-                let start = (*free_at).max(Instant::now());
+                let start = (*free_at).max(Instant::now()).max(connected);
                 *free_at = start + shape.transfer(n);
                 *free_at + shape.one_way_delay
             } else {

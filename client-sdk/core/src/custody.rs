@@ -250,10 +250,7 @@ impl Client {
                 continue;
             };
             self.inner.store.save_counted_heads(id, entry).await?;
-            let counted: Vec<ChangeHash> = entry
-                .iter()
-                .filter_map(|h| h.parse().ok())
-                .collect();
+            let counted: Vec<ChangeHash> = entry.iter().filter_map(|h| h.parse().ok()).collect();
             let replica = replicas.get(id, kind).await?;
             let doc = replica.doc();
             all_counted &= match known(doc, &counted) {

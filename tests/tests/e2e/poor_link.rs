@@ -140,7 +140,9 @@ async fn offline_edits_go_in_the_first_message_of_a_reconnect() -> anyhow::Resul
             && device.pending_changes().await? == 0)
     })
     .await?;
-    let branch = device.branch_id().ok_or_else(|| anyhow::anyhow!("enrolled"))?;
+    let branch = device
+        .branch_id()
+        .ok_or_else(|| anyhow::anyhow!("enrolled"))?;
     let month = DocumentId::monthly_log(branch, this_month());
     // The plain protocol spends its first message on heads and a second,
     // a round trip later, on the changes.
@@ -239,11 +241,17 @@ async fn a_cut_mid_upload_resends_only_the_unacknowledged_tail() -> anyhow::Resu
         device.record_visit(visit(member, n)).await?;
     }
     let export = device.export_unsynced().await?;
-    let branch = device.branch_id().ok_or_else(|| anyhow::anyhow!("enrolled"))?;
+    let branch = device
+        .branch_id()
+        .ok_or_else(|| anyhow::anyhow!("enrolled"))?;
     let month = DocumentId::monthly_log(branch, this_month());
     let stored_visits = || async {
         let doc = server.stored_document(month).await?;
-        anyhow::Ok(doorstep_protocol::schema::log::MonthlyLog::load(&doc).visits.len())
+        anyhow::Ok(
+            doorstep_protocol::schema::log::MonthlyLog::load(&doc)
+                .visits
+                .len(),
+        )
     };
 
     proxy.set_shaped(true);
@@ -254,7 +262,10 @@ async fn a_cut_mid_upload_resends_only_the_unacknowledged_tail() -> anyhow::Resu
         // all of it, it holds nothing until it holds everything.
         loop {
             let held = stored_visits().await?;
-            anyhow::ensure!(held < visits as usize, "the upload arrived whole before any part");
+            anyhow::ensure!(
+                held < visits as usize,
+                "the upload arrived whole before any part"
+            );
             if held > 0 {
                 break;
             }
@@ -305,12 +316,13 @@ async fn sync_is_deflated_for_the_sdk_and_plain_for_a_stock_client() -> anyhow::
     );
 
     // A stock client asks for the same month: a plain sync message.
-    let branch = device.branch_id().ok_or_else(|| anyhow::anyhow!("enrolled"))?;
+    let branch = device
+        .branch_id()
+        .ok_or_else(|| anyhow::anyhow!("enrolled"))?;
     let month = DocumentId::monthly_log(branch, this_month());
     let enrolled = server.enroll(branch, "stock").await?;
     let mut stock = TestPeer::connect(&server.ws_url(), &enrolled.token, Some("stock")).await?;
-    let mut session =
-        doorstep_protocol::session::DocSession::new(automerge::Automerge::new(), 0);
+    let mut session = doorstep_protocol::session::DocSession::new(automerge::Automerge::new(), 0);
     let server_peer = doorstep_protocol::PeerId::new("server")?;
     session.add_peer(server_peer.clone(), None, 0)?;
     let data = session

@@ -386,8 +386,8 @@ impl Connection {
             self.exchanged.insert(id);
             self.subscribed.insert(id, true);
             for (n, data) in parts.into_iter().enumerate() {
-                self.changes_since_counted |= automerge::sync::Message::decode(&data)
-                    .map_or(true, |m| !m.changes.is_empty());
+                self.changes_since_counted |=
+                    automerge::sync::Message::decode(&data).map_or(true, |m| !m.changes.is_empty());
                 self.report.bytes_sent += data.len();
                 *self.sent.entry(id).or_default() += 1;
                 let (sender_id, target_id, document_id) =
@@ -969,8 +969,8 @@ impl Client {
                             at_unix_secs: now_secs(),
                         });
                     }
-                    let wants_counted = connection.counted_extension
-                        && waiting.iter().any(|rider| rider.counted);
+                    let wants_counted =
+                        connection.counted_extension && waiting.iter().any(|rider| rider.counted);
                     if probed && wants_counted && !connection.counted_fresh() {
                         // The counted heads, on this socket, once more if
                         // changes went after the last request.

@@ -402,6 +402,8 @@ async def main():
     observation = office.observe_visits(VisitDays.MONTH(month), lists)
     assert lists.wait_for(lambda ids: sorted(ids) == sorted(visits)), lists.lists
     office.start_background_sync()
+    # The platform's connectivity callback: harmless while connected.
+    office.network_available()
     pushed = await phone.record_visit(visit(member, f"{month}-23", 5_00))
     await phone.sync_now()
     arrived = await asyncio.get_running_loop().run_in_executor(None, lists.wait_for, lambda ids: pushed in ids)

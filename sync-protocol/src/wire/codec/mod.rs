@@ -226,8 +226,7 @@ fn write_message(e: &mut Encoder<Vec<u8>>, m: &Message) -> EncodeResult {
             e.str("targetId")?.str(target_id.as_str())?;
             e.str("counted")?.map(counted.len() as u64)?;
             for (document, heads) in counted {
-                e.str(&document.to_string())?
-                    .array(heads.len() as u64)?;
+                e.str(&document.to_string())?.array(heads.len() as u64)?;
                 for h in heads {
                     e.str(h)?;
                 }
@@ -294,9 +293,7 @@ pub fn encode_deflated(message: &Message) -> Vec<u8> {
     }
     let mut deflate =
         flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
-    let compressed = deflate
-        .write_all(&plain)
-        .and_then(|()| deflate.finish());
+    let compressed = deflate.write_all(&plain).and_then(|()| deflate.finish());
     let Ok(compressed) = compressed else {
         return plain;
     };

@@ -339,7 +339,11 @@ fn a_deflated_message_round_trips_and_a_small_one_stays_plain() {
         data: b"visit visit visit ".repeat(500),
     };
     let deflated = encode_deflated(&big);
-    assert!(deflated.len() * 5 < encode(&big).len(), "{}", deflated.len());
+    assert!(
+        deflated.len() * 5 < encode(&big).len(),
+        "{}",
+        deflated.len()
+    );
     assert_eq!(decode(&deflated, &limits), Ok(big));
     let small = Message::Leave {
         sender_id: peer("c"),
@@ -354,7 +358,9 @@ fn deflated_frame(compressed: &[u8]) -> Vec<u8> {
     e.str("type")
         .and_then(|e| e.str("doorstep-deflated"))
         .expect("cbor");
-    e.str("data").and_then(|e| e.bytes(compressed)).expect("cbor");
+    e.str("data")
+        .and_then(|e| e.bytes(compressed))
+        .expect("cbor");
     e.into_writer()
 }
 
@@ -366,8 +372,7 @@ fn a_deflate_bomb_is_refused_at_the_frame_limit() {
         max_items: 4096,
     };
     // 64 MiB of zeros deflate to about 64 kB.
-    let mut deflate =
-        flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    let mut deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
     let zeros = vec![0u8; 1024 * 1024];
     for _ in 0..64 {
         deflate.write_all(&zeros).expect("deflate");
@@ -386,11 +391,8 @@ fn a_deflate_bomb_is_refused_at_the_frame_limit() {
         decode(&deflated_frame(b"\xff\xff\xff"), &limits),
         Err(DecodeError::Malformed(_))
     ));
-    let mut deflate =
-        flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
-    deflate
-        .write_all(&deflated_frame(b"x"))
-        .expect("deflate");
+    let mut deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    deflate.write_all(&deflated_frame(b"x")).expect("deflate");
     let nested = deflated_frame(&deflate.finish().expect("deflate"));
     assert!(matches!(
         decode(&nested, &limits),
