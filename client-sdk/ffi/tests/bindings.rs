@@ -62,7 +62,7 @@ async fn kotlin_and_swift_bindings_declare_the_sdk_api() -> anyhow::Result<()> {
             "open class SyncCancellation",
             "var `missingMonths`: List<Month>",
             "fun `observeStatus`(`observer`: StatusObserver): Subscription",
-            "sealed class DoorstepException(message: String): kotlin.Exception(message)",
+            "sealed class DoorstepException: kotlin.Exception()",
             "class Invalid(",
             "val `field`: kotlin.String",
             "val `problem`: kotlin.String",
