@@ -57,6 +57,8 @@ async fn run<T: Send + 'static>(
 /// `Invalid` naming the kind of value (`date`, `month`, `record id`) and
 /// quoting what was sent: UniFFI reads a record's fields without names, so
 /// the field of a record at fault is not known there (the value is).
+/// No field is called `message`: Kotlin's exceptions have one already (the
+/// generated code would not compile).
 #[derive(Debug, thiserror::Error, uniffi::Error)]
 pub enum DoorstepError {
     /// Input refused before anything was written. `field` names the input
@@ -70,14 +72,14 @@ pub enum DoorstepError {
     NotEnrolled,
     #[error("this device was revoked: {reason}")]
     Revoked { reason: String },
-    #[error("network: {message}")]
-    Network { message: String },
-    #[error("the server refused: {message}")]
-    Refused { message: String },
-    #[error("local storage: {message}")]
-    Storage { message: String },
-    #[error("internal error: {message}")]
-    Internal { message: String },
+    #[error("network: {detail}")]
+    Network { detail: String },
+    #[error("the server refused: {detail}")]
+    Refused { detail: String },
+    #[error("local storage: {detail}")]
+    Storage { detail: String },
+    #[error("internal error: {detail}")]
+    Internal { detail: String },
     /// A conflict changed since the app read it: nothing was written.
     /// `now` holds the values the field holds now, to show the user.
     #[error("the conflict on {field} changed since it was read; nothing was written")]
@@ -86,14 +88,14 @@ pub enum DoorstepError {
         now: Vec<sdk::ConflictValue>,
     },
     /// Another process holds this data directory.
-    #[error("the data directory is open elsewhere: {message}")]
-    AlreadyOpen { message: String },
+    #[error("the data directory is open elsewhere: {detail}")]
+    AlreadyOpen { detail: String },
     #[error("the store key does not open this device's store")]
     WrongKey,
     /// The server does not know this device; not a revocation: edits stay
     /// and `export_unsynced` saves them.
-    #[error("the server does not recognise this device: {message}")]
-    UnknownDevice { message: String },
+    #[error("the server does not recognise this device: {detail}")]
+    UnknownDevice { detail: String },
     #[error("the enrollment code waits for the branch secretary's approval")]
     PendingApproval,
     /// A newer version of the app wrote the store (schema step `version`):
@@ -111,20 +113,20 @@ pub enum DoorstepError {
     Closed,
     /// The store is plain SQLite from an SDK before encryption: no key
     /// opens it; migrate (sync or export with the old app, then wipe).
-    #[error("{message}")]
-    UnencryptedStore { message: String },
+    #[error("{detail}")]
+    UnencryptedStore { detail: String },
 }
 
 impl DoorstepError {
     fn internal(message: impl std::fmt::Display) -> Self {
         DoorstepError::Internal {
-            message: message.to_string(),
+            detail: message.to_string(),
         }
     }
 
     fn storage(message: impl Into<String>) -> Self {
         DoorstepError::Storage {
-            message: message.into(),
+            detail: message.into(),
         }
     }
 }
@@ -142,18 +144,18 @@ impl From<ClientError> for DoorstepError {
             },
             ClientError::NotEnrolled => DoorstepError::NotEnrolled,
             ClientError::Revoked(reason) => DoorstepError::Revoked { reason },
-            ClientError::Network(message) => DoorstepError::Network { message },
-            ClientError::Refused(message) => DoorstepError::Refused { message },
-            ClientError::Storage(message) => DoorstepError::Storage { message },
-            ClientError::AlreadyOpen(message) => DoorstepError::AlreadyOpen { message },
+            ClientError::Network(detail) => DoorstepError::Network { detail },
+            ClientError::Refused(detail) => DoorstepError::Refused { detail },
+            ClientError::Storage(detail) => DoorstepError::Storage { detail },
+            ClientError::AlreadyOpen(detail) => DoorstepError::AlreadyOpen { detail },
             ClientError::WrongKey => DoorstepError::WrongKey,
-            ClientError::UnknownDevice(message) => DoorstepError::UnknownDevice { message },
+            ClientError::UnknownDevice(detail) => DoorstepError::UnknownDevice { detail },
             ClientError::PendingApproval => DoorstepError::PendingApproval,
             ClientError::NewerStore { version } => DoorstepError::NewerStore { version },
             ClientError::Cancelled => DoorstepError::Cancelled,
             ClientError::Closed => DoorstepError::Closed,
             e @ ClientError::UnencryptedStore => DoorstepError::UnencryptedStore {
-                message: e.to_string(),
+                detail: e.to_string(),
             },
         }
     }
