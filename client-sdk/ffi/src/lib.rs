@@ -107,7 +107,7 @@ pub enum DoorstepError {
     /// The call was cancelled (`cancel` on its handle) before it finished.
     #[error("cancelled")]
     Cancelled,
-    
+
     /// The client was closed (or re-keyed): open the directory again.
     #[error("this client was closed; open the data directory again")]
     Closed,
