@@ -373,7 +373,10 @@ impl Client {
             .json(&serde_json::json!({ "code": code, "nonce": nonce }))
             .send()
             .await?;
-        self.inner.transport.server_time.note(response.headers());
+        self.inner
+            .transport
+            .server_time
+            .note(response.status(), response.headers());
         if response.status() == reqwest::StatusCode::ACCEPTED {
             // The code was asked for from above: it waits for the branch
             // secretary, stays unspent, and works once approved.
@@ -587,7 +590,12 @@ impl Client {
             .await?;
         }
         drop(old_key);
-        Client::open(config).await
+        // From here the store is under the new key only: a failed reopen
+        // must not read as a failed rekey, or the app would keep the old
+        // key, drop the new one and never open the store again.
+        Client::open(config)
+            .await
+            .map_err(|e| ClientError::RekeyedNotReopened(e.to_string()))
     }
 
     /// The store's size on disk (with its write-ahead log) and how much of

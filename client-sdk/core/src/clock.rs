@@ -12,7 +12,7 @@
 //! clock, as before.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use time::OffsetDateTime;
 
@@ -58,31 +58,65 @@ pub(crate) struct ServerTime {
 
 #[derive(Debug, Default)]
 struct State {
-    /// The last `Date` the server sent and when (monotonic) it arrived.
-    heard: Option<(OffsetDateTime, Instant)>,
+    /// The last `Date` the server sent and when it arrived.
+    heard: Option<Heard>,
     /// Whether `heard` is already in the store as an offset.
     heard_stored: bool,
     /// The server's time minus the phone's, in seconds, as stored.
     stored_offset: Option<i64>,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    date: OffsetDateTime,
+    /// When it arrived, by two clocks: the monotonic one stops while a
+    /// phone sleeps (Android's and iOS's uptime clocks), the system one does
+    /// not but can be set. Time since is the larger of the two, so a month
+    /// asleep offline does not leave the server's date a month behind.
+    at: Instant,
+    at_system: SystemTime,
+}
+
+impl Heard {
+    fn elapsed(&self) -> std::time::Duration {
+        let system = SystemTime::now()
+            .duration_since(self.at_system)
+            .unwrap_or_default();
+        self.at.elapsed().max(system)
+    }
+}
+
+/// A `Date` outside these years is a broken server or a proxy's page, not
+/// the time: it is ignored rather than let it refuse every edit.
+const PLAUSIBLE_YEARS: std::ops::RangeInclusive<i32> = 2020..=2200;
+
 /// A stored offset closer than this to a new one is not rewritten: the
 /// `Date` header has one-second resolution and the request its latency.
 const STORE_WHEN_MOVED_SECS: i64 = 60;
 
 impl ServerTime {
-    /// Takes the server's time from a response's `Date` header, if it has a
-    /// valid one.
-    pub fn note(&self, headers: &reqwest::header::HeaderMap) {
+    /// Takes the server's time from a successful response's `Date` header,
+    /// if it has a plausible one. An error page (a proxy's 502, a captive
+    /// portal) is not the server speaking.
+    pub fn note(&self, status: reqwest::StatusCode, headers: &reqwest::header::HeaderMap) {
+        if !(status.is_success() || status == reqwest::StatusCode::SWITCHING_PROTOCOLS) {
+            return;
+        }
         let Some(date) = headers
             .get(reqwest::header::DATE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| httpdate::parse_http_date(v).ok())
+            .map(OffsetDateTime::from)
+            .filter(|date| PLAUSIBLE_YEARS.contains(&date.year()))
         else {
             return;
         };
         if let Ok(mut state) = self.state.lock() {
-            state.heard = Some((OffsetDateTime::from(date), Instant::now()));
+            state.heard = Some(Heard {
+                date,
+                at: Instant::now(),
+                at_system: SystemTime::now(),
+            });
             state.heard_stored = false;
         }
     }
@@ -103,8 +137,8 @@ impl ServerTime {
             return (device_now, None);
         };
         match state.heard {
-            Some((date, at)) => {
-                let now = date + at.elapsed();
+            Some(heard) => {
+                let now = heard.date + heard.elapsed();
                 let offset = (now - device_now).whole_seconds();
                 let moved = state
                     .stored_offset
@@ -142,7 +176,10 @@ mod tests {
         let phone = DeviceClock::from_fn(|| OffsetDateTime::UNIX_EPOCH);
         let time = ServerTime::default();
         assert_eq!(time.now(&phone), (OffsetDateTime::UNIX_EPOCH, None));
-        time.note(&date_header("Sun, 06 Dec 2026 21:00:00 GMT"));
+        time.note(
+            reqwest::StatusCode::OK,
+            &date_header("Sun, 06 Dec 2026 21:00:00 GMT"),
+        );
         let (now, store) = time.now(&phone);
         assert_eq!(now.year(), 2026);
         let offset = store.expect("a new offset to store");
@@ -161,8 +198,21 @@ mod tests {
     fn a_malformed_or_missing_date_changes_nothing() {
         let phone = DeviceClock::from_fn(|| OffsetDateTime::UNIX_EPOCH);
         let time = ServerTime::default();
-        time.note(&date_header("yesterday"));
-        time.note(&reqwest::header::HeaderMap::new());
+        time.note(reqwest::StatusCode::OK, &date_header("yesterday"));
+        time.note(reqwest::StatusCode::OK, &reqwest::header::HeaderMap::new());
+        // A proxy's error page, and a date no server keeps.
+        time.note(
+            reqwest::StatusCode::BAD_GATEWAY,
+            &date_header("Sun, 06 Dec 2026 21:00:00 GMT"),
+        );
+        time.note(
+            reqwest::StatusCode::OK,
+            &date_header("Fri, 01 Jan 2300 00:00:00 GMT"),
+        );
+        time.note(
+            reqwest::StatusCode::OK,
+            &date_header("Thu, 01 Jan 1981 00:00:00 GMT"),
+        );
         assert_eq!(time.now(&phone), (OffsetDateTime::UNIX_EPOCH, None));
     }
 

@@ -64,6 +64,11 @@ pub enum ClientError {
     /// directory again for a new one.
     #[error("this client was closed; open the data directory again")]
     Closed,
+    /// `rekey` rewrote the store under the new key, then could not open it
+    /// again (another process took the directory, a full disk): keep the
+    /// new key, drop the old one, and open the directory with the new key.
+    #[error("the store is now under the new key but did not reopen: {0}; open it with the new key")]
+    RekeyedNotReopened(String),
     /// The store is plain SQLite, as an SDK from before encryption wrote
     /// it: no key opens it. Migrate it (sync what it holds with the old
     /// app version, or export it there) and start a new encrypted store.

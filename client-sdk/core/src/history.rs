@@ -136,7 +136,10 @@ impl Client {
             .bearer_auth(&identity.token)
             .send()
             .await?;
-        self.inner.transport.server_time.note(response.headers());
+        self.inner
+            .transport
+            .server_time
+            .note(response.status(), response.headers());
         if !response.status().is_success() {
             return Err(crate::sync::refusal(response, "listing documents").await);
         }

@@ -194,13 +194,20 @@ impl LocalStore {
                 }
                 other => ClientError::Storage(other.to_string()),
             })?;
-        store.enable_incremental_vacuum().await?;
+        // A VACUUM needs about the store's size free on disk: on a full
+        // phone it fails, and the store must still open (edits matter more
+        // than free pages). It is tried again at the next open.
+        if let Err(e) = store.enable_incremental_vacuum().await {
+            tracing::warn!(error = %e, "could not switch the store to incremental vacuum; will retry at the next open");
+        }
         Ok(store)
     }
 
     /// Opens an existing store as it is, whatever its schema version, to
     /// read it (the export of a store a downgraded app cannot open). Runs
-    /// no migration and writes nothing.
+    /// no migration and changes no row; SQLite itself may still fold the
+    /// write-ahead log into the file (recovery at open, a checkpoint at
+    /// close), which keeps the same data.
     pub async fn open_as_is(path: &Path, key: &StoreKey) -> Result<LocalStore, ClientError> {
         if !path.exists() {
             return Err(ClientError::Storage(format!(

@@ -111,6 +111,10 @@ pub enum DoorstepError {
     /// The client was closed (or re-keyed): open the directory again.
     #[error("this client was closed; open the data directory again")]
     Closed,
+    /// `rekey` rewrote the store under the new key but could not reopen
+    /// it: keep the NEW key (the old one opens nothing now) and open again.
+    #[error("the store is now under the new key but did not reopen: {detail}")]
+    RekeyedNotReopened { detail: String },
     /// The store is plain SQLite from an SDK before encryption: no key
     /// opens it; migrate (sync or export with the old app, then wipe).
     #[error("{detail}")]
@@ -154,6 +158,7 @@ impl From<ClientError> for DoorstepError {
             ClientError::NewerStore { version } => DoorstepError::NewerStore { version },
             ClientError::Cancelled => DoorstepError::Cancelled,
             ClientError::Closed => DoorstepError::Closed,
+            ClientError::RekeyedNotReopened(detail) => DoorstepError::RekeyedNotReopened { detail },
             e @ ClientError::UnencryptedStore => DoorstepError::UnencryptedStore {
                 detail: e.to_string(),
             },
@@ -267,8 +272,8 @@ pub fn generate_store_key() -> Vec<u8> {
 
 /// The unsynced edits of the store in `data_dir`, read without opening it
 /// as a client: for a store this app version cannot open (`NewerStore`
-/// after a downgrade). Runs no migration and writes nothing; the
-/// directory must not be open.
+/// after a downgrade). Runs no migration and changes no row (SQLite may
+/// fold its log into the file); the directory must not be open.
 #[uniffi::export(async_runtime = "tokio")]
 pub async fn export_unsynced_from_store(
     data_dir: String,
@@ -1203,7 +1208,11 @@ impl DoorstepClient {
     /// Stops sync, closes the store and releases the data directory: it
     /// can be opened again at once, here or in another process (an app
     /// extension). Every later call on this object fails with `Closed`.
-    pub async fn close(&self) -> Result<(), DoorstepError> {
+    ///
+    /// Named `shutdown` over the FFI: Kotlin's objects already have
+    /// `close()` (AutoCloseable, which frees the Rust handle), and a second
+    /// `close` does not compile there.
+    pub async fn shutdown(&self) -> Result<(), DoorstepError> {
         self.stop_background_sync().await;
         self.call(|c| async move { c.close().await }).await
     }

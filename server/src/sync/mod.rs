@@ -427,7 +427,12 @@ async fn serve(
     extensions: Extensions,
 ) -> Option<Fatal> {
     let config = hub.config();
-    let limits = config.limits.wire_limits();
+    // A deflated frame is inflated only for a client that negotiated it,
+    // and only so far past its size (`Inflate::FROM_DEVICE`).
+    let limits = wire::Limits {
+        inflate: extensions.deflate.then_some(wire::Inflate::FROM_DEVICE),
+        ..config.limits.wire_limits()
+    };
     let mut shutdown = hub.shutdown_signal();
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.reset();

@@ -9,7 +9,7 @@ mod codec;
 
 use std::collections::BTreeMap;
 
-pub use codec::{DecodeError, Limits, decode, encode, encode_deflated};
+pub use codec::{DecodeError, Inflate, Limits, decode, encode, encode_deflated};
 
 use crate::ids::{DocumentId, PeerId, StorageId};
 

@@ -351,3 +351,26 @@ async fn sync_is_deflated_for_the_sdk_and_plain_for_a_stock_client() -> anyhow::
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_deflated_frame_is_refused_from_a_client_that_did_not_negotiate_it() -> anyhow::Result<()>
+{
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let enrolled = server.enroll(d.yingfeng.id, "stock").await?;
+    let mut stock = TestPeer::connect(&server.ws_url(), &enrolled.token, Some("stock")).await?;
+    // Well-formed and small on the wire; inflating it is work the server
+    // only does for a client that asked for deflate in its join.
+    let frame = doorstep_protocol::wire::encode_deflated(&Message::Sync {
+        sender_id: doorstep_protocol::PeerId::new("stock")?,
+        target_id: doorstep_protocol::PeerId::new("server")?,
+        document_id: DocumentId::roster(d.yingfeng.id),
+        data: vec![0; 1024 * 1024],
+    });
+    assert!(frame.len() < 8 * 1024, "{} bytes", frame.len());
+    stock.send_raw(frame).await?;
+    let (code, reason) = stock.closed(Duration::from_secs(10)).await?;
+    assert_eq!(code, 1002, "{reason}");
+    assert!(reason.contains("not negotiated"), "{reason}");
+    Ok(())
+}

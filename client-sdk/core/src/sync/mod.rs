@@ -134,6 +134,17 @@ pub(crate) struct Ride {
 /// How `sync_now` and `checkpoint` reach the live connection.
 pub(crate) type LiveRequests = mpsc::UnboundedSender<Ride>;
 
+/// What the device decodes the server's frames within: the message limit,
+/// and deflated frames (offered in every `join`; a server that did not
+/// accept it sends none) up to the same limit.
+fn server_limits() -> Limits {
+    Limits {
+        max_frame_bytes: MAX_MESSAGE_BYTES,
+        inflate: Some(wire::Inflate::FROM_SERVER),
+        ..Limits::default()
+    }
+}
+
 const CLOSE_UNAUTHORIZED: u16 = 4401;
 const CLOSE_REVOKED: u16 = 4403;
 /// Largest message accepted from the server; a first sync of a big
@@ -245,6 +256,9 @@ impl Connection {
     async fn open(client: &Client, deadline: Option<Instant>) -> Result<Connection, ClientError> {
         let identity = client.identity()?;
         let mut socket = client.inner.transport.connect(&identity.token).await?;
+        // The server's time from the upgrade's `Date`, kept in the store too:
+        // a phone whose clock is wrong and that restarts offline goes by it.
+        let server_now = client.server_now().await?;
         let me = PeerId::new(format!("device-{}", uuid::Uuid::new_v4()))
             .map_err(|e| ClientError::Storage(e.to_string()))?;
         // A zero timeout would fail every handshake: at least ten seconds.
@@ -287,12 +301,7 @@ impl Connection {
             changes_since_counted: false,
             awaiting_peer,
             transport,
-            server_now: client
-                .inner
-                .transport
-                .server_time
-                .now(&client.inner.config.device_clock)
-                .0,
+            server_now,
         })
     }
 
@@ -443,7 +452,7 @@ impl Connection {
         }
         let until = wait_until(Duration::from_secs(5), self.deadline);
         match receive(&mut self.socket, until).await {
-            Ok(bytes) => match wire::decode(&bytes, &Limits::default()) {
+            Ok(bytes) => match wire::decode(&bytes, &server_limits()) {
                 Ok(Message::Error { message, .. }) => {
                     closing_error(&mut self.socket, message, until).await
                 }
@@ -464,11 +473,9 @@ impl Connection {
     ) -> Result<Option<String>, ClientError> {
         replicas.purge_unpersisted();
         self.report.bytes_received += bytes.len();
-        let limits = Limits {
-            max_frame_bytes: MAX_MESSAGE_BYTES,
-            ..Limits::default()
-        };
-        match wire::decode(bytes, &limits).map_err(|e| ClientError::Network(e.to_string()))? {
+        match wire::decode(bytes, &server_limits())
+            .map_err(|e| ClientError::Network(e.to_string()))?
+        {
             Message::Sync {
                 document_id, data, ..
             } => {
@@ -1236,9 +1243,7 @@ async fn join(
 /// accepted (none from a server without them).
 async fn read_peer(socket: &mut Socket, until: Instant) -> Result<KnownServer, ClientError> {
     let bytes = receive(socket, until).await?;
-    match wire::decode(&bytes, &Limits::default())
-        .map_err(|e| ClientError::Network(e.to_string()))?
-    {
+    match wire::decode(&bytes, &server_limits()).map_err(|e| ClientError::Network(e.to_string()))? {
         Message::Peer {
             sender_id,
             peer_metadata,

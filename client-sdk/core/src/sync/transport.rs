@@ -146,7 +146,7 @@ impl Transport {
             .await
             .map_err(|_| ClientError::Network("connecting timed out".into()))?
             .map_err(|e| ClientError::Network(e.to_string()))?;
-        self.server_time.note(response.headers());
+        self.server_time.note(response.status(), response.headers());
         Ok(socket)
     }
 }

@@ -60,5 +60,11 @@ fun main(args: Array<String>) = runBlocking {
     val history = client.memberHistory(member)
     check(history.visits.map { it.id } == listOf(recorded)) { "${history.visits}" }
     check(history.aidTotal == 50_000L)
+    client.shutdown()
+    try {
+        client.pendingChanges()
+        error("a call after shutdown was answered")
+    } catch (e: DoorstepException.Closed) {
+    }
     println("{\"device\":\"${enrollment.deviceId}\",\"visit\":\"$recorded\"}")
 }

@@ -479,7 +479,7 @@ async def main():
     else:
         raise AssertionError("a re-keyed client still answered")
     assert (await phone.member(member)).name == "张秀英"
-    await phone.close()
+    await phone.shutdown()
     try:
         await phone.store_size()
     except DoorstepError.Closed:
@@ -497,7 +497,7 @@ async def main():
     assert exported["format"] == "doorstep-unsynced-edits/1", exported
     phone = await DoorstepClient.open(os.path.join(data, "phone"), url, Keystore(new_key), options())
     assert (await phone.member(member)).name == "张秀英"
-    await phone.close()
+    await phone.shutdown()
 
     # No store key reaches the logs (sqlx logs the statements it runs, the
     # keying pragma among them, unless told not to).

@@ -20,6 +20,42 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     /// Most entries in any array or map inside a message.
     pub max_items: usize,
+    /// Whether a `doorstep-deflated` frame is inflated, and how far:
+    /// `None` refuses it (the peer did not negotiate
+    /// `wire::EXTENSION_DEFLATE`).
+    pub inflate: Option<Inflate>,
+}
+
+/// How far a `doorstep-deflated` frame may inflate. Besides
+/// `max_frame_bytes`, the output may be at most `max_ratio` times the
+/// compressed bytes (at least [`Inflate::FLOOR_BYTES`]): a server bounds
+/// how much work a small frame can ask of it, as a 32 kB frame inflating
+/// to the whole frame limit would otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inflate {
+    pub max_ratio: usize,
+}
+
+impl Inflate {
+    /// Output always allowed, whatever the ratio: small messages of
+    /// repetitive CBOR compress well past any sensible ratio.
+    pub const FLOOR_BYTES: usize = 64 * 1024;
+    /// What a server accepts from a device. Automerge's change bytes are
+    /// columnar and partly compressed already; the SDK's frames deflate
+    /// 2-6x (the poor-link bench's changes: 84.9 kB to 20.8 kB).
+    pub const FROM_DEVICE: Inflate = Inflate { max_ratio: 32 };
+    /// What a device accepts from the server it chose: no ratio bound, the
+    /// frame limit only.
+    pub const FROM_SERVER: Inflate = Inflate {
+        max_ratio: usize::MAX,
+    };
+
+    fn limit(self, compressed: usize, max_frame_bytes: usize) -> usize {
+        compressed
+            .saturating_mul(self.max_ratio)
+            .max(Inflate::FLOOR_BYTES)
+            .min(max_frame_bytes)
+    }
 }
 
 impl Default for Limits {
@@ -27,6 +63,7 @@ impl Default for Limits {
         Limits {
             max_frame_bytes: 16 * 1024 * 1024,
             max_items: 4096,
+            inflate: None,
         }
     }
 }
@@ -331,12 +368,20 @@ fn inflate(compressed: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
 }
 
 /// Decodes one frame into a message; a `doorstep-deflated` frame is
-/// inflated (within `limits.max_frame_bytes`) and its message decoded.
+/// inflated (within `limits.inflate`; refused when that is `None`) and its
+/// message decoded.
 pub fn decode(frame: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
     match decode_plain(frame, limits)? {
         Plain::Message(message) => Ok(message),
         Plain::Deflated(data) => {
-            let inflated = inflate(data, limits.max_frame_bytes)?;
+            let Some(inflate_within) = limits.inflate else {
+                return Err(malformed(format!(
+                    "{DEFLATED} frame, but {} was not negotiated",
+                    super::EXTENSION_DEFLATE
+                )));
+            };
+            let limit = inflate_within.limit(data.len(), limits.max_frame_bytes);
+            let inflated = inflate(data, limit)?;
             match decode_plain(&inflated, limits)? {
                 Plain::Message(message) => Ok(message),
                 Plain::Deflated(_) => Err(malformed(format!("{DEFLATED} inside {DEFLATED}"))),

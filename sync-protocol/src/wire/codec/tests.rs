@@ -250,6 +250,7 @@ fn limits_are_checked_before_decoding() {
     let limits = Limits {
         max_frame_bytes: 8,
         max_items: 2,
+        inflate: None,
     };
     assert_eq!(
         decode(&[0u8; 9], &limits),
@@ -262,7 +263,8 @@ fn limits_are_checked_before_decoding() {
             &frame,
             &Limits {
                 max_frame_bytes: 64,
-                max_items: 2
+                max_items: 2,
+                inflate: None,
             }
         ),
         Err(DecodeError::TooLarge { .. })
@@ -331,7 +333,10 @@ fn extensions_and_counted_heads_round_trip_and_are_absent_when_unused() {
 
 #[test]
 fn a_deflated_message_round_trips_and_a_small_one_stays_plain() {
-    let limits = Limits::default();
+    let limits = Limits {
+        inflate: Some(Inflate::FROM_DEVICE),
+        ..Limits::default()
+    };
     let big = Message::Sync {
         sender_id: peer("server"),
         target_id: peer("c"),
@@ -345,6 +350,11 @@ fn a_deflated_message_round_trips_and_a_small_one_stays_plain() {
         deflated.len()
     );
     assert_eq!(decode(&deflated, &limits), Ok(big));
+    // Not negotiated: refused, not inflated.
+    assert!(matches!(
+        decode(&deflated, &Limits::default()),
+        Err(DecodeError::Malformed(m)) if m.contains("not negotiated")
+    ));
     let small = Message::Leave {
         sender_id: peer("c"),
     };
@@ -370,6 +380,7 @@ fn a_deflate_bomb_is_refused_at_the_frame_limit() {
     let limits = Limits {
         max_frame_bytes: 1024 * 1024,
         max_items: 4096,
+        inflate: Some(Inflate::FROM_SERVER),
     };
     // 64 MiB of zeros deflate to about 64 kB.
     let mut deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
@@ -398,4 +409,30 @@ fn a_deflate_bomb_is_refused_at_the_frame_limit() {
         decode(&nested, &limits),
         Err(DecodeError::Malformed(_))
     ));
+}
+
+#[test]
+fn a_device_frame_inflates_at_most_its_ratio() {
+    use std::io::Write;
+    let limits = Limits {
+        max_frame_bytes: 32 * 1024 * 1024,
+        max_items: 4096,
+        inflate: Some(Inflate::FROM_DEVICE),
+    };
+    // 4 MiB of zeros deflate to about 4 kB: far past 32x, so inflating
+    // stops at 32 times the compressed bytes, not at the 32 MiB frame limit.
+    let mut deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    deflate
+        .write_all(&vec![0u8; 4 * 1024 * 1024])
+        .expect("deflate");
+    let compressed = deflate.finish().expect("deflate");
+    let limit = (compressed.len() * 32).max(Inflate::FLOOR_BYTES);
+    assert!(limit < 256 * 1024, "{limit}");
+    assert_eq!(
+        decode(&deflated_frame(&compressed), &limits),
+        Err(DecodeError::TooLarge {
+            size: limit + 1,
+            limit
+        })
+    );
 }
