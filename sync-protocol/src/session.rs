@@ -282,13 +282,27 @@ impl DocSession {
             .copied()
             .collect();
         let base: &[ChangeHash] = if knows_base { known } else { &[] };
+        let mut in_order: Vec<automerge::Change> = self
+            .doc
+            .get_changes(base)
+            .into_iter()
+            .filter(|change| chosen.contains(&change.hash()))
+            .collect();
+        if in_order.len() < chosen.len() {
+            // Automerge chose changes that are not after the base (a peer
+            // that asks for an ancestor, after a restore): every chosen
+            // change must go, so take them from the whole history.
+            in_order = self
+                .doc
+                .get_changes(&[])
+                .into_iter()
+                .filter(|change| chosen.contains(&change.hash()))
+                .collect();
+        }
         let mut parts: Vec<Vec<Vec<u8>>> = Vec::new();
         let mut part = Vec::new();
         let mut bytes = 0;
-        for change in self.doc.get_changes(base) {
-            if !chosen.contains(&change.hash()) {
-                continue;
-            }
+        for change in in_order {
             let raw = change.raw_bytes();
             if bytes + raw.len() > max_part_bytes && !part.is_empty() {
                 parts.push(std::mem::take(&mut part));
@@ -497,6 +511,59 @@ mod tests {
         }
         sync_pair(&mut a, &ida, &mut b, &idb);
         assert!(a.peer_covers(&idb, &a.heads()));
+    }
+
+    #[test]
+    fn parts_carry_changes_the_peer_asks_for_below_the_shared_heads() {
+        let (ida, idb) = (peer("a"), peer("b"));
+        let mut a = DocSession::new(Automerge::new(), 0);
+        let mut b = DocSession::new(Automerge::new(), 0);
+        a.add_peer(idb.clone(), None, 0).expect("add");
+        b.add_peer(ida.clone(), None, 0).expect("add");
+        for i in 0..6 {
+            let mut tx = a.document_mut().transaction();
+            tx.put(automerge::ROOT, format!("k{i}"), "x".repeat(200))
+                .expect("put");
+            tx.commit();
+        }
+        sync_pair(&mut a, &ida, &mut b, &idb);
+        // The peer (restored from an older copy) asks for ancestors of the
+        // heads both were known to share.
+        let asked: Vec<ChangeHash> = a
+            .doc
+            .get_changes(&[])
+            .iter()
+            .take(3)
+            .map(|c| c.hash())
+            .collect();
+        let heads = a.heads();
+        let state = &mut a.peers.get_mut(&idb).expect("peer").state;
+        state.their_have = Some(Vec::new());
+        state.their_need = Some(asked.clone());
+        state.their_heads = Some(heads);
+        state.in_flight = false;
+        let parts = a.generate_parts(&idb, None, 100, 0);
+        let sent: Vec<ChangeHash> = parts
+            .iter()
+            .flat_map(|part| {
+                sync::Message::decode(part)
+                    .expect("decode")
+                    .changes
+                    .iter()
+                    .map(|raw| {
+                        automerge::Change::from_bytes(raw.to_vec())
+                            .expect("a change")
+                            .hash()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for hash in &asked {
+            assert!(
+                sent.contains(hash),
+                "{hash} was asked for and not sent: {sent:?}"
+            );
+        }
     }
 
     #[test]
