@@ -141,6 +141,8 @@ pub(crate) struct Inner {
     /// Where `sync_now` asks the live connection for a round, while there
     /// is one (see `sync`).
     pub live: watch::Sender<Option<crate::sync::LiveRequests>>,
+    /// How far the sync under way has got (shared with its connection).
+    pub progress: Arc<watch::Sender<crate::status::SyncProgress>>,
     pub stop: watch::Sender<bool>,
     /// Set by `wipe`: every handle refuses to work from then on (an enroll
     /// through an old handle would spend a code into a closed store).
@@ -308,6 +310,7 @@ impl Client {
             edited: Notify::new(),
             syncing: Mutex::new(()),
             live: watch::channel(None).0,
+            progress: Arc::new(watch::channel(crate::status::SyncProgress::default()).0),
             stop,
             wiped: std::sync::atomic::AtomicBool::new(false),
             closed: std::sync::atomic::AtomicBool::new(false),

@@ -68,7 +68,7 @@ pub use error::ClientError;
 pub use history::HistoryFetch;
 pub use observe::{Listener, Observation};
 pub use queries::{LogRecordKind, MemberFilter, MemberHistory, Months, VisitDays};
-pub use status::{SyncState, SyncStateChanges};
+pub use status::{SyncProgress, SyncState, SyncStateChanges};
 pub use store::{StoreKey, StoreSize};
 pub use sync::{BackgroundSync, SyncReport, SyncStatus};
 

@@ -29,6 +29,19 @@ pub struct SyncState {
     pub last_synced_at_unix_secs: Option<i64>,
     /// Local changes the server has not acknowledged yet.
     pub pending_changes: usize,
+    /// The sync under way so far; all zero between syncs.
+    pub progress: SyncProgress,
+}
+
+/// How far the sync under way has got: documents it exchanged and bytes
+/// it sent and received so far (the wire's bytes, before compression is
+/// undone). Pushed as frames come and go; back to zero when it ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct SyncProgress {
+    pub documents: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
 /// Wakes when anything a [`SyncState`] shows may have changed.
@@ -37,6 +50,7 @@ pub struct SyncStateChanges {
     status: watch::Receiver<SyncStatus>,
     edits: watch::Receiver<u64>,
     live: watch::Receiver<Option<crate::sync::LiveRequests>>,
+    progress: watch::Receiver<SyncProgress>,
 }
 
 impl SyncStateChanges {
@@ -46,6 +60,7 @@ impl SyncStateChanges {
             r = self.status.changed() => r.is_ok(),
             r = self.edits.changed() => r.is_ok(),
             r = self.live.changed() => r.is_ok(),
+            r = self.progress.changed() => r.is_ok(),
         }
     }
 }
@@ -85,11 +100,13 @@ impl Client {
         let pending_changes = self.pending_changes().await?;
         // Read last: the watch's guard must not be held across an await.
         let connected = self.inner.live.borrow().is_some();
+        let progress = *self.inner.progress.borrow();
         Ok(SyncState {
             status,
             connected,
             last_synced_at_unix_secs,
             pending_changes,
+            progress,
         })
     }
 
@@ -99,7 +116,13 @@ impl Client {
             status: self.inner.status.subscribe(),
             edits: self.inner.changed.subscribe(),
             live: self.inner.live.subscribe(),
+            progress: self.inner.progress.subscribe(),
         }
+    }
+
+    /// The sync under way, as it goes (see [`SyncProgress`]).
+    pub fn sync_progress(&self) -> watch::Receiver<SyncProgress> {
+        self.inner.progress.subscribe()
     }
 
     /// Waits until this device has completed a sync (at once if it ever

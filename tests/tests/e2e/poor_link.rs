@@ -374,3 +374,48 @@ async fn a_deflated_frame_is_refused_from_a_client_that_did_not_negotiate_it() -
     assert!(reason.contains("not negotiated"), "{reason}");
     Ok(())
 }
+
+/// Issue 14, "status as a stream": a sync's progress (documents, bytes) is
+/// pushed while it runs and back to zero when it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_syncs_progress_is_pushed_as_it_goes_and_ends_at_zero() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_server, proxy, device, who) = device_behind_proxy(dir.path(), |_| {}).await?;
+    for n in 0..50 {
+        device.record_visit(visit(who, n)).await?;
+    }
+    // On the poor link the sync takes seconds: the watcher sees it under way.
+    proxy.set_shaped(true);
+    let mut progress = device.sync_progress();
+    let seen = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while progress.changed().await.is_ok() {
+            let now = *progress.borrow_and_update();
+            seen.push(now);
+            if now == doorstep_client::SyncProgress::default() {
+                break;
+            }
+        }
+        seen
+    });
+    let report = device.sync_now().await?;
+    let seen = tokio::time::timeout(Duration::from_secs(10), seen).await??;
+    let most = seen
+        .iter()
+        .max_by_key(|p| p.bytes_sent)
+        .copied()
+        .unwrap_or_default();
+    assert!(most.bytes_sent > 0 && most.bytes_received > 0, "{seen:?}");
+    assert!(most.documents >= 1, "{seen:?}");
+    assert!(
+        most.bytes_sent as usize <= report.bytes_sent,
+        "{most:?} {report:?}"
+    );
+    assert_eq!(
+        seen.last().copied(),
+        Some(Default::default()),
+        "ends at zero"
+    );
+    assert_eq!(device.sync_state().await?.progress, Default::default());
+    Ok(())
+}

@@ -250,6 +250,17 @@ struct Connection {
     transport: Transport,
     /// The server's time when it answered the upgrade (see `clock`).
     server_now: time::OffsetDateTime,
+    /// Where the app sees how far this sync has got.
+    progress: std::sync::Arc<watch::Sender<crate::status::SyncProgress>>,
+}
+
+impl Drop for Connection {
+    /// A connection that ends without a report (a cut, a refusal) ends its
+    /// progress too: nothing is under way any more.
+    fn drop(&mut self) {
+        self.progress
+            .send_replace(crate::status::SyncProgress::default());
+    }
 }
 
 impl Connection {
@@ -302,6 +313,7 @@ impl Connection {
             awaiting_peer,
             transport,
             server_now,
+            progress: client.inner.progress.clone(),
         })
     }
 
@@ -398,6 +410,7 @@ impl Connection {
                 self.changes_since_counted |=
                     automerge::sync::Message::decode(&data).map_or(true, |m| !m.changes.is_empty());
                 self.report.bytes_sent += data.len();
+                self.publish_progress();
                 *self.sent.entry(id).or_default() += 1;
                 let (sender_id, target_id, document_id) =
                     (self.me.clone(), self.server.clone(), id);
@@ -473,6 +486,7 @@ impl Connection {
     ) -> Result<Option<String>, ClientError> {
         replicas.purge_unpersisted();
         self.report.bytes_received += bytes.len();
+        self.publish_progress();
         match wire::decode(bytes, &server_limits())
             .map_err(|e| ClientError::Network(e.to_string()))?
         {
@@ -489,6 +503,7 @@ impl Connection {
                 }
                 replicas.pin(document_id);
                 self.exchanged.insert(document_id);
+                self.publish_progress();
                 let pending = replicas.pending_in(document_id);
                 self.report.changes_received +=
                     replicas.receive(document_id, data.as_ref()).await?;
@@ -567,7 +582,23 @@ impl Connection {
         !self.counting() && self.counted.is_some() && !self.changes_since_counted
     }
 
+    /// Tells the app how far this sync has got.
+    fn publish_progress(&self) {
+        let now = crate::status::SyncProgress {
+            documents: self.exchanged.len() as u64,
+            bytes_sent: self.report.bytes_sent as u64,
+            bytes_received: self.report.bytes_received as u64,
+        };
+        self.progress.send_if_modified(|progress| {
+            let moved = *progress != now;
+            *progress = now;
+            moved
+        });
+    }
+
     fn report(&mut self) -> SyncReport {
+        self.progress
+            .send_replace(crate::status::SyncProgress::default());
         let mut report = std::mem::take(&mut self.report);
         report.documents = std::mem::take(&mut self.exchanged).len();
         report.refused = self.refused.iter().copied().collect();
