@@ -160,10 +160,15 @@ impl From<sqlx::Error> for EnrollError {
     }
 }
 
+/// How long after a code was spent the device that spent it may enroll
+/// with it again (its answer was lost).
+pub const REPEAT_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
+
 /// The device a spent code enrolled, given again to the device that spent
-/// it: its nonce matches the one stored with the code, the device is not
-/// revoked, and it never connected (a device that synced received its
-/// token; a nonce replayed after that is refused as "code already used").
+/// it: its nonce matches the one stored with the code, the code was spent
+/// within [`REPEAT_WINDOW_MS`], the device is not revoked, and it never
+/// connected (a device that synced received its token; a nonce replayed
+/// after that is refused as "code already used").
 /// Its tokens are replaced by `token_hash`: the lost response carried the
 /// only copy of the old one. `None`: not a retry by that device.
 async fn repeat_enrollment(
@@ -176,14 +181,19 @@ async fn repeat_enrollment(
     let Some(device) = code.device_id else {
         return Ok(None);
     };
-    let stored: Option<Vec<u8>> =
-        sqlx::query_scalar("select device_nonce_hash from enrollment_codes where id = ?")
+    let (stored, used_at): (Option<Vec<u8>>, Option<i64>) =
+        sqlx::query_as("select device_nonce_hash, used_at from enrollment_codes where id = ?")
             .bind(code.id.to_string())
             .fetch_one(&mut **tx)
             .await?;
     // Constant time is not needed: both sides are hashes of 128-bit
     // secrets, and a mismatch says nothing about the stored one.
     if stored.as_deref() != Some(nonce_hash) {
+        return Ok(None);
+    }
+    // A lost answer is retried within minutes; a code and nonce found
+    // later (an old backup of the phone) must not take the device's token.
+    if used_at.is_none_or(|used| now.saturating_sub(used) > REPEAT_WINDOW_MS) {
         return Ok(None);
     }
     let fresh: bool = sqlx::query_scalar(

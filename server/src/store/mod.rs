@@ -22,7 +22,10 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use audit::{AuditEntry, AuditQuery, AuditRecord, Concern, Outcome, record};
-pub use devices::{CodeStatus, Device, EnrollError, Enrollment, EnrollmentCode, NewEnrollmentCode};
+pub use devices::{
+    CodeStatus, Device, EnrollError, Enrollment, EnrollmentCode, NewEnrollmentCode,
+    REPEAT_WINDOW_MS,
+};
 pub use documents::{DocumentKindRow, DocumentRow};
 pub use keeping::{Commit, CommitError, DocumentStore, StoredChunks};
 pub(crate) use tenants::serialize_display;

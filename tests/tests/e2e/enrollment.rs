@@ -140,6 +140,34 @@ async fn a_spent_code_stays_one_time_for_any_other_nonce_and_after_the_device_co
     }
     assert_eq!(enroll(Some("short")).await?.status(), 400);
 
+    // A day after the code was spent, the same nonce enrolls nothing (a
+    // phone's old backup found later must not take the device's token).
+    let pool = sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new().filename(server.database_path()),
+    )
+    .await?;
+    let spent_at: i64 =
+        sqlx::query_scalar("select used_at from enrollment_codes where used_at is not null")
+            .fetch_one(&pool)
+            .await?;
+    let day = doorstep_server::store::REPEAT_WINDOW_MS;
+    sqlx::query("update enrollment_codes set used_at = ? where used_at = ?")
+        .bind(spent_at - day - 1000)
+        .bind(spent_at)
+        .execute(&pool)
+        .await?;
+    assert_eq!(enroll(Some(nonce)).await?.status(), 409);
+    sqlx::query("update enrollment_codes set used_at = ? where used_at = ?")
+        .bind(spent_at)
+        .bind(spent_at - day - 1000)
+        .execute(&pool)
+        .await?;
+    assert_eq!(
+        enroll(Some(nonce)).await?.status(),
+        201,
+        "within the day again"
+    );
+
     // Once the device connected it holds its token: the nonce no longer
     // enrolls anything.
     let device: doorstep_protocol::DeviceId =
