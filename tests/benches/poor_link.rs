@@ -20,6 +20,7 @@
 //!
 //! `cargo bench -p doorstep-tests --bench poor_link`.
 
+use doorstep_tests::today;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 use doorstep_client::{
     Client, ClientConfig, Fen, MemberFilter, NewMember, NewVisit, RecordId, SyncStatus, VisitKind,
 };
-use doorstep_protocol::{Date, DocumentId, Month, TenantId};
+use doorstep_protocol::{DocumentId, Month, TenantId};
 use doorstep_server::tenancy::Level;
 use doorstep_tests::shaper::{LinkShape, ShapingProxy};
 use doorstep_tests::{TestServer, sdk_device, tls_server};
@@ -42,11 +43,6 @@ fn env_or(name: &str, default: usize) -> usize {
 fn median<T: PartialOrd + Copy>(mut samples: Vec<T>) -> T {
     samples.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     samples[samples.len() / 2]
-}
-
-fn today() -> Date {
-    let now = time::OffsetDateTime::now_utc();
-    Date::from_ymd(now.year(), now.month() as u8, now.day()).expect("today is a date")
 }
 
 fn visit(member: RecordId, n: usize) -> NewVisit {

@@ -246,6 +246,18 @@ pub async fn make_district(store: &Store) -> anyhow::Result<District> {
 }
 
 /// The store key test devices use, standing in for the platform keystore.
+/// Today by this machine's clock: the date tests give the records they make.
+pub fn today() -> doorstep_protocol::Date {
+    let now = time::OffsetDateTime::now_utc();
+    doorstep_protocol::Date::from_ymd(now.year(), now.month() as u8, now.day())
+        .expect("today is a date")
+}
+
+/// This month by this machine's clock.
+pub fn this_month() -> doorstep_protocol::Month {
+    today().month()
+}
+
 pub fn test_store_key() -> doorstep_client::StoreKey {
     doorstep_client::StoreKey::from_bytes(&[0x5a; doorstep_client::StoreKey::LEN])
         .expect("a key of the right length")

@@ -217,18 +217,11 @@ impl Client {
             counted_heads: Vec<String>,
         }
         let identity = self.identity()?;
-        let response = self
+        let listed: Vec<Listed> = self
             .inner
             .transport
-            .http()
-            .get(self.inner.transport.url("/api/v1/device/documents"))
-            .bearer_auth(&identity.token)
-            .send()
+            .device_documents(&identity.token)
             .await?;
-        if !response.status().is_success() {
-            return Err(crate::sync::refusal(response, "listing documents").await);
-        }
-        let listed: Vec<Listed> = response.json().await?;
         let counted = listed
             .into_iter()
             .filter_map(|l| Some((l.document_id.parse().ok()?, l.counted_heads)))

@@ -128,22 +128,11 @@ impl Client {
 
     async fn list_server_months(&self) -> Result<BTreeSet<Month>, ClientError> {
         let identity = self.identity()?;
-        let response = self
+        let listed: Vec<ListedMonth> = self
             .inner
             .transport
-            .http()
-            .get(self.inner.transport.url("/api/v1/device/documents"))
-            .bearer_auth(&identity.token)
-            .send()
+            .device_documents(&identity.token)
             .await?;
-        self.inner
-            .transport
-            .server_time
-            .note(response.status(), response.headers());
-        if !response.status().is_success() {
-            return Err(crate::sync::refusal(response, "listing documents").await);
-        }
-        let listed: Vec<ListedMonth> = response.json().await?;
         Ok(months_of(&listed))
     }
 }

@@ -3,6 +3,7 @@
 //! that pushes edits, truthful edit states, and a way out when the server
 //! forgets the device.
 
+use doorstep_tests::this_month;
 use std::time::Duration;
 
 use automerge::ReadDoc;
@@ -15,11 +16,6 @@ use doorstep_protocol::{Date, DocumentId, Month};
 use doorstep_tests::{TestServer, eventually, sdk_device, test_store_key};
 use tokio::io::AsyncBufReadExt;
 use tokio::process::Command;
-
-fn this_month() -> Month {
-    let now = time::OffsetDateTime::now_utc();
-    Month::new(now.year(), now.month() as u8).expect("a month")
-}
 
 fn visit_on(date: Date, member: RecordId, cash_yuan: i64) -> NewVisit {
     NewVisit {

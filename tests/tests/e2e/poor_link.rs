@@ -3,25 +3,16 @@
 //! connections, messages, attempts), never a time; the times are in the
 //! `poor_link` benchmark.
 
+use doorstep_tests::{this_month, today};
 use std::time::Duration;
 
 use automerge::ReadDoc;
 
 use doorstep_client::{Client, Fen, NewMember, NewVisit, RecordId, SyncStatus, VisitKind};
+use doorstep_protocol::DocumentId;
 use doorstep_protocol::wire::Message;
-use doorstep_protocol::{Date, DocumentId, Month};
 use doorstep_tests::shaper::{LinkShape, ShapingProxy};
 use doorstep_tests::{TestPeer, TestServer, eventually, sdk_device};
-
-fn today() -> Date {
-    let now = time::OffsetDateTime::now_utc();
-    Date::from_ymd(now.year(), now.month() as u8, now.day()).expect("today")
-}
-
-fn this_month() -> Month {
-    let now = time::OffsetDateTime::now_utc();
-    Month::new(now.year(), now.month() as u8).expect("a month")
-}
 
 fn visit(member: RecordId, n: i64) -> NewVisit {
     NewVisit {

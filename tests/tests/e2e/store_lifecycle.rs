@@ -3,6 +3,7 @@
 //! re-keying, a store's size near its data's, an export from a store a
 //! downgraded app cannot open, and a plaintext store named for what it is.
 
+use doorstep_tests::{this_month, today};
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,20 +11,9 @@ use doorstep_client::{
     Client, ClientConfig, ClientError, Fen, NewMember, NewVisit, RecordId, StoreKey, SyncStatus,
     VisitKind,
 };
-use doorstep_protocol::{Date, Month};
 use doorstep_tests::{TestServer, eventually, sdk_device, test_store_key};
 use sqlx::ConnectOptions;
 use tokio::process::Command;
-
-fn today() -> Date {
-    let now = time::OffsetDateTime::now_utc();
-    Date::from_ymd(now.year(), now.month() as u8, now.day()).expect("today")
-}
-
-fn this_month() -> Month {
-    let now = time::OffsetDateTime::now_utc();
-    Month::new(now.year(), now.month() as u8).expect("a month")
-}
 
 fn visit(member: RecordId) -> NewVisit {
     NewVisit {

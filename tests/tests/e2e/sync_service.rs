@@ -3,6 +3,7 @@
 //! the server pings; a listener that blocks holds up neither edits nor the
 //! rest of the SDK, and dropping its observation never waits for it.
 
+use doorstep_tests::{this_month, today};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -10,13 +11,7 @@ use std::time::Duration;
 use doorstep_client::{
     Client, Fen, MemberFilter, NewMember, NewVisit, RecordId, SyncStatus, VisitDays, VisitKind,
 };
-use doorstep_protocol::Date;
 use doorstep_tests::{TestServer, eventually, sdk_device};
-
-fn today() -> Date {
-    let now = time::OffsetDateTime::now_utc();
-    Date::from_ymd(now.year(), now.month() as u8, now.day()).expect("today")
-}
 
 fn visit(member: RecordId, cash_yuan: i64) -> NewVisit {
     NewVisit {
@@ -251,10 +246,6 @@ async fn dropping_an_observation_while_its_listener_runs_returns() -> anyhow::Re
     client.sync_now().await?;
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     Ok(())
-}
-
-fn this_month() -> doorstep_protocol::Month {
-    today().month()
 }
 
 // Observers re-run follow-ups due after every change; before the record

@@ -109,6 +109,26 @@ impl Transport {
         }
     }
 
+    /// `GET /api/v1/device/documents`: the device's documents as the
+    /// server lists them (months held, counted heads), each read into `T`.
+    /// Notes the server's time; a refusal is typed as `sync::refusal` does.
+    pub async fn device_documents<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+    ) -> Result<Vec<T>, ClientError> {
+        let response = self
+            .http
+            .get(self.url("/api/v1/device/documents"))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        self.server_time.note(response.status(), response.headers());
+        if !response.status().is_success() {
+            return Err(super::refusal(response, "listing documents").await);
+        }
+        Ok(response.json().await?)
+    }
+
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }
