@@ -138,6 +138,8 @@ pub(crate) struct Inner {
     /// connections over the one sync state of each document would take
     /// each other's replies.
     pub syncing: Mutex<()>,
+    /// Held by `enroll` for its whole run.
+    pub enrolling: Mutex<()>,
     /// Where `sync_now` asks the live connection for a round, while there
     /// is one (see `sync`).
     pub live: watch::Sender<Option<crate::sync::LiveRequests>>,
@@ -309,6 +311,7 @@ impl Client {
             status,
             edited: Notify::new(),
             syncing: Mutex::new(()),
+            enrolling: Mutex::new(()),
             live: watch::channel(None).0,
             progress: Arc::new(watch::channel(crate::status::SyncProgress::default()).0),
             stop,
@@ -329,6 +332,10 @@ impl Client {
     /// code is refused (wipe first).
     pub async fn enroll(&self, code: &str) -> Result<Enrollment, ClientError> {
         self.ensure_open()?;
+        // One enrollment at a time: two at once (a double tap) would each
+        // store a nonce of their own, and a retry after the first's answer
+        // was lost would send the other one and be refused.
+        let _enrolling = self.inner.enrolling.lock().await;
         if self.inner.wiped.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(ClientError::Storage(
                 "this device's data was wiped: open the directory again".into(),
