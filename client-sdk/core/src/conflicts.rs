@@ -78,7 +78,10 @@ pub enum Resolution {
 /// a number (a string there would make the record invalid), and a map field
 /// takes a JSON object (a string there would break the record).
 fn typed_like(field: &str, shown: Option<&Node>, text: &str) -> Result<Node, ClientError> {
-    let invalid = |what: &str| ClientError::invalid(field, format!("{text:?} is not {what}"));
+    // The typed text is not quoted: it may be a name or a phone, and error
+    // messages reach logs and crash reports.
+    let invalid =
+        |what: &str| ClientError::invalid(field, format!("the value typed is not {what}"));
     Ok(match shown {
         Some(Node::Map(_)) => {
             let json: serde_json::Value =

@@ -81,11 +81,11 @@ pub enum DoorstepError {
     #[error("internal error: {detail}")]
     Internal { detail: String },
     /// A conflict changed since the app read it: nothing was written.
-    /// `now` holds the values the field holds now, to show the user.
+    /// `now.values()` are the values the field holds now, to show the user.
     #[error("the conflict on {field} changed since it was read; nothing was written")]
     ConflictChanged {
         field: String,
-        now: Vec<sdk::ConflictValue>,
+        now: Arc<CurrentValues>,
     },
     /// Another process holds this data directory.
     #[error("the data directory is open elsewhere: {detail}")]
@@ -135,13 +135,35 @@ impl DoorstepError {
     }
 }
 
+/// The values a conflicted field holds now, as `ConflictChanged` carries
+/// them. Behind an object because UniFFI builds a Kotlin or Python
+/// exception's message from every field of the error: values there (a
+/// member's name, a phone) would reach logcat and crash reports whenever an
+/// app logs the exception. An object prints as its type.
+#[derive(uniffi::Object)]
+pub struct CurrentValues(Vec<sdk::ConflictValue>);
+
+impl std::fmt::Debug for CurrentValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CurrentValues({} values)", self.0.len())
+    }
+}
+
+#[uniffi::export]
+impl CurrentValues {
+    pub fn values(&self) -> Vec<sdk::ConflictValue> {
+        self.0.clone()
+    }
+}
+
 impl From<ClientError> for DoorstepError {
     fn from(e: ClientError) -> Self {
         match e {
             ClientError::Invalid { field, problem } => DoorstepError::Invalid { field, problem },
-            ClientError::ConflictChanged { field, now } => {
-                DoorstepError::ConflictChanged { field, now }
-            }
+            ClientError::ConflictChanged { field, now } => DoorstepError::ConflictChanged {
+                field,
+                now: Arc::new(CurrentValues(now)),
+            },
             ClientError::NotFound { what, id } => DoorstepError::NotFound {
                 what: what.to_owned(),
                 id,
@@ -894,19 +916,23 @@ impl DoorstepClient {
         let task = RUNTIME.spawn(async move {
             let mut last = None;
             loop {
-                if let Ok(state) = client.sync_state().await
-                    && last.as_ref() != Some(&state)
-                {
-                    last = Some(state.clone());
-                    let observer = observer.clone();
-                    // Off the SDK's workers: a slow observer stalls only
-                    // its own updates.
-                    if tokio::task::spawn_blocking(move || observer.on_sync_state(state))
-                        .await
-                        .is_err()
-                    {
-                        return;
+                match client.sync_state().await {
+                    Ok(state) if last.as_ref() != Some(&state) => {
+                        last = Some(state.clone());
+                        let observer = observer.clone();
+                        // Off the SDK's workers: a slow observer stalls only
+                        // its own updates.
+                        if tokio::task::spawn_blocking(move || observer.on_sync_state(state))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
                     }
+                    // A closed client changes no more: the task ends, and
+                    // with it its hold on the client.
+                    Err(ClientError::Closed) => return,
+                    _ => {}
                 }
                 if !changes.changed().await {
                     return;

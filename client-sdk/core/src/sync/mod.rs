@@ -252,6 +252,8 @@ struct Connection {
     server_now: time::OffsetDateTime,
     /// Where the app sees how far this sync has got.
     progress: std::sync::Arc<watch::Sender<crate::status::SyncProgress>>,
+    /// When progress was last published.
+    progress_at: Option<Instant>,
 }
 
 impl Drop for Connection {
@@ -314,6 +316,7 @@ impl Connection {
             transport,
             server_now,
             progress: client.inner.progress.clone(),
+            progress_at: None,
         })
     }
 
@@ -582,8 +585,15 @@ impl Connection {
         !self.counting() && self.counted.is_some() && !self.changes_since_counted
     }
 
-    /// Tells the app how far this sync has got.
-    fn publish_progress(&self) {
+    /// Tells the app how far this sync has got, at most every quarter
+    /// second: each publication wakes every state observer, which recounts
+    /// the pending changes under the documents' lock this sync needs.
+    fn publish_progress(&mut self) {
+        const EVERY: Duration = Duration::from_millis(250);
+        if self.progress_at.is_some_and(|at| at.elapsed() < EVERY) {
+            return;
+        }
+        self.progress_at = Some(Instant::now());
         let now = crate::status::SyncProgress {
             documents: self.exchanged.len() as u64,
             bytes_sent: self.report.bytes_sent as u64,
