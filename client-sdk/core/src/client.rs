@@ -525,10 +525,16 @@ impl Client {
         self.inner.store.close().await;
         for name in ["device.db", "device.db-wal", "device.db-shm"] {
             let path = self.inner.dir.join(name);
-            if path.exists() {
-                std::fs::remove_file(&path).map_err(|e| {
-                    ClientError::Storage(format!("removing {}: {e}", path.display()))
-                })?;
+            // SQLite deletes the log and its index when its last connection
+            // closes, which may be just now: gone already is wiped.
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ClientError::Storage(format!(
+                        "removing {}: {e}",
+                        path.display()
+                    )));
+                }
+                _ => {}
             }
         }
         if let Ok(mut lock) = self.inner.lock.lock() {
