@@ -15,6 +15,11 @@ use crate::values::Month;
 /// The actor of every genesis change: 16 zero bytes. No device may use it.
 pub const GENESIS_ACTOR: [u8; 16] = [0; 16];
 
+/// A monthly log's root maps, in the order its genesis creates them: fixed
+/// for good, as the genesis hash depends on it (the device's record index
+/// stores a collection as its place here).
+pub const LOG_COLLECTIONS: &[&str] = &["visits", "activities", "trainings", "placements", "fund"];
+
 /// Which branch document.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum DocumentKind {
@@ -27,9 +32,7 @@ impl DocumentKind {
     pub fn collections(&self) -> &'static [&'static str] {
         match self {
             DocumentKind::Roster => &["members", "hardship", "pairings", "teams"],
-            DocumentKind::MonthlyLog(_) => {
-                &["visits", "activities", "trainings", "placements", "fund"]
-            }
+            DocumentKind::MonthlyLog(_) => LOG_COLLECTIONS,
         }
     }
 }

@@ -32,7 +32,7 @@ use crate::values::{Date, Month};
 
 pub use conflicts::{ConflictedField, conflicted_fields, display_value};
 pub use fields::{FieldError, FieldReader, FieldWriter};
-pub use genesis::{DocumentKind, GENESIS_ACTOR, genesis};
+pub use genesis::{DocumentKind, GENESIS_ACTOR, LOG_COLLECTIONS, genesis};
 
 /// The id of a record inside a document: a UUIDv7 made by the device.
 ///

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use doorstep_client::{
-    Client, ClientConfig, ClientError, Fen, NewMember, NewVisit, RecordId, StoreKey, SyncStatus,
-    VisitKind,
+    Client, ClientConfig, ClientError, Fen, FollowUp, NewMember, NewVisit, RecordId, StoreKey,
+    SyncStatus, VisitDays, VisitKind,
 };
 use doorstep_tests::{TestServer, eventually, sdk_device, test_store_key};
 use sqlx::ConnectOptions;
@@ -188,6 +188,75 @@ async fn the_store_stays_near_its_data_on_disk() -> anyhow::Result<()> {
         std::fs::metadata(dir.path().join("device.db-wal")).map_or(0, |m| m.len()) == 0,
         "the log outlived close"
     );
+    // The record index is a few dozen bytes a record, not the hundreds it
+    // took with ids as text and an index for each query.
+    let mut raw = raw_store(dir.path(), &test_store_key()).await?;
+    let (rows, index_bytes): (i64, i64) = sqlx::query_as(
+        "select (select count(*) from record_index),
+                (select sum(pgsize) from dbstat where name like 'record_index%')",
+    )
+    .fetch_one(&mut raw)
+    .await?;
+    assert!(rows >= 200, "{rows} rows");
+    assert!(
+        index_bytes <= 80 * rows + 2 * 4096,
+        "{index_bytes} bytes for {rows} rows"
+    );
+    Ok(())
+}
+
+/// The record index is rebuilt from the documents when an upgrade drops
+/// it (the lean index of migration 4 replaced the first one so): every
+/// query that reads it finds what it found before.
+#[tokio::test]
+async fn a_store_whose_record_index_was_dropped_finds_every_record_again() -> anyhow::Result<()>
+{
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let dir = tempfile::tempdir()?;
+    let url = server.http_url();
+    let client = sdk_device(&server.store, &url, d.yingfeng.id, dir.path(), |_| {}).await?;
+    let (wang, li) = (member(&client, "王").await?, member(&client, "李").await?);
+    let earlier = today().month().previous().first_day();
+    let mut with_follow_up = visit(wang);
+    with_follow_up.date = earlier;
+    with_follow_up.follow_up = Some(FollowUp {
+        due: today(),
+        action: "送药".into(),
+        done: false,
+    });
+    let due = client.record_visit(with_follow_up).await?;
+    let mut last_month = visit(li);
+    last_month.date = earlier;
+    let old = client.record_visit(last_month).await?;
+    let todays = client.record_visit(visit(li)).await?;
+    client.close().await?;
+
+    let mut raw = raw_store(dir.path(), &test_store_key()).await?;
+    sqlx::query("delete from record_index").execute(&mut raw).await?;
+    sqlx::query("update documents set indexed = 0 where kind = 'log'")
+        .execute(&mut raw)
+        .await?;
+    drop(raw);
+
+    let client = Client::open(ClientConfig::new(dir.path(), &url, test_store_key())).await?;
+    let ids = |visits: Vec<(RecordId, doorstep_client::Visit)>| {
+        let mut ids: Vec<_> = visits.into_iter().map(|(id, _)| id).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(client.follow_ups_due(today()).await?), [due]);
+    assert_eq!(ids(client.visits_on(VisitDays::Day(today())).await?), [todays]);
+    let mut li_ids = vec![old, todays];
+    li_ids.sort();
+    assert_eq!(ids(client.member_history(li).await?.visits), li_ids);
+    // Found in its month to be corrected.
+    let mut corrected = visit(li);
+    corrected.date = earlier;
+    corrected.aid_cash = Fen::from_yuan(30);
+    client.correct_visit(old, corrected, "金额记错").await?;
+    assert_eq!(client.visit(old).await?.aid_cash, Fen::from_yuan(30));
+    client.close().await?;
     Ok(())
 }
 
