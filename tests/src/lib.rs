@@ -96,10 +96,21 @@ impl TestServer {
         addr: SocketAddr,
         configure: impl FnOnce(&mut Config),
     ) -> anyhow::Result<TestServer> {
+        Self::spawn_at_on_vfs(data_dir, addr, None, configure).await
+    }
+
+    /// [`TestServer::spawn_at`] with the database on an SQLite VFS
+    /// registered beforehand (the power-cut one).
+    pub async fn spawn_at_on_vfs(
+        data_dir: tempfile::TempDir,
+        addr: SocketAddr,
+        vfs: Option<&str>,
+        configure: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<TestServer> {
         init_tracing();
         let mut config = Config::new(data_dir.path().join("doorstep.db"));
         configure(&mut config);
-        let store = Store::open(&config.database_path).await?;
+        let store = Store::open_on_vfs(&config.database_path, vfs).await?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel();

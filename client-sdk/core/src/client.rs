@@ -56,6 +56,10 @@ pub struct ClientConfig {
     /// The phone's clock; dates are bounded by the server's time learned
     /// from it (see `clock`). Tests set a phone to any date here.
     pub device_clock: crate::clock::DeviceClock,
+    /// The SQLite VFS the store opens on, registered by the app beforehand
+    /// (`None`: the platform's default). The durability tests open it on a
+    /// VFS that simulates a power cut.
+    pub store_vfs: Option<String>,
 }
 
 impl ClientConfig {
@@ -76,6 +80,7 @@ impl ClientConfig {
             receive_timeout: Duration::from_secs(90),
             sync_deadline: Duration::from_secs(120),
             device_clock: crate::clock::DeviceClock::system(),
+            store_vfs: None,
         }
     }
 }
@@ -199,7 +204,7 @@ impl Client {
         lock: File,
     ) -> Result<Inner, ClientError> {
         let db = dir.join("device.db");
-        let store = LocalStore::open(&db, &config.store_key).await?;
+        let store = LocalStore::open(&db, &config.store_key, config.store_vfs.as_deref()).await?;
         // The stored id is this device's actor *base*; edits are made under
         // an actor that extends it, fresh for every generation of the store.
         // A backup restore (or any copy of the store put back) brings back

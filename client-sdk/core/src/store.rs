@@ -180,12 +180,18 @@ pub(crate) struct Chunks {
 impl LocalStore {
     /// Opens the store, bringing its schema up to this version's and
     /// reclaiming free pages once if it predates incremental vacuum.
-    pub async fn open(path: &Path, key: &StoreKey) -> Result<LocalStore, ClientError> {
+    /// `vfs`: an SQLite VFS registered by the app (`None`: the default).
+    pub async fn open(
+        path: &Path,
+        key: &StoreKey,
+        vfs: Option<&str>,
+    ) -> Result<LocalStore, ClientError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| ClientError::Storage(format!("creating {}: {e}", dir.display())))?;
         }
-        let store = LocalStore::connect(path, key, true).await?;
+        let store = LocalStore::connect(path, key, true, vfs).await?;
+        store.check_durability().await?;
         sqlx::migrate!("./migrations")
             .run(&store.pool)
             .await
@@ -206,6 +212,27 @@ impl LocalStore {
         Ok(store)
     }
 
+    /// Reads back the settings "an edit call that returned is on disk"
+    /// depends on (every connection is opened with them; a build that
+    /// changed them would lose edits at a power cut without any test that
+    /// kills the process noticing).
+    async fn check_durability(&self) -> Result<(), ClientError> {
+        let mut conn = self.pool.acquire().await?;
+        let journal: String = sqlx::query_scalar("pragma journal_mode")
+            .fetch_one(&mut *conn)
+            .await?;
+        // 2 is FULL.
+        let synchronous: i64 = sqlx::query_scalar("pragma synchronous")
+            .fetch_one(&mut *conn)
+            .await?;
+        if !journal.eq_ignore_ascii_case("wal") || synchronous != 2 {
+            return Err(ClientError::Storage(format!(
+                "the store runs with journal_mode={journal}, synchronous={synchronous}; it needs WAL and FULL (2)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Opens an existing store as it is, whatever its schema version, to
     /// read it (the export of a store a downgraded app cannot open). Runs
     /// no migration and changes no row; SQLite itself may still fold the
@@ -218,7 +245,7 @@ impl LocalStore {
                 path.display()
             )));
         }
-        LocalStore::connect(path, key, false).await
+        LocalStore::connect(path, key, false, None).await
     }
 
     /// How every connection is opened. The key goes first (sqlx sends it
@@ -231,11 +258,17 @@ impl LocalStore {
         path: &Path,
         key: &StoreKey,
         create: bool,
+        vfs: Option<&str>,
     ) -> Result<SqliteConnectOptions, ClientError> {
+        let options = SqliteConnectOptions::from_str("sqlite://")?;
+        let options = match vfs {
+            Some(vfs) => options.vfs(vfs.to_owned()),
+            None => options,
+        };
         // sqlx logs the statements it runs, the connect pragmas with the key
         // among them, and an app routes the SDK's logs to logcat: statement
         // logging is off for this store.
-        Ok(SqliteConnectOptions::from_str("sqlite://")?
+        Ok(options
             .filename(path)
             .log_statements(log::LevelFilter::Off)
             .log_slow_statements(log::LevelFilter::Off, Duration::MAX)
@@ -250,12 +283,17 @@ impl LocalStore {
             .busy_timeout(Duration::from_secs(10)))
     }
 
-    async fn connect(path: &Path, key: &StoreKey, create: bool) -> Result<LocalStore, ClientError> {
+    async fn connect(
+        path: &Path,
+        key: &StoreKey,
+        create: bool,
+        vfs: Option<&str>,
+    ) -> Result<LocalStore, ClientError> {
         refuse_plaintext(path)?;
         let pool = match SqlitePoolOptions::new()
             .max_connections(4)
             .after_release(|conn, _| Box::pin(async move { Ok(is_clean(conn).await) }))
-            .connect_with(LocalStore::options(path, key, create)?)
+            .connect_with(LocalStore::options(path, key, create, vfs)?)
             .await
         {
             Ok(pool) => pool,
@@ -310,7 +348,7 @@ impl LocalStore {
             .idle_timeout(None)
             .max_lifetime(None)
             .test_before_acquire(false)
-            .connect_with(LocalStore::options(path, old, false)?)
+            .connect_with(LocalStore::options(path, old, false, None)?)
             .await
             .map_err(open_error)?;
         let rekeyed = LocalStore::rekey_on(&pool, new).await;
@@ -869,10 +907,11 @@ async fn write_index(
         let Some(code) = index::collection_code(collection) else {
             continue;
         };
-        let query =
-            sqlx::query("delete from record_index where month = ? and collection = ? and record_key = ?")
-                .bind(month)
-                .bind(code);
+        let query = sqlx::query(
+            "delete from record_index where month = ? and collection = ? and record_key = ?",
+        )
+        .bind(month)
+        .bind(code);
         bind_key(query, &index::StoredKey::of(key))
             .execute(&mut *tx)
             .await?;

@@ -104,13 +104,24 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database file and applies migrations.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_on_vfs(path, None).await
+    }
+
+    /// [`Store::open`] on an SQLite VFS registered beforehand (`None`: the
+    /// default). The durability tests use one that simulates a power cut.
+    pub async fn open_on_vfs(path: &Path, vfs: Option<&str>) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
                 path: dir.display().to_string(),
                 source,
             })?;
         }
-        let options = SqliteConnectOptions::from_str("sqlite://")?
+        let options = SqliteConnectOptions::from_str("sqlite://")?;
+        let options = match vfs {
+            Some(vfs) => options.vfs(vfs.to_owned()),
+            None => options,
+        };
+        let options = options
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)

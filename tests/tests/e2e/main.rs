@@ -23,6 +23,7 @@ mod logins;
 mod openapi;
 mod operator;
 mod poor_link;
+mod power_cut;
 mod privacy;
 mod review;
 mod rollups;

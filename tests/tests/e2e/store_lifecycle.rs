@@ -209,8 +209,7 @@ async fn the_store_stays_near_its_data_on_disk() -> anyhow::Result<()> {
 /// it (the lean index of migration 4 replaced the first one so): every
 /// query that reads it finds what it found before.
 #[tokio::test]
-async fn a_store_whose_record_index_was_dropped_finds_every_record_again() -> anyhow::Result<()>
-{
+async fn a_store_whose_record_index_was_dropped_finds_every_record_again() -> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
     let dir = tempfile::tempdir()?;
@@ -233,7 +232,9 @@ async fn a_store_whose_record_index_was_dropped_finds_every_record_again() -> an
     client.close().await?;
 
     let mut raw = raw_store(dir.path(), &test_store_key()).await?;
-    sqlx::query("delete from record_index").execute(&mut raw).await?;
+    sqlx::query("delete from record_index")
+        .execute(&mut raw)
+        .await?;
     sqlx::query("update documents set indexed = 0 where kind = 'log'")
         .execute(&mut raw)
         .await?;
@@ -246,7 +247,10 @@ async fn a_store_whose_record_index_was_dropped_finds_every_record_again() -> an
         ids
     };
     assert_eq!(ids(client.follow_ups_due(today()).await?), [due]);
-    assert_eq!(ids(client.visits_on(VisitDays::Day(today())).await?), [todays]);
+    assert_eq!(
+        ids(client.visits_on(VisitDays::Day(today())).await?),
+        [todays]
+    );
     let mut li_ids = vec![old, todays];
     li_ids.sort();
     assert_eq!(ids(client.member_history(li).await?.visits), li_ids);
