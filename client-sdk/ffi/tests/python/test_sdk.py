@@ -463,7 +463,10 @@ async def main():
     subscription.cancel()
     with recorder.lock:
         seen = list(recorder.seen)
-    assert any(s.is_SYNCING() for s in seen) and any(s.is_UP_TO_DATE() for s in seen), seen
+    # The status channel keeps only the newest status, so a short Syncing
+    # may be replaced before the listener runs (expecting it made this test
+    # flaky); what must arrive is the status things settled in.
+    assert seen and any(s.is_UP_TO_DATE() for s in seen), seen
 
     # Lifecycle: the store's size, a re-key, close, and an open again at once.
     size = await phone.store_size()
