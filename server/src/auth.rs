@@ -493,6 +493,27 @@ pub async fn change_password(
 mod tests {
     use super::*;
 
+    /// OWASP's password storage cheat sheet: argon2id with at least 19 MiB,
+    /// 2 iterations, 1 lane. Read from a stored hash, so a change of the
+    /// crate's defaults cannot weaken it unseen.
+    #[test]
+    fn password_hashes_meet_owasps_argon2id_minimum() {
+        let stored = hash_password("a long enough password").expect("hashes");
+        let parsed = PasswordHash::new(&stored).expect("a PHC string");
+        assert_eq!(parsed.algorithm.as_str(), "argon2id");
+        let param = |name: &str| {
+            parsed
+                .params
+                .get_decimal(name)
+                .unwrap_or_else(|| panic!("{name} in {stored}"))
+        };
+        assert!(param("m") >= 19 * 1024, "{stored}");
+        assert!(param("t") >= 2, "{stored}");
+        assert!(param("p") >= 1, "{stored}");
+        assert!(verify_password("a long enough password", &stored));
+        assert!(!verify_password("a long enough passworD", &stored));
+    }
+
     #[test]
     fn tokens_are_256_bit_and_distinct() {
         let (a, b) = (Secret::generate_token(), Secret::generate_token());

@@ -20,16 +20,31 @@ impl ServerProcess {
     /// from the line it prints. `binary` is `env!("CARGO_BIN_EXE_doorstep")`
     /// as an integration test sees it.
     pub async fn start(binary: &Path, data_dir: &Path) -> anyhow::Result<ServerProcess> {
+        Self::start_logging(binary, data_dir, "warn", None).await
+    }
+
+    /// [`ServerProcess::start`] with its log filtered by `rust_log` and,
+    /// given a path, written to that file instead of the test's output.
+    pub async fn start_logging(
+        binary: &Path,
+        data_dir: &Path,
+        rust_log: &str,
+        log: Option<&Path>,
+    ) -> anyhow::Result<ServerProcess> {
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path)?),
+            None => Stdio::inherit(),
+        };
         let mut child = Command::new(binary)
             .arg("--data-dir")
             .arg(data_dir)
             .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             // As in production: a caught panic must not pay for symbolizing
             // a backtrace of this debug build (it costs ~100 MiB of RSS).
             .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()?;
         let stdout = child.stdout.take().context("child stdout")?;

@@ -1190,3 +1190,279 @@ fn one_device_cannot_use_up_a_documents_actors() {
         world.refusals
     );
 }
+
+/// Convergence under random schedules (issue 15): devices record, correct
+/// (the same field and different fields, concurrently) and delete typed
+/// visits, and talk to the keeper in random orders with messages dropped,
+/// duplicated and reordered, reconnections (partitions healed) and failed
+/// commits. Once everyone reconnects and falls quiet: identical heads on
+/// every device, the keeper and the store; identical typed content; a save
+/// loads back to the same heads and content; and exactly the visits
+/// created and not deleted are there.
+mod convergence {
+    use std::collections::BTreeSet;
+
+    use automerge::transaction::Transactable;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::schema::log::{MonthlyLog, Visit, VisitKind};
+    use crate::schema::{RecordId, delete_record, write_record};
+    use crate::values::{Date, Fen};
+
+    const DEVICES: usize = 3;
+    const KEYS: u8 = 6;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Device records visit `key` (its own: keys are per device).
+        Record { device: usize, key: u8 },
+        /// Device corrects the notes of a visit it holds (the same field).
+        Notes {
+            device: usize,
+            of: (usize, u8),
+            text: u8,
+        },
+        /// Device corrects the cash aid of a visit it holds (another field).
+        Aid {
+            device: usize,
+            of: (usize, u8),
+            yuan: u8,
+        },
+        /// Device deletes a visit it holds.
+        Delete { device: usize, of: (usize, u8) },
+        /// Device sends its next message to the keeper.
+        Send { device: usize },
+        /// The keeper's messages to a device arrive, some duplicated,
+        /// reordered or dropped.
+        Deliver { device: usize, fate: Fate },
+        /// The connection drops; the device reconnects with a fresh state.
+        Reconnect { device: usize },
+        /// The store fails its next commit.
+        FailNextCommit,
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Fate {
+        InOrder,
+        Duplicated,
+        Reversed,
+        FirstDropped,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let device = 0..DEVICES;
+        let of = (0..DEVICES, 0..KEYS);
+        prop_oneof![
+            3 => (device.clone(), 0..KEYS).prop_map(|(device, key)| Step::Record { device, key }),
+            2 => (device.clone(), of.clone(), 0..4u8)
+                .prop_map(|(device, of, text)| Step::Notes { device, of, text }),
+            2 => (device.clone(), of.clone(), 0..100u8)
+                .prop_map(|(device, of, yuan)| Step::Aid { device, of, yuan }),
+            1 => (device.clone(), of).prop_map(|(device, of)| Step::Delete { device, of }),
+            4 => device.clone().prop_map(|device| Step::Send { device }),
+            4 => (device.clone(), prop_oneof![
+                Just(Fate::InOrder),
+                Just(Fate::Duplicated),
+                Just(Fate::Reversed),
+                Just(Fate::FirstDropped),
+            ])
+                .prop_map(|(device, fate)| Step::Deliver { device, fate }),
+            1 => device.prop_map(|device| Step::Reconnect { device }),
+            1 => Just(Step::FailNextCommit),
+        ]
+    }
+
+    /// The id of device `device`'s visit `key`: fixed, so a schedule names
+    /// the same visit however it runs.
+    fn id((device, key): (usize, u8)) -> RecordId {
+        let n = (u128::try_from(device).unwrap_or(0) << 8) | u128::from(key);
+        // A UUIDv7 layout (version 7, RFC variant) around the number.
+        let bits = (0x0190_0000_0000_7000_8000_0000_0000_0000_u128) | n;
+        format!("{}", uuid::Uuid::from_u128(bits))
+            .parse()
+            .expect("a canonical UUIDv7")
+    }
+
+    fn day() -> Date {
+        Date::from_ymd(2026, 11, 5).expect("date")
+    }
+
+    fn visit(device: usize) -> Visit {
+        Visit {
+            date: day(),
+            member_id: id((9, 0)),
+            kind: VisitKind::Routine,
+            visitors: [format!("志愿者{device}")].into_iter().collect(),
+            aid_cash: Fen::from_yuan(10),
+            aid_goods: Fen::ZERO,
+            goods_description: None,
+            notes: Some("初次".into()),
+            follow_up: None,
+            recorded_by: Some(format!("device-{device}")),
+        }
+    }
+
+    /// Puts one field of a visit the device holds; false if it holds none.
+    fn put_field(
+        doc: &mut Automerge,
+        of: RecordId,
+        field: &str,
+        value: automerge::ScalarValue,
+    ) -> bool {
+        let mut tx = doc.transaction();
+        let visit = match tx.get(automerge::ROOT, "visits") {
+            Ok(Some((_, visits))) => match tx.get(&visits, of.to_string()) {
+                Ok(Some((_, visit))) => visit,
+                _ => return false,
+            },
+            _ => return false,
+        };
+        tx.put(&visit, field, value).expect("put");
+        tx.commit();
+        true
+    }
+
+    fn typed(doc: &Automerge) -> (BTreeMap<RecordId, Visit>, usize) {
+        let log = MonthlyLog::load(doc);
+        (log.visits, log.invalid.len())
+    }
+
+    fn run(steps: &[Step]) -> Result<(), TestCaseError> {
+        let mut world = World::new(DEVICES, KeeperLimits::default());
+        let (mut created, mut deleted) = (BTreeSet::new(), BTreeSet::new());
+        for step in steps {
+            match step.clone() {
+                Step::Record { device, key } => {
+                    let visit_id = id((device, key));
+                    if created.insert(visit_id) {
+                        let doc = &mut world.devices[device].doc;
+                        let mut tx = doc.transaction();
+                        write_record(&mut tx, visit_id, &visit(device)).expect("write");
+                        tx.commit();
+                    }
+                }
+                Step::Notes { device, of, text } => {
+                    let notes = format!("更正{device}-{text}");
+                    put_field(
+                        &mut world.devices[device].doc,
+                        id(of),
+                        "notes",
+                        notes.into(),
+                    );
+                }
+                Step::Aid { device, of, yuan } => {
+                    let fen = i64::from(yuan) * 100;
+                    put_field(
+                        &mut world.devices[device].doc,
+                        id(of),
+                        "aid_cash",
+                        fen.into(),
+                    );
+                }
+                Step::Delete { device, of } => {
+                    let doc = &mut world.devices[device].doc;
+                    let mut tx = doc.transaction();
+                    if delete_record::<Visit, _>(&mut tx, id(of)).expect("delete") {
+                        deleted.insert(id(of));
+                    }
+                    tx.commit();
+                }
+                Step::Send { device } => {
+                    let key = world.devices[device].key.clone();
+                    if !world.keeper.has_peer(&key) {
+                        // Reconnected (or refused): a fresh exchange.
+                        world.devices[device].state = sync::State::new();
+                        world
+                            .keeper
+                            .add_peer(key, world.devices[device].id, None, 1);
+                    }
+                    let d = &mut world.devices[device];
+                    if let Some(message) = d.doc.generate_sync_message(&mut d.state) {
+                        world.device_sends(device, message.encode());
+                    }
+                }
+                Step::Deliver { device, fate } => {
+                    let key = world.devices[device].key.clone();
+                    let mut messages = world.inbox.remove(&key).unwrap_or_default();
+                    match fate {
+                        Fate::InOrder => {}
+                        Fate::Duplicated => {
+                            messages = messages
+                                .iter()
+                                .flat_map(|m| [m.clone(), m.clone()])
+                                .collect()
+                        }
+                        Fate::Reversed => messages.reverse(),
+                        Fate::FirstDropped => {
+                            if !messages.is_empty() {
+                                messages.remove(0);
+                            }
+                        }
+                    }
+                    let d = &mut world.devices[device];
+                    for data in messages {
+                        let message =
+                            sync::Message::decode(&data).expect("keeper sends valid messages");
+                        d.doc
+                            .receive_sync_message(&mut d.state, message)
+                            .expect("device applies");
+                    }
+                }
+                Step::Reconnect { device } => {
+                    let key = world.devices[device].key.clone();
+                    world.keeper.remove_peer(&key);
+                    world.inbox.remove(&key);
+                }
+                Step::FailNextCommit => world.store.fail_next = true,
+            }
+        }
+        // Everyone reconnects (a dropped message may have stalled an
+        // exchange, as a dropped connection would) and falls quiet.
+        for device in &world.devices {
+            world.keeper.remove_peer(&device.key);
+        }
+        world.inbox.clear();
+        world.store.fail_next = false;
+        prop_assert!(world.run(200), "did not quiesce");
+
+        let heads = world.keeper.heads();
+        let stored = world.store.load();
+        prop_assert_eq!(
+            stored.get_heads(),
+            heads.clone(),
+            "the store holds what was advertised"
+        );
+        let expected = typed(&stored);
+        for device in &world.devices {
+            prop_assert_eq!(device.doc.get_heads(), heads.clone());
+            prop_assert_eq!(typed(&device.doc), expected.clone());
+        }
+        let reloaded = Automerge::load(&world.keeper.document().save()).expect("a save loads");
+        prop_assert_eq!(reloaded.get_heads(), heads);
+        prop_assert_eq!(typed(&reloaded), expected.clone());
+        let present: BTreeSet<RecordId> = expected.0.keys().copied().collect();
+        let alive: BTreeSet<RecordId> = created.difference(&deleted).copied().collect();
+        prop_assert_eq!(present, alive, "exactly the visits created and not deleted");
+        prop_assert_eq!(expected.1, 0, "no visit became invalid");
+        Ok(())
+    }
+
+    proptest! {
+        // 1,000 schedules per run; DOORSTEP_CONVERGENCE_CASES for more.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("DOORSTEP_CONVERGENCE_CASES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1000),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn random_schedules_converge_to_the_same_typed_content(
+            steps in proptest::collection::vec(step(), 1..60)
+        ) {
+            run(&steps)?;
+        }
+    }
+}

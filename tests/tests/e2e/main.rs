@@ -18,6 +18,7 @@ mod enrollment;
 mod failures;
 mod history;
 mod hostile;
+mod hygiene;
 mod interop;
 mod logins;
 mod openapi;

@@ -447,7 +447,10 @@ async fn a_client_busy_opening_many_documents_is_not_cut_off_but_a_silent_one_is
         tokio::time::sleep(Duration::from_millis(60)).await;
         month = month.next();
     }
-    assert!(started.elapsed() > idle_timeout, "the busy spell must outlast the timeout");
+    assert!(
+        started.elapsed() > idle_timeout,
+        "the busy spell must outlast the timeout"
+    );
     assert_eq!(
         busy.sync(DocumentId::roster(d.yingfeng.id)).await?,
         SyncOutcome::Synced

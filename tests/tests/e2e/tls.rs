@@ -123,3 +123,65 @@ async fn devices_sync_over_wss_with_a_certificate_from_their_ca() -> anyhow::Res
     );
     Ok(())
 }
+
+/// TLS 1.2 and 1.3 only: a client offering TLS 1.0 (a hand-made
+/// ClientHello; no maintained client still speaks it) gets an alert, never
+/// a ServerHello, and a client that speaks 1.2 and nothing newer is served.
+#[tokio::test]
+async fn only_tls_1_2_and_1_3_are_spoken() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (server, ca, _pems) = tls_server().await?;
+    let addr = server.addr;
+
+    // A TLS 1.0 ClientHello: one cipher suite (TLS_RSA_WITH_AES_128_CBC_SHA),
+    // no compression, no extensions (so no supported_versions either).
+    let mut hello = vec![0x03, 0x01];
+    hello.extend_from_slice(&[0x42; 32]);
+    hello.extend_from_slice(&[0x00, 0x00, 0x02, 0x00, 0x2f, 0x01, 0x00]);
+    let mut handshake = vec![0x01, 0x00, 0x00, u8::try_from(hello.len())?];
+    handshake.extend_from_slice(&hello);
+    let mut record = vec![0x16, 0x03, 0x01, 0x00, u8::try_from(handshake.len())?];
+    record.extend_from_slice(&handshake);
+    let mut old = tokio::net::TcpStream::connect(addr).await?;
+    old.write_all(&record).await?;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        old.read_to_end(&mut answer),
+    )
+    .await?;
+    assert!(!answer.is_empty(), "closed without an alert");
+    // A fatal alert (rustls says handshake_failure), and nothing else.
+    assert_eq!(answer[0], 0x15, "not an alert record: {answer:02x?}");
+    assert_eq!(answer.get(5), Some(&2), "not fatal: {answer:02x?}");
+    assert_eq!(answer.len(), 7, "more than one alert: {answer:02x?}");
+
+    // A client that speaks TLS 1.2 and nothing newer is served.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone())?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+    let mut tls = connector.connect(name, tcp).await?;
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut response = Vec::new();
+    tls.read_to_end(&mut response).await?;
+    assert!(
+        response.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    Ok(())
+}
