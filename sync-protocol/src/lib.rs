@@ -19,6 +19,8 @@
 pub mod admission;
 pub mod ids;
 pub mod keeper;
+#[doc(hidden)]
+pub mod mutation;
 pub mod schema;
 pub mod session;
 #[cfg(feature = "uniffi")]

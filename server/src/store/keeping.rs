@@ -449,3 +449,120 @@ impl Store {
         .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The chunk loader under fuzzing (issue 15): bytes from storage that a
+    //! bad disk, a bad restore or a bug changed. No input panics; a document
+    //! that loads is one Automerge accepted.
+
+    use automerge::transaction::Transactable;
+    use doorstep_protocol::TenantId;
+    use doorstep_protocol::mutation::{Mutation, mutate};
+    use doorstep_protocol::schema::log::{Visit, VisitKind};
+    use doorstep_protocol::schema::{DocumentKind, RecordId, genesis, write_record};
+    use doorstep_protocol::{Date, Fen};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A log with a snapshot (genesis and some visits) and incremental
+    /// changes after it, as the store keeps them.
+    fn stored() -> StoredChunks {
+        let branch = TenantId::from_uuid(uuid::Uuid::from_u128(3));
+        let mut doc = genesis(
+            branch,
+            DocumentKind::MonthlyLog("2026-11".parse().expect("month")),
+        );
+        doc.set_actor(ActorId::random());
+        let visit = |doc: &mut automerge::Automerge, n: u8| {
+            let mut tx = doc.transaction();
+            let member = RecordId::new_v7();
+            let record = Visit {
+                date: Date::from_ymd(2026, 11, 1 + n % 28).expect("date"),
+                member_id: member,
+                kind: VisitKind::Routine,
+                visitors: ["志愿者".to_owned()].into_iter().collect(),
+                aid_cash: Fen::from_yuan(i64::from(n)),
+                aid_goods: Fen::ZERO,
+                goods_description: None,
+                notes: Some(format!("第{n}次")),
+                follow_up: None,
+                recorded_by: None,
+            };
+            write_record(&mut tx, RecordId::new_v7(), &record).expect("write");
+            tx.put(automerge::ROOT, "touched", i64::from(n))
+                .expect("put");
+            tx.commit();
+        };
+        for n in 0..4 {
+            visit(&mut doc, n);
+        }
+        let snapshot = doc.save();
+        let heads = doc.get_heads();
+        for n in 4..8 {
+            visit(&mut doc, n);
+        }
+        let incrementals: Vec<Vec<u8>> = doc
+            .get_changes(&heads)
+            .into_iter()
+            .map(|mut c| c.bytes().to_vec())
+            .collect();
+        let mut chunks = vec![snapshot];
+        chunks.extend(incrementals);
+        StoredChunks {
+            keys: chunks.iter().map(|_| String::new()).collect(),
+            snapshot_bytes: 0,
+            incremental_bytes: 0,
+            snapshots: 1,
+            device_actors: Default::default(),
+            chunks,
+        }
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            3 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Set(i, b)),
+            3 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::FlipBit(i, b)),
+            1 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Insert(i, b)),
+            1 => any::<usize>().prop_map(Mutation::Remove),
+            1 => any::<usize>().prop_map(Mutation::Truncate),
+        ]
+    }
+
+    fn id() -> DocumentId {
+        DocumentId::from_bytes([9; 16])
+    }
+
+    #[test]
+    fn the_unmutated_chunks_load() {
+        let doc = stored().load(id()).expect("loads");
+        assert_eq!(doc.get_changes(&[]).len(), 9, "genesis and eight visits");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        #[test]
+        fn mutated_chunks_load_or_fail_but_never_panic(
+            which in any::<usize>(),
+            mutations in proptest::collection::vec(mutation(), 1..6),
+        ) {
+            let mut stored = stored();
+            let which = which % stored.chunks.len();
+            mutate(&mut stored.chunks[which], &mutations);
+            let _ = stored.load(id());
+        }
+
+        #[test]
+        fn chunks_lost_reordered_or_doubled_never_panic(
+            order in proptest::collection::vec(any::<usize>(), 0..12),
+            snapshots in 0usize..3,
+        ) {
+            let whole = stored();
+            let chunks = order.iter().map(|i| whole.chunks[i % whole.chunks.len()].clone()).collect();
+            let stored = StoredChunks { chunks, snapshots, ..whole };
+            let _ = stored.load(id());
+        }
+    }
+}

@@ -9,6 +9,8 @@ use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc};
 use proptest::prelude::*;
+
+use crate::mutation::{Mutation, mutate};
 use sha2::{Digest, Sha256};
 
 use super::inflate::{PEAK_HELD, READ_BUFFER};
@@ -1203,14 +1205,6 @@ fn corpus() -> &'static [Sample] {
     })
 }
 
-#[derive(Debug, Clone)]
-enum Mutation {
-    Set(usize, u8),
-    Insert(usize, u8),
-    Remove(usize),
-    Truncate(usize),
-}
-
 fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         4 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Set(i, b)),
@@ -1218,21 +1212,6 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         1 => any::<usize>().prop_map(Mutation::Remove),
         1 => any::<usize>().prop_map(Mutation::Truncate),
     ]
-}
-
-fn mutate(bytes: &mut Vec<u8>, mutations: &[Mutation]) {
-    for m in mutations {
-        let len = bytes.len();
-        match *m {
-            Mutation::Set(i, b) if len > 0 => bytes[i % len] = b,
-            Mutation::Insert(i, b) => bytes.insert(i % (len + 1), b),
-            Mutation::Remove(i) if len > 0 => {
-                bytes.remove(i % len);
-            }
-            Mutation::Truncate(i) => bytes.truncate(i % (len + 1)),
-            _ => {}
-        }
-    }
 }
 
 fn small_limits() -> AdmissionLimits {

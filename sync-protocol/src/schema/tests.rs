@@ -468,3 +468,182 @@ fn each_problem_names_its_field() {
     };
     assert_eq!(fund.field_problems()[0].0, "amount");
 }
+
+/// Record validation under fuzzing (issue 15): documents whose records
+/// hold any value in any field (what a stock client or a bug can write):
+/// loading never panics, and every record is either loaded or reported
+/// invalid, never dropped unseen.
+mod fuzz {
+    use automerge::{ObjId, ScalarValue};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Field names the records use, and some they do not.
+    const FIELDS: &[&str] = &[
+        "date",
+        "member_id",
+        "kind",
+        "visitors",
+        "aid_cash",
+        "aid_goods",
+        "goods_description",
+        "notes",
+        "follow_up",
+        "due",
+        "action",
+        "done",
+        "recorded_by",
+        "name",
+        "kinds",
+        "birthday",
+        "phone",
+        "address",
+        "household_size",
+        "status",
+        "needs",
+        "joined",
+        "people",
+        "x",
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Value {
+        Scalar(ScalarValue),
+        Map(Vec<(usize, Value)>),
+        List(Vec<Value>),
+        Text(String),
+    }
+
+    fn scalar() -> impl Strategy<Value = ScalarValue> {
+        prop_oneof![
+            any::<String>().prop_map(|s| ScalarValue::Str(s.into())),
+            Just(ScalarValue::Str("2026-11-05".into())),
+            Just(ScalarValue::Str("routine".into())),
+            Just(ScalarValue::Str(RecordId::new_v7().to_string().into())),
+            any::<i64>().prop_map(ScalarValue::Int),
+            any::<u64>().prop_map(ScalarValue::Uint),
+            any::<f64>().prop_map(ScalarValue::F64),
+            any::<bool>().prop_map(ScalarValue::Boolean),
+            Just(ScalarValue::Null),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(ScalarValue::Bytes),
+            any::<i64>().prop_map(ScalarValue::counter),
+            any::<i64>().prop_map(ScalarValue::Timestamp),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            4 => scalar().prop_map(Value::Scalar),
+            1 => "[a-z0-9 -]{0,12}".prop_map(Value::Text),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec((0..FIELDS.len(), inner.clone()), 0..4)
+                    .prop_map(Value::Map),
+                proptest::collection::vec(inner, 0..4).prop_map(Value::List),
+            ]
+        })
+    }
+
+    /// (key is a record id, shape: 0..=7 a map of fields, 8 a string, 9 a
+    /// list, fields).
+    type Written = (bool, u8, Vec<(usize, Value)>);
+
+    fn record() -> impl Strategy<Value = Written> {
+        (
+            any::<bool>(),
+            0u8..10,
+            proptest::collection::vec((0..FIELDS.len(), value()), 0..10),
+        )
+    }
+
+    fn put(
+        tx: &mut automerge::transaction::Transaction<'_>,
+        obj: &ObjId,
+        key: &str,
+        value: &Value,
+    ) {
+        let result = match value {
+            Value::Scalar(s) => tx.put(obj, key, s.clone()),
+            Value::Text(text) => tx
+                .put_object(obj, key, ObjType::Text)
+                .and_then(|t| tx.splice_text(&t, 0, 0, text)),
+            Value::Map(fields) => tx.put_object(obj, key, ObjType::Map).map(|m| {
+                for (field, v) in fields {
+                    put(tx, &m, FIELDS[*field], v);
+                }
+            }),
+            Value::List(items) => tx.put_object(obj, key, ObjType::List).map(|l| {
+                for (i, v) in items.iter().enumerate() {
+                    let _ = match v {
+                        Value::Scalar(s) => tx.insert(&l, i, s.clone()),
+                        _ => tx.insert_object(&l, i, ObjType::Map).map(|_| ()),
+                    };
+                }
+            }),
+        };
+        // A put the document refuses (never expected) is not the point here.
+        let _ = result;
+    }
+
+    fn document(kind: DocumentKind, collection: &str, records: &[Written]) -> (Automerge, usize) {
+        let mut doc = device(7, kind);
+        let mut tx = doc.transaction();
+        let map = match tx.get(automerge::ROOT, collection) {
+            Ok(Some((_, map))) => map,
+            _ => tx
+                .put_object(automerge::ROOT, collection, ObjType::Map)
+                .expect("collection"),
+        };
+        let mut keys = BTreeSet::new();
+        for (n, (canonical, shape, fields)) in records.iter().enumerate() {
+            let key = if *canonical {
+                RecordId::new_v7().to_string()
+            } else {
+                format!("not-an-id-{n}")
+            };
+            keys.insert(key.clone());
+            match shape {
+                8 => {
+                    tx.put(&map, key.as_str(), "not a record").expect("put");
+                    continue;
+                }
+                9 => {
+                    tx.put_object(&map, key.as_str(), ObjType::List)
+                        .expect("list");
+                    continue;
+                }
+                _ => {}
+            }
+            let record = tx
+                .put_object(&map, key.as_str(), ObjType::Map)
+                .expect("record");
+            for (field, value) in fields {
+                put(&mut tx, &record, FIELDS[*field], value);
+            }
+        }
+        tx.commit();
+        (doc, keys.len())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_visit_loads_or_is_reported_invalid(records in proptest::collection::vec(record(), 0..6)) {
+            let (doc, written) = document(DocumentKind::MonthlyLog(november()), "visits", &records);
+            let log = MonthlyLog::load(&doc);
+            let invalid = log.invalid.iter().filter(|r| r.collection == "visits").count();
+            prop_assert_eq!(log.visits.len() + invalid, written);
+        }
+
+        #[test]
+        fn any_member_loads_or_is_reported_invalid(records in proptest::collection::vec(record(), 0..6)) {
+            let (doc, written) = document(DocumentKind::Roster, "members", &records);
+            let roster = Roster::load(&doc);
+            let invalid = roster.invalid.iter().filter(|r| r.collection == "members").count();
+            prop_assert_eq!(roster.members.len() + invalid, written);
+        }
+    }
+}

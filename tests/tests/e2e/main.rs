@@ -19,6 +19,7 @@ mod failures;
 mod history;
 mod hostile;
 mod hygiene;
+mod import_fuzz;
 mod interop;
 mod logins;
 mod openapi;

@@ -436,3 +436,73 @@ fn a_device_frame_inflates_at_most_its_ratio() {
         })
     );
 }
+
+/// The decoder under fuzzing (issue 15), over the committed corpus of
+/// `samples()` (each plain and deflated) and random bytes: no input panics;
+/// whatever decodes re-encodes to a frame that decodes to the same message.
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::mutation::{Mutation, mutate};
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            3 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Set(i, b)),
+            3 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::FlipBit(i, b)),
+            1 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Insert(i, b)),
+            1 => any::<usize>().prop_map(Mutation::Remove),
+            1 => any::<usize>().prop_map(Mutation::Truncate),
+        ]
+    }
+
+    /// The corpus: every sample message, plain and deflated.
+    fn corpus() -> Vec<Vec<u8>> {
+        samples()
+            .into_iter()
+            .flat_map(|(message, _)| [encode(&message), encode_deflated(&message)])
+            .collect()
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            inflate: Some(Inflate::FROM_DEVICE),
+            ..Limits::default()
+        }
+    }
+
+    fn decodes_cleanly(frame: &[u8]) -> Result<(), TestCaseError> {
+        if let Ok(message) = decode(frame, &limits()) {
+            let again = decode(&encode(&message), &limits());
+            prop_assert_eq!(again.ok(), Some(message), "re-encoding changed the message");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_corpus_decodes() {
+        for frame in corpus() {
+            assert!(decode(&frame, &limits()).is_ok(), "{}", hex::encode(&frame));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_frames_never_panic(frame in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            decodes_cleanly(&frame)?;
+        }
+
+        #[test]
+        fn mutated_frames_never_panic(
+            pick in any::<usize>(),
+            mutations in proptest::collection::vec(mutation(), 1..8),
+        ) {
+            let corpus = corpus();
+            let mut frame = corpus[pick % corpus.len()].clone();
+            mutate(&mut frame, &mutations);
+            decodes_cleanly(&frame)?;
+        }
+    }
+}
