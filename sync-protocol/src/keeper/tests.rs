@@ -11,6 +11,8 @@ use super::*;
 use crate::ids::TenantId;
 use crate::schema::{DocumentKind, genesis};
 
+mod simulation;
+
 /// A device: its own replica and its sync state with the server.
 struct Device {
     doc: Automerge,
