@@ -293,7 +293,7 @@ impl Sim {
         }
     }
 
-    fn to_phone(&mut self, phone: usize, data: &[u8]) {
+    fn deliver_to_phone(&mut self, phone: usize, data: &[u8]) {
         let server = self.server.clone();
         match self.phones[phone].session.receive(&server, data, self.now) {
             Ok(_) => self.at(self.now + 1, Event::Tick { phone }),
@@ -302,7 +302,7 @@ impl Sim {
         }
     }
 
-    fn to_server(&mut self, phone: usize, data: &[u8]) {
+    fn deliver_to_server(&mut self, phone: usize, data: &[u8]) {
         let key = self.phones[phone].key.clone();
         if !self.keeper.has_peer(&key) {
             // From a connection the server no longer has: dropped, and the
@@ -355,8 +355,8 @@ impl Sim {
             // A closed connection's messages are gone.
             Event::ToPhone { phone, epoch, .. } | Event::ToServer { phone, epoch, .. }
                 if epoch != self.phones[phone].epoch => {}
-            Event::ToPhone { phone, data, .. } => self.to_phone(phone, &data),
-            Event::ToServer { phone, data, .. } => self.to_server(phone, &data),
+            Event::ToPhone { phone, data, .. } => self.deliver_to_phone(phone, &data),
+            Event::ToServer { phone, data, .. } => self.deliver_to_server(phone, &data),
             Event::Tick { phone } => self.tick(phone),
             Event::Edit { phone } => self.edit(phone),
             Event::RestartPhone { phone } => self.connect(phone),
