@@ -370,15 +370,44 @@ impl Cli {
     }
 }
 
+/// Dependencies that print what crosses the wire at `trace`: tungstenite
+/// prints every frame's payload (sync messages carry names and phones) and
+/// a client's handshake request. Held at `debug` whatever `RUST_LOG` asks;
+/// the server's own events never carry payloads.
+const WIRE_CONTENT_TARGETS: &[&str] = &["tungstenite", "tokio_tungstenite"];
+
+fn is_wire_content(meta: &tracing::Metadata<'_>) -> bool {
+    *meta.level() == tracing::Level::TRACE
+        && WIRE_CONTENT_TARGETS.iter().any(|target| {
+            meta.target()
+                .strip_prefix(target)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        })
+}
+
+/// The process's log: `RUST_LOG` (default `info`) to stderr, never wire
+/// content (`WIRE_CONTENT_TARGETS`).
+fn init_logging() {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter)
+                .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                    !is_wire_content(meta)
+                })),
+        )
+        .init();
+}
+
 /// Parses the command line and runs it: the whole of the `doorstep` binary.
 pub async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let cli = Cli::parse();
     if let Command::Demo { args } = &cli.command {
         return run_demo(&cli, args);
