@@ -56,9 +56,13 @@ pub struct ClientConfig {
     /// The phone's clock; dates are bounded by the server's time learned
     /// from it (see `clock`). Tests set a phone to any date here.
     pub device_clock: crate::clock::DeviceClock,
-    /// The SQLite VFS the store opens on, registered by the app beforehand
-    /// (`None`: the platform's default). The durability tests open it on a
-    /// VFS that simulates a power cut.
+    /// For the durability tests only: the SQLite VFS the store opens on
+    /// (`None`, always in an app: the platform's default). The tests use
+    /// one that simulates a power cut; a VFS that skips fsync or locking
+    /// would lose edits that `check_durability` cannot see, so it is not
+    /// offered over the FFI and not in the docs. Export and re-keying use
+    /// the default VFS.
+    #[doc(hidden)]
     pub store_vfs: Option<String>,
 }
 

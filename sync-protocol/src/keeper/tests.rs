@@ -1233,8 +1233,9 @@ mod convergence {
         },
         /// Device deletes a visit it holds.
         Delete { device: usize, of: (usize, u8) },
-        /// Device sends its next message to the keeper.
-        Send { device: usize },
+        /// Device sends its next message to the keeper, which may be lost
+        /// or arrive twice.
+        Send { device: usize, fate: Fate },
         /// The keeper's messages to a device arrive, some duplicated,
         /// reordered or dropped.
         Deliver { device: usize, fate: Fate },
@@ -1262,7 +1263,12 @@ mod convergence {
             2 => (device.clone(), of.clone(), 0..100u8)
                 .prop_map(|(device, of, yuan)| Step::Aid { device, of, yuan }),
             1 => (device.clone(), of).prop_map(|(device, of)| Step::Delete { device, of }),
-            4 => device.clone().prop_map(|device| Step::Send { device }),
+            4 => (device.clone(), prop_oneof![
+                6 => Just(Fate::InOrder),
+                1 => Just(Fate::Duplicated),
+                1 => Just(Fate::FirstDropped),
+            ])
+                .prop_map(|(device, fate)| Step::Send { device, fate }),
             4 => (device.clone(), prop_oneof![
                 Just(Fate::InOrder),
                 Just(Fate::Duplicated),
@@ -1370,7 +1376,7 @@ mod convergence {
                     }
                     tx.commit();
                 }
-                Step::Send { device } => {
+                Step::Send { device, fate } => {
                     let key = world.devices[device].key.clone();
                     if !world.keeper.has_peer(&key) {
                         // Reconnected (or refused): a fresh exchange.
@@ -1381,7 +1387,15 @@ mod convergence {
                     }
                     let d = &mut world.devices[device];
                     if let Some(message) = d.doc.generate_sync_message(&mut d.state) {
-                        world.device_sends(device, message.encode());
+                        let data = message.encode();
+                        match fate {
+                            Fate::FirstDropped => {}
+                            Fate::Duplicated => {
+                                world.device_sends(device, data.clone());
+                                world.device_sends(device, data);
+                            }
+                            Fate::InOrder | Fate::Reversed => world.device_sends(device, data),
+                        }
                     }
                 }
                 Step::Deliver { device, fate } => {

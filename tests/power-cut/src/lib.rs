@@ -148,14 +148,23 @@ fn registered() -> &'static Registered {
     }
 }
 
+/// The directory as SQLite names the files in it (symlinks resolved, as
+/// SQLite resolves them), so a cut under a symlinked temp dir still bites.
+fn machine(dir: &Path) -> PathBuf {
+    dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
+}
+
 /// Turns the power off for every file under `dir`.
 pub fn cut(dir: &Path) {
-    machines().cut.push(dir.to_path_buf());
+    machines().cut.push(machine(dir));
 }
 
 /// Once every connection to the files under `dir` is closed: puts back what
 /// the writes since each file's last sync replaced, and turns the power on.
-pub fn restore(dir: &Path) -> std::io::Result<()> {
+/// Returns how many writes (and truncates) it undid.
+pub fn restore(dir: &Path) -> std::io::Result<usize> {
+    let dir = &machine(dir);
+    let mut undone = 0;
     let mut machines = machines();
     let paths: Vec<PathBuf> = machines
         .files
@@ -175,17 +184,19 @@ pub fn restore(dir: &Path) -> std::io::Result<()> {
         for replaced in unsynced.replaced.iter().rev() {
             file.write_all_at(&replaced.bytes, replaced.offset)?;
         }
+        undone += unsynced.replaced.len();
         file.set_len(unsynced.synced_len)?;
         file.sync_all()?;
     }
     machines
         .cut
         .retain(|cut| !cut.starts_with(dir) && !dir.starts_with(cut));
-    Ok(())
+    Ok(undone)
 }
 
 /// Successful syncs of the files under `dir` so far.
 pub fn syncs_under(dir: &Path) -> u64 {
+    let dir = &machine(dir);
     machines()
         .syncs
         .iter()

@@ -133,6 +133,8 @@ async fn nothing_acknowledged_or_returned_is_lost_at_a_power_cut() -> anyhow::Re
     let returned = Arc::new(Mutex::new(Vec::<RecordId>::new()));
     let (mut lost_returned, mut lost_acknowledged) = (0usize, 0usize);
     let mut acknowledged_checked = 0usize;
+    // Writes the cuts undid: none would mean the cuts never bit.
+    let mut undone = 0usize;
 
     for cycle in 0..cycles {
         // A calm moment: a few visits, synced and acknowledged. A sync
@@ -219,19 +221,21 @@ async fn nothing_acknowledged_or_returned_is_lost_at_a_power_cut() -> anyhow::Re
         // What returned up to the cut is what the phone promised.
         tokio::time::sleep(Duration::from_millis(schedule.next(30))).await;
         stop.store(true, Ordering::SeqCst);
-        let _ = tokio::time::timeout(Duration::from_secs(30), writer).await?;
-        let _ = tokio::time::timeout(Duration::from_secs(30), syncer).await?;
+        // A task that panicked (the SDK going down on a failed write) fails
+        // the test here.
+        tokio::time::timeout(Duration::from_secs(30), writer).await??;
+        tokio::time::timeout(Duration::from_secs(30), syncer).await??;
 
         if cut_phone {
             // Closing may fail (its disk is gone); the connections close.
             let _ = phone.close().await;
             drop(phone);
-            power::restore(&phone_path)?;
+            undone += power::restore(&phone_path)?;
             phone = Client::open(phone_config(&phone_path, &url)).await?;
         }
         if cut_server {
             let dir = server.stop().await;
-            power::restore(&server_path)?;
+            undone += power::restore(&server_path)?;
             server = TestServer::spawn_at_on_vfs(dir, addr, Some(power::VFS_NAME), |_| {}).await?;
         }
 
@@ -270,7 +274,7 @@ async fn nothing_acknowledged_or_returned_is_lost_at_a_power_cut() -> anyhow::Re
     eprintln!(
         "power cut: {cycles} cycles, {} visits returned, {acknowledged_checked} acknowledgements checked; \
          lost: {lost_returned} returned, {lost_acknowledged} acknowledged, {missing} missing on the server after the last sync; \
-         {} syncs on the server's disk, {} on the phone's",
+         {undone} unsynced writes undone by the cuts; {} syncs on the server's disk, {} on the phone's",
         returned.len(),
         power::syncs_under(&server_path),
         power::syncs_under(&phone_path),
@@ -281,6 +285,14 @@ async fn nothing_acknowledged_or_returned_is_lost_at_a_power_cut() -> anyhow::Re
     assert!(
         acknowledged_checked > 0,
         "no acknowledgement was ever checked"
+    );
+    assert!(
+        undone > 0,
+        "no cut ever undid a write: the VFS is not in the path"
+    );
+    assert!(
+        power::syncs_under(&server_path) > 0 && power::syncs_under(&phone_path) > 0,
+        "no fsync seen: a store is not on the VFS"
     );
     assert!(
         returned.len() as u64 >= cycles,

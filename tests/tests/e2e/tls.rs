@@ -124,9 +124,55 @@ async fn devices_sync_over_wss_with_a_certificate_from_their_ca() -> anyhow::Res
     Ok(())
 }
 
-/// TLS 1.2 and 1.3 only: a client offering TLS 1.0 (a hand-made
-/// ClientHello; no maintained client still speaks it) gets an alert, never
-/// a ServerHello, and a client that speaks 1.2 and nothing newer is served.
+/// A ClientHello for `version` with no supported_versions extension (so it
+/// offers exactly that version): ECDHE-ECDSA suites rustls speaks, the
+/// groups and signature schemes they need.
+fn client_hello(version: [u8; 2]) -> anyhow::Result<Vec<u8>> {
+    let mut extensions = Vec::new();
+    let mut extension = |kind: u16, body: &[u8]| -> anyhow::Result<()> {
+        extensions.extend_from_slice(&kind.to_be_bytes());
+        extensions.extend_from_slice(&u16::try_from(body.len())?.to_be_bytes());
+        extensions.extend_from_slice(body);
+        Ok(())
+    };
+    extension(0x000a, &[0x00, 0x04, 0x00, 0x1d, 0x00, 0x17])?; // groups: x25519, P-256
+    extension(0x000b, &[0x01, 0x00])?; // point formats: uncompressed
+    extension(0x000d, &[0x00, 0x04, 0x04, 0x03, 0x05, 0x03])?; // ECDSA P-256/P-384 SHA-2
+    extension(0x0017, &[])?; // extended master secret
+    extension(0xff01, &[0x00])?; // renegotiation info
+    let mut hello = version.to_vec();
+    hello.extend_from_slice(&[0x42; 32]);
+    hello.push(0x00); // no session id
+    // ECDHE-ECDSA with AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305.
+    hello.extend_from_slice(&[0x00, 0x06, 0xc0, 0x2b, 0xc0, 0x2c, 0xcc, 0xa9]);
+    hello.extend_from_slice(&[0x01, 0x00]); // no compression
+    hello.extend_from_slice(&u16::try_from(extensions.len())?.to_be_bytes());
+    hello.extend_from_slice(&extensions);
+    let mut handshake = vec![0x01, 0x00];
+    handshake.extend_from_slice(&u16::try_from(hello.len())?.to_be_bytes());
+    handshake.extend_from_slice(&hello);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&u16::try_from(handshake.len())?.to_be_bytes());
+    record.extend_from_slice(&handshake);
+    Ok(record)
+}
+
+/// The server's first bytes after `hello`.
+async fn answer_to(addr: std::net::SocketAddr, hello: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(hello).await?;
+    let mut answer = vec![0u8; 16];
+    let n =
+        tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut answer)).await??;
+    answer.truncate(n);
+    Ok(answer)
+}
+
+/// TLS 1.2 and 1.3 only: the same hand-made ClientHello (no maintained
+/// client still speaks TLS 1.0 or 1.1) gets a ServerHello when it offers
+/// TLS 1.2 and one fatal alert when it offers TLS 1.0 or 1.1; and a rustls
+/// client that speaks 1.2 and nothing newer is served.
 #[tokio::test]
 async fn only_tls_1_2_and_1_3_are_spoken() -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -134,28 +180,23 @@ async fn only_tls_1_2_and_1_3_are_spoken() -> anyhow::Result<()> {
     let (server, ca, _pems) = tls_server().await?;
     let addr = server.addr;
 
-    // A TLS 1.0 ClientHello: one cipher suite (TLS_RSA_WITH_AES_128_CBC_SHA),
-    // no compression, no extensions (so no supported_versions either).
-    let mut hello = vec![0x03, 0x01];
-    hello.extend_from_slice(&[0x42; 32]);
-    hello.extend_from_slice(&[0x00, 0x00, 0x02, 0x00, 0x2f, 0x01, 0x00]);
-    let mut handshake = vec![0x01, 0x00, 0x00, u8::try_from(hello.len())?];
-    handshake.extend_from_slice(&hello);
-    let mut record = vec![0x16, 0x03, 0x01, 0x00, u8::try_from(handshake.len())?];
-    record.extend_from_slice(&handshake);
-    let mut old = tokio::net::TcpStream::connect(addr).await?;
-    old.write_all(&record).await?;
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        old.read_to_end(&mut answer),
-    )
-    .await?;
-    assert!(!answer.is_empty(), "closed without an alert");
-    // A fatal alert (rustls says handshake_failure), and nothing else.
-    assert_eq!(answer[0], 0x15, "not an alert record: {answer:02x?}");
-    assert_eq!(answer.get(5), Some(&2), "not fatal: {answer:02x?}");
-    assert_eq!(answer.len(), 7, "more than one alert: {answer:02x?}");
+    let answer = answer_to(addr, &client_hello([0x03, 0x03])?).await?;
+    assert_eq!(
+        (answer.first(), answer.get(5)),
+        (Some(&0x16), Some(&0x02)),
+        "TLS 1.2 is not answered with a ServerHello: {answer:02x?}"
+    );
+    for old in [[0x03, 0x01], [0x03, 0x02]] {
+        let answer = answer_to(addr, &client_hello(old)?).await?;
+        // A fatal alert, and nothing else.
+        assert_eq!(
+            answer.first(),
+            Some(&0x15),
+            "{old:02x?} is not refused: {answer:02x?}"
+        );
+        assert_eq!(answer.get(5), Some(&2), "not fatal: {answer:02x?}");
+        assert_eq!(answer.len(), 7, "more than one alert: {answer:02x?}");
+    }
 
     // A client that speaks TLS 1.2 and nothing newer is served.
     let mut roots = rustls::RootCertStore::empty();
