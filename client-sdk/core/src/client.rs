@@ -155,6 +155,11 @@ pub(crate) struct Inner {
     /// How far the sync under way has got (shared with its connection).
     pub progress: Arc<watch::Sender<crate::status::SyncProgress>>,
     pub stop: watch::Sender<bool>,
+    /// The task that keeps the last sync time (`status::keep_last_synced`):
+    /// `close` waits for it, as a write of it still opening a connection
+    /// when the process exits crashed a CLI (SQLCipher on a thread of its
+    /// own while OpenSSL's exit handlers ran).
+    last_synced_keeper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Set by `wipe`: every handle refuses to work from then on (an enroll
     /// through an old handle would spend a code into a closed store).
     pub wiped: std::sync::atomic::AtomicBool,
@@ -304,8 +309,9 @@ impl Client {
             },
         };
         let (status, _) = watch::channel(initial);
-        crate::status::keep_last_synced(status.subscribe(), store.clone());
         let (stop, _) = watch::channel(false);
+        let last_synced_keeper =
+            crate::status::keep_last_synced(status.subscribe(), stop.subscribe(), store.clone());
         Ok(Inner {
             config,
             dir,
@@ -324,6 +330,7 @@ impl Client {
             live: watch::channel(None).0,
             progress: Arc::new(watch::channel(crate::status::SyncProgress::default()).0),
             stop,
+            last_synced_keeper: std::sync::Mutex::new(Some(last_synced_keeper)),
             wiped: std::sync::atomic::AtomicBool::new(false),
             closed: std::sync::atomic::AtomicBool::new(false),
             lock: std::sync::Mutex::new(Some(lock)),
@@ -566,6 +573,16 @@ impl Client {
             return Ok(());
         }
         let _ = self.inner.stop.send(true);
+        let keeper = self
+            .inner
+            .last_synced_keeper
+            .lock()
+            .ok()
+            .and_then(|mut k| k.take());
+        if let Some(keeper) = keeper {
+            // It ends at the stop signal, after a write under way.
+            let _ = tokio::time::timeout(Duration::from_secs(5), keeper).await;
+        }
         // Held until the directory is released, so an open of it meanwhile
         // waits and then opens afresh, instead of getting this instance.
         let mut open = OPEN.lock().await;

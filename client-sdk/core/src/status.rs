@@ -65,12 +65,26 @@ impl SyncStateChanges {
     }
 }
 
-/// Keeps the time of every completed sync in the store, for as long as the
-/// client's status channel lives, so "last synced" survives a restart and
-/// "first sync" means the device's first ever.
-pub(crate) fn keep_last_synced(mut status: watch::Receiver<SyncStatus>, store: LocalStore) {
+/// Keeps the time of every completed sync in the store, until the client
+/// stops (`stop`) or its status channel ends, so "last synced" survives a
+/// restart and "first sync" means the device's first ever.
+pub(crate) fn keep_last_synced(
+    mut status: watch::Receiver<SyncStatus>,
+    mut stop: watch::Receiver<bool>,
+    store: LocalStore,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        while status.changed().await.is_ok() {
+        loop {
+            let stopping = tokio::select! {
+                changed = status.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    false
+                }
+                // The last sync's time is kept before stopping.
+                _ = stop.changed() => status.has_changed().unwrap_or(false),
+            };
             let synced = match &*status.borrow_and_update() {
                 SyncStatus::UpToDate { at_unix_secs } => Some(*at_unix_secs),
                 _ => None,
@@ -80,8 +94,11 @@ pub(crate) fn keep_last_synced(mut status: watch::Receiver<SyncStatus>, store: L
             {
                 tracing::debug!(error = %e, "could not keep the last sync time");
             }
+            if stopping || *stop.borrow() {
+                break;
+            }
         }
-    });
+    })
 }
 
 impl Client {

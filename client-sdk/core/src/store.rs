@@ -165,6 +165,8 @@ pub(crate) struct LocalStore {
     /// Set while a tidy (see [`LocalStore::tidy_soon`]) is queued or runs,
     /// so compactions in a burst start one, not one each.
     tidying: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Set by `close`: no tidy starts after it.
+    closing: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A document's stored chunks, with the keys they are stored under: a
@@ -312,6 +314,7 @@ impl LocalStore {
             pool,
             path: path.to_path_buf(),
             tidying: Default::default(),
+            closing: Default::default(),
         })
     }
 
@@ -389,6 +392,18 @@ impl LocalStore {
     /// Closes the store: the log is copied into the database and cut to
     /// nothing, so a closed store is one file.
     pub async fn close(&self) {
+        use std::sync::atomic::Ordering;
+        self.closing.store(true, Ordering::SeqCst);
+        // A tidy in flight may be opening a connection, which closing the
+        // pool does not wait for: its thread then runs SQLCipher while the
+        // process may be exiting (OpenSSL's exit handlers crashed a CLI
+        // that closed and exited so). Wait for it, within reason.
+        for _ in 0..500 {
+            if !self.tidying.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.tidy().await;
         self.pool.close().await;
     }
@@ -453,7 +468,7 @@ impl LocalStore {
     /// for readers, and the edit must not.
     pub fn tidy_soon(&self) {
         use std::sync::atomic::Ordering;
-        if self.tidying.swap(true, Ordering::SeqCst) {
+        if self.closing.load(Ordering::SeqCst) || self.tidying.swap(true, Ordering::SeqCst) {
             return;
         }
         let store = self.clone();

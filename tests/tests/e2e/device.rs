@@ -565,8 +565,10 @@ async fn app_process(dir: &std::path::Path, url: &str, args: &[&str]) -> anyhow:
         .await?;
     anyhow::ensure!(
         out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "{args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
     );
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }

@@ -33,6 +33,7 @@ mod sdk;
 mod store_lifecycle;
 mod sync;
 mod sync_service;
+mod tenancy;
 mod tls;
 
 use automerge::ActorId;

@@ -1,0 +1,404 @@
+//! Tenancy, generated from the route table (issue 15). For every routed
+//! path that names a resource by id, every method on it, and every caller
+//! (each role, a device, a revoked device, a logged-out session, a garbled
+//! token, no token), the answer for a resource outside the caller's reach
+//! is byte for byte the answer for one that does not exist: a refusal
+//! leaks nothing. Outside the reach of everyone: a second district's
+//! resources. Outside the reach of all but the district's own staff: a
+//! cousin branch's (Fenghuangting, under Dongfeng, for callers in
+//! Xiangyang and Yingfeng). And over the sync socket, a device asking for
+//! another branch's documents hears what it hears for a document that
+//! does not exist.
+
+use std::collections::BTreeSet;
+
+use anyhow::Context;
+use doorstep_protocol::{DocumentId, Month, TenantId};
+use doorstep_server::store::Store;
+use doorstep_server::tenancy::{Level, Role};
+use doorstep_tests::{SyncOutcome, TestPeer, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// What a route's `{id}` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Session,
+    User,
+    EnrollmentRequest,
+    Invitation,
+    Device,
+    Branch,
+    Grant,
+}
+
+/// Every routed path with an id in it, and what the id names. A new route
+/// with an id fails `every_route_with_an_id_is_in_the_tenancy_matrix` until
+/// it is added here.
+const ID_ROUTES: &[(&str, Kind)] = &[
+    ("/api/v1/me/sessions/{id}", Kind::Session),
+    ("/api/v1/users/{id}/disable", Kind::User),
+    ("/api/v1/users/{id}/enable", Kind::User),
+    (
+        "/api/v1/enrollment-requests/{id}/approve",
+        Kind::EnrollmentRequest,
+    ),
+    (
+        "/api/v1/enrollment-requests/{id}/deny",
+        Kind::EnrollmentRequest,
+    ),
+    ("/api/v1/invitations/{id}/approve", Kind::Invitation),
+    ("/api/v1/invitations/{id}/deny", Kind::Invitation),
+    ("/api/v1/devices/{id}/revoke", Kind::Device),
+    ("/api/v1/devices/{id}/documents", Kind::Device),
+    ("/api/v1/branches/{id}/members", Kind::Branch),
+    ("/api/v1/branches/{id}/invalid-records", Kind::Branch),
+    ("/api/v1/branches/{id}/grants", Kind::Branch),
+    ("/api/v1/grants/{id}/revoke", Kind::Grant),
+];
+
+#[test]
+fn every_route_with_an_id_is_in_the_tenancy_matrix() -> anyhow::Result<()> {
+    let routed: BTreeSet<String> = crate::openapi::router_operations()?
+        .into_iter()
+        .map(|(_, path)| path)
+        .filter(|path| path.contains('{'))
+        .collect();
+    let listed: BTreeSet<String> = ID_ROUTES.iter().map(|(p, _)| p.to_string()).collect();
+    assert_eq!(routed, listed, "routes with an id, routed vs in ID_ROUTES");
+    Ok(())
+}
+
+/// One of each kind of resource, all in one subtree.
+#[derive(Debug)]
+struct Resources {
+    session: String,
+    user: String,
+    enrollment_request: String,
+    invitation: String,
+    device: String,
+    branch: String,
+    grant: String,
+}
+
+impl Resources {
+    fn id(&self, kind: Kind) -> &str {
+        match kind {
+            Kind::Session => &self.session,
+            Kind::User => &self.user,
+            Kind::EnrollmentRequest => &self.enrollment_request,
+            Kind::Invitation => &self.invitation,
+            Kind::Device => &self.device,
+            Kind::Branch => &self.branch,
+            Kind::Grant => &self.grant,
+        }
+    }
+}
+
+async fn call(
+    server: &TestServer,
+    method: &Method,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(StatusCode, String)> {
+    let mut request =
+        reqwest::Client::new().request(method.clone(), format!("{}{path}", server.http_url()));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if *method == Method::POST {
+        request = request.json(&json!({ "reason": "审计需要", "duration_seconds": 3600 }));
+    }
+    let response = request.send().await?;
+    Ok((response.status(), response.text().await?))
+}
+
+async fn post_json(
+    server: &TestServer,
+    token: &str,
+    path: &str,
+    body: Value,
+) -> anyhow::Result<Value> {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", server.http_url()))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    anyhow::ensure!(status.is_success(), "{path}: {status} {body}");
+    Ok(body)
+}
+
+async fn get_json(server: &TestServer, token: &str, path: &str) -> anyhow::Result<Value> {
+    Ok(reqwest::Client::new()
+        .get(format!("{}{path}", server.http_url()))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
+/// Makes one resource of each kind in `branch` (under `sub_district`), as
+/// `admin` (who administers them) does.
+async fn resources_in(
+    server: &TestServer,
+    admin: &str,
+    branch: TenantId,
+    name: &str,
+) -> anyhow::Result<Resources> {
+    let me = get_json(server, admin, "/api/v1/me").await?;
+    let sessions = get_json(server, admin, "/api/v1/me/sessions").await?;
+    let invited = post_json(
+        server,
+        admin,
+        "/api/v1/users",
+        json!({ "username": format!("{name}-secretary"), "role": "branch_secretary",
+                "tenant_id": branch.to_string() }),
+    )
+    .await?;
+    let request = post_json(
+        server,
+        admin,
+        "/api/v1/enrollment-codes",
+        json!({ "branch_id": branch.to_string(), "label": format!("{name} phone") }),
+    )
+    .await?;
+    let enrolled = server.enroll(branch, &format!("{name} device")).await?;
+    let grant = post_json(
+        server,
+        admin,
+        &format!("/api/v1/branches/{branch}/grants"),
+        json!({ "reason": "走访核对", "duration_seconds": 3600 }),
+    )
+    .await?;
+    let text = |v: &Value, what: &str| -> anyhow::Result<String> {
+        Ok(v.as_str().with_context(|| format!("{what} id"))?.to_owned())
+    };
+    Ok(Resources {
+        session: text(&sessions[0]["id"], "session")?,
+        user: text(&me["id"], "user")?,
+        enrollment_request: text(&request["id"], "enrollment request")?,
+        invitation: text(&invited["invitation"]["id"], "invitation")?,
+        device: enrolled.device_id,
+        branch: branch.to_string(),
+        grant: text(&grant["id"], "grant")?,
+    })
+}
+
+fn missing_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// A refusal may name the id it was asked for; nothing else may differ.
+fn normalized(body: &str, id: &str) -> String {
+    body.replace(id, "{id}")
+}
+
+struct Caller {
+    name: &'static str,
+    token: Option<String>,
+    /// Also outside this caller's reach: the cousin branch's resources.
+    below_the_district: bool,
+}
+
+#[tokio::test]
+async fn a_refusal_is_byte_for_byte_a_missing_resource_for_every_route_and_caller()
+-> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    // A second district, outside everyone's reach but its own.
+    let store: &Store = &server.store;
+    let elsewhere = store
+        .create_tenant(None, Level::District, "远方工委")
+        .await?;
+    let elsewhere_sub = store
+        .create_tenant(Some(elsewhere.id), Level::SubDistrict, "远方街道")
+        .await?;
+    let elsewhere_branch = store
+        .create_tenant(Some(elsewhere_sub.id), Level::Branch, "远方社区")
+        .await?;
+    let far_admin = server
+        .login_as("far-admin", Role::DistrictAdmin, elsewhere.id)
+        .await?;
+    let far = resources_in(&server, &far_admin, elsewhere_branch.id, "far").await?;
+    let dongfeng_admin = server
+        .login_as("dongfeng-admin", Role::SubDistrictAdmin, d.dongfeng.id)
+        .await?;
+    let cousin = resources_in(&server, &dongfeng_admin, d.fenghuangting.id, "cousin").await?;
+
+    let logged_out = server
+        .login_as("leaver", Role::BranchSecretary, d.yingfeng.id)
+        .await?;
+    reqwest::Client::new()
+        .post(format!("{}/api/v1/logout", server.http_url()))
+        .bearer_auth(&logged_out)
+        .send()
+        .await?
+        .error_for_status()?;
+    let device = server.enroll(d.yingfeng.id, "own phone").await?;
+    let revoked = server.enroll(d.yingfeng.id, "revoked phone").await?;
+    let secretary = server
+        .login_as("secretary", Role::BranchSecretary, d.yingfeng.id)
+        .await?;
+    reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/devices/{}/revoke",
+            server.http_url(),
+            revoked.device_id
+        ))
+        .bearer_auth(&secretary)
+        .send()
+        .await?
+        .error_for_status()?;
+    let callers = vec![
+        Caller {
+            name: "district admin",
+            token: Some(
+                server
+                    .login_as("admin", Role::DistrictAdmin, d.district.id)
+                    .await?,
+            ),
+            below_the_district: false,
+        },
+        Caller {
+            name: "district auditor",
+            token: Some(
+                server
+                    .login_as("auditor", Role::DistrictAuditor, d.district.id)
+                    .await?,
+            ),
+            below_the_district: false,
+        },
+        Caller {
+            name: "sub-district admin",
+            token: Some(
+                server
+                    .login_as("xiangyang-admin", Role::SubDistrictAdmin, d.xiangyang.id)
+                    .await?,
+            ),
+            below_the_district: true,
+        },
+        Caller {
+            name: "branch secretary",
+            token: Some(secretary.clone()),
+            below_the_district: true,
+        },
+        Caller {
+            name: "volunteer",
+            token: Some(
+                server
+                    .login_as("volunteer", Role::Volunteer, d.yingfeng.id)
+                    .await?,
+            ),
+            below_the_district: true,
+        },
+        Caller {
+            name: "device",
+            token: Some(device.token.clone()),
+            below_the_district: true,
+        },
+        Caller {
+            name: "revoked device",
+            token: Some(revoked.token.clone()),
+            below_the_district: true,
+        },
+        Caller {
+            name: "logged-out session",
+            token: Some(logged_out),
+            below_the_district: true,
+        },
+        Caller {
+            name: "garbled token",
+            token: Some("dst_not-a-token-at-all-0123456789".into()),
+            below_the_district: true,
+        },
+        Caller {
+            name: "no token",
+            token: None,
+            below_the_district: true,
+        },
+    ];
+
+    let operations = crate::openapi::router_operations()?;
+    let mut compared = 0usize;
+    let mut leaks = Vec::new();
+    for caller in &callers {
+        for (method, path) in &operations {
+            let Some((_, kind)) = ID_ROUTES.iter().find(|(p, _)| p == path) else {
+                continue;
+            };
+            let method: Method = method.parse()?;
+            let mut outside = vec![("another district", &far)];
+            if caller.below_the_district {
+                outside.push(("a cousin branch", &cousin));
+            }
+            for (whose, resources) in outside {
+                let (foreign, missing) = (resources.id(*kind).to_owned(), missing_id());
+                let token = caller.token.as_deref();
+                let (status, body) =
+                    call(&server, &method, &path.replace("{id}", &foreign), token).await?;
+                let (missing_status, missing_body) =
+                    call(&server, &method, &path.replace("{id}", &missing), token).await?;
+                compared += 1;
+                if (status, normalized(&body, &foreign))
+                    != (missing_status, normalized(&missing_body, &missing))
+                {
+                    leaks.push(format!(
+                        "{} {method} {path} on {whose}'s {kind:?}: {status} {body} / missing: {missing_status} {missing_body}",
+                        caller.name
+                    ));
+                }
+            }
+        }
+    }
+    assert!(compared > 150, "only {compared} comparisons");
+    assert!(
+        leaks.is_empty(),
+        "refusals that differ from a missing resource:\n{}",
+        leaks.join("\n")
+    );
+
+    // Over the sync socket: another branch's documents, and one that does
+    // not exist, get the same answer.
+    let mut peer = TestPeer::connect(&server.ws_url(), &device.token, None).await?;
+    let month: Month = "2026-11".parse()?;
+    // The answer with the document's own id taken out.
+    let answer = |outcome: SyncOutcome, id: DocumentId| match outcome {
+        SyncOutcome::Unavailable(raw) => {
+            let id = id.to_string();
+            let text = String::from_utf8_lossy(&raw).replace(&id, "{id}");
+            format!("unavailable: {text}")
+        }
+        other => format!("{other:?}"),
+    };
+    let missing = DocumentId::from_bytes(*uuid::Uuid::now_v7().as_bytes());
+    let expected = answer(peer.sync(missing).await?, missing);
+    assert!(
+        expected.starts_with("unavailable"),
+        "a missing document: {expected}"
+    );
+    for (whose, branch) in [
+        ("a cousin branch", d.fenghuangting.id),
+        ("another district", elsewhere_branch.id),
+    ] {
+        for document in [
+            DocumentId::roster(branch),
+            DocumentId::monthly_log(branch, month),
+        ] {
+            let outcome = answer(peer.sync(document).await?, document);
+            assert_eq!(
+                outcome, expected,
+                "{whose}'s {document} answers otherwise than a missing one"
+            );
+        }
+    }
+    assert_eq!(
+        peer.sync(DocumentId::roster(d.yingfeng.id)).await?,
+        SyncOutcome::Synced
+    );
+    Ok(())
+}
