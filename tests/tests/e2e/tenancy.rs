@@ -107,7 +107,7 @@ async fn call(
         request = request.bearer_auth(token);
     }
     if *method == Method::POST {
-        request = request.json(&json!({ "reason": "审计需要", "duration_seconds": 3600 }));
+        request = request.json(&json!({ "reason": "核对本月走访记录与补助发放情况", "duration_seconds": 3600 }));
     }
     let response = request.send().await?;
     Ok((response.status(), response.text().await?))
@@ -172,7 +172,7 @@ async fn resources_in(
         server,
         admin,
         &format!("/api/v1/branches/{branch}/grants"),
-        json!({ "reason": "走访核对", "duration_seconds": 3600 }),
+        json!({ "reason": "核对本月走访记录与补助发放情况", "duration_seconds": 3600 }),
     )
     .await?;
     let text = |v: &Value, what: &str| -> anyhow::Result<String> {
