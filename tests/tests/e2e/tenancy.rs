@@ -107,7 +107,8 @@ async fn call(
         request = request.bearer_auth(token);
     }
     if *method == Method::POST {
-        request = request.json(&json!({ "reason": "核对本月走访记录与补助发放情况", "duration_seconds": 3600 }));
+        request = request
+            .json(&json!({ "reason": "核对本月走访记录与补助发放情况", "duration_seconds": 3600 }));
     }
     let response = request.send().await?;
     Ok((response.status(), response.text().await?))
@@ -355,6 +356,7 @@ async fn a_refusal_is_byte_for_byte_a_missing_resource_for_every_route_and_calle
             }
         }
     }
+    eprintln!("tenancy: {compared} comparisons");
     assert!(compared > 150, "only {compared} comparisons");
     assert!(
         leaks.is_empty(),
@@ -369,9 +371,18 @@ async fn a_refusal_is_byte_for_byte_a_missing_resource_for_every_route_and_calle
     // The answer with the document's own id taken out.
     let answer = |outcome: SyncOutcome, id: DocumentId| match outcome {
         SyncOutcome::Unavailable(raw) => {
-            let id = id.to_string();
-            let text = String::from_utf8_lossy(&raw).replace(&id, "{id}");
-            format!("unavailable: {text}")
+            match doorstep_protocol::wire::decode(&raw, &doorstep_protocol::wire::Limits::default())
+            {
+                Ok(doorstep_protocol::wire::Message::DocUnavailable {
+                    sender_id,
+                    target_id,
+                    document_id,
+                }) => format!(
+                    "unavailable from {sender_id} to {target_id}, about the document asked for: {}",
+                    document_id == id
+                ),
+                other => format!("{other:?}"),
+            }
         }
         other => format!("{other:?}"),
     };
