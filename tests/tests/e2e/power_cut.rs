@@ -25,6 +25,7 @@ use doorstep_client::{
 };
 use doorstep_power_cut as power;
 use doorstep_protocol::DocumentId;
+use doorstep_protocol::mutation::Seeded;
 use doorstep_protocol::schema::log::MonthlyLog;
 use doorstep_tests::{TestServer, sdk_device, test_store_key, today};
 use tokio::sync::Mutex;
@@ -34,18 +35,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A small deterministic generator (xorshift), so a seed names a schedule.
-struct Schedule(u64);
-
-impl Schedule {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % below
-    }
 }
 
 fn phone_config(dir: &Path, url: &str) -> ClientConfig {
@@ -104,7 +93,7 @@ async fn nothing_acknowledged_or_returned_is_lost_at_a_power_cut() -> anyhow::Re
     let cycles = env_or("DOORSTEP_POWER_CUT_CYCLES", 25);
     let seed = env_or("DOORSTEP_POWER_CUT_SEED", 0x5eed_d00d).max(1);
     eprintln!("power cut: {cycles} cycles, seed {seed}");
-    let mut schedule = Schedule(seed);
+    let mut schedule = Seeded::new(seed);
 
     let server_dir = tempfile::tempdir()?;
     let server_path: PathBuf = server_dir.path().to_path_buf();
@@ -141,7 +130,7 @@ async fn nothing_acknowledged_or_returned_is_lost_at_a_power_cut() -> anyhow::Re
         // under a stream of edits ends only with the stream, so these are
         // the acknowledgements the cut is sure to follow.
         let mut settled = Vec::new();
-        for n in 0..=schedule.next(5) {
+        for n in 0..=schedule.below(5) {
             let id = phone
                 .record_visit(visit(member, cycle * 1000 + 900 + n))
                 .await?;
@@ -184,7 +173,7 @@ async fn nothing_acknowledged_or_returned_is_lost_at_a_power_cut() -> anyhow::Re
                 }
             }
         });
-        tokio::time::sleep(Duration::from_millis(10 + schedule.next(120))).await;
+        tokio::time::sleep(Duration::from_millis(10 + schedule.below(120))).await;
 
         // What the server acknowledged before the cut (it may acknowledge
         // more before the cut lands; those are not counted here): the
@@ -202,7 +191,7 @@ async fn nothing_acknowledged_or_returned_is_lost_at_a_power_cut() -> anyhow::Re
                 acknowledged.push(*id);
             }
         }
-        let victim = match schedule.next(3) {
+        let victim = match schedule.below(3) {
             0 => Victim::Server,
             1 => Victim::Phone,
             _ => Victim::Both,
@@ -219,7 +208,7 @@ async fn nothing_acknowledged_or_returned_is_lost_at_a_power_cut() -> anyhow::Re
             power::cut(&phone_path);
         }
         // What returned up to the cut is what the phone promised.
-        tokio::time::sleep(Duration::from_millis(schedule.next(30))).await;
+        tokio::time::sleep(Duration::from_millis(schedule.below(30))).await;
         stop.store(true, Ordering::SeqCst);
         // A task that panicked (the SDK going down on a failed write) fails
         // the test here.

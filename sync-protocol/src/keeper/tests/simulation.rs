@@ -21,6 +21,7 @@ use std::collections::{BTreeSet, BinaryHeap};
 use automerge::transaction::{CommitOptions, Transactable};
 
 use super::*;
+use crate::mutation::Seeded;
 use crate::schema::log::{MonthlyLog, Visit, VisitKind};
 use crate::schema::{RecordId, delete_record, write_record};
 use crate::session::DocSession;
@@ -32,23 +33,6 @@ const CHAOS_UNTIL: u64 = 3_000;
 /// A run that has not settled by then has stalled.
 const GIVE_UP_AT: u64 = 60_000;
 const PART_BYTES: usize = 2_048;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
@@ -92,7 +76,7 @@ struct Phone {
 }
 
 struct Sim {
-    rng: Rng,
+    rng: Seeded,
     now: u64,
     seq: u64,
     queue: BinaryHeap<Reverse<(u64, u64, Event)>>,
@@ -108,7 +92,7 @@ struct Sim {
 
 impl Sim {
     fn new(seed: u64) -> Sim {
-        let mut rng = Rng(seed.max(1));
+        let mut rng = Seeded::new(seed);
         let genesis = base();
         let store = FakeStore {
             genesis: genesis.save(),
@@ -124,7 +108,7 @@ impl Sim {
         let phones = (0..PHONES)
             .map(|i| {
                 let mut actor = [0u8; 16];
-                actor[..8].copy_from_slice(&rng.next().to_be_bytes());
+                actor[..8].copy_from_slice(&rng.next_u64().to_be_bytes());
                 actor[8] = u8::try_from(i).unwrap_or(0) + 1;
                 let mut doc = genesis.fork();
                 doc.set_actor(ActorId::from(actor));
@@ -240,7 +224,7 @@ impl Sim {
         let mut tx = doc.transaction();
         match (choice, held.is_empty()) {
             (0 | 1, _) | (_, true) => {
-                let n = u128::from(self.rng.next());
+                let n = u128::from(self.rng.next_u64());
                 let id: RecordId = uuid::Uuid::from_u128(
                     0x0190_0000_0000_7000_8000_0000_0000_0000 | (n & 0x0fff_ffff_ffff_ffff),
                 )
