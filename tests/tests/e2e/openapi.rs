@@ -154,7 +154,7 @@ pub(crate) fn router_operations() -> anyhow::Result<Operations> {
     Ok(operations)
 }
 
-fn openapi_document() -> anyhow::Result<Value> {
+pub(crate) fn openapi_document() -> anyhow::Result<Value> {
     let file = workspace_root().join("server/src/http/assets/openapi.json");
     Ok(serde_json::from_str(&std::fs::read_to_string(file)?)?)
 }

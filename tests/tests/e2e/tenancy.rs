@@ -356,11 +356,71 @@ async fn a_refusal_is_byte_for_byte_a_missing_resource_for_every_route_and_calle
             }
         }
     }
+    // Every GET whose OpenAPI description takes a tenant or branch as a
+    // query parameter: another district's branch (and, below the district,
+    // the cousin branch) answers as a branch that does not exist.
+    let document = crate::openapi::openapi_document()?;
+    let mut scoped = Vec::new();
+    for (path, operations) in document["paths"].as_object().context("paths")? {
+        let Some(parameters) = operations["get"]["parameters"].as_array() else {
+            continue;
+        };
+        let names: Vec<&str> = parameters
+            .iter()
+            .filter(|p| p["in"] == "query")
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        if let Some(scope) = names.iter().find(|n| **n == "tenant" || **n == "branch") {
+            // A breakdown needs its kind.
+            let extra = if names.contains(&"by") {
+                "&by=visits_by_kind"
+            } else {
+                ""
+            };
+            scoped.push((path.clone(), scope.to_string(), extra));
+        }
+    }
+    assert!(scoped.len() >= 6, "query-scoped routes found: {scoped:?}");
+    for caller in &callers {
+        for (path, scope, extra) in &scoped {
+            let mut outside = vec![("another district", far.branch.clone())];
+            if caller.below_the_district {
+                outside.push(("a cousin branch", cousin.branch.clone()));
+            }
+            for (whose, foreign) in outside {
+                let missing = missing_id();
+                let token = caller.token.as_deref();
+                let (status, body) = call(
+                    &server,
+                    &Method::GET,
+                    &format!("{path}?{scope}={foreign}{extra}"),
+                    token,
+                )
+                .await?;
+                let (missing_status, missing_body) = call(
+                    &server,
+                    &Method::GET,
+                    &format!("{path}?{scope}={missing}{extra}"),
+                    token,
+                )
+                .await?;
+                compared += 1;
+                if (status, normalized(&body, &foreign))
+                    != (missing_status, normalized(&missing_body, &missing))
+                {
+                    leaks.push(format!(
+                        "{} GET {path}?{scope}= {whose}'s branch: {status} {body} / missing: {missing_status} {missing_body}",
+                        caller.name
+                    ));
+                }
+            }
+        }
+    }
     eprintln!("tenancy: {compared} comparisons");
-    assert!(compared > 150, "only {compared} comparisons");
+    assert!(compared > 300, "only {compared} comparisons");
     assert!(
         leaks.is_empty(),
-        "refusals that differ from a missing resource:\n{}",
+        "refusals that differ from a missing resource or tenant:\n{}",
         leaks.join("\n")
     );
 
