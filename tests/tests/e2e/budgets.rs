@@ -667,3 +667,151 @@ async fn a_refused_read_of_names_looped_is_recorded_once() -> anyhow::Result<()>
     assert_eq!(refused, 1, "50 refused reads without a grant");
     Ok(())
 }
+
+/// Budgets by generator (issue 15): every route of the router (from its
+/// source, so a new one is in), each hit by 80 concurrent callers (20 each
+/// anonymous, with a garbled token, as a volunteer and as a device of
+/// another branch, from 20 addresses) on the real binary, while a device of
+/// the district keeps syncing. The process's peak memory, threads and open
+/// files stay bounded, audit rows grow by a few (not one per call), no call
+/// gets a 500 or a dropped connection, and the other device syncs
+/// throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_flooded_at_once_stays_within_the_process_budgets() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let store = Store::open(&data.path().join("doorstep.db")).await?;
+    let d = make_district(&store).await?;
+    admin::create_user(
+        &store,
+        "flood-volunteer",
+        "a volunteer's own password",
+        Role::Volunteer,
+        d.yingfeng.id,
+        "test",
+    )
+    .await?;
+    let server = ServerProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_doorstep")),
+        data.path(),
+    )
+    .await?;
+    let url = server.http_url();
+    let login: serde_json::Value = reqwest::Client::new()
+        .post(format!("{url}/api/v1/login"))
+        .json(&json!({ "username": "flood-volunteer", "password": "a volunteer's own password" }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let volunteer = login["token"].as_str().unwrap_or_default().to_owned();
+    let device = enroll(&store, &url, d.yingfeng.id, "flooding phone").await?;
+    let honest = connected_device(
+        &url,
+        &server.ws_url(),
+        enroll(&store, &url, d.fenghuangting.id, "honest phone").await?,
+        None,
+    )
+    .await?;
+    let audit_rows = |store: Store| async move {
+        Ok::<_, anyhow::Error>(
+            store
+                .audit_entries(&AuditQuery {
+                    scope: None,
+                    before: None,
+                    limit: 100_000,
+                })
+                .await?
+                .len(),
+        )
+    };
+    let audit_before = audit_rows(store.clone()).await?;
+    let threads_before = server.threads()?;
+    let files_before = server.open_files()? as u64;
+
+    let busy = Arc::new(AtomicBool::new(true));
+    let pid = server.pid().expect("running");
+    let threads = watch_peak(busy.clone(), move || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("Threads:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    });
+    let files = watch_peak(busy.clone(), move || {
+        Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+    });
+    let syncing = honest_device(honest, busy.clone());
+
+    let callers: [Option<String>; 4] = [
+        None,
+        Some("dst_garbled-token-0123456789abcdef".into()),
+        Some(volunteer),
+        Some(device.token.clone()),
+    ];
+    let routes = crate::openapi::router_operations()?;
+    let mut calls = 0usize;
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for (method, path) in &routes {
+        let path = path.replace("{id}", &uuid::Uuid::now_v7().to_string());
+        let method: reqwest::Method = method.parse()?;
+        let mut batch = Vec::new();
+        for (c, token) in callers.iter().enumerate() {
+            for i in 0..20u8 {
+                let client = client_from([127, 0, 2 + c as u8, 10 + i]);
+                let mut request = client.request(method.clone(), format!("{url}{path}"));
+                if let Some(token) = token {
+                    request = request.bearer_auth(token);
+                }
+                if method == reqwest::Method::POST {
+                    request = request.json(&json!({ "code": "not-a-code", "password": "not the password", "username": "nobody" }));
+                }
+                batch.push(tokio::spawn(async move {
+                    request.send().await.map(|r| r.status().as_u16())
+                }));
+            }
+        }
+        for call in batch {
+            let status = call.await?.unwrap_or(0);
+            *statuses.entry(status).or_default() += 1;
+            calls += 1;
+        }
+    }
+    busy.store(false, Ordering::SeqCst);
+    let rounds = syncing.await??;
+    let (threads, files) = (threads.await?, files.await?);
+    let peak = server.peak_rss_bytes()?;
+    let audit_after = audit_rows(store.clone()).await?;
+    eprintln!(
+        "flood: {calls} calls over {} routes; statuses {statuses:?}; peak RSS {} MiB, threads {threads_before} -> peak {threads}, open files {files_before} -> peak {files}, audit rows +{}, the other device synced {rounds} times",
+        routes.len(),
+        peak / MIB,
+        audit_after - audit_before
+    );
+    assert!(
+        !statuses.contains_key(&500) && !statuses.contains_key(&0),
+        "a server error or a dropped connection: {statuses:?}"
+    );
+    assert!(peak < 300 * MIB, "peak RSS {} MiB", peak / MIB);
+    assert!(
+        threads < threads_before + 40,
+        "threads went from {threads_before} to {threads}"
+    );
+    let limits = ConnectionLimits::default();
+    assert!(files < limits.total as u64 + 128, "{files} open files");
+    // Refusals are audited once per kind of attempt, not once per call: a
+    // flood must not fill the disk with audit rows (50 here for 3,520).
+    assert!(
+        audit_after - audit_before <= calls / 20,
+        "{} audit rows for {calls} calls",
+        audit_after - audit_before
+    );
+    assert!(rounds >= 1, "the other branch synced meanwhile");
+    let health = reqwest::get(format!("{url}/healthz")).await?;
+    assert_eq!(health.status(), StatusCode::OK);
+    server.kill().await?;
+    Ok(())
+}
