@@ -535,6 +535,9 @@ impl Client {
         // Whatever fails below, this instance is not handed out again.
         open.remove(&self.inner.dir);
         *self.inner.replicas.lock().await = None;
+        // A sync that ended while closing published its time after the
+        // keeper stopped: kept here.
+        crate::status::save_last_synced(&self.inner.store, &self.status()).await;
         if let Ok(mut slot) = self.inner.identity.write() {
             *slot = None;
         }
@@ -573,6 +576,9 @@ impl Client {
             return Ok(());
         }
         let _ = self.inner.stop.send(true);
+        // Held until the directory is released, so an open of it meanwhile
+        // waits and then opens afresh, instead of getting this instance.
+        let mut open = OPEN.lock().await;
         let keeper = self
             .inner
             .last_synced_keeper
@@ -583,9 +589,6 @@ impl Client {
             // It ends at the stop signal, after a write under way.
             let _ = tokio::time::timeout(Duration::from_secs(5), keeper).await;
         }
-        // Held until the directory is released, so an open of it meanwhile
-        // waits and then opens afresh, instead of getting this instance.
-        let mut open = OPEN.lock().await;
         // The live connection leaves at the stop signal; a bounded
         // `sync_now` in flight ends within its deadline, but close need
         // not wait that long: past a few seconds the store closes under

@@ -85,20 +85,24 @@ pub(crate) fn keep_last_synced(
                 // The last sync's time is kept before stopping.
                 _ = stop.changed() => status.has_changed().unwrap_or(false),
             };
-            let synced = match &*status.borrow_and_update() {
-                SyncStatus::UpToDate { at_unix_secs } => Some(*at_unix_secs),
-                _ => None,
-            };
-            if let Some(at) = synced
-                && let Err(e) = store.set_meta(&[(LAST_SYNCED, &at.to_string())]).await
-            {
-                tracing::debug!(error = %e, "could not keep the last sync time");
-            }
+            let now = status.borrow_and_update().clone();
+            save_last_synced(&store, &now).await;
             if stopping || *stop.borrow() {
                 break;
             }
         }
     })
+}
+
+/// Keeps the time of a completed sync (`status` up to date) in the store.
+pub(crate) async fn save_last_synced(store: &LocalStore, status: &SyncStatus) {
+    if let SyncStatus::UpToDate { at_unix_secs } = status
+        && let Err(e) = store
+            .set_meta(&[(LAST_SYNCED, &at_unix_secs.to_string())])
+            .await
+    {
+        tracing::debug!(error = %e, "could not keep the last sync time");
+    }
 }
 
 impl Client {
