@@ -59,11 +59,24 @@ struct Machines {
     files: HashMap<PathBuf, Unsynced>,
     /// Successful syncs per file, so a test can show the syncs happen.
     syncs: HashMap<PathBuf, u64>,
+    /// Writes, truncates, syncs and deletes refused per file because its
+    /// machine's power was off: a test shows its cuts bite with these (a
+    /// cut between two fsynced commits leaves nothing to undo).
+    refused: HashMap<PathBuf, u64>,
 }
 
 impl Machines {
     fn is_cut(&self, path: &Path) -> bool {
         self.cut.iter().any(|dir| path.starts_with(dir))
+    }
+
+    /// Whether `path` is cut off, counting the refusal if it is.
+    fn refuses(&mut self, path: &Path) -> bool {
+        let cut = self.is_cut(path);
+        if cut {
+            *self.refused.entry(path.to_path_buf()).or_default() += 1;
+        }
+        cut
     }
 }
 
@@ -194,6 +207,17 @@ pub fn restore(dir: &Path) -> std::io::Result<usize> {
     Ok(undone)
 }
 
+/// Operations refused under `dir` so far because its power was off.
+pub fn refusals_under(dir: &Path) -> u64 {
+    let dir = &machine(dir);
+    machines()
+        .refused
+        .iter()
+        .filter(|(path, _)| path.starts_with(dir))
+        .map(|(_, n)| n)
+        .sum()
+}
+
 /// Successful syncs of the files under `dir` so far.
 pub fn syncs_under(dir: &Path) -> u64 {
     let dir = &machine(dir);
@@ -320,7 +344,7 @@ unsafe extern "C" fn x_delete(
     };
     if let Some(path) = &path {
         let mut machines = machines();
-        if machines.is_cut(path) {
+        if machines.refuses(path) {
             return ffi::SQLITE_IOERR_DELETE;
         }
         machines.files.remove(path);
@@ -427,7 +451,7 @@ unsafe extern "C" fn x_write(
     // SAFETY: SQLite calls us on a file we opened.
     unsafe {
         if let Some(path) = path_of(file) {
-            if machines().is_cut(path) {
+            if machines().refuses(path) {
                 return ffi::SQLITE_IOERR_WRITE;
             }
             let (Ok(at), Ok(len)) = (u64::try_from(offset), u64::try_from(amount)) else {
@@ -448,7 +472,7 @@ unsafe extern "C" fn x_truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3
     // SAFETY: SQLite calls us on a file we opened.
     unsafe {
         if let Some(path) = path_of(file) {
-            if machines().is_cut(path) {
+            if machines().refuses(path) {
                 return ffi::SQLITE_IOERR_TRUNCATE;
             }
             let Ok(at) = u64::try_from(size) else {
@@ -469,7 +493,7 @@ unsafe extern "C" fn x_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int
     // SAFETY: SQLite calls us on a file we opened.
     unsafe {
         let path = path_of(file);
-        if path.is_some_and(|path| machines().is_cut(path)) {
+        if path.is_some_and(|path| machines().refuses(path)) {
             return ffi::SQLITE_IOERR_FSYNC;
         }
         let rc = match real_methods(file).xSync {
