@@ -535,9 +535,7 @@ impl Client {
         // Whatever fails below, this instance is not handed out again.
         open.remove(&self.inner.dir);
         *self.inner.replicas.lock().await = None;
-        // A sync that ended while closing published its time after the
-        // keeper stopped: kept here.
-        crate::status::save_last_synced(&self.inner.store, &self.status()).await;
+        self.stop_last_synced_keeper().await;
         if let Ok(mut slot) = self.inner.identity.write() {
             *slot = None;
         }
@@ -579,16 +577,7 @@ impl Client {
         // Held until the directory is released, so an open of it meanwhile
         // waits and then opens afresh, instead of getting this instance.
         let mut open = OPEN.lock().await;
-        let keeper = self
-            .inner
-            .last_synced_keeper
-            .lock()
-            .ok()
-            .and_then(|mut k| k.take());
-        if let Some(keeper) = keeper {
-            // It ends at the stop signal, after a write under way.
-            let _ = tokio::time::timeout(Duration::from_secs(5), keeper).await;
-        }
+        self.stop_last_synced_keeper().await;
         // The live connection leaves at the stop signal; a bounded
         // `sync_now` in flight ends within its deadline, but close need
         // not wait that long: past a few seconds the store closes under
@@ -601,6 +590,9 @@ impl Client {
             open.remove(&self.inner.dir);
         }
         *self.inner.replicas.lock().await = None;
+        // A sync that ended while closing published its time after the
+        // keeper stopped: kept here.
+        crate::status::save_last_synced(&self.inner.store, &self.status()).await;
         if let Ok(mut slot) = self.inner.identity.write() {
             *slot = None;
         }
@@ -612,6 +604,22 @@ impl Client {
         drop(syncing);
         drop(open);
         Ok(())
+    }
+
+    /// Stops the task that keeps the last sync time and waits for it (its
+    /// write under way completes), so no connection of it is still opening
+    /// when the store closes or the process exits.
+    async fn stop_last_synced_keeper(&self) {
+        let _ = self.inner.stop.send(true);
+        let keeper = self
+            .inner
+            .last_synced_keeper
+            .lock()
+            .ok()
+            .and_then(|mut k| k.take());
+        if let Some(keeper) = keeper {
+            let _ = tokio::time::timeout(Duration::from_secs(5), keeper).await;
+        }
     }
 
     /// Re-encrypts the store under `new_key` and returns the client
