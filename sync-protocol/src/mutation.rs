@@ -13,21 +13,6 @@ pub enum Mutation {
     Truncate(usize),
 }
 
-impl Mutation {
-    /// The mutation numbers name: `choice` picks the kind (set and bit flip
-    /// three times as often as the others), `at` the place, `byte` the
-    /// value. Harnesses map their generator's numbers through this.
-    pub fn pick(choice: u64, at: usize, byte: u8) -> Mutation {
-        match choice % 9 {
-            0..=2 => Mutation::Set(at, byte),
-            3..=5 => Mutation::FlipBit(at, byte),
-            6 => Mutation::Insert(at, byte),
-            7 => Mutation::Remove(at),
-            _ => Mutation::Truncate(at),
-        }
-    }
-}
-
 /// Applies `mutations` in order.
 pub fn mutate(bytes: &mut Vec<u8>, mutations: &[Mutation]) {
     for m in mutations {
@@ -80,7 +65,13 @@ impl Seeded {
             .map(|_| {
                 let at = usize::try_from(self.next_u64() >> 1).unwrap_or(usize::MAX);
                 let byte = self.next_u64().to_le_bytes()[0];
-                Mutation::pick(self.next_u64(), at, byte)
+                match self.below(5) {
+                    0 => Mutation::Set(at, byte),
+                    1 => Mutation::FlipBit(at, byte),
+                    2 => Mutation::Insert(at, byte),
+                    3 => Mutation::Remove(at),
+                    _ => Mutation::Truncate(at),
+                }
             })
             .collect()
     }

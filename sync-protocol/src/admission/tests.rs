@@ -1206,7 +1206,12 @@ fn corpus() -> &'static [Sample] {
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
-    (any::<u64>(), any::<usize>(), any::<u8>()).prop_map(|(c, at, b)| Mutation::pick(c, at, b))
+    prop_oneof![
+        4 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Set(i, b)),
+        1 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Insert(i, b)),
+        1 => any::<usize>().prop_map(Mutation::Remove),
+        1 => any::<usize>().prop_map(Mutation::Truncate),
+    ]
 }
 
 fn small_limits() -> AdmissionLimits {

@@ -55,27 +55,6 @@ fn watch_peak(
     })
 }
 
-/// The peak threads and open files of process `pid` while `busy` is set.
-fn watch_threads_and_files(
-    pid: u32,
-    busy: &Arc<AtomicBool>,
-) -> (tokio::task::JoinHandle<u64>, tokio::task::JoinHandle<u64>) {
-    let threads = watch_peak(busy.clone(), move || {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with("Threads:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    });
-    let files = watch_peak(busy.clone(), move || {
-        Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
-    });
-    (threads, files)
-}
-
 /// A device of another branch that syncs a new member again and again
 /// until `busy` clears; returns how many rounds it completed, all synced.
 fn honest_device(
@@ -142,7 +121,19 @@ async fn four_hundred_concurrent_activations_with_one_code_stay_within_budget() 
 
     let busy = Arc::new(AtomicBool::new(true));
     let pid = server.pid().expect("running");
-    let (threads, files) = watch_threads_and_files(pid, &busy);
+    let threads = watch_peak(busy.clone(), move || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("Threads:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    });
+    let files = watch_peak(busy.clone(), move || {
+        Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+    });
     let syncing = honest_device(honest, busy.clone());
 
     let url = format!("{}/api/v1/activate", server.http_url());
@@ -740,7 +731,19 @@ async fn every_route_flooded_at_once_stays_within_the_process_budgets() -> anyho
 
     let busy = Arc::new(AtomicBool::new(true));
     let pid = server.pid().expect("running");
-    let (threads, files) = watch_threads_and_files(pid, &busy);
+    let threads = watch_peak(busy.clone(), move || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("Threads:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    });
+    let files = watch_peak(busy.clone(), move || {
+        Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+    });
     let syncing = honest_device(honest, busy.clone());
 
     let callers: [Option<String>; 4] = [

@@ -447,7 +447,13 @@ mod fuzz {
     use crate::mutation::{Mutation, mutate};
 
     fn mutation() -> impl Strategy<Value = Mutation> {
-        (any::<u64>(), any::<usize>(), any::<u8>()).prop_map(|(c, at, b)| Mutation::pick(c, at, b))
+        prop_oneof![
+            3 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Set(i, b)),
+            3 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::FlipBit(i, b)),
+            1 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Insert(i, b)),
+            1 => any::<usize>().prop_map(Mutation::Remove),
+            1 => any::<usize>().prop_map(Mutation::Truncate),
+        ]
     }
 
     /// The corpus: every sample message, plain and deflated.
