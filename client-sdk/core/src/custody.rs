@@ -19,7 +19,9 @@ use std::panic::AssertUnwindSafe;
 
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, Automerge, ChangeHash, ObjId, Prop, ReadDoc, Value};
-use doorstep_protocol::schema::DocumentKind;
+use doorstep_protocol::admission::{AdmissionLimits, inspect_chunks};
+use doorstep_protocol::keeper::KeeperLimits;
+use doorstep_protocol::schema::{Checked, DocumentKind, check_record_in};
 use doorstep_protocol::{DocumentId, Month, TenantId};
 use serde::{Deserialize, Serialize};
 
@@ -486,6 +488,16 @@ async fn import_document(
     for change in changes {
         let bytes = hex::decode(change)
             .map_err(|_| ClientError::invalid("export", "a change is not hex"))?;
+        // The server's admission first (checksums, bounds, what Automerge
+        // panics on): a file is input from outside, like a sync message.
+        let inspected = inspect_chunks(&bytes, &AdmissionLimits::default())
+            .map_err(|e| ClientError::invalid("export", format!("a change is damaged: {e}")))?;
+        if inspected.changes.len() != 1 || inspected.documents != 0 {
+            return Err(ClientError::invalid(
+                "export",
+                "an entry of its changes is not one change",
+            ));
+        }
         let change = automerge::Change::from_bytes(bytes)
             .map_err(|e| ClientError::invalid("export", format!("a change is corrupt: {e}")))?;
         // Only the exporting device's own edits: the file must not carry
@@ -500,12 +512,17 @@ async fn import_document(
     }
     let base = replicas.get(id, kind).await?.doc().clone();
     let importer = importer.clone();
+    let month = match kind {
+        DocumentKind::Roster => None,
+        DocumentKind::MonthlyLog(month) => Some(month),
+    };
     // Everything that reads the imported changes runs on copies, inside the
     // unwind guard (an exported change is input from outside); only the
     // re-authored changes reach the real document.
-    let (made, records) =
-        std::panic::catch_unwind(AssertUnwindSafe(move || reauthor(base, parsed, importer)))
-            .map_err(|_| ClientError::invalid("export", "its changes could not be applied"))??;
+    let (made, records) = std::panic::catch_unwind(AssertUnwindSafe(move || {
+        reauthor(base, parsed, importer, month)
+    }))
+    .map_err(|_| ClientError::invalid("export", "its changes could not be applied"))??;
     if made.is_empty() {
         return Ok(0);
     }
@@ -514,13 +531,18 @@ async fn import_document(
 }
 
 /// See [`import_document`]: the re-authored changes, in causal order, and
-/// the number of records they touch.
+/// the number of records they touch. Refused if they would leave a record
+/// of the document (`month`'s log, or the roster) invalid that was not
+/// already: the device's own edits are checked before they are made, and a
+/// file's edits must not reach further.
 fn reauthor(
     mut work: Automerge,
     exported: Vec<automerge::Change>,
     importer: ActorId,
+    month: Option<Month>,
 ) -> Result<(Vec<automerge::Change>, usize), ClientError> {
     let invalid = |e: &dyn std::fmt::Display| ClientError::invalid("export", e);
+    let start = work.get_heads();
     let mut originals = work.clone();
     originals
         .apply_changes(exported.iter().cloned())
@@ -628,7 +650,50 @@ fn reauthor(
         made.push(new);
         fork = Some(at);
     }
+    if let Some((record, problems)) = newly_invalid(&work, &start, &records, month)? {
+        return Err(ClientError::invalid(
+            "export",
+            format!(
+                "it would leave the record {record} invalid: {}",
+                problems.join("; ")
+            ),
+        ));
+    }
     Ok((made, records.len()))
+}
+
+/// The first of `records` (`collection/key`) that is invalid in `doc` but
+/// was not at `start`, with its problems.
+fn newly_invalid(
+    doc: &Automerge,
+    start: &[ChangeHash],
+    records: &BTreeSet<String>,
+    month: Option<Month>,
+) -> Result<Option<(String, Vec<String>)>, ClientError> {
+    let mut before: Option<Automerge> = None;
+    for record in records {
+        let Some((collection, key)) = record.split_once('/') else {
+            continue;
+        };
+        let Checked::Invalid(problems) = check_record_in(doc, collection, key, month) else {
+            continue;
+        };
+        // Rare: only then is the document as it was needed.
+        let before = match &mut before {
+            Some(before) => before,
+            None => before.insert(
+                doc.fork_at(start)
+                    .map_err(|e| ClientError::invalid("export", e))?,
+            ),
+        };
+        if !matches!(
+            check_record_in(before, collection, key, month),
+            Checked::Invalid(_)
+        ) {
+            return Ok(Some((record.clone(), problems)));
+        }
+    }
+    Ok(None)
 }
 
 /// The objects one change created, by where it put them.
@@ -712,6 +777,15 @@ fn replay(
     records: &mut BTreeSet<String>,
 ) -> Result<(), ClientError> {
     use automerge::PatchAction;
+    // The server refuses objects deeper than this (by default), and would
+    // refuse the re-authored change for good.
+    let limit = KeeperLimits::default().max_depth;
+    if patch.path.len() >= limit {
+        return Err(ClientError::invalid(
+            "export",
+            format!("it nests objects more than {limit} deep"),
+        ));
+    }
     let mut keys = patch.path.iter().filter_map(|(_, prop)| match prop {
         Prop::Map(key) => Some(key.clone()),
         Prop::Seq(_) => None,
@@ -828,6 +902,79 @@ mod tests {
     }
 
     #[test]
+    fn an_export_that_would_leave_a_record_invalid_is_refused() -> Result<(), ClientError> {
+        use doorstep_protocol::schema::log::{Visit, VisitKind};
+        use doorstep_protocol::schema::{RecordId, genesis, write_record};
+        use doorstep_protocol::{Date, Fen, TenantId};
+        let month: Month = "2026-11"
+            .parse()
+            .map_err(|e| ClientError::invalid("month", e))?;
+        let mut base = genesis(TenantId::new_v7(), DocumentKind::MonthlyLog(month))
+            .with_actor(ActorId::random());
+        let id = RecordId::new_v7();
+        let mut tx = base.transaction();
+        let visit = Visit {
+            date: "2026-11-05"
+                .parse::<Date>()
+                .map_err(|e| ClientError::invalid("date", e))?,
+            member_id: RecordId::new_v7(),
+            kind: VisitKind::Routine,
+            visitors: ["志愿者".to_owned()].into(),
+            aid_cash: Fen::from_yuan(50),
+            aid_goods: Fen::ZERO,
+            goods_description: None,
+            notes: None,
+            follow_up: None,
+            recorded_by: None,
+        };
+        write_record(&mut tx, id, &visit)?;
+        tx.commit();
+        let record = |doc: &Automerge| -> ObjId {
+            let (_, visits) = doc
+                .get(automerge::ROOT, "visits")
+                .ok()
+                .flatten()
+                .expect("visits");
+            doc.get(&visits, id.to_string())
+                .ok()
+                .flatten()
+                .expect("the visit")
+                .1
+        };
+        let edit = |key: &str, value: &str| {
+            let mut fork = base.fork().with_actor(ActorId::random());
+            let obj = record(&fork);
+            let mut tx = fork.transaction();
+            tx.put(&obj, key, value).expect("put");
+            tx.commit();
+            fork.get_last_local_change().expect("a change")
+        };
+
+        // A member id no device would write: refused, and named.
+        let refused = reauthor(
+            base.clone(),
+            vec![edit("member_id", "9d-a5fb")],
+            ActorId::random(),
+            Some(month),
+        );
+        match refused {
+            Err(ClientError::Invalid { problem, .. }) => {
+                assert!(problem.contains(&format!("visits/{id}")), "{problem}");
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        // A note is fine.
+        let (made, records) = reauthor(
+            base.clone(),
+            vec![edit("notes", "复查")],
+            ActorId::random(),
+            Some(month),
+        )?;
+        assert_eq!((made.len(), records), (1, 1));
+        Ok(())
+    }
+
+    #[test]
     fn a_reauthored_change_is_concurrent_with_what_the_original_was() -> Result<(), ClientError> {
         let base = base();
         let exported = edit(&base, &[("notes", "B")]);
@@ -837,19 +984,28 @@ mod tests {
         // set is a conflict, the other field keeps the third device's value.
         let mut importer = base.clone();
         importer.apply_changes([third.clone()])?;
-        let (made, records) =
-            reauthor(importer.clone(), vec![exported.clone()], ActorId::random())?;
+        let (made, records) = reauthor(
+            importer.clone(),
+            vec![exported.clone()],
+            ActorId::random(),
+            None,
+        )?;
         assert_eq!((made.len(), records), (1, 1));
         importer.apply_changes(made)?;
         assert_eq!(values(&importer, "notes"), ["B", "C"]);
         assert_eq!(values(&importer, "address"), ["C"]);
         // Importing the same change again enters nothing.
-        let (again, _) = reauthor(importer.clone(), vec![exported.clone()], ActorId::random())?;
+        let (again, _) = reauthor(
+            importer.clone(),
+            vec![exported.clone()],
+            ActorId::random(),
+            None,
+        )?;
         assert!(again.is_empty());
 
         // The importer without it: the same once the third edit arrives.
         let mut importer = base.clone();
-        let (made, _) = reauthor(importer.clone(), vec![exported], ActorId::random())?;
+        let (made, _) = reauthor(importer.clone(), vec![exported], ActorId::random(), None)?;
         importer.apply_changes(made)?;
         importer.apply_changes([third])?;
         assert_eq!(values(&importer, "notes"), ["B", "C"]);
@@ -876,7 +1032,7 @@ mod tests {
 
         let mut importer = base.clone();
         let actor = ActorId::random();
-        let (made, _) = reauthor(importer.clone(), exported, actor.clone())?;
+        let (made, _) = reauthor(importer.clone(), exported, actor.clone(), None)?;
         assert_eq!(made.len(), 2);
         assert!(made.iter().all(|c| *c.actor_id() == actor));
         assert!(made[1].deps().contains(&made[0].hash()));
@@ -917,9 +1073,9 @@ mod tests {
         assert_eq!(second.len(), 2);
 
         let mut importer = base.clone();
-        let (made, _) = reauthor(importer.clone(), first, ActorId::random())?;
+        let (made, _) = reauthor(importer.clone(), first, ActorId::random(), None)?;
         importer.apply_changes(made)?;
-        let (made, _) = reauthor(importer.clone(), second, ActorId::random())?;
+        let (made, _) = reauthor(importer.clone(), second, ActorId::random(), None)?;
         assert_eq!(made.len(), 1, "only the new change is entered");
         importer.apply_changes(made)?;
         let m = member(&importer);

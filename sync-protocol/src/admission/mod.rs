@@ -234,8 +234,16 @@ pub fn inspect_sync_message(
         [one] => Cow::Borrowed(one),
         many => Cow::Owned(many.concat()),
     };
+    inspect_chunks(&joined, limits)
+}
+
+/// [`inspect_sync_message`] for storage chunks that come without a sync
+/// message around them (the changes of an exported file): the same bounds,
+/// checksums and refusals, so what Automerge would panic on never reaches
+/// it from either door.
+pub fn inspect_chunks(data: &[u8], limits: &AdmissionLimits) -> Result<Inspected, AdmissionError> {
     let mut totals = chunks::Totals::new(limits);
-    chunks::inspect_chunks(&joined, &mut totals)?;
+    chunks::inspect_chunks(data, &mut totals)?;
     let mut inspected = totals.inspected;
     inspected.inflated_bytes = totals.budget.used();
     Ok(inspected)

@@ -176,6 +176,45 @@ pub fn check_record<R: Record, D: ReadDoc>(
     }
 }
 
+/// [`check_record`] for a collection named at run time (from a patch's
+/// path, say): the record's type is its collection's, the month applies to
+/// the log's collections only. A key at a collection no document kind has
+/// is invalid; no collection map at all means the record is absent.
+pub fn check_record_in<D: ReadDoc>(
+    doc: &D,
+    collection: &str,
+    key: &str,
+    month: Option<Month>,
+) -> Checked<()> {
+    use log::{Activity, FundEntry, Placement, Training, Visit};
+    use roster::{HardshipEntry, Member, Pairing, Team};
+    fn erased<R>(checked: Checked<R>) -> Checked<()> {
+        match checked {
+            Checked::Absent => Checked::Absent,
+            Checked::Valid(id, _) => Checked::Valid(id, ()),
+            Checked::Invalid(problems) => Checked::Invalid(problems),
+        }
+    }
+    let Ok(Some((Value::Object(ObjType::Map), map))) = doc.get(automerge::ROOT, collection) else {
+        return Checked::Absent;
+    };
+    match collection {
+        Member::COLLECTION => erased(check_record::<Member, D>(doc, &map, key, None)),
+        HardshipEntry::COLLECTION => erased(check_record::<HardshipEntry, D>(doc, &map, key, None)),
+        Pairing::COLLECTION => erased(check_record::<Pairing, D>(doc, &map, key, None)),
+        Team::COLLECTION => erased(check_record::<Team, D>(doc, &map, key, None)),
+        Visit::COLLECTION => erased(check_record::<Visit, D>(doc, &map, key, month)),
+        Activity::COLLECTION => erased(check_record::<Activity, D>(doc, &map, key, month)),
+        Training::COLLECTION => erased(check_record::<Training, D>(doc, &map, key, month)),
+        Placement::COLLECTION => erased(check_record::<Placement, D>(doc, &map, key, month)),
+        FundEntry::COLLECTION => erased(check_record::<FundEntry, D>(doc, &map, key, month)),
+        _ => match doc.get(&map, key) {
+            Ok(Some(_)) => Checked::Invalid(vec![format!("{collection} is not a collection")]),
+            _ => Checked::Absent,
+        },
+    }
+}
+
 /// A record that is present in a document but failed to read or validate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidRecord {

@@ -404,6 +404,52 @@ fn amounts_and_counts_too_large_to_sum_are_invalid() {
 }
 
 #[test]
+fn check_record_in_finds_the_type_by_the_collection_name() {
+    let mut doc = device(1, DocumentKind::MonthlyLog(november()));
+    let good = RecordId::new_v7();
+    let early = RecordId::new_v7();
+    let mut tx = doc.transaction();
+    write_record(&mut tx, good, &visit("2026-11-05", RecordId::new_v7())).expect("write");
+    write_record(&mut tx, early, &visit("2026-10-05", RecordId::new_v7())).expect("write");
+    let (_, visits) = tx
+        .get(automerge::ROOT, "visits")
+        .expect("get")
+        .expect("visits");
+    tx.put(&visits, "not-an-id", 1_i64).expect("put");
+    let stray = tx
+        .put_object(automerge::ROOT, "visitz", automerge::ObjType::Map)
+        .expect("put");
+    tx.put(&stray, good.to_string(), 1_i64).expect("put");
+    tx.commit();
+    let month = Some(november());
+    assert!(matches!(
+        check_record_in(&doc, "visits", &good.to_string(), month),
+        Checked::Valid(id, ()) if id == good
+    ));
+    assert!(matches!(
+        check_record_in(&doc, "visits", &early.to_string(), month),
+        Checked::Invalid(_)
+    ));
+    assert!(matches!(
+        check_record_in(&doc, "visits", "not-an-id", month),
+        Checked::Invalid(_)
+    ));
+    assert!(matches!(
+        check_record_in(&doc, "visitz", &good.to_string(), month),
+        Checked::Invalid(_)
+    ));
+    assert_eq!(
+        check_record_in(&doc, "visits", &RecordId::new_v7().to_string(), month),
+        Checked::Absent
+    );
+    // A roster collection's map is not in a log.
+    assert_eq!(
+        check_record_in(&doc, "members", &good.to_string(), month),
+        Checked::Absent
+    );
+}
+
+#[test]
 fn check_record_tells_absent_valid_and_invalid_apart() {
     let mut doc = device(1, DocumentKind::MonthlyLog(november()));
     let good = RecordId::new_v7();
