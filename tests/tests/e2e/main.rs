@@ -16,6 +16,7 @@ mod disk_full;
 mod durability;
 mod enrollment;
 mod failures;
+mod frame_fuzz;
 mod history;
 mod hostile;
 mod hygiene;
