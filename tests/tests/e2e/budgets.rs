@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{add_member, connected_device};
 
-const MIB: u64 = 1024 * 1024;
+pub(crate) const MIB: u64 = 1024 * 1024;
 
 /// A client whose connections come from `ip` (all of 127.0.0.0/8 reaches
 /// the server on loopback, so each test "address" is a real source).
@@ -39,7 +39,7 @@ fn client_from(ip: [u8; 4]) -> reqwest::Client {
 }
 
 /// The highest value `sample` took while `busy` was set, sampled often.
-fn watch_peak(
+pub(crate) fn watch_peak(
     busy: Arc<AtomicBool>,
     sample: impl Fn() -> Option<u64> + Send + 'static,
 ) -> tokio::task::JoinHandle<u64> {
@@ -57,7 +57,7 @@ fn watch_peak(
 
 /// A device of another branch that syncs a new member again and again
 /// until `busy` clears; returns how many rounds it completed, all synced.
-fn honest_device(
+pub(crate) fn honest_device(
     mut device: crate::Device,
     busy: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<anyhow::Result<usize>> {

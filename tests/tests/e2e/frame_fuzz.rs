@@ -32,15 +32,40 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::{add_member, connected_device};
 
+/// How many kinds of message [`Vocabulary::of_kind`] makes: every message
+/// type of the protocol (see [`kind_of`]), a join of a wrong version, and a
+/// sync under another peer's name.
+pub(crate) const KINDS: u64 = 14;
+
+/// The kind number of a message: a new message type does not compile
+/// until it is given one here and in [`Vocabulary::of_kind`], so neither
+/// this harness nor the flood in `sync_flood` can leave it out.
+pub(crate) fn kind_of(message: &Message) -> u64 {
+    match message {
+        Message::Join { .. } => 0,
+        Message::Request { .. } => 2,
+        Message::Sync { .. } => 3,
+        Message::DocUnavailable { .. } => 4,
+        Message::Ephemeral { .. } => 5,
+        Message::Leave { .. } => 6,
+        Message::Error { .. } => 7,
+        Message::RemoteSubscriptionChange { .. } => 8,
+        Message::RemoteHeadsChanged { .. } => 9,
+        Message::CountedRequest { .. } => 10,
+        Message::Peer { .. } => 11,
+        Message::Counted { .. } => 12,
+    }
+}
+
 /// What one case's frames are made of.
-struct Vocabulary {
-    roster: DocumentId,
-    cousin: DocumentId,
-    missing: DocumentId,
+pub(crate) struct Vocabulary {
+    pub(crate) roster: DocumentId,
+    pub(crate) cousin: DocumentId,
+    pub(crate) missing: DocumentId,
     /// Sync messages a real peer sends: first messages (heads and a bloom
     /// filter) from a copy of the roster and from an empty document, and
     /// messages carrying new members by the device's registered actor.
-    data: Vec<Vec<u8>>,
+    pub(crate) data: Vec<Vec<u8>>,
 }
 
 impl Vocabulary {
@@ -64,13 +89,19 @@ impl Vocabulary {
 
     /// A message; `polite` keeps to those a stock peer sends once joined.
     fn message(&self, cases: &mut Seeded, me: &PeerId, polite: bool) -> Message {
+        let kind = if polite {
+            [2, 3, 3, 4, 5, 8, 9][usize::try_from(cases.below(7)).unwrap_or(0)]
+        } else {
+            cases.below(KINDS)
+        };
+        self.of_kind(kind, cases, me)
+    }
+
+    /// A message of kind `kind` (below [`KINDS`]), its document and data
+    /// drawn from `cases`.
+    pub(crate) fn of_kind(&self, kind: u64, cases: &mut Seeded, me: &PeerId) -> Message {
         let server = PeerId::new("server").expect("peer id");
         let sender_id = me.clone();
-        let kind = if polite {
-            [2, 3, 4, 5, 6, 9, 10][usize::try_from(cases.below(7)).unwrap_or(0)]
-        } else {
-            cases.below(14)
-        };
         match kind {
             0 => join(me, "1"),
             1 => join(me, if cases.chance(50) { "2" } else { "" }),
@@ -80,18 +111,18 @@ impl Vocabulary {
                 document_id: self.document(cases),
                 data: self.data(cases),
             },
-            3 | 4 => Message::Sync {
+            3 => Message::Sync {
                 sender_id,
                 target_id: server,
                 document_id: self.document(cases),
                 data: self.data(cases),
             },
-            5 => Message::DocUnavailable {
+            4 => Message::DocUnavailable {
                 sender_id,
                 target_id: server,
                 document_id: self.document(cases),
             },
-            6 => Message::Ephemeral {
+            5 => Message::Ephemeral {
                 sender_id,
                 target_id: server,
                 count: cases.next_u64(),
@@ -99,19 +130,19 @@ impl Vocabulary {
                 document_id: self.document(cases),
                 data: self.data(cases),
             },
-            7 => Message::Leave { sender_id },
-            8 => Message::Error {
+            6 => Message::Leave { sender_id },
+            7 => Message::Error {
                 message: "from the client".into(),
                 sender_id: Some(sender_id),
                 target_id: None,
             },
-            9 => Message::RemoteSubscriptionChange {
+            8 => Message::RemoteSubscriptionChange {
                 sender_id,
                 target_id: server,
                 add: vec![StorageId::new("someone-elses-storage").expect("storage id")],
                 remove: Vec::new(),
             },
-            10 => Message::RemoteHeadsChanged {
+            9 => Message::RemoteHeadsChanged {
                 sender_id,
                 target_id: server,
                 document_id: self.document(cases),
@@ -123,15 +154,20 @@ impl Vocabulary {
                     },
                 )]),
             },
-            11 => Message::CountedRequest {
+            10 => Message::CountedRequest {
                 sender_id,
                 target_id: server,
             },
-            12 => Message::Peer {
+            11 => Message::Peer {
                 sender_id,
                 target_id: server,
                 selected_protocol_version: "1".into(),
                 peer_metadata: None,
+            },
+            12 => Message::Counted {
+                sender_id,
+                target_id: server,
+                counted: BTreeMap::from([(self.document(cases), vec!["00".repeat(32)])]),
             },
             _ => Message::Sync {
                 // Another peer's name as the sender.
@@ -171,7 +207,7 @@ impl Vocabulary {
     }
 }
 
-fn join(me: &PeerId, version: &str) -> Message {
+pub(crate) fn join(me: &PeerId, version: &str) -> Message {
     Message::Join {
         sender_id: me.clone(),
         supported_protocol_versions: vec![version.to_owned()],
@@ -286,7 +322,10 @@ async fn run_case(
 
 /// Sync messages a real peer of this roster sends, first messages and
 /// messages with changes made on `mine` (which has the device's actor).
-fn real_messages(server_view: &Automerge, mine: &mut Automerge) -> anyhow::Result<Vec<Vec<u8>>> {
+pub(crate) fn real_messages(
+    server_view: &Automerge,
+    mine: &mut Automerge,
+) -> anyhow::Result<Vec<Vec<u8>>> {
     let mut data = vec![
         server_view
             .generate_sync_message(&mut sync::State::new())
@@ -409,7 +448,11 @@ async fn seeded_frame_sequences_end_cleanly_and_leave_the_server_whole() -> anyh
             *closes.entry(ended.close_code).or_default() += 1;
             for error in &ended.errors {
                 // The kind of error, without the particulars.
-                let kind: String = error.split([':', '(', '"']).next().unwrap_or_default().into();
+                let kind: String = error
+                    .split([':', '(', '"'])
+                    .next()
+                    .unwrap_or_default()
+                    .into();
                 *errors.entry(kind).or_default() += 1;
             }
             synced += ended.synced as u64;
@@ -472,5 +515,24 @@ async fn seeded_frame_sequences_end_cleanly_and_leave_the_server_whole() -> anyh
         closes.len() > 2 && !errors.is_empty() && synced > 0,
         "the sequences provoked too little: {closes:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn every_message_type_is_made_by_some_kind() -> anyhow::Result<()> {
+    let vocabulary = Vocabulary {
+        roster: DocumentId::roster(TenantId::new_v7()),
+        cousin: DocumentId::roster(TenantId::new_v7()),
+        missing: DocumentId::roster(TenantId::new_v7()),
+        data: Vec::new(),
+    };
+    let me = PeerId::new("me")?;
+    let made: std::collections::BTreeSet<u64> = (0..KINDS)
+        .map(|k| kind_of(&vocabulary.of_kind(k, &mut Seeded::new(k), &me)))
+        .collect();
+    // `kind_of` numbers the message types 0 and 2 to 12 (1 and 13 are a
+    // join and a sync again, with a wrong version and a wrong sender).
+    let types: std::collections::BTreeSet<u64> = (0..=12).filter(|k| *k != 1).collect();
+    assert_eq!(made, types);
     Ok(())
 }

@@ -33,6 +33,7 @@ mod rollups;
 mod sdk;
 mod store_lifecycle;
 mod sync;
+mod sync_flood;
 mod sync_service;
 mod tenancy;
 mod tls;
