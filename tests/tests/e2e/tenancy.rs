@@ -1,7 +1,9 @@
 //! Tenancy, generated from the route table (issue 15). For every routed
-//! path that names a resource by id, every method on it, and every caller
-//! (each role, a device, a revoked device, a logged-out session, a garbled
-//! token, no token), the answer for a resource outside the caller's reach
+//! path that names a resource by id, every method on it, in every format
+//! its OpenAPI description offers (JSON, and the CSV export where there is
+//! one), and every caller (each role, a device, a revoked device, a
+//! logged-out session, an expired one, an enrollment code presented as a
+//! token, a garbled token, no token), the answer for a resource outside the caller's reach
 //! is byte for byte the answer for one that does not exist: a refusal
 //! leaks nothing. Outside the reach of everyone: a second district's
 //! resources. Outside the reach of all but the district's own staff: a
@@ -11,9 +13,11 @@
 //! does not exist.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use anyhow::Context;
 use doorstep_protocol::{DocumentId, Month, TenantId};
+use doorstep_server::auth::Clock;
 use doorstep_server::store::Store;
 use doorstep_server::tenancy::{Level, Role};
 use doorstep_tests::{SyncOutcome, TestPeer, TestServer};
@@ -190,6 +194,22 @@ async fn resources_in(
     })
 }
 
+/// The query parameters the OpenAPI document gives `method` on `path`.
+fn query_names(document: &Value, path: &str, method: &str) -> Vec<String> {
+    document["paths"][path][method]["parameters"]
+        .as_array()
+        .map(|parameters| {
+            parameters
+                .iter()
+                .filter(|p| p["in"] == "query")
+                .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const SESSION_TTL: Duration = Duration::from_secs(3600);
+
 fn missing_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
@@ -209,8 +229,22 @@ struct Caller {
 #[tokio::test]
 async fn a_refusal_is_byte_for_byte_a_missing_resource_for_every_route_and_caller()
 -> anyhow::Result<()> {
-    let server = TestServer::spawn().await?;
+    let clock = Clock::adjustable();
+    let server = TestServer::spawn_with({
+        let clock = clock.clone();
+        move |config| {
+            config.clock = clock;
+            config.session_ttl = SESSION_TTL;
+        }
+    })
+    .await?;
     let d = server.district().await?;
+    // A session that expires: made first, then the clock passes its end
+    // (every other login below is made after).
+    let expired = server
+        .login_as("expired", Role::BranchSecretary, d.yingfeng.id)
+        .await?;
+    clock.advance(SESSION_TTL + Duration::from_secs(60));
     // A second district, outside everyone's reach but its own.
     let store: &Store = &server.store;
     let elsewhere = store
@@ -241,6 +275,13 @@ async fn a_refusal_is_byte_for_byte_a_missing_resource_for_every_route_and_calle
         .await?
         .error_for_status()?;
     let device = server.enroll(d.yingfeng.id, "own phone").await?;
+    // A code's text is no token, before or after it is spent. (A device
+    // pending approval holds nothing: a request's code is shown to nobody
+    // until the branch approves it.)
+    let unspent_code =
+        doorstep_server::admin::issue_enrollment_code(store, d.yingfeng.id, "unspent", 1, "test")
+            .await?
+            .code;
     let revoked = server.enroll(d.yingfeng.id, "revoked phone").await?;
     let secretary = server
         .login_as("secretary", Role::BranchSecretary, d.yingfeng.id)
@@ -255,6 +296,11 @@ async fn a_refusal_is_byte_for_byte_a_missing_resource_for_every_route_and_calle
         .send()
         .await?
         .error_for_status()?;
+    // Both are refused outright (or the rows below would test nothing).
+    for token in [&expired, &unspent_code] {
+        let (status, _) = call(&server, &Method::GET, "/api/v1/me", Some(token)).await?;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
     let callers = vec![
         Caller {
             name: "district admin",
@@ -313,6 +359,16 @@ async fn a_refusal_is_byte_for_byte_a_missing_resource_for_every_route_and_calle
             below_the_district: true,
         },
         Caller {
+            name: "expired session",
+            token: Some(expired),
+            below_the_district: true,
+        },
+        Caller {
+            name: "enrollment code as a token",
+            token: Some(unspent_code),
+            below_the_district: true,
+        },
+        Caller {
             name: "garbled token",
             token: Some("dst_not-a-token-at-all-0123456789".into()),
             below_the_district: true,
@@ -325,33 +381,54 @@ async fn a_refusal_is_byte_for_byte_a_missing_resource_for_every_route_and_calle
     ];
 
     let operations = crate::openapi::router_operations()?;
+    let document = crate::openapi::openapi_document()?;
     let mut compared = 0usize;
+    let mut exports = 0usize;
     let mut leaks = Vec::new();
     for caller in &callers {
         for (method, path) in &operations {
             let Some((_, kind)) = ID_ROUTES.iter().find(|(p, _)| p == path) else {
                 continue;
             };
+            let csv =
+                query_names(&document, path, &method.to_lowercase()).contains(&"format".to_owned());
             let method: Method = method.parse()?;
-            let mut outside = vec![("another district", &far)];
-            if caller.below_the_district {
-                outside.push(("a cousin branch", &cousin));
-            }
-            for (whose, resources) in outside {
-                let (foreign, missing) = (resources.id(*kind).to_owned(), missing_id());
-                let token = caller.token.as_deref();
-                let (status, body) =
-                    call(&server, &method, &path.replace("{id}", &foreign), token).await?;
-                let (missing_status, missing_body) =
-                    call(&server, &method, &path.replace("{id}", &missing), token).await?;
-                compared += 1;
-                if (status, normalized(&body, &foreign))
-                    != (missing_status, normalized(&missing_body, &missing))
-                {
-                    leaks.push(format!(
-                        "{} {method} {path} on {whose}'s {kind:?}: {status} {body} / missing: {missing_status} {missing_body}",
+            for format in [None, Some("csv")] {
+                if format.is_some() && !csv {
+                    continue;
+                }
+                let query = format.map(|f| format!("?format={f}")).unwrap_or_default();
+                let mut outside = vec![("another district", &far)];
+                if caller.below_the_district {
+                    outside.push(("a cousin branch", &cousin));
+                }
+                for (whose, resources) in outside {
+                    let (foreign, missing) = (resources.id(*kind).to_owned(), missing_id());
+                    let token = caller.token.as_deref();
+                    let (status, body) = call(
+                        &server,
+                        &method,
+                        &format!("{}{query}", path.replace("{id}", &foreign)),
+                        token,
+                    )
+                    .await?;
+                    let (missing_status, missing_body) = call(
+                        &server,
+                        &method,
+                        &format!("{}{query}", path.replace("{id}", &missing)),
+                        token,
+                    )
+                    .await?;
+                    compared += 1;
+                    exports += usize::from(format.is_some());
+                    if (status, normalized(&body, &foreign))
+                        != (missing_status, normalized(&missing_body, &missing))
+                    {
+                        leaks.push(format!(
+                        "{} {method} {path}{query} on {whose}'s {kind:?}: {status} {body} / missing: {missing_status} {missing_body}",
                         caller.name
                     ));
+                    }
                 }
             }
         }
@@ -359,25 +436,28 @@ async fn a_refusal_is_byte_for_byte_a_missing_resource_for_every_route_and_calle
     // Every GET whose OpenAPI description takes a tenant or branch as a
     // query parameter: another district's branch (and, below the district,
     // the cousin branch) answers as a branch that does not exist.
-    let document = crate::openapi::openapi_document()?;
     let mut scoped = Vec::new();
-    for (path, operations) in document["paths"].as_object().context("paths")? {
-        let Some(parameters) = operations["get"]["parameters"].as_array() else {
-            continue;
-        };
-        let names: Vec<&str> = parameters
-            .iter()
-            .filter(|p| p["in"] == "query")
-            .filter_map(|p| p["name"].as_str())
-            .collect();
-        if let Some(scope) = names.iter().find(|n| **n == "tenant" || **n == "branch") {
+    for path in document["paths"].as_object().context("paths")?.keys() {
+        let names = query_names(&document, path, "get");
+        if let Some(scope) = names.iter().find(|n| *n == "tenant" || *n == "branch") {
             // A breakdown needs its kind.
-            let extra = if names.contains(&"by") {
+            let extra = if names.iter().any(|n| n == "by") {
                 "&by=visits_by_kind"
             } else {
                 ""
             };
             scoped.push((path.clone(), scope.to_string(), extra));
+            if names.iter().any(|n| n == "format") {
+                scoped.push((
+                    path.clone(),
+                    scope.to_string(),
+                    if extra.is_empty() {
+                        "&format=csv"
+                    } else {
+                        "&by=visits_by_kind&format=csv"
+                    },
+                ));
+            }
         }
     }
     assert!(scoped.len() >= 6, "query-scoped routes found: {scoped:?}");
@@ -405,6 +485,7 @@ async fn a_refusal_is_byte_for_byte_a_missing_resource_for_every_route_and_calle
                 )
                 .await?;
                 compared += 1;
+                exports += usize::from(extra.contains("csv"));
                 if (status, normalized(&body, &foreign))
                     != (missing_status, normalized(&missing_body, &missing))
                 {
@@ -416,8 +497,9 @@ async fn a_refusal_is_byte_for_byte_a_missing_resource_for_every_route_and_calle
             }
         }
     }
-    eprintln!("tenancy: {compared} comparisons");
+    eprintln!("tenancy: {compared} comparisons, {exports} of them of CSV exports");
     assert!(compared > 300, "only {compared} comparisons");
+    assert!(exports > 50, "only {exports} comparisons of exports");
     assert!(
         leaks.is_empty(),
         "refusals that differ from a missing resource or tenant:\n{}",
