@@ -11,6 +11,7 @@ use super::*;
 use crate::ids::TenantId;
 use crate::schema::{DocumentKind, genesis};
 
+mod hostile;
 mod simulation;
 
 /// A device: its own replica and its sync state with the server.
