@@ -31,7 +31,7 @@ fn visit_on(date: Date, member: RecordId, cash_yuan: i64) -> NewVisit {
     }
 }
 
-fn first_day(month: Month) -> Date {
+pub(crate) fn first_day(month: Month) -> Date {
     Date::from_ymd(month.year(), month.month(), 1).expect("a date")
 }
 
@@ -556,7 +556,11 @@ fn the_extractor_walks_nested_maps() -> anyhow::Result<()> {
 
 /// One app process: opens the data directory, makes one call, exits (so
 /// the directory is closed, as when a phone backs it up).
-async fn app_process(dir: &std::path::Path, url: &str, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) async fn app_process(
+    dir: &std::path::Path,
+    url: &str,
+    args: &[&str],
+) -> anyhow::Result<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_doorstep-device"))
         .arg(dir)
         .arg(url)
@@ -574,7 +578,7 @@ async fn app_process(dir: &std::path::Path, url: &str, args: &[&str]) -> anyhow:
 }
 
 /// Copies every file of a data directory (a phone backup takes them all).
-fn copy_files(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn copy_files(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
@@ -586,7 +590,7 @@ fn copy_files(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()
 }
 
 /// Puts a backup back: the directory holds exactly the backup's files.
-fn restore(backup: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn restore(backup: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.is_file() {

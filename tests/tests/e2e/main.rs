@@ -28,6 +28,7 @@ mod operator;
 mod poor_link;
 mod power_cut;
 mod privacy;
+mod restore_fuzz;
 mod review;
 mod rollups;
 mod sdk;
