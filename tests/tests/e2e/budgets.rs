@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use doorstep_protocol::DocumentId;
 use doorstep_protocol::schema::RecordId;
 use doorstep_protocol::schema::roster::Member;
 use doorstep_protocol::schema::write_record;
+use doorstep_protocol::{DocumentId, PeerId};
 use doorstep_server::admin;
 use doorstep_server::budget::{BudgetLimits, Budgets, ConnectionLimits};
 use doorstep_server::store::{AuditQuery, Outcome, Store};
@@ -834,5 +834,238 @@ async fn every_route_flooded_at_once_stays_within_the_process_budgets() -> anyho
     let health = reqwest::get(format!("{url}/healthz")).await?;
     assert_eq!(health.status(), StatusCode::OK);
     server.kill().await?;
+    Ok(())
+}
+
+/// What one misbehaving client does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Misbehaviour {
+    /// Connects and says nothing.
+    Silent,
+    /// Starts a request and sends a header line now and then.
+    Trickling,
+    /// Sends a request's headers and part of its body, then nothing.
+    PartBody,
+    /// Pipelines a hundred requests for a large answer and reads none.
+    PipelinesUnread,
+    /// Starts a WebSocket upgrade and never finishes it.
+    HalfUpgrade,
+    /// Completes the upgrade with a device's token, then says nothing.
+    SilentSocket,
+    /// Joins, asks for the roster, and never reads a frame.
+    UnreadSocket,
+}
+
+impl Misbehaviour {
+    const ALL: [Misbehaviour; 7] = [
+        Misbehaviour::Silent,
+        Misbehaviour::Trickling,
+        Misbehaviour::PartBody,
+        Misbehaviour::PipelinesUnread,
+        Misbehaviour::HalfUpgrade,
+        Misbehaviour::SilentSocket,
+        Misbehaviour::UnreadSocket,
+    ];
+
+    /// Starts on a fresh socket from `ip`; returns the stream, kept open by
+    /// the caller, or `None` if the server refused it at once.
+    async fn start(
+        self,
+        addr: std::net::SocketAddr,
+        ip: [u8; 4],
+        token: &str,
+        roster: DocumentId,
+    ) -> anyhow::Result<Option<tokio::net::TcpStream>> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(4096)?;
+        socket.bind(std::net::SocketAddr::from((ip, 0)))?;
+        let Ok(mut stream) = socket.connect(addr).await else {
+            return Ok(None);
+        };
+        let upgrade = |token: &str| {
+            format!(
+                "GET /sync HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+                 sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                 authorization: Bearer {token}\r\n\r\n"
+            )
+        };
+        let bytes: Vec<u8> = match self {
+            Misbehaviour::Silent => Vec::new(),
+            Misbehaviour::Trickling => b"GET /healthz HTTP/1.1\r\n".to_vec(),
+            Misbehaviour::PartBody => {
+                b"POST /api/v1/login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"user".to_vec()
+            }
+            Misbehaviour::PipelinesUnread => "GET /api/v1/openapi.json HTTP/1.1\r\nhost: x\r\n\r\n"
+                .repeat(100)
+                .into_bytes(),
+            Misbehaviour::HalfUpgrade => b"GET /sync HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\n".to_vec(),
+            Misbehaviour::SilentSocket => upgrade(token).into_bytes(),
+            Misbehaviour::UnreadSocket => {
+                // The upgrade, then a join and a request, as masked client
+                // frames (RFC 6455: a client masks every frame).
+                let mut bytes = upgrade(token).into_bytes();
+                let me = PeerId::new("unread")?;
+                for message in [
+                    crate::frame_fuzz::join(&me, "1"),
+                    doorstep_protocol::wire::Message::Request {
+                        sender_id: me.clone(),
+                        target_id: PeerId::new("server")?,
+                        document_id: roster,
+                        data: automerge::sync::Message {
+                            heads: Vec::new(),
+                            need: Vec::new(),
+                            have: vec![automerge::sync::Have::default()],
+                            changes: automerge::sync::ChunkList::from(Vec::<Vec<u8>>::new()),
+                            flags: None,
+                            version: automerge::sync::MessageVersion::V1,
+                        }
+                        .encode(),
+                    },
+                ] {
+                    bytes.extend(masked_frame(&doorstep_protocol::wire::encode(&message)));
+                }
+                bytes
+            }
+        };
+        // A client that stops reading may not get all of it out either.
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&bytes)).await;
+        Ok(Some(stream))
+    }
+}
+
+/// One masked binary WebSocket frame carrying `payload`.
+fn masked_frame(payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x82];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            frame.push(0x80 | 126);
+            frame.extend((n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend((n as u64).to_be_bytes());
+        }
+    }
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    frame.extend(mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Slow and silent clients by generator (issue 15): from three addresses,
+/// 120 sockets each doing one of the misbehaviours above, picked by a
+/// seed, held open; meanwhile an honest client from another address must
+/// be served over HTTP and sync, again and again, and a device of the
+/// branch writes. Then the server must let every misbehaving socket go,
+/// by its deadlines, without being asked. Limits are made small (96
+/// connections, 24 an address, 2 s deadlines) so the run is short and the
+/// process's share is the one that matters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_slow_and_silent_clients_lock_nobody_out_and_are_all_let_go() -> anyhow::Result<()> {
+    let limits = BudgetLimits {
+        connections: ConnectionLimits {
+            total: 96,
+            per_address: 24,
+            header_read: Duration::from_secs(2),
+            request_body: Duration::from_secs(2),
+            write_stall: Duration::from_secs(2),
+            ..ConnectionLimits::default()
+        },
+        ..BudgetLimits::default()
+    };
+    let budgets = Budgets::new(limits);
+    let connections = budgets.connections.clone();
+    let server = TestServer::spawn_with(move |config| {
+        config.budgets = budgets;
+        config.idle_timeout = Duration::from_secs(3);
+        config.send_timeout = Duration::from_secs(2);
+    })
+    .await?;
+    let d = server.district().await?;
+    let attacker = server.enroll(d.yingfeng.id, "misbehaving phone").await?;
+    let roster = DocumentId::roster(d.yingfeng.id);
+    let mut writer = connected_device(
+        &server.http_url(),
+        &server.ws_url(),
+        server.enroll(d.yingfeng.id, "writer").await?,
+        None,
+    )
+    .await?;
+
+    let seed: u64 = std::env::var("DOORSTEP_SLOW_CLIENTS_SEED")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0x0051_0c1e);
+    eprintln!("slow clients: seed {seed}");
+    let mut plan = doorstep_protocol::mutation::Seeded::new(seed);
+    let mut sockets = Vec::new();
+    let mut kinds = std::collections::BTreeMap::<Misbehaviour, usize>::new();
+    for i in 0..360u32 {
+        let kind = Misbehaviour::ALL
+            [usize::try_from(plan.below(Misbehaviour::ALL.len() as u64)).unwrap_or(0)];
+        let ip = [127, 0, 1, 1 + (i % 3) as u8];
+        if let Some(stream) = kind.start(server.addr, ip, &attacker.token, roster).await? {
+            *kinds.entry(kind).or_default() += 1;
+            sockets.push(stream);
+        }
+    }
+    eprintln!("slow clients: {kinds:?}, {} open", connections.open());
+
+    // The honest client, from its own address, over HTTP and sync, while
+    // the branch's writer adds large notes the unread sockets would queue.
+    let honest = client_from([127, 0, 0, 1]);
+    for round in 0..6 {
+        let health = tokio::time::timeout(
+            Duration::from_secs(10),
+            honest.get(format!("{}/healthz", server.http_url())).send(),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("round {round}: the honest client waited 10 s"))??;
+        assert_eq!(health.status(), StatusCode::OK, "round {round}");
+        let member = Member {
+            name: format!("round {round}"),
+            notes: Some("备注".repeat(64 * 1024)),
+            ..Member::default()
+        };
+        let doc = writer.peer.document_mut(writer.roster).expect("roster");
+        let mut tx = doc.transaction();
+        write_record(&mut tx, RecordId::new_v7(), &member)?;
+        tx.commit();
+        let synced = tokio::time::timeout(Duration::from_secs(10), writer.peer.sync(writer.roster))
+            .await
+            .map_err(|_| anyhow::anyhow!("round {round}: the writer waited 10 s"))??;
+        assert_eq!(synced, SyncOutcome::Synced, "round {round}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Every misbehaving socket is let go by the server, unread: reading
+    // would take a stalled answer off the server's hands.
+    eventually(Duration::from_secs(20), || async {
+        Ok(connections.open() <= 4)
+    })
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: misbehaving sockets still held: {} connections",
+            connections.open()
+        )
+    })?;
+    // And each one sees its end.
+    let waits = sockets.into_iter().map(|mut socket| async move {
+        let mut buf = [0u8; 4096];
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    });
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        futures_util::future::join_all(waits),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("a socket the server let go never ended"))?;
     Ok(())
 }
