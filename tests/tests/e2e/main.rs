@@ -8,6 +8,7 @@ mod bad_input;
 mod bombs;
 mod budgets;
 mod cli;
+mod convergence;
 mod dashboard;
 mod device;
 mod device_api;
