@@ -352,12 +352,31 @@ impl Client {
         // on older heads than this open's edits, so they need their own
         // sequence (see `reauthor`).
         let importer = crate::client::session_actor(&self.inner.actor_base);
+        // One budget for the whole file, the server's for one message: a
+        // file of many changes each just under the bounds is not a way
+        // round them.
+        let mut budget = FileBudget::default();
+        let mut seen = HashSet::new();
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
         for document in &export.documents {
             let (id, kind) = exported_document(branch, document)?;
-            report.records +=
-                import_document(replicas, id, kind, &actor, &document.changes, &importer).await?;
+            if !seen.insert(id) {
+                return Err(ClientError::invalid(
+                    "export",
+                    format!("document {id} is listed twice"),
+                ));
+            }
+            report.records += import_document(
+                replicas,
+                id,
+                kind,
+                &actor,
+                &document.changes,
+                &importer,
+                &mut budget,
+            )
+            .await?;
             report.documents += 1;
         }
         drop(guard);
@@ -461,6 +480,47 @@ fn exported_document(
     Ok((id, kind))
 }
 
+/// What one export file may carry in all: the server's bounds for one
+/// sync message (inflated bytes, changes), over every change of the file.
+struct FileBudget {
+    limits: AdmissionLimits,
+    bytes: u64,
+    changes: u64,
+}
+
+impl Default for FileBudget {
+    fn default() -> Self {
+        FileBudget {
+            limits: AdmissionLimits::default(),
+            bytes: 0,
+            changes: 0,
+        }
+    }
+}
+
+impl FileBudget {
+    fn take(
+        &mut self,
+        inspected: &doorstep_protocol::admission::Inspected,
+        raw: usize,
+    ) -> Result<(), ClientError> {
+        let bytes = inspected.inflated_bytes.max(raw as u64);
+        self.bytes = self.bytes.saturating_add(bytes);
+        self.changes = self.changes.saturating_add(inspected.changes.len() as u64);
+        if self.bytes > self.limits.max_inflated_bytes || self.changes > self.limits.max_changes {
+            return Err(ClientError::invalid(
+                "export",
+                format!(
+                    "it carries more than one sync message may ({} MiB, {} changes)",
+                    self.limits.max_inflated_bytes >> 20,
+                    self.limits.max_changes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The commit message of a change an import re-authored: the hash of the
 /// exported change it stands for, so importing the same file again (or a
 /// second export holding the same change) does nothing twice.
@@ -483,6 +543,7 @@ async fn import_document(
     exporter: &[u8],
     changes: &[String],
     importer: &ActorId,
+    budget: &mut FileBudget,
 ) -> Result<usize, ClientError> {
     let mut parsed = Vec::with_capacity(changes.len());
     for change in changes {
@@ -490,7 +551,7 @@ async fn import_document(
             .map_err(|_| ClientError::invalid("export", "a change is not hex"))?;
         // The server's admission first (checksums, bounds, what Automerge
         // panics on): a file is input from outside, like a sync message.
-        let inspected = inspect_chunks(&bytes, &AdmissionLimits::default())
+        let inspected = inspect_chunks(&bytes, &budget.limits)
             .map_err(|e| ClientError::invalid("export", format!("a change is damaged: {e}")))?;
         if inspected.changes.len() != 1 || inspected.documents != 0 {
             return Err(ClientError::invalid(
@@ -498,7 +559,9 @@ async fn import_document(
                 "an entry of its changes is not one change",
             ));
         }
-        let change = automerge::Change::from_bytes(bytes)
+        budget.take(&inspected, bytes.len())?;
+        let change = std::panic::catch_unwind(|| automerge::Change::from_bytes(bytes))
+            .map_err(|_| ClientError::invalid("export", "a change is corrupt"))?
             .map_err(|e| ClientError::invalid("export", format!("a change is corrupt: {e}")))?;
         // Only the exporting device's own edits: the file must not carry
         // anyone else's changes under this device's authority.
@@ -512,15 +575,11 @@ async fn import_document(
     }
     let base = replicas.get(id, kind).await?.doc().clone();
     let importer = importer.clone();
-    let month = match kind {
-        DocumentKind::Roster => None,
-        DocumentKind::MonthlyLog(month) => Some(month),
-    };
     // Everything that reads the imported changes runs on copies, inside the
     // unwind guard (an exported change is input from outside); only the
     // re-authored changes reach the real document.
     let (made, records) = std::panic::catch_unwind(AssertUnwindSafe(move || {
-        reauthor(base, parsed, importer, month)
+        reauthor(base, parsed, importer, kind)
     }))
     .map_err(|_| ClientError::invalid("export", "its changes could not be applied"))??;
     if made.is_empty() {
@@ -531,18 +590,27 @@ async fn import_document(
 }
 
 /// See [`import_document`]: the re-authored changes, in causal order, and
-/// the number of records they touch. Refused if they would leave a record
-/// of the document (`month`'s log, or the roster) invalid that was not
-/// already: the device's own edits are checked before they are made, and a
-/// file's edits must not reach further.
+/// the number of records they touch. Refused if a change would leave a
+/// record of the document (of `kind`) invalid that was not already, as the
+/// exporting device saw it (its change on its own history, not merged with
+/// this device's newer edits: a merge that makes a record invalid is
+/// accepted, as sync accepts it, and listed as invalid). The device's own
+/// edits are checked before they are made; a file's must not reach further.
 fn reauthor(
     mut work: Automerge,
     exported: Vec<automerge::Change>,
     importer: ActorId,
-    month: Option<Month>,
+    kind: DocumentKind,
 ) -> Result<(Vec<automerge::Change>, usize), ClientError> {
     let invalid = |e: &dyn std::fmt::Display| ClientError::invalid("export", e);
-    let start = work.get_heads();
+    // The root keys a change may create: the collections, and the notes of
+    // corrections beside them.
+    let roots: Vec<&str> = kind
+        .collections()
+        .iter()
+        .copied()
+        .chain([crate::corrections::NOTES])
+        .collect();
     let mut originals = work.clone();
     originals
         .apply_changes(exported.iter().cloned())
@@ -598,9 +666,15 @@ fn reauthor(
         }
         let mut deps: Vec<ChangeHash> = Vec::new();
         for dep in change.deps() {
+            // The original itself where this device holds it (received since
+            // an earlier import re-made it): the change edits the objects the
+            // original made, which its stand-in made under other ids.
+            if work.get_change_meta_by_hash(dep).is_some() {
+                deps.push(*dep);
+                continue;
+            }
             match stand_in.get(dep) {
                 Some(mapped) => deps.extend(mapped.iter().copied()),
-                None if work.get_change_meta_by_hash(dep).is_some() => deps.push(*dep),
                 None => {
                     return Err(ClientError::invalid(
                         "export",
@@ -623,9 +697,10 @@ fn reauthor(
                 .with_actor(importer.clone()),
         };
         let patches = originals.diff(change.deps(), &[change.hash()]);
+        let mut touched = BTreeSet::new();
         let mut tx = at.transaction();
         for patch in &patches {
-            if let Err(e) = replay(&mut tx, patch, &mut objects, &mut records) {
+            if let Err(e) = replay(&mut tx, patch, &roots, &mut objects, &mut touched) {
                 tx.rollback();
                 return Err(e);
             }
@@ -635,12 +710,20 @@ fn reauthor(
             .with_message(format!("{IMPORTED}{}", change.hash()));
         let (hash, _) = tx.commit_with(options);
         let Some(hash) = hash else {
+            records.extend(touched);
             // Nothing visible to re-enter: what builds on it builds on its
             // dependencies.
             stand_in.insert(change.hash(), deps.clone());
             fork = Some(at);
             continue;
         };
+        if let Some(record) = newly_invalid(&at, &deps, &touched, kind)? {
+            return Err(ClientError::invalid(
+                "export",
+                format!("it would leave the record {record} invalid"),
+            ));
+        }
+        records.extend(touched);
         let new = at
             .get_change_by_hash(&hash)
             .ok_or_else(|| ClientError::Storage("a re-authored change vanished".into()))?;
@@ -650,47 +733,45 @@ fn reauthor(
         made.push(new);
         fork = Some(at);
     }
-    if let Some((record, problems)) = newly_invalid(&work, &start, &records, month)? {
-        return Err(ClientError::invalid(
-            "export",
-            format!(
-                "it would leave the record {record} invalid: {}",
-                problems.join("; ")
-            ),
-        ));
-    }
     Ok((made, records.len()))
 }
 
-/// The first of `records` (`collection/key`) that is invalid in `doc` but
-/// was not at `start`, with its problems.
+/// The first of `records` (collection, key) that is invalid in `doc` but
+/// was not at `before` (heads `doc` holds), as `collection/key`. Only the
+/// record's key is named: its problems quote its values, names included,
+/// and an error message travels into logs and crash reports.
 fn newly_invalid(
     doc: &Automerge,
-    start: &[ChangeHash],
-    records: &BTreeSet<String>,
-    month: Option<Month>,
-) -> Result<Option<(String, Vec<String>)>, ClientError> {
-    let mut before: Option<Automerge> = None;
-    for record in records {
-        let Some((collection, key)) = record.split_once('/') else {
+    before: &[ChangeHash],
+    records: &BTreeSet<(String, String)>,
+    kind: DocumentKind,
+) -> Result<Option<String>, ClientError> {
+    let mut earlier: Option<Automerge> = None;
+    for (collection, key) in records {
+        // Correction notes are the SDK's own, not records: their root key
+        // is checked in `replay`.
+        if collection == crate::corrections::NOTES {
             continue;
-        };
-        let Checked::Invalid(problems) = check_record_in(doc, collection, key, month) else {
+        }
+        if !matches!(
+            check_record_in(doc, kind, collection, key),
+            Checked::Invalid(_)
+        ) {
             continue;
-        };
+        }
         // Rare: only then is the document as it was needed.
-        let before = match &mut before {
-            Some(before) => before,
-            None => before.insert(
-                doc.fork_at(start)
+        let earlier = match &mut earlier {
+            Some(earlier) => earlier,
+            None => earlier.insert(
+                doc.fork_at(before)
                     .map_err(|e| ClientError::invalid("export", e))?,
             ),
         };
         if !matches!(
-            check_record_in(before, collection, key, month),
+            check_record_in(earlier, kind, collection, key),
             Checked::Invalid(_)
         ) {
-            return Ok(Some((record.clone(), problems)));
+            return Ok(Some(format!("{collection}/{key}")));
         }
     }
     Ok(None)
@@ -773,8 +854,9 @@ fn causal_order(mut changes: Vec<automerge::Change>) -> Vec<automerge::Change> {
 fn replay(
     tx: &mut automerge::transaction::Transaction<'_>,
     patch: &automerge::Patch,
+    roots: &[&str],
     objects: &mut HashMap<ObjId, ObjId>,
-    records: &mut BTreeSet<String>,
+    records: &mut BTreeSet<(String, String)>,
 ) -> Result<(), ClientError> {
     use automerge::PatchAction;
     // The server refuses objects deeper than this (by default), and would
@@ -792,11 +874,11 @@ fn replay(
     });
     match (keys.next(), keys.next(), &patch.action) {
         (Some(collection), Some(record), _) => {
-            records.insert(format!("{collection}/{record}"));
+            records.insert((collection, record));
         }
         (Some(collection), None, PatchAction::PutMap { key, .. })
         | (Some(collection), None, PatchAction::DeleteMap { key }) => {
-            records.insert(format!("{collection}/{key}"));
+            records.insert((collection, key.clone()));
         }
         _ => {}
     }
@@ -804,6 +886,38 @@ fn replay(
         .get(&patch.obj)
         .cloned()
         .unwrap_or_else(|| patch.obj.clone());
+    let outside = || ClientError::invalid("export", "it writes outside the branch's records");
+    if obj == automerge::ROOT {
+        // At the root an edit may only make a collection (or the notes of
+        // corrections) its history lacks: anything else (a collection
+        // replaced or deleted, the month rewritten) would take every record
+        // of the document from every device.
+        let PatchAction::PutMap {
+            key,
+            value: (Value::Object(automerge::ObjType::Map), _),
+            ..
+        } = &patch.action
+        else {
+            return Err(outside());
+        };
+        if !roots.contains(&key.as_str()) || tx.get(automerge::ROOT, key.as_str())?.is_some() {
+            return Err(outside());
+        }
+    } else if patch.path.len() == 1
+        && let PatchAction::PutMap {
+            key,
+            value: (Value::Object(_), _),
+            ..
+        } = &patch.action
+        && tx.get(&obj, key.as_str())?.is_some()
+    {
+        // A record is made once and then edited field by field: a new object
+        // over it would drop every other device's edits to it.
+        return Err(ClientError::invalid(
+            "export",
+            "it replaces a record instead of editing it",
+        ));
+    }
     match &patch.action {
         PatchAction::PutMap { key, value, .. } => match &value.0 {
             Value::Object(kind) => {
@@ -955,7 +1069,7 @@ mod tests {
             base.clone(),
             vec![edit("member_id", "9d-a5fb")],
             ActorId::random(),
-            Some(month),
+            DocumentKind::MonthlyLog(month),
         );
         match refused {
             Err(ClientError::Invalid { problem, .. }) => {
@@ -968,9 +1082,156 @@ mod tests {
             base.clone(),
             vec![edit("notes", "复查")],
             ActorId::random(),
-            Some(month),
+            DocumentKind::MonthlyLog(month),
         )?;
         assert_eq!((made.len(), records), (1, 1));
+        Ok(())
+    }
+
+    #[test]
+    fn an_export_that_writes_outside_the_records_is_refused() -> Result<(), ClientError> {
+        use doorstep_protocol::TenantId;
+        use doorstep_protocol::schema::{RecordId, genesis};
+        let month: Month = "2026-11"
+            .parse()
+            .map_err(|e| ClientError::invalid("month", e))?;
+        let kind = DocumentKind::MonthlyLog(month);
+        let base = genesis(TenantId::new_v7(), kind).with_actor(ActorId::random());
+        let change = |edit: &dyn Fn(&mut automerge::transaction::Transaction<'_>)| {
+            let mut fork = base.fork().with_actor(ActorId::random());
+            let mut tx = fork.transaction();
+            edit(&mut tx);
+            tx.commit();
+            fork.get_last_local_change().expect("a change")
+        };
+        let visits = |tx: &automerge::transaction::Transaction<'_>| -> ObjId {
+            tx.get(automerge::ROOT, "visits")
+                .ok()
+                .flatten()
+                .expect("visits")
+                .1
+        };
+        let refused: Vec<(&str, automerge::Change)> = vec![
+            (
+                "the month rewritten",
+                change(&|tx| tx.put(automerge::ROOT, "month", "2020-01").expect("put")),
+            ),
+            (
+                "a collection deleted",
+                change(&|tx| tx.delete(automerge::ROOT, "visits").expect("delete")),
+            ),
+            (
+                "a collection replaced",
+                change(&|tx| {
+                    tx.put_object(automerge::ROOT, "visits", automerge::ObjType::Map)
+                        .expect("put");
+                }),
+            ),
+            (
+                "a root key of its own",
+                change(&|tx| {
+                    tx.put_object(automerge::ROOT, "elsewhere", automerge::ObjType::Map)
+                        .expect("put");
+                }),
+            ),
+        ];
+        for (what, exported) in refused {
+            match reauthor(base.clone(), vec![exported], ActorId::random(), kind) {
+                Err(ClientError::Invalid { problem, .. }) => {
+                    assert!(problem.contains("outside"), "{what}: {problem}");
+                }
+                other => panic!("{what}: not refused: {other:?}"),
+            }
+        }
+        // A record replaced by a new object over it, after it was made.
+        let id = RecordId::new_v7().to_string();
+        let made = change(&|tx| {
+            let v = visits(tx);
+            tx.put_object(&v, id.as_str(), automerge::ObjType::Map)
+                .expect("put");
+        });
+        let mut holder = base.clone();
+        holder.apply_changes([made])?;
+        let mut fork = holder.fork().with_actor(ActorId::random());
+        let mut tx = fork.transaction();
+        let v = visits(&tx);
+        tx.put_object(&v, id.as_str(), automerge::ObjType::Map)?;
+        tx.commit();
+        let replacing = fork.get_last_local_change().expect("a change");
+        match reauthor(holder.clone(), vec![replacing], ActorId::random(), kind) {
+            Err(ClientError::Invalid { problem, .. }) => {
+                assert!(problem.contains("replaces"), "{problem}")
+            }
+            other => panic!("a replaced record: not refused: {other:?}"),
+        }
+        // The notes of corrections may be made where the history has none.
+        let noted = change(&|tx| {
+            let notes = tx
+                .put_object(
+                    automerge::ROOT,
+                    crate::corrections::NOTES,
+                    automerge::ObjType::Map,
+                )
+                .expect("put");
+            tx.put_object(
+                &notes,
+                RecordId::new_v7().to_string(),
+                automerge::ObjType::Map,
+            )
+            .expect("put");
+        });
+        let (made, _) = reauthor(base.clone(), vec![noted], ActorId::random(), kind)?;
+        assert_eq!(made.len(), 1);
+        Ok(())
+    }
+
+    /// Found by the convergence generator with imports: a device that
+    /// imported an export and later received the originals themselves
+    /// refused the next export ("id was not an object id"): its change was
+    /// rebuilt on the stand-in, where the object it edits has another id.
+    #[test]
+    fn an_export_building_on_originals_this_device_now_holds_imports() -> Result<(), ClientError> {
+        let base = base();
+        let mut exporter = base.fork().with_actor(ActorId::random());
+        let m = member(&exporter);
+        let mut tx = exporter.transaction();
+        let card = tx.put_object(&m, "migrant", automerge::ObjType::Map)?;
+        tx.put(&card, "workplace", "深圳")?;
+        tx.commit();
+        let first = exporter.get_changes(&base.get_heads());
+        let mut importer = base.clone();
+        let (made, _) = reauthor(
+            importer.clone(),
+            first.clone(),
+            ActorId::random(),
+            DocumentKind::Roster,
+        )?;
+        importer.apply_changes(made)?;
+        // The exporting phone synced after all: its original arrives too.
+        importer.apply_changes(first)?;
+        let mut tx = exporter.transaction();
+        tx.put(&card, "workplace", "天津")?;
+        tx.commit();
+        let second = vec![exporter.get_last_local_change().expect("a change")];
+        let (made, _) = reauthor(
+            importer.clone(),
+            second,
+            ActorId::random(),
+            DocumentKind::Roster,
+        )?;
+        assert_eq!(made.len(), 1);
+        importer.apply_changes(made)?;
+        let m = member(&importer);
+        let cards = importer.get_all(&m, "migrant")?;
+        assert!(
+            cards.iter().any(|(_, card)| importer
+                .get(card, "workplace")
+                .ok()
+                .flatten()
+                .and_then(|(v, _)| v.as_str().map(str::to_owned))
+                == Some("天津".to_owned())),
+            "the edit landed on the original's card"
+        );
         Ok(())
     }
 
@@ -988,7 +1249,7 @@ mod tests {
             importer.clone(),
             vec![exported.clone()],
             ActorId::random(),
-            None,
+            DocumentKind::Roster,
         )?;
         assert_eq!((made.len(), records), (1, 1));
         importer.apply_changes(made)?;
@@ -999,13 +1260,18 @@ mod tests {
             importer.clone(),
             vec![exported.clone()],
             ActorId::random(),
-            None,
+            DocumentKind::Roster,
         )?;
         assert!(again.is_empty());
 
         // The importer without it: the same once the third edit arrives.
         let mut importer = base.clone();
-        let (made, _) = reauthor(importer.clone(), vec![exported], ActorId::random(), None)?;
+        let (made, _) = reauthor(
+            importer.clone(),
+            vec![exported],
+            ActorId::random(),
+            DocumentKind::Roster,
+        )?;
         importer.apply_changes(made)?;
         importer.apply_changes([third])?;
         assert_eq!(values(&importer, "notes"), ["B", "C"]);
@@ -1032,7 +1298,12 @@ mod tests {
 
         let mut importer = base.clone();
         let actor = ActorId::random();
-        let (made, _) = reauthor(importer.clone(), exported, actor.clone(), None)?;
+        let (made, _) = reauthor(
+            importer.clone(),
+            exported,
+            actor.clone(),
+            DocumentKind::Roster,
+        )?;
         assert_eq!(made.len(), 2);
         assert!(made.iter().all(|c| *c.actor_id() == actor));
         assert!(made[1].deps().contains(&made[0].hash()));
@@ -1073,9 +1344,19 @@ mod tests {
         assert_eq!(second.len(), 2);
 
         let mut importer = base.clone();
-        let (made, _) = reauthor(importer.clone(), first, ActorId::random(), None)?;
+        let (made, _) = reauthor(
+            importer.clone(),
+            first,
+            ActorId::random(),
+            DocumentKind::Roster,
+        )?;
         importer.apply_changes(made)?;
-        let (made, _) = reauthor(importer.clone(), second, ActorId::random(), None)?;
+        let (made, _) = reauthor(
+            importer.clone(),
+            second,
+            ActorId::random(),
+            DocumentKind::Roster,
+        )?;
         assert_eq!(made.len(), 1, "only the new change is entered");
         importer.apply_changes(made)?;
         let m = member(&importer);

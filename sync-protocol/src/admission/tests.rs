@@ -1151,6 +1151,26 @@ fn split_chunks(mut data: &[u8]) -> Vec<(u8, Vec<u8>)> {
     out
 }
 
+/// Writes the real messages where the libFuzzer targets start from:
+/// `cargo test -p doorstep-protocol write_fuzz_corpus -- --ignored`.
+#[test]
+#[ignore = "writes fuzz/corpus/{sync,chunk}_admission for the nightly libFuzzer runs"]
+fn write_fuzz_corpus() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let (messages, chunks) = (root.join("sync_admission"), root.join("chunk_admission"));
+    std::fs::create_dir_all(&messages).expect("corpus folder");
+    std::fs::create_dir_all(&chunks).expect("corpus folder");
+    for (n, sample) in corpus().iter().enumerate() {
+        std::fs::write(messages.join(format!("sample-{n:03}")), &sample.raw).expect("corpus file");
+        if let Ok(message) = sync::Message::decode(&sample.raw) {
+            let joined: Vec<u8> = message.changes.iter().flatten().copied().collect();
+            if !joined.is_empty() {
+                std::fs::write(chunks.join(format!("sample-{n:03}")), joined).expect("corpus file");
+            }
+        }
+    }
+}
+
 fn corpus() -> &'static [Sample] {
     static CORPUS: OnceLock<Vec<Sample>> = OnceLock::new();
     CORPUS.get_or_init(|| {

@@ -177,14 +177,15 @@ pub fn check_record<R: Record, D: ReadDoc>(
 }
 
 /// [`check_record`] for a collection named at run time (from a patch's
-/// path, say): the record's type is its collection's, the month applies to
-/// the log's collections only. A key at a collection no document kind has
-/// is invalid; no collection map at all means the record is absent.
+/// path, say) in a document of `kind`: the record's type is its
+/// collection's, and a log's records must fall in its month. A value under
+/// a key of a collection this kind of document does not have is invalid;
+/// no collection map at all means the record is absent.
 pub fn check_record_in<D: ReadDoc>(
     doc: &D,
+    kind: DocumentKind,
     collection: &str,
     key: &str,
-    month: Option<Month>,
 ) -> Checked<()> {
     use log::{Activity, FundEntry, Placement, Training, Visit};
     use roster::{HardshipEntry, Member, Pairing, Team};
@@ -198,6 +199,18 @@ pub fn check_record_in<D: ReadDoc>(
     let Ok(Some((Value::Object(ObjType::Map), map))) = doc.get(automerge::ROOT, collection) else {
         return Checked::Absent;
     };
+    let month = match kind {
+        DocumentKind::Roster => None,
+        DocumentKind::MonthlyLog(month) => Some(month),
+    };
+    if !kind.collections().contains(&collection) {
+        return match doc.get(&map, key) {
+            Ok(Some(_)) => Checked::Invalid(vec![format!(
+                "{collection} is not a collection of this document"
+            )]),
+            _ => Checked::Absent,
+        };
+    }
     match collection {
         Member::COLLECTION => erased(check_record::<Member, D>(doc, &map, key, None)),
         HardshipEntry::COLLECTION => erased(check_record::<HardshipEntry, D>(doc, &map, key, None)),

@@ -405,7 +405,8 @@ fn amounts_and_counts_too_large_to_sum_are_invalid() {
 
 #[test]
 fn check_record_in_finds_the_type_by_the_collection_name() {
-    let mut doc = device(1, DocumentKind::MonthlyLog(november()));
+    let kind = DocumentKind::MonthlyLog(november());
+    let mut doc = device(1, kind);
     let good = RecordId::new_v7();
     let early = RecordId::new_v7();
     let mut tx = doc.transaction();
@@ -420,31 +421,40 @@ fn check_record_in_finds_the_type_by_the_collection_name() {
         .put_object(automerge::ROOT, "visitz", automerge::ObjType::Map)
         .expect("put");
     tx.put(&stray, good.to_string(), 1_i64).expect("put");
+    // A roster collection written into a log.
+    let misplaced = tx
+        .put_object(automerge::ROOT, "hardship", automerge::ObjType::Map)
+        .expect("put");
+    tx.put_object(&misplaced, good.to_string(), automerge::ObjType::Map)
+        .expect("put");
     tx.commit();
-    let month = Some(november());
     assert!(matches!(
-        check_record_in(&doc, "visits", &good.to_string(), month),
+        check_record_in(&doc, kind, "visits", &good.to_string()),
         Checked::Valid(id, ()) if id == good
     ));
     assert!(matches!(
-        check_record_in(&doc, "visits", &early.to_string(), month),
+        check_record_in(&doc, kind, "visits", &early.to_string()),
         Checked::Invalid(_)
     ));
     assert!(matches!(
-        check_record_in(&doc, "visits", "not-an-id", month),
+        check_record_in(&doc, kind, "visits", "not-an-id"),
         Checked::Invalid(_)
     ));
     assert!(matches!(
-        check_record_in(&doc, "visitz", &good.to_string(), month),
+        check_record_in(&doc, kind, "visitz", &good.to_string()),
         Checked::Invalid(_)
     ));
     assert_eq!(
-        check_record_in(&doc, "visits", &RecordId::new_v7().to_string(), month),
+        check_record_in(&doc, kind, "visits", &RecordId::new_v7().to_string()),
         Checked::Absent
     );
+    assert!(matches!(
+        check_record_in(&doc, kind, "hardship", &good.to_string()),
+        Checked::Invalid(_)
+    ));
     // A roster collection's map is not in a log.
     assert_eq!(
-        check_record_in(&doc, "members", &good.to_string(), month),
+        check_record_in(&doc, kind, "members", &good.to_string()),
         Checked::Absent
     );
 }

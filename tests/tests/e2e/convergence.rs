@@ -10,7 +10,9 @@
 //! equal the records and stay the same after a reprojection.
 //!
 //! `DOORSTEP_SDK_CONVERGENCE_STEPS` sets the plan's length (80 by default),
-//! `DOORSTEP_SDK_CONVERGENCE_SEED` the seed (printed).
+//! `DOORSTEP_SDK_CONVERGENCE_SEED` the seed (printed), and
+//! `DOORSTEP_SDK_CONVERGENCE_IMPORTS=1` adds a step that carries a phone's
+//! unsynced edits to another phone by export file.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -92,15 +94,21 @@ async fn seeded_edits_on_three_phones_converge_and_the_rollups_equal_a_reproject
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0x0015_c0a1);
-    eprintln!("sdk convergence: {steps} steps, seed {seed}");
+    // Exports carried to another phone by file: off in CI while the
+    // finding below is open (RELIABILITY.md, known limits): an export
+    // imported after its phone synced the same edits and another phone
+    // deleted the visit brings the visit back (seed 11 at 200 steps).
+    let imports = std::env::var("DOORSTEP_SDK_CONVERGENCE_IMPORTS").is_ok_and(|v| v == "1");
+    eprintln!("sdk convergence: {steps} steps, seed {seed}, imports {imports}");
     let mut plan = Seeded::new(seed);
     let (mut members, mut recorded, mut deleted) =
         (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     let mut done = BTreeMap::<&str, usize>::new();
     for step in 0..steps {
-        let phone = &phones[usize::try_from(plan.below(3))?];
+        let which = usize::try_from(plan.below(3))?;
+        let phone = &phones[which];
         let pick = |n: usize, plan: &mut Seeded| usize::try_from(plan.below(n as u64)).unwrap_or(0);
-        let what = plan.below(16);
+        let what = plan.below(if imports { 17 } else { 16 });
         let held_members = phone.members(&MemberFilter::default()).await?;
         let held_visits = visits_on(phone, &months).await?;
         match what {
@@ -163,6 +171,20 @@ async fn seeded_edits_on_three_phones_converge_and_the_rollups_equal_a_reproject
                 deleted.insert(id);
                 *done.entry("visit deleted").or_default() += 1;
             }
+            16 => {
+                // The phone's unsynced edits carried to another phone by file.
+                let export = phone.export_unsynced().await?;
+                let other = &phones[(which + 1 + pick(2, &mut plan)) % 3];
+                match other.import_unsynced(&export).await {
+                    Ok(_) => *done.entry("export imported").or_default() += 1,
+                    // An export built on edits the other phone has not seen
+                    // is refused with this, and changes nothing.
+                    Err(e) if e.to_string().contains("does not have yet") => {
+                        *done.entry("import refused: sync first").or_default() += 1;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
             _ => {
                 phone.sync_now().await?;
                 *done.entry("sync").or_default() += 1;
@@ -196,10 +218,13 @@ async fn seeded_edits_on_three_phones_converge_and_the_rollups_equal_a_reproject
             .stored_document(DocumentId::roster(d.yingfeng.id))
             .await?,
     );
+    let stored: BTreeSet<RecordId> = server_visits.keys().copied().collect();
     assert_eq!(
-        server_visits.keys().copied().collect::<BTreeSet<_>>(),
+        stored,
         expected,
-        "the server's visits (seed {seed})"
+        "the server's visits (seed {seed}): missing {:?}, deleted or never made {:?}",
+        expected.difference(&stored).collect::<Vec<_>>(),
+        stored.difference(&expected).collect::<Vec<_>>()
     );
     assert_eq!(
         server_roster

@@ -479,6 +479,19 @@ mod fuzz {
         Ok(())
     }
 
+    /// Writes the corpus where the libFuzzer target starts from:
+    /// `cargo test -p doorstep-protocol write_fuzz_corpus -- --ignored`.
+    #[test]
+    #[ignore = "writes fuzz/corpus/wire_decode for the nightly libFuzzer runs"]
+    fn write_fuzz_corpus() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/wire_decode");
+        std::fs::create_dir_all(&dir).expect("corpus folder");
+        for (n, frame) in corpus().iter().enumerate() {
+            std::fs::write(dir.join(format!("sample-{n:03}")), frame).expect("corpus file");
+        }
+    }
+
     #[test]
     fn the_corpus_decodes() {
         for frame in corpus() {
