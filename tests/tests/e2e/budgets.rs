@@ -1007,7 +1007,7 @@ async fn seeded_slow_and_silent_clients_lock_nobody_out_and_are_all_let_go() -> 
         let ip = [127, 0, 1, 1 + (i % 3) as u8];
         if let Some(stream) = kind.start(server.addr, ip, &attacker.token, roster).await? {
             *kinds.entry(kind).or_default() += 1;
-            sockets.push(stream);
+            sockets.push((kind, stream));
         }
     }
     eprintln!("slow clients: {kinds:?}, {} open", connections.open());
@@ -1016,6 +1016,16 @@ async fn seeded_slow_and_silent_clients_lock_nobody_out_and_are_all_let_go() -> 
     // the branch's writer adds large notes the unread sockets would queue.
     let honest = client_from([127, 0, 0, 1]);
     for round in 0..6 {
+        // The trickling ones send another header line every round.
+        for (kind, socket) in &mut sockets {
+            if *kind == Misbehaviour::Trickling {
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(100),
+                    socket.write_all(b"X-Slow: 1\r\n"),
+                )
+                .await;
+            }
+        }
         let health = tokio::time::timeout(
             Duration::from_secs(10),
             honest.get(format!("{}/healthz", server.http_url())).send(),
@@ -1052,7 +1062,7 @@ async fn seeded_slow_and_silent_clients_lock_nobody_out_and_are_all_let_go() -> 
         )
     })?;
     // And each one sees its end.
-    let waits = sockets.into_iter().map(|mut socket| async move {
+    let waits = sockets.into_iter().map(|(_, mut socket)| async move {
         let mut buf = [0u8; 4096];
         loop {
             match socket.read(&mut buf).await {

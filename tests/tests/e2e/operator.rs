@@ -647,7 +647,7 @@ async fn every_command_and_argument_has_help() -> anyhow::Result<()> {
 }
 
 /// The same promise as above, generated from the route table: every API
-/// route, as a district admin and with no token, sent a body that is not
+/// route, as a district admin, as a device and with no token, sent a body that is not
 /// JSON, JSON that does not parse, JSON of the wrong shape, a body over the
 /// limit, an id that is no id and a query that does not parse. Whatever is
 /// refused is refused in the API's JSON error shape, and nothing is a 500:
@@ -659,6 +659,8 @@ async fn every_api_route_refuses_bad_input_in_json() -> anyhow::Result<()> {
     let admin = server
         .login_as("admin", Role::DistrictAdmin, d.district.id)
         .await?;
+    // A device's token too: device routes read their body after it.
+    let device = server.enroll(d.yingfeng.id, "phone").await?.token;
     let http = reqwest::Client::new();
     let too_large = format!(r#"{{"name": "{}"}}"#, "a".repeat(100 * 1024));
     let bodies: [(&str, Option<&str>, String); 5] = [
@@ -687,7 +689,7 @@ async fn every_api_route_refuses_bad_input_in_json() -> anyhow::Result<()> {
         for id in ["not-an-id", &uuid::Uuid::now_v7().to_string()] {
             let query = "?year=26&month=x&stale_days=a-week&format=xml&by=nothing&limit=-1";
             let url = format!("{}{}{query}", server.http_url(), path.replace("{id}", id));
-            for token in [Some(admin.as_str()), None] {
+            for token in [Some(admin.as_str()), Some(device.as_str()), None] {
                 for (what, content_type, body) in &bodies {
                     let mut request = http.request(method.clone(), &url);
                     if let Some(token) = token {
