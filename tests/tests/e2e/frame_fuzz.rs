@@ -7,7 +7,8 @@
 //! connections of two devices at a time. Each must end: the server answers only frames
 //! that decode, names no document but its own roster in anything but
 //! `doc-unavailable`, closes after every `error`, never with a server
-//! failure, and is done within five seconds of the client's close. The
+//! failure, and ends after the client's close, never waiting five seconds
+//! for a frame. The
 //! process logs no panic, another device of the branch keeps syncing
 //! throughout, and nothing it stored is lost or made invalid.
 //!
