@@ -486,7 +486,12 @@ struct FileBudget {
     limits: AdmissionLimits,
     bytes: u64,
     changes: u64,
+    ops: u64,
 }
+
+/// Changes one file may carry: weeks of a phone's edits offline, and a
+/// bound on the work (a diff, sometimes a fork) each costs here.
+const MAX_IMPORTED_CHANGES: u64 = 20_000;
 
 impl Default for FileBudget {
     fn default() -> Self {
@@ -494,6 +499,7 @@ impl Default for FileBudget {
             limits: AdmissionLimits::default(),
             bytes: 0,
             changes: 0,
+            ops: 0,
         }
     }
 }
@@ -507,13 +513,17 @@ impl FileBudget {
         let bytes = inspected.inflated_bytes.max(raw as u64);
         self.bytes = self.bytes.saturating_add(bytes);
         self.changes = self.changes.saturating_add(inspected.changes.len() as u64);
-        if self.bytes > self.limits.max_inflated_bytes || self.changes > self.limits.max_changes {
+        self.ops = self.ops.saturating_add(inspected.ops);
+        if self.bytes > self.limits.max_inflated_bytes
+            || self.ops > self.limits.max_ops
+            || self.changes > MAX_IMPORTED_CHANGES
+        {
             return Err(ClientError::invalid(
                 "export",
                 format!(
-                    "it carries more than one sync message may ({} MiB, {} changes)",
+                    "it carries more than one file may ({} MiB, {} operations, {MAX_IMPORTED_CHANGES} changes): sync the phone, or export again after part of it synced",
                     self.limits.max_inflated_bytes >> 20,
-                    self.limits.max_changes
+                    self.limits.max_ops,
                 ),
             ));
         }
@@ -609,8 +619,12 @@ fn reauthor(
         .collections()
         .iter()
         .copied()
-        .chain([crate::corrections::NOTES])
+        .chain(matches!(kind, DocumentKind::MonthlyLog(_)).then_some(crate::corrections::NOTES))
         .collect();
+    // The re-made changes can be larger than the originals (a patch that
+    // uncovers an object carries all of it): bounded like the file.
+    let limits = AdmissionLimits::default();
+    let mut made_bytes = 0u64;
     let mut originals = work.clone();
     originals
         .apply_changes(exported.iter().cloned())
@@ -698,9 +712,23 @@ fn reauthor(
         };
         let patches = originals.diff(change.deps(), &[change.hash()]);
         let mut touched = BTreeSet::new();
+        let view = Exporter {
+            doc: &originals,
+            deps: change.deps(),
+            kind,
+            roots: &roots,
+        };
+        let mut deletes = 0;
         let mut tx = at.transaction();
         for patch in &patches {
-            if let Err(e) = replay(&mut tx, patch, &roots, &mut objects, &mut touched) {
+            if let Err(e) = replay(
+                &mut tx,
+                patch,
+                &view,
+                &mut objects,
+                &mut touched,
+                &mut deletes,
+            ) {
                 tx.rollback();
                 return Err(e);
             }
@@ -717,7 +745,7 @@ fn reauthor(
             fork = Some(at);
             continue;
         };
-        if let Some(record) = newly_invalid(&at, &deps, &touched, kind)? {
+        if let Some(record) = newly_invalid(&at, &originals, &change, &touched, kind)? {
             return Err(ClientError::invalid(
                 "export",
                 format!("it would leave the record {record} invalid"),
@@ -727,6 +755,13 @@ fn reauthor(
         let new = at
             .get_change_by_hash(&hash)
             .ok_or_else(|| ClientError::Storage("a re-authored change vanished".into()))?;
+        made_bytes = made_bytes.saturating_add(new.raw_bytes().len() as u64);
+        if made_bytes > limits.max_inflated_bytes {
+            return Err(ClientError::invalid(
+                "export",
+                "its changes, made again here, are larger than a sync message may be",
+            ));
+        }
         work.apply_changes([new.clone()]).map_err(|e| invalid(&e))?;
         stand_in.insert(change.hash(), vec![hash]);
         last = Some(hash);
@@ -736,20 +771,24 @@ fn reauthor(
     Ok((made, records.len()))
 }
 
-/// The first of `records` (collection, key) that is invalid in `doc` but
-/// was not at `before` (heads `doc` holds), as `collection/key`. Only the
-/// record's key is named: its problems quote its values, names included,
-/// and an error message travels into logs and crash reports.
+/// The first of `records` (collection, key) that the re-made change leaves
+/// invalid here (`doc`) and that the exporting phone's change (`change`,
+/// in `exporter`) made invalid: invalid after it and not before, as that
+/// phone saw it. A record invalid only because this phone's own newer
+/// edits merge with it is accepted, as sync accepts it. Named as
+/// `collection/key` only: a record's problems quote its values (names
+/// included), and an error message travels into logs and crash reports.
 fn newly_invalid(
     doc: &Automerge,
-    before: &[ChangeHash],
+    exporter: &Automerge,
+    change: &automerge::Change,
     records: &BTreeSet<(String, String)>,
     kind: DocumentKind,
 ) -> Result<Option<String>, ClientError> {
-    let mut earlier: Option<Automerge> = None;
+    // Forked only when a record reads invalid here, which is rare.
+    let mut views: Option<(Automerge, Automerge)> = None;
     for (collection, key) in records {
-        // Correction notes are the SDK's own, not records: their root key
-        // is checked in `replay`.
+        // Correction notes are the SDK's own, not records.
         if collection == crate::corrections::NOTES {
             continue;
         }
@@ -759,22 +798,38 @@ fn newly_invalid(
         ) {
             continue;
         }
-        // Rare: only then is the document as it was needed.
-        let earlier = match &mut earlier {
-            Some(earlier) => earlier,
-            None => earlier.insert(
-                doc.fork_at(before)
+        let (after, before) = match &mut views {
+            Some(views) => views,
+            None => views.insert((
+                exporter
+                    .fork_at(&[change.hash()])
                     .map_err(|e| ClientError::invalid("export", e))?,
-            ),
+                exporter
+                    .fork_at(change.deps())
+                    .map_err(|e| ClientError::invalid("export", e))?,
+            )),
         };
-        if !matches!(
-            check_record_in(earlier, kind, collection, key),
-            Checked::Invalid(_)
-        ) {
+        let invalid = |doc: &Automerge| {
+            matches!(
+                check_record_in(doc, kind, collection, key),
+                Checked::Invalid(_)
+            )
+        };
+        if invalid(after) && !invalid(before) {
             return Ok(Some(format!("{collection}/{key}")));
         }
     }
     Ok(None)
+}
+
+/// What the exporting phone saw when it made a change: its document, the
+/// change's dependencies, the document's kind and the root keys a change
+/// may make there.
+struct Exporter<'a> {
+    doc: &'a Automerge,
+    deps: &'a [ChangeHash],
+    kind: DocumentKind,
+    roots: &'a [&'a str],
 }
 
 /// The objects one change created, by where it put them.
@@ -854,9 +909,10 @@ fn causal_order(mut changes: Vec<automerge::Change>) -> Vec<automerge::Change> {
 fn replay(
     tx: &mut automerge::transaction::Transaction<'_>,
     patch: &automerge::Patch,
-    roots: &[&str],
+    exporter: &Exporter<'_>,
     objects: &mut HashMap<ObjId, ObjId>,
     records: &mut BTreeSet<(String, String)>,
+    deletes: &mut usize,
 ) -> Result<(), ClientError> {
     use automerge::PatchAction;
     // The server refuses objects deeper than this (by default), and would
@@ -887,36 +943,78 @@ fn replay(
         .cloned()
         .unwrap_or_else(|| patch.obj.clone());
     let outside = || ClientError::invalid("export", "it writes outside the branch's records");
+    // What the exporting phone's change did is judged as that phone saw it
+    // (`exporter`); here the fork may also hold this file's earlier
+    // changes from branches parallel to this one.
+    let seen = |obj: &ObjId, key: &str| -> Result<bool, ClientError> {
+        Ok(matches!(
+            exporter.doc.get_at(obj, key, exporter.deps)?,
+            Some((Value::Object(automerge::ObjType::Map), _))
+        ))
+    };
+    let here = |tx: &automerge::transaction::Transaction<'_>,
+                obj: &ObjId,
+                key: &str|
+     -> Result<Option<ObjId>, ClientError> {
+        Ok(match tx.get(obj, key)? {
+            Some((Value::Object(automerge::ObjType::Map), id)) => Some(id),
+            _ => None,
+        })
+    };
     if obj == automerge::ROOT {
-        // At the root an edit may only make a collection (or the notes of
-        // corrections) its history lacks: anything else (a collection
-        // replaced or deleted, the month rewritten) would take every record
-        // of the document from every device.
+        // At the root an edit may only make a collection (or, in a log, the
+        // notes of corrections) its history lacks: anything else (a
+        // collection replaced or deleted, the month rewritten) would take
+        // every record of the document from every device.
         let PatchAction::PutMap {
             key,
-            value: (Value::Object(automerge::ObjType::Map), _),
+            value: (Value::Object(automerge::ObjType::Map), made),
             ..
         } = &patch.action
         else {
             return Err(outside());
         };
-        if !roots.contains(&key.as_str()) || tx.get(automerge::ROOT, key.as_str())?.is_some() {
+        if !exporter.roots.contains(&key.as_str()) || seen(&automerge::ROOT, key)? {
             return Err(outside());
         }
-    } else if patch.path.len() == 1
-        && let PatchAction::PutMap {
-            key,
-            value: (Value::Object(_), _),
-            ..
-        } = &patch.action
-        && tx.get(&obj, key.as_str())?.is_some()
-    {
-        // A record is made once and then edited field by field: a new object
-        // over it would drop every other device's edits to it.
-        return Err(ClientError::invalid(
-            "export",
-            "it replaces a record instead of editing it",
-        ));
+        // Made already by a parallel branch of this file: one map, not two.
+        if let Some(existing) = here(tx, &automerge::ROOT, key)? {
+            objects.insert(made.clone(), existing);
+            return Ok(());
+        }
+    } else if patch.path.len() == 1 {
+        match &patch.action {
+            PatchAction::PutMap {
+                key,
+                value: (Value::Object(_), made),
+                ..
+            } => {
+                // A record is made once and then edited field by field: a
+                // new object over it would drop every other device's edits.
+                if seen(&patch.obj, key)? {
+                    return Err(ClientError::invalid(
+                        "export",
+                        "it replaces a record instead of editing it",
+                    ));
+                }
+                if let Some(existing) = here(tx, &obj, key)? {
+                    objects.insert(made.clone(), existing);
+                    return Ok(());
+                }
+            }
+            // The SDK deletes a log's records one per change, never a
+            // roster's: a file deleting more is not a phone's edits.
+            PatchAction::DeleteMap { .. } => {
+                *deletes += 1;
+                if matches!(exporter.kind, DocumentKind::Roster) || *deletes > 1 {
+                    return Err(ClientError::invalid(
+                        "export",
+                        "it deletes records no phone's edit would",
+                    ));
+                }
+            }
+            _ => {}
+        }
     }
     match &patch.action {
         PatchAction::PutMap { key, value, .. } => match &value.0 {
@@ -1182,6 +1280,80 @@ mod tests {
         });
         let (made, _) = reauthor(base.clone(), vec![noted], ActorId::random(), kind)?;
         assert_eq!(made.len(), 1);
+        Ok(())
+    }
+
+    /// From the second review: a file may hold branches parallel to each
+    /// other (a phone's export carries its re-made copies of a third
+    /// phone's edits too). Two of them each making the month's notes of
+    /// corrections import as one map holding both notes; a file deleting
+    /// more records in one change than a phone would, or a roster record at
+    /// all, is refused.
+    #[test]
+    fn parallel_branches_of_a_file_import_and_mass_deletes_do_not() -> Result<(), ClientError> {
+        use doorstep_protocol::TenantId;
+        use doorstep_protocol::schema::{RecordId, genesis};
+        let month: Month = "2026-11"
+            .parse()
+            .map_err(|e| ClientError::invalid("month", e))?;
+        let kind = DocumentKind::MonthlyLog(month);
+        let base = genesis(TenantId::new_v7(), kind).with_actor(ActorId::random());
+        let noting = || {
+            let mut fork = base.fork().with_actor(ActorId::random());
+            let mut tx = fork.transaction();
+            let notes = tx
+                .put_object(
+                    automerge::ROOT,
+                    crate::corrections::NOTES,
+                    automerge::ObjType::Map,
+                )
+                .expect("notes");
+            let note = tx
+                .put_object(
+                    &notes,
+                    RecordId::new_v7().to_string(),
+                    automerge::ObjType::Map,
+                )
+                .expect("note");
+            tx.put(&note, "why", "核对").expect("why");
+            tx.commit();
+            fork.get_last_local_change().expect("a change")
+        };
+        let (made, _) = reauthor(
+            base.clone(),
+            vec![noting(), noting()],
+            ActorId::random(),
+            kind,
+        )?;
+        let mut importer = base.clone();
+        importer.apply_changes(made)?;
+        let maps = importer.get_all(automerge::ROOT, crate::corrections::NOTES)?;
+        assert_eq!(maps.len(), 1, "one map of notes");
+        assert_eq!(importer.keys(&maps[0].1).count(), 2, "holding both notes");
+
+        // Two visits, then one change deleting both.
+        let mut holder = base.fork().with_actor(ActorId::random());
+        let mut tx = holder.transaction();
+        let visits = tx.get(automerge::ROOT, "visits")?.expect("visits").1;
+        let (a, b) = (
+            RecordId::new_v7().to_string(),
+            RecordId::new_v7().to_string(),
+        );
+        tx.put_object(&visits, a.as_str(), automerge::ObjType::Map)?;
+        tx.put_object(&visits, b.as_str(), automerge::ObjType::Map)?;
+        tx.commit();
+        let mut deleter = holder.fork().with_actor(ActorId::random());
+        let mut tx = deleter.transaction();
+        tx.delete(&visits, a.as_str())?;
+        tx.delete(&visits, b.as_str())?;
+        tx.commit();
+        let mass = deleter.get_last_local_change().expect("a change");
+        match reauthor(holder.clone(), vec![mass], ActorId::random(), kind) {
+            Err(ClientError::Invalid { problem, .. }) => {
+                assert!(problem.contains("deletes"), "{problem}")
+            }
+            other => panic!("a mass delete: not refused: {other:?}"),
+        }
         Ok(())
     }
 
