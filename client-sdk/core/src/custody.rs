@@ -1065,6 +1065,15 @@ mod tests {
     use super::*;
     use automerge::transaction::Transactable;
 
+    /// A month's log as a branch's server makes it, for November 2026.
+    fn november_log() -> (DocumentKind, Automerge) {
+        let month: Month = "2026-11".parse().expect("a month");
+        let kind = DocumentKind::MonthlyLog(month);
+        let log = doorstep_protocol::schema::genesis(doorstep_protocol::TenantId::new_v7(), kind)
+            .with_actor(ActorId::random());
+        (kind, log)
+    }
+
     /// A roster-like document: `members.m` with notes and an address.
     fn base() -> Automerge {
         let mut doc = Automerge::new().with_actor(ActorId::random());
@@ -1116,13 +1125,9 @@ mod tests {
     #[test]
     fn an_export_that_would_leave_a_record_invalid_is_refused() -> Result<(), ClientError> {
         use doorstep_protocol::schema::log::{Visit, VisitKind};
-        use doorstep_protocol::schema::{RecordId, genesis, write_record};
-        use doorstep_protocol::{Date, Fen, TenantId};
-        let month: Month = "2026-11"
-            .parse()
-            .map_err(|e| ClientError::invalid("month", e))?;
-        let mut base = genesis(TenantId::new_v7(), DocumentKind::MonthlyLog(month))
-            .with_actor(ActorId::random());
+        use doorstep_protocol::schema::{RecordId, write_record};
+        use doorstep_protocol::{Date, Fen};
+        let (kind, mut base) = november_log();
         let id = RecordId::new_v7();
         let mut tx = base.transaction();
         let visit = Visit {
@@ -1167,7 +1172,7 @@ mod tests {
             base.clone(),
             vec![edit("member_id", "9d-a5fb")],
             ActorId::random(),
-            DocumentKind::MonthlyLog(month),
+            kind,
         );
         match refused {
             Err(ClientError::Invalid { problem, .. }) => {
@@ -1180,7 +1185,7 @@ mod tests {
             base.clone(),
             vec![edit("notes", "复查")],
             ActorId::random(),
-            DocumentKind::MonthlyLog(month),
+            kind,
         )?;
         assert_eq!((made.len(), records), (1, 1));
         Ok(())
@@ -1188,13 +1193,8 @@ mod tests {
 
     #[test]
     fn an_export_that_writes_outside_the_records_is_refused() -> Result<(), ClientError> {
-        use doorstep_protocol::TenantId;
-        use doorstep_protocol::schema::{RecordId, genesis};
-        let month: Month = "2026-11"
-            .parse()
-            .map_err(|e| ClientError::invalid("month", e))?;
-        let kind = DocumentKind::MonthlyLog(month);
-        let base = genesis(TenantId::new_v7(), kind).with_actor(ActorId::random());
+        use doorstep_protocol::schema::RecordId;
+        let (kind, base) = november_log();
         let change = |edit: &dyn Fn(&mut automerge::transaction::Transaction<'_>)| {
             let mut fork = base.fork().with_actor(ActorId::random());
             let mut tx = fork.transaction();
@@ -1291,13 +1291,8 @@ mod tests {
     /// all, is refused.
     #[test]
     fn parallel_branches_of_a_file_import_and_mass_deletes_do_not() -> Result<(), ClientError> {
-        use doorstep_protocol::TenantId;
-        use doorstep_protocol::schema::{RecordId, genesis};
-        let month: Month = "2026-11"
-            .parse()
-            .map_err(|e| ClientError::invalid("month", e))?;
-        let kind = DocumentKind::MonthlyLog(month);
-        let base = genesis(TenantId::new_v7(), kind).with_actor(ActorId::random());
+        use doorstep_protocol::schema::RecordId;
+        let (kind, base) = november_log();
         let noting = || {
             let mut fork = base.fork().with_actor(ActorId::random());
             let mut tx = fork.transaction();

@@ -55,6 +55,40 @@ pub(crate) fn watch_peak(
     })
 }
 
+/// The peaks of the process `pid`'s threads and open files while `busy`
+/// is set.
+pub(crate) fn watch_threads_and_files(
+    pid: u32,
+    busy: Arc<AtomicBool>,
+) -> (tokio::task::JoinHandle<u64>, tokio::task::JoinHandle<u64>) {
+    let threads = watch_peak(busy.clone(), move || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("Threads:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    });
+    let files = watch_peak(busy, move || {
+        Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+    });
+    (threads, files)
+}
+
+/// How many audit rows `store` holds.
+pub(crate) async fn audit_rows(store: &Store) -> anyhow::Result<usize> {
+    Ok(store
+        .audit_entries(&AuditQuery {
+            scope: None,
+            before: None,
+            limit: 100_000,
+        })
+        .await?
+        .len())
+}
+
 /// A device of another branch that syncs a new member again and again
 /// until `busy` clears; returns how many rounds it completed, all synced.
 pub(crate) fn honest_device(
@@ -121,19 +155,7 @@ async fn four_hundred_concurrent_activations_with_one_code_stay_within_budget() 
 
     let busy = Arc::new(AtomicBool::new(true));
     let pid = server.pid().expect("running");
-    let threads = watch_peak(busy.clone(), move || {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with("Threads:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    });
-    let files = watch_peak(busy.clone(), move || {
-        Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
-    });
+    let (threads, files) = watch_threads_and_files(pid, busy.clone());
     let syncing = honest_device(honest, busy.clone());
 
     let url = format!("{}/api/v1/activate", server.http_url());
@@ -722,37 +744,13 @@ async fn every_route_flooded_at_once_stays_within_the_process_budgets() -> anyho
         None,
     )
     .await?;
-    let audit_rows = |store: Store| async move {
-        Ok::<_, anyhow::Error>(
-            store
-                .audit_entries(&AuditQuery {
-                    scope: None,
-                    before: None,
-                    limit: 100_000,
-                })
-                .await?
-                .len(),
-        )
-    };
-    let audit_before = audit_rows(store.clone()).await?;
+    let audit_before = audit_rows(&store).await?;
     let threads_before = server.threads()?;
     let files_before = server.open_files()? as u64;
 
     let busy = Arc::new(AtomicBool::new(true));
     let pid = server.pid().expect("running");
-    let threads = watch_peak(busy.clone(), move || {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with("Threads:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    });
-    let files = watch_peak(busy.clone(), move || {
-        Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
-    });
+    let (threads, files) = watch_threads_and_files(pid, busy.clone());
     let syncing = honest_device(honest, busy.clone());
 
     let callers: [Option<String>; 4] = [
@@ -769,7 +767,7 @@ async fn every_route_flooded_at_once_stays_within_the_process_budgets() -> anyho
     let mut audit_after_first = 0;
     for (round, (method, path)) in routes.iter().chain(routes.iter()).enumerate() {
         if round == routes.len() {
-            audit_after_first = audit_rows(store.clone()).await?;
+            audit_after_first = audit_rows(&store).await?;
         }
         let path = path.replace("{id}", &uuid::Uuid::now_v7().to_string());
         let method: reqwest::Method = method.parse()?;
@@ -799,7 +797,7 @@ async fn every_route_flooded_at_once_stays_within_the_process_budgets() -> anyho
     let rounds = syncing.await??;
     let (threads, files) = (threads.await?, files.await?);
     let peak = server.peak_rss_bytes()?;
-    let audit_after = audit_rows(store.clone()).await?;
+    let audit_after = audit_rows(&store).await?;
     eprintln!(
         "flood: {calls} calls over {} routes, twice; statuses {statuses:?}; peak RSS {} MiB, threads {threads_before} -> peak {threads}, open files {files_before} -> peak {files}, audit rows +{} (+{} in the second round), the other device synced {rounds} times",
         routes.len(),

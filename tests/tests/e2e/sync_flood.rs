@@ -14,13 +14,13 @@ use doorstep_protocol::mutation::Seeded;
 use doorstep_protocol::wire;
 use doorstep_protocol::{DocumentId, PeerId, TenantId};
 use doorstep_server::budget::ConnectionLimits;
-use doorstep_server::store::{AuditQuery, Store};
+use doorstep_server::store::Store;
 use doorstep_tests::{ServerProcess, enroll, make_district};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::budgets::{MIB, honest_device, watch_peak};
+use crate::budgets::{MIB, audit_rows, honest_device, watch_threads_and_files};
 use crate::connected_device;
 use crate::frame_fuzz::{KINDS, Vocabulary, join, real_messages};
 
@@ -139,38 +139,14 @@ async fn every_sync_message_kind_flooded_from_many_sockets_stays_within_the_proc
         None,
     )
     .await?;
-    let audit_rows = |store: Store| async move {
-        Ok::<_, anyhow::Error>(
-            store
-                .audit_entries(&AuditQuery {
-                    scope: None,
-                    before: None,
-                    limit: 100_000,
-                })
-                .await?
-                .len(),
-        )
-    };
-    let audit_before = audit_rows(store.clone()).await?;
+    let audit_before = audit_rows(&store).await?;
     let database = data.path().join("doorstep.db");
     let disk_before = database_bytes(&database).await?;
     let threads_before = server.threads()?;
     let files_before = server.open_files()? as u64;
     let busy = Arc::new(AtomicBool::new(true));
     let pid = server.pid().expect("running");
-    let threads = watch_peak(busy.clone(), move || {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with("Threads:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    });
-    let files = watch_peak(busy.clone(), move || {
-        Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
-    });
+    let (threads, files) = watch_threads_and_files(pid, busy.clone());
     let syncing = honest_device(honest, busy.clone());
 
     // Per kind: 12 sockets of the device, 6 with no token, 6 with a
@@ -205,7 +181,7 @@ async fn every_sync_message_kind_flooded_from_many_sockets_stays_within_the_proc
     let rounds = syncing.await??;
     let (threads, files) = (threads.await?, files.await?);
     let peak = server.peak_rss_bytes()?;
-    let audit = audit_rows(store.clone()).await? - audit_before;
+    let audit = audit_rows(&store).await? - audit_before;
     let disk = database_bytes(&database).await?.saturating_sub(disk_before);
     eprintln!(
         "sync flood: {KINDS} kinds, {sockets} sockets, {messages} messages sent; peak RSS {} MiB, threads {threads_before} -> peak {threads}, open files {files_before} -> peak {files}, audit rows +{audit}, disk +{} KiB, the other device synced {rounds} times",
