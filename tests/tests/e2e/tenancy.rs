@@ -440,27 +440,60 @@ async fn a_refusal_is_byte_for_byte_a_missing_resource_for_every_route_and_calle
     for path in document["paths"].as_object().context("paths")?.keys() {
         let names = query_names(&document, path, "get");
         if let Some(scope) = names.iter().find(|n| *n == "tenant" || *n == "branch") {
-            // A breakdown needs its kind.
-            let extra = if names.iter().any(|n| n == "by") {
-                "&by=visits_by_kind"
-            } else {
-                ""
-            };
-            scoped.push((path.clone(), scope.to_string(), extra));
+            // A breakdown needs its kind, figures a period.
+            let mut extra = String::new();
+            if names.iter().any(|n| n == "by") {
+                extra.push_str("&by=visits_by_kind");
+            }
+            if names.iter().any(|n| n == "year") {
+                extra.push_str("&year=2026");
+            }
             if names.iter().any(|n| n == "format") {
                 scoped.push((
                     path.clone(),
                     scope.to_string(),
-                    if extra.is_empty() {
-                        "&format=csv"
-                    } else {
-                        "&by=visits_by_kind&format=csv"
-                    },
+                    format!("{extra}&format=csv"),
                 ));
             }
+            scoped.push((path.clone(), scope.to_string(), extra));
         }
     }
     assert!(scoped.len() >= 6, "query-scoped routes found: {scoped:?}");
+    // What is compared below is a real answer: the district's own staff
+    // (its admin, or for the audit log its auditor) are served for their
+    // own branch, and the exports are CSV.
+    for (path, scope, extra) in &scoped {
+        let wanted = if extra.contains("csv") {
+            "text/csv"
+        } else {
+            "application/json"
+        };
+        let mut answers = Vec::new();
+        for staff in &callers[..2] {
+            let response = reqwest::Client::new()
+                .get(format!(
+                    "{}{path}?{scope}={}{extra}",
+                    server.http_url(),
+                    d.yingfeng.id
+                ))
+                .bearer_auth(staff.token.as_deref().unwrap_or_default())
+                .send()
+                .await?;
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let status = response.status();
+            if status.is_success() && content_type.starts_with(wanted) {
+                answers.clear();
+                break;
+            }
+            answers.push(format!("{}: {status} {content_type}", staff.name));
+        }
+        assert!(answers.is_empty(), "{path}?{scope}=…{extra}: {answers:?}");
+    }
     for caller in &callers {
         for (path, scope, extra) in &scoped {
             let mut outside = vec![("another district", far.branch.clone())];
