@@ -1090,6 +1090,18 @@ mod tests {
         doc
     }
 
+    /// An exporting phone, forked from `base`, that gave member `m` a
+    /// migrant card in one change; the card.
+    fn with_card(base: &Automerge) -> Result<(Automerge, ObjId), ClientError> {
+        let mut exporter = base.fork().with_actor(ActorId::random());
+        let m = member(&exporter);
+        let mut tx = exporter.transaction();
+        let card = tx.put_object(&m, "migrant", automerge::ObjType::Map)?;
+        tx.put(&card, "workplace", "深圳")?;
+        tx.commit();
+        Ok((exporter, card))
+    }
+
     fn member(doc: &Automerge) -> ObjId {
         let (_, members) = doc
             .get(automerge::ROOT, "members")
@@ -1359,12 +1371,7 @@ mod tests {
     #[test]
     fn an_export_building_on_originals_this_device_now_holds_imports() -> Result<(), ClientError> {
         let base = base();
-        let mut exporter = base.fork().with_actor(ActorId::random());
-        let m = member(&exporter);
-        let mut tx = exporter.transaction();
-        let card = tx.put_object(&m, "migrant", automerge::ObjType::Map)?;
-        tx.put(&card, "workplace", "深圳")?;
-        tx.commit();
+        let (mut exporter, card) = with_card(&base)?;
         let first = exporter.get_changes(&base.get_heads());
         let mut importer = base.clone();
         let (made, _) = reauthor(
@@ -1450,12 +1457,8 @@ mod tests {
     fn a_chain_of_exported_changes_becomes_one_chain_and_new_objects_are_mapped()
     -> Result<(), ClientError> {
         let base = base();
-        let mut exporter = base.fork().with_actor(ActorId::random());
+        let (mut exporter, card) = with_card(&base)?;
         let m = member(&exporter);
-        let mut tx = exporter.transaction();
-        let card = tx.put_object(&m, "migrant", automerge::ObjType::Map)?;
-        tx.put(&card, "workplace", "深圳")?;
-        tx.commit();
         let mut tx = exporter.transaction();
         tx.put(&card, "phone", "123")?;
         tx.delete(&m, "address")?;
@@ -1497,12 +1500,7 @@ mod tests {
     fn a_later_export_editing_an_object_an_earlier_import_created_imports()
     -> Result<(), ClientError> {
         let base = base();
-        let mut exporter = base.fork().with_actor(ActorId::random());
-        let m = member(&exporter);
-        let mut tx = exporter.transaction();
-        let card = tx.put_object(&m, "migrant", automerge::ObjType::Map)?;
-        tx.put(&card, "workplace", "深圳")?;
-        tx.commit();
+        let (mut exporter, card) = with_card(&base)?;
         let first = exporter.get_changes(&base.get_heads());
         let mut tx = exporter.transaction();
         tx.put(&card, "workplace", "天津")?;
