@@ -77,6 +77,24 @@ pub(crate) fn watch_threads_and_files(
     (threads, files)
 }
 
+/// The process budgets the flood generators hold a server to: its peak
+/// RSS, its threads (the blocking pool's bound), and its open files (the
+/// connection budget plus room for the database and logs).
+pub(crate) fn assert_within_process_budgets(
+    peak_rss: u64,
+    threads_before: u64,
+    threads: u64,
+    files: u64,
+) {
+    assert!(peak_rss < 300 * MIB, "peak RSS {} MiB", peak_rss / MIB);
+    assert!(
+        threads < threads_before + 40,
+        "threads went from {threads_before} to {threads}"
+    );
+    let limits = ConnectionLimits::default();
+    assert!(files < limits.total as u64 + 128, "{files} open files");
+}
+
 /// How many audit rows `store` holds.
 pub(crate) async fn audit_rows(store: &Store) -> anyhow::Result<usize> {
     Ok(store
@@ -809,13 +827,7 @@ async fn every_route_flooded_at_once_stays_within_the_process_budgets() -> anyho
         !statuses.contains_key(&500) && !statuses.contains_key(&0),
         "a server error or a dropped connection: {statuses:?}"
     );
-    assert!(peak < 300 * MIB, "peak RSS {} MiB", peak / MIB);
-    assert!(
-        threads < threads_before + 40,
-        "threads went from {threads_before} to {threads}"
-    );
-    let limits = ConnectionLimits::default();
-    assert!(files < limits.total as u64 + 128, "{files} open files");
+    assert_within_process_budgets(peak, threads_before, threads, files);
     // Refusals are audited once per kind of attempt, not once per call: a
     // flood must not fill the disk with audit rows (50 here for 3,520).
     assert!(

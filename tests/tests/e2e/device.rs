@@ -577,6 +577,26 @@ pub(crate) async fn app_process(
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
+/// Enrolls the app in `phone` to `branch`, adds a member named `name` and
+/// syncs, each step its own app process; the member's id.
+pub(crate) async fn enrolled_app_with_member(
+    server: &TestServer,
+    branch: doorstep_protocol::TenantId,
+    phone: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<String> {
+    let url = server.http_url();
+    let code =
+        doorstep_server::admin::issue_enrollment_code(&server.store, branch, "phone", 1, "test")
+            .await?
+            .code;
+    app_process(phone, &url, &["enroll", &code]).await?;
+    let added = app_process(phone, &url, &["add-member", name]).await?;
+    let member = added.strip_prefix("member ").unwrap_or_default().to_owned();
+    app_process(phone, &url, &["sync"]).await?;
+    Ok(member)
+}
+
 /// Copies every file of a data directory (a phone backup takes them all).
 pub(crate) fn copy_files(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to)?;
@@ -615,19 +635,7 @@ async fn a_restored_data_directory_keeps_syncing_and_loses_no_edit() -> anyhow::
         tempfile::tempdir()?,
     );
     let phone = dir.path();
-    let code = doorstep_server::admin::issue_enrollment_code(
-        &server.store,
-        d.yingfeng.id,
-        "phone",
-        1,
-        "test",
-    )
-    .await?
-    .code;
-    app_process(phone, &url, &["enroll", &code]).await?;
-    let added = app_process(phone, &url, &["add-member", "备份恢复"]).await?;
-    let member = added.strip_prefix("member ").unwrap_or_default().to_owned();
-    app_process(phone, &url, &["sync"]).await?;
+    let member = enrolled_app_with_member(&server, d.yingfeng.id, phone, "备份恢复").await?;
 
     // The backup; then an edit that reaches the server; then the restore.
     copy_files(phone, backup.path())?;

@@ -18,7 +18,7 @@ use doorstep_protocol::mutation::Seeded;
 use doorstep_protocol::schema::log::MonthlyLog;
 use doorstep_tests::{TestServer, test_store_key, this_month};
 
-use crate::device::{app_process, copy_files, first_day, restore};
+use crate::device::{app_process, copy_files, enrolled_app_with_member, first_day, restore};
 
 /// One visit recorded on the phone, and what has happened to it since.
 #[derive(Debug)]
@@ -41,19 +41,7 @@ async fn seeded_backups_and_restores_never_wedge_the_phone_nor_lose_an_acknowled
     let url = server.http_url();
     let dir = tempfile::tempdir()?;
     let phone = dir.path();
-    let code = doorstep_server::admin::issue_enrollment_code(
-        &server.store,
-        d.yingfeng.id,
-        "phone",
-        1,
-        "test",
-    )
-    .await?
-    .code;
-    app_process(phone, &url, &["enroll", &code]).await?;
-    let added = app_process(phone, &url, &["add-member", "备份轮换"]).await?;
-    let member = added.strip_prefix("member ").unwrap_or_default().to_owned();
-    app_process(phone, &url, &["sync"]).await?;
+    let member = enrolled_app_with_member(&server, d.yingfeng.id, phone, "备份轮换").await?;
     let date = first_day(this_month()).to_string();
 
     let steps: usize = std::env::var("DOORSTEP_RESTORE_STEPS")

@@ -13,14 +13,15 @@ use std::time::Duration;
 use doorstep_protocol::mutation::Seeded;
 use doorstep_protocol::wire;
 use doorstep_protocol::{DocumentId, PeerId, TenantId};
-use doorstep_server::budget::ConnectionLimits;
 use doorstep_server::store::Store;
 use doorstep_tests::{ServerProcess, enroll, make_district};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::budgets::{MIB, audit_rows, honest_device, watch_threads_and_files};
+use crate::budgets::{
+    MIB, assert_within_process_budgets, audit_rows, honest_device, watch_threads_and_files,
+};
 use crate::connected_device;
 use crate::frame_fuzz::{KINDS, Vocabulary, join, real_messages};
 
@@ -188,13 +189,7 @@ async fn every_sync_message_kind_flooded_from_many_sockets_stays_within_the_proc
         peak / MIB,
         disk / 1024
     );
-    assert!(peak < 300 * MIB, "peak RSS {} MiB", peak / MIB);
-    assert!(
-        threads < threads_before + 40,
-        "threads went from {threads_before} to {threads}"
-    );
-    let limits = ConnectionLimits::default();
-    assert!(files < limits.total as u64 + 128, "{files} open files");
+    assert_within_process_budgets(peak, threads_before, threads, files);
     // Refusals and roster opens are audited once per kind, not per socket.
     assert!(
         audit <= sockets / 20,
