@@ -91,27 +91,31 @@ pub struct ImportReport {
     pub records: usize,
 }
 
+/// The record a patch touches, as (collection, key): the first two map
+/// keys of its path, or a collection's key it puts or deletes.
+fn record_of(patch: &automerge::Patch) -> Option<(String, String)> {
+    let mut keys = patch.path.iter().filter_map(|(_, prop)| match prop {
+        Prop::Map(key) => Some(key.clone()),
+        Prop::Seq(_) => None,
+    });
+    match (keys.next(), keys.next(), &patch.action) {
+        (Some(collection), Some(record), _) => Some((collection, record)),
+        (Some(collection), None, automerge::PatchAction::PutMap { key, .. })
+        | (Some(collection), None, automerge::PatchAction::DeleteMap { key }) => {
+            Some((collection, key.clone()))
+        }
+        _ => None,
+    }
+}
+
 /// The records (`collection/key`) whose state differs between two sets of
 /// heads of `doc`, all of which it must hold.
 fn records_changed(doc: &Automerge, from: &[ChangeHash], to: &[ChangeHash]) -> BTreeSet<String> {
-    let mut records = BTreeSet::new();
-    for patch in doc.diff(from, to) {
-        let mut keys = patch.path.iter().filter_map(|(_, prop)| match prop {
-            Prop::Map(key) => Some(key.clone()),
-            Prop::Seq(_) => None,
-        });
-        match (keys.next(), keys.next(), &patch.action) {
-            (Some(collection), Some(record), _) => {
-                records.insert(format!("{collection}/{record}"));
-            }
-            (Some(collection), None, automerge::PatchAction::PutMap { key, .. })
-            | (Some(collection), None, automerge::PatchAction::DeleteMap { key }) => {
-                records.insert(format!("{collection}/{key}"));
-            }
-            _ => {}
-        }
-    }
-    records
+    doc.diff(from, to)
+        .iter()
+        .filter_map(record_of)
+        .map(|(collection, key)| format!("{collection}/{key}"))
+        .collect()
 }
 
 /// The heads of `heads` this document holds; `None` if it lacks any.
@@ -924,20 +928,7 @@ fn replay(
             format!("it nests objects more than {limit} deep"),
         ));
     }
-    let mut keys = patch.path.iter().filter_map(|(_, prop)| match prop {
-        Prop::Map(key) => Some(key.clone()),
-        Prop::Seq(_) => None,
-    });
-    match (keys.next(), keys.next(), &patch.action) {
-        (Some(collection), Some(record), _) => {
-            records.insert((collection, record));
-        }
-        (Some(collection), None, PatchAction::PutMap { key, .. })
-        | (Some(collection), None, PatchAction::DeleteMap { key }) => {
-            records.insert((collection, key.clone()));
-        }
-        _ => {}
-    }
+    records.extend(record_of(patch));
     let obj = objects
         .get(&patch.obj)
         .cloned()
