@@ -331,12 +331,19 @@ impl Client {
         if file.len() > MAX_EXPORT_BYTES {
             return Err(ClientError::invalid("export", "larger than any export"));
         }
+        // Neither message quotes the file: it holds names.
         let export: Export = serde_json::from_slice(file)
-            .map_err(|e| ClientError::invalid("export", format!("not an export file: {e}")))?;
+            .map_err(|_| ClientError::invalid("export", "not an export file"))?;
         if export.format != EXPORT_FORMAT {
             return Err(ClientError::invalid(
                 "export",
-                format!("unknown format {:?}", export.format),
+                "not an export this app knows (another format)",
+            ));
+        }
+        if export.documents.len() > MAX_IMPORTED_DOCUMENTS {
+            return Err(ClientError::invalid(
+                "export",
+                format!("it lists more than {MAX_IMPORTED_DOCUMENTS} documents"),
             ));
         }
         let branch = self.identity()?.branch;
@@ -363,6 +370,9 @@ impl Client {
         let mut seen = HashSet::new();
         let mut guard = self.replicas().await?;
         let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        // Every document is checked and re-made first, then all are applied:
+        // a file refused anywhere changes nothing.
+        let mut prepared = Vec::new();
         for document in &export.documents {
             let (id, kind) = exported_document(branch, document)?;
             if !seen.insert(id) {
@@ -371,16 +381,27 @@ impl Client {
                     format!("document {id} is listed twice"),
                 ));
             }
-            report.records += import_document(
-                replicas,
-                id,
-                kind,
-                &actor,
-                &document.changes,
-                &importer,
-                &mut budget,
-            )
-            .await?;
+            if document.changes.is_empty() {
+                continue;
+            }
+            prepared.push(
+                prepare_document(
+                    replicas,
+                    id,
+                    kind,
+                    &actor,
+                    &document.changes,
+                    &importer,
+                    &mut budget,
+                )
+                .await?,
+            );
+        }
+        for (id, kind, made, records) in prepared {
+            if !made.is_empty() {
+                replicas.apply_local(id, kind, made).await?;
+            }
+            report.records += records;
             report.documents += 1;
         }
         drop(guard);
@@ -497,6 +518,9 @@ struct FileBudget {
 /// bound on the work (a diff, sometimes a fork) each costs here.
 const MAX_IMPORTED_CHANGES: u64 = 20_000;
 
+/// Documents one file may list: the roster and ten years of months.
+const MAX_IMPORTED_DOCUMENTS: usize = 121;
+
 impl Default for FileBudget {
     fn default() -> Self {
         FileBudget {
@@ -549,8 +573,10 @@ const IMPORTED: &str = "doorstep-import:";
 /// device's edits, and a field another device also set is a conflict, as
 /// it would have been had the exporting device synced. The server takes a
 /// change only from the device whose actor wrote it, so the originals
-/// themselves cannot be forwarded. Returns the number of records touched.
-async fn import_document(
+/// themselves cannot be forwarded. Returns the re-made changes, for the
+/// caller to apply once every document of the file is ready, and the number
+/// of records they touch.
+async fn prepare_document(
     replicas: &mut Replicas,
     id: DocumentId,
     kind: DocumentKind,
@@ -558,7 +584,7 @@ async fn import_document(
     changes: &[String],
     importer: &ActorId,
     budget: &mut FileBudget,
-) -> Result<usize, ClientError> {
+) -> Result<(DocumentId, DocumentKind, Vec<automerge::Change>, usize), ClientError> {
     let mut parsed = Vec::with_capacity(changes.len());
     for change in changes {
         let bytes = hex::decode(change)
@@ -590,17 +616,16 @@ async fn import_document(
     let base = replicas.get(id, kind).await?.doc().clone();
     let importer = importer.clone();
     // Everything that reads the imported changes runs on copies, inside the
-    // unwind guard (an exported change is input from outside); only the
-    // re-authored changes reach the real document.
-    let (made, records) = std::panic::catch_unwind(AssertUnwindSafe(move || {
-        reauthor(base, parsed, importer, kind)
-    }))
+    // unwind guard (an exported change is input from outside), and off the
+    // runtime's workers (it is work in proportion to the document); only
+    // the re-authored changes reach the real document.
+    let (made, records) = crate::replicas::off_async(move || {
+        std::panic::catch_unwind(AssertUnwindSafe(move || {
+            reauthor(base, parsed, importer, kind)
+        }))
+    })
     .map_err(|_| ClientError::invalid("export", "its changes could not be applied"))??;
-    if made.is_empty() {
-        return Ok(0);
-    }
-    replicas.apply_local(id, kind, made).await?;
-    Ok(records)
+    Ok((id, kind, made, records))
 }
 
 /// See [`import_document`]: the re-authored changes, in causal order, and
@@ -722,7 +747,7 @@ fn reauthor(
             kind,
             roots: &roots,
         };
-        let mut deletes = 0;
+        let mut deletes = Deletes::default();
         let mut tx = at.transaction();
         for patch in &patches {
             if let Err(e) = replay(
@@ -736,6 +761,21 @@ fn reauthor(
                 tx.rollback();
                 return Err(e);
             }
+        }
+        // As the SDK deletes a log record: one a change, with the note that
+        // says so (`delete_log_record`). A file deleting more, or without
+        // the note, is not a phone's edits.
+        if deletes.records.len() > 1
+            || deletes
+                .records
+                .iter()
+                .any(|key| !deletes.noted.contains(key))
+        {
+            tx.rollback();
+            return Err(ClientError::invalid(
+                "export",
+                "it deletes records no phone's edit would",
+            ));
         }
         let options = CommitOptions::default()
             .with_time(change.timestamp())
@@ -824,6 +864,14 @@ fn newly_invalid(
         }
     }
     Ok(None)
+}
+
+/// The records one change deletes, and the records its new notes of
+/// corrections name.
+#[derive(Default)]
+struct Deletes {
+    records: Vec<String>,
+    noted: HashSet<String>,
 }
 
 /// What the exporting phone saw when it made a change: its document, the
@@ -916,7 +964,7 @@ fn replay(
     exporter: &Exporter<'_>,
     objects: &mut HashMap<ObjId, ObjId>,
     records: &mut BTreeSet<(String, String)>,
-    deletes: &mut usize,
+    deletes: &mut Deletes,
 ) -> Result<(), ClientError> {
     use automerge::PatchAction;
     // The server refuses objects deeper than this (by default), and would
@@ -973,6 +1021,33 @@ fn replay(
             objects.insert(made.clone(), existing);
             return Ok(());
         }
+    } else if let Some((notes, Prop::Map(note))) = patch.path.get(1).filter(
+        |_| matches!(patch.path.first(), Some((_, Prop::Map(c))) if c == crate::corrections::NOTES),
+    ) {
+        // Inside a note of corrections: only notes this change or file
+        // makes (a note is written once; the history of corrections is not
+        // a file's to rewrite).
+        if exporter
+            .doc
+            .get_at(notes, note.as_str(), exporter.deps)?
+            .is_some()
+        {
+            return Err(ClientError::invalid(
+                "export",
+                "it rewrites a note of corrections",
+            ));
+        }
+        if patch.path.len() == 2
+            && let PatchAction::PutMap {
+                key,
+                value: (Value::Scalar(value), _),
+                ..
+            } = &patch.action
+            && key == "record_id"
+            && let automerge::ScalarValue::Str(record) = value.as_ref()
+        {
+            deletes.noted.insert(record.to_string());
+        }
     } else if patch.path.len() == 1 {
         match &patch.action {
             PatchAction::PutMap {
@@ -993,16 +1068,20 @@ fn replay(
                     return Ok(());
                 }
             }
-            // The SDK deletes a log's records one per change, never a
-            // roster's: a file deleting more is not a phone's edits.
-            PatchAction::DeleteMap { .. } => {
-                *deletes += 1;
-                if matches!(exporter.kind, DocumentKind::Roster) || *deletes > 1 {
+            // The SDK deletes a log's records (checked with their notes by
+            // the caller), never a roster's, and never a note.
+            PatchAction::DeleteMap { key } => {
+                let of_notes = matches!(
+                    patch.path.first(),
+                    Some((_, Prop::Map(c))) if c == crate::corrections::NOTES
+                );
+                if matches!(exporter.kind, DocumentKind::Roster) || of_notes {
                     return Err(ClientError::invalid(
                         "export",
                         "it deletes records no phone's edit would",
                     ));
                 }
+                deletes.records.push(key.clone());
             }
             _ => {}
         }
@@ -1351,6 +1430,66 @@ mod tests {
                 assert!(problem.contains("deletes"), "{problem}")
             }
             other => panic!("a mass delete: not refused: {other:?}"),
+        }
+        // One delete without the note a phone writes with it: refused; with
+        // the note: imported. A note rewritten: refused.
+        let delete_one = |noted: bool| {
+            let mut fork = holder.fork().with_actor(ActorId::random());
+            let mut tx = fork.transaction();
+            tx.delete(&visits, a.as_str()).expect("delete");
+            if noted {
+                let notes = tx
+                    .put_object(
+                        automerge::ROOT,
+                        crate::corrections::NOTES,
+                        automerge::ObjType::Map,
+                    )
+                    .expect("notes");
+                let note = tx
+                    .put_object(
+                        &notes,
+                        RecordId::new_v7().to_string(),
+                        automerge::ObjType::Map,
+                    )
+                    .expect("note");
+                tx.put(&note, "record_id", a.as_str()).expect("record id");
+                tx.put(&note, "action", "deleted").expect("action");
+            }
+            tx.commit();
+            (fork.get_last_local_change().expect("a change"), fork)
+        };
+        match reauthor(
+            holder.clone(),
+            vec![delete_one(false).0],
+            ActorId::random(),
+            kind,
+        ) {
+            Err(ClientError::Invalid { problem, .. }) => {
+                assert!(problem.contains("deletes"), "{problem}")
+            }
+            other => panic!("a delete without its note: not refused: {other:?}"),
+        }
+        let (noted, with_note) = delete_one(true);
+        let (made, _) = reauthor(holder.clone(), vec![noted.clone()], ActorId::random(), kind)?;
+        assert_eq!(made.len(), 1);
+        let mut rewriter = with_note.fork().with_actor(ActorId::random());
+        let mut tx = rewriter.transaction();
+        let notes = tx
+            .get(automerge::ROOT, crate::corrections::NOTES)?
+            .expect("notes")
+            .1;
+        let note = tx.keys(&notes).next().expect("a note");
+        let note = tx.get(&notes, note.as_str())?.expect("note").1;
+        tx.put(&note, "why", "改写")?;
+        tx.commit();
+        let rewrite = rewriter.get_last_local_change().expect("a change");
+        let mut held = holder.clone();
+        held.apply_changes([noted])?;
+        match reauthor(held, vec![rewrite], ActorId::random(), kind) {
+            Err(ClientError::Invalid { problem, .. }) => {
+                assert!(problem.contains("note"), "{problem}")
+            }
+            other => panic!("a note rewritten: not refused: {other:?}"),
         }
         Ok(())
     }

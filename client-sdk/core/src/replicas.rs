@@ -27,7 +27,7 @@ use crate::store::LocalStore;
 /// not hold up the runtime's other tasks: on a multi-threaded runtime (the
 /// FFI's) the worker hands its tasks to another first. A current-thread
 /// runtime has no other worker to hand them to, so it runs inline there.
-fn off_async<R>(work: impl FnOnce() -> R) -> R {
+pub(crate) fn off_async<R>(work: impl FnOnce() -> R) -> R {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
