@@ -79,10 +79,17 @@ async fn a_checkpoint_learns_the_counted_heads_on_its_sync_socket() -> anyhow::R
 
     // With the live connection up, the checkpoint rides it: no connection.
     let mut status = device.subscribe_status();
+    let opened = proxy.counters().connections();
     let service = device.start_background_sync();
     status
         .wait_for(|s| matches!(s, SyncStatus::UpToDate { .. }))
         .await?;
+    // The status may still be the first checkpoint's: wait for the live
+    // connection itself before counting.
+    eventually(std::time::Duration::from_secs(10), || async {
+        Ok(proxy.counters().connections() > opened)
+    })
+    .await?;
     device.record_visit(visit(member, 2)).await?;
     let before = proxy.counters().connections();
     let checkpoint = device.checkpoint().await?;
