@@ -13,8 +13,7 @@
 //! [`Config`], which tests move instead of sleeping.
 
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use argon2::Argon2;
@@ -22,6 +21,7 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::store::{Session, Store, StoreError, User};
@@ -110,47 +110,97 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
 }
 
 // ---------------------------------------------------------------------------
-// The clock logins go by.
+// The clock logins and idle connections go by.
 
-/// The time of logins, sessions and throttling, in milliseconds since the
-/// Unix epoch. The system clock in production; tests use
-/// [`Clock::adjustable`] and [`Clock::advance`] it instead of sleeping
-/// through a lockout.
+/// The time of logins, sessions, throttling and idle connections. The
+/// system clock in production; tests use [`Clock::adjustable`] and
+/// [`Clock::advance`] it instead of sleeping through a lockout or a
+/// timeout, so what they check does not depend on how loaded the machine is.
 #[derive(Clone, Debug, Default)]
 pub struct Clock {
-    /// The time of an adjustable clock; `None` is the system clock.
-    manual_ms: Option<Arc<AtomicI64>>,
+    /// How far an adjustable clock has been moved; `None` is the system
+    /// clock. A watch, so a task waiting on it wakes when it moves.
+    manual: Option<Arc<Manual>>,
 }
+
+#[derive(Debug)]
+struct Manual {
+    /// The wall time it started at, in ms since the Unix epoch.
+    start_ms: i64,
+    advanced: watch::Sender<Duration>,
+}
+
+/// The system clock's origin for [`Clock::monotonic`].
+static STARTED: LazyLock<tokio::time::Instant> = LazyLock::new(tokio::time::Instant::now);
 
 impl Clock {
     pub fn system() -> Self {
-        Clock { manual_ms: None }
+        Clock { manual: None }
     }
 
     /// A clock that starts at the system's time and then stands still
     /// until [`Clock::advance`] moves it, so a test's delays are exact.
     pub fn adjustable() -> Self {
         Clock {
-            manual_ms: Some(Arc::new(AtomicI64::new(crate::store::now_ms()))),
+            manual: Some(Arc::new(Manual {
+                start_ms: crate::store::now_ms(),
+                advanced: watch::Sender::new(Duration::ZERO),
+            })),
         }
     }
 
+    /// Wall time in ms since the Unix epoch: what sessions and throttling
+    /// store.
     pub fn now_ms(&self) -> i64 {
-        match &self.manual_ms {
-            Some(manual) => manual.load(Ordering::SeqCst),
+        match &self.manual {
+            Some(manual) => manual
+                .start_ms
+                .saturating_add(millis(*manual.advanced.borrow())),
             None => crate::store::now_ms(),
         }
     }
 
-    /// Moves an adjustable clock forward (every clone of it).
+    /// Monotonic time since an origin of this clock: what timeouts measure
+    /// (the wall clock may step).
+    pub fn monotonic(&self) -> Duration {
+        match &self.manual {
+            Some(manual) => *manual.advanced.borrow(),
+            None => STARTED.elapsed(),
+        }
+    }
+
+    /// Waits until [`Clock::monotonic`] reaches `at`.
+    pub async fn sleep_until(&self, at: Duration) {
+        match &self.manual {
+            None => tokio::time::sleep_until(*STARTED + at).await,
+            Some(manual) => {
+                let mut moved = manual.advanced.subscribe();
+                while *moved.borrow_and_update() < at {
+                    // The sender lives as long as this clock does.
+                    if moved.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for `d` on this clock.
+    pub async fn sleep(&self, d: Duration) {
+        self.sleep_until(self.monotonic().saturating_add(d)).await;
+    }
+
+    /// Moves an adjustable clock forward (every clone of it), waking what
+    /// waits on it.
     ///
     /// # Panics
     /// On the system clock, which only time moves.
     pub fn advance(&self, by: Duration) {
-        self.manual_ms
+        self.manual
             .as_ref()
             .expect("only an adjustable clock can be advanced")
-            .fetch_add(millis(by), Ordering::SeqCst);
+            .advanced
+            .send_modify(|advanced| *advanced = advanced.saturating_add(by));
     }
 }
 

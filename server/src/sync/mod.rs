@@ -9,7 +9,7 @@
 //! the `doc-unavailable` a missing one gets.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
@@ -257,10 +257,14 @@ struct Joined {
 
 /// Waits for the client's `join` and answers it with our `peer`.
 async fn handshake(hub: &Hub, socket: &mut WebSocket) -> Result<Joined, Option<Fatal>> {
-    let limits = hub.config().limits.wire_limits();
-    let frame = tokio::time::timeout(hub.config().idle_timeout, socket.recv())
-        .await
-        .map_err(|_| Some(Fatal::protocol("no join message")))?;
+    let config = hub.config();
+    let limits = config.limits.wire_limits();
+    let frame = tokio::select! {
+        frame = socket.recv() => frame,
+        _ = config.clock.sleep(config.idle_timeout) => {
+            return Err(Some(Fatal::protocol("no join message")));
+        }
+    };
     let bytes = match frame {
         Some(Ok(WsMessage::Binary(bytes))) => bytes,
         Some(Ok(WsMessage::Close(_))) | None => return Err(None),
@@ -436,10 +440,12 @@ async fn serve(
     let mut shutdown = hub.shutdown_signal();
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.reset();
-    let mut last_heard = Instant::now();
+    // On the configured clock, so a test moves it instead of sleeping.
+    let clock = &config.clock;
+    let mut last_heard = clock.monotonic();
     let mut roster_opened = false;
     loop {
-        let idle_left = config.idle_timeout.saturating_sub(last_heard.elapsed());
+        let idle_until = last_heard.saturating_add(config.idle_timeout);
         tokio::select! {
             _ = conn.overflow.notified() => {
                 return Some(Fatal { code: close_code::TRY_AGAIN, reason: "too far behind; reconnect to resume".into() });
@@ -448,7 +454,7 @@ async fn serve(
             _ = shutdown.changed() => {
                 return Some(Fatal { code: close_code::GOING_AWAY, reason: "server shutting down".into() });
             }
-            _ = tokio::time::sleep(idle_left) => {
+            _ = clock.sleep_until(idle_until) => {
                 return Some(Fatal { code: close_code::GOING_AWAY, reason: "no traffic from the client".into() });
             }
             _ = ping.tick() => {
@@ -481,7 +487,7 @@ async fn serve(
             frame = socket.recv() => {
                 // Any frame at all, a ping or a pong included, is a sign of life:
                 // a client busy opening many documents is never cut off.
-                last_heard = Instant::now();
+                last_heard = clock.monotonic();
                 match frame {
                     None | Some(Ok(WsMessage::Close(_))) => return None,
                     Some(Err(e)) => return Some(transport_fatal(&e)),
@@ -501,7 +507,7 @@ async fn serve(
                         match handle(hub, socket, conn, client, extensions, message, &mut roster_opened).await {
                             // Time the server spent on the message is not the
                             // client's silence: the idle clock starts now.
-                            Ok(true) => last_heard = Instant::now(),
+                            Ok(true) => last_heard = clock.monotonic(),
                             Ok(false) => return None,
                             Err(fatal) => return Some(fatal),
                         }

@@ -9,8 +9,12 @@ use doorstep_protocol::schema::roster::Roster;
 use doorstep_protocol::schema::{DocumentKind, RecordId, genesis, write_record};
 use doorstep_protocol::wire::{self, Message};
 use doorstep_protocol::{DocumentId, Fen, Month};
+use doorstep_server::auth::Clock;
 use doorstep_server::tenancy::Role;
 use doorstep_tests::{SyncOutcome, TestPeer, TestServer, eventually};
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::{add_member, connected_device};
 
@@ -423,45 +427,72 @@ async fn idle_documents_leave_memory() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_client_busy_opening_many_documents_is_not_cut_off_but_a_silent_one_is()
 -> anyhow::Result<()> {
-    // The timeout is far above any one exchange's time on a loaded machine
-    // (it once was 800 ms, and a slow sync of one log cut the busy client
-    // off), and the busy client's frames span more than one timeout.
-    let idle_timeout = Duration::from_secs(3);
-    let server = TestServer::spawn_with(|c| {
-        c.idle_timeout = idle_timeout;
-        c.ping_interval = Duration::from_secs(60);
+    // The server's idle timer runs on its injected clock, which this test
+    // moves: what it checks cannot depend on how fast a loaded machine
+    // runs the exchanges (on the real clock it once flaked at 800 ms).
+    let idle_timeout = Duration::from_secs(90);
+    let clock = Clock::adjustable();
+    let server = TestServer::spawn_with({
+        let clock = clock.clone();
+        move |c| {
+            c.clock = clock;
+            c.idle_timeout = idle_timeout;
+            c.ping_interval = Duration::from_secs(24 * 3600);
+        }
     })
     .await?;
     let d = server.district().await?;
     let enrolled = server.enroll(d.yingfeng.id, "busy").await?;
     let mut busy = TestPeer::connect(&server.ws_url(), &enrolled.token, None).await?;
-    // 60 monthly logs, one every 60 ms or more: longer than the timeout.
-    let started = tokio::time::Instant::now();
-    let mut month: Month = "2022-01".parse()?;
-    for _ in 0..60 {
-        assert_eq!(
-            busy.sync(DocumentId::monthly_log(d.yingfeng.id, month))
-                .await?,
-            SyncOutcome::Synced
-        );
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        month = month.next();
-    }
+    let mut silent = TestPeer::connect(&server.ws_url(), &enrolled.token, None).await?;
+    // Upgraded, but never says `join`.
+    let mut request = server.ws_url().into_client_request()?;
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", enrolled.token).parse()?,
+    );
+    let (mut mute, _) = tokio_tungstenite::connect_async(request).await?;
+
+    // A second short of the timeout: nobody is cut.
+    clock.advance(idle_timeout - Duration::from_secs(1));
     assert!(
-        started.elapsed() > idle_timeout,
-        "the busy spell must outlast the timeout"
+        silent.closed(Duration::from_millis(500)).await.is_err(),
+        "cut before its time"
     );
     assert_eq!(
         busy.sync(DocumentId::roster(d.yingfeng.id)).await?,
         SyncOutcome::Synced
     );
-
-    let mut silent = TestPeer::connect(&server.ws_url(), &enrolled.token, None).await?;
-    let connected = tokio::time::Instant::now();
-    let (code, reason) = silent.closed(idle_timeout * 4).await?;
+    // The timeout: the silent client and the one that never joined are
+    // cut; the busy one spoke a second ago.
+    clock.advance(Duration::from_secs(1));
+    let (code, reason) = silent.closed(Duration::from_secs(10)).await?;
     assert_eq!(code, 1001, "{reason}");
     assert!(reason.contains("no traffic"), "{reason}");
-    // Never before its time (a lower bound cannot flake).
-    assert!(connected.elapsed() >= idle_timeout);
+    let reason = loop {
+        match tokio::time::timeout(Duration::from_secs(10), mute.next()).await? {
+            Some(Ok(WsMessage::Close(Some(frame)))) => break frame.reason.to_string(),
+            Some(Ok(_)) => {}
+            other => anyhow::bail!("the mute socket ended without a close frame: {other:?}"),
+        }
+    };
+    assert!(reason.contains("no join message"), "{reason}");
+
+    // 60 monthly logs a quarter of the timeout apart: 15 timeouts in all,
+    // and the busy client is never cut.
+    let mut month: Month = "2022-01".parse()?;
+    for _ in 0..60 {
+        clock.advance(idle_timeout / 4);
+        assert_eq!(
+            busy.sync(DocumentId::monthly_log(d.yingfeng.id, month))
+                .await?,
+            SyncOutcome::Synced
+        );
+        month = month.next();
+    }
+    assert_eq!(
+        busy.sync(DocumentId::roster(d.yingfeng.id)).await?,
+        SyncOutcome::Synced
+    );
     Ok(())
 }
