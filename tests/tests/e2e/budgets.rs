@@ -97,6 +97,11 @@ pub(crate) fn assert_within_process_budgets(
 
 /// How many audit rows `store` holds.
 pub(crate) async fn audit_rows(store: &Store) -> anyhow::Result<usize> {
+    audit_rows_not_by(store, "").await
+}
+
+/// How many audit rows `store` holds that `actor` did not write.
+async fn audit_rows_not_by(store: &Store, actor: &str) -> anyhow::Result<usize> {
     Ok(store
         .audit_entries(&AuditQuery {
             scope: None,
@@ -104,7 +109,9 @@ pub(crate) async fn audit_rows(store: &Store) -> anyhow::Result<usize> {
             limit: 100_000,
         })
         .await?
-        .len())
+        .iter()
+        .filter(|entry| entry.actor != actor)
+        .count())
 }
 
 /// A device of another branch that syncs a new member again and again
@@ -716,6 +723,9 @@ async fn a_refused_read_of_names_looped_is_recorded_once() -> anyhow::Result<()>
 /// files stay bounded, audit rows grow by a few (not one per call), no call
 /// gets a 500 or a dropped connection, and the other device syncs
 /// throughout.
+/// The account that logs in honestly during the route flood.
+const OFFICE: &str = "honest-secretary";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_flooded_at_once_stays_within_the_process_budgets() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
@@ -727,6 +737,15 @@ async fn every_route_flooded_at_once_stays_within_the_process_budgets() -> anyho
         "a volunteer's own password",
         Role::Volunteer,
         d.yingfeng.id,
+        "test",
+    )
+    .await?;
+    admin::create_user(
+        &store,
+        OFFICE,
+        "the secretary's own password",
+        Role::BranchSecretary,
+        d.fenghuangting.id,
         "test",
     )
     .await?;
@@ -762,7 +781,31 @@ async fn every_route_flooded_at_once_stays_within_the_process_budgets() -> anyho
         None,
     )
     .await?;
-    let audit_before = audit_rows(&store).await?;
+    // A valid invitation, for half the callers of every POST route: on
+    // `/activate` they race for its code, and each would hash a password
+    // if the code were not claimed first and the password work not
+    // bounded. (The second round presents it spent.)
+    let permit = admin::authorize_operator(
+        &store,
+        doorstep_server::authority::Action::InviteUser {
+            tenant: &d.yingfeng,
+            role: Role::Volunteer,
+        },
+    )
+    .await?;
+    let invited = admin::invite_user(
+        &store,
+        &permit,
+        "flood-invitee",
+        Role::Volunteer,
+        &d.yingfeng,
+        24,
+    )
+    .await?;
+    // No username: the login route must not take it for a real login.
+    let invitation =
+        json!({ "code": invited.activation_code, "password": "the invitee's password" });
+    let audit_before = audit_rows_not_by(&store, OFFICE).await?;
     let threads_before = server.threads()?;
     let files_before = server.open_files()? as u64;
 
@@ -770,6 +813,30 @@ async fn every_route_flooded_at_once_stays_within_the_process_budgets() -> anyho
     let pid = server.pid().expect("running");
     let (threads, files) = watch_threads_and_files(pid, busy.clone());
     let syncing = honest_device(honest, busy.clone());
+    // An office logging in from its own address meanwhile: the flood's
+    // password work must never refuse or drop it. (Its logins are
+    // audited, and left out of the flood's count.)
+    let logging_in = tokio::spawn({
+        let busy = busy.clone();
+        let url = url.clone();
+        async move {
+            let client = client_from([127, 0, 9, 1]);
+            let mut logins = 0usize;
+            while busy.load(Ordering::SeqCst) {
+                let status = client
+                    .post(format!("{url}/api/v1/login"))
+                    .json(
+                        &json!({ "username": OFFICE, "password": "the secretary's own password" }),
+                    )
+                    .send()
+                    .await?
+                    .status();
+                anyhow::ensure!(status == StatusCode::OK, "login {logins}: {status}");
+                logins += 1;
+            }
+            Ok::<_, anyhow::Error>(logins)
+        }
+    });
 
     let callers: [Option<String>; 4] = [
         None,
@@ -785,7 +852,7 @@ async fn every_route_flooded_at_once_stays_within_the_process_budgets() -> anyho
     let mut audit_after_first = 0;
     for (round, (method, path)) in routes.iter().chain(routes.iter()).enumerate() {
         if round == routes.len() {
-            audit_after_first = audit_rows(&store).await?;
+            audit_after_first = audit_rows_not_by(&store, OFFICE).await?;
         }
         let path = path.replace("{id}", &uuid::Uuid::now_v7().to_string());
         let method: reqwest::Method = method.parse()?;
@@ -798,7 +865,11 @@ async fn every_route_flooded_at_once_stays_within_the_process_budgets() -> anyho
                     request = request.bearer_auth(token);
                 }
                 if method == reqwest::Method::POST {
-                    request = request.json(&json!({ "code": spent.code, "password": "not the password", "username": "flood-volunteer" }));
+                    request = if i % 2 == 1 {
+                        request.json(&invitation)
+                    } else {
+                        request.json(&json!({ "code": spent.code, "password": "not the password", "username": "flood-volunteer" }))
+                    };
                 }
                 batch.push(tokio::spawn(async move {
                     request.send().await.map(|r| r.status().as_u16())
@@ -813,11 +884,12 @@ async fn every_route_flooded_at_once_stays_within_the_process_budgets() -> anyho
     }
     busy.store(false, Ordering::SeqCst);
     let rounds = syncing.await??;
+    let logins = logging_in.await??;
     let (threads, files) = (threads.await?, files.await?);
     let peak = server.peak_rss_bytes()?;
-    let audit_after = audit_rows(&store).await?;
+    let audit_after = audit_rows_not_by(&store, OFFICE).await?;
     eprintln!(
-        "flood: {calls} calls over {} routes, twice; statuses {statuses:?}; peak RSS {} MiB, threads {threads_before} -> peak {threads}, open files {files_before} -> peak {files}, audit rows +{} (+{} in the second round), the other device synced {rounds} times",
+        "flood: {calls} calls over {} routes, twice; statuses {statuses:?}; peak RSS {} MiB, threads {threads_before} -> peak {threads}, open files {files_before} -> peak {files}, audit rows +{} (+{} in the second round), the other device synced {rounds} times, an office logged in {logins} times",
         routes.len(),
         peak / MIB,
         audit_after - audit_before,
@@ -841,6 +913,15 @@ async fn every_route_flooded_at_once_stays_within_the_process_budgets() -> anyho
         audit_after - audit_after_first
     );
     assert!(rounds >= 1, "the other branch synced meanwhile");
+    assert!(logins >= 1, "an office logged in meanwhile");
+    // The race for the invitation was won once: the flood reached the
+    // password work, and the winner's password is the one set.
+    let login = reqwest::Client::new()
+        .post(format!("{url}/api/v1/login"))
+        .json(&json!({ "username": "flood-invitee", "password": "the invitee's password" }))
+        .send()
+        .await?;
+    assert_eq!(login.status(), StatusCode::OK);
     let health = reqwest::get(format!("{url}/healthz")).await?;
     assert_eq!(health.status(), StatusCode::OK);
     server.kill().await?;
