@@ -172,7 +172,12 @@ impl Clock {
     /// Waits until [`Clock::monotonic`] reaches `at`.
     pub async fn sleep_until(&self, at: Duration) {
         match &self.manual {
-            None => tokio::time::sleep_until(*STARTED + at).await,
+            // Past the end of time (an idle timeout of `Duration::MAX`,
+            // say) is never.
+            None => match STARTED.checked_add(at) {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            },
             Some(manual) => {
                 let mut moved = manual.advanced.subscribe();
                 while *moved.borrow_and_update() < at {
@@ -183,11 +188,6 @@ impl Clock {
                 }
             }
         }
-    }
-
-    /// Waits for `d` on this clock.
-    pub async fn sleep(&self, d: Duration) {
-        self.sleep_until(self.monotonic().saturating_add(d)).await;
     }
 
     /// Moves an adjustable clock forward (every clone of it), waking what
@@ -542,6 +542,41 @@ pub async fn change_password(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_adjustable_clock_wakes_its_sleepers_when_moved_and_not_before() {
+        let clock = Clock::adjustable();
+        let started = clock.now_ms();
+        let sleeper = tokio::spawn({
+            let clock = clock.clone();
+            async move { clock.sleep_until(Duration::from_secs(90)).await }
+        });
+        clock.advance(Duration::from_secs(89));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!sleeper.is_finished(), "woke a second early");
+        clock.advance(Duration::from_secs(1));
+        tokio::time::timeout(Duration::from_secs(10), sleeper)
+            .await
+            .expect("woke when moved")
+            .expect("ran");
+        assert_eq!(clock.monotonic(), Duration::from_secs(90));
+        assert_eq!(clock.now_ms() - started, 90_000);
+    }
+
+    #[tokio::test]
+    async fn the_system_clock_sleeps_past_the_end_of_time_without_panicking() {
+        let clock = Clock::system();
+        let never = clock.sleep_until(Duration::MAX);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), never)
+                .await
+                .is_err()
+        );
+        let soon = clock.sleep_until(clock.monotonic() + Duration::from_millis(1));
+        tokio::time::timeout(Duration::from_secs(10), soon)
+            .await
+            .expect("a short sleep ends");
+    }
 
     /// OWASP's password storage cheat sheet: argon2id with at least 19 MiB,
     /// 2 iterations, 1 lane. Read from a stored hash, so a change of the

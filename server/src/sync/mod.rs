@@ -92,6 +92,9 @@ pub async fn upgrade(
         // address's share is for connections nobody has vouched for.
         place.authenticated();
     }
+    // The client's time to `join` runs from its request, not from whenever
+    // the upgraded socket's task first runs.
+    let arrived = state.config.clock.monotonic();
     let limit = state.config.limits.max_message_bytes;
     ws.max_message_size(limit)
         .max_frame_size(limit)
@@ -99,7 +102,7 @@ pub async fn upgrade(
             match device {
                 Ok(Some(device)) => {
                     let span = tracing::info_span!("connection", device = %device.id, branch = %device.branch_id);
-                    connection(state.hub.clone(), socket, device).instrument(span).await
+                    connection(state.hub.clone(), socket, device, arrived).instrument(span).await
                 }
                 Ok(None) if revoked => refuse(socket, close_code::REVOKED, "this device was revoked").await,
                 Ok(None) => refuse(socket, close_code::UNAUTHORIZED, "unauthorized: unknown device token").await,
@@ -253,18 +256,28 @@ struct Joined {
     client: PeerId,
     storage_id: Option<String>,
     extensions: Extensions,
+    /// When it arrived, on the configured clock: the client's idle time
+    /// runs from here, not from when the server is done with its own work
+    /// (the liveness check, the last-seen write).
+    heard_at: Duration,
 }
 
-/// Waits for the client's `join` and answers it with our `peer`.
-async fn handshake(hub: &Hub, socket: &mut WebSocket) -> Result<Joined, Option<Fatal>> {
+/// Waits for the client's `join`, due an idle timeout after `arrived`, and
+/// answers it with our `peer`.
+async fn handshake(
+    hub: &Hub,
+    socket: &mut WebSocket,
+    arrived: Duration,
+) -> Result<Joined, Option<Fatal>> {
     let config = hub.config();
     let limits = config.limits.wire_limits();
     let frame = tokio::select! {
         frame = socket.recv() => frame,
-        _ = config.clock.sleep(config.idle_timeout) => {
+        _ = config.clock.sleep_until(arrived.saturating_add(config.idle_timeout)) => {
             return Err(Some(Fatal::protocol("no join message")));
         }
     };
+    let heard_at = config.clock.monotonic();
     let bytes = match frame {
         Some(Ok(WsMessage::Binary(bytes))) => bytes,
         Some(Ok(WsMessage::Close(_))) | None => return Err(None),
@@ -315,6 +328,7 @@ async fn handshake(hub: &Hub, socket: &mut WebSocket) -> Result<Joined, Option<F
         client: sender_id,
         storage_id,
         extensions,
+        heard_at,
     })
 }
 
@@ -334,18 +348,19 @@ fn transport_fatal(e: &axum::Error) -> Fatal {
 }
 
 /// Runs one device connection until it closes.
-async fn connection(hub: Arc<Hub>, mut socket: WebSocket, device: Device) {
+async fn connection(hub: Arc<Hub>, mut socket: WebSocket, device: Device, arrived: Duration) {
     // Registered for revocation before the handshake, so a socket that has
     // not joined yet closes at once too.
     let waiting = hub.connect(device.clone(), None);
     let joined = tokio::select! {
-        joined = handshake(&hub, &mut socket) => joined,
+        joined = handshake(&hub, &mut socket, arrived) => joined,
         _ = waiting.revoked.notified() => Err(Some(stopped(&waiting))),
     };
     let Joined {
         client,
         storage_id,
         extensions,
+        heard_at,
     } = match joined {
         Ok(joined) => joined,
         Err(fatal) => {
@@ -382,7 +397,7 @@ async fn connection(hub: Arc<Hub>, mut socket: WebSocket, device: Device) {
     if let Err(e) = hub_store_touch(&hub, &conn.device).await {
         tracing::warn!(error = %e, "could not record last seen");
     }
-    let fatal = serve(&hub, &mut socket, &conn, &client, extensions).await;
+    let fatal = serve(&hub, &mut socket, &conn, &client, extensions, heard_at).await;
     hub.disconnect(&conn).await;
     if let Some(fatal) = fatal {
         close_with(&mut socket, &hub, Some(&client), fatal).await;
@@ -422,13 +437,15 @@ async fn close_with(socket: &mut WebSocket, hub: &Hub, client: Option<&PeerId>, 
     let _ = tokio::time::timeout(Duration::from_secs(5), goodbye).await;
 }
 
-/// The message loop. Returns why it ended, if the client should be told.
+/// The message loop, for a client last heard at `last_heard` (on the
+/// configured clock). Returns why it ended, if the client should be told.
 async fn serve(
     hub: &Hub,
     socket: &mut WebSocket,
     conn: &Arc<Connection>,
     client: &PeerId,
     extensions: Extensions,
+    mut last_heard: Duration,
 ) -> Option<Fatal> {
     let config = hub.config();
     // A deflated frame is inflated only for a client that negotiated it,
@@ -442,7 +459,6 @@ async fn serve(
     ping.reset();
     // On the configured clock, so a test moves it instead of sleeping.
     let clock = &config.clock;
-    let mut last_heard = clock.monotonic();
     let mut roster_opened = false;
     loop {
         let idle_until = last_heard.saturating_add(config.idle_timeout);

@@ -459,6 +459,12 @@ async fn a_client_busy_opening_many_documents_is_not_cut_off_but_a_silent_one_is
         silent.closed(Duration::from_millis(500)).await.is_err(),
         "cut before its time"
     );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), mute.next())
+            .await
+            .is_err(),
+        "the socket that has not joined was cut before its time"
+    );
     assert_eq!(
         busy.sync(DocumentId::roster(d.yingfeng.id)).await?,
         SyncOutcome::Synced
