@@ -31,6 +31,7 @@ use crate::admission::{
     AdmissionError, AdmissionLimits, CreatedObject, Inspected, ObjectKey, inspect_sync_message,
 };
 use crate::ids::{DeviceId, PeerId};
+use crate::provenance;
 use crate::schema::GENESIS_ACTOR;
 
 /// Ceilings of one kept document, on top of the per-message admission limits.
@@ -210,6 +211,10 @@ pub enum Refusal {
     OutOfSequence { hash: String },
     #[error("actor {actor} belongs to another device")]
     ForeignActor { actor: String },
+    #[error(
+        "change {hash} makes the same edits as a change this document keeps (one was re-made from the other by an import)"
+    )]
+    KeptInAnotherForm { hash: ChangeHash },
     #[error("this peer is not syncing the document")]
     UnknownPeer,
     #[error("the document is waiting for storage; retry")]
@@ -227,6 +232,7 @@ impl Refusal {
                 | Refusal::GenesisActor { .. }
                 | Refusal::OutOfSequence { .. }
                 | Refusal::ForeignActor { .. }
+                | Refusal::KeptInAnotherForm { .. }
         )
     }
 }
@@ -236,6 +242,24 @@ impl Refusal {
 struct Census {
     actors: HashSet<ActorId>,
     changes: u64,
+    /// The originals the document's stand-ins stand for
+    /// ([`crate::provenance`]): the document keeps one form of each.
+    stood_for: HashSet<ChangeHash>,
+}
+
+impl Census {
+    /// One walk of the document's change metadata.
+    fn of(doc: &Automerge) -> Self {
+        let changes = doc.get_changes_meta(&[]);
+        Census {
+            changes: changes.len() as u64,
+            actors: changes.iter().map(|m| m.actor.as_ref().clone()).collect(),
+            stood_for: changes
+                .iter()
+                .filter_map(|m| provenance::stands_in_for(m.message.as_deref()))
+                .collect(),
+        }
+    }
 }
 
 /// An object by the id of the operation that made it: (counter, actor).
@@ -484,11 +508,13 @@ impl Keeper {
         if heads == before {
             return Ok(Step::Reply(self.generate_all()));
         }
+        let new_changes = load_order(self.doc.get_changes(&before));
+        self.keep_one_form(&new_changes)?;
         let mut changes = Vec::new();
         let mut actors = Vec::new();
         let mut seen = HashSet::new();
         let mut deep_checks = 0;
-        for mut change in load_order(self.doc.get_changes(&before)) {
+        for mut change in new_changes {
             self.check_sequence(&change, &mut deep_checks)?;
             let actor = change.actor_id().clone();
             if actor.to_bytes() == GENESIS_ACTOR {
@@ -556,6 +582,35 @@ impl Keeper {
         Ok(Step::Persist(batch))
     }
 
+    /// Refuses a new change (applied in memory, not yet stored) when the
+    /// document would then hold an original and a stand-in for it, or two
+    /// stand-ins for one original ([`crate::provenance`]): the first form
+    /// to arrive is kept.
+    fn keep_one_form(&mut self, new_changes: &[automerge::Change]) -> Result<(), Refusal> {
+        let doc = &self.doc;
+        let census = self.census.get_or_insert_with(|| Census::of(doc));
+        let mut stood_for = HashSet::new();
+        for change in new_changes {
+            let hash = change.hash();
+            if census.stood_for.contains(&hash) || stood_for.contains(&hash) {
+                return Err(Refusal::KeptInAnotherForm { hash });
+            }
+            if let Some(original) = provenance::stands_in_for(change.message()) {
+                // The original here already (the document holds the
+                // message's changes now, so one earlier in it counts), or
+                // another stand-in for it.
+                if doc.get_change_meta_by_hash(&original).is_some()
+                    || census.stood_for.contains(&original)
+                    || !stood_for.insert(original)
+                {
+                    return Err(Refusal::KeptInAnotherForm { hash });
+                }
+            }
+        }
+        census.stood_for.extend(stood_for);
+        Ok(())
+    }
+
     /// Refuses a message that would take the document past its lifetime
     /// actor or change limits, before Automerge adds anything. Every actor
     /// the message names counts, not only authors: Automerge adds the
@@ -566,13 +621,7 @@ impl Keeper {
             return Ok(());
         }
         let doc = &self.doc;
-        let census = self.census.get_or_insert_with(|| {
-            let changes = doc.get_changes_meta(&[]);
-            Census {
-                changes: changes.len() as u64,
-                actors: changes.iter().map(|m| m.actor.as_ref().clone()).collect(),
-            }
-        });
+        let census = self.census.get_or_insert_with(|| Census::of(doc));
         let incoming = inspected
             .actors
             .iter()

@@ -12,6 +12,7 @@
 //! admission  bounds on a sync message, checked before Automerge decodes it
 //! session    one document synced with many peers over automerge::sync::State (the device side)
 //! keeper     the server's state machine for one document: admit, apply, persist, then advertise
+//! provenance which change an import re-made stands in for which
 //! schema     the branch documents: roster and monthly log, typed records,
 //!            validation and the deterministic genesis of each document
 //! ```
@@ -21,6 +22,7 @@ pub mod ids;
 pub mod keeper;
 #[doc(hidden)]
 pub mod mutation;
+pub mod provenance;
 pub mod schema;
 pub mod session;
 #[cfg(feature = "uniffi")]

@@ -9,7 +9,7 @@
 //! store rolled back from a backup never writes two changes under one
 //! actor and sequence number.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Weak};
@@ -129,6 +129,14 @@ pub(crate) struct Inner {
     pub changed: watch::Sender<u64>,
     /// Messages the live connection sent, per document (see `sync`).
     pub messages_sent: std::sync::Mutex<HashMap<doorstep_protocol::DocumentId, u64>>,
+    /// Documents whose next sync must hear the server before it sends any
+    /// change: a change of ours was refused as kept in another form, and
+    /// that form must arrive before it can be re-based (`sync`).
+    pub pull_first: std::sync::Mutex<HashSet<doorstep_protocol::DocumentId>>,
+    /// Documents whose refused change could not be re-based: left out of
+    /// every sync until the app opens again, so the rest keeps syncing
+    /// (reported as refused; their edits stay here, and exportable).
+    pub held_back: std::sync::Mutex<HashSet<doorstep_protocol::DocumentId>>,
     pub store: LocalStore,
     pub transport: Transport,
     pub identity: std::sync::RwLock<Option<Arc<Identity>>>,
@@ -317,6 +325,8 @@ impl Client {
             dir,
             changed,
             messages_sent: std::sync::Mutex::new(HashMap::new()),
+            pull_first: std::sync::Mutex::new(HashSet::new()),
+            held_back: std::sync::Mutex::new(HashSet::new()),
             store,
             transport,
             identity: std::sync::RwLock::new(identity),

@@ -22,7 +22,7 @@ use automerge::{ActorId, Automerge, ChangeHash, ObjId, Prop, ReadDoc, Value};
 use doorstep_protocol::admission::{AdmissionLimits, inspect_chunks};
 use doorstep_protocol::keeper::KeeperLimits;
 use doorstep_protocol::schema::{Checked, DocumentKind, check_record_in};
-use doorstep_protocol::{DocumentId, Month, TenantId};
+use doorstep_protocol::{DocumentId, Month, TenantId, provenance};
 use serde::{Deserialize, Serialize};
 
 use crate::client::Client;
@@ -410,6 +410,106 @@ impl Client {
     }
 }
 
+/// What [`Client::rebase`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rebased {
+    /// The refused change and what this device built on it were dropped,
+    /// and this many changes made again on the form the server kept.
+    Done { remade: usize },
+    /// The form the server kept has not reached this device yet: the next
+    /// sync brings it (the server sends its changes before it takes ours).
+    NotYet,
+    /// This device does not hold that change (re-based already).
+    Nothing,
+}
+
+impl Client {
+    /// The server refused `refused`, a change of this device in
+    /// `document`, because the document keeps the same edits in another
+    /// form: the change's original, or a stand-in another phone made from
+    /// an export of it (`provenance`). Keeping it would bring back a
+    /// record deleted since, or hide a correction behind a second copy.
+    /// So it is dropped with every change this device built on it, and
+    /// those are made again on the form the server kept, by a fresh actor,
+    /// the way an import makes an export's changes: stored in one write,
+    /// so a crash leaves either the old document or the new one, and the
+    /// edits are in both.
+    pub(crate) async fn rebase(
+        &self,
+        document: DocumentId,
+        refused: ChangeHash,
+    ) -> Result<Rebased, ClientError> {
+        let mut guard = self.replicas().await?;
+        let replicas = guard.as_mut().ok_or(ClientError::NotEnrolled)?;
+        let Some(replica) = replicas.existing(document).await? else {
+            return Ok(Rebased::Nothing);
+        };
+        let kind = replica.kind;
+        let doc = replica.doc().clone();
+        let Some(meta) = doc.get_change_meta_by_hash(&refused) else {
+            return Ok(Rebased::Nothing);
+        };
+        let original = provenance::stands_in_for(meta.message.as_deref());
+        // The refused change and everything built on it.
+        let all = doc.get_changes(&[]);
+        let mut children: HashMap<ChangeHash, Vec<ChangeHash>> = HashMap::new();
+        for change in &all {
+            for dep in change.deps() {
+                children.entry(*dep).or_default().push(change.hash());
+            }
+        }
+        let mut dropped: HashSet<ChangeHash> = HashSet::from([refused]);
+        let mut frontier = vec![refused];
+        while let Some(hash) = frontier.pop() {
+            for child in children.get(&hash).into_iter().flatten() {
+                if dropped.insert(*child) {
+                    frontier.push(*child);
+                }
+            }
+        }
+        let (rebuilt, kept): (Vec<_>, Vec<_>) =
+            all.into_iter().partition(|c| dropped.contains(&c.hash()));
+        // The server never took the refused change, so nobody else can
+        // have built on it.
+        if rebuilt
+            .iter()
+            .any(|c| !crate::client::is_own(&replicas.actor_base, c.actor_id()))
+        {
+            return Err(ClientError::Storage(
+                "another device's change builds on a change the server refused".into(),
+            ));
+        }
+        let kept_form = kept.iter().any(|c| {
+            let stands_for = provenance::stands_in_for(c.message());
+            match original {
+                Some(original) => c.hash() == original || stands_for == Some(original),
+                None => stands_for == Some(refused),
+            }
+        });
+        if !kept_form {
+            return Ok(Rebased::NotYet);
+        }
+        let actor = crate::client::session_actor(&replicas.actor_base);
+        let rebased = crate::replicas::off_async(move || {
+            std::panic::catch_unwind(AssertUnwindSafe(
+                move || -> Result<(Automerge, usize), ClientError> {
+                    let mut base = Automerge::new();
+                    base.apply_changes(kept)?;
+                    let (made, _) = reauthor(base.clone(), rebuilt, actor, kind)?;
+                    let remade = made.len();
+                    base.apply_changes(made)?;
+                    Ok((base, remade))
+                },
+            ))
+        })
+        .map_err(|_| ClientError::Storage("re-basing the document failed".into()))?;
+        let (rebased, remade) = rebased?;
+        replicas.replace(document, rebased).await?;
+        tracing::info!(%document, remade, "re-based edits the server keeps in another form");
+        Ok(Rebased::Done { remade })
+    }
+}
+
 /// The changes of `doc` outside `acked` made by the device whose actor base
 /// is `base`, hex-encoded: what an export carries.
 fn own_changes(doc: &Automerge, acked: &[ChangeHash], base: &[u8]) -> Vec<String> {
@@ -559,11 +659,6 @@ impl FileBudget {
     }
 }
 
-/// The commit message of a change an import re-authored: the hash of the
-/// exported change it stands for, so importing the same file again (or a
-/// second export holding the same change) does nothing twice.
-const IMPORTED: &str = "doorstep-import:";
-
 /// Enters the exported changes into the document as this device's edits,
 /// field by field: each exported change becomes one change by `importer`
 /// (a fresh actor of this device) that makes the same puts and deletes,
@@ -666,14 +761,10 @@ fn reauthor(
     }
     // Exported changes already re-authored here (an earlier import of the
     // same edits) map to their stand-ins and are not entered again.
+    // (A stand-in names its original: `provenance`.)
     let mut stand_in: HashMap<ChangeHash, Vec<ChangeHash>> = HashMap::new();
     for meta in work.get_changes_meta(&[]) {
-        if let Some(original) = meta
-            .message
-            .as_deref()
-            .and_then(|m| m.strip_prefix(IMPORTED))
-            .and_then(|h| h.parse::<ChangeHash>().ok())
-        {
+        if let Some(original) = provenance::stands_in_for(meta.message.as_deref()) {
             stand_in.entry(original).or_default().push(meta.hash);
         }
     }
@@ -691,9 +782,19 @@ fn reauthor(
     let mut last: Option<ChangeHash> = None;
     let mut fork: Option<Automerge> = None;
     for change in todo {
-        if let Some(made_before) = stand_in.get(&change.hash()) {
-            // Entered by an earlier import. Later changes may edit objects
-            // it created: map them to the ones its stand-in created.
+        // The edits it makes are those of `root`: itself, or the original
+        // it stands in for (a change re-made again, by a second import or
+        // a re-base, still names the first).
+        let root = provenance::stands_in_for(change.message()).unwrap_or_else(|| change.hash());
+        let kept = if root != change.hash() && work.get_change_meta_by_hash(&root).is_some() {
+            // A stand-in whose original this device holds now.
+            Some(vec![root])
+        } else {
+            stand_in.get(&root).cloned()
+        };
+        if let Some(made_before) = kept {
+            // Entered already, in another form. Later changes may edit
+            // objects it created: map them to the ones that form created.
             if let [hash] = made_before.as_slice()
                 && let Some(meta) = work.get_change_meta_by_hash(hash)
             {
@@ -705,6 +806,7 @@ fn reauthor(
                     }
                 }
             }
+            stand_in.insert(change.hash(), made_before);
             continue;
         }
         let mut deps: Vec<ChangeHash> = Vec::new();
@@ -779,7 +881,7 @@ fn reauthor(
         }
         let options = CommitOptions::default()
             .with_time(change.timestamp())
-            .with_message(format!("{IMPORTED}{}", change.hash()));
+            .with_message(provenance::stand_in_message(&root));
         let (hash, _) = tx.commit_with(options);
         let Some(hash) = hash else {
             records.extend(touched);
@@ -808,6 +910,7 @@ fn reauthor(
         }
         work.apply_changes([new.clone()]).map_err(|e| invalid(&e))?;
         stand_in.insert(change.hash(), vec![hash]);
+        stand_in.entry(root).or_insert_with(|| vec![hash]);
         last = Some(hash);
         made.push(new);
         fork = Some(at);

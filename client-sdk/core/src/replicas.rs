@@ -473,6 +473,33 @@ impl Replicas {
         Ok(())
     }
 
+    /// Replaces a loaded document with `doc` on disk (every chunk, in one
+    /// transaction) and in memory: for a re-base, which drops changes.
+    pub async fn replace(&mut self, id: DocumentId, doc: Automerge) -> Result<(), ClientError> {
+        let snapshot = doc.save();
+        let key = format!(
+            "snapshot:{}",
+            doc.get_heads()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        self.store.replace_document(id, &key, &snapshot).await?;
+        let actor = self.actor.clone();
+        let replica = self
+            .docs
+            .get_mut(&id)
+            .ok_or_else(|| ClientError::Storage("document vanished".into()))?;
+        replica.session.replace_document(doc.with_actor(actor));
+        replica.snapshot_bytes = snapshot.len() as u64;
+        replica.incremental_bytes = 0;
+        replica.chunk_keys = vec![key];
+        replica.saved = None;
+        self.changed.send_modify(|revision| *revision += 1);
+        Ok(())
+    }
+
     /// Starts a new connection's sync from the persisted part of the state
     /// (the shared heads), as Automerge requires after a reconnect: what the
     /// server said or had in flight on the last connection is stale.

@@ -644,6 +644,36 @@ impl LocalStore {
         Ok(())
     }
 
+    /// Replaces every stored chunk of a document with `snapshot`, in one
+    /// transaction (a re-base: the document lost changes, so no chunk may
+    /// outlive it), and marks it as holding unacknowledged edits.
+    pub async fn replace_document(
+        &self,
+        id: DocumentId,
+        snapshot_key: &str,
+        snapshot: &[u8],
+    ) -> Result<(), ClientError> {
+        let mut tx = self.pool.begin_with("begin immediate").await?;
+        sqlx::query("delete from chunks where document_id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "insert into chunks (document_id, kind, hash, bytes) values (?, 'snapshot', ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(snapshot_key)
+        .bind(snapshot)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("update documents set unacked = 1 where id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Writes a document's index rows on their own (a first indexing).
     pub async fn write_index(
         &self,

@@ -19,7 +19,7 @@ use doorstep_protocol::wire::{
     self, DecodeError, EXTENSION_COUNTED, EXTENSION_DEFLATE, Message, PROTOCOL_VERSION,
     PeerMetadata,
 };
-use doorstep_protocol::{DocumentId, PeerId, StorageId};
+use doorstep_protocol::{DocumentId, PeerId, StorageId, provenance};
 use serde::Deserialize;
 use tracing::Instrument;
 
@@ -434,7 +434,24 @@ async fn close_with(socket: &mut WebSocket, hub: &Hub, client: Option<&PeerId>, 
             })))
             .await
     };
-    let _ = tokio::time::timeout(Duration::from_secs(5), goodbye).await;
+    if tokio::time::timeout(Duration::from_secs(5), goodbye)
+        .await
+        .is_ok_and(|sent| sent.is_ok())
+    {
+        // The client may still be sending (an upload in parts): dropping
+        // the socket with its bytes unread resets the connection, and a
+        // reset throws away what we sent before the client read it, the
+        // reason included. So what comes is read and dropped until its
+        // close, for a moment.
+        let drain = async {
+            while let Some(Ok(frame)) = socket.recv().await {
+                if matches!(frame, WsMessage::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    }
 }
 
 /// The message loop, for a client last heard at `last_heard` (on the
@@ -581,7 +598,16 @@ async fn handle(
                         record_roster_open(hub, conn, document_id, roster_opened).await?;
                         hub.receive_sync(conn, document_id, data)
                             .await
-                            .map_err(Fatal::from)
+                            .map_err(|refusal| match refusal {
+                                // Worded so the phone can tell what to re-make.
+                                SyncRefusal::Refused(Refusal::KeptInAnotherForm { hash }) => {
+                                    Fatal {
+                                        code: close_code::PROTOCOL,
+                                        reason: provenance::refusal_text(document_id, &hash),
+                                    }
+                                }
+                                other => Fatal::from(other),
+                            })
                     }
                     Access::Unavailable => {
                         unavailable(hub, socket, conn, client, document_id).await

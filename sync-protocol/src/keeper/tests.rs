@@ -12,6 +12,7 @@ use crate::ids::TenantId;
 use crate::schema::{DocumentKind, genesis};
 
 mod hostile;
+mod provenance;
 mod simulation;
 
 /// A device: its own replica and its sync state with the server.

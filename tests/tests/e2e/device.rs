@@ -983,3 +983,182 @@ async fn a_store_from_a_newer_app_is_refused_with_a_typed_error() -> anyhow::Res
     );
     Ok(())
 }
+
+/// Every visit of `month` the server stores, by id, with its cash aid.
+async fn stored_visits(
+    server: &TestServer,
+    branch: doorstep_protocol::TenantId,
+    month: Month,
+) -> anyhow::Result<std::collections::BTreeMap<RecordId, Fen>> {
+    let stored = MonthlyLog::load(
+        &server
+            .stored_document(DocumentId::monthly_log(branch, month))
+            .await?,
+    );
+    Ok(stored
+        .visits
+        .iter()
+        .map(|(id, visit)| (*id, visit.aid_cash))
+        .collect())
+}
+
+/// Found by the convergence generator with imports: an export imported on
+/// B before its phone A synced the same edits. B's stand-ins reach the
+/// server first, C deletes one visit and corrects another; then A syncs
+/// its originals. Had the server kept both forms, the deleted visit would
+/// come back and the correction could hide behind A's copy. It refuses
+/// A's originals, and A re-makes what it built on them on B's stand-ins.
+#[tokio::test]
+async fn an_export_imported_before_its_phone_synced_neither_revives_nor_hides() -> anyhow::Result<()>
+{
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let url = server.http_url();
+    let dirs = [
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    ];
+    let mut devices = Vec::new();
+    for dir in &dirs {
+        devices.push(sdk_device(&server.store, &url, d.yingfeng.id, dir.path(), |_| {}).await?);
+    }
+    let [a, b, c] = [&devices[0], &devices[1], &devices[2]];
+    let m = member(a, "两份记录").await?;
+    for device in [a, b, c] {
+        device.sync_now().await?;
+    }
+    let day = first_day(this_month());
+    let deleted = a.record_visit(visit_on(day, m, 10)).await?;
+    let corrected = a.record_visit(visit_on(day, m, 20)).await?;
+    let export = a.export_unsynced().await?;
+    // A edits on after the export: built on its originals.
+    let later = a.record_visit(visit_on(day, m, 30)).await?;
+    a.correct_visit(deleted, visit_on(day, m, 11), "写错了")
+        .await?;
+
+    b.import_unsynced(&export).await?;
+    b.sync_now().await?;
+    c.sync_now().await?;
+    c.delete_log_record(doorstep_client::LogRecordKind::Visit, deleted, "重复录入")
+        .await?;
+    c.correct_visit(corrected, visit_on(day, m, 25), "金额更正")
+        .await?;
+    c.sync_now().await?;
+
+    // A's originals are refused; `sync_now` re-bases and syncs again.
+    a.sync_now().await?;
+    assert!(a.checkpoint().await?.safe);
+    for device in [a, b, c] {
+        device.sync_now().await?;
+    }
+    let stored = stored_visits(&server, d.yingfeng.id, this_month()).await?;
+    assert_eq!(stored.get(&deleted), None, "the deleted visit came back");
+    assert_eq!(stored.get(&corrected), Some(&Fen::from_yuan(25)));
+    assert_eq!(stored.get(&later), Some(&Fen::from_yuan(30)));
+    for device in [a, b, c] {
+        assert!(matches!(
+            device.visit(deleted).await,
+            Err(ClientError::NotFound { .. })
+        ));
+        assert_eq!(device.visit(corrected).await?.aid_cash, Fen::from_yuan(25));
+        assert_eq!(device.visit(later).await?.aid_cash, Fen::from_yuan(30));
+    }
+    // One form of each edit on the server: a visit's key holds one object.
+    let log = server
+        .stored_document(DocumentId::monthly_log(d.yingfeng.id, this_month()))
+        .await?;
+    let visits = log
+        .get(automerge::ROOT, "visits")?
+        .map(|(_, id)| id)
+        .expect("visits");
+    for id in [corrected, later] {
+        assert_eq!(log.get_all(&visits, id.to_string().as_str())?.len(), 1);
+    }
+    Ok(())
+}
+
+/// The other order: A's originals reach the server first, C deletes one
+/// visit and corrects another, and B, which had not synced since, imports
+/// A's old export and edits what it made. The server refuses B's
+/// stand-ins; B re-makes its own edit on A's originals.
+#[tokio::test]
+async fn an_export_imported_after_its_phone_synced_neither_revives_nor_hides() -> anyhow::Result<()>
+{
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let url = server.http_url();
+    let dirs = [
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    ];
+    let mut devices = Vec::new();
+    for dir in &dirs {
+        devices.push(sdk_device(&server.store, &url, d.yingfeng.id, dir.path(), |_| {}).await?);
+    }
+    let [a, b, c] = [&devices[0], &devices[1], &devices[2]];
+    let m = member(a, "两份记录").await?;
+    for device in [a, b, c] {
+        device.sync_now().await?;
+    }
+    let day = first_day(this_month());
+    let deleted = a.record_visit(visit_on(day, m, 10)).await?;
+    let corrected = a.record_visit(visit_on(day, m, 20)).await?;
+    let export = a.export_unsynced().await?;
+    a.sync_now().await?;
+    c.sync_now().await?;
+    c.delete_log_record(doorstep_client::LogRecordKind::Visit, deleted, "重复录入")
+        .await?;
+    c.correct_visit(corrected, visit_on(day, m, 25), "金额更正")
+        .await?;
+    c.sync_now().await?;
+
+    // B has neither A's visits nor C's changes when it imports.
+    b.import_unsynced(&export).await?;
+    let mut follow_up = visit_on(day, m, 20);
+    follow_up.notes = Some("B 补记".into());
+    b.correct_visit(corrected, follow_up, "补充备注").await?;
+    b.sync_now().await?;
+    assert!(b.checkpoint().await?.safe);
+    for device in [a, b, c] {
+        device.sync_now().await?;
+    }
+    let stored = MonthlyLog::load(
+        &server
+            .stored_document(DocumentId::monthly_log(d.yingfeng.id, this_month()))
+            .await?,
+    );
+    assert!(
+        !stored.visits.contains_key(&deleted),
+        "the deleted visit came back"
+    );
+    // B's note, made after C's correction reached the server, on A's
+    // original; C's amount and B's note are concurrent edits of one
+    // record (B corrected the import's copy), each kept where it did not
+    // overlap or shown as a conflict.
+    let visit = stored.visits.get(&corrected).expect("the corrected visit");
+    assert_eq!(visit.notes.as_deref(), Some("B 补记"));
+    for device in [a, b, c] {
+        assert!(matches!(
+            device.visit(deleted).await,
+            Err(ClientError::NotFound { .. })
+        ));
+        assert_eq!(
+            device.visit(corrected).await?.notes.as_deref(),
+            Some("B 补记")
+        );
+    }
+    let log = server
+        .stored_document(DocumentId::monthly_log(d.yingfeng.id, this_month()))
+        .await?;
+    let visits = log
+        .get(automerge::ROOT, "visits")?
+        .map(|(_, id)| id)
+        .expect("visits");
+    assert_eq!(
+        log.get_all(&visits, corrected.to_string().as_str())?.len(),
+        1
+    );
+    Ok(())
+}

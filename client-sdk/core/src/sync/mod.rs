@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use doorstep_protocol::schema::DocumentKind;
 use doorstep_protocol::wire::{self, Limits, Message, PeerMetadata};
-use doorstep_protocol::{DocumentId, Month, PeerId, StorageId};
+use doorstep_protocol::{DocumentId, Month, PeerId, StorageId, provenance};
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -39,6 +39,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::client::Client;
+use crate::custody::Rebased;
 use crate::error::ClientError;
 use crate::replicas::{Replicas, server_peer};
 use transport::{KnownServer, Socket, Transport};
@@ -146,6 +147,10 @@ fn server_limits() -> Limits {
 }
 
 const CLOSE_UNAUTHORIZED: u16 = 4401;
+/// Refusals one `sync_now` may re-base (each costs a connection) before it
+/// reports one: a document takes one or two (the second when the form the
+/// server kept had yet to arrive), and an import may touch several.
+const MAX_REBASES_PER_SYNC: usize = 16;
 const CLOSE_REVOKED: u16 = 4403;
 /// Largest message accepted from the server; a first sync of a big
 /// roster arrives as one whole-document message. The socket's own frame
@@ -227,6 +232,8 @@ struct Connection {
     sent: HashMap<DocumentId, u64>,
     /// Documents with unacknowledged edits, as the last `outgoing` read them.
     unacked: Vec<DocumentId>,
+    /// Documents whose first flight carries no change (`Inner::pull_first`).
+    pull_first: HashSet<DocumentId>,
     /// The overall deadline of a bounded sync; no wait goes past it.
     deadline: Option<Instant>,
     /// The server accepted `wire::EXTENSION_COUNTED` (as last seen, until
@@ -299,12 +306,23 @@ impl Connection {
             me,
             server: server.peer.clone(),
             subscribed: HashMap::new(),
-            refused: HashSet::new(),
+            refused: client
+                .inner
+                .held_back
+                .lock()
+                .map(|held| held.clone())
+                .unwrap_or_default(),
             report: SyncReport::default(),
             exchanged: HashSet::new(),
             receive_timeout: timeout,
             sent: HashMap::new(),
             unacked: Vec::new(),
+            pull_first: client
+                .inner
+                .pull_first
+                .lock()
+                .map(|pull| pull.clone())
+                .unwrap_or_default(),
             deadline,
             counted_extension: extensions.iter().any(|e| e == wire::EXTENSION_COUNTED),
             deflate: extensions.iter().any(|e| e == wire::EXTENSION_DEFLATE),
@@ -394,7 +412,8 @@ impl Connection {
                 // acknowledged goes with our heads, not a round trip after
                 // them. Uploads go in parts the server answers one by one.
                 let acked = r.acked.clone();
-                let first_flight = first.then_some((acked.as_slice(), FIRST_FLIGHT_BYTES));
+                let first_flight = (first && !self.pull_first.contains(&id))
+                    .then_some((acked.as_slice(), FIRST_FLIGHT_BYTES));
                 r.session
                     .generate_parts(&server_peer(), first_flight, PART_BYTES, 0)
             });
@@ -636,6 +655,42 @@ impl Client {
         self.inner.status.send_replace(status);
     }
 
+    /// After a sync that ended with the server refusing a change it keeps
+    /// in another form (`provenance`): re-bases that document
+    /// ([`Client::rebase`]). True when syncing again now is worth it (the
+    /// document was re-based, or the form the server kept is still to
+    /// come); the paths that sync call this one place.
+    async fn rebase_after_refusal<T>(&self, result: &Result<T, ClientError>) -> bool {
+        let Err(ClientError::Refused(reason)) = result else {
+            return false;
+        };
+        let Some((document, change)) = provenance::refused(reason) else {
+            return false;
+        };
+        let rebased = self.rebase(document, change).await;
+        if matches!(rebased, Ok(Rebased::NotYet | Rebased::Done { .. }))
+            && let Ok(mut pull_first) = self.inner.pull_first.lock()
+        {
+            // From now on this document hears the server first: the form
+            // it kept must be here before a refused change can be re-based,
+            // and an import may have made more than one.
+            pull_first.insert(document);
+        }
+        match rebased {
+            Ok(Rebased::Done { .. } | Rebased::NotYet) => true,
+            Ok(Rebased::Nothing) => false,
+            Err(e) => {
+                // Sending it again would be refused again, and end every
+                // sync: that document waits, the others go on.
+                tracing::warn!(%document, error = %e, "could not re-base a refused change; holding the document back");
+                if let Ok(mut held) = self.inner.held_back.lock() {
+                    held.insert(document);
+                }
+                true
+            }
+        }
+    }
+
     /// Publishes the outcome of a sync and remembers an explicit revocation.
     async fn settle_status(&self, result: &Result<(), ClientError>) -> Result<(), ClientError> {
         match result {
@@ -752,6 +807,9 @@ impl Client {
             return Err(ClientError::Revoked(reason));
         }
         let mut live = self.inner.live.subscribe();
+        // Each re-base drops the change refused; a few in a row is already
+        // more than an honest device meets.
+        let mut rebases = 0;
         loop {
             let requests = live.borrow_and_update().clone();
             if let Some(requests) = requests {
@@ -781,6 +839,10 @@ impl Client {
             self.set_status(SyncStatus::Syncing);
             let result = self.sync_to_quiescence(deadline, counted).await;
             drop(guard);
+            if rebases < MAX_REBASES_PER_SYNC && self.rebase_after_refusal(&result).await {
+                rebases += 1;
+                continue;
+            }
             let settled = result.as_ref().map(|_| ()).map_err(clone_error);
             self.settle_status(&settled).await?;
             return result;
@@ -920,6 +982,9 @@ impl Client {
             let result = self
                 .live(&mut stopped, &mut global_stop, &mut failures)
                 .await;
+            // Re-based or not, the retry below (at once the first time,
+            // then backing off) syncs what was made again.
+            self.rebase_after_refusal(&result).await;
             if self.settle_status(&result).await.is_err() {
                 tracing::warn!("could not record the sync status");
             }
