@@ -137,6 +137,10 @@ pub(crate) struct Inner {
     /// every sync until the app opens again, so the rest keeps syncing
     /// (reported as refused; their edits stay here, and exportable).
     pub held_back: std::sync::Mutex<HashSet<doorstep_protocol::DocumentId>>,
+    /// Per document, the refused change waiting for the form the server
+    /// kept, and how many syncs it has waited: past a few, held back.
+    pub rebase_waits:
+        std::sync::Mutex<HashMap<doorstep_protocol::DocumentId, (automerge::ChangeHash, u32)>>,
     pub store: LocalStore,
     pub transport: Transport,
     pub identity: std::sync::RwLock<Option<Arc<Identity>>>,
@@ -327,6 +331,7 @@ impl Client {
             messages_sent: std::sync::Mutex::new(HashMap::new()),
             pull_first: std::sync::Mutex::new(HashSet::new()),
             held_back: std::sync::Mutex::new(HashSet::new()),
+            rebase_waits: std::sync::Mutex::new(HashMap::new()),
             store,
             transport,
             identity: std::sync::RwLock::new(identity),

@@ -479,15 +479,30 @@ impl Client {
                 "another device's change builds on a change the server refused".into(),
             ));
         }
-        let kept_form = kept.iter().any(|c| {
+        // The form the server kept: the refused change's original, or a
+        // stand-in for the refused change or for its original (stand-ins
+        // made before re-made changes named the first original named the
+        // change they were made from).
+        let kept_form = kept.iter().find(|c| {
             let stands_for = provenance::stands_in_for(c.message());
-            match original {
-                Some(original) => c.hash() == original || stands_for == Some(original),
-                None => stands_for == Some(refused),
-            }
+            stands_for == Some(refused)
+                || original.is_some_and(|o| c.hash() == o || stands_for == Some(o))
         });
-        if !kept_form {
+        let Some(kept_form) = kept_form else {
             return Ok(Rebased::NotYet);
+        };
+        // Dropping the refused change is safe only if the kept form makes
+        // the same edits: a stand-in is trusted by its message alone, and
+        // one that says otherwise must not make this phone's edits vanish.
+        let refused_change = rebuilt
+            .iter()
+            .find(|c| c.hash() == refused)
+            .ok_or_else(|| ClientError::Storage("the refused change vanished".into()))?;
+        if edits_of(&doc, refused_change) != edits_of(&doc, kept_form) {
+            return Err(ClientError::Storage(
+                "the form the server kept does not make the same edits as the change it refused"
+                    .into(),
+            ));
         }
         let actor = crate::client::session_actor(&replicas.actor_base);
         let rebased = crate::replicas::off_async(move || {
@@ -508,6 +523,47 @@ impl Client {
         tracing::info!(%document, remade, "re-based edits the server keeps in another form");
         Ok(Rebased::Done { remade })
     }
+}
+
+/// What `change` does in `doc`, without the ids of what it makes (two forms
+/// of one edit make their objects under different ids): one line a patch,
+/// sorted.
+fn edits_of(doc: &Automerge, change: &automerge::Change) -> Vec<String> {
+    fn value(v: &Value<'_>) -> String {
+        match v {
+            Value::Object(kind) => format!("a new {kind:?}"),
+            Value::Scalar(scalar) => format!("{scalar:?}"),
+        }
+    }
+    let mut edits: Vec<String> = doc
+        .diff(change.deps(), &[change.hash()])
+        .into_iter()
+        .map(|patch| {
+            let path: Vec<&Prop> = patch.path.iter().map(|(_, p)| p).collect();
+            match &patch.action {
+                automerge::PatchAction::PutMap {
+                    key, value: (v, _), ..
+                } => {
+                    format!("{path:?} {key} = {}", value(v))
+                }
+                automerge::PatchAction::PutSeq {
+                    index,
+                    value: (v, _),
+                    ..
+                } => {
+                    format!("{path:?} [{index}] = {}", value(v))
+                }
+                automerge::PatchAction::Insert { index, values } => format!(
+                    "{path:?} insert at {index}: {:?}",
+                    values.iter().map(|(v, _, _)| value(v)).collect::<Vec<_>>()
+                ),
+                automerge::PatchAction::DeleteMap { key } => format!("{path:?} {key} deleted"),
+                other => format!("{path:?} {other:?}"),
+            }
+        })
+        .collect();
+    edits.sort();
+    edits
 }
 
 /// The changes of `doc` outside `acked` made by the device whose actor base
@@ -790,7 +846,10 @@ fn reauthor(
             // A stand-in whose original this device holds now.
             Some(vec![root])
         } else {
-            stand_in.get(&root).cloned()
+            stand_in
+                .get(&root)
+                .or_else(|| stand_in.get(&change.hash()))
+                .cloned()
         };
         if let Some(made_before) = kept {
             // Entered already, in another form. Later changes may edit

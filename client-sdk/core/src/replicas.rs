@@ -485,7 +485,19 @@ impl Replicas {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        self.store.replace_document(id, &key, &snapshot).await?;
+        let replica = self
+            .docs
+            .get_mut(&id)
+            .ok_or_else(|| ClientError::Storage("document vanished".into()))?;
+        // The record index of a log is made again with it: the dropped
+        // changes may have made, moved or deleted records.
+        let index = match replica.kind {
+            DocumentKind::MonthlyLog(month) => Some(off_async(|| crate::index::full(&doc, month))),
+            DocumentKind::Roster => None,
+        };
+        self.store
+            .replace_document(id, &key, &snapshot, index.as_ref())
+            .await?;
         let actor = self.actor.clone();
         let replica = self
             .docs

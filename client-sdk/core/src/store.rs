@@ -646,14 +646,19 @@ impl LocalStore {
 
     /// Replaces every stored chunk of a document with `snapshot`, in one
     /// transaction (a re-base: the document lost changes, so no chunk may
-    /// outlive it), and marks it as holding unacknowledged edits.
+    /// outlive it), with its index rows (`index`: a full index of a log),
+    /// and marks it as holding unacknowledged edits.
     pub async fn replace_document(
         &self,
         id: DocumentId,
         snapshot_key: &str,
         snapshot: &[u8],
+        index: Option<&index::Update>,
     ) -> Result<(), ClientError> {
         let mut tx = self.pool.begin_with("begin immediate").await?;
+        if let Some(update) = index {
+            write_index(&mut tx, id, update).await?;
+        }
         sqlx::query("delete from chunks where document_id = ?")
             .bind(id.to_string())
             .execute(&mut *tx)

@@ -43,6 +43,9 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     /// The server could not store what was sent; retry later.
     pub const TRY_AGAIN: u16 = 1013;
+    /// A change was refused because the document keeps its edits in
+    /// another form (`doorstep_protocol::provenance`): the client re-bases.
+    pub const KEPT_IN_ANOTHER_FORM: u16 = 4409;
 }
 
 /// Query of `GET /sync`. Browser clients cannot set headers, so their
@@ -434,23 +437,28 @@ async fn close_with(socket: &mut WebSocket, hub: &Hub, client: Option<&PeerId>, 
             })))
             .await
     };
-    if tokio::time::timeout(Duration::from_secs(5), goodbye)
+    let code = fatal.code;
+    let said = tokio::time::timeout(Duration::from_secs(5), goodbye)
         .await
-        .is_ok_and(|sent| sent.is_ok())
-    {
-        // The client may still be sending (an upload in parts): dropping
+        .is_ok_and(|sent| sent.is_ok());
+    if said && code == close_code::KEPT_IN_ANOTHER_FORM {
+        // The phone must read this reason to re-base, and it is often
+        // still sending (its first flight carries every document): dropping
         // the socket with its bytes unread resets the connection, and a
-        // reset throws away what we sent before the client read it, the
-        // reason included. So what comes is read and dropped until its
-        // close, for a moment.
+        // reset throws away what we sent before the client read it. So what
+        // comes is read and dropped until its close, for a moment: at most
+        // 1 s, and no longer than 200 ms of silence. Only for this refusal:
+        // every connection place a drain holds is one nobody else has.
         let drain = async {
-            while let Some(Ok(frame)) = socket.recv().await {
+            while let Ok(Some(Ok(frame))) =
+                tokio::time::timeout(Duration::from_millis(200), socket.recv()).await
+            {
                 if matches!(frame, WsMessage::Close(_)) {
                     break;
                 }
             }
         };
-        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
     }
 }
 
@@ -602,7 +610,7 @@ async fn handle(
                                 // Worded so the phone can tell what to re-make.
                                 SyncRefusal::Refused(Refusal::KeptInAnotherForm { hash }) => {
                                     Fatal {
-                                        code: close_code::PROTOCOL,
+                                        code: close_code::KEPT_IN_ANOTHER_FORM,
                                         reason: provenance::refusal_text(document_id, &hash),
                                     }
                                 }

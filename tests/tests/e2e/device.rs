@@ -1162,3 +1162,86 @@ async fn an_export_imported_after_its_phone_synced_neither_revives_nor_hides() -
     );
     Ok(())
 }
+
+/// From the review of the re-base: a stand-in is recognised by its commit
+/// message alone, so a device that saw an export could put a "stand-in"
+/// that says something else on the server first. The phone whose change is
+/// refused must not drop its edit for it: the edits differ, so it holds
+/// that month back (reported refused, the edit kept and exportable) and
+/// the rest of its work still syncs.
+#[tokio::test]
+async fn a_stand_in_that_makes_other_edits_does_not_make_the_original_vanish() -> anyhow::Result<()>
+{
+    use automerge::transaction::CommitOptions;
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let url = server.http_url();
+    let dir = tempfile::tempdir()?;
+    let a = sdk_device(&server.store, &url, d.yingfeng.id, dir.path(), |_| {}).await?;
+    let m = member(&a, "伪造替身").await?;
+    a.sync_now().await?;
+    let day = first_day(this_month());
+    let visit = a.record_visit(visit_on(day, m, 50)).await?;
+    let log = DocumentId::monthly_log(d.yingfeng.id, this_month());
+    let export: serde_json::Value = serde_json::from_slice(&a.export_unsynced().await?)?;
+    let original_hex = export["documents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|doc| doc["document_id"] == log.to_string())
+        .flat_map(|doc| doc["changes"].as_array().cloned().unwrap_or_default())
+        .find_map(|hex| hex.as_str().map(str::to_owned))
+        .expect("the visit's change");
+    let original = automerge::Change::from_bytes(hex::decode(&original_hex)?)?.hash();
+
+    // Another device of the branch stores a "stand-in" with another amount.
+    let mut forger = crate::connected_device(
+        &url,
+        &server.ws_url(),
+        server.enroll(d.yingfeng.id, "forger").await?,
+        None,
+    )
+    .await?;
+    forger.peer.sync(log).await?;
+    let doc = forger.peer.document_mut(log).expect("the log");
+    doc.set_actor(forger.actor.clone());
+    let mut tx = doc.transaction();
+    let mut forged = doorstep_protocol::schema::log::Visit {
+        date: day,
+        member_id: m,
+        kind: VisitKind::Routine,
+        visitors: Default::default(),
+        aid_cash: Fen::from_yuan(1),
+        aid_goods: Fen::ZERO,
+        goods_description: None,
+        notes: None,
+        follow_up: None,
+        recorded_by: None,
+    };
+    forged.notes = Some("forged".into());
+    doorstep_protocol::schema::write_record(&mut tx, visit, &forged)?;
+    tx.commit_with(
+        CommitOptions::default()
+            .with_message(doorstep_protocol::provenance::stand_in_message(&original)),
+    );
+    forger.peer.sync(log).await?;
+
+    // A's change is refused; A keeps its edit and holds the month back.
+    let second = member(&a, "另一位会员").await?;
+    let report = a.sync_now().await?;
+    assert!(report.refused.contains(&log), "{report:?}");
+    // (The forged copy reached A too: which of the two objects under the
+    // visit's key A shows is Automerge's pick. A's own change is kept.)
+    assert_eq!(a.edit_state(visit).await?, EditState::Local);
+    // The roster still syncs.
+    let roster = doorstep_protocol::schema::roster::Roster::load(
+        &server
+            .stored_document(DocumentId::roster(d.yingfeng.id))
+            .await?,
+    );
+    assert!(roster.members.contains_key(&second));
+    // And the edit is still in what the phone would export.
+    let again = String::from_utf8(a.export_unsynced().await?)?;
+    assert!(again.contains(&original_hex));
+    Ok(())
+}

@@ -152,6 +152,10 @@ const CLOSE_UNAUTHORIZED: u16 = 4401;
 /// server kept had yet to arrive), and an import may touch several.
 const MAX_REBASES_PER_SYNC: usize = 16;
 const CLOSE_REVOKED: u16 = 4403;
+/// Syncs a refused change may wait for the form the server kept.
+const MAX_REBASE_WAITS: u32 = 3;
+/// The server keeps a refused change's edits in another form: re-base.
+const CLOSE_KEPT_IN_ANOTHER_FORM: u16 = 4409;
 /// Largest message accepted from the server; a first sync of a big
 /// roster arrives as one whole-document message. The socket's own frame
 /// cap is set to the same (see `transport`).
@@ -675,6 +679,31 @@ impl Client {
             // it kept must be here before a refused change can be re-based,
             // and an import may have made more than one.
             pull_first.insert(document);
+        }
+        // The form the server kept comes with the server's first answer;
+        // a change still waiting after a few syncs (a bloom filter's false
+        // positive kept it from us, say) would end every sync: held back.
+        let waited = match self.inner.rebase_waits.lock() {
+            Ok(mut waits) if matches!(rebased, Ok(Rebased::NotYet)) => {
+                let wait = waits.entry(document).or_insert((change, 0));
+                if wait.0 != change {
+                    *wait = (change, 0);
+                }
+                wait.1 += 1;
+                wait.1
+            }
+            Ok(mut waits) => {
+                waits.remove(&document);
+                0
+            }
+            Err(_) => 0,
+        };
+        if waited > MAX_REBASE_WAITS {
+            tracing::warn!(%document, "the form the server kept never came; holding the document back");
+            if let Ok(mut held) = self.inner.held_back.lock() {
+                held.insert(document);
+            }
+            return true;
         }
         match rebased {
             Ok(Rebased::Done { .. } | Rebased::NotYet) => true,
@@ -1306,7 +1335,7 @@ fn close_error(code: u16, reason: String) -> ClientError {
     match code {
         CLOSE_REVOKED => ClientError::Revoked(reason),
         CLOSE_UNAUTHORIZED => ClientError::UnknownDevice(reason),
-        1002 | 1009 => ClientError::Refused(reason),
+        1002 | 1009 | CLOSE_KEPT_IN_ANOTHER_FORM => ClientError::Refused(reason),
         _ => ClientError::Network(format!("closed by the server ({code}): {reason}")),
     }
 }
