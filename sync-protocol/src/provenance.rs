@@ -43,9 +43,10 @@ pub fn refusal_text(document: DocumentId, change: &ChangeHash) -> String {
     format!("{REFUSED}{document} change {change}; re-make what builds on it")
 }
 
-/// The document and change a refusal's text names, if it is one.
+/// The document and change a refusal's text names, if it is one (the
+/// whole text, as the server words it: nothing else starts a re-base).
 pub fn refused(text: &str) -> Option<(DocumentId, ChangeHash)> {
-    let rest = &text[text.find(REFUSED)? + REFUSED.len()..];
+    let rest = text.strip_prefix(REFUSED)?;
     let (document, rest) = rest.split_once(" change ")?;
     let change = rest.split(';').next()?;
     Some((
@@ -68,11 +69,9 @@ mod tests {
         let document = DocumentId::roster(crate::TenantId::new_v7());
         let text = refusal_text(document, &hash);
         assert_eq!(refused(&text), Some((document, hash)));
-        // As the SDK sees it, behind its own words.
-        assert_eq!(
-            refused(&format!("the server refused: {text}")),
-            Some((document, hash))
-        );
+        // Only the server's own words: text that merely quotes them (an
+        // HTTP refusal, say) starts nothing.
+        assert_eq!(refused(&format!("the server refused: {text}")), None);
         assert_eq!(refused("some other refusal"), None);
         assert_eq!(
             refused("already kept in another form: document x change y"),

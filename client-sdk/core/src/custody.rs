@@ -483,31 +483,19 @@ impl Client {
         // stand-in for the refused change or for its original (stand-ins
         // made before re-made changes named the first original named the
         // change they were made from).
-        let kept_form = kept.iter().find(|c| {
+        let has_kept_form = kept.iter().any(|c| {
             let stands_for = provenance::stands_in_for(c.message());
             stands_for == Some(refused)
                 || original.is_some_and(|o| c.hash() == o || stands_for == Some(o))
         });
-        let Some(kept_form) = kept_form else {
+        if !has_kept_form {
             return Ok(Rebased::NotYet);
-        };
-        // Dropping the refused change is safe only if the kept form makes
-        // the same edits: a stand-in is trusted by its message alone, and
-        // one that says otherwise must not make this phone's edits vanish.
-        let refused_change = rebuilt
-            .iter()
-            .find(|c| c.hash() == refused)
-            .ok_or_else(|| ClientError::Storage("the refused change vanished".into()))?;
-        if edits_of(&doc, refused_change) != edits_of(&doc, kept_form) {
-            return Err(ClientError::Storage(
-                "the form the server kept does not make the same edits as the change it refused"
-                    .into(),
-            ));
         }
         let actor = crate::client::session_actor(&replicas.actor_base);
         let rebased = crate::replicas::off_async(move || {
             std::panic::catch_unwind(AssertUnwindSafe(
                 move || -> Result<(Automerge, usize), ClientError> {
+                    same_edits_as_kept_forms(&doc, &rebuilt, &kept)?;
                     let mut base = Automerge::new();
                     base.apply_changes(kept)?;
                     let (made, _) = reauthor(base.clone(), rebuilt, actor, kind)?;
@@ -523,6 +511,45 @@ impl Client {
         tracing::info!(%document, remade, "re-based edits the server keeps in another form");
         Ok(Rebased::Done { remade })
     }
+}
+
+/// A dropped change may be left out of the re-made ones only if every form
+/// of it the kept history holds makes the same edits: a stand-in is
+/// recognised by its message alone, and one that says otherwise must not
+/// make this phone's edits vanish (the document is held back instead).
+fn same_edits_as_kept_forms(
+    doc: &Automerge,
+    dropped: &[automerge::Change],
+    kept: &[automerge::Change],
+) -> Result<(), ClientError> {
+    let kept_hashes: HashSet<ChangeHash> = kept.iter().map(|c| c.hash()).collect();
+    let mut stand_ins: HashMap<ChangeHash, Vec<&automerge::Change>> = HashMap::new();
+    for change in kept {
+        if let Some(original) = provenance::stands_in_for(change.message()) {
+            stand_ins.entry(original).or_default().push(change);
+        }
+    }
+    for change in dropped {
+        let root = provenance::stands_in_for(change.message()).unwrap_or_else(|| change.hash());
+        let mut forms: Vec<&automerge::Change> = Vec::new();
+        if root != change.hash() && kept_hashes.contains(&root) {
+            forms.extend(kept.iter().filter(|k| k.hash() == root));
+        }
+        for named in [root, change.hash()] {
+            forms.extend(stand_ins.get(&named).into_iter().flatten());
+        }
+        if forms.is_empty() {
+            continue;
+        }
+        let ours = edits_of(doc, change);
+        if forms.iter().any(|form| edits_of(doc, form) != ours) {
+            return Err(ClientError::Storage(
+                "the form the server kept does not make the same edits as this device's change"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What `change` does in `doc`, without the ids of what it makes (two forms
@@ -1304,6 +1331,76 @@ mod tests {
         let log = doorstep_protocol::schema::genesis(doorstep_protocol::TenantId::new_v7(), kind)
             .with_actor(ActorId::random());
         (kind, log)
+    }
+
+    /// Makes `members.<key>` with `notes` on a fork of `doc` at `deps` by a
+    /// new actor, with `message`; returns the change.
+    fn made(
+        doc: &Automerge,
+        deps: &[ChangeHash],
+        key: &str,
+        notes: &str,
+        message: Option<String>,
+    ) -> automerge::Change {
+        let mut fork = doc
+            .fork_at(deps)
+            .expect("fork")
+            .with_actor(ActorId::random());
+        let mut tx = fork.transaction();
+        let members = match tx.get(automerge::ROOT, "members") {
+            Ok(Some((_, id))) => id,
+            other => panic!("no members: {other:?}"),
+        };
+        let m = tx
+            .put_object(&members, key, automerge::ObjType::Map)
+            .expect("member");
+        tx.put(&m, "notes", notes).expect("notes");
+        let options = match message {
+            Some(message) => CommitOptions::default().with_message(message),
+            None => CommitOptions::default(),
+        };
+        let (hash, _) = tx.commit_with(options);
+        fork.get_change_by_hash(&hash.expect("a change"))
+            .expect("the change")
+    }
+
+    /// From the second review of the re-base: a forged stand-in for a
+    /// change built on the refused one must not make that change vanish.
+    #[test]
+    fn a_dropped_change_must_make_the_same_edits_as_every_kept_form_of_it() {
+        let mut doc = base();
+        let heads = doc.get_heads();
+        let first = made(&doc, &heads, "a", "first", None);
+        doc.apply_changes([first.clone()]).expect("first");
+        let second = made(&doc, &[first.hash()], "b", "second", None);
+        doc.apply_changes([second.clone()]).expect("second");
+        let stand_in = |change: &automerge::Change, notes: &str| {
+            made(
+                &base_of(&doc, &heads),
+                &heads,
+                if change.hash() == first.hash() {
+                    "a"
+                } else {
+                    "b"
+                },
+                notes,
+                Some(provenance::stand_in_message(&change.hash())),
+            )
+        };
+        let faithful = [stand_in(&first, "first"), stand_in(&second, "second")];
+        let forged = [stand_in(&first, "first"), stand_in(&second, "forged")];
+        for forms in [&faithful, &forged] {
+            doc.apply_changes(forms.iter().cloned()).expect("forms");
+        }
+        let dropped = [first.clone(), second.clone()];
+        assert!(same_edits_as_kept_forms(&doc, &dropped, &faithful).is_ok());
+        assert!(same_edits_as_kept_forms(&doc, &dropped, &forged).is_err());
+        // A change no kept form stands for is simply made again.
+        assert!(same_edits_as_kept_forms(&doc, &dropped, &faithful[..1]).is_ok());
+    }
+
+    fn base_of(doc: &Automerge, heads: &[ChangeHash]) -> Automerge {
+        doc.fork_at(heads).expect("fork")
     }
 
     /// A roster-like document: `members.m` with notes and an address.

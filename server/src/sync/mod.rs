@@ -446,19 +446,20 @@ async fn close_with(socket: &mut WebSocket, hub: &Hub, client: Option<&PeerId>, 
         // still sending (its first flight carries every document): dropping
         // the socket with its bytes unread resets the connection, and a
         // reset throws away what we sent before the client read it. So what
-        // comes is read and dropped until its close, for a moment: at most
-        // 1 s, and no longer than 200 ms of silence. Only for this refusal:
-        // every connection place a drain holds is one nobody else has.
+        // comes is read and dropped until its close: at most 10 s, and no
+        // longer than 2 s of silence (a part of an upload on a slow link
+        // takes that). Only for this refusal: every connection place a
+        // drain holds is one nobody else has.
         let drain = async {
             while let Ok(Some(Ok(frame))) =
-                tokio::time::timeout(Duration::from_millis(200), socket.recv()).await
+                tokio::time::timeout(Duration::from_secs(2), socket.recv()).await
             {
                 if matches!(frame, WsMessage::Close(_)) {
                     break;
                 }
             }
         };
-        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
     }
 }
 
