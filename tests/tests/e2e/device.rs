@@ -984,22 +984,110 @@ async fn a_store_from_a_newer_app_is_refused_with_a_typed_error() -> anyhow::Res
     Ok(())
 }
 
-/// Every visit of `month` the server stores, by id, with its cash aid.
-async fn stored_visits(
-    server: &TestServer,
+/// Three phones of one branch that know one member; A then records two
+/// visits offline and exports them (the import tests' common start).
+struct TwoVisitsExported {
+    server: TestServer,
     branch: doorstep_protocol::TenantId,
-    month: Month,
-) -> anyhow::Result<std::collections::BTreeMap<RecordId, Fen>> {
-    let stored = MonthlyLog::load(
-        &server
-            .stored_document(DocumentId::monthly_log(branch, month))
-            .await?,
-    );
-    Ok(stored
-        .visits
-        .iter()
-        .map(|(id, visit)| (*id, visit.aid_cash))
-        .collect())
+    _dirs: [tempfile::TempDir; 3],
+    phones: Vec<Client>,
+    member: RecordId,
+    day: Date,
+    /// Deleted by C later.
+    deleted: RecordId,
+    /// Corrected by C later (20 yuan to 25).
+    corrected: RecordId,
+    export: Vec<u8>,
+}
+
+impl TwoVisitsExported {
+    async fn new() -> anyhow::Result<Self> {
+        let server = TestServer::spawn().await?;
+        let branch = server.district().await?.yingfeng.id;
+        let url = server.http_url();
+        let dirs = [
+            tempfile::tempdir()?,
+            tempfile::tempdir()?,
+            tempfile::tempdir()?,
+        ];
+        let mut phones = Vec::new();
+        for dir in &dirs {
+            phones.push(sdk_device(&server.store, &url, branch, dir.path(), |_| {}).await?);
+        }
+        let member = member(&phones[0], "两份记录").await?;
+        for phone in &phones {
+            phone.sync_now().await?;
+        }
+        let day = first_day(this_month());
+        let a = &phones[0];
+        let deleted = a.record_visit(visit_on(day, member, 10)).await?;
+        let corrected = a.record_visit(visit_on(day, member, 20)).await?;
+        let export = a.export_unsynced().await?;
+        Ok(TwoVisitsExported {
+            server,
+            branch,
+            _dirs: dirs,
+            phones,
+            member,
+            day,
+            deleted,
+            corrected,
+            export,
+        })
+    }
+
+    /// C syncs, deletes one visit, corrects the other, and syncs.
+    async fn third_phone_deletes_and_corrects(&self) -> anyhow::Result<()> {
+        let c = &self.phones[2];
+        c.sync_now().await?;
+        c.delete_log_record(
+            doorstep_client::LogRecordKind::Visit,
+            self.deleted,
+            "重复录入",
+        )
+        .await?;
+        c.correct_visit(
+            self.corrected,
+            visit_on(self.day, self.member, 25),
+            "金额更正",
+        )
+        .await?;
+        c.sync_now().await?;
+        Ok(())
+    }
+
+    /// Every phone syncs twice; then the deleted visit is nowhere, and
+    /// each of `kept` is one object on the server (one form of each edit).
+    async fn converged_without(&self, kept: &[RecordId]) -> anyhow::Result<MonthlyLog> {
+        for _ in 0..2 {
+            for phone in &self.phones {
+                phone.sync_now().await?;
+            }
+        }
+        let log = self
+            .server
+            .stored_document(DocumentId::monthly_log(self.branch, this_month()))
+            .await?;
+        let visits = log
+            .get(automerge::ROOT, "visits")?
+            .map(|(_, id)| id)
+            .expect("visits");
+        for id in kept {
+            assert_eq!(log.get_all(&visits, id.to_string().as_str())?.len(), 1);
+        }
+        let stored = MonthlyLog::load(&log);
+        assert!(
+            !stored.visits.contains_key(&self.deleted),
+            "the deleted visit came back"
+        );
+        for phone in &self.phones {
+            assert!(matches!(
+                phone.visit(self.deleted).await,
+                Err(ClientError::NotFound { .. })
+            ));
+        }
+        Ok(stored)
+    }
 }
 
 /// Found by the convergence generator with imports: an export imported on
@@ -1011,69 +1099,31 @@ async fn stored_visits(
 #[tokio::test]
 async fn an_export_imported_before_its_phone_synced_neither_revives_nor_hides() -> anyhow::Result<()>
 {
-    let server = TestServer::spawn().await?;
-    let d = server.district().await?;
-    let url = server.http_url();
-    let dirs = [
-        tempfile::tempdir()?,
-        tempfile::tempdir()?,
-        tempfile::tempdir()?,
-    ];
-    let mut devices = Vec::new();
-    for dir in &dirs {
-        devices.push(sdk_device(&server.store, &url, d.yingfeng.id, dir.path(), |_| {}).await?);
-    }
-    let [a, b, c] = [&devices[0], &devices[1], &devices[2]];
-    let m = member(a, "两份记录").await?;
-    for device in [a, b, c] {
-        device.sync_now().await?;
-    }
-    let day = first_day(this_month());
-    let deleted = a.record_visit(visit_on(day, m, 10)).await?;
-    let corrected = a.record_visit(visit_on(day, m, 20)).await?;
-    let export = a.export_unsynced().await?;
+    let t = TwoVisitsExported::new().await?;
+    let [a, b] = [&t.phones[0], &t.phones[1]];
     // A edits on after the export: built on its originals.
-    let later = a.record_visit(visit_on(day, m, 30)).await?;
-    a.correct_visit(deleted, visit_on(day, m, 11), "写错了")
+    let later = a.record_visit(visit_on(t.day, t.member, 30)).await?;
+    a.correct_visit(t.deleted, visit_on(t.day, t.member, 11), "写错了")
         .await?;
-
-    b.import_unsynced(&export).await?;
+    b.import_unsynced(&t.export).await?;
     b.sync_now().await?;
-    c.sync_now().await?;
-    c.delete_log_record(doorstep_client::LogRecordKind::Visit, deleted, "重复录入")
-        .await?;
-    c.correct_visit(corrected, visit_on(day, m, 25), "金额更正")
-        .await?;
-    c.sync_now().await?;
+    t.third_phone_deletes_and_corrects().await?;
 
     // A's originals are refused; `sync_now` re-bases and syncs again.
     a.sync_now().await?;
     assert!(a.checkpoint().await?.safe);
-    for device in [a, b, c] {
-        device.sync_now().await?;
-    }
-    let stored = stored_visits(&server, d.yingfeng.id, this_month()).await?;
-    assert_eq!(stored.get(&deleted), None, "the deleted visit came back");
-    assert_eq!(stored.get(&corrected), Some(&Fen::from_yuan(25)));
-    assert_eq!(stored.get(&later), Some(&Fen::from_yuan(30)));
-    for device in [a, b, c] {
-        assert!(matches!(
-            device.visit(deleted).await,
-            Err(ClientError::NotFound { .. })
-        ));
-        assert_eq!(device.visit(corrected).await?.aid_cash, Fen::from_yuan(25));
-        assert_eq!(device.visit(later).await?.aid_cash, Fen::from_yuan(30));
-    }
-    // One form of each edit on the server: a visit's key holds one object.
-    let log = server
-        .stored_document(DocumentId::monthly_log(d.yingfeng.id, this_month()))
-        .await?;
-    let visits = log
-        .get(automerge::ROOT, "visits")?
-        .map(|(_, id)| id)
-        .expect("visits");
-    for id in [corrected, later] {
-        assert_eq!(log.get_all(&visits, id.to_string().as_str())?.len(), 1);
+    let stored = t.converged_without(&[t.corrected, later]).await?;
+    assert_eq!(
+        stored.visits.get(&t.corrected).map(|v| v.aid_cash),
+        Some(Fen::from_yuan(25))
+    );
+    assert_eq!(
+        stored.visits.get(&later).map(|v| v.aid_cash),
+        Some(Fen::from_yuan(30))
+    );
+    for phone in &t.phones {
+        assert_eq!(phone.visit(t.corrected).await?.aid_cash, Fen::from_yuan(25));
+        assert_eq!(phone.visit(later).await?.aid_cash, Fen::from_yuan(30));
     }
     Ok(())
 }
@@ -1085,81 +1135,31 @@ async fn an_export_imported_before_its_phone_synced_neither_revives_nor_hides() 
 #[tokio::test]
 async fn an_export_imported_after_its_phone_synced_neither_revives_nor_hides() -> anyhow::Result<()>
 {
-    let server = TestServer::spawn().await?;
-    let d = server.district().await?;
-    let url = server.http_url();
-    let dirs = [
-        tempfile::tempdir()?,
-        tempfile::tempdir()?,
-        tempfile::tempdir()?,
-    ];
-    let mut devices = Vec::new();
-    for dir in &dirs {
-        devices.push(sdk_device(&server.store, &url, d.yingfeng.id, dir.path(), |_| {}).await?);
-    }
-    let [a, b, c] = [&devices[0], &devices[1], &devices[2]];
-    let m = member(a, "两份记录").await?;
-    for device in [a, b, c] {
-        device.sync_now().await?;
-    }
-    let day = first_day(this_month());
-    let deleted = a.record_visit(visit_on(day, m, 10)).await?;
-    let corrected = a.record_visit(visit_on(day, m, 20)).await?;
-    let export = a.export_unsynced().await?;
+    let t = TwoVisitsExported::new().await?;
+    let [a, b] = [&t.phones[0], &t.phones[1]];
     a.sync_now().await?;
-    c.sync_now().await?;
-    c.delete_log_record(doorstep_client::LogRecordKind::Visit, deleted, "重复录入")
-        .await?;
-    c.correct_visit(corrected, visit_on(day, m, 25), "金额更正")
-        .await?;
-    c.sync_now().await?;
+    t.third_phone_deletes_and_corrects().await?;
 
     // B has neither A's visits nor C's changes when it imports.
-    b.import_unsynced(&export).await?;
-    let mut follow_up = visit_on(day, m, 20);
-    follow_up.notes = Some("B 补记".into());
-    b.correct_visit(corrected, follow_up, "补充备注").await?;
+    b.import_unsynced(&t.export).await?;
+    let mut noted = visit_on(t.day, t.member, 20);
+    noted.notes = Some("B 补记".into());
+    b.correct_visit(t.corrected, noted, "补充备注").await?;
     b.sync_now().await?;
     assert!(b.checkpoint().await?.safe);
-    for device in [a, b, c] {
-        device.sync_now().await?;
-    }
-    let stored = MonthlyLog::load(
-        &server
-            .stored_document(DocumentId::monthly_log(d.yingfeng.id, this_month()))
-            .await?,
-    );
-    assert!(
-        !stored.visits.contains_key(&deleted),
-        "the deleted visit came back"
-    );
-    // B's note, made after C's correction reached the server, on A's
-    // original; C's amount and B's note are concurrent edits of one
-    // record (B corrected the import's copy), each kept where it did not
-    // overlap or shown as a conflict.
-    let visit = stored.visits.get(&corrected).expect("the corrected visit");
+    let stored = t.converged_without(&[t.corrected]).await?;
+    // B's note, made on the import's copy and re-made on A's original.
+    let visit = stored
+        .visits
+        .get(&t.corrected)
+        .expect("the corrected visit");
     assert_eq!(visit.notes.as_deref(), Some("B 补记"));
-    for device in [a, b, c] {
-        assert!(matches!(
-            device.visit(deleted).await,
-            Err(ClientError::NotFound { .. })
-        ));
+    for phone in &t.phones {
         assert_eq!(
-            device.visit(corrected).await?.notes.as_deref(),
+            phone.visit(t.corrected).await?.notes.as_deref(),
             Some("B 补记")
         );
     }
-    let log = server
-        .stored_document(DocumentId::monthly_log(d.yingfeng.id, this_month()))
-        .await?;
-    let visits = log
-        .get(automerge::ROOT, "visits")?
-        .map(|(_, id)| id)
-        .expect("visits");
-    assert_eq!(
-        log.get_all(&visits, corrected.to_string().as_str())?.len(),
-        1
-    );
     Ok(())
 }
 
