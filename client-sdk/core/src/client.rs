@@ -9,7 +9,7 @@
 //! store rolled back from a backup never writes two changes under one
 //! actor and sequence number.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Weak};
@@ -129,18 +129,9 @@ pub(crate) struct Inner {
     pub changed: watch::Sender<u64>,
     /// Messages the live connection sent, per document (see `sync`).
     pub messages_sent: std::sync::Mutex<HashMap<doorstep_protocol::DocumentId, u64>>,
-    /// Documents whose next sync must hear the server before it sends any
-    /// change: a change of ours was refused as kept in another form, and
-    /// that form must arrive before it can be re-based (`sync`).
-    pub pull_first: std::sync::Mutex<HashSet<doorstep_protocol::DocumentId>>,
-    /// Documents whose refused change could not be re-based: left out of
-    /// every sync until the app opens again, so the rest keeps syncing
-    /// (reported as refused; their edits stay here, and exportable).
-    pub held_back: std::sync::Mutex<HashSet<doorstep_protocol::DocumentId>>,
-    /// Per document, the refused change waiting for the form the server
-    /// kept, and how many syncs it has waited: past a few, held back.
-    pub rebase_waits:
-        std::sync::Mutex<HashMap<doorstep_protocol::DocumentId, (automerge::ChangeHash, u32)>>,
+    /// Re-bases of changes the server keeps in another form, across
+    /// connections (`sync::Rebasing`).
+    pub rebasing: std::sync::Mutex<crate::sync::Rebasing>,
     pub store: LocalStore,
     pub transport: Transport,
     pub identity: std::sync::RwLock<Option<Arc<Identity>>>,
@@ -329,9 +320,7 @@ impl Client {
             dir,
             changed,
             messages_sent: std::sync::Mutex::new(HashMap::new()),
-            pull_first: std::sync::Mutex::new(HashSet::new()),
-            held_back: std::sync::Mutex::new(HashSet::new()),
-            rebase_waits: std::sync::Mutex::new(HashMap::new()),
+            rebasing: std::sync::Mutex::default(),
             store,
             transport,
             identity: std::sync::RwLock::new(identity),

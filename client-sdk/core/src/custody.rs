@@ -446,71 +446,94 @@ impl Client {
         };
         let kind = replica.kind;
         let doc = replica.doc().clone();
-        let Some(meta) = doc.get_change_meta_by_hash(&refused) else {
-            return Ok(Rebased::Nothing);
-        };
-        let original = provenance::stands_in_for(meta.message.as_deref());
-        // The refused change and everything built on it.
-        let all = doc.get_changes(&[]);
-        let mut children: HashMap<ChangeHash, Vec<ChangeHash>> = HashMap::new();
-        for change in &all {
-            for dep in change.deps() {
-                children.entry(*dep).or_default().push(change.hash());
-            }
-        }
-        let mut dropped: HashSet<ChangeHash> = HashSet::from([refused]);
-        let mut frontier = vec![refused];
-        while let Some(hash) = frontier.pop() {
-            for child in children.get(&hash).into_iter().flatten() {
-                if dropped.insert(*child) {
-                    frontier.push(*child);
-                }
-            }
-        }
-        let (rebuilt, kept): (Vec<_>, Vec<_>) =
-            all.into_iter().partition(|c| dropped.contains(&c.hash()));
-        // The server never took the refused change, so nobody else can
-        // have built on it.
-        if rebuilt
-            .iter()
-            .any(|c| !crate::client::is_own(&replicas.actor_base, c.actor_id()))
-        {
-            return Err(ClientError::Storage(
-                "another device's change builds on a change the server refused".into(),
-            ));
-        }
-        // The form the server kept: the refused change's original, or a
-        // stand-in for the refused change or for its original (stand-ins
-        // made before re-made changes named the first original named the
-        // change they were made from).
-        let has_kept_form = kept.iter().any(|c| {
-            let stands_for = provenance::stands_in_for(c.message());
-            stands_for == Some(refused)
-                || original.is_some_and(|o| c.hash() == o || stands_for == Some(o))
-        });
-        if !has_kept_form {
-            return Ok(Rebased::NotYet);
-        }
-        let actor = crate::client::session_actor(&replicas.actor_base);
+        let actor_base = replicas.actor_base.clone();
+        let actor = crate::client::session_actor(&actor_base);
+        // Work in proportion to the document: off the runtime's workers,
+        // and inside the unwind guard (the changes came from the server).
         let rebased = crate::replicas::off_async(move || {
-            std::panic::catch_unwind(AssertUnwindSafe(
-                move || -> Result<(Automerge, usize), ClientError> {
-                    same_edits_as_kept_forms(&doc, &rebuilt, &kept)?;
-                    let mut base = Automerge::new();
-                    base.apply_changes(kept)?;
-                    let (made, _) = reauthor(base.clone(), rebuilt, actor, kind)?;
-                    let remade = made.len();
-                    base.apply_changes(made)?;
-                    Ok((base, remade))
-                },
-            ))
+            std::panic::catch_unwind(AssertUnwindSafe(move || {
+                rebased(doc, refused, &actor_base, actor, kind)
+            }))
         })
-        .map_err(|_| ClientError::Storage("re-basing the document failed".into()))?;
-        let (rebased, remade) = rebased?;
-        replicas.replace(document, rebased).await?;
-        tracing::info!(%document, remade, "re-based edits the server keeps in another form");
-        Ok(Rebased::Done { remade })
+        .map_err(|_| ClientError::Storage("re-basing the document failed".into()))??;
+        match rebased {
+            Remade::Missing => Ok(Rebased::Nothing),
+            Remade::NotYet => Ok(Rebased::NotYet),
+            Remade::Done(rebased, remade) => {
+                replicas.replace(document, rebased).await?;
+                tracing::info!(%document, remade, "re-based edits the server keeps in another form");
+                Ok(Rebased::Done { remade })
+            }
+        }
     }
+}
+
+/// What [`rebased`] made of a document.
+enum Remade {
+    /// The document does not hold the refused change.
+    Missing,
+    /// The form the server kept is not here yet.
+    NotYet,
+    /// The document re-based, and how many changes were made again.
+    Done(Automerge, usize),
+}
+
+/// See [`Client::rebase`]: `doc` without `refused` and what was built on
+/// it, those made again by `actor` on the form the server kept.
+fn rebased(
+    doc: Automerge,
+    refused: ChangeHash,
+    actor_base: &[u8],
+    actor: ActorId,
+    kind: DocumentKind,
+) -> Result<Remade, ClientError> {
+    let Some(message) = doc
+        .get_change_meta_by_hash(&refused)
+        .map(|meta| meta.message.map(|m| m.into_owned()))
+    else {
+        return Ok(Remade::Missing);
+    };
+    // The refused change and everything built on it.
+    let all = doc.get_changes(&[]);
+    let mut children: HashMap<ChangeHash, Vec<ChangeHash>> = HashMap::new();
+    for change in &all {
+        for dep in change.deps() {
+            children.entry(*dep).or_default().push(change.hash());
+        }
+    }
+    let mut dropped: HashSet<ChangeHash> = HashSet::from([refused]);
+    let mut frontier = vec![refused];
+    while let Some(hash) = frontier.pop() {
+        for child in children.get(&hash).into_iter().flatten() {
+            if dropped.insert(*child) {
+                frontier.push(*child);
+            }
+        }
+    }
+    let (rebuilt, kept): (Vec<_>, Vec<_>) =
+        all.into_iter().partition(|c| dropped.contains(&c.hash()));
+    // The server never took the refused change, so nobody else can have
+    // built on it.
+    if rebuilt
+        .iter()
+        .any(|c| !crate::client::is_own(actor_base, c.actor_id()))
+    {
+        return Err(ClientError::Storage(
+            "another device's change builds on a change the server refused".into(),
+        ));
+    }
+    let forms = KeptForms::new(&kept);
+    if forms.of(refused, message.as_deref()).is_empty() {
+        return Ok(Remade::NotYet);
+    }
+    same_edits_as_kept_forms(&doc, &rebuilt, &forms)?;
+    drop(forms);
+    let mut base = Automerge::new();
+    base.apply_changes(kept)?;
+    let (made, _) = reauthor(base.clone(), rebuilt, actor, kind)?;
+    let remade = made.len();
+    base.apply_changes(made)?;
+    Ok(Remade::Done(base, remade))
 }
 
 /// A dropped change may be left out of the re-made ones only if every form
@@ -520,29 +543,15 @@ impl Client {
 fn same_edits_as_kept_forms(
     doc: &Automerge,
     dropped: &[automerge::Change],
-    kept: &[automerge::Change],
+    forms: &KeptForms<'_>,
 ) -> Result<(), ClientError> {
-    let kept_hashes: HashSet<ChangeHash> = kept.iter().map(|c| c.hash()).collect();
-    let mut stand_ins: HashMap<ChangeHash, Vec<&automerge::Change>> = HashMap::new();
-    for change in kept {
-        if let Some(original) = provenance::stands_in_for(change.message()) {
-            stand_ins.entry(original).or_default().push(change);
-        }
-    }
     for change in dropped {
-        let root = provenance::stands_in_for(change.message()).unwrap_or_else(|| change.hash());
-        let mut forms: Vec<&automerge::Change> = Vec::new();
-        if root != change.hash() && kept_hashes.contains(&root) {
-            forms.extend(kept.iter().filter(|k| k.hash() == root));
-        }
-        for named in [root, change.hash()] {
-            forms.extend(stand_ins.get(&named).into_iter().flatten());
-        }
-        if forms.is_empty() {
+        let kept = forms.of(change.hash(), change.message());
+        if kept.is_empty() {
             continue;
         }
         let ours = edits_of(doc, change);
-        if forms.iter().any(|form| edits_of(doc, form) != ours) {
+        if kept.into_iter().any(|form| edits_of(doc, form) != ours) {
             return Err(ClientError::Storage(
                 "the form the server kept does not make the same edits as this device's change"
                     .into(),
@@ -550,6 +559,43 @@ fn same_edits_as_kept_forms(
         }
     }
     Ok(())
+}
+
+/// The changes of a history that make another change's edits in another
+/// form ([`provenance`]): the change's original, and the stand-ins for the
+/// change or for its original (stand-ins made before re-made changes named
+/// the first original named the change they were made from).
+struct KeptForms<'a> {
+    by_hash: HashMap<ChangeHash, &'a automerge::Change>,
+    stand_ins: HashMap<ChangeHash, Vec<&'a automerge::Change>>,
+}
+
+impl<'a> KeptForms<'a> {
+    fn new(kept: &'a [automerge::Change]) -> Self {
+        let mut forms = KeptForms {
+            by_hash: HashMap::new(),
+            stand_ins: HashMap::new(),
+        };
+        for change in kept {
+            forms.by_hash.insert(change.hash(), change);
+            if let Some(original) = provenance::stands_in_for(change.message()) {
+                forms.stand_ins.entry(original).or_default().push(change);
+            }
+        }
+        forms
+    }
+
+    /// The forms of the change `hash` whose commit message is `message`.
+    fn of(&self, hash: ChangeHash, message: Option<&str>) -> Vec<&'a automerge::Change> {
+        let root = provenance::stands_in_for(message).unwrap_or(hash);
+        let mut forms: Vec<&automerge::Change> = Vec::new();
+        if root != hash {
+            forms.extend(self.by_hash.get(&root).copied());
+            forms.extend(self.stand_ins.get(&hash).into_iter().flatten());
+        }
+        forms.extend(self.stand_ins.get(&root).into_iter().flatten());
+        forms
+    }
 }
 
 /// What `change` does in `doc`, without the ids of what it makes (two forms
@@ -1393,10 +1439,10 @@ mod tests {
             doc.apply_changes(forms.iter().cloned()).expect("forms");
         }
         let dropped = [first.clone(), second.clone()];
-        assert!(same_edits_as_kept_forms(&doc, &dropped, &faithful).is_ok());
-        assert!(same_edits_as_kept_forms(&doc, &dropped, &forged).is_err());
+        assert!(same_edits_as_kept_forms(&doc, &dropped, &KeptForms::new(&faithful)).is_ok());
+        assert!(same_edits_as_kept_forms(&doc, &dropped, &KeptForms::new(&forged)).is_err());
         // A change no kept form stands for is simply made again.
-        assert!(same_edits_as_kept_forms(&doc, &dropped, &faithful[..1]).is_ok());
+        assert!(same_edits_as_kept_forms(&doc, &dropped, &KeptForms::new(&faithful[..1])).is_ok());
     }
 
     fn base_of(doc: &Automerge, heads: &[ChangeHash]) -> Automerge {

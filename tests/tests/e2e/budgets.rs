@@ -114,6 +114,24 @@ async fn audit_rows_not_by(store: &Store, actor: &str) -> anyhow::Result<usize> 
         .count())
 }
 
+/// The operator invites a volunteer to `branch` (the code comes back to
+/// the inviter: a volunteer's account reads no names).
+async fn invite_volunteer(
+    store: &Store,
+    branch: &doorstep_server::store::Tenant,
+    username: &str,
+) -> anyhow::Result<admin::Invited> {
+    let permit = admin::authorize_operator(
+        store,
+        doorstep_server::authority::Action::InviteUser {
+            tenant: branch,
+            role: Role::Volunteer,
+        },
+    )
+    .await?;
+    Ok(admin::invite_user(store, &permit, username, Role::Volunteer, branch, 24).await?)
+}
+
 /// A device of another branch that syncs a new member again and again
 /// until `busy` clears; returns how many rounds it completed, all synced.
 pub(crate) fn honest_device(
@@ -145,25 +163,7 @@ async fn four_hundred_concurrent_activations_with_one_code_stay_within_budget() 
     let data = tempfile::tempdir()?;
     let store = Store::open(&data.path().join("doorstep.db")).await?;
     let d = make_district(&store).await?;
-    // The operator invites (the code comes back to the inviter: a
-    // volunteer's account reads no names).
-    let permit = admin::authorize_operator(
-        &store,
-        doorstep_server::authority::Action::InviteUser {
-            tenant: &d.yingfeng,
-            role: Role::Volunteer,
-        },
-    )
-    .await?;
-    let invited = admin::invite_user(
-        &store,
-        &permit,
-        "volunteer-li",
-        Role::Volunteer,
-        &d.yingfeng,
-        24,
-    )
-    .await?;
+    let invited = invite_volunteer(&store, &d.yingfeng, "volunteer-li").await?;
     let server = ServerProcess::start(
         std::path::Path::new(env!("CARGO_BIN_EXE_doorstep")),
         data.path(),
@@ -785,23 +785,7 @@ async fn every_route_flooded_at_once_stays_within_the_process_budgets() -> anyho
     // `/activate` they race for its code, and each would hash a password
     // if the code were not claimed first and the password work not
     // bounded. (The second round presents it spent.)
-    let permit = admin::authorize_operator(
-        &store,
-        doorstep_server::authority::Action::InviteUser {
-            tenant: &d.yingfeng,
-            role: Role::Volunteer,
-        },
-    )
-    .await?;
-    let invited = admin::invite_user(
-        &store,
-        &permit,
-        "flood-invitee",
-        Role::Volunteer,
-        &d.yingfeng,
-        24,
-    )
-    .await?;
+    let invited = invite_volunteer(&store, &d.yingfeng, "flood-invitee").await?;
     // No username: the login route must not take it for a real login.
     let invitation =
         json!({ "code": invited.activation_code, "password": "the invitee's password" });

@@ -220,6 +220,66 @@ pub(crate) async fn refusal(response: reqwest::Response, what: &str) -> ClientEr
     }
 }
 
+/// Re-bases of changes the server keeps in another form, across
+/// connections: one place for what they decide.
+#[derive(Debug, Default)]
+pub(crate) struct Rebasing {
+    /// Documents whose next sync must hear the server before it sends any
+    /// change: the form the server kept must be here before a refused
+    /// change can be re-based, and an import may have made more than one.
+    pull_first: HashSet<DocumentId>,
+    /// Documents whose refused change could not be re-based: left out of
+    /// every sync until the app opens again, so the rest keeps syncing
+    /// (reported as refused; their edits stay here, and exportable).
+    held_back: HashSet<DocumentId>,
+    /// Per document, the refused change waiting for the form the server
+    /// kept, and how many syncs it has waited.
+    waits: HashMap<DocumentId, (automerge::ChangeHash, u32)>,
+}
+
+impl Rebasing {
+    /// Takes in what the re-base of `change` in `document` did; true when
+    /// syncing again now is worth it.
+    fn after(
+        &mut self,
+        document: DocumentId,
+        change: automerge::ChangeHash,
+        rebased: Result<Rebased, ClientError>,
+    ) -> bool {
+        if matches!(rebased, Ok(Rebased::NotYet | Rebased::Done { .. })) {
+            self.pull_first.insert(document);
+        }
+        if matches!(rebased, Ok(Rebased::NotYet)) {
+            // The form the server kept comes with the server's first
+            // answer; a change still waiting after a few syncs (a bloom
+            // filter's false positive kept it from us, say) would end
+            // every sync.
+            let wait = self.waits.entry(document).or_insert((change, 0));
+            if wait.0 != change {
+                *wait = (change, 0);
+            }
+            wait.1 += 1;
+            if wait.1 > MAX_REBASE_WAITS {
+                tracing::warn!(%document, "the form the server kept never came; holding the document back");
+                self.held_back.insert(document);
+            }
+            return true;
+        }
+        self.waits.remove(&document);
+        match rebased {
+            Ok(Rebased::Done { .. }) => true,
+            Ok(Rebased::Nothing | Rebased::NotYet) => false,
+            Err(e) => {
+                // Sending it again would be refused again, and end every
+                // sync: that document waits, the others go on.
+                tracing::warn!(%document, error = %e, "could not re-base a refused change; holding the document back");
+                self.held_back.insert(document);
+                true
+            }
+        }
+    }
+}
+
 /// One WebSocket to the server and the sync state of what it carries.
 struct Connection {
     socket: Socket,
@@ -236,7 +296,7 @@ struct Connection {
     sent: HashMap<DocumentId, u64>,
     /// Documents with unacknowledged edits, as the last `outgoing` read them.
     unacked: Vec<DocumentId>,
-    /// Documents whose first flight carries no change (`Inner::pull_first`).
+    /// Documents whose first flight carries no change (`Rebasing`).
     pull_first: HashSet<DocumentId>,
     /// The overall deadline of a bounded sync; no wait goes past it.
     deadline: Option<Instant>,
@@ -305,28 +365,24 @@ impl Connection {
             }
         };
         let extensions = &server.extensions;
+        let (held_back, pull_first) = client
+            .inner
+            .rebasing
+            .lock()
+            .map(|r| (r.held_back.clone(), r.pull_first.clone()))
+            .unwrap_or_default();
         Ok(Connection {
             socket,
             me,
             server: server.peer.clone(),
             subscribed: HashMap::new(),
-            refused: client
-                .inner
-                .held_back
-                .lock()
-                .map(|held| held.clone())
-                .unwrap_or_default(),
+            refused: held_back,
             report: SyncReport::default(),
             exchanged: HashSet::new(),
             receive_timeout: timeout,
             sent: HashMap::new(),
             unacked: Vec::new(),
-            pull_first: client
-                .inner
-                .pull_first
-                .lock()
-                .map(|pull| pull.clone())
-                .unwrap_or_default(),
+            pull_first,
             deadline,
             counted_extension: extensions.iter().any(|e| e == wire::EXTENSION_COUNTED),
             deflate: extensions.iter().any(|e| e == wire::EXTENSION_DEFLATE),
@@ -672,52 +728,10 @@ impl Client {
             return false;
         };
         let rebased = self.rebase(document, change).await;
-        if matches!(rebased, Ok(Rebased::NotYet | Rebased::Done { .. }))
-            && let Ok(mut pull_first) = self.inner.pull_first.lock()
-        {
-            // From now on this document hears the server first: the form
-            // it kept must be here before a refused change can be re-based,
-            // and an import may have made more than one.
-            pull_first.insert(document);
-        }
-        // The form the server kept comes with the server's first answer;
-        // a change still waiting after a few syncs (a bloom filter's false
-        // positive kept it from us, say) would end every sync: held back.
-        let waited = match self.inner.rebase_waits.lock() {
-            Ok(mut waits) if matches!(rebased, Ok(Rebased::NotYet)) => {
-                let wait = waits.entry(document).or_insert((change, 0));
-                if wait.0 != change {
-                    *wait = (change, 0);
-                }
-                wait.1 += 1;
-                wait.1
-            }
-            Ok(mut waits) => {
-                waits.remove(&document);
-                0
-            }
-            Err(_) => 0,
+        let Ok(mut rebasing) = self.inner.rebasing.lock() else {
+            return false;
         };
-        if waited > MAX_REBASE_WAITS {
-            tracing::warn!(%document, "the form the server kept never came; holding the document back");
-            if let Ok(mut held) = self.inner.held_back.lock() {
-                held.insert(document);
-            }
-            return true;
-        }
-        match rebased {
-            Ok(Rebased::Done { .. } | Rebased::NotYet) => true,
-            Ok(Rebased::Nothing) => false,
-            Err(e) => {
-                // Sending it again would be refused again, and end every
-                // sync: that document waits, the others go on.
-                tracing::warn!(%document, error = %e, "could not re-base a refused change; holding the document back");
-                if let Ok(mut held) = self.inner.held_back.lock() {
-                    held.insert(document);
-                }
-                true
-            }
-        }
+        rebasing.after(document, change, rebased)
     }
 
     /// Publishes the outcome of a sync and remembers an explicit revocation.
@@ -1410,5 +1424,33 @@ mod tests {
                 "{failures}: {delay:?} vs {full:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_refused_change_that_cannot_be_re_based_holds_back_its_document_alone() {
+        let log = DocumentId::monthly_log(
+            doorstep_protocol::TenantId::new_v7(),
+            "2026-11".parse().expect("a month"),
+        );
+        let other = DocumentId::roster(doorstep_protocol::TenantId::new_v7());
+        let change = automerge::ChangeHash([1; 32]);
+        let mut rebasing = Rebasing::default();
+        // Waiting for the kept form: sync again, hearing the server first;
+        // after three waits for the same change, held back.
+        for _ in 0..MAX_REBASE_WAITS {
+            assert!(rebasing.after(log, change, Ok(Rebased::NotYet)));
+            assert!(rebasing.pull_first.contains(&log));
+            assert!(!rebasing.held_back.contains(&log));
+        }
+        assert!(rebasing.after(log, change, Ok(Rebased::NotYet)));
+        assert!(rebasing.held_back.contains(&log));
+        // A re-base that fails holds back that document and no other.
+        assert!(rebasing.after(other, change, Err(ClientError::Storage("x".into()))));
+        assert_eq!(rebasing.held_back.len(), 2);
+        // A document that no longer holds the change: nothing to retry.
+        let mut fresh = Rebasing::default();
+        assert!(!fresh.after(log, change, Ok(Rebased::Nothing)));
+        assert!(fresh.after(log, change, Ok(Rebased::Done { remade: 1 })));
+        assert!(fresh.held_back.is_empty() && fresh.waits.is_empty());
     }
 }
