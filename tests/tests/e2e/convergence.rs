@@ -94,10 +94,11 @@ async fn seeded_edits_on_three_phones_converge_and_the_rollups_equal_a_reproject
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0x0015_c0a1);
-    // Exports carried to another phone by file: off in CI while the
-    // finding below is open (RELIABILITY.md, known limits): an export
-    // imported after its phone synced the same edits and another phone
-    // deleted the visit brings the visit back (seed 11 at 200 steps).
+    // Exports carried to another phone by file: off in CI while some
+    // seeds still end with a month held back on a phone (RELIABILITY.md,
+    // known limits: one phone's exports made at different times and
+    // imported on different phones). The revived visit this step found
+    // (seed 11 at 200 steps) is fixed.
     let imports = std::env::var("DOORSTEP_SDK_CONVERGENCE_IMPORTS").is_ok_and(|v| v == "1");
     eprintln!("sdk convergence: {steps} steps, seed {seed}, imports {imports}");
     let mut plan = Seeded::new(seed);
