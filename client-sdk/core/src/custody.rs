@@ -460,7 +460,7 @@ impl Client {
             Remade::Missing => Ok(Rebased::Nothing),
             Remade::NotYet => Ok(Rebased::NotYet),
             Remade::Done(rebased, remade) => {
-                replicas.replace(document, rebased).await?;
+                replicas.replace(document, *rebased).await?;
                 tracing::info!(%document, remade, "re-based edits the server keeps in another form");
                 Ok(Rebased::Done { remade })
             }
@@ -475,7 +475,7 @@ enum Remade {
     /// The form the server kept is not here yet.
     NotYet,
     /// The document re-based, and how many changes were made again.
-    Done(Automerge, usize),
+    Done(Box<Automerge>, usize),
 }
 
 /// See [`Client::rebase`]: `doc` without `refused` and what was built on
@@ -533,7 +533,7 @@ fn rebased(
     let (made, _) = reauthor(base.clone(), rebuilt, actor, kind)?;
     let remade = made.len();
     base.apply_changes(made)?;
-    Ok(Remade::Done(base, remade))
+    Ok(Remade::Done(Box::new(base), remade))
 }
 
 /// A dropped change may be left out of the re-made ones only if every form
@@ -736,6 +736,7 @@ fn exported_document(
 
 /// What one export file may carry in all: the server's bounds for one
 /// sync message (inflated bytes, changes), over every change of the file.
+#[derive(Default)]
 struct FileBudget {
     limits: AdmissionLimits,
     bytes: u64,
@@ -749,17 +750,6 @@ const MAX_IMPORTED_CHANGES: u64 = 20_000;
 
 /// Documents one file may list: the roster and ten years of months.
 const MAX_IMPORTED_DOCUMENTS: usize = 121;
-
-impl Default for FileBudget {
-    fn default() -> Self {
-        FileBudget {
-            limits: AdmissionLimits::default(),
-            bytes: 0,
-            changes: 0,
-            ops: 0,
-        }
-    }
-}
 
 impl FileBudget {
     fn take(

@@ -156,6 +156,9 @@ async fn is_clean(conn: &mut sqlx::SqliteConnection) -> bool {
     !conn.is_in_transaction()
 }
 
+/// How long a statement waits for another connection's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Handle to the local database; cheap to clone.
 #[derive(Clone, Debug)]
 pub(crate) struct LocalStore {
@@ -282,7 +285,7 @@ impl LocalStore {
             .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string())
             .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string())
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10)))
+            .busy_timeout(BUSY_TIMEOUT))
     }
 
     async fn connect(
@@ -370,12 +373,7 @@ impl LocalStore {
         // (SQLCipher keeps the salt on rekey, so it is safe in WAL mode
         // too, but other SQLite ciphers are not, and the rollback journal
         // is the well-trodden path). The next open turns WAL back on.
-        sqlx::query("pragma wal_checkpoint(truncate)")
-            .execute(pool)
-            .await?;
-        sqlx::query("pragma journal_mode = delete")
-            .execute(pool)
-            .await?;
+        LocalStore::leave_wal(pool).await?;
         // Run unprepared, so the statement (the new key in it) is not kept
         // in the connection's statement cache; the text is zeroed after.
         let mut statement = String::with_capacity(14 + 5 + 2 * StoreKey::LEN);
@@ -387,6 +385,41 @@ impl LocalStore {
             .execute(pool)
             .await?;
         Ok(())
+    }
+
+    /// Folds the log into the file and switches to the rollback journal.
+    /// The switch needs the file to itself, and SQLite asks for that lock
+    /// without its busy handler: a connection of the store just closed
+    /// may still hold its shared lock for a moment (a pool shuts its last
+    /// connections on their own threads), so the switch is tried again
+    /// for as long as a write would wait for a lock.
+    async fn leave_wal(pool: &SqlitePool) -> Result<(), ClientError> {
+        let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            let switched = async {
+                sqlx::query("pragma wal_checkpoint(truncate)")
+                    .execute(pool)
+                    .await?;
+                sqlx::query_scalar::<_, String>("pragma journal_mode = delete")
+                    .fetch_one(pool)
+                    .await
+            }
+            .await;
+            // SQLite answers the mode in force: `wal` when it could not
+            // switch, or an error naming the lock.
+            match switched {
+                Ok(mode) if mode.eq_ignore_ascii_case("delete") => return Ok(()),
+                Ok(_) => {}
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("5") => {}
+                Err(e) => return Err(e.into()),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Storage(
+                    "the store is still open elsewhere; close it before changing its key".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Closes the store: the log is copied into the database and cut to
@@ -1005,4 +1038,43 @@ fn parse_heads(text: &str) -> Result<Vec<ChangeHash>, ClientError> {
                 .map_err(|_| ClientError::Storage(format!("bad head {h}")))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection of the store's that is still closing when `rekey`
+    /// starts (a pool's last connection is shut on its own thread) made
+    /// the switch out of WAL fail at once with "database is locked":
+    /// SQLite takes that lock without its busy handler. The rekey waits
+    /// for it instead, and the store then opens under the new key only.
+    #[tokio::test]
+    async fn rekey_waits_for_a_connection_still_closing() -> Result<(), ClientError> {
+        let dir = tempfile::tempdir().map_err(|e| ClientError::Storage(e.to_string()))?;
+        let path = dir.path().join("device.db");
+        let (old, new) = (StoreKey::generate(), StoreKey::generate());
+        let store = LocalStore::open(&path, &old, None).await?;
+        store.set_meta(&[("kept", "yes")]).await?;
+        // Holds a connection (and so its shared lock) for a while.
+        let mut lingering = store.pool.acquire().await?;
+        sqlx::query("select 1").execute(&mut *lingering).await?;
+        let closing = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(lingering);
+            store.close().await;
+        });
+        LocalStore::rekey(&path, &old, &new).await?;
+        closing
+            .await
+            .map_err(|e| ClientError::Storage(e.to_string()))?;
+        assert!(matches!(
+            LocalStore::open_as_is(&path, &old).await,
+            Err(ClientError::WrongKey)
+        ));
+        let reopened = LocalStore::open(&path, &new, None).await?;
+        assert_eq!(reopened.meta("kept").await?.as_deref(), Some("yes"));
+        reopened.close().await;
+        Ok(())
+    }
 }
