@@ -280,6 +280,22 @@ impl Rebasing {
     }
 }
 
+/// Up to date, unless documents are held back ([`Rebasing`]): their edits
+/// cannot reach the server, and an app that read "up to date" as "safe to
+/// wipe the phone" would lose them. So the status says so, and where they
+/// are: on this phone, exportable.
+fn settled_status(held_back: usize, now: i64) -> SyncStatus {
+    match held_back {
+        0 => SyncStatus::UpToDate { at_unix_secs: now },
+        n => SyncStatus::Error {
+            reason: format!(
+                "{n} document(s) held back: the server refused a change and it could not be made again; \
+                 their edits stay on this phone (export them) and the rest is up to date"
+            ),
+        },
+    }
+}
+
 /// One WebSocket to the server and the sync state of what it carries.
 struct Connection {
     socket: Socket,
@@ -734,12 +750,22 @@ impl Client {
         rebasing.after(document, change, rebased)
     }
 
+    /// The status a sync that exchanged everything it could settles in
+    /// (both sync paths come here).
+    fn settled_status(&self) -> SyncStatus {
+        let held_back = self
+            .inner
+            .rebasing
+            .lock()
+            .map(|r| r.held_back.len())
+            .unwrap_or(0);
+        settled_status(held_back, now_secs())
+    }
+
     /// Publishes the outcome of a sync and remembers an explicit revocation.
     async fn settle_status(&self, result: &Result<(), ClientError>) -> Result<(), ClientError> {
         match result {
-            Ok(()) => self.set_status(SyncStatus::UpToDate {
-                at_unix_secs: now_secs(),
-            }),
+            Ok(()) => self.set_status(self.settled_status()),
             Err(ClientError::Revoked(reason)) => {
                 self.inner.store.set_meta(&[("revoked", reason)]).await?;
                 self.set_status(SyncStatus::Revoked {
@@ -1119,11 +1145,14 @@ impl Client {
                 let settled = connection.settled(replicas);
                 if settled {
                     replicas.trim().await?;
-                    if !matches!(self.status(), SyncStatus::UpToDate { .. }) {
+                    let now = self.settled_status();
+                    let unchanged = match (self.status(), &now) {
+                        (SyncStatus::UpToDate { .. }, SyncStatus::UpToDate { .. }) => true,
+                        (before, now) => before == *now,
+                    };
+                    if !unchanged {
                         *failures = 0;
-                        self.set_status(SyncStatus::UpToDate {
-                            at_unix_secs: now_secs(),
-                        });
+                        self.set_status(now);
                     }
                     let wants_counted =
                         connection.counted_extension && waiting.iter().any(|rider| rider.counted);
@@ -1452,5 +1481,22 @@ mod tests {
         assert!(!fresh.after(log, change, Ok(Rebased::Nothing)));
         assert!(fresh.after(log, change, Ok(Rebased::Done { remade: 1 })));
         assert!(fresh.held_back.is_empty() && fresh.waits.is_empty());
+    }
+
+    /// An app may take "up to date" for "safe to wipe": never while a
+    /// document's edits are held back on the phone.
+    #[test]
+    fn a_held_back_document_is_never_reported_up_to_date() {
+        assert_eq!(
+            settled_status(0, 7),
+            SyncStatus::UpToDate { at_unix_secs: 7 }
+        );
+        match settled_status(2, 7) {
+            SyncStatus::Error { reason } => {
+                assert!(reason.starts_with("2 document(s) held back"), "{reason}");
+                assert!(reason.contains("export"), "{reason}");
+            }
+            other => panic!("held back, yet {other:?}"),
+        }
     }
 }
