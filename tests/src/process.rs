@@ -31,6 +31,26 @@ impl ServerProcess {
         rust_log: &str,
         log: Option<&Path>,
     ) -> anyhow::Result<ServerProcess> {
+        Self::start_configured(binary, data_dir, rust_log, log, &[]).await
+    }
+
+    /// [`ServerProcess::start`] with settings given as the environment
+    /// variables an operator would set (`DOORSTEP_MESSAGES_PER_SECOND`, ...).
+    pub async fn start_with_env(
+        binary: &Path,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ServerProcess> {
+        Self::start_configured(binary, data_dir, "warn", None, env).await
+    }
+
+    async fn start_configured(
+        binary: &Path,
+        data_dir: &Path,
+        rust_log: &str,
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ServerProcess> {
         let stderr = match log {
             Some(path) => Stdio::from(std::fs::File::create(path)?),
             None => Stdio::inherit(),
@@ -43,6 +63,7 @@ impl ServerProcess {
             // As in production: a caught panic must not pay for symbolizing
             // a backtrace of this debug build (it costs ~100 MiB of RSS).
             .env("RUST_BACKTRACE", "0")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .kill_on_drop(true)

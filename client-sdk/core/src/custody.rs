@@ -536,7 +536,19 @@ fn rebased(
     drop(forms);
     let mut base = Automerge::new();
     base.apply_changes(kept)?;
-    let (made, _) = remake(base.clone(), rebuilt, actor, kind, &unlike)?;
+    let (made, _) = match remake(base.clone(), rebuilt.clone(), actor.clone(), kind, &unlike) {
+        Ok(made) => made,
+        Err(e) => {
+            // Mapping the changes onto the kept forms failed (an object a
+            // kept form made under another id than this history expects):
+            // make every one again as this device's own instead, as an
+            // import onto a history without them would, so the edits still
+            // reach the server (the forms then show side by side).
+            tracing::warn!(error = %e, "could not re-base onto the kept forms; making the changes again as this device's own");
+            let all: HashSet<ChangeHash> = rebuilt.iter().map(|c| c.hash()).collect();
+            remake(base.clone(), rebuilt, actor, kind, &all).map_err(|_| e)?
+        }
+    };
     let remade = made.len();
     base.apply_changes(made)?;
     Ok(Remade::Done(Box::new(base), remade))

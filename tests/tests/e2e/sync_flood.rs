@@ -210,3 +210,156 @@ async fn every_sync_message_kind_flooded_from_many_sockets_stays_within_the_proc
     server.kill().await?;
     Ok(())
 }
+
+/// One lane of a device's reconnecting sockets (`a_device_reconnecting...`):
+/// until `until`, opens a socket as the device from `ip`, sends a join and
+/// a seeded number of ephemeral messages for its roster without waiting,
+/// then closes it cleanly or drops it, and opens the next. Returns how many
+/// sockets it opened.
+async fn reconnecting_lane(
+    ws_url: String,
+    ip: [u8; 4],
+    token: String,
+    roster: DocumentId,
+    seed: u64,
+    until: tokio::time::Instant,
+) -> anyhow::Result<usize> {
+    let addr: std::net::SocketAddr = ws_url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/sync")
+        .parse()?;
+    let mut plan = Seeded::new(seed);
+    let mut opened = 0;
+    while tokio::time::Instant::now() < until {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::from((ip, 0)))?;
+        let Ok(stream) = socket.connect(addr).await else {
+            continue;
+        };
+        let mut request = ws_url.clone().into_client_request()?;
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        let Ok((socket, _)) = tokio_tungstenite::client_async(request, stream).await else {
+            continue;
+        };
+        opened += 1;
+        let (mut sink, mut stream) = socket.split();
+        let me = PeerId::new(format!("lane-{seed}-{opened}"))?;
+        let count = 1 + plan.below(40);
+        let frames =
+            std::iter::once(join(&me, "1")).chain((0..count).map(|n| wire::Message::Ephemeral {
+                sender_id: me.clone(),
+                target_id: PeerId::new("server").expect("a peer id"),
+                count: n,
+                session_id: format!("lane-{seed}"),
+                document_id: roster,
+                data: vec![0; 16],
+            }));
+        for message in frames {
+            if sink
+                .send(WsMessage::Binary(wire::encode(&message).into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        // Cleanly or abruptly, after a seeded pause: both must keep the
+        // device's rate.
+        tokio::time::sleep(Duration::from_millis(plan.below(200))).await;
+        if plan.below(2) == 0 {
+            let _ = sink.send(WsMessage::Close(None)).await;
+            let _ = tokio::time::timeout(Duration::from_millis(100), stream.next()).await;
+        }
+    }
+    Ok(opened)
+}
+
+/// The per-device message rate, by generator (the finding of issue 13
+/// that reconnecting refilled it): one device's sockets on four lanes,
+/// each reconnecting after a seeded number of messages, cleanly or not,
+/// from four addresses. Every message the server handles for the device
+/// (its joins included) takes a token of the device's one bucket, and
+/// each ephemeral it handles is relayed to a listening device of the
+/// branch, so the listener's count bounds what was handled: within a
+/// window shorter than the longest wait (5 s), at most the burst plus the
+/// rate times the window. `DOORSTEP_RATE_SEED` replays a seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_reconnecting_in_a_seeded_pattern_keeps_to_its_message_rate() -> anyhow::Result<()>
+{
+    const PER_SECOND: u64 = 40;
+    const BURST: u64 = 40;
+    const WINDOW: Duration = Duration::from_secs(4);
+    let seed: u64 = std::env::var("DOORSTEP_RATE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x0013_4a7e);
+    eprintln!("message rate across reconnects: seed {seed}");
+    let data = tempfile::tempdir()?;
+    let store = Store::open(&data.path().join("doorstep.db")).await?;
+    let d = make_district(&store).await?;
+    let server = ServerProcess::start_with_env(
+        std::path::Path::new(env!("CARGO_BIN_EXE_doorstep")),
+        data.path(),
+        &[
+            ("DOORSTEP_MESSAGES_PER_SECOND", &PER_SECOND.to_string()),
+            ("DOORSTEP_MESSAGE_BURST", &BURST.to_string()),
+        ],
+    )
+    .await?;
+    let (http, ws) = (server.http_url(), server.ws_url());
+    let mut listener = connected_device(
+        &http,
+        &ws,
+        enroll(&store, &http, d.yingfeng.id, "listening phone").await?,
+        None,
+    )
+    .await?;
+    let flooder = enroll(&store, &http, d.yingfeng.id, "reconnecting phone").await?;
+
+    let started = tokio::time::Instant::now();
+    let until = started + WINDOW;
+    let lanes: Vec<_> = (0..4u8)
+        .map(|lane| {
+            tokio::spawn(reconnecting_lane(
+                ws.clone(),
+                [127, 0, 13, 1 + lane],
+                flooder.token.clone(),
+                listener.roster,
+                seed.wrapping_add(u64::from(lane)),
+                until,
+            ))
+        })
+        .collect();
+    let mut relayed = 0u64;
+    while let Some(left) = until.checked_duration_since(tokio::time::Instant::now()) {
+        match listener.peer.recv(left).await {
+            Ok(wire::Message::Ephemeral { .. }) => relayed += 1,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let window = started.elapsed();
+    let mut sockets = 0;
+    for lane in lanes {
+        sockets += lane.await??;
+    }
+    let allowed = BURST + (PER_SECOND as f64 * window.as_secs_f64()).ceil() as u64;
+    eprintln!(
+        "message rate across reconnects: {sockets} sockets of one device, {relayed} messages handled in {:.1} s (at most {allowed})",
+        window.as_secs_f64()
+    );
+    assert!(
+        sockets >= 8,
+        "seed {seed}: only {sockets} sockets; the lanes must reconnect"
+    );
+    assert!(
+        relayed <= allowed,
+        "seed {seed}: {relayed} messages of one device handled in {window:?}, over its rate ({allowed})"
+    );
+    // And the device is slowed, not shut out: its messages got through.
+    assert!(relayed > 0, "seed {seed}: nothing relayed");
+    server.kill().await?;
+    Ok(())
+}
