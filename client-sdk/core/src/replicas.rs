@@ -202,8 +202,12 @@ impl Replicas {
         kind: DocumentKind,
     ) -> Result<&mut Replica, ClientError> {
         // An edit's future dropped between commit and persist: what memory
-        // holds beyond the disk must go.
-        self.purge_unpersisted();
+        // holds beyond the disk must go, and the disk must be read only
+        // once that edit's write has ended (see `LocalStore::settle_writes`).
+        if !self.unpersisted.is_empty() {
+            self.purge_unpersisted();
+            self.store.settle_writes().await?;
+        }
         if !self.docs.contains_key(&id) {
             if let Some(why) = self.unreadable.get(&id) {
                 return Err(ClientError::Storage(format!("document {id}: {why}")));

@@ -614,6 +614,21 @@ impl LocalStore {
     /// something the server has not acknowledged.
     /// `index`: the record index rows they change, written in the same
     /// transaction.
+    /// Returns once no write that began before it is still under way.
+    /// An edit whose future was dropped during its append leaves that
+    /// append running on its connection's thread: it still commits (or
+    /// rolls back) after the caller moved on. A document reloaded from
+    /// disk meanwhile would miss a change that then lands, and the next
+    /// edit would store a second change under the same sequence number
+    /// ("duplicate seq": the document no longer loads). Every append holds
+    /// the write lock from its `begin immediate`, so taking that lock once
+    /// waits for it.
+    pub async fn settle_writes(&self) -> Result<(), ClientError> {
+        let tx = self.pool.begin_with("begin immediate").await?;
+        tx.rollback().await?;
+        Ok(())
+    }
+
     pub async fn append(
         &self,
         id: DocumentId,

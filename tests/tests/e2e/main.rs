@@ -7,6 +7,7 @@ mod authority;
 mod bad_input;
 mod bombs;
 mod budgets;
+mod cancellation;
 mod cli;
 mod convergence;
 mod dashboard;
