@@ -526,56 +526,39 @@ fn rebased(
     if forms.of(refused, message.as_deref()).is_empty() {
         return Ok(Remade::NotYet);
     }
-    let unlike = unlike_kept_forms(&doc, &rebuilt, &forms);
-    if !unlike.is_empty() {
-        tracing::warn!(
-            changes = unlike.len(),
-            "the server keeps another form of this device's changes that makes other edits; making them again as this device's own"
-        );
-    }
+    same_edits_as_kept_forms(&doc, &rebuilt, &forms)?;
     drop(forms);
     let mut base = Automerge::new();
     base.apply_changes(kept)?;
-    let (made, _) = match remake(base.clone(), rebuilt.clone(), actor.clone(), kind, &unlike) {
-        Ok(made) => made,
-        Err(e) => {
-            // Mapping the changes onto the kept forms failed (an object a
-            // kept form made under another id than this history expects):
-            // make every one again as this device's own instead, as an
-            // import onto a history without them would, so the edits still
-            // reach the server (the forms then show side by side).
-            tracing::warn!(error = %e, "could not re-base onto the kept forms; making the changes again as this device's own");
-            let all: HashSet<ChangeHash> = rebuilt.iter().map(|c| c.hash()).collect();
-            remake(base.clone(), rebuilt, actor, kind, &all).map_err(|_| e)?
-        }
-    };
+    let (made, _) = reauthor(base.clone(), rebuilt, actor, kind)?;
     let remade = made.len();
     base.apply_changes(made)?;
     Ok(Remade::Done(Box::new(base), remade))
 }
 
-/// The dropped changes that some form the kept history holds of them
-/// does not make the same edits as. A stand-in is recognised by its
-/// message alone, and one that says otherwise (a forged stand-in, or a
-/// crafted file that named an original it does not copy) must not make
-/// this phone's edits vanish, nor keep them from the server for good: these
-/// are made again as this device's own edits, under no other change's
-/// name, so the server takes them (where both forms then show, the
-/// record's history holds both; nothing is lost).
-fn unlike_kept_forms(
+/// A dropped change may be left out of the re-made ones only if every form
+/// of it the kept history holds makes the same edits: a stand-in is
+/// recognised by its message alone, and one that says otherwise must not
+/// make this phone's edits vanish (the document is held back instead).
+fn same_edits_as_kept_forms(
     doc: &Automerge,
     dropped: &[automerge::Change],
     forms: &KeptForms<'_>,
-) -> HashSet<ChangeHash> {
-    dropped
-        .iter()
-        .filter(|change| {
-            let kept = forms.of(change.hash(), change.message());
-            let ours = || edits_of(doc, change);
-            !kept.is_empty() && kept.into_iter().any(|form| edits_of(doc, form) != ours())
-        })
-        .map(|change| change.hash())
-        .collect()
+) -> Result<(), ClientError> {
+    for change in dropped {
+        let kept = forms.of(change.hash(), change.message());
+        if kept.is_empty() {
+            continue;
+        }
+        let ours = edits_of(doc, change);
+        if kept.into_iter().any(|form| edits_of(doc, form) != ours) {
+            return Err(ClientError::Storage(
+                "the form the server kept does not make the same edits as this device's change"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The changes of a history that make another change's edits in another
@@ -867,23 +850,10 @@ async fn prepare_document(
 /// accepted, as sync accepts it, and listed as invalid). The device's own
 /// edits are checked before they are made; a file's must not reach further.
 fn reauthor(
-    work: Automerge,
-    exported: Vec<automerge::Change>,
-    importer: ActorId,
-    kind: DocumentKind,
-) -> Result<(Vec<automerge::Change>, usize), ClientError> {
-    remake(work, exported, importer, kind, &HashSet::new())
-}
-
-/// [`reauthor`], with `own`: changes made again as the importer's own
-/// edits, never taken for a form `work` holds already and made under no
-/// other change's name (a re-base's changes whose kept form differs).
-fn remake(
     mut work: Automerge,
     exported: Vec<automerge::Change>,
     importer: ActorId,
     kind: DocumentKind,
-    own: &HashSet<ChangeHash>,
 ) -> Result<(Vec<automerge::Change>, usize), ClientError> {
     let invalid = |e: &dyn std::fmt::Display| ClientError::invalid("export", e);
     // The root keys a change may create: the collections, and the notes of
@@ -934,13 +904,8 @@ fn remake(
         // The edits it makes are those of `root`: itself, or the original
         // it stands in for (a change re-made again, by a second import or
         // a re-base, still names the first).
-        let is_own = own.contains(&change.hash());
-        let root = provenance::stands_in_for(change.message())
-            .filter(|_| !is_own)
-            .unwrap_or_else(|| change.hash());
-        let kept = if is_own {
-            None
-        } else if root != change.hash() && work.get_change_meta_by_hash(&root).is_some() {
+        let root = provenance::stands_in_for(change.message()).unwrap_or_else(|| change.hash());
+        let kept = if root != change.hash() && work.get_change_meta_by_hash(&root).is_some() {
             // A stand-in whose original this device holds now.
             Some(vec![root])
         } else {
@@ -1036,12 +1001,9 @@ fn remake(
                 "it deletes records no phone's edit would",
             ));
         }
-        let options = CommitOptions::default().with_time(change.timestamp());
-        let options = if is_own {
-            options
-        } else {
-            options.with_message(provenance::stand_in_message(&root))
-        };
+        let options = CommitOptions::default()
+            .with_time(change.timestamp())
+            .with_message(provenance::stand_in_message(&root));
         let (hash, _) = tx.commit_with(options);
         let Some(hash) = hash else {
             records.extend(touched);
@@ -1440,10 +1402,8 @@ mod tests {
 
     /// From the second review of the re-base: a forged stand-in for a
     /// change built on the refused one must not make that change vanish.
-    /// (From the third: nor hold it back for good; it is made again as the
-    /// device's own, `device::a_stand_in_that_makes_other_edits_...`.)
     #[test]
-    fn a_dropped_change_unlike_a_kept_form_of_it_is_made_again() {
+    fn a_dropped_change_must_make_the_same_edits_as_every_kept_form_of_it() {
         let mut doc = base();
         let heads = doc.get_heads();
         let first = made(&doc, &heads, "a", "first", None);
@@ -1469,12 +1429,10 @@ mod tests {
             doc.apply_changes(forms.iter().cloned()).expect("forms");
         }
         let dropped = [first.clone(), second.clone()];
-        let unlike =
-            |kept: &[automerge::Change]| unlike_kept_forms(&doc, &dropped, &KeptForms::new(kept));
-        assert!(unlike(&faithful).is_empty());
-        assert_eq!(unlike(&forged), HashSet::from([second.hash()]));
+        assert!(same_edits_as_kept_forms(&doc, &dropped, &KeptForms::new(&faithful)).is_ok());
+        assert!(same_edits_as_kept_forms(&doc, &dropped, &KeptForms::new(&forged)).is_err());
         // A change no kept form stands for is simply made again.
-        assert!(unlike(&faithful[..1]).is_empty());
+        assert!(same_edits_as_kept_forms(&doc, &dropped, &KeptForms::new(&faithful[..1])).is_ok());
     }
 
     fn base_of(doc: &Automerge, heads: &[ChangeHash]) -> Automerge {

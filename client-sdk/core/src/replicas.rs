@@ -76,6 +76,10 @@ pub(crate) struct Replicas {
     /// Documents with a change committed in memory whose persist has not
     /// finished (set across the await, so a cancelled edit is noticed).
     unpersisted: HashSet<DocumentId>,
+    /// Set when a purge dropped such a document: its append may still be
+    /// running on a store connection, and no document is read from disk
+    /// until it has ended.
+    unsettled: bool,
     /// Bumped after every persisted change, for observers.
     changed: watch::Sender<u64>,
     max_loaded_months: usize,
@@ -107,6 +111,7 @@ impl Replicas {
             actor_base,
             docs: HashMap::new(),
             unpersisted: HashSet::new(),
+            unsettled: false,
             changed,
             max_loaded_months: max_loaded_months.max(1),
             clock: 0,
@@ -134,6 +139,7 @@ impl Replicas {
     pub fn purge_unpersisted(&mut self) {
         for id in std::mem::take(&mut self.unpersisted) {
             self.forget(id);
+            self.unsettled = true;
         }
     }
 
@@ -202,13 +208,15 @@ impl Replicas {
         kind: DocumentKind,
     ) -> Result<&mut Replica, ClientError> {
         // An edit's future dropped between commit and persist: what memory
-        // holds beyond the disk must go, and the disk must be read only
-        // once that edit's write has ended (see `LocalStore::settle_writes`).
-        if !self.unpersisted.is_empty() {
-            self.purge_unpersisted();
-            self.store.settle_writes().await?;
-        }
+        // holds beyond the disk must go.
+        self.purge_unpersisted();
         if !self.docs.contains_key(&id) {
+            // And the disk is read only once that edit's write has ended
+            // (`LocalStore::settle_writes`), whichever path purged it.
+            if self.unsettled {
+                self.store.settle_writes().await?;
+                self.unsettled = false;
+            }
             if let Some(why) = self.unreadable.get(&id) {
                 return Err(ClientError::Storage(format!("document {id}: {why}")));
             }

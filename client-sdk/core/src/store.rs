@@ -410,7 +410,12 @@ impl LocalStore {
             match switched {
                 Ok(mode) if mode.eq_ignore_ascii_case("delete") => return Ok(()),
                 Ok(_) => {}
-                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("5") => {}
+                // SQLITE_BUSY, or one of its extended codes.
+                Err(sqlx::Error::Database(e))
+                    if e.code()
+                        .and_then(|c| c.parse::<i32>().ok())
+                        .map(|c| c & 0xff)
+                        == Some(5) => {}
                 Err(e) => return Err(e.into()),
             }
             if tokio::time::Instant::now() >= deadline {
@@ -609,11 +614,6 @@ impl LocalStore {
         Ok(chunks)
     }
 
-    /// Appends changes in one transaction; durable when this returns.
-    /// `local`: they were made on this device, so the document now holds
-    /// something the server has not acknowledged.
-    /// `index`: the record index rows they change, written in the same
-    /// transaction.
     /// Returns once no write that began before it is still under way.
     /// An edit whose future was dropped during its append leaves that
     /// append running on its connection's thread: it still commits (or
@@ -629,6 +629,11 @@ impl LocalStore {
         Ok(())
     }
 
+    /// Appends changes in one transaction; durable when this returns.
+    /// `local`: they were made on this device, so the document now holds
+    /// something the server has not acknowledged.
+    /// `index`: the record index rows they change, written in the same
+    /// transaction.
     pub async fn append(
         &self,
         id: DocumentId,

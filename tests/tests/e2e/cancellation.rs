@@ -9,6 +9,7 @@
 //! the phone holds each record the plan finished exactly once, and those
 //! given up without a retry at most once; after a sync the server holds the
 //! same records and the district rollup counts each visit and its aid once.
+//! Live sync runs all along, so its own reloads meet the dropped writes too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -67,6 +68,9 @@ async fn writes_given_up_at_seeded_moments_are_stored_once_and_never_wedge_the_s
     let month = this_month();
     let day =
         Date::from_ymd(month.year(), month.month(), 1).ok_or_else(|| anyhow::anyhow!("a date"))?;
+    // Live sync runs throughout: its loop drops what a cancelled edit left
+    // in memory on its own path, and reloads documents as it syncs.
+    let service = phone.start_background_sync();
     let mut plan = Seeded::new(seed);
     // What the phone must hold once (finished: returned, or retried until
     // it returned) and what it may hold at most once (given up for good).
@@ -108,7 +112,8 @@ async fn writes_given_up_at_seeded_moments_are_stored_once_and_never_wedge_the_s
         let first = match call.await {
             Ok(Ok(_)) => "returned",
             Ok(Err(e)) => anyhow::bail!("seed {seed}, case {case}: the write failed: {e}"),
-            Err(_) => "cancelled",
+            Err(e) if e.is_cancelled() => "cancelled",
+            Err(e) => anyhow::bail!("seed {seed}, case {case}: the write panicked: {e}"),
         };
         let retries = plan.below(3);
         for _ in 0..retries {
@@ -141,6 +146,7 @@ async fn writes_given_up_at_seeded_moments_are_stored_once_and_never_wedge_the_s
         };
     }
     eprintln!("cancelled writes: {outcomes:?}");
+    service.stop().await;
 
     // The phone: each finished record once, each given-up one at most once.
     let held_members: Vec<RecordId> = phone

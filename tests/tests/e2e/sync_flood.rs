@@ -234,6 +234,7 @@ async fn reconnecting_lane(
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.bind(std::net::SocketAddr::from((ip, 0)))?;
         let Ok(stream) = socket.connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
         let mut request = ws_url.clone().into_client_request()?;
@@ -241,6 +242,7 @@ async fn reconnecting_lane(
             .headers_mut()
             .insert("authorization", format!("Bearer {token}").parse()?);
         let Ok((socket, _)) = tokio_tungstenite::client_async(request, stream).await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
         opened += 1;

@@ -289,7 +289,7 @@ fn settled_status(held_back: usize, now: i64) -> SyncStatus {
         0 => SyncStatus::UpToDate { at_unix_secs: now },
         n => SyncStatus::Error {
             reason: format!(
-                "{n} document(s) held back: the server refused a change and it could not be made again; \
+                "{n} document(s) held back: the server refused a change of theirs that this phone could not re-base; \
                  their edits stay on this phone (export them) and the rest is up to date"
             ),
         },
@@ -753,12 +753,15 @@ impl Client {
     /// The status a sync that exchanged everything it could settles in
     /// (both sync paths come here).
     fn settled_status(&self) -> SyncStatus {
+        // A poisoned lock still holds the set: never "up to date" for want
+        // of reading it.
         let held_back = self
             .inner
             .rebasing
             .lock()
-            .map(|r| r.held_back.len())
-            .unwrap_or(0);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .held_back
+            .len();
         settled_status(held_back, now_secs())
     }
 
