@@ -152,6 +152,29 @@ impl DocSession {
         self.peers.get(peer)?.state.their_heads.as_deref()
     }
 
+    /// True when `peer` has told us its heads and we hold every one.
+    pub fn holds_heads_of(&self, peer: &PeerId) -> bool {
+        self.their_heads(peer).is_some_and(|theirs| {
+            theirs
+                .iter()
+                .all(|h| self.doc.get_change_meta_by_hash(h).is_some())
+        })
+    }
+
+    /// The next message to `peer` with no change in it: our heads, what we
+    /// have and what we need, so the peer sends what we lack before we
+    /// send anything it might refuse. The changes Automerge chose are not
+    /// marked sent, so a later message carries them.
+    pub fn generate_without_changes(&mut self, peer: &PeerId, now_ms: u64) -> Option<Vec<u8>> {
+        let sync = self.peers.get_mut(peer)?;
+        let before = sync.state.sent_hashes.clone();
+        let mut message = self.doc.generate_sync_message(&mut sync.state)?;
+        sync.state.sent_hashes = before;
+        message.changes = Vec::<Vec<u8>>::new().into();
+        self.last_activity_ms = self.last_activity_ms.max(now_ms);
+        Some(message.encode())
+    }
+
     /// Time of the last message to or from any peer; for idle eviction.
     pub fn last_activity_ms(&self) -> u64 {
         self.last_activity_ms
@@ -418,6 +441,62 @@ mod tests {
         assert_eq!(a.heads(), b.heads());
         assert!(b.peer_covers(&ida, &b.heads()));
         assert!(a.peer_covers(&idb, &a.heads()));
+    }
+
+    /// After a refusal the device must not send a change before it holds
+    /// every head the server announced: a head the server's answer left
+    /// out (it believed we had it) is asked for by name first, and our
+    /// change follows once it is here.
+    #[test]
+    fn a_message_without_changes_asks_for_missing_heads_and_keeps_ours_for_later() {
+        let (phone_id, server_id) = (peer("phone"), peer("server"));
+        let mut phone = DocSession::new(Automerge::new(), 0);
+        let mut server = DocSession::new(Automerge::new(), 0);
+        phone.add_peer(server_id.clone(), None, 0).expect("add");
+        server.add_peer(phone_id.clone(), None, 0).expect("add");
+        let mut tx = phone.document_mut().transaction();
+        tx.put(automerge::ROOT, "base", 0).expect("put");
+        tx.commit();
+        sync_pair(&mut phone, &phone_id, &mut server, &server_id);
+        for (session, key) in [(&mut phone, "mine"), (&mut server, "kept")] {
+            let mut tx = session.document_mut().transaction();
+            tx.put(automerge::ROOT, key, 1).expect("put");
+            tx.commit();
+        }
+        let kept = server.heads();
+        // The server's answer names its heads but carries none of its
+        // changes (as when our bloom filter falsely claims them).
+        let hello = phone.generate(&server_id, 0).expect("hello");
+        server.receive(&phone_id, &hello, 0).expect("receive");
+        let answer = server.generate(&phone_id, 0).expect("answer");
+        // (A false positive means the server never chose the change, so it
+        // does not count it as sent either.)
+        if let Some(sync) = server.peers.get_mut(&phone_id) {
+            sync.state.sent_hashes.clear();
+        }
+        let mut stripped = automerge::sync::Message::decode(&answer).expect("decode");
+        stripped.changes = Vec::<Vec<u8>>::new().into();
+        phone
+            .receive(&server_id, &stripped.encode(), 0)
+            .expect("receive");
+        assert!(!phone.holds_heads_of(&server_id));
+
+        let ask = phone
+            .generate_without_changes(&server_id, 0)
+            .expect("a message");
+        let ask = automerge::sync::Message::decode(&ask).expect("decode");
+        assert!(ask.changes.is_empty());
+        assert_eq!(ask.need, kept);
+        server
+            .receive(&phone_id, &ask.encode(), 0)
+            .expect("receive");
+        let kept_form = server.generate(&phone_id, 0).expect("the kept change");
+        phone.receive(&server_id, &kept_form, 0).expect("receive");
+        assert!(phone.holds_heads_of(&server_id));
+        // Our change was not marked sent: it still goes, and both converge.
+        sync_pair(&mut phone, &phone_id, &mut server, &server_id);
+        assert_eq!(phone.heads(), server.heads());
+        assert_eq!(server.document().get_changes(&kept).len(), 1);
     }
 
     #[test]

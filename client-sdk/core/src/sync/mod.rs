@@ -488,8 +488,20 @@ impl Connection {
                 // acknowledged goes with our heads, not a round trip after
                 // them. Uploads go in parts the server answers one by one.
                 let acked = r.acked.clone();
-                let first_flight = (first && !self.pull_first.contains(&id))
-                    .then_some((acked.as_slice(), FIRST_FLIGHT_BYTES));
+                let pull_first = self.pull_first.contains(&id);
+                if pull_first && !first && !r.session.holds_heads_of(&server_peer()) {
+                    // After a refusal, nothing goes until everything the
+                    // server holds is here: the form it kept may be a head
+                    // its first answer left out (a false positive in our
+                    // bloom filter), which we ask for by name.
+                    return r
+                        .session
+                        .generate_without_changes(&server_peer(), 0)
+                        .into_iter()
+                        .collect();
+                }
+                let first_flight =
+                    (first && !pull_first).then_some((acked.as_slice(), FIRST_FLIGHT_BYTES));
                 r.session
                     .generate_parts(&server_peer(), first_flight, PART_BYTES, 0)
             });
