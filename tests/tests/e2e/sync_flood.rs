@@ -365,3 +365,145 @@ async fn a_device_reconnecting_in_a_seeded_pattern_keeps_to_its_message_rate() -
     server.kill().await?;
     Ok(())
 }
+
+/// A device's socket whose receive buffer is small, so the kernel holds
+/// little of what the server sends once it stops reading: what is queued
+/// beyond that is the server's own memory.
+async fn small_window_peer(ws_url: &str, token: &str) -> anyhow::Result<doorstep_tests::TestPeer> {
+    let addr: std::net::SocketAddr = ws_url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/sync")
+        .parse()?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(16 * 1024)?;
+    let stream = socket.connect(addr).await?;
+    let mut request = ws_url.into_client_request()?;
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let (socket, _) =
+        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await?;
+    doorstep_tests::TestPeer::handshake(socket, None).await
+}
+
+/// Sockets that stop reading, by generator (the finding of issue 13 that
+/// a device's 100 non-reading sockets multiplied every change in memory,
+/// 2.2 GB, had a hand-written test only). A seeded plan: 3 devices of the
+/// branch each open 20 to 40 sockets, each subscribing to the roster and
+/// then reading nothing more, some after reading a seeded number of
+/// frames, each with a small receive buffer (so the kernel holds little
+/// of what is sent to it); meanwhile a writer stores 3 or 4 members whose
+/// notes are 2 or 3 MiB, each acknowledged, and a device of another branch
+/// syncs throughout. The real binary's peak memory must stay under 300 MiB
+/// (the queued bytes are capped at 64 MiB in all here), its threads and
+/// open files within bounds, and the other branch must keep syncing.
+/// `DOORSTEP_STALL_SEED` replays a seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_sockets_that_stop_reading_keep_the_servers_memory_bounded() -> anyhow::Result<()> {
+    use doorstep_protocol::schema::RecordId;
+    use doorstep_protocol::schema::roster::Member;
+    use doorstep_tests::SyncOutcome;
+
+    let seed: u64 = std::env::var("DOORSTEP_STALL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x0013_57a1);
+    eprintln!("stalled readers: seed {seed}");
+    let mut plan = Seeded::new(seed);
+    let data = tempfile::tempdir()?;
+    let store = Store::open(&data.path().join("doorstep.db")).await?;
+    let d = make_district(&store).await?;
+    let queued = (64 * MIB).to_string();
+    let server = ServerProcess::start_with_env(
+        std::path::Path::new(env!("CARGO_BIN_EXE_doorstep")),
+        data.path(),
+        &[("DOORSTEP_MAX_QUEUED_BYTES", &queued)],
+    )
+    .await?;
+    let (http, ws) = (server.http_url(), server.ws_url());
+    let roster = DocumentId::roster(d.yingfeng.id);
+    let threads_before = server.threads()?;
+    let busy = Arc::new(AtomicBool::new(true));
+    let pid = server.pid().expect("running");
+    let (threads, files) = watch_threads_and_files(pid, busy.clone());
+    let syncing = honest_device(
+        connected_device(
+            &http,
+            &ws,
+            enroll(&store, &http, d.fenghuangting.id, "other branch").await?,
+            None,
+        )
+        .await?,
+        busy.clone(),
+    );
+
+    let mut stalled = Vec::new();
+    let devices = 3;
+    for device in 0..devices {
+        let enrolled = enroll(&store, &http, d.yingfeng.id, &format!("stalling {device}")).await?;
+        for _ in 0..20 + plan.below(21) {
+            let mut peer = small_window_peer(&ws, &enrolled.token).await?;
+            peer.sync(roster).await?;
+            // Read on a while, or stop at once.
+            let frames = plan.below(3);
+            stalled.push((peer, frames));
+        }
+    }
+    let mut writer = connected_device(
+        &http,
+        &ws,
+        enroll(&store, &http, d.yingfeng.id, "writer").await?,
+        None,
+    )
+    .await?;
+    let members = 3 + plan.below(2);
+    let mut written = 0u64;
+    for i in 0..members {
+        let mib = 2 + plan.below(2);
+        written += mib;
+        let member = Member {
+            name: format!("member {i}"),
+            notes: Some("备注".repeat(usize::try_from(mib * MIB)? / 6)),
+            ..Member::default()
+        };
+        let doc = writer
+            .peer
+            .document_mut(writer.roster)
+            .ok_or_else(|| anyhow::anyhow!("no roster"))?;
+        let mut tx = doc.transaction();
+        doorstep_protocol::schema::write_record(&mut tx, RecordId::new_v7(), &member)?;
+        tx.commit();
+        let outcome = writer.peer.sync(writer.roster).await?;
+        anyhow::ensure!(
+            outcome == SyncOutcome::Synced,
+            "seed {seed}: member {i} not acknowledged: {outcome:?}"
+        );
+        // Sockets that read a little before they stall.
+        for (peer, frames) in &mut stalled {
+            if *frames > 0 {
+                *frames -= 1;
+                let _ = peer.recv_raw(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    busy.store(false, Ordering::SeqCst);
+    let rounds = syncing.await??;
+    let (threads, files) = (threads.await?, files.await?);
+    let peak = server.peak_rss_bytes()?;
+    eprintln!(
+        "stalled readers: {} sockets of {devices} devices, {members} members ({written} MiB of notes); peak RSS {} MiB, threads {threads_before} -> peak {threads}, open files peak {files}, the other device synced {rounds} times",
+        stalled.len(),
+        peak / MIB
+    );
+    assert_within_process_budgets(peak, threads_before, threads, files);
+    assert!(
+        rounds >= 1,
+        "seed {seed}: the other branch synced meanwhile"
+    );
+    drop(stalled);
+    let health = reqwest::get(format!("{http}/healthz")).await?;
+    assert!(health.status().is_success());
+    server.kill().await?;
+    Ok(())
+}
