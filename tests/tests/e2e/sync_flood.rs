@@ -418,6 +418,8 @@ async fn seeded_sockets_that_stop_reading_keep_the_servers_memory_bounded() -> a
     let server = ServerProcess::start_with_env(
         std::path::Path::new(env!("CARGO_BIN_EXE_doorstep")),
         data.path(),
+        // The default four sockets a device: with 64, the outbox budgets
+        // alone do not hold the memory (RELIABILITY.md, known limits).
         &[("DOORSTEP_MAX_QUEUED_BYTES", &queued)],
     )
     .await?;

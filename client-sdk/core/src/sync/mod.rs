@@ -154,6 +154,9 @@ const MAX_REBASES_PER_SYNC: usize = 16;
 const CLOSE_REVOKED: u16 = 4403;
 /// Syncs a refused change may wait for the form the server kept.
 const MAX_REBASE_WAITS: u32 = 3;
+/// Messages without changes a re-based document sends on one connection
+/// while it lacks some of the server's heads, before its changes go anyway.
+const MAX_HEADS_ONLY: u32 = 4;
 /// The server keeps a refused change's edits in another form: re-base.
 const CLOSE_KEPT_IN_ANOTHER_FORM: u16 = 4409;
 /// Largest message accepted from the server; a first sync of a big
@@ -314,6 +317,10 @@ struct Connection {
     unacked: Vec<DocumentId>,
     /// Documents whose first flight carries no change (`Rebasing`).
     pull_first: HashSet<DocumentId>,
+    /// Messages without changes sent per `pull_first` document on this
+    /// connection while the server's heads were not all here (bounded by
+    /// `MAX_HEADS_ONLY`).
+    heads_only: HashMap<DocumentId, u32>,
     /// The overall deadline of a bounded sync; no wait goes past it.
     deadline: Option<Instant>,
     /// The server accepted `wire::EXTENSION_COUNTED` (as last seen, until
@@ -399,6 +406,7 @@ impl Connection {
             sent: HashMap::new(),
             unacked: Vec::new(),
             pull_first,
+            heads_only: HashMap::new(),
             deadline,
             counted_extension: extensions.iter().any(|e| e == wire::EXTENSION_COUNTED),
             deflate: extensions.iter().any(|e| e == wire::EXTENSION_DEFLATE),
@@ -489,11 +497,20 @@ impl Connection {
                 // them. Uploads go in parts the server answers one by one.
                 let acked = r.acked.clone();
                 let pull_first = self.pull_first.contains(&id);
-                if pull_first && !first && !r.session.holds_heads_of(&server_peer()) {
+                let asked = self.heads_only.entry(id).or_default();
+                if pull_first
+                    && !first
+                    && *asked < MAX_HEADS_ONLY
+                    && !r.session.holds_heads_of(&server_peer())
+                {
                     // After a refusal, nothing goes until everything the
                     // server holds is here: the form it kept may be a head
                     // its first answer left out (a false positive in our
-                    // bloom filter), which we ask for by name.
+                    // bloom filter), which we ask for by name. A few times
+                    // only: a head the server will not send again on this
+                    // connection (it counts it sent, and we lost it) must
+                    // not keep our changes from going at all.
+                    *asked += 1;
                     return r
                         .session
                         .generate_without_changes(&server_peer(), 0)
