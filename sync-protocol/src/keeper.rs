@@ -905,6 +905,22 @@ impl Keeper {
     /// The store committed the batch of `ticket` (and bound its actors to
     /// its device): its heads may now be advertised to every peer.
     pub fn confirm(&mut self, ticket: Ticket, now_ms: u64) -> Outgoing {
+        let mut out = Vec::new();
+        self.confirm_each(ticket, now_ms, |peer, message| {
+            out.push((peer.clone(), message));
+            true
+        });
+        out
+    }
+
+    /// [`Keeper::confirm`], handing each peer's message to `deliver` as it
+    /// is made (see [`Keeper::generate_each`]); returns the peers dropped.
+    pub fn confirm_each(
+        &mut self,
+        ticket: Ticket,
+        now_ms: u64,
+        deliver: impl FnMut(&PeerId, Vec<u8>) -> bool,
+    ) -> Vec<PeerId> {
         let Some(pending) = self.pending.take_if(|p| p.ticket == ticket.0) else {
             // Not the ticket out: a driver bug. Keep silent rather than
             // advertise anything unconfirmed.
@@ -916,7 +932,7 @@ impl Keeper {
         }
         *self.device_actors.entry(pending.device).or_default() += pending.new_actors;
         self.touch(now_ms);
-        self.generate_all()
+        self.generate_each(deliver)
     }
 
     /// The store did not commit the batch of `ticket`. The sender is
@@ -951,6 +967,17 @@ impl Keeper {
         self.generate_all()
     }
 
+    /// [`Keeper::flush`], handing each peer's message to `deliver` as it is
+    /// made (see [`Keeper::generate_each`]); returns the peers dropped.
+    pub fn flush_each(
+        &mut self,
+        now_ms: u64,
+        deliver: impl FnMut(&PeerId, Vec<u8>) -> bool,
+    ) -> Vec<PeerId> {
+        self.touch(now_ms);
+        self.generate_each(deliver)
+    }
+
     /// A snapshot of the stored changes, for compaction: changes still
     /// waiting for dependencies were never checked and stay out.
     pub fn snapshot(&self) -> Vec<u8> {
@@ -961,10 +988,29 @@ impl Keeper {
     }
 
     fn generate_all(&mut self) -> Outgoing {
+        let mut out = Vec::new();
+        self.generate_each(|peer, message| {
+            out.push((peer.clone(), message));
+            true
+        });
+        out
+    }
+
+    /// Makes each peer's message and hands it to `deliver` at once, so no
+    /// more than one message exists outside the driver's queues however
+    /// many peers a document has (a change of several MiB fanned out to a
+    /// hundred sockets was a hundred copies at once). A peer whose message
+    /// `deliver` could not take is dropped (its sync state believes it was
+    /// sent; it resumes from its saved state on reconnect); the dropped
+    /// peers are returned.
+    pub fn generate_each(
+        &mut self,
+        mut deliver: impl FnMut(&PeerId, Vec<u8>) -> bool,
+    ) -> Vec<PeerId> {
         if self.pending.is_some() || self.needs_reload {
             return Vec::new();
         }
-        let mut out = Vec::new();
+        let mut dropped = Vec::new();
         let orphans_waiting = !self.orphans.is_empty();
         for (key, peer) in &mut self.peers {
             let Some(mut message) = self.doc.generate_sync_message(&mut peer.state) else {
@@ -980,9 +1026,14 @@ impl Keeper {
                         ..automerge::SaveOptions::default()
                     }));
             }
-            out.push((key.clone(), message.encode()));
+            if !deliver(key, message.encode()) {
+                dropped.push(key.clone());
+            }
         }
-        out
+        for key in &dropped {
+            self.peers.remove(key);
+        }
+        dropped
     }
 
     fn touch(&mut self, now_ms: u64) {

@@ -358,8 +358,12 @@ impl DocumentTask {
                     .extend(batch.changes.iter().map(|c| c.hash.to_string()));
                 let ticket = batch.ticket;
                 let now = now_ms() as u64;
-                match self.with_keeper(move |k| k.confirm(ticket, now)).await {
-                    Ok(outgoing) => self.deliver(outgoing),
+                let deliver = self.deliverer();
+                match self
+                    .with_keeper(move |k| k.confirm_each(ticket, now, deliver))
+                    .await
+                {
+                    Ok(dropped) => self.drop_overflowing(dropped),
                     // Stored, so nothing is lost; the peers hear on the next round.
                     Err(Panicked) => {
                         self.recover_from_panic(&connection.key).await;
@@ -411,9 +415,10 @@ impl DocumentTask {
                 self.chunk_keys = stored.keys;
                 self.snapshot_bytes = stored.snapshot_bytes;
                 let now = now_ms() as u64;
+                let deliver = self.deliverer();
                 if let Some(keeper) = self.keeper.as_mut() {
-                    let outgoing = keeper.flush(now);
-                    self.deliver(outgoing);
+                    let dropped = keeper.flush_each(now, deliver);
+                    self.drop_overflowing(dropped);
                 }
             }
             Err(e) => {
@@ -488,26 +493,47 @@ impl DocumentTask {
     }
 
     fn deliver(&mut self, outgoing: Outgoing) {
-        // A revoked device hears nothing more, even while its connection
-        // is still winding down.
+        let mut deliver = self.deliverer();
+        let dropped: Vec<PeerId> = outgoing
+            .into_iter()
+            .filter_map(|(peer, data)| (!deliver(&peer, data)).then_some(peer))
+            .collect();
+        if let Some(keeper) = self.keeper.as_mut() {
+            for peer in &dropped {
+                let _ = keeper.remove_peer(peer);
+            }
+        }
+        self.drop_overflowing(dropped);
+    }
+
+    /// Puts a peer's message in its connection's queue; false when the
+    /// queue has no room (the keeper then drops the peer). Runs where the
+    /// keeper makes its messages, one at a time ([`Keeper::generate_each`]).
+    /// A revoked device hears nothing more, even while its connection is
+    /// still winding down.
+    fn deliverer(&mut self) -> impl FnMut(&PeerId, Vec<u8>) -> bool + Send + 'static {
         self.drop_revoked();
-        for (peer, data) in outgoing {
-            let Some(subscriber) = self.subscribers.get(&peer) else {
-                continue;
-            };
-            let message = Outbound::Sync {
-                document_id: self.id,
-                data,
-            };
-            if subscriber.outbox.push(message).is_err() {
-                // The message is lost and the sync state believes it sent:
-                // the connection must go, and the peer resumes on reconnect.
+        let document_id = self.id;
+        let outboxes: HashMap<PeerId, Arc<Outbox>> = self
+            .subscribers
+            .iter()
+            .map(|(peer, s)| (peer.clone(), s.outbox.clone()))
+            .collect();
+        move |peer, data| {
+            outboxes
+                .get(peer)
+                .is_none_or(|outbox| outbox.push(Outbound::Sync { document_id, data }).is_ok())
+        }
+    }
+
+    /// The peers whose queue had no room: the message is lost and the sync
+    /// state believes it sent, so the connection must go, and the peer
+    /// resumes on reconnect.
+    fn drop_overflowing(&mut self, dropped: Vec<PeerId>) {
+        for peer in dropped {
+            if let Some(subscriber) = self.subscribers.remove(&peer) {
                 tracing::warn!(document = %self.id, %peer, "peer is not keeping up; dropping its connection");
                 subscriber.connection.overflow.notify_one();
-                self.subscribers.remove(&peer);
-                if let Some(keeper) = self.keeper.as_mut() {
-                    let _ = keeper.remove_peer(&peer);
-                }
             }
         }
     }

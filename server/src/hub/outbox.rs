@@ -65,6 +65,25 @@ struct Queue {
     ephemeral_bytes: usize,
 }
 
+/// A message taken off the queue and being sent. Its bytes stay taken from
+/// the budget until this is dropped, after the socket took the frame (or
+/// the connection ended): a socket that stops reading holds the message it
+/// was being sent, and that must count, or every stalled socket of every
+/// device holds one message more than the budget knows of.
+#[derive(Debug)]
+pub struct InFlight<'a> {
+    outbox: &'a Outbox,
+    counted: usize,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.counted > 0 {
+            self.outbox.share.give_back(self.counted);
+        }
+    }
+}
+
 /// A byte-bounded queue with one consumer (the connection's send loop).
 #[derive(Debug)]
 pub struct Outbox {
@@ -113,26 +132,34 @@ impl Outbox {
         Ok(())
     }
 
-    /// The next message, waiting for one if the queue is empty.
-    pub async fn pop(&self) -> Outbound {
+    /// The next message, waiting for one if the queue is empty, with the
+    /// guard that keeps its bytes in the budget until the socket took it.
+    pub async fn pop(&self) -> (Outbound, InFlight<'_>) {
         loop {
-            if let Some(message) = self.try_pop() {
-                return message;
+            if let Some(popped) = self.try_pop() {
+                return popped;
             }
             self.ready.notified().await;
         }
     }
 
-    fn try_pop(&self) -> Option<Outbound> {
+    fn try_pop(&self) -> Option<(Outbound, InFlight<'_>)> {
         let mut queue = self.queue.lock().ok()?;
         let message = queue.messages.pop_front()?;
         queue.bytes -= message.bytes();
-        if matches!(message, Outbound::Ephemeral(_)) {
+        let counted = if matches!(message, Outbound::Ephemeral(_)) {
             queue.ephemeral_bytes -= message.bytes();
+            0
         } else {
-            self.share.give_back(message.bytes());
-        }
-        Some(message)
+            message.bytes()
+        };
+        Some((
+            message,
+            InFlight {
+                outbox: self,
+                counted,
+            },
+        ))
     }
 
     /// Bytes waiting.
@@ -171,10 +198,14 @@ mod tests {
         outbox.push(sync(40)).expect("fits exactly");
         assert_eq!(outbox.push(sync(1)), Err(Full));
         assert_eq!(outbox.queued_bytes(), 100);
-        match outbox.pop().await {
+        let (sending, in_flight) = outbox.pop().await;
+        match sending {
             Outbound::Sync { data, .. } => assert_eq!(data.len(), 60),
             other => panic!("unexpected {other:?}"),
         }
+        // Until the socket has taken it, the message being sent counts.
+        assert_eq!(outbox.push(sync(50)), Err(Full));
+        drop(in_flight);
         outbox.push(sync(50)).expect("room again");
         assert_eq!(outbox.queued_bytes(), 90);
     }
@@ -226,7 +257,7 @@ mod tests {
         let outbox = outbox(10);
         outbox.push(sync(1000)).expect("empty queue takes it");
         assert_eq!(outbox.push(sync(1)), Err(Full));
-        outbox.pop().await;
+        drop(outbox.pop().await);
         assert_eq!(outbox.queued_bytes(), 0);
     }
 
@@ -235,7 +266,7 @@ mod tests {
         let outbox = Arc::new(outbox(10));
         let waiter = tokio::spawn({
             let outbox = outbox.clone();
-            async move { outbox.pop().await }
+            async move { outbox.pop().await.0 }
         });
         tokio::task::yield_now().await;
         outbox.push(sync(3)).expect("fits");

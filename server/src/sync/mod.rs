@@ -504,7 +504,7 @@ async fn serve(
                     return fatal;
                 }
             }
-            out = conn.outbox.pop() => {
+            (out, in_flight) = conn.outbox.pop() => {
                 let message = match out {
                     Outbound::Sync { document_id, data } => Message::Sync {
                         sender_id: hub.peer_id.clone(),
@@ -522,9 +522,12 @@ async fn serve(
                     },
                 };
                 let frame = extensions.frame(&message);
+                drop(message);
                 if let Err(fatal) = send_frame(socket, conn, frame, config.send_timeout).await {
                     return fatal;
                 }
+                // The socket took it: its bytes leave the budget now.
+                drop(in_flight);
             }
             frame = socket.recv() => {
                 // Any frame at all, a ping or a pong included, is a sign of life:
