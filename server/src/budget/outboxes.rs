@@ -141,13 +141,14 @@ pub struct OutboxShare {
 
 impl OutboxShare {
     /// Takes `bytes` from the connection's, the device's and the process's
-    /// bounds, or from none. A connection with nothing queued may exceed
-    /// its own and its device's bound by one message (a document larger
-    /// than the bound must still be sendable), and the process's up to
-    /// twice it: an honest change fanned out to many slow peers is queued
-    /// rather than dropping each of them, while the hard ceiling holds.
-    pub fn take(&self, bytes: usize) -> bool {
-        let empty = self.connection.used() == 0;
+    /// bounds, or from none. A connection with nothing queued (`empty`: a
+    /// message still being written does not count, or a slow phone taking
+    /// a large document would be dropped by the next edit) may exceed its
+    /// own and its device's bound by one message (a document larger than
+    /// the bound must still be sendable), and the process's up to twice
+    /// it: an honest change fanned out to many slow peers is queued rather
+    /// than dropping each of them, while the hard ceiling holds.
+    pub fn take(&self, bytes: usize, empty: bool) -> bool {
         let fits_total = if empty {
             self.total
                 .take_within(bytes, self.total.limit.saturating_mul(2))
@@ -207,13 +208,13 @@ mod tests {
         let device = DeviceId::new_v7();
         let a = budget.share(device);
         let b = budget.share(device);
-        assert!(a.take(100));
-        assert!(b.take(50));
-        assert!(!b.take(1), "the device's 150 are used");
+        assert!(a.take(100, true));
+        assert!(b.take(50, true));
+        assert!(!b.take(1, false), "the device's 150 are used");
         let other = budget.share(DeviceId::new_v7());
-        assert!(other.take(100), "another device has its own");
+        assert!(other.take(100, true), "another device has its own");
         a.give_back(100);
-        assert!(b.take(50));
+        assert!(b.take(50, false));
         assert_eq!(budget.queued(), 200);
     }
 
@@ -222,13 +223,16 @@ mod tests {
         let budget = budget(10, 10, 100);
         let device = DeviceId::new_v7();
         let a = budget.share(device);
-        assert!(a.take(60), "empty: one oversized message goes");
-        assert!(!a.take(1), "not empty any more");
+        assert!(a.take(60, true), "empty: one oversized message goes");
+        assert!(!a.take(1, false), "not empty any more");
         let b = budget.share(device);
-        assert!(b.take(90), "empty: past the process bound, within twice it");
+        assert!(
+            b.take(90, true),
+            "empty: past the process bound, within twice it"
+        );
         let c = budget.share(DeviceId::new_v7());
-        assert!(!c.take(51), "never past twice the process bound");
-        assert!(c.take(50));
+        assert!(!c.take(51, true), "never past twice the process bound");
+        assert!(c.take(50, true));
         drop(a);
         assert_eq!(budget.queued(), 140, "a dropped share gives its bytes back");
     }

@@ -119,7 +119,7 @@ impl Outbox {
                 if queue.ephemeral_bytes.saturating_add(size) > self.capacity / EPHEMERAL_SHARE {
                     return Err(Full);
                 }
-            } else if !self.share.take(size) {
+            } else if !self.share.take(size, queue.bytes == queue.ephemeral_bytes) {
                 return Err(Full);
             }
             queue.bytes += size;
@@ -257,6 +257,13 @@ mod tests {
         let outbox = outbox(10);
         outbox.push(sync(1000)).expect("empty queue takes it");
         assert_eq!(outbox.push(sync(1)), Err(Full));
+        // While that one is being written, the queue is empty again: the
+        // next large message goes too (a slow phone taking a big document
+        // is not dropped by the next edit), and nothing after it.
+        let in_flight = outbox.pop().await;
+        outbox.push(sync(1000)).expect("the queue is empty");
+        assert_eq!(outbox.push(sync(1)), Err(Full));
+        drop(in_flight);
         drop(outbox.pop().await);
         assert_eq!(outbox.queued_bytes(), 0);
     }

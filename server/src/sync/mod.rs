@@ -523,6 +523,10 @@ async fn serve(
                 };
                 let frame = extensions.frame(&message);
                 drop(message);
+                // Revoked while it waited in the queue: it must not go.
+                if conn.revoked.is_revoked() {
+                    return Some(stopped(conn));
+                }
                 if let Err(fatal) = send_frame(socket, conn, frame, config.send_timeout).await {
                     return fatal;
                 }

@@ -510,12 +510,13 @@ impl Connection {
                     // only: a head the server will not send again on this
                     // connection (it counts it sent, and we lost it) must
                     // not keep our changes from going at all.
-                    *asked += 1;
-                    return r
-                        .session
-                        .generate_without_changes(&server_peer(), 0)
-                        .into_iter()
-                        .collect();
+                    let message = r.session.generate_without_changes(&server_peer(), 0);
+                    // Counted when one goes (none does while one is in
+                    // flight), not per pass of the loop.
+                    if message.is_some() {
+                        *asked += 1;
+                    }
+                    return message.into_iter().collect();
                 }
                 let first_flight =
                     (first && !pull_first).then_some((acked.as_slice(), FIRST_FLIGHT_BYTES));
