@@ -358,7 +358,7 @@ impl LocalStore {
             .await
             .map_err(open_error)?;
         let rekeyed = LocalStore::rekey_on(&pool, new).await;
-        pool.close().await;
+        close_pool(&pool).await;
         rekeyed
     }
 
@@ -443,12 +443,12 @@ impl LocalStore {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.tidy().await;
-        self.pool.close().await;
+        close_pool(&self.pool).await;
     }
 
     /// Closes a store opened with [`Self::open_as_is`], writing nothing.
     pub async fn close_without_tidy(&self) {
-        self.pool.close().await;
+        close_pool(&self.pool).await;
     }
 
     /// How much the store takes on disk, and how much of it is data.
@@ -970,6 +970,25 @@ fn refuse_plaintext(path: &Path) -> Result<(), ClientError> {
 
 /// The error of opening the store: SQLCipher cannot tell a wrong key from
 /// a file that is not a database, both read as garbage.
+/// Closes every connection of `pool`. sqlx's `close` can return with one
+/// still open: a connection coming back while it waits runs the release
+/// check (`is_clean`, which pings), and joins the idle queue after `close`
+/// last emptied it. That connection kept the file open for as long as the
+/// closed client lived, and a `rekey` after `close` then found the store
+/// in use ("database is locked", and after a wait "still open
+/// elsewhere"). Closing again until none is left ends it.
+async fn close_pool(pool: &SqlitePool) {
+    pool.close().await;
+    for _ in 0..500 {
+        if pool.size() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        pool.close().await;
+    }
+    tracing::warn!(connections = pool.size(), "store connections still open after close");
+}
+
 fn open_error(e: sqlx::Error) -> ClientError {
     match e {
         sqlx::Error::Database(e) if e.message().contains("not a database") => ClientError::WrongKey,
