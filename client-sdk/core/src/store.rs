@@ -986,7 +986,10 @@ async fn close_pool(pool: &SqlitePool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
         pool.close().await;
     }
-    tracing::warn!(connections = pool.size(), "store connections still open after close");
+    tracing::warn!(
+        connections = pool.size(),
+        "store connections still open after close"
+    );
 }
 
 fn open_error(e: sqlx::Error) -> ClientError {
