@@ -493,7 +493,8 @@ impl DocumentTask {
     }
 
     fn deliver(&mut self, outgoing: Outgoing) {
-        let mut deliver = self.deliverer();
+        let peers: Vec<PeerId> = outgoing.iter().map(|(peer, _)| peer.clone()).collect();
+        let mut deliver = self.deliverer_to(Some(&peers));
         let dropped: Vec<PeerId> = outgoing
             .into_iter()
             .filter_map(|(peer, data)| (!deliver(&peer, data)).then_some(peer))
@@ -512,17 +513,34 @@ impl DocumentTask {
     /// A revoked device hears nothing more, even while its connection is
     /// still winding down.
     fn deliverer(&mut self) -> impl FnMut(&PeerId, Vec<u8>) -> bool + Send + 'static {
+        self.deliverer_to(None)
+    }
+
+    /// [`Self::deliverer`] for `peers` only (a reply), or every subscriber.
+    /// A device revoked while the keeper makes the messages (which can
+    /// take a while for a large document) is skipped at its push.
+    fn deliverer_to(
+        &mut self,
+        peers: Option<&[PeerId]>,
+    ) -> impl FnMut(&PeerId, Vec<u8>) -> bool + Send + 'static {
         self.drop_revoked();
         let document_id = self.id;
-        let outboxes: HashMap<PeerId, Arc<Outbox>> = self
-            .subscribers
-            .iter()
-            .map(|(peer, s)| (peer.clone(), s.outbox.clone()))
-            .collect();
+        let queue = |s: &Subscriber| (s.outbox.clone(), s.connection.revoked.clone());
+        let outboxes: HashMap<PeerId, _> = match peers {
+            Some(peers) => peers
+                .iter()
+                .filter_map(|peer| Some((peer.clone(), queue(self.subscribers.get(peer)?))))
+                .collect(),
+            None => self
+                .subscribers
+                .iter()
+                .map(|(peer, s)| (peer.clone(), queue(s)))
+                .collect(),
+        };
         move |peer, data| {
-            outboxes
-                .get(peer)
-                .is_none_or(|outbox| outbox.push(Outbound::Sync { document_id, data }).is_ok())
+            outboxes.get(peer).is_none_or(|(outbox, revoked)| {
+                revoked.is_revoked() || outbox.push(Outbound::Sync { document_id, data }).is_ok()
+            })
         }
     }
 
