@@ -225,6 +225,62 @@ fn devices_converge_and_the_store_holds_every_change() {
     assert!(world.refusals.is_empty(), "{:?}", world.refusals);
 }
 
+/// `confirm_each` hands each peer its message as it is made; a peer whose
+/// queue cannot take it is dropped at once (and reported), the others get
+/// theirs, and the dropped one, reconnecting with a fresh state, catches up.
+#[test]
+fn a_peer_whose_queue_is_full_is_dropped_and_catches_up_on_reconnect() {
+    let mut world = World::new(3, KeeperLimits::default());
+    world.quiesce();
+    world.devices[0].record_visit("new");
+    let full = world.devices[1].key.clone();
+    let mut handed = Vec::new();
+    let mut dropped = None;
+    for _ in 0..10 {
+        let device = &mut world.devices[0];
+        let Some(message) = device.doc.generate_sync_message(&mut device.state) else {
+            break;
+        };
+        let key = device.key.clone();
+        match world.keeper.receive(&key, &message.encode(), 1) {
+            Ok(Step::Persist(batch)) => {
+                for change in &batch.changes {
+                    world.store.chunks.insert(change.hash, change.bytes.clone());
+                }
+                dropped = Some(world.keeper.confirm_each(batch.ticket, 1, |peer, data| {
+                    handed.push(peer.clone());
+                    if *peer == full {
+                        return false;
+                    }
+                    world.inbox.entry(peer.clone()).or_default().push(data);
+                    true
+                }));
+                break;
+            }
+            Ok(Step::Reply(out)) => {
+                for (peer, data) in out {
+                    if peer == key {
+                        let message = sync::Message::decode(&data).expect("valid");
+                        let device = &mut world.devices[0];
+                        device
+                            .doc
+                            .receive_sync_message(&mut device.state, message)
+                            .expect("applies");
+                    }
+                }
+            }
+            Err(refusal) => panic!("refused: {refusal}"),
+        }
+    }
+    assert_eq!(dropped, Some(vec![full.clone()]));
+    assert!(handed.contains(&world.devices[2].key));
+    assert!(!world.keeper.has_peer(&full), "dropped from the keeper too");
+    world.quiesce();
+    for device in &world.devices {
+        assert_eq!(device.doc.get_heads(), world.keeper.heads());
+    }
+}
+
 #[test]
 fn a_failed_commit_acknowledges_nothing_and_the_device_completes_on_retry() {
     let mut world = World::new(2, KeeperLimits::default());
