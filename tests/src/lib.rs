@@ -179,6 +179,31 @@ impl TestServer {
         stored_document(&self.store, id).await
     }
 
+    /// Waits (up to 20 s) until the rollup `token` may read for `month`
+    /// totals `visits` visits and `aid_cash_fen` of cash aid.
+    pub async fn wait_for_rollup_total(
+        &self,
+        token: &str,
+        month: doorstep_protocol::Month,
+        visits: usize,
+        aid_cash_fen: i64,
+    ) -> anyhow::Result<()> {
+        let url = format!("{}/api/v1/rollups?month={month}", self.http_url());
+        eventually(Duration::from_secs(20), || async {
+            let rollup: serde_json::Value = reqwest::Client::new()
+                .get(&url)
+                .bearer_auth(token)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let total = &rollup["total"];
+            Ok(total["visits"] == visits && total["aid_cash_fen"] == aid_cash_fen)
+        })
+        .await
+    }
+
     /// The demo-shaped tenant tree.
     pub async fn district(&self) -> anyhow::Result<District> {
         make_district(&self.store).await
@@ -258,6 +283,15 @@ pub async fn make_district(store: &Store) -> anyhow::Result<District> {
 
 /// The store key test devices use, standing in for the platform keystore.
 /// Today by this machine's clock: the date tests give the records they make.
+/// A test's size or seed from the environment variable `name`, or
+/// `default` when it is unset or does not parse.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 pub fn today() -> doorstep_protocol::Date {
     let now = time::OffsetDateTime::now_utc();
     doorstep_protocol::Date::from_ymd(now.year(), now.month() as u8, now.day())

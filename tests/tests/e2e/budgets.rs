@@ -7,9 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use doorstep_protocol::schema::RecordId;
-use doorstep_protocol::schema::roster::Member;
-use doorstep_protocol::schema::write_record;
 use doorstep_protocol::{DocumentId, PeerId};
 use doorstep_server::admin;
 use doorstep_server::budget::{BudgetLimits, Budgets, ConnectionLimits};
@@ -489,15 +486,8 @@ async fn a_devices_sockets_that_stop_reading_do_not_multiply_changes_in_memory()
     )
     .await?;
     for i in 0..3 {
-        let member = Member {
-            name: format!("member {i}"),
-            notes: Some("备注".repeat(4 * 1024 * 1024 / 6)),
-            ..Member::default()
-        };
-        let doc = writer.peer.document_mut(writer.roster).expect("roster");
-        let mut tx = doc.transaction();
-        write_record(&mut tx, RecordId::new_v7(), &member)?;
-        tx.commit();
+        let notes = "备注".repeat(4 * 1024 * 1024 / 6);
+        crate::add_member_with_notes(&mut writer, &format!("member {i}"), Some(notes));
         assert_eq!(writer.peer.sync(writer.roster).await?, SyncOutcome::Synced);
     }
     busy.store(false, Ordering::SeqCst);
@@ -1118,15 +1108,8 @@ async fn seeded_slow_and_silent_clients_lock_nobody_out_and_are_all_let_go() -> 
         .await
         .map_err(|_| anyhow::anyhow!("round {round}: the honest client waited 10 s"))??;
         assert_eq!(health.status(), StatusCode::OK, "round {round}");
-        let member = Member {
-            name: format!("round {round}"),
-            notes: Some("备注".repeat(64 * 1024)),
-            ..Member::default()
-        };
-        let doc = writer.peer.document_mut(writer.roster).expect("roster");
-        let mut tx = doc.transaction();
-        write_record(&mut tx, RecordId::new_v7(), &member)?;
-        tx.commit();
+        let notes = "备注".repeat(64 * 1024);
+        crate::add_member_with_notes(&mut writer, &format!("round {round}"), Some(notes));
         let synced = tokio::time::timeout(Duration::from_secs(10), writer.peer.sync(writer.roster))
             .await
             .map_err(|_| anyhow::anyhow!("round {round}: the writer waited 10 s"))??;

@@ -20,7 +20,7 @@ use doorstep_protocol::schema::log::MonthlyLog;
 use doorstep_protocol::schema::roster::Roster;
 use doorstep_protocol::{Date, DocumentId};
 use doorstep_server::tenancy::Role;
-use doorstep_tests::{TestServer, eventually, sdk_device, this_month};
+use doorstep_tests::{TestServer, env_or, sdk_device, this_month};
 
 /// How long a retry may take before the store counts as wedged: well past
 /// an edit's few milliseconds, well under the store's 10 s lock wait.
@@ -45,14 +45,8 @@ impl Write {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_given_up_at_seeded_moments_are_stored_once_and_never_wedge_the_store()
 -> anyhow::Result<()> {
-    let cases: usize = std::env::var("DOORSTEP_CANCEL_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(500);
-    let seed: u64 = std::env::var("DOORSTEP_CANCEL_SEED")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0x0014_ca4c);
+    let cases: usize = env_or("DOORSTEP_CANCEL_CASES", 500);
+    let seed: u64 = env_or("DOORSTEP_CANCEL_SEED", 0x0014_ca4c);
     eprintln!("cancelled writes: {cases} cases, seed {seed}");
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
@@ -209,22 +203,8 @@ async fn writes_given_up_at_seeded_moments_are_stored_once_and_never_wedge_the_s
     let admin = server
         .login_as("district", Role::DistrictAdmin, d.district.id)
         .await?;
-    let expected = (visits_kept.len(), aid);
-    eventually(Duration::from_secs(20), || async {
-        let rollup: serde_json::Value = reqwest::Client::new()
-            .get(format!(
-                "{}/api/v1/rollups?month={month}",
-                server.http_url()
-            ))
-            .bearer_auth(&admin)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let total = &rollup["total"];
-        Ok(total["visits"] == expected.0 && total["aid_cash_fen"] == expected.1)
-    })
-    .await?;
+    server
+        .wait_for_rollup_total(&admin, month, visits_kept.len(), aid)
+        .await?;
     Ok(())
 }

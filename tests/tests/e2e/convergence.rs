@@ -86,14 +86,8 @@ async fn seeded_edits_on_three_phones_converge_and_the_rollups_equal_a_reproject
     }
     let months = [this_month().previous(), this_month()];
 
-    let steps: usize = std::env::var("DOORSTEP_SDK_CONVERGENCE_STEPS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(80);
-    let seed: u64 = std::env::var("DOORSTEP_SDK_CONVERGENCE_SEED")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0x0015_c0a1);
+    let steps: usize = doorstep_tests::env_or("DOORSTEP_SDK_CONVERGENCE_STEPS", 80);
+    let seed: u64 = doorstep_tests::env_or("DOORSTEP_SDK_CONVERGENCE_SEED", 0x0015_c0a1);
     // Exports carried to another phone by file: off in CI while some
     // seeds still end with a month held back on a phone (RELIABILITY.md,
     // known limits: one phone's exports made at different times and

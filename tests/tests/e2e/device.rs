@@ -891,23 +891,9 @@ async fn a_retried_write_with_the_apps_id_is_stored_once_and_counted_once() -> a
     ));
 
     assert!(phone.checkpoint().await?.safe);
-    let month = this_month().to_string();
-    eventually(Duration::from_secs(20), || async {
-        let total: serde_json::Value = reqwest::Client::new()
-            .get(format!(
-                "{}/api/v1/rollups?month={month}",
-                server.http_url()
-            ))
-            .bearer_auth(&admin)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let total = &total["total"];
-        Ok(total["visits"] == 1 && total["aid_cash_fen"] == Fen::from_yuan(500).0)
-    })
-    .await?;
+    server
+        .wait_for_rollup_total(&admin, this_month(), 1, Fen::from_yuan(500).0)
+        .await?;
     Ok(())
 }
 

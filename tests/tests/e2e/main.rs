@@ -94,10 +94,16 @@ pub async fn connected_device(
 
 /// Adds a member to the device's roster replica (not yet synced).
 pub fn add_member(device: &mut Device, name: &str) -> RecordId {
+    add_member_with_notes(device, name, None)
+}
+
+/// [`add_member`] with notes (large ones make a large change).
+pub fn add_member_with_notes(device: &mut Device, name: &str, notes: Option<String>) -> RecordId {
     let id = RecordId::new_v7();
     let member = Member {
         name: name.into(),
         kinds: [MemberKind::Hardship].into(),
+        notes,
         ..Member::default()
     };
     let doc = device.peer.document_mut(device.roster).expect("roster");

@@ -293,10 +293,7 @@ async fn a_device_reconnecting_in_a_seeded_pattern_keeps_to_its_message_rate() -
     const PER_SECOND: u64 = 40;
     const BURST: u64 = 40;
     const WINDOW: Duration = Duration::from_secs(4);
-    let seed: u64 = std::env::var("DOORSTEP_RATE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x0013_4a7e);
+    let seed: u64 = doorstep_tests::env_or("DOORSTEP_RATE_SEED", 0x0013_4a7e);
     eprintln!("message rate across reconnects: seed {seed}");
     let data = tempfile::tempdir()?;
     let store = Store::open(&data.path().join("doorstep.db")).await?;
@@ -401,14 +398,9 @@ async fn small_window_peer(ws_url: &str, token: &str) -> anyhow::Result<doorstep
 /// `DOORSTEP_STALL_SEED` replays a seed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_sockets_that_stop_reading_keep_the_servers_memory_bounded() -> anyhow::Result<()> {
-    use doorstep_protocol::schema::RecordId;
-    use doorstep_protocol::schema::roster::Member;
     use doorstep_tests::SyncOutcome;
 
-    let seed: u64 = std::env::var("DOORSTEP_STALL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x0013_57a1);
+    let seed: u64 = doorstep_tests::env_or("DOORSTEP_STALL_SEED", 0x0013_57a1);
     eprintln!("stalled readers: seed {seed}");
     let mut plan = Seeded::new(seed);
     let data = tempfile::tempdir()?;
@@ -464,18 +456,8 @@ async fn seeded_sockets_that_stop_reading_keep_the_servers_memory_bounded() -> a
     for i in 0..members {
         let mib = 2 + plan.below(2);
         written += mib;
-        let member = Member {
-            name: format!("member {i}"),
-            notes: Some("备注".repeat(usize::try_from(mib * MIB)? / 6)),
-            ..Member::default()
-        };
-        let doc = writer
-            .peer
-            .document_mut(writer.roster)
-            .ok_or_else(|| anyhow::anyhow!("no roster"))?;
-        let mut tx = doc.transaction();
-        doorstep_protocol::schema::write_record(&mut tx, RecordId::new_v7(), &member)?;
-        tx.commit();
+        let notes = "备注".repeat(usize::try_from(mib * MIB)? / 6);
+        crate::add_member_with_notes(&mut writer, &format!("member {i}"), Some(notes));
         let outcome = writer.peer.sync(writer.roster).await?;
         anyhow::ensure!(
             outcome == SyncOutcome::Synced,
