@@ -8,7 +8,11 @@
 //! round trip is charged to each connection's first bytes: nothing it
 //! sends leaves before a round trip after it connected. What a cut catches in flight is lost, as on a real link; the
 //! endpoints see their connections reset, and connections made while the
-//! link is down are dropped at once.
+//! link is down are dropped at once. A stalled direction carries nothing
+//! and closes nothing (a phone in a lift): what is sent waits, and the
+//! connections stay open until the stall ends or the link is cut. A
+//! stranded connection is stalled for good while new ones go through (a
+//! NAT that forgot a flow): only a cut ends it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -90,6 +94,17 @@ struct Shared {
     down_now: AtomicBool,
     /// Connections still to drop as soon as they are accepted.
     drop_next: AtomicU64,
+    /// Whether each direction, up and down, is stalled.
+    stalled: watch::Sender<Stall>,
+    /// Each open connection's own stall, for stranding it.
+    open: std::sync::Mutex<Vec<std::sync::Weak<watch::Sender<Stall>>>>,
+}
+
+/// Which directions of the link carry nothing for now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stall {
+    pub up: bool,
+    pub down: bool,
 }
 
 /// A shaping proxy in front of `target`.
@@ -118,6 +133,8 @@ impl ShapingProxy {
             generation: watch::channel(0).0,
             down_now: AtomicBool::new(false),
             drop_next: AtomicU64::new(0),
+            stalled: watch::channel(Stall::default()).0,
+            open: std::sync::Mutex::new(Vec::new()),
         });
         let accepting = shared.clone();
         let task = tokio::spawn(async move {
@@ -172,8 +189,29 @@ impl ShapingProxy {
         self.shared.drop_next.store(n, Ordering::SeqCst);
     }
 
+    /// Ends a cut (new connections go through again) and any stall.
     pub fn restore(&self) {
         self.shared.down_now.store(false, Ordering::SeqCst);
+        self.stall(Stall::default());
+    }
+
+    /// Holds the directions `stall` names: bytes wait in the proxy, and
+    /// every connection stays open, until a later call lets them go.
+    pub fn stall(&self, stall: Stall) {
+        self.shared.stalled.send_replace(stall);
+    }
+
+    /// Stalls every connection open now in the directions `stall` names,
+    /// for good (until a cut); connections made later go through.
+    pub fn strand(&self, stall: Stall) {
+        let mut open = self.shared.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|connection| match connection.upgrade() {
+            Some(connection) => {
+                connection.send_replace(stall);
+                true
+            }
+            None => false,
+        });
     }
 
     pub fn http_url(&self, tls: bool) -> String {
@@ -201,8 +239,28 @@ async fn relay(shared: Arc<Shared>, client: TcpStream, server: TcpStream) {
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     let handshake = Instant::now() + shared.shape.round_trip();
-    let up = pump(shared.clone(), client_read, server_write, true, handshake);
-    let down = pump(shared.clone(), server_read, client_write, false, handshake);
+    let own = Arc::new(watch::channel(Stall::default()).0);
+    shared
+        .open
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Arc::downgrade(&own));
+    let up = pump(
+        shared.clone(),
+        own.clone(),
+        client_read,
+        server_write,
+        true,
+        handshake,
+    );
+    let down = pump(
+        shared.clone(),
+        own.clone(),
+        server_read,
+        client_write,
+        false,
+        handshake,
+    );
     tokio::select! {
         _ = async { tokio::join!(up, down) } => {}
         _ = cut.changed() => {}
@@ -215,6 +273,7 @@ async fn relay(shared: Arc<Shared>, client: TcpStream, server: TcpStream) {
 /// real link instead of the proxy buffering without end.
 async fn pump(
     shared: Arc<Shared>,
+    own: Arc<watch::Sender<Stall>>,
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     upward: bool,
@@ -248,9 +307,16 @@ async fn pump(
         }
     };
     let writer_shared = shared.clone();
+    let (mut stalled, mut stranded) = (shared.stalled.subscribe(), own.subscribe());
     let writer = async move {
         while let Some((arrives, bytes)) = rx.recv().await {
             tokio::time::sleep_until(arrives).await;
+            let held = |s: &Stall| if upward { s.up } else { s.down };
+            if stranded.wait_for(|s| !held(s)).await.is_err()
+                || stalled.wait_for(|s| !held(s)).await.is_err()
+            {
+                break;
+            }
             if to.write_all(&bytes).await.is_err() {
                 break;
             }

@@ -11,7 +11,10 @@ use std::time::Duration;
 use doorstep_client::{
     Client, Fen, MemberFilter, NewMember, NewVisit, RecordId, SyncStatus, VisitDays, VisitKind,
 };
-use doorstep_tests::{TestServer, eventually, sdk_device};
+use doorstep_protocol::mutation::Seeded;
+use doorstep_tests::shaper::{LinkShape, ShapingProxy, Stall};
+use doorstep_tests::{TestServer, env_or, eventually, sdk_device};
+use std::collections::BTreeSet;
 
 fn visit(member: RecordId, cash_yuan: i64) -> NewVisit {
     NewVisit {
@@ -114,6 +117,50 @@ async fn sync_now_and_checkpoint_during_live_sync_return_by_their_deadline() -> 
         Ok(matches!(a.status(), SyncStatus::UpToDate { .. }))
     })
     .await?;
+    Ok(())
+}
+
+// Found by the generator below (seed 3): the live connection counted its
+// idle turns as progress, and the server's pings turned it every second,
+// so a probe nobody answered never timed out; and it checked the link only
+// every 30 s. A `sync_now` riding a connection whose way up had died
+// failed at its deadline, again and again, for as long as the server kept
+// the socket (90 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_now_over_a_live_connection_whose_way_up_died_connects_again_in_time()
+-> anyhow::Result<()> {
+    let server = TestServer::spawn_with(|c| c.ping_interval = Duration::from_secs(1)).await?;
+    let d = server.district().await?;
+    let proxy = ShapingProxy::start(server.addr, LinkShape::poor()).await?;
+    proxy.set_shaped(false);
+    let dir = tempfile::tempdir()?;
+    let phone = sdk_device(
+        &server.store,
+        &proxy.http_url(false),
+        d.yingfeng.id,
+        dir.path(),
+        |c| {
+            // A receive timeout longer than the deadline: only the probe's
+            // own bound can save the call.
+            c.receive_timeout = Duration::from_secs(60);
+            c.sync_deadline = Duration::from_secs(10);
+        },
+    )
+    .await?;
+    let someone = member(&phone, "吴桂兰").await?;
+    let _live = phone.start_background_sync();
+    eventually(Duration::from_secs(30), || async {
+        Ok(matches!(phone.status(), SyncStatus::UpToDate { .. }))
+    })
+    .await?;
+
+    proxy.strand(Stall {
+        up: true,
+        down: false,
+    });
+    phone.record_visit(visit(someone, 7)).await?;
+    phone.sync_now().await?;
+    assert_eq!(phone.pending_changes().await?, 0);
     Ok(())
 }
 
@@ -348,5 +395,518 @@ async fn follow_ups_due_and_member_history_read_only_the_months_that_hold_them()
         .map(|(id, _)| id)
         .collect();
     assert_eq!(due, vec![their_visit]);
+    Ok(())
+}
+
+/// How a seeded schedule leaves the phone's link for the next few steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Up,
+    /// Every connection reset, new ones dropped.
+    Cut,
+    /// Nothing carried, nothing closed, in the directions named.
+    Stalled(Stall),
+    /// The next few connections reset as they are made.
+    Flaky,
+    /// The connections open now stalled for good in the directions named,
+    /// new ones going through: the live connection must notice, even
+    /// while the server's pings still reach it.
+    Stranded(Stall),
+}
+
+/// A listener of the schedule: what it was last handed, and for a listener
+/// that blocks until the schedule lets it go, the sender that does.
+struct Observer {
+    observation: doorstep_client::Observation,
+    last_len: Arc<std::sync::Mutex<Option<usize>>>,
+    release: Option<mpsc::Sender<()>>,
+}
+
+/// How listeners of the schedule behave in their calls.
+#[derive(Debug, Clone, Copy)]
+enum Listening {
+    Quick,
+    Slow(Duration),
+    /// Blocks in its first call until the schedule releases it, as an app
+    /// whose listener waits on its UI thread would.
+    Held,
+}
+
+fn observer(client: &Client, sdk: &tokio::runtime::Handle, listening: Listening) -> Observer {
+    let last_len = Arc::new(std::sync::Mutex::new(None));
+    let (release, released) = mpsc::channel::<()>();
+    let released = std::sync::Mutex::new(released);
+    let seen = last_len.clone();
+    let listener: doorstep_client::Listener<(RecordId, doorstep_client::Visit)> =
+        Arc::new(move |list| {
+            match listening {
+                Listening::Quick => {}
+                Listening::Slow(pause) => std::thread::sleep(pause),
+                Listening::Held => {
+                    if let Ok(released) = released.lock() {
+                        let _ = released.recv_timeout(Duration::from_secs(600));
+                    }
+                }
+            }
+            if let Ok(mut seen) = seen.lock() {
+                *seen = Some(list.len());
+            }
+        });
+    // The SDK spawns the observation's query onto the runtime it is
+    // called from, as the FFI's calls run on its own.
+    let _entered = sdk.enter();
+    Observer {
+        observation: client.observe_visits(VisitDays::Day(today()), listener),
+        last_len,
+        release: matches!(listening, Listening::Held).then_some(release),
+    }
+}
+
+/// The SDK's own two-worker runtime, as the FFI keeps one. Shut down
+/// without waiting: a runtime may not block inside the test's, and on a
+/// failure its workers may be the ones stuck.
+struct SdkRuntime(Option<tokio::runtime::Runtime>);
+
+impl SdkRuntime {
+    fn new() -> std::io::Result<SdkRuntime> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        Ok(SdkRuntime(Some(runtime)))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(runtime) => runtime.handle().clone(),
+            None => unreachable!("the runtime is taken only on drop"),
+        }
+    }
+}
+
+impl Drop for SdkRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Runs `call` on the SDK's runtime and waits for it on the test's: a
+/// call that hangs, or an SDK whose workers are all blocked, shows as a
+/// named failure here instead of a test that never ends.
+async fn bounded<T: Send + 'static>(
+    sdk: &tokio::runtime::Handle,
+    what: String,
+    limit: Duration,
+    call: impl std::future::Future<Output = T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let task = sdk.spawn(call);
+    match tokio::time::timeout(limit, task).await {
+        Ok(done) => Ok(done?),
+        Err(_) => anyhow::bail!("{what} did not return within {limit:?}"),
+    }
+}
+
+/// The generator for issue 14's findings 4 and 5, which had hand-written
+/// tests only: a seeded schedule of what an app does (edits, `sync_now`,
+/// checkpoints, two of them at once, a short `sync_within`, live sync
+/// started and stopped, listeners that are quick, slow or blocked until a
+/// later step, observations dropped while their listener runs) while the
+/// link is cut, stalled in one or both directions or resets connections,
+/// and another phone writes all along through a server that pings every
+/// second. The SDK runs on its own two-worker runtime, as over the FFI.
+/// Checks: every call returns within its bound (edits without waiting for
+/// the link); `sync_now` and the checkpoint succeed whenever the link is
+/// up, and a success leaves nothing pending; at the end both phones hold
+/// the same visits, every one of this phone's among them, the status
+/// settles at `UpToDate`, and every listener still observing is handed the
+/// final list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_calls_over_a_failing_link_never_hang_the_sync_service_or_freeze_the_sdk()
+-> anyhow::Result<()> {
+    let seeds: u64 = env_or("DOORSTEP_SYNC_SERVICE_SEEDS", 3);
+    let first: u64 = env_or("DOORSTEP_SYNC_SERVICE_SEED", 1);
+    let steps: usize = env_or("DOORSTEP_SYNC_SERVICE_STEPS", 40);
+    for seed in first..first + seeds {
+        run_schedule(seed, steps).await.map_err(|e| {
+            e.context(format!(
+                "seed {seed}: DOORSTEP_SYNC_SERVICE_SEED={seed} DOORSTEP_SYNC_SERVICE_SEEDS=1 replays it"
+            ))
+        })?;
+    }
+    eprintln!("sync service: {seeds} seeds of {steps} steps, 0 failures");
+    Ok(())
+}
+
+async fn run_schedule(seed: u64, steps: usize) -> anyhow::Result<()> {
+    // Short, so a stalled call costs the run seconds, not minutes.
+    const SCHEDULE_DEADLINE: Duration = Duration::from_secs(4);
+    const RECEIVE_TIMEOUT: Duration = Duration::from_secs(3);
+    let server = TestServer::spawn_with(|c| c.ping_interval = Duration::from_secs(1)).await?;
+    let d = server.district().await?;
+    let proxy = ShapingProxy::start(server.addr, LinkShape::poor()).await?;
+    proxy.set_shaped(false);
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let runtime = SdkRuntime::new()?;
+    let sdk = runtime.handle();
+    let a = {
+        let (store, url, branch, dir) = (
+            server.store.clone(),
+            proxy.http_url(false),
+            d.yingfeng.id,
+            dir_a.path().to_path_buf(),
+        );
+        bounded(&sdk, "enrolling".into(), GRACE * 3, async move {
+            sdk_device(&store, &url, branch, &dir, |c| {
+                c.sync_deadline = SCHEDULE_DEADLINE;
+                c.receive_timeout = RECEIVE_TIMEOUT;
+                c.backoff_initial = Duration::from_millis(100);
+                c.backoff_max = Duration::from_secs(1);
+            })
+            .await
+        })
+        .await??
+    };
+    let b = sdk_device(
+        &server.store,
+        &server.http_url(),
+        d.yingfeng.id,
+        dir_b.path(),
+        |_| {},
+    )
+    .await?;
+    let mine = {
+        let a = a.clone();
+        bounded(&sdk, "adding a member".into(), GRACE, async move {
+            member(&a, "李秀兰").await
+        })
+        .await??
+    };
+    let theirs = member(&b, "赵建国").await?;
+    let live_b = b.start_background_sync();
+    let (stop_writing, mut stopped) = tokio::sync::watch::channel(false);
+    let writer = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            while !*stopped.borrow_and_update() {
+                let _ = b.record_visit(visit(theirs, 1)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(150)) => {}
+                    _ = stopped.changed() => {}
+                }
+            }
+        })
+    };
+
+    let mut plan = Seeded::new(seed);
+    let mut link = Link::Up;
+    let mut link_steps_left = 0;
+    let mut live: Option<doorstep_client::BackgroundSync> = None;
+    let mut observers: Vec<Observer> = Vec::new();
+    let mut recorded = BTreeSet::new();
+    let call_bound = SCHEDULE_DEADLINE + GRACE;
+    for step in 0..steps {
+        let at = |what: &str| format!("step {step} ({what}, link {link:?})");
+        match plan.below(100) {
+            0..25 => {
+                let a = a.clone();
+                let cash = step as i64;
+                let id = bounded(&sdk, at("record_visit"), GRACE, async move {
+                    a.record_visit(visit(mine, cash)).await
+                })
+                .await??;
+                recorded.insert(id);
+            }
+            25..45 => {
+                let deadline = if plan.chance(20) {
+                    Some(Duration::from_millis(plan.below(1_500)))
+                } else {
+                    None
+                };
+                let a2 = a.clone();
+                let result = bounded(&sdk, at("sync_now"), call_bound, async move {
+                    match deadline {
+                        Some(limit) => a2.sync_within(limit).await,
+                        None => a2.sync_now().await,
+                    }
+                })
+                .await?;
+                check_sync(
+                    &a,
+                    &sdk,
+                    &at("sync_now"),
+                    link,
+                    deadline,
+                    result.map(|_| ()),
+                )
+                .await?;
+            }
+            45..53 => {
+                let a2 = a.clone();
+                let checkpoint = bounded(&sdk, at("checkpoint"), call_bound, async move {
+                    a2.checkpoint().await
+                })
+                .await??;
+                anyhow::ensure!(
+                    !checkpoint.safe || checkpoint.unsynced_changes == 0,
+                    "{}: {checkpoint:?}",
+                    at("checkpoint")
+                );
+                if link == Link::Up {
+                    anyhow::ensure!(checkpoint.safe, "{}: {checkpoint:?}", at("checkpoint"));
+                }
+            }
+            53..58 => {
+                // Two calls at once, as an app's refresh and a background
+                // job may make them.
+                let (a2, a3) = (a.clone(), a.clone());
+                let first = bounded(
+                    &sdk,
+                    at("sync_now beside a checkpoint"),
+                    call_bound,
+                    async move { a2.sync_now().await },
+                );
+                let second = bounded(
+                    &sdk,
+                    at("checkpoint beside sync_now"),
+                    call_bound,
+                    async move { a3.checkpoint().await },
+                );
+                let (synced, checkpoint) = tokio::join!(first, second);
+                let checkpoint = checkpoint??;
+                check_sync(
+                    &a,
+                    &sdk,
+                    &at("sync_now beside a checkpoint"),
+                    link,
+                    None,
+                    synced?.map(|_| ()),
+                )
+                .await?;
+                if link == Link::Up {
+                    anyhow::ensure!(
+                        checkpoint.safe,
+                        "{}: {checkpoint:?}",
+                        at("checkpoint beside sync_now")
+                    );
+                }
+            }
+            58..68 => {
+                let (upward, both) = (
+                    Stall {
+                        up: true,
+                        down: false,
+                    },
+                    Stall {
+                        up: true,
+                        down: true,
+                    },
+                );
+                link = match plan.below(7) {
+                    0 => Link::Cut,
+                    4 => Link::Stranded(upward),
+                    5 => Link::Stranded(both),
+                    1 => Link::Stalled(Stall {
+                        up: true,
+                        down: true,
+                    }),
+                    2 => Link::Stalled(Stall {
+                        up: true,
+                        down: false,
+                    }),
+                    3 => Link::Stalled(Stall {
+                        up: false,
+                        down: true,
+                    }),
+                    _ => Link::Flaky,
+                };
+                link_steps_left = 1 + plan.below(4);
+                proxy.restore();
+                proxy.drop_next(0);
+                match link {
+                    Link::Cut => proxy.cut(),
+                    Link::Stalled(stall) => proxy.stall(stall),
+                    Link::Flaky => proxy.drop_next(1 + plan.below(3)),
+                    Link::Stranded(stall) => proxy.strand(stall),
+                    Link::Up => {}
+                }
+            }
+            68..76 => match live.take() {
+                Some(service) if plan.chance(50) => {
+                    bounded(&sdk, at("stopping live sync"), GRACE, service.stop()).await?;
+                }
+                Some(service) => drop(service),
+                None => {
+                    let _entered = sdk.enter();
+                    live = Some(a.start_background_sync());
+                }
+            },
+            76..86 => {
+                let listening = match plan.below(3) {
+                    0 => Listening::Quick,
+                    1 => Listening::Slow(Duration::from_millis(plan.below(800))),
+                    _ => Listening::Held,
+                };
+                observers.push(observer(&a, &sdk, listening));
+            }
+            86..92 if !observers.is_empty() => {
+                // Dropped from a thread of its own, perhaps while its
+                // listener is blocked in a call: the drop must not wait.
+                let gone = observers.swap_remove(plan.below(observers.len() as u64) as usize);
+                let (dropped_tx, dropped) = mpsc::channel();
+                std::thread::spawn(move || {
+                    drop(gone.observation);
+                    let _ = dropped_tx.send(());
+                });
+                let returned = dropped.recv_timeout(GRACE).is_ok();
+                if let Some(release) = gone.release {
+                    let _ = release.send(());
+                }
+                anyhow::ensure!(returned, "{}: dropping an observation waited", at("drop"));
+            }
+            92..96 => {
+                if let Some(held) = observers.iter_mut().find(|o| o.release.is_some()) {
+                    if let Some(release) = held.release.take() {
+                        let _ = release.send(());
+                    }
+                }
+            }
+            _ => {
+                let pause = Duration::from_millis(plan.below(600));
+                tokio::time::sleep(pause).await;
+                let a2 = a.clone();
+                bounded(&sdk, at("pending_changes"), GRACE, async move {
+                    a2.pending_changes().await
+                })
+                .await??;
+            }
+        }
+        if link != Link::Up {
+            link_steps_left -= 1;
+            if link_steps_left == 0 {
+                if let Link::Stranded(_) = link {
+                    // A stranded connection stays so; the link counts as
+                    // up once the live connection has had its receive
+                    // timeout to notice and connect again.
+                    tokio::time::sleep(RECEIVE_TIMEOUT + Duration::from_secs(1)).await;
+                }
+                link = Link::Up;
+                proxy.restore();
+                proxy.drop_next(0);
+            }
+        }
+    }
+
+    // The link back and live sync on, every listener let go: everything
+    // this phone recorded reaches the server and the other phone.
+    proxy.restore();
+    proxy.drop_next(0);
+    for held in &mut observers {
+        if let Some(release) = held.release.take() {
+            let _ = release.send(());
+        }
+    }
+    if live.is_none() {
+        let _entered = sdk.enter();
+        live = Some(a.start_background_sync());
+    }
+    let a2 = a.clone();
+    let result = bounded(&sdk, "the last sync_now".into(), call_bound, async move {
+        a2.sync_now().await
+    })
+    .await?;
+    check_sync(
+        &a,
+        &sdk,
+        "the last sync_now",
+        Link::Up,
+        None,
+        result.map(|_| ()),
+    )
+    .await?;
+    let _ = stop_writing.send(true);
+    writer.await?;
+    b.sync_now().await?;
+    let a2 = a.clone();
+    bounded(
+        &sdk,
+        "sync_now after the writer".into(),
+        call_bound,
+        async move { a2.sync_now().await },
+    )
+    .await??;
+    let ids = |list: Vec<(RecordId, doorstep_client::Visit)>| {
+        list.into_iter().map(|(id, _)| id).collect::<BTreeSet<_>>()
+    };
+    let a2 = a.clone();
+    let on_a = ids(bounded(&sdk, "listing".into(), GRACE, async move {
+        a2.visits_on(VisitDays::Day(today())).await
+    })
+    .await??);
+    let on_b = ids(b.visits_on(VisitDays::Day(today())).await?);
+    anyhow::ensure!(
+        on_a == on_b,
+        "the phones differ: {} against {}",
+        on_a.len(),
+        on_b.len()
+    );
+    anyhow::ensure!(
+        recorded.is_subset(&on_a),
+        "{} of this phone's visits are missing",
+        recorded.difference(&on_a).count()
+    );
+    eventually(Duration::from_secs(30), || async {
+        Ok(matches!(a.status(), SyncStatus::UpToDate { .. }))
+    })
+    .await
+    .map_err(|e| e.context(format!("the status stayed {:?}", a.status())))?;
+    for (i, observer) in observers.iter().enumerate() {
+        eventually(Duration::from_secs(30), || async {
+            Ok(*observer
+                .last_len
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                == Some(on_a.len()))
+        })
+        .await
+        .map_err(|e| e.context(format!("observer {i} was not handed the final list")))?;
+    }
+    drop(observers);
+    if let Some(service) = live {
+        bounded(&sdk, "the last stop".into(), GRACE, service.stop()).await?;
+    }
+    live_b.stop().await;
+    Ok(())
+}
+
+/// A `sync_now`'s result against the link it ran over: with the link up
+/// it must succeed (a full deadline of its own; a short `sync_within` may
+/// run out), and any success leaves nothing pending.
+async fn check_sync(
+    a: &Client,
+    sdk: &tokio::runtime::Handle,
+    what: &str,
+    link: Link,
+    short_limit: Option<Duration>,
+    result: Result<(), doorstep_client::ClientError>,
+) -> anyhow::Result<()> {
+    match result {
+        Ok(()) => {
+            let a = a.clone();
+            let pending = bounded(sdk, format!("{what}: pending_changes"), GRACE, async move {
+                a.pending_changes().await
+            })
+            .await??;
+            anyhow::ensure!(
+                pending == 0,
+                "{what} succeeded with {pending} changes pending"
+            );
+        }
+        Err(e) if link == Link::Up && short_limit.is_none() => {
+            anyhow::bail!("{what} failed with the link up: {e}")
+        }
+        Err(_) => {}
+    }
     Ok(())
 }

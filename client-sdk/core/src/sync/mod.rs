@@ -130,6 +130,10 @@ pub(crate) struct Synced {
 pub(crate) struct Ride {
     counted: bool,
     reply: oneshot::Sender<Result<Synced, ClientError>>,
+    /// The rider's own deadline: the live connection gives up on a link
+    /// that does not answer in time to leave it half for a connection of
+    /// its own.
+    deadline: Instant,
 }
 
 /// How `sync_now` and `checkpoint` reach the live connection.
@@ -916,7 +920,12 @@ impl Client {
             let requests = live.borrow_and_update().clone();
             if let Some(requests) = requests {
                 let (reply, answer) = oneshot::channel();
-                if requests.send(Ride { counted, reply }).is_ok() {
+                let ride = Ride {
+                    counted,
+                    reply,
+                    deadline,
+                };
+                if requests.send(ride).is_ok() {
                     match tokio::time::timeout_at(deadline, answer).await {
                         Ok(Ok(result)) => return result,
                         // That connection ended before it could answer:
@@ -1151,7 +1160,13 @@ impl Client {
         // The ping whose answer the waiting riders need, and whether it came.
         let mut probe: u64 = 0;
         let mut probed = true;
-        let mut ping = tokio::time::interval(PING_EVERY);
+        // When the link counts as dead if the probe is still unanswered:
+        // the server's own pings may keep arriving over a link whose way
+        // up is gone (a NAT that forgot the flow).
+        let mut probe_due: Option<Instant> = None;
+        let timeout = connection.receive_timeout;
+        // Checked at least once a receive timeout, however long that is.
+        let mut ping = tokio::time::interval(PING_EVERY.min(timeout));
         ping.tick().await;
         let mut recheck = self
             .inner
@@ -1160,7 +1175,6 @@ impl Client {
             // Bounded, so a huge setting cannot overflow the clock.
             .map(|every| every.clamp(Duration::from_secs(1), Duration::from_secs(86_400)))
             .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
-        let timeout = connection.receive_timeout;
         let mut last_heard = Instant::now();
         // The last sync message from the server, or the last moment with
         // nothing to wait for: the server's pings prove the link, not that
@@ -1214,7 +1228,9 @@ impl Client {
                 }
                 (outgoing, settled)
             };
-            if settled && outgoing.is_empty() {
+            // Idle is progress only with no probe outstanding: the loop
+            // turns on every server ping, which proves nothing going up.
+            if settled && probed && outgoing.is_empty() {
                 last_progress = Instant::now();
             }
             connection.send_all(outgoing).await?;
@@ -1224,6 +1240,7 @@ impl Client {
                     if let Some(Ok(WsMessage::Pong(payload))) = &frame {
                         if !probed && payload.as_ref() == probe.to_be_bytes() {
                             probed = true;
+                            probe_due = None;
                         }
                         continue;
                     }
@@ -1239,6 +1256,7 @@ impl Client {
                     }
                 }
                 Some(rider) = riders.recv() => {
+                    let rider_deadline = rider.deadline;
                     if waiting.is_empty() {
                         // The report covers what happened for these riders.
                         connection.report();
@@ -1258,11 +1276,17 @@ impl Client {
                     // be behind the pong: the server serves both in turn).
                     probe += 1;
                     probed = false;
+                    let now = Instant::now();
+                    let due = now + timeout.min(rider_deadline.saturating_duration_since(now) / 2);
+                    probe_due = Some(probe_due.map_or(due, |earlier| earlier.min(due)));
                     let until = Instant::now() + timeout;
                     tokio::time::timeout_at(until, connection.socket.send(WsMessage::Ping(probe.to_be_bytes().to_vec().into())))
                         .await
                         .map_err(|_| ClientError::Network("the server stopped reading".into()))?
                         .map_err(|e| ClientError::Network(e.to_string()))?;
+                }
+                _ = until_due(probe_due) => {
+                    return Err(ClientError::Network("the server did not answer a ping in time".into()));
                 }
                 _ = self.inner.edited.notified() => {}
                 _ = ping.tick() => {
@@ -1317,6 +1341,14 @@ impl<'a> Serving<'a> {
 impl Drop for Serving<'_> {
     fn drop(&mut self) {
         self.slot.send_replace(None);
+    }
+}
+
+/// Sleeps until `due`; forever without one.
+async fn until_due(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
     }
 }
 
