@@ -246,7 +246,7 @@ impl Extensions {
     /// A frame for this client: compressed when it accepted that.
     fn frame(self, message: &Message) -> WsMessage {
         let bytes = if self.deflate {
-            wire::encode_deflated(message)
+            wire::encode_deflated(message, wire::Inflate::FROM_SERVER)
         } else {
             wire::encode(message)
         };

@@ -193,7 +193,9 @@ impl Vocabulary {
                 mutate(&mut bytes, &cases.mutations());
                 WsMessage::Binary(bytes.into())
             }
-            2 => WsMessage::Binary(wire::encode_deflated(&message).into()),
+            2 => WsMessage::Binary(
+                wire::encode_deflated(&message, wire::Inflate::FROM_SERVER).into(),
+            ),
             3 => {
                 let len = cases.below(200);
                 let bytes: Vec<u8> = (0..len)

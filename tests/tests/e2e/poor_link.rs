@@ -359,12 +359,16 @@ async fn a_deflated_frame_is_refused_from_a_client_that_did_not_negotiate_it() -
     let mut stock = TestPeer::connect(&server.ws_url(), &enrolled.token, Some("stock")).await?;
     // Well-formed and small on the wire; inflating it is work the server
     // only does for a client that asked for deflate in its join.
-    let frame = doorstep_protocol::wire::encode_deflated(&Message::Sync {
-        sender_id: doorstep_protocol::PeerId::new("stock")?,
-        target_id: doorstep_protocol::PeerId::new("server")?,
-        document_id: DocumentId::roster(d.yingfeng.id),
-        data: vec![0; 1024 * 1024],
-    });
+    // (Encoded as for a receiver without a ratio, so it stays compressed.)
+    let frame = doorstep_protocol::wire::encode_deflated(
+        &Message::Sync {
+            sender_id: doorstep_protocol::PeerId::new("stock")?,
+            target_id: doorstep_protocol::PeerId::new("server")?,
+            document_id: DocumentId::roster(d.yingfeng.id),
+            data: vec![0; 1024 * 1024],
+        },
+        doorstep_protocol::wire::Inflate::FROM_SERVER,
+    );
     assert!(frame.len() < 8 * 1024, "{} bytes", frame.len());
     stock.send_raw(frame).await?;
     let (code, reason) = stock.closed(Duration::from_secs(10)).await?;

@@ -319,9 +319,12 @@ const DEFLATED: &str = "doorstep-deflated";
 /// Messages smaller than this are not worth compressing.
 const DEFLATE_FROM_BYTES: usize = 512;
 
-/// Encodes a message for a peer that accepted `wire::EXTENSION_DEFLATE`:
-/// compressed when that makes it smaller, plain otherwise.
-pub fn encode_deflated(message: &Message) -> Vec<u8> {
+/// Encodes a message for a peer that accepted `wire::EXTENSION_DEFLATE`
+/// and inflates within `receiver`: compressed when that makes it smaller
+/// and the receiver would inflate it, plain otherwise. (A visit
+/// whose notes repeat one phrase deflates past a server's ratio; sent
+/// compressed, it was refused on every try, and the edit never synced.)
+pub fn encode_deflated(message: &Message, receiver: Inflate) -> Vec<u8> {
     use std::io::Write;
 
     let plain = encode(message);
@@ -334,6 +337,9 @@ pub fn encode_deflated(message: &Message) -> Vec<u8> {
     let Ok(compressed) = compressed else {
         return plain;
     };
+    if plain.len() > receiver.limit(compressed.len(), usize::MAX) {
+        return plain;
+    }
     let mut e = Encoder::new(Vec::new());
     let written: EncodeResult = (|| {
         e.map(2)?;

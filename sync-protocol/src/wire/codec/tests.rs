@@ -343,7 +343,7 @@ fn a_deflated_message_round_trips_and_a_small_one_stays_plain() {
         document_id: doc(),
         data: b"visit visit visit ".repeat(500),
     };
-    let deflated = encode_deflated(&big);
+    let deflated = encode_deflated(&big, Inflate::FROM_DEVICE);
     assert!(
         deflated.len() * 5 < encode(&big).len(),
         "{}",
@@ -358,7 +358,34 @@ fn a_deflated_message_round_trips_and_a_small_one_stays_plain() {
     let small = Message::Leave {
         sender_id: peer("c"),
     };
-    assert_eq!(encode_deflated(&small), encode(&small));
+    assert_eq!(
+        encode_deflated(&small, Inflate::FROM_DEVICE),
+        encode(&small)
+    );
+}
+
+// Found by the disk-full generator: a visit whose notes repeat one phrase
+// deflated past the server's ratio, and the SDK sent it compressed on
+// every try, refused every time.
+#[test]
+fn a_message_that_deflates_past_the_receivers_ratio_goes_plain() {
+    let limits = Limits {
+        inflate: Some(Inflate::FROM_DEVICE),
+        ..Limits::default()
+    };
+    let repetitive = Message::Sync {
+        sender_id: peer("c"),
+        target_id: peer("server"),
+        document_id: doc(),
+        data: "备注".repeat(40_000).into_bytes(),
+    };
+    let frame = encode_deflated(&repetitive, Inflate::FROM_DEVICE);
+    assert_eq!(decode(&frame, &limits), Ok(repetitive.clone()));
+    assert_eq!(frame, encode(&repetitive), "sent plain");
+    // For a receiver without a ratio (a device, from its server) it is
+    // still compressed.
+    let to_device = encode_deflated(&repetitive, Inflate::FROM_SERVER);
+    assert!(to_device.len() * 100 < frame.len(), "{}", to_device.len());
 }
 
 /// A `doorstep-deflated` frame around `compressed`.
@@ -460,7 +487,12 @@ mod fuzz {
     fn corpus() -> Vec<Vec<u8>> {
         samples()
             .into_iter()
-            .flat_map(|(message, _)| [encode(&message), encode_deflated(&message)])
+            .flat_map(|(message, _)| {
+                [
+                    encode(&message),
+                    encode_deflated(&message, Inflate::FROM_SERVER),
+                ]
+            })
             .collect()
     }
 
