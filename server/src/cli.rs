@@ -417,12 +417,9 @@ pub async fn main() -> anyhow::Result<()> {
         // A read-only folder fails already here (SQLite cannot create the
         // write-ahead log beside the file): the same words as a read-only
         // file found by the probe below.
-        Err(e) if e.is_read_only() => {
-            return Err(anyhow::Error::new(e).context(format!(
-                "the database {} cannot be written (check the permissions of it and of {})",
-                cli.database_path().display(),
-                cli.data_dir.display()
-            )));
+        Err(e) if e.is_read_only() || e.is_disk_full() => {
+            let why = cannot_write(&cli, &e);
+            return Err(anyhow::Error::new(e).context(why));
         }
         Err(e) => {
             return Err(anyhow::Error::new(e).context(format!(
@@ -441,13 +438,10 @@ pub async fn main() -> anyhow::Result<()> {
             // it may not write read-only without a word, migrations already
             // applied write nothing, and in WAL mode even `begin immediate`
             // passes on such a file.
-            store.probe_write().await.with_context(|| {
-                format!(
-                    "the database {} cannot be written (check the permissions of it and of {})",
-                    cli.database_path().display(),
-                    cli.data_dir.display()
-                )
-            })?;
+            if let Err(e) = store.probe_write().await {
+                let why = cannot_write(&cli, &e);
+                return Err(anyhow::Error::new(e).context(why));
+            }
             crate::check_tls(&config)?;
             let listener = bind(args.listen).await?;
             let tls = config.tls_cert.is_some();
@@ -459,6 +453,24 @@ pub async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         _ => run_admin(&cli, &store).await,
+    }
+}
+
+/// What an operator is told when the database cannot be written: a full
+/// disk is named as such (it was told to check permissions), anything
+/// else points at the permissions.
+fn cannot_write(cli: &Cli, e: &crate::store::StoreError) -> String {
+    if e.is_disk_full() {
+        format!(
+            "the disk holding the database {} is full: free space on it and start again",
+            cli.database_path().display()
+        )
+    } else {
+        format!(
+            "the database {} cannot be written (check the permissions of it and of {})",
+            cli.database_path().display(),
+            cli.data_dir.display()
+        )
     }
 }
 

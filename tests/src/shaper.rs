@@ -98,6 +98,8 @@ struct Shared {
     stalled: watch::Sender<Stall>,
     /// Each open connection's own stall, for stranding it.
     open: std::sync::Mutex<Vec<std::sync::Weak<watch::Sender<Stall>>>>,
+    /// Where new connections go (a server started again elsewhere).
+    target: std::sync::Mutex<SocketAddr>,
 }
 
 /// Which directions of the link carry nothing for now.
@@ -135,6 +137,7 @@ impl ShapingProxy {
             drop_next: AtomicU64::new(0),
             stalled: watch::channel(Stall::default()).0,
             open: std::sync::Mutex::new(Vec::new()),
+            target: std::sync::Mutex::new(target),
         });
         let accepting = shared.clone();
         let task = tokio::spawn(async move {
@@ -153,6 +156,7 @@ impl ShapingProxy {
                     .connections
                     .fetch_add(1, Ordering::SeqCst);
                 let shared = accepting.clone();
+                let target = *accepting.target.lock().unwrap_or_else(|e| e.into_inner());
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(target).await {
                         relay(shared, client, server).await;
@@ -187,6 +191,12 @@ impl ShapingProxy {
     /// flaky link), the link staying up for the rest.
     pub fn drop_next(&self, n: u64) {
         self.shared.drop_next.store(n, Ordering::SeqCst);
+    }
+
+    /// New connections go to `target` from now on (the server was started
+    /// again on another port); the phones keep the proxy's address.
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.shared.target.lock().unwrap_or_else(|e| e.into_inner()) = target;
     }
 
     /// Ends a cut (new connections go through again) and any stall.

@@ -87,6 +87,11 @@ impl StoreError {
         self.sqlite_code().is_some_and(|c| c & 0xff == 8)
     }
 
+    /// Whether the disk holding the database is full (`SQLITE_FULL`).
+    pub fn is_disk_full(&self) -> bool {
+        self.sqlite_code().is_some_and(|c| c & 0xff == 13)
+    }
+
     fn sqlite_code(&self) -> Option<i32> {
         match self {
             StoreError::Database(sqlx::Error::Database(e)) => e.code()?.parse().ok(),

@@ -17,6 +17,12 @@ use doorstep_tests::{ServerProcess, SyncOutcome, TestPeer, enroll, eventually, m
 use reqwest::StatusCode;
 use serde_json::json;
 
+use anyhow::Context;
+use doorstep_client::{Fen, NewVisit, RecordId, VisitKind};
+use doorstep_protocol::mutation::Seeded;
+use doorstep_tests::shaper::{LinkShape, ShapingProxy};
+use doorstep_tests::{sdk_device, this_month, today};
+
 use crate::{add_member, connected_device};
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
@@ -182,5 +188,300 @@ async fn a_disk_that_fills_stops_acknowledgements_and_writes_work_again_once_fre
         assert!(stored.get_change_by_hash(&head).is_some());
     }
     store.close().await;
+    Ok(())
+}
+
+/// Fills the disk, then gives back `slack` bytes of it: some writes fit,
+/// the next does not, as on a phone or server whose disk fills slowly.
+fn fill_leaving(path: &Path, slack: u64) -> std::io::Result<PathBuf> {
+    let filler = fill(path)?;
+    let file = std::fs::OpenOptions::new().write(true).open(&filler)?;
+    let len = file.metadata()?.len();
+    file.set_len(len.saturating_sub(slack))?;
+    Ok(filler)
+}
+
+fn visit_with(member: RecordId, cash_yuan: i64, notes: Option<String>) -> NewVisit {
+    NewVisit {
+        date: today(),
+        member_id: member,
+        kind: VisitKind::Routine,
+        visitors: vec!["王志愿".into()],
+        aid_cash: Fen::from_yuan(cash_yuan),
+        aid_goods: Fen::ZERO,
+        goods_description: None,
+        notes,
+        follow_up: None,
+    }
+}
+
+/// One phone of the generator: its client and the member it visits.
+struct Phone {
+    client: doorstep_client::Client,
+    member: RecordId,
+    _dir: tempfile::TempDir,
+}
+
+/// The district's total for this month, as an official reads it.
+async fn visits_and_cash(url: &str, admin: &str) -> anyhow::Result<(i64, i64)> {
+    let body: serde_json::Value = reqwest::Client::new()
+        .get(format!("{url}/api/v1/rollups?month={}", this_month()))
+        .bearer_auth(admin)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok((
+        body["total"]["visits"].as_i64().unwrap_or(-1),
+        body["total"]["aid_cash_fen"].as_i64().unwrap_or(-1),
+    ))
+}
+
+async fn admin_token(url: &str) -> anyhow::Result<String> {
+    let body: serde_json::Value = reqwest::Client::new()
+        .post(format!("{url}/api/v1/login"))
+        .json(&json!({ "username": "admin", "password": "a long enough password" }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    body["token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no token in {body}"))
+}
+
+/// The generator for issue 13's full disk, which had one scenario: seeded
+/// cycles on the real binary over a small tmpfs. Each cycle two phones
+/// record visits (some with large notes) and sync; the disk is filled
+/// leaving a seeded slack (none to a megabyte), and the phones record and
+/// sync again while the server's logins, readiness and liveness are asked;
+/// sometimes the server is killed while full and started again (which may
+/// fail while full, never hang); then the disk is freed. Checks: while full
+/// a sync either succeeds with nothing pending or fails, nothing else;
+/// readiness says 503 or 200 and liveness 200; once freed the same server
+/// is ready again without a restart, and every sync succeeds; at the end
+/// the rollups equal every visit recorded on the phones, before and after
+/// a reprojection, and the database passes `integrity_check`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_fills_and_frees_of_the_disk_lose_nothing_and_need_no_restart() -> anyhow::Result<()>
+{
+    let cycles: u64 = doorstep_tests::env_or("DOORSTEP_DISK_FULL_CYCLES", 5);
+    let seed: u64 = doorstep_tests::env_or("DOORSTEP_DISK_FULL_SEED", 0x13d1_5c00);
+    eprintln!("disk full: {cycles} cycles, seed {seed}");
+    let Some(disk) = SmallDisk::mount("48m")? else {
+        return Ok(());
+    };
+    let data = disk.path().join("data");
+    let store = Store::open(&data.join("doorstep.db")).await?;
+    let d = make_district(&store).await?;
+    for (name, role, tenant) in [
+        ("secretary", Role::BranchSecretary, d.yingfeng.id),
+        ("admin", Role::DistrictAdmin, d.district.id),
+    ] {
+        admin::create_user(&store, name, "a long enough password", role, tenant, "test").await?;
+    }
+    let binary = Path::new(env!("CARGO_BIN_EXE_doorstep"));
+    let mut server = Some(ServerProcess::start(binary, &data).await?);
+    // The phones reach the server through a plain relay, so a server
+    // started again on another port is the same address to them.
+    let first = server.as_ref().map(|s| s.addr).context("started")?;
+    let relay = ShapingProxy::start(first, LinkShape::poor()).await?;
+    relay.set_shaped(false);
+    let url = relay.http_url(false);
+
+    let mut phones = Vec::new();
+    for name in ["甲", "乙"] {
+        let dir = tempfile::tempdir()?;
+        let client = sdk_device(&store, &url, d.yingfeng.id, dir.path(), |_| {}).await?;
+        let member = client
+            .add_member(doorstep_client::NewMember {
+                name: format!("{name}成员"),
+                ..Default::default()
+            })
+            .await?;
+        phones.push(Phone {
+            client,
+            member,
+            _dir: dir,
+        });
+    }
+
+    // Outside the small disk, so a start that fails there can say why.
+    let logs = tempfile::tempdir()?;
+    let mut plan = Seeded::new(seed);
+    let (mut visits, mut cash_fen) = (0i64, 0i64);
+    let mut outcomes = std::collections::BTreeMap::<&str, usize>::new();
+    for cycle in 0..cycles {
+        let at = |what: &str| format!("cycle {cycle} (seed {seed}): {what}");
+        // Room on the disk: everything syncs.
+        for phone in &phones {
+            for _ in 0..=plan.below(3) {
+                record(phone, &mut plan, &mut visits, &mut cash_fen).await?;
+            }
+            sync_with_nothing_pending(phone, &at("a sync with room")).await?;
+        }
+
+        // Full, but for a seeded slack.
+        let slack = [0, 8 << 10, 64 << 10, 256 << 10, 1 << 20][plan.below(5) as usize];
+        let filler = fill_leaving(disk.path(), slack)?;
+        for _ in 0..=plan.below(3) {
+            let phone = &phones[plan.below(2) as usize];
+            record(phone, &mut plan, &mut visits, &mut cash_fen).await?;
+            if server.is_some() {
+                let outcome = match tokio::time::timeout(GRACE, phone.client.sync_now()).await {
+                    Err(_) => anyhow::bail!("{}", at("a sync while full hung")),
+                    Ok(Ok(_)) => {
+                        anyhow::ensure!(
+                            phone.client.pending_changes().await? == 0,
+                            "{}",
+                            at("a sync succeeded with changes pending")
+                        );
+                        "synced while full"
+                    }
+                    Ok(Err(_)) => "refused while full",
+                };
+                *outcomes.entry(outcome).or_default() += 1;
+                let status = login(&url).await?;
+                anyhow::ensure!(
+                    status == StatusCode::OK || status.is_server_error(),
+                    "{}",
+                    at(&format!("a login while full answered {status}"))
+                );
+                let ready = reqwest::get(format!("{url}/readyz")).await?.status();
+                anyhow::ensure!(
+                    ready == StatusCode::OK || ready == StatusCode::SERVICE_UNAVAILABLE,
+                    "{}",
+                    at(&format!("readiness answered {ready}"))
+                );
+                let live = reqwest::get(format!("{url}/healthz")).await?.status();
+                anyhow::ensure!(
+                    live == StatusCode::OK,
+                    "{}",
+                    at(&format!("liveness {live}"))
+                );
+            }
+        }
+        if server.is_some() && plan.chance(30) {
+            // A kill while full, and a start that may fail but not hang.
+            if let Some(running) = server.take() {
+                running.kill().await?;
+            }
+            *outcomes.entry("killed while full").or_default() += 1;
+            let log = logs.path().join(format!("start-{cycle}.log"));
+            let start = ServerProcess::start_logging(binary, &data, "warn", Some(&log));
+            match tokio::time::timeout(GRACE * 3, start).await {
+                Err(_) => anyhow::bail!("{}", at("a start while full hung")),
+                Ok(Ok(started)) => {
+                    *outcomes.entry("started while full").or_default() += 1;
+                    server = Some(started);
+                }
+                Ok(Err(_)) => {
+                    // The operator is told the disk is full, not to check
+                    // permissions (as the first runs of this generator did).
+                    let said = std::fs::read_to_string(&log)?;
+                    anyhow::ensure!(
+                        said.contains("is full: free space on it"),
+                        "{}",
+                        at(&format!("a start refused while full said: {said}"))
+                    );
+                    *outcomes.entry("refused to start while full").or_default() += 1;
+                }
+            }
+        }
+
+        // Freed: the same server is ready again, without a restart.
+        std::fs::remove_file(filler)?;
+        match &server {
+            Some(running) => {
+                let ready_url = running.http_url();
+                eventually(Duration::from_secs(10), || async {
+                    Ok(reqwest::get(format!("{ready_url}/readyz")).await?.status()
+                        == StatusCode::OK)
+                })
+                .await
+                .map_err(|e| e.context(at("not ready again once freed")))?;
+            }
+            None => server = Some(ServerProcess::start(binary, &data).await?),
+        }
+        if let Some(running) = &server {
+            relay.retarget(running.addr);
+        }
+        anyhow::ensure!(
+            login(&url).await? == StatusCode::OK,
+            "{}",
+            at("a login once freed")
+        );
+        for phone in &phones {
+            sync_with_nothing_pending(phone, &at("a sync once freed")).await?;
+        }
+    }
+
+    // Every visit recorded is counted once, before and after a reprojection.
+    let admin = admin_token(&url).await?;
+    let expected = (visits, cash_fen);
+    anyhow::ensure!(
+        visits_and_cash(&url, &admin).await? == expected,
+        "the rollup differs from the {visits} visits recorded"
+    );
+    if let Some(running) = server.take() {
+        running.kill().await?;
+    }
+    doorstep_server::projection::reproject(&store).await?;
+    let integrity: (String,) = {
+        use sqlx::Connection;
+        let mut checking = sqlx::SqliteConnection::connect(&format!(
+            "sqlite://{}",
+            data.join("doorstep.db").display()
+        ))
+        .await?;
+        sqlx::query_as("PRAGMA integrity_check")
+            .fetch_one(&mut checking)
+            .await?
+    };
+    anyhow::ensure!(integrity.0 == "ok", "integrity_check: {}", integrity.0);
+    let again = ServerProcess::start(binary, &data).await?;
+    relay.retarget(again.addr);
+    anyhow::ensure!(
+        visits_and_cash(&url, &admin).await? == expected,
+        "the rollup differs after a reprojection"
+    );
+    again.kill().await?;
+    store.close().await;
+    eprintln!("disk full: {cycles} cycles, {visits} visits, 0 failures; {outcomes:?}");
+    Ok(())
+}
+
+/// Bounds a call that must not hang on a full disk.
+const GRACE: Duration = Duration::from_secs(30);
+
+async fn record(
+    phone: &Phone,
+    plan: &mut Seeded,
+    visits: &mut i64,
+    cash_fen: &mut i64,
+) -> anyhow::Result<()> {
+    let yuan = i64::try_from(plan.below(500))?;
+    let notes = plan
+        .chance(30)
+        .then(|| "备注".repeat(usize::try_from(plan.below(40 << 10)).unwrap_or(0)));
+    phone
+        .client
+        .record_visit(visit_with(phone.member, yuan, notes))
+        .await?;
+    *visits += 1;
+    *cash_fen += yuan * 100;
+    Ok(())
+}
+
+async fn sync_with_nothing_pending(phone: &Phone, what: &str) -> anyhow::Result<()> {
+    tokio::time::timeout(GRACE, phone.client.sync_now())
+        .await
+        .map_err(|_| anyhow::anyhow!("{what}: hung"))?
+        .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    let pending = phone.client.pending_changes().await?;
+    anyhow::ensure!(pending == 0, "{what}: {pending} changes pending");
     Ok(())
 }
