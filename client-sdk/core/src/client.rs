@@ -9,7 +9,7 @@
 //! store rolled back from a backup never writes two changes under one
 //! actor and sequence number.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Weak};
@@ -132,6 +132,10 @@ pub(crate) struct Inner {
     /// Re-bases of changes the server keeps in another form, across
     /// connections (`sync::Rebasing`).
     pub rebasing: std::sync::Mutex<crate::sync::Rebasing>,
+    /// Documents the server refused outright (not found for this device)
+    /// while they held edits it has not acknowledged, as the last settled
+    /// sync saw them: those edits exist only on this phone.
+    pub refused_with_edits: std::sync::Mutex<HashSet<doorstep_protocol::DocumentId>>,
     pub store: LocalStore,
     pub transport: Transport,
     pub identity: std::sync::RwLock<Option<Arc<Identity>>>,
@@ -321,6 +325,7 @@ impl Client {
             changed,
             messages_sent: std::sync::Mutex::new(HashMap::new()),
             rebasing: std::sync::Mutex::default(),
+            refused_with_edits: std::sync::Mutex::default(),
             store,
             transport,
             identity: std::sync::RwLock::new(identity),

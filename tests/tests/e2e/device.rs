@@ -1238,3 +1238,70 @@ async fn a_stand_in_that_makes_other_edits_does_not_make_the_original_vanish() -
     assert!(again.contains(&original_hex));
     Ok(())
 }
+
+// From the fourth review: a document the server refuses outright while
+// it holds an edit the server never acknowledged settled as "up to date",
+// and an app that took that for "safe to wipe" would lose the edit.
+#[tokio::test]
+async fn a_document_refused_with_unacknowledged_edits_is_never_reported_up_to_date()
+-> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let dir = tempfile::tempdir()?;
+    let a = sdk_device(
+        &server.store,
+        &server.http_url(),
+        d.yingfeng.id,
+        dir.path(),
+        |_| {},
+    )
+    .await?;
+    let m = member(&a, "周建华").await?;
+    let day = first_day(this_month());
+    a.record_visit(visit_on(day, m, 10)).await?;
+    a.sync_now().await?;
+    assert!(matches!(a.status(), SyncStatus::UpToDate { .. }));
+
+    // The server no longer counts the month as this branch's (here its
+    // row is moved by hand; a server clock set back, or a month erased,
+    // would do the same): it answers as for a document it does not have.
+    let log = DocumentId::monthly_log(d.yingfeng.id, this_month());
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", server.database_path().display()))
+        .await?;
+    sqlx::query("update documents set branch_id = ? where id = ?")
+        .bind(d.district.id.to_string())
+        .bind(log.to_string())
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+
+    let unacknowledged = a.record_visit(visit_on(day, m, 20)).await?;
+    let report = a.sync_now().await?;
+    assert!(report.refused.contains(&log), "{report:?}");
+    match a.status() {
+        SyncStatus::Error { reason } => {
+            assert!(
+                reason.contains("edits the server does not take"),
+                "{reason}"
+            )
+        }
+        other => panic!("a refused month with an edit only here, yet {other:?}"),
+    }
+    assert!(!a.checkpoint().await?.safe);
+    assert_eq!(a.edit_state(unacknowledged).await?, EditState::Local);
+
+    // Live sync settles the same way, and stopping it keeps the word.
+    let live = a.start_background_sync();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    live.stop().await;
+    match a.status() {
+        SyncStatus::Error { reason } => {
+            assert!(
+                reason.contains("edits the server does not take"),
+                "{reason}"
+            )
+        }
+        other => panic!("after live sync, {other:?}"),
+    }
+    Ok(())
+}

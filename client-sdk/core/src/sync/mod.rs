@@ -287,19 +287,31 @@ impl Rebasing {
     }
 }
 
-/// Up to date, unless documents are held back ([`Rebasing`]): their edits
-/// cannot reach the server, and an app that read "up to date" as "safe to
-/// wipe the phone" would lose them. So the status says so, and where they
-/// are: on this phone, exportable.
-fn settled_status(held_back: usize, now: i64) -> SyncStatus {
-    match held_back {
-        0 => SyncStatus::UpToDate { at_unix_secs: now },
-        n => SyncStatus::Error {
-            reason: format!(
-                "{n} document(s) held back: the server refused a change of theirs that this phone could not re-base; \
-                 their edits stay on this phone (export them) and the rest is up to date"
-            ),
-        },
+/// Up to date, unless documents are held back ([`Rebasing`]) or refused
+/// by the server with edits it never acknowledged: those edits cannot
+/// reach the server, and an app that read "up to date" as "safe to wipe
+/// the phone" would lose them. So the status says so, and where they are:
+/// on this phone, exportable.
+fn settled_status(held_back: usize, refused_with_edits: usize, now: i64) -> SyncStatus {
+    let mut problems = Vec::new();
+    if held_back > 0 {
+        problems.push(format!(
+            "{held_back} document(s) held back: the server refused a change of theirs that this phone could not re-base"
+        ));
+    }
+    if refused_with_edits > 0 {
+        problems.push(format!(
+            "{refused_with_edits} document(s) with edits the server does not take for this phone (not found for it)"
+        ));
+    }
+    if problems.is_empty() {
+        return SyncStatus::UpToDate { at_unix_secs: now };
+    }
+    SyncStatus::Error {
+        reason: format!(
+            "{}; their edits stay on this phone (export them) and the rest is up to date",
+            problems.join("; ")
+        ),
     }
 }
 
@@ -571,7 +583,7 @@ impl Connection {
     async fn send_all(&mut self, messages: Vec<Message>) -> Result<(), ClientError> {
         for message in messages {
             let bytes = if self.deflate {
-                wire::encode_deflated(&message)
+                wire::encode_deflated(&message, wire::Inflate::FROM_DEVICE)
             } else {
                 wire::encode(&message)
             };
@@ -796,7 +808,29 @@ impl Client {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .held_back
             .len();
-        settled_status(held_back, now_secs())
+        let refused_with_edits = self
+            .inner
+            .refused_with_edits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len();
+        settled_status(held_back, refused_with_edits, now_secs())
+    }
+
+    /// Notes what a connection that settled saw refused with edits still
+    /// unacknowledged, for [`Client::settled_status`].
+    fn note_refused_with_edits(&self, connection: &Connection) {
+        let refused: HashSet<DocumentId> = connection
+            .refused
+            .iter()
+            .filter(|id| connection.unacked.contains(id))
+            .copied()
+            .collect();
+        *self
+            .inner
+            .refused_with_edits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = refused;
     }
 
     /// Publishes the outcome of a sync and remembers an explicit revocation.
@@ -993,6 +1027,7 @@ impl Client {
                         replicas.save_sync_state(id).await?;
                     }
                     replicas.trim().await?;
+                    self.note_refused_with_edits(&connection);
                 }
                 (outgoing, settled)
             };
@@ -1192,6 +1227,7 @@ impl Client {
                 let settled = connection.settled(replicas);
                 if settled {
                     replicas.trim().await?;
+                    self.note_refused_with_edits(&connection);
                     let now = self.settled_status();
                     let unchanged = match (self.status(), &now) {
                         (SyncStatus::UpToDate { .. }, SyncStatus::UpToDate { .. }) => true,
@@ -1553,15 +1589,22 @@ mod tests {
     #[test]
     fn a_held_back_document_is_never_reported_up_to_date() {
         assert_eq!(
-            settled_status(0, 7),
+            settled_status(0, 0, 7),
             SyncStatus::UpToDate { at_unix_secs: 7 }
         );
-        match settled_status(2, 7) {
+        match settled_status(2, 0, 7) {
             SyncStatus::Error { reason } => {
                 assert!(reason.starts_with("2 document(s) held back"), "{reason}");
                 assert!(reason.contains("export"), "{reason}");
             }
             other => panic!("held back, yet {other:?}"),
+        }
+        match settled_status(0, 1, 7) {
+            SyncStatus::Error { reason } => {
+                assert!(reason.starts_with("1 document(s) with edits"), "{reason}");
+                assert!(reason.contains("export"), "{reason}");
+            }
+            other => panic!("refused with edits, yet {other:?}"),
         }
     }
 }
