@@ -411,7 +411,7 @@ impl Client {
 }
 
 /// What [`Client::rebase`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Rebased {
     /// The refused change and what this device built on it were dropped,
     /// and this many changes made again on the form the server kept.
@@ -421,6 +421,10 @@ pub(crate) enum Rebased {
     NotYet,
     /// This device does not hold that change (re-based already).
     Nothing,
+    /// The documents alone say it cannot be done (another device built on
+    /// the change, or the form the server kept makes other edits): the
+    /// same data would give the same answer, so the document is held back.
+    Impossible(String),
 }
 
 impl Client {
@@ -450,12 +454,20 @@ impl Client {
         let actor = crate::client::session_actor(&actor_base);
         // Work in proportion to the document: off the runtime's workers,
         // and inside the unwind guard (the changes came from the server).
-        let rebased = crate::replicas::off_async(move || {
+        let outcome = crate::replicas::off_async(move || {
             std::panic::catch_unwind(AssertUnwindSafe(move || {
                 rebased(doc, refused, &actor_base, actor, kind)
             }))
-        })
-        .map_err(|_| ClientError::Storage("re-basing the document failed".into()))??;
+        });
+        // Worked out from the documents in memory: an error or a panic
+        // there is a verdict. Reading and writing the store around it may
+        // fail for a passing reason (a busy lock, a full disk), which the
+        // caller retries.
+        let rebased = match outcome {
+            Ok(Ok(remade)) => remade,
+            Ok(Err(e)) => return Ok(Rebased::Impossible(e.to_string())),
+            Err(_) => return Ok(Rebased::Impossible("re-basing the document failed".into())),
+        };
         match rebased {
             Remade::Missing => Ok(Rebased::Nothing),
             Remade::NotYet => Ok(Rebased::NotYet),

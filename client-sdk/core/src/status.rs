@@ -96,7 +96,8 @@ pub(crate) fn keep_last_synced(
 
 /// Keeps the time of a completed sync (`status` up to date) in the store.
 pub(crate) async fn save_last_synced(store: &LocalStore, status: &SyncStatus) {
-    if let SyncStatus::UpToDate { at_unix_secs } = status
+    if let SyncStatus::UpToDate { at_unix_secs } | SyncStatus::HeldBack { at_unix_secs, .. } =
+        status
         && let Err(e) = store
             .set_meta(&[(LAST_SYNCED, &at_unix_secs.to_string())])
             .await
@@ -110,7 +111,9 @@ impl Client {
     pub async fn sync_state(&self) -> Result<SyncState, ClientError> {
         let status = self.status();
         let last_synced_at_unix_secs = match status {
-            SyncStatus::UpToDate { at_unix_secs } => Some(at_unix_secs),
+            SyncStatus::UpToDate { at_unix_secs } | SyncStatus::HeldBack { at_unix_secs, .. } => {
+                Some(at_unix_secs)
+            }
             _ => self
                 .inner
                 .store
@@ -160,7 +163,12 @@ impl Client {
         let settled = tokio::time::timeout(
             limit,
             status.wait_for(|s| {
-                matches!(s, SyncStatus::UpToDate { .. } | SyncStatus::Revoked { .. })
+                matches!(
+                    s,
+                    SyncStatus::UpToDate { .. }
+                        | SyncStatus::HeldBack { .. }
+                        | SyncStatus::Revoked { .. }
+                )
             }),
         )
         .await;

@@ -1219,7 +1219,11 @@ async fn a_stand_in_that_makes_other_edits_does_not_make_the_original_vanish() -
     // And the status says so: an app that read "up to date" as "safe to
     // wipe" would lose the month.
     match a.status() {
-        SyncStatus::Error { reason } => assert!(reason.contains("held back"), "{reason}"),
+        SyncStatus::HeldBack {
+            documents: 1,
+            reason,
+            ..
+        } => assert!(reason.contains("held back"), "{reason}"),
         other => panic!("a month held back, yet {other:?}"),
     }
     assert!(!a.checkpoint().await?.safe);
@@ -1279,7 +1283,11 @@ async fn a_document_refused_with_unacknowledged_edits_is_never_reported_up_to_da
     let report = a.sync_now().await?;
     assert!(report.refused.contains(&log), "{report:?}");
     match a.status() {
-        SyncStatus::Error { reason } => {
+        SyncStatus::HeldBack {
+            documents: 1,
+            reason,
+            ..
+        } => {
             assert!(
                 reason.contains("edits the server does not take"),
                 "{reason}"
@@ -1289,13 +1297,25 @@ async fn a_document_refused_with_unacknowledged_edits_is_never_reported_up_to_da
     }
     assert!(!a.checkpoint().await?.safe);
     assert_eq!(a.edit_state(unacknowledged).await?, EditState::Local);
+    // The rest synced: the last-synced time moves on with it.
+    let state = a.sync_state().await?;
+    match state.status {
+        SyncStatus::HeldBack { at_unix_secs, .. } => {
+            assert_eq!(state.last_synced_at_unix_secs, Some(at_unix_secs))
+        }
+        other => panic!("{other:?}"),
+    }
 
     // Live sync settles the same way, and stopping it keeps the word.
     let live = a.start_background_sync();
     tokio::time::sleep(Duration::from_secs(2)).await;
     live.stop().await;
     match a.status() {
-        SyncStatus::Error { reason } => {
+        SyncStatus::HeldBack {
+            documents: 1,
+            reason,
+            ..
+        } => {
             assert!(
                 reason.contains("edits the server does not take"),
                 "{reason}"

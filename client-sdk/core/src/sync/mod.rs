@@ -58,6 +58,15 @@ pub enum SyncStatus {
     UpToDate {
         at_unix_secs: i64,
     },
+    /// Everything else was exchanged at this time, but `documents`
+    /// documents' edits cannot reach the server (held back after a
+    /// refusal this phone could not re-base, or refused outright): they
+    /// stay on this phone, exportable. Not "safe to wipe".
+    HeldBack {
+        at_unix_secs: i64,
+        documents: u32,
+        reason: String,
+    },
     /// Something other than the network went wrong.
     Error {
         reason: String,
@@ -242,6 +251,9 @@ pub(crate) struct Rebasing {
     /// Per document, the refused change waiting for the form the server
     /// kept, and how many syncs it has waited.
     waits: HashMap<DocumentId, (automerge::ChangeHash, u32)>,
+    /// Per document, re-bases in a row that failed for a passing reason
+    /// (the store): retried with the next syncs, held back past a few.
+    failures: HashMap<DocumentId, u32>,
 }
 
 impl Rebasing {
@@ -273,15 +285,32 @@ impl Rebasing {
             return true;
         }
         self.waits.remove(&document);
+        if rebased.is_ok() {
+            self.failures.remove(&document);
+        }
         match rebased {
             Ok(Rebased::Done { .. }) => true,
             Ok(Rebased::Nothing | Rebased::NotYet) => false,
-            Err(e) => {
+            Ok(Rebased::Impossible(why)) => {
                 // Sending it again would be refused again, and end every
                 // sync: that document waits, the others go on.
-                tracing::warn!(%document, error = %e, "could not re-base a refused change; holding the document back");
+                tracing::warn!(%document, %why, "cannot re-base a refused change; holding the document back");
                 self.held_back.insert(document);
                 true
+            }
+            Err(e) => {
+                // The store failed in passing: the next sync meets the
+                // refusal again and tries again, unless it keeps failing.
+                let failures = self.failures.entry(document).or_insert(0);
+                *failures += 1;
+                if *failures > MAX_REBASE_WAITS {
+                    tracing::warn!(%document, error = %e, "re-basing a refused change keeps failing; holding the document back");
+                    self.failures.remove(&document);
+                    self.held_back.insert(document);
+                    return true;
+                }
+                tracing::warn!(%document, error = %e, "could not re-base a refused change; trying again with the next sync");
+                false
             }
         }
     }
@@ -307,7 +336,9 @@ fn settled_status(held_back: usize, refused_with_edits: usize, now: i64) -> Sync
     if problems.is_empty() {
         return SyncStatus::UpToDate { at_unix_secs: now };
     }
-    SyncStatus::Error {
+    SyncStatus::HeldBack {
+        at_unix_secs: now,
+        documents: u32::try_from(held_back.saturating_add(refused_with_edits)).unwrap_or(u32::MAX),
         reason: format!(
             "{}; their edits stay on this phone (export them) and the rest is up to date",
             problems.join("; ")
@@ -807,14 +838,16 @@ impl Client {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .held_back
-            .len();
+            .clone();
+        // A document held back is reported refused too: counted once.
         let refused_with_edits = self
             .inner
             .refused_with_edits
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len();
-        settled_status(held_back, refused_with_edits, now_secs())
+            .difference(&held_back)
+            .count();
+        settled_status(held_back.len(), refused_with_edits, now_secs())
     }
 
     /// Notes what a connection that settled saw refused with edits still
@@ -1229,8 +1262,19 @@ impl Client {
                     replicas.trim().await?;
                     self.note_refused_with_edits(&connection);
                     let now = self.settled_status();
+                    // A settled status differs by its time alone: not news.
                     let unchanged = match (self.status(), &now) {
                         (SyncStatus::UpToDate { .. }, SyncStatus::UpToDate { .. }) => true,
+                        (
+                            SyncStatus::HeldBack {
+                                documents, reason, ..
+                            },
+                            SyncStatus::HeldBack {
+                                documents: now_documents,
+                                reason: now_reason,
+                                ..
+                            },
+                        ) => documents == *now_documents && reason == *now_reason,
                         (before, now) => before == *now,
                     };
                     if !unchanged {
@@ -1259,7 +1303,10 @@ impl Client {
                             let _ = rider.reply.send(Ok(synced));
                         }
                     }
-                } else if matches!(self.status(), SyncStatus::UpToDate { .. }) {
+                } else if matches!(
+                    self.status(),
+                    SyncStatus::UpToDate { .. } | SyncStatus::HeldBack { .. }
+                ) {
                     self.set_status(SyncStatus::Syncing);
                 }
                 (outgoing, settled)
@@ -1574,9 +1621,27 @@ mod tests {
         }
         assert!(rebasing.after(log, change, Ok(Rebased::NotYet)));
         assert!(rebasing.held_back.contains(&log));
-        // A re-base that fails holds back that document and no other.
-        assert!(rebasing.after(other, change, Err(ClientError::Storage("x".into()))));
+        // A re-base the documents refuse holds back that document and no
+        // other.
+        assert!(rebasing.after(other, change, Ok(Rebased::Impossible("x".into()))));
         assert_eq!(rebasing.held_back.len(), 2);
+        // One that failed in passing (the store) is tried again with the
+        // next syncs, and held back only once it keeps failing.
+        let third = DocumentId::roster(doorstep_protocol::TenantId::new_v7());
+        for _ in 0..MAX_REBASE_WAITS {
+            assert!(!rebasing.after(third, change, Err(ClientError::Storage("busy".into()))));
+            assert!(!rebasing.held_back.contains(&third));
+        }
+        assert!(rebasing.after(third, change, Err(ClientError::Storage("busy".into()))));
+        assert!(rebasing.held_back.contains(&third));
+        // A success in between starts the count again.
+        let fourth = DocumentId::roster(doorstep_protocol::TenantId::new_v7());
+        for _ in 0..MAX_REBASE_WAITS {
+            assert!(!rebasing.after(fourth, change, Err(ClientError::Storage("busy".into()))));
+        }
+        assert!(!rebasing.after(fourth, change, Ok(Rebased::Nothing)));
+        assert!(!rebasing.after(fourth, change, Err(ClientError::Storage("busy".into()))));
+        assert!(!rebasing.held_back.contains(&fourth));
         // A document that no longer holds the change: nothing to retry.
         let mut fresh = Rebasing::default();
         assert!(!fresh.after(log, change, Ok(Rebased::Nothing)));
@@ -1593,14 +1658,22 @@ mod tests {
             SyncStatus::UpToDate { at_unix_secs: 7 }
         );
         match settled_status(2, 0, 7) {
-            SyncStatus::Error { reason } => {
+            SyncStatus::HeldBack {
+                at_unix_secs: 7,
+                documents: 2,
+                reason,
+            } => {
                 assert!(reason.starts_with("2 document(s) held back"), "{reason}");
                 assert!(reason.contains("export"), "{reason}");
             }
             other => panic!("held back, yet {other:?}"),
         }
         match settled_status(0, 1, 7) {
-            SyncStatus::Error { reason } => {
+            SyncStatus::HeldBack {
+                documents: 1,
+                reason,
+                ..
+            } => {
                 assert!(reason.starts_with("1 document(s) with edits"), "{reason}");
                 assert!(reason.contains("export"), "{reason}");
             }
