@@ -322,9 +322,22 @@ async fn pump(
         while let Some((arrives, bytes)) = rx.recv().await {
             tokio::time::sleep_until(arrives).await;
             let held = |s: &Stall| if upward { s.up } else { s.down };
-            if stranded.wait_for(|s| !held(s)).await.is_err()
-                || stalled.wait_for(|s| !held(s)).await.is_err()
-            {
+            // Both checked again after either wait: a stall lifted while
+            // the connection was stranded meanwhile must not let a chunk by.
+            let mut open = true;
+            loop {
+                if held(&stranded.borrow()) {
+                    open = stranded.wait_for(|s| !held(s)).await.is_ok();
+                } else if held(&stalled.borrow()) {
+                    open = stalled.wait_for(|s| !held(s)).await.is_ok();
+                } else {
+                    break;
+                }
+                if !open {
+                    break;
+                }
+            }
+            if !open {
                 break;
             }
             if to.write_all(&bytes).await.is_err() {

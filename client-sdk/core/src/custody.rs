@@ -610,43 +610,63 @@ impl<'a> KeptForms<'a> {
     }
 }
 
-/// What `change` does in `doc`, without the ids of what it makes (two forms
-/// of one edit make their objects under different ids): one line a patch,
-/// sorted.
+/// What `change` does in `doc`, one line an edit, sorted: the values it
+/// writes and the entries it deletes, at their places (map keys), without
+/// what two honest forms of one edit may do differently: the ids and the
+/// making of the objects it writes into (a stand-in edits the record a
+/// parallel branch of the file had made already) and the positions of
+/// list elements. A delete counts like a write: a form made on a history
+/// that lacked the record deletes nothing, and leaving this change out
+/// for it would bring the record back where it exists.
 fn edits_of(doc: &Automerge, change: &automerge::Change) -> Vec<String> {
-    fn value(v: &Value<'_>) -> String {
-        match v {
-            Value::Object(kind) => format!("a new {kind:?}"),
-            Value::Scalar(scalar) => format!("{scalar:?}"),
+    let mut edits = Vec::new();
+    for patch in doc.diff(change.deps(), &[change.hash()]) {
+        let at = patch
+            .path
+            .iter()
+            .map(|(_, prop)| match prop {
+                Prop::Map(key) => key.clone(),
+                Prop::Seq(_) => "[]".to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        match patch.action {
+            automerge::PatchAction::PutMap {
+                value: (Value::Object(_), _),
+                ..
+            }
+            | automerge::PatchAction::PutSeq {
+                value: (Value::Object(_), _),
+                ..
+            }
+            // Where the forms' histories differ, not what they write.
+            | automerge::PatchAction::Conflict { .. } => {}
+            automerge::PatchAction::PutMap {
+                key,
+                value: (Value::Scalar(v), _),
+                ..
+            } => edits.push(format!("{at}/{key} = {v:?}")),
+            automerge::PatchAction::PutSeq {
+                value: (Value::Scalar(v), _),
+                ..
+            } => edits.push(format!("{at}/[] = {v:?}")),
+            automerge::PatchAction::Insert { values, .. } => edits.push(format!(
+                "{at} insert {:?}",
+                values
+                    .iter()
+                    .filter_map(|(v, _, _)| match v {
+                        Value::Scalar(s) => Some(format!("{s:?}")),
+                        Value::Object(_) => None,
+                    })
+                    .collect::<Vec<_>>()
+            )),
+            automerge::PatchAction::DeleteMap { key } => edits.push(format!("{at}/{key} deleted")),
+            automerge::PatchAction::DeleteSeq { length, .. } => {
+                edits.push(format!("{at} {length} deleted"))
+            }
+            other => edits.push(format!("{at} {other:?}")),
         }
     }
-    let mut edits: Vec<String> = doc
-        .diff(change.deps(), &[change.hash()])
-        .into_iter()
-        .map(|patch| {
-            let path: Vec<&Prop> = patch.path.iter().map(|(_, p)| p).collect();
-            match &patch.action {
-                automerge::PatchAction::PutMap {
-                    key, value: (v, _), ..
-                } => {
-                    format!("{path:?} {key} = {}", value(v))
-                }
-                automerge::PatchAction::PutSeq {
-                    index,
-                    value: (v, _),
-                    ..
-                } => {
-                    format!("{path:?} [{index}] = {}", value(v))
-                }
-                automerge::PatchAction::Insert { index, values } => format!(
-                    "{path:?} insert at {index}: {:?}",
-                    values.iter().map(|(v, _, _)| value(v)).collect::<Vec<_>>()
-                ),
-                automerge::PatchAction::DeleteMap { key } => format!("{path:?} {key} deleted"),
-                other => format!("{path:?} {other:?}"),
-            }
-        })
-        .collect();
     edits.sort();
     edits
 }
@@ -928,19 +948,45 @@ fn reauthor(
         };
         if let Some(made_before) = kept {
             // Entered already, in another form. Later changes may edit
-            // objects it created: map them to the ones that form created.
-            if let [hash] = made_before.as_slice()
-                && let Some(meta) = work.get_change_meta_by_hash(hash)
-            {
-                let theirs = created_objects(&originals, change.deps(), change.hash());
-                let ours = created_objects(&work, &meta.deps, *hash);
-                for (path, id) in theirs {
-                    if let Some(made) = ours.get(&path) {
-                        objects.insert(id, made.clone());
+            // objects it created: map each to the one a form made at its
+            // place, else to the one at its place where the forms were
+            // made (a form that edited what a parallel branch of the file
+            // had made already made none). Either is in every fork the
+            // later changes are made on: they follow the forms.
+            let mut ours: HashMap<String, (Vec<Prop>, ObjId)> = HashMap::new();
+            for hash in &made_before {
+                if let Some(meta) = work.get_change_meta_by_hash(hash) {
+                    for (path, made) in created_objects(&work, &meta.deps, *hash) {
+                        ours.entry(path).or_insert(made);
                     }
                 }
             }
-            stand_in.insert(change.hash(), made_before);
+            // Every object the change made, the ones it lost to another
+            // under the same key included (a later change may edit it).
+            for (props, id) in objects_made(&originals, &change) {
+                let path = format!("{props:?}");
+                let there = ours
+                    .remove(&path)
+                    .map(|(_, made)| made)
+                    .or_else(|| object_at(&work, &props, &made_before));
+                if let Some(there) = there {
+                    objects.insert(id, there);
+                }
+            }
+            // What builds on it is made on the forms and on what it was
+            // made on: a form another phone made may not follow this
+            // history, which holds the objects later changes edit.
+            let mut followed = made_before;
+            for dep in change.deps() {
+                if work.get_change_meta_by_hash(dep).is_some() {
+                    followed.push(*dep);
+                } else {
+                    followed.extend(stand_in.get(dep).into_iter().flatten().copied());
+                }
+            }
+            followed.sort();
+            followed.dedup();
+            stand_in.insert(change.hash(), followed);
             continue;
         }
         let mut deps: Vec<ChangeHash> = Vec::new();
@@ -1122,11 +1168,46 @@ struct Exporter<'a> {
 }
 
 /// The objects one change created, by where it put them.
+/// The objects `change` makes, each with its place from the root of `doc`
+/// (which holds the change), whether or not `doc` shows it there.
+fn objects_made(doc: &Automerge, change: &automerge::Change) -> Vec<(Vec<Prop>, ObjId)> {
+    let expanded = change.decode();
+    let actor = hex::encode(expanded.actor_id.to_bytes());
+    expanded
+        .operations
+        .iter()
+        .zip(expanded.start_op.get()..)
+        .filter(|(op, _)| matches!(op.action, automerge::legacy::OpType::Make(_)))
+        .filter_map(|(_, counter)| {
+            let id = doc.import_obj(&format!("{counter}@{actor}")).ok()?;
+            let path = doc.parents(&id).ok()?.path();
+            Some((path.into_iter().map(|(_, prop)| prop).collect(), id))
+        })
+        .collect()
+}
+
+/// The object at `path` (map keys only: a list index names another
+/// element in another history) from the root of `doc` as it stood at
+/// `heads`.
+fn object_at(doc: &Automerge, path: &[Prop], heads: &[ChangeHash]) -> Option<ObjId> {
+    if path.is_empty() || path.iter().any(|prop| matches!(prop, Prop::Seq(_))) {
+        return None;
+    }
+    let mut at = automerge::ROOT;
+    for prop in path {
+        match doc.get_at(&at, prop.clone(), heads).ok()?? {
+            (Value::Object(_), id) => at = id,
+            _ => return None,
+        }
+    }
+    Some(at)
+}
+
 fn created_objects(
     doc: &Automerge,
     deps: &[ChangeHash],
     hash: ChangeHash,
-) -> HashMap<String, ObjId> {
+) -> HashMap<String, (Vec<Prop>, ObjId)> {
     // Keyed by the path rendered (`Prop` has no `Hash`).
     let mut created = HashMap::new();
     for patch in doc.diff(deps, &[hash]) {
@@ -1138,7 +1219,7 @@ fn created_objects(
                 ..
             } => {
                 path.push(Prop::Map(key));
-                created.insert(format!("{path:?}"), id);
+                created.insert(format!("{path:?}"), (path, id));
             }
             automerge::PatchAction::PutSeq {
                 index,
@@ -1146,14 +1227,14 @@ fn created_objects(
                 ..
             } => {
                 path.push(Prop::Seq(index));
-                created.insert(format!("{path:?}"), id);
+                created.insert(format!("{path:?}"), (path, id));
             }
             automerge::PatchAction::Insert { index, values } => {
                 for (offset, (value, id, _)) in values.iter().enumerate() {
                     if matches!(value, Value::Object(_)) {
                         let mut at = path.clone();
                         at.push(Prop::Seq(index + offset));
-                        created.insert(format!("{at:?}"), id.clone());
+                        created.insert(format!("{at:?}"), (at, id.clone()));
                     }
                 }
             }

@@ -88,12 +88,9 @@ async fn seeded_edits_on_three_phones_converge_and_the_rollups_equal_a_reproject
 
     let steps: usize = doorstep_tests::env_or("DOORSTEP_SDK_CONVERGENCE_STEPS", 80);
     let seed: u64 = doorstep_tests::env_or("DOORSTEP_SDK_CONVERGENCE_SEED", 0x0015_c0a1);
-    // Exports carried to another phone by file: off in CI while some
-    // seeds still end with a month held back on a phone (RELIABILITY.md,
-    // known limits: one phone's exports made at different times and
-    // imported on different phones). The revived visit this step found
-    // (seed 11 at 200 steps) is fixed.
-    let imports = std::env::var("DOORSTEP_SDK_CONVERGENCE_IMPORTS").is_ok_and(|v| v == "1");
+    // Exports carried to another phone by file, one step kind among the
+    // rest (`DOORSTEP_SDK_CONVERGENCE_IMPORTS=0` leaves them out).
+    let imports = std::env::var("DOORSTEP_SDK_CONVERGENCE_IMPORTS").map_or(true, |v| v != "0");
     eprintln!("sdk convergence: {steps} steps, seed {seed}, imports {imports}");
     let mut plan = Seeded::new(seed);
     let (mut members, mut recorded, mut deleted) =

@@ -1297,31 +1297,52 @@ async fn a_document_refused_with_unacknowledged_edits_is_never_reported_up_to_da
     }
     assert!(!a.checkpoint().await?.safe);
     assert_eq!(a.edit_state(unacknowledged).await?, EditState::Local);
-    // The rest synced: the last-synced time moves on with it.
-    let state = a.sync_state().await?;
-    match state.status {
-        SyncStatus::HeldBack { at_unix_secs, .. } => {
-            assert_eq!(state.last_synced_at_unix_secs, Some(at_unix_secs))
+    // The month given back to the branch, live sync settles up to date:
+    // the edit is acknowledged, and the refusal no longer counted.
+    let move_month = |to: doorstep_protocol::TenantId| {
+        let path = server.database_path();
+        async move {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await?;
+            sqlx::query("update documents set branch_id = ? where id = ?")
+                .bind(to.to_string())
+                .bind(log.to_string())
+                .execute(&pool)
+                .await?;
+            pool.close().await;
+            Ok::<_, anyhow::Error>(())
         }
-        other => panic!("{other:?}"),
-    }
-
-    // Live sync settles the same way, and stopping it keeps the word.
+    };
+    move_month(d.yingfeng.id).await?;
     let live = a.start_background_sync();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    eventually(Duration::from_secs(30), || async {
+        Ok(matches!(a.status(), SyncStatus::UpToDate { .. }) && a.pending_changes().await? == 0)
+    })
+    .await?;
+
+    // Refused again while the live connection runs: it settles held back,
+    // on its own path, and stopping it keeps the word.
+    move_month(d.district.id).await?;
+    a.record_visit(visit_on(day, m, 30)).await?;
+    eventually(Duration::from_secs(30), || async {
+        Ok(matches!(
+            a.status(),
+            SyncStatus::HeldBack { documents: 1, .. }
+        ))
+    })
+    .await?;
     live.stop().await;
-    match a.status() {
-        SyncStatus::HeldBack {
-            documents: 1,
-            reason,
-            ..
-        } => {
-            assert!(
-                reason.contains("edits the server does not take"),
-                "{reason}"
-            )
-        }
-        other => panic!("after live sync, {other:?}"),
-    }
+    let SyncStatus::HeldBack { at_unix_secs, .. } = a.status() else {
+        panic!("after live sync stopped, {:?}", a.status());
+    };
+    // The rest synced: the last-synced time moved on with it, kept in the
+    // store for the next start.
+    let config =
+        doorstep_client::ClientConfig::new(dir.path(), server.http_url(), test_store_key());
+    a.close().await?;
+    let reopened = Client::open(config).await?;
+    assert_eq!(
+        reopened.sync_state().await?.last_synced_at_unix_secs,
+        Some(at_unix_secs)
+    );
     Ok(())
 }

@@ -122,10 +122,12 @@ async fn sync_now_and_checkpoint_during_live_sync_return_by_their_deadline() -> 
 
 // Found by the generator below (seed 3): the live connection counted its
 // idle turns as progress, and the server's pings turned it every second,
-// so a probe nobody answered never timed out; and it checked the link only
-// every 30 s. A `sync_now` riding a connection whose way up had died
-// failed at its deadline, again and again, for as long as the server kept
-// the socket (90 s).
+// so a ping nobody answered never timed out; and it checked the link only
+// every 30 s, whatever the receive timeout. A `sync_now` riding a
+// connection whose way up had died failed at its deadline, again and
+// again, for as long as the server kept the socket (90 s). Now an
+// unanswered ping ends the connection after the receive timeout, and the
+// call connects by itself with the time left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_now_over_a_live_connection_whose_way_up_died_connects_again_in_time()
 -> anyhow::Result<()> {
@@ -140,10 +142,9 @@ async fn sync_now_over_a_live_connection_whose_way_up_died_connects_again_in_tim
         d.yingfeng.id,
         dir.path(),
         |c| {
-            // A receive timeout longer than the deadline: only the probe's
-            // own bound can save the call.
-            c.receive_timeout = Duration::from_secs(60);
-            c.sync_deadline = Duration::from_secs(10);
+            // The shortest receive timeout the SDK takes.
+            c.receive_timeout = Duration::from_secs(10);
+            c.sync_deadline = Duration::from_secs(20);
         },
     )
     .await?;
@@ -160,6 +161,53 @@ async fn sync_now_over_a_live_connection_whose_way_up_died_connects_again_in_tim
     });
     phone.record_visit(visit(someone, 7)).await?;
     phone.sync_now().await?;
+    assert_eq!(phone.pending_changes().await?, 0);
+    Ok(())
+}
+
+// From the review of the fix above: a call that gave up before the live
+// connection got to it (no time left, or a few milliseconds) must not end
+// a healthy connection, or an app polling with short deadlines makes the
+// phone reconnect without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_with_no_time_left_leave_a_healthy_live_connection_alone() -> anyhow::Result<()> {
+    let server = TestServer::spawn_with(|c| c.ping_interval = Duration::from_secs(1)).await?;
+    let d = server.district().await?;
+    let proxy = ShapingProxy::start(server.addr, LinkShape::poor()).await?;
+    proxy.set_shaped(false);
+    let dir = tempfile::tempdir()?;
+    // The shortest the SDK takes.
+    let receive_timeout = Duration::from_secs(10);
+    let phone = sdk_device(
+        &server.store,
+        &proxy.http_url(false),
+        d.yingfeng.id,
+        dir.path(),
+        |c| c.receive_timeout = receive_timeout,
+    )
+    .await?;
+    let someone = member(&phone, "郑秀芳").await?;
+    let _live = phone.start_background_sync();
+    eventually(Duration::from_secs(30), || async {
+        Ok(matches!(phone.status(), SyncStatus::UpToDate { .. }))
+    })
+    .await?;
+    let connections = proxy.counters().connections();
+
+    for millis in 0..40u64 {
+        let _ = phone.sync_within(Duration::from_millis(millis % 8)).await;
+    }
+    phone.record_visit(visit(someone, 3)).await?;
+    phone.sync_now().await?;
+    // The pings those calls sent were answered at once; a connection the
+    // calls had ended would be made again within this pause.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    phone.sync_now().await?;
+    assert_eq!(
+        proxy.counters().connections(),
+        connections,
+        "the live connection was ended and made again"
+    );
     assert_eq!(phone.pending_changes().await?, 0);
     Ok(())
 }
@@ -541,8 +589,11 @@ async fn seeded_calls_over_a_failing_link_never_hang_the_sync_service_or_freeze_
 
 async fn run_schedule(seed: u64, steps: usize) -> anyhow::Result<()> {
     // Short, so a stalled call costs the run seconds, not minutes.
-    const SCHEDULE_DEADLINE: Duration = Duration::from_secs(4);
-    const RECEIVE_TIMEOUT: Duration = Duration::from_secs(3);
+    // The shortest receive timeout the SDK takes, and a deadline past it:
+    // a call riding a stranded connection has time to connect by itself
+    // once the connection is given up.
+    const RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
+    const SCHEDULE_DEADLINE: Duration = Duration::from_secs(14);
     let server = TestServer::spawn_with(|c| c.ping_interval = Duration::from_secs(1)).await?;
     let d = server.district().await?;
     let proxy = ShapingProxy::start(server.addr, LinkShape::poor()).await?;
@@ -721,7 +772,9 @@ async fn run_schedule(seed: u64, steps: usize) -> anyhow::Result<()> {
                     }),
                     _ => Link::Flaky,
                 };
-                link_steps_left = 1 + plan.below(4);
+                // Counted down at the end of this step too: at least one
+                // more step runs over it.
+                link_steps_left = 2 + plan.below(4);
                 proxy.restore();
                 proxy.drop_next(0);
                 match link {
@@ -785,12 +838,6 @@ async fn run_schedule(seed: u64, steps: usize) -> anyhow::Result<()> {
         if link != Link::Up {
             link_steps_left -= 1;
             if link_steps_left == 0 {
-                if let Link::Stranded(_) = link {
-                    // A stranded connection stays so; the link counts as
-                    // up once the live connection has had its receive
-                    // timeout to notice and connect again.
-                    tokio::time::sleep(RECEIVE_TIMEOUT + Duration::from_secs(1)).await;
-                }
                 link = Link::Up;
                 proxy.restore();
                 proxy.drop_next(0);

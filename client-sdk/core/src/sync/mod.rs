@@ -26,7 +26,7 @@
 
 pub(crate) mod transport;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use doorstep_protocol::schema::DocumentKind;
@@ -139,10 +139,6 @@ pub(crate) struct Synced {
 pub(crate) struct Ride {
     counted: bool,
     reply: oneshot::Sender<Result<Synced, ClientError>>,
-    /// The rider's own deadline: the live connection gives up on a link
-    /// that does not answer in time to leave it half for a connection of
-    /// its own.
-    deadline: Instant,
 }
 
 /// How `sync_now` and `checkpoint` reach the live connection.
@@ -987,12 +983,7 @@ impl Client {
             let requests = live.borrow_and_update().clone();
             if let Some(requests) = requests {
                 let (reply, answer) = oneshot::channel();
-                let ride = Ride {
-                    counted,
-                    reply,
-                    deadline,
-                };
-                if requests.send(ride).is_ok() {
+                if requests.send(Ride { counted, reply }).is_ok() {
                     match tokio::time::timeout_at(deadline, answer).await {
                         Ok(Ok(result)) => return result,
                         // That connection ended before it could answer:
@@ -1161,6 +1152,17 @@ impl Client {
             let result = self
                 .live(&mut stopped, &mut global_stop, &mut failures)
                 .await;
+            if result.is_ok() {
+                // Stopped. A status the connection settled stays true as
+                // of its time; one stopped half way has not settled, and
+                // "up to date" would claim edits reached the server.
+                if matches!(self.status(), SyncStatus::Syncing) {
+                    self.set_status(SyncStatus::Offline {
+                        reason: "sync stopped".into(),
+                    });
+                }
+                return;
+            }
             // Re-based or not, the retry below (at once the first time,
             // then backing off) syncs what was made again.
             self.rebase_after_refusal(&result).await;
@@ -1228,14 +1230,12 @@ impl Client {
         // The ping whose answer the waiting riders need, and whether it came.
         let mut probe: u64 = 0;
         let mut probed = true;
-        // When the link counts as dead if the probe is still unanswered:
-        // the server's own pings may keep arriving over a link whose way
-        // up is gone (a NAT that forgot the flow).
-        let mut probe_due: Option<Instant> = None;
+        let mut pings = Pings::default();
         let timeout = connection.receive_timeout;
-        // Checked at least once a receive timeout, however long that is.
-        let mut ping = tokio::time::interval(PING_EVERY.min(timeout));
-        ping.tick().await;
+        // Checked at least once a receive timeout, however long that is;
+        // an idle ping still goes only every `PING_EVERY`.
+        let mut check = tokio::time::interval(PING_EVERY.min(timeout));
+        check.tick().await;
         let mut recheck = self
             .inner
             .config
@@ -1321,9 +1321,8 @@ impl Client {
                 frame = connection.socket.next() => {
                     last_heard = Instant::now();
                     if let Some(Ok(WsMessage::Pong(payload))) = &frame {
-                        if !probed && payload.as_ref() == probe.to_be_bytes() {
+                        if pings.answered(payload).is_some_and(|n| n >= probe) {
                             probed = true;
-                            probe_due = None;
                         }
                         continue;
                     }
@@ -1339,7 +1338,11 @@ impl Client {
                     }
                 }
                 Some(rider) = riders.recv() => {
-                    let rider_deadline = rider.deadline;
+                    // Given up already (a deadline of zero, a dropped
+                    // call): nothing to prove to anyone.
+                    if rider.reply.is_closed() {
+                        continue;
+                    }
                     if waiting.is_empty() {
                         // The report covers what happened for these riders.
                         connection.report();
@@ -1357,33 +1360,26 @@ impl Client {
                     // then means our edits are acknowledged and the
                     // server's heads known (a push it had queued may still
                     // be behind the pong: the server serves both in turn).
-                    probe += 1;
+                    probe = send_ping(&mut connection, &mut pings, timeout).await?;
                     probed = false;
-                    let now = Instant::now();
-                    let due = now + timeout.min(rider_deadline.saturating_duration_since(now) / 2);
-                    probe_due = Some(probe_due.map_or(due, |earlier| earlier.min(due)));
-                    let until = Instant::now() + timeout;
-                    tokio::time::timeout_at(until, connection.socket.send(WsMessage::Ping(probe.to_be_bytes().to_vec().into())))
-                        .await
-                        .map_err(|_| ClientError::Network("the server stopped reading".into()))?
-                        .map_err(|e| ClientError::Network(e.to_string()))?;
                 }
-                _ = until_due(probe_due) => {
-                    return Err(ClientError::Network("the server did not answer a ping in time".into()));
+                // The server's own pings and pushes may keep arriving over
+                // a link whose way up is gone (a NAT that forgot the flow):
+                // only the answer to our ping shows it works.
+                _ = until_due(pings.due(timeout)) => {
+                    return Err(ClientError::Network("the server did not answer a ping within the receive timeout".into()));
                 }
                 _ = self.inner.edited.notified() => {}
-                _ = ping.tick() => {
+                _ = check.tick() => {
                     if last_heard.elapsed() > timeout {
                         return Err(ClientError::Network("the server stopped answering".into()));
                     }
                     if (!settled || !probed) && last_progress.elapsed() > timeout {
                         return Err(ClientError::Network("the server stopped answering sync messages".into()));
                     }
-                    let until = Instant::now() + timeout;
-                    tokio::time::timeout_at(until, connection.socket.send(WsMessage::Ping(Vec::new().into())))
-                        .await
-                        .map_err(|_| ClientError::Network("the server stopped reading".into()))?
-                        .map_err(|e| ClientError::Network(e.to_string()))?;
+                    if pings.idle_ping_due() {
+                        send_ping(&mut connection, &mut pings, timeout).await?;
+                    }
                 }
                 _ = tick(&mut recheck) => {
                     // Restart the exchange of each document not in sync from
@@ -1425,6 +1421,72 @@ impl Drop for Serving<'_> {
     fn drop(&mut self) {
         self.slot.send_replace(None);
     }
+}
+
+/// The live connection's own pings, numbered: a pong says how far the
+/// server has read what we sent, and the oldest ping still unanswered
+/// dates how long the way up has been silent.
+#[derive(Debug, Default)]
+struct Pings {
+    sent: u64,
+    /// Sent and not yet answered, oldest first.
+    unanswered: VecDeque<(u64, Instant)>,
+    last_sent: Option<Instant>,
+}
+
+impl Pings {
+    /// The next ping's number and payload, counted as sent now.
+    fn next(&mut self) -> (u64, Vec<u8>) {
+        self.sent += 1;
+        let now = Instant::now();
+        self.unanswered.push_back((self.sent, now));
+        self.last_sent = Some(now);
+        (self.sent, self.sent.to_be_bytes().to_vec())
+    }
+
+    /// Takes in a pong: the ping it answers and every earlier one are
+    /// answered (the server reads in order). `None` for a pong that is
+    /// not one of ours.
+    fn answered(&mut self, payload: &[u8]) -> Option<u64> {
+        let n = u64::from_be_bytes(payload.try_into().ok()?);
+        if n == 0 || n > self.sent {
+            return None;
+        }
+        while self.unanswered.front().is_some_and(|(sent, _)| *sent <= n) {
+            self.unanswered.pop_front();
+        }
+        Some(n)
+    }
+
+    /// When the way up counts as dead: `timeout` after the oldest ping
+    /// still unanswered.
+    fn due(&self, timeout: Duration) -> Option<Instant> {
+        self.unanswered.front().map(|(_, at)| *at + timeout)
+    }
+
+    /// An idle connection pings every `PING_EVERY`, so a dead link is
+    /// noticed and middleboxes keep it open, and no more often (the radio
+    /// sleeps between).
+    fn idle_ping_due(&self) -> bool {
+        self.last_sent.is_none_or(|at| at.elapsed() >= PING_EVERY)
+    }
+}
+
+/// Sends the next numbered ping; returns its number.
+async fn send_ping(
+    connection: &mut Connection,
+    pings: &mut Pings,
+    timeout: Duration,
+) -> Result<u64, ClientError> {
+    let (n, payload) = pings.next();
+    tokio::time::timeout(
+        timeout,
+        connection.socket.send(WsMessage::Ping(payload.into())),
+    )
+    .await
+    .map_err(|_| ClientError::Network("the server stopped reading".into()))?
+    .map_err(|e| ClientError::Network(e.to_string()))?;
+    Ok(n)
 }
 
 /// Sleeps until `due`; forever without one.
@@ -1647,6 +1709,33 @@ mod tests {
         assert!(!fresh.after(log, change, Ok(Rebased::Nothing)));
         assert!(fresh.after(log, change, Ok(Rebased::Done { remade: 1 })));
         assert!(fresh.held_back.is_empty() && fresh.waits.is_empty());
+    }
+
+    #[test]
+    fn a_pong_answers_its_ping_and_every_earlier_one() {
+        let timeout = Duration::from_secs(5);
+        let mut pings = Pings::default();
+        assert_eq!(pings.due(timeout), None);
+        assert!(pings.idle_ping_due());
+        let (first, payload) = pings.next();
+        let first_due = pings.due(timeout).expect("a ping out");
+        let (second, _) = pings.next();
+        let (third, third_payload) = pings.next();
+        assert!(!pings.idle_ping_due());
+        // The oldest unanswered ping dates the silence.
+        assert_eq!(pings.due(timeout), Some(first_due));
+        // A pong for the second answers the first too, not the third.
+        assert_eq!(pings.answered(&second.to_be_bytes()), Some(second));
+        assert_eq!(pings.unanswered.len(), 1);
+        assert!(pings.due(timeout) >= Some(first_due));
+        // A stale pong changes nothing; a foreign or garbled one is not ours.
+        assert_eq!(pings.answered(&payload), Some(first));
+        assert_eq!(pings.unanswered.len(), 1);
+        assert_eq!(pings.answered(&99u64.to_be_bytes()), None);
+        assert_eq!(pings.answered(b"xyz"), None);
+        assert_eq!(pings.answered(&[]), None);
+        assert_eq!(pings.answered(&third_payload), Some(third));
+        assert_eq!(pings.due(timeout), None);
     }
 
     /// An app may take "up to date" for "safe to wipe": never while a
