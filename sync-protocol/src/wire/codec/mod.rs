@@ -319,11 +319,18 @@ const DEFLATED: &str = "doorstep-deflated";
 /// Messages smaller than this are not worth compressing.
 const DEFLATE_FROM_BYTES: usize = 512;
 
+/// An empty stored deflate block, not the last (byte-aligned after a sync
+/// flush: header bits, padding, LEN 0 and its complement).
+const EMPTY_STORED_BLOCK: [u8; 5] = [0x00, 0x00, 0x00, 0xff, 0xff];
+/// The same, marked the last block of the stream.
+const LAST_EMPTY_STORED_BLOCK: [u8; 5] = [0x01, 0x00, 0x00, 0xff, 0xff];
+
 /// Encodes a message for a peer that accepted `wire::EXTENSION_DEFLATE`
-/// and inflates within `receiver`: compressed when that makes it smaller
-/// and the receiver would inflate it, plain otherwise. (A visit
-/// whose notes repeat one phrase deflates past a server's ratio; sent
-/// compressed, it was refused on every try, and the edit never synced.)
+/// and inflates within `receiver`: compressed when that makes it smaller,
+/// plain otherwise. A message that deflates past the receiver's ratio is
+/// padded with empty stored blocks up to it, so the receiver inflates it
+/// (a visit whose notes repeat one phrase was refused on every try, and
+/// the edit never synced) and it still crosses the link small.
 pub fn encode_deflated(message: &Message, receiver: Inflate) -> Vec<u8> {
     use std::io::Write;
 
@@ -333,13 +340,22 @@ pub fn encode_deflated(message: &Message, receiver: Inflate) -> Vec<u8> {
     }
     let mut deflate =
         flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
-    let compressed = deflate.write_all(&plain).and_then(|()| deflate.finish());
-    let Ok(compressed) = compressed else {
-        return plain;
-    };
-    if plain.len() > receiver.limit(compressed.len(), usize::MAX) {
+    // A sync flush ends the data byte-aligned without a last block; the
+    // encoder's own finish writes into the buffer taken from it.
+    if deflate
+        .write_all(&plain)
+        .and_then(|()| deflate.flush())
+        .is_err()
+    {
         return plain;
     }
+    let mut compressed = std::mem::take(deflate.get_mut());
+    drop(deflate);
+    while receiver.limit(compressed.len() + LAST_EMPTY_STORED_BLOCK.len(), usize::MAX) < plain.len()
+    {
+        compressed.extend_from_slice(&EMPTY_STORED_BLOCK);
+    }
+    compressed.extend_from_slice(&LAST_EMPTY_STORED_BLOCK);
     let mut e = Encoder::new(Vec::new());
     let written: EncodeResult = (|| {
         e.map(2)?;

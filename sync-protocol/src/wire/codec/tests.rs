@@ -368,24 +368,50 @@ fn a_deflated_message_round_trips_and_a_small_one_stays_plain() {
 // deflated past the server's ratio, and the SDK sent it compressed on
 // every try, refused every time.
 #[test]
-fn a_message_that_deflates_past_the_receivers_ratio_goes_plain() {
+fn a_message_that_deflates_past_the_receivers_ratio_is_padded_up_to_it() {
     let limits = Limits {
         inflate: Some(Inflate::FROM_DEVICE),
         ..Limits::default()
     };
-    let repetitive = Message::Sync {
-        sender_id: peer("c"),
-        target_id: peer("server"),
-        document_id: doc(),
-        data: "备注".repeat(40_000).into_bytes(),
-    };
-    let frame = encode_deflated(&repetitive, Inflate::FROM_DEVICE);
-    assert_eq!(decode(&frame, &limits), Ok(repetitive.clone()));
-    assert_eq!(frame, encode(&repetitive), "sent plain");
-    // For a receiver without a ratio (a device, from its server) it is
-    // still compressed.
-    let to_device = encode_deflated(&repetitive, Inflate::FROM_SERVER);
-    assert!(to_device.len() * 100 < frame.len(), "{}", to_device.len());
+    for repeats in [200, 4_000, 40_000, 400_000] {
+        let repetitive = Message::Sync {
+            sender_id: peer("c"),
+            target_id: peer("server"),
+            document_id: doc(),
+            data: "备注".repeat(repeats).into_bytes(),
+        };
+        let plain = encode(&repetitive).len();
+        let frame = encode_deflated(&repetitive, Inflate::FROM_DEVICE);
+        assert_eq!(decode(&frame, &limits), Ok(repetitive.clone()), "{repeats}");
+        // Still far smaller than plain, and padded no further than the
+        // ratio needs (a block and the frame's envelope over the larger of
+        // the ratio's share and the unpadded stream).
+        let to_device = encode_deflated(&repetitive, Inflate::FROM_SERVER);
+        assert!(
+            frame.len() * 4 < plain,
+            "{repeats}: {} of {plain}",
+            frame.len()
+        );
+        let needed = (plain / Inflate::FROM_DEVICE.max_ratio).max(to_device.len());
+        assert!(
+            frame.len() <= needed + 64,
+            "{repeats}: {} of {plain}",
+            frame.len()
+        );
+        // For a receiver without a ratio (a device, from its server) there
+        // is nothing to pad.
+        assert!(to_device.len() <= frame.len(), "{repeats}");
+        assert_eq!(
+            decode(
+                &to_device,
+                &Limits {
+                    inflate: Some(Inflate::FROM_SERVER),
+                    ..Limits::default()
+                }
+            ),
+            Ok(repetitive)
+        );
+    }
 }
 
 /// A `doorstep-deflated` frame around `compressed`.
