@@ -18,10 +18,10 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use anyhow::Context;
-use doorstep_client::{Fen, NewVisit, RecordId, VisitKind};
+use doorstep_client::RecordId;
 use doorstep_protocol::mutation::Seeded;
 use doorstep_tests::shaper::{LinkShape, ShapingProxy};
-use doorstep_tests::{sdk_device, this_month, today};
+use doorstep_tests::{sdk_device, this_month};
 
 use crate::{add_member, connected_device};
 
@@ -199,20 +199,6 @@ fn fill_leaving(path: &Path, slack: u64) -> std::io::Result<PathBuf> {
     let len = file.metadata()?.len();
     file.set_len(len.saturating_sub(slack))?;
     Ok(filler)
-}
-
-fn visit_with(member: RecordId, cash_yuan: i64, notes: Option<String>) -> NewVisit {
-    NewVisit {
-        date: today(),
-        member_id: member,
-        kind: VisitKind::Routine,
-        visitors: vec!["王志愿".into()],
-        aid_cash: Fen::from_yuan(cash_yuan),
-        aid_goods: Fen::ZERO,
-        goods_description: None,
-        notes,
-        follow_up: None,
-    }
 }
 
 /// One phone of the generator: its client and the member it visits.
@@ -485,7 +471,7 @@ async fn record(
         .then(|| "备注".repeat(usize::try_from(plan.below(40 << 10)).unwrap_or(0)));
     phone
         .client
-        .record_visit(visit_with(phone.member, yuan, notes))
+        .record_visit(crate::visit_today(phone.member, yuan, notes))
         .await?;
     *visits += 1;
     *cash_fen += yuan * 100;

@@ -92,6 +92,25 @@ pub async fn connected_device(
     })
 }
 
+/// A routine visit today by the SDK to `member`, with `cash_yuan` in aid.
+pub fn visit_today(
+    member: doorstep_client::RecordId,
+    cash_yuan: i64,
+    notes: Option<String>,
+) -> doorstep_client::NewVisit {
+    doorstep_client::NewVisit {
+        date: doorstep_tests::today(),
+        member_id: member,
+        kind: doorstep_client::VisitKind::Routine,
+        visitors: vec!["王志愿".into()],
+        aid_cash: doorstep_client::Fen::from_yuan(cash_yuan),
+        aid_goods: doorstep_client::Fen::ZERO,
+        goods_description: None,
+        notes,
+        follow_up: None,
+    }
+}
+
 /// Adds a member to the device's roster replica (not yet synced).
 pub fn add_member(device: &mut Device, name: &str) -> RecordId {
     add_member_with_notes(device, name, None)

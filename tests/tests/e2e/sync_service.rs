@@ -8,26 +8,14 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use doorstep_client::{
-    Client, Fen, MemberFilter, NewMember, NewVisit, RecordId, SyncStatus, VisitDays, VisitKind,
-};
+use doorstep_client::{Client, MemberFilter, NewMember, NewVisit, RecordId, SyncStatus, VisitDays};
 use doorstep_protocol::mutation::Seeded;
 use doorstep_tests::shaper::{LinkShape, ShapingProxy, Stall};
 use doorstep_tests::{TestServer, env_or, eventually, sdk_device};
 use std::collections::BTreeSet;
 
 fn visit(member: RecordId, cash_yuan: i64) -> NewVisit {
-    NewVisit {
-        date: today(),
-        member_id: member,
-        kind: VisitKind::Routine,
-        visitors: vec!["王志愿".into()],
-        aid_cash: Fen::from_yuan(cash_yuan),
-        aid_goods: Fen::ZERO,
-        goods_description: None,
-        notes: None,
-        follow_up: None,
-    }
+    crate::visit_today(member, cash_yuan, None)
 }
 
 async fn member(client: &Client, name: &str) -> anyhow::Result<RecordId> {
@@ -819,10 +807,8 @@ async fn run_schedule(seed: u64, steps: usize) -> anyhow::Result<()> {
                 anyhow::ensure!(returned, "{}: dropping an observation waited", at("drop"));
             }
             92..96 => {
-                if let Some(held) = observers.iter_mut().find(|o| o.release.is_some()) {
-                    if let Some(release) = held.release.take() {
-                        let _ = release.send(());
-                    }
+                if let Some(release) = observers.iter_mut().find_map(|o| o.release.take()) {
+                    let _ = release.send(());
                 }
             }
             _ => {
