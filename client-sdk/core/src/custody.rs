@@ -611,41 +611,59 @@ impl<'a> KeptForms<'a> {
 }
 
 /// What `change` does in `doc`, one line an edit, sorted: the values it
-/// writes and the entries it deletes, at their places (map keys), without
-/// what two honest forms of one edit may do differently: the ids and the
-/// making of the objects it writes into (a stand-in edits the record a
-/// parallel branch of the file had made already) and the positions of
-/// list elements. A delete counts like a write: a form made on a history
-/// that lacked the record deletes nothing, and leaving this change out
-/// for it would bring the record back where it exists.
+/// writes and the entries it deletes or replaces, at their places (map
+/// keys), without what two honest forms of one edit may do differently:
+/// the ids of the objects it writes into, making one where nothing was (a
+/// stand-in edits the record a parallel branch of the file had made
+/// already), and the positions of list elements. A delete counts like a
+/// write: a form made on a history that lacked the record deletes
+/// nothing, and leaving this change out for it would bring the record back
+/// where it exists. So does a conflict: a form may not hide other values.
 fn edits_of(doc: &Automerge, change: &automerge::Change) -> Vec<String> {
     let mut edits = Vec::new();
     for patch in doc.diff(change.deps(), &[change.hash()]) {
+        // Keys quoted, so no key can pass for a path of two.
         let at = patch
             .path
             .iter()
             .map(|(_, prop)| match prop {
-                Prop::Map(key) => key.clone(),
+                Prop::Map(key) => format!("{key:?}"),
                 Prop::Seq(_) => "[]".to_owned(),
             })
             .collect::<Vec<_>>()
             .join("/");
+        // Making an object is no edit of its own where nothing was there;
+        // made over a value, it replaces that value and what it held.
+        let replaced = |key: Prop| {
+            doc.get_at(&patch.obj, key, change.deps())
+                .ok()
+                .flatten()
+                .is_some()
+        };
         match patch.action {
             automerge::PatchAction::PutMap {
+                key,
                 value: (Value::Object(_), _),
                 ..
+            } => {
+                if replaced(Prop::Map(key.clone())) {
+                    edits.push(format!("{at}/{key:?} replaced"));
+                }
             }
-            | automerge::PatchAction::PutSeq {
+            automerge::PatchAction::PutSeq {
+                index,
                 value: (Value::Object(_), _),
                 ..
+            } => {
+                if replaced(Prop::Seq(index)) {
+                    edits.push(format!("{at}/[] replaced"));
+                }
             }
-            // Where the forms' histories differ, not what they write.
-            | automerge::PatchAction::Conflict { .. } => {}
             automerge::PatchAction::PutMap {
                 key,
                 value: (Value::Scalar(v), _),
                 ..
-            } => edits.push(format!("{at}/{key} = {v:?}")),
+            } => edits.push(format!("{at}/{key:?} = {v:?}")),
             automerge::PatchAction::PutSeq {
                 value: (Value::Scalar(v), _),
                 ..
@@ -660,7 +678,9 @@ fn edits_of(doc: &Automerge, change: &automerge::Change) -> Vec<String> {
                     })
                     .collect::<Vec<_>>()
             )),
-            automerge::PatchAction::DeleteMap { key } => edits.push(format!("{at}/{key} deleted")),
+            automerge::PatchAction::DeleteMap { key } => {
+                edits.push(format!("{at}/{key:?} deleted"))
+            }
             automerge::PatchAction::DeleteSeq { length, .. } => {
                 edits.push(format!("{at} {length} deleted"))
             }
@@ -949,10 +969,10 @@ fn reauthor(
         if let Some(made_before) = kept {
             // Entered already, in another form. Later changes may edit
             // objects it created: map each to the one a form made at its
-            // place, else to the one at its place where the forms were
-            // made (a form that edited what a parallel branch of the file
-            // had made already made none). Either is in every fork the
-            // later changes are made on: they follow the forms.
+            // place (in every fork the later changes are made on: they
+            // follow the forms). Where no form made one, a later edit of
+            // it finds no object and the whole is refused, never sent into
+            // an object someone else made there.
             let mut ours: HashMap<String, (Vec<Prop>, ObjId)> = HashMap::new();
             for hash in &made_before {
                 if let Some(meta) = work.get_change_meta_by_hash(hash) {
@@ -964,13 +984,8 @@ fn reauthor(
             // Every object the change made, the ones it lost to another
             // under the same key included (a later change may edit it).
             for (props, id) in objects_made(&originals, &change) {
-                let path = format!("{props:?}");
-                let there = ours
-                    .remove(&path)
-                    .map(|(_, made)| made)
-                    .or_else(|| object_at(&work, &props, &made_before));
-                if let Some(there) = there {
-                    objects.insert(id, there);
+                if let Some((_, made)) = ours.remove(&format!("{props:?}")) {
+                    objects.insert(id, made);
                 }
             }
             // What builds on it is made on the forms and on what it was
@@ -1184,23 +1199,6 @@ fn objects_made(doc: &Automerge, change: &automerge::Change) -> Vec<(Vec<Prop>, 
             Some((path.into_iter().map(|(_, prop)| prop).collect(), id))
         })
         .collect()
-}
-
-/// The object at `path` (map keys only: a list index names another
-/// element in another history) from the root of `doc` as it stood at
-/// `heads`.
-fn object_at(doc: &Automerge, path: &[Prop], heads: &[ChangeHash]) -> Option<ObjId> {
-    if path.is_empty() || path.iter().any(|prop| matches!(prop, Prop::Seq(_))) {
-        return None;
-    }
-    let mut at = automerge::ROOT;
-    for prop in path {
-        match doc.get_at(&at, prop.clone(), heads).ok()?? {
-            (Value::Object(_), id) => at = id,
-            _ => return None,
-        }
-    }
-    Some(at)
 }
 
 fn created_objects(
@@ -1526,6 +1524,72 @@ mod tests {
         assert!(same_edits_as_kept_forms(&doc, &dropped, &KeptForms::new(&forged)).is_err());
         // A change no kept form stands for is simply made again.
         assert!(same_edits_as_kept_forms(&doc, &dropped, &KeptForms::new(&faithful[..1])).is_ok());
+    }
+
+    /// A change on `doc` at `deps` by a new actor, made by `edit`.
+    fn change_by(
+        doc: &Automerge,
+        deps: &[ChangeHash],
+        message: Option<String>,
+        edit: impl FnOnce(&mut automerge::transaction::Transaction<'_>, &ObjId),
+    ) -> automerge::Change {
+        let mut fork = doc
+            .fork_at(deps)
+            .expect("fork")
+            .with_actor(ActorId::random());
+        let members = match fork.get(automerge::ROOT, "members") {
+            Ok(Some((_, id))) => id,
+            other => panic!("no members: {other:?}"),
+        };
+        let mut tx = fork.transaction();
+        edit(&mut tx, &members);
+        let options = match message {
+            Some(message) => CommitOptions::default().with_message(message),
+            None => CommitOptions::default(),
+        };
+        let (hash, _) = tx.commit_with(options);
+        fork.get_change_by_hash(&hash.expect("a change"))
+            .expect("the change")
+            .clone()
+    }
+
+    /// From the hostile review of the comparison that leaves out how
+    /// forms make their objects: two forgeries that write the same values
+    /// as this phone's change but not into its record.
+    #[test]
+    fn a_form_writing_elsewhere_or_over_the_record_is_not_the_same_edits() {
+        let doc = base();
+        let heads = doc.get_heads();
+        let m = member(&doc);
+        // Ours: one field of the existing member `m`.
+        let ours = change_by(&doc, &heads, None, |tx, _| {
+            tx.put(&m, "notes", "new").expect("notes");
+        });
+        let message = Some(provenance::stand_in_message(&ours.hash()));
+        // A key that reads as the path `m/notes` when keys are joined.
+        let slash = change_by(&doc, &heads, message.clone(), |tx, members| {
+            tx.put(members, "m/notes", "new")
+                .expect("a key with a slash");
+        });
+        // The member made again over `m`: its address is gone.
+        let over = change_by(&doc, &heads, message.clone(), |tx, members| {
+            let again = tx
+                .put_object(members, "m", automerge::ObjType::Map)
+                .expect("made again");
+            tx.put(&again, "notes", "new").expect("notes");
+        });
+        // An honest form: the same field of the same member.
+        let honest = change_by(&doc, &heads, message, |tx, _| {
+            tx.put(&m, "notes", "new").expect("notes");
+        });
+        let mut all = doc.clone();
+        all.apply_changes([ours.clone(), slash.clone(), over.clone(), honest.clone()])
+            .expect("all");
+        let dropped = [ours];
+        for forged in [slash, over] {
+            assert!(same_edits_as_kept_forms(&all, &dropped, &KeptForms::new(&[forged])).is_err());
+        }
+        assert!(same_edits_as_kept_forms(&all, &dropped, &KeptForms::new(&[honest])).is_ok());
     }
 
     fn base_of(doc: &Automerge, heads: &[ChangeHash]) -> Automerge {

@@ -113,9 +113,11 @@ async fn sync_now_and_checkpoint_during_live_sync_return_by_their_deadline() -> 
 // so a ping nobody answered never timed out; and it checked the link only
 // every 30 s, whatever the receive timeout. A `sync_now` riding a
 // connection whose way up had died failed at its deadline, again and
-// again, for as long as the server kept the socket (90 s). Now an
-// unanswered ping ends the connection after the receive timeout, and the
-// call connects by itself with the time left.
+// again, for as long as the server kept the socket (90 s). Now the ping
+// sent for the call is due within half its time left, after which the
+// connection is given up and the call connects by itself. Here the
+// connection is idle (nothing to send: only the ping can tell) and the
+// receive timeout longer than the call's deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_now_over_a_live_connection_whose_way_up_died_connects_again_in_time()
 -> anyhow::Result<()> {
@@ -130,9 +132,8 @@ async fn sync_now_over_a_live_connection_whose_way_up_died_connects_again_in_tim
         d.yingfeng.id,
         dir.path(),
         |c| {
-            // The shortest receive timeout the SDK takes.
-            c.receive_timeout = Duration::from_secs(10);
-            c.sync_deadline = Duration::from_secs(20);
+            c.receive_timeout = Duration::from_secs(60);
+            c.sync_deadline = Duration::from_secs(12);
         },
     )
     .await?;
@@ -143,12 +144,18 @@ async fn sync_now_over_a_live_connection_whose_way_up_died_connects_again_in_tim
     })
     .await?;
 
+    phone.record_visit(visit(someone, 7)).await?;
+    phone.sync_now().await?;
     proxy.strand(Stall {
         up: true,
         down: false,
     });
-    phone.record_visit(visit(someone, 7)).await?;
+    let connections = proxy.counters().connections();
     phone.sync_now().await?;
+    assert!(
+        proxy.counters().connections() > connections,
+        "the call did not connect by itself"
+    );
     assert_eq!(phone.pending_changes().await?, 0);
     Ok(())
 }

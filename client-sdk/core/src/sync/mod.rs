@@ -139,6 +139,9 @@ pub(crate) struct Synced {
 pub(crate) struct Ride {
     counted: bool,
     reply: oneshot::Sender<Result<Synced, ClientError>>,
+    /// When the rider gives up: its ping is due well before, so that it
+    /// can still connect by itself over a dead live connection.
+    deadline: Instant,
 }
 
 /// How `sync_now` and `checkpoint` reach the live connection.
@@ -983,7 +986,12 @@ impl Client {
             let requests = live.borrow_and_update().clone();
             if let Some(requests) = requests {
                 let (reply, answer) = oneshot::channel();
-                if requests.send(Ride { counted, reply }).is_ok() {
+                let ride = Ride {
+                    counted,
+                    reply,
+                    deadline,
+                };
+                if requests.send(ride).is_ok() {
                     match tokio::time::timeout_at(deadline, answer).await {
                         Ok(Ok(result)) => return result,
                         // That connection ended before it could answer:
@@ -1230,11 +1238,11 @@ impl Client {
         // The ping whose answer the waiting riders need, and whether it came.
         let mut probe: u64 = 0;
         let mut probed = true;
-        let mut pings = Pings::default();
         let timeout = connection.receive_timeout;
-        // Checked at least once a receive timeout, however long that is;
-        // an idle ping still goes only every `PING_EVERY`.
-        let mut check = tokio::time::interval(PING_EVERY.min(timeout));
+        let mut pings = Pings::new(timeout);
+        // Checked as often as an idle connection pings: at least twice a
+        // receive timeout.
+        let mut check = tokio::time::interval(pings.every);
         check.tick().await;
         let mut recheck = self
             .inner
@@ -1343,6 +1351,7 @@ impl Client {
                     if rider.reply.is_closed() {
                         continue;
                     }
+                    let rider_deadline = rider.deadline;
                     if waiting.is_empty() {
                         // The report covers what happened for these riders.
                         connection.report();
@@ -1360,13 +1369,14 @@ impl Client {
                     // then means our edits are acknowledged and the
                     // server's heads known (a push it had queued may still
                     // be behind the pong: the server serves both in turn).
-                    probe = send_ping(&mut connection, &mut pings, timeout).await?;
+                    let within = rider_ping_within(timeout, rider_deadline.saturating_duration_since(Instant::now()));
+                    probe = send_ping(&mut connection, &mut pings, within, timeout).await?;
                     probed = false;
                 }
                 // The server's own pings and pushes may keep arriving over
                 // a link whose way up is gone (a NAT that forgot the flow):
                 // only the answer to our ping shows it works.
-                _ = until_due(pings.due(timeout)) => {
+                _ = until_due(pings.due()) => {
                     return Err(ClientError::Network("the server did not answer a ping within the receive timeout".into()));
                 }
                 _ = self.inner.edited.notified() => {}
@@ -1378,7 +1388,7 @@ impl Client {
                         return Err(ClientError::Network("the server stopped answering sync messages".into()));
                     }
                     if pings.idle_ping_due() {
-                        send_ping(&mut connection, &mut pings, timeout).await?;
+                        send_ping(&mut connection, &mut pings, timeout, timeout).await?;
                     }
                 }
                 _ = tick(&mut recheck) => {
@@ -1424,22 +1434,39 @@ impl Drop for Serving<'_> {
 }
 
 /// The live connection's own pings, numbered: a pong says how far the
-/// server has read what we sent, and the oldest ping still unanswered
-/// dates how long the way up has been silent.
-#[derive(Debug, Default)]
+/// server has read what we sent, and a ping still unanswered at its due
+/// time says the way up is gone (the server's own pings and pushes may
+/// keep arriving over it: a NAT that forgot the flow).
+#[derive(Debug)]
 struct Pings {
     sent: u64,
-    /// Sent and not yet answered, oldest first.
+    /// Sent and not yet answered, oldest first, each with its due time.
     unanswered: VecDeque<(u64, Instant)>,
     last_sent: Option<Instant>,
+    /// How often an idle connection pings.
+    every: Duration,
 }
 
 impl Pings {
-    /// The next ping's number and payload, counted as sent now.
-    fn next(&mut self) -> (u64, Vec<u8>) {
+    /// Pings of a connection whose receive timeout is `timeout`: an idle
+    /// one every `PING_EVERY` (the radio sleeps between), but at least
+    /// twice a receive timeout, so that a healthy link always answers
+    /// within one whatever the server's own ping interval.
+    fn new(timeout: Duration) -> Pings {
+        Pings {
+            sent: 0,
+            unanswered: VecDeque::new(),
+            last_sent: None,
+            every: PING_EVERY.min(timeout / 2),
+        }
+    }
+
+    /// The next ping's number and payload, counted as sent now and due
+    /// `within` from now.
+    fn next(&mut self, within: Duration) -> (u64, Vec<u8>) {
         self.sent += 1;
         let now = Instant::now();
-        self.unanswered.push_back((self.sent, now));
+        self.unanswered.push_back((self.sent, now + within));
         self.last_sent = Some(now);
         (self.sent, self.sent.to_be_bytes().to_vec())
     }
@@ -1458,27 +1485,38 @@ impl Pings {
         Some(n)
     }
 
-    /// When the way up counts as dead: `timeout` after the oldest ping
-    /// still unanswered.
-    fn due(&self, timeout: Duration) -> Option<Instant> {
-        self.unanswered.front().map(|(_, at)| *at + timeout)
+    /// The earliest due time of a ping still unanswered.
+    fn due(&self) -> Option<Instant> {
+        self.unanswered.iter().map(|(_, due)| *due).min()
     }
 
-    /// An idle connection pings every `PING_EVERY`, so a dead link is
-    /// noticed and middleboxes keep it open, and no more often (the radio
-    /// sleeps between).
+    /// Whether an idle ping is due (a tick early counts: the check that
+    /// asks runs on a timer of the same period).
     fn idle_ping_due(&self) -> bool {
-        self.last_sent.is_none_or(|at| at.elapsed() >= PING_EVERY)
+        self.last_sent
+            .is_none_or(|at| at.elapsed() >= self.every.mul_f64(0.9))
     }
 }
 
-/// Sends the next numbered ping; returns its number.
+/// How long a ping sent for a rider may go unanswered: half the rider's
+/// time left, so it can still connect by itself, but never less than a
+/// few seconds (a round trip on a slow link; a rider with no time left
+/// gave up already) nor more than the receive timeout.
+fn rider_ping_within(timeout: Duration, rider_left: Duration) -> Duration {
+    (rider_left / 2).clamp(RIDER_PING_FLOOR.min(timeout), timeout)
+}
+
+/// The shortest wait for the answer to a rider's ping.
+const RIDER_PING_FLOOR: Duration = Duration::from_secs(5);
+
+/// Sends the next numbered ping, due `within`; returns its number.
 async fn send_ping(
     connection: &mut Connection,
     pings: &mut Pings,
+    within: Duration,
     timeout: Duration,
 ) -> Result<u64, ClientError> {
-    let (n, payload) = pings.next();
+    let (n, payload) = pings.next(within);
     tokio::time::timeout(
         timeout,
         connection.socket.send(WsMessage::Ping(payload.into())),
@@ -1713,21 +1751,24 @@ mod tests {
 
     #[test]
     fn a_pong_answers_its_ping_and_every_earlier_one() {
-        let timeout = Duration::from_secs(5);
-        let mut pings = Pings::default();
-        assert_eq!(pings.due(timeout), None);
+        let timeout = Duration::from_secs(10);
+        let mut pings = Pings::new(timeout);
+        assert_eq!(pings.every, Duration::from_secs(5));
+        assert_eq!(Pings::new(Duration::from_secs(90)).every, PING_EVERY);
+        assert_eq!(pings.due(), None);
         assert!(pings.idle_ping_due());
-        let (first, payload) = pings.next();
-        let first_due = pings.due(timeout).expect("a ping out");
-        let (second, _) = pings.next();
-        let (third, third_payload) = pings.next();
+        let (first, payload) = pings.next(timeout);
+        let first_due = pings.due().expect("a ping out");
+        let (second, _) = pings.next(timeout);
+        // A rider's ping may be due before the idle ones sent earlier.
+        let (third, third_payload) = pings.next(Duration::from_secs(1));
+        let third_due = pings.due().expect("pings out");
+        assert!(third_due < first_due);
         assert!(!pings.idle_ping_due());
-        // The oldest unanswered ping dates the silence.
-        assert_eq!(pings.due(timeout), Some(first_due));
         // A pong for the second answers the first too, not the third.
         assert_eq!(pings.answered(&second.to_be_bytes()), Some(second));
         assert_eq!(pings.unanswered.len(), 1);
-        assert!(pings.due(timeout) >= Some(first_due));
+        assert_eq!(pings.due(), Some(third_due));
         // A stale pong changes nothing; a foreign or garbled one is not ours.
         assert_eq!(pings.answered(&payload), Some(first));
         assert_eq!(pings.unanswered.len(), 1);
@@ -1735,7 +1776,25 @@ mod tests {
         assert_eq!(pings.answered(b"xyz"), None);
         assert_eq!(pings.answered(&[]), None);
         assert_eq!(pings.answered(&third_payload), Some(third));
-        assert_eq!(pings.due(timeout), None);
+        assert_eq!(pings.due(), None);
+    }
+
+    #[test]
+    fn a_riders_ping_leaves_it_half_its_time_within_bounds() {
+        let secs = Duration::from_secs;
+        // Half the time left, to connect by itself with the other half.
+        assert_eq!(rider_ping_within(secs(90), secs(120)), secs(60));
+        assert_eq!(rider_ping_within(secs(90), secs(30)), secs(15));
+        // Never less than the floor: a rider short of time (or with none)
+        // does not end a healthy connection.
+        assert_eq!(
+            rider_ping_within(secs(90), Duration::ZERO),
+            RIDER_PING_FLOOR
+        );
+        assert_eq!(rider_ping_within(secs(90), secs(4)), RIDER_PING_FLOOR);
+        // Never more than the receive timeout.
+        assert_eq!(rider_ping_within(secs(10), secs(600)), secs(10));
+        assert_eq!(rider_ping_within(secs(2), secs(1)), secs(2));
     }
 
     /// An app may take "up to date" for "safe to wipe": never while a

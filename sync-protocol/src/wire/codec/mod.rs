@@ -351,9 +351,20 @@ pub fn encode_deflated(message: &Message, receiver: Inflate) -> Vec<u8> {
     }
     let mut compressed = std::mem::take(deflate.get_mut());
     drop(deflate);
-    while receiver.limit(compressed.len() + LAST_EMPTY_STORED_BLOCK.len(), usize::MAX) < plain.len()
-    {
-        compressed.extend_from_slice(&EMPTY_STORED_BLOCK);
+    // Padding counted, not looped: a receiver's ratio is the caller's.
+    let unpadded = compressed.len() + LAST_EMPTY_STORED_BLOCK.len();
+    if receiver.limit(unpadded, usize::MAX) < plain.len() {
+        let needed = plain
+            .len()
+            .div_ceil(receiver.max_ratio.max(1))
+            .saturating_sub(unpadded);
+        let blocks = needed.div_ceil(EMPTY_STORED_BLOCK.len());
+        if blocks.saturating_mul(EMPTY_STORED_BLOCK.len()) >= plain.len() {
+            return plain;
+        }
+        for _ in 0..blocks {
+            compressed.extend_from_slice(&EMPTY_STORED_BLOCK);
+        }
     }
     compressed.extend_from_slice(&LAST_EMPTY_STORED_BLOCK);
     let mut e = Encoder::new(Vec::new());
