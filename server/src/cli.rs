@@ -412,6 +412,13 @@ pub async fn main() -> anyhow::Result<()> {
     if let Command::Demo { args } = &cli.command {
         return run_demo(&cli, args);
     }
+    // Taken before the database is opened: a second server on this
+    // directory is refused before it touches anything. Admin commands run
+    // beside a server and take none.
+    let _serving = match &cli.command {
+        Command::Serve(_) => Some(crate::data_dir::DataDirLock::acquire(&cli.data_dir)?),
+        _ => None,
+    };
     let store = match Store::open(&cli.database_path()).await {
         Ok(store) => store,
         // A read-only folder fails already here (SQLite cannot create the

@@ -31,6 +31,7 @@ pub mod authority;
 pub mod budget;
 pub mod cli;
 pub mod config;
+pub mod data_dir;
 pub mod http;
 pub mod hub;
 pub mod listener;

@@ -141,3 +141,48 @@ async fn an_operator_sets_up_a_district_and_enrolls_a_device_with_the_cli() -> a
     );
     server.kill().await
 }
+
+// Issue 16: SQLite lets two processes share the file, so a second `serve`
+// on one data directory used to start and serve beside the first.
+#[tokio::test]
+async fn a_second_server_on_one_data_directory_is_refused_naming_the_first() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let binary = Path::new(env!("CARGO_BIN_EXE_doorstep"));
+    let first = ServerProcess::start(binary, &data).await?;
+    let pid = first.pid().context("the first server's process id")?;
+
+    let second = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        Command::new(binary)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("the second server neither failed nor stopped")??;
+    assert!(!second.status.success(), "a second server started");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        said.contains(&format!("another doorstep server (process {pid})"))
+            && said.contains(&data.display().to_string()),
+        "{said}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&second.stdout).contains("listening"),
+        "the refused server said it was listening"
+    );
+
+    // The admin commands still work beside the running server.
+    let tenants = doorstep(&data, &["tenant", "list"]).await?;
+    assert!(tenants.is_array(), "{tenants}");
+
+    // Killed, it leaves the directory free.
+    first.kill().await?;
+    let again = ServerProcess::start(binary, &data).await?;
+    again.kill().await?;
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! One server per data directory. SQLite's own locks let two processes
+//! share a database file, so a second `doorstep serve` on the same
+//! directory would start and serve beside the first: two hubs, each
+//! believing it holds every live document, each compacting and projecting
+//! on its own. `serve` therefore takes an exclusive lock on a file in the
+//! directory for its whole life and writes its process id there, so the
+//! refusal can name who holds it. The operating system drops the lock when
+//! the process ends, however it ends, so a killed server never leaves the
+//! directory locked. The admin commands take no lock: they work beside a
+//! running server, as SQLite allows.
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+/// The lock file's name inside the data directory.
+const LOCK_FILE: &str = "serve.lock";
+
+/// Why the data directory could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error(
+        "another doorstep server ({holder}) is serving the data directory {dir}: stop it, \
+         or give this one another --data-dir"
+    )]
+    InUse { dir: PathBuf, holder: String },
+    #[error("cannot take the data directory {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The exclusive hold on a data directory, for as long as it lives.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+impl DataDirLock {
+    /// Takes `dir` (creating it if needed) for this process, or says which
+    /// process holds it.
+    pub fn acquire(dir: &Path) -> Result<DataDirLock, DataDirError> {
+        let io = |source| DataDirError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut file = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(DataDirError::InUse {
+                    dir: dir.to_path_buf(),
+                    holder: holder(&mut file),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        // Who holds it, for the next one to be told; a failure here costs
+        // only that line of the refusal.
+        let _ = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| write!(file, "{}", std::process::id()))
+            .and_then(|()| file.sync_all());
+        Ok(DataDirLock { _file: file })
+    }
+}
+
+/// The holder as its lock file names it.
+fn holder(file: &mut File) -> String {
+    let mut text = String::new();
+    // At most a process id; a longer or garbled file is not ours to quote.
+    let read = Read::by_ref(file).take(32).read_to_string(&mut text);
+    match text.trim().parse::<u32>() {
+        Ok(pid) if read.is_ok() => format!("process {pid}"),
+        _ => "a process that did not say which".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_hold_is_refused_naming_the_first_and_free_once_it_ends() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let data = dir.path().join("data");
+        let first = DataDirLock::acquire(&data).expect("the first hold");
+        match DataDirLock::acquire(&data) {
+            Err(DataDirError::InUse { dir, holder }) => {
+                assert_eq!(dir, data);
+                assert_eq!(holder, format!("process {}", std::process::id()));
+            }
+            other => panic!("a second hold: {other:?}"),
+        }
+        drop(first);
+        DataDirLock::acquire(&data).expect("free again once the first ended");
+    }
+
+    #[test]
+    fn a_garbled_lock_file_is_not_quoted() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(dir.path().join(LOCK_FILE), "x".repeat(1000)).expect("garbage");
+        let mut file = File::open(dir.path().join(LOCK_FILE)).expect("open");
+        assert_eq!(holder(&mut file), "a process that did not say which");
+    }
+}
