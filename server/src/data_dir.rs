@@ -24,7 +24,11 @@ pub enum DataDirError {
          or give this one another --data-dir"
     )]
     InUse { dir: PathBuf, holder: String },
-    #[error("cannot take the data directory {dir}: {source}")]
+    /// Words an operator acts on: a read-only folder and a full disk are
+    /// the usual causes (the database would fail the same way next).
+    #[error(
+        "the data directory {dir} cannot be written ({source}): check its permissions and free space"
+    )]
     Io {
         dir: PathBuf,
         #[source]
