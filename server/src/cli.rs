@@ -38,6 +38,11 @@ pub struct Cli {
     /// Print results as JSON (times as epoch milliseconds) instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Let an admin command make the data directory when there is none
+    /// (without it, a wrong folder or a mistyped --data-dir is refused
+    /// rather than given an empty database). `serve` always makes it.
+    #[arg(long, global = true)]
+    pub create: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -414,10 +419,21 @@ pub async fn main() -> anyhow::Result<()> {
     }
     // Taken before the database is opened: a second server on this
     // directory is refused before it touches anything. Admin commands run
-    // beside a server and take none.
+    // beside a server and take none, and make no data directory unasked.
     let _serving = match &cli.command {
         Command::Serve(_) => Some(crate::data_dir::DataDirLock::acquire(&cli.data_dir)?),
-        _ => None,
+        _ => {
+            if !cli.create && !cli.data_dir.is_dir() {
+                anyhow::bail!(
+                    "there is no data directory at {} (doorstep serve makes it on its first start): \
+                     run this where the server runs, name it with --data-dir or DOORSTEP_DATA_DIR, \
+                     or add --create to make an empty one",
+                    cli.data_dir.display()
+                );
+            }
+            tracing::info!(database = %cli.database_path().display(), "using the database");
+            None
+        }
     };
     let store = match Store::open(&cli.database_path()).await {
         Ok(store) => store,

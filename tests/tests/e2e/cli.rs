@@ -186,3 +186,34 @@ async fn a_second_server_on_one_data_directory_is_refused_naming_the_first() -> 
     again.kill().await?;
     Ok(())
 }
+
+// Issue 16: an admin command run from the wrong folder (or with a mistyped
+// --data-dir) used to make an empty database there and act on it.
+#[tokio::test]
+async fn an_admin_command_without_a_data_directory_is_refused_unless_asked_to_create_one()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let missing = dir.path().join("no-such-data");
+    let refused = Command::new(env!("CARGO_BIN_EXE_doorstep"))
+        .arg("--data-dir")
+        .arg(&missing)
+        .args(["tenant", "list"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .await?;
+    assert!(!refused.status.success(), "an empty database was made");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("there is no data directory at")
+            && said.contains(&missing.display().to_string())
+            && said.contains("--create"),
+        "{said}"
+    );
+    assert!(!missing.exists(), "the refused command made the directory");
+
+    // Asked to, it makes one and works on it.
+    let tenants = doorstep(&missing, &["--create", "tenant", "list"]).await?;
+    assert_eq!(tenants, serde_json::json!([]));
+    assert!(missing.join("doorstep.db").exists());
+    Ok(())
+}
