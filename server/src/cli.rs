@@ -391,17 +391,26 @@ fn is_wire_content(meta: &tracing::Metadata<'_>) -> bool {
 }
 
 /// The process's log: `RUST_LOG` (default `info`) to stderr, never wire
-/// content (`WIRE_CONTENT_TARGETS`).
+/// content (`WIRE_CONTENT_TARGETS`); one JSON object a line with
+/// `DOORSTEP_LOG_FORMAT=json`, for a log shipper. (Read from the
+/// environment: logging starts before the command line is parsed, so that
+/// parsing can log.)
 fn init_logging() {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = std::env::var("DOORSTEP_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = if json {
+        lines.json().boxed()
+    } else {
+        lines.boxed()
+    };
     tracing_subscriber::registry()
         .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+            lines
                 .with_filter(filter)
                 .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
                     !is_wire_content(meta)

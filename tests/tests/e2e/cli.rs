@@ -217,3 +217,34 @@ async fn an_admin_command_without_a_data_directory_is_refused_unless_asked_to_cr
     assert!(missing.join("doorstep.db").exists());
     Ok(())
 }
+
+// Issue 16: JSON logs as an option, for a log shipper.
+#[tokio::test]
+async fn the_log_is_one_json_object_a_line_when_asked() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let output = Command::new(env!("CARGO_BIN_EXE_doorstep"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["tenant", "list"])
+        .env("RUST_LOG", "info")
+        .env("DOORSTEP_LOG_FORMAT", "json")
+        .output()
+        .await?;
+    assert!(output.status.success());
+    let log = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("a line that is not JSON in:\n{log}"))?;
+    assert!(
+        lines.iter().any(|line| line["level"] == "INFO"
+            && line["fields"]["message"] == "using the database"
+            && line["fields"]["database"]
+                .as_str()
+                .is_some_and(|db| db.ends_with("doorstep.db"))),
+        "{log}"
+    );
+    Ok(())
+}
