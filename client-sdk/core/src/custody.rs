@@ -1469,26 +1469,12 @@ mod tests {
         notes: &str,
         message: Option<String>,
     ) -> automerge::Change {
-        let mut fork = doc
-            .fork_at(deps)
-            .expect("fork")
-            .with_actor(ActorId::random());
-        let mut tx = fork.transaction();
-        let members = match tx.get(automerge::ROOT, "members") {
-            Ok(Some((_, id))) => id,
-            other => panic!("no members: {other:?}"),
-        };
-        let m = tx
-            .put_object(&members, key, automerge::ObjType::Map)
-            .expect("member");
-        tx.put(&m, "notes", notes).expect("notes");
-        let options = match message {
-            Some(message) => CommitOptions::default().with_message(message),
-            None => CommitOptions::default(),
-        };
-        let (hash, _) = tx.commit_with(options);
-        fork.get_change_by_hash(&hash.expect("a change"))
-            .expect("the change")
+        change_by(doc, deps, message, |tx, members| {
+            let m = tx
+                .put_object(members, key, automerge::ObjType::Map)
+                .expect("member");
+            tx.put(&m, "notes", notes).expect("notes");
+        })
     }
 
     /// From the second review of the re-base: a forged stand-in for a
