@@ -51,12 +51,25 @@ impl DataDirLock {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
+        // The file is truncated below: never through a link to something
+        // else (a stray `serve.lock -> doorstep.db` would empty the
+        // database).
+        let path = dir.join(LOCK_FILE);
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            use std::os::unix::fs::MetadataExt;
+            if !meta.is_file() || meta.nlink() != 1 {
+                return Err(io(std::io::Error::other(format!(
+                    "{} is not a plain file of its own; remove it",
+                    path.display()
+                ))));
+            }
+        }
         let mut file = File::options()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
-            .open(dir.join(LOCK_FILE))
+            .open(&path)
             .map_err(io)?;
         match file.try_lock() {
             Ok(()) => {}
@@ -108,6 +121,22 @@ mod tests {
         }
         drop(first);
         DataDirLock::acquire(&data).expect("free again once the first ended");
+    }
+
+    #[test]
+    fn a_lock_file_that_links_elsewhere_is_refused_and_its_target_left_whole() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let target = dir.path().join("doorstep.db");
+        std::fs::write(&target, b"the database").expect("a target");
+        std::os::unix::fs::symlink(&target, dir.path().join(LOCK_FILE)).expect("a symlink");
+        assert!(matches!(
+            DataDirLock::acquire(dir.path()),
+            Err(DataDirError::Io { .. })
+        ));
+        std::fs::remove_file(dir.path().join(LOCK_FILE)).expect("unlink");
+        std::fs::hard_link(&target, dir.path().join(LOCK_FILE)).expect("a hard link");
+        assert!(DataDirLock::acquire(dir.path()).is_err());
+        assert_eq!(std::fs::read(&target).expect("read"), b"the database");
     }
 
     #[test]
