@@ -432,6 +432,18 @@ pub async fn main() -> anyhow::Result<()> {
     let _serving = match &cli.command {
         Command::Serve(_) => Some(crate::data_dir::DataDirLock::acquire(&cli.data_dir)?),
         _ => {
+            // A folder that exists but holds other things and no database
+            // is a wrong --data-dir too (`.`, a parent folder); an empty one
+            // is a directory made for Doorstep.
+            let holds_other_things =
+                std::fs::read_dir(&cli.data_dir).is_ok_and(|mut entries| entries.next().is_some());
+            if !cli.create && holds_other_things && !cli.database_path().is_file() {
+                anyhow::bail!(
+                    "{} holds no Doorstep database (doorstep.db): name the data directory with \
+                     --data-dir or DOORSTEP_DATA_DIR, or add --create to make one there",
+                    cli.data_dir.display()
+                );
+            }
             if !cli.create && !cli.data_dir.is_dir() {
                 anyhow::bail!(
                     "there is no data directory at {} (doorstep serve makes it on its first start): \

@@ -211,6 +211,26 @@ async fn an_admin_command_without_a_data_directory_is_refused_unless_asked_to_cr
     );
     assert!(!missing.exists(), "the refused command made the directory");
 
+    // A folder that exists but is not a data directory (a mistyped path to
+    // a parent, say) is refused too, and given no database.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere)?;
+    std::fs::write(elsewhere.join("notes.txt"), "not Doorstep's")?;
+    let refused = Command::new(env!("CARGO_BIN_EXE_doorstep"))
+        .arg("--data-dir")
+        .arg(&elsewhere)
+        .args(["tenant", "list"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .await?;
+    assert!(!refused.status.success(), "an empty database was made");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("holds no Doorstep database"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(!elsewhere.join("doorstep.db").exists());
+
     // Asked to, it makes one and works on it.
     let tenants = doorstep(&missing, &["--create", "tenant", "list"]).await?;
     assert_eq!(tenants, serde_json::json!([]));
