@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -75,6 +75,24 @@ pub enum Command {
     Audit(AuditCommand),
     /// Rebuild every projection (the rows rollups count) from the stored documents.
     Reproject,
+    /// Write a consistent copy of the whole database to a new file, while
+    /// the server keeps running.
+    #[command(after_help = "Example:\n  \
+        doorstep backup /var/backups/doorstep-2026-12-07.db")]
+    Backup {
+        /// The file to write; it must not exist yet.
+        to: PathBuf,
+    },
+    /// Replace the database's contents with a backup's, while the server
+    /// keeps running: it notices within a second, and devices sync again
+    /// (what they hold that the backup lacks reaches the server again). A
+    /// copy of what is replaced is written first, beside the database.
+    #[command(after_help = "Example:\n  \
+        doorstep restore /var/backups/doorstep-2026-12-07.db")]
+    Restore {
+        /// A file `doorstep backup` wrote.
+        from: PathBuf,
+    },
     /// Fill a demo district modeled on the Yanshan report through simulated
     /// phones (runs `doorstep-demo`, built from client-sdk/demo).
     #[command(after_help = "Examples:\n  \
@@ -662,6 +680,15 @@ pub fn utc(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// Whether two paths name one file (a restore must not read the database
+/// it replaces).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// The whole command tree, for tests that check every argument is explained.
 pub fn command() -> clap::Command {
     Cli::command()
@@ -1044,6 +1071,55 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                 &serde_json::json!({ "documents": documents }),
                 |_| format!("reprojected {documents} documents"),
             )
+        }
+        Command::Backup { to } => {
+            let summary = store.backup_to(to).await?;
+            print(cli.json, &summary, |s| {
+                format!(
+                    "backed up {} documents, {} tenants and {} devices to {} ({} bytes)",
+                    s.documents,
+                    s.tenants,
+                    s.devices,
+                    s.path.display(),
+                    s.bytes
+                )
+            })
+        }
+        Command::Restore { from } => {
+            let live = cli.database_path();
+            if same_file(from, &live) {
+                anyhow::bail!(
+                    "{} is the live database itself; name a file `doorstep backup` wrote",
+                    from.display()
+                );
+            }
+            // Milliseconds: two restores within a second keep two copies.
+            let stamp = time::OffsetDateTime::now_utc()
+                .format(time::macros::format_description!(
+                    "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
+                ))
+                .context("cannot format the time")?;
+            let keep = cli.data_dir.join(format!("before-restore-{stamp}.db"));
+            let staging = cli
+                .data_dir
+                .join(format!("restore-staging-{}.db", uuid::Uuid::new_v4()));
+            let summary = store
+                .restore_from(from, &staging, &keep)
+                .await
+                .context("nothing was restored")?;
+            print(cli.json, &summary, |s| {
+                format!(
+                    "restored {} documents, {} tenants and {} devices from {}\n\
+                     the data it replaced is kept in {}\n\
+                     a running server drops what it held within a second; devices sync again \
+                     and send what the backup lacks",
+                    s.documents,
+                    s.tenants,
+                    s.devices,
+                    s.from.display(),
+                    s.replaced_data_kept_in.display()
+                )
+            })
         }
         Command::Device(DeviceCommand::List) => {
             let mut devices = Vec::new();

@@ -23,8 +23,9 @@ pub struct Config {
     pub send_timeout: Duration,
     /// A document no peer has touched for this long leaves memory.
     pub document_idle: Duration,
-    /// How often to look for devices revoked by another process (the CLI).
-    pub revocation_poll: Duration,
+    /// How often to look for what another process (the CLI) did to the
+    /// database: devices revoked, a restore from a backup.
+    pub store_poll: Duration,
     /// Lifetime of an API login.
     pub session_ttl: Duration,
     /// An API login unused for this long ends (before `session_ttl`).
@@ -36,6 +37,8 @@ pub struct Config {
     /// Every bound on what a principal or the process may take (argon2
     /// work, connections, queued bytes, message rates, recorded refusals).
     pub budgets: crate::budget::Budgets,
+    /// The Prometheus series at `/metrics` (shared by clones).
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Bounds on what one device may send.
@@ -79,12 +82,13 @@ impl Config {
             idle_timeout: Duration::from_secs(90),
             send_timeout: Duration::from_secs(120),
             document_idle: Duration::from_secs(300),
-            revocation_poll: Duration::from_secs(1),
+            store_poll: Duration::from_secs(1),
             session_ttl: Duration::from_secs(12 * 3600),
             session_idle: Duration::from_secs(30 * 60),
             logins: crate::auth::LoginPolicy::default(),
             clock: crate::auth::Clock::system(),
             budgets: crate::budget::Budgets::default(),
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 }

@@ -19,6 +19,7 @@
 //! sync       the /sync WebSocket connection: handshake, access, limits
 //! http       the JSON API, its extractors and its single error edge
 //! listener   the accept loop: connection budget, TLS, header deadlines
+//! metrics    the Prometheus series at /metrics
 //! cli        `doorstep` subcommands for operators
 //! ```
 //!
@@ -35,6 +36,7 @@ pub mod data_dir;
 pub mod http;
 pub mod hub;
 pub mod listener;
+pub mod metrics;
 pub mod projection;
 pub mod rollup;
 pub mod store;
@@ -147,6 +149,7 @@ pub async fn serve_with(
         app,
         tls,
         config.budgets.connections.clone(),
+        config.metrics.clone(),
         shutdown,
     )
     .await

@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use tower::Service;
 
 use crate::budget::{ConnectionBudget, ConnectionPermit};
+use crate::metrics::{Metrics, Refusal};
 
 /// How long shutdown waits for open HTTP exchanges to finish (an
 /// enrollment that committed must get its token to the device).
@@ -135,6 +136,7 @@ pub async fn serve(
     app: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     budget: ConnectionBudget,
+    metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -158,6 +160,7 @@ pub async fn serve(
         let permit = match budget.admit(peer.ip()) {
             Ok(permit) => permit,
             Err(refusal) => {
+                metrics.refused(Refusal::ConnectionBudget);
                 tracing::debug!(%peer, %refusal, "connection refused");
                 drop(stream);
                 continue;

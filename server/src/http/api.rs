@@ -89,6 +89,26 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     }
 }
 
+/// Prometheus metrics (OpenMetrics text): counts only, never a name or an
+/// id, so no login is asked; keep the route off the public proxy all the
+/// same (README).
+pub async fn metrics(
+    State(state): State<AppState>,
+) -> Result<impl axum::response::IntoResponse, ApiError> {
+    let lagging = state.store.lagging_projections().await?;
+    let text = state
+        .config
+        .metrics
+        .encode(state.hub.live_documents(), lagging);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    ))
+}
+
 #[derive(Deserialize)]
 pub struct Login {
     username: String,

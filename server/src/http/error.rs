@@ -72,6 +72,10 @@ pub enum ApiError {
     WrongPassword,
     #[error("the request body did not arrive in time")]
     RequestTimeout,
+    /// The database was restored from a backup a moment ago; the server
+    /// takes writes again within a second.
+    #[error("the server's data was just restored from a backup; try again in a moment")]
+    Restored,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -110,6 +114,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Invalid(message) => ApiError::BadRequest(message),
             StoreError::Conflict(what) => ApiError::Conflict(what),
+            StoreError::Restored => ApiError::Restored,
             other => ApiError::Internal(other.into()),
         }
     }
@@ -174,6 +179,7 @@ impl ApiError {
             ApiError::RequestTimeout => "request_timeout",
             ApiError::EnrollmentCodeUsed => "enrollment_code_used",
             ApiError::EnrollmentCodeExpired => "enrollment_code_expired",
+            ApiError::Restored => "restored",
             _ => return None,
         })
     }
@@ -198,7 +204,7 @@ impl ApiError {
             ApiError::Conflict(_) | ApiError::InUse(_) => StatusCode::CONFLICT,
             ApiError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Busy(busy) if busy.source_full => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Busy(_) | ApiError::Restored => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::AccountDisabled | ApiError::WrongPassword => StatusCode::FORBIDDEN,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -220,6 +226,7 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             ApiError::TooManyAttempts { retry_after } => Some(*retry_after),
             ApiError::Busy(_) => Some(crate::budget::passwords::BUSY_RETRY_AFTER),
+            ApiError::Restored => Some(std::time::Duration::from_secs(1)),
             _ => None,
         };
         if let Some(retry_after) = retry_after {

@@ -119,6 +119,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
         .route("/", get(|| async { axum::response::Redirect::to("/dashboard") }))
         .route("/dashboard", get(dashboard))
         .route("/dashboard.js", get(dashboard_js))

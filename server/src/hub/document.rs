@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::outbox::{Outbound, Outbox};
 use super::{Connection, Shared, SyncRefusal};
+use crate::metrics::StorageWrite;
 use crate::projection::{self, Scope, Source};
 use crate::store::keeping::snapshot_key;
 use crate::store::{Commit, CommitError, StoreError, now_ms};
@@ -39,6 +40,9 @@ pub(super) enum Command {
     Ephemeral { from: PeerId, message: Outbound },
     /// Save every sync state and stop.
     Shutdown { done: oneshot::Sender<()> },
+    /// Stop without saving anything: the database was restored under the
+    /// document, and what it holds belongs to the data the restore replaced.
+    Forget { done: oneshot::Sender<()> },
 }
 
 /// The answer to a [`Command::Sync`].
@@ -109,14 +113,23 @@ pub(super) async fn run(
                 continue;
             }
         };
-        if let Command::Shutdown { done } = command {
-            task.save_all_states().await;
-            let _ = done.send(());
-            shared.retire(id, generation);
-            break;
-        }
-        if !task.handle(command).await {
-            break;
+        match command {
+            Command::Shutdown { done } => {
+                task.save_all_states().await;
+                let _ = done.send(());
+                shared.retire(id, generation);
+                break;
+            }
+            Command::Forget { done } => {
+                shared.retire(id, generation);
+                let _ = done.send(());
+                break;
+            }
+            command => {
+                if !task.handle(command).await {
+                    break;
+                }
+            }
         }
     }
     // Whatever raced in before the mailbox closed goes to the next task.
@@ -126,7 +139,7 @@ pub(super) async fn run(
             Command::Sync { data, done, .. } => {
                 let _ = done.send(Outcome::Retry(data));
             }
-            Command::Shutdown { done } => {
+            Command::Shutdown { done } | Command::Forget { done } => {
                 let _ = done.send(());
             }
             Command::Leave { .. } | Command::Ephemeral { .. } => {}
@@ -141,7 +154,7 @@ fn refuse_while_unloaded(command: Command, error: &StoreError) {
                 StoreError::Invalid(format!("the document could not be loaded: {error}")),
             ))));
         }
-        Command::Shutdown { done } => {
+        Command::Shutdown { done } | Command::Forget { done } => {
             let _ = done.send(());
         }
         Command::Leave { .. } | Command::Ephemeral { .. } => {}
@@ -205,7 +218,7 @@ impl DocumentTask {
             }
             Command::Leave { key } => self.leave(&key).await,
             Command::Ephemeral { from, message } => self.relay(&from, message),
-            Command::Shutdown { done } => {
+            Command::Shutdown { done } | Command::Forget { done } => {
                 let _ = done.send(());
             }
         }
@@ -385,6 +398,10 @@ impl DocumentTask {
                         })
                     }
                     CommitError::Store(e) => {
+                        self.shared
+                            .config
+                            .metrics
+                            .storage_error(StorageWrite::Commit);
                         tracing::error!(document = %self.id, error = %e, "could not store changes; nothing was acknowledged");
                         SyncRefusal::Storage(e)
                     }
@@ -480,6 +497,10 @@ impl DocumentTask {
             .compact(self.id, &snapshot, &self.chunk_keys)
             .await
         {
+            self.shared
+                .config
+                .metrics
+                .storage_error(StorageWrite::Compaction);
             tracing::warn!(document = %self.id, error = %e, "compaction failed; every chunk is kept");
             return;
         }

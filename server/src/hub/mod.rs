@@ -75,12 +75,15 @@ pub struct Connection {
 /// A connection's revocation: a flag anyone can read (a document task
 /// pushing changes skips a revoked connection at once, whatever its socket
 /// is doing) and a wake-up for the connection's own loop. A connection
-/// closed because its device opened too many newer ones is "superseded":
-/// it stops like a revoked one, but the device is not revoked.
+/// closed because its device opened too many newer ones is "superseded",
+/// and one closed because the database was restored under it is
+/// "restored": either stops like a revoked one, but the device is not
+/// revoked.
 #[derive(Debug, Default)]
 pub struct Revocation {
     revoked: std::sync::atomic::AtomicBool,
     superseded: std::sync::atomic::AtomicBool,
+    restored: std::sync::atomic::AtomicBool,
     notify: Notify,
 }
 
@@ -99,6 +102,18 @@ impl Revocation {
     /// Whether the stop was [`Revocation::supersede`], not a revocation.
     pub fn is_superseded(&self) -> bool {
         self.superseded.load(Ordering::SeqCst)
+    }
+
+    /// Stops the connection because the data it synced against was
+    /// replaced by a restore: the device reconnects and syncs afresh.
+    pub fn restored(&self) {
+        self.restored.store(true, Ordering::SeqCst);
+        self.revoke();
+    }
+
+    /// Whether the stop was [`Revocation::restored`].
+    pub fn is_restored(&self) -> bool {
+        self.restored.load(Ordering::SeqCst)
     }
 
     pub fn is_revoked(&self) -> bool {
@@ -172,9 +187,8 @@ impl Shared {
 /// The live documents and connections of this server process.
 pub struct Hub {
     shared: Arc<Shared>,
-    /// Our automerge-repo peer id and storage id.
+    /// Our automerge-repo peer id (the storage id is the store's epoch).
     pub peer_id: PeerId,
-    pub storage_id: String,
     connections: StdMutex<HashMap<DeviceId, HashMap<u64, Arc<Revocation>>>>,
     next_connection: AtomicU64,
     shutdown_tx: watch::Sender<bool>,
@@ -197,7 +211,6 @@ impl Hub {
         documents: Arc<dyn DocumentStore>,
         config: Arc<Config>,
     ) -> Result<Arc<Hub>, StoreError> {
-        let storage_id = store.storage_id().await?;
         let peer_id = PeerId::new(format!("doorstep-{}", uuid::Uuid::new_v4()))
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let (shutdown_tx, _) = watch::channel(false);
@@ -231,12 +244,11 @@ impl Hub {
         let hub = Arc::new(Hub {
             shared,
             peer_id,
-            storage_id,
             connections: StdMutex::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
             shutdown_tx,
         });
-        tokio::spawn(watch_revocations(
+        tokio::spawn(watch_other_processes(
             Arc::downgrade(&hub),
             hub.shutdown_signal(),
         ));
@@ -260,6 +272,12 @@ impl Hub {
     /// the sync states of its peers.
     pub async fn shutdown(&self) {
         let _ = self.shutdown_tx.send(true);
+        self.stop_documents(|done| Command::Shutdown { done }).await;
+    }
+
+    /// Sends every live document the stop `command` and waits until each
+    /// has stopped.
+    async fn stop_documents(&self, command: impl Fn(oneshot::Sender<()>) -> Command) {
         let mailboxes: Vec<Mailbox> = self
             .shared
             .mailboxes
@@ -268,15 +286,28 @@ impl Hub {
             .unwrap_or_default();
         for mailbox in mailboxes {
             let (done, finished) = oneshot::channel();
-            if mailbox
-                .sender
-                .send(Command::Shutdown { done })
-                .await
-                .is_ok()
-            {
+            if mailbox.sender.send(command(done)).await.is_ok() {
                 let _ = finished.await;
             }
         }
+    }
+
+    /// The database was restored under this process (its epoch is now
+    /// `epoch`): every live document is dropped from memory unsaved (what
+    /// it holds belongs to the data the restore replaced; the devices that
+    /// sent it still hold it and send it again), every connection is told
+    /// to reconnect, and only then are writes let in again, under the new
+    /// epoch. Until then every write fails ([`StoreError::Restored`]), so
+    /// nothing of the old data is written into the restored data.
+    pub async fn restored(&self, epoch: String) {
+        tracing::warn!(%epoch, "the database was restored from a backup; dropping every live document and connection");
+        self.stop_documents(|done| Command::Forget { done }).await;
+        if let Ok(connections) = self.connections.lock() {
+            for revocation in connections.values().flat_map(HashMap::values) {
+                revocation.restored();
+            }
+        }
+        self.shared.store.enter_epoch(epoch);
     }
 
     /// Registers a new connection of a live device. Past the device's
@@ -504,12 +535,14 @@ fn log_month(branch: TenantId, id: DocumentId, now_ms: i64) -> Option<Month> {
     None
 }
 
-/// Devices revoked by another process (the CLI) lose their sockets here.
-async fn watch_revocations(hub: std::sync::Weak<Hub>, mut shutdown: watch::Receiver<bool>) {
+/// What other processes (the CLI) did to the database reaches this one
+/// here: devices revoked lose their sockets, and a restore under the server
+/// drops everything it held of the data before ([`Hub::restored`]).
+async fn watch_other_processes(hub: std::sync::Weak<Hub>, mut shutdown: watch::Receiver<bool>) {
     let mut since = now_ms();
     loop {
         let period = match hub.upgrade() {
-            Some(hub) => hub.shared.config.revocation_poll,
+            Some(hub) => hub.shared.config.store_poll,
             None => return,
         };
         tokio::select! {
@@ -517,6 +550,11 @@ async fn watch_revocations(hub: std::sync::Weak<Hub>, mut shutdown: watch::Recei
             _ = shutdown.changed() => return,
         }
         let Some(hub) = hub.upgrade() else { return };
+        match hub.shared.store.restored_epoch().await {
+            Ok(Some(epoch)) => hub.restored(epoch).await,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "could not read the database's epoch"),
+        }
         let checked_at = now_ms();
         match hub.shared.store.revoked_since(since).await {
             Ok(revoked) => {

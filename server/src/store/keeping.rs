@@ -448,6 +448,20 @@ impl Store {
         .map(|id| parse_column(id, "document id"))
         .collect()
     }
+
+    /// Documents with stored changes their projected rows do not count
+    /// yet. (A document nothing was written to since its genesis has no
+    /// heads and no records: [`Store::documents_to_reproject`] lists it,
+    /// but no figure lags.)
+    pub async fn lagging_projections(&self) -> Result<u64, StoreError> {
+        let lagging: i64 = sqlx::query_scalar(
+            "select count(*) from documents
+             where heads is not null and (projected_heads is null or heads <> projected_heads)",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(u64::try_from(lagging).unwrap_or(0))
+    }
 }
 
 #[cfg(test)]

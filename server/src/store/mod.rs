@@ -6,6 +6,7 @@
 //! Migrations are embedded in the binary and applied on open.
 
 pub mod audit;
+pub mod backup;
 mod devices;
 mod documents;
 pub mod faults;
@@ -16,6 +17,7 @@ mod tenants;
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sqlx::SqlitePool;
@@ -64,6 +66,11 @@ pub enum StoreError {
     /// action it describes does not commit unwitnessed.
     #[error("the audit entry for {0} names no tenant")]
     Unconcerned(String),
+    /// The database was restored from a backup under this process (its
+    /// epoch changed): nothing is written until the process has dropped
+    /// what it held of the old data, within a second.
+    #[error("the database was restored from a backup moments ago; try again")]
+    Restored,
     /// A permit of the authority rule used for another action: a bug.
     #[error("a permit to {given} does not allow {wanted}")]
     WrongPermit {
@@ -100,10 +107,15 @@ impl StoreError {
     }
 }
 
-/// Handle to the database; cheap to clone.
+/// Handle to the database; cheap to clone (clones share the epoch).
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    /// The database's epoch this process works in: its automerge-repo
+    /// storage id, which a restore replaces. Every write transaction checks
+    /// it ([`Store::begin_write`]), so a process still holding documents of
+    /// the data a restore replaced cannot write them into the restored data.
+    epoch: Arc<RwLock<String>>,
 }
 
 impl Store {
@@ -138,40 +150,59 @@ impl Store {
             .after_release(|conn, _| Box::pin(async move { Ok(is_clean(conn).await) }))
             .connect_with(options)
             .await?;
-        let store = Store { pool };
-        store.check_durability().await?;
-        sqlx::migrate!("../migrations/sqlite")
-            .run(&store.pool)
-            .await?;
-        Ok(store)
+        check_durability(&pool).await?;
+        sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        let epoch = stored_epoch_or_new(&pool).await?;
+        Ok(Store {
+            pool,
+            epoch: Arc::new(RwLock::new(epoch)),
+        })
     }
+}
 
-    /// Reads back the settings the acknowledgement depends on.
-    async fn check_durability(&self) -> Result<(), StoreError> {
-        let journal: String = sqlx::query_scalar("pragma journal_mode")
-            .fetch_one(&self.pool)
-            .await?;
-        if !journal.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Setting {
-                setting: "journal_mode",
-                actual: journal,
-                expected: "wal",
-            });
-        }
-        let synchronous: i64 = sqlx::query_scalar("pragma synchronous")
-            .fetch_one(&self.pool)
-            .await?;
-        // 2 is FULL.
-        if synchronous != 2 {
-            return Err(StoreError::Setting {
-                setting: "synchronous",
-                actual: synchronous.to_string(),
-                expected: "FULL (2)",
-            });
-        }
-        Ok(())
+/// Reads back the settings the acknowledgement depends on.
+async fn check_durability(pool: &SqlitePool) -> Result<(), StoreError> {
+    let journal: String = sqlx::query_scalar("pragma journal_mode")
+        .fetch_one(pool)
+        .await?;
+    if !journal.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Setting {
+            setting: "journal_mode",
+            actual: journal,
+            expected: "wal",
+        });
     }
+    let synchronous: i64 = sqlx::query_scalar("pragma synchronous")
+        .fetch_one(pool)
+        .await?;
+    // 2 is FULL.
+    if synchronous != 2 {
+        return Err(StoreError::Setting {
+            setting: "synchronous",
+            actual: synchronous.to_string(),
+            expected: "FULL (2)",
+        });
+    }
+    Ok(())
+}
 
+/// The database's epoch (its storage id), made on first open.
+async fn stored_epoch_or_new(pool: &SqlitePool) -> Result<String, StoreError> {
+    let fresh = uuid::Uuid::new_v4().to_string();
+    sqlx::query(
+        "insert into server_meta (key, value) values ('storage_id', ?) on conflict (key) do nothing",
+    )
+    .bind(&fresh)
+    .execute(pool)
+    .await?;
+    Ok(
+        sqlx::query_scalar("select value from server_meta where key = 'storage_id'")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+impl Store {
     /// Whether the database takes a write now: a tiny transaction that
     /// changes a row and commits, so a full disk or a read-only file shows
     /// here (readiness), not first in a device's acknowledgement.
@@ -197,28 +228,54 @@ impl Store {
     /// default deferred transaction fails with SQLITE_BUSY_SNAPSHOT (517),
     /// which no busy timeout retries, when it reads and then writes while
     /// another connection committed in between.
+    ///
+    /// It is also where a restore under this process is caught: the
+    /// transaction goes on only while the database's epoch is the one this
+    /// process works in ([`StoreError::Restored`] otherwise).
     pub(crate) async fn begin_write(
         &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.pool.begin_with("begin immediate").await
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        let mut tx = self.pool.begin_with("begin immediate").await?;
+        let stored: Option<String> =
+            sqlx::query_scalar("select value from server_meta where key = 'storage_id'")
+                .fetch_optional(&mut *tx)
+                .await?;
+        if stored.as_deref() != Some(self.epoch().as_str()) {
+            return Err(StoreError::Restored);
+        }
+        Ok(tx)
+    }
+
+    /// The epoch this process works in: the automerge-repo storage id it
+    /// announces to peers.
+    pub fn epoch(&self) -> String {
+        match self.epoch.read() {
+            Ok(epoch) => epoch.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The database's epoch, when it is no longer the one this process
+    /// works in: a restore replaced the data under it.
+    pub async fn restored_epoch(&self) -> Result<Option<String>, StoreError> {
+        let stored: Option<String> =
+            sqlx::query_scalar("select value from server_meta where key = 'storage_id'")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(stored.filter(|stored| *stored != self.epoch()))
+    }
+
+    /// Works in `epoch` from now on; the caller has dropped everything it
+    /// held of the data before it.
+    pub fn enter_epoch(&self, epoch: String) {
+        match self.epoch.write() {
+            Ok(mut current) => *current = epoch,
+            Err(poisoned) => *poisoned.into_inner() = epoch,
+        }
     }
 
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
-    }
-
-    /// This installation's automerge-repo storage id, made on first use.
-    pub async fn storage_id(&self) -> Result<String, StoreError> {
-        let fresh = uuid::Uuid::new_v4().to_string();
-        sqlx::query("insert into server_meta (key, value) values ('storage_id', ?) on conflict (key) do nothing")
-            .bind(&fresh)
-            .execute(&self.pool)
-            .await?;
-        Ok(
-            sqlx::query_scalar("select value from server_meta where key = 'storage_id'")
-                .fetch_one(&self.pool)
-                .await?,
-        )
     }
 }
 

@@ -25,8 +25,10 @@ use tracing::Instrument;
 
 use crate::AppState;
 use crate::auth::hash_secret;
+use crate::config::Config;
 use crate::http::extract::Query;
 use crate::hub::{Access, Connection, Ephemeral, Hub, Outbound, SyncRefusal};
+use crate::metrics::{self, Direction};
 use crate::store::{AuditEntry, Device};
 use doorstep_protocol::admission::AdmissionError;
 use doorstep_protocol::keeper::Refusal;
@@ -107,11 +109,11 @@ pub async fn upgrade(
                     let span = tracing::info_span!("connection", device = %device.id, branch = %device.branch_id);
                     connection(state.hub.clone(), socket, device, arrived).instrument(span).await
                 }
-                Ok(None) if revoked => refuse(socket, close_code::REVOKED, "this device was revoked").await,
-                Ok(None) => refuse(socket, close_code::UNAUTHORIZED, "unauthorized: unknown device token").await,
+                Ok(None) if revoked => refuse(&state, socket, close_code::REVOKED, "this device was revoked").await,
+                Ok(None) => refuse(&state, socket, close_code::UNAUTHORIZED, "unauthorized: unknown device token").await,
                 Err(e) => {
                     tracing::error!(error = %e, "token lookup failed");
-                    refuse(socket, close_code::TRY_AGAIN, "server error, try again later").await
+                    refuse(&state, socket, close_code::TRY_AGAIN, "server error, try again later").await
                 }
             }
         })
@@ -146,7 +148,24 @@ async fn record_login_token(state: &AppState, token: &str) {
     }
 }
 
-async fn refuse(mut socket: WebSocket, code: u16, reason: &str) {
+/// What a close code counts as at `/metrics`; a close that is no refusal
+/// (the server shutting down, a device's newer connection) counts as none.
+fn refusal_of(code: u16) -> Option<metrics::Refusal> {
+    Some(match code {
+        close_code::UNAUTHORIZED => metrics::Refusal::UnknownToken,
+        close_code::REVOKED => metrics::Refusal::Revoked,
+        close_code::PROTOCOL => metrics::Refusal::Protocol,
+        close_code::TOO_LARGE => metrics::Refusal::TooLarge,
+        close_code::TRY_AGAIN => metrics::Refusal::TryAgain,
+        close_code::KEPT_IN_ANOTHER_FORM => metrics::Refusal::KeptInAnotherForm,
+        _ => return None,
+    })
+}
+
+async fn refuse(state: &AppState, mut socket: WebSocket, code: u16, reason: &str) {
+    if let Some(refusal) = refusal_of(code) {
+        state.config.metrics.refused(refusal);
+    }
     let error = Message::Error {
         message: reason.to_owned(),
         sender_id: None,
@@ -318,7 +337,7 @@ async fn handshake(
         target_id: sender_id.clone(),
         selected_protocol_version: PROTOCOL_VERSION.to_owned(),
         peer_metadata: Some(PeerMetadata {
-            storage_id: StorageId::new(hub.storage_id.clone()).ok(),
+            storage_id: StorageId::new(hub.store().epoch()).ok(),
             is_ephemeral: false,
             extensions: extensions.names(),
         }),
@@ -396,6 +415,7 @@ async fn connection(hub: Arc<Hub>, mut socket: WebSocket, device: Device, arrive
             return close_with(&mut socket, &hub, Some(&client), fatal).await;
         }
     }
+    let _counted = hub.config().metrics.sync_connection();
     tracing::info!(peer = %client, "device connected");
     if let Err(e) = hub_store_touch(&hub, &conn.device).await {
         tracing::warn!(error = %e, "could not record last seen");
@@ -414,6 +434,9 @@ async fn hub_store_touch(hub: &Hub, device: &Device) -> Result<(), crate::store:
 
 async fn close_with(socket: &mut WebSocket, hub: &Hub, client: Option<&PeerId>, fatal: Fatal) {
     tracing::info!(code = fatal.code, reason = %fatal.reason, "closing connection");
+    if let Some(refusal) = refusal_of(fatal.code) {
+        hub.config().metrics.refused(refusal);
+    }
     let error = Message::Error {
         message: fatal.reason.clone(),
         sender_id: Some(hub.peer_id.clone()),
@@ -497,10 +520,11 @@ async fn serve(
                 return Some(Fatal { code: close_code::GOING_AWAY, reason: "server shutting down".into() });
             }
             _ = clock.sleep_until(idle_until) => {
+                config.metrics.refused(metrics::Refusal::Unresponsive);
                 return Some(Fatal { code: close_code::GOING_AWAY, reason: "no traffic from the client".into() });
             }
             _ = ping.tick() => {
-                if let Err(fatal) = send_frame(socket, conn, WsMessage::Ping(Default::default()), config.send_timeout).await {
+                if let Err(fatal) = send_frame(socket, conn, WsMessage::Ping(Default::default()), config).await {
                     return fatal;
                 }
             }
@@ -527,7 +551,7 @@ async fn serve(
                 if conn.revoked.is_revoked() {
                     return Some(stopped(conn));
                 }
-                if let Err(fatal) = send_frame(socket, conn, frame, config.send_timeout).await {
+                if let Err(fatal) = send_frame(socket, conn, frame, config).await {
                     return fatal;
                 }
                 // The socket took it: its bytes leave the budget now.
@@ -545,6 +569,7 @@ async fn serve(
                         return Some(Fatal::protocol("text frames are not part of the protocol; send binary CBOR"));
                     }
                     Some(Ok(WsMessage::Binary(bytes))) => {
+                        config.metrics.frame(Direction::In, bytes.len());
                         let wait = hub.throttle(conn.device.id);
                         if !wait.is_zero() {
                             tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
@@ -575,16 +600,28 @@ async fn send_frame(
     socket: &mut WebSocket,
     conn: &Connection,
     frame: WsMessage,
-    within: Duration,
+    config: &Config,
 ) -> Result<(), Option<Fatal>> {
+    let message_bytes = match &frame {
+        WsMessage::Binary(bytes) => Some(bytes.len()),
+        _ => None,
+    };
     tokio::select! {
-        sent = tokio::time::timeout(within, socket.send(frame)) => match sent {
-            Ok(Ok(())) => Ok(()),
+        sent = tokio::time::timeout(config.send_timeout, socket.send(frame)) => match sent {
+            Ok(Ok(())) => {
+                if let Some(bytes) = message_bytes {
+                    config.metrics.frame(Direction::Out, bytes);
+                }
+                Ok(())
+            }
             Ok(Err(_)) => Err(None),
-            Err(_) => Err(Some(Fatal {
-                code: close_code::GOING_AWAY,
-                reason: "the client stopped reading".into(),
-            })),
+            Err(_) => {
+                config.metrics.refused(metrics::Refusal::Unresponsive);
+                Err(Some(Fatal {
+                    code: close_code::GOING_AWAY,
+                    reason: "the client stopped reading".into(),
+                }))
+            }
         },
         _ = conn.revoked.notified() => Err(Some(stopped(conn))),
     }
@@ -612,8 +649,10 @@ async fn handle(
                 match check_access(hub, conn, document_id).await? {
                     Access::Open => {
                         record_roster_open(hub, conn, document_id, roster_opened).await?;
+                        let arrived = std::time::Instant::now();
                         hub.receive_sync(conn, document_id, data)
                             .await
+                            .inspect(|()| hub.config().metrics.acknowledged(arrived.elapsed()))
                             .map_err(|refusal| match refusal {
                                 // Worded so the phone can tell what to re-make.
                                 SyncRefusal::Refused(Refusal::KeptInAnotherForm { hash }) => {
@@ -717,7 +756,7 @@ async fn counted(
         counted,
     };
     let frame = extensions.frame(&message);
-    send_frame(socket, conn, frame, hub.config().send_timeout)
+    send_frame(socket, conn, frame, hub.config())
         .await
         .map_err(|fatal| fatal.unwrap_or_else(|| Fatal::protocol("socket closed")))
 }
@@ -762,14 +801,20 @@ fn revoked() -> Fatal {
     }
 }
 
-/// Why a connection told to stop stops: its device was revoked, or newer
-/// connections of the device took its place (not a revocation: the close
-/// code must not make a client give up).
+/// Why a connection told to stop stops: its device was revoked, newer
+/// connections of the device took its place, or the database was restored
+/// under it (neither a revocation: the close code must not make a client
+/// give up).
 fn stopped(conn: &Connection) -> Fatal {
     if conn.revoked.is_superseded() {
         Fatal {
             code: close_code::GOING_AWAY,
             reason: "replaced by newer connections of this device".into(),
+        }
+    } else if conn.revoked.is_restored() {
+        Fatal {
+            code: close_code::GOING_AWAY,
+            reason: "the server's data was restored from a backup; reconnect to sync again".into(),
         }
     } else {
         revoked()
@@ -797,6 +842,9 @@ async fn unavailable(
     client: &PeerId,
     document_id: DocumentId,
 ) -> Result<(), Fatal> {
+    hub.config()
+        .metrics
+        .refused(metrics::Refusal::DocumentUnavailable);
     let message = Message::DocUnavailable {
         sender_id: hub.peer_id.clone(),
         target_id: client.clone(),
@@ -805,7 +853,7 @@ async fn unavailable(
     // Like every other send: a client that stops reading, or is revoked,
     // does not park this task.
     let frame = WsMessage::Binary(wire::encode(&message).into());
-    send_frame(socket, conn, frame, hub.config().send_timeout)
+    send_frame(socket, conn, frame, hub.config())
         .await
         .map_err(|fatal| fatal.unwrap_or_else(|| Fatal::protocol("socket closed")))
 }

@@ -26,6 +26,7 @@ mod import_fuzz;
 mod interop;
 mod logins;
 mod openapi;
+mod operations;
 mod operator;
 mod poor_link;
 mod power_cut;
