@@ -83,12 +83,13 @@ pub enum Command {
         /// The file to write; it must not exist yet.
         to: PathBuf,
     },
-    /// Replace the database's contents with a backup's, while the server
-    /// keeps running: it notices within a second, and devices sync again
-    /// (what they hold that the backup lacks reaches the server again). A
-    /// copy of what is replaced is written first, beside the database.
-    #[command(after_help = "Example:\n  \
-        doorstep restore /var/backups/doorstep-2026-12-07.db")]
+    /// Bring back from a backup every row the database lacks (a lost
+    /// database: all of it), while the server keeps running; nothing the
+    /// database has is changed or removed. The server notices within a
+    /// second, and devices offer every document they hold.
+    #[command(after_help = "Examples:\n  \
+        doorstep restore /var/backups/doorstep-2026-12-07.db\n  \
+        doorstep --data-dir /var/lib/doorstep --create restore /var/backups/doorstep-2026-12-07.db")]
     Restore {
         /// A file `doorstep backup` wrote.
         from: PathBuf,
@@ -680,11 +681,12 @@ pub fn utc(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-/// Whether two paths name one file (a restore must not read the database
-/// it replaces).
+/// Whether two paths name one file, through links of either kind (a
+/// restore must not read the database it writes).
 fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     }
 }
@@ -1086,38 +1088,28 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             })
         }
         Command::Restore { from } => {
-            let live = cli.database_path();
-            if same_file(from, &live) {
+            if same_file(from, &cli.database_path()) {
                 anyhow::bail!(
                     "{} is the live database itself; name a file `doorstep backup` wrote",
                     from.display()
                 );
             }
-            // Milliseconds: two restores within a second keep two copies.
-            let stamp = time::OffsetDateTime::now_utc()
-                .format(time::macros::format_description!(
-                    "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
-                ))
-                .context("cannot format the time")?;
-            let keep = cli.data_dir.join(format!("before-restore-{stamp}.db"));
             let staging = cli
                 .data_dir
                 .join(format!("restore-staging-{}.db", uuid::Uuid::new_v4()));
             let summary = store
-                .restore_from(from, &staging, &keep)
+                .restore_from(from, &staging)
                 .await
                 .context("nothing was restored")?;
             print(cli.json, &summary, |s| {
                 format!(
-                    "restored {} documents, {} tenants and {} devices from {}\n\
-                     the data it replaced is kept in {}\n\
-                     a running server drops what it held within a second; devices sync again \
-                     and send what the backup lacks",
-                    s.documents,
-                    s.tenants,
-                    s.devices,
+                    "restored from {}: {} rows the database lacked were added ({} documents gained changes); \
+                     nothing it had was changed\n\
+                     a running server drops what it held within a second and re-projects; \
+                     devices then offer every document they hold",
                     s.from.display(),
-                    s.replaced_data_kept_in.display()
+                    s.rows_added,
+                    s.documents_gaining_changes
                 )
             })
         }

@@ -144,6 +144,13 @@ pub async fn serve_with(
     } else {
         tracing::info!(%local, "serving HTTP and WS");
     }
+    // Sync sockets are told to go as soon as shutdown starts, while the
+    // listener lets open HTTP exchanges finish.
+    let stopping = hub.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.stop_connections();
+    };
     let result = listener::serve(
         listener,
         app,

@@ -129,6 +129,18 @@ impl ServerProcess {
             .parse()?)
     }
 
+    /// SIGTERM, as a supervisor stops a server, and its exit status once it
+    /// has drained (at most 60 s).
+    pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("the process has exited")?;
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+        Ok(tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await??)
+    }
+
     /// SIGKILL: no shutdown code runs, like a power cut for the process.
     pub async fn kill(mut self) -> anyhow::Result<()> {
         self.child.kill().await?;

@@ -95,6 +95,10 @@ pub(crate) struct Replicas {
     indexed: bool,
 }
 
+/// Meta keys of [`Replicas::server_epoch_seen`].
+const SERVER_EPOCH: &str = "server_epoch";
+const RESYNC_EVERYTHING: &str = "resync_everything";
+
 impl Replicas {
     pub fn new(
         store: LocalStore,
@@ -291,6 +295,39 @@ impl Replicas {
             return Ok(None);
         };
         self.get(id, kind).await.map(Some)
+    }
+
+    /// Notes the epoch (storage id) the server announced; `true` when it
+    /// differs from the one this device saw before, that is, when the
+    /// server's data was restored from a backup: every document is then to
+    /// be offered again, until [`Replicas::resync_done`]. Kept in the store,
+    /// so a re-sync cut short resumes after an app restart.
+    pub async fn server_epoch_seen(&mut self, epoch: &str) -> Result<bool, ClientError> {
+        let seen = self.store.meta(SERVER_EPOCH).await?;
+        match seen.as_deref() {
+            Some(seen) if seen == epoch => Ok(false),
+            Some(_) => {
+                self.store
+                    .set_meta(&[(SERVER_EPOCH, epoch), (RESYNC_EVERYTHING, "1")])
+                    .await?;
+                Ok(true)
+            }
+            None => {
+                self.store.set_meta(&[(SERVER_EPOCH, epoch)]).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Whether every document is to be offered (see
+    /// [`Replicas::server_epoch_seen`]).
+    pub async fn resync_everything(&self) -> Result<bool, ClientError> {
+        Ok(self.store.meta(RESYNC_EVERYTHING).await?.as_deref() == Some("1"))
+    }
+
+    /// Every document was offered and the server has them all.
+    pub async fn resync_done(&self) -> Result<(), ClientError> {
+        self.store.set_meta(&[(RESYNC_EVERYTHING, "0")]).await
     }
 
     /// Every document on the device (not loaded: load each with

@@ -398,10 +398,14 @@ impl DocumentTask {
                         })
                     }
                     CommitError::Store(e) => {
-                        self.shared
-                            .config
-                            .metrics
-                            .storage_error(StorageWrite::Commit);
+                        // Refused because of a restore a moment ago: the
+                        // storage is fine.
+                        if !matches!(e, StoreError::Restored) {
+                            self.shared
+                                .config
+                                .metrics
+                                .storage_error(StorageWrite::Commit);
+                        }
                         tracing::error!(document = %self.id, error = %e, "could not store changes; nothing was acknowledged");
                         SyncRefusal::Storage(e)
                     }

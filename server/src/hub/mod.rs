@@ -24,6 +24,7 @@ use doorstep_protocol::keeper::Refusal;
 use doorstep_protocol::schema::{DocumentKind, genesis};
 use doorstep_protocol::{DeviceId, DocumentId, Month, PeerId, TenantId};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use crate::config::Config;
 use crate::store::{Device, DocumentStore, Store, StoreError, now_ms};
@@ -128,6 +129,11 @@ impl Revocation {
     }
 }
 
+/// How long shutdown waits for the sockets to say goodbye: a message being
+/// handled finishes first (a commit takes milliseconds; a client that
+/// stopped reading is cut by its own send timeout sooner or later).
+const SOCKET_DRAIN: Duration = Duration::from_secs(10);
+
 /// Messages a document's mailbox holds before senders wait.
 const MAILBOX_CAPACITY: usize = 64;
 
@@ -192,6 +198,8 @@ pub struct Hub {
     connections: StdMutex<HashMap<DeviceId, HashMap<u64, Arc<Revocation>>>>,
     next_connection: AtomicU64,
     shutdown_tx: watch::Sender<bool>,
+    /// Every `/sync` socket's task, so shutdown waits for their goodbyes.
+    sockets: TaskTracker,
 }
 
 impl std::fmt::Debug for Hub {
@@ -221,32 +229,14 @@ impl Hub {
             mailboxes: StdMutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
         });
-        let lagging = shared.store.documents_to_reproject().await?;
-        let mut caught_up = 0;
-        for id in &lagging {
-            // One document that cannot be projected must not keep the
-            // server, and every other branch, down; it stays marked and is
-            // tried again on its next merge and at the next start.
-            match document::catch_up_projection(&shared, *id).await {
-                Ok(()) => caught_up += 1,
-                Err(e) => {
-                    tracing::error!(document = %id, error = %e, "could not re-project a document")
-                }
-            }
-        }
-        if !lagging.is_empty() {
-            tracing::info!(
-                documents = caught_up,
-                failed = lagging.len() - caught_up,
-                "re-projected documents whose figures lagged"
-            );
-        }
+        catch_up_lagging(&shared).await?;
         let hub = Arc::new(Hub {
             shared,
             peer_id,
             connections: StdMutex::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
             shutdown_tx,
+            sockets: TaskTracker::new(),
         });
         tokio::spawn(watch_other_processes(
             Arc::downgrade(&hub),
@@ -268,10 +258,34 @@ impl Hub {
         self.shutdown_tx.subscribe()
     }
 
-    /// Tells every connection to stop, then has every live document save
-    /// the sync states of its peers.
-    pub async fn shutdown(&self) {
+    /// Tells every connection to stop: each finishes the message it is
+    /// handling (its changes stored and acknowledged), then says "server
+    /// shutting down" and closes.
+    pub fn stop_connections(&self) {
         let _ = self.shutdown_tx.send(true);
+    }
+
+    /// Held by a `/sync` socket's task while it runs.
+    pub fn socket_token(&self) -> TaskTrackerToken {
+        self.sockets.token()
+    }
+
+    /// Stops every connection and waits (at most [`SOCKET_DRAIN`]) until
+    /// each has closed, then has every live document save the sync states
+    /// of its peers. A load balancer's devices reconnect elsewhere at once,
+    /// instead of finding a dead socket at their next ping.
+    pub async fn shutdown(&self) {
+        self.stop_connections();
+        self.sockets.close();
+        if tokio::time::timeout(SOCKET_DRAIN, self.sockets.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.sockets.len(),
+                "some connections did not close in time"
+            );
+        }
         self.stop_documents(|done| Command::Shutdown { done }).await;
     }
 
@@ -293,21 +307,25 @@ impl Hub {
     }
 
     /// The database was restored under this process (its epoch is now
-    /// `epoch`): every live document is dropped from memory unsaved (what
-    /// it holds belongs to the data the restore replaced; the devices that
-    /// sent it still hold it and send it again), every connection is told
-    /// to reconnect, and only then are writes let in again, under the new
-    /// epoch. Until then every write fails ([`StoreError::Restored`]), so
-    /// nothing of the old data is written into the restored data.
+    /// `epoch`): every connection is told to reconnect, every live
+    /// document is dropped from memory unsaved (the restore added changes
+    /// it does not hold, and its peers' sync states describe the data
+    /// before), and only then are writes let in again, under the new epoch;
+    /// the documents that gained changes are re-projected. Until then
+    /// every write fails ([`StoreError::Restored`]), so nothing loaded
+    /// before the restore is written after it.
     pub async fn restored(&self, epoch: String) {
         tracing::warn!(%epoch, "the database was restored from a backup; dropping every live document and connection");
-        self.stop_documents(|done| Command::Forget { done }).await;
         if let Ok(connections) = self.connections.lock() {
             for revocation in connections.values().flat_map(HashMap::values) {
                 revocation.restored();
             }
         }
+        self.stop_documents(|done| Command::Forget { done }).await;
         self.shared.store.enter_epoch(epoch);
+        if let Err(e) = catch_up_lagging(&self.shared).await {
+            tracing::error!(error = %e, "could not re-project after a restore; the next start does");
+        }
     }
 
     /// Registers a new connection of a live device. Past the device's
@@ -511,6 +529,32 @@ impl Hub {
     pub fn live_documents(&self) -> usize {
         self.shared.mailboxes.lock().map(|m| m.len()).unwrap_or(0)
     }
+}
+
+/// Brings every lagging projection up to its document's stored heads: at
+/// start, and after a restore added changes.
+async fn catch_up_lagging(shared: &Arc<Shared>) -> Result<(), StoreError> {
+    let lagging = shared.store.documents_to_reproject().await?;
+    let mut caught_up = 0;
+    for id in &lagging {
+        // One document that cannot be projected must not keep the
+        // server, and every other branch, down; it stays marked and is
+        // tried again on its next merge and at the next start.
+        match document::catch_up_projection(shared, *id).await {
+            Ok(()) => caught_up += 1,
+            Err(e) => {
+                tracing::error!(document = %id, error = %e, "could not re-project a document")
+            }
+        }
+    }
+    if !lagging.is_empty() {
+        tracing::info!(
+            documents = caught_up,
+            failed = lagging.len() - caught_up,
+            "re-projected documents whose figures lagged"
+        );
+    }
+    Ok(())
 }
 
 /// Sync states are saved per device and storage id: a storage id is only

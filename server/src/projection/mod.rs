@@ -23,6 +23,7 @@
 
 mod rows;
 mod sql;
+pub(crate) use sql::TABLES;
 #[cfg(test)]
 mod tests;
 

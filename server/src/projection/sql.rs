@@ -34,7 +34,7 @@ fn tables(collection: &str) -> &'static [(&'static str, &'static str)] {
 const LISTINGS: [&str; 2] = ["invalid_rows", "conflict_rows"];
 
 /// Every projection table.
-const ALL_TABLES: [&str; 11] = [
+pub(crate) const TABLES: [&str; 11] = [
     "member_rows",
     "hardship_rows",
     "team_rows",
@@ -313,7 +313,7 @@ async fn insert_rows<'a, T>(
 pub(super) async fn delete_orphans(
     tx: &mut Transaction<'static, Sqlite>,
 ) -> Result<(), StoreError> {
-    for table in ALL_TABLES {
+    for table in TABLES {
         let mut q = QueryBuilder::<Sqlite>::new("delete from ");
         q.push(table)
             .push(" where document_id not in (select id from documents)");

@@ -1,22 +1,32 @@
 //! Backups of the embedded database, and restoring one under a running
 //! server.
 //!
-//! A backup is SQLite's `VACUUM INTO`: one read transaction, so the copy is
-//! the database as of one commit while the server goes on writing, and it
-//! is compact (no free pages, no write-ahead log beside it). It is checked
-//! (`integrity_check`) and flushed to disk before it is reported made.
+//! A backup is SQLite's `VACUUM INTO` into a file made here (new, `0600`:
+//! it holds every name): one read transaction, so the copy is the database
+//! as of one commit while the server goes on writing, and it is compact (no
+//! free pages, no write-ahead log beside it). It is checked
+//! (`integrity_check`), flushed to disk and recorded in the audit log before
+//! it is reported made.
 //!
-//! A restore copies the backup's rows into the live database in one write
-//! transaction, rather than replacing the file: a server that has the file
-//! open sees a committed change like any other (a file swapped under an
-//! open SQLite handle is not seen, or is corrupted). The transaction also
-//! gives the database a new epoch ([`Store::epoch`]): the server notices it
-//! within a second, drops what it held of the old data and closes every
-//! connection, and the devices sync again against the restored data. What
-//! they hold that the backup lacks reaches the server again then.
+//! A restore never rewinds anything: it *adds* the backup's rows that the
+//! database lacks, in one transaction, and keeps every row the database
+//! has. Automerge changes are content-addressed and only ever added, so the
+//! union is the whole history either held; devices, actor bindings,
+//! revocations, disabled accounts, used codes and revoked grants only ever
+//! move forward, so the database's own rows are the later truth. Restoring
+//! into a lost database (a new data directory) therefore brings the backup
+//! back whole, and restoring into a damaged one brings back what it lost,
+//! while a revoked phone stays revoked. The figures are derived: the
+//! documents that gain changes are marked and re-projected.
 //!
-//! The audit log is never rewound: rows the backup lacks stay, and the
-//! restore itself is recorded.
+//! The transaction also gives the database a new epoch ([`Store::epoch`]):
+//! the server notices within a second, drops every document it held, closes
+//! every connection and re-projects, and the devices sync again; a device
+//! that sees the server's storage id change offers every document it holds,
+//! so what reached the server after the backup comes back from the phones.
+//!
+//! A backup of another installation is refused: its storage id must be one
+//! this database has had (or the database must be empty).
 
 use std::path::{Path, PathBuf};
 
@@ -36,37 +46,61 @@ pub struct BackupSummary {
     pub devices: i64,
 }
 
-/// What a restore did.
+/// What a restore brought back.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RestoreSummary {
     pub from: PathBuf,
-    /// The copy of the data the restore replaced.
-    pub replaced_data_kept_in: PathBuf,
-    pub documents: i64,
-    pub tenants: i64,
-    pub devices: i64,
+    /// Rows of the backup the database lacked, now added.
+    pub rows_added: u64,
+    /// Documents that gained changes (their figures are re-projected).
+    pub documents_gaining_changes: u64,
     /// The database's epoch from now on.
     pub epoch: String,
 }
 
+/// The previous epochs of this database (comma-separated in `server_meta`):
+/// a backup's storage id must be among them, or be the current one.
+const PREVIOUS_EPOCHS: &str = "previous_epochs";
+
 /// The tables a restore does not copy: the migration history (the backup
-/// is migrated to this binary's schema first) and SQLite's own.
+/// is migrated to this binary's schema first), SQLite's own, and the
+/// projection rows (derived from the documents, and re-projected).
 fn restored(table: &str) -> bool {
-    table != "_sqlx_migrations" && !table.starts_with("sqlite_")
+    table != "_sqlx_migrations"
+        && !table.starts_with("sqlite_")
+        && !crate::projection::TABLES.contains(&table)
 }
 
 impl Store {
     /// Writes a consistent copy of the whole database to `to`, which must
-    /// not exist yet, while the server keeps writing. A copy that fails
-    /// (a full disk) is removed, never left half-written.
+    /// not exist yet, while the server keeps writing. The file is made
+    /// here, readable by this user only, and never through a link; a copy
+    /// that fails (a full disk) is removed, never left half-written. The
+    /// backup is recorded in the audit log: it holds every name.
     pub async fn backup_to(&self, to: &Path) -> Result<BackupSummary, StoreError> {
         let target = to
             .to_str()
             .ok_or_else(|| StoreError::Invalid(format!("{} is not a UTF-8 path", to.display())))?;
-        if to.exists() {
-            return Err(StoreError::Conflict(format!("the file {}", to.display())));
+        // `create_new` fails on anything at the path, a dangling link
+        // included, so SQLite writes only into the file made here.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(to) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::Conflict(format!("the file {}", to.display())));
+            }
+            Err(source) => {
+                return Err(StoreError::DataDir {
+                    path: to.display().to_string(),
+                    source,
+                });
+            }
         }
         let made = async {
+            // SQLite writes into an empty existing file.
             sqlx::query("vacuum into ?")
                 .bind(target)
                 .execute(self.pool())
@@ -76,6 +110,13 @@ impl Store {
                 path: to.display().to_string(),
                 source: e,
             })?;
+            let entry = AuditEntry::new(OPERATOR, "database.backup", to.display().to_string())
+                .detail(format!(
+                    "{} documents, {} tenants, {} devices",
+                    summary.documents, summary.tenants, summary.devices
+                ))
+                .every_district();
+            self.record_audit(entry).await?;
             Ok(summary)
         }
         .await;
@@ -85,20 +126,17 @@ impl Store {
         made
     }
 
-    /// Replaces every row of this database with the backup's, in one
-    /// transaction, and gives the database a new epoch. The backup is first
-    /// copied to `staging` (removed after) and brought to this binary's
-    /// schema; it must be a Doorstep database that passes SQLite's
-    /// integrity check, or nothing changes. Only then is the data it
-    /// replaces backed up to `keep` (which must not exist), and only once
-    /// that copy is made is anything replaced.
+    /// Adds every row of the backup at `from` that this database lacks, in
+    /// one transaction, and gives the database a new epoch. The backup is
+    /// first copied to `staging` (removed after) and brought to this
+    /// binary's schema; it must be a Doorstep backup of this installation
+    /// that passes SQLite's integrity check, or nothing changes.
     pub async fn restore_from(
         &self,
         from: &Path,
         staging: &Path,
-        keep: &Path,
     ) -> Result<RestoreSummary, StoreError> {
-        let result = self.restore_staged(from, staging, keep).await;
+        let result = self.restore_staged(from, staging).await;
         remove_database_files(staging);
         result
     }
@@ -107,7 +145,6 @@ impl Store {
         &self,
         from: &Path,
         staging: &Path,
-        keep: &Path,
     ) -> Result<RestoreSummary, StoreError> {
         if !from.is_file() {
             return Err(StoreError::Invalid(format!(
@@ -116,8 +153,7 @@ impl Store {
             )));
         }
         // A backup must already be a Doorstep database: an empty or foreign
-        // SQLite file would otherwise be migrated into an empty one, and
-        // restoring it would empty the server.
+        // SQLite file would otherwise be migrated into an empty one.
         let not_a_backup = |why: String| {
             StoreError::Invalid(format!(
                 "{} is not a Doorstep backup: {why}",
@@ -163,13 +199,13 @@ impl Store {
         // newer binary fails here, naming the migration it does not know.
         let staged = Store::open(staging).await?;
         let check = integrity(staged.pool()).await;
+        let lineage = staged.epoch();
         staged.close().await;
         check.map_err(not_a_backup)?;
 
         let staged_name = staging.to_str().ok_or_else(|| {
             StoreError::Invalid(format!("{} is not a UTF-8 path", staging.display()))
         })?;
-        self.backup_to(keep).await?;
         let epoch = uuid::Uuid::new_v4().to_string();
         // A connection of its own, not the pool's: an attached database
         // must not go back into the pool.
@@ -179,54 +215,72 @@ impl Store {
             .bind(staged_name)
             .execute(&mut conn)
             .await?;
-        let copied = copy_rows(&mut conn, from, &epoch).await;
+        let merged = merge_rows(&mut conn, from, &lineage, &epoch).await;
         let _ = sqlx::query("detach database backup")
             .execute(&mut conn)
             .await;
         let _ = conn.close().await;
-        let summary = copied?;
+        let (rows_added, documents_gaining_changes) = merged?;
         // This process works in the new epoch at once (a server notices
         // through its own watcher).
         self.enter_epoch(epoch.clone());
         Ok(RestoreSummary {
             from: from.to_owned(),
-            replaced_data_kept_in: keep.to_owned(),
-            documents: summary.documents,
-            tenants: summary.tenants,
-            devices: summary.devices,
+            rows_added,
+            documents_gaining_changes,
             epoch,
         })
     }
 }
 
-/// The rows of the attached `backup` replace `main`'s, all in one
-/// transaction that rolls back on any error.
-async fn copy_rows(
+/// Adds the attached `backup`'s rows that `main` lacks, all in one
+/// transaction that rolls back on any error: the rows added, and the
+/// documents that gained changes.
+async fn merge_rows(
     conn: &mut SqliteConnection,
     from: &Path,
+    lineage: &str,
     epoch: &str,
-) -> Result<BackupSummary, StoreError> {
+) -> Result<(u64, u64), StoreError> {
     let mut tx = conn.begin_with("begin immediate").await?;
+    let meta = |key: &'static str| {
+        sqlx::query_scalar::<_, String>("select value from main.server_meta where key = ?")
+            .bind(key)
+    };
+    let current = meta("storage_id").fetch_optional(&mut *tx).await?;
+    let previous = meta(PREVIOUS_EPOCHS).fetch_optional(&mut *tx).await?;
+    let tenants: i64 = sqlx::query_scalar("select count(*) from main.tenants")
+        .fetch_one(&mut *tx)
+        .await?;
+    let known = current
+        .iter()
+        .chain(previous.iter())
+        .any(|epochs| epochs.split(',').any(|e| e == lineage));
+    if tenants > 0 && !known {
+        return Err(StoreError::Invalid(format!(
+            "{} is a backup of another Doorstep installation (storage id {lineage});              restore it into an empty data directory instead",
+            from.display()
+        )));
+    }
     // Rows refer to each other (devices to tenants, chunks to documents):
-    // checked once, at commit, when every table is whole again.
+    // checked once, at commit.
     sqlx::query("pragma defer_foreign_keys = on")
         .execute(&mut *tx)
         .await?;
+    let gaining: Vec<String> = sqlx::query_scalar(
+        "select distinct b.document_id from backup.chunks b
+         where not exists (select 1 from main.chunks c
+                           where c.document_id = b.document_id and c.hash = b.hash)",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     let tables: Vec<String> = sqlx::query_scalar(
         "select name from main.sqlite_master where type = 'table' order by name",
     )
     .fetch_all(&mut *tx)
     .await?;
-    let tables: Vec<&String> = tables.iter().filter(|t| restored(t)).collect();
-    // Every table is emptied before any is filled: a delete cascades (a
-    // user's sessions go with the user), and must not reach rows already
-    // copied from the backup.
-    for table in tables.iter().filter(|t| **t != "audit") {
-        sqlx::query(&format!("delete from main.{}", quoted(table)))
-            .execute(&mut *tx)
-            .await?;
-    }
-    for table in &tables {
+    let mut added = 0;
+    for table in tables.iter().filter(|t| restored(t)) {
         let columns: Vec<String> =
             sqlx::query(&format!("pragma main.table_info({})", quoted(table)))
                 .fetch_all(&mut *tx)
@@ -240,36 +294,64 @@ async fn copy_rows(
             .collect::<Vec<_>>()
             .join(", ");
         let name = quoted(table);
-        // The audit log is append-only (its triggers refuse deletes): the
-        // entries the backup has and this log lacks are added, none removed.
-        let lacking = if *table == "audit" {
-            format!(" where id not in (select id from main.{name})")
-        } else {
-            String::new()
-        };
-        sqlx::query(&format!(
-            "insert into main.{name} ({list}) select {list} from backup.{name}{lacking}"
+        // `or ignore`: a row the database has (by its key) stays as it is.
+        added += sqlx::query(&format!(
+            "insert or ignore into main.{name} ({list}) select {list} from backup.{name}"
         ))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    }
+    // The documents that gained changes are re-projected (a server at its
+    // watcher's next look, or at its next start).
+    for document in &gaining {
+        sqlx::query("update main.documents set heads = null, projected_heads = null where id = ?")
+            .bind(document)
+            .execute(&mut *tx)
+            .await?;
+    }
+    // The lineage from now on: every epoch this database and the backup
+    // have had, so an older backup of either is recognised later.
+    let backup_previous: Option<String> =
+        sqlx::query_scalar("select value from backup.server_meta where key = ?")
+            .bind(PREVIOUS_EPOCHS)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let mut epochs: Vec<&str> = Vec::new();
+    let listed = [
+        previous.as_deref(),
+        current.as_deref(),
+        backup_previous.as_deref(),
+        Some(lineage),
+    ];
+    for one in listed.into_iter().flatten().flat_map(|l| l.split(',')) {
+        if !one.is_empty() && !epochs.contains(&one) {
+            epochs.push(one);
+        }
+    }
+    let lineage_now = epochs.join(",");
+    for (key, value) in [
+        (PREVIOUS_EPOCHS, lineage_now.as_str()),
+        ("storage_id", epoch),
+    ] {
+        sqlx::query(
+            "insert into main.server_meta (key, value) values (?, ?)
+             on conflict (key) do update set value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
         .execute(&mut *tx)
         .await?;
     }
-    sqlx::query(
-        "insert into main.server_meta (key, value) values ('storage_id', ?)
-         on conflict (key) do update set value = excluded.value",
-    )
-    .bind(epoch)
-    .execute(&mut *tx)
-    .await?;
-    let summary = counts(&mut tx, from.to_owned(), 0).await?;
     let entry = AuditEntry::new(OPERATOR, "database.restore", from.display().to_string())
         .detail(format!(
-            "{} documents, {} tenants, {} devices restored; new epoch {epoch}",
-            summary.documents, summary.tenants, summary.devices
+            "{added} rows added, {} documents gained changes; new epoch {epoch}",
+            gaining.len()
         ))
         .every_district();
     record(&mut tx, entry).await?;
     tx.commit().await?;
-    Ok(summary)
+    Ok((added, gaining.len() as u64))
 }
 
 /// SQLite's check of a whole database file: `Err` says what is wrong.
@@ -366,20 +448,30 @@ mod tests {
     use super::*;
     use crate::tenancy::Level;
 
-    /// The server and the CLI each hold the database open. A restore by
-    /// the CLI refuses the server's next write (it still works in the old
-    /// epoch, and may hold documents of the replaced data) until the server
-    /// enters the new epoch; then it writes into the restored data.
+    async fn delete_tenant(database: &Path, name: &str) -> anyhow::Result<()> {
+        let pool =
+            sqlx::SqlitePool::connect_with(SqliteConnectOptions::new().filename(database)).await?;
+        sqlx::query("delete from tenants where name = ?")
+            .bind(name)
+            .execute(&pool)
+            .await?;
+        pool.close().await;
+        Ok(())
+    }
+
+    /// The server and the CLI each hold the database open. A row the
+    /// database lost comes back from the backup, a row made after the
+    /// backup stays, and the server's next write is refused (it still works
+    /// in the old epoch, and may hold documents loaded before) until it
+    /// enters the new epoch. The same restore again adds nothing.
     #[tokio::test]
-    async fn a_process_that_has_not_seen_a_restore_cannot_write_until_it_enters_the_new_epoch()
+    async fn a_restore_adds_what_was_lost_keeps_what_is_there_and_fences_off_a_stale_process()
     -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let database = dir.path().join("doorstep.db");
         let server = Store::open(&database).await?;
         let cli = Store::open(&database).await?;
-        server
-            .create_tenant(None, Level::District, "before")
-            .await?;
+        server.create_tenant(None, Level::District, "lost").await?;
         let backup = dir.path().join("backup.db");
         let made = cli.backup_to(&backup).await?;
         assert_eq!(made.tenants, 1);
@@ -387,15 +479,21 @@ mod tests {
             cli.backup_to(&backup).await,
             Err(StoreError::Conflict(_))
         ));
-        server.create_tenant(None, Level::District, "after").await?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&backup)?.permissions().mode();
+            assert_eq!(mode & 0o077, 0, "a backup holds names: owner only");
+        }
+        delete_tenant(&database, "lost").await?;
+        server.create_tenant(None, Level::District, "kept").await?;
 
         let staging = dir.path().join("staging.db");
-        let kept = dir.path().join("kept.db");
-        let restored = cli.restore_from(&backup, &staging, &kept).await?;
-        assert!(kept.is_file(), "the replaced data is kept");
-        assert_eq!(restored.tenants, 1);
+        let restored = cli.restore_from(&backup, &staging).await?;
+        assert!(restored.rows_added >= 1, "{restored:?}");
         assert!(!staging.exists(), "the staged copy is removed");
         assert_eq!(cli.epoch(), restored.epoch);
+        assert_eq!(cli.tenant_count().await?, 2, "lost came back, kept stayed");
 
         assert!(matches!(
             server.create_tenant(None, Level::District, "stale").await,
@@ -406,7 +504,40 @@ mod tests {
         server.enter_epoch(epoch);
         assert_eq!(server.restored_epoch().await?, None);
         server.create_tenant(None, Level::District, "new").await?;
-        assert_eq!(server.tenant_count().await?, 2);
+        assert_eq!(server.tenant_count().await?, 3);
+
+        let again = cli.restore_from(&backup, &staging).await?;
+        assert_eq!(again.rows_added, 0, "{again:?}");
+        Ok(())
+    }
+
+    /// Another installation's backup would bring its users and devices in:
+    /// refused, unless the database is empty (a new data directory).
+    #[tokio::test]
+    async fn a_backup_of_another_installation_is_refused_unless_the_database_is_empty()
+    -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let other = Store::open(&dir.path().join("other.db")).await?;
+        other.create_tenant(None, Level::District, "other").await?;
+        let backup = dir.path().join("other-backup.db");
+        other.backup_to(&backup).await?;
+
+        let ours = Store::open(&dir.path().join("ours.db")).await?;
+        ours.create_tenant(None, Level::District, "ours").await?;
+        let staging = dir.path().join("staging.db");
+        match ours.restore_from(&backup, &staging).await {
+            Err(StoreError::Invalid(why)) => assert!(why.contains("another"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ours.tenant_count().await?, 1);
+
+        let fresh = Store::open(&dir.path().join("fresh.db")).await?;
+        fresh.restore_from(&backup, &staging).await?;
+        assert_eq!(fresh.tenant_count().await?, 1);
+        // Its lineage now includes the backup's: a later restore of the
+        // same backup is accepted.
+        fresh.create_tenant(None, Level::District, "later").await?;
+        fresh.restore_from(&backup, &staging).await?;
         Ok(())
     }
 }

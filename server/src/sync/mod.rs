@@ -104,6 +104,7 @@ pub async fn upgrade(
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| async move {
+            let _tracked = state.hub.socket_token();
             match device {
                 Ok(Some(device)) => {
                     let span = tracing::info_span!("connection", device = %device.id, branch = %device.branch_id);
@@ -398,6 +399,10 @@ async fn connection(hub: Arc<Hub>, mut socket: WebSocket, device: Device, arrive
     // neither committed before the check below, so it sees it; any later
     // one notifies `conn`.
     hub.disconnect(&waiting).await;
+    // A restore while it joined: it announced the old epoch.
+    if waiting.revoked.is_restored() {
+        return close_with(&mut socket, &hub, Some(&client), stopped(&waiting)).await;
+    }
     let conn = hub.connect(device, storage_id);
     match hub.store().device_is_live(conn.device.id).await {
         Ok(true) => {}
@@ -504,6 +509,13 @@ async fn serve(
         ..config.limits.wire_limits()
     };
     let mut shutdown = hub.shutdown_signal();
+    // A socket that joined after shutdown began sees no change to wait for.
+    if *shutdown.borrow_and_update() {
+        return Some(Fatal {
+            code: close_code::GOING_AWAY,
+            reason: "server shutting down".into(),
+        });
+    }
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.reset();
     // On the configured clock, so a test moves it instead of sleeping.

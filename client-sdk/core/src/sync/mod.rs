@@ -387,6 +387,15 @@ struct Connection {
     /// `join` went without waiting for `peer` (the server was known from a
     /// previous connection); `peer` is still to come.
     awaiting_peer: bool,
+    /// The epoch (storage id) the server's `peer` announced, until the
+    /// replicas have compared it with the one the device last saw.
+    server_epoch: Option<String>,
+    /// This connection offers every document on the device (the server's
+    /// data was restored)...
+    resyncing_everything: bool,
+    /// ...and these are still to be exchanged: each is loaded in turn and
+    /// keeps the connection from settling until the server has it.
+    resync_pending: HashSet<DocumentId>,
     transport: Transport,
     /// The server's time when it answered the upgrade (see `clock`).
     server_now: time::OffsetDateTime,
@@ -433,6 +442,13 @@ impl Connection {
                 (server, false)
             }
         };
+        // The epoch this `peer` announced; an awaited one is read when it
+        // comes.
+        let server_epoch = if awaiting_peer {
+            None
+        } else {
+            server.epoch.clone()
+        };
         let extensions = &server.extensions;
         let (held_back, pull_first) = client
             .inner
@@ -461,6 +477,9 @@ impl Connection {
             counted_answers: 0,
             changes_since_counted: false,
             awaiting_peer,
+            server_epoch,
+            resyncing_everything: false,
+            resync_pending: HashSet::new(),
             transport,
             server_now,
             progress: client.inner.progress.clone(),
@@ -479,6 +498,12 @@ impl Connection {
     /// loaded ones, restarting each from its persisted sync state.
     async fn subscribe_initial(&mut self, replicas: &mut Replicas) -> Result<(), ClientError> {
         replicas.clear_pins();
+        if let Some(epoch) = self.server_epoch.take() {
+            replicas.server_epoch_seen(&epoch).await?;
+        }
+        if replicas.resync_everything().await? {
+            self.subscribe_everything(replicas).await?;
+        }
         for (id, kind) in eager(replicas.branch, self.server_now) {
             // One unreadable document must not stop the sync of the rest.
             match replicas.get(id, kind).await {
@@ -494,6 +519,35 @@ impl Connection {
         }
         for id in replicas.loaded() {
             self.subscribe(replicas, id)?;
+        }
+        Ok(())
+    }
+
+    /// Subscribes every document on the device: the server's data was
+    /// restored from a backup (its epoch changed), so it may lack changes
+    /// it once acknowledged, in documents this device would not otherwise
+    /// open again (last year's logs). Each is loaded in turn, as for
+    /// unacknowledged ones; once a round settles with none refused, the
+    /// device goes back to its usual set ([`Replicas::resync_done`]).
+    async fn subscribe_everything(&mut self, replicas: &mut Replicas) -> Result<(), ClientError> {
+        tracing::info!("the server's data was restored; offering every document on the device");
+        for (id, _) in replicas.all().await? {
+            self.subscribe(replicas, id)?;
+            if self.subscribed.contains_key(&id) {
+                self.resync_pending.insert(id);
+            }
+        }
+        self.resyncing_everything = true;
+        Ok(())
+    }
+
+    /// A settled round: a re-sync of everything is done once each of its
+    /// documents was exchanged (or refused: another branch's document the
+    /// device still holds is not offered again and again).
+    async fn settle_resync(&mut self, replicas: &mut Replicas) -> Result<(), ClientError> {
+        if self.resyncing_everything && self.resync_pending.is_empty() {
+            replicas.resync_done().await?;
+            self.resyncing_everything = false;
         }
         Ok(())
     }
@@ -525,13 +579,15 @@ impl Connection {
         let mut messages = Vec::new();
         for id in ids {
             if replicas.peek(id).is_none() {
-                if !unacked.contains(&id) || !replicas.can_pin_another() {
+                let wanted = unacked.contains(&id) || self.resync_pending.contains(&id);
+                if !wanted || !replicas.can_pin_another() {
                     continue;
                 }
                 if let Err(e) = replicas.existing(id).await {
                     tracing::warn!(document = %id, error = %e, "not syncing a document that does not load");
                     self.subscribed.remove(&id);
                     self.refused.insert(id);
+                    self.resync_pending.remove(&id);
                     continue;
                 }
                 replicas.reconnect(id)?;
@@ -574,6 +630,7 @@ impl Connection {
                 if replicas.peek(id).is_some_and(in_sync) {
                     // Nothing more to say either way: evictable again.
                     replicas.unpin(id);
+                    self.resync_pending.remove(&id);
                 }
                 continue;
             }
@@ -685,12 +742,14 @@ impl Connection {
                     self.report.changes_sent += pending;
                     replicas.save_sync_state(document_id).await?;
                     replicas.unpin(document_id);
+                    self.resync_pending.remove(&document_id);
                 }
             }
             Message::DocUnavailable { document_id, .. } => {
                 tracing::warn!(document = %document_id, "the server does not have this document for us");
                 self.subscribed.remove(&document_id);
                 self.refused.insert(document_id);
+                self.resync_pending.remove(&document_id);
                 replicas.unpin(document_id);
             }
             Message::Counted { counted, .. } => {
@@ -702,6 +761,10 @@ impl Connection {
                 peer_metadata,
                 ..
             } if self.awaiting_peer => {
+                let epoch = peer_metadata
+                    .as_ref()
+                    .and_then(|m| m.storage_id.as_ref())
+                    .map(|id| id.as_str().to_owned());
                 let extensions = peer_metadata.map(|m| m.extensions).unwrap_or_default();
                 self.awaiting_peer = false;
                 self.counted_extension = extensions.iter().any(|e| e == wire::EXTENSION_COUNTED);
@@ -710,7 +773,13 @@ impl Connection {
                 self.transport.remember_server(KnownServer {
                     peer: sender_id,
                     extensions,
+                    epoch: epoch.clone(),
                 });
+                if let Some(epoch) = epoch
+                    && replicas.server_epoch_seen(&epoch).await?
+                {
+                    self.subscribe_everything(replicas).await?;
+                }
             }
             Message::Error { message, .. } => return Ok(Some(message)),
             _ => {}
@@ -731,7 +800,7 @@ impl Connection {
     fn settled(&self, replicas: &Replicas) -> bool {
         self.subscribed.keys().all(|id| match replicas.peek(*id) {
             Some(replica) => in_sync(replica),
-            None => !self.unacked.contains(id),
+            None => !self.unacked.contains(id) && !self.resync_pending.contains(id),
         })
     }
 
@@ -1058,6 +1127,7 @@ impl Client {
                     for id in connection.subscribed.keys().copied().collect::<Vec<_>>() {
                         replicas.save_sync_state(id).await?;
                     }
+                    connection.settle_resync(replicas).await?;
                     replicas.trim().await?;
                     self.note_refused_with_edits(&connection);
                 }
@@ -1267,6 +1337,7 @@ impl Client {
                 // `handle` saved each document's state as it settled.
                 let settled = connection.settled(replicas);
                 if settled {
+                    connection.settle_resync(replicas).await?;
                     replicas.trim().await?;
                     self.note_refused_with_edits(&connection);
                     let now = self.settled_status();
@@ -1676,6 +1747,10 @@ async fn read_peer(socket: &mut Socket, until: Instant) -> Result<KnownServer, C
             ..
         } => Ok(KnownServer {
             peer: sender_id,
+            epoch: peer_metadata
+                .as_ref()
+                .and_then(|m| m.storage_id.as_ref())
+                .map(|id| id.as_str().to_owned()),
             extensions: peer_metadata.map(|m| m.extensions).unwrap_or_default(),
         }),
         Message::Error { message, .. } => Err(closing_error(socket, message, until).await),

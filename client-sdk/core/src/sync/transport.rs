@@ -39,6 +39,9 @@ pub(crate) struct Transport {
 pub(crate) struct KnownServer {
     pub peer: PeerId,
     pub extensions: Vec<String>,
+    /// The server's storage id: its database's epoch, which a restore
+    /// of the server's data changes.
+    pub epoch: Option<String>,
 }
 
 fn trusted_roots(extra_ca_pem: Option<&[u8]>) -> Result<rustls::RootCertStore, ClientError> {
