@@ -298,25 +298,21 @@ impl Replicas {
     }
 
     /// Notes the epoch (storage id) the server announced; `true` when it
-    /// differs from the one this device saw before, that is, when the
-    /// server's data was restored from a backup: every document is then to
-    /// be offered again, until [`Replicas::resync_done`]. Kept in the store,
-    /// so a re-sync cut short resumes after an app restart.
+    /// is not the one this device saw before, that is, when the server's
+    /// data was restored from a backup: every document is then to be
+    /// offered again, until [`Replicas::resync_done`]. The first epoch a
+    /// device sees counts as new too (once): a server restored before this
+    /// device's app learnt to look must still get what the device holds.
+    /// Kept in the store, so a re-sync cut short resumes after an app
+    /// restart.
     pub async fn server_epoch_seen(&mut self, epoch: &str) -> Result<bool, ClientError> {
-        let seen = self.store.meta(SERVER_EPOCH).await?;
-        match seen.as_deref() {
-            Some(seen) if seen == epoch => Ok(false),
-            Some(_) => {
-                self.store
-                    .set_meta(&[(SERVER_EPOCH, epoch), (RESYNC_EVERYTHING, "1")])
-                    .await?;
-                Ok(true)
-            }
-            None => {
-                self.store.set_meta(&[(SERVER_EPOCH, epoch)]).await?;
-                Ok(false)
-            }
+        if self.store.meta(SERVER_EPOCH).await?.as_deref() == Some(epoch) {
+            return Ok(false);
         }
+        self.store
+            .set_meta(&[(SERVER_EPOCH, epoch), (RESYNC_EVERYTHING, "1")])
+            .await?;
+        Ok(true)
     }
 
     /// Whether every document is to be offered (see

@@ -175,6 +175,11 @@ impl DocumentTask {
         generation: u64,
         shared: Arc<Shared>,
     ) -> Result<DocumentTask, StoreError> {
+        // A document whose rows lag its stored heads (a restore added
+        // changes, or a projection failed) projects itself whole at its
+        // first commit.
+        let (stored_heads, projected_heads) = shared.store.projection_marker(id).await?;
+        let projection_lagging = stored_heads.is_some() && projected_heads != stored_heads;
         let stored = shared.documents.load(id).await?;
         let source = shared.store.document(id).await?.and_then(|row| {
             Some(Source {
@@ -198,7 +203,7 @@ impl DocumentTask {
             subscribers: HashMap::new(),
             chunk_keys: stored.keys,
             snapshot_bytes: stored.snapshot_bytes,
-            projection_lagging: false,
+            projection_lagging,
         })
     }
 
@@ -651,6 +656,10 @@ pub(super) async fn catch_up_projection(shared: &Shared, id: DocumentId) -> Resu
         branch: row.branch_id,
         kind,
     };
+    // Read before the load: a commit after it moves the stored heads, and
+    // the reprojection below is then skipped (the live document projects
+    // itself whole).
+    let (stored_heads, _) = shared.store.projection_marker(id).await?;
     let stored = shared.documents.load(id).await?;
     let (heads, plan) = on_pool(move || {
         stored.load(id).map(|doc| {
@@ -660,5 +669,12 @@ pub(super) async fn catch_up_projection(shared: &Shared, id: DocumentId) -> Resu
     })
     .await
     .map_err(|Panicked| StoreError::Corrupt(format!("projecting document {id} panicked")))??;
-    shared.documents.reproject(id, &heads, &plan).await
+    if !shared
+        .documents
+        .reproject(id, &heads, &plan, stored_heads.as_deref())
+        .await?
+    {
+        tracing::debug!(document = %id, "a live document committed first; it projects itself whole");
+    }
+    Ok(())
 }

@@ -307,25 +307,33 @@ impl Hub {
     }
 
     /// The database was restored under this process (its epoch is now
-    /// `epoch`): every connection is told to reconnect, every live
-    /// document is dropped from memory unsaved (the restore added changes
-    /// it does not hold, and its peers' sync states describe the data
-    /// before), and only then are writes let in again, under the new epoch;
-    /// the documents that gained changes are re-projected. Until then
-    /// every write fails ([`StoreError::Restored`]), so nothing loaded
-    /// before the restore is written after it.
+    /// `epoch`): every live document is dropped from memory unsaved (the
+    /// restore added changes it does not hold, and its peers' sync states
+    /// describe the data before), and only then are writes let in again,
+    /// under the new epoch; every connection is told to reconnect, and the
+    /// documents that gained changes are re-projected. Until then every
+    /// write fails ([`StoreError::Restored`]), so nothing loaded before the
+    /// restore is written after it.
     pub async fn restored(&self, epoch: String) {
         tracing::warn!(%epoch, "the database was restored from a backup; dropping every live document and connection");
+        self.stop_documents(|done| Command::Forget { done }).await;
+        self.shared.store.enter_epoch(epoch);
+        // Closed once the new epoch is in: a device that reconnects at once
+        // is told the new one, and offers everything it holds.
         if let Ok(connections) = self.connections.lock() {
             for revocation in connections.values().flat_map(HashMap::values) {
                 revocation.restored();
             }
         }
-        self.stop_documents(|done| Command::Forget { done }).await;
-        self.shared.store.enter_epoch(epoch);
-        if let Err(e) = catch_up_lagging(&self.shared).await {
-            tracing::error!(error = %e, "could not re-project after a restore; the next start does");
-        }
+        // In a task of its own: the watcher goes on closing revoked
+        // devices' sockets meanwhile. A document that commits first
+        // projects itself whole, and its catch-up is skipped.
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = catch_up_lagging(&shared).await {
+                tracing::error!(error = %e, "could not re-project after a restore; the next start does");
+            }
+        });
     }
 
     /// Registers a new connection of a live device. Past the device's

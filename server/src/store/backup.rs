@@ -58,17 +58,55 @@ pub struct RestoreSummary {
     pub epoch: String,
 }
 
+/// A backup chunk `b` the database lacks: a snapshot it does not have, or
+/// a change it holds in no form.
+const CHUNKS_LACKING: &str = "not exists (select 1 from main.chunks c
+                    where c.document_id = b.document_id and c.hash = b.hash)
+     and (b.kind = 'snapshot' or not exists (select 1 from main.change_log l
+                    where l.document_id = b.document_id and l.hash = b.hash))";
+
 /// The previous epochs of this database (comma-separated in `server_meta`):
 /// a backup's storage id must be among them, or be the current one.
 const PREVIOUS_EPOCHS: &str = "previous_epochs";
 
-/// The tables a restore does not copy: the migration history (the backup
-/// is migrated to this binary's schema first), SQLite's own, and the
-/// projection rows (derived from the documents, and re-projected).
-fn restored(table: &str) -> bool {
-    table != "_sqlx_migrations"
-        && !table.starts_with("sqlite_")
-        && !crate::projection::TABLES.contains(&table)
+/// Which of a backup's rows a restore adds to a table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Merge {
+    /// Every row the database lacks.
+    Lacking,
+    /// Chunks the database lacks, but no change it already holds (in a
+    /// snapshot compaction made since the backup).
+    Chunks,
+    /// Audit entries the log lacks, compared by content and given new ids:
+    /// the log may have used the backup's ids for other entries (a server
+    /// that ran on an empty database before the restore).
+    AuditEntries,
+    /// Only rows of devices the database lacks: a device's token replaced
+    /// (its enrollment repeated) was deleted on purpose, and must not work
+    /// again.
+    OfLackingDevices,
+    /// None.
+    Skip,
+}
+
+/// How a restore treats `table`. Rows deleted on purpose must not come
+/// back: an ended login session (logout, a revoked session, a disabled
+/// user, a changed password) is a deleted row, so no session is restored
+/// (everyone logs in again after a restore). Skipped too: the migration
+/// history (the backup is migrated to this binary's schema first), SQLite's
+/// own tables, the projection rows (re-projected from the documents), the
+/// login throttle's counters, and sync states (a lost one costs only a
+/// longer sync, a stale one nothing at all).
+fn merge_of(table: &str) -> Merge {
+    match table {
+        "device_tokens" => Merge::OfLackingDevices,
+        "chunks" => Merge::Chunks,
+        "audit" => Merge::AuditEntries,
+        "_sqlx_migrations" | "user_sessions" | "login_attempts" | "login_lockouts"
+        | "sync_states" => Merge::Skip,
+        t if t.starts_with("sqlite_") || crate::projection::TABLES.contains(&t) => Merge::Skip,
+        _ => Merge::Lacking,
+    }
 }
 
 impl Store {
@@ -267,11 +305,10 @@ async fn merge_rows(
     sqlx::query("pragma defer_foreign_keys = on")
         .execute(&mut *tx)
         .await?;
-    let gaining: Vec<String> = sqlx::query_scalar(
-        "select distinct b.document_id from backup.chunks b
-         where not exists (select 1 from main.chunks c
-                           where c.document_id = b.document_id and c.hash = b.hash)",
-    )
+    let gaining: Vec<String> = sqlx::query_scalar(&format!(
+        "select distinct b.document_id from backup.chunks b where {}",
+        CHUNKS_LACKING
+    ))
     .fetch_all(&mut *tx)
     .await?;
     let tables: Vec<String> = sqlx::query_scalar(
@@ -279,8 +316,19 @@ async fn merge_rows(
     )
     .fetch_all(&mut *tx)
     .await?;
+    // Devices the database lacks, before any row is added.
+    sqlx::query(
+        "create temp table lacking_devices as
+         select id from backup.devices where id not in (select id from main.devices)",
+    )
+    .execute(&mut *tx)
+    .await?;
     let mut added = 0;
-    for table in tables.iter().filter(|t| restored(t)) {
+    for table in &tables {
+        let merge = merge_of(table);
+        if merge == Merge::Skip {
+            continue;
+        }
         let columns: Vec<String> =
             sqlx::query(&format!("pragma main.table_info({})", quoted(table)))
                 .fetch_all(&mut *tx)
@@ -294,18 +342,46 @@ async fn merge_rows(
             .collect::<Vec<_>>()
             .join(", ");
         let name = quoted(table);
-        // `or ignore`: a row the database has (by its key) stays as it is.
-        added += sqlx::query(&format!(
-            "insert or ignore into main.{name} ({list}) select {list} from backup.{name}"
-        ))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let statement = match merge {
+            Merge::AuditEntries => {
+                let without_id = columns
+                    .iter()
+                    .filter(|c| *c != "id")
+                    .map(|c| quoted(c))
+                    .collect::<Vec<_>>();
+                let same = without_id
+                    .iter()
+                    .map(|c| format!("a.{c} is b.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(" and ");
+                let without_id = without_id.join(", ");
+                format!(
+                    "insert into main.{name} ({without_id}) select {without_id} from backup.{name} b
+                     where not exists (select 1 from main.{name} a where {same}) order by b.id"
+                )
+            }
+            Merge::OfLackingDevices => format!(
+                "insert or ignore into main.{name} ({list}) select {list} from backup.{name}
+                 where device_id in (select id from temp.lacking_devices)"
+            ),
+            Merge::Chunks => format!(
+                "insert or ignore into main.{name} ({list}) select {list} from backup.{name} b
+                 where {CHUNKS_LACKING}"
+            ),
+            // `or ignore`: a row the database has (by its key) stays as it is.
+            Merge::Lacking | Merge::Skip => format!(
+                "insert or ignore into main.{name} ({list}) select {list} from backup.{name}"
+            ),
+        };
+        added += sqlx::query(&statement)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
     }
     // The documents that gained changes are re-projected (a server at its
     // watcher's next look, or at its next start).
     for document in &gaining {
-        sqlx::query("update main.documents set heads = null, projected_heads = null where id = ?")
+        sqlx::query("update main.documents set projected_heads = null where id = ?")
             .bind(document)
             .execute(&mut *tx)
             .await?;
@@ -350,6 +426,9 @@ async fn merge_rows(
         ))
         .every_district();
     record(&mut tx, entry).await?;
+    sqlx::query("drop table temp.lacking_devices")
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok((added, gaining.len() as u64))
 }

@@ -159,8 +159,9 @@ impl<S: DocumentStore> DocumentStore for FaultyStore<S> {
         id: DocumentId,
         heads: &'a [ChangeHash],
         plan: &'a ProjectionPlan,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.inner.reproject(id, heads, plan)
+        stored: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.inner.reproject(id, heads, plan, stored)
     }
 
     fn load_sync_state<'a>(

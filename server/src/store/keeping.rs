@@ -128,13 +128,18 @@ pub trait DocumentStore: Send + Sync + std::fmt::Debug + 'static {
         replaced: &'a [String],
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Replaces every projection row of a document and moves its marker to
-    /// `heads`: the catch-up for a document whose marker lags.
+    /// `heads`: the catch-up for a document whose marker lags. Only while
+    /// the stored heads are still `stored` (as read before the document
+    /// was loaded): a live document that committed since has projected
+    /// itself whole, and the catch-up's older plan must not overwrite it.
+    /// `false` when it was skipped for that reason.
     fn reproject<'a>(
         &'a self,
         id: DocumentId,
         heads: &'a [ChangeHash],
         plan: &'a ProjectionPlan,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+        stored: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
     fn load_sync_state<'a>(
         &'a self,
         id: DocumentId,
@@ -343,19 +348,28 @@ impl DocumentStore for Store {
         id: DocumentId,
         heads: &'a [ChangeHash],
         plan: &'a ProjectionPlan,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        stored: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let heads = heads_text(heads);
             let mut tx = self.begin_write().await?;
+            let moved = sqlx::query(
+                "update documents set heads = ?, projected_heads = ? where id = ? and heads is ?",
+            )
+            .bind(&heads)
+            .bind(&heads)
+            .bind(id.to_string())
+            .bind(stored)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if moved == 0 {
+                // Dropping the transaction rolls it back.
+                return Ok(false);
+            }
             projection::write(&mut tx, plan).await?;
-            sqlx::query("update documents set heads = ?, projected_heads = ? where id = ?")
-                .bind(&heads)
-                .bind(&heads)
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await?;
             tx.commit().await?;
-            Ok(())
+            Ok(true)
         })
     }
 
@@ -447,6 +461,20 @@ impl Store {
         .iter()
         .map(|id| parse_column(id, "document id"))
         .collect()
+    }
+
+    /// A document's stored heads and the heads its rows were projected at
+    /// (`None`: not stored yet, or never projected).
+    pub async fn projection_marker(
+        &self,
+        id: DocumentId,
+    ) -> Result<(Option<String>, Option<String>), StoreError> {
+        let row: Option<(Option<String>, Option<String>)> =
+            sqlx::query_as("select heads, projected_heads from documents where id = ?")
+                .bind(id.to_string())
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.unwrap_or_default())
     }
 
     /// Documents with stored changes their projected rows do not count

@@ -93,6 +93,23 @@ async fn a_restore_under_a_running_server_is_noticed_and_rewinds_nothing() -> an
     server
         .wait_for_rollup_total(&admin, this_month(), 2, 30_000)
         .await?;
+    // The session the backup holds is ended after it (a logout); another begins.
+    let http = reqwest::Client::new();
+    let login: Value = http
+        .post(format!("{}/api/v1/login", server.http_url()))
+        .json(&serde_json::json!({ "username": "district-admin", "password": "a long enough password" }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let ended = admin;
+    let admin = login["token"].as_str().unwrap_or_default().to_owned();
+    http.post(format!("{}/api/v1/logout", server.http_url()))
+        .bearer_auth(&ended)
+        .send()
+        .await?
+        .error_for_status()?;
     // A device enrolled after the backup, connected while the restore happens.
     let watcher = server.enroll(d.fenghuangting.id, "watching").await?;
     let mut open = TestPeer::connect(&server.ws_url(), &watcher.token, Some("watcher")).await?;
@@ -114,6 +131,17 @@ async fn a_restore_under_a_running_server_is_noticed_and_rewinds_nothing() -> an
         code == 1001 && reason.contains("restored"),
         "{code} {reason}"
     );
+    // The ended session stays ended; the live one goes on.
+    let me = |token: String| {
+        let http = http.clone();
+        let url = format!("{}/api/v1/me", server.http_url());
+        async move { Ok::<_, anyhow::Error>(http.get(url).bearer_auth(token).send().await?.status()) }
+    };
+    ensure!(
+        me(ended.clone()).await? == 401,
+        "a logged-out session came back"
+    );
+    ensure!(me(admin.clone()).await? == 200);
     // Nothing was rewound: the later device still syncs, the later visit counts.
     let mut back = TestPeer::connect(&server.ws_url(), &watcher.token, Some("watcher")).await?;
     let roster = doorstep_protocol::DocumentId::roster(d.fenghuangting.id);
@@ -142,6 +170,78 @@ async fn a_restore_under_a_running_server_is_noticed_and_rewinds_nothing() -> an
     for action in ["database.backup", "database.restore", "device.enroll"] {
         ensure!(audit.contains(action), "{action} missing from {audit}");
     }
+    Ok(())
+}
+
+/// The live database loses a document's changes and their rows (a damaged
+/// disk, a bad manual repair): the figures drop. Restoring the backup
+/// beside the running server brings the changes back, and the server
+/// re-projects them without a restart.
+#[tokio::test]
+async fn a_restore_under_a_running_server_brings_back_lost_changes_and_their_figures()
+-> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let admin = server
+        .login_as("district-admin", Role::DistrictAdmin, d.district.id)
+        .await?;
+    let phone_dir = tempfile::tempdir()?;
+    let phone = sdk_device(
+        &server.store,
+        &server.http_url(),
+        d.yingfeng.id,
+        phone_dir.path(),
+        |_| {},
+    )
+    .await?;
+    let id = member(&phone, "受损的会员").await?;
+    phone.record_visit(crate::visit_today(id, 40, None)).await?;
+    phone.sync_now().await?;
+    server
+        .wait_for_rollup_total(&admin, this_month(), 1, 4_000)
+        .await?;
+    let backups = tempfile::tempdir()?;
+    let backup = backups.path().join("doorstep.backup");
+    let out = doorstep(server.data_dir(), &["backup".as_ref(), backup.as_os_str()]).await?;
+    ensure!(out.status.success(), "backup failed: {}", text(&out.stderr));
+
+    let log = doorstep_protocol::DocumentId::monthly_log(d.yingfeng.id, this_month());
+    let pool = sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new().filename(server.database_path()),
+    )
+    .await?;
+    for statement in [
+        "delete from chunks where document_id = ?",
+        "delete from change_log where document_id = ?",
+        "delete from visit_rows where document_id = ?",
+    ] {
+        sqlx::query(statement)
+            .bind(log.to_string())
+            .execute(&pool)
+            .await?;
+    }
+    pool.close().await;
+    server
+        .wait_for_rollup_total(&admin, this_month(), 0, 0)
+        .await?;
+
+    let out = doorstep(server.data_dir(), &["restore".as_ref(), backup.as_os_str()]).await?;
+    ensure!(
+        out.status.success(),
+        "restore failed: {}",
+        text(&out.stderr)
+    );
+    ensure!(
+        text(&out.stdout).contains("1 documents gained changes"),
+        "{}",
+        text(&out.stdout)
+    );
+    server
+        .wait_for_rollup_total(&admin, this_month(), 1, 4_000)
+        .await?;
+    let stored = server.stored_document(log).await?;
+    let visits = doorstep_protocol::schema::log::MonthlyLog::load(&stored).visits;
+    ensure!(visits.len() == 1, "{visits:?}");
     Ok(())
 }
 
@@ -203,6 +303,16 @@ async fn after_a_lost_database_is_restored_phones_bring_back_what_the_backup_lac
         text(&out.stderr)
     );
     let server = TestServer::spawn_at(data, addr, |_| {}).await?;
+    // No login session is restored: the admin logs in again.
+    let login: Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/login", server.http_url()))
+        .json(&serde_json::json!({ "username": "district-admin", "password": "a long enough password" }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let admin = login["token"].as_str().unwrap_or_default().to_owned();
     server
         .wait_for_rollup_total(&admin, this_month(), 1, 10_000)
         .await?;
