@@ -130,11 +130,11 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(StoreError::Conflict(format!("the file {}", to.display())));
             }
-            Err(source) => {
-                return Err(StoreError::DataDir {
-                    path: to.display().to_string(),
-                    source,
-                });
+            Err(e) => {
+                return Err(StoreError::Invalid(format!(
+                    "cannot write the backup {}: {e}",
+                    to.display()
+                )));
             }
         }
         let made = async {
@@ -144,9 +144,8 @@ impl Store {
                 .execute(self.pool())
                 .await?;
             let summary = check_copy(to).await?;
-            sync_file_and_folder(to).map_err(|e| StoreError::DataDir {
-                path: to.display().to_string(),
-                source: e,
+            sync_file_and_folder(to).map_err(|e| {
+                StoreError::Invalid(format!("cannot flush the backup {}: {e}", to.display()))
             })?;
             let entry = AuditEntry::new(OPERATOR, "database.backup", to.display().to_string())
                 .detail(format!(
@@ -296,7 +295,8 @@ async fn merge_rows(
         .any(|epochs| epochs.split(',').any(|e| e == lineage));
     if tenants > 0 && !known {
         return Err(StoreError::Invalid(format!(
-            "{} is a backup of another Doorstep installation (storage id {lineage});              restore it into an empty data directory instead",
+            "{} is a backup of another Doorstep installation (storage id {lineage}); \
+             restore it into an empty data directory instead",
             from.display()
         )));
     }

@@ -1225,6 +1225,7 @@ async fn authority_matrix_every_administrative_action_by_every_role_keeps_names_
 const NOT_ADMINISTRATIVE: &[(&str, &str, &str)] = &[
     ("GET", "/healthz", "liveness"),
     ("GET", "/readyz", "readiness"),
+    ("GET", "/metrics", "counts only, no name or id"),
     ("GET", "/", "a redirect"),
     ("GET", "/dashboard", "a static page"),
     ("GET", "/dashboard.js", "a static file"),

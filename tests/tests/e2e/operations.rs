@@ -11,7 +11,7 @@ use doorstep_client::{Client, NewMember};
 use doorstep_server::store::Store;
 use doorstep_server::tenancy::Role;
 use doorstep_tests::{
-    ServerProcess, TestPeer, TestServer, enroll, make_district, sdk_device, this_month,
+    District, ServerProcess, TestPeer, TestServer, enroll, make_district, sdk_device, this_month,
 };
 use serde_json::Value;
 use tokio::process::Command;
@@ -42,6 +42,76 @@ async fn member(client: &Client, name: &str) -> anyhow::Result<doorstep_client::
         .await?)
 }
 
+/// A server with the demo-shaped district, a district admin's API token,
+/// and a phone of 迎风怡丽 whose new member has one visit of `yuan` synced
+/// and counted.
+struct Synced {
+    server: TestServer,
+    district: District,
+    admin: String,
+    phone_dir: tempfile::TempDir,
+    phone: Client,
+    member: doorstep_client::RecordId,
+}
+
+async fn synced_visit(member_name: &str, yuan: i64) -> anyhow::Result<Synced> {
+    let server = TestServer::spawn().await?;
+    let district = server.district().await?;
+    let admin = server
+        .login_as(ADMIN, Role::DistrictAdmin, district.district.id)
+        .await?;
+    let phone_dir = tempfile::tempdir()?;
+    let phone = sdk_device(
+        &server.store,
+        &server.http_url(),
+        district.yingfeng.id,
+        phone_dir.path(),
+        |_| {},
+    )
+    .await?;
+    let member = member(&phone, member_name).await?;
+    phone
+        .record_visit(crate::visit_today(member, yuan, None))
+        .await?;
+    phone.sync_now().await?;
+    server
+        .wait_for_rollup_total(&admin, this_month(), 1, yuan * 100)
+        .await?;
+    Ok(Synced {
+        server,
+        district,
+        admin,
+        phone_dir,
+        phone,
+        member,
+    })
+}
+
+/// The admin [`synced_visit`] made.
+const ADMIN: &str = "district-admin";
+
+/// A new login session of [`ADMIN`] (`login_as`'s password).
+async fn admin_login(server: &TestServer) -> anyhow::Result<String> {
+    let login: Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/login", server.http_url()))
+        .json(&serde_json::json!({ "username": ADMIN, "password": "a long enough password" }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(login["token"].as_str().unwrap_or_default().to_owned())
+}
+
+/// `doorstep backup` of the server's data directory into a new folder.
+async fn backup(server: &TestServer) -> anyhow::Result<(tempfile::TempDir, std::path::PathBuf)> {
+    let folder = tempfile::tempdir()?;
+    let file = folder.path().join("doorstep.backup");
+    let out = doorstep(server.data_dir(), &["backup".as_ref(), file.as_os_str()]).await?;
+    ensure!(out.status.success(), "backup failed: {}", text(&out.stderr));
+    Ok((folder, file))
+}
+
 /// A backup is taken while the server runs, and restored with the CLI
 /// beside it: the server notices (it closes the open connection saying
 /// why) and takes writes again at once, in the new epoch; nothing made
@@ -49,28 +119,14 @@ async fn member(client: &Client, name: &str) -> anyhow::Result<doorstep_client::
 /// visit synced since stays counted); the audit log has both.
 #[tokio::test]
 async fn a_restore_under_a_running_server_is_noticed_and_rewinds_nothing() -> anyhow::Result<()> {
-    let server = TestServer::spawn().await?;
-    let d = server.district().await?;
-    let admin = server
-        .login_as("district-admin", Role::DistrictAdmin, d.district.id)
-        .await?;
-    let phone_dir = tempfile::tempdir()?;
-    let phone = sdk_device(
-        &server.store,
-        &server.http_url(),
-        d.yingfeng.id,
-        phone_dir.path(),
-        |_| {},
-    )
-    .await?;
-    let id = member(&phone, "备份前的会员").await?;
-    phone
-        .record_visit(crate::visit_today(id, 100, None))
-        .await?;
-    phone.sync_now().await?;
-    server
-        .wait_for_rollup_total(&admin, this_month(), 1, 10_000)
-        .await?;
+    let Synced {
+        server,
+        district: d,
+        admin,
+        phone_dir: _phone_dir,
+        phone,
+        member: id,
+    } = synced_visit("备份前的会员", 100).await?;
 
     let backups = tempfile::tempdir()?;
     let backup = backups.path().join("doorstep.backup");
@@ -95,16 +151,8 @@ async fn a_restore_under_a_running_server_is_noticed_and_rewinds_nothing() -> an
         .await?;
     // The session the backup holds is ended after it (a logout); another begins.
     let http = reqwest::Client::new();
-    let login: Value = http
-        .post(format!("{}/api/v1/login", server.http_url()))
-        .json(&serde_json::json!({ "username": "district-admin", "password": "a long enough password" }))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
     let ended = admin;
-    let admin = login["token"].as_str().unwrap_or_default().to_owned();
+    let admin = admin_login(&server).await?;
     http.post(format!("{}/api/v1/logout", server.http_url()))
         .bearer_auth(&ended)
         .send()
@@ -180,30 +228,13 @@ async fn a_restore_under_a_running_server_is_noticed_and_rewinds_nothing() -> an
 #[tokio::test]
 async fn a_restore_under_a_running_server_brings_back_lost_changes_and_their_figures()
 -> anyhow::Result<()> {
-    let server = TestServer::spawn().await?;
-    let d = server.district().await?;
-    let admin = server
-        .login_as("district-admin", Role::DistrictAdmin, d.district.id)
-        .await?;
-    let phone_dir = tempfile::tempdir()?;
-    let phone = sdk_device(
-        &server.store,
-        &server.http_url(),
-        d.yingfeng.id,
-        phone_dir.path(),
-        |_| {},
-    )
-    .await?;
-    let id = member(&phone, "受损的会员").await?;
-    phone.record_visit(crate::visit_today(id, 40, None)).await?;
-    phone.sync_now().await?;
-    server
-        .wait_for_rollup_total(&admin, this_month(), 1, 4_000)
-        .await?;
-    let backups = tempfile::tempdir()?;
-    let backup = backups.path().join("doorstep.backup");
-    let out = doorstep(server.data_dir(), &["backup".as_ref(), backup.as_os_str()]).await?;
-    ensure!(out.status.success(), "backup failed: {}", text(&out.stderr));
+    let Synced {
+        server,
+        district: d,
+        admin,
+        ..
+    } = synced_visit("受损的会员", 40).await?;
+    let (_backups, backup) = backup(&server).await?;
 
     let log = doorstep_protocol::DocumentId::monthly_log(d.yingfeng.id, this_month());
     let pool = sqlx::SqlitePool::connect_with(
@@ -253,29 +284,15 @@ async fn a_restore_under_a_running_server_brings_back_lost_changes_and_their_fig
 #[tokio::test]
 async fn after_a_lost_database_is_restored_phones_bring_back_what_the_backup_lacks()
 -> anyhow::Result<()> {
-    let server = TestServer::spawn().await?;
-    let d = server.district().await?;
-    let admin = server
-        .login_as("district-admin", Role::DistrictAdmin, d.district.id)
-        .await?;
-    let phone_dir = tempfile::tempdir()?;
-    let phone = sdk_device(
-        &server.store,
-        &server.http_url(),
-        d.yingfeng.id,
-        phone_dir.path(),
-        |_| {},
-    )
-    .await?;
-    let id = member(&phone, "恢复后的会员").await?;
-    phone
-        .record_visit(crate::visit_today(id, 100, None))
-        .await?;
-    phone.sync_now().await?;
-    let backups = tempfile::tempdir()?;
-    let backup = backups.path().join("doorstep.backup");
-    let out = doorstep(server.data_dir(), &["backup".as_ref(), backup.as_os_str()]).await?;
-    ensure!(out.status.success(), "backup failed: {}", text(&out.stderr));
+    let Synced {
+        server,
+        admin,
+        phone_dir,
+        phone,
+        member: id,
+        ..
+    } = synced_visit("恢复后的会员", 100).await?;
+    let (_backups, backup) = backup(&server).await?;
 
     let old = this_month().previous().previous().previous();
     let mut visit = crate::visit_today(id, 70, None);
@@ -304,15 +321,7 @@ async fn after_a_lost_database_is_restored_phones_bring_back_what_the_backup_lac
     );
     let server = TestServer::spawn_at(data, addr, |_| {}).await?;
     // No login session is restored: the admin logs in again.
-    let login: Value = reqwest::Client::new()
-        .post(format!("{}/api/v1/login", server.http_url()))
-        .json(&serde_json::json!({ "username": "district-admin", "password": "a long enough password" }))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let admin = login["token"].as_str().unwrap_or_default().to_owned();
+    let admin = admin_login(&server).await?;
     server
         .wait_for_rollup_total(&admin, this_month(), 1, 10_000)
         .await?;
