@@ -13,7 +13,8 @@
 //! auth       tokens, password hashing
 //! authority  the one rule over names: who may do which administrative action
 //! store      sqlx persistence: tenants, users, devices, documents, chunks;
-//!            the DocumentStore trait the document tasks commit through
+//!            the DocumentStore trait the document tasks commit through;
+//!            the database's epoch, backups and restores
 //! hub        live documents: one task each driving a sans-IO Keeper; connections
 //! projection records as relational rows, upserted on every merge
 //! sync       the /sync WebSocket connection: handshake, access, limits
