@@ -449,7 +449,10 @@ pub async fn main() -> anyhow::Result<()> {
     // directory is refused before it touches anything. Admin commands run
     // beside a server and take none, and make no data directory unasked.
     let _serving = match &cli.command {
-        Command::Serve(_) => Some(crate::data_dir::DataDirLock::acquire(&cli.data_dir)?),
+        Command::Serve(_) => Some(crate::data_dir::DataDirLock::acquire(
+            &cli.data_dir,
+            crate::data_dir::Hold::Serve,
+        )?),
         _ => {
             // A folder that exists but holds other things and no database
             // is a wrong --data-dir too (`.`, a parent folder); an empty one
@@ -1094,9 +1097,14 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                     from.display()
                 );
             }
-            let staging = cli
-                .data_dir
-                .join(format!("restore-staging-{}.db", uuid::Uuid::new_v4()));
+            // One restore at a time: the staging copy has one name, and a
+            // copy a killed restore left behind is removed (restore_from
+            // clears it first).
+            let _restoring = crate::data_dir::DataDirLock::acquire(
+                &cli.data_dir,
+                crate::data_dir::Hold::Restore,
+            )?;
+            let staging = cli.data_dir.join("restore-staging.db");
             let summary = store
                 .restore_from(from, &staging)
                 .await

@@ -7,23 +7,56 @@
 //! refusal can name who holds it. The operating system drops the lock when
 //! the process ends, however it ends, so a killed server never leaves the
 //! directory locked. The admin commands take no lock: they work beside a
-//! running server, as SQLite allows.
+//! running server, as SQLite allows; `restore` takes one of its own (one
+//! restore at a time, so its staging copy has one name, and a copy a
+//! killed restore left behind, names and all, is removed by the next).
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-/// The lock file's name inside the data directory.
+/// What a hold on the data directory is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// `doorstep serve`, for its whole life.
+    Serve,
+    /// `doorstep restore`, while it runs.
+    Restore,
+}
+
+impl Hold {
+    /// The lock file's name inside the data directory.
+    fn file(self) -> &'static str {
+        match self {
+            Hold::Serve => LOCK_FILE,
+            Hold::Restore => "restore.lock",
+        }
+    }
+}
+
+impl std::fmt::Display for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Hold::Serve => "another doorstep server",
+            Hold::Restore => "another doorstep restore",
+        })
+    }
+}
+
+/// The server's lock file's name inside the data directory.
 const LOCK_FILE: &str = "serve.lock";
 
 /// Why the data directory could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
     #[error(
-        "another doorstep server ({holder}) is serving the data directory {dir}: stop it, \
-         or give this one another --data-dir"
+        "{hold} ({holder}) is using the data directory {dir}: wait for it or stop it, or name another --data-dir"
     )]
-    InUse { dir: PathBuf, holder: String },
+    InUse {
+        hold: Hold,
+        dir: PathBuf,
+        holder: String,
+    },
     /// Words an operator acts on: a read-only folder and a full disk are
     /// the usual causes (the database would fail the same way next).
     #[error(
@@ -43,9 +76,9 @@ pub struct DataDirLock {
 }
 
 impl DataDirLock {
-    /// Takes `dir` (creating it if needed) for this process, or says which
-    /// process holds it.
-    pub fn acquire(dir: &Path) -> Result<DataDirLock, DataDirError> {
+    /// Takes `dir` (creating it if needed) for this process's `hold`, or
+    /// says which process holds it.
+    pub fn acquire(dir: &Path, hold: Hold) -> Result<DataDirLock, DataDirError> {
         let io = |source| DataDirError::Io {
             dir: dir.to_path_buf(),
             source,
@@ -54,7 +87,7 @@ impl DataDirLock {
         // The file is truncated below: never through a link to something
         // else (a stray `serve.lock -> doorstep.db` would empty the
         // database).
-        let path = dir.join(LOCK_FILE);
+        let path = dir.join(hold.file());
         if let Ok(meta) = std::fs::symlink_metadata(&path) {
             use std::os::unix::fs::MetadataExt;
             if !meta.is_file() || meta.nlink() != 1 {
@@ -75,6 +108,7 @@ impl DataDirLock {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(DataDirError::InUse {
+                    hold,
                     dir: dir.to_path_buf(),
                     holder: holder(&mut file),
                 });
@@ -111,16 +145,26 @@ mod tests {
     fn a_second_hold_is_refused_naming_the_first_and_free_once_it_ends() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let data = dir.path().join("data");
-        let first = DataDirLock::acquire(&data).expect("the first hold");
-        match DataDirLock::acquire(&data) {
-            Err(DataDirError::InUse { dir, holder }) => {
-                assert_eq!(dir, data);
-                assert_eq!(holder, format!("process {}", std::process::id()));
+        for hold in [Hold::Serve, Hold::Restore] {
+            let first = DataDirLock::acquire(&data, hold).expect("the first hold");
+            match DataDirLock::acquire(&data, hold) {
+                Err(DataDirError::InUse {
+                    hold: held,
+                    dir,
+                    holder,
+                }) => {
+                    assert_eq!(held, hold);
+                    assert_eq!(dir, data);
+                    assert_eq!(holder, format!("process {}", std::process::id()));
+                }
+                other => panic!("a second hold: {other:?}"),
             }
-            other => panic!("a second hold: {other:?}"),
+            drop(first);
+            DataDirLock::acquire(&data, hold).expect("free again once the first ended");
         }
-        drop(first);
-        DataDirLock::acquire(&data).expect("free again once the first ended");
+        // A restore runs beside a server: the two holds are apart.
+        let _serving = DataDirLock::acquire(&data, Hold::Serve).expect("serve");
+        let _restoring = DataDirLock::acquire(&data, Hold::Restore).expect("restore");
     }
 
     #[test]
@@ -130,12 +174,12 @@ mod tests {
         std::fs::write(&target, b"the database").expect("a target");
         std::os::unix::fs::symlink(&target, dir.path().join(LOCK_FILE)).expect("a symlink");
         assert!(matches!(
-            DataDirLock::acquire(dir.path()),
+            DataDirLock::acquire(dir.path(), Hold::Serve),
             Err(DataDirError::Io { .. })
         ));
         std::fs::remove_file(dir.path().join(LOCK_FILE)).expect("unlink");
         std::fs::hard_link(&target, dir.path().join(LOCK_FILE)).expect("a hard link");
-        assert!(DataDirLock::acquire(dir.path()).is_err());
+        assert!(DataDirLock::acquire(dir.path(), Hold::Serve).is_err());
         assert_eq!(std::fs::read(&target).expect("read"), b"the database");
     }
 

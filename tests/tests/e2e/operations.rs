@@ -365,6 +365,9 @@ async fn a_restore_from_anything_but_a_backup_is_refused_and_changes_nothing() -
     pool.close().await;
     let missing = files.path().join("missing.db");
     let live = server.database_path();
+    // What a killed restore left behind (a copy of a backup, names and all).
+    let leftover = server.data_dir().join("restore-staging.db");
+    std::fs::write(&leftover, b"a staged copy from a restore that was killed")?;
     // A hard link to the live database is the live database.
     let linked = files.path().join("linked.db");
     std::fs::hard_link(&live, &linked)?;
@@ -389,6 +392,10 @@ async fn a_restore_from_anything_but_a_backup_is_refused_and_changes_nothing() -
             from.display()
         );
     }
+    ensure!(
+        !leftover.exists(),
+        "the next restore removes a staged copy left behind"
+    );
     ensure!(
         server.store.restored_epoch().await?.is_none(),
         "the epoch moved"
