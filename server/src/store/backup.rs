@@ -300,6 +300,23 @@ async fn merge_rows(
             from.display()
         )));
     }
+    // A username is one account: a backup account whose username another
+    // account took since cannot be added (and what refers to it would then
+    // fail at commit, naming nothing). Said plainly, before anything.
+    let clashing: Vec<String> = sqlx::query_scalar(
+        "select b.username from backup.users b
+         join main.users m on m.username = b.username and m.id <> b.id
+         order by b.username",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if !clashing.is_empty() {
+        return Err(StoreError::Invalid(format!(
+            "the backup's accounts {} have usernames that other accounts here took since; \
+             nothing was restored",
+            clashing.join(", ")
+        )));
+    }
     // Rows refer to each other (devices to tenants, chunks to documents):
     // checked once, at commit.
     sqlx::query("pragma defer_foreign_keys = on")
@@ -617,6 +634,55 @@ mod tests {
         // same backup is accepted.
         fresh.create_tenant(None, Level::District, "later").await?;
         fresh.restore_from(&backup, &staging).await?;
+        Ok(())
+    }
+
+    /// A backup account whose username another account took since is
+    /// named, and nothing is restored.
+    #[tokio::test]
+    async fn a_username_taken_since_by_another_account_is_named_and_nothing_restored()
+    -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let database = dir.path().join("doorstep.db");
+        let store = Store::open(&database).await?;
+        let district = store.create_tenant(None, Level::District, "d").await?;
+        let audit = || AuditEntry::new(OPERATOR, "user.create", "li");
+        store
+            .create_user(
+                "li",
+                "x",
+                crate::tenancy::Role::DistrictAdmin,
+                district.id,
+                audit(),
+            )
+            .await?;
+        let backup = dir.path().join("backup.db");
+        store.backup_to(&backup).await?;
+        let pool =
+            sqlx::SqlitePool::connect_with(SqliteConnectOptions::new().filename(&database)).await?;
+        sqlx::query("delete from users where username = 'li'")
+            .execute(&pool)
+            .await?;
+        pool.close().await;
+        store
+            .create_user(
+                "li",
+                "y",
+                crate::tenancy::Role::DistrictAdmin,
+                district.id,
+                audit(),
+            )
+            .await?;
+        let epoch = store.epoch();
+        match store
+            .restore_from(&backup, &dir.path().join("staging.db"))
+            .await
+        {
+            Err(StoreError::Invalid(why)) => assert!(why.contains("li"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.epoch(), epoch, "nothing was restored");
+        assert_eq!(store.restored_epoch().await?, None);
         Ok(())
     }
 }
