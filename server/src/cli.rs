@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -684,16 +684,6 @@ pub fn utc(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-/// Whether two paths name one file, through links of either kind (a
-/// restore must not read the database it writes).
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
-}
-
 /// The whole command tree, for tests that check every argument is explained.
 pub fn command() -> clap::Command {
     Cli::command()
@@ -1091,12 +1081,6 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             })
         }
         Command::Restore { from } => {
-            if same_file(from, &cli.database_path()) {
-                anyhow::bail!(
-                    "{} is the live database itself; name a file `doorstep backup` wrote",
-                    from.display()
-                );
-            }
             // One restore at a time: the staging copy has one name, and a
             // copy a killed restore left behind is removed (restore_from
             // clears it first).

@@ -21,7 +21,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 /// Which way a sync frame went.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -134,66 +134,60 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("doorstep");
-        let sync_connections = Gauge::default();
-        registry.register(
-            "sync_connections",
-            "Open /sync WebSocket connections of devices",
-            sync_connections.clone(),
-        );
-        let frames = Family::<DirectionLabel, Counter>::default();
-        registry.register(
-            "sync_messages",
-            "Sync protocol messages received from and sent to devices",
-            frames.clone(),
-        );
-        let bytes = Family::<DirectionLabel, Counter>::default();
-        registry.register(
-            "sync_message_bytes",
-            "Bytes of sync protocol messages received and sent, as framed on the socket",
-            bytes.clone(),
-        );
-        // 1 ms to ~16 s: a commit on a quiet SSD to a stalled disk.
-        let acknowledgement = Histogram::new(exponential_buckets(0.001, 2.0, 15));
-        registry.register(
-            "sync_acknowledgement_seconds",
-            "Time from a sync message's arrival to its changes stored and its replies queued",
-            acknowledgement.clone(),
-        );
-        let refusals = Family::<ReasonLabel, Counter>::default();
-        registry.register(
-            "refusals",
-            "Connections and messages refused or closed, by reason",
-            refusals.clone(),
-        );
-        let storage_errors = Family::<WriteLabel, Counter>::default();
-        registry.register(
-            "storage_errors",
-            "Writes of the document driver that failed",
-            storage_errors.clone(),
-        );
-        let live_documents = Gauge::default();
-        registry.register(
-            "live_documents",
-            "Documents held in memory",
-            live_documents.clone(),
-        );
-        let lagging_projections = Gauge::default();
-        registry.register(
-            "lagging_projections",
-            "Documents whose projected rows are behind their stored changes (re-projected at the next merge or start)",
-            lagging_projections.clone(),
-        );
-        Metrics(Arc::new(Inner {
+        let r = &mut registry;
+        let inner = Inner {
+            sync_connections: registered(
+                r,
+                "sync_connections",
+                "Open /sync WebSocket connections of devices",
+                Gauge::default(),
+            ),
+            frames: registered(
+                r,
+                "sync_messages",
+                "Sync protocol messages received from and sent to devices",
+                Family::default(),
+            ),
+            bytes: registered(
+                r,
+                "sync_message_bytes",
+                "Bytes of sync protocol messages received and sent, as framed on the socket",
+                Family::default(),
+            ),
+            // 1 ms to ~16 s: a commit on a quiet SSD to a stalled disk.
+            acknowledgement: registered(
+                r,
+                "sync_acknowledgement_seconds",
+                "Time from a sync message's arrival to its changes stored and its replies queued",
+                Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            ),
+            refusals: registered(
+                r,
+                "refusals",
+                "Connections and messages refused or closed, by reason",
+                Family::default(),
+            ),
+            storage_errors: registered(
+                r,
+                "storage_errors",
+                "Writes of the document driver that failed",
+                Family::default(),
+            ),
+            live_documents: registered(
+                r,
+                "live_documents",
+                "Documents held in memory",
+                Gauge::default(),
+            ),
+            lagging_projections: registered(
+                r,
+                "lagging_projections",
+                "Documents whose projected rows are behind their stored changes (re-projected at the next merge or start)",
+                Gauge::default(),
+            ),
             registry,
-            sync_connections,
-            frames,
-            bytes,
-            acknowledgement,
-            refusals,
-            storage_errors,
-            live_documents,
-            lagging_projections,
-        }))
+        };
+        Metrics(Arc::new(inner))
     }
 
     /// A device's `/sync` connection opened; it counts until the guard
@@ -242,6 +236,12 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.0.registry);
         text
     }
+}
+
+/// `metric`, registered under `name` (handles share their series).
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 /// Counts one open sync connection while it lives.

@@ -204,6 +204,21 @@ impl TestServer {
         .await
     }
 
+    /// Runs `statements` on the server's database file from outside the
+    /// server, each with `bind` as its one parameter: what a damaged disk
+    /// or an operator's hand does under it.
+    pub async fn alter_database(&self, statements: &[&str], bind: &str) -> anyhow::Result<()> {
+        let pool = sqlx::SqlitePool::connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new().filename(self.database_path()),
+        )
+        .await?;
+        for statement in statements {
+            sqlx::query(statement).bind(bind).execute(&pool).await?;
+        }
+        pool.close().await;
+        Ok(())
+    }
+
     /// The demo-shaped tenant tree.
     pub async fn district(&self) -> anyhow::Result<District> {
         make_district(&self.store).await

@@ -41,7 +41,8 @@ pub(super) enum Command {
     /// Save every sync state and stop.
     Shutdown { done: oneshot::Sender<()> },
     /// Stop without saving anything: the database was restored under the
-    /// document, and what it holds belongs to the data the restore replaced.
+    /// document, which lacks what the restore added, and its peers' sync
+    /// states describe the data before.
     Forget { done: oneshot::Sender<()> },
 }
 
@@ -175,19 +176,19 @@ impl DocumentTask {
         generation: u64,
         shared: Arc<Shared>,
     ) -> Result<DocumentTask, StoreError> {
+        let row = shared.store.document(id).await?;
         // A document whose rows lag its stored heads (a restore added
         // changes, or a projection failed) projects itself whole at its
         // first commit.
-        let (stored_heads, projected_heads) = shared.store.projection_marker(id).await?;
-        let projection_lagging = stored_heads.is_some() && projected_heads != stored_heads;
-        let stored = shared.documents.load(id).await?;
-        let source = shared.store.document(id).await?.and_then(|row| {
+        let projection_lagging = row.as_ref().is_some_and(|row| row.projection_lags());
+        let source = row.and_then(|row| {
             Some(Source {
                 document: id,
                 branch: row.branch_id,
                 kind: row.kind()?,
             })
         });
+        let stored = shared.documents.load(id).await?;
         let limits = shared.config.limits.document;
         let (doc, stored) = on_pool(move || stored.load(id).map(|doc| (doc, stored)))
             .await
@@ -656,10 +657,9 @@ pub(super) async fn catch_up_projection(shared: &Shared, id: DocumentId) -> Resu
         branch: row.branch_id,
         kind,
     };
-    // Read before the load: a commit after it moves the stored heads, and
-    // the reprojection below is then skipped (the live document projects
-    // itself whole).
-    let (stored_heads, _) = shared.store.projection_marker(id).await?;
+    // The row was read before the load: a commit after it moves the stored
+    // heads, and the reprojection below is then skipped (the live document
+    // projects itself whole).
     let stored = shared.documents.load(id).await?;
     let (heads, plan) = on_pool(move || {
         stored.load(id).map(|doc| {
@@ -671,7 +671,7 @@ pub(super) async fn catch_up_projection(shared: &Shared, id: DocumentId) -> Resu
     .map_err(|Panicked| StoreError::Corrupt(format!("projecting document {id} panicked")))??;
     if !shared
         .documents
-        .reproject(id, &heads, &plan, stored_heads.as_deref())
+        .reproject(id, &heads, &plan, row.heads.as_deref())
         .await?
     {
         tracing::debug!(document = %id, "a live document committed first; it projects itself whole");

@@ -105,8 +105,8 @@ impl Revocation {
         self.superseded.load(Ordering::SeqCst)
     }
 
-    /// Stops the connection because the data it synced against was
-    /// replaced by a restore: the device reconnects and syncs afresh.
+    /// Stops the connection because a restore changed the data it synced
+    /// against: the device reconnects and syncs afresh.
     pub fn restored(&self) {
         self.restored.store(true, Ordering::SeqCst);
         self.revoke();

@@ -189,6 +189,12 @@ impl Store {
                 from.display()
             )));
         }
+        if same_file(from, self.pool().connect_options().get_filename()) {
+            return Err(StoreError::Invalid(format!(
+                "{} is the live database itself; name a file `doorstep backup` wrote",
+                from.display()
+            )));
+        }
         // A backup must already be a Doorstep database: an empty or foreign
         // SQLite file would otherwise be migrated into an empty one.
         let not_a_backup = |why: String| {
@@ -235,10 +241,13 @@ impl Store {
         // Opening migrates it to this binary's schema; a backup made by a
         // newer binary fails here, naming the migration it does not know.
         let staged = Store::open(staging).await?;
-        let check = integrity(staged.pool()).await;
+        let check = integrity(staged.pool())
+            .await
+            .map_err(|e| StoreError::Invalid(e.to_string()))
+            .and_then(|found| found.map_err(not_a_backup));
         let lineage = staged.epoch();
         staged.close().await;
-        check.map_err(not_a_backup)?;
+        check?;
 
         let staged_name = staging.to_str().ok_or_else(|| {
             StoreError::Invalid(format!("{} is not a UTF-8 path", staging.display()))
@@ -443,30 +452,29 @@ async fn merge_rows(
         ))
         .every_district();
     record(&mut tx, entry).await?;
-    sqlx::query("drop table temp.lacking_devices")
-        .execute(&mut *tx)
-        .await?;
+    // The temporary table goes with the connection, closed after.
     tx.commit().await?;
     Ok((added, gaining.len() as u64))
 }
 
-/// SQLite's check of a whole database file: `Err` says what is wrong.
-async fn integrity(pool: &sqlx::SqlitePool) -> Result<(), String> {
+/// SQLite's check of a whole database: the inner `Err` says what is wrong.
+async fn integrity<'e>(
+    executor: impl sqlx::SqliteExecutor<'e>,
+) -> Result<Result<(), String>, sqlx::Error> {
     let found: Vec<String> = sqlx::query_scalar("pragma integrity_check")
-        .fetch_all(pool)
-        .await
-        .map_err(|e| e.to_string())?;
-    if found.len() == 1 && found[0] == "ok" {
+        .fetch_all(executor)
+        .await?;
+    Ok(if found.len() == 1 && found[0] == "ok" {
         Ok(())
     } else {
         Err(format!(
             "it fails SQLite's integrity check: {}",
             found.join("; ")
         ))
-    }
+    })
 }
 
-/// Opens a finished copy read-only and checks it whole.
+/// Opens a finished copy read-only, checks it whole and counts what it holds.
 async fn check_copy(path: &Path) -> Result<BackupSummary, StoreError> {
     let mut conn = SqliteConnection::connect_with(
         &SqliteConnectOptions::new()
@@ -475,50 +483,44 @@ async fn check_copy(path: &Path) -> Result<BackupSummary, StoreError> {
             .read_only(true),
     )
     .await?;
-    let found: Vec<String> = sqlx::query_scalar("pragma integrity_check")
-        .fetch_all(&mut conn)
-        .await?;
-    if found.len() != 1 || found[0] != "ok" {
-        let _ = conn.close().await;
-        return Err(StoreError::Corrupt(format!(
-            "the backup {} fails SQLite's integrity check: {}",
-            path.display(),
-            found.join("; ")
-        )));
+    let checked = async {
+        integrity(&mut conn)
+            .await?
+            .map_err(|why| StoreError::Corrupt(format!("the backup {}: {why}", path.display())))?;
+        Ok(BackupSummary {
+            path: path.to_owned(),
+            bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+            documents: rows_of(&mut conn, "documents").await?,
+            tenants: rows_of(&mut conn, "tenants").await?,
+            devices: rows_of(&mut conn, "devices").await?,
+        })
     }
-    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let mut tx = conn.begin().await?;
-    let summary = counts(&mut tx, path.to_owned(), bytes).await;
-    drop(tx);
+    .await;
     let _ = conn.close().await;
-    summary
+    checked
 }
 
-async fn counts(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    path: PathBuf,
-    bytes: u64,
-) -> Result<BackupSummary, StoreError> {
-    let count = |table: &'static str| format!("select count(*) from {table}");
-    Ok(BackupSummary {
-        path,
-        bytes,
-        documents: sqlx::query_scalar(&count("documents"))
-            .fetch_one(&mut **tx)
-            .await?,
-        tenants: sqlx::query_scalar(&count("tenants"))
-            .fetch_one(&mut **tx)
-            .await?,
-        devices: sqlx::query_scalar(&count("devices"))
-            .fetch_one(&mut **tx)
-            .await?,
-    })
+/// How many rows `table` (one of this module's constants) holds.
+async fn rows_of(conn: &mut SqliteConnection, table: &str) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(&format!("select count(*) from {table}"))
+        .fetch_one(conn)
+        .await?)
 }
 
 /// An identifier as SQL text (names come from `sqlite_master`, but are
 /// quoted all the same).
 fn quoted(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Whether two paths name one file, through links of either kind (a
+/// restore must not read the database it writes).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// Removes an SQLite database file and its write-ahead log and index.

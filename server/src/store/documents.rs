@@ -27,6 +27,12 @@ pub struct DocumentRow {
     pub branch_id: TenantId,
     pub kind: DocumentKindRow,
     pub month: Option<String>,
+    /// The heads of its stored changes (`None`: nothing stored since its
+    /// genesis), and the heads its projected rows count up to.
+    #[serde(skip)]
+    pub heads: Option<String>,
+    #[serde(skip)]
+    pub projected_heads: Option<String>,
 }
 
 fn document_from_row(r: &SqliteRow) -> Result<DocumentRow, StoreError> {
@@ -40,10 +46,18 @@ fn document_from_row(r: &SqliteRow) -> Result<DocumentRow, StoreError> {
             DocumentKindRow::Log
         },
         month: r.try_get("month")?,
+        heads: r.try_get("heads")?,
+        projected_heads: r.try_get("projected_heads")?,
     })
 }
 
 impl DocumentRow {
+    /// Whether changes are stored that its projected rows do not count (a
+    /// restore added them, or a projection failed).
+    pub fn projection_lags(&self) -> bool {
+        self.heads.is_some() && self.projected_heads != self.heads
+    }
+
     /// The schema's kind of the document; `None` for a log row without a
     /// valid month (which no code path writes).
     pub fn kind(&self) -> Option<DocumentKind> {
@@ -114,13 +128,15 @@ impl Store {
     }
 
     pub async fn document(&self, id: DocumentId) -> Result<Option<DocumentRow>, StoreError> {
-        sqlx::query("select id, branch_id, kind, month from documents where id = ?")
-            .bind(id.to_string())
-            .fetch_optional(self.pool())
-            .await?
-            .as_ref()
-            .map(document_from_row)
-            .transpose()
+        sqlx::query(
+            "select id, branch_id, kind, month, heads, projected_heads from documents where id = ?",
+        )
+        .bind(id.to_string())
+        .fetch_optional(self.pool())
+        .await?
+        .as_ref()
+        .map(document_from_row)
+        .transpose()
     }
 
     /// Whether a live device may open a stored document: it must belong to
@@ -173,7 +189,7 @@ impl Store {
         branch: TenantId,
     ) -> Result<Vec<DocumentRow>, StoreError> {
         sqlx::query(
-            "select id, branch_id, kind, month from documents where branch_id = ?
+            "select id, branch_id, kind, month, heads, projected_heads from documents where branch_id = ?
              order by case kind when 'roster' then 0 else 1 end, month",
         )
         .bind(branch.to_string())
@@ -192,7 +208,7 @@ impl Store {
     /// Every stored document, for rebuilding projections.
     pub async fn all_documents(&self) -> Result<Vec<DocumentRow>, StoreError> {
         sqlx::query(
-            "select id, branch_id, kind, month from documents order by branch_id, kind, month",
+            "select id, branch_id, kind, month, heads, projected_heads from documents order by branch_id, kind, month",
         )
         .fetch_all(self.pool())
         .await?

@@ -463,20 +463,6 @@ impl Store {
         .collect()
     }
 
-    /// A document's stored heads and the heads its rows were projected at
-    /// (`None`: not stored yet, or never projected).
-    pub async fn projection_marker(
-        &self,
-        id: DocumentId,
-    ) -> Result<(Option<String>, Option<String>), StoreError> {
-        let row: Option<(Option<String>, Option<String>)> =
-            sqlx::query_as("select heads, projected_heads from documents where id = ?")
-                .bind(id.to_string())
-                .fetch_optional(self.pool())
-                .await?;
-        Ok(row.unwrap_or_default())
-    }
-
     /// Documents with stored changes their projected rows do not count
     /// yet. (A document nothing was written to since its genesis has no
     /// heads and no records: [`Store::documents_to_reproject`] lists it,

@@ -68,7 +68,7 @@ pub enum StoreError {
     Unconcerned(String),
     /// The database was restored from a backup under this process (its
     /// epoch changed): nothing is written until the process has dropped
-    /// what it held of the old data, within a second.
+    /// what it loaded before, within a second.
     #[error("the database was restored from a backup moments ago; try again")]
     Restored,
     /// A permit of the authority rule used for another action: a bug.
@@ -113,8 +113,8 @@ pub struct Store {
     pool: SqlitePool,
     /// The database's epoch this process works in: its automerge-repo
     /// storage id, which a restore replaces. Every write transaction checks
-    /// it ([`Store::begin_write`]), so a process still holding documents of
-    /// the data a restore replaced cannot write them into the restored data.
+    /// it ([`Store::begin_write`]), so a process still holding documents
+    /// loaded before a restore cannot write from them after it.
     epoch: Arc<RwLock<String>>,
 }
 
@@ -195,11 +195,16 @@ async fn stored_epoch_or_new(pool: &SqlitePool) -> Result<String, StoreError> {
     .bind(&fresh)
     .execute(pool)
     .await?;
-    Ok(
-        sqlx::query_scalar("select value from server_meta where key = 'storage_id'")
-            .fetch_one(pool)
-            .await?,
-    )
+    Ok(stored_epoch(pool).await?.unwrap_or(fresh))
+}
+
+/// The epoch the database holds now.
+async fn stored_epoch<'e>(
+    executor: impl sqlx::SqliteExecutor<'e>,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("select value from server_meta where key = 'storage_id'")
+        .fetch_optional(executor)
+        .await
 }
 
 impl Store {
@@ -236,11 +241,7 @@ impl Store {
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         let mut tx = self.pool.begin_with("begin immediate").await?;
-        let stored: Option<String> =
-            sqlx::query_scalar("select value from server_meta where key = 'storage_id'")
-                .fetch_optional(&mut *tx)
-                .await?;
-        if stored.as_deref() != Some(self.epoch().as_str()) {
+        if stored_epoch(&mut *tx).await?.as_deref() != Some(self.epoch().as_str()) {
             return Err(StoreError::Restored);
         }
         Ok(tx)
@@ -256,12 +257,9 @@ impl Store {
     }
 
     /// The database's epoch, when it is no longer the one this process
-    /// works in: a restore replaced the data under it.
+    /// works in: a restore happened under it.
     pub async fn restored_epoch(&self) -> Result<Option<String>, StoreError> {
-        let stored: Option<String> =
-            sqlx::query_scalar("select value from server_meta where key = 'storage_id'")
-                .fetch_optional(&self.pool)
-                .await?;
+        let stored = stored_epoch(&self.pool).await?;
         Ok(stored.filter(|stored| *stored != self.epoch()))
     }
 

@@ -237,21 +237,16 @@ async fn a_restore_under_a_running_server_brings_back_lost_changes_and_their_fig
     let (_backups, backup) = backup(&server).await?;
 
     let log = doorstep_protocol::DocumentId::monthly_log(d.yingfeng.id, this_month());
-    let pool = sqlx::SqlitePool::connect_with(
-        sqlx::sqlite::SqliteConnectOptions::new().filename(server.database_path()),
-    )
-    .await?;
-    for statement in [
-        "delete from chunks where document_id = ?",
-        "delete from change_log where document_id = ?",
-        "delete from visit_rows where document_id = ?",
-    ] {
-        sqlx::query(statement)
-            .bind(log.to_string())
-            .execute(&pool)
-            .await?;
-    }
-    pool.close().await;
+    server
+        .alter_database(
+            &[
+                "delete from chunks where document_id = ?",
+                "delete from change_log where document_id = ?",
+                "delete from visit_rows where document_id = ?",
+            ],
+            &log.to_string(),
+        )
+        .await?;
     server
         .wait_for_rollup_total(&admin, this_month(), 0, 0)
         .await?;
@@ -511,16 +506,13 @@ async fn metrics_show_the_traffic_the_test_made() -> anyhow::Result<()> {
     ensure!(!after.contains("计量"), "a name reached /metrics");
 
     // A document whose projected rows fall behind its changes shows.
-    let pool = sqlx::SqlitePool::connect_with(
-        sqlx::sqlite::SqliteConnectOptions::new().filename(server.database_path()),
-    )
-    .await?;
     let log = doorstep_protocol::DocumentId::monthly_log(d.yingfeng.id, this_month());
-    sqlx::query("update documents set projected_heads = 'behind' where id = ?")
-        .bind(log.to_string())
-        .execute(&pool)
+    server
+        .alter_database(
+            &["update documents set projected_heads = 'behind' where id = ?"],
+            &log.to_string(),
+        )
         .await?;
-    pool.close().await;
     let lagging = scrape().await?;
     ensure!(
         value(&lagging, "doorstep_lagging_projections ") == 1.0,

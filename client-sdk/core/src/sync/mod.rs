@@ -761,20 +761,14 @@ impl Connection {
                 peer_metadata,
                 ..
             } if self.awaiting_peer => {
-                let epoch = peer_metadata
-                    .as_ref()
-                    .and_then(|m| m.storage_id.as_ref())
-                    .map(|id| id.as_str().to_owned());
-                let extensions = peer_metadata.map(|m| m.extensions).unwrap_or_default();
+                let server = KnownServer::announced(sender_id, peer_metadata);
+                let extensions = &server.extensions;
                 self.awaiting_peer = false;
                 self.counted_extension = extensions.iter().any(|e| e == wire::EXTENSION_COUNTED);
                 self.deflate = extensions.iter().any(|e| e == wire::EXTENSION_DEFLATE);
-                self.server = sender_id.clone();
-                self.transport.remember_server(KnownServer {
-                    peer: sender_id,
-                    extensions,
-                    epoch: epoch.clone(),
-                });
+                self.server = server.peer.clone();
+                let epoch = server.epoch.clone();
+                self.transport.remember_server(server);
                 if let Some(epoch) = epoch
                     && replicas.server_epoch_seen(&epoch).await?
                 {
@@ -1745,14 +1739,7 @@ async fn read_peer(socket: &mut Socket, until: Instant) -> Result<KnownServer, C
             sender_id,
             peer_metadata,
             ..
-        } => Ok(KnownServer {
-            peer: sender_id,
-            epoch: peer_metadata
-                .as_ref()
-                .and_then(|m| m.storage_id.as_ref())
-                .map(|id| id.as_str().to_owned()),
-            extensions: peer_metadata.map(|m| m.extensions).unwrap_or_default(),
-        }),
+        } => Ok(KnownServer::announced(sender_id, peer_metadata)),
         Message::Error { message, .. } => Err(closing_error(socket, message, until).await),
         other => Err(ClientError::Network(format!(
             "expected peer, got {}",

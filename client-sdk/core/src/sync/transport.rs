@@ -12,6 +12,7 @@
 use std::sync::{Arc, Mutex};
 
 use doorstep_protocol::PeerId;
+use doorstep_protocol::wire::PeerMetadata;
 
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -42,6 +43,18 @@ pub(crate) struct KnownServer {
     /// The server's storage id: its database's epoch, which a restore
     /// of the server's data changes.
     pub epoch: Option<String>,
+}
+
+impl KnownServer {
+    /// The server as its `peer` message describes it.
+    pub fn announced(peer: PeerId, metadata: Option<PeerMetadata>) -> KnownServer {
+        let metadata = metadata.unwrap_or_default();
+        KnownServer {
+            peer,
+            epoch: metadata.storage_id.map(|id| id.as_str().to_owned()),
+            extensions: metadata.extensions,
+        }
+    }
 }
 
 fn trusted_roots(extra_ca_pem: Option<&[u8]>) -> Result<rustls::RootCertStore, ClientError> {
