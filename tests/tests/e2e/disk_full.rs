@@ -82,6 +82,37 @@ fn fill(path: &Path) -> std::io::Result<PathBuf> {
     Ok(filler)
 }
 
+/// A backup written to a disk that fills fails whole: no partial file
+/// is left to be mistaken for a backup, and once space is freed the same
+/// path takes a backup that restores. (The database itself is on another
+/// disk: the server goes on.)
+#[tokio::test]
+async fn a_backup_onto_a_full_disk_fails_whole_and_works_once_freed() -> anyhow::Result<()> {
+    let Some(disk) = SmallDisk::mount("2m")? else {
+        return Ok(());
+    };
+    let data = tempfile::tempdir()?;
+    let store = Store::open(&data.path().join("doorstep.db")).await?;
+    make_district(&store).await?;
+    let target = disk.path().join("doorstep.backup");
+    let filler = fill(disk.path())?;
+    let refused = store.backup_to(&target).await;
+    anyhow::ensure!(
+        refused.as_ref().is_err_and(|e| e.is_disk_full()),
+        "{refused:?}"
+    );
+    anyhow::ensure!(!target.exists(), "a partial backup was left behind");
+    std::fs::remove_file(filler)?;
+    let made = store.backup_to(&target).await?;
+    anyhow::ensure!(made.tenants == 5, "{made:?}");
+    let restored = Store::open(&data.path().join("restored.db")).await?;
+    restored
+        .restore_from(&target, &data.path().join("staging.db"))
+        .await?;
+    anyhow::ensure!(restored.tenant_count().await? == 5);
+    Ok(())
+}
+
 async fn login(url: &str) -> anyhow::Result<StatusCode> {
     Ok(reqwest::Client::new()
         .post(format!("{url}/api/v1/login"))
