@@ -204,10 +204,25 @@ impl Client {
             (Some(_), _) => false,
         };
         let unsynced_changes = self.pending_changes().await?;
+        // The server's data was restored and not every document has been
+        // offered to it again: what it acknowledged before may be gone.
+        let resyncing = {
+            let guard = self.replicas().await?;
+            let replicas = guard.as_ref().ok_or(ClientError::NotEnrolled)?;
+            replicas.resync_everything().await?
+        };
+        let problem = problem.or_else(|| {
+            resyncing.then(|| {
+                "the server's data was restored from a backup; this phone has not yet offered \
+                 it every document it holds"
+                    .to_owned()
+            })
+        });
+        let safe = unsynced_changes == 0 && !resyncing;
         Ok(Checkpoint {
-            safe: unsynced_changes == 0,
+            safe,
             unsynced_changes,
-            all_counted: all_counted && unsynced_changes == 0,
+            all_counted: all_counted && safe,
             problem,
         })
     }

@@ -507,10 +507,12 @@ impl DocumentTask {
             .compact(self.id, &snapshot, &self.chunk_keys)
             .await
         {
-            self.shared
-                .config
-                .metrics
-                .storage_error(StorageWrite::Compaction);
+            if !matches!(e, StoreError::Restored) {
+                self.shared
+                    .config
+                    .metrics
+                    .storage_error(StorageWrite::Compaction);
+            }
             tracing::warn!(document = %self.id, error = %e, "compaction failed; every chunk is kept");
             return;
         }
