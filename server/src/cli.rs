@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::admin;
 use crate::authority::{Action, escape_for_terminal};
 use crate::config::{Config, SyncLimits};
-use crate::store::Store;
+use crate::store::{Location, Store};
 use crate::tenancy::{Level, Role, TenantPath};
 
 /// Doorstep: offline-first field data sync for a district's branches.
@@ -35,6 +35,16 @@ pub struct Cli {
         global = true
     )]
     pub data_dir: PathBuf,
+    /// A PostgreSQL database to use instead of the embedded SQLite one
+    /// (postgres://user:password@host/database, which must exist); the data
+    /// directory is then not used.
+    #[arg(
+        long,
+        env = "DOORSTEP_DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub database: Option<String>,
     /// Print results as JSON (times as epoch milliseconds) instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -359,8 +369,21 @@ impl Cli {
         self.data_dir.join("doorstep.db")
     }
 
-    pub fn server_config(&self, args: &ServeArgs) -> Config {
-        let mut config = Config::new(self.database_path());
+    /// The database this run uses: `--database`, else the SQLite file in
+    /// the data directory.
+    pub fn location(&self) -> anyhow::Result<Location> {
+        match &self.database {
+            Some(url) if Location::is_postgres_url(url) => Ok(Location::Postgres(url.clone())),
+            Some(other) => anyhow::bail!(
+                "--database (DOORSTEP_DATABASE_URL) takes a postgres:// URL, not {other:?}; \
+                 the SQLite database is chosen with --data-dir"
+            ),
+            None => Ok(Location::Sqlite(self.database_path())),
+        }
+    }
+
+    pub fn server_config(&self, args: &ServeArgs) -> anyhow::Result<Config> {
+        let mut config = Config::new(self.location()?);
         config.tls_cert = args.tls_cert.clone();
         config.tls_key = args.tls_key.clone();
         let defaults = SyncLimits::default();
@@ -390,7 +413,7 @@ impl Cli {
             },
             ..budget
         });
-        config
+        Ok(config)
     }
 }
 
@@ -448,7 +471,14 @@ pub async fn main() -> anyhow::Result<()> {
     // Taken before the database is opened: a second server on this
     // directory is refused before it touches anything. Admin commands run
     // beside a server and take none, and make no data directory unasked.
+    let location = cli.location()?;
     let _serving = match &cli.command {
+        // PostgreSQL has no data directory; its one-node guard is taken
+        // below, once connected.
+        _ if matches!(location, Location::Postgres(_)) => {
+            tracing::info!(database = %location, "using the database");
+            None
+        }
         Command::Serve(_) => Some(crate::data_dir::DataDirLock::acquire(
             &cli.data_dir,
             crate::data_dir::Hold::Serve,
@@ -478,7 +508,18 @@ pub async fn main() -> anyhow::Result<()> {
             None
         }
     };
-    let store = match Store::open(&cli.database_path()).await {
+    // Until nodes tell each other of new changes, one node serves a
+    // PostgreSQL database, as one serves an SQLite directory; taken before
+    // the database is opened (and migrated), like the directory's lock.
+    let _sole_node = match &cli.command {
+        Command::Serve(_) => Some(
+            crate::store::claim_sole_node(&location)
+                .await
+                .with_context(|| format!("cannot serve {location}"))?,
+        ),
+        _ => None,
+    };
+    let store = match Store::open_at(&location).await {
         Ok(store) => store,
         // A read-only folder fails already here (SQLite cannot create the
         // write-ahead log beside the file): the same words as a read-only
@@ -488,15 +529,14 @@ pub async fn main() -> anyhow::Result<()> {
             return Err(anyhow::Error::new(e).context(why));
         }
         Err(e) => {
-            return Err(anyhow::Error::new(e).context(format!(
-                "cannot open the database {}",
-                cli.database_path().display()
-            )));
+            return Err(
+                anyhow::Error::new(e).context(format!("cannot open the database {location}"))
+            );
         }
     };
     match &cli.command {
         Command::Serve(args) => {
-            let config = cli.server_config(args);
+            let config = cli.server_config(args)?;
             // Everything that can stop start-up is checked before the
             // "listening" line: an operator (or a supervisor reading our
             // output) must never see it from a server that then exits.
@@ -526,15 +566,21 @@ pub async fn main() -> anyhow::Result<()> {
 /// disk is named as such (it was told to check permissions), anything
 /// else points at the permissions.
 fn cannot_write(cli: &Cli, e: &crate::store::StoreError) -> String {
+    let location = cli.location().map_or_else(
+        |_| cli.database_path().display().to_string(),
+        |l| l.to_string(),
+    );
     if e.is_disk_full() {
         format!(
-            "the disk holding the database {} is full: free space on it and start again",
-            cli.database_path().display()
+            "the disk holding the database {location} is full: free space on it and start again"
+        )
+    } else if cli.database.is_some() {
+        format!(
+            "the database {location} cannot be written (check the role's privileges and that the server is not read-only)"
         )
     } else {
         format!(
-            "the database {} cannot be written (check the permissions of it and of {})",
-            cli.database_path().display(),
+            "the database {location} cannot be written (check the permissions of it and of {})",
             cli.data_dir.display()
         )
     }
@@ -1081,6 +1127,7 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             })
         }
         Command::Restore { from } => {
+            store.sqlite_file("doorstep restore")?;
             // One restore at a time: the staging copy has one name, and a
             // copy a killed restore left behind is removed (restore_from
             // clears it first).

@@ -7,10 +7,13 @@ use std::time::Duration;
 use doorstep_protocol::keeper::KeeperLimits;
 use doorstep_protocol::wire::Limits;
 
+use crate::store::Location;
+
 /// Settings for one server process.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub database_path: PathBuf,
+    /// The SQLite file, or a PostgreSQL database.
+    pub database: Location,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub limits: SyncLimits,
@@ -71,10 +74,11 @@ impl Default for SyncLimits {
 }
 
 impl Config {
-    /// Defaults for a database at `database_path`.
-    pub fn new(database_path: impl Into<PathBuf>) -> Self {
+    /// Defaults for the database at `database` (an SQLite file's path,
+    /// or a [`Location`]).
+    pub fn new(database: impl Into<Location>) -> Self {
         Config {
-            database_path: database_path.into(),
+            database: database.into(),
             tls_cert: None,
             tls_key: None,
             limits: SyncLimits::default(),

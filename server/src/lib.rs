@@ -90,7 +90,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let store = Store::open(&config.database_path).await?;
+    let store = Store::open_at(&config.database).await?;
     serve(config, store, listener, shutdown).await
 }
 

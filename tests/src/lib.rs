@@ -19,7 +19,7 @@ use doorstep_protocol::TenantId;
 use doorstep_server::admin;
 use doorstep_server::config::Config;
 use doorstep_server::store::faults::FaultyStore;
-use doorstep_server::store::{Store, Tenant};
+use doorstep_server::store::{Location, Store, Tenant};
 use doorstep_server::tenancy::{Level, Role};
 use serde::Deserialize;
 use tokio::sync::oneshot;
@@ -110,7 +110,10 @@ impl TestServer {
         init_tracing();
         let mut config = Config::new(data_dir.path().join("doorstep.db"));
         configure(&mut config);
-        let store = Store::open_on_vfs(&config.database_path, vfs).await?;
+        let store = match &config.database {
+            Location::Sqlite(path) => Store::open_on_vfs(path, vfs).await?,
+            postgres => Store::open_at(postgres).await?,
+        };
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel();

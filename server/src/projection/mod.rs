@@ -192,10 +192,7 @@ pub fn plan(doc: &Automerge, source: Source, scope: &Scope) -> ProjectionPlan {
 /// Writes a plan inside the caller's transaction: deletes the rows of every
 /// planned record (and of every whole collection), then inserts the planned
 /// rows.
-pub async fn write(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    plan: &ProjectionPlan,
-) -> Result<(), StoreError> {
+pub async fn write(tx: &mut crate::store::Tx, plan: &ProjectionPlan) -> Result<(), StoreError> {
     if plan.is_empty() {
         return Ok(());
     }
@@ -261,7 +258,7 @@ async fn reproject_document(store: &Store, row: &DocumentRow) -> Result<(), Stor
     .map_err(|_| StoreError::Corrupt(format!("document {id}: loading it panicked")))??;
     let mut tx = store.begin_write().await?;
     write(&mut tx, &plan).await?;
-    sqlx::query("update documents set projected_heads = ? where id = ?")
+    sqlx::query("update documents set projected_heads = $1 where id = $2")
         .bind(crate::store::keeping::heads_text(&heads))
         .bind(row.id.to_string())
         .execute(&mut *tx)

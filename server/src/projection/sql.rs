@@ -5,8 +5,7 @@
 //! parameter limit, so a whole-document plan of any size is a handful of
 //! statements rather than one per row.
 
-use sqlx::query_builder::Separated;
-use sqlx::{QueryBuilder, Sqlite, Transaction};
+use crate::store::statement::{Statement, Tuple};
 
 use super::ProjectionPlan;
 use crate::store::StoreError;
@@ -51,70 +50,61 @@ pub(crate) const TABLES: [&str; 11] = [
 /// Deletes the rows of every planned record and whole collection of the
 /// plan's document.
 pub(super) async fn delete(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut crate::store::Tx,
     plan: &ProjectionPlan,
 ) -> Result<(), StoreError> {
     let document = plan.document.as_str();
     for &collection in &plan.whole {
         for (table, _) in tables(collection) {
-            let mut q = QueryBuilder::<Sqlite>::new("delete from ");
+            let mut q = Statement::new("delete from ");
             q.push(table)
                 .push(" where document_id = ")
                 .push_bind(document);
-            q.build().execute(&mut **tx).await?;
+            q.build()?.execute(&mut **tx).await?;
         }
         for table in LISTINGS {
-            let mut q = QueryBuilder::<Sqlite>::new("delete from ");
+            let mut q = Statement::new("delete from ");
             q.push(table)
                 .push(" where document_id = ")
                 .push_bind(document)
                 .push(" and collection = ")
                 .push_bind(collection);
-            q.build().execute(&mut **tx).await?;
+            q.build()?.execute(&mut **tx).await?;
         }
     }
     for (&collection, keys) in &plan.records {
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         for chunk in keys.chunks(MAX_PARAMS - 2) {
             for (table, column) in tables(collection) {
-                let mut q = QueryBuilder::<Sqlite>::new("delete from ");
+                let mut q = Statement::new("delete from ");
                 q.push(table)
                     .push(" where document_id = ")
                     .push_bind(document)
                     .push(" and ")
                     .push(column)
                     .push(" in (");
-                push_list(&mut q, chunk);
-                q.build().execute(&mut **tx).await?;
+                q.push_list(chunk.iter().copied());
+                q.build()?.execute(&mut **tx).await?;
             }
             for table in LISTINGS {
-                let mut q = QueryBuilder::<Sqlite>::new("delete from ");
+                let mut q = Statement::new("delete from ");
                 q.push(table)
                     .push(" where document_id = ")
                     .push_bind(document)
                     .push(" and collection = ")
                     .push_bind(collection)
                     .push(" and record_key in (");
-                push_list(&mut q, chunk);
-                q.build().execute(&mut **tx).await?;
+                q.push_list(chunk.iter().copied());
+                q.build()?.execute(&mut **tx).await?;
             }
         }
     }
     Ok(())
 }
 
-/// Binds `values` as a comma-separated list and closes the parenthesis.
-fn push_list<'a>(q: &mut QueryBuilder<'a, Sqlite>, values: &[&'a str]) {
-    let mut list = q.separated(", ");
-    for value in values {
-        list.push_bind(*value);
-    }
-    q.push(")");
-}
-
 /// Inserts every planned row; the rows they replace are already deleted.
 pub(super) async fn insert(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut crate::store::Tx,
     plan: &ProjectionPlan,
 ) -> Result<(), StoreError> {
     let (document, branch) = (plan.document.as_str(), plan.branch.as_str());
@@ -130,11 +120,11 @@ pub(super) async fn insert(
                 .push_bind(branch)
                 .push_bind(m.name.as_str())
                 .push_bind(m.household.as_str())
-                .push_bind(m.in_post)
-                .push_bind(m.no_post)
-                .push_bind(m.hardship)
-                .push_bind(m.migrant)
-                .push_bind(m.retired);
+                .push_bind(flag(m.in_post))
+                .push_bind(flag(m.no_post))
+                .push_bind(flag(m.hardship))
+                .push_bind(flag(m.migrant))
+                .push_bind(flag(m.retired));
         },
     )
     .await?;
@@ -179,7 +169,7 @@ pub(super) async fn insert(
                 .push_bind(p.person_id.as_str())
                 .push_bind(branch)
                 .push_bind(p.member_id.as_deref())
-                .push_bind(p.backbone);
+                .push_bind(flag(p.backbone));
         },
     )
     .await?;
@@ -198,7 +188,7 @@ pub(super) async fn insert(
                 .push_bind(v.aid_cash_fen)
                 .push_bind(v.aid_goods_fen)
                 .push_bind(v.follow_up_due.as_deref())
-                .push_bind(v.follow_up_done);
+                .push_bind(flag(v.follow_up_done));
         },
     )
     .await?;
@@ -295,29 +285,33 @@ pub(super) async fn insert(
 /// One multi-row insert per chunk of `rows`; `columns` is how many values
 /// `push` binds per row.
 async fn insert_rows<'a, T>(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut crate::store::Tx,
     head: &'static str,
     columns: usize,
     rows: &'a [T],
-    mut push: impl FnMut(&mut Separated<'_, 'a, Sqlite, &'static str>, &'a T),
+    mut push: impl FnMut(&mut Tuple<'_, 'a>, &'a T),
 ) -> Result<(), StoreError> {
     for chunk in rows.chunks(MAX_PARAMS / columns) {
-        let mut q = QueryBuilder::<Sqlite>::new(head);
-        q.push_values(chunk, |mut b, row| push(&mut b, row));
-        q.build().execute(&mut **tx).await?;
+        let mut q = Statement::new(head);
+        q.push_values(chunk, |b, row| push(b, row));
+        q.build()?.execute(&mut **tx).await?;
     }
     Ok(())
 }
 
 /// Deletes rows of documents no longer stored.
-pub(super) async fn delete_orphans(
-    tx: &mut Transaction<'static, Sqlite>,
-) -> Result<(), StoreError> {
+pub(super) async fn delete_orphans(tx: &mut crate::store::Tx) -> Result<(), StoreError> {
     for table in TABLES {
-        let mut q = QueryBuilder::<Sqlite>::new("delete from ");
+        let mut q = Statement::new("delete from ");
         q.push(table)
             .push(" where document_id not in (select id from documents)");
-        q.build().execute(&mut **tx).await?;
+        q.build()?.execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// A flag as stored: 0 or 1 in an integer column on both backends (SQLite
+/// has no boolean type, and PostgreSQL will not put a boolean in one).
+fn flag(value: bool) -> i64 {
+    i64::from(value)
 }

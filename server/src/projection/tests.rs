@@ -17,6 +17,7 @@ use sqlx::Row;
 
 use super::*;
 use crate::rollup::{Period, rollup};
+use crate::store::testing::test_location;
 use crate::store::{Store, Tenant};
 use crate::tenancy::Level;
 
@@ -29,7 +30,7 @@ struct Fixture {
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&dir.path().join("doorstep.db"))
+    let store = Store::open_at(&test_location(dir.path()).await)
         .await
         .expect("open");
     let district = store
@@ -503,7 +504,7 @@ async fn reproject_rebuilds_from_the_stored_documents_and_drops_orphans() {
     let genesis_heads = genesis(f.branch.id, DocumentKind::Roster).get_heads();
     let id = roster.source.document.to_string();
     sqlx::query(
-        "insert into chunks (document_id, kind, hash, bytes, created_at) values (?, 'incremental', 'test', ?, 1)",
+        "insert into chunks (document_id, kind, hash, bytes, created_at) values ($1, 'incremental', 'test', $2, 1)",
     )
     .bind(&id)
     .bind(roster.server.save_after(&genesis_heads))
@@ -513,7 +514,7 @@ async fn reproject_rebuilds_from_the_stored_documents_and_drops_orphans() {
     // A row of a document the store does not have.
     sqlx::query(
         "insert into member_rows (document_id, record_id, branch_id, name, household, in_post, no_post, hardship, migrant, retired)
-         values ('gone', 'x', ?, 'n', 'h', 0, 0, 0, 0, 0)",
+         values ('gone', 'x', $1, 'n', 'h', 0, 0, 0, 0, 0)",
     )
     .bind(f.branch.id.to_string())
     .execute(f.store.pool())
@@ -526,7 +527,7 @@ async fn reproject_rebuilds_from_the_stored_documents_and_drops_orphans() {
         sorted(&[member])
     );
     let marker: Option<String> =
-        sqlx::query_scalar("select projected_heads from documents where id = ?")
+        sqlx::query_scalar("select projected_heads from documents where id = $1")
             .bind(&id)
             .fetch_one(f.store.pool())
             .await

@@ -10,7 +10,7 @@ mod period;
 
 use std::collections::BTreeMap;
 
-use doorstep_protocol::TenantId;
+use doorstep_protocol::{Date, TenantId};
 use serde::Serialize;
 use sqlx::Row;
 
@@ -209,21 +209,34 @@ type Setter = fn(&mut Figures, &[f64]);
 
 /// Branches under the target, for `in (...)`: bound as path and path/%.
 const BRANCHES: &str =
-    "select id from tenants where level = 'branch' and (path = ?1 or path like ?2)";
+    "select id from tenants where level = 'branch' and (path = $1 or path like $2)";
 
 pub async fn rollup(store: &Store, target: &Tenant, period: Period) -> Result<Rollup, StoreError> {
     let groups = groups(store, target).await?;
     let (from, to) = (period.from.to_string(), period.to.to_string());
     let dates = [from.clone(), to.clone()];
-    let end = std::slice::from_ref(&to);
+    // Dates are reckoned here, not in SQL: SQLite's `date()` and
+    // PostgreSQL's date arithmetic differ, and "today" is then one moment.
+    let today = time::OffsetDateTime::now_utc().date();
+    let days_before_end = |days: i64| {
+        let day = period.to.as_time().checked_sub(time::Duration::days(days));
+        Date::from_time(day.unwrap_or(time::Date::MIN)).to_string()
+    };
+    let overdue_before = [Date::from_time(period.to.as_time().min(today)).to_string()];
+    let migrant_windows = [
+        to.clone(),
+        days_before_end(30),
+        days_before_end(60),
+        days_before_end(90),
+    ];
     // Each query yields per-branch columns; its setter puts them in place.
     let queries: [(String, &[String], Setter); 10] = [
         (
             format!(
                 "select v.branch_id, count(*), count(distinct coalesce(m.household, v.member_id)),
-                        sum(v.aid_cash_fen), sum(v.aid_goods_fen)
+                        cast(sum(v.aid_cash_fen) as bigint), cast(sum(v.aid_goods_fen) as bigint)
                  from visit_rows v left join member_rows m on m.record_id = v.member_id and m.branch_id = v.branch_id
-                 where v.branch_id in ({BRANCHES}) and v.date between ?3 and ?4 group by v.branch_id"
+                 where v.branch_id in ({BRANCHES}) and v.date between $3 and $4 group by v.branch_id"
             ),
             &dates,
             |f, v| {
@@ -236,9 +249,9 @@ pub async fn rollup(store: &Store, target: &Tenant, period: Period) -> Result<Ro
         (
             format!(
                 "select branch_id,
-                        sum(opened_on <= ?4 and (closed_on is null or closed_on > ?4)),
-                        sum(opened_on between ?3 and ?4),
-                        sum(closed_on between ?3 and ?4)
+                        count(case when opened_on <= $4 and (closed_on is null or closed_on > $4) then 1 end),
+                        count(case when opened_on between $3 and $4 then 1 end),
+                        count(case when closed_on between $3 and $4 then 1 end)
                  from hardship_rows where branch_id in ({BRANCHES}) group by branch_id"
             ),
             &dates,
@@ -253,10 +266,10 @@ pub async fn rollup(store: &Store, target: &Tenant, period: Period) -> Result<Ro
                 "select h.branch_id, count(distinct h.member_id),
                         count(distinct case when exists (
                             select 1 from visit_rows v
-                            where v.member_id = h.member_id and v.branch_id = h.branch_id and v.date between ?3 and ?4
+                            where v.member_id = h.member_id and v.branch_id = h.branch_id and v.date between $3 and $4
                         ) then h.member_id end)
                  from hardship_rows h
-                 where h.branch_id in ({BRANCHES}) and h.opened_on <= ?4 and (h.closed_on is null or h.closed_on >= ?3)
+                 where h.branch_id in ({BRANCHES}) and h.opened_on <= $4 and (h.closed_on is null or h.closed_on >= $3)
                  group by h.branch_id"
             ),
             &dates,
@@ -269,24 +282,24 @@ pub async fn rollup(store: &Store, target: &Tenant, period: Period) -> Result<Ro
             format!(
                 "select branch_id, count(*) from visit_rows
                  where branch_id in ({BRANCHES}) and follow_up_due is not null and follow_up_done = 0
-                   and follow_up_due < min(?3, date('now'))
+                   and follow_up_due < $3
                  group by branch_id"
             ),
-            end,
+            &overdue_before,
             |f, v| f.follow_ups_overdue = v[0] as i64,
         ),
         (
             format!(
                 "select m.branch_id, count(*),
-                        sum(exists (select 1 from visit_rows v where v.member_id = m.record_id and v.branch_id = m.branch_id
-                                    and v.date between date(?3, '-30 days') and ?3)),
-                        sum(exists (select 1 from visit_rows v where v.member_id = m.record_id and v.branch_id = m.branch_id
-                                    and v.date between date(?3, '-60 days') and ?3)),
-                        sum(exists (select 1 from visit_rows v where v.member_id = m.record_id and v.branch_id = m.branch_id
-                                    and v.date between date(?3, '-90 days') and ?3))
+                        count(case when exists (select 1 from visit_rows v where v.member_id = m.record_id and v.branch_id = m.branch_id
+                                    and v.date between $4 and $3) then 1 end),
+                        count(case when exists (select 1 from visit_rows v where v.member_id = m.record_id and v.branch_id = m.branch_id
+                                    and v.date between $5 and $3) then 1 end),
+                        count(case when exists (select 1 from visit_rows v where v.member_id = m.record_id and v.branch_id = m.branch_id
+                                    and v.date between $6 and $3) then 1 end)
                  from member_rows m where m.branch_id in ({BRANCHES}) and m.migrant = 1 group by m.branch_id"
             ),
-            end,
+            &migrant_windows,
             |f, v| {
                 f.migrants = v[0] as i64;
                 f.migrants_contacted_30d = v[1] as i64;
@@ -296,8 +309,8 @@ pub async fn rollup(store: &Store, target: &Tenant, period: Period) -> Result<Ro
         ),
         (
             format!(
-                "select branch_id, count(*), sum(attendance) from training_rows
-                 where branch_id in ({BRANCHES}) and date between ?3 and ?4 group by branch_id"
+                "select branch_id, count(*), cast(sum(attendance) as bigint) from training_rows
+                 where branch_id in ({BRANCHES}) and date between $3 and $4 group by branch_id"
             ),
             &dates,
             |f, v| {
@@ -308,16 +321,16 @@ pub async fn rollup(store: &Store, target: &Tenant, period: Period) -> Result<Ro
         (
             format!(
                 "select branch_id, count(*) from placement_rows
-                 where branch_id in ({BRANCHES}) and date between ?3 and ?4 group by branch_id"
+                 where branch_id in ({BRANCHES}) and date between $3 and $4 group by branch_id"
             ),
             &dates,
             |f, v| f.placements = v[0] as i64,
         ),
         (
             format!(
-                "select branch_id, sum(case when direction = 'donation' then amount_fen else 0 end),
-                        sum(case when direction = 'payment' then amount_fen else 0 end)
-                 from fund_rows where branch_id in ({BRANCHES}) and date between ?3 and ?4 group by branch_id"
+                "select branch_id, cast(sum(case when direction = 'donation' then amount_fen else 0 end) as bigint),
+                        cast(sum(case when direction = 'payment' then amount_fen else 0 end) as bigint)
+                 from fund_rows where branch_id in ({BRANCHES}) and date between $3 and $4 group by branch_id"
             ),
             &dates,
             |f, v| {
@@ -328,7 +341,7 @@ pub async fn rollup(store: &Store, target: &Tenant, period: Period) -> Result<Ro
         (
             format!(
                 "select t.branch_id, count(distinct t.record_id), count(p.person_id),
-                        count(p.member_id), sum(p.member_id is not null and p.backbone = 1)
+                        count(p.member_id), count(case when p.member_id is not null and p.backbone = 1 then 1 end)
                  from team_rows t left join team_people_rows p on p.document_id = t.document_id and p.team_id = t.record_id
                  where t.branch_id in ({BRANCHES}) group by t.branch_id"
             ),
@@ -342,8 +355,8 @@ pub async fn rollup(store: &Store, target: &Tenant, period: Period) -> Result<Ro
         ),
         (
             format!(
-                "select branch_id, sum(minutes) / 60.0 from activity_rows
-                 where branch_id in ({BRANCHES}) and date between ?3 and ?4 group by branch_id"
+                "select branch_id, cast(sum(minutes) as double precision) / 60 from activity_rows
+                 where branch_id in ({BRANCHES}) and date between $3 and $4 group by branch_id"
             ),
             &dates,
             |f, v| f.volunteer_hours = v[0],
@@ -435,25 +448,26 @@ pub async fn breakdown(
     let groups = groups(store, target).await?;
     let sql = match kind {
         BreakdownKind::VisitsByKind => format!(
-            "select branch_id, kind, count(*), sum(aid_cash_fen + aid_goods_fen) from visit_rows
-             where branch_id in ({BRANCHES}) and date between ?3 and ?4 group by branch_id, kind"
+            "select branch_id, kind, count(*), cast(sum(aid_cash_fen + aid_goods_fen) as bigint) from visit_rows
+             where branch_id in ({BRANCHES}) and date between $3 and $4 group by branch_id, kind"
         ),
         BreakdownKind::VisitsByMonth => format!(
-            "select branch_id, substr(date, 1, 7), count(*), sum(aid_cash_fen + aid_goods_fen) from visit_rows
-             where branch_id in ({BRANCHES}) and date between ?3 and ?4 group by branch_id, substr(date, 1, 7)"
+            "select branch_id, substr(date, 1, 7), count(*), cast(sum(aid_cash_fen + aid_goods_fen) as bigint) from visit_rows
+             where branch_id in ({BRANCHES}) and date between $3 and $4 group by branch_id, substr(date, 1, 7)"
         ),
         BreakdownKind::HardshipByKind => format!(
-            "select branch_id, kind, sum(opened_on <= ?4 and (closed_on is null or closed_on > ?4)), sum(opened_on between ?3 and ?4)
+            "select branch_id, kind, count(case when opened_on <= $4 and (closed_on is null or closed_on > $4) then 1 end),
+                    count(case when opened_on between $3 and $4 then 1 end)
              from hardship_rows where branch_id in ({BRANCHES}) group by branch_id, kind"
         ),
         BreakdownKind::TrainingByLevel => format!(
-            "select branch_id, level, count(*), sum(attendance) from training_rows
-             where branch_id in ({BRANCHES}) and date between ?3 and ?4 group by branch_id, level"
+            "select branch_id, level, count(*), cast(sum(attendance) as bigint) from training_rows
+             where branch_id in ({BRANCHES}) and date between $3 and $4 group by branch_id, level"
         ),
         BreakdownKind::TeamsByCategory => format!(
             "select t.branch_id, t.category, count(distinct t.record_id), count(p.person_id)
              from team_rows t left join team_people_rows p on p.document_id = t.document_id and p.team_id = t.record_id
-             where t.branch_id in ({BRANCHES}) and ?3 <= ?4 group by t.branch_id, t.category"
+             where t.branch_id in ({BRANCHES}) and $3 <= $4 group by t.branch_id, t.category"
         ),
     };
     let rows = sqlx::query(&sql)
@@ -500,14 +514,14 @@ pub async fn health(
     let stale_before = crate::store::now_ms() - i64::from(stale_days) * 86_400_000;
     let queries = [
         format!(
-            "select branch_id, count(*), sum(last_seen_at is null or last_seen_at < ?3) from devices
+            "select branch_id, count(*), count(case when last_seen_at is null or last_seen_at < $3 then 1 end) from devices
              where revoked_at is null and branch_id in ({BRANCHES}) group by branch_id"
         ),
         format!(
-            "select branch_id, count(*), 0 from conflict_rows where branch_id in ({BRANCHES}) and ?3 = ?3 group by branch_id"
+            "select branch_id, count(*), 0 from conflict_rows where branch_id in ({BRANCHES}) and $3 = $3 group by branch_id"
         ),
         format!(
-            "select branch_id, count(*), 0 from invalid_rows where branch_id in ({BRANCHES}) and ?3 = ?3 group by branch_id"
+            "select branch_id, count(*), 0 from invalid_rows where branch_id in ({BRANCHES}) and $3 = $3 group by branch_id"
         ),
     ];
     let mut per: BTreeMap<String, Health> = BTreeMap::new();
@@ -571,7 +585,7 @@ pub async fn branch_members(
 ) -> Result<Vec<MemberListing>, StoreError> {
     let rows = sqlx::query(
         "select record_id, name, household, in_post, no_post, hardship, migrant, retired
-         from member_rows where branch_id = ? order by name",
+         from member_rows where branch_id = $1 order by name",
     )
     .bind(branch.to_string())
     .fetch_all(store.pool())
@@ -612,7 +626,7 @@ pub async fn branch_invalid(
     branch: TenantId,
 ) -> Result<Vec<InvalidListing>, StoreError> {
     let rows = sqlx::query(
-        "select document_id, collection, record_key, problems from invalid_rows where branch_id = ? order by document_id, collection",
+        "select document_id, collection, record_key, problems from invalid_rows where branch_id = $1 order by document_id, collection",
     )
     .bind(branch.to_string())
     .fetch_all(store.pool())

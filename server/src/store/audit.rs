@@ -11,8 +11,8 @@
 
 use doorstep_protocol::TenantId;
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::Row;
+use sqlx::any::AnyRow;
 
 use super::tenants::serialize_opt_display;
 use super::{Device, Store, StoreError, Tenant, User, now_ms, parse_column};
@@ -141,7 +141,10 @@ impl AuditEntry {
 
 /// Appends `entry` inside the caller's transaction: it commits with the
 /// action, or neither does.
-pub async fn record(tx: &mut Transaction<'_, Sqlite>, entry: AuditEntry) -> Result<(), StoreError> {
+pub async fn record(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    entry: AuditEntry,
+) -> Result<(), StoreError> {
     let tenants: Vec<(Option<String>, Option<String>)> = match &entry.tenant {
         Concern::Tenant(id, path) => vec![(Some(id.to_string()), Some(path.as_str().to_owned()))],
         Concern::EveryDistrict => {
@@ -165,7 +168,7 @@ pub async fn record(tx: &mut Transaction<'_, Sqlite>, entry: AuditEntry) -> Resu
     for (tenant_id, tenant_path) in tenants {
         sqlx::query(
             "insert into audit (at, actor, action, subject, detail, tenant_id, tenant_path, outcome)
-             values (?, ?, ?, ?, ?, ?, ?, ?)",
+             values ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(now_ms())
         .bind(&entry.actor)
@@ -196,7 +199,7 @@ pub struct AuditRecord {
     pub outcome: Outcome,
 }
 
-fn record_from_row(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
+fn record_from_row(row: &AnyRow) -> Result<AuditRecord, StoreError> {
     let tenant: Option<String> = row.try_get("tenant_id")?;
     let outcome: String = row.try_get("outcome")?;
     Ok(AuditRecord {
@@ -242,14 +245,14 @@ impl Store {
 
     /// Entries newest first.
     pub async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
-        let limit = query.limit.clamp(1, MAX_AUDIT_PAGE);
+        let limit = i64::from(query.limit.clamp(1, MAX_AUDIT_PAGE));
         let before = query.before.unwrap_or(i64::MAX);
         let rows =
             match &query.scope {
                 Some(scope) => sqlx::query(
                     "select id, at, actor, action, subject, detail, tenant_id, outcome from audit
-                     where (tenant_path = ? or tenant_path like ?) and id < ?
-                     order by id desc limit ?",
+                     where (tenant_path = $1 or tenant_path like $2) and id < $3
+                     order by id desc limit $4",
                 )
                 .bind(scope.as_str())
                 .bind(scope.descendants_pattern())
@@ -259,7 +262,7 @@ impl Store {
                 .await?,
                 None => sqlx::query(
                     "select id, at, actor, action, subject, detail, tenant_id, outcome from audit
-                     where id < ? order by id desc limit ?",
+                     where id < $1 order by id desc limit $2",
                 )
                 .bind(before)
                 .bind(limit)
@@ -278,7 +281,7 @@ mod tests {
     #[tokio::test]
     async fn entries_are_scoped_and_cannot_be_changed_or_removed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("db.sqlite"))
+        let store = Store::open_at(&crate::store::testing::test_location(dir.path()).await)
             .await
             .expect("open");
         let district = store

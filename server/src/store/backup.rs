@@ -30,8 +30,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{Connection, Row, SqliteConnection};
+use sqlx::{AnyConnection, Connection, Row};
 
 use super::audit::{AuditEntry, OPERATOR, record};
 use super::{Store, StoreError};
@@ -127,6 +126,7 @@ impl Store {
     /// that fails (a full disk) is removed, never left half-written. The
     /// backup is recorded in the audit log: it holds every name.
     pub async fn backup_to(&self, to: &Path) -> Result<BackupSummary, StoreError> {
+        self.sqlite_file("doorstep backup")?;
         let target = sql_path(to)?;
         // `create_new` fails on anything at the path, a dangling link
         // included, so SQLite writes only into the file made here.
@@ -148,7 +148,7 @@ impl Store {
         }
         let made = async {
             // SQLite writes into an empty existing file.
-            sqlx::query("vacuum into ?")
+            sqlx::query("vacuum into $1")
                 .bind(&target)
                 .execute(self.pool())
                 .await?;
@@ -204,7 +204,7 @@ impl Store {
                 from.display()
             )));
         }
-        if same_file(from, self.pool().connect_options().get_filename()) {
+        if same_file(from, self.sqlite_file("doorstep restore")?) {
             return Err(StoreError::Invalid(format!(
                 "{} is the live database itself; name a file `doorstep backup` wrote",
                 from.display()
@@ -218,14 +218,9 @@ impl Store {
                 from.display()
             ))
         };
-        let mut probe = SqliteConnection::connect_with(
-            &SqliteConnectOptions::new()
-                .filename(from)
-                .immutable(true)
-                .read_only(true),
-        )
-        .await
-        .map_err(|e| not_a_backup(e.to_string()))?;
+        let mut probe = super::read_sqlite_file(from)
+            .await
+            .map_err(|e| not_a_backup(e.to_string()))?;
         let migrations: Result<i64, sqlx::Error> =
             sqlx::query_scalar("select count(*) from _sqlx_migrations")
                 .fetch_one(&mut probe)
@@ -259,9 +254,8 @@ impl Store {
         let epoch = uuid::Uuid::new_v4().to_string();
         // A connection of its own, not the pool's: an attached database
         // must not go back into the pool.
-        let mut conn =
-            SqliteConnection::connect_with(self.pool().connect_options().as_ref()).await?;
-        sqlx::query("attach database ? as backup")
+        let mut conn = self.connect_alone().await?;
+        sqlx::query("attach database $1 as backup")
             .bind(&staged_name)
             .execute(&mut conn)
             .await?;
@@ -287,14 +281,14 @@ impl Store {
 /// transaction that rolls back on any error: the rows added, and the
 /// documents that gained changes.
 async fn merge_rows(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     from: &Path,
     lineage: &str,
     epoch: &str,
 ) -> Result<(u64, u64), StoreError> {
     let mut tx = conn.begin_with("begin immediate").await?;
     let meta = |key: &'static str| {
-        sqlx::query_scalar::<_, String>("select value from main.server_meta where key = ?")
+        sqlx::query_scalar::<_, String>("select value from main.server_meta where key = $1")
             .bind(key)
     };
     let current = meta("storage_id").fetch_optional(&mut *tx).await?;
@@ -425,7 +419,7 @@ async fn merge_rows(
     // The documents that gained changes are re-projected (a server at its
     // watcher's next look, or at its next start).
     for document in &gaining {
-        sqlx::query("update main.documents set projected_heads = null where id = ?")
+        sqlx::query("update main.documents set projected_heads = null where id = $1")
             .bind(document)
             .execute(&mut *tx)
             .await?;
@@ -433,7 +427,7 @@ async fn merge_rows(
     // The lineage from now on: every epoch this database and the backup
     // have had, so an older backup of either is recognised later.
     let backup_previous: Option<String> =
-        sqlx::query_scalar("select value from backup.server_meta where key = ?")
+        sqlx::query_scalar("select value from backup.server_meta where key = $1")
             .bind(PREVIOUS_EPOCHS)
             .fetch_optional(&mut *tx)
             .await?;
@@ -455,7 +449,7 @@ async fn merge_rows(
         ("storage_id", epoch),
     ] {
         sqlx::query(
-            "insert into main.server_meta (key, value) values (?, ?)
+            "insert into main.server_meta (key, value) values ($1, $2)
              on conflict (key) do update set value = excluded.value",
         )
         .bind(key)
@@ -477,7 +471,7 @@ async fn merge_rows(
 
 /// SQLite's check of a whole database: the inner `Err` says what is wrong.
 async fn integrity<'e>(
-    executor: impl sqlx::SqliteExecutor<'e>,
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
 ) -> Result<Result<(), String>, sqlx::Error> {
     let found: Vec<String> = sqlx::query_scalar("pragma integrity_check")
         .fetch_all(executor)
@@ -494,13 +488,7 @@ async fn integrity<'e>(
 
 /// Opens a finished copy read-only, checks it whole and counts what it holds.
 async fn check_copy(path: &Path) -> Result<BackupSummary, StoreError> {
-    let mut conn = SqliteConnection::connect_with(
-        &SqliteConnectOptions::new()
-            .filename(path)
-            .immutable(true)
-            .read_only(true),
-    )
-    .await?;
+    let mut conn = super::read_sqlite_file(path).await?;
     let checked = async {
         integrity(&mut conn)
             .await?
@@ -519,7 +507,7 @@ async fn check_copy(path: &Path) -> Result<BackupSummary, StoreError> {
 }
 
 /// How many rows `table` (one of this module's constants) holds.
-async fn rows_of(conn: &mut SqliteConnection, table: &str) -> Result<i64, StoreError> {
+async fn rows_of(conn: &mut AnyConnection, table: &str) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar(&format!("select count(*) from {table}"))
         .fetch_one(conn)
         .await?)
@@ -574,9 +562,11 @@ mod tests {
     use crate::tenancy::Level;
 
     async fn delete_tenant(database: &Path, name: &str) -> anyhow::Result<()> {
-        let pool =
-            sqlx::SqlitePool::connect_with(SqliteConnectOptions::new().filename(database)).await?;
-        sqlx::query("delete from tenants where name = ?")
+        let pool = sqlx::SqlitePool::connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new().filename(database),
+        )
+        .await?;
+        sqlx::query("delete from tenants where name = $1")
             .bind(name)
             .execute(&pool)
             .await?;
@@ -702,8 +692,10 @@ mod tests {
             .await?;
         let backup = dir.path().join("backup.db");
         store.backup_to(&backup).await?;
-        let pool =
-            sqlx::SqlitePool::connect_with(SqliteConnectOptions::new().filename(&database)).await?;
+        let pool = sqlx::SqlitePool::connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new().filename(&database),
+        )
+        .await?;
         sqlx::query("delete from users where username = 'li'")
             .execute(&pool)
             .await?;

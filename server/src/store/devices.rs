@@ -3,7 +3,7 @@
 use doorstep_protocol::{DeviceId, TenantId};
 use serde::Serialize;
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use super::audit::{AuditEntry, record};
 use super::tenants::{serialize_display, serialize_opt_display};
@@ -172,7 +172,7 @@ pub const REPEAT_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 /// Its tokens are replaced by `token_hash`: the lost response carried the
 /// only copy of the old one. `None`: not a retry by that device.
 async fn repeat_enrollment(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut crate::store::Tx,
     code: &EnrollmentCode,
     nonce_hash: &[u8],
     token_hash: &[u8],
@@ -182,7 +182,7 @@ async fn repeat_enrollment(
         return Ok(None);
     };
     let (stored, used_at): (Option<Vec<u8>>, Option<i64>) =
-        sqlx::query_as("select device_nonce_hash, used_at from enrollment_codes where id = ?")
+        sqlx::query_as("select device_nonce_hash, used_at from enrollment_codes where id = $1")
             .bind(code.id.to_string())
             .fetch_one(&mut **tx)
             .await?;
@@ -196,9 +196,9 @@ async fn repeat_enrollment(
     if used_at.is_none_or(|used| now.saturating_sub(used) > REPEAT_WINDOW_MS) {
         return Ok(None);
     }
-    let fresh: bool = sqlx::query_scalar(
-        "select count(*) > 0 from devices
-         where id = ? and revoked_at is null and last_seen_at is null",
+    let fresh = 0 < sqlx::query_scalar::<_, i64>(
+        "select count(*) from devices
+         where id = $1 and revoked_at is null and last_seen_at is null",
     )
     .bind(device.to_string())
     .fetch_one(&mut **tx)
@@ -206,16 +206,18 @@ async fn repeat_enrollment(
     if !fresh {
         return Ok(None);
     }
-    sqlx::query("delete from device_tokens where device_id = ?")
+    sqlx::query("delete from device_tokens where device_id = $1")
         .bind(device.to_string())
         .execute(&mut **tx)
         .await?;
-    sqlx::query("insert into device_tokens (token_hash, device_id, created_at) values (?, ?, ?)")
-        .bind(token_hash)
-        .bind(device.to_string())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "insert into device_tokens (token_hash, device_id, created_at) values ($1, $2, $3)",
+    )
+    .bind(token_hash)
+    .bind(device.to_string())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
     let entry = AuditEntry::new(
         format!("device:{device}"),
         "device.enroll",
@@ -242,7 +244,7 @@ const CODE_COLUMNS: &str = "c.id, c.branch_id, c.label, c.created_by, c.created_
      c.needs_approval, c.approved_at, c.approved_by, c.denied_at, c.denied_by, c.presented_at,
      c.used_at, c.device_id, t.path";
 
-fn code_from_row(row: &SqliteRow, now: i64) -> Result<EnrollmentCode, StoreError> {
+fn code_from_row(row: &AnyRow, now: i64) -> Result<EnrollmentCode, StoreError> {
     let device: Option<String> = row.try_get("device_id")?;
     let approved_by: Option<String> = row.try_get("approved_by")?;
     let denied_by: Option<String> = row.try_get("denied_by")?;
@@ -269,7 +271,7 @@ fn code_from_row(row: &SqliteRow, now: i64) -> Result<EnrollmentCode, StoreError
     })
 }
 
-fn device_from_row(row: &SqliteRow) -> Result<Device, StoreError> {
+fn device_from_row(row: &AnyRow) -> Result<Device, StoreError> {
     Ok(Device {
         id: parse_column(&row.try_get::<String, _>("id")?, "device id")?,
         branch_id: parse_column(&row.try_get::<String, _>("branch_id")?, "tenant id")?,
@@ -301,7 +303,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "insert into enrollment_codes (id, code_hash, branch_id, label, created_by, created_at, expires_at, needs_approval)
-             values (?, ?, ?, ?, ?, ?, ?, ?)",
+             values ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(id.to_string())
         .bind(code_hash)
@@ -327,7 +329,7 @@ impl Store {
         id: uuid::Uuid,
     ) -> Result<Option<EnrollmentCode>, StoreError> {
         sqlx::query(&format!(
-            "select {CODE_COLUMNS} from enrollment_codes c join tenants t on t.id = c.branch_id where c.id = ?"
+            "select {CODE_COLUMNS} from enrollment_codes c join tenants t on t.id = c.branch_id where c.id = $1"
         ))
         .bind(id.to_string())
         .fetch_optional(self.pool())
@@ -346,9 +348,9 @@ impl Store {
         let now = now_ms();
         let rows = sqlx::query(&format!(
             "select {CODE_COLUMNS} from enrollment_codes c join tenants t on t.id = c.branch_id
-             where (t.path = ? or t.path like ?)
-               and (? = 0 or (c.needs_approval = 1 and c.approved_at is null and c.denied_at is null
-                              and c.used_at is null and c.expires_at > ?))
+             where (t.path = $1 or t.path like $2)
+               and ($3 = 0 or (c.needs_approval = 1 and c.approved_at is null and c.denied_at is null
+                              and c.used_at is null and c.expires_at > $4))
              order by c.created_at desc limit 1000"
         ))
         .bind(scope.as_str())
@@ -377,23 +379,22 @@ impl Store {
         // to the approver only.
         let statement = match new_code_hash {
             Some(_) if approve => {
-                "update enrollment_codes set approved_at = ?, approved_by = ?, code_hash = ?"
+                "update enrollment_codes set approved_at = $2, approved_by = $3, code_hash = $4"
             }
-            _ if approve => "update enrollment_codes set approved_at = ?, approved_by = ?",
-            _ => "update enrollment_codes set denied_at = ?, denied_by = ?",
+            _ if approve => "update enrollment_codes set approved_at = $2, approved_by = $3",
+            _ => "update enrollment_codes set denied_at = $2, denied_by = $3",
         };
         let mut tx = self.begin_write().await?;
         let sql = format!(
-            "{statement} where id = ? and needs_approval = 1 and approved_at is null
-             and denied_at is null and used_at is null and expires_at > ?"
+            "{statement} where id = $1 and needs_approval = 1 and approved_at is null
+             and denied_at is null and used_at is null and expires_at > $2"
         );
-        let decided = sqlx::query(&sql).bind(now).bind(by);
+        // $1 and $2 serve both pieces; the optional hash binds last.
+        let query = sqlx::query(&sql).bind(id.to_string()).bind(now).bind(by);
         let decided = match new_code_hash {
-            Some(hash) if approve => decided.bind(hash),
-            _ => decided,
+            Some(hash) if approve => query.bind(hash),
+            _ => query,
         }
-        .bind(id.to_string())
-        .bind(now)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -433,7 +434,7 @@ impl Store {
         // enroll with this code between the read and the writes below.
         let row = sqlx::query(&format!(
             "select {CODE_COLUMNS} from enrollment_codes c join tenants t on t.id = c.branch_id
-             where c.code_hash = ?"
+             where c.code_hash = $1"
         ))
         .bind(code_hash)
         .fetch_optional(&mut *tx)
@@ -450,7 +451,7 @@ impl Store {
             CodeStatus::Ready => {}
             CodeStatus::PendingApproval => {
                 if code.presented_at.is_none() {
-                    sqlx::query("update enrollment_codes set presented_at = ? where id = ?")
+                    sqlx::query("update enrollment_codes set presented_at = $1 where id = $2")
                         .bind(now)
                         .bind(code.id.to_string())
                         .execute(&mut *tx)
@@ -494,8 +495,8 @@ impl Store {
         // The `used_at is null` guard keeps a code single-use even if the
         // status read above were ever taken outside the write lock.
         let claimed = sqlx::query(
-            "update enrollment_codes set used_at = ?, device_id = ?, device_nonce_hash = ?
-             where id = ? and used_at is null",
+            "update enrollment_codes set used_at = $1, device_id = $2, device_nonce_hash = $3
+             where id = $4 and used_at is null",
         )
         .bind(now)
         .bind(device_id.to_string())
@@ -508,15 +509,17 @@ impl Store {
         if !claimed {
             return Err(EnrollError::AlreadyUsed);
         }
-        sqlx::query("insert into devices (id, branch_id, label, created_at) values (?, ?, ?, ?)")
-            .bind(device_id.to_string())
-            .bind(code.branch_id.to_string())
-            .bind(code.label.as_deref().unwrap_or_default())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
         sqlx::query(
-            "insert into device_tokens (token_hash, device_id, created_at) values (?, ?, ?)",
+            "insert into devices (id, branch_id, label, created_at) values ($1, $2, $3, $4)",
+        )
+        .bind(device_id.to_string())
+        .bind(code.branch_id.to_string())
+        .bind(code.label.as_deref().unwrap_or_default())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "insert into device_tokens (token_hash, device_id, created_at) values ($1, $2, $3)",
         )
         .bind(token_hash)
         .bind(device_id.to_string())
@@ -540,7 +543,7 @@ impl Store {
         sqlx::query(&format!(
             "select {DEVICE_COLUMNS} from device_tokens k
              join devices d on d.id = k.device_id join tenants t on t.id = d.branch_id
-             where k.token_hash = ? and d.revoked_at is null"
+             where k.token_hash = $1 and d.revoked_at is null"
         ))
         .bind(token_hash)
         .fetch_optional(self.pool())
@@ -558,7 +561,7 @@ impl Store {
     pub async fn token_was_revoked(&self, token_hash: &[u8]) -> Result<bool, StoreError> {
         let revoked: Option<i64> = sqlx::query_scalar(
             "select 1 from device_tokens k join devices d on d.id = k.device_id
-             where k.token_hash = ? and d.revoked_at is not null",
+             where k.token_hash = $1 and d.revoked_at is not null",
         )
         .bind(token_hash)
         .fetch_optional(self.pool())
@@ -568,7 +571,7 @@ impl Store {
 
     pub async fn device(&self, id: DeviceId) -> Result<Option<Device>, StoreError> {
         sqlx::query(&format!(
-            "select {DEVICE_COLUMNS} from devices d join tenants t on t.id = d.branch_id where d.id = ?"
+            "select {DEVICE_COLUMNS} from devices d join tenants t on t.id = d.branch_id where d.id = $1"
         ))
         .bind(id.to_string())
         .fetch_optional(self.pool())
@@ -581,7 +584,7 @@ impl Store {
     pub async fn devices_within(&self, scope: &TenantPath) -> Result<Vec<Device>, StoreError> {
         sqlx::query(&format!(
             "select {DEVICE_COLUMNS} from devices d join tenants t on t.id = d.branch_id
-             where t.path = ? or t.path like ? order by t.path, d.created_at"
+             where t.path = $1 or t.path like $2 order by t.path, d.created_at"
         ))
         .bind(scope.as_str())
         .bind(scope.descendants_pattern())
@@ -601,7 +604,7 @@ impl Store {
     pub async fn revoke_device(&self, id: DeviceId, audit: AuditEntry) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
         let revoked =
-            sqlx::query("update devices set revoked_at = ? where id = ? and revoked_at is null")
+            sqlx::query("update devices set revoked_at = $1 where id = $2 and revoked_at is null")
                 .bind(now_ms())
                 .bind(id.to_string())
                 .execute(&mut *tx)
@@ -618,7 +621,7 @@ impl Store {
     /// Devices revoked at or after `since` (ms), for processes that did not
     /// revoke them themselves.
     pub async fn revoked_since(&self, since: i64) -> Result<Vec<(DeviceId, i64)>, StoreError> {
-        let rows = sqlx::query("select id, revoked_at from devices where revoked_at >= ?")
+        let rows = sqlx::query("select id, revoked_at from devices where revoked_at >= $1")
             .bind(since)
             .fetch_all(self.pool())
             .await?;
@@ -635,7 +638,7 @@ impl Store {
     /// Whether the device is still live; checked on every sync message.
     pub async fn device_is_live(&self, id: DeviceId) -> Result<bool, StoreError> {
         Ok(sqlx::query_scalar::<_, i64>(
-            "select count(*) from devices where id = ? and revoked_at is null",
+            "select count(*) from devices where id = $1 and revoked_at is null",
         )
         .bind(id.to_string())
         .fetch_one(self.pool())
@@ -644,7 +647,7 @@ impl Store {
     }
 
     pub async fn touch_device(&self, id: DeviceId) -> Result<(), StoreError> {
-        sqlx::query("update devices set last_seen_at = ? where id = ?")
+        sqlx::query("update devices set last_seen_at = $1 where id = $2")
             .bind(now_ms())
             .bind(id.to_string())
             .execute(self.pool())
@@ -664,7 +667,7 @@ impl Store {
         // random ids from growing `device_actors` without end. (Actors
         // bound on first use are bounded by the documents' actor limit.)
         let held: i64 =
-            sqlx::query_scalar("select count(*) from device_actors where device_id = ?")
+            sqlx::query_scalar("select count(*) from device_actors where device_id = $1")
                 .bind(device.to_string())
                 .fetch_one(self.pool())
                 .await?;
@@ -676,7 +679,7 @@ impl Store {
             )));
         }
         sqlx::query(
-            "insert into device_actors (actor_id, device_id, registered_at) values (?, ?, ?)
+            "insert into device_actors (actor_id, device_id, registered_at) values ($1, $2, $3)
              on conflict (actor_id) do nothing",
         )
         .bind(actor_hex)
@@ -691,7 +694,7 @@ impl Store {
     }
 
     pub async fn actor_owner(&self, actor_hex: &str) -> Result<Option<DeviceId>, StoreError> {
-        sqlx::query_scalar::<_, String>("select device_id from device_actors where actor_id = ?")
+        sqlx::query_scalar::<_, String>("select device_id from device_actors where actor_id = $1")
             .bind(actor_hex)
             .fetch_optional(self.pool())
             .await?

@@ -3,8 +3,8 @@
 use doorstep_protocol::schema::DocumentKind;
 use doorstep_protocol::{DeviceId, DocumentId, Month, TenantId};
 use serde::Serialize;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::Row;
+use sqlx::any::AnyRow;
 
 use super::keeping::{DocumentStore, StoredChunks};
 use super::tenants::serialize_display;
@@ -35,7 +35,7 @@ pub struct DocumentRow {
     pub projected_heads: Option<String>,
 }
 
-fn document_from_row(r: &SqliteRow) -> Result<DocumentRow, StoreError> {
+fn document_from_row(r: &AnyRow) -> Result<DocumentRow, StoreError> {
     let kind: String = r.try_get("kind")?;
     Ok(DocumentRow {
         id: parse_column(&r.try_get::<String, _>("id")?, "document id")?,
@@ -70,7 +70,7 @@ impl DocumentRow {
 }
 
 pub(super) async fn insert_document(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut crate::store::Tx,
     id: DocumentId,
     branch: TenantId,
     kind: DocumentKind,
@@ -82,7 +82,7 @@ pub(super) async fn insert_document(
     };
     let now = now_ms();
     let inserted = sqlx::query(
-        "insert into documents (id, branch_id, kind, month, created_at) values (?, ?, ?, ?, ?)
+        "insert into documents (id, branch_id, kind, month, created_at) values ($1, $2, $3, $4, $5)
          on conflict (id) do nothing",
     )
     .bind(id.to_string())
@@ -94,7 +94,7 @@ pub(super) async fn insert_document(
     .await?
     .rows_affected();
     if inserted > 0 {
-        sqlx::query("insert into chunks (document_id, kind, hash, bytes, created_at) values (?, 'snapshot', ?, ?, ?)")
+        sqlx::query("insert into chunks (document_id, kind, hash, bytes, created_at) values ($1, 'snapshot', $2, $3, $4)")
             .bind(id.to_string())
             .bind(super::keeping::snapshot_key(genesis))
             .bind(genesis)
@@ -129,7 +129,7 @@ impl Store {
 
     pub async fn document(&self, id: DocumentId) -> Result<Option<DocumentRow>, StoreError> {
         sqlx::query(
-            "select id, branch_id, kind, month, heads, projected_heads from documents where id = ?",
+            "select id, branch_id, kind, month, heads, projected_heads from documents where id = $1",
         )
         .bind(id.to_string())
         .fetch_optional(self.pool())
@@ -148,7 +148,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         Ok(sqlx::query_scalar::<_, i64>(
             "select count(*) from documents doc join devices d on d.branch_id = doc.branch_id
-             where doc.id = ? and d.id = ? and d.revoked_at is null",
+             where doc.id = $1 and d.id = $2 and d.revoked_at is null",
         )
         .bind(document.to_string())
         .bind(device.to_string())
@@ -165,7 +165,7 @@ impl Store {
         branch: TenantId,
     ) -> Result<std::collections::HashMap<String, Vec<String>>, StoreError> {
         let rows: Vec<(String, Option<String>)> =
-            sqlx::query_as("select id, projected_heads from documents where branch_id = ?")
+            sqlx::query_as("select id, projected_heads from documents where branch_id = $1")
                 .bind(branch.to_string())
                 .fetch_all(self.pool())
                 .await?;
@@ -189,7 +189,7 @@ impl Store {
         branch: TenantId,
     ) -> Result<Vec<DocumentRow>, StoreError> {
         sqlx::query(
-            "select id, branch_id, kind, month, heads, projected_heads from documents where branch_id = ?
+            "select id, branch_id, kind, month, heads, projected_heads from documents where branch_id = $1
              order by case kind when 'roster' then 0 else 1 end, month",
         )
         .bind(branch.to_string())
@@ -220,8 +220,9 @@ impl Store {
     /// How many snapshot and incremental chunks a document has.
     pub async fn chunk_counts(&self, id: DocumentId) -> Result<(i64, i64), StoreError> {
         let row = sqlx::query(
-            "select coalesce(sum(kind = 'snapshot'), 0) as snapshots, coalesce(sum(kind = 'incremental'), 0) as incrementals
-             from chunks where document_id = ?",
+            "select count(case when kind = 'snapshot' then 1 end) as snapshots,
+                    count(case when kind = 'incremental' then 1 end) as incrementals
+             from chunks where document_id = $1",
         )
         .bind(id.to_string())
         .fetch_one(self.pool())
@@ -244,7 +245,7 @@ impl Store {
         hash: &str,
     ) -> Result<Option<(String, Option<String>)>, StoreError> {
         let row = sqlx::query(
-            "select actor_id, device_id from change_log where document_id = ? and hash = ?",
+            "select actor_id, device_id from change_log where document_id = $1 and hash = $2",
         )
         .bind(id.to_string())
         .bind(hash)

@@ -17,7 +17,9 @@ use doorstep_protocol::keeper::NewChange;
 use doorstep_protocol::{DeviceId, DocumentId};
 use futures_util::future::BoxFuture;
 use sha2::{Digest, Sha256};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::Row;
+
+use super::statement::Statement;
 
 use super::{Store, StoreError, now_ms, parse_column};
 use crate::projection::{self, ProjectionPlan};
@@ -169,21 +171,22 @@ pub fn snapshot_key(snapshot: &[u8]) -> String {
 impl DocumentStore for Store {
     fn load(&self, id: DocumentId) -> BoxFuture<'_, Result<StoredChunks, StoreError>> {
         Box::pin(async move {
-            let rows = sqlx::query(
-                // Incrementals in the order they were stored (rowid), which
-                // is causal: two changes of one actor that are concurrent by
-                // their dependencies still must load in sequence order, and
-                // ordering by hash would not.
-                "select kind, hash, bytes from chunks where document_id = ?
-                 order by case kind when 'snapshot' then 0 else 1 end, rowid",
-            )
+            // Incrementals in the order they were stored, which is causal:
+            // two changes of one actor that are concurrent by their
+            // dependencies still must load in sequence order, and ordering
+            // by hash would not.
+            let rows = sqlx::query(&format!(
+                "select kind, hash, bytes from chunks where document_id = $1
+                 order by case kind when 'snapshot' then 0 else 1 end, {}",
+                self.chunk_order()
+            ))
             .bind(id.to_string())
             .fetch_all(self.pool())
             .await?;
             let mut stored = StoredChunks::default();
             let shares = sqlx::query(
                 "select device_id, count(distinct actor_id) as actors from change_log
-                 where document_id = ? and device_id is not null group by device_id",
+                 where document_id = $1 and device_id is not null group by device_id",
             )
             .bind(id.to_string())
             .fetch_all(self.pool())
@@ -220,26 +223,22 @@ impl DocumentStore for Store {
             let mut tx = self.begin_write().await?;
 
             for actors in commit.actors.chunks(ROWS_PER_STATEMENT) {
-                let mut insert = QueryBuilder::<Sqlite>::new(
+                let mut insert = Statement::new(
                     "insert into device_actors (actor_id, device_id, registered_at) ",
                 );
-                insert.push_values(actors, |mut row, actor| {
+                insert.push_values(actors, |row, actor| {
                     row.push_bind(actor.to_hex_string())
                         .push_bind(&device)
                         .push_bind(now);
                 });
                 insert.push(" on conflict (actor_id) do nothing");
-                insert.build().execute(&mut *tx).await?;
+                insert.build()?.execute(&mut *tx).await?;
 
-                let mut owners = QueryBuilder::<Sqlite>::new(
+                let mut owners = Statement::new(
                     "select actor_id, device_id from device_actors where actor_id in (",
                 );
-                let mut list = owners.separated(", ");
-                for actor in actors {
-                    list.push_bind(actor.to_hex_string());
-                }
-                owners.push(")");
-                for row in owners.build().fetch_all(&mut *tx).await? {
+                owners.push_list(actors.iter().map(|actor| actor.to_hex_string()));
+                for row in owners.build()?.fetch_all(&mut *tx).await? {
                     let owner: String = row.try_get("device_id")?;
                     if owner != device {
                         // Dropping the transaction rolls it back.
@@ -251,10 +250,10 @@ impl DocumentStore for Store {
             }
 
             for changes in commit.changes.chunks(ROWS_PER_STATEMENT) {
-                let mut chunks = QueryBuilder::<Sqlite>::new(
+                let mut chunks = Statement::new(
                     "insert into chunks (document_id, kind, hash, bytes, created_at) ",
                 );
-                chunks.push_values(changes, |mut row, change| {
+                chunks.push_values(changes, |row, change| {
                     row.push_bind(&document)
                         .push_bind("incremental")
                         .push_bind(change.hash.to_string())
@@ -262,12 +261,12 @@ impl DocumentStore for Store {
                         .push_bind(now);
                 });
                 chunks.push(" on conflict (document_id, hash) do nothing");
-                chunks.build().execute(&mut *tx).await?;
+                chunks.build()?.execute(&mut *tx).await?;
 
-                let mut log = QueryBuilder::<Sqlite>::new(
+                let mut log = Statement::new(
                     "insert into change_log (document_id, hash, actor_id, device_id, received_at) ",
                 );
-                log.push_values(changes, |mut row, change| {
+                log.push_values(changes, |row, change| {
                     row.push_bind(&document)
                         .push_bind(change.hash.to_string())
                         .push_bind(change.actor.to_hex_string())
@@ -275,20 +274,20 @@ impl DocumentStore for Store {
                         .push_bind(now);
                 });
                 log.push(" on conflict (document_id, hash) do nothing");
-                log.build().execute(&mut *tx).await?;
+                log.build()?.execute(&mut *tx).await?;
             }
 
             let heads = heads_text(commit.heads);
             if let Some(plan) = commit.projection {
                 projection::write(&mut tx, plan).await?;
-                sqlx::query("update documents set heads = ?, projected_heads = ? where id = ?")
+                sqlx::query("update documents set heads = $1, projected_heads = $2 where id = $3")
                     .bind(&heads)
                     .bind(&heads)
                     .bind(&document)
                     .execute(&mut *tx)
                     .await?;
             } else {
-                sqlx::query("update documents set heads = ? where id = ?")
+                sqlx::query("update documents set heads = $1 where id = $2")
                     .bind(&heads)
                     .bind(&document)
                     .execute(&mut *tx)
@@ -317,7 +316,7 @@ impl DocumentStore for Store {
             // back whole, and at no point is a covered chunk gone without
             // the snapshot that replaces it.
             sqlx::query(
-                "insert into chunks (document_id, kind, hash, bytes, created_at) values (?, 'snapshot', ?, ?, ?)
+                "insert into chunks (document_id, kind, hash, bytes, created_at) values ($1, 'snapshot', $2, $3, $4)
                  on conflict (document_id, hash) do nothing",
             )
             .bind(&document)
@@ -328,15 +327,10 @@ impl DocumentStore for Store {
             .await?;
             let replaced: Vec<&String> = replaced.iter().filter(|k| **k != key).collect();
             for keys in replaced.chunks(ROWS_PER_STATEMENT) {
-                let mut delete =
-                    QueryBuilder::<Sqlite>::new("delete from chunks where document_id = ");
+                let mut delete = Statement::new("delete from chunks where document_id = ");
                 delete.push_bind(&document).push(" and hash in (");
-                let mut list = delete.separated(", ");
-                for key in keys {
-                    list.push_bind(key.as_str());
-                }
-                delete.push(")");
-                delete.build().execute(&mut *tx).await?;
+                delete.push_list(keys.iter().map(|key| key.as_str()));
+                delete.build()?.execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(())
@@ -354,7 +348,7 @@ impl DocumentStore for Store {
             let heads = heads_text(heads);
             let mut tx = self.begin_write().await?;
             let moved = sqlx::query(
-                "update documents set heads = ?, projected_heads = ? where id = ? and heads is ?",
+                "update documents set heads = $1, projected_heads = $2 where id = $3 and heads is not distinct from $4",
             )
             .bind(&heads)
             .bind(&heads)
@@ -380,7 +374,7 @@ impl DocumentStore for Store {
     ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
         Box::pin(async move {
             Ok(sqlx::query_scalar(
-                "select state from sync_states where document_id = ? and storage_id = ?",
+                "select state from sync_states where document_id = $1 and storage_id = $2",
             )
             .bind(id.to_string())
             .bind(key)
@@ -405,14 +399,14 @@ impl DocumentStore for Store {
 }
 
 async fn upsert_sync_state(
-    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    tx: &mut super::Tx,
     document: &str,
     key: &str,
     state: &[u8],
     now: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "insert into sync_states (document_id, storage_id, state, updated_at) values (?, ?, ?, ?)
+        "insert into sync_states (document_id, storage_id, state, updated_at) values ($1, $2, $3, $4)
          on conflict (document_id, storage_id) do update set state = excluded.state, updated_at = excluded.updated_at",
     )
     .bind(document)
@@ -430,12 +424,12 @@ async fn upsert_sync_state(
     let (from, to) = (format!("{device}/"), format!("{device}0"));
     sqlx::query(
         "delete from sync_states
-         where document_id = ?1 and storage_id >= ?2 and storage_id < ?3
+         where document_id = $1 and storage_id >= $2 and storage_id < $3
            and storage_id not in (
              select storage_id from sync_states
-             where document_id = ?1 and storage_id >= ?2 and storage_id < ?3
-             order by storage_id = ?4 desc, updated_at desc
-             limit ?5)",
+             where document_id = $1 and storage_id >= $2 and storage_id < $3
+             order by storage_id = $4 desc, updated_at desc
+             limit $5)",
     )
     .bind(document)
     .bind(&from)

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use super::audit::{AuditEntry, record};
 use super::tenants::user_from_row;
@@ -56,7 +56,7 @@ pub struct Session {
     pub address: Option<String>,
 }
 
-fn session_from_row(row: &SqliteRow) -> Result<Session, StoreError> {
+fn session_from_row(row: &AnyRow) -> Result<Session, StoreError> {
     Ok(Session {
         id: row.try_get("session_id")?,
         user_id: super::parse_column(&row.try_get::<String, _>("session_user_id")?, "user id")?,
@@ -83,18 +83,18 @@ fn touch_granularity(idle: Duration) -> i64 {
     millis(idle / 10).min(60_000)
 }
 
-type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+use super::Tx;
 
 /// The failures an attempt at an account from an address is judged by.
 async fn tallies(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     policy: &LoginPolicy,
     now: i64,
     account: &str,
     address: &str,
 ) -> Result<Tallies, StoreError> {
     let cutoff = now.saturating_sub(millis(policy.failure_window));
-    let tally = |row: SqliteRow| -> Result<Tally, StoreError> {
+    let tally = |row: AnyRow| -> Result<Tally, StoreError> {
         Ok(Tally {
             failures: u32::try_from(row.try_get::<i64, _>(0)?).unwrap_or(u32::MAX),
             last_at: row.try_get(1)?,
@@ -103,7 +103,7 @@ async fn tallies(
     let pair = tally(
         sqlx::query(
             "select count(*), coalesce(max(at), 0) from login_attempts
-             where account = ? and address = ? and counts_for_account = 1 and at > ?",
+             where account = $1 and address = $2 and counts_for_account = 1 and at > $3",
         )
         .bind(account)
         .bind(address)
@@ -113,16 +113,18 @@ async fn tallies(
     )?;
     let by_address = tally(
         sqlx::query(
-            "select count(*), coalesce(max(at), 0) from login_attempts where address = ? and at > ?",
+            "select count(*), coalesce(max(at), 0) from login_attempts where address = $1 and at > $2",
         )
         .bind(address)
         .bind(cutoff)
         .fetch_one(&mut *conn)
         .await?,
     )?;
-    let known: bool = sqlx::query_scalar(
-        "select exists (select 1 from login_known_addresses
-                        where account = ? and address = ? and last_success_at > ?)",
+    // Counted, not `exists`: a boolean is an integer on SQLite and a
+    // boolean on PostgreSQL, and a count reads the same from both.
+    let known = 0 < sqlx::query_scalar::<_, i64>(
+        "select count(*) from login_known_addresses
+         where account = $1 and address = $2 and last_success_at > $3",
     )
     .bind(account)
     .bind(address)
@@ -135,7 +137,7 @@ async fn tallies(
         Some(tally(
             sqlx::query(
                 "select count(*), coalesce(max(at), 0) from login_attempts
-                 where account = ? and counts_for_account = 1 and at > ?",
+                 where account = $1 and counts_for_account = 1 and at > $2",
             )
             .bind(account)
             .bind(cutoff)
@@ -154,7 +156,7 @@ impl Store {
     /// The user named `username` with their password hash and state.
     pub async fn login_account(&self, username: &str) -> Result<Option<LoginAccount>, StoreError> {
         let row = sqlx::query(
-            "select u.*, t.path from users u join tenants t on t.id = u.tenant_id where u.username = ?",
+            "select u.*, t.path from users u join tenants t on t.id = u.tenant_id where u.username = $1",
         )
         .bind(username.trim())
         .fetch_optional(self.pool())
@@ -168,7 +170,7 @@ impl Store {
         id: uuid::Uuid,
     ) -> Result<Option<LoginAccount>, StoreError> {
         let row = sqlx::query(
-            "select u.*, t.path from users u join tenants t on t.id = u.tenant_id where u.id = ?",
+            "select u.*, t.path from users u join tenants t on t.id = u.tenant_id where u.id = $1",
         )
         .bind(id.to_string())
         .fetch_optional(self.pool())
@@ -198,7 +200,7 @@ impl Store {
         // Again under the write lock: another attempt may have been let
         // through since.
         let mut tx = self.begin_write().await?;
-        sqlx::query("delete from login_attempts where at <= ?")
+        sqlx::query("delete from login_attempts where at <= $1")
             .bind(cutoff)
             .execute(&mut *tx)
             .await?;
@@ -208,7 +210,7 @@ impl Store {
             return Ok(Err(refusal));
         }
         let id: i64 = sqlx::query_scalar(
-            "insert into login_attempts (account, address, at) values (?, ?, ?) returning id",
+            "insert into login_attempts (account, address, at) values ($1, $2, $3) returning id",
         )
         .bind(account)
         .bind(address)
@@ -233,7 +235,7 @@ impl Store {
     ) -> Result<Session, StoreError> {
         let mut tx = self.begin_write().await?;
         forgive(&mut tx, attempt, &user.username, now).await?;
-        sqlx::query("delete from user_sessions where expires_at <= ?")
+        sqlx::query("delete from user_sessions where expires_at <= $1")
             .bind(now)
             .execute(&mut *tx)
             .await?;
@@ -248,7 +250,7 @@ impl Store {
         };
         sqlx::query(
             "insert into user_sessions (id, token_hash, user_id, created_at, last_used_at, expires_at, address)
-             values (?, ?, ?, ?, ?, ?, ?)",
+             values ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&session.id)
         .bind(token_hash)
@@ -276,7 +278,7 @@ impl Store {
     /// No password was checked after all (the password budget was full):
     /// the attempt is taken back, counting as nothing.
     pub async fn login_abandoned(&self, attempt: Attempt) -> Result<(), StoreError> {
-        sqlx::query("delete from login_attempts where id = ?")
+        sqlx::query("delete from login_attempts where id = $1")
             .bind(attempt.0)
             .execute(self.pool())
             .await?;
@@ -299,7 +301,7 @@ impl Store {
         verdict: Verdict,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        sqlx::query("update login_attempts set at = ? where id = ?")
+        sqlx::query("update login_attempts set at = $1 where id = $2")
             .bind(now)
             .bind(attempt.0)
             .execute(&mut *tx)
@@ -341,12 +343,12 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let mut tx = self.begin_write().await?;
         forgive(&mut tx, attempt, &user.username, now).await?;
-        sqlx::query("update users set password_hash = ? where id = ?")
+        sqlx::query("update users set password_hash = $1 where id = $2")
             .bind(password_hash)
             .bind(user.id.to_string())
             .execute(&mut *tx)
             .await?;
-        let ended = sqlx::query("delete from user_sessions where user_id = ? and id != ?")
+        let ended = sqlx::query("delete from user_sessions where user_id = $1 and id != $2")
             .bind(user.id.to_string())
             .bind(keep_session)
             .execute(&mut *tx)
@@ -374,7 +376,7 @@ impl Store {
         let row = sqlx::query(&format!(
             "select {SESSION_COLUMNS}, u.*, t.path
              from user_sessions s join users u on u.id = s.user_id join tenants t on t.id = u.tenant_id
-             where s.token_hash = ? and s.expires_at > ? and s.last_used_at > ? and u.disabled_at is null"
+             where s.token_hash = $1 and s.expires_at > $2 and s.last_used_at > $3 and u.disabled_at is null"
         ))
         .bind(token_hash)
         .bind(now)
@@ -386,7 +388,7 @@ impl Store {
         let user = user_from_row(&row)?;
         if now - session.last_used_at >= touch_granularity(idle) {
             sqlx::query(
-                "update user_sessions set last_used_at = ? where id = ? and last_used_at < ?",
+                "update user_sessions set last_used_at = $1 where id = $2 and last_used_at < $3",
             )
             .bind(now)
             .bind(&session.id)
@@ -408,7 +410,7 @@ impl Store {
         sqlx::query(&format!(
             "select {SESSION_COLUMNS}
              from user_sessions s join users u on u.id = s.user_id
-             where (? is null or s.user_id = ?) and s.expires_at > ? and s.last_used_at > ?
+             where ($1 is null or s.user_id = $2) and s.expires_at > $3 and s.last_used_at > $4
              order by s.created_at, s.id"
         ))
         .bind(user.map(|u| u.to_string()))
@@ -434,7 +436,7 @@ impl Store {
         let row = sqlx::query(
             "select u.*, t.path from user_sessions s join users u on u.id = s.user_id
              join tenants t on t.id = u.tenant_id
-             where s.id = ? and (? is null or s.user_id = ?)",
+             where s.id = $1 and ($2 is null or s.user_id = $3)",
         )
         .bind(id)
         .bind(owner.map(|u| u.to_string()))
@@ -443,7 +445,7 @@ impl Store {
         .await?;
         let Some(row) = row else { return Ok(false) };
         let user = user_from_row(&row)?;
-        sqlx::query("delete from user_sessions where id = ?")
+        sqlx::query("delete from user_sessions where id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -460,7 +462,7 @@ impl Store {
 
     /// Ends the session of a token (logout).
     pub async fn delete_session(&self, token_hash: &[u8]) -> Result<(), StoreError> {
-        sqlx::query("delete from user_sessions where token_hash = ?")
+        sqlx::query("delete from user_sessions where token_hash = $1")
             .bind(token_hash)
             .execute(self.pool())
             .await?;
@@ -480,14 +482,14 @@ impl Store {
     ) -> Result<(bool, u64), StoreError> {
         let mut tx = self.begin_write().await?;
         let changed = if disabled {
-            sqlx::query("update users set disabled_at = ? where id = ? and disabled_at is null")
+            sqlx::query("update users set disabled_at = $1 where id = $2 and disabled_at is null")
                 .bind(now)
                 .bind(user.id.to_string())
                 .execute(&mut *tx)
                 .await?
         } else {
             sqlx::query(
-                "update users set disabled_at = null where id = ? and disabled_at is not null",
+                "update users set disabled_at = null where id = $1 and disabled_at is not null",
             )
             .bind(user.id.to_string())
             .execute(&mut *tx)
@@ -496,7 +498,7 @@ impl Store {
         .rows_affected()
             > 0;
         let ended = if disabled {
-            sqlx::query("delete from user_sessions where user_id = ?")
+            sqlx::query("delete from user_sessions where user_id = $1")
                 .bind(user.id.to_string())
                 .execute(&mut *tx)
                 .await?
@@ -535,7 +537,7 @@ async fn forgive(tx: &mut Tx, attempt: Attempt, account: &str, now: i64) -> Resu
     // address becomes one the owner is known to use.
     sqlx::query(
         "insert into login_known_addresses (account, address, last_success_at)
-         select ?, address, ? from login_attempts where id = ?
+         select $1, address, $2 from login_attempts where id = $3
          on conflict (account, address) do update set last_success_at = excluded.last_success_at",
     )
     .bind(account)
@@ -545,20 +547,20 @@ async fn forgive(tx: &mut Tx, attempt: Attempt, account: &str, now: i64) -> Resu
     .await?;
     sqlx::query(
         "update login_attempts set counts_for_account = 0
-         where account = ? and address = (select address from login_attempts where id = ?)",
+         where account = $1 and address = (select address from login_attempts where id = $2)",
     )
     .bind(account)
     .bind(attempt.0)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("delete from login_attempts where id = ?")
+    sqlx::query("delete from login_attempts where id = $1")
         .bind(attempt.0)
         .execute(&mut **tx)
         .await?;
     Ok(())
 }
 
-fn account_from_row(row: &SqliteRow) -> Result<LoginAccount, StoreError> {
+fn account_from_row(row: &AnyRow) -> Result<LoginAccount, StoreError> {
     Ok(LoginAccount {
         user: user_from_row(row)?,
         password_hash: row.try_get("password_hash")?,
@@ -569,10 +571,12 @@ fn account_from_row(row: &SqliteRow) -> Result<LoginAccount, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Location;
+    use crate::store::testing::test_location;
     use crate::tenancy::{Level, Role};
 
-    async fn store_with_user(dir: &std::path::Path) -> (Store, User) {
-        let store = Store::open(&dir.join("db.sqlite")).await.expect("open");
+    async fn store_with_user(location: &Location) -> (Store, User) {
+        let store = Store::open_at(location).await.expect("open");
         let district = store
             .create_tenant(None, Level::District, "d")
             .await
@@ -593,7 +597,8 @@ mod tests {
     #[tokio::test]
     async fn concurrent_attempts_see_each_other_and_throttling_survives_a_restart() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (store, user) = store_with_user(dir.path()).await;
+        let location = test_location(dir.path()).await;
+        let (store, user) = store_with_user(&location).await;
         let policy = LoginPolicy::default();
         let now = 1_000_000_000;
         // Twenty at once from one address: each counts as a failure from
@@ -633,9 +638,7 @@ mod tests {
         }
         store.close().await;
 
-        let store = Store::open(&dir.path().join("db.sqlite"))
-            .await
-            .expect("reopen");
+        let store = Store::open_at(&location).await.expect("reopen");
         let again = store
             .begin_login_attempt(&policy, now + 10, "admin", "10.0.0.1")
             .await
@@ -667,7 +670,7 @@ mod tests {
     #[tokio::test]
     async fn sessions_end_when_idle_expired_or_disabled() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (store, user) = store_with_user(dir.path()).await;
+        let (store, user) = store_with_user(&test_location(dir.path()).await).await;
         let policy = LoginPolicy::default();
         let idle = Duration::from_secs(30 * 60);
         let now = 1_000_000_000;

@@ -1,9 +1,17 @@
-//! Durable state on SQLite through sqlx.
+//! Durable state through sqlx, on SQLite (the embedded default) or
+//! PostgreSQL.
 //!
-//! The database runs in WAL mode with `synchronous=FULL`: a commit has
-//! reached the disk when it returns, which is what the server's
-//! acknowledgement promises. Both settings are set and read back at start.
-//! Migrations are embedded in the binary and applied on open.
+//! Every query goes through sqlx's `Any` driver with `$n` placeholders, so
+//! one text of each query serves both backends and they cannot drift apart;
+//! what differs between them (opening, the write lock, error codes, backup)
+//! is decided in this module and nowhere else.
+//!
+//! SQLite runs in WAL mode with `synchronous=FULL`: a commit has reached
+//! the disk when it returns, which is what the server's acknowledgement
+//! promises. Both settings are set and read back at start. On PostgreSQL a
+//! commit is durable with the server's default `synchronous_commit = on`,
+//! which is read back too. Migrations for each backend are embedded in the
+//! binary and applied on open.
 
 pub mod audit;
 pub mod backup;
@@ -12,16 +20,19 @@ mod documents;
 pub mod faults;
 pub mod keeping;
 mod logins;
+pub mod postgres;
+pub use postgres::SoleNode;
+pub mod statement;
+pub mod testing;
 pub use logins::{Attempt, LoginAccount, Session};
 mod tenants;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
 
 pub use audit::{AuditEntry, AuditQuery, AuditRecord, Concern, Outcome, record};
 pub use devices::{
@@ -66,6 +77,9 @@ pub enum StoreError {
     /// action it describes does not commit unwitnessed.
     #[error("the audit entry for {0} names no tenant")]
     Unconcerned(String),
+    /// What this backend does not do (an SQLite file backup of PostgreSQL).
+    #[error("{0}")]
+    Unsupported(String),
     /// The database was restored from a backup under this process (its
     /// epoch changed): nothing is written until the process has dropped
     /// what it loaded before, within a second.
@@ -81,36 +95,138 @@ pub enum StoreError {
 
 impl StoreError {
     /// Whether the database was busy (locked by another writer past the
-    /// busy timeout) rather than failing.
+    /// busy timeout, or a lock wait PostgreSQL gave up) rather than failing.
     pub fn is_busy(&self) -> bool {
-        // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended
-        // codes (the low byte is the primary code).
+        // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes
+        // (the low byte is the primary code); lock_not_available,
+        // serialization_failure and deadlock_detected.
         self.sqlite_code()
             .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+            || self
+                .postgres_code()
+                .is_some_and(|c| matches!(c, "55P03" | "40001" | "40P01"))
     }
 
     /// Whether the database (or its folder) may not be written.
     pub fn is_read_only(&self) -> bool {
-        self.sqlite_code().is_some_and(|c| c & 0xff == 8)
+        self.sqlite_code().is_some_and(|c| c & 0xff == 8) || self.postgres_code() == Some("25006")
     }
 
-    /// Whether the disk holding the database is full (`SQLITE_FULL`).
+    /// Whether the disk holding the database is full (`SQLITE_FULL`,
+    /// PostgreSQL's disk_full).
     pub fn is_disk_full(&self) -> bool {
-        self.sqlite_code().is_some_and(|c| c & 0xff == 13)
+        self.sqlite_code().is_some_and(|c| c & 0xff == 13) || self.postgres_code() == Some("53100")
     }
 
     fn sqlite_code(&self) -> Option<i32> {
         match self {
-            StoreError::Database(sqlx::Error::Database(e)) => e.code()?.parse().ok(),
+            StoreError::Database(sqlx::Error::Database(e))
+                if e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() =>
+            {
+                e.code()?.parse().ok()
+            }
+            _ => None,
+        }
+    }
+
+    fn postgres_code(&self) -> Option<&str> {
+        match self {
+            StoreError::Database(sqlx::Error::Database(e)) => Some(
+                e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()?
+                    .code(),
+            ),
             _ => None,
         }
     }
 }
 
-/// Handle to the database; cheap to clone (clones share the epoch).
+/// The engine that holds the data.
 #[derive(Clone, Debug)]
+pub enum Backend {
+    /// The embedded default: one file, served by one process.
+    Sqlite { path: PathBuf },
+    /// A PostgreSQL database.
+    Postgres,
+}
+
+/// Where the data is: an SQLite file, or a PostgreSQL URL
+/// (`postgres://user@host/database`).
+#[derive(Clone)]
+pub enum Location {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl From<PathBuf> for Location {
+    fn from(path: PathBuf) -> Location {
+        Location::Sqlite(path)
+    }
+}
+
+impl From<&Path> for Location {
+    fn from(path: &Path) -> Location {
+        Location::Sqlite(path.to_owned())
+    }
+}
+
+impl std::fmt::Display for Location {
+    /// The database as named in messages and logs: never a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "{}", path.display()),
+            Location::Postgres(url) => f.write_str(&postgres::redacted(url)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Location::Postgres(_) => f.debug_tuple("Postgres").field(&self.to_string()).finish(),
+        }
+    }
+}
+
+impl Location {
+    /// Whether `text` names a PostgreSQL database rather than a file.
+    pub fn is_postgres_url(text: &str) -> bool {
+        text.starts_with("postgres://") || text.starts_with("postgresql://")
+    }
+}
+
+impl std::fmt::Debug for Store {
+    // Not the connect options: they hold the database's password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .field("epoch", &self.epoch())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes this process the one node serving the database at `location`,
+/// before anything is written to it (migrations included). On SQLite the
+/// data directory's lock has done so already ([`crate::data_dir`]); on
+/// PostgreSQL a session advisory lock does, because a node does not yet
+/// hear of changes another node stored (its loaded documents, devices and
+/// figures would fall behind).
+pub async fn claim_sole_node(location: &Location) -> Result<SoleNode, StoreError> {
+    match location {
+        Location::Sqlite(_) => Ok(SoleNode::by_directory()),
+        Location::Postgres(url) => postgres::claim_sole_node(url).await,
+    }
+}
+
+/// A write transaction of the store.
+pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// Handle to the database; cheap to clone (clones share the epoch).
+#[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    options: AnyConnectOptions,
+    backend: Backend,
     /// The database's epoch this process works in: its automerge-repo
     /// storage id, which a restore replaces. Every write transaction checks
     /// it ([`Store::begin_write`]), so a process still holding documents
@@ -124,6 +240,29 @@ impl Store {
         Store::open_on_vfs(path, None).await
     }
 
+    /// Opens the database at `location`.
+    pub async fn open_at(location: &Location) -> Result<Store, StoreError> {
+        match location {
+            Location::Sqlite(path) => Store::open(path).await,
+            Location::Postgres(url) => Store::connect_postgres(url).await,
+        }
+    }
+
+    /// Connects to a PostgreSQL database (which must exist) and applies
+    /// migrations; several processes may do so at once (sqlx's migrator
+    /// holds an advisory lock while it works).
+    pub async fn connect_postgres(url: &str) -> Result<Store, StoreError> {
+        let (pool, options) = postgres::connect(url).await?;
+        sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+        let epoch = stored_epoch_or_new(&pool).await?;
+        Ok(Store {
+            pool,
+            options,
+            backend: Backend::Postgres,
+            epoch: Arc::new(RwLock::new(epoch)),
+        })
+    }
+
     /// [`Store::open`] on an SQLite VFS registered beforehand (`None`: the
     /// default). The durability tests use one that simulates a power cut.
     pub async fn open_on_vfs(path: &Path, vfs: Option<&str>) -> Result<Store, StoreError> {
@@ -133,35 +272,132 @@ impl Store {
                 source,
             })?;
         }
-        let options = SqliteConnectOptions::from_str("sqlite://")?;
-        let options = match vfs {
-            Some(vfs) => options.vfs(vfs.to_owned()),
-            None => options,
-        };
-        let options = options
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
+        sqlx::any::install_default_drivers();
+        let path = resolved(path)?;
+        let mut params = "mode=rwc".to_owned();
+        if let Some(vfs) = vfs {
+            params.push_str("&vfs=");
+            params.push_str(vfs);
+        }
+        let options = AnyConnectOptions::from_str(&sqlite_url(&path, &params)?)?;
+        let pool = AnyPoolOptions::new()
             .max_connections(8)
+            .after_connect(|conn, _| Box::pin(async move { set_up_connection(conn).await }))
             .after_release(|conn, _| Box::pin(async move { Ok(is_clean(conn).await) }))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         check_durability(&pool).await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
         let epoch = stored_epoch_or_new(&pool).await?;
         Ok(Store {
             pool,
+            options,
+            backend: Backend::Sqlite { path },
             epoch: Arc::new(RwLock::new(epoch)),
         })
     }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The column that orders a document's chunks as they were stored:
+    /// SQLite's rowid, PostgreSQL's identity column.
+    pub(crate) fn chunk_order(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite { .. } => "rowid",
+            Backend::Postgres => "seq",
+        }
+    }
+
+    /// The SQLite database file, for what only a file has (backups).
+    pub fn sqlite_file(&self, what: &str) -> Result<&Path, StoreError> {
+        match &self.backend {
+            Backend::Sqlite { path } => Ok(path),
+            Backend::Postgres => Err(StoreError::Unsupported(format!(
+                "{what} works on the SQLite database; for PostgreSQL use pg_dump and \
+                 pg_restore (README, \"Backups, restores and metrics\")"
+            ))),
+        }
+    }
+
+    /// A connection outside the pool, set up as the pool's are: for work
+    /// that changes a connection's state (an attached database) which must
+    /// not go back into the pool.
+    pub(crate) async fn connect_alone(&self) -> Result<sqlx::AnyConnection, StoreError> {
+        use sqlx::ConnectOptions;
+        let mut conn = self.options.connect().await?;
+        set_up_connection(&mut conn).await?;
+        Ok(conn)
+    }
+}
+
+/// The settings each SQLite connection is opened with. Synchronous and the
+/// busy timeout are not kept in the file; WAL is, and is set again harmlessly.
+async fn set_up_connection(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    conn.execute(
+        "pragma busy_timeout = 10000; pragma journal_mode = wal;
+         pragma synchronous = full; pragma foreign_keys = on",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Opens an SQLite file that nothing may change while it is read (a
+/// backup), without writing to it or beside it.
+pub(crate) async fn read_sqlite_file(path: &Path) -> Result<sqlx::AnyConnection, StoreError> {
+    use sqlx::ConnectOptions;
+    sqlx::any::install_default_drivers();
+    let path = resolved(path)?;
+    let options = AnyConnectOptions::from_str(&sqlite_url(&path, "mode=ro&immutable=true")?)?;
+    Ok(options.connect().await?)
+}
+
+/// An `sqlite://` URL for `path` (absolute) with query `params`.
+fn sqlite_url(path: &Path, params: &str) -> Result<String, StoreError> {
+    Ok(format!("sqlite://{}?{params}", percent_encoded(path)?))
+}
+
+/// `path` with its folder resolved (links and `..` followed, as the kernel
+/// follows them): a URL parser would drop `..` as text and name another
+/// file.
+fn resolved(path: &Path) -> Result<PathBuf, StoreError> {
+    let absolute = std::path::absolute(path).map_err(|source| StoreError::DataDir {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let (Some(dir), Some(name)) = (absolute.parent(), absolute.file_name()) else {
+        return Err(StoreError::Invalid(format!(
+            "{} does not name a database file",
+            path.display()
+        )));
+    };
+    let dir = dir.canonicalize().map_err(|source| StoreError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    Ok(dir.join(name))
+}
+
+/// `path` for an `sqlite://` URL: every byte but the plainest escaped, so
+/// that no `?`, `#` or `%` in a folder's name is read as URL syntax.
+fn percent_encoded(path: &Path) -> Result<String, StoreError> {
+    let text = path.to_str().ok_or_else(|| {
+        StoreError::Invalid(format!("the database path {} is not UTF-8", path.display()))
+    })?;
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"/._-~".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    Ok(encoded)
 }
 
 /// Reads back the settings the acknowledgement depends on.
-async fn check_durability(pool: &SqlitePool) -> Result<(), StoreError> {
+async fn check_durability(pool: &AnyPool) -> Result<(), StoreError> {
     let journal: String = sqlx::query_scalar("pragma journal_mode")
         .fetch_one(pool)
         .await?;
@@ -187,10 +423,10 @@ async fn check_durability(pool: &SqlitePool) -> Result<(), StoreError> {
 }
 
 /// The database's epoch (its storage id), made on first open.
-async fn stored_epoch_or_new(pool: &SqlitePool) -> Result<String, StoreError> {
+async fn stored_epoch_or_new(pool: &AnyPool) -> Result<String, StoreError> {
     let fresh = uuid::Uuid::new_v4().to_string();
     sqlx::query(
-        "insert into server_meta (key, value) values ('storage_id', ?) on conflict (key) do nothing",
+        "insert into server_meta (key, value) values ('storage_id', $1) on conflict (key) do nothing",
     )
     .bind(&fresh)
     .execute(pool)
@@ -200,7 +436,7 @@ async fn stored_epoch_or_new(pool: &SqlitePool) -> Result<String, StoreError> {
 
 /// The epoch the database holds now.
 async fn stored_epoch<'e>(
-    executor: impl sqlx::SqliteExecutor<'e>,
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
 ) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar("select value from server_meta where key = 'storage_id'")
         .fetch_optional(executor)
@@ -214,7 +450,7 @@ impl Store {
     pub async fn probe_write(&self) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "insert into server_meta (key, value) values ('write_probe', ?)
+            "insert into server_meta (key, value) values ('write_probe', $1)
              on conflict (key) do update set value = excluded.value",
         )
         .bind(now_ms().to_string())
@@ -237,10 +473,11 @@ impl Store {
     /// It is also where a restore under this process is caught: the
     /// transaction goes on only while the database's epoch is the one this
     /// process works in ([`StoreError::Restored`] otherwise).
-    pub(crate) async fn begin_write(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        let mut tx = self.pool.begin_with("begin immediate").await?;
+    pub(crate) async fn begin_write(&self) -> Result<Tx, StoreError> {
+        let mut tx = match self.backend {
+            Backend::Sqlite { .. } => self.pool.begin_with("begin immediate").await?,
+            Backend::Postgres => postgres::begin_write(&self.pool).await?,
+        };
         if stored_epoch(&mut *tx).await?.as_deref() != Some(self.epoch().as_str()) {
             return Err(StoreError::Restored);
         }
@@ -272,7 +509,7 @@ impl Store {
         }
     }
 
-    pub(crate) fn pool(&self) -> &SqlitePool {
+    pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
 }
@@ -287,7 +524,7 @@ impl Store {
 /// fails, and the server answered 500 to every write until a restart, long
 /// after the disk had room again. A connection that is not clean is closed
 /// instead of pooled; the pool opens a fresh one when it needs it.
-async fn is_clean(conn: &mut sqlx::SqliteConnection) -> bool {
+async fn is_clean(conn: &mut sqlx::AnyConnection) -> bool {
     use sqlx::Connection;
     if !conn.is_in_transaction() {
         return true;

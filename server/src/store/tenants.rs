@@ -4,7 +4,7 @@ use doorstep_protocol::schema::{DocumentKind, genesis};
 use doorstep_protocol::{DocumentId, TenantId};
 use serde::Serialize;
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use super::audit::{AuditEntry, record};
 use super::devices::CodeStatus;
@@ -54,7 +54,7 @@ pub struct User {
     pub tenant_path: TenantPath,
 }
 
-fn tenant_from_row(row: &SqliteRow) -> Result<Tenant, StoreError> {
+fn tenant_from_row(row: &AnyRow) -> Result<Tenant, StoreError> {
     let parent: Option<String> = row.try_get("parent_id")?;
     Ok(Tenant {
         id: parse_column(&row.try_get::<String, _>("id")?, "tenant id")?,
@@ -65,7 +65,7 @@ fn tenant_from_row(row: &SqliteRow) -> Result<Tenant, StoreError> {
     })
 }
 
-pub(super) fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
+pub(super) fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
     Ok(User {
         id: parse_column(&row.try_get::<String, _>("id")?, "user id")?,
         username: row.try_get("username")?,
@@ -83,7 +83,7 @@ const NO_PASSWORD: &str = "";
 const RESERVED_USERNAMES: &[&str] = &["cli", "anonymous"];
 
 async fn insert_user(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut crate::store::Tx,
     username: &str,
     password_hash: &str,
     role: Role,
@@ -101,7 +101,7 @@ async fn insert_user(
             "{username:?} is reserved; a username has no ':' and is not {RESERVED_USERNAMES:?}"
         )));
     }
-    let t = sqlx::query("select id, parent_id, level, name, path from tenants where id = ?")
+    let t = sqlx::query("select id, parent_id, level, name, path from tenants where id = $1")
         .bind(tenant.to_string())
         .fetch_optional(&mut **tx)
         .await?
@@ -118,7 +118,7 @@ async fn insert_user(
         )));
     }
     let id = uuid::Uuid::now_v7();
-    let result = sqlx::query("insert into users (id, username, password_hash, role, tenant_id, created_at) values (?, ?, ?, ?, ?, ?)")
+    let result = sqlx::query("insert into users (id, username, password_hash, role, tenant_id, created_at) values ($1, $2, $3, $4, $5, $6)")
         .bind(id.to_string())
         .bind(username)
         .bind(password_hash)
@@ -180,7 +180,7 @@ const INVITATION_COLUMNS: &str = "i.id, i.user_id, u.username, u.role, u.tenant_
      i.created_by, i.created_at, i.expires_at, i.needs_approval, i.approved_at, i.approved_by,
      i.denied_at, i.denied_by, i.presented_at, i.used_at";
 
-fn invitation_from_row(row: &SqliteRow, now: i64) -> Result<Invitation, StoreError> {
+fn invitation_from_row(row: &AnyRow, now: i64) -> Result<Invitation, StoreError> {
     let approved_by: Option<String> = row.try_get("approved_by")?;
     let denied_by: Option<String> = row.try_get("denied_by")?;
     let expires_at = row.try_get("expires_at")?;
@@ -232,7 +232,7 @@ pub struct Grant {
 const GRANT_COLUMNS: &str = "g.id, g.branch_id, t.path, g.user_id, u.username, g.reason,
      g.created_at, g.expires_at, g.revoked_at, g.revoked_by";
 
-fn grant_from_row(row: &SqliteRow, now: i64) -> Result<Grant, StoreError> {
+fn grant_from_row(row: &AnyRow, now: i64) -> Result<Grant, StoreError> {
     let expires_at: i64 = row.try_get("expires_at")?;
     let revoked_at: Option<i64> = row.try_get("revoked_at")?;
     Ok(Grant {
@@ -253,14 +253,14 @@ fn grant_from_row(row: &SqliteRow, now: i64) -> Result<Grant, StoreError> {
 /// Ends every grant in force that `holder` has, each with its audit entry
 /// on the grant's branch. Returns how many ended.
 pub(super) async fn end_grants_of_holder(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut crate::store::Tx,
     holder: &User,
     by: &str,
 ) -> Result<usize, StoreError> {
     let now = now_ms();
     let ended: Vec<(String, String, String)> = sqlx::query_as(
-        "update drilldown_grants set revoked_at = ?, revoked_by = ?
-         where user_id = ? and revoked_at is null and expires_at > ?
+        "update drilldown_grants set revoked_at = $1, revoked_by = $2
+         where user_id = $3 and revoked_at is null and expires_at > $4
          returning id, branch_id, (select path from tenants t where t.id = branch_id)",
     )
     .bind(now)
@@ -334,7 +334,7 @@ impl Store {
         let path = match (parent, level.parent()) {
             (None, None) => TenantPath::root(id),
             (Some(parent), Some(parent_level)) => {
-                let row = sqlx::query("select level, path from tenants where id = ?")
+                let row = sqlx::query("select level, path from tenants where id = $1")
                     .bind(parent.to_string())
                     .fetch_optional(&mut *tx)
                     .await?
@@ -361,7 +361,7 @@ impl Store {
             (Some(_), None) => return Err(StoreError::Invalid("a district has no parent".into())),
         };
         let now = now_ms();
-        sqlx::query("insert into tenants (id, parent_id, level, name, path, created_at) values (?, ?, ?, ?, ?, ?)")
+        sqlx::query("insert into tenants (id, parent_id, level, name, path, created_at) values ($1, $2, $3, $4, $5, $6)")
             .bind(id.to_string())
             .bind(parent.map(|p| p.to_string()))
             .bind(level.as_str())
@@ -403,7 +403,7 @@ impl Store {
     }
 
     pub async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>, StoreError> {
-        sqlx::query("select id, parent_id, level, name, path from tenants where id = ?")
+        sqlx::query("select id, parent_id, level, name, path from tenants where id = $1")
             .bind(id.to_string())
             .fetch_optional(self.pool())
             .await?
@@ -414,7 +414,7 @@ impl Store {
 
     /// The tenant at `scope` and every tenant below it, by path.
     pub async fn tenants_within(&self, scope: &TenantPath) -> Result<Vec<Tenant>, StoreError> {
-        sqlx::query("select id, parent_id, level, name, path from tenants where path = ? or path like ? order by path")
+        sqlx::query("select id, parent_id, level, name, path from tenants where path = $1 or path like $2 order by path")
             .bind(scope.as_str())
             .bind(scope.descendants_pattern())
             .fetch_all(self.pool())
@@ -469,7 +469,7 @@ impl Store {
         let id = uuid::Uuid::now_v7();
         sqlx::query(
             "insert into user_invitations (id, user_id, code_hash, created_by, created_at, expires_at, needs_approval)
-             values (?, ?, ?, ?, ?, ?, ?)",
+             values ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(id.to_string())
         .bind(user.id.to_string())
@@ -498,7 +498,7 @@ impl Store {
     pub async fn invitation(&self, id: uuid::Uuid) -> Result<Option<Invitation>, StoreError> {
         sqlx::query(&format!(
             "select {INVITATION_COLUMNS} from user_invitations i
-             join users u on u.id = i.user_id join tenants t on t.id = u.tenant_id where i.id = ?"
+             join users u on u.id = i.user_id join tenants t on t.id = u.tenant_id where i.id = $1"
         ))
         .bind(id.to_string())
         .fetch_optional(self.pool())
@@ -513,7 +513,7 @@ impl Store {
     ) -> Result<Option<Invitation>, StoreError> {
         sqlx::query(&format!(
             "select {INVITATION_COLUMNS} from user_invitations i
-             join users u on u.id = i.user_id join tenants t on t.id = u.tenant_id where i.code_hash = ?"
+             join users u on u.id = i.user_id join tenants t on t.id = u.tenant_id where i.code_hash = $1"
         ))
         .bind(code_hash)
         .fetch_optional(self.pool())
@@ -533,9 +533,9 @@ impl Store {
         let rows = sqlx::query(&format!(
             "select {INVITATION_COLUMNS} from user_invitations i
              join users u on u.id = i.user_id join tenants t on t.id = u.tenant_id
-             where (t.path = ? or t.path like ?)
-               and (? = 0 or (i.needs_approval = 1 and i.approved_at is null and i.denied_at is null
-                              and i.used_at is null and i.expires_at > ?))
+             where (t.path = $1 or t.path like $2)
+               and ($3 = 0 or (i.needs_approval = 1 and i.approved_at is null and i.denied_at is null
+                              and i.used_at is null and i.expires_at > $4))
              order by i.created_at desc limit 1000"
         ))
         .bind(scope.as_str())
@@ -564,23 +564,22 @@ impl Store {
         // to the approver only.
         let statement = match new_code_hash {
             Some(_) if approve => {
-                "update user_invitations set approved_at = ?, approved_by = ?, code_hash = ?"
+                "update user_invitations set approved_at = $2, approved_by = $3, code_hash = $4"
             }
-            _ if approve => "update user_invitations set approved_at = ?, approved_by = ?",
-            _ => "update user_invitations set denied_at = ?, denied_by = ?",
+            _ if approve => "update user_invitations set approved_at = $2, approved_by = $3",
+            _ => "update user_invitations set denied_at = $2, denied_by = $3",
         };
         let mut tx = self.begin_write().await?;
         let sql = format!(
-            "{statement} where id = ? and needs_approval = 1 and approved_at is null
-             and denied_at is null and used_at is null and expires_at > ?"
+            "{statement} where id = $1 and needs_approval = 1 and approved_at is null
+             and denied_at is null and used_at is null and expires_at > $2"
         );
-        let decided = sqlx::query(&sql).bind(now).bind(by);
+        // $1 and $2 serve both pieces; the optional hash binds last.
+        let query = sqlx::query(&sql).bind(id.to_string()).bind(now).bind(by);
         let decided = match new_code_hash {
-            Some(hash) if approve => decided.bind(hash),
-            _ => decided,
+            Some(hash) if approve => query.bind(hash),
+            _ => query,
         }
-        .bind(id.to_string())
-        .bind(now)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -602,7 +601,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         let first = sqlx::query(
-            "update user_invitations set presented_at = ? where id = ? and presented_at is null",
+            "update user_invitations set presented_at = $1 where id = $2 and presented_at is null",
         )
         .bind(now_ms())
         .bind(invitation.id.to_string())
@@ -630,8 +629,8 @@ impl Store {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
         let user: Option<String> = sqlx::query_scalar(
-            "update user_invitations set used_at = ?
-             where code_hash = ? and used_at is null and denied_at is null and expires_at > ?
+            "update user_invitations set used_at = $1
+             where code_hash = $2 and used_at is null and denied_at is null and expires_at > $3
                and (needs_approval = 0 or approved_at is not null)
              returning user_id",
         )
@@ -644,7 +643,7 @@ impl Store {
             return Ok(None);
         };
         let set =
-            sqlx::query("update users set password_hash = ? where id = ? and password_hash = ?")
+            sqlx::query("update users set password_hash = $1 where id = $2 and password_hash = $3")
                 .bind(password_hash)
                 .bind(&user)
                 .bind(NO_PASSWORD)
@@ -656,7 +655,7 @@ impl Store {
         }
         let user = sqlx::query(
             "select u.id, u.username, u.role, u.tenant_id, t.path
-             from users u join tenants t on t.id = u.tenant_id where u.id = ?",
+             from users u join tenants t on t.id = u.tenant_id where u.id = $1",
         )
         .bind(&user)
         .fetch_one(&mut *tx)
@@ -675,7 +674,7 @@ impl Store {
         sqlx::query(
             "select u.id, u.username, u.role, u.tenant_id, t.path
              from user_sessions s join users u on u.id = s.user_id join tenants t on t.id = u.tenant_id
-             where s.token_hash = ?",
+             where s.token_hash = $1",
         )
         .bind(token_hash)
         .fetch_optional(self.pool())
@@ -689,7 +688,7 @@ impl Store {
     pub async fn user(&self, id: uuid::Uuid) -> Result<Option<User>, StoreError> {
         sqlx::query(
             "select u.id, u.username, u.role, u.tenant_id, t.path
-             from users u join tenants t on t.id = u.tenant_id where u.id = ?",
+             from users u join tenants t on t.id = u.tenant_id where u.id = $1",
         )
         .bind(id.to_string())
         .fetch_optional(self.pool())
@@ -715,8 +714,8 @@ impl Store {
         // leave a grant that comes back in force on re-enabling.
         let inserted = sqlx::query(
             "insert into drilldown_grants (id, branch_id, user_id, reason, created_at, expires_at)
-             select ?, ?, ?, ?, ?, ? where exists
-                 (select 1 from users where id = ? and disabled_at is null)",
+             select $1, $2, $3, $4, $5, $6 where exists
+                 (select 1 from users where id = $7 and disabled_at is null)",
         )
         .bind(id.to_string())
         .bind(branch.id.to_string())
@@ -743,7 +742,7 @@ impl Store {
     pub async fn grant(&self, id: uuid::Uuid) -> Result<Option<Grant>, StoreError> {
         sqlx::query(&format!(
             "select {GRANT_COLUMNS} from drilldown_grants g join users u on u.id = g.user_id
-             join tenants t on t.id = g.branch_id where g.id = ?"
+             join tenants t on t.id = g.branch_id where g.id = $1"
         ))
         .bind(id.to_string())
         .fetch_optional(self.pool())
@@ -757,7 +756,7 @@ impl Store {
         let now = now_ms();
         let rows = sqlx::query(&format!(
             "select {GRANT_COLUMNS} from drilldown_grants g join users u on u.id = g.user_id
-             join tenants t on t.id = g.branch_id where g.branch_id = ? order by g.created_at desc"
+             join tenants t on t.id = g.branch_id where g.branch_id = $1 order by g.created_at desc"
         ))
         .bind(branch.to_string())
         .fetch_all(self.pool())
@@ -775,7 +774,7 @@ impl Store {
         sqlx::query(&format!(
             "select {GRANT_COLUMNS} from drilldown_grants g join users u on u.id = g.user_id
              join tenants t on t.id = g.branch_id
-             where g.user_id = ? and g.branch_id = ? and g.revoked_at is null and g.expires_at > ?
+             where g.user_id = $1 and g.branch_id = $2 and g.revoked_at is null and g.expires_at > $3
                and u.disabled_at is null
              order by g.expires_at desc limit 1"
         ))
@@ -798,8 +797,8 @@ impl Store {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
         let revoked = sqlx::query(
-            "update drilldown_grants set revoked_at = ?, revoked_by = ?
-             where id = ? and revoked_at is null and expires_at > ?",
+            "update drilldown_grants set revoked_at = $1, revoked_by = $2
+             where id = $3 and revoked_at is null and expires_at > $4",
         )
         .bind(now)
         .bind(by)
@@ -820,7 +819,7 @@ impl Store {
         sqlx::query(
             "select u.id, u.username, u.role, u.tenant_id, t.path
              from users u join tenants t on t.id = u.tenant_id
-             where t.path = ? or t.path like ? order by t.path, u.username",
+             where t.path = $1 or t.path like $2 order by t.path, u.username",
         )
         .bind(scope.as_str())
         .bind(scope.descendants_pattern())

@@ -4,6 +4,7 @@
 mod admission;
 mod api;
 mod authority;
+mod backends;
 mod bad_input;
 mod bombs;
 mod budgets;

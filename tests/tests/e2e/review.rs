@@ -117,7 +117,7 @@ async fn review_one_unloadable_document_must_not_stop_the_server_or_reproject() 
     let started = Hub::start(
         store.clone(),
         Arc::new(store.clone()),
-        Arc::new(Config::new(&path)),
+        Arc::new(Config::new(path.as_path())),
     )
     .await;
     // `doorstep reproject` (the operator's repair command) on the same file.
