@@ -19,7 +19,8 @@ use doorstep_protocol::TenantId;
 use doorstep_server::admin;
 use doorstep_server::config::Config;
 use doorstep_server::store::faults::FaultyStore;
-use doorstep_server::store::{Location, Store, Tenant};
+use doorstep_server::store::testing::{create_database, drop_database, test_postgres};
+use doorstep_server::store::{Backend, Location, Store, Tenant};
 use doorstep_server::tenancy::{Level, Role};
 use serde::Deserialize;
 use tokio::sync::oneshot;
@@ -108,8 +109,12 @@ impl TestServer {
         configure: impl FnOnce(&mut Config),
     ) -> anyhow::Result<TestServer> {
         init_tracing();
-        let mut config = Config::new(data_dir.path().join("doorstep.db"));
+        let mut config = Config::new(test_database(data_dir.path(), vfs).await?);
         configure(&mut config);
+        // Named after `configure`, which may choose a database itself.
+        if let Location::Postgres(url) = &config.database {
+            std::fs::write(data_dir.path().join(POSTGRES_DATABASE_FILE), url)?;
+        }
         let store = match &config.database {
             Location::Sqlite(path) => Store::open_on_vfs(path, vfs).await?,
             postgres => Store::open_at(postgres).await?,
@@ -170,7 +175,35 @@ impl TestServer {
         format!("ws://{}/sync", self.addr)
     }
 
+    /// Where the server's database is.
+    pub fn location(&self) -> Location {
+        match self.store.backend() {
+            Backend::Sqlite { path } => Location::Sqlite(path.clone()),
+            Backend::Postgres => {
+                match std::fs::read_to_string(self.data_dir().join(POSTGRES_DATABASE_FILE)) {
+                    Ok(url) => Location::Postgres(url),
+                    Err(e) => panic!("a test server on PostgreSQL names its database: {e}"),
+                }
+            }
+        }
+    }
+
+    /// The `doorstep` command line's arguments naming this server's
+    /// database: the admin CLI run beside it.
+    pub fn database_args(&self) -> Vec<std::ffi::OsString> {
+        match self.location() {
+            Location::Sqlite(_) => vec!["--data-dir".into(), self.data_dir().into()],
+            Location::Postgres(url) => vec!["--database".into(), url.into()],
+        }
+    }
+
+    /// The SQLite file of a server on SQLite; a test that reaches into the
+    /// file itself runs on SQLite only (a server on PostgreSQL panics here).
     pub fn database_path(&self) -> PathBuf {
+        assert!(
+            matches!(self.store.backend(), Backend::Sqlite { .. }),
+            "this test reads the SQLite file directly; it runs on SQLite only"
+        );
         self.data_dir().join("doorstep.db")
     }
 
@@ -260,6 +293,21 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        // A server dropped with its data directory (not stopped for a
+        // restart) takes its PostgreSQL database with it, on a thread of
+        // its own: drop cannot wait, and the test's runtime may be ending.
+        if let Some(dir) = &self.data_dir
+            && let Ok(url) = std::fs::read_to_string(dir.path().join(POSTGRES_DATABASE_FILE))
+        {
+            std::thread::spawn(move || {
+                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    let _ = runtime.block_on(drop_database(&url));
+                }
+            });
         }
     }
 }
@@ -443,4 +491,42 @@ pub fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ has a parent")
+}
+
+/// The file in a test server's data directory naming its PostgreSQL
+/// database, so that a restart on the directory finds the same one.
+const POSTGRES_DATABASE_FILE: &str = "postgres-database";
+
+/// The database of a test server on `data_dir`: the PostgreSQL database
+/// named there by an earlier start; else, when `DOORSTEP_TEST_POSTGRES` is
+/// set (and the server is not on a test VFS, which only SQLite has), a new
+/// database on it; else `doorstep.db` in `data_dir`.
+async fn test_database(data_dir: &Path, vfs: Option<&str>) -> anyhow::Result<Location> {
+    let named = data_dir.join(POSTGRES_DATABASE_FILE);
+    if let Ok(url) = std::fs::read_to_string(&named) {
+        return Ok(Location::Postgres(url));
+    }
+    let sqlite = Location::Sqlite(data_dir.join("doorstep.db"));
+    if vfs.is_some() || sqlite_only() || std::fs::exists(data_dir.join("doorstep.db"))? {
+        return Ok(sqlite);
+    }
+    match test_postgres() {
+        Some(server) => Ok(create_database(&server).await?),
+        None => Ok(sqlite),
+    }
+}
+
+tokio::task_local! {
+    static SQLITE_ONLY: ();
+}
+
+/// Whether the running test asked for SQLite ([`on_sqlite`]).
+fn sqlite_only() -> bool {
+    SQLITE_ONLY.try_with(|_| ()).is_ok()
+}
+
+/// Runs `test` with every server it starts on SQLite: for tests of what
+/// only SQLite has (its file, its VFS, backups) or that reach into the file.
+pub async fn on_sqlite<T>(test: impl Future<Output = T>) -> T {
+    SQLITE_ONLY.scope((), test).await
 }

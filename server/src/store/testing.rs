@@ -3,7 +3,9 @@
 //! The same tests run on both backends: on SQLite by default, and on
 //! PostgreSQL when `DOORSTEP_TEST_POSTGRES` names a server
 //! (`postgres://user@host:port`), where each test gets a database of its
-//! own. The test script starts a throwaway cluster and runs them so.
+//! own. The test script starts a throwaway cluster and runs the suite so,
+//! then runs the store's and the end-to-end tests again with
+//! `DOORSTEP_TEST_BACKEND=sqlite`.
 
 use std::str::FromStr;
 
@@ -15,8 +17,22 @@ use super::{Location, StoreError};
 /// The variable naming the PostgreSQL server tests may make databases on.
 pub const TEST_POSTGRES: &str = "DOORSTEP_TEST_POSTGRES";
 
-/// The PostgreSQL server tests run on, if one was named.
+/// Set to `sqlite`, tests run on SQLite although [`TEST_POSTGRES`] names
+/// a server (tests that compare the backends still use it).
+pub const TEST_BACKEND: &str = "DOORSTEP_TEST_BACKEND";
+
+/// The PostgreSQL server tests run on, if one was named and not put aside
+/// by [`TEST_BACKEND`].
 pub fn test_postgres() -> Option<String> {
+    if std::env::var(TEST_BACKEND).is_ok_and(|b| b.eq_ignore_ascii_case("sqlite")) {
+        return None;
+    }
+    postgres_server()
+}
+
+/// The PostgreSQL server named by [`TEST_POSTGRES`], whatever the backend
+/// the tests run on.
+pub fn postgres_server() -> Option<String> {
     std::env::var(TEST_POSTGRES)
         .ok()
         .filter(|url| !url.is_empty())
@@ -48,11 +64,36 @@ pub async fn create_database(server: &str) -> Result<Location, StoreError> {
     let mut admin = AnyConnectOptions::from_str(&with_database("postgres"))?
         .connect()
         .await?;
+    // A file copy writes no WAL for the new database's files: a suite
+    // makes hundreds.
     admin
-        .execute(format!("create database {name}").as_str())
+        .execute(format!("create database {name} strategy = file_copy").as_str())
         .await?;
     let _ = admin.close().await;
     Ok(Location::Postgres(with_database(&name)))
+}
+
+/// Drops a database [`create_database`] made, ending its connections
+/// (a test's databases would otherwise fill the disk of a CI machine).
+pub async fn drop_database(url: &str) -> Result<(), StoreError> {
+    sqlx::any::install_default_drivers();
+    let parsed = url::Url::parse(url).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let name = parsed.path().trim_start_matches('/').to_owned();
+    if !name.starts_with("doorstep_test_") {
+        return Err(StoreError::Invalid(format!(
+            "{name} is not a test database"
+        )));
+    }
+    let mut admin_url = parsed;
+    admin_url.set_path("/postgres");
+    let mut admin = AnyConnectOptions::from_str(admin_url.as_str())?
+        .connect()
+        .await?;
+    admin
+        .execute(format!("drop database if exists {name} with (force)").as_str())
+        .await?;
+    let _ = admin.close().await;
+    Ok(())
 }
 
 /// Where a test's database is: a fresh PostgreSQL database when

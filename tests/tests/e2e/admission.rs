@@ -293,8 +293,17 @@ async fn one_device_cannot_use_up_a_documents_actors_and_others_still_join() -> 
     Ok(())
 }
 
+// On SQLite only: it reads the SQLite file itself.
 #[tokio::test]
 async fn a_device_presenting_endless_storage_ids_keeps_a_bounded_number_of_sync_states()
+-> anyhow::Result<()> {
+    doorstep_tests::on_sqlite(
+        a_device_presenting_endless_storage_ids_keeps_a_bounded_number_of_sync_states_on_sqlite(),
+    )
+    .await
+}
+
+async fn a_device_presenting_endless_storage_ids_keeps_a_bounded_number_of_sync_states_on_sqlite()
 -> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
     let d = server.district().await?;

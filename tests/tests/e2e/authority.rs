@@ -99,8 +99,7 @@ async fn is_disabled(server: &TestServer, username: &str) -> anyhow::Result<bool
 /// Runs the `doorstep` binary on the server's database (the operator).
 async fn doorstep(server: &TestServer, args: &[&str]) -> anyhow::Result<std::process::Output> {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_doorstep"))
-        .arg("--data-dir")
-        .arg(server.data_dir())
+        .args(server.database_args())
         .args(args)
         .env("RUST_LOG", "warn")
         .output()

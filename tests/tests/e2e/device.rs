@@ -364,8 +364,17 @@ async fn an_edit_reaches_another_connected_device_by_push() -> anyhow::Result<()
     Ok(())
 }
 
+// On SQLite only: it reads the SQLite file itself.
 #[tokio::test]
 async fn a_server_that_lost_the_device_leaves_its_edits_exportable_to_a_new_device()
+-> anyhow::Result<()> {
+    doorstep_tests::on_sqlite(
+        a_server_that_lost_the_device_leaves_its_edits_exportable_to_a_new_device_on_sqlite(),
+    )
+    .await
+}
+
+async fn a_server_that_lost_the_device_leaves_its_edits_exportable_to_a_new_device_on_sqlite()
 -> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
@@ -1246,8 +1255,17 @@ async fn a_stand_in_that_makes_other_edits_does_not_make_the_original_vanish() -
 // From the fourth review: a document the server refuses outright while
 // it holds an edit the server never acknowledged settled as "up to date",
 // and an app that took that for "safe to wipe" would lose the edit.
+// On SQLite only: it reads the SQLite file itself.
 #[tokio::test]
 async fn a_document_refused_with_unacknowledged_edits_is_never_reported_up_to_date()
+-> anyhow::Result<()> {
+    doorstep_tests::on_sqlite(
+        a_document_refused_with_unacknowledged_edits_is_never_reported_up_to_date_on_sqlite(),
+    )
+    .await
+}
+
+async fn a_document_refused_with_unacknowledged_edits_is_never_reported_up_to_date_on_sqlite()
 -> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
     let d = server.district().await?;

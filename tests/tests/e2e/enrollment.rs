@@ -95,8 +95,17 @@ async fn an_enrollment_whose_response_was_lost_succeeds_on_retry_as_the_same_dev
     Ok(())
 }
 
+// On SQLite only: it reads the SQLite file itself.
 #[tokio::test]
 async fn a_spent_code_stays_one_time_for_any_other_nonce_and_after_the_device_connected()
+-> anyhow::Result<()> {
+    doorstep_tests::on_sqlite(
+        a_spent_code_stays_one_time_for_any_other_nonce_and_after_the_device_connected_on_sqlite(),
+    )
+    .await
+}
+
+async fn a_spent_code_stays_one_time_for_any_other_nonce_and_after_the_device_connected_on_sqlite()
 -> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
     let district = server.district().await?;

@@ -243,8 +243,17 @@ async fn one_address_guessing_across_usernames_is_throttled() -> anyhow::Result<
     Ok(())
 }
 
+// On SQLite only: it reads the SQLite file itself.
 #[tokio::test]
 async fn a_disabled_user_cannot_log_in_and_its_sessions_stop_at_once() -> anyhow::Result<()> {
+    doorstep_tests::on_sqlite(
+        a_disabled_user_cannot_log_in_and_its_sessions_stop_at_once_on_sqlite(),
+    )
+    .await
+}
+
+async fn a_disabled_user_cannot_log_in_and_its_sessions_stop_at_once_on_sqlite()
+-> anyhow::Result<()> {
     let (server, _clock, _work) = spawn().await?;
     let d = server.district().await?;
     let admin = server

@@ -117,8 +117,17 @@ async fn backup(server: &TestServer) -> anyhow::Result<(tempfile::TempDir, std::
 /// why) and takes writes again at once, in the new epoch; nothing made
 /// after the backup is rewound (a device enrolled since keeps its token, a
 /// visit synced since stays counted); the audit log has both.
+// On SQLite only: backups and restores are SQLite.
 #[tokio::test]
 async fn a_restore_under_a_running_server_is_noticed_and_rewinds_nothing() -> anyhow::Result<()> {
+    doorstep_tests::on_sqlite(
+        a_restore_under_a_running_server_is_noticed_and_rewinds_nothing_on_sqlite(),
+    )
+    .await
+}
+
+async fn a_restore_under_a_running_server_is_noticed_and_rewinds_nothing_on_sqlite()
+-> anyhow::Result<()> {
     let Synced {
         server,
         district: d,
@@ -225,8 +234,17 @@ async fn a_restore_under_a_running_server_is_noticed_and_rewinds_nothing() -> an
 /// disk, a bad manual repair): the figures drop. Restoring the backup
 /// beside the running server brings the changes back, and the server
 /// re-projects them without a restart.
+// On SQLite only: backups and restores are SQLite.
 #[tokio::test]
 async fn a_restore_under_a_running_server_brings_back_lost_changes_and_their_figures()
+-> anyhow::Result<()> {
+    doorstep_tests::on_sqlite(
+        a_restore_under_a_running_server_brings_back_lost_changes_and_their_figures_on_sqlite(),
+    )
+    .await
+}
+
+async fn a_restore_under_a_running_server_brings_back_lost_changes_and_their_figures_on_sqlite()
 -> anyhow::Result<()> {
     let Synced {
         server,
@@ -276,8 +294,17 @@ async fn a_restore_under_a_running_server_brings_back_lost_changes_and_their_fig
 /// a visit in a month the phone would not open again (three months back,
 /// acknowledged long ago). The phone sees the server's epoch change and
 /// offers every document it holds: the visit comes back, nothing is lost.
+// On SQLite only: backups and restores are SQLite.
 #[tokio::test]
 async fn after_a_lost_database_is_restored_phones_bring_back_what_the_backup_lacks()
+-> anyhow::Result<()> {
+    doorstep_tests::on_sqlite(
+        after_a_lost_database_is_restored_phones_bring_back_what_the_backup_lacks_on_sqlite(),
+    )
+    .await
+}
+
+async fn after_a_lost_database_is_restored_phones_bring_back_what_the_backup_lacks_on_sqlite()
 -> anyhow::Result<()> {
     let Synced {
         server,
@@ -335,9 +362,18 @@ async fn after_a_lost_database_is_restored_phones_bring_back_what_the_backup_lac
 /// What is not a backup of this server is refused with a reason, and the
 /// database is left as it was: a missing file, bytes that are not SQLite,
 /// an SQLite file that is not Doorstep's, and the live database itself.
+// On SQLite only: backups and restores are SQLite.
 #[tokio::test]
 async fn a_restore_from_anything_but_a_backup_is_refused_and_changes_nothing() -> anyhow::Result<()>
 {
+    doorstep_tests::on_sqlite(
+        a_restore_from_anything_but_a_backup_is_refused_and_changes_nothing_on_sqlite(),
+    )
+    .await
+}
+
+async fn a_restore_from_anything_but_a_backup_is_refused_and_changes_nothing_on_sqlite()
+-> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
     server.district().await?;
     let epoch = server.store.epoch();
@@ -406,8 +442,13 @@ async fn a_restore_from_anything_but_a_backup_is_refused_and_changes_nothing() -
 /// `/metrics` shows the traffic a test made: a device's connection and
 /// messages both ways, an acknowledgement, a refused token and a document
 /// refused as unavailable.
+// On SQLite only: backups and restores are SQLite.
 #[tokio::test]
 async fn metrics_show_the_traffic_the_test_made() -> anyhow::Result<()> {
+    doorstep_tests::on_sqlite(metrics_show_the_traffic_the_test_made_on_sqlite()).await
+}
+
+async fn metrics_show_the_traffic_the_test_made_on_sqlite() -> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
     let scrape = || async {

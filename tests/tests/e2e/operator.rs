@@ -348,8 +348,13 @@ async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<(StatusCode, S
 
 /// A phone that enrolls twice with one code learns that the code was
 /// used, and an expired code says so, instead of "not valid".
+// On SQLite only: it reads the SQLite file itself.
 #[tokio::test]
 async fn a_reused_enrollment_code_says_it_was_already_used() -> anyhow::Result<()> {
+    doorstep_tests::on_sqlite(a_reused_enrollment_code_says_it_was_already_used_on_sqlite()).await
+}
+
+async fn a_reused_enrollment_code_says_it_was_already_used_on_sqlite() -> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
     let enroll = |code: String| {

@@ -814,8 +814,7 @@ async fn only_the_branch_secretary_and_the_district_auditor_read_the_audit_log()
 
     // And the operator, with the CLI.
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_doorstep"))
-        .arg("--data-dir")
-        .arg(server.data_dir())
+        .args(server.database_args())
         .args(["--json", "audit", "list", "--branch"])
         .arg(d.yingfeng.id.to_string())
         .env("RUST_LOG", "warn")

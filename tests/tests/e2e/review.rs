@@ -93,9 +93,18 @@ async fn review_an_acknowledged_sync_must_not_make_the_roster_unloadable() -> an
     Ok(())
 }
 
+// On SQLite only: it reads the SQLite file itself.
 #[tokio::test]
 async fn review_one_unloadable_document_must_not_stop_the_server_or_reproject() -> anyhow::Result<()>
 {
+    doorstep_tests::on_sqlite(
+        review_one_unloadable_document_must_not_stop_the_server_or_reproject_on_sqlite(),
+    )
+    .await
+}
+
+async fn review_one_unloadable_document_must_not_stop_the_server_or_reproject_on_sqlite()
+-> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
     let (roster, _) = bricked_roster(&server).await?;
     let path = server.database_path();

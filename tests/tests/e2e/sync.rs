@@ -304,7 +304,7 @@ async fn a_revocation_made_by_another_process_closes_the_socket() -> anyhow::Res
     )
     .await?;
     // What `doorstep device revoke` does: write to the database only.
-    let other_process = doorstep_server::store::Store::open(&server.database_path()).await?;
+    let other_process = doorstep_server::store::Store::open_at(&server.location()).await?;
     doorstep_server::admin::revoke_device(
         &other_process,
         device.enrolled.device_id.parse()?,
