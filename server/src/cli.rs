@@ -473,8 +473,8 @@ pub async fn main() -> anyhow::Result<()> {
     // beside a server and take none, and make no data directory unasked.
     let location = cli.location()?;
     let _serving = match &cli.command {
-        // PostgreSQL has no data directory; its one-node guard is taken
-        // below, once connected.
+        // PostgreSQL has no data directory: several nodes serve one
+        // database, and the admin commands run beside them.
         _ if matches!(location, Location::Postgres(_)) => {
             tracing::info!(database = %location, "using the database");
             None
@@ -507,17 +507,6 @@ pub async fn main() -> anyhow::Result<()> {
             tracing::info!(database = %cli.database_path().display(), "using the database");
             None
         }
-    };
-    // Until nodes tell each other of new changes, one node serves a
-    // PostgreSQL database, as one serves an SQLite directory; taken before
-    // the database is opened (and migrated), like the directory's lock.
-    let _sole_node = match &cli.command {
-        Command::Serve(_) => Some(
-            crate::store::claim_sole_node(&location)
-                .await
-                .with_context(|| format!("cannot serve {location}"))?,
-        ),
-        _ => None,
     };
     let store = match Store::open_at(&location).await {
         Ok(store) => store,

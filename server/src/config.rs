@@ -29,6 +29,10 @@ pub struct Config {
     /// How often to look for what another process (the CLI) did to the
     /// database: devices revoked, a restore from a backup.
     pub store_poll: Duration,
+    /// On PostgreSQL, how often each live document looks for changes other
+    /// nodes stored, besides hearing their announcements: the catch-all
+    /// for announcements lost while the listening connection was down.
+    pub change_poll: Duration,
     /// Lifetime of an API login.
     pub session_ttl: Duration,
     /// An API login unused for this long ends (before `session_ttl`).
@@ -87,6 +91,7 @@ impl Config {
             send_timeout: Duration::from_secs(120),
             document_idle: Duration::from_secs(300),
             store_poll: Duration::from_secs(1),
+            change_poll: Duration::from_secs(30),
             session_ttl: Duration::from_secs(12 * 3600),
             session_idle: Duration::from_secs(30 * 60),
             logins: crate::auth::LoginPolicy::default(),

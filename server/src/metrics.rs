@@ -14,6 +14,7 @@
 //! scraped.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -119,6 +120,18 @@ struct Inner {
     storage_errors: Family<WriteLabel, Counter>,
     live_documents: Gauge,
     lagging_projections: Gauge,
+    notification_queue: Gauge<f64, AtomicU64>,
+}
+
+/// The figures read when the metrics are scraped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AtScrape {
+    pub live_documents: usize,
+    pub lagging_projections: u64,
+    /// On PostgreSQL, the share of its NOTIFY queue in use (0 to 1): a
+    /// node that stops reading its announcements fills it, and at 1 every
+    /// commit on every node fails.
+    pub notification_queue_usage: f64,
 }
 
 /// The process's metrics. Cheap to clone; clones share every series.
@@ -185,6 +198,12 @@ impl Metrics {
                 "Documents whose projected rows are behind their stored changes (re-projected at the next merge or start)",
                 Gauge::default(),
             ),
+            notification_queue: registered(
+                r,
+                "notification_queue_usage",
+                "On PostgreSQL, the share of the NOTIFY queue in use by announcements not yet read by every listening node (0 on SQLite)",
+                Gauge::default(),
+            ),
             registry,
         };
         Metrics(Arc::new(inner))
@@ -224,13 +243,16 @@ impl Metrics {
 
     /// The OpenMetrics text of every series, with the figures read at
     /// scrape time set first.
-    pub fn encode(&self, live_documents: usize, lagging_projections: u64) -> String {
+    pub fn encode(&self, at_scrape: AtScrape) -> String {
         self.0
             .live_documents
-            .set(i64::try_from(live_documents).unwrap_or(i64::MAX));
+            .set(i64::try_from(at_scrape.live_documents).unwrap_or(i64::MAX));
         self.0
             .lagging_projections
-            .set(i64::try_from(lagging_projections).unwrap_or(i64::MAX));
+            .set(i64::try_from(at_scrape.lagging_projections).unwrap_or(i64::MAX));
+        self.0
+            .notification_queue
+            .set(at_scrape.notification_queue_usage);
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.0.registry);
@@ -268,7 +290,11 @@ mod tests {
         metrics.refused(Refusal::Revoked);
         metrics.storage_error(StorageWrite::Commit);
         metrics.acknowledged(Duration::from_millis(3));
-        let text = metrics.encode(2, 1);
+        let text = metrics.encode(AtScrape {
+            live_documents: 2,
+            lagging_projections: 1,
+            notification_queue_usage: 0.25,
+        });
         for line in [
             "doorstep_sync_connections 1",
             "doorstep_sync_messages_total{direction=\"in\"} 2",
@@ -279,10 +305,15 @@ mod tests {
             "doorstep_sync_acknowledgement_seconds_count 1",
             "doorstep_live_documents 2",
             "doorstep_lagging_projections 1",
+            "doorstep_notification_queue_usage 0.25",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
         drop(guard);
-        assert!(metrics.encode(0, 0).contains("doorstep_sync_connections 0"));
+        assert!(
+            metrics
+                .encode(AtScrape::default())
+                .contains("doorstep_sync_connections 0")
+        );
     }
 }

@@ -961,6 +961,27 @@ impl Keeper {
         }
     }
 
+    /// Adds changes another server node stored (read back from the shared
+    /// store, `bytes` of chunks): they were admitted there and are on disk,
+    /// so they go straight into the document, and the peers hear of them
+    /// at the next flush. An error leaves the document needing a reload.
+    pub fn merge_stored(
+        &mut self,
+        chunks: &[Vec<u8>],
+        bytes: u64,
+    ) -> Result<(), automerge::AutomergeError> {
+        for chunk in chunks {
+            if let Err(e) = self.doc.load_incremental(chunk) {
+                self.needs_reload = true;
+                return Err(e);
+            }
+        }
+        self.stored_bytes += bytes;
+        // Recounted from the document on the next message that needs it.
+        self.census = None;
+        Ok(())
+    }
+
     /// Messages every peer is owed now (after a peer joined, or to nudge).
     pub fn flush(&mut self, now_ms: u64) -> Outgoing {
         self.touch(now_ms);

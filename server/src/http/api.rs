@@ -95,11 +95,12 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
 pub async fn metrics(
     State(state): State<AppState>,
 ) -> Result<impl axum::response::IntoResponse, ApiError> {
-    let lagging = state.store.lagging_projections().await?;
-    let text = state
-        .config
-        .metrics
-        .encode(state.hub.live_documents(), lagging);
+    let at_scrape = crate::metrics::AtScrape {
+        live_documents: state.hub.live_documents(),
+        lagging_projections: state.store.lagging_projections().await?,
+        notification_queue_usage: state.store.notification_queue_usage().await?,
+    };
+    let text = state.config.metrics.encode(at_scrape);
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -44,6 +44,9 @@ pub(super) enum Command {
     /// document, which lacks what the restore added, and its peers' sync
     /// states describe the data before.
     Forget { done: oneshot::Sender<()> },
+    /// Another server node stored changes of the document (its new commit
+    /// number, or `None`: look it up), to be read and passed on.
+    Stored { seq: Option<i64> },
 }
 
 /// The answer to a [`Command::Sync`].
@@ -80,6 +83,9 @@ struct DocumentTask {
     /// The last commit went in without its projection: the next one
     /// projects the whole document.
     projection_lagging: bool,
+    /// The document's commit number this live document holds every stored
+    /// change up to; other nodes' commits after it are read from the store.
+    seen_seq: i64,
 }
 
 /// Runs a document until it is idle without peers, or the hub shuts down.
@@ -143,7 +149,7 @@ pub(super) async fn run(
             Command::Shutdown { done } | Command::Forget { done } => {
                 let _ = done.send(());
             }
-            Command::Leave { .. } | Command::Ephemeral { .. } => {}
+            Command::Leave { .. } | Command::Ephemeral { .. } | Command::Stored { .. } => {}
         }
     }
 }
@@ -158,7 +164,7 @@ fn refuse_while_unloaded(command: Command, error: &StoreError) {
         Command::Shutdown { done } | Command::Forget { done } => {
             let _ = done.send(());
         }
-        Command::Leave { .. } | Command::Ephemeral { .. } => {}
+        Command::Leave { .. } | Command::Ephemeral { .. } | Command::Stored { .. } => {}
     }
 }
 
@@ -205,6 +211,7 @@ impl DocumentTask {
             chunk_keys: stored.keys,
             snapshot_bytes: stored.snapshot_bytes,
             projection_lagging,
+            seen_seq: stored.seq,
         })
     }
 
@@ -224,6 +231,11 @@ impl DocumentTask {
             }
             Command::Leave { key } => self.leave(&key).await,
             Command::Ephemeral { from, message } => self.relay(&from, message),
+            Command::Stored { seq } => {
+                if seq.is_none_or(|seq| seq > self.seen_seq) {
+                    self.catch_up().await;
+                }
+            }
             Command::Shutdown { done } | Command::Forget { done } => {
                 let _ = done.send(());
             }
@@ -368,11 +380,18 @@ impl DocumentTask {
             sync_state: state_key
                 .as_deref()
                 .map(|key| (key, batch.sender_state.as_slice())),
+            known_seq: self.seen_seq,
         };
         match self.shared.documents.commit(commit).await {
-            Ok(()) => {
+            Ok(committed) => {
                 tracing::debug!(document = %self.id, changes = batch.changes.len(), "stored changes");
-                self.projection_lagging = self.source.is_some() && plan.is_none();
+                self.projection_lagging = self.source.is_some() && !committed.projected;
+                // Behind another node's commit: this document lacks its
+                // changes, read below once the peers were answered.
+                let behind = committed.seq != self.seen_seq + 1;
+                if !behind {
+                    self.seen_seq = committed.seq;
+                }
                 self.chunk_keys
                     .extend(batch.changes.iter().map(|c| c.hash.to_string()));
                 let ticket = batch.ticket;
@@ -387,6 +406,9 @@ impl DocumentTask {
                     Err(Panicked) => {
                         self.recover_from_panic(&connection.key).await;
                     }
+                }
+                if behind {
+                    self.catch_up().await;
                 }
                 self.compact_if_due().await;
                 Ok(())
@@ -441,6 +463,7 @@ impl DocumentTask {
                 }
                 self.chunk_keys = stored.keys;
                 self.snapshot_bytes = stored.snapshot_bytes;
+                self.seen_seq = stored.seq;
                 let now = now_ms() as u64;
                 let deliver = self.deliverer();
                 if let Some(keeper) = self.keeper.as_mut() {
@@ -467,6 +490,104 @@ impl DocumentTask {
         }
         self.reload().await;
         SyncRefusal::Internal
+    }
+
+    /// Reads what other server nodes stored after [`Self::seen_seq`],
+    /// passes it on to this node's peers, and brings the figures up to it
+    /// when the other node could not (it was behind this one).
+    async fn catch_up(&mut self) {
+        let newer = match self
+            .shared
+            .documents
+            .load_after(self.id, self.seen_seq)
+            .await
+        {
+            Ok(newer) => newer,
+            Err(e) => {
+                // The next announcement or the slow poll tries again.
+                tracing::warn!(document = %self.id, error = %e, "could not read another node's changes");
+                return;
+            }
+        };
+        if newer.seq <= self.seen_seq {
+            return;
+        }
+        if !newer.chunks.is_empty() {
+            let bytes = newer.stored_bytes();
+            let keys = newer.keys;
+            let chunks = newer.chunks;
+            match self
+                .with_keeper(move |k| k.merge_stored(&chunks, bytes))
+                .await
+            {
+                Ok(Ok(())) => self.chunk_keys.extend(keys),
+                Ok(Err(e)) => {
+                    tracing::error!(document = %self.id, error = %e, "another node's changes do not load; reloading the document");
+                    self.reload().await;
+                    return;
+                }
+                Err(Panicked) => {
+                    tracing::error!(document = %self.id, "merging another node's changes panicked; reloading the document");
+                    self.reload().await;
+                    return;
+                }
+            }
+        }
+        self.seen_seq = newer.seq;
+        let now = now_ms() as u64;
+        let deliver = self.deliverer();
+        match self.with_keeper(move |k| k.flush_each(now, deliver)).await {
+            Ok(dropped) => self.drop_overflowing(dropped),
+            Err(Panicked) => {
+                self.reload().await;
+                return;
+            }
+        }
+        self.project_if_lagging().await;
+    }
+
+    /// Projects the whole document when its stored figures lag its commit
+    /// number and this document holds every change up to that number.
+    async fn project_if_lagging(&mut self) {
+        let Some(source) = self.source else {
+            return;
+        };
+        let row = match self.shared.store.document(self.id).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(document = %self.id, error = %e, "could not read a document's projection marker");
+                return;
+            }
+        };
+        if row.projected_seq >= row.seq || row.seq != self.seen_seq {
+            // Up to date, or a newer commit is on its way here.
+            return;
+        }
+        let planned = self
+            .with_keeper(move |k| {
+                (
+                    k.heads(),
+                    projection::plan(k.document(), source, &Scope::everything(source.kind)),
+                )
+            })
+            .await;
+        let Ok((heads, plan)) = planned else {
+            tracing::error!(document = %self.id, "projection panicked; the document will be re-projected");
+            return;
+        };
+        match self
+            .shared
+            .documents
+            .reproject(self.id, &heads, &plan, self.seen_seq)
+            .await
+        {
+            Ok(true) => self.projection_lagging = false,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(document = %self.id, error = %e, "could not re-project a document")
+            }
+        }
     }
 
     /// Writes a snapshot in place of the chunks it covers, once the
@@ -659,9 +780,9 @@ pub(super) async fn catch_up_projection(shared: &Shared, id: DocumentId) -> Resu
         branch: row.branch_id,
         kind,
     };
-    // The row was read before the load: a commit after it moves the stored
-    // heads, and the reprojection below is then skipped (the live document
-    // projects itself whole).
+    // The row was read before the load: a commit after it moves the
+    // document's number, and the reprojection below is then skipped (the
+    // live document projects itself whole).
     let stored = shared.documents.load(id).await?;
     let (heads, plan) = on_pool(move || {
         stored.load(id).map(|doc| {
@@ -673,7 +794,7 @@ pub(super) async fn catch_up_projection(shared: &Shared, id: DocumentId) -> Resu
     .map_err(|Panicked| StoreError::Corrupt(format!("projecting document {id} panicked")))??;
     if !shared
         .documents
-        .reproject(id, &heads, &plan, row.heads.as_deref())
+        .reproject(id, &heads, &plan, row.seq)
         .await?
     {
         tracing::debug!(document = %id, "a live document committed first; it projects itself whole");

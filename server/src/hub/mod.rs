@@ -27,6 +27,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use crate::config::Config;
+use crate::store::postgres::ChangeListener;
 use crate::store::{Device, DocumentStore, Store, StoreError, now_ms};
 use document::{Command, Outcome};
 pub use outbox::{Ephemeral, Outbound, Outbox};
@@ -242,6 +243,13 @@ impl Hub {
             Arc::downgrade(&hub),
             hub.shutdown_signal(),
         ));
+        if let Some(url) = hub.shared.store.postgres_url() {
+            tokio::spawn(hear_other_nodes(
+                Arc::downgrade(&hub),
+                url,
+                hub.shutdown_signal(),
+            ));
+        }
         Ok(hub)
     }
 
@@ -533,6 +541,27 @@ impl Hub {
         }
     }
 
+    /// Another node stored changes of `id` (commit number `seq`, or
+    /// `None`: unknown): a live document reads and passes them on. Never
+    /// waits: a document too busy to take the note now is caught by the
+    /// slow poll.
+    fn stored_elsewhere(&self, id: DocumentId, seq: Option<i64>) {
+        if let Some(mailbox) = self.mailbox_if_live(id) {
+            let _ = mailbox.sender.try_send(Command::Stored { seq });
+        }
+    }
+
+    /// Every live document looks for changes other nodes stored.
+    fn look_for_changes_elsewhere(&self) {
+        let mailboxes: Vec<Mailbox> = match self.shared.mailboxes.lock() {
+            Ok(mailboxes) => mailboxes.values().cloned().collect(),
+            Err(_) => return,
+        };
+        for mailbox in mailboxes {
+            let _ = mailbox.sender.try_send(Command::Stored { seq: None });
+        }
+    }
+
     /// Documents held in memory right now.
     pub fn live_documents(&self) -> usize {
         self.shared.mailboxes.lock().map(|m| m.len()).unwrap_or(0)
@@ -592,6 +621,7 @@ fn log_month(branch: TenantId, id: DocumentId, now_ms: i64) -> Option<Month> {
 /// drops everything it held of the data before ([`Hub::restored`]).
 async fn watch_other_processes(hub: std::sync::Weak<Hub>, mut shutdown: watch::Receiver<bool>) {
     let mut since = now_ms();
+    let mut changes_looked_for = tokio::time::Instant::now();
     loop {
         let period = match hub.upgrade() {
             Some(hub) => hub.shared.config.store_poll,
@@ -602,6 +632,12 @@ async fn watch_other_processes(hub: std::sync::Weak<Hub>, mut shutdown: watch::R
             _ = shutdown.changed() => return,
         }
         let Some(hub) = hub.upgrade() else { return };
+        if hub.shared.store.postgres_url().is_some()
+            && changes_looked_for.elapsed() >= hub.shared.config.change_poll
+        {
+            changes_looked_for = tokio::time::Instant::now();
+            hub.look_for_changes_elsewhere();
+        }
         match hub.shared.store.restored_epoch().await {
             Ok(Some(epoch)) => hub.restored(epoch).await,
             Ok(None) => {}
@@ -620,6 +656,65 @@ async fn watch_other_processes(hub: std::sync::Weak<Hub>, mut shutdown: watch::R
                 since = checked_at - 1000;
             }
             Err(e) => tracing::warn!(error = %e, "could not check for revoked devices"),
+        }
+    }
+}
+
+/// Other nodes' commits reach this one here (PostgreSQL): each
+/// announcement goes to the document if it is live. After every
+/// (re)connection every live document looks for changes, since what was
+/// announced while no connection listened is lost.
+async fn hear_other_nodes(
+    hub: std::sync::Weak<Hub>,
+    url: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut retry = Duration::from_millis(100);
+    loop {
+        let connected = tokio::select! {
+            connected = ChangeListener::connect(&url) => connected,
+            _ = shutdown.changed() => return,
+        };
+        let mut listener = match connected {
+            Ok(listener) => {
+                retry = Duration::from_millis(100);
+                listener
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for other nodes' changes; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = shutdown.changed() => return,
+                }
+                retry = (retry * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        match hub.upgrade() {
+            Some(hub) => hub.look_for_changes_elsewhere(),
+            None => return,
+        }
+        loop {
+            let heard = tokio::select! {
+                heard = listener.next() => heard,
+                _ = shutdown.changed() => return,
+            };
+            match heard {
+                Ok(Some(announced)) => match hub.upgrade() {
+                    Some(hub) => hub.stored_elsewhere(announced.document, Some(announced.seq)),
+                    None => return,
+                },
+                Ok(None) => {
+                    tracing::warn!(
+                        "lost the connection that hears other nodes' changes; reconnecting"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "lost the connection that hears other nodes' changes; reconnecting");
+                    break;
+                }
+            }
         }
     }
 }

@@ -236,6 +236,7 @@ async fn reproject_document(store: &Store, row: &DocumentRow) -> Result<(), Stor
         .kind()
         .ok_or_else(|| StoreError::Corrupt(format!("document {} has no valid month", row.id)))?;
     let stored = store.load_chunks(row.id).await?;
+    let seq = stored.seq;
     let source = Source {
         document: row.id,
         branch: row.branch_id,
@@ -258,8 +259,11 @@ async fn reproject_document(store: &Store, row: &DocumentRow) -> Result<(), Stor
     .map_err(|_| StoreError::Corrupt(format!("document {id}: loading it panicked")))??;
     let mut tx = store.begin_write().await?;
     write(&mut tx, &plan).await?;
-    sqlx::query("update documents set projected_heads = $1 where id = $2")
+    // Up to the number read before the chunks: a commit since is not in
+    // this plan, and leaves the figures lagging behind it.
+    sqlx::query("update documents set projected_heads = $1, projected_seq = $2 where id = $3")
         .bind(crate::store::keeping::heads_text(&heads))
+        .bind(seq)
         .bind(row.id.to_string())
         .execute(&mut *tx)
         .await?;

@@ -33,6 +33,12 @@ pub struct DocumentRow {
     pub heads: Option<String>,
     #[serde(skip)]
     pub projected_heads: Option<String>,
+    /// The number of its last commit, and the number its projected rows
+    /// count up to.
+    #[serde(skip)]
+    pub seq: i64,
+    #[serde(skip)]
+    pub projected_seq: i64,
 }
 
 fn document_from_row(r: &AnyRow) -> Result<DocumentRow, StoreError> {
@@ -48,14 +54,18 @@ fn document_from_row(r: &AnyRow) -> Result<DocumentRow, StoreError> {
         month: r.try_get("month")?,
         heads: r.try_get("heads")?,
         projected_heads: r.try_get("projected_heads")?,
+        seq: r.try_get("seq")?,
+        projected_seq: r.try_get("projected_seq")?,
     })
 }
 
 impl DocumentRow {
     /// Whether changes are stored that its projected rows do not count (a
-    /// restore added them, or a projection failed).
+    /// restore added them, a projection failed, or another node's commit
+    /// came first).
     pub fn projection_lags(&self) -> bool {
-        self.heads.is_some() && self.projected_heads != self.heads
+        (self.heads.is_some() && self.projected_heads != self.heads)
+            || self.projected_seq < self.seq
     }
 
     /// The schema's kind of the document; `None` for a log row without a
@@ -129,7 +139,7 @@ impl Store {
 
     pub async fn document(&self, id: DocumentId) -> Result<Option<DocumentRow>, StoreError> {
         sqlx::query(
-            "select id, branch_id, kind, month, heads, projected_heads from documents where id = $1",
+            "select id, branch_id, kind, month, heads, projected_heads, seq, projected_seq from documents where id = $1",
         )
         .bind(id.to_string())
         .fetch_optional(self.pool())
@@ -189,7 +199,7 @@ impl Store {
         branch: TenantId,
     ) -> Result<Vec<DocumentRow>, StoreError> {
         sqlx::query(
-            "select id, branch_id, kind, month, heads, projected_heads from documents where branch_id = $1
+            "select id, branch_id, kind, month, heads, projected_heads, seq, projected_seq from documents where branch_id = $1
              order by case kind when 'roster' then 0 else 1 end, month",
         )
         .bind(branch.to_string())
@@ -208,7 +218,7 @@ impl Store {
     /// Every stored document, for rebuilding projections.
     pub async fn all_documents(&self) -> Result<Vec<DocumentRow>, StoreError> {
         sqlx::query(
-            "select id, branch_id, kind, month, heads, projected_heads from documents order by branch_id, kind, month",
+            "select id, branch_id, kind, month, heads, projected_heads, seq, projected_seq from documents order by branch_id, kind, month",
         )
         .fetch_all(self.pool())
         .await?

@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use super::StoreError;
-use super::keeping::{Commit, CommitError, DocumentStore, StoredChunks};
+use super::keeping::{Commit, CommitError, Committed, DocumentStore, StoredChunks};
 use crate::projection::ProjectionPlan;
 
 /// The real store with switches.
@@ -126,14 +126,22 @@ impl<S: DocumentStore> DocumentStore for FaultyStore<S> {
         })
     }
 
-    fn commit<'a>(&'a self, commit: Commit<'a>) -> BoxFuture<'a, Result<(), CommitError>> {
+    fn load_after(
+        &self,
+        id: DocumentId,
+        after: i64,
+    ) -> BoxFuture<'_, Result<StoredChunks, StoreError>> {
+        self.inner.load_after(id, after)
+    }
+
+    fn commit<'a>(&'a self, commit: Commit<'a>) -> BoxFuture<'a, Result<Committed, CommitError>> {
         Box::pin(async move {
             if self.commit_should_fail() {
                 return Err(CommitError::Store(injected("commit")));
             }
-            self.inner.commit(commit).await?;
+            let committed = self.inner.commit(commit).await?;
             self.commits.fetch_add(1, Ordering::SeqCst);
-            Ok(())
+            Ok(committed)
         })
     }
 
@@ -159,9 +167,9 @@ impl<S: DocumentStore> DocumentStore for FaultyStore<S> {
         id: DocumentId,
         heads: &'a [ChangeHash],
         plan: &'a ProjectionPlan,
-        stored: Option<&'a str>,
+        seq: i64,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.inner.reproject(id, heads, plan, stored)
+        self.inner.reproject(id, heads, plan, seq)
     }
 
     fn load_sync_state<'a>(

@@ -40,6 +40,9 @@ pub const SYNC_STATES_PER_DEVICE_AND_DOCUMENT: i64 = 8;
 /// Every stored chunk of a document, with the keys compaction deletes by.
 #[derive(Debug, Default)]
 pub struct StoredChunks {
+    /// The document's commit number when the chunks were read (read
+    /// first: the chunks hold at least every commit up to it).
+    pub seq: i64,
     pub chunks: Vec<Vec<u8>>,
     /// How many of `chunks`, from the front, are snapshots.
     pub snapshots: usize,
@@ -98,6 +101,22 @@ pub struct Commit<'a> {
     pub projection: Option<&'a ProjectionPlan>,
     /// (sync state key, state) of the sender.
     pub sync_state: Option<(&'a str, &'a [u8])>,
+    /// The document's commit number the committing document holds every
+    /// change up to. When another node committed since, the changes are
+    /// stored all the same, but neither `heads` nor the projection is
+    /// written: both were made from a document that lacks the other
+    /// node's changes.
+    pub known_seq: i64,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// The document's commit number this commit took.
+    pub seq: i64,
+    /// Whether the projection rows now reflect the document (false: no
+    /// plan was given, or the committing document was behind).
+    pub projected: bool,
 }
 
 /// Why a commit did not happen.
@@ -119,8 +138,16 @@ impl From<sqlx::Error> for CommitError {
 pub trait DocumentStore: Send + Sync + std::fmt::Debug + 'static {
     /// Every chunk of a document, snapshots first.
     fn load(&self, id: DocumentId) -> BoxFuture<'_, Result<StoredChunks, StoreError>>;
-    /// Stores a batch and everything that goes with it, atomically.
-    fn commit<'a>(&'a self, commit: Commit<'a>) -> BoxFuture<'a, Result<(), CommitError>>;
+    /// The chunks stored by commits numbered after `after` (other server
+    /// nodes' commits, for a document this node holds), snapshots first.
+    fn load_after(
+        &self,
+        id: DocumentId,
+        after: i64,
+    ) -> BoxFuture<'_, Result<StoredChunks, StoreError>>;
+    /// Stores a batch and everything that goes with it, atomically, and
+    /// announces the document's new commit number to the other nodes.
+    fn commit<'a>(&'a self, commit: Commit<'a>) -> BoxFuture<'a, Result<Committed, CommitError>>;
     /// Writes a verified snapshot and deletes exactly the chunks `replaced`
     /// (which it covers), in one transaction.
     fn compact<'a>(
@@ -131,16 +158,16 @@ pub trait DocumentStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Replaces every projection row of a document and moves its marker to
     /// `heads`: the catch-up for a document whose marker lags. Only while
-    /// the stored heads are still `stored` (as read before the document
-    /// was loaded): a live document that committed since has projected
-    /// itself whole, and the catch-up's older plan must not overwrite it.
-    /// `false` when it was skipped for that reason.
+    /// the document's commit number is still `seq`, the number the plan's
+    /// document holds every change up to: a commit since (on this node or
+    /// another) must not be overwritten by an older plan. `false` when it
+    /// was skipped for that reason.
     fn reproject<'a>(
         &'a self,
         id: DocumentId,
         heads: &'a [ChangeHash],
         plan: &'a ProjectionPlan,
-        stored: Option<&'a str>,
+        seq: i64,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
     fn load_sync_state<'a>(
         &'a self,
@@ -170,20 +197,40 @@ pub fn snapshot_key(snapshot: &[u8]) -> String {
 
 impl DocumentStore for Store {
     fn load(&self, id: DocumentId) -> BoxFuture<'_, Result<StoredChunks, StoreError>> {
+        // Chunks of commits before the numbering have number 0.
+        self.load_after(id, -1)
+    }
+
+    fn load_after(
+        &self,
+        id: DocumentId,
+        after: i64,
+    ) -> BoxFuture<'_, Result<StoredChunks, StoreError>> {
         Box::pin(async move {
+            // The number first: a commit between the two reads is then
+            // read again next time, never skipped.
+            let seq: i64 = sqlx::query_scalar("select seq from documents where id = $1")
+                .bind(id.to_string())
+                .fetch_optional(self.pool())
+                .await?
+                .unwrap_or(0);
             // Incrementals in the order they were stored, which is causal:
             // two changes of one actor that are concurrent by their
             // dependencies still must load in sequence order, and ordering
             // by hash would not.
             let rows = sqlx::query(&format!(
-                "select kind, hash, bytes from chunks where document_id = $1
+                "select kind, hash, bytes from chunks where document_id = $1 and doc_seq > $2
                  order by case kind when 'snapshot' then 0 else 1 end, {}",
                 self.chunk_order()
             ))
             .bind(id.to_string())
+            .bind(after)
             .fetch_all(self.pool())
             .await?;
-            let mut stored = StoredChunks::default();
+            let mut stored = StoredChunks {
+                seq,
+                ..StoredChunks::default()
+            };
             let shares = sqlx::query(
                 "select device_id, count(distinct actor_id) as actors from change_log
                  where document_id = $1 and device_id is not null group by device_id",
@@ -215,12 +262,22 @@ impl DocumentStore for Store {
         })
     }
 
-    fn commit<'a>(&'a self, commit: Commit<'a>) -> BoxFuture<'a, Result<(), CommitError>> {
+    fn commit<'a>(&'a self, commit: Commit<'a>) -> BoxFuture<'a, Result<Committed, CommitError>> {
         Box::pin(async move {
             let now = now_ms();
             let document = commit.document.to_string();
             let device = commit.device.to_string();
             let mut tx = self.begin_write().await?;
+            // The document's row stays locked to the end of the
+            // transaction, so numbers are given in commit order.
+            let seq: i64 = sqlx::query_scalar(
+                "update documents set seq = seq + 1 where id = $1 returning seq",
+            )
+            .bind(&document)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::Invalid(format!("document {document} is not stored")))?;
+            let current = seq - 1 == commit.known_seq;
 
             for actors in commit.actors.chunks(ROWS_PER_STATEMENT) {
                 let mut insert = Statement::new(
@@ -251,14 +308,15 @@ impl DocumentStore for Store {
 
             for changes in commit.changes.chunks(ROWS_PER_STATEMENT) {
                 let mut chunks = Statement::new(
-                    "insert into chunks (document_id, kind, hash, bytes, created_at) ",
+                    "insert into chunks (document_id, kind, hash, bytes, created_at, doc_seq) ",
                 );
                 chunks.push_values(changes, |row, change| {
                     row.push_bind(&document)
                         .push_bind("incremental")
                         .push_bind(change.hash.to_string())
                         .push_bind(&change.bytes)
-                        .push_bind(now);
+                        .push_bind(now)
+                        .push_bind(seq);
                 });
                 chunks.push(" on conflict (document_id, hash) do nothing");
                 chunks.build()?.execute(&mut *tx).await?;
@@ -278,27 +336,40 @@ impl DocumentStore for Store {
             }
 
             let heads = heads_text(commit.heads);
-            if let Some(plan) = commit.projection {
-                projection::write(&mut tx, plan).await?;
-                sqlx::query("update documents set heads = $1, projected_heads = $2 where id = $3")
+            let projected = match commit.projection {
+                Some(plan) if current => {
+                    projection::write(&mut tx, plan).await?;
+                    sqlx::query(
+                        "update documents set heads = $1, projected_heads = $1, projected_seq = $2
+                         where id = $3",
+                    )
                     .bind(&heads)
-                    .bind(&heads)
+                    .bind(seq)
                     .bind(&document)
                     .execute(&mut *tx)
                     .await?;
-            } else {
-                sqlx::query("update documents set heads = $1 where id = $2")
-                    .bind(&heads)
-                    .bind(&document)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+                    true
+                }
+                None if current => {
+                    sqlx::query("update documents set heads = $1 where id = $2")
+                        .bind(&heads)
+                        .bind(&document)
+                        .execute(&mut *tx)
+                        .await?;
+                    false
+                }
+                // Behind another node: its heads and rows stand; the
+                // figures lag (projected_seq < seq) until the committing
+                // node has read the other's changes and projects whole.
+                _ => false,
+            };
+            self.announce(&mut tx, commit.document, seq).await?;
 
             if let Some((key, state)) = commit.sync_state {
                 upsert_sync_state(&mut tx, &document, key, state, now).await?;
             }
             tx.commit().await?;
-            Ok(())
+            Ok(Committed { seq, projected })
         })
     }
 
@@ -314,9 +385,13 @@ impl DocumentStore for Store {
             let mut tx = self.begin_write().await?;
             // Written first: should the deletes fail, the transaction rolls
             // back whole, and at no point is a covered chunk gone without
-            // the snapshot that replaces it.
+            // the snapshot that replaces it. It holds no change that is not
+            // stored already, so it takes the current number, not a new
+            // one: a node that holds everything up to it need not read it,
+            // and a node behind it reads it in place of the chunks it folds.
             sqlx::query(
-                "insert into chunks (document_id, kind, hash, bytes, created_at) values ($1, 'snapshot', $2, $3, $4)
+                "insert into chunks (document_id, kind, hash, bytes, created_at, doc_seq)
+                 select $1, 'snapshot', $2, $3, $4, seq from documents where id = $1
                  on conflict (document_id, hash) do nothing",
             )
             .bind(&document)
@@ -342,18 +417,18 @@ impl DocumentStore for Store {
         id: DocumentId,
         heads: &'a [ChangeHash],
         plan: &'a ProjectionPlan,
-        stored: Option<&'a str>,
+        seq: i64,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let heads = heads_text(heads);
             let mut tx = self.begin_write().await?;
             let moved = sqlx::query(
-                "update documents set heads = $1, projected_heads = $2 where id = $3 and heads is not distinct from $4",
+                "update documents set heads = $1, projected_heads = $1, projected_seq = seq
+                 where id = $2 and seq = $3",
             )
             .bind(&heads)
-            .bind(&heads)
             .bind(id.to_string())
-            .bind(stored)
+            .bind(seq)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -448,6 +523,7 @@ impl Store {
         sqlx::query_scalar::<_, String>(
             "select id from documents
              where heads is null or projected_heads is null or heads <> projected_heads
+                or projected_seq < seq
              order by id",
         )
         .fetch_all(self.pool())
@@ -464,7 +540,8 @@ impl Store {
     pub async fn lagging_projections(&self) -> Result<u64, StoreError> {
         let lagging: i64 = sqlx::query_scalar(
             "select count(*) from documents
-             where heads is not null and (projected_heads is null or heads <> projected_heads)",
+             where (heads is not null and (projected_heads is null or heads <> projected_heads))
+                or projected_seq < seq",
         )
         .fetch_one(self.pool())
         .await?;
@@ -533,6 +610,7 @@ mod tests {
         let mut chunks = vec![snapshot];
         chunks.extend(incrementals);
         StoredChunks {
+            seq: 0,
             keys: chunks.iter().map(|_| String::new()).collect(),
             snapshot_bytes: 0,
             incremental_bytes: 0,
@@ -586,5 +664,155 @@ mod tests {
             let stored = StoredChunks { chunks, snapshots, ..whole };
             let _ = stored.load(id());
         }
+    }
+}
+
+#[cfg(test)]
+mod numbering {
+    //! Commit numbers, on whichever backend the tests run on: what lets a
+    //! node read exactly the changes other nodes stored, and keeps a node
+    //! that was behind from writing figures made without them.
+
+    use automerge::transaction::Transactable;
+    use doorstep_protocol::DocumentId;
+    use doorstep_protocol::keeper::NewChange;
+
+    use super::*;
+    use crate::store::testing::test_location;
+    use crate::tenancy::Level;
+
+    fn change(n: i64) -> NewChange {
+        let mut doc = automerge::Automerge::new();
+        let mut tx = doc.transaction();
+        tx.put(automerge::ROOT, "n", n).expect("put");
+        tx.commit();
+        let change = doc.get_changes(&[]).pop().expect("a change").clone();
+        NewChange {
+            hash: change.hash(),
+            actor: change.actor_id().clone(),
+            bytes: change.raw_bytes().to_vec(),
+        }
+    }
+
+    fn commit<'a>(
+        id: DocumentId,
+        device: doorstep_protocol::DeviceId,
+        changes: &'a [NewChange],
+        plan: &'a ProjectionPlan,
+        known_seq: i64,
+    ) -> Commit<'a> {
+        Commit {
+            document: id,
+            device,
+            changes,
+            actors: &[],
+            heads: &[],
+            projection: Some(plan),
+            sync_state: None,
+            known_seq,
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_are_numbered_a_node_behind_stores_but_projects_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_at(&test_location(dir.path()).await)
+            .await
+            .expect("open");
+        let district = store
+            .create_tenant(None, Level::District, "d")
+            .await
+            .expect("district");
+        let sub = store
+            .create_tenant(Some(district.id), Level::SubDistrict, "s")
+            .await
+            .expect("sub");
+        let branch = store
+            .create_tenant(Some(sub.id), Level::Branch, "b")
+            .await
+            .expect("branch");
+        // The change log names the device; nothing here binds an actor.
+        let device = doorstep_protocol::DeviceId::new_v7();
+        let id = DocumentId::roster(branch.id);
+        let plan = ProjectionPlan::default();
+
+        let before = store.load(id).await.expect("load");
+        let (one, two, three) = ([change(1)], [change(2)], [change(3)]);
+        let first = store
+            .commit(commit(id, device, &one, &plan, before.seq))
+            .await
+            .expect("first");
+        assert_eq!(first.seq, before.seq + 1);
+        assert!(first.projected);
+
+        // Another node committed after the number this one holds: the
+        // changes are stored and numbered, the figures left to catch up.
+        let second = store
+            .commit(commit(id, device, &two, &plan, before.seq))
+            .await
+            .expect("second");
+        assert_eq!(second.seq, first.seq + 1);
+        assert!(
+            !second.projected,
+            "made from a document that lacks a commit"
+        );
+        let row = store.document(id).await.expect("row").expect("stored");
+        assert!(row.projection_lags());
+
+        // A node holding the first commit reads just what came after it.
+        let after = store.load_after(id, first.seq).await.expect("load after");
+        assert_eq!(after.seq, second.seq);
+        assert_eq!(after.chunks, vec![two[0].bytes.clone()]);
+        assert!(
+            store
+                .load_after(id, second.seq)
+                .await
+                .expect("none")
+                .chunks
+                .is_empty()
+        );
+
+        // A catch-up made before a newer commit is refused; at the
+        // document's number it brings the figures level.
+        let third = store
+            .commit(commit(id, device, &three, &plan, second.seq))
+            .await
+            .expect("third");
+        assert!(third.projected);
+        assert!(
+            !store
+                .reproject(id, &[], &plan, second.seq)
+                .await
+                .expect("stale")
+        );
+        assert!(
+            store
+                .reproject(id, &[], &plan, third.seq)
+                .await
+                .expect("current")
+        );
+        let row = store.document(id).await.expect("row").expect("stored");
+        assert!(!row.projection_lags());
+
+        // A compaction takes the current number: nobody holding everything
+        // rereads it, a node behind it reads it in place of what it folds.
+        let snapshot = b"snapshot".to_vec();
+        let folded: Vec<String> = [&one, &two].iter().map(|c| c[0].hash.to_string()).collect();
+        store
+            .compact(id, &snapshot, &folded)
+            .await
+            .expect("compact");
+        assert!(
+            store
+                .load_after(id, third.seq)
+                .await
+                .expect("none")
+                .chunks
+                .is_empty()
+        );
+        let behind = store.load_after(id, first.seq).await.expect("behind");
+        assert_eq!(behind.snapshots, 1);
+        assert!(behind.chunks.contains(&snapshot));
+        assert!(behind.chunks.contains(&three[0].bytes));
     }
 }

@@ -21,7 +21,6 @@ pub mod faults;
 pub mod keeping;
 mod logins;
 pub mod postgres;
-pub use postgres::SoleNode;
 pub mod statement;
 pub mod testing;
 pub use logins::{Attempt, LoginAccount, Session};
@@ -205,19 +204,6 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Makes this process the one node serving the database at `location`,
-/// before anything is written to it (migrations included). On SQLite the
-/// data directory's lock has done so already ([`crate::data_dir`]); on
-/// PostgreSQL a session advisory lock does, because a node does not yet
-/// hear of changes another node stored (its loaded documents, devices and
-/// figures would fall behind).
-pub async fn claim_sole_node(location: &Location) -> Result<SoleNode, StoreError> {
-    match location {
-        Location::Sqlite(_) => Ok(SoleNode::by_directory()),
-        Location::Postgres(url) => postgres::claim_sole_node(url).await,
-    }
-}
-
 /// A write transaction of the store.
 pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
@@ -299,6 +285,38 @@ impl Store {
 
     pub fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    /// Tells other nodes a document's commit number moved (on PostgreSQL;
+    /// one process serves an SQLite database, so nobody is told there).
+    pub(crate) async fn announce(
+        &self,
+        tx: &mut Tx,
+        document: doorstep_protocol::DocumentId,
+        seq: i64,
+    ) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Sqlite { .. } => Ok(()),
+            Backend::Postgres => postgres::announce(tx, document, seq).await,
+        }
+    }
+
+    /// The share of PostgreSQL's NOTIFY queue in use (0 on SQLite).
+    pub async fn notification_queue_usage(&self) -> Result<f64, StoreError> {
+        match self.backend {
+            Backend::Sqlite { .. } => Ok(0.0),
+            Backend::Postgres => Ok(sqlx::query_scalar("select pg_notification_queue_usage()")
+                .fetch_one(&self.pool)
+                .await?),
+        }
+    }
+
+    /// The PostgreSQL URL, where other nodes' announcements are heard.
+    pub(crate) fn postgres_url(&self) -> Option<String> {
+        match self.backend {
+            Backend::Sqlite { .. } => None,
+            Backend::Postgres => Some(self.options.database_url.to_string()),
+        }
     }
 
     /// The column that orders a document's chunks as they were stored:

@@ -1,11 +1,12 @@
 //! What is PostgreSQL's own: connecting and checking the server's
-//! settings, the write lock, the one-node lock, and naming a database URL
-//! without its password. Everything else runs the same SQL as SQLite.
+//! settings, the write lock, announcing commits to the other nodes and
+//! hearing theirs, and naming a database URL without its password.
+//! Everything else runs the same SQL as SQLite.
 
 use std::str::FromStr;
 
+use sqlx::AnyPool;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, ConnectOptions, Connection};
 
 use super::StoreError;
 
@@ -13,10 +14,6 @@ use super::StoreError;
 /// takes: writes are serialised as on SQLite (`begin immediate`), so each
 /// transaction's reads stay true until it commits.
 const WRITE_LOCK: i64 = 0x646f_6f72_7374_6570; // "doorstep"
-
-/// The key of the session-level advisory lock the one node serving a
-/// database holds.
-const SOLE_NODE_LOCK: i64 = 0x646f_6f72_6e6f_6465; // "doornode"
 
 /// How long a write waits for the write lock before it fails as busy, as
 /// SQLite's busy timeout does.
@@ -99,54 +96,6 @@ pub(super) async fn begin_write(pool: &AnyPool) -> Result<super::Tx, StoreError>
     Ok(tx)
 }
 
-/// Held while this process is the one node serving the database; dropping
-/// it lets another start.
-#[derive(Debug)]
-pub struct SoleNode {
-    /// PostgreSQL keeps the lock while this connection lives.
-    _holder: Option<sqlx::AnyConnection>,
-}
-
-impl SoleNode {
-    /// For SQLite, whose data directory's lock does the same.
-    pub(super) fn by_directory() -> SoleNode {
-        SoleNode { _holder: None }
-    }
-}
-
-/// Makes this process the one node serving the database at `url`, or says
-/// who is. Taken before migrations run, so a second node changes nothing.
-pub(super) async fn claim_sole_node(url: &str) -> Result<SoleNode, StoreError> {
-    sqlx::any::install_default_drivers();
-    let mut conn = AnyConnectOptions::from_str(url)?.connect().await?;
-    let claimed: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
-        .bind(SOLE_NODE_LOCK)
-        .fetch_one(&mut conn)
-        .await?;
-    if claimed {
-        return Ok(SoleNode {
-            _holder: Some(conn),
-        });
-    }
-    // A 64-bit advisory key shows in pg_locks as two 32-bit halves.
-    let holders: String = sqlx::query_scalar(
-        "select coalesce(string_agg('PostgreSQL backend ' || l.pid::text || ' (client '
-                || coalesce(host(a.client_addr), 'local socket') || ')', ', '), 'unknown')
-         from pg_locks l left join pg_stat_activity a on a.pid = l.pid
-         where l.locktype = 'advisory' and l.granted
-           and l.database = (select oid from pg_database where datname = current_database())
-           and ((l.classid::bigint << 32) | l.objid::bigint) = $1",
-    )
-    .bind(SOLE_NODE_LOCK)
-    .fetch_one(&mut conn)
-    .await?;
-    let _ = conn.close().await;
-    Err(StoreError::Invalid(format!(
-        "another doorstep node already serves this database ({holders} holds its lock); \
-         one node serves a PostgreSQL database until nodes notify each other of changes"
-    )))
-}
-
 /// `url` without its password (in the user part or a `password=`
 /// parameter), for messages and logs; a URL that does not parse is not
 /// shown at all.
@@ -192,5 +141,75 @@ mod tests {
             redacted("not a url"),
             "a PostgreSQL URL that does not parse"
         );
+    }
+}
+
+/// The channel commits are announced on: `<document id> <commit number>`.
+pub const CHANGES_CHANNEL: &str = "doorstep_changes";
+
+/// Announces a document's new commit number to the other nodes, inside the
+/// committing transaction: PostgreSQL delivers it at commit, and never for
+/// a transaction that rolled back. Once per transaction (NOTIFY takes a
+/// database-wide lock at commit).
+pub(super) async fn announce(
+    tx: &mut super::Tx,
+    document: doorstep_protocol::DocumentId,
+    seq: i64,
+) -> Result<(), StoreError> {
+    // `::text`: pg_notify returns void, which `Any` cannot read.
+    sqlx::query("select pg_notify($1, $2)::text")
+        .bind(CHANGES_CHANNEL)
+        .bind(format!("{document} {seq}"))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// A commit another node announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announced {
+    pub document: doorstep_protocol::DocumentId,
+    pub seq: i64,
+}
+
+impl Announced {
+    /// Reads a payload of [`CHANGES_CHANNEL`]; `None` for anything else.
+    pub fn parse(payload: &str) -> Option<Announced> {
+        let (document, seq) = payload.split_once(' ')?;
+        Some(Announced {
+            document: document.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+/// A connection listening on [`CHANGES_CHANNEL`].
+#[derive(Debug)]
+pub struct ChangeListener(sqlx::postgres::PgListener);
+
+impl ChangeListener {
+    /// Connects and listens. Announcements made before this returns are
+    /// not heard: the caller re-reads what it holds after each connection.
+    pub async fn connect(url: &str) -> Result<ChangeListener, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+        listener.listen(CHANGES_CHANNEL).await?;
+        Ok(ChangeListener(listener))
+    }
+
+    /// The next announcement; `Ok(None)` when the connection was lost
+    /// (what was announced meanwhile is lost with it: reconnect, then
+    /// re-read).
+    pub async fn next(&mut self) -> Result<Option<Announced>, StoreError> {
+        loop {
+            match self.0.try_recv().await? {
+                Some(notification) => {
+                    if let Some(announced) = Announced::parse(notification.payload()) {
+                        return Ok(Some(announced));
+                    }
+                    tracing::warn!("ignored a malformed change announcement");
+                }
+                None => return Ok(None),
+            }
+        }
     }
 }

@@ -26,6 +26,7 @@ mod hygiene;
 mod import_fuzz;
 mod interop;
 mod logins;
+mod nodes;
 mod openapi;
 mod operations;
 mod operator;

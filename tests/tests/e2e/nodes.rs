@@ -1,0 +1,304 @@
+//! Several server nodes on one PostgreSQL database: any node takes changes
+//! to any document, a node holding a document hears of the changes another
+//! node stored and passes them on to its own devices, and the figures read
+//! from any node count every visit once.
+//!
+//! Needs `DOORSTEP_TEST_POSTGRES` (the test script sets it).
+
+use std::time::Duration;
+
+use doorstep_client::{Client, Fen, NewMember, NewVisit, VisitKind};
+use doorstep_protocol::Month;
+use doorstep_server::store::Location;
+use doorstep_server::store::testing::{TEST_POSTGRES, create_database, postgres_server};
+use doorstep_server::tenancy::Role;
+use doorstep_tests::{TestServer, eventually, sdk_device};
+
+/// A node on `database` that hears other nodes only through their
+/// announcements: the slow poll is put out of reach, and documents stay
+/// live (a document loaded afresh would read everything anyway).
+async fn node(database: &Location, change_poll: Duration) -> anyhow::Result<TestServer> {
+    let database = database.clone();
+    TestServer::spawn_with(move |c| {
+        c.database = database;
+        c.change_poll = change_poll;
+        c.document_idle = Duration::from_secs(3600);
+    })
+    .await
+}
+
+async fn database() -> anyhow::Result<Location> {
+    let Some(server) = postgres_server() else {
+        anyhow::bail!(
+            "{TEST_POSTGRES} is not set: run the suite with the test script, which starts PostgreSQL"
+        );
+    };
+    Ok(create_database(&server).await?)
+}
+
+async fn record_visit(phone: &Client, name: &str, cash: i64) -> anyhow::Result<()> {
+    let member = phone
+        .add_member(NewMember {
+            name: name.into(),
+            ..NewMember::default()
+        })
+        .await?;
+    phone
+        .record_visit(NewVisit {
+            date: "2026-11-10".parse()?,
+            member_id: member,
+            kind: VisitKind::Routine,
+            visitors: vec!["志愿者".into()],
+            aid_cash: Fen(cash),
+            aid_goods: Fen(0),
+            goods_description: None,
+            notes: None,
+            follow_up: None,
+        })
+        .await?;
+    Ok(())
+}
+
+async fn visits(phone: &Client) -> anyhow::Result<usize> {
+    let month: Month = "2026-11".parse()?;
+    Ok(phone.visits(month, false).await?.len())
+}
+
+async fn district_total(node: &TestServer, token: &str) -> anyhow::Result<serde_json::Value> {
+    let rollup: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/rollups?month=2026-11", node.http_url()))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(rollup["total"].clone())
+}
+
+#[tokio::test]
+async fn two_nodes_converge_and_either_counts_every_visit_once() -> anyhow::Result<()> {
+    let database = database().await?;
+    let never = Duration::from_secs(3600);
+    let node1 = node(&database, never).await?;
+    let node2 = node(&database, never).await?;
+    let d = node1.district().await?;
+    let admin = node1
+        .login_as("district", Role::DistrictAdmin, d.district.id)
+        .await?;
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = sdk_device(
+        &node1.store,
+        &node1.http_url(),
+        d.yingfeng.id,
+        dir_a.path(),
+        |_| {},
+    )
+    .await?;
+    let b = sdk_device(
+        &node2.store,
+        &node2.http_url(),
+        d.yingfeng.id,
+        dir_b.path(),
+        |_| {},
+    )
+    .await?;
+    // Both nodes hold the branch's documents live.
+    record_visit(&a, "王", 100).await?;
+    a.sync_now().await?;
+    b.sync_now().await?;
+    eventually(Duration::from_secs(20), || async {
+        Ok(visits(&b).await? == 1)
+    })
+    .await?;
+
+    // Offline on both phones, then each syncs with its own node.
+    record_visit(&a, "李", 200).await?;
+    record_visit(&b, "张", 400).await?;
+    a.sync_now().await?;
+    b.sync_now().await?;
+    eventually(Duration::from_secs(20), || async {
+        a.sync_now().await?;
+        b.sync_now().await?;
+        Ok(visits(&a).await? == 3 && visits(&b).await? == 3)
+    })
+    .await?;
+
+    // The figures, from either node: each visit once, the aid summed once.
+    let admin2 = node2
+        .login_as("district2", Role::DistrictAdmin, d.district.id)
+        .await?;
+    for (node, token) in [(&node1, &admin), (&node2, &admin2)] {
+        eventually(Duration::from_secs(20), || async {
+            let total = district_total(node, token).await?;
+            Ok(total["visits"] == 3 && total["aid_cash_fen"] == 700)
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// An announcement sent while a node's listening connection is down is
+/// lost; the node re-reads what it holds when it reconnects, and the slow
+/// poll catches anything else. The phone on that node never sees its
+/// document go back.
+#[tokio::test]
+async fn a_node_whose_listener_was_cut_catches_up_and_never_goes_back() -> anyhow::Result<()> {
+    let database = database().await?;
+    let node1 = node(&database, Duration::from_secs(3600)).await?;
+    let node2 = node(&database, Duration::from_secs(2)).await?;
+    let d = node1.district().await?;
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = sdk_device(
+        &node1.store,
+        &node1.http_url(),
+        d.yingfeng.id,
+        dir_a.path(),
+        |_| {},
+    )
+    .await?;
+    let b = sdk_device(
+        &node2.store,
+        &node2.http_url(),
+        d.yingfeng.id,
+        dir_b.path(),
+        |_| {},
+    )
+    .await?;
+    record_visit(&a, "王", 100).await?;
+    a.sync_now().await?;
+    b.sync_now().await?;
+    eventually(Duration::from_secs(20), || async {
+        Ok(visits(&b).await? == 1)
+    })
+    .await?;
+
+    let Location::Postgres(url) = &database else {
+        anyhow::bail!("the nodes run on PostgreSQL");
+    };
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(url).await?;
+    let cut: i64 = sqlx::query_scalar(
+        "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity
+         where datname = current_database() and query ilike 'listen%') t",
+    )
+    .fetch_one(&mut admin)
+    .await?;
+    assert_eq!(cut, 2, "each node listens on one connection");
+    for n in 0..3 {
+        record_visit(&a, &format!("李{n}"), 10).await?;
+        a.sync_now().await?;
+    }
+    let seen = std::cell::Cell::new(1);
+    eventually(Duration::from_secs(20), || async {
+        b.sync_now().await?;
+        let now = visits(&b).await?;
+        let before = seen.replace(now);
+        anyhow::ensure!(
+            now >= before,
+            "the phone's visits went from {before} to {now}"
+        );
+        Ok(now == 4)
+    })
+    .await?;
+    Ok(())
+}
+
+/// Two `doorstep serve` processes on one database, as behind a load
+/// balancer. One is killed with SIGKILL while its phone syncs; the phone
+/// then reaches the other (as the balancer would send it), and nothing it
+/// was told is stored is missing, on the phones or in the figures.
+#[tokio::test]
+async fn a_node_killed_during_sync_loses_nothing_its_phone_was_told_is_stored() -> anyhow::Result<()>
+{
+    let database = database().await?;
+    let Location::Postgres(url) = &database else {
+        anyhow::bail!("the nodes run on PostgreSQL");
+    };
+    let store = doorstep_server::store::Store::open_at(&database).await?;
+    let d = doorstep_tests::make_district(&store).await?;
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_doorstep"));
+    let unused = tempfile::tempdir()?;
+    let env = [("DOORSTEP_DATABASE_URL", url.as_str())];
+    let node1 = doorstep_tests::ServerProcess::start_with_env(binary, unused.path(), &env).await?;
+    let node2 = doorstep_tests::ServerProcess::start_with_env(binary, unused.path(), &env).await?;
+
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = sdk_device(
+        &store,
+        &node1.http_url(),
+        d.yingfeng.id,
+        dir_a.path(),
+        |_| {},
+    )
+    .await?;
+    let b = sdk_device(
+        &store,
+        &node2.http_url(),
+        d.yingfeng.id,
+        dir_b.path(),
+        |_| {},
+    )
+    .await?;
+    for n in 0..5 {
+        record_visit(&a, &format!("王{n}"), 100).await?;
+    }
+    a.sync_now().await?;
+    for n in 0..5 {
+        record_visit(&a, &format!("李{n}"), 100).await?;
+    }
+    // Killed while the second batch may be in flight: whatever the phone
+    // was not told is stored, it still holds and offers again.
+    let syncing = a.sync_now();
+    let killing = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        node1.kill().await
+    };
+    let (_, killed) = tokio::join!(syncing, killing);
+    killed?;
+    drop(a);
+    let a = Client::open(doorstep_client::ClientConfig::new(
+        dir_a.path(),
+        node2.http_url(),
+        doorstep_tests::test_store_key(),
+    ))
+    .await?;
+    eventually(Duration::from_secs(30), || async {
+        a.sync_now().await?;
+        b.sync_now().await?;
+        Ok(visits(&a).await? == 10 && visits(&b).await? == 10)
+    })
+    .await?;
+
+    let password = "a long enough password";
+    doorstep_server::admin::create_user(
+        &store,
+        "district",
+        password,
+        Role::DistrictAdmin,
+        d.district.id,
+        "test",
+    )
+    .await?;
+    let login: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/login", node2.http_url()))
+        .json(&serde_json::json!({ "username": "district", "password": password }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = login["token"].as_str().unwrap_or_default().to_owned();
+    eventually(Duration::from_secs(30), || async {
+        let rollup: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/api/v1/rollups?month=2026-11", node2.http_url()))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(rollup["total"]["visits"] == 10 && rollup["total"]["aid_cash_fen"] == 1000)
+    })
+    .await?;
+    Ok(())
+}
