@@ -962,24 +962,32 @@ impl Keeper {
     }
 
     /// Adds changes another server node stored (read back from the shared
-    /// store, `bytes` of chunks): they were admitted there and are on disk,
-    /// so they go straight into the document, and the peers hear of them
-    /// at the next flush. An error leaves the document needing a reload.
-    pub fn merge_stored(
-        &mut self,
-        chunks: &[Vec<u8>],
-        bytes: u64,
-    ) -> Result<(), automerge::AutomergeError> {
-        for chunk in chunks {
-            if let Err(e) = self.doc.load_incremental(chunk) {
-                self.needs_reload = true;
-                return Err(e);
-            }
+    /// store: incremental chunks only, `bytes` of them): they were admitted
+    /// there and are on disk, so they go straight into the document, and
+    /// the peers hear of them at the next flush.
+    ///
+    /// Refused (`false`, and the document then needs a reload) whenever
+    /// the merge could let through what no commit stored: changes a device
+    /// sent that wait here for dependencies would be applied by Automerge
+    /// the moment the stored ones supply them, unchecked and never stored;
+    /// and stored changes that themselves wait for dependencies mean the
+    /// chunks read were not the whole story.
+    pub fn merge_stored(&mut self, chunks: &[Vec<u8>], bytes: u64) -> bool {
+        if self.pending.is_some() || self.needs_reload || !self.orphans.is_empty() {
+            self.needs_reload = true;
+            return false;
+        }
+        // One call, as a load does: Automerge orders them itself.
+        let joined = chunks.concat();
+        if self.doc.load_incremental(&joined).is_err() || !self.doc.get_missing_deps(&[]).is_empty()
+        {
+            self.needs_reload = true;
+            return false;
         }
         self.stored_bytes += bytes;
         // Recounted from the document on the next message that needs it.
         self.census = None;
-        Ok(())
+        true
     }
 
     /// Messages every peer is owed now (after a peer joined, or to nudge).

@@ -108,8 +108,11 @@ pub(super) async fn run(
         }
     };
     let idle = shared.config.document_idle;
+    // Idle counts from the last command a peer caused: the slow poll's
+    // looks for other nodes' changes must not keep a document in memory.
+    let mut touched = tokio::time::Instant::now();
     loop {
-        let command = match tokio::time::timeout(idle, mailbox.recv()).await {
+        let command = match tokio::time::timeout_at(touched + idle, mailbox.recv()).await {
             Ok(Some(command)) => command,
             Ok(None) => break,
             Err(_elapsed) => {
@@ -117,9 +120,13 @@ pub(super) async fn run(
                     tracing::debug!(document = %id, "evicted idle document");
                     break;
                 }
+                touched = tokio::time::Instant::now();
                 continue;
             }
         };
+        if !matches!(command, Command::Stored { .. }) {
+            touched = tokio::time::Instant::now();
+        }
         match command {
             Command::Shutdown { done } => {
                 task.save_all_states().await;
@@ -381,6 +388,7 @@ impl DocumentTask {
                 .as_deref()
                 .map(|key| (key, batch.sender_state.as_slice())),
             known_seq: self.seen_seq,
+            whole_projection: lagging,
         };
         match self.shared.documents.commit(commit).await {
             Ok(committed) => {
@@ -408,7 +416,10 @@ impl DocumentTask {
                     }
                 }
                 if behind {
+                    // Reads the other node's changes, then levels the figures.
                     self.catch_up().await;
+                } else if self.projection_lagging {
+                    self.project_if_lagging().await;
                 }
                 self.compact_if_due().await;
                 Ok(())
@@ -510,29 +521,43 @@ impl DocumentTask {
             }
         };
         if newer.seq <= self.seen_seq {
+            // Nothing new here; the figures may still lag a commit this
+            // node made while behind, whose catch-up failed.
+            self.project_if_lagging().await;
             return;
         }
-        if !newer.chunks.is_empty() {
-            let bytes = newer.stored_bytes();
-            let keys = newer.keys;
-            let chunks = newer.chunks;
-            match self
+        // Only what this document lacks: its own commits made while behind
+        // come back too. A snapshot (another node compacted) is read by a
+        // reload, which also counts the stored bytes afresh.
+        let (chunks, keys, bytes, snapshot) = {
+            let held: std::collections::HashSet<&str> =
+                self.chunk_keys.iter().map(String::as_str).collect();
+            let mut fresh = (Vec::new(), Vec::new(), 0u64, false);
+            for (i, (chunk, key)) in newer.chunks.into_iter().zip(newer.keys).enumerate() {
+                if held.contains(key.as_str()) {
+                    continue;
+                }
+                fresh.3 |= i < newer.snapshots;
+                fresh.2 += chunk.len() as u64;
+                fresh.0.push(chunk);
+                fresh.1.push(key);
+            }
+            fresh
+        };
+        let merged = snapshot
+            || chunks.is_empty()
+            || self
                 .with_keeper(move |k| k.merge_stored(&chunks, bytes))
                 .await
-            {
-                Ok(Ok(())) => self.chunk_keys.extend(keys),
-                Ok(Err(e)) => {
-                    tracing::error!(document = %self.id, error = %e, "another node's changes do not load; reloading the document");
-                    self.reload().await;
-                    return;
-                }
-                Err(Panicked) => {
-                    tracing::error!(document = %self.id, "merging another node's changes panicked; reloading the document");
-                    self.reload().await;
-                    return;
-                }
-            }
+                .unwrap_or(false);
+        if snapshot || !merged {
+            tracing::debug!(document = %self.id, "reloading to take in another node's changes");
+            // Reads the number, takes in every stored change, tells the peers.
+            self.reload().await;
+            self.project_if_lagging().await;
+            return;
         }
+        self.chunk_keys.extend(keys);
         self.seen_seq = newer.seq;
         let now = now_ms() as u64;
         let deliver = self.deliverer();

@@ -622,6 +622,7 @@ fn log_month(branch: TenantId, id: DocumentId, now_ms: i64) -> Option<Month> {
 async fn watch_other_processes(hub: std::sync::Weak<Hub>, mut shutdown: watch::Receiver<bool>) {
     let mut since = now_ms();
     let mut changes_looked_for = tokio::time::Instant::now();
+    let mut sweeping: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let period = match hub.upgrade() {
             Some(hub) => hub.shared.config.store_poll,
@@ -637,6 +638,20 @@ async fn watch_other_processes(hub: std::sync::Weak<Hub>, mut shutdown: watch::R
         {
             changes_looked_for = tokio::time::Instant::now();
             hub.look_for_changes_elsewhere();
+            // Figures a node left lagging (it was behind, then died, and
+            // nobody holds the document): projected here, one sweep at a
+            // time; the compare-and-set keeps two nodes from clashing.
+            if sweeping
+                .as_ref()
+                .is_none_or(tokio::task::JoinHandle::is_finished)
+            {
+                let shared = hub.shared.clone();
+                sweeping = Some(tokio::spawn(async move {
+                    if let Err(e) = catch_up_lagging(&shared).await {
+                        tracing::warn!(error = %e, "could not look for lagging figures");
+                    }
+                }));
+            }
         }
         match hub.shared.store.restored_epoch().await {
             Ok(Some(epoch)) => hub.restored(epoch).await,
@@ -676,10 +691,7 @@ async fn hear_other_nodes(
             _ = shutdown.changed() => return,
         };
         let mut listener = match connected {
-            Ok(listener) => {
-                retry = Duration::from_millis(100);
-                listener
-            }
+            Ok(listener) => listener,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for other nodes' changes; retrying");
                 tokio::select! {
@@ -690,6 +702,7 @@ async fn hear_other_nodes(
                 continue;
             }
         };
+        let connected_at = tokio::time::Instant::now();
         match hub.upgrade() {
             Some(hub) => hub.look_for_changes_elsewhere(),
             None => return,
@@ -715,6 +728,18 @@ async fn hear_other_nodes(
                     break;
                 }
             }
+        }
+        // A connection that keeps being closed soon after it opens (a
+        // proxy, an idle-session timeout) is retried ever more slowly:
+        // each reconnection makes every live document look again.
+        if connected_at.elapsed() < Duration::from_secs(10) {
+            tokio::select! {
+                _ = tokio::time::sleep(retry) => {}
+                _ = shutdown.changed() => return,
+            }
+            retry = (retry * 2).min(Duration::from_secs(5));
+        } else {
+            retry = Duration::from_millis(100);
         }
     }
 }

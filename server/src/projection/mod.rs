@@ -232,41 +232,41 @@ pub async fn reproject(store: &Store) -> Result<usize, StoreError> {
 }
 
 async fn reproject_document(store: &Store, row: &DocumentRow) -> Result<(), StoreError> {
+    use crate::store::DocumentStore;
     let kind = row
         .kind()
         .ok_or_else(|| StoreError::Corrupt(format!("document {} has no valid month", row.id)))?;
-    let stored = store.load_chunks(row.id).await?;
-    let seq = stored.seq;
     let source = Source {
         document: row.id,
         branch: row.branch_id,
         kind,
     };
     let id = row.id;
-    // Automerge can panic on stored bytes it wrote itself; a panic is this
-    // document's failure, not the command's.
-    let (heads, plan) = tokio::task::spawn_blocking(move || {
-        std::panic::catch_unwind(|| {
-            let doc = stored.load(id)?;
-            Ok::<_, StoreError>((
-                doc.get_heads(),
-                plan(&doc, source, &Scope::everything(kind)),
-            ))
+    // Beside running servers a commit can land between the load and the
+    // write: the write is a compare-and-set on the document's commit
+    // number, and a miss loads again.
+    for _ in 0..3 {
+        let stored = store.load_chunks(id).await?;
+        let seq = stored.seq;
+        // Automerge can panic on stored bytes it wrote itself; a panic is
+        // this document's failure, not the command's.
+        let (heads, plan) = tokio::task::spawn_blocking(move || {
+            std::panic::catch_unwind(|| {
+                let doc = stored.load(id)?;
+                Ok::<_, StoreError>((
+                    doc.get_heads(),
+                    plan(&doc, source, &Scope::everything(kind)),
+                ))
+            })
         })
-    })
-    .await
-    .map_err(|e| StoreError::Corrupt(format!("document {id}: {e}")))?
-    .map_err(|_| StoreError::Corrupt(format!("document {id}: loading it panicked")))??;
-    let mut tx = store.begin_write().await?;
-    write(&mut tx, &plan).await?;
-    // Up to the number read before the chunks: a commit since is not in
-    // this plan, and leaves the figures lagging behind it.
-    sqlx::query("update documents set projected_heads = $1, projected_seq = $2 where id = $3")
-        .bind(crate::store::keeping::heads_text(&heads))
-        .bind(seq)
-        .bind(row.id.to_string())
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(())
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("document {id}: {e}")))?
+        .map_err(|_| StoreError::Corrupt(format!("document {id}: loading it panicked")))??;
+        if store.reproject(id, &heads, &plan, seq).await? {
+            return Ok(());
+        }
+    }
+    Err(StoreError::Invalid(format!(
+        "document {id} kept changing while it was re-projected; the servers holding it project it"
+    )))
 }

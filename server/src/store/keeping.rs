@@ -107,6 +107,9 @@ pub struct Commit<'a> {
     /// written: both were made from a document that lacks the other
     /// node's changes.
     pub known_seq: i64,
+    /// Whether `projection` plans the whole document (not just the records
+    /// the changes touched): only such a plan levels figures that lagged.
+    pub whole_projection: bool,
 }
 
 /// What a commit did.
@@ -197,8 +200,26 @@ pub fn snapshot_key(snapshot: &[u8]) -> String {
 
 impl DocumentStore for Store {
     fn load(&self, id: DocumentId) -> BoxFuture<'_, Result<StoredChunks, StoreError>> {
-        // Chunks of commits before the numbering have number 0.
-        self.load_after(id, -1)
+        Box::pin(async move {
+            // Chunks of commits before the numbering have number 0.
+            let mut stored = self.load_after(id, -1).await?;
+            let shares = sqlx::query(
+                "select device_id, count(distinct actor_id) as actors from change_log
+                 where document_id = $1 and device_id is not null group by device_id",
+            )
+            .bind(id.to_string())
+            .fetch_all(self.pool())
+            .await?;
+            for row in shares {
+                let device: String = row.try_get("device_id")?;
+                let actors: i64 = row.try_get("actors")?;
+                stored.device_actors.insert(
+                    super::parse_column(&device, "device id")?,
+                    usize::try_from(actors).unwrap_or(usize::MAX),
+                );
+            }
+            Ok(stored)
+        })
     }
 
     fn load_after(
@@ -231,21 +252,6 @@ impl DocumentStore for Store {
                 seq,
                 ..StoredChunks::default()
             };
-            let shares = sqlx::query(
-                "select device_id, count(distinct actor_id) as actors from change_log
-                 where document_id = $1 and device_id is not null group by device_id",
-            )
-            .bind(id.to_string())
-            .fetch_all(self.pool())
-            .await?;
-            for row in shares {
-                let device: String = row.try_get("device_id")?;
-                let actors: i64 = row.try_get("actors")?;
-                stored.device_actors.insert(
-                    super::parse_column(&device, "device id")?,
-                    usize::try_from(actors).unwrap_or(usize::MAX),
-                );
-            }
             for row in rows {
                 let kind: String = row.try_get("kind")?;
                 let bytes: Vec<u8> = row.try_get("bytes")?;
@@ -270,14 +276,18 @@ impl DocumentStore for Store {
             let mut tx = self.begin_write().await?;
             // The document's row stays locked to the end of the
             // transaction, so numbers are given in commit order.
-            let seq: i64 = sqlx::query_scalar(
-                "update documents set seq = seq + 1 where id = $1 returning seq",
+            let (seq, projected_before): (i64, i64) = sqlx::query_as(
+                "update documents set seq = seq + 1 where id = $1 returning seq, projected_seq",
             )
             .bind(&document)
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::Invalid(format!("document {document} is not stored")))?;
             let current = seq - 1 == commit.known_seq;
+            // A plan of the records these changes touched brings the
+            // figures level only if they were level before; a plan of the
+            // whole document always does.
+            let levels = commit.whole_projection || projected_before == seq - 1;
 
             for actors in commit.actors.chunks(ROWS_PER_STATEMENT) {
                 let mut insert = Statement::new(
@@ -337,7 +347,7 @@ impl DocumentStore for Store {
 
             let heads = heads_text(commit.heads);
             let projected = match commit.projection {
-                Some(plan) if current => {
+                Some(plan) if current && levels => {
                     projection::write(&mut tx, plan).await?;
                     sqlx::query(
                         "update documents set heads = $1, projected_heads = $1, projected_seq = $2
@@ -349,6 +359,17 @@ impl DocumentStore for Store {
                     .execute(&mut *tx)
                     .await?;
                     true
+                }
+                // Written, but the figures stay marked behind: the earlier
+                // commit they lack is not in this plan.
+                Some(plan) if current => {
+                    projection::write(&mut tx, plan).await?;
+                    sqlx::query("update documents set heads = $1 where id = $2")
+                        .bind(&heads)
+                        .bind(&document)
+                        .execute(&mut *tx)
+                        .await?;
+                    false
                 }
                 None if current => {
                     sqlx::query("update documents set heads = $1 where id = $2")
@@ -710,6 +731,7 @@ mod numbering {
             projection: Some(plan),
             sync_state: None,
             known_seq,
+            whole_projection: false,
         }
     }
 
@@ -778,7 +800,10 @@ mod numbering {
             .commit(commit(id, device, &three, &plan, second.seq))
             .await
             .expect("third");
-        assert!(third.projected);
+        assert!(
+            !third.projected,
+            "a plan of the touched records cannot level figures that lag"
+        );
         assert!(
             !store
                 .reproject(id, &[], &plan, second.seq)
