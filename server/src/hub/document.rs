@@ -394,12 +394,8 @@ impl DocumentTask {
             Ok(committed) => {
                 tracing::debug!(document = %self.id, changes = batch.changes.len(), "stored changes");
                 self.projection_lagging = self.source.is_some() && !committed.projected;
-                // Behind another node's commit: this document lacks its
-                // changes, read below once the peers were answered.
-                let behind = committed.seq != self.seen_seq + 1;
-                if !behind {
-                    self.seen_seq = committed.seq;
-                }
+                // Stored only if this document held every stored change.
+                self.seen_seq = committed.seq;
                 self.chunk_keys
                     .extend(batch.changes.iter().map(|c| c.hash.to_string()));
                 let ticket = batch.ticket;
@@ -415,10 +411,7 @@ impl DocumentTask {
                         self.recover_from_panic(&connection.key).await;
                     }
                 }
-                if behind {
-                    // Reads the other node's changes, then levels the figures.
-                    self.catch_up().await;
-                } else if self.projection_lagging {
+                if self.projection_lagging {
                     self.project_if_lagging().await;
                 }
                 self.compact_if_due().await;
@@ -435,6 +428,13 @@ impl DocumentTask {
                         SyncRefusal::Refused(doorstep_protocol::keeper::Refusal::ForeignActor {
                             actor,
                         })
+                    }
+                    // Another node stored changes first: the reload above
+                    // took them in, and the device sends again (the
+                    // connection closes with "try again").
+                    CommitError::Store(StoreError::Behind) => {
+                        tracing::info!(document = %self.id, "another node stored changes first; the device sends again");
+                        SyncRefusal::Storage(StoreError::Behind)
                     }
                     CommitError::Store(e) => {
                         // Refused because of a restore a moment ago: the

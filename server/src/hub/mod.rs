@@ -571,7 +571,16 @@ impl Hub {
 /// Brings every lagging projection up to its document's stored heads: at
 /// start, and after a restore added changes.
 async fn catch_up_lagging(shared: &Arc<Shared>) -> Result<(), StoreError> {
-    let lagging = shared.store.documents_to_reproject().await?;
+    catch_up_lagging_where(shared, |_| true).await
+}
+
+/// [`catch_up_lagging`] for the documents `wanted` picks.
+async fn catch_up_lagging_where(
+    shared: &Arc<Shared>,
+    wanted: impl Fn(&DocumentId) -> bool,
+) -> Result<(), StoreError> {
+    let mut lagging = shared.store.documents_to_reproject().await?;
+    lagging.retain(|id| wanted(id));
     let mut caught_up = 0;
     for id in &lagging {
         // One document that cannot be projected must not keep the
@@ -646,8 +655,13 @@ async fn watch_other_processes(hub: std::sync::Weak<Hub>, mut shutdown: watch::R
                 .is_none_or(tokio::task::JoinHandle::is_finished)
             {
                 let shared = hub.shared.clone();
+                // A document live here levels its own figures.
                 sweeping = Some(tokio::spawn(async move {
-                    if let Err(e) = catch_up_lagging(&shared).await {
+                    let live: HashSet<DocumentId> = match shared.mailboxes.lock() {
+                        Ok(mailboxes) => mailboxes.keys().copied().collect(),
+                        Err(_) => return,
+                    };
+                    if let Err(e) = catch_up_lagging_where(&shared, |id| !live.contains(id)).await {
                         tracing::warn!(error = %e, "could not look for lagging figures");
                     }
                 }));

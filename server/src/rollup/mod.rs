@@ -16,7 +16,7 @@ use sqlx::Row;
 
 pub use period::{Period, PeriodError, PeriodQuery};
 
-use crate::store::{Store, StoreError, Tenant};
+use crate::store::{Store, StoreError, Tenant, Tx};
 use crate::tenancy::Level;
 
 /// One row of the rollup table: a child tenant (or the total).
@@ -177,7 +177,7 @@ async fn groups(store: &Store, target: &Tenant) -> Result<Groups, StoreError> {
 
 /// Per-branch values of one query, as (branch id, columns).
 async fn per_branch(
-    store: &Store,
+    tx: &mut Tx,
     sql: &str,
     target: &Tenant,
     binds: &[String],
@@ -188,7 +188,7 @@ async fn per_branch(
     for b in binds {
         query = query.bind(b);
     }
-    let rows = query.fetch_all(store.pool()).await?;
+    let rows = query.fetch_all(&mut **tx).await?;
     rows.iter()
         .map(|r| {
             let branch: String = r.try_get(0)?;
@@ -213,6 +213,7 @@ const BRANCHES: &str =
 
 pub async fn rollup(store: &Store, target: &Tenant, period: Period) -> Result<Rollup, StoreError> {
     let groups = groups(store, target).await?;
+    let mut tx = store.begin_read_within(target.id).await?;
     let (from, to) = (period.from.to_string(), period.to.to_string());
     let dates = [from.clone(), to.clone()];
     // Dates are reckoned here, not in SQL: SQLite's `date()` and
@@ -364,7 +365,7 @@ pub async fn rollup(store: &Store, target: &Tenant, period: Period) -> Result<Ro
     ];
     let mut per: BTreeMap<String, Figures> = BTreeMap::new();
     for (sql, binds, set) in &queries {
-        for (branch, values) in per_branch(store, sql, target, binds).await? {
+        for (branch, values) in per_branch(&mut tx, sql, target, binds).await? {
             set(per.entry(branch).or_default(), &values);
         }
     }
@@ -376,7 +377,7 @@ pub async fn rollup(store: &Store, target: &Tenant, period: Period) -> Result<Ro
     ))
     .bind(target.path.as_str())
     .bind(target.path.descendants_pattern())
-    .fetch_all(store.pool())
+    .fetch_all(&mut *tx)
     .await?
     .iter()
     .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
@@ -446,6 +447,7 @@ pub async fn breakdown(
     kind: BreakdownKind,
 ) -> Result<Vec<Breakdown>, StoreError> {
     let groups = groups(store, target).await?;
+    let mut tx = store.begin_read_within(target.id).await?;
     let sql = match kind {
         BreakdownKind::VisitsByKind => format!(
             "select branch_id, kind, count(*), cast(sum(aid_cash_fen + aid_goods_fen) as bigint) from visit_rows
@@ -475,7 +477,7 @@ pub async fn breakdown(
         .bind(target.path.descendants_pattern())
         .bind(period.from.to_string())
         .bind(period.to.to_string())
-        .fetch_all(store.pool())
+        .fetch_all(&mut *tx)
         .await?;
     let mut folded: BTreeMap<(usize, String), (i64, i64)> = BTreeMap::new();
     for row in rows {
@@ -511,6 +513,7 @@ pub async fn health(
     stale_days: u32,
 ) -> Result<Vec<Health>, StoreError> {
     let groups = groups(store, target).await?;
+    let mut tx = store.begin_read_within(target.id).await?;
     let stale_before = crate::store::now_ms() - i64::from(stale_days) * 86_400_000;
     let queries = [
         format!(
@@ -530,7 +533,7 @@ pub async fn health(
             .bind(target.path.as_str())
             .bind(target.path.descendants_pattern())
             .bind(stale_before)
-            .fetch_all(store.pool())
+            .fetch_all(&mut *tx)
             .await?;
         for row in rows {
             let branch: String = row.try_get(0)?;
@@ -583,12 +586,13 @@ pub async fn branch_members(
     store: &Store,
     branch: TenantId,
 ) -> Result<Vec<MemberListing>, StoreError> {
+    let mut tx = store.begin_read_within(branch).await?;
     let rows = sqlx::query(
         "select record_id, name, household, in_post, no_post, hardship, migrant, retired
          from member_rows where branch_id = $1 order by name",
     )
     .bind(branch.to_string())
-    .fetch_all(store.pool())
+    .fetch_all(&mut *tx)
     .await?;
     rows.iter()
         .map(|r| {
@@ -625,11 +629,12 @@ pub async fn branch_invalid(
     store: &Store,
     branch: TenantId,
 ) -> Result<Vec<InvalidListing>, StoreError> {
+    let mut tx = store.begin_read_within(branch).await?;
     let rows = sqlx::query(
         "select document_id, collection, record_key, problems from invalid_rows where branch_id = $1 order by document_id, collection",
     )
     .bind(branch.to_string())
-    .fetch_all(store.pool())
+    .fetch_all(&mut *tx)
     .await?;
     rows.iter()
         .map(|r| {

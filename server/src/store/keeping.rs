@@ -102,10 +102,9 @@ pub struct Commit<'a> {
     /// (sync state key, state) of the sender.
     pub sync_state: Option<(&'a str, &'a [u8])>,
     /// The document's commit number the committing document holds every
-    /// change up to. When another node committed since, the changes are
-    /// stored all the same, but neither `heads` nor the projection is
-    /// written: both were made from a document that lacks the other
-    /// node's changes.
+    /// change up to. When another node committed since, nothing is stored
+    /// ([`StoreError::Behind`]): the changes were checked against a
+    /// document that lacks the other node's.
     pub known_seq: i64,
     /// Whether `projection` plans the whole document (not just the records
     /// the changes touched): only such a plan levels figures that lagged.
@@ -118,7 +117,8 @@ pub struct Committed {
     /// The document's commit number this commit took.
     pub seq: i64,
     /// Whether the projection rows now reflect the document (false: no
-    /// plan was given, or the committing document was behind).
+    /// plan was given, or it covered only the touched records of figures
+    /// that already lagged).
     pub projected: bool,
 }
 
@@ -283,7 +283,13 @@ impl DocumentStore for Store {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::Invalid(format!("document {document} is not stored")))?;
-            let current = seq - 1 == commit.known_seq;
+            if seq - 1 != commit.known_seq {
+                // Every check of these changes ran against a document that
+                // lacks another node's (a repeated sequence number, a second
+                // form of one original): none of it may be stored. Dropping
+                // the transaction rolls it back.
+                return Err(CommitError::Store(StoreError::Behind));
+            }
             // A plan of the records these changes touched brings the
             // figures level only if they were level before; a plan of the
             // whole document always does.
@@ -347,7 +353,7 @@ impl DocumentStore for Store {
 
             let heads = heads_text(commit.heads);
             let projected = match commit.projection {
-                Some(plan) if current && levels => {
+                Some(plan) if levels => {
                     projection::write(&mut tx, plan).await?;
                     sqlx::query(
                         "update documents set heads = $1, projected_heads = $1, projected_seq = $2
@@ -362,7 +368,7 @@ impl DocumentStore for Store {
                 }
                 // Written, but the figures stay marked behind: the earlier
                 // commit they lack is not in this plan.
-                Some(plan) if current => {
+                Some(plan) => {
                     projection::write(&mut tx, plan).await?;
                     sqlx::query("update documents set heads = $1 where id = $2")
                         .bind(&heads)
@@ -371,7 +377,7 @@ impl DocumentStore for Store {
                         .await?;
                     false
                 }
-                None if current => {
+                None => {
                     sqlx::query("update documents set heads = $1 where id = $2")
                         .bind(&heads)
                         .bind(&document)
@@ -379,10 +385,6 @@ impl DocumentStore for Store {
                         .await?;
                     false
                 }
-                // Behind another node: its heads and rows stand; the
-                // figures lag (projected_seq < seq) until the committing
-                // node has read the other's changes and projects whole.
-                _ => false,
             };
             self.announce(&mut tx, commit.document, seq).await?;
 
@@ -736,7 +738,7 @@ mod numbering {
     }
 
     #[tokio::test]
-    async fn commits_are_numbered_a_node_behind_stores_but_projects_nothing() {
+    async fn commits_are_numbered_a_node_behind_stores_nothing_and_lagging_figures_level_whole() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open_at(&test_location(dir.path()).await)
             .await
@@ -767,17 +769,31 @@ mod numbering {
         assert_eq!(first.seq, before.seq + 1);
         assert!(first.projected);
 
-        // Another node committed after the number this one holds: the
-        // changes are stored and numbered, the figures left to catch up.
-        let second = store
+        // Made from a document behind the stored number (another node
+        // committed first): checked against a document lacking that
+        // commit, so nothing of it is stored.
+        let refused = store
             .commit(commit(id, device, &two, &plan, before.seq))
-            .await
-            .expect("second");
-        assert_eq!(second.seq, first.seq + 1);
+            .await;
+        assert!(matches!(
+            refused,
+            Err(CommitError::Store(StoreError::Behind))
+        ));
         assert!(
-            !second.projected,
-            "made from a document that lacks a commit"
+            store
+                .load_after(id, first.seq)
+                .await
+                .expect("none")
+                .chunks
+                .is_empty()
         );
+
+        // Stored without a plan: numbered, the figures left behind.
+        let mut unplanned = commit(id, device, &two, &plan, first.seq);
+        unplanned.projection = None;
+        let second = store.commit(unplanned).await.expect("second");
+        assert_eq!(second.seq, first.seq + 1);
+        assert!(!second.projected);
         let row = store.document(id).await.expect("row").expect("stored");
         assert!(row.projection_lags());
 

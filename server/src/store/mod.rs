@@ -84,6 +84,12 @@ pub enum StoreError {
     /// what it loaded before, within a second.
     #[error("the database was restored from a backup moments ago; try again")]
     Restored,
+    /// Another server node stored changes to the document after the ones
+    /// the committing node holds: nothing was written (the changes were
+    /// checked against a document that lacks the other node's), and the
+    /// node reads them before the device sends again.
+    #[error("another server stored changes to this document a moment ago; try again")]
+    Behind,
     /// A permit of the authority rule used for another action: a bug.
     #[error("a permit to {given} does not allow {wanted}")]
     WrongPermit {
@@ -239,7 +245,7 @@ impl Store {
     /// holds an advisory lock while it works).
     pub async fn connect_postgres(url: &str) -> Result<Store, StoreError> {
         let (pool, options) = postgres::connect(url).await?;
-        sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+        postgres::migrate(&pool, &sqlx::migrate!("../migrations/postgres")).await?;
         let epoch = stored_epoch_or_new(&pool).await?;
         Ok(Store {
             pool,
@@ -285,6 +291,21 @@ impl Store {
 
     pub fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    /// A read transaction that sees only the rows of the branches at or
+    /// under `tenant` (an unknown tenant: none). On PostgreSQL row-level
+    /// security enforces it whatever the queries say; SQLite has no such
+    /// layer, and the queries' own conditions are all there is.
+    pub(crate) async fn begin_read_within(
+        &self,
+        tenant: doorstep_protocol::TenantId,
+    ) -> Result<Tx, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Backend::Postgres = self.backend {
+            postgres::set_scope(&mut tx, tenant).await?;
+        }
+        Ok(tx)
     }
 
     /// Tells other nodes a document's commit number moved (on PostgreSQL;

@@ -25,11 +25,43 @@ pub(super) async fn connect(url: &str) -> Result<(AnyPool, AnyConnectOptions), S
     let options = AnyConnectOptions::from_str(url)?;
     let pool = AnyPoolOptions::new()
         .max_connections(16)
+        // The server's own work (syncing any branch) sees every row;
+        // reads on a user's behalf narrow it per transaction.
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::Executor::execute(conn, "select set_config('doorstep.scope', '*', false)")
+                    .await?;
+                Ok(())
+            })
+        })
         .after_release(|conn, _| Box::pin(async move { Ok(super::is_clean(conn).await) }))
         .connect_with(options.clone())
         .await?;
     check_settings(&pool).await?;
     Ok((pool, options))
+}
+
+/// Applies what `migrator` has that the database lacks. A database whose
+/// every migration is applied is left alone without a word to the
+/// migrator, which would ask for the right to create tables: the server
+/// may run as a role that owns nothing (so that row-level security holds
+/// it), with the migrations applied by the owner.
+pub(super) async fn migrate(
+    pool: &AnyPool,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), StoreError> {
+    let latest = migrator.iter().map(|m| m.version).max();
+    let applied: Result<Option<i64>, sqlx::Error> =
+        sqlx::query_scalar("select max(version) from _sqlx_migrations where success")
+            .fetch_one(pool)
+            .await;
+    if let (Ok(applied), Some(latest)) = (applied, latest)
+        && applied == Some(latest)
+    {
+        return Ok(());
+    }
+    migrator.run(pool).await?;
+    Ok(())
 }
 
 /// Refuses a server whose settings break a promise: an acknowledged commit
@@ -75,6 +107,22 @@ async fn check_settings(pool: &AnyPool) -> Result<(), StoreError> {
             expected: "C",
         });
     }
+    Ok(())
+}
+
+/// Scopes the transaction to the rows of the branches at or under
+/// `tenant` (row-level security, migration 0010; an unknown tenant sees
+/// nothing). The server's own connections work in scope `*`.
+pub(super) async fn set_scope(
+    tx: &mut super::Tx,
+    tenant: doorstep_protocol::TenantId,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "select set_config('doorstep.scope', coalesce((select path from tenants where id = $1), ''), true)",
+    )
+    .bind(tenant.to_string())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

@@ -36,6 +36,7 @@ mod privacy;
 mod restore_fuzz;
 mod review;
 mod rollups;
+mod row_security;
 mod sdk;
 mod store_lifecycle;
 mod sync;
