@@ -3,11 +3,14 @@
 --   ''  (unset)   nothing at all
 --   '*'           everything (the server's own work: syncing every branch)
 --   '/d/s/b'      the rows of the branches at or under that tenant path
--- Forced, so the owner of the tables (the role migrations run as) is held
--- to it too: a query that forgets its scope sees nothing, whoever runs it.
+-- The nodes should connect as a role that owns nothing (README): such a
+-- role is held to this, and a query of it that forgets its scope sees
+-- nothing. The tables' owner is not (it is not forced): migrations,
+-- pg_dump and pg_restore run as the owner and see every row.
 
 create function doorstep_scope_admits(branch text) returns boolean
     language sql stable
+    set search_path = pg_catalog, public
 as $$
     select case coalesce(current_setting('doorstep.scope', true), '')
         when '' then false
@@ -23,6 +26,7 @@ $$;
 
 create function doorstep_scope_admits_document(document text) returns boolean
     language sql stable
+    set search_path = pg_catalog, public
 as $$
     select case coalesce(current_setting('doorstep.scope', true), '')
         when '' then false
@@ -42,14 +46,12 @@ begin
         'invalid_rows', 'conflict_rows', 'documents', 'devices']
     loop
         execute format('alter table %I enable row level security', t);
-        execute format('alter table %I force row level security', t);
         execute format('create policy within_scope on %I using (doorstep_scope_admits(branch_id))'
             || ' with check (doorstep_scope_admits(branch_id))', t);
     end loop;
     foreach t in array array['chunks', 'change_log', 'sync_states']
     loop
         execute format('alter table %I enable row level security', t);
-        execute format('alter table %I force row level security', t);
         execute format('create policy within_scope on %I using (doorstep_scope_admits_document(document_id))'
             || ' with check (doorstep_scope_admits_document(document_id))', t);
     end loop;

@@ -41,23 +41,27 @@ pub(super) async fn connect(url: &str) -> Result<(AnyPool, AnyConnectOptions), S
     Ok((pool, options))
 }
 
-/// Applies what `migrator` has that the database lacks. A database whose
-/// every migration is applied is left alone without a word to the
-/// migrator, which would ask for the right to create tables: the server
-/// may run as a role that owns nothing (so that row-level security holds
-/// it), with the migrations applied by the owner.
+/// Applies what `migrator` has that the database lacks. A database that
+/// has every migration, each with the checksum this binary has, is left
+/// alone without a word to the migrator, which would ask for the right to
+/// create tables: the nodes may run as a role that owns nothing (so that
+/// row-level security holds them), the migrations applied by the owner.
+/// Anything else (one missing, a checksum that differs) goes to the
+/// migrator, which applies or refuses.
 pub(super) async fn migrate(
     pool: &AnyPool,
     migrator: &sqlx::migrate::Migrator,
 ) -> Result<(), StoreError> {
-    let latest = migrator.iter().map(|m| m.version).max();
-    let applied: Result<Option<i64>, sqlx::Error> =
-        sqlx::query_scalar("select max(version) from _sqlx_migrations where success")
-            .fetch_one(pool)
-            .await;
-    if let (Ok(applied), Some(latest)) = (applied, latest)
-        && applied == Some(latest)
-    {
+    let applied: Result<Vec<(i64, Vec<u8>)>, sqlx::Error> = sqlx::query_as(
+        "select version, checksum from _sqlx_migrations where success order by version",
+    )
+    .fetch_all(pool)
+    .await;
+    let wanted: Vec<(i64, Vec<u8>)> = migrator
+        .iter()
+        .map(|m| (m.version, m.checksum.to_vec()))
+        .collect();
+    if applied.is_ok_and(|applied| applied == wanted) {
         return Ok(());
     }
     migrator.run(pool).await?;

@@ -112,10 +112,23 @@ async fn one_branchs_scope_reads_no_other_branchs_rows_even_by_hand() -> anyhow:
         |_| {},
     )
     .await?;
-    phone
+    let member = phone
         .add_member(NewMember {
             name: "经由应用角色".into(),
             ..NewMember::default()
+        })
+        .await?;
+    phone
+        .record_visit(doorstep_client::NewVisit {
+            date: "2026-11-10".parse()?,
+            member_id: member,
+            kind: doorstep_client::VisitKind::Routine,
+            visitors: vec!["志愿者".into()],
+            aid_cash: doorstep_client::Fen(4_200),
+            aid_goods: doorstep_client::Fen(0),
+            goods_description: None,
+            notes: None,
+            follow_up: None,
         })
         .await?;
     phone.sync_now().await?;
@@ -130,12 +143,10 @@ async fn one_branchs_scope_reads_no_other_branchs_rows_even_by_hand() -> anyhow:
         .error_for_status()?
         .json()
         .await?;
-    assert!(
-        rollup["rows"]
-            .as_array()
-            .is_some_and(|rows| !rows.is_empty()),
-        "{rollup}"
-    );
+    // The visit's figures, read through the scoped transaction: a scope
+    // that admitted nothing would give zeros.
+    assert_eq!(rollup["total"]["visits"], 1, "{rollup}");
+    assert_eq!(rollup["total"]["aid_cash_fen"], 4_200, "{rollup}");
     Ok(())
 }
 
