@@ -31,6 +31,7 @@ mod openapi;
 mod operations;
 mod operator;
 mod poor_link;
+mod postgres_restore;
 mod power_cut;
 mod privacy;
 mod restore_fuzz;
