@@ -530,3 +530,53 @@ fn sqlite_only() -> bool {
 pub async fn on_sqlite<T>(test: impl Future<Output = T>) -> T {
     SQLITE_ONLY.scope((), test).await
 }
+
+/// A database of its own on the PostgreSQL server `DOORSTEP_TEST_POSTGRES`
+/// names, for a test that needs PostgreSQL whatever backend the suite runs
+/// on (it compares the two, runs several nodes, or tests what only
+/// PostgreSQL has): its URL. Without the variable the test fails, saying
+/// how to run it.
+pub async fn postgres_database() -> anyhow::Result<String> {
+    let Some(server) = doorstep_server::store::testing::postgres_server() else {
+        bail!(
+            "{} is not set: run the suite with the test script, which starts PostgreSQL",
+            doorstep_server::store::testing::TEST_POSTGRES
+        );
+    };
+    match create_database(&server).await? {
+        Location::Postgres(url) => Ok(url),
+        Location::Sqlite(path) => bail!(
+            "a PostgreSQL database was asked for, not {}",
+            path.display()
+        ),
+    }
+}
+
+/// Adds a member named `name` on `phone` and records a routine visit to
+/// them on 2026-11-10 with `cash` fen of cash aid.
+pub async fn record_visit(
+    phone: &doorstep_client::Client,
+    name: &str,
+    cash: i64,
+) -> anyhow::Result<()> {
+    let member = phone
+        .add_member(doorstep_client::NewMember {
+            name: name.into(),
+            ..doorstep_client::NewMember::default()
+        })
+        .await?;
+    phone
+        .record_visit(doorstep_client::NewVisit {
+            date: "2026-11-10".parse()?,
+            member_id: member,
+            kind: doorstep_client::VisitKind::Routine,
+            visitors: vec!["志愿者".into()],
+            aid_cash: doorstep_client::Fen(cash),
+            aid_goods: doorstep_client::Fen(0),
+            goods_description: None,
+            notes: None,
+            follow_up: None,
+        })
+        .await?;
+    Ok(())
+}

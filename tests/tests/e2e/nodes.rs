@@ -7,10 +7,9 @@
 
 use std::time::Duration;
 
-use doorstep_client::{Client, Fen, NewMember, NewVisit, VisitKind};
+use doorstep_client::Client;
 use doorstep_protocol::Month;
 use doorstep_server::store::Location;
-use doorstep_server::store::testing::{TEST_POSTGRES, create_database, postgres_server};
 use doorstep_server::tenancy::Role;
 use doorstep_tests::{TestServer, eventually, sdk_device};
 
@@ -28,35 +27,9 @@ async fn node(database: &Location, change_poll: Duration) -> anyhow::Result<Test
 }
 
 async fn database() -> anyhow::Result<Location> {
-    let Some(server) = postgres_server() else {
-        anyhow::bail!(
-            "{TEST_POSTGRES} is not set: run the suite with the test script, which starts PostgreSQL"
-        );
-    };
-    Ok(create_database(&server).await?)
-}
-
-async fn record_visit(phone: &Client, name: &str, cash: i64) -> anyhow::Result<()> {
-    let member = phone
-        .add_member(NewMember {
-            name: name.into(),
-            ..NewMember::default()
-        })
-        .await?;
-    phone
-        .record_visit(NewVisit {
-            date: "2026-11-10".parse()?,
-            member_id: member,
-            kind: VisitKind::Routine,
-            visitors: vec!["志愿者".into()],
-            aid_cash: Fen(cash),
-            aid_goods: Fen(0),
-            goods_description: None,
-            notes: None,
-            follow_up: None,
-        })
-        .await?;
-    Ok(())
+    Ok(Location::Postgres(
+        doorstep_tests::postgres_database().await?,
+    ))
 }
 
 async fn visits(phone: &Client) -> anyhow::Result<usize> {
@@ -104,7 +77,7 @@ async fn two_nodes_converge_and_either_counts_every_visit_once() -> anyhow::Resu
     )
     .await?;
     // Both nodes hold the branch's documents live.
-    record_visit(&a, "王", 100).await?;
+    doorstep_tests::record_visit(&a, "王", 100).await?;
     a.sync_now().await?;
     b.sync_now().await?;
     eventually(Duration::from_secs(20), || async {
@@ -113,8 +86,8 @@ async fn two_nodes_converge_and_either_counts_every_visit_once() -> anyhow::Resu
     .await?;
 
     // Offline on both phones, then each syncs with its own node.
-    record_visit(&a, "李", 200).await?;
-    record_visit(&b, "张", 400).await?;
+    doorstep_tests::record_visit(&a, "李", 200).await?;
+    doorstep_tests::record_visit(&b, "张", 400).await?;
     a.sync_now().await?;
     b.sync_now().await?;
     eventually(Duration::from_secs(20), || async {
@@ -165,7 +138,7 @@ async fn a_node_whose_listener_was_cut_catches_up_and_never_goes_back() -> anyho
         |_| {},
     )
     .await?;
-    record_visit(&a, "王", 100).await?;
+    doorstep_tests::record_visit(&a, "王", 100).await?;
     a.sync_now().await?;
     b.sync_now().await?;
     eventually(Duration::from_secs(20), || async {
@@ -185,7 +158,7 @@ async fn a_node_whose_listener_was_cut_catches_up_and_never_goes_back() -> anyho
     .await?;
     assert_eq!(cut, 2, "each node listens on one connection");
     for n in 0..3 {
-        record_visit(&a, &format!("李{n}"), 10).await?;
+        doorstep_tests::record_visit(&a, &format!("李{n}"), 10).await?;
         a.sync_now().await?;
     }
     let seen = std::cell::Cell::new(1);
@@ -240,11 +213,11 @@ async fn a_node_killed_during_sync_loses_nothing_its_phone_was_told_is_stored() 
     )
     .await?;
     for n in 0..5 {
-        record_visit(&a, &format!("王{n}"), 100).await?;
+        doorstep_tests::record_visit(&a, &format!("王{n}"), 100).await?;
     }
     a.sync_now().await?;
     for n in 0..5 {
-        record_visit(&a, &format!("李{n}"), 100).await?;
+        doorstep_tests::record_visit(&a, &format!("李{n}"), 100).await?;
     }
     // Killed while the second batch may be in flight: whatever the phone
     // was not told is stored, it still holds and offers again.

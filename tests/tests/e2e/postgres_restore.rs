@@ -9,9 +9,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use doorstep_client::{Client, Fen, NewMember, NewVisit, VisitKind};
 use doorstep_server::store::Location;
-use doorstep_server::store::testing::{TEST_POSTGRES, create_database, postgres_server};
 use doorstep_server::tenancy::Role;
 use doorstep_tests::{TestServer, eventually, sdk_device};
 use sqlx::Connection;
@@ -42,41 +40,11 @@ async fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn visit(phone: &Client, name: &str, cash: i64) -> anyhow::Result<()> {
-    let member = phone
-        .add_member(NewMember {
-            name: name.into(),
-            ..NewMember::default()
-        })
-        .await?;
-    phone
-        .record_visit(NewVisit {
-            date: "2026-11-10".parse()?,
-            member_id: member,
-            kind: VisitKind::Routine,
-            visitors: vec!["志愿者".into()],
-            aid_cash: Fen(cash),
-            aid_goods: Fen(0),
-            goods_description: None,
-            notes: None,
-            follow_up: None,
-        })
-        .await?;
-    Ok(())
-}
-
 #[tokio::test]
 async fn a_pg_restore_with_a_new_epoch_gets_back_from_the_phone_what_the_dump_lacks()
 -> anyhow::Result<()> {
-    let Some(server) = postgres_server() else {
-        anyhow::bail!(
-            "{TEST_POSTGRES} is not set: run the suite with the test script, which starts PostgreSQL"
-        );
-    };
-    let database = create_database(&server).await?;
-    let Location::Postgres(url) = database.clone() else {
-        anyhow::bail!("made on PostgreSQL");
-    };
+    let url = doorstep_tests::postgres_database().await?;
+    let database = Location::Postgres(url.clone());
     let node = TestServer::spawn_with(move |c| c.database = database).await?;
     let d = node.district().await?;
     let phone_dir = tempfile::tempdir()?;
@@ -88,7 +56,7 @@ async fn a_pg_restore_with_a_new_epoch_gets_back_from_the_phone_what_the_dump_la
         |_| {},
     )
     .await?;
-    visit(&phone, "王", 100).await?;
+    doorstep_tests::record_visit(&phone, "王", 100).await?;
     phone.sync_now().await?;
 
     let dumps = tempfile::tempdir()?;
@@ -96,7 +64,7 @@ async fn a_pg_restore_with_a_new_epoch_gets_back_from_the_phone_what_the_dump_la
     let dump_path = dump.to_string_lossy().into_owned();
     run("pg_dump", &["-Fc", "-f", &dump_path, &url]).await?;
     // Stored after the dump: the restored database lacks it.
-    visit(&phone, "李", 200).await?;
+    doorstep_tests::record_visit(&phone, "李", 200).await?;
     phone.sync_now().await?;
 
     // The database is lost; the node stops, an empty one is made and the

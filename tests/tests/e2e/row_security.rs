@@ -6,22 +6,14 @@
 
 use doorstep_client::NewMember;
 use doorstep_server::store::Location;
-use doorstep_server::store::testing::{TEST_POSTGRES, create_database, postgres_server};
 use doorstep_server::tenancy::Role;
 use doorstep_tests::{TestServer, sdk_device};
 use sqlx::Connection;
 
 #[tokio::test]
 async fn one_branchs_scope_reads_no_other_branchs_rows_even_by_hand() -> anyhow::Result<()> {
-    let Some(server) = postgres_server() else {
-        anyhow::bail!(
-            "{TEST_POSTGRES} is not set: run the suite with the test script, which starts PostgreSQL"
-        );
-    };
-    let database = create_database(&server).await?;
-    let Location::Postgres(url) = &database else {
-        anyhow::bail!("made on PostgreSQL");
-    };
+    let url = &doorstep_tests::postgres_database().await?;
+    let database = Location::Postgres(url.clone());
     let node = {
         let database = database.clone();
         TestServer::spawn_with(move |c| c.database = database).await?
@@ -112,25 +104,7 @@ async fn one_branchs_scope_reads_no_other_branchs_rows_even_by_hand() -> anyhow:
         |_| {},
     )
     .await?;
-    let member = phone
-        .add_member(NewMember {
-            name: "经由应用角色".into(),
-            ..NewMember::default()
-        })
-        .await?;
-    phone
-        .record_visit(doorstep_client::NewVisit {
-            date: "2026-11-10".parse()?,
-            member_id: member,
-            kind: doorstep_client::VisitKind::Routine,
-            visitors: vec!["志愿者".into()],
-            aid_cash: doorstep_client::Fen(4_200),
-            aid_goods: doorstep_client::Fen(0),
-            goods_description: None,
-            notes: None,
-            follow_up: None,
-        })
-        .await?;
+    doorstep_tests::record_visit(&phone, "经由应用角色", 4_200).await?;
     phone.sync_now().await?;
     let token = node
         .login_as("district", Role::DistrictAdmin, d.district.id)
