@@ -505,7 +505,7 @@ impl DocumentTask {
 
     /// Reads what other server nodes stored after [`Self::seen_seq`],
     /// passes it on to this node's peers, and brings the figures up to it
-    /// when the other node could not (it was behind this one).
+    /// when they lag (a commit whose plan could not level them).
     async fn catch_up(&mut self) {
         let newer = match self
             .shared
@@ -521,13 +521,13 @@ impl DocumentTask {
             }
         };
         if newer.seq <= self.seen_seq {
-            // Nothing new here; the figures may still lag a commit this
-            // node made while behind, whose catch-up failed.
+            // Nothing new here; the figures may still lag a commit whose
+            // whole projection failed.
             self.project_if_lagging().await;
             return;
         }
-        // Only what this document lacks: its own commits made while behind
-        // come back too. A snapshot (another node compacted) is read by a
+        // Only what this document lacks (a number read before the chunks
+        // can bring back chunks it holds). A snapshot (another node compacted) is read by a
         // reload, which also counts the stored bytes afresh.
         let (chunks, keys, bytes, snapshot) = {
             let held: std::collections::HashSet<&str> =

@@ -647,9 +647,9 @@ async fn watch_other_processes(hub: std::sync::Weak<Hub>, mut shutdown: watch::R
         {
             changes_looked_for = tokio::time::Instant::now();
             hub.look_for_changes_elsewhere();
-            // Figures a node left lagging (it was behind, then died, and
-            // nobody holds the document): projected here, one sweep at a
-            // time; the compare-and-set keeps two nodes from clashing.
+            // Figures a node left lagging (it died before levelling them,
+            // and nobody holds the document): projected here, one sweep at
+            // a time; the compare-and-set keeps two nodes from clashing.
             if sweeping
                 .as_ref()
                 .is_none_or(tokio::task::JoinHandle::is_finished)

@@ -694,7 +694,7 @@ mod tests {
 mod numbering {
     //! Commit numbers, on whichever backend the tests run on: what lets a
     //! node read exactly the changes other nodes stored, and keeps a node
-    //! that was behind from writing figures made without them.
+    //! that was behind from storing changes checked without theirs.
 
     use automerge::transaction::Transactable;
     use doorstep_protocol::DocumentId;
