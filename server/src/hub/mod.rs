@@ -642,7 +642,7 @@ async fn watch_other_processes(hub: std::sync::Weak<Hub>, mut shutdown: watch::R
             _ = shutdown.changed() => return,
         }
         let Some(hub) = hub.upgrade() else { return };
-        if hub.shared.store.postgres_url().is_some()
+        if matches!(hub.shared.store.backend(), crate::store::Backend::Postgres)
             && changes_looked_for.elapsed() >= hub.shared.config.change_poll
         {
             changes_looked_for = tokio::time::Instant::now();

@@ -1,10 +1,10 @@
 //! SQL statements assembled at run time (lists and multi-row inserts), with
-//! `$n` placeholders that both backends read.
+//! `$n` parameter markers that both backends read.
 //!
-//! sqlx's `QueryBuilder` writes the placeholder of the database it is typed
-//! for, and for `Any` that is `?`, which PostgreSQL refuses. SQLite reads
-//! `$n` as the nth parameter, so one spelling serves both; every literal
-//! query in the store is written with it too.
+//! sqlx's `QueryBuilder` writes the parameter marker of the database it is
+//! typed for, and for `Any` that is `?`, which PostgreSQL refuses. SQLite
+//! reads `$n` as the nth parameter, so one spelling serves both; every
+//! literal query in the store is written with it too.
 
 use std::fmt::Write;
 
@@ -47,7 +47,7 @@ impl<'q> Statement<'q> {
         self
     }
 
-    /// Appends the next placeholder and binds `value` to it.
+    /// Appends the next parameter marker (`$n`) and binds `value` to it.
     pub fn push_bind<T>(&mut self, value: T) -> &mut Self
     where
         T: 'q + Encode<'q, Any> + Type<Any>,
@@ -61,7 +61,7 @@ impl<'q> Statement<'q> {
         self
     }
 
-    /// Appends `values` as a comma-separated list of placeholders and the
+    /// Appends `values` as a comma-separated list of parameter markers and the
     /// closing parenthesis of the `in (` before it.
     pub fn push_list<T>(&mut self, values: impl IntoIterator<Item = T>) -> &mut Self
     where
