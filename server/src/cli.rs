@@ -1224,7 +1224,7 @@ impl Store {
     pub async fn tenants_within_roots(&self) -> Result<Vec<TenantPath>, crate::store::StoreError> {
         let paths: Vec<String> =
             sqlx::query_scalar("select path from tenants where parent_id is null order by path")
-                .fetch_all(self.pool())
+                .fetch_all(self.every_branch())
                 .await?;
         paths
             .iter()

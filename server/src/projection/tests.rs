@@ -144,7 +144,7 @@ fn visit(date: &str, member: RecordId, cash: i64) -> Visit {
 
 async fn strings(store: &Store, sql: &str) -> Vec<String> {
     let mut got: Vec<String> = sqlx::query(sql)
-        .fetch_all(store.pool())
+        .fetch_all(store.every_branch())
         .await
         .expect("query")
         .iter()
@@ -156,7 +156,7 @@ async fn strings(store: &Store, sql: &str) -> Vec<String> {
 
 async fn count(store: &Store, sql: &str) -> i64 {
     sqlx::query_scalar(sql)
-        .fetch_one(store.pool())
+        .fetch_one(store.every_branch())
         .await
         .expect("count")
 }
@@ -508,7 +508,7 @@ async fn reproject_rebuilds_from_the_stored_documents_and_drops_orphans() {
     )
     .bind(&id)
     .bind(roster.server.save_after(&genesis_heads))
-    .execute(f.store.pool())
+    .execute(f.store.every_branch())
     .await
     .expect("store the change");
     // A row of a document the store does not have.
@@ -517,7 +517,7 @@ async fn reproject_rebuilds_from_the_stored_documents_and_drops_orphans() {
          values ('gone', 'x', $1, 'n', 'h', 0, 0, 0, 0, 0)",
     )
     .bind(f.branch.id.to_string())
-    .execute(f.store.pool())
+    .execute(f.store.every_branch())
     .await
     .expect("orphan");
 
@@ -529,7 +529,7 @@ async fn reproject_rebuilds_from_the_stored_documents_and_drops_orphans() {
     let marker: Option<String> =
         sqlx::query_scalar("select projected_heads from documents where id = $1")
             .bind(&id)
-            .fetch_one(f.store.pool())
+            .fetch_one(f.store.every_branch())
             .await
             .expect("marker");
     assert_eq!(

@@ -247,28 +247,32 @@ impl Store {
     pub async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
         let limit = i64::from(query.limit.clamp(1, MAX_AUDIT_PAGE));
         let before = query.before.unwrap_or(i64::MAX);
-        let rows =
-            match &query.scope {
-                Some(scope) => sqlx::query(
+        let rows = match &query.scope {
+            Some(scope) => {
+                let mut tx = self.begin_read_under(scope).await?;
+                sqlx::query(
                     "select id, at, actor, action, subject, detail, tenant_id, outcome from audit
-                     where (tenant_path = $1 or tenant_path like $2) and id < $3
-                     order by id desc limit $4",
+                         where (tenant_path = $1 or tenant_path like $2) and id < $3
+                         order by id desc limit $4",
                 )
                 .bind(scope.as_str())
                 .bind(scope.descendants_pattern())
                 .bind(before)
                 .bind(limit)
-                .fetch_all(self.pool())
-                .await?,
-                None => sqlx::query(
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            None => {
+                sqlx::query(
                     "select id, at, actor, action, subject, detail, tenant_id, outcome from audit
                      where id < $1 order by id desc limit $2",
                 )
                 .bind(before)
                 .bind(limit)
-                .fetch_all(self.pool())
-                .await?,
-            };
+                .fetch_all(self.every_branch())
+                .await?
+            }
+        };
         rows.iter().map(record_from_row).collect()
     }
 }
@@ -331,7 +335,7 @@ mod tests {
 
         for statement in ["update audit set actor = 'nobody'", "delete from audit"] {
             let err = sqlx::query(statement)
-                .execute(store.pool())
+                .execute(store.every_branch())
                 .await
                 .expect_err("the audit log is append-only");
             assert!(err.to_string().contains("append-only"), "{err}");

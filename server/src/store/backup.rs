@@ -150,7 +150,7 @@ impl Store {
             // SQLite writes into an empty existing file.
             sqlx::query("vacuum into $1")
                 .bind(&target)
-                .execute(self.pool())
+                .execute(self.every_branch())
                 .await?;
             let summary = check_copy(to).await?;
             sync_file_and_folder(to).map_err(|e| {
@@ -242,7 +242,7 @@ impl Store {
         // Opening migrates it to this binary's schema; a backup made by a
         // newer binary fails here, naming the migration it does not know.
         let staged = Store::open(staging).await?;
-        let check = integrity(staged.pool())
+        let check = integrity(staged.every_branch())
             .await
             .map_err(|e| StoreError::Invalid(e.to_string()))
             .and_then(|found| found.map_err(not_a_backup));
@@ -634,7 +634,7 @@ mod tests {
         let store = Store::open(&dir.path().join("doorstep.db")).await?;
         let tables: Vec<String> =
             sqlx::query_scalar("select name from sqlite_master where type = 'table'")
-                .fetch_all(store.pool())
+                .fetch_all(store.every_branch())
                 .await?;
         let undecided: Vec<&String> = tables.iter().filter(|t| merge_of(t).is_none()).collect();
         assert!(undecided.is_empty(), "no restore rule: {undecided:?}");

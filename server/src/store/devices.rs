@@ -332,7 +332,7 @@ impl Store {
             "select {CODE_COLUMNS} from enrollment_codes c join tenants t on t.id = c.branch_id where c.id = $1"
         ))
         .bind(id.to_string())
-        .fetch_optional(self.pool())
+        .fetch_optional(self.every_branch())
         .await?
         .map(|r| code_from_row(&r, now_ms()))
         .transpose()
@@ -346,6 +346,7 @@ impl Store {
         pending_only: bool,
     ) -> Result<Vec<EnrollmentCode>, StoreError> {
         let now = now_ms();
+        let mut tx = self.begin_read_under(scope).await?;
         let rows = sqlx::query(&format!(
             "select {CODE_COLUMNS} from enrollment_codes c join tenants t on t.id = c.branch_id
              where (t.path = $1 or t.path like $2)
@@ -357,7 +358,7 @@ impl Store {
         .bind(scope.descendants_pattern())
         .bind(i64::from(pending_only))
         .bind(now)
-        .fetch_all(self.pool())
+        .fetch_all(&mut *tx)
         .await?;
         rows.iter().map(|r| code_from_row(r, now)).collect()
     }
@@ -546,7 +547,7 @@ impl Store {
              where k.token_hash = $1 and d.revoked_at is null"
         ))
         .bind(token_hash)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.every_branch())
         .await?
         .as_ref()
         .map(device_from_row)
@@ -564,7 +565,7 @@ impl Store {
              where k.token_hash = $1 and d.revoked_at is not null",
         )
         .bind(token_hash)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.every_branch())
         .await?;
         Ok(revoked.is_some())
     }
@@ -574,7 +575,7 @@ impl Store {
             "select {DEVICE_COLUMNS} from devices d join tenants t on t.id = d.branch_id where d.id = $1"
         ))
         .bind(id.to_string())
-        .fetch_optional(self.pool())
+        .fetch_optional(self.every_branch())
         .await?
         .as_ref()
         .map(device_from_row)
@@ -582,13 +583,14 @@ impl Store {
     }
 
     pub async fn devices_within(&self, scope: &TenantPath) -> Result<Vec<Device>, StoreError> {
+        let mut tx = self.begin_read_under(scope).await?;
         sqlx::query(&format!(
             "select {DEVICE_COLUMNS} from devices d join tenants t on t.id = d.branch_id
              where t.path = $1 or t.path like $2 order by t.path, d.created_at"
         ))
         .bind(scope.as_str())
         .bind(scope.descendants_pattern())
-        .fetch_all(self.pool())
+        .fetch_all(&mut *tx)
         .await?
         .iter()
         .map(device_from_row)
@@ -623,7 +625,7 @@ impl Store {
     pub async fn revoked_since(&self, since: i64) -> Result<Vec<(DeviceId, i64)>, StoreError> {
         let rows = sqlx::query("select id, revoked_at from devices where revoked_at >= $1")
             .bind(since)
-            .fetch_all(self.pool())
+            .fetch_all(self.every_branch())
             .await?;
         rows.iter()
             .map(|r| {
@@ -641,7 +643,7 @@ impl Store {
             "select count(*) from devices where id = $1 and revoked_at is null",
         )
         .bind(id.to_string())
-        .fetch_one(self.pool())
+        .fetch_one(self.every_branch())
         .await?
             > 0)
     }
@@ -650,7 +652,7 @@ impl Store {
         sqlx::query("update devices set last_seen_at = $1 where id = $2")
             .bind(now_ms())
             .bind(id.to_string())
-            .execute(self.pool())
+            .execute(self.every_branch())
             .await?;
         Ok(())
     }
@@ -669,7 +671,7 @@ impl Store {
         let held: i64 =
             sqlx::query_scalar("select count(*) from device_actors where device_id = $1")
                 .bind(device.to_string())
-                .fetch_one(self.pool())
+                .fetch_one(self.every_branch())
                 .await?;
         if held >= MAX_REGISTERED_ACTORS_PER_DEVICE
             && self.actor_owner(actor_hex).await? != Some(device)
@@ -685,7 +687,7 @@ impl Store {
         .bind(actor_hex)
         .bind(device.to_string())
         .bind(now_ms())
-        .execute(self.pool())
+        .execute(self.every_branch())
         .await?;
         match self.actor_owner(actor_hex).await? {
             Some(owner) if owner == device => Ok(()),
@@ -696,7 +698,7 @@ impl Store {
     pub async fn actor_owner(&self, actor_hex: &str) -> Result<Option<DeviceId>, StoreError> {
         sqlx::query_scalar::<_, String>("select device_id from device_actors where actor_id = $1")
             .bind(actor_hex)
-            .fetch_optional(self.pool())
+            .fetch_optional(self.every_branch())
             .await?
             .map(|d| parse_column(&d, "device id"))
             .transpose()

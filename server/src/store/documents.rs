@@ -142,7 +142,7 @@ impl Store {
             "select id, branch_id, kind, month, heads, projected_heads, seq, projected_seq from documents where id = $1",
         )
         .bind(id.to_string())
-        .fetch_optional(self.pool())
+        .fetch_optional(self.every_branch())
         .await?
         .as_ref()
         .map(document_from_row)
@@ -162,7 +162,7 @@ impl Store {
         )
         .bind(document.to_string())
         .bind(device.to_string())
-        .fetch_one(self.pool())
+        .fetch_one(self.every_branch())
         .await?
             > 0)
     }
@@ -177,7 +177,7 @@ impl Store {
         let rows: Vec<(String, Option<String>)> =
             sqlx::query_as("select id, projected_heads from documents where branch_id = $1")
                 .bind(branch.to_string())
-                .fetch_all(self.pool())
+                .fetch_all(self.every_branch())
                 .await?;
         Ok(rows
             .into_iter()
@@ -203,7 +203,7 @@ impl Store {
              order by case kind when 'roster' then 0 else 1 end, month",
         )
         .bind(branch.to_string())
-        .fetch_all(self.pool())
+        .fetch_all(self.every_branch())
         .await?
         .iter()
         .map(document_from_row)
@@ -220,7 +220,7 @@ impl Store {
         sqlx::query(
             "select id, branch_id, kind, month, heads, projected_heads, seq, projected_seq from documents order by branch_id, kind, month",
         )
-        .fetch_all(self.pool())
+        .fetch_all(self.every_branch())
         .await?
         .iter()
         .map(document_from_row)
@@ -235,7 +235,7 @@ impl Store {
              from chunks where document_id = $1",
         )
         .bind(id.to_string())
-        .fetch_one(self.pool())
+        .fetch_one(self.every_branch())
         .await?;
         Ok((row.try_get("snapshots")?, row.try_get("incrementals")?))
     }
@@ -259,7 +259,7 @@ impl Store {
         )
         .bind(id.to_string())
         .bind(hash)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.every_branch())
         .await?;
         row.map(|r| Ok((r.try_get("actor_id")?, r.try_get("device_id")?)))
             .transpose()

@@ -208,7 +208,7 @@ impl DocumentStore for Store {
                  where document_id = $1 and device_id is not null group by device_id",
             )
             .bind(id.to_string())
-            .fetch_all(self.pool())
+            .fetch_all(self.every_branch())
             .await?;
             for row in shares {
                 let device: String = row.try_get("device_id")?;
@@ -232,7 +232,7 @@ impl DocumentStore for Store {
             // read again next time, never skipped.
             let seq: i64 = sqlx::query_scalar("select seq from documents where id = $1")
                 .bind(id.to_string())
-                .fetch_optional(self.pool())
+                .fetch_optional(self.every_branch())
                 .await?
                 .unwrap_or(0);
             // Incrementals in the order they were stored, which is causal:
@@ -246,7 +246,7 @@ impl DocumentStore for Store {
             ))
             .bind(id.to_string())
             .bind(after)
-            .fetch_all(self.pool())
+            .fetch_all(self.every_branch())
             .await?;
             let mut stored = StoredChunks {
                 seq,
@@ -476,7 +476,7 @@ impl DocumentStore for Store {
             )
             .bind(id.to_string())
             .bind(key)
-            .fetch_optional(self.pool())
+            .fetch_optional(self.every_branch())
             .await?)
         })
     }
@@ -549,7 +549,7 @@ impl Store {
                 or projected_seq < seq
              order by id",
         )
-        .fetch_all(self.pool())
+        .fetch_all(self.every_branch())
         .await?
         .iter()
         .map(|id| parse_column(id, "document id"))
@@ -566,7 +566,7 @@ impl Store {
              where (heads is not null and (projected_heads is null or heads <> projected_heads))
                 or projected_seq < seq",
         )
-        .fetch_one(self.pool())
+        .fetch_one(self.every_branch())
         .await?;
         Ok(u64::try_from(lagging).unwrap_or(0))
     }

@@ -159,7 +159,7 @@ impl Store {
             "select u.*, t.path from users u join tenants t on t.id = u.tenant_id where u.username = $1",
         )
         .bind(username.trim())
-        .fetch_optional(self.pool())
+        .fetch_optional(self.every_branch())
         .await?;
         row.map(|r| account_from_row(&r)).transpose()
     }
@@ -173,7 +173,7 @@ impl Store {
             "select u.*, t.path from users u join tenants t on t.id = u.tenant_id where u.id = $1",
         )
         .bind(id.to_string())
-        .fetch_optional(self.pool())
+        .fetch_optional(self.every_branch())
         .await?;
         row.map(|r| account_from_row(&r)).transpose()
     }
@@ -191,7 +191,7 @@ impl Store {
     ) -> Result<Result<Attempt, Refusal>, StoreError> {
         let cutoff = now.saturating_sub(millis(policy.failure_window));
         {
-            let mut conn = self.pool().acquire().await?;
+            let mut conn = self.every_branch().acquire().await?;
             let judged = tallies(&mut conn, policy, now, account, address).await?;
             if let Err(refusal) = policy.check(now, judged) {
                 return Ok(Err(refusal));
@@ -280,7 +280,7 @@ impl Store {
     pub async fn login_abandoned(&self, attempt: Attempt) -> Result<(), StoreError> {
         sqlx::query("delete from login_attempts where id = $1")
             .bind(attempt.0)
-            .execute(self.pool())
+            .execute(self.every_branch())
             .await?;
         Ok(())
     }
@@ -381,7 +381,7 @@ impl Store {
         .bind(token_hash)
         .bind(now)
         .bind(now.saturating_sub(millis(idle)))
-        .fetch_optional(self.pool())
+        .fetch_optional(self.every_branch())
         .await?;
         let Some(row) = row else { return Ok(None) };
         let mut session = session_from_row(&row)?;
@@ -393,7 +393,7 @@ impl Store {
             .bind(now)
             .bind(&session.id)
             .bind(now)
-            .execute(self.pool())
+            .execute(self.every_branch())
             .await?;
             session.last_used_at = now;
         }
@@ -417,7 +417,7 @@ impl Store {
         .bind(user.map(|u| u.to_string()))
         .bind(now)
         .bind(now.saturating_sub(millis(idle)))
-        .fetch_all(self.pool())
+        .fetch_all(self.every_branch())
         .await?
         .iter()
         .map(session_from_row)
@@ -464,7 +464,7 @@ impl Store {
     pub async fn delete_session(&self, token_hash: &[u8]) -> Result<(), StoreError> {
         sqlx::query("delete from user_sessions where token_hash = $1")
             .bind(token_hash)
-            .execute(self.pool())
+            .execute(self.every_branch())
             .await?;
         Ok(())
     }

@@ -216,7 +216,12 @@ pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Any>;
 /// Handle to the database; cheap to clone (clones share the epoch).
 #[derive(Clone)]
 pub struct Store {
+    /// The server's own work, across every branch.
     pool: AnyPool,
+    /// Reads on somebody's behalf, each scoped to its unit. On PostgreSQL
+    /// a pool of its own whose connections start in a scope that admits
+    /// nothing; on SQLite, which has no row-level security, `pool` again.
+    scoped: AnyPool,
     options: AnyConnectOptions,
     backend: Backend,
     /// The database's epoch this process works in: its automerge-repo
@@ -244,11 +249,16 @@ impl Store {
     /// migrations; several processes may do so at once (sqlx's migrator
     /// holds an advisory lock while it works).
     pub async fn connect_postgres(url: &str) -> Result<Store, StoreError> {
-        let (pool, options) = postgres::connect(url).await?;
+        let postgres::Pools {
+            every_branch: pool,
+            scoped,
+            options,
+        } = postgres::connect(url).await?;
         postgres::migrate(&pool, &sqlx::migrate!("../migrations/postgres")).await?;
         let epoch = stored_epoch_or_new(&pool).await?;
         Ok(Store {
             pool,
+            scoped,
             options,
             backend: Backend::Postgres,
             epoch: Arc::new(RwLock::new(epoch)),
@@ -282,6 +292,7 @@ impl Store {
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
         let epoch = stored_epoch_or_new(&pool).await?;
         Ok(Store {
+            scoped: pool.clone(),
             pool,
             options,
             backend: Backend::Sqlite { path },
@@ -301,9 +312,22 @@ impl Store {
         &self,
         tenant: doorstep_protocol::TenantId,
     ) -> Result<Tx, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.scoped.begin().await?;
         if let Backend::Postgres = self.backend {
             postgres::set_scope(&mut tx, tenant).await?;
+        }
+        Ok(tx)
+    }
+
+    /// [`Store::begin_read_within`] the tenant at the path `scope`, for the
+    /// listings of a unit's people, devices, codes and audit entries.
+    pub(crate) async fn begin_read_under(
+        &self,
+        scope: &crate::tenancy::TenantPath,
+    ) -> Result<Tx, StoreError> {
+        let mut tx = self.scoped.begin().await?;
+        if let Backend::Postgres = self.backend {
+            postgres::set_scope_path(&mut tx, scope).await?;
         }
         Ok(tx)
     }
@@ -502,6 +526,7 @@ impl Store {
     /// Closes every connection (after which the file can be reopened cleanly).
     pub async fn close(&self) {
         self.pool.close().await;
+        self.scoped.close().await;
     }
 
     /// A write transaction that takes the write lock up front. SQLite's
@@ -548,7 +573,11 @@ impl Store {
         }
     }
 
-    pub(crate) fn pool(&self) -> &AnyPool {
+    /// The pool of the server's own work, which spans every branch: on
+    /// PostgreSQL its connections work in scope `*`. Reads on somebody's
+    /// behalf go through [`Store::begin_read_within`] or
+    /// [`Store::begin_read_under`] instead, held to that somebody's unit.
+    pub(crate) fn every_branch(&self) -> &AnyPool {
         &self.pool
     }
 }

@@ -19,26 +19,50 @@ const WRITE_LOCK: i64 = 0x646f_6f72_7374_6570; // "doorstep"
 /// SQLite's busy timeout does.
 const WRITE_LOCK_TIMEOUT: &str = "10s";
 
-/// A pool on the PostgreSQL database at `url`, its settings checked.
-pub(super) async fn connect(url: &str) -> Result<(AnyPool, AnyConnectOptions), StoreError> {
+/// The two pools on the PostgreSQL database at `url`, its settings checked.
+pub(super) struct Pools {
+    /// The server's own work, which spans every branch (syncing any
+    /// branch's documents, finding a device by its token, writing): its
+    /// connections work in scope `*`.
+    pub every_branch: AnyPool,
+    /// Reads on somebody's behalf: its connections start in the empty
+    /// scope, which admits nothing, and each transaction names its own
+    /// ([`set_scope`]). A read here that forgot its scope reads nothing.
+    pub scoped: AnyPool,
+    pub options: AnyConnectOptions,
+}
+
+/// How many connections the server's own work may hold, and the reads on
+/// somebody's behalf (rollups, listings: short, and fewer).
+const EVERY_BRANCH_CONNECTIONS: u32 = 16;
+const SCOPED_CONNECTIONS: u32 = 4;
+
+pub(super) async fn connect(url: &str) -> Result<Pools, StoreError> {
     sqlx::any::install_default_drivers();
     let options = AnyConnectOptions::from_str(url)?;
-    let pool = AnyPoolOptions::new()
-        .max_connections(16)
-        // The server's own work (syncing any branch) sees every row;
-        // reads on a user's behalf narrow it per transaction.
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                sqlx::Executor::execute(conn, "select set_config('doorstep.scope', '*', false)")
-                    .await?;
-                Ok(())
+    let pool = |connections: u32, scope: &'static str| {
+        AnyPoolOptions::new()
+            .max_connections(connections)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    sqlx::query("select set_config('doorstep.scope', $1, false)")
+                        .bind(scope)
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
             })
-        })
-        .after_release(|conn, _| Box::pin(async move { Ok(super::is_clean(conn).await) }))
-        .connect_with(options.clone())
-        .await?;
-    check_settings(&pool).await?;
-    Ok((pool, options))
+            .after_release(|conn, _| Box::pin(async move { Ok(super::is_clean(conn).await) }))
+            .connect_with(options.clone())
+    };
+    let every_branch = pool(EVERY_BRANCH_CONNECTIONS, "*").await?;
+    let scoped = pool(SCOPED_CONNECTIONS, "").await?;
+    check_settings(&every_branch).await?;
+    Ok(Pools {
+        every_branch,
+        scoped,
+        options,
+    })
 }
 
 /// Applies what `migrator` has that the database lacks. A database that
@@ -115,8 +139,8 @@ async fn check_settings(pool: &AnyPool) -> Result<(), StoreError> {
 }
 
 /// Scopes the transaction to the rows of the branches at or under
-/// `tenant` (row-level security, migration 0010; an unknown tenant sees
-/// nothing). The server's own connections work in scope `*`.
+/// `tenant` (row-level security, migrations 0010 and 0011; an unknown
+/// tenant sees nothing).
 pub(super) async fn set_scope(
     tx: &mut super::Tx,
     tenant: doorstep_protocol::TenantId,
@@ -127,6 +151,18 @@ pub(super) async fn set_scope(
     .bind(tenant.to_string())
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Scopes the transaction to the rows at or under the tenant path `scope`.
+pub(super) async fn set_scope_path(
+    tx: &mut super::Tx,
+    scope: &crate::tenancy::TenantPath,
+) -> Result<(), StoreError> {
+    sqlx::query("select set_config('doorstep.scope', $1, true)")
+        .bind(scope.as_str())
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

@@ -405,7 +405,7 @@ impl Store {
     pub async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>, StoreError> {
         sqlx::query("select id, parent_id, level, name, path from tenants where id = $1")
             .bind(id.to_string())
-            .fetch_optional(self.pool())
+            .fetch_optional(self.every_branch())
             .await?
             .as_ref()
             .map(tenant_from_row)
@@ -417,7 +417,7 @@ impl Store {
         sqlx::query("select id, parent_id, level, name, path from tenants where path = $1 or path like $2 order by path")
             .bind(scope.as_str())
             .bind(scope.descendants_pattern())
-            .fetch_all(self.pool())
+            .fetch_all(self.every_branch())
             .await?
             .iter()
             .map(tenant_from_row)
@@ -426,13 +426,13 @@ impl Store {
 
     pub async fn tenant_count(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("select count(*) from tenants")
-            .fetch_one(self.pool())
+            .fetch_one(self.every_branch())
             .await?)
     }
 
     pub async fn user_count(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("select count(*) from users")
-            .fetch_one(self.pool())
+            .fetch_one(self.every_branch())
             .await?)
     }
 
@@ -501,7 +501,7 @@ impl Store {
              join users u on u.id = i.user_id join tenants t on t.id = u.tenant_id where i.id = $1"
         ))
         .bind(id.to_string())
-        .fetch_optional(self.pool())
+        .fetch_optional(self.every_branch())
         .await?
         .map(|r| invitation_from_row(&r, now_ms()))
         .transpose()
@@ -516,7 +516,7 @@ impl Store {
              join users u on u.id = i.user_id join tenants t on t.id = u.tenant_id where i.code_hash = $1"
         ))
         .bind(code_hash)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.every_branch())
         .await?
         .map(|r| invitation_from_row(&r, now_ms()))
         .transpose()
@@ -530,6 +530,7 @@ impl Store {
         pending_only: bool,
     ) -> Result<Vec<Invitation>, StoreError> {
         let now = now_ms();
+        let mut tx = self.begin_read_under(scope).await?;
         let rows = sqlx::query(&format!(
             "select {INVITATION_COLUMNS} from user_invitations i
              join users u on u.id = i.user_id join tenants t on t.id = u.tenant_id
@@ -542,7 +543,7 @@ impl Store {
         .bind(scope.descendants_pattern())
         .bind(i64::from(pending_only))
         .bind(now)
-        .fetch_all(self.pool())
+        .fetch_all(&mut *tx)
         .await?;
         rows.iter().map(|r| invitation_from_row(r, now)).collect()
     }
@@ -677,7 +678,7 @@ impl Store {
              where s.token_hash = $1",
         )
         .bind(token_hash)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.every_branch())
         .await?
         .as_ref()
         .map(user_from_row)
@@ -691,7 +692,7 @@ impl Store {
              from users u join tenants t on t.id = u.tenant_id where u.id = $1",
         )
         .bind(id.to_string())
-        .fetch_optional(self.pool())
+        .fetch_optional(self.every_branch())
         .await?
         .as_ref()
         .map(user_from_row)
@@ -745,7 +746,7 @@ impl Store {
              join tenants t on t.id = g.branch_id where g.id = $1"
         ))
         .bind(id.to_string())
-        .fetch_optional(self.pool())
+        .fetch_optional(self.every_branch())
         .await?
         .map(|r| grant_from_row(&r, now_ms()))
         .transpose()
@@ -759,7 +760,7 @@ impl Store {
              join tenants t on t.id = g.branch_id where g.branch_id = $1 order by g.created_at desc"
         ))
         .bind(branch.to_string())
-        .fetch_all(self.pool())
+        .fetch_all(self.every_branch())
         .await?;
         rows.iter().map(|r| grant_from_row(r, now)).collect()
     }
@@ -781,7 +782,7 @@ impl Store {
         .bind(user.to_string())
         .bind(branch.to_string())
         .bind(now)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.every_branch())
         .await?
         .map(|r| grant_from_row(&r, now))
         .transpose()
@@ -816,6 +817,7 @@ impl Store {
     }
 
     pub async fn users_within(&self, scope: &TenantPath) -> Result<Vec<User>, StoreError> {
+        let mut tx = self.begin_read_under(scope).await?;
         sqlx::query(
             "select u.id, u.username, u.role, u.tenant_id, t.path
              from users u join tenants t on t.id = u.tenant_id
@@ -823,7 +825,7 @@ impl Store {
         )
         .bind(scope.as_str())
         .bind(scope.descendants_pattern())
-        .fetch_all(self.pool())
+        .fetch_all(&mut *tx)
         .await?
         .iter()
         .map(user_from_row)

@@ -19,6 +19,10 @@ async fn one_branchs_scope_reads_no_other_branchs_rows_even_by_hand() -> anyhow:
         TestServer::spawn_with(move |c| c.database = database).await?
     };
     let d = node.district().await?;
+    // An official (and the audit entry of their account's creation).
+    let token = node
+        .login_as("district", Role::DistrictAdmin, d.district.id)
+        .await?;
     for (branch, name) in [
         (&d.yingfeng, "迎丰里的王"),
         (&d.fenghuangting, "凤凰亭的李"),
@@ -75,6 +79,49 @@ async fn one_branchs_scope_reads_no_other_branchs_rows_even_by_hand() -> anyhow:
         "a sub-district holds its branches only"
     );
 
+    // The tables of people, codes and grants and the audit log hold to the
+    // same scopes; tokens and the login throttle are the server's alone.
+    let branch = d.yingfeng.path.to_string();
+    for (table, unit) in [
+        ("users u", "u.tenant_id"),
+        ("audit a", "a.tenant_id"),
+        ("enrollment_codes c", "c.branch_id"),
+        ("devices v", "v.branch_id"),
+    ] {
+        let outside = format!(
+            "select count(*) from {table} where not exists
+                 (select 1 from tenants t where t.id = {unit}
+                  and (t.path = $1 or t.path like $1 || '/%'))"
+        );
+        assert_eq!(
+            count(&mut conn, &branch, &outside).await?,
+            0,
+            "{table}: nothing outside the branch"
+        );
+        let all = format!("select count(*) from {table} where $1 = $1");
+        assert_eq!(
+            count(&mut conn, "", &all).await?,
+            0,
+            "{table}: an empty scope"
+        );
+    }
+    let all_users = "select count(*) from users where $1 = $1";
+    assert!(count(&mut conn, &d.district.path.to_string(), all_users).await? >= 1);
+    let audit = "select count(*) from audit where $1 = $1";
+    assert!(count(&mut conn, &d.district.path.to_string(), audit).await? >= 1);
+    for table in ["device_tokens", "login_known_addresses", "user_sessions"] {
+        let all = format!("select count(*) from {table} where $1 = $1");
+        assert!(
+            count(&mut conn, "*", &all).await? >= 1,
+            "{table} holds rows"
+        );
+        assert_eq!(
+            count(&mut conn, &branch, &all).await?,
+            0,
+            "{table} in a branch's scope"
+        );
+    }
+
     // Writing into another branch's rows is refused in a branch's scope.
     let mut tx = conn.begin().await?;
     sqlx::query("select set_config('doorstep.scope', $1, true)")
@@ -106,22 +153,54 @@ async fn one_branchs_scope_reads_no_other_branchs_rows_even_by_hand() -> anyhow:
     .await?;
     doorstep_tests::record_visit(&phone, "经由应用角色", 4_200).await?;
     phone.sync_now().await?;
-    let token = node
-        .login_as("district", Role::DistrictAdmin, d.district.id)
-        .await?;
-    let rollup: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/rollups?year=2026", node.http_url()))
-        .bearer_auth(&token)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let get_as = |token: &str, path: &'static str| {
+        let request = reqwest::Client::new()
+            .get(format!("{}{path}", node.http_url()))
+            .bearer_auth(token);
+        async move {
+            anyhow::Ok(
+                request
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json::<serde_json::Value>()
+                    .await?,
+            )
+        }
+    };
+    let get = |path| get_as(&token, path);
+    let rollup = get("/api/v1/rollups?year=2026").await?;
     // The visit's figures, read through the scoped transaction: a scope
     // that admitted nothing would give zeros.
     assert_eq!(rollup["total"]["visits"], 1, "{rollup}");
     assert_eq!(rollup["total"]["aid_cash_fen"], 4_200, "{rollup}");
+    // The listings of the official's unit read through scoped
+    // transactions too, and find what the unit holds.
+    let users = get("/api/v1/users").await?.to_string();
+    assert!(users.contains("\"district\""), "{users}");
+    let devices = get("/api/v1/devices").await?;
+    assert_eq!(devices.as_array().map(Vec::len), Some(3), "{devices}");
+    let auditor = node
+        .login_as("auditor", Role::DistrictAuditor, d.district.id)
+        .await?;
+    let audit = get_as(&auditor, "/api/v1/audit").await?.to_string();
+    assert!(audit.contains("user.create"), "{audit}");
     Ok(())
+}
+
+/// What `sql` (a count with one parameter, the scope) counts in `scope`.
+async fn count(conn: &mut sqlx::PgConnection, scope: &str, sql: &str) -> anyhow::Result<i64> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("select set_config('doorstep.scope', $1, true)")
+        .bind(scope)
+        .execute(&mut *tx)
+        .await?;
+    let n = sqlx::query_scalar(sql)
+        .bind(scope)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.rollback().await?;
+    Ok(n)
 }
 
 /// The members' names, and the chunks of other branches' documents, that a
