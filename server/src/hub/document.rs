@@ -44,9 +44,11 @@ pub(super) enum Command {
     /// document, which lacks what the restore added, and its peers' sync
     /// states describe the data before.
     Forget { done: oneshot::Sender<()> },
-    /// Another server node stored changes of the document (its new commit
-    /// number, or `None`: look it up), to be read and passed on.
-    Stored { seq: Option<i64> },
+    /// The document's last commit is number `seq` (another server node
+    /// announced it, or the slow poll read it): what this task lacks of it
+    /// is read and passed on. `figures_lag`: the poll read figures behind
+    /// that commit, which the task levels if nothing newer is on its way.
+    Stored { seq: i64, figures_lag: bool },
 }
 
 /// The answer to a [`Command::Sync`].
@@ -238,9 +240,11 @@ impl DocumentTask {
             }
             Command::Leave { key } => self.leave(&key).await,
             Command::Ephemeral { from, message } => self.relay(&from, message),
-            Command::Stored { seq } => {
-                if seq.is_none_or(|seq| seq > self.seen_seq) {
+            Command::Stored { seq, figures_lag } => {
+                if seq > self.seen_seq {
                     self.catch_up().await;
+                } else if figures_lag {
+                    self.project_if_lagging().await;
                 }
             }
             Command::Shutdown { done } | Command::Forget { done } => {

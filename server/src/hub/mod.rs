@@ -541,24 +541,39 @@ impl Hub {
         }
     }
 
-    /// Another node stored changes of `id` (commit number `seq`, or
-    /// `None`: unknown): a live document reads and passes them on. Never
-    /// waits: a document too busy to take the note now is caught by the
-    /// slow poll.
-    fn stored_elsewhere(&self, id: DocumentId, seq: Option<i64>) {
+    /// Another node stored changes of `id` (commit number `seq`): a live
+    /// document reads and passes them on. Never waits: a document too busy
+    /// to take the note now is caught by the slow poll.
+    fn stored_elsewhere(&self, id: DocumentId, seq: i64, figures_lag: bool) {
         if let Some(mailbox) = self.mailbox_if_live(id) {
-            let _ = mailbox.sender.try_send(Command::Stored { seq });
+            let _ = mailbox
+                .sender
+                .try_send(Command::Stored { seq, figures_lag });
         }
     }
 
-    /// Every live document looks for changes other nodes stored.
-    fn look_for_changes_elsewhere(&self) {
-        let mailboxes: Vec<Mailbox> = match self.shared.mailboxes.lock() {
-            Ok(mailboxes) => mailboxes.values().cloned().collect(),
+    /// Every live document learns its stored commit number, read for all
+    /// of them in a few statements; one that is behind it reads what it
+    /// lacks, one that is not does nothing (the number is compared in its
+    /// task, which alone knows what it holds).
+    async fn look_for_changes_elsewhere(&self) {
+        let live: Vec<DocumentId> = match self.shared.mailboxes.lock() {
+            Ok(mailboxes) => mailboxes.keys().copied().collect(),
             Err(_) => return,
         };
-        for mailbox in mailboxes {
-            let _ = mailbox.sender.try_send(Command::Stored { seq: None });
+        if live.is_empty() {
+            return;
+        }
+        match self.shared.store.document_numbers(&live).await {
+            Ok(numbers) => {
+                for n in numbers {
+                    self.stored_elsewhere(n.id, n.seq, n.projected_seq < n.seq);
+                }
+            }
+            // The next poll tries again.
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the live documents' commit numbers")
+            }
         }
     }
 
@@ -646,7 +661,7 @@ async fn watch_other_processes(hub: std::sync::Weak<Hub>, mut shutdown: watch::R
             && changes_looked_for.elapsed() >= hub.shared.config.change_poll
         {
             changes_looked_for = tokio::time::Instant::now();
-            hub.look_for_changes_elsewhere();
+            hub.look_for_changes_elsewhere().await;
             // Figures a node left lagging (it died before levelling them,
             // and nobody holds the document): projected here, one sweep at
             // a time; the compare-and-set keeps two nodes from clashing.
@@ -718,7 +733,7 @@ async fn hear_other_nodes(
         };
         let connected_at = tokio::time::Instant::now();
         match hub.upgrade() {
-            Some(hub) => hub.look_for_changes_elsewhere(),
+            Some(hub) => hub.look_for_changes_elsewhere().await,
             None => return,
         }
         loop {
@@ -728,7 +743,7 @@ async fn hear_other_nodes(
             };
             match heard {
                 Ok(Some(announced)) => match hub.upgrade() {
-                    Some(hub) => hub.stored_elsewhere(announced.document, Some(announced.seq)),
+                    Some(hub) => hub.stored_elsewhere(announced.document, announced.seq, false),
                     None => return,
                 },
                 Ok(None) => {

@@ -247,10 +247,11 @@ impl Store {
     pub async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
         let limit = i64::from(query.limit.clamp(1, MAX_AUDIT_PAGE));
         let before = query.before.unwrap_or(i64::MAX);
-        let rows = match &query.scope {
-            Some(scope) => {
-                let mut tx = self.begin_read_under(scope).await?;
-                sqlx::query(
+        let rows =
+            match &query.scope {
+                Some(scope) => {
+                    let mut tx = self.begin_read_under(scope).await?;
+                    sqlx::query(
                     "select id, at, actor, action, subject, detail, tenant_id, outcome from audit
                          where (tenant_path = $1 or tenant_path like $2) and id < $3
                          order by id desc limit $4",
@@ -261,18 +262,16 @@ impl Store {
                 .bind(limit)
                 .fetch_all(&mut *tx)
                 .await?
-            }
-            None => {
-                sqlx::query(
+                }
+                None => sqlx::query(
                     "select id, at, actor, action, subject, detail, tenant_id, outcome from audit
                      where id < $1 order by id desc limit $2",
                 )
                 .bind(before)
                 .bind(limit)
                 .fetch_all(self.every_branch())
-                .await?
-            }
-        };
+                .await?,
+            };
         rows.iter().map(record_from_row).collect()
     }
 }

@@ -25,7 +25,7 @@ use super::{Store, StoreError, now_ms, parse_column};
 use crate::projection::{self, ProjectionPlan};
 
 /// Rows per multi-row statement: far below SQLite's 32,766 bound parameters.
-const ROWS_PER_STATEMENT: usize = 500;
+pub(super) const ROWS_PER_STATEMENT: usize = 500;
 
 /// Sync states kept per device and document. A state is keyed by the
 /// storage id a connection presents, which a device chooses: a new one per
@@ -696,6 +696,7 @@ mod numbering {
     //! node read exactly the changes other nodes stored, and keeps a node
     //! that was behind from storing changes checked without theirs.
 
+    use automerge::ReadDoc;
     use automerge::transaction::Transactable;
     use doorstep_protocol::DocumentId;
     use doorstep_protocol::keeper::NewChange;
@@ -737,10 +738,9 @@ mod numbering {
         }
     }
 
-    #[tokio::test]
-    async fn commits_are_numbered_a_node_behind_stores_nothing_and_lagging_figures_level_whole() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open_at(&test_location(dir.path()).await)
+    /// A store on a fresh database, and the roster of a branch in it.
+    async fn roster(dir: &std::path::Path) -> (Store, DocumentId) {
+        let store = Store::open_at(&test_location(dir).await)
             .await
             .expect("open");
         let district = store
@@ -755,9 +755,54 @@ mod numbering {
             .create_tenant(Some(sub.id), Level::Branch, "b")
             .await
             .expect("branch");
+        (store, DocumentId::roster(branch.id))
+    }
+
+    /// A second node: another store (its own connections) on `store`'s
+    /// database.
+    async fn other_node(store: &Store) -> Store {
+        let location = match store.backend() {
+            crate::store::Backend::Sqlite { path } => crate::store::Location::Sqlite(path.clone()),
+            crate::store::Backend::Postgres => crate::store::Location::Postgres(
+                store.postgres_url().expect("a PostgreSQL store has a URL"),
+            ),
+        };
+        Store::open_at(&location).await.expect("second node")
+    }
+
+    /// Commits `changes` one message each, as a node does: from the
+    /// number it holds, reading what other nodes stored whenever it is
+    /// behind. The numbers its commits got.
+    async fn commit_each(store: &Store, id: DocumentId, changes: &[NewChange]) -> Vec<i64> {
+        let device = doorstep_protocol::DeviceId::new_v7();
+        let plan = ProjectionPlan::default();
+        let mut known = store.load(id).await.expect("load").seq;
+        let mut numbers = Vec::new();
+        for change in changes {
+            let one = std::slice::from_ref(change);
+            loop {
+                match store.commit(commit(id, device, one, &plan, known)).await {
+                    Ok(committed) => {
+                        known = committed.seq;
+                        numbers.push(committed.seq);
+                        break;
+                    }
+                    Err(CommitError::Store(StoreError::Behind)) => {
+                        known = store.load_after(id, known).await.expect("catch up").seq;
+                    }
+                    Err(e) => panic!("commit failed: {e}"),
+                }
+            }
+        }
+        numbers
+    }
+
+    #[tokio::test]
+    async fn commits_are_numbered_a_node_behind_stores_nothing_and_lagging_figures_level_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, id) = roster(dir.path()).await;
         // The change log names the device; nothing here binds an actor.
         let device = doorstep_protocol::DeviceId::new_v7();
-        let id = DocumentId::roster(branch.id);
         let plan = ProjectionPlan::default();
 
         let before = store.load(id).await.expect("load");
@@ -855,5 +900,162 @@ mod numbering {
         assert_eq!(behind.snapshots, 1);
         assert!(behind.chunks.contains(&snapshot));
         assert!(behind.chunks.contains(&three[0].bytes));
+    }
+
+    /// Two nodes commit to one document at once, as fast as they can:
+    /// every commit is stored, the numbers run on from the document's with
+    /// no gap and no repeat, and each node's own numbers rise.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_nodes_writing_one_document_store_every_commit_numbered_without_gaps() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (node1, id) = roster(dir.path()).await;
+        let node2 = other_node(&node1).await;
+        let before = node1.load(id).await.expect("load").seq;
+        let ones: Vec<NewChange> = (0..25).map(change).collect();
+        let twos: Vec<NewChange> = (100..125).map(change).collect();
+        let (first, second) = tokio::join!(
+            commit_each(&node1, id, &ones),
+            commit_each(&node2, id, &twos)
+        );
+        for numbers in [&first, &second] {
+            assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
+        }
+        let mut all: Vec<i64> = first.iter().chain(&second).copied().collect();
+        all.sort_unstable();
+        let expected: Vec<i64> = (before + 1..=before + 50).collect();
+        assert_eq!(all, expected, "one number per commit, none skipped");
+        let stored = node1.load_after(id, before).await.expect("load after");
+        assert_eq!(stored.seq, before + 50);
+        let doc = stored.load(id).expect("loads");
+        for change in ones.iter().chain(&twos) {
+            assert!(
+                doc.get_change_by_hash(&change.hash).is_some(),
+                "every commit is stored"
+            );
+        }
+        // The slow poll's reading of it; a document never stored is absent.
+        let unknown = DocumentId::roster(doorstep_protocol::TenantId::new_v7());
+        let numbers = node2
+            .document_numbers(&[unknown, id])
+            .await
+            .expect("numbers");
+        assert_eq!(numbers.len(), 1);
+        assert_eq!((numbers[0].id, numbers[0].seq), (id, before + 50));
+    }
+
+    /// The trap of a global cursor: a transaction that took its number
+    /// first commits last, and a reader that read up to the numbers it saw
+    /// skips it. Here the number is taken under the document's row lock,
+    /// so a second commit waits for the first, and is refused when it was
+    /// made without it: a reader misses nothing, whenever it reads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_earlier_transaction_that_commits_last_is_not_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (node1, id) = roster(dir.path()).await;
+        let node2 = other_node(&node1).await;
+        let before = node1.load(id).await.expect("load").seq;
+
+        // The first transaction takes its number and holds it, uncommitted.
+        let early = change(1);
+        let mut slow = node1.begin_write().await.expect("begin");
+        let number: i64 =
+            sqlx::query_scalar("update documents set seq = seq + 1 where id = $1 returning seq")
+                .bind(id.to_string())
+                .fetch_one(&mut *slow)
+                .await
+                .expect("number");
+        assert_eq!(number, before + 1);
+        sqlx::query(
+            "insert into chunks (document_id, kind, hash, bytes, created_at, doc_seq)
+             values ($1, 'incremental', $2, $3, 0, $4)",
+        )
+        .bind(id.to_string())
+        .bind(early.hash.to_string())
+        .bind(&early.bytes)
+        .bind(number)
+        .execute(&mut *slow)
+        .await
+        .expect("chunk");
+
+        // A second node commits meanwhile: it cannot get ahead.
+        let late = [change(2)];
+        let second = tokio::spawn({
+            let node2 = node2.clone();
+            let late = late.clone();
+            async move {
+                let plan = ProjectionPlan::default();
+                let device = doorstep_protocol::DeviceId::new_v7();
+                node2
+                    .commit(commit(id, device, &late, &plan, before))
+                    .await
+                    .map(|c| c.seq)
+            }
+        });
+        let reader = node2.load_after(id, before).await.expect("read");
+        assert_eq!(reader.seq, before, "nothing committed yet");
+        assert!(reader.chunks.is_empty());
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !second.is_finished(),
+            "the later commit waits for the earlier"
+        );
+
+        slow.commit().await.expect("commit the earlier");
+        let refused = second.await.expect("joined");
+        assert!(
+            matches!(refused, Err(CommitError::Store(StoreError::Behind))),
+            "made without the earlier commit, the later one stores nothing: {refused:?}"
+        );
+        let numbers = commit_each(&node2, id, &late).await;
+        assert_eq!(numbers, vec![before + 2]);
+
+        // The reader, after the number it saw, gets both, in number order.
+        let after = node2.load_after(id, reader.seq).await.expect("read again");
+        assert_eq!(after.seq, before + 2);
+        assert_eq!(
+            after.chunks,
+            vec![early.bytes.clone(), late[0].bytes.clone()]
+        );
+    }
+
+    /// One node compacts a document again and again while another keeps
+    /// committing to it: every compaction deletes only the chunks it
+    /// folded, so every change is still there at the end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compaction_on_one_node_while_another_commits_loses_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (node1, id) = roster(dir.path()).await;
+        let node2 = other_node(&node1).await;
+        let changes: Vec<NewChange> = (0..40).map(change).collect();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let compactions = async {
+            let mut made = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) || made == 0 {
+                let held = node1.load(id).await.expect("load");
+                let snapshot = held.load(id).expect("loads").save();
+                node1
+                    .compact(id, &snapshot, &held.keys)
+                    .await
+                    .expect("compact");
+                made += 1;
+                tokio::task::yield_now().await;
+            }
+            made
+        };
+        let commits = async {
+            let numbers = commit_each(&node2, id, &changes).await;
+            done.store(true, std::sync::atomic::Ordering::Release);
+            numbers
+        };
+        let (made, numbers) = tokio::join!(compactions, commits);
+        assert_eq!(numbers.len(), changes.len());
+        assert!(made > 1, "compactions ran beside the commits ({made})");
+        let doc = node1.load(id).await.expect("load").load(id).expect("loads");
+        for change in &changes {
+            assert!(
+                doc.get_change_by_hash(&change.hash).is_some(),
+                "a change was lost"
+            );
+        }
     }
 }

@@ -38,7 +38,7 @@ pub use devices::{
     CodeStatus, Device, EnrollError, Enrollment, EnrollmentCode, NewEnrollmentCode,
     REPEAT_WINDOW_MS,
 };
-pub use documents::{DocumentKindRow, DocumentRow};
+pub use documents::{DocumentKindRow, DocumentNumbers, DocumentRow};
 pub use keeping::{Commit, CommitError, DocumentStore, StoredChunks};
 pub(crate) use tenants::serialize_display;
 pub use tenants::{Grant, Invitation, NewInvitation, Tenant, User};
