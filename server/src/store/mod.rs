@@ -102,6 +102,11 @@ impl StoreError {
     /// Whether the database was busy (locked by another writer past the
     /// busy timeout, or a lock wait PostgreSQL gave up) rather than failing.
     pub fn is_busy(&self) -> bool {
+        // A pool whose every connection stayed taken (writers queued for
+        // the write lock on PostgreSQL) is busy in the same sense.
+        if matches!(self, StoreError::Database(sqlx::Error::PoolTimedOut)) {
+            return true;
+        }
         // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes
         // (the low byte is the primary code); lock_not_available,
         // serialization_failure and deadlock_detected.
@@ -222,6 +227,10 @@ pub struct Store {
     /// a pool of its own whose connections start in a scope that admits
     /// nothing; on SQLite, which has no row-level security, `pool` again.
     scoped: AnyPool,
+    /// Write transactions, on a small pool of their own: writers queue
+    /// for one lock (SQLite's, or PostgreSQL's advisory lock), and a queue
+    /// of them must not take the connections reads need.
+    writers: AnyPool,
     options: AnyConnectOptions,
     backend: Backend,
     /// The database's epoch this process works in: its automerge-repo
@@ -252,6 +261,7 @@ impl Store {
         let postgres::Pools {
             every_branch: pool,
             scoped,
+            writers,
             options,
         } = postgres::connect(url).await?;
         postgres::migrate(&pool, &sqlx::migrate!("../migrations/postgres")).await?;
@@ -259,6 +269,7 @@ impl Store {
         Ok(Store {
             pool,
             scoped,
+            writers,
             options,
             backend: Backend::Postgres,
             epoch: Arc::new(RwLock::new(epoch)),
@@ -282,17 +293,23 @@ impl Store {
             params.push_str(vfs);
         }
         let options = AnyConnectOptions::from_str(&sqlite_url(&path, &params)?)?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(8)
-            .after_connect(|conn, _| Box::pin(async move { set_up_connection(conn).await }))
-            .after_release(|conn, _| Box::pin(async move { Ok(is_clean(conn).await) }))
-            .connect_with(options.clone())
-            .await?;
+        let pool = |connections: u32| {
+            AnyPoolOptions::new()
+                .max_connections(connections)
+                .after_connect(|conn, _| Box::pin(async move { set_up_connection(conn).await }))
+                .after_release(|conn, _| Box::pin(async move { Ok(is_clean(conn).await) }))
+                .connect_with(options.clone())
+        };
+        // One writer at a time holds the file's write lock; a second waits
+        // for it. More would only hold connections the readers need.
+        let writers = pool(2).await?;
+        let pool = pool(8).await?;
         check_durability(&pool).await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
         let epoch = stored_epoch_or_new(&pool).await?;
         Ok(Store {
             scoped: pool.clone(),
+            writers,
             pool,
             options,
             backend: Backend::Sqlite { path },
@@ -527,6 +544,7 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
         self.scoped.close().await;
+        self.writers.close().await;
     }
 
     /// A write transaction that takes the write lock up front. SQLite's
@@ -539,8 +557,8 @@ impl Store {
     /// process works in ([`StoreError::Restored`] otherwise).
     pub(crate) async fn begin_write(&self) -> Result<Tx, StoreError> {
         let mut tx = match self.backend {
-            Backend::Sqlite { .. } => self.pool.begin_with("begin immediate").await?,
-            Backend::Postgres => postgres::begin_write(&self.pool).await?,
+            Backend::Sqlite { .. } => self.writers.begin_with("begin immediate").await?,
+            Backend::Postgres => postgres::begin_write(&self.writers).await?,
         };
         if stored_epoch(&mut *tx).await?.as_deref() != Some(self.epoch().as_str()) {
             return Err(StoreError::Restored);
@@ -613,4 +631,41 @@ fn parse_column<T: FromStr>(value: &str, what: &str) -> Result<T, StoreError> {
     value
         .parse()
         .map_err(|_| StoreError::Corrupt(format!("{what} {value:?} does not parse")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writers queued for the write lock (a slow one holds it) take no
+    /// connection a read needs: reads still answer while they wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_writers_leave_reads_their_connections() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_at(&testing::test_location(dir.path()).await)
+            .await
+            .expect("open");
+        let slow = store.begin_write().await.expect("the first writer");
+        let queued: Vec<_> = (0..20)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.begin_write().await.map(drop) })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        for _ in 0..20 {
+            store
+                .tenant_count()
+                .await
+                .expect("a read while writers queue");
+        }
+        assert!(
+            queued.iter().all(|w| !w.is_finished()),
+            "the writers still wait for the first"
+        );
+        drop(slow);
+        for writer in queued {
+            writer.await.expect("joined").expect("each writer in turn");
+        }
+    }
 }

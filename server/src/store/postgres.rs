@@ -29,13 +29,23 @@ pub(super) struct Pools {
     /// scope, which admits nothing, and each transaction names its own
     /// ([`set_scope`]). A read here that forgot its scope reads nothing.
     pub scoped: AnyPool,
+    /// Write transactions ([`begin_write`]). They queue for one lock, so
+    /// more than a few only hold connections while they wait; on a pool
+    /// of their own, a queue of writers cannot take the connections
+    /// reads need.
+    pub writers: AnyPool,
     pub options: AnyConnectOptions,
 }
 
-/// How many connections the server's own work may hold, and the reads on
-/// somebody's behalf (rollups, listings: short, and fewer).
-const EVERY_BRANCH_CONNECTIONS: u32 = 16;
+/// How many connections a node holds at most, per pool (20 in all: five
+/// nodes fit PostgreSQL's default of 100 connections).
+const EVERY_BRANCH_CONNECTIONS: u32 = 12;
 const SCOPED_CONNECTIONS: u32 = 4;
+const WRITER_CONNECTIONS: u32 = 4;
+
+/// How long a caller waits for a pooled connection before it is told the
+/// database is busy: as long as a writer waits for the write lock.
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub(super) async fn connect(url: &str) -> Result<Pools, StoreError> {
     sqlx::any::install_default_drivers();
@@ -43,6 +53,7 @@ pub(super) async fn connect(url: &str) -> Result<Pools, StoreError> {
     let pool = |connections: u32, scope: &'static str| {
         AnyPoolOptions::new()
             .max_connections(connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     sqlx::query("select set_config('doorstep.scope', $1, false)")
@@ -57,10 +68,12 @@ pub(super) async fn connect(url: &str) -> Result<Pools, StoreError> {
     };
     let every_branch = pool(EVERY_BRANCH_CONNECTIONS, "*").await?;
     let scoped = pool(SCOPED_CONNECTIONS, "").await?;
+    let writers = pool(WRITER_CONNECTIONS, "*").await?;
     check_settings(&every_branch).await?;
     Ok(Pools {
         every_branch,
         scoped,
+        writers,
         options,
     })
 }
