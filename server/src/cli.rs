@@ -104,6 +104,18 @@ pub enum Command {
         /// A file `doorstep backup` wrote.
         from: PathBuf,
     },
+    /// Tell the servers and devices that the database was restored by other
+    /// means than `doorstep restore` (pg_restore on PostgreSQL, a file
+    /// copied back): it gets a new epoch; running servers drop what they
+    /// held within a second, and devices offer every document they hold, so
+    /// what reached the database after the backup comes back from them.
+    #[command(after_help = "Example, after pg_restore:\n  \
+        doorstep --database postgres://doorstep@db/doorstep mark-restored --how 'pg_restore of 2026-12-07'")]
+    MarkRestored {
+        /// What was restored, for the audit log.
+        #[arg(long, default_value = "restored by hand")]
+        how: String,
+    },
     /// Fill a demo district modeled on the Yanshan report through simulated
     /// phones (runs `doorstep-demo`, built from client-sdk/demo).
     #[command(after_help = "Examples:\n  \
@@ -1138,6 +1150,15 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
                     s.from.display(),
                     s.rows_added,
                     s.documents_gaining_changes
+                )
+            })
+        }
+        Command::MarkRestored { how } => {
+            let epoch = store.mark_restored(how).await?;
+            print(cli.json, &serde_json::json!({ "epoch": epoch }), |_| {
+                format!(
+                    "the database is in a new epoch ({epoch}): running servers drop what they \
+                         held within a second, and devices offer every document they hold"
                 )
             })
         }

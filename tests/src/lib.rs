@@ -19,7 +19,9 @@ use doorstep_protocol::TenantId;
 use doorstep_server::admin;
 use doorstep_server::config::Config;
 use doorstep_server::store::faults::FaultyStore;
-use doorstep_server::store::testing::{create_database, drop_database, test_postgres};
+use doorstep_server::store::testing::{
+    create_database, create_database_for_app, drop_database, test_postgres,
+};
 use doorstep_server::store::{Backend, Location, Store, Tenant};
 use doorstep_server::tenancy::{Level, Role};
 use serde::Deserialize;
@@ -510,8 +512,10 @@ async fn test_database(data_dir: &Path, vfs: Option<&str>) -> anyhow::Result<Loc
     if vfs.is_some() || sqlite_only() || std::fs::exists(data_dir.join("doorstep.db"))? {
         return Ok(sqlite);
     }
+    // As a node should run: as a role that owns nothing, held to
+    // row-level security.
     match test_postgres() {
-        Some(server) => Ok(create_database(&server).await?),
+        Some(server) => Ok(create_database_for_app(&server).await?),
         None => Ok(sqlite),
     }
 }

@@ -277,6 +277,51 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Gives the database a new epoch after it was restored by other means
+    /// than `doorstep restore` (`pg_restore`, a file copied back): the
+    /// running servers notice within a second and drop what they held, and
+    /// every device offers every document it holds, so what reached the
+    /// database after the backup was taken comes back from the phones. The
+    /// old epoch stays in the lineage. Returns the new epoch.
+    pub async fn mark_restored(&self, how: &str) -> Result<String, StoreError> {
+        let epoch = uuid::Uuid::new_v4().to_string();
+        let mut tx = self.begin_write().await?;
+        let meta = |key: &'static str| {
+            sqlx::query_scalar::<_, String>("select value from server_meta where key = $1")
+                .bind(key)
+        };
+        let current = meta("storage_id").fetch_optional(&mut *tx).await?;
+        let previous = meta(PREVIOUS_EPOCHS).fetch_optional(&mut *tx).await?;
+        let lineage: Vec<&str> = previous
+            .iter()
+            .chain(current.iter())
+            .flat_map(|epochs| epochs.split(','))
+            .filter(|e| !e.is_empty())
+            .collect();
+        for (key, value) in [
+            (PREVIOUS_EPOCHS, lineage.join(",")),
+            ("storage_id", epoch.clone()),
+        ] {
+            sqlx::query(
+                "insert into server_meta (key, value) values ($1, $2)
+                 on conflict (key) do update set value = excluded.value",
+            )
+            .bind(key)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let entry = AuditEntry::new(OPERATOR, "database.mark_restored", how.to_owned())
+            .detail(format!("new epoch {epoch}"))
+            .every_district();
+        record(&mut tx, entry).await?;
+        tx.commit().await?;
+        self.enter_epoch(epoch.clone());
+        Ok(epoch)
+    }
+}
+
 /// Adds the attached `backup`'s rows that `main` lacks, all in one
 /// transaction that rolls back on any error: the rows added, and the
 /// documents that gained changes.

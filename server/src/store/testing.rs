@@ -73,8 +73,57 @@ pub async fn create_database(server: &str) -> Result<Location, StoreError> {
     Ok(Location::Postgres(with_database(&name)))
 }
 
+/// The role a server connects as in the end-to-end suite, as the README
+/// tells operators to run it: it owns nothing, so row-level security
+/// holds it.
+pub const APP_ROLE: &str = "doorstep_test_app";
+
+/// [`create_database`], migrated by its owner, and the URL of it for
+/// [`APP_ROLE`], granted what the README grants a node.
+pub async fn create_database_for_app(server: &str) -> Result<Location, StoreError> {
+    let location = create_database(server).await?;
+    let Location::Postgres(owner_url) = &location else {
+        return Ok(location);
+    };
+    let store = super::Store::open_at(&location).await?;
+    store.close().await;
+    let mut owner = AnyConnectOptions::from_str(owner_url)?.connect().await?;
+    // Roles belong to the cluster, and tests make databases in parallel:
+    // a second `create role` of the same name may fail either way.
+    owner
+        .execute(
+            format!(
+                "do $$ begin
+                     if not exists (select 1 from pg_roles where rolname = '{APP_ROLE}') then
+                         create role {APP_ROLE} login password 'app';
+                     end if;
+                 exception when duplicate_object or unique_violation then null;
+                 end $$"
+            )
+            .as_str(),
+        )
+        .await?;
+    owner
+        .execute(
+            format!(
+                "grant select, insert, update, delete on all tables in schema public to {APP_ROLE};
+                 grant usage on all sequences in schema public to {APP_ROLE}"
+            )
+            .as_str(),
+        )
+        .await?;
+    let _ = owner.close().await;
+    let mut url = url::Url::parse(owner_url).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    url.set_username(APP_ROLE)
+        .and_then(|()| url.set_password(Some("app")))
+        .map_err(|()| StoreError::Invalid("a database URL without a user part".into()))?;
+    Ok(Location::Postgres(url.into()))
+}
+
 /// Drops a database [`create_database`] made, ending its connections
 /// (a test's databases would otherwise fill the disk of a CI machine).
+/// It connects as the server [`TEST_POSTGRES`] names, if any: the URL
+/// may be the app role's, which owns nothing it could drop.
 pub async fn drop_database(url: &str) -> Result<(), StoreError> {
     sqlx::any::install_default_drivers();
     let parsed = url::Url::parse(url).map_err(|e| StoreError::Invalid(e.to_string()))?;
@@ -84,7 +133,10 @@ pub async fn drop_database(url: &str) -> Result<(), StoreError> {
             "{name} is not a test database"
         )));
     }
-    let mut admin_url = parsed;
+    let mut admin_url = match postgres_server() {
+        Some(server) => url::Url::parse(&server).map_err(|e| StoreError::Invalid(e.to_string()))?,
+        None => parsed,
+    };
     admin_url.set_path("/postgres");
     let mut admin = AnyConnectOptions::from_str(admin_url.as_str())?
         .connect()

@@ -586,3 +586,70 @@ async fn a_terminated_server_says_goodbye_to_its_devices_and_exits_cleanly() -> 
     ensure!(status.success(), "{status}");
     Ok(())
 }
+
+/// A database restored by other means than `doorstep restore` (pg_restore,
+/// a file copied back) is marked with `doorstep mark-restored`: the running
+/// server notices within a second, closes its devices' sockets saying why,
+/// and writes go on in the new epoch. On either backend.
+#[tokio::test]
+async fn a_database_marked_restored_is_noticed_by_the_running_server() -> anyhow::Result<()> {
+    let Synced {
+        server,
+        district: d,
+        admin,
+        phone_dir: _phone_dir,
+        phone,
+        member: id,
+    } = synced_visit("标记前的会员", 100).await?;
+    let watcher = server.enroll(d.fenghuangting.id, "watching").await?;
+    let mut open = TestPeer::connect(&server.ws_url(), &watcher.token, Some("watcher")).await?;
+    let before = server.store.epoch();
+
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_doorstep"))
+            .args(server.database_args())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .output()
+    };
+    let out = cli(&[
+        "--json",
+        "mark-restored",
+        "--how",
+        "pg_restore of last night's dump",
+    ])
+    .await?;
+    ensure!(
+        out.status.success(),
+        "mark-restored failed: {}",
+        text(&out.stderr)
+    );
+    let said: Value = serde_json::from_slice(&out.stdout)?;
+    let epoch = said["epoch"].as_str().unwrap_or_default().to_owned();
+    ensure!(!epoch.is_empty() && epoch != before, "{said}");
+
+    let (code, reason) = open.closed(Duration::from_secs(10)).await?;
+    ensure!(
+        code == 1001 && reason.contains("restored"),
+        "{code} {reason}"
+    );
+    ensure!(
+        server.store.epoch() == epoch,
+        "the server works in the new epoch"
+    );
+    phone
+        .record_visit(crate::visit_today(id, 200, None))
+        .await?;
+    phone.sync_now().await?;
+    // Two visits, 100 and 200 yuan, in fen.
+    server
+        .wait_for_rollup_total(&admin, this_month(), 2, 30_000)
+        .await?;
+    let audit = text(&cli(&["--json", "audit", "list"]).await?.stdout);
+    ensure!(
+        audit.contains("database.mark_restored") && audit.contains("last night's dump"),
+        "{audit}"
+    );
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! Restoring PostgreSQL from `pg_dump`, by the README's procedure: stop the
-//! node, restore into an empty database, give it a new epoch, start. The
+//! node, restore into an empty database, give it a new epoch
+//! (`doorstep mark-restored`), start. The
 //! phone then offers again what the dump lacks, and nothing it was told is
 //! stored stays missing.
 //!
@@ -85,10 +86,16 @@ async fn a_pg_restore_with_a_new_epoch_gets_back_from_the_phone_what_the_dump_la
         .execute(&mut admin)
         .await?;
     run("pg_restore", &["-d", &url, &dump_path]).await?;
-    let mut restored = sqlx::PgConnection::connect(&url).await?;
-    sqlx::query("update server_meta set value = gen_random_uuid()::text where key = 'storage_id'")
-        .execute(&mut restored)
+    let marked = tokio::process::Command::new(env!("CARGO_BIN_EXE_doorstep"))
+        .args(["--database", &url, "mark-restored", "--how", "pg_restore"])
+        .env("RUST_LOG", "warn")
+        .output()
         .await?;
+    anyhow::ensure!(
+        marked.status.success(),
+        "mark-restored failed: {}",
+        String::from_utf8_lossy(&marked.stderr)
+    );
 
     let node = TestServer::spawn_at(data_dir, addr, |_| {}).await?;
     let token = node
