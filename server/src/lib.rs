@@ -126,6 +126,21 @@ pub async fn serve_with(
         );
         config.budgets.connections = budget::ConnectionBudget::new(fitted);
     }
+    if let store::Backend::Postgres = store.backend() {
+        match store.encryption().await {
+            Ok(Some(version)) => {
+                tracing::info!(%version, "the connections to PostgreSQL are encrypted")
+            }
+            Ok(None) => tracing::warn!(
+                "the connections to PostgreSQL are not encrypted: unless the database is on \
+                 this machine or a private network, add sslmode=verify-full and sslrootcert to \
+                 its URL"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not tell whether PostgreSQL's connections are encrypted")
+            }
+        }
+    }
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(Arc::new(tls::server_config(cert, key)?)),
         _ => None,

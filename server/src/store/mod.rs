@@ -373,6 +373,15 @@ impl Store {
         }
     }
 
+    /// The TLS version of the connections to PostgreSQL (`None`: not
+    /// encrypted, or an SQLite file, which has no connection to encrypt).
+    pub async fn encryption(&self) -> Result<Option<String>, StoreError> {
+        match self.backend {
+            Backend::Sqlite { .. } => Ok(None),
+            Backend::Postgres => postgres::encryption(&self.pool).await,
+        }
+    }
+
     /// The PostgreSQL URL, where other nodes' announcements are heard.
     pub(crate) fn postgres_url(&self) -> Option<String> {
         match self.backend {

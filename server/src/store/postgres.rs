@@ -78,6 +78,16 @@ pub(super) async fn connect(url: &str) -> Result<Pools, StoreError> {
     })
 }
 
+/// The TLS version of a connection of `pool`, if it is encrypted.
+pub(super) async fn encryption(pool: &AnyPool) -> Result<Option<String>, StoreError> {
+    let version: String = sqlx::query_scalar(
+        "select coalesce((select version from pg_stat_ssl where pid = pg_backend_pid() and ssl), '')",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Some(version).filter(|v| !v.is_empty()))
+}
+
 /// Applies what `migrator` has that the database lacks. A database that
 /// has every migration, each with the checksum this binary has, is left
 /// alone without a word to the migrator, which would ask for the right to

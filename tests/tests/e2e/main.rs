@@ -32,6 +32,7 @@ mod operations;
 mod operator;
 mod poor_link;
 mod postgres_restore;
+mod postgres_tls;
 mod power_cut;
 mod privacy;
 mod restore_fuzz;
