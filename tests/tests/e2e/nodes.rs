@@ -275,3 +275,150 @@ async fn a_node_killed_during_sync_loses_nothing_its_phone_was_told_is_stored() 
     .await?;
     Ok(())
 }
+
+/// The README's nginx example, run: two `doorstep serve` processes behind
+/// one nginx that carries WebSockets. A phone knows only nginx's address;
+/// it syncs through it, one node is killed with SIGKILL, and its next
+/// syncs reach the other node through the same address, with nothing it
+/// was told is stored lost.
+///
+/// Needs nginx (the test script installs Debian's `nginx-light`).
+#[tokio::test]
+async fn behind_nginx_a_phone_syncs_through_one_address_and_survives_a_node() -> anyhow::Result<()>
+{
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .map(std::path::Path::new)
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("nginx is not installed (apt-get install nginx-light)"))?;
+    let database = database().await?;
+    let Location::Postgres(url) = &database else {
+        anyhow::bail!("the nodes run on PostgreSQL");
+    };
+    let store = doorstep_server::store::Store::open_at(&database).await?;
+    let d = doorstep_tests::make_district(&store).await?;
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_doorstep"));
+    let unused = tempfile::tempdir()?;
+    let env = [("DOORSTEP_DATABASE_URL", url.as_str())];
+    let node1 = doorstep_tests::ServerProcess::start_with_env(binary, unused.path(), &env).await?;
+    let node2 = doorstep_tests::ServerProcess::start_with_env(binary, unused.path(), &env).await?;
+
+    let balancer = Nginx::start(nginx, &[node1.addr, node2.addr]).await?;
+    let dir = tempfile::tempdir()?;
+    let phone = sdk_device(&store, &balancer.url(), d.yingfeng.id, dir.path(), |_| {}).await?;
+    for n in 0..3 {
+        doorstep_tests::record_visit(&phone, &format!("王{n}"), 100).await?;
+        phone.sync_now().await?;
+    }
+    node1.kill().await?;
+    for n in 0..3 {
+        doorstep_tests::record_visit(&phone, &format!("李{n}"), 100).await?;
+    }
+    // The first attempt may meet the dead node's socket closing; nginx
+    // sends the next ones to the live node.
+    eventually(Duration::from_secs(30), || async {
+        phone.sync_now().await?;
+        Ok(visits(&phone).await? == 6 && phone.sync_state().await?.pending_changes == 0)
+    })
+    .await?;
+    // Everything is on the live node: a fresh phone of the branch gets it
+    // through the balancer.
+    let fresh_dir = tempfile::tempdir()?;
+    let fresh = sdk_device(
+        &store,
+        &balancer.url(),
+        d.yingfeng.id,
+        fresh_dir.path(),
+        |_| {},
+    )
+    .await?;
+    eventually(Duration::from_secs(30), || async {
+        fresh.sync_now().await?;
+        Ok(visits(&fresh).await? == 6)
+    })
+    .await?;
+    drop(node2);
+    Ok(())
+}
+
+/// nginx in the foreground on a free port of 127.0.0.1, proxying to
+/// `nodes` with the README's directives; stopped on drop.
+struct Nginx {
+    child: tokio::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    async fn start(
+        binary: &std::path::Path,
+        nodes: &[std::net::SocketAddr],
+    ) -> anyhow::Result<Nginx> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let servers: String = nodes.iter().map(|a| format!("server {a}; ")).collect();
+        let path = dir.path().display();
+        // One process, no workers: killing it stops nginx whole (a killed
+        // master leaves its workers running, holding the port).
+        let config = format!(
+            "master_process off;
+             daemon off;
+             pid {path}/nginx.pid;
+             error_log {path}/error.log;
+             events {{}}
+             http {{
+                 access_log off;
+                 client_body_temp_path {path}/body;
+                 proxy_temp_path {path}/proxy;
+                 upstream doorstep {{ {servers} }}
+                 server {{
+                     listen 127.0.0.1:{port};
+                     location / {{
+                         proxy_pass http://doorstep;
+                         proxy_http_version 1.1;
+                         proxy_set_header Upgrade $http_upgrade;
+                         proxy_set_header Connection \"upgrade\";
+                         proxy_read_timeout 120s;
+                     }}
+                     location /metrics {{ deny all; }}
+                 }}
+             }}"
+        );
+        let file = dir.path().join("nginx.conf");
+        std::fs::write(&file, config)?;
+        let child = tokio::process::Command::new(binary)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&file)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let nginx = Nginx {
+            child,
+            port,
+            _dir: dir,
+        };
+        eventually(Duration::from_secs(10), || async {
+            Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok())
+        })
+        .await?;
+        Ok(nginx)
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
