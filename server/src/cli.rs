@@ -1154,11 +1154,15 @@ pub async fn run_admin(cli: &Cli, store: &Store) -> anyhow::Result<()> {
             })
         }
         Command::MarkRestored { how } => {
-            let epoch = store.mark_restored(how).await?;
-            print(cli.json, &serde_json::json!({ "epoch": epoch }), |_| {
+            let marked = store.mark_restored(how).await?;
+            print(cli.json, &marked, |m| {
                 format!(
-                    "the database is in a new epoch ({epoch}): running servers drop what they \
-                         held within a second, and devices offer every document they hold"
+                    "the database is in a new epoch ({}): running servers drop what they held \
+                     within a second, and devices offer every document they hold\n\
+                     {} login sessions were ended: everybody logs in again\n\
+                     the restore undid every device revocation, disabled account and password \
+                     change made after the backup: make them again",
+                    m.epoch, m.sessions_ended
                 )
             })
         }

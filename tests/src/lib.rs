@@ -556,6 +556,19 @@ pub async fn postgres_database() -> anyhow::Result<String> {
     }
 }
 
+/// [`postgres_database`], migrated by its owner, for a role that owns
+/// nothing (`store::testing::create_database_for_app`), as a node should
+/// connect.
+pub async fn postgres_database_for_app() -> anyhow::Result<Location> {
+    let Some(server) = doorstep_server::store::testing::postgres_server() else {
+        bail!(
+            "{} is not set: run the suite with the test script, which starts PostgreSQL",
+            doorstep_server::store::testing::TEST_POSTGRES
+        );
+    };
+    Ok(create_database_for_app(&server).await?)
+}
+
 /// Adds a member named `name` on `phone` and records a routine visit to
 /// them on 2026-11-10 with `cash` fen of cash aid.
 pub async fn record_visit(

@@ -661,17 +661,22 @@ async fn watch_other_processes(hub: std::sync::Weak<Hub>, mut shutdown: watch::R
             && changes_looked_for.elapsed() >= hub.shared.config.change_poll
         {
             changes_looked_for = tokio::time::Instant::now();
-            hub.look_for_changes_elsewhere().await;
-            // Figures a node left lagging (it died before levelling them,
-            // and nobody holds the document): projected here, one sweep at
-            // a time; the compare-and-set keeps two nodes from clashing.
+            // In a task of its own, one at a time: this loop goes on
+            // closing revoked devices' sockets and noticing restores every
+            // second however long the database takes to answer these.
             if sweeping
                 .as_ref()
                 .is_none_or(tokio::task::JoinHandle::is_finished)
             {
+                let looking = hub.clone();
                 let shared = hub.shared.clone();
-                // A document live here levels its own figures.
                 sweeping = Some(tokio::spawn(async move {
+                    looking.look_for_changes_elsewhere().await;
+                    drop(looking);
+                    // Figures a node left lagging (it died before levelling
+                    // them, and nobody holds the document): projected here;
+                    // the compare-and-set keeps two nodes from clashing. A
+                    // document live here levels its own figures.
                     let live: HashSet<DocumentId> = match shared.mailboxes.lock() {
                         Ok(mailboxes) => mailboxes.keys().copied().collect(),
                         Err(_) => return,

@@ -251,13 +251,18 @@ impl Store {
             match &query.scope {
                 Some(scope) => {
                     let mut tx = self.begin_read_under(scope).await?;
+                    // Bounds, not `like`: under row-level security only
+                    // leakproof operators reach the (tenant_path, id) index.
+                    let (low, high) = scope.descendants_bounds();
                     sqlx::query(
                     "select id, at, actor, action, subject, detail, tenant_id, outcome from audit
-                         where (tenant_path = $1 or tenant_path like $2) and id < $3
-                         order by id desc limit $4",
+                         where (tenant_path = $1 or (tenant_path >= $2 and tenant_path < $3))
+                           and id < $4
+                         order by id desc limit $5",
                 )
                 .bind(scope.as_str())
-                .bind(scope.descendants_pattern())
+                .bind(low)
+                .bind(high)
                 .bind(before)
                 .bind(limit)
                 .fetch_all(&mut *tx)

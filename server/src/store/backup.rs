@@ -283,10 +283,20 @@ impl Store {
     /// running servers notice within a second and drop what they held, and
     /// every device offers every document it holds, so what reached the
     /// database after the backup was taken comes back from the phones. The
-    /// old epoch stays in the lineage. Returns the new epoch.
-    pub async fn mark_restored(&self, how: &str) -> Result<String, StoreError> {
+    /// old epoch stays in the lineage.
+    ///
+    /// Unlike `doorstep restore`, such a restore rewinds: device
+    /// revocations, disabled accounts and password changes made after the
+    /// backup are undone by it, and the caller must say so. Every login
+    /// session is ended here, so that whoever was logged in logs in again,
+    /// against the accounts as they are now.
+    pub async fn mark_restored(&self, how: &str) -> Result<MarkedRestored, StoreError> {
         let epoch = uuid::Uuid::new_v4().to_string();
         let mut tx = self.begin_write().await?;
+        let sessions_ended = sqlx::query("delete from user_sessions")
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         let meta = |key: &'static str| {
             sqlx::query_scalar::<_, String>("select value from server_meta where key = $1")
                 .bind(key)
@@ -313,13 +323,27 @@ impl Store {
             .await?;
         }
         let entry = AuditEntry::new(OPERATOR, "database.mark_restored", how.to_owned())
-            .detail(format!("new epoch {epoch}"))
+            .detail(format!(
+                "new epoch {epoch}; {sessions_ended} login sessions ended"
+            ))
             .every_district();
         record(&mut tx, entry).await?;
         tx.commit().await?;
         self.enter_epoch(epoch.clone());
-        Ok(epoch)
+        Ok(MarkedRestored {
+            epoch,
+            sessions_ended,
+        })
     }
+}
+
+/// What [`Store::mark_restored`] did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MarkedRestored {
+    /// The database's epoch from now on.
+    pub epoch: String,
+    /// Login sessions ended (every one).
+    pub sessions_ended: u64,
 }
 
 /// Adds the attached `backup`'s rows that `main` lacks, all in one

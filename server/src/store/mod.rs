@@ -102,11 +102,6 @@ impl StoreError {
     /// Whether the database was busy (locked by another writer past the
     /// busy timeout, or a lock wait PostgreSQL gave up) rather than failing.
     pub fn is_busy(&self) -> bool {
-        // A pool whose every connection stayed taken (writers queued for
-        // the write lock on PostgreSQL) is busy in the same sense.
-        if matches!(self, StoreError::Database(sqlx::Error::PoolTimedOut)) {
-            return true;
-        }
         // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes
         // (the low byte is the primary code); lock_not_available,
         // serialization_failure and deadlock_detected.

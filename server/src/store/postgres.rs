@@ -37,14 +37,18 @@ pub(super) struct Pools {
     pub options: AnyConnectOptions,
 }
 
-/// How many connections a node holds at most, per pool (20 in all: five
-/// nodes fit PostgreSQL's default of 100 connections).
-const EVERY_BRANCH_CONNECTIONS: u32 = 12;
+/// How many connections a node holds at most, per pool: 18 in all, and
+/// one that listens. Four nodes fit PostgreSQL's default of 100 (97 for
+/// roles that are not superusers) with room for admin commands (three
+/// pools of their own, one connection each while they run) and `pg_dump`.
+const EVERY_BRANCH_CONNECTIONS: u32 = 10;
 const SCOPED_CONNECTIONS: u32 = 4;
 const WRITER_CONNECTIONS: u32 = 4;
 
-/// How long a caller waits for a pooled connection before it is told the
-/// database is busy: as long as a writer waits for the write lock.
+/// How long a caller waits for a pooled connection (sqlx retries a
+/// refused connection until then): as long as a writer waits for the
+/// write lock. A wait that ends so is an error, not "busy": it is also how
+/// a database that is down shows, which readiness must report.
 const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub(super) async fn connect(url: &str) -> Result<Pools, StoreError> {

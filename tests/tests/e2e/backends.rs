@@ -12,7 +12,6 @@ use doorstep_client::{
     Client, Fen, FollowUp, HardshipKind, MemberKind, MigrantContact, NewHardshipEntry, NewMember,
     NewTraining, NewVisit, TrainingLevel, VisitKind,
 };
-use doorstep_server::store::Location;
 use doorstep_server::tenancy::Role;
 use doorstep_tests::{District, TestServer, sdk_device};
 
@@ -191,7 +190,7 @@ async fn figures(office: &Office) -> anyhow::Result<Vec<(String, String)>> {
 #[tokio::test]
 async fn one_dataset_gives_the_same_figures_and_csv_on_sqlite_and_postgresql() -> anyhow::Result<()>
 {
-    let database = Location::Postgres(doorstep_tests::postgres_database().await?);
+    let database = doorstep_tests::postgres_database_for_app().await?;
     let on_sqlite = office(doorstep_tests::on_sqlite(TestServer::spawn()).await?).await?;
     let on_postgres = office(TestServer::spawn_with(|c| c.database = database).await?).await?;
     assert!(matches!(

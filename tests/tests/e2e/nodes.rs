@@ -26,10 +26,10 @@ async fn node(database: &Location, change_poll: Duration) -> anyhow::Result<Test
     .await
 }
 
+/// A database of its own, for the role the nodes should connect as: one
+/// that owns nothing, held to row-level security.
 async fn database() -> anyhow::Result<Location> {
-    Ok(Location::Postgres(
-        doorstep_tests::postgres_database().await?,
-    ))
+    doorstep_tests::postgres_database_for_app().await
 }
 
 async fn visits(phone: &Client) -> anyhow::Result<usize> {

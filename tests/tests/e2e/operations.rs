@@ -590,7 +590,8 @@ async fn a_terminated_server_says_goodbye_to_its_devices_and_exits_cleanly() -> 
 /// A database restored by other means than `doorstep restore` (pg_restore,
 /// a file copied back) is marked with `doorstep mark-restored`: the running
 /// server notices within a second, closes its devices' sockets saying why,
-/// and writes go on in the new epoch. On either backend.
+/// and writes go on in the new epoch. Such a restore rewinds accounts, so
+/// every login session ends. On either backend.
 #[tokio::test]
 async fn a_database_marked_restored_is_noticed_by_the_running_server() -> anyhow::Result<()> {
     let Synced {
@@ -628,6 +629,7 @@ async fn a_database_marked_restored_is_noticed_by_the_running_server() -> anyhow
     let said: Value = serde_json::from_slice(&out.stdout)?;
     let epoch = said["epoch"].as_str().unwrap_or_default().to_owned();
     ensure!(!epoch.is_empty() && epoch != before, "{said}");
+    ensure!(said["sessions_ended"].as_u64() >= Some(1), "{said}");
 
     let (code, reason) = open.closed(Duration::from_secs(10)).await?;
     ensure!(
@@ -638,6 +640,15 @@ async fn a_database_marked_restored_is_noticed_by_the_running_server() -> anyhow
         server.store.epoch() == epoch,
         "the server works in the new epoch"
     );
+    // Writes waited for the new epoch (503 until the server took it in,
+    // which it has now); sessions from before the restore are gone.
+    let me = reqwest::Client::new()
+        .get(format!("{}/api/v1/me", server.http_url()))
+        .bearer_auth(&admin)
+        .send()
+        .await?;
+    ensure!(me.status() == 401, "a session outlived the restore");
+    let admin = admin_login(&server).await?;
     phone
         .record_visit(crate::visit_today(id, 200, None))
         .await?;
