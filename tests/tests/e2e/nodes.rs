@@ -32,6 +32,38 @@ async fn database() -> anyhow::Result<Location> {
     doorstep_tests::postgres_database_for_app().await
 }
 
+/// Two `doorstep serve` processes on one new database, with a district in
+/// it, and a store on it for the test's own work.
+struct Processes {
+    store: doorstep_server::store::Store,
+    district: doorstep_tests::District,
+    node1: doorstep_tests::ServerProcess,
+    node2: doorstep_tests::ServerProcess,
+    _data_dir: tempfile::TempDir,
+}
+
+async fn two_processes() -> anyhow::Result<Processes> {
+    let database = database().await?;
+    let Location::Postgres(url) = &database else {
+        anyhow::bail!("the nodes run on PostgreSQL");
+    };
+    let store = doorstep_server::store::Store::open_at(&database).await?;
+    let district = doorstep_tests::make_district(&store).await?;
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_doorstep"));
+    // On PostgreSQL the data directory holds no database; kept anyway.
+    let unused = tempfile::tempdir()?;
+    let env = [("DOORSTEP_DATABASE_URL", url.as_str())];
+    let node1 = doorstep_tests::ServerProcess::start_with_env(binary, unused.path(), &env).await?;
+    let node2 = doorstep_tests::ServerProcess::start_with_env(binary, unused.path(), &env).await?;
+    Ok(Processes {
+        store,
+        district,
+        node1,
+        node2,
+        _data_dir: unused,
+    })
+}
+
 async fn visits(phone: &Client) -> anyhow::Result<usize> {
     let month: Month = "2026-11".parse()?;
     Ok(phone.visits(month, false).await?.len())
@@ -183,17 +215,13 @@ async fn a_node_whose_listener_was_cut_catches_up_and_never_goes_back() -> anyho
 #[tokio::test]
 async fn a_node_killed_during_sync_loses_nothing_its_phone_was_told_is_stored() -> anyhow::Result<()>
 {
-    let database = database().await?;
-    let Location::Postgres(url) = &database else {
-        anyhow::bail!("the nodes run on PostgreSQL");
-    };
-    let store = doorstep_server::store::Store::open_at(&database).await?;
-    let d = doorstep_tests::make_district(&store).await?;
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_doorstep"));
-    let unused = tempfile::tempdir()?;
-    let env = [("DOORSTEP_DATABASE_URL", url.as_str())];
-    let node1 = doorstep_tests::ServerProcess::start_with_env(binary, unused.path(), &env).await?;
-    let node2 = doorstep_tests::ServerProcess::start_with_env(binary, unused.path(), &env).await?;
+    let Processes {
+        store,
+        district: d,
+        node1,
+        node2,
+        _data_dir,
+    } = two_processes().await?;
 
     let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let a = sdk_device(
@@ -291,17 +319,13 @@ async fn behind_nginx_a_phone_syncs_through_one_address_and_survives_a_node() ->
         .map(std::path::Path::new)
         .find(|p| p.is_file())
         .ok_or_else(|| anyhow::anyhow!("nginx is not installed (apt-get install nginx-light)"))?;
-    let database = database().await?;
-    let Location::Postgres(url) = &database else {
-        anyhow::bail!("the nodes run on PostgreSQL");
-    };
-    let store = doorstep_server::store::Store::open_at(&database).await?;
-    let d = doorstep_tests::make_district(&store).await?;
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_doorstep"));
-    let unused = tempfile::tempdir()?;
-    let env = [("DOORSTEP_DATABASE_URL", url.as_str())];
-    let node1 = doorstep_tests::ServerProcess::start_with_env(binary, unused.path(), &env).await?;
-    let node2 = doorstep_tests::ServerProcess::start_with_env(binary, unused.path(), &env).await?;
+    let Processes {
+        store,
+        district: d,
+        node1,
+        node2,
+        _data_dir,
+    } = two_processes().await?;
 
     let balancer = Nginx::start(nginx, &[node1.addr, node2.addr]).await?;
     let dir = tempfile::tempdir()?;
