@@ -21,6 +21,7 @@ use doorstep_client::{
 };
 use doorstep_protocol::{Date, TenantId};
 use doorstep_server::admin;
+use doorstep_server::data_dir::{DataDirLock, Hold};
 use doorstep_server::rollup::{self, Figures, Period};
 use doorstep_server::store::{Store, StoreError, Tenant};
 use doorstep_server::tenancy::{Level, Role};
@@ -201,10 +202,20 @@ fn allocate(plan: &Plan) -> Vec<BranchWork> {
     work
 }
 
-fn date(year: i32, months: u8, i: i64) -> anyhow::Result<Date> {
-    let month = (i % i64::from(months)) as u8 + 1;
-    let day = (i % 28) as u8 + 1;
-    Date::from_ymd(year, month, day).context("a demo date")
+/// The `i`th demo date of the year so far: spread over the months up to
+/// this one, and in this month over the days up to today, so that nothing
+/// is dated after today. Today is UTC's, which is never ahead of the
+/// organisation's (China's, UTC+8).
+fn date(today: time::Date, i: i64) -> anyhow::Result<Date> {
+    let months = i64::from(today.month() as u8);
+    let month = (i % months) as u8 + 1;
+    let days = if month == today.month() as u8 {
+        i64::from(today.day()).min(28)
+    } else {
+        28
+    };
+    let day = (i % days) as u8 + 1;
+    Date::from_ymd(today.year(), month, day).context("a demo date")
 }
 
 /// A simulated phone's keystore: its store key in a file beside (not in)
@@ -247,9 +258,9 @@ async fn run_branch(
     root: &std::path::Path,
     branch: &Tenant,
     work: &BranchWork,
-    year: i32,
-    months: u8,
+    today: time::Date,
 ) -> anyhow::Result<()> {
+    let year = today.year();
     let dir = root.join(branch.id.to_string());
     let a = phone(store, url, dir.join("phone-a"), branch.id, "demo phone A").await?;
     let b = phone(store, url, dir.join("phone-b"), branch.id, "demo phone B").await?;
@@ -307,7 +318,7 @@ async fn run_branch(
         let cash = aid * 7 / 10;
         phone
             .record_visit(NewVisit {
-                date: date(year, months, i as i64)?,
+                date: date(today, i as i64)?,
                 member_id: *member,
                 kind: if i % 4 == 0 {
                     VisitKind::SpecialDifficulty
@@ -330,7 +341,7 @@ async fn run_branch(
     ];
     for (i, attendance) in work.trainings.iter().copied().enumerate() {
         a.record_training(NewTraining {
-            date: date(year, months, i as i64 * 3)?,
+            date: date(today, i as i64 * 3)?,
             level: levels[i % 3],
             topic: ["编织技能", "劳动法讲座", "仓储保管"][i % 3].into(),
             attendance,
@@ -340,7 +351,7 @@ async fn run_branch(
     }
     for (i, member) in members.iter().take(work.placements as usize).enumerate() {
         a.record_placement(NewPlacement {
-            date: date(year, months, i as i64)?,
+            date: date(today, i as i64)?,
             member_id: *member,
             employer: "区再就业服务中心推荐单位".into(),
             job: Some("保洁".into()),
@@ -353,7 +364,7 @@ async fn run_branch(
         .filter(|(_, a)| *a > 0)
     {
         b.record_fund_entry(NewFundEntry {
-            date: date(year, months, i as i64)?,
+            date: date(today, i as i64)?,
             direction: FundDirection::Donation,
             amount: Fen(amount),
             member_id: members.get(i).copied(),
@@ -363,7 +374,7 @@ async fn run_branch(
         .await?;
     }
     b.record_fund_entry(NewFundEntry {
-        date: date(year, months, 5)?,
+        date: date(today, 5)?,
         direction: FundDirection::Payment,
         amount: Fen::from_yuan(1_000),
         member_id: members.first().copied(),
@@ -426,9 +437,31 @@ async fn tenant(
     store.create_tenant(parent, level, name).await
 }
 
+/// Refuses a server that does not serve the database in `data_dir`: the
+/// demo writes the district and the phones' enrollment codes there, and
+/// that server would know none of them.
+async fn check_server(url: &str, store: &Store, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let health: serde_json::Value = reqwest::get(format!("{url}/healthz"))
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("no Doorstep server answers at {url}"))?
+        .json()
+        .await
+        .with_context(|| format!("{url} does not answer as a Doorstep server"))?;
+    if health["storage_id"].as_str() != Some(store.epoch().as_str()) {
+        bail!(
+            "the server at {url} does not serve the database in {}: pass the data directory it \
+             runs on with --data-dir, or leave out --server and the demo serves itself",
+            data_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The rollup as a table, its columns aligned on a terminal: widths are
+/// counted in terminal columns, where a Chinese character takes two.
 fn print_table(figures: &[Figures]) {
-    println!(
-        "{:<16} {:>7} {:>7} {:>14} {:>14} {:>6} {:>8} {:>7} {:>6} {:>5} {:>8} {:>7} {:>7}",
+    let headings = [
         "单位",
         "走访",
         "户数",
@@ -441,26 +474,71 @@ fn print_table(figures: &[Figures]) {
         "类别",
         "队伍党员",
         "党员%",
-        "骨干%"
-    );
-    for f in figures {
-        println!(
-            "{:<16} {:>7} {:>7} {:>14} {:>14} {:>6} {:>8} {:>7} {:>6} {:>5} {:>8} {:>7.1} {:>7.1}",
-            f.tenant,
-            f.visits,
-            f.households_visited,
-            Fen(f.aid_total_fen).to_string(),
-            Fen(f.fund_donations_fen).to_string(),
-            f.trainings,
-            f.training_attendance,
-            f.placements,
-            f.teams,
-            f.team_categories,
-            f.team_members,
-            f.team_member_pct,
-            f.team_backbone_pct
-        );
+        "骨干%",
+    ];
+    let rows: Vec<Vec<String>> = figures
+        .iter()
+        .map(|f| {
+            vec![
+                f.tenant.clone(),
+                f.visits.to_string(),
+                f.households_visited.to_string(),
+                Fen(f.aid_total_fen).to_string(),
+                Fen(f.fund_donations_fen).to_string(),
+                f.trainings.to_string(),
+                f.training_attendance.to_string(),
+                f.placements.to_string(),
+                f.teams.to_string(),
+                f.team_categories.to_string(),
+                f.team_members.to_string(),
+                format!("{:.1}", f.team_member_pct),
+                format!("{:.1}", f.team_backbone_pct),
+            ]
+        })
+        .collect();
+    for line in table_lines(&headings, &rows) {
+        println!("{line}");
     }
+}
+
+/// `headings` and `rows` as lines of aligned columns: the first column
+/// (names) to the left, the figures to the right.
+fn table_lines(headings: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+    use unicode_width::UnicodeWidthStr;
+    let widths: Vec<usize> = (0..headings.len())
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.width())
+                .chain([headings[c].width()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(c, (cell, width))| {
+                let fill = " ".repeat(width.saturating_sub(cell.width()));
+                if c == 0 {
+                    format!("{cell}{fill}")
+                } else {
+                    format!("{fill}{cell}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    std::iter::once(line(headings.to_vec()))
+        .chain(
+            rows.iter()
+                .map(|r| line(r.iter().map(String::as_str).collect())),
+        )
+        .collect()
 }
 
 /// Where the district's figures differ from the plan, if anywhere.
@@ -501,7 +579,30 @@ async fn main() -> anyhow::Result<()> {
     } else {
         Plan::scaled(args.scale)
     };
-    let store = Store::open(&args.data_dir.join("doorstep.db")).await?;
+    // Everything is checked before anything is written: a demo pointed at
+    // the wrong place must not leave half a district behind.
+    let database = args.data_dir.join("doorstep.db");
+    let _serving = match &args.server {
+        Some(_) if !database.is_file() => bail!(
+            "{} holds no Doorstep database: with --server, --data-dir names the data directory \
+             that server runs on",
+            args.data_dir.display()
+        ),
+        Some(_) => None,
+        // Served here: nobody else may serve the directory meanwhile.
+        None => Some(
+            DataDirLock::acquire(&args.data_dir, Hold::Serve).with_context(|| {
+                format!(
+                    "to fill the server that runs on {}, pass its address with --server",
+                    args.data_dir.display()
+                )
+            })?,
+        ),
+    };
+    let store = Store::open(&database).await?;
+    if let Some(url) = &args.server {
+        check_server(url.trim_end_matches('/'), &store, &args.data_dir).await?;
+    }
 
     // A server: the one given, or one started here.
     let (url, server) = match &args.server {
@@ -530,7 +631,7 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let now = time::OffsetDateTime::now_utc();
-    let (year, months) = (now.year(), now.month() as u8);
+    let (today, year) = (now.date(), now.year());
     eprintln!(
         "Doorstep demo: the Yanshan district's {year} at 1/{} of the report, on {url}",
         args.scale.max(1)
@@ -555,7 +656,10 @@ async fn main() -> anyhow::Result<()> {
         };
         branches.push(tenant(&store, Some(sub.id), Level::Branch, spec.name).await?);
     }
-    let username = format!("demo-admin-{}", &district.id.to_string()[..8]);
+    // The id's tail: a version 7 id begins with its creation time, which
+    // two runs within a minute share; it ends in random bits.
+    let id = district.id.to_string();
+    let username = format!("demo-admin-{}", &id[id.len() - 8..]);
     admin::create_user(
         &store,
         &username,
@@ -576,7 +680,7 @@ async fn main() -> anyhow::Result<()> {
             work.placements,
             work.teams.len()
         );
-        run_branch(&store, &url, &devices, branch, &work, year, months.max(1)).await?;
+        run_branch(&store, &url, &devices, branch, &work, today).await?;
     }
 
     let period = Period::year(year).context("this year")?;
@@ -612,4 +716,27 @@ async fn main() -> anyhow::Result<()> {
         task.await??;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use unicode_width::UnicodeWidthStr;
+
+    /// Chinese names and headings take two columns a character; every
+    /// line of the table ends in the same terminal column.
+    #[test]
+    fn the_table_lines_up_on_a_terminal() {
+        let rows = vec![
+            vec!["向阳社区迎丰怡丽".to_owned(), "45".to_owned()],
+            vec!["燕山工委".to_owned(), "1234567".to_owned()],
+            vec!["x".to_owned(), "0".to_owned()],
+        ];
+        let lines = super::table_lines(&["单位", "走访"], &rows);
+        assert_eq!(lines.len(), 4);
+        let width = lines[0].width();
+        for line in &lines {
+            assert_eq!(line.width(), width, "{line:?}");
+        }
+        assert!(lines[2].starts_with("燕山工委 "));
+    }
 }

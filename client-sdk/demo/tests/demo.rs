@@ -8,43 +8,77 @@ use doorstep_server::store::Store;
 use serde_json::Value;
 use tokio::process::Command;
 
-#[tokio::test]
-async fn a_small_demo_produces_exactly_the_figures_it_generated() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let output = Command::new(env!("CARGO_BIN_EXE_doorstep-demo"))
+/// `doorstep-demo --data-dir <dir> <args>` to completion.
+async fn demo(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(Command::new(env!("CARGO_BIN_EXE_doorstep-demo"))
         .arg("--data-dir")
-        .arg(dir.path())
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--scale",
-            "10",
-            "--exit",
-            "--json",
-        ])
+        .arg(dir)
+        .args(args)
         .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
         .output()
-        .await?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        bail!(
-            "the demo failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        .await?)
+}
+
+/// A tenth of the report, served by the demo itself, to the end.
+const SMALL: &[&str] = &[
+    "--listen",
+    "127.0.0.1:0",
+    "--scale",
+    "10",
+    "--exit",
+    "--json",
+];
+
+#[tokio::test]
+async fn a_small_demo_produces_exactly_the_figures_it_generated_twice_in_a_row()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut admins = Vec::new();
+    // Twice on one data directory, within a minute: each run makes its
+    // own district and an admin of its own.
+    for _ in 0..2 {
+        let output = demo(dir.path(), SMALL).await?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            bail!(
+                "the demo failed:\n{stdout}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        assert!(stdout.contains("The district's figures match"), "{stdout}");
+        let login = stdout
+            .lines()
+            .find_map(|l| l.split("log in as ").nth(1))
+            .context("the dashboard line names the demo's admin")?;
+        admins.push(login.split(' ').next().unwrap_or_default().to_owned());
+        check_figures(dir.path(), &stdout).await?;
     }
-    assert!(stdout.contains("The district's figures match"), "{stdout}");
-    assert!(stdout.contains("/dashboard"));
+    assert_ne!(admins[0], admins[1], "each run has an admin of its own");
+    Ok(())
+}
+
+/// The district the demo reported, as stored: every figure of a tenth of
+/// the report, and no visit dated after today.
+async fn check_figures(dir: &std::path::Path, stdout: &str) -> anyhow::Result<()> {
     let report: Value = serde_json::from_str(stdout.lines().last().context("json line")?)?;
     let plan = &report["plan"];
     assert_eq!(plan["households"], 56, "a tenth of the report's 561");
 
     // Independently of the demo's own check: the stored projections.
-    let store = Store::open(&dir.path().join("doorstep.db")).await?;
+    let store = Store::open(&dir.join("doorstep.db")).await?;
     let district = store
         .tenant(report["district"].as_str().context("district")?.parse()?)
         .await?
         .context("the demo district")?;
-    let year = time::OffsetDateTime::now_utc().year();
+    let today = time::OffsetDateTime::now_utc().date();
+    let year = today.year();
+    let future = Period {
+        from: doorstep_protocol::Date::from_time(today.next_day().context("tomorrow")?),
+        to: doorstep_protocol::Date::from_time(today + time::Duration::days(400)),
+    };
+    let ahead = rollup::rollup(&store, &district, future).await?.total;
+    assert_eq!(ahead.visits, 0, "no visit is dated after today");
     let total = rollup::rollup(&store, &district, Period::year(year).context("year")?)
         .await?
         .total;
@@ -62,5 +96,69 @@ async fn a_small_demo_produces_exactly_the_figures_it_generated() -> anyhow::Res
         ),
         (70, 20.0, 70.0)
     );
+    Ok(())
+}
+
+/// Pointed at a server of another database, or at a data directory with no
+/// database, the demo refuses before it writes anything; and it does not
+/// serve a data directory a server already holds.
+#[tokio::test]
+async fn the_demo_checks_the_server_and_the_data_directory_before_writing() -> anyhow::Result<()> {
+    // A server on a database of its own.
+    let served = tempfile::tempdir()?;
+    let store = Store::open(&served.path().join("doorstep.db")).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let config = doorstep_server::Config::new(served.path().join("doorstep.db"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(doorstep_server::serve(config, store, listener, async {
+        let _ = stopped.await;
+    }));
+
+    // Another database: the server does not serve it.
+    let other = tempfile::tempdir()?;
+    let other_store = Store::open(&other.path().join("doorstep.db")).await?;
+    let output = demo(other.path(), &["--server", &url, "--scale", "10", "--exit"]).await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("does not serve the database"), "{stderr}");
+    assert_eq!(other_store.tenant_count().await?, 0, "nothing was written");
+
+    // No database at all: none is made.
+    let empty = tempfile::tempdir()?;
+    let output = demo(empty.path(), &["--server", &url, "--scale", "10", "--exit"]).await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("holds no Doorstep database"), "{stderr}");
+    assert!(!empty.path().join("doorstep.db").exists());
+
+    // Nobody answers there.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let nobody = format!("http://{}", closed.local_addr()?);
+    drop(closed);
+    let output = demo(
+        other.path(),
+        &["--server", &nobody, "--scale", "10", "--exit"],
+    )
+    .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("no Doorstep server answers"), "{stderr}");
+    assert_eq!(other_store.tenant_count().await?, 0, "nothing was written");
+
+    // A data directory a server holds is not served a second time.
+    let held = doorstep_server::data_dir::DataDirLock::acquire(
+        other.path(),
+        doorstep_server::data_dir::Hold::Serve,
+    )?;
+    let output = demo(other.path(), SMALL).await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("--server"), "{stderr}");
+    assert_eq!(other_store.tenant_count().await?, 0, "nothing was written");
+    drop(held);
+
+    let _ = stop.send(());
+    server.await??;
     Ok(())
 }

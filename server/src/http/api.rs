@@ -37,11 +37,16 @@ async fn permit(state: &AppState, auth: &UserAuth, action: Action<'_>) -> Result
 }
 
 /// Liveness: the process answers and the database reads.
+/// Liveness, and which database this server serves: its storage id (the
+/// one every device is told when it syncs), so that a tool writing to a
+/// data directory can check first that this server reads the same one.
 pub async fn healthz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.store.tenant_count().await?;
-    Ok(Json(
-        json!({ "status": "ok", "live_documents": state.hub.live_documents() }),
-    ))
+    Ok(Json(json!({
+        "status": "ok",
+        "live_documents": state.hub.live_documents(),
+        "storage_id": state.store.epoch(),
+    })))
 }
 
 /// The last write probe and when it ran: readiness probes at most once a

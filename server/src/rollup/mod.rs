@@ -133,7 +133,9 @@ pub struct Health {
     pub tenant_id: String,
     pub tenant: String,
     pub devices: i64,
-    /// Devices not synced for `stale_days` (or never).
+    /// Devices enrolled more than `stale_days` ago and not synced for
+    /// `stale_days` (or never): a phone enrolled this morning is not one
+    /// that fell silent.
     pub devices_stale: i64,
     pub open_conflicts: i64,
     pub invalid_records: i64,
@@ -517,7 +519,9 @@ pub async fn health(
     let stale_before = crate::store::now_ms() - i64::from(stale_days) * 86_400_000;
     let queries = [
         format!(
-            "select branch_id, count(*), count(case when last_seen_at is null or last_seen_at < $3 then 1 end) from devices
+            "select branch_id, count(*),
+                    count(case when created_at < $3 and (last_seen_at is null or last_seen_at < $3) then 1 end)
+             from devices
              where revoked_at is null and branch_id in ({BRANCHES}) group by branch_id"
         ),
         format!(

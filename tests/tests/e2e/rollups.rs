@@ -578,3 +578,47 @@ async fn one_record_id_in_two_months_counts_in_each_and_a_replaced_collection_ke
     assert_eq!(total(&o, "year=2026").await?, year);
     Ok(())
 }
+
+/// "Not synced for 7 days" counts the phones that fell silent, not the
+/// ones enrolled today: a device enrolled now and not synced yet is not
+/// stale; the same device enrolled eight days ago is. (SQLite: the test
+/// moves the enrollment back in the file itself.)
+#[tokio::test]
+async fn a_device_enrolled_today_is_not_counted_as_silent_for_a_week() -> anyhow::Result<()> {
+    doorstep_tests::on_sqlite(a_device_enrolled_today_is_not_counted_as_silent_on_sqlite()).await
+}
+
+async fn a_device_enrolled_today_is_not_counted_as_silent_on_sqlite() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let admin = server
+        .login_as("district", Role::DistrictAdmin, d.district.id)
+        .await?;
+    let device = server.enroll(d.fenghuangting.id, "enrolled today").await?;
+    let health = || async {
+        let (status, body) = get(&server, &admin, "/api/v1/health").await?;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let rows: Vec<Value> = serde_json::from_str(&body)?;
+        let sum = |field: &str| rows.iter().filter_map(|r| r[field].as_i64()).sum::<i64>();
+        anyhow::Ok((sum("devices"), sum("devices_stale")))
+    };
+    assert_eq!(
+        health().await?,
+        (1, 0),
+        "enrolled today, never synced: not silent"
+    );
+
+    let file = sqlx::SqlitePool::connect(&format!("sqlite://{}", server.database_path().display()))
+        .await?;
+    sqlx::query("update devices set created_at = created_at - 8 * 86400000 where id = ?")
+        .bind(&device.device_id)
+        .execute(&file)
+        .await?;
+    file.close().await;
+    assert_eq!(
+        health().await?,
+        (1, 1),
+        "enrolled eight days ago, never synced"
+    );
+    Ok(())
+}
