@@ -338,10 +338,13 @@ async fn behind_nginx_a_phone_syncs_through_one_address_and_survives_a_node() ->
     for n in 0..3 {
         doorstep_tests::record_visit(&phone, &format!("李{n}"), 100).await?;
     }
-    // The first attempt may meet the dead node's socket closing; nginx
-    // sends the next ones to the live node.
+    // nginx sends a request the dead node refuses on to the live one; an
+    // attempt that meets the dead node's socket closing is tried again.
     eventually(Duration::from_secs(30), || async {
-        phone.sync_now().await?;
+        if let Err(e) = phone.sync_now().await {
+            eprintln!("a sync through the balancer failed ({e}); trying again");
+            return Ok(false);
+        }
         Ok(visits(&phone).await? == 6 && phone.sync_state().await?.pending_changes == 0)
     })
     .await?;
