@@ -56,7 +56,7 @@ async function findNames(page, list) {
       crumbs: count("#crumbs a", name),
     }]))
     const injected = []
-    for (const e of document.querySelectorAll("img, iframe, object, embed, frame, base, form:not(#login-form):not(#period-form), script:not([src='/dashboard.js'])")) {
+    for (const e of document.querySelectorAll("img, iframe, object, embed, frame, base, form:not(#login-form):not(#period-form):not(#activate-form):not(#password-form), script:not([src='/dashboard.js'])")) {
       injected.push(e.outerHTML.slice(0, 200))
     }
     if (document.querySelectorAll("svg").length !== 2) injected.push(`${document.querySelectorAll("svg").length} svg elements`)

@@ -518,3 +518,116 @@ async fn csv_exports_show_formula_names_as_text() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The onboarding pages in a real browser: an invited official opens the
+/// invitation link, sets a password (told at once when the two differ,
+/// with nothing sent), lands logged in, changes the password on the page,
+/// and logs in again with the new one. No `curl` anywhere.
+#[tokio::test]
+async fn an_invited_official_activates_changes_the_password_and_logs_in_on_the_page()
+-> anyhow::Result<()> {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !std::path::Path::new(&chromium).exists() {
+        bail!("{chromium} is missing: install Debian's chromium package (.ci/run does)");
+    }
+    let js = workspace_root().join("tests/js");
+    crate::interop::npm_ci(&js).await?;
+
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let admin = server
+        .login_as("district", Role::DistrictAdmin, d.district.id)
+        .await?;
+    let invited: Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/users", server.http_url()))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({
+            "username": "向阳街道管理员",
+            "role": "sub_district_admin",
+            "tenant_id": d.xiangyang.id.to_string(),
+        }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let code = invited["activation_code"]
+        .as_str()
+        .context("a sub-district admin's invitation comes with its code")?;
+
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        Command::new("node")
+            .arg("onboarding.mjs")
+            .current_dir(&js)
+            .env("DOORSTEP_URL", server.http_url())
+            .env("CODE", code)
+            .env("USERNAME", "向阳街道管理员")
+            .env("PASSWORD", "the first long password")
+            .env("NEW_PASSWORD", "a second long password")
+            .env("CHROMIUM", &chromium)
+            .output(),
+    )
+    .await
+    .context("the browser test took over two minutes")??;
+    if !output.status.success() {
+        bail!(
+            "onboarding.mjs failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let seen: Value = serde_json::from_slice(
+        output
+            .stdout
+            .split(|b| *b == b'\n')
+            .next()
+            .unwrap_or_default(),
+    )?;
+    assert_eq!(seen["prefilled"], true, "{seen}");
+    assert!(
+        !seen["urlAfter"].as_str().unwrap_or_default().contains(code),
+        "the code left in the address bar: {seen}"
+    );
+    assert!(
+        seen["mismatch"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("不一致"),
+        "{seen}"
+    );
+    assert_eq!(seen["sentOnMismatch"], 0, "{seen}");
+    assert_eq!(seen["activations"], 1, "{seen}");
+    for key in ["who", "relogged"] {
+        assert!(
+            seen[key]
+                .as_str()
+                .unwrap_or_default()
+                .contains("向阳街道管理员"),
+            "{key}: {seen}"
+        );
+    }
+    assert!(
+        seen["changed"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("密码已修改"),
+        "{seen}"
+    );
+    assert_eq!(seen["activateHidden"], true, "{seen}");
+
+    // The old password no longer logs in; the new one does (the page's
+    // last login above), and the invitation cannot be used again.
+    let old = reqwest::Client::new()
+        .post(format!("{}/api/v1/login", server.http_url()))
+        .json(&serde_json::json!({ "username": "向阳街道管理员", "password": "the first long password" }))
+        .send()
+        .await?;
+    assert_eq!(old.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let again = reqwest::Client::new()
+        .post(format!("{}/api/v1/activate", server.http_url()))
+        .json(&serde_json::json!({ "code": code, "password": "a third long password" }))
+        .send()
+        .await?;
+    assert!(again.status().is_client_error(), "{}", again.status());
+    Ok(())
+}

@@ -152,14 +152,107 @@
     }
   }
 
-  function showLogin() {
+  // One of the screens before login: "login" or "activate".
+  function showLogin(screen = "login") {
     state.token = null;
     state.trail = [];
     $("who").textContent = "";
     $("logout").hidden = true;
+    $("change-password-open").hidden = true;
+    $("change-password").hidden = true;
     $("app").hidden = true;
-    $("login").hidden = false;
+    $("login").hidden = screen !== "login";
+    $("activate").hidden = screen !== "activate";
   }
+
+  // The server's own words for a refusal, or the status line.
+  async function refusal(response) {
+    if (!response) return "无法连接服务器 (the server cannot be reached)";
+    if (response.status === 429) return "尝试次数过多，请稍后再试 (too many attempts, try later)";
+    return (await response.json().catch(() => ({}))).error || response.statusText;
+  }
+
+  async function logIn(username, password) {
+    const response = await fetch("/api/v1/login", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ username, password }),
+    }).catch(() => null);
+    if (!response || !response.ok) return false;
+    state.token = (await response.json()).token;
+    return true;
+  }
+
+  // An invitation link may carry its code after the page's `#`
+  // (`/dashboard#activate=CODE`): the part after `#` never reaches a
+  // server or its logs.
+  function route() {
+    const hash = location.hash.slice(1);
+    if (!hash.startsWith("activate")) return false;
+    const code = hash.startsWith("activate=") ? decodeURIComponent(hash.slice("activate=".length)) : "";
+    if (code) $("activate-code").value = code;
+    history.replaceState(null, "", location.pathname);
+    showLogin("activate");
+    return true;
+  }
+
+  $("activate-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    $("activate-error").textContent = "";
+    $("activate-status").textContent = "";
+    const password = $("activate-password").value;
+    if (password !== $("activate-confirm").value) {
+      $("activate-error").textContent = "两次输入的密码不一致 (the two passwords differ)";
+      return;
+    }
+    const username = $("activate-username").value.trim();
+    const response = await fetch("/api/v1/activate", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ code: $("activate-code").value.trim(), username: username || undefined, password }),
+    }).catch(() => null);
+    if (response && response.status === 202) {
+      $("activate-status").textContent = "等待支部书记批准；批准后用同一邀请码再次激活 (waiting for the branch secretary's approval; activate again with the same code once approved)";
+      return;
+    }
+    if (!response || !response.ok) {
+      $("activate-error").textContent = await refusal(response);
+      return;
+    }
+    const { user } = await response.json();
+    $("activate-password").value = "";
+    $("activate-confirm").value = "";
+    $("activate-code").value = "";
+    if (await logIn(user.username, password)) return start();
+    showLogin();
+    $("username").value = user.username;
+    $("login-error").textContent = "账户已激活，请登录 (activated: log in)";
+  });
+
+  $("password-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    $("password-error").textContent = "";
+    $("password-status").textContent = "";
+    const next = $("new-password").value;
+    if (next !== $("new-password-confirm").value) {
+      $("password-error").textContent = "两次输入的新密码不一致 (the two new passwords differ)";
+      return;
+    }
+    const response = await fetch("/api/v1/me/password", {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${state.token}` },
+      body: JSON.stringify({ current: $("current-password").value, new: next }),
+    }).catch(() => null);
+    if (!response || !response.ok) {
+      $("password-error").textContent = await refusal(response);
+      return;
+    }
+    const { ended_sessions: ended } = await response.json();
+    for (const id of ["current-password", "new-password", "new-password-confirm"]) $(id).value = "";
+    $("change-password").hidden = true;
+    $("app").hidden = false;
+    $("status").textContent = `密码已修改；其他 ${ended} 个会话已退出 (password changed; ${ended} other sessions ended)`;
+  });
 
   async function logout() {
     const token = state.token;
@@ -172,7 +265,10 @@
     if (!me) return showLogin();
     $("who").textContent = `${me.username} · ${me.role}`;
     $("logout").hidden = false;
+    $("change-password-open").hidden = false;
+    $("change-username").value = me.username;
     $("login").hidden = true;
+    $("activate").hidden = true;
     $("app").hidden = false;
     $("period-value").value = String(new Date().getFullYear());
     load();
@@ -194,6 +290,16 @@
     $("password").value = "";
     start();
   });
+  $("to-activate").addEventListener("click", (event) => { event.preventDefault(); showLogin("activate"); $("activate-code").focus(); });
+  $("to-login").addEventListener("click", (event) => { event.preventDefault(); showLogin(); $("username").focus(); });
+  $("change-password-open").addEventListener("click", () => {
+    $("password-status").textContent = "";
+    $("change-password").hidden = false;
+    $("app").hidden = true;
+    $("current-password").focus();
+  });
+  $("password-cancel").addEventListener("click", () => { $("change-password").hidden = true; $("app").hidden = false; });
+  window.addEventListener("hashchange", route);
   $("period-kind").addEventListener("change", () => {
     const kind = $("period-kind").value, now = new Date();
     $("period-to").hidden = kind !== "range";
@@ -204,4 +310,5 @@
   $("period-form").addEventListener("submit", (event) => { event.preventDefault(); load(); });
   $("download-csv").addEventListener("click", downloadCsv);
   $("logout").addEventListener("click", logout);
+  route();
 })();

@@ -1,0 +1,90 @@
+// Drives the dashboard's onboarding pages in headless Chromium (Debian's
+// package) with playwright-core, as an invited official would: open the
+// invitation link, set a password (a mismatched confirmation first), land
+// logged in, change the password, log out and log in with the new one.
+// Prints what the person saw as one JSON line.
+//
+// Fails (exits non-zero) if any dialog opens, or any console error or page
+// error occurs (a CSP violation is a console error).
+//
+// Env: DOORSTEP_URL, CODE (the activation code), USERNAME (the invited
+// username), PASSWORD, NEW_PASSWORD, CHROMIUM (default /usr/bin/chromium).
+
+import { chromium } from "playwright-core"
+
+const env = (name) => {
+  const value = process.env[name]
+  if (!value) throw new Error(`missing ${name}`)
+  return value
+}
+const text = (page, selector) => page.$eval(selector, (e) => e.textContent)
+const visible = (page, selector) => page.$eval(selector, (e) => !e.closest("[hidden]"))
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync"],
+})
+const problems = []
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } })
+  page.on("console", (m) => {
+    console.error("[page]", m.type(), m.text())
+    // A refused request logs a console error; the mismatch below sends none.
+    if (m.type() === "error") problems.push(`console error: ${m.text()}`)
+  })
+  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`))
+  page.on("dialog", async (d) => {
+    problems.push(`a ${d.type()} dialog opened: ${d.message()}`)
+    await d.dismiss().catch(() => {})
+  })
+
+  // The invitation link: the code after `#`, which no server sees.
+  await page.goto(`${env("DOORSTEP_URL")}/dashboard#activate=${encodeURIComponent(env("CODE"))}`)
+  await page.waitForSelector("#activate", { state: "visible" })
+  const prefilled = (await page.inputValue("#activate-code")) === env("CODE")
+  const urlAfter = page.url()
+
+  // Two passwords that differ: said at once, nothing sent.
+  let activations = 0
+  page.on("request", (r) => { if (new URL(r.url()).pathname === "/api/v1/activate") activations += 1 })
+  await page.fill("#activate-password", env("PASSWORD"))
+  await page.fill("#activate-confirm", `${env("PASSWORD")}x`)
+  await page.click("#activate-button")
+  await page.waitForFunction(() => document.querySelector("#activate-error").textContent !== "")
+  const mismatch = await text(page, "#activate-error")
+  const sentOnMismatch = activations
+
+  await page.fill("#activate-confirm", env("PASSWORD"))
+  await page.click("#activate-button")
+  await page.waitForSelector("#app", { state: "visible" })
+  const who = await text(page, "#who")
+
+  // Change the password through the form.
+  await page.click("#change-password-open")
+  await page.waitForSelector("#change-password", { state: "visible" })
+  await page.fill("#current-password", env("PASSWORD"))
+  await page.fill("#new-password", env("NEW_PASSWORD"))
+  await page.fill("#new-password-confirm", env("NEW_PASSWORD"))
+  await page.click("#password-button")
+  await page.waitForSelector("#app", { state: "visible" })
+  const changed = await text(page, "#status")
+
+  // Out, and back in with the new password.
+  await page.click("#logout")
+  await page.waitForSelector("#login", { state: "visible" })
+  await page.fill("#username", env("USERNAME"))
+  await page.fill("#password", env("NEW_PASSWORD"))
+  await page.click("#login-button")
+  await page.waitForSelector("#app", { state: "visible" })
+  const relogged = await text(page, "#who")
+  const activateHidden = !(await visible(page, "#activate"))
+
+  if (problems.length) throw new Error(`the onboarding pages misbehaved:\n${problems.join("\n")}`)
+  process.stdout.write(JSON.stringify({
+    prefilled, urlAfter, mismatch, sentOnMismatch, activations, who, changed, relogged, activateHidden,
+  }) + "\n")
+} finally {
+  await browser.close()
+}
