@@ -14,7 +14,9 @@ use doorstep_protocol::{Date, TenantId};
 use serde::Serialize;
 use sqlx::Row;
 
-pub use period::{Period, PeriodError, PeriodQuery};
+pub use period::{
+    ORGANISATION_UTC_OFFSET_HOURS, Period, PeriodError, PeriodQuery, organisation_today,
+};
 
 use crate::store::{Store, StoreError, Tenant, Tx};
 use crate::tenancy::Level;
@@ -139,6 +141,10 @@ pub struct Health {
     pub devices_stale: i64,
     pub open_conflicts: i64,
     pub invalid_records: i64,
+    /// Visits dated after today (the organisation's day, UTC+8): a phone's
+    /// wrong date, or a visit recorded ahead. They count in the period of
+    /// their date, as every visit does; this says they are there.
+    pub future_visits: i64,
 }
 
 /// Which group (child of the target) each branch below it belongs to.
@@ -516,19 +522,24 @@ pub async fn health(
 ) -> Result<Vec<Health>, StoreError> {
     let groups = groups(store, target).await?;
     let mut tx = store.begin_read_within(target.id).await?;
-    let stale_before = crate::store::now_ms() - i64::from(stale_days) * 86_400_000;
+    let now = crate::store::now_ms();
+    let stale_before = now - i64::from(stale_days) * 86_400_000;
+    let today = period::organisation_today(now).to_string();
     let queries = [
         format!(
             "select branch_id, count(*),
                     count(case when created_at < $3 and (last_seen_at is null or last_seen_at < $3) then 1 end)
              from devices
-             where revoked_at is null and branch_id in ({BRANCHES}) group by branch_id"
+             where revoked_at is null and branch_id in ({BRANCHES}) and $4 = $4 group by branch_id"
         ),
         format!(
-            "select branch_id, count(*), 0 from conflict_rows where branch_id in ({BRANCHES}) and $3 = $3 group by branch_id"
+            "select branch_id, count(*), 0 from conflict_rows where branch_id in ({BRANCHES}) and $3 = $3 and $4 = $4 group by branch_id"
         ),
         format!(
-            "select branch_id, count(*), 0 from invalid_rows where branch_id in ({BRANCHES}) and $3 = $3 group by branch_id"
+            "select branch_id, count(*), 0 from invalid_rows where branch_id in ({BRANCHES}) and $3 = $3 and $4 = $4 group by branch_id"
+        ),
+        format!(
+            "select branch_id, count(*), 0 from visit_rows where branch_id in ({BRANCHES}) and $3 = $3 and date > $4 group by branch_id"
         ),
     ];
     let mut per: BTreeMap<String, Health> = BTreeMap::new();
@@ -537,6 +548,7 @@ pub async fn health(
             .bind(target.path.as_str())
             .bind(target.path.descendants_pattern())
             .bind(stale_before)
+            .bind(&today)
             .fetch_all(&mut *tx)
             .await?;
         for row in rows {
@@ -549,7 +561,8 @@ pub async fn health(
                     h.devices_stale = b.unwrap_or(0);
                 }
                 1 => h.open_conflicts = a,
-                _ => h.invalid_records = a,
+                2 => h.invalid_records = a,
+                _ => h.future_visits = a,
             }
         }
     }
@@ -569,6 +582,7 @@ pub async fn health(
                     health.devices_stale += h.devices_stale;
                     health.open_conflicts += h.open_conflicts;
                     health.invalid_records += h.invalid_records;
+                    health.future_visits += h.future_visits;
                 }
             }
             health

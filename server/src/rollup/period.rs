@@ -57,6 +57,18 @@ impl Period {
     }
 }
 
+/// The organisation's clock: China's, UTC+8 all year (no daylight saving).
+/// Volunteers date their records by it.
+pub const ORGANISATION_UTC_OFFSET_HOURS: i64 = 8;
+
+/// The organisation's date at `now_ms` (milliseconds since the epoch).
+pub fn organisation_today(now_ms: i64) -> Date {
+    let local = now_ms.div_euclid(1000) + ORGANISATION_UTC_OFFSET_HOURS * 3600;
+    let at = time::OffsetDateTime::from_unix_timestamp(local)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    Date::from_time(at.date())
+}
+
 /// The years a period may name (the error messages below spell them out). Four digits are required as well: `26`
 /// is a typo for 2026, not the year 26, and a range from the year 1 would
 /// walk twenty thousand empty months.
@@ -173,6 +185,15 @@ mod tests {
         let mut query = PeriodQuery::default();
         f(&mut query);
         Period::try_from(&query)
+    }
+
+    #[test]
+    fn the_organisations_day_turns_at_midnight_in_china() {
+        // 2026-12-06 15:59:59 UTC is 23:59:59 in Beijing; a second later
+        // it is the 7th there, and still the 6th in UTC.
+        let before = 1_796_572_799_000;
+        assert_eq!(organisation_today(before).to_string(), "2026-12-06");
+        assert_eq!(organisation_today(before + 1000).to_string(), "2026-12-07");
     }
 
     #[test]

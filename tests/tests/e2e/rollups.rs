@@ -622,3 +622,42 @@ async fn a_device_enrolled_today_is_not_counted_as_silent_on_sqlite() -> anyhow:
     );
     Ok(())
 }
+
+/// A visit dated after today (China's date) is flagged in the health
+/// panel, as a phone's wrong date or a visit recorded ahead would be;
+/// today's visit is not.
+#[tokio::test]
+async fn a_visit_dated_after_today_is_flagged_in_the_branch_health() -> anyhow::Result<()> {
+    let o = office().await?;
+    let member = o
+        .phone
+        .add_member(NewMember {
+            name: "未来".into(),
+            ..NewMember::default()
+        })
+        .await?;
+    let today = doorstep_server::rollup::organisation_today(
+        time::OffsetDateTime::now_utc().unix_timestamp() * 1000,
+    );
+    let ahead = doorstep_protocol::Date::from_time(today.as_time() + time::Duration::days(10));
+    for date in [today, ahead] {
+        o.phone
+            .record_visit(visit(&date.to_string(), member, 100))
+            .await?;
+    }
+    o.phone.sync_now().await?;
+    let (status, body) = get(
+        &o.server,
+        &o.admin,
+        &format!("/api/v1/health?tenant={}", o.district.yingfeng.id),
+    )
+    .await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rows: Vec<Value> = serde_json::from_str(&body)?;
+    let future: i64 = rows
+        .iter()
+        .filter_map(|r| r["future_visits"].as_i64())
+        .sum();
+    assert_eq!(future, 1, "{body}");
+    Ok(())
+}

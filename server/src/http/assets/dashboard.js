@@ -23,7 +23,7 @@
     ["teams", "队伍数"], ["team_categories", "类别"], ["team_members", "队伍中党员"],
     ["team_member_pct", "党员占比%"], ["team_backbone_pct", "骨干占比%"], ["volunteer_hours", "志愿时长"],
   ];
-  const HEALTH = ["devices", "devices_stale", "open_conflicts", "invalid_records"];
+  const HEALTH = ["devices", "devices_stale", "open_conflicts", "invalid_records", "future_visits"];
   const SVG = "http://www.w3.org/2000/svg";
   // In memory only.
   const state = { token: null, trail: [] };
