@@ -49,13 +49,16 @@ try {
   // Two passwords that differ: said at once, nothing sent.
   let activations = 0
   page.on("request", (r) => { if (new URL(r.url()).pathname === "/api/v1/activate") activations += 1 })
+  await page.fill("#activate-username", env("USERNAME"))
   await page.fill("#activate-password", env("PASSWORD"))
   await page.fill("#activate-confirm", `${env("PASSWORD")}x`)
   await page.click("#activate-button")
   await page.waitForFunction(() => document.querySelector("#activate-error").textContent !== "")
   const mismatch = await text(page, "#activate-error")
   const sentOnMismatch = activations
+  const clearedOnMismatch = (await page.inputValue("#activate-password")) === ""
 
+  await page.fill("#activate-password", env("PASSWORD"))
   await page.fill("#activate-confirm", env("PASSWORD"))
   await page.click("#activate-button")
   await page.waitForSelector("#app", { state: "visible" })
@@ -71,19 +74,30 @@ try {
   await page.waitForSelector("#app", { state: "visible" })
   const changed = await text(page, "#status")
 
-  // Out, and back in with the new password.
+  // Typed into the change-password form and cancelled, then out: the next
+  // person at this PC finds every secret field empty.
+  await page.click("#change-password-open")
+  await page.fill("#current-password", env("NEW_PASSWORD"))
+  await page.fill("#new-password", "typed and abandoned")
+  await page.click("#password-cancel")
   await page.click("#logout")
   await page.waitForSelector("#login", { state: "visible" })
+  const leftBehind = await page.$$eval("input[type=password], #activate-code", (inputs) =>
+    inputs.filter((i) => i.value !== "").map((i) => i.id))
+  // An invitation link followed while somebody is logged in changes nothing.
   await page.fill("#username", env("USERNAME"))
   await page.fill("#password", env("NEW_PASSWORD"))
   await page.click("#login-button")
   await page.waitForSelector("#app", { state: "visible" })
   const relogged = await text(page, "#who")
-  const activateHidden = !(await visible(page, "#activate"))
+  await page.evaluate(() => { location.hash = "activate=SOMEONE-ELSES" })
+  await page.waitForFunction(() => location.hash === "")
+  const activateHidden = !(await visible(page, "#activate")) && (await visible(page, "#app"))
 
   if (problems.length) throw new Error(`the onboarding pages misbehaved:\n${problems.join("\n")}`)
   process.stdout.write(JSON.stringify({
-    prefilled, urlAfter, mismatch, sentOnMismatch, activations, who, changed, relogged, activateHidden,
+    prefilled, urlAfter, mismatch, sentOnMismatch, clearedOnMismatch, activations, who, changed, leftBehind,
+    relogged, activateHidden,
   }) + "\n")
 } finally {
   await browser.close()

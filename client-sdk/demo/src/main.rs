@@ -51,8 +51,6 @@ struct Args {
     json: bool,
 }
 
-const DEMO_PASSWORD: &str = "doorstep-demo";
-
 const CATEGORIES: &[&str] = &[
     "舞蹈",
     "合唱",
@@ -437,21 +435,53 @@ async fn tenant(
     store.create_tenant(parent, level, name).await
 }
 
-/// Refuses a server that does not serve the database in `data_dir`: the
-/// demo writes the district and the phones' enrollment codes there, and
-/// that server would know none of them.
-async fn check_server(url: &str, store: &Store, data_dir: &std::path::Path) -> anyhow::Result<()> {
-    let health: serde_json::Value = reqwest::get(format!("{url}/healthz"))
+/// Refuses, before the database is opened for writing, a server that does
+/// not serve the database in `data_dir`: the demo writes the district and
+/// the phones' enrollment codes there, and that server would know none of
+/// them. A server must hold the directory (its lock), answer at `url` with
+/// the database's storage id, and run the same migrations as this demo
+/// (which would otherwise migrate the file under it).
+async fn check_server(
+    url: &str,
+    data_dir: &std::path::Path,
+    database: &std::path::Path,
+) -> anyhow::Result<()> {
+    if let Ok(free) = DataDirLock::acquire(data_dir, Hold::Serve) {
+        drop(free);
+        bail!(
+            "no server runs on {}: start `doorstep serve` there, or leave out --server and the \
+             demo serves itself",
+            data_dir.display()
+        );
+    }
+    let identity = Store::identify_sqlite_file(database)
+        .await
+        .with_context(|| format!("{} is not a Doorstep database", database.display()))?;
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let health: serde_json::Value = http
+        .get(format!("{url}/healthz"))
+        .send()
         .await
         .and_then(reqwest::Response::error_for_status)
         .with_context(|| format!("no Doorstep server answers at {url}"))?
         .json()
         .await
         .with_context(|| format!("{url} does not answer as a Doorstep server"))?;
-    if health["storage_id"].as_str() != Some(store.epoch().as_str()) {
+    if identity.storage_id.is_none()
+        || health["storage_id"].as_str() != identity.storage_id.as_deref()
+    {
         bail!(
             "the server at {url} does not serve the database in {}: pass the data directory it \
              runs on with --data-dir, or leave out --server and the demo serves itself",
+            data_dir.display()
+        );
+    }
+    if !identity.migrations_match {
+        bail!(
+            "the server on {} runs another version of Doorstep than this demo: build both from \
+             one checkout",
             data_dir.display()
         );
     }
@@ -588,7 +618,10 @@ async fn main() -> anyhow::Result<()> {
              that server runs on",
             args.data_dir.display()
         ),
-        Some(_) => None,
+        Some(url) => {
+            check_server(url.trim_end_matches('/'), &args.data_dir, &database).await?;
+            None
+        }
         // Served here: nobody else may serve the directory meanwhile.
         None => Some(
             DataDirLock::acquire(&args.data_dir, Hold::Serve).with_context(|| {
@@ -600,9 +633,6 @@ async fn main() -> anyhow::Result<()> {
         ),
     };
     let store = Store::open(&database).await?;
-    if let Some(url) = &args.server {
-        check_server(url.trim_end_matches('/'), &store, &args.data_dir).await?;
-    }
 
     // A server: the one given, or one started here.
     let (url, server) = match &args.server {
@@ -660,10 +690,14 @@ async fn main() -> anyhow::Result<()> {
     // two runs within a minute share; it ends in random bits.
     let id = district.id.to_string();
     let username = format!("demo-admin-{}", &id[id.len() - 8..]);
+    // Random: the name can be worked out from the district's id, which
+    // every account in the district sees.
+    let password = doorstep_server::auth::Secret::generate_code();
+    let password = password.expose();
     admin::create_user(
         &store,
         &username,
-        DEMO_PASSWORD,
+        password,
         Role::DistrictAdmin,
         district.id,
         "demo",
@@ -697,7 +731,7 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("MISMATCH {w}");
         }
     }
-    println!("Dashboard: {url}/dashboard  (log in as {username} / {DEMO_PASSWORD})");
+    println!("Dashboard: {url}/dashboard  (log in as {username} / {password})");
     if args.json {
         println!(
             "{}",

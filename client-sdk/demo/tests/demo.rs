@@ -99,9 +99,10 @@ async fn check_figures(dir: &std::path::Path, stdout: &str) -> anyhow::Result<()
     Ok(())
 }
 
-/// Pointed at a server of another database, or at a data directory with no
-/// database, the demo refuses before it writes anything; and it does not
-/// serve a data directory a server already holds.
+/// Pointed at a server of another database, at a data directory no
+/// server runs on or with no database, or at nobody, the demo refuses
+/// before it writes anything; and it does not serve a data directory a
+/// server already holds.
 #[tokio::test]
 async fn the_demo_checks_the_server_and_the_data_directory_before_writing() -> anyhow::Result<()> {
     // A server on a database of its own.
@@ -114,49 +115,68 @@ async fn the_demo_checks_the_server_and_the_data_directory_before_writing() -> a
     let server = tokio::spawn(doorstep_server::serve(config, store, listener, async {
         let _ = stopped.await;
     }));
+    let refused = |output: std::process::Output, says: &str| {
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(!output.status.success(), "{stderr}");
+        assert!(stderr.contains(says), "{says:?} not in {stderr}");
+    };
+    let run = ["--scale", "10", "--exit"];
 
-    // Another database: the server does not serve it.
+    // Another database, with no server on it.
     let other = tempfile::tempdir()?;
     let other_store = Store::open(&other.path().join("doorstep.db")).await?;
-    let output = demo(other.path(), &["--server", &url, "--scale", "10", "--exit"]).await?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
-    assert!(stderr.contains("does not serve the database"), "{stderr}");
-    assert_eq!(other_store.tenant_count().await?, 0, "nothing was written");
-
-    // No database at all: none is made.
-    let empty = tempfile::tempdir()?;
-    let output = demo(empty.path(), &["--server", &url, "--scale", "10", "--exit"]).await?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
-    assert!(stderr.contains("holds no Doorstep database"), "{stderr}");
-    assert!(!empty.path().join("doorstep.db").exists());
-
-    // Nobody answers there.
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let nobody = format!("http://{}", closed.local_addr()?);
-    drop(closed);
-    let output = demo(
-        other.path(),
-        &["--server", &nobody, "--scale", "10", "--exit"],
-    )
-    .await?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
-    assert!(stderr.contains("no Doorstep server answers"), "{stderr}");
-    assert_eq!(other_store.tenant_count().await?, 0, "nothing was written");
-
-    // A data directory a server holds is not served a second time.
+    fn args<'a>(server: &'a str, run: &[&'a str]) -> Vec<&'a str> {
+        [&["--server", server][..], run].concat()
+    }
+    refused(
+        demo(other.path(), &args(&url, &run)).await?,
+        "no server runs on",
+    );
+    // A server holds it (as `doorstep serve` would), but the one at the
+    // address serves another database.
     let held = doorstep_server::data_dir::DataDirLock::acquire(
         other.path(),
         doorstep_server::data_dir::Hold::Serve,
     )?;
-    let output = demo(other.path(), SMALL).await?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
-    assert!(stderr.contains("--server"), "{stderr}");
-    assert_eq!(other_store.tenant_count().await?, 0, "nothing was written");
+    refused(
+        demo(other.path(), &args(&url, &run)).await?,
+        "does not serve the database",
+    );
+    // Nobody answers at the address.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let nobody = format!("http://{}", closed.local_addr()?);
+    drop(closed);
+    refused(
+        demo(other.path(), &args(&nobody, &run)).await?,
+        "no Doorstep server answers",
+    );
+    // Serving itself, on a directory a server holds.
+    refused(demo(other.path(), SMALL).await?, "--server");
     drop(held);
+    assert_eq!(other_store.tenant_count().await?, 0, "nothing was written");
+
+    // No database at all: none is made.
+    let empty = tempfile::tempdir()?;
+    refused(
+        demo(empty.path(), &args(&url, &run)).await?,
+        "holds no Doorstep database",
+    );
+    assert!(!empty.path().join("doorstep.db").exists());
+
+    // The right server, on the right directory (held as `doorstep serve`
+    // holds it): the demo fills it through that server.
+    let serving = doorstep_server::data_dir::DataDirLock::acquire(
+        served.path(),
+        doorstep_server::data_dir::Hold::Serve,
+    )?;
+    let output = demo(served.path(), &args(&url, &run)).await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("The district's figures match"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    drop(serving);
 
     let _ = stop.send(());
     server.await??;

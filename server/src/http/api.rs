@@ -672,7 +672,7 @@ pub async fn activate(
             StatusCode::ACCEPTED,
             Json(json!({
                 "status": "pending_approval",
-                "message": "waiting for the branch secretary to approve this account; try again later with the same code",
+                "message": "waiting for the branch secretary to approve this account; once approved, activate with the code the approver gives you",
             })),
         )),
         Err(e @ admin::ActivationError::InvalidCode) => Err(ApiError::BadRequest(e.to_string())),

@@ -427,6 +427,48 @@ async fn set_up_connection(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::E
     Ok(())
 }
 
+/// What an SQLite database file says of itself, read without writing to
+/// it (no migrations, no epoch made): for a tool that must check a data
+/// directory before it opens it for writing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteFileIdentity {
+    /// Its storage id (epoch), the one its server tells devices.
+    pub storage_id: Option<String>,
+    /// Whether it has every migration this binary has, and no other.
+    pub migrations_match: bool,
+}
+
+impl Store {
+    /// [`SqliteFileIdentity`] of the database file at `path`, which a
+    /// server may be writing meanwhile; an error if it is not a Doorstep
+    /// database.
+    pub async fn identify_sqlite_file(path: &Path) -> Result<SqliteFileIdentity, StoreError> {
+        use sqlx::{ConnectOptions, Connection};
+        sqlx::any::install_default_drivers();
+        let path = resolved(path)?;
+        let options = AnyConnectOptions::from_str(&sqlite_url(&path, "mode=ro")?)?;
+        let mut conn = options.connect().await?;
+        let storage_id: Option<String> =
+            sqlx::query_scalar("select value from server_meta where key = 'storage_id'")
+                .fetch_optional(&mut conn)
+                .await?;
+        let applied: Vec<i64> = sqlx::query_scalar(
+            "select version from _sqlx_migrations where success order by version",
+        )
+        .fetch_all(&mut conn)
+        .await?;
+        let _ = conn.close().await;
+        let known: Vec<i64> = sqlx::migrate!("../migrations/sqlite")
+            .iter()
+            .map(|m| m.version)
+            .collect();
+        Ok(SqliteFileIdentity {
+            storage_id,
+            migrations_match: applied == known,
+        })
+    }
+}
+
 /// Opens an SQLite file that nothing may change while it is read (a
 /// backup), without writing to it or beside it.
 pub(crate) async fn read_sqlite_file(path: &Path) -> Result<sqlx::AnyConnection, StoreError> {

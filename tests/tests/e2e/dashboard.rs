@@ -596,6 +596,12 @@ async fn an_invited_official_activates_changes_the_password_and_logs_in_on_the_p
         "{seen}"
     );
     assert_eq!(seen["sentOnMismatch"], 0, "{seen}");
+    assert_eq!(seen["clearedOnMismatch"], true, "{seen}");
+    assert_eq!(
+        seen["leftBehind"],
+        serde_json::json!([]),
+        "secrets left in fields after logout: {seen}"
+    );
     assert_eq!(seen["activations"], 1, "{seen}");
     for key in ["who", "relogged"] {
         assert!(

@@ -152,8 +152,18 @@
     }
   }
 
+  const PASSWORDS = ["activate-password", "activate-confirm", "current-password", "new-password", "new-password-confirm"];
+
+  // Typed secrets do not outlive the form they were typed for: on a shared
+  // office PC the next person must find every field empty.
+  function clearSecrets({ code = true } = {}) {
+    for (const id of PASSWORDS) $(id).value = "";
+    if (code) $("activate-code").value = "";
+  }
+
   // One of the screens before login: "login" or "activate".
   function showLogin(screen = "login") {
+    clearSecrets();
     state.token = null;
     state.trail = [];
     $("who").textContent = "";
@@ -185,15 +195,21 @@
 
   // An invitation link may carry its code after the page's `#`
   // (`/dashboard#activate=CODE`): the part after `#` never reaches a
-  // server or its logs.
+  // server or its logs, and it leaves the address bar at once. A link
+  // followed while somebody is logged in changes nothing.
   function route() {
     const hash = location.hash.slice(1);
-    if (!hash.startsWith("activate")) return false;
-    const code = hash.startsWith("activate=") ? decodeURIComponent(hash.slice("activate=".length)) : "";
-    if (code) $("activate-code").value = code;
+    if (!hash.startsWith("activate")) return;
     history.replaceState(null, "", location.pathname);
+    if (state.token) return;
+    let code = "";
+    try {
+      code = hash.startsWith("activate=") ? decodeURIComponent(hash.slice("activate=".length)) : "";
+    } catch {
+      code = "";
+    }
     showLogin("activate");
-    return true;
+    $("activate-code").value = code;
   }
 
   $("activate-form").addEventListener("submit", async (event) => {
@@ -202,17 +218,18 @@
     $("activate-status").textContent = "";
     const password = $("activate-password").value;
     if (password !== $("activate-confirm").value) {
+      clearSecrets({ code: false });
       $("activate-error").textContent = "两次输入的密码不一致 (the two passwords differ)";
       return;
     }
-    const username = $("activate-username").value.trim();
     const response = await fetch("/api/v1/activate", {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ code: $("activate-code").value.trim(), username: username || undefined, password }),
+      body: JSON.stringify({ code: $("activate-code").value.trim(), username: $("activate-username").value.trim(), password }),
     }).catch(() => null);
+    clearSecrets({ code: false });
     if (response && response.status === 202) {
-      $("activate-status").textContent = "等待支部书记批准；批准后用同一邀请码再次激活 (waiting for the branch secretary's approval; activate again with the same code once approved)";
+      $("activate-status").textContent = "等待支部书记批准；批准后请用批准人交给您的邀请码激活 (waiting for the branch secretary's approval; once approved, activate with the code the approver gives you)";
       return;
     }
     if (!response || !response.ok) {
@@ -220,8 +237,6 @@
       return;
     }
     const { user } = await response.json();
-    $("activate-password").value = "";
-    $("activate-confirm").value = "";
     $("activate-code").value = "";
     if (await logIn(user.username, password)) return start();
     showLogin();
@@ -235,6 +250,7 @@
     $("password-status").textContent = "";
     const next = $("new-password").value;
     if (next !== $("new-password-confirm").value) {
+      clearSecrets({ code: false });
       $("password-error").textContent = "两次输入的新密码不一致 (the two new passwords differ)";
       return;
     }
@@ -243,12 +259,20 @@
       headers: { "content-type": "application/json", authorization: `Bearer ${state.token}` },
       body: JSON.stringify({ current: $("current-password").value, new: next }),
     }).catch(() => null);
+    clearSecrets({ code: false });
+    if (response && response.status === 401 && state.token) {
+      // The session ended meanwhile (a wrong current password is 403):
+      // log in again.
+      const why = await refusal(response);
+      showLogin();
+      $("login-error").textContent = why;
+      return;
+    }
     if (!response || !response.ok) {
       $("password-error").textContent = await refusal(response);
       return;
     }
     const { ended_sessions: ended } = await response.json();
-    for (const id of ["current-password", "new-password", "new-password-confirm"]) $(id).value = "";
     $("change-password").hidden = true;
     $("app").hidden = false;
     $("status").textContent = `密码已修改；其他 ${ended} 个会话已退出 (password changed; ${ended} other sessions ended)`;
@@ -298,7 +322,12 @@
     $("app").hidden = true;
     $("current-password").focus();
   });
-  $("password-cancel").addEventListener("click", () => { $("change-password").hidden = true; $("app").hidden = false; });
+  $("password-cancel").addEventListener("click", () => {
+    clearSecrets({ code: false });
+    $("password-error").textContent = "";
+    $("change-password").hidden = true;
+    $("app").hidden = false;
+  });
   window.addEventListener("hashchange", route);
   $("period-kind").addEventListener("change", () => {
     const kind = $("period-kind").value, now = new Date();
