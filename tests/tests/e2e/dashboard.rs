@@ -25,6 +25,52 @@ const TITLE_BREAKOUT: &str = "</title><img src=x onerror=alert(3)><title>";
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
+/// Debian's Chromium (or `CHROMIUM`), and the JS driver folder with its
+/// packages installed.
+async fn browser() -> anyhow::Result<(String, std::path::PathBuf)> {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !std::path::Path::new(&chromium).exists() {
+        bail!("{chromium} is missing: install Debian's chromium package (.ci/run does)");
+    }
+    let js = workspace_root().join("tests/js");
+    crate::interop::npm_ci(&js).await?;
+    Ok((chromium, js))
+}
+
+/// Runs the driver `script` in `js` with `env` (and `CHROMIUM`), within two
+/// minutes, and returns the JSON line it prints: what the person saw.
+async fn run_driver(
+    chromium: &str,
+    js: &std::path::Path,
+    script: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Value> {
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        Command::new("node")
+            .arg(script)
+            .current_dir(js)
+            .envs(env.iter().copied())
+            .env("CHROMIUM", chromium)
+            .output(),
+    )
+    .await
+    .context("the browser test took over two minutes")??;
+    if !output.status.success() {
+        bail!(
+            "{script} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(
+        output
+            .stdout
+            .split(|b| *b == b'\n')
+            .next()
+            .unwrap_or_default(),
+    )?)
+}
+
 /// A phone enrolled to `branch` with one member named `member` and
 /// `visits` visits in 2026, synced. Keep the directory alive.
 async fn phone_with_visits(
@@ -86,12 +132,7 @@ fn yuan(fen: &Value) -> String {
 #[tokio::test]
 async fn an_official_logs_in_picks_a_period_drills_down_and_downloads_the_csv() -> anyhow::Result<()>
 {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !std::path::Path::new(&chromium).exists() {
-        bail!("{chromium} is missing: install Debian's chromium package (.ci/run does)");
-    }
-    let js = workspace_root().join("tests/js");
-    crate::interop::npm_ci(&js).await?;
+    let (chromium, js) = browser().await?;
 
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
@@ -141,40 +182,26 @@ async fn an_official_logs_in_picks_a_period_drills_down_and_downloads_the_csv() 
         .await?;
 
     let out = tempfile::tempdir()?;
-    let output = tokio::time::timeout(
-        Duration::from_secs(120),
-        Command::new("node")
-            .arg("dashboard.mjs")
-            .current_dir(&js)
-            .env("DOORSTEP_URL", server.http_url())
-            .env("DOORSTEP_USER", "official")
-            .env("DOORSTEP_PASSWORD", password)
-            .env("YEAR", "2026")
-            .env("DRILL", &d.xiangyang.name)
-            .env("HOSTILE_TOP", serde_json::to_string(&[TITLE_BREAKOUT])?)
-            .env(
-                "HOSTILE_DRILLED",
-                serde_json::to_string(&[IMG_ONERROR, SVG_ONLOAD])?,
-            )
-            .env("OUT_DIR", out.path())
-            .env("CHROMIUM", &chromium)
-            .output(),
+    let url = server.http_url();
+    let top_names = serde_json::to_string(&[TITLE_BREAKOUT])?;
+    let drilled_names = serde_json::to_string(&[IMG_ONERROR, SVG_ONLOAD])?;
+    let out_dir = out.path().to_string_lossy().into_owned();
+    let seen = run_driver(
+        &chromium,
+        &js,
+        "dashboard.mjs",
+        &[
+            ("DOORSTEP_URL", url.as_str()),
+            ("DOORSTEP_USER", "official"),
+            ("DOORSTEP_PASSWORD", password),
+            ("YEAR", "2026"),
+            ("DRILL", d.xiangyang.name.as_str()),
+            ("HOSTILE_TOP", top_names.as_str()),
+            ("HOSTILE_DRILLED", drilled_names.as_str()),
+            ("OUT_DIR", out_dir.as_str()),
+        ],
     )
-    .await
-    .context("the browser test took over two minutes")??;
-    if !output.status.success() {
-        bail!(
-            "dashboard.mjs failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let seen: Value = serde_json::from_slice(
-        output
-            .stdout
-            .split(|b| *b == b'\n')
-            .next()
-            .unwrap_or_default(),
-    )?;
+    .await?;
 
     // The table shows the API's figures, row by row.
     let top = seen["top"].as_array().context("top rows")?;
@@ -526,12 +553,7 @@ async fn csv_exports_show_formula_names_as_text() -> anyhow::Result<()> {
 #[tokio::test]
 async fn an_invited_official_activates_changes_the_password_and_logs_in_on_the_page()
 -> anyhow::Result<()> {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !std::path::Path::new(&chromium).exists() {
-        bail!("{chromium} is missing: install Debian's chromium package (.ci/run does)");
-    }
-    let js = workspace_root().join("tests/js");
-    crate::interop::npm_ci(&js).await?;
+    let (chromium, js) = browser().await?;
 
     let server = TestServer::spawn().await?;
     let d = server.district().await?;
@@ -555,34 +577,20 @@ async fn an_invited_official_activates_changes_the_password_and_logs_in_on_the_p
         .as_str()
         .context("a sub-district admin's invitation comes with its code")?;
 
-    let output = tokio::time::timeout(
-        Duration::from_secs(120),
-        Command::new("node")
-            .arg("onboarding.mjs")
-            .current_dir(&js)
-            .env("DOORSTEP_URL", server.http_url())
-            .env("CODE", code)
-            .env("USERNAME", "向阳街道管理员")
-            .env("PASSWORD", "the first long password")
-            .env("NEW_PASSWORD", "a second long password")
-            .env("CHROMIUM", &chromium)
-            .output(),
+    let url = server.http_url();
+    let seen = run_driver(
+        &chromium,
+        &js,
+        "onboarding.mjs",
+        &[
+            ("DOORSTEP_URL", url.as_str()),
+            ("CODE", code),
+            ("USERNAME", "向阳街道管理员"),
+            ("PASSWORD", "the first long password"),
+            ("NEW_PASSWORD", "a second long password"),
+        ],
     )
-    .await
-    .context("the browser test took over two minutes")??;
-    if !output.status.success() {
-        bail!(
-            "onboarding.mjs failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let seen: Value = serde_json::from_slice(
-        output
-            .stdout
-            .split(|b| *b == b'\n')
-            .next()
-            .unwrap_or_default(),
-    )?;
+    .await?;
     assert_eq!(seen["prefilled"], true, "{seen}");
     assert!(
         !seen["urlAfter"].as_str().unwrap_or_default().contains(code),
