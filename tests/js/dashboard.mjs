@@ -152,6 +152,19 @@ try {
   await page.waitForFunction(() => window.__violations.length > 0, null, { timeout: 5000 }).catch(() => {})
   const control = await page.evaluate(() => ({ ran: window.__inlineRan === true, violations: window.__violations }))
 
+  // A month that is not one: said in Chinese (and English) at once, and
+  // the previous period's figures leave the screen.
+  await page.selectOption("#period-kind", "month")
+  await page.fill("#period-value", "2026-13")
+  await page.click("#apply")
+  await page.waitForFunction(() => document.querySelector("#status").textContent !== "")
+  const wrongMonth = await page.evaluate(() => ({
+    status: document.querySelector("#status").textContent,
+    rows: document.querySelectorAll("#rollup tbody tr").length,
+    healthRows: document.querySelectorAll("#health tbody tr").length,
+    bars: document.querySelectorAll("#chart-months rect, #chart-coverage rect").length,
+  }))
+
   // The token lived in memory only: a reload is logged out.
   await page.reload()
   await page.waitForSelector("#login", { state: "visible" })
@@ -161,7 +174,7 @@ try {
   process.stdout.write(JSON.stringify({
     top, csv, drilled, health, hostileTop, hostileDrilled, headers, tokenStored,
     storageEntries: storage.session.length + storage.local.length, cookies: cookies.length,
-    control: { ...control, consoleErrors: afterControl }, loggedOutOnReload, styled,
+    control: { ...control, consoleErrors: afterControl }, loggedOutOnReload, styled, wrongMonth,
   }) + "\n")
 } finally {
   await browser.close()

@@ -255,6 +255,19 @@ async fn an_official_logs_in_picks_a_period_drills_down_and_downloads_the_csv() 
         .find(|r| r["tenant"] == d.yingfeng.name.as_str())
         .context("Yingfeng in the drilled table")?;
     assert_eq!(yingfeng["visits"], "3");
+    // A wrong month is said in Chinese at once, and the previous period's
+    // figures leave the screen (none stays under an error about another).
+    let wrong = &seen["wrongMonth"];
+    assert!(
+        wrong["status"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("月份应为"),
+        "{wrong}"
+    );
+    for key in ["rows", "healthRows", "bars"] {
+        assert_eq!(wrong[key], 0, "{key}: {wrong}");
+    }
     let health = seen["health"].as_array().context("health rows")?;
     assert!(
         health.iter().any(|r| r[0] == d.yingfeng.name.as_str()),

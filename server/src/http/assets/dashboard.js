@@ -110,8 +110,39 @@
     }));
   }
 
+  // What is wrong with the period typed, in both languages, or "".
+  function periodProblem() {
+    const kind = $("period-kind").value, value = $("period-value").value.trim();
+    const forms = {
+      year: [/^\d{4}$/, "年份应为四位数字，如 2026 (a year is four digits, as in 2026)"],
+      quarter: [/^\d{4}-Q[1-4]$/, "季度应为 YYYY-Qn，如 2026-Q4 (a quarter is YYYY-Qn, as in 2026-Q4)"],
+      month: [/^\d{4}-(0[1-9]|1[0-2])$/, "月份应为 YYYY-MM，如 2026-11 (a month is YYYY-MM, as in 2026-11)"],
+    };
+    if (kind === "range") {
+      return value && $("period-to").value ? "" : "请选择起止日期 (choose both dates of the range)";
+    }
+    const [pattern, problem] = forms[kind];
+    return pattern.test(value) ? "" : problem;
+  }
+
+  // Nothing of an earlier period stays on screen under an error about
+  // another: the table, the charts and the health panel are emptied.
+  function clearFigures() {
+    $("rollup").querySelector("tbody").replaceChildren();
+    $("table-title").textContent = "汇总 Rollup · —";
+    $("chart-months").replaceChildren();
+    $("chart-coverage").replaceChildren();
+    $("health").querySelector("tbody").replaceChildren();
+  }
+
   async function load() {
     $("status").textContent = "";
+    const problem = periodProblem();
+    if (problem) {
+      clearFigures();
+      $("status").textContent = problem;
+      return;
+    }
     try {
       const rollup = await (await api(`/api/v1/rollups?${periodQuery()}${tenantQuery()}`)).json();
       renderTable(rollup);
@@ -134,7 +165,8 @@
       // Everything on the page now shows this load: tests (and people) can rely on it.
       document.body.dataset.loads = String(Number(document.body.dataset.loads || 0) + 1);
     } catch (e) {
-      $("status").textContent = e.message;
+      clearFigures();
+      $("status").textContent = `查询失败 (the figures could not be read): ${e.message}`;
     }
   }
 
