@@ -1026,30 +1026,39 @@ mod numbering {
         let dir = tempfile::tempdir().expect("tempdir");
         let (node1, id) = roster(dir.path()).await;
         let node2 = other_node(&node1).await;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let changes: Vec<NewChange> = (0..40).map(change).collect();
-        let done = std::sync::atomic::AtomicBool::new(false);
+        let done = AtomicBool::new(false);
+        let made = AtomicUsize::new(0);
         let compactions = async {
-            let mut made = 0;
-            while !done.load(std::sync::atomic::Ordering::Acquire) || made == 0 {
+            while !done.load(Ordering::Acquire) {
                 let held = node1.load(id).await.expect("load");
                 let snapshot = held.load(id).expect("loads").save();
                 node1
                     .compact(id, &snapshot, &held.keys)
                     .await
                     .expect("compact");
-                made += 1;
+                made.fetch_add(1, Ordering::AcqRel);
                 tokio::task::yield_now().await;
             }
-            made
         };
+        // In batches, each followed by compactions that began after it did:
+        // the interleaving is certain, not a matter of timing.
         let commits = async {
-            let numbers = commit_each(&node2, id, &changes).await;
-            done.store(true, std::sync::atomic::Ordering::Release);
+            let mut numbers = Vec::new();
+            for batch in changes.chunks(10) {
+                let before = made.load(Ordering::Acquire);
+                numbers.extend(commit_each(&node2, id, batch).await);
+                while made.load(Ordering::Acquire) < before + 2 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            done.store(true, Ordering::Release);
             numbers
         };
-        let (made, numbers) = tokio::join!(compactions, commits);
+        let ((), numbers) = tokio::join!(compactions, commits);
         assert_eq!(numbers.len(), changes.len());
-        assert!(made > 1, "compactions ran beside the commits ({made})");
+        assert!(made.load(Ordering::Acquire) >= 8);
         let doc = node1.load(id).await.expect("load").load(id).expect("loads");
         for change in &changes {
             assert!(
