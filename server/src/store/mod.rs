@@ -300,7 +300,7 @@ impl Store {
         let writers = pool(2).await?;
         let pool = pool(8).await?;
         check_durability(&pool).await?;
-        sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        SQLITE_MIGRATIONS.run(&pool).await?;
         let epoch = stored_epoch_or_new(&pool).await?;
         Ok(Store {
             scoped: pool.clone(),
@@ -427,6 +427,10 @@ async fn set_up_connection(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::E
     Ok(())
 }
 
+/// The SQLite migrations this binary carries: what `open` applies and
+/// what `identify_sqlite_file` compares a file with.
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
 /// What an SQLite database file says of itself, read without writing to
 /// it (no migrations, no epoch made): for a tool that must check a data
 /// directory before it opens it for writing.
@@ -458,10 +462,7 @@ impl Store {
         .fetch_all(&mut conn)
         .await?;
         let _ = conn.close().await;
-        let known: Vec<i64> = sqlx::migrate!("../migrations/sqlite")
-            .iter()
-            .map(|m| m.version)
-            .collect();
+        let known: Vec<i64> = SQLITE_MIGRATIONS.iter().map(|m| m.version).collect();
         Ok(SqliteFileIdentity {
             storage_id,
             migrations_match: applied == known,
