@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::extract::{Json, Path, Query, UserAuth};
 use crate::AppState;
 use crate::authority::{self, Action, Caller, NamesGround};
-use crate::rollup::{self, BreakdownKind, Period, PeriodQuery, csv};
+use crate::rollup::{self, BreakdownKind, NamedPeriod, Period, PeriodQuery, PeriodRef, csv};
 use crate::store::{AuditEntry, AuditQuery, Tenant};
 use crate::tenancy::Role;
 
@@ -75,6 +75,18 @@ fn respond<T: Serialize>(
     }
 }
 
+/// A rollup, and the periods an office compares it with: the one before
+/// and the same one a year earlier (absent outside the years the API
+/// takes), each with the query that asks for it.
+#[derive(Serialize)]
+struct RollupAnswer<'a> {
+    #[serde(flatten)]
+    rollup: &'a rollup::Rollup,
+    query: String,
+    previous: Option<PeriodRef>,
+    year_earlier: Option<PeriodRef>,
+}
+
 pub async fn rollup(
     State(state): State<AppState>,
     auth: UserAuth,
@@ -82,11 +94,18 @@ pub async fn rollup(
 ) -> Result<Response, ApiError> {
     may_see_figures(&auth)?;
     let target = target(&state, &auth, q.tenant.as_deref()).await?;
+    let named = NamedPeriod::try_from(&q.period)?;
     let period = Period::try_from(&q.period)?;
     let rollup = rollup::rollup(&state.store, &target, period).await?;
     let mut rows = rollup.rows.clone();
     rows.push(rollup.total.clone());
-    respond(q.format.as_deref(), "rollup", &rollup, &rows)
+    let answer = RollupAnswer {
+        rollup: &rollup,
+        query: named.query(),
+        previous: named.previous().and_then(|p| p.reference()),
+        year_earlier: named.year_earlier().and_then(|p| p.reference()),
+    };
+    respond(q.format.as_deref(), "rollup", &answer, &rows)
 }
 
 pub async fn breakdown(

@@ -5,6 +5,7 @@
 //! district sees its sub-districts, a sub-district its branches). Nothing
 //! here returns a person's name, address or phone: only counts and sums.
 
+pub mod calendar;
 pub mod csv;
 mod period;
 
@@ -14,8 +15,10 @@ use doorstep_protocol::{Date, TenantId};
 use serde::Serialize;
 use sqlx::Row;
 
+pub use calendar::Holiday;
 pub use period::{
-    ORGANISATION_UTC_OFFSET_HOURS, Period, PeriodError, PeriodQuery, organisation_today,
+    NamedPeriod, ORGANISATION_UTC_OFFSET_HOURS, Period, PeriodError, PeriodQuery, PeriodRef,
+    organisation_today,
 };
 
 use crate::store::{Store, StoreError, Tenant, Tx};
@@ -225,8 +228,9 @@ pub async fn rollup(store: &Store, target: &Tenant, period: Period) -> Result<Ro
     let (from, to) = (period.from.to_string(), period.to.to_string());
     let dates = [from.clone(), to.clone()];
     // Dates are reckoned here, not in SQL: SQLite's `date()` and
-    // PostgreSQL's date arithmetic differ, and "today" is then one moment.
-    let today = time::OffsetDateTime::now_utc().date();
+    // PostgreSQL's date arithmetic differ, and "today" is then one moment,
+    // the organisation's (as in the health panel).
+    let today = period::organisation_today(crate::store::now_ms()).as_time();
     let days_before_end = |days: i64| {
         let day = period.to.as_time().checked_sub(time::Duration::days(days));
         Date::from_time(day.unwrap_or(time::Date::MIN)).to_string()

@@ -1,7 +1,10 @@
-//! The period a rollup covers: a year, a quarter, a month or a date range.
+//! The period a rollup covers: a year, a quarter, a month, a holiday
+//! campaign or a date range; and the periods an office compares it with.
 
 use doorstep_protocol::{Date, Month};
 use serde::{Deserialize, Serialize};
+
+use super::calendar::Holiday;
 
 /// Query parameters naming a period; exactly one form must be given.
 #[derive(Debug, Default, Deserialize)]
@@ -11,6 +14,8 @@ pub struct PeriodQuery {
     pub quarter: Option<String>,
     /// `2026-11`
     pub month: Option<String>,
+    /// `2027-spring-festival`: the weeks before a holiday (see [`Holiday`]).
+    pub campaign: Option<String>,
     pub from: Option<String>,
     pub to: Option<String>,
 }
@@ -74,13 +79,128 @@ pub fn organisation_today(now_ms: i64) -> Date {
 /// walk twenty thousand empty months.
 pub const YEARS: std::ops::RangeInclusive<i32> = 1900..=2100;
 
+/// A period as an office names it. It knows its neighbours: the period
+/// before it and the same period a year earlier, which the dashboard shows
+/// beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamedPeriod {
+    Year(i32),
+    Quarter(i32, u8),
+    Month(Month),
+    Campaign(Holiday, i32),
+    Range(Period),
+}
+
+/// A period to compare with: its dates, and the query that asks for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeriodRef {
+    pub query: String,
+    #[serde(flatten)]
+    pub period: Period,
+}
+
+/// `date` moved by whole years, 29 February becoming the 28th.
+fn years_earlier(date: Date, years: i32) -> Option<Date> {
+    let d = date.as_time();
+    let year = d.year() - years;
+    Date::from_ymd(year, d.month() as u8, d.day())
+        .or_else(|| Date::from_ymd(year, d.month() as u8, d.day() - 1))
+}
+
+impl NamedPeriod {
+    /// The dates, or `None` for a campaign the lunar tables do not reach.
+    pub fn period(&self) -> Option<Period> {
+        match *self {
+            NamedPeriod::Year(y) => Period::year(y),
+            NamedPeriod::Quarter(y, n) => {
+                let first = Month::new(y, (n - 1) * 3 + 1)?;
+                Some(Period {
+                    from: first.first_day(),
+                    to: last_day(first.next().next()),
+                })
+            }
+            NamedPeriod::Month(m) => Some(Period::month(m)),
+            NamedPeriod::Campaign(holiday, y) => holiday.campaign(y),
+            NamedPeriod::Range(period) => Some(period),
+        }
+    }
+
+    /// The query string that names this period, as the API takes it.
+    pub fn query(&self) -> String {
+        match self {
+            NamedPeriod::Year(y) => format!("year={y}"),
+            NamedPeriod::Quarter(y, n) => format!("quarter={y}-Q{n}"),
+            NamedPeriod::Month(m) => format!("month={m}"),
+            NamedPeriod::Campaign(h, y) => format!("campaign={y}-{}", h.slug()),
+            NamedPeriod::Range(p) => format!("from={}&to={}", p.from, p.to),
+        }
+    }
+
+    /// The period just before: the previous year, quarter or month; for a
+    /// campaign or a range, as many days just before it (the ordinary weeks
+    /// a campaign stands out from).
+    pub fn previous(&self) -> Option<NamedPeriod> {
+        let named = match *self {
+            NamedPeriod::Year(y) => NamedPeriod::Year(y - 1),
+            NamedPeriod::Quarter(y, 1) => NamedPeriod::Quarter(y - 1, 4),
+            NamedPeriod::Quarter(y, n) => NamedPeriod::Quarter(y, n - 1),
+            NamedPeriod::Month(m) => NamedPeriod::Month(m.previous()),
+            NamedPeriod::Campaign(..) | NamedPeriod::Range(_) => {
+                let period = self.period()?;
+                let (from, to) = (period.from.as_time(), period.to.as_time());
+                let days = (to - from).whole_days() + 1;
+                NamedPeriod::Range(Period {
+                    from: Date::from_time(from.checked_sub(time::Duration::days(days))?),
+                    to: Date::from_time(from.previous_day()?),
+                })
+            }
+        };
+        named.within_years()
+    }
+
+    /// The same period a year earlier: last year's campaign for a campaign
+    /// (on last year's lunar date), the same dates for a range.
+    pub fn year_earlier(&self) -> Option<NamedPeriod> {
+        let named = match *self {
+            NamedPeriod::Year(y) => NamedPeriod::Year(y - 1),
+            NamedPeriod::Quarter(y, n) => NamedPeriod::Quarter(y - 1, n),
+            NamedPeriod::Month(m) => NamedPeriod::Month(Month::new(m.year() - 1, m.month())?),
+            NamedPeriod::Campaign(h, y) => NamedPeriod::Campaign(h, y - 1),
+            NamedPeriod::Range(p) => NamedPeriod::Range(Period {
+                from: years_earlier(p.from, 1)?,
+                to: years_earlier(p.to, 1)?,
+            }),
+        };
+        named.within_years()
+    }
+
+    /// Itself, if its dates exist and lie within [`YEARS`].
+    fn within_years(self) -> Option<NamedPeriod> {
+        let period = self.period()?;
+        (YEARS.contains(&period.from.month().year()) && YEARS.contains(&period.to.month().year()))
+            .then_some(self)
+    }
+
+    /// A reference to this period, for a comparison.
+    pub fn reference(&self) -> Option<PeriodRef> {
+        Some(PeriodRef {
+            query: self.query(),
+            period: self.period()?,
+        })
+    }
+}
+
 /// Why a query does not name a period; answered as a `400`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PeriodError {
     #[error(
-        "give one period: year=YYYY, quarter=YYYY-Qn, month=YYYY-MM, or from=YYYY-MM-DD&to=YYYY-MM-DD"
+        "give one period: year=YYYY, quarter=YYYY-Qn, month=YYYY-MM, campaign=YYYY-HOLIDAY, or from=YYYY-MM-DD&to=YYYY-MM-DD"
     )]
     NotOne,
+    #[error(
+        "campaign must be YYYY-HOLIDAY with HOLIDAY one of spring-festival, july-first, mid-autumn, national-day and the year from 1901 to 2100, as in campaign=2027-spring-festival; got {0:?}"
+    )]
+    Campaign(String),
     #[error("year must be four digits from 1900 to 2100, as in year=2026; got {0:?}")]
     Year(String),
     #[error(
@@ -119,10 +239,22 @@ impl TryFrom<&PeriodQuery> for Period {
     type Error = PeriodError;
 
     fn try_from(q: &PeriodQuery) -> Result<Self, Self::Error> {
+        let named = NamedPeriod::try_from(q)?;
+        // Every form but a campaign has dates once parsed; a campaign was
+        // checked to have them.
+        named.period().ok_or(PeriodError::NotOne)
+    }
+}
+
+impl TryFrom<&PeriodQuery> for NamedPeriod {
+    type Error = PeriodError;
+
+    fn try_from(q: &PeriodQuery) -> Result<Self, Self::Error> {
         let given = [
             q.year.is_some(),
             q.quarter.is_some(),
             q.month.is_some(),
+            q.campaign.is_some(),
             q.from.is_some() || q.to.is_some(),
         ];
         if given.iter().filter(|g| **g).count() != 1 {
@@ -130,7 +262,7 @@ impl TryFrom<&PeriodQuery> for Period {
         }
         if let Some(text) = &q.year {
             return year(text)
-                .and_then(Period::year)
+                .map(NamedPeriod::Year)
                 .ok_or_else(|| PeriodError::Year(shown(text)));
         }
         if let Some(quarter) = &q.quarter {
@@ -141,18 +273,24 @@ impl TryFrom<&PeriodQuery> for Period {
                 "1" | "2" | "3" | "4" => n.parse().map_err(|_| bad())?,
                 _ => return Err(bad()),
             };
-            let first = Month::new(y, (n - 1) * 3 + 1).ok_or_else(bad)?;
-            return Ok(Period {
-                from: first.first_day(),
-                to: last_day(first.next().next()),
-            });
+            return Ok(NamedPeriod::Quarter(y, n));
         }
         if let Some(text) = &q.month {
             let month: Month = text.parse().map_err(|_| PeriodError::Month(shown(text)))?;
             if !YEARS.contains(&month.year()) {
                 return Err(PeriodError::Month(shown(text)));
             }
-            return Ok(Period::month(month));
+            return Ok(NamedPeriod::Month(month));
+        }
+        if let Some(text) = &q.campaign {
+            let bad = || PeriodError::Campaign(shown(text));
+            let (y, slug) = text.split_once('-').ok_or_else(bad)?;
+            let named = NamedPeriod::Campaign(
+                Holiday::from_slug(slug).ok_or_else(bad)?,
+                year(y).ok_or_else(bad)?,
+            );
+            // 1900's lunar dates are outside the tables.
+            return named.period().map(|_| named).ok_or_else(bad);
         }
         let (Some(from), Some(to)) = (&q.from, &q.to) else {
             return Err(PeriodError::HalfRange);
@@ -173,7 +311,7 @@ impl TryFrom<&PeriodQuery> for Period {
         if period.to < period.from {
             return Err(PeriodError::Backwards);
         }
-        Ok(period)
+        Ok(NamedPeriod::Range(period))
     }
 }
 
@@ -194,6 +332,119 @@ mod tests {
         let before = 1_796_572_799_000;
         assert_eq!(organisation_today(before).to_string(), "2026-12-06");
         assert_eq!(organisation_today(before + 1000).to_string(), "2026-12-07");
+    }
+
+    fn named(f: impl FnOnce(&mut PeriodQuery)) -> NamedPeriod {
+        let mut query = PeriodQuery::default();
+        f(&mut query);
+        NamedPeriod::try_from(&query).expect("a period")
+    }
+
+    fn dates(named: Option<NamedPeriod>) -> Option<(String, String)> {
+        let p = named?.period()?;
+        Some((p.from.to_string(), p.to.to_string()))
+    }
+
+    fn pair(from: &str, to: &str) -> Option<(String, String)> {
+        Some((from.into(), to.into()))
+    }
+
+    #[test]
+    fn every_period_knows_the_one_before_and_the_one_a_year_earlier() {
+        let q1 = named(|q| q.quarter = Some("2026-Q1".into()));
+        assert_eq!(dates(q1.previous()), pair("2025-10-01", "2025-12-31"));
+        assert_eq!(dates(q1.year_earlier()), pair("2025-01-01", "2025-03-31"));
+        let january = named(|q| q.month = Some("2026-01".into()));
+        assert_eq!(
+            q1.previous().map(|p| p.query()),
+            Some("quarter=2025-Q4".into())
+        );
+        assert_eq!(
+            january.previous().map(|p| p.query()),
+            Some("month=2025-12".into())
+        );
+        assert_eq!(
+            january.year_earlier().map(|p| p.query()),
+            Some("month=2025-01".into())
+        );
+        // A campaign: the same number of days just before it, and last
+        // year's campaign on last year's lunar date.
+        let spring = named(|q| q.campaign = Some("2026-spring-festival".into()));
+        assert_eq!(dates(Some(spring)), pair("2026-01-20", "2026-02-16"));
+        assert_eq!(dates(spring.previous()), pair("2025-12-23", "2026-01-19"));
+        assert_eq!(
+            dates(spring.year_earlier()),
+            pair("2025-01-01", "2025-01-28")
+        );
+        assert_eq!(
+            spring.year_earlier().map(|p| p.query()),
+            Some("campaign=2025-spring-festival".into())
+        );
+        // A range from 29 February: a year earlier starts on the 28th.
+        let range = named(|q| {
+            q.from = Some("2028-02-29".into());
+            q.to = Some("2028-03-02".into());
+        });
+        assert_eq!(dates(range.previous()), pair("2028-02-26", "2028-02-28"));
+        assert_eq!(
+            dates(range.year_earlier()),
+            pair("2027-02-28", "2027-03-02")
+        );
+        assert_eq!(range.query(), "from=2028-02-29&to=2028-03-02");
+        // Nothing before the first year the API takes.
+        assert_eq!(named(|q| q.year = Some("1900".into())).previous(), None);
+        assert_eq!(
+            named(|q| q.campaign = Some("1901-spring-festival".into())).year_earlier(),
+            None
+        );
+        // Every reference asks, by its query, for the period it names.
+        for p in [q1, january, spring, range] {
+            for neighbour in [p.previous(), p.year_earlier()].into_iter().flatten() {
+                let reference = neighbour.reference().expect("dates");
+                let query: PeriodQuery = serde_urlencoded_like(&reference.query);
+                assert_eq!(Period::try_from(&query), Ok(reference.period));
+            }
+        }
+    }
+
+    /// `a=b&c=d` into a query, as axum would read it.
+    fn serde_urlencoded_like(text: &str) -> PeriodQuery {
+        let mut query = PeriodQuery::default();
+        for part in text.split('&') {
+            let (key, value) = part.split_once('=').expect("key=value");
+            let value = Some(value.to_owned());
+            match key {
+                "year" => query.year = value,
+                "quarter" => query.quarter = value,
+                "month" => query.month = value,
+                "campaign" => query.campaign = value,
+                "from" => query.from = value,
+                "to" => query.to = value,
+                other => panic!("unknown key {other}"),
+            }
+        }
+        query
+    }
+
+    #[test]
+    fn campaigns_parse() {
+        for bad in [
+            "2026",
+            "2026-christmas",
+            "26-spring-festival",
+            "1900-spring-festival",
+            "2101-national-day",
+            "spring-festival-2026",
+        ] {
+            assert!(
+                matches!(
+                    q(|q| q.campaign = Some(bad.into())),
+                    Err(PeriodError::Campaign(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(q(|q| q.campaign = Some("1900-national-day".into())).is_ok());
     }
 
     #[test]
