@@ -22,7 +22,7 @@ use doorstep_client::{
 use doorstep_protocol::{Date, TenantId};
 use doorstep_server::admin;
 use doorstep_server::data_dir::{DataDirLock, Hold};
-use doorstep_server::rollup::{self, Figures, Period};
+use doorstep_server::rollup::{self, Figures, Holiday, Period};
 use doorstep_server::store::{Store, StoreError, Tenant};
 use doorstep_server::tenancy::{Level, Role};
 use plan::{Plan, split};
@@ -49,6 +49,11 @@ struct Args {
     /// Print the plan and the district's figures as JSON at the end.
     #[arg(long)]
     json: bool,
+    /// The demo's today (YYYY-MM-DD, not after the real one): its year is
+    /// the one filled, and nothing is dated after it. For a demo that looks
+    /// the same whenever it runs.
+    #[arg(long)]
+    today: Option<Date>,
 }
 
 const CATEGORIES: &[&str] = &[
@@ -216,6 +221,35 @@ fn date(today: time::Date, i: i64) -> anyhow::Result<Date> {
     Date::from_ymd(today.year(), month, day).context("a demo date")
 }
 
+/// The date of the `i`th holiday visit. Branches visit before Spring
+/// Festival above all and before the other holidays the report's "重大节日"
+/// covers: six in ten visits fall in the Spring Festival campaign, two
+/// before 1 July, one each before Mid-Autumn and National Day. Each is
+/// dated within the part of its campaign that lies in this year and not
+/// after today; a visit whose campaign has not begun yet is spread over
+/// the year so far instead.
+fn holiday_visit_date(today: time::Date, i: i64) -> anyhow::Result<Date> {
+    let holiday = match i % 10 {
+        0..=5 => Holiday::SpringFestival,
+        6 | 7 => Holiday::PartyFounding,
+        8 => Holiday::MidAutumn,
+        _ => Holiday::NationalDay,
+    };
+    let year_start = time::Date::from_calendar_date(today.year(), time::Month::January, 1)?;
+    let Some(campaign) = holiday.campaign(today.year()) else {
+        return date(today, i);
+    };
+    let from = campaign.from.as_time().max(year_start);
+    let to = campaign.to.as_time().min(today);
+    if to < from {
+        return date(today, i);
+    }
+    let days = (to - from).whole_days() + 1;
+    Ok(Date::from_time(
+        from + time::Duration::days((i / 10) % days),
+    ))
+}
+
 /// A simulated phone's keystore: its store key in a file beside (not in)
 /// its data directory, so the demo's phones reopen across runs. A real app
 /// keeps the key in the Android Keystore or the iOS Keychain.
@@ -314,11 +348,17 @@ async fn run_branch(
     for (i, (member, aid)) in members.iter().zip(aid).enumerate() {
         let phone = if i % 2 == 0 { &a } else { &b };
         let cash = aid * 7 / 10;
+        // Special difficulties come when they come, through the year.
+        let special = i % 4 == 0;
         phone
             .record_visit(NewVisit {
-                date: date(today, i as i64)?,
+                date: if special {
+                    date(today, i as i64)?
+                } else {
+                    holiday_visit_date(today, i as i64)?
+                },
                 member_id: *member,
-                kind: if i % 4 == 0 {
+                kind: if special {
                     VisitKind::SpecialDifficulty
                 } else {
                     VisitKind::HolidayCondolence
@@ -609,6 +649,15 @@ async fn main() -> anyhow::Result<()> {
     } else {
         Plan::scaled(args.scale)
     };
+    let real_today = time::OffsetDateTime::now_utc().date();
+    let today = match args.today {
+        Some(day) if day.as_time() > real_today => {
+            bail!("--today {day} is after today ({real_today}): the demo dates nothing ahead")
+        }
+        Some(day) => day.as_time(),
+        None => real_today,
+    };
+    let year = today.year();
     // Everything is checked before anything is written: a demo pointed at
     // the wrong place must not leave half a district behind.
     let database = args.data_dir.join("doorstep.db");
@@ -660,8 +709,6 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
-    let now = time::OffsetDateTime::now_utc();
-    let (today, year) = (now.date(), now.year());
     eprintln!(
         "Doorstep demo: the Yanshan district's {year} at 1/{} of the report, on {url}",
         args.scale.max(1)
@@ -755,6 +802,52 @@ async fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use unicode_width::UnicodeWidthStr;
+
+    use super::{Holiday, holiday_visit_date};
+
+    fn day(text: &str) -> time::Date {
+        text.parse::<doorstep_protocol::Date>()
+            .expect("a date")
+            .as_time()
+    }
+
+    /// Holiday visits peak in the weeks before Spring Festival, fall in the
+    /// other campaigns too, and none is dated after today or before the
+    /// year, however early in the year today is.
+    #[test]
+    fn holiday_visits_peak_before_spring_festival_and_never_after_today() {
+        let in_campaign = |today: time::Date, holiday: Holiday| {
+            let campaign = holiday.campaign(today.year()).expect("a campaign");
+            (0..400)
+                .map(|i| holiday_visit_date(today, i).expect("a date"))
+                .filter(|d| (campaign.from..=campaign.to).contains(d))
+                .count()
+        };
+        let today = day("2026-12-01");
+        let spring = in_campaign(today, Holiday::SpringFestival);
+        assert_eq!(spring, 240, "six in ten");
+        for other in [
+            Holiday::PartyFounding,
+            Holiday::MidAutumn,
+            Holiday::NationalDay,
+        ] {
+            let n = in_campaign(today, other);
+            assert!(n > 0 && n < spring, "{other:?}: {n}");
+        }
+        for today in [
+            "2026-01-01",
+            "2026-01-21",
+            "2026-03-01",
+            "2028-01-10",
+            "2026-12-31",
+        ] {
+            let today = day(today);
+            for i in 0..400 {
+                let d = holiday_visit_date(today, i).expect("a date").as_time();
+                assert!(d <= today && d.year() == today.year(), "{d} for {today}");
+            }
+        }
+    }
 
     /// Chinese names and headings take two columns a character; every
     /// line of the table ends in the same terminal column.
