@@ -49,11 +49,11 @@ async function findNames(page, list) {
     const count = (selector, name, match = (t) => t === name) =>
       [...document.querySelectorAll(selector)].filter((e) => match(e.textContent)).length
     const found = Object.fromEntries(list.map((name) => [name, {
-      table: count("#rollup tbody td:first-child", name),
+      table: count("#rollup tbody th[scope=row]", name),
       chart: count("#chart-coverage text", name),
       tooltip: count("#chart-coverage title", name, (t) => t.startsWith(`${name}: `)),
-      health: count("#health tbody td:first-child", name),
-      crumbs: count("#crumbs a", name),
+      health: count("#health tbody th[scope=row]", name),
+      crumbs: count("#crumbs button, #crumbs span", name),
     }]))
     const injected = []
     for (const e of document.querySelectorAll("img, iframe, object, embed, frame, base, form:not(#login-form):not(#period-form):not(#activate-form):not(#password-form), script:not([src='/dashboard.js'])")) {
@@ -118,7 +118,7 @@ try {
   await page.selectOption("#period-kind", "year")
   await page.fill("#period-value", env("YEAR"))
   await afterLoad(page, () => page.click("#apply"))
-  await page.waitForFunction((year) => document.querySelector("#table-title").textContent.includes(`${year}-01-01`), env("YEAR"))
+  await page.waitForFunction((year) => (document.querySelector("#table-title").dataset.period || "").startsWith(`${year}-01-01`), env("YEAR"))
   const top = await readTable(page)
   const hostileTop = await findNames(page, names("HOSTILE_TOP"))
   await page.screenshot({ path: join(env("OUT_DIR"), "dashboard.png"), fullPage: true })
@@ -127,9 +127,10 @@ try {
   const csvPath = join(env("OUT_DIR"), "download.csv")
   await download.saveAs(csvPath)
   const csv = await readFile(csvPath, "utf8")
+  const csvName = download.suggestedFilename()
 
   const drill = env("DRILL")
-  await afterLoad(page, () => page.click(`#rollup tbody tr.drill td:first-child >> text=${drill}`))
+  await afterLoad(page, () => page.click(`#rollup tbody tr.drill th button >> text=${drill}`))
   await page.waitForFunction((name) => document.querySelector("#crumbs").textContent.includes(name), drill)
   await page.waitForFunction((name) => document.querySelector("#table-title").textContent.includes(name), drill)
   const drilled = await readTable(page)
@@ -172,7 +173,7 @@ try {
 
   if (problems.length) throw new Error(`the dashboard misbehaved:\n${problems.join("\n")}`)
   process.stdout.write(JSON.stringify({
-    top, csv, drilled, health, hostileTop, hostileDrilled, headers, tokenStored,
+    top, csv, csvName, drilled, health, hostileTop, hostileDrilled, headers, tokenStored,
     storageEntries: storage.session.length + storage.local.length, cookies: cookies.length,
     control: { ...control, consoleErrors: afterControl }, loggedOutOnReload, styled, wrongMonth,
   }) + "\n")

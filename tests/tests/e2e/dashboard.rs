@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use doorstep_client::{Fen, NewMember, NewVisit, VisitKind};
+use doorstep_client::{Fen, HardshipKind, NewHardshipEntry, NewMember, NewVisit, VisitKind};
 use doorstep_protocol::TenantId;
 use doorstep_server::admin;
 use doorstep_server::tenancy::{Level, Role};
@@ -160,6 +160,9 @@ async fn an_official_logs_in_picks_a_period_drills_down_and_downloads_the_csv() 
     ] {
         dirs.push(phone_with_visits(&server, branch, "成员", None, visits).await?);
     }
+    // A member in hardship (not visited), so that the coverage chart has
+    // a row for every unit, the hostile ones among them.
+    dirs.push(phone_with_hardship(&server, d.yingfeng.id, 1, 0).await?);
     let password = "a long enough password";
     admin::create_user(
         &server.store,
@@ -208,6 +211,7 @@ async fn an_official_logs_in_picks_a_period_drills_down_and_downloads_the_csv() 
     let mut expected: Vec<&Value> = api["rows"].as_array().context("rows")?.iter().collect();
     expected.push(&api["total"]);
     assert_eq!(top.len(), expected.len());
+    let expected_rows = expected.len();
     for (shown, want) in top.iter().zip(expected) {
         assert_eq!(shown["tenant"], want["tenant"]);
         assert_eq!(
@@ -225,22 +229,30 @@ async fn an_official_logs_in_picks_a_period_drills_down_and_downloads_the_csv() 
     }
     assert_eq!(top.last().context("total")?["visits"], "7");
 
-    // The CSV the browser downloaded is the API's CSV.
-    let csv: String = reqwest::Client::new()
-        .get(format!(
-            "{}/api/v1/rollups?year=2026&format=csv",
-            server.http_url()
-        ))
-        .bearer_auth(&token)
-        .send()
-        .await?
-        .text()
-        .await?;
+    // The CSV the browser downloaded is the view: Chinese headings, every
+    // unit by name, the total's figures, and the unit and period in its name.
+    let cells = csv_cells(seen["csv"].as_str().context("csv")?);
+    assert_eq!(cells[0][0], "单位");
+    assert_eq!(cells[0][1], "走访次数 (本期)");
+    assert_eq!(cells.len(), expected_rows + 1, "{cells:?}");
+    let total = cells.last().context("total")?;
     assert_eq!(
-        seen["csv"]
-            .as_str()
-            .map(|s| s.trim_start_matches('\u{feff}')),
-        Some(csv.trim_start_matches('\u{feff}'))
+        (total[0].as_str(), total[1].as_str()),
+        (d.district.name.as_str(), "7")
+    );
+    assert_eq!(
+        seen["csvName"],
+        format!("帮扶统计_{}_2026年.csv", d.district.name)
+    );
+    assert_no_formula(
+        "the dashboard's CSV",
+        seen["csv"].as_str().unwrap_or_default(),
+    );
+    assert!(
+        cells
+            .iter()
+            .any(|r| r[0] == format!("'{TITLE_BREAKOUT}") || r[0] == TITLE_BREAKOUT),
+        "{cells:?}"
     );
 
     // Drilled into Xiangyang: its three branches, Yingfeng with three visits.
@@ -656,5 +668,373 @@ async fn an_invited_official_activates_changes_the_password_and_logs_in_on_the_p
         .send()
         .await?;
     assert!(again.status().is_client_error(), "{}", again.status());
+    Ok(())
+}
+
+/// A phone enrolled to `branch` with `members` members in hardship since
+/// 2026-01-01, of whom the first `visited` are visited in 2026, synced.
+async fn phone_with_hardship(
+    server: &TestServer,
+    branch: TenantId,
+    members: u32,
+    visited: u32,
+) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    let phone = sdk_device(
+        &server.store,
+        &server.http_url(),
+        branch,
+        dir.path(),
+        |_| {},
+    )
+    .await?;
+    for i in 0..members {
+        let member = phone
+            .add_member(NewMember {
+                name: format!("困难党员{i}"),
+                ..NewMember::default()
+            })
+            .await?;
+        phone
+            .open_hardship_entry(NewHardshipEntry {
+                member_id: member,
+                kind: HardshipKind::Illness,
+                opened_on: "2026-01-01".parse()?,
+                needs: Vec::new(),
+            })
+            .await?;
+        if i < visited {
+            phone
+                .record_visit(NewVisit {
+                    date: format!("2026-{:02}-15", i % 12 + 1).parse()?,
+                    member_id: member,
+                    kind: VisitKind::HolidayCondolence,
+                    visitors: vec!["v".into()],
+                    aid_cash: Fen(10_000 * i64::from(i + 1)),
+                    aid_goods: Fen(0),
+                    goods_description: None,
+                    notes: None,
+                    follow_up: None,
+                })
+                .await?;
+        }
+    }
+    phone.sync_now().await?;
+    Ok(dir)
+}
+
+/// What `pdftotext`, `pdfinfo` or `pdftoppm` (Debian's poppler-utils)
+/// printed for `args`.
+async fn poppler(tool: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<Vec<u8>> {
+    let output = Command::new(tool)
+        .args(args)
+        .output()
+        .await
+        .with_context(|| format!("{tool}: install Debian's poppler-utils (.ci/run does)"))?;
+    if !output.status.success() {
+        bail!("{tool} failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(output.stdout)
+}
+
+/// The share of a binary PGM picture's pixels that are not near white.
+fn inked_share(pgm: &[u8]) -> anyhow::Result<f64> {
+    // "P5", width, height, maxval, each after whitespace, then the pixels.
+    let mut fields = Vec::new();
+    let mut at = 0;
+    while fields.len() < 4 {
+        while pgm.get(at).context("a PGM header")?.is_ascii_whitespace() {
+            at += 1;
+        }
+        let start = at;
+        while !pgm.get(at).context("a PGM header")?.is_ascii_whitespace() {
+            at += 1;
+        }
+        fields.push(std::str::from_utf8(&pgm[start..at])?.to_owned());
+    }
+    anyhow::ensure!(fields[0] == "P5", "not a binary PGM: {fields:?}");
+    let pixels = &pgm[at + 1..];
+    anyhow::ensure!(!pixels.is_empty(), "no pixels");
+    Ok(pixels.iter().filter(|p| **p < 200).count() as f64 / pixels.len() as f64)
+}
+
+/// The dashboard an office uses, on a laptop, a wide screen and a phone:
+/// nothing sticks out sideways, every group of columns can be shown, no
+/// two chart labels touch (also with fifteen branches with long names),
+/// coverage bars are drawn to scale on a 0–100% axis; the zh/en switch
+/// changes every visible label; the CSV follows the view; and the printed
+/// report has the table and both charts on A4 pages.
+#[tokio::test]
+async fn the_dashboard_fits_every_screen_draws_to_scale_speaks_both_languages_and_prints()
+-> anyhow::Result<()> {
+    let (chromium, js) = browser().await?;
+    let server = TestServer::spawn().await?;
+    let d = server.district().await?;
+    let many = server
+        .store
+        .create_tenant(
+            Some(d.district.id),
+            Level::SubDistrict,
+            "十五个支部的街道工委",
+        )
+        .await?;
+    let mut branches = Vec::new();
+    for n in 1..=15 {
+        branches.push(
+            server
+                .store
+                .create_tenant(
+                    Some(many.id),
+                    Level::Branch,
+                    &format!("第{n}社区党支部（老旧小区片区）"),
+                )
+                .await?,
+        );
+    }
+    let mut phones = Vec::new();
+    // Coverage from 8% to 100%, in branches of both sub-districts.
+    for (branch, members, visited) in [
+        (branches[0].id, 12, 1),
+        (branches[1].id, 4, 4),
+        (branches[2].id, 5, 3),
+        (d.yingfeng.id, 6, 2),
+        (d.fenghuangting.id, 3, 3),
+    ] {
+        phones.push(phone_with_hardship(&server, branch, members, visited).await?);
+    }
+    let password = "a long enough password";
+    admin::create_user(
+        &server.store,
+        "office",
+        password,
+        Role::DistrictAdmin,
+        d.district.id,
+        "test",
+    )
+    .await?;
+    let token = server
+        .login_as("layout-reader", Role::DistrictAdmin, d.district.id)
+        .await?;
+    let get = |path: String| {
+        let request = reqwest::Client::new()
+            .get(format!("{}{path}", server.http_url()))
+            .bearer_auth(&token);
+        async move {
+            anyhow::Ok(
+                request
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json::<Value>()
+                    .await?,
+            )
+        }
+    };
+    let top = get("/api/v1/rollups?year=2026".into()).await?;
+    let drilled = get(format!("/api/v1/rollups?year=2026&tenant={}", many.id)).await?;
+
+    let out = tempfile::tempdir()?;
+    let url = server.http_url();
+    let out_dir = out.path().to_string_lossy().into_owned();
+    let seen = run_driver(
+        &chromium,
+        &js,
+        "layout.mjs",
+        &[
+            ("DOORSTEP_URL", url.as_str()),
+            ("DOORSTEP_USER", "office"),
+            ("DOORSTEP_PASSWORD", password),
+            ("YEAR", "2026"),
+            ("DRILL", many.name.as_str()),
+            ("OUT_DIR", out_dir.as_str()),
+        ],
+    )
+    .await?;
+
+    // Every screen, view and group: nothing sideways, every column shown.
+    let screens = seen["screens"].as_array().context("screens")?;
+    assert_eq!(screens.len(), 6, "three screens, two views each");
+    for screen in screens {
+        let at = format!("{} px, {}", screen["width"], screen["view"]);
+        assert_eq!(screen["overflow"], serde_json::json!([]), "{at}");
+        assert_eq!(
+            screen["collisions"],
+            serde_json::json!([]),
+            "{at}: chart labels touch"
+        );
+        let groups = screen["groups"].as_object().context("groups")?;
+        assert_eq!(groups.len(), 4, "{at}");
+        let mut keys = Vec::new();
+        for (group, seen) in groups {
+            assert_eq!(seen["overflow"], serde_json::json!([]), "{at}, {group}");
+            let columns = seen["columns"].as_array().context("columns")?;
+            assert!(!columns.is_empty(), "{at}, {group}");
+            for column in columns {
+                assert_eq!(column["shown"], true, "{at}, {group}: {column}");
+                keys.push(column["key"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        // Between them the groups show every figure of the old flat table.
+        for key in [
+            "visits",
+            "aid_total_fen",
+            "hardship_visited_pct",
+            "fund_payments_fen",
+            "team_members",
+            "team_backbone_pct",
+        ] {
+            assert!(keys.iter().any(|k| k == key), "{at}: {key} in no group");
+        }
+        // Bars to scale: a bar's length over the axis from 0% to 100% is
+        // the API's coverage.
+        let api = if screen["view"] == "district" {
+            &top
+        } else {
+            &drilled
+        };
+        let rows = api["rows"].as_array().context("rows")?;
+        let bars = screen["coverage"].as_array().context("coverage")?;
+        assert_eq!(bars.len(), rows.len(), "{at}: a bar per unit");
+        for row in rows {
+            let bar = bars
+                .iter()
+                .find(|b| b["tenant"] == row["tenant_id"])
+                .with_context(|| format!("{at}: a bar for {}", row["tenant"]))?;
+            let want = row["hardship_visited_pct"].as_f64().context("pct")? / 100.0;
+            let got = bar["share"].as_f64().context("share")?;
+            assert!(
+                (got - want).abs() < 0.01,
+                "{at}: {} drawn at {got}, is {want}",
+                row["tenant"]
+            );
+            assert_eq!(bar["starts"], true, "{at}: bars start at 0%");
+        }
+    }
+    // The eight-percent branch really is drawn short: 1 of 12.
+    assert!(
+        drilled["rows"]
+            .as_array()
+            .context("rows")?
+            .iter()
+            .any(|r| r["hardship_visited_pct"] == 8.3)
+    );
+
+    // Every visible label changes with the language.
+    let (zh, en) = (
+        seen["zh"]["labels"].as_array().context("zh")?,
+        seen["en"]["labels"].as_array().context("en")?,
+    );
+    assert!(zh.len() > 40, "{zh:?}");
+    assert_eq!(
+        zh.len(),
+        en.len(),
+        "the same labels in both: {:?} {:?}",
+        &zh[zh.len().saturating_sub(25)..],
+        &en[en.len().saturating_sub(25)..]
+    );
+    let unchanged: Vec<_> = zh.iter().zip(en).filter(|(a, b)| a == b).collect();
+    assert!(
+        unchanged.is_empty(),
+        "labels the switch left alone: {unchanged:?}"
+    );
+    assert_eq!(seen["en"]["lang"], "en");
+
+    // The CSV follows the view: its language's headings, the unit's name
+    // and the period in the file name, yuan not fen.
+    let zh_csv = &seen["zh"]["csv"];
+    let name = zh_csv["name"].as_str().context("name")?;
+    assert!(
+        name.contains(&d.district.name) && name.contains("2026年"),
+        "{name}"
+    );
+    let cells = csv_cells(zh_csv["body"].as_str().context("body")?);
+    assert_eq!(cells[0][0], "单位");
+    assert!(
+        cells[0].iter().any(|h| h == "帮扶金额(元) (本期)"),
+        "{:?}",
+        cells[0]
+    );
+    let aid = cells[0]
+        .iter()
+        .position(|h| h == "帮扶金额(元) (本期)")
+        .context("aid")?;
+    let total = cells.last().context("total row")?;
+    assert_eq!(total[0], d.district.name);
+    let fen = top["total"]["aid_total_fen"].as_i64().context("aid")?;
+    assert_eq!(
+        total[aid].parse::<f64>()?,
+        fen as f64 / 100.0,
+        "yuan, not fen"
+    );
+    assert_eq!(
+        cells.len(),
+        top["rows"].as_array().context("rows")?.len() + 2
+    );
+    let en_csv = &seen["en"]["csv"];
+    let en_name = en_csv["name"].as_str().context("name")?;
+    assert!(
+        en_name.starts_with("rollup_") && en_name.contains("2026"),
+        "{en_name}"
+    );
+    let en_cells = csv_cells(en_csv["body"].as_str().context("body")?);
+    assert_eq!(en_cells[0][0], "Unit");
+    assert!(
+        en_cells[0]
+            .iter()
+            .any(|h| h == "Aid (yuan) (in the period)"),
+        "{:?}",
+        en_cells[0]
+    );
+    let campaign = seen["campaignCsv"]["name"].as_str().context("campaign")?;
+    assert!(campaign.contains("Spring_Festival_2026"), "{campaign}");
+
+    // The printed report: A4 pages, not blank, with the table (every unit
+    // of the view), the period and both charts in its text.
+    let pdf = out.path().join("report.pdf");
+    let info = String::from_utf8(poppler("pdfinfo", &[pdf.as_os_str()]).await?)?;
+    assert!(info.contains("(A4)"), "{info}");
+    let text = String::from_utf8(poppler("pdftotext", &[pdf.as_os_str(), "-".as_ref()]).await?)?;
+    for row in top["rows"].as_array().context("rows")? {
+        let name = row["tenant"].as_str().context("name")?;
+        assert!(
+            text.contains(name),
+            "{name} missing from the printed report:\n{text}"
+        );
+    }
+    for words in [
+        d.district.name.as_str(),
+        "2026-01-01",
+        "2026-12-31",
+        "帮扶工作报表",
+        "每月走访次数与帮扶金额",
+        "困难党员走访覆盖率",
+        "100%",
+        "生成于",
+    ] {
+        assert!(
+            text.contains(words),
+            "{words:?} missing from the printed report:\n{text}"
+        );
+    }
+    let prefix = out.path().join("page");
+    poppler(
+        "pdftoppm",
+        &[
+            "-gray".as_ref(),
+            "-r".as_ref(),
+            "40".as_ref(),
+            pdf.as_os_str(),
+            prefix.as_os_str(),
+        ],
+    )
+    .await?;
+    let mut pages: Vec<_> = std::fs::read_dir(out.path())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "pgm"))
+        .collect();
+    pages.sort();
+    assert!(!pages.is_empty(), "pdftoppm drew no page");
+    let first = inked_share(&std::fs::read(&pages[0])?)?;
+    assert!(first > 0.01, "the first page is blank: {first}");
     Ok(())
 }
