@@ -122,6 +122,30 @@ try {
   await page.setViewportSize({ width: 1280, height: 800 })
   await page.click("#groups button[data-group=visits]")
 
+  // A branch's page, reached with the keyboard alone: its figures and
+  // health as counts; names refused without a drill-down grant.
+  await afterLoad(page, () => page.click(`#rollup tbody tr.drill th button >> text=${env("DRILL")}`))
+  await page.focus("#rollup tbody tr.branch th button")
+  await afterLoad(page, () => page.keyboard.press("Enter"), "branchLoads")
+  const branchPage = await page.evaluate(() => ({
+    title: document.querySelector("#branch-title").textContent,
+    focused: document.activeElement.id,
+    figures: Object.fromEntries([...document.querySelectorAll("#branch-figures dd")].map((dd) => [dd.dataset.key, dd.textContent])),
+    health: Object.fromEntries([...document.querySelectorAll("#branch-health dd")].map((dd) => [dd.dataset.key, dd.textContent])),
+  }))
+  await page.keyboard.press("Tab")
+  branchPage.names = await page.evaluate(() => document.querySelector("#branch-names").checkVisibility())
+  // The refusal the browser logs is the one provoked here.
+  page.expected.push(/status of 403/)
+  await page.click("#branch-names")
+  await page.waitForFunction(() => document.querySelector("#branch-names-status").textContent !== "")
+  page.expected.pop()
+  branchPage.namesStatus = await page.textContent("#branch-names-status")
+  branchPage.namesListed = await page.evaluate(() => document.querySelectorAll("#branch-names-list li").length)
+  await page.click("#branch-back")
+  branchPage.backTo = await page.evaluate(() => document.activeElement.textContent)
+  await afterLoad(page, () => page.click("#crumbs button"))
+
   const download = async () => {
     const [file] = await Promise.all([page.waitForEvent("download"), page.click("#download-csv")])
     const path = join(env("OUT_DIR"), file.suggestedFilename())
@@ -140,7 +164,7 @@ try {
   const campaignCsv = await download()
 
   fail(problems)
-  process.stdout.write(JSON.stringify({ screens, zh, en, campaignCsv }) + "\n")
+  process.stdout.write(JSON.stringify({ screens, zh, en, campaignCsv, branchPage }) + "\n")
 } finally {
   await browser.close()
 }

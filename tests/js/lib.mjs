@@ -19,12 +19,15 @@ export async function launch() {
   })
 }
 
-// A page whose misbehaviour lands in `problems`.
+// A page whose misbehaviour lands in `problems`. A console error the
+// caller expects (a refusal it provoked) is matched by a pattern it puts in
+// `page.expected` for the while.
 export async function watchedPage(browser, options, problems) {
   const page = await browser.newPage(options)
+  page.expected = []
   page.on("console", (m) => {
     console.error("[page]", m.type(), m.text())
-    if (m.type() === "error") problems.push(`console error: ${m.text()}`)
+    if (m.type() === "error" && !page.expected.some((p) => p.test(m.text()))) problems.push(`console error: ${m.text()}`)
   })
   page.on("pageerror", (e) => problems.push(`page error: ${e.message}`))
   page.on("dialog", async (d) => {
