@@ -182,3 +182,179 @@ async fn the_demo_checks_the_server_and_the_data_directory_before_writing() -> a
     server.await??;
     Ok(())
 }
+
+/// The demo year in the dashboard, in Debian's Chromium: the Spring
+/// Festival campaign stands out from the weeks before it, and the page's
+/// comparisons with the previous period and a year earlier are the API's
+/// figures for exactly the periods the API names.
+#[tokio::test]
+async fn the_dashboard_shows_the_spring_festival_peak_of_the_demo_year() -> anyhow::Result<()> {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/js");
+    if !std::path::Path::new(&chromium).exists() || !js.join("node_modules").exists() {
+        bail!("needs Debian's chromium and `npm ci` in tests/js (.ci/run installs both)");
+    }
+    let dir = tempfile::tempdir()?;
+    // Served by the demo until dropped; its day pinned, so the year is the
+    // same whenever this runs.
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_doorstep-demo"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--scale",
+            "10",
+            "--today",
+            "2026-12-01",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = demo.stdout.take().context("the demo's output")?;
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let login = tokio::time::timeout(std::time::Duration::from_secs(300), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix("Dashboard: ") {
+                return anyhow::Ok(rest.to_owned());
+            }
+        }
+        bail!("the demo ended before it served the dashboard")
+    })
+    .await
+    .context("the demo took over five minutes")??;
+    // "http://127.0.0.1:PORT/dashboard  (log in as USER / PASSWORD)"
+    let url = login
+        .split("/dashboard")
+        .next()
+        .context("the dashboard's address")?
+        .to_owned();
+    let (user, password) = login
+        .split("log in as ")
+        .nth(1)
+        .and_then(|s| s.trim_end_matches(')').split_once(" / "))
+        .context("the demo's admin")?;
+
+    let client = reqwest::Client::new();
+    let token: Value = client
+        .post(format!("{url}/api/v1/login"))
+        .json(&serde_json::json!({ "username": user, "password": password }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = token["token"].as_str().context("a token")?.to_owned();
+    let rollup = |query: String| {
+        let request = client
+            .get(format!("{url}/api/v1/rollups?{query}"))
+            .bearer_auth(&token);
+        async move {
+            anyhow::Ok(
+                request
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json::<Value>()
+                    .await?,
+            )
+        }
+    };
+    let campaign = rollup("campaign=2026-spring-festival".into()).await?;
+    let previous = rollup(
+        campaign["previous"]["query"]
+            .as_str()
+            .context("previous")?
+            .into(),
+    )
+    .await?;
+    let year_earlier = rollup(
+        campaign["year_earlier"]["query"]
+            .as_str()
+            .context("a year earlier")?
+            .into(),
+    )
+    .await?;
+    assert_eq!(campaign["period"]["from"], "2026-01-20");
+    assert_eq!(campaign["period"]["to"], "2026-02-16");
+    assert_eq!(campaign["previous"]["from"], "2025-12-23");
+    assert_eq!(
+        campaign["year_earlier"]["query"],
+        "campaign=2025-spring-festival"
+    );
+
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        Command::new("node")
+            .arg("campaign.mjs")
+            .current_dir(&js)
+            .env("DOORSTEP_URL", &url)
+            .env("DOORSTEP_USER", user)
+            .env("DOORSTEP_PASSWORD", password)
+            .env("YEAR", "2026")
+            .env("CHROMIUM", &chromium)
+            .output(),
+    )
+    .await
+    .context("the browser took over two minutes")??;
+    if !output.status.success() {
+        bail!(
+            "campaign.mjs failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let seen: Value = serde_json::from_slice(
+        output
+            .stdout
+            .split(|b| *b == b'\n')
+            .next()
+            .unwrap_or_default(),
+    )?;
+    assert_eq!(seen["period"], "2026-01-20/2026-02-16", "{seen}");
+    assert!(
+        seen["title"].as_str().unwrap_or_default().contains("春节"),
+        "{seen}"
+    );
+
+    // The peak: the campaign's visits against the four weeks before it.
+    let visits = |r: &Value| r["total"]["visits"].as_i64().unwrap_or(-1);
+    assert!(
+        visits(&campaign) > 5 * visits(&previous).max(1),
+        "campaign {} against {} before it",
+        visits(&campaign),
+        visits(&previous)
+    );
+    // The page's comparisons are the API's, figure by figure.
+    for key in [
+        "visits",
+        "households_visited",
+        "aid_total_fen",
+        "trainings",
+        "placements",
+        "fund_donations_fen",
+    ] {
+        let shown = &seen["compare"][key];
+        for (which, api) in [
+            ("current", &campaign),
+            ("previous", &previous),
+            ("year_earlier", &year_earlier),
+        ] {
+            assert_eq!(
+                shown[which].as_f64(),
+                api["total"][key].as_f64(),
+                "{key}, {which}: {seen}"
+            );
+        }
+    }
+    // The chart's months add up to the campaign's visits.
+    let charted: i64 = seen["months"]
+        .as_array()
+        .context("months")?
+        .iter()
+        .map(|m| m[1].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(charted, visits(&campaign), "{seen}");
+    Ok(())
+}

@@ -926,17 +926,30 @@ async fn the_dashboard_fits_every_screen_draws_to_scale_speaks_both_languages_an
     assert_eq!(page["title"], first["tenant"], "{page}");
     assert_eq!(page["focused"], "branch-title", "{page}");
     for key in ["visits", "households_visited", "hardship_registered"] {
-        assert_eq!(page["figures"][key], first[key].to_string(), "{key}: {page}");
+        assert_eq!(
+            page["figures"][key],
+            first[key].to_string(),
+            "{key}: {page}"
+        );
     }
-    assert_eq!(page["figures"]["hardship_visited_pct"], format!("{}%", first["hardship_visited_pct"]));
+    assert_eq!(
+        page["figures"]["hardship_visited_pct"],
+        format!("{}%", first["hardship_visited_pct"])
+    );
     assert_eq!(page["health"]["devices"], "1", "{page}");
     assert_eq!(page["health"]["future_visits"], "0", "{page}");
     assert!(
-        page["namesStatus"].as_str().unwrap_or_default().contains("下钻授权"),
+        page["namesStatus"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("下钻授权"),
         "{page}"
     );
     assert_eq!(page["namesListed"], 0, "{page}");
-    assert_eq!(page["backTo"], first["tenant"], "focus returns to the row: {page}");
+    assert_eq!(
+        page["backTo"], first["tenant"],
+        "focus returns to the row: {page}"
+    );
 
     // Every visible label changes with the language.
     let (zh, en) = (
