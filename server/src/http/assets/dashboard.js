@@ -643,7 +643,12 @@
     $("print-tables").replaceChildren();
   }
 
+  // Loads may overlap (a click while the last one is still reading): only
+  // the latest draws, so no period's figures land under another's title.
+  let latestLoad = 0;
+
   async function load() {
+    const ticket = ++latestLoad;
     $("status").textContent = "";
     const problem = periodProblem();
     if (problem) {
@@ -661,12 +666,14 @@
         compared(rollup.previous),
         compared(rollup.year_earlier),
       ]);
+      if (ticket !== latestLoad) return;
       if (!state.trail.length) state.topName = rollup.tenant;
       state.view = { rollup, months, health, previous, yearEarlier, readAt: Date.now() };
       render();
       // Everything on the page now shows this load: tests (and people) can rely on it.
       document.body.dataset.loads = String(Number(document.body.dataset.loads || 0) + 1);
     } catch (e) {
+      if (ticket !== latestLoad) return;
       clearFigures();
       $("status").textContent = t("err.read", { why: e.message });
     }
