@@ -85,6 +85,34 @@ const labels = () =>
     .filter((e) => !e.closest("tbody, #crumbs"))
     .map((e) => `${e.tagName.toLowerCase()}${e.id ? `#${e.id}` : ""}|${e.textContent.trim()}`)
 
+// The comparison table's figures: {key: {current, previous, year_earlier}}.
+const compared = () => {
+  const out = {}
+  for (const td of document.querySelectorAll("#compare tbody td[data-which]")) {
+    out[td.dataset.key] ??= {}
+    out[td.dataset.key][td.dataset.which] = td.dataset.value === undefined ? null : Number(td.dataset.value)
+  }
+  return out
+}
+
+// Presses Tab until `selector` has the focus (at most `limit` times) and
+// says how many it took, or -1.
+async function tabTo(page, selector, limit = 60) {
+  for (let n = 1; n <= limit; n++) {
+    await page.keyboard.press("Tab")
+    if (await page.evaluate((s) => document.activeElement?.matches(s) ?? false, selector)) return n
+  }
+  return -1
+}
+
+// A new viewport, once the charts have been drawn again to its width.
+async function resize(page, width, height) {
+  if (page.viewportSize().width === width) return
+  const drawn = await page.evaluate(() => Number(document.body.dataset.charts || 0))
+  await page.setViewportSize({ width, height })
+  await page.waitForFunction((n) => Number(document.body.dataset.charts || 0) > n, drawn)
+}
+
 const browser = await launch()
 const problems = []
 try {
@@ -94,12 +122,7 @@ try {
 
   const screens = []
   for (const [width, height] of VIEWPORTS) {
-    if (page.viewportSize().width !== width) {
-      const renders = await page.evaluate(() => Number(document.body.dataset.renders || 0))
-      await page.setViewportSize({ width, height })
-      // The charts redraw to the new width.
-      await page.waitForFunction((n) => Number(document.body.dataset.renders || 0) > n, renders)
-    }
+    await resize(page, width, height)
     for (const view of ["district", "drilled"]) {
       if (view === "drilled") {
         await afterLoad(page, () => page.click(`#rollup tbody tr.drill th button >> text=${env("DRILL")}`))
@@ -111,6 +134,7 @@ try {
       }
       screens.push({
         width, view, groups,
+        compare: await page.evaluate(compared),
         collisions: await page.evaluate(chartCollisions),
         coverage: await page.evaluate(coverageBars),
         overflow: await page.evaluate(overflowing),
@@ -119,13 +143,14 @@ try {
       if (view === "drilled") await afterLoad(page, () => page.click("#crumbs button"))
     }
   }
-  await page.setViewportSize({ width: 1280, height: 800 })
+  await resize(page, 1280, 800)
   await page.click("#groups button[data-group=visits]")
 
   // A branch's page, reached with the keyboard alone: its figures and
   // health as counts; names refused without a drill-down grant.
   await afterLoad(page, () => page.click(`#rollup tbody tr.drill th button >> text=${env("DRILL")}`))
-  await page.focus("#rollup tbody tr.branch th button")
+  await page.focus("#apply")
+  const tabsToBranch = await tabTo(page, "#rollup tbody tr.branch th button")
   await afterLoad(page, () => page.keyboard.press("Enter"), "branchLoads")
   const branchPage = await page.evaluate(() => ({
     title: document.querySelector("#branch-title").textContent,
@@ -133,16 +158,18 @@ try {
     figures: Object.fromEntries([...document.querySelectorAll("#branch-figures dd")].map((dd) => [dd.dataset.key, dd.textContent])),
     health: Object.fromEntries([...document.querySelectorAll("#branch-health dd")].map((dd) => [dd.dataset.key, dd.textContent])),
   }))
-  await page.keyboard.press("Tab")
-  branchPage.names = await page.evaluate(() => document.querySelector("#branch-names").checkVisibility())
+  branchPage.tabsToBranch = tabsToBranch
+  branchPage.tabsToNames = await tabTo(page, "#branch-names")
   // The refusal the browser logs is the one provoked here.
   page.expected.push(/status of 403/)
-  await page.click("#branch-names")
+  await page.keyboard.press("Enter")
   await page.waitForFunction(() => document.querySelector("#branch-names-status").textContent !== "")
   page.expected.pop()
   branchPage.namesStatus = await page.textContent("#branch-names-status")
   branchPage.namesListed = await page.evaluate(() => document.querySelectorAll("#branch-names-list li").length)
-  await page.click("#branch-back")
+  await page.keyboard.press("Shift+Tab")
+  branchPage.backFocused = await page.evaluate(() => document.activeElement.id)
+  await page.keyboard.press("Enter")
   branchPage.backTo = await page.evaluate(() => document.activeElement.textContent)
   await afterLoad(page, () => page.click("#crumbs button"))
 

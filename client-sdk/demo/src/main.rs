@@ -649,11 +649,14 @@ async fn main() -> anyhow::Result<()> {
     } else {
         Plan::scaled(args.scale)
     };
+    // By default UTC's date, which is never ahead of the organisation's
+    // (China's, UTC+8); a day given may be the organisation's today.
     let real_today = time::OffsetDateTime::now_utc().date();
+    let organisation_today = rollup::organisation_today(doorstep_server::store::now_ms());
     let today = match args.today {
-        Some(day) if day.as_time() > real_today => {
-            bail!("--today {day} is after today ({real_today}): the demo dates nothing ahead")
-        }
+        Some(day) if day > organisation_today => bail!(
+            "--today {day} is after today ({organisation_today} in China): the demo dates nothing ahead"
+        ),
         Some(day) => day.as_time(),
         None => real_today,
     };

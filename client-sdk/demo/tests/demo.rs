@@ -317,6 +317,17 @@ async fn the_dashboard_shows_the_spring_festival_peak_of_the_demo_year() -> anyh
         seen["title"].as_str().unwrap_or_default().contains("春节"),
         "{seen}"
     );
+    // The comparison columns are headed by the periods the API named.
+    let headings = seen["headings"].to_string();
+    for words in [
+        "2026年春节前走访",
+        "上期",
+        "2025年12月23日",
+        "去年同期",
+        "2025年春节前走访",
+    ] {
+        assert!(headings.contains(words), "{words}: {headings}");
+    }
 
     // The peak: the campaign's visits against the four weeks before it.
     let visits = |r: &Value| r["total"]["visits"].as_i64().unwrap_or(-1);

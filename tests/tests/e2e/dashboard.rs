@@ -22,6 +22,9 @@ const SVG_ONLOAD: &str = "\"><svg onload=alert(2)>";
 /// A sub-district, so that a hostile name is on the first screen too (table,
 /// chart label and the chart's `<title>` tooltip).
 const TITLE_BREAKOUT: &str = "</title><img src=x onerror=alert(3)><title>";
+/// Sub-districts named to run as a formula in the CSV the page builds.
+const FORMULA_NAME: &str = "=HYPERLINK(\"http://x\";\"y\")";
+const FULL_WIDTH_FORMULA_NAME: &str = "＝1+1";
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
@@ -146,10 +149,12 @@ async fn an_official_logs_in_picks_a_period_drills_down_and_downloads_the_csv() 
         .store
         .create_tenant(Some(d.xiangyang.id), Level::Branch, SVG_ONLOAD)
         .await?;
-    server
-        .store
-        .create_tenant(Some(d.district.id), Level::SubDistrict, TITLE_BREAKOUT)
-        .await?;
+    for name in [TITLE_BREAKOUT, FORMULA_NAME, FULL_WIDTH_FORMULA_NAME] {
+        server
+            .store
+            .create_tenant(Some(d.district.id), Level::SubDistrict, name)
+            .await?;
+    }
     // Visits in four branches under two sub-districts: seven in all.
     let mut dirs = Vec::new();
     for (branch, visits) in [
@@ -162,7 +167,7 @@ async fn an_official_logs_in_picks_a_period_drills_down_and_downloads_the_csv() 
     }
     // A member in hardship (not visited), so that the coverage chart has
     // a row for every unit, the hostile ones among them.
-    dirs.push(phone_with_hardship(&server, d.yingfeng.id, 1, 0).await?);
+    dirs.push(phone_with_hardship(&server, d.yingfeng.id, 2026, 1, 0).await?);
     let password = "a long enough password";
     admin::create_user(
         &server.store,
@@ -212,8 +217,13 @@ async fn an_official_logs_in_picks_a_period_drills_down_and_downloads_the_csv() 
     expected.push(&api["total"]);
     assert_eq!(top.len(), expected.len());
     let expected_rows = expected.len();
-    for (shown, want) in top.iter().zip(expected) {
-        assert_eq!(shown["tenant"], want["tenant"]);
+    for (i, (shown, want)) in top.iter().zip(expected).enumerate() {
+        // The total row is called the total.
+        if i + 1 == top.len() {
+            assert_eq!(shown["tenant"], "合计");
+        } else {
+            assert_eq!(shown["tenant"], want["tenant"]);
+        }
         assert_eq!(
             shown["visits"].as_str(),
             Some(want["visits"].to_string().as_str())
@@ -236,10 +246,7 @@ async fn an_official_logs_in_picks_a_period_drills_down_and_downloads_the_csv() 
     assert_eq!(cells[0][1], "走访次数 (本期)");
     assert_eq!(cells.len(), expected_rows + 1, "{cells:?}");
     let total = cells.last().context("total")?;
-    assert_eq!(
-        (total[0].as_str(), total[1].as_str()),
-        (d.district.name.as_str(), "7")
-    );
+    assert_eq!((total[0].as_str(), total[1].as_str()), ("合计", "7"));
     assert_eq!(
         seen["csvName"],
         format!("帮扶统计_{}_2026年.csv", d.district.name)
@@ -248,12 +255,14 @@ async fn an_official_logs_in_picks_a_period_drills_down_and_downloads_the_csv() 
         "the dashboard's CSV",
         seen["csv"].as_str().unwrap_or_default(),
     );
-    assert!(
-        cells
-            .iter()
-            .any(|r| r[0] == format!("'{TITLE_BREAKOUT}") || r[0] == TITLE_BREAKOUT),
-        "{cells:?}"
-    );
+    assert!(cells.iter().any(|r| r[0] == TITLE_BREAKOUT), "{cells:?}");
+    // Names a spreadsheet would run, half- or full-width, are text.
+    for name in [FORMULA_NAME, FULL_WIDTH_FORMULA_NAME] {
+        assert!(
+            cells.iter().any(|r| r[0] == format!("'{name}")),
+            "{name}: {cells:?}"
+        );
+    }
 
     // Drilled into Xiangyang: its three branches, Yingfeng with three visits.
     let drilled = seen["drilled"].as_array().context("drilled rows")?;
@@ -493,7 +502,10 @@ fn csv_cells(body: &str) -> Vec<Vec<String>> {
 fn assert_no_formula(what: &str, body: &str) {
     for row in csv_cells(body) {
         for cell in row {
-            if cell.starts_with(['=', '+', '-', '@', '\t', '\r', '\n']) {
+            if cell.starts_with([
+                '=', '+', '-', '@', '\t', '\r', '\n', '\u{ff1d}', '\u{ff0b}', '\u{ff0d}',
+                '\u{ff20}',
+            ]) {
                 assert!(
                     cell.parse::<f64>().is_ok(),
                     "{what}: the cell {cell:?} would run as a formula"
@@ -672,10 +684,12 @@ async fn an_invited_official_activates_changes_the_password_and_logs_in_on_the_p
 }
 
 /// A phone enrolled to `branch` with `members` members in hardship since
-/// 2026-01-01, of whom the first `visited` are visited in 2026, synced.
+/// 1 January of `year`, of whom the first `visited` are visited that year,
+/// synced.
 async fn phone_with_hardship(
     server: &TestServer,
     branch: TenantId,
+    year: i32,
     members: u32,
     visited: u32,
 ) -> anyhow::Result<tempfile::TempDir> {
@@ -699,14 +713,14 @@ async fn phone_with_hardship(
             .open_hardship_entry(NewHardshipEntry {
                 member_id: member,
                 kind: HardshipKind::Illness,
-                opened_on: "2026-01-01".parse()?,
+                opened_on: format!("{year}-01-01").parse()?,
                 needs: Vec::new(),
             })
             .await?;
         if i < visited {
             phone
                 .record_visit(NewVisit {
-                    date: format!("2026-{:02}-15", i % 12 + 1).parse()?,
+                    date: format!("{year}-{:02}-15", i % 12 + 1).parse()?,
                     member_id: member,
                     kind: VisitKind::HolidayCondolence,
                     visitors: vec!["v".into()],
@@ -793,14 +807,17 @@ async fn the_dashboard_fits_every_screen_draws_to_scale_speaks_both_languages_an
     }
     let mut phones = Vec::new();
     // Coverage from 8% to 100%, in branches of both sub-districts.
-    for (branch, members, visited) in [
-        (branches[0].id, 12, 1),
-        (branches[1].id, 4, 4),
-        (branches[2].id, 5, 3),
-        (d.yingfeng.id, 6, 2),
-        (d.fenghuangting.id, 3, 3),
+    for (branch, year, members, visited) in [
+        (branches[0].id, 2026, 12, 1),
+        (branches[1].id, 2026, 4, 4),
+        (branches[2].id, 2026, 5, 3),
+        (d.yingfeng.id, 2026, 6, 2),
+        (d.fenghuangting.id, 2026, 3, 3),
+        // Last year's, for the comparisons to have something to compare.
+        (branches[3].id, 2025, 3, 2),
+        (d.yingfeng.id, 2025, 1, 1),
     ] {
-        phones.push(phone_with_hardship(&server, branch, members, visited).await?);
+        phones.push(phone_with_hardship(&server, branch, year, members, visited).await?);
     }
     let password = "a long enough password";
     admin::create_user(
@@ -832,6 +849,10 @@ async fn the_dashboard_fits_every_screen_draws_to_scale_speaks_both_languages_an
     };
     let top = get("/api/v1/rollups?year=2026".into()).await?;
     let drilled = get(format!("/api/v1/rollups?year=2026&tenant={}", many.id)).await?;
+    let top_before = get("/api/v1/rollups?year=2025".into()).await?;
+    let drilled_before = get(format!("/api/v1/rollups?year=2025&tenant={}", many.id)).await?;
+    assert_eq!(top["previous"]["query"], "year=2025");
+    assert_eq!(top["year_earlier"]["query"], "year=2025");
 
     let out = tempfile::tempdir()?;
     let url = server.http_url();
@@ -887,11 +908,20 @@ async fn the_dashboard_fits_every_screen_draws_to_scale_speaks_both_languages_an
         }
         // Bars to scale: a bar's length over the axis from 0% to 100% is
         // the API's coverage.
-        let api = if screen["view"] == "district" {
-            &top
+        let (api, before) = if screen["view"] == "district" {
+            (&top, &top_before)
         } else {
-            &drilled
+            (&drilled, &drilled_before)
         };
+        // The comparisons are the API's figures of this unit, this year
+        // and last.
+        assert!(before["total"]["visits"].as_i64() > Some(0));
+        for key in ["visits", "households_visited", "aid_total_fen"] {
+            let shown = &screen["compare"][key];
+            assert_eq!(shown["current"], api["total"][key], "{at}: {key}");
+            assert_eq!(shown["previous"], before["total"][key], "{at}: {key}");
+            assert_eq!(shown["year_earlier"], before["total"][key], "{at}: {key}");
+        }
         let rows = api["rows"].as_array().context("rows")?;
         let bars = screen["coverage"].as_array().context("coverage")?;
         assert_eq!(bars.len(), rows.len(), "{at}: a bar per unit");
@@ -925,6 +955,11 @@ async fn the_dashboard_fits_every_screen_draws_to_scale_speaks_both_languages_an
     let first = &drilled["rows"][0];
     assert_eq!(page["title"], first["tenant"], "{page}");
     assert_eq!(page["focused"], "branch-title", "{page}");
+    // Reached with Tab alone, and its names button and way back too.
+    for key in ["tabsToBranch", "tabsToNames"] {
+        assert!(page[key].as_i64() > Some(0), "{key}: {page}");
+    }
+    assert_eq!(page["backFocused"], "branch-back", "{page}");
     for key in ["visits", "households_visited", "hardship_registered"] {
         assert_eq!(
             page["figures"][key],
@@ -991,7 +1026,7 @@ async fn the_dashboard_fits_every_screen_draws_to_scale_speaks_both_languages_an
         .position(|h| h == "帮扶金额(元) (本期)")
         .context("aid")?;
     let total = cells.last().context("total row")?;
-    assert_eq!(total[0], d.district.name);
+    assert_eq!(total[0], "合计");
     let fen = top["total"]["aid_total_fen"].as_i64().context("aid")?;
     assert_eq!(
         total[aid].parse::<f64>()?,

@@ -225,7 +225,7 @@
   const SVG = "http://www.w3.org/2000/svg";
   // In memory only. `view` holds what is on screen, to redraw it in the
   // other language or at another width without asking again.
-  const state = { token: null, trail: [], topName: "", lang: "zh", group: "visits", view: null, branch: null, me: null };
+  const state = { token: null, trail: [], shownTrail: [], topName: "", lang: "zh", group: "visits", view: null, branch: null, me: null };
   const $ = (id) => document.getElementById(id);
 
   function t(key, vars = {}) {
@@ -334,15 +334,21 @@
   // The first cell of a row: the unit's name, as a button that drills into
   // a sub-district or opens a branch's page (a button, so the keyboard
   // reaches it).
-  function unitCell(row, plain) {
-    if (plain) return el("th", { scope: "row" }, row.tenant);
+  // The total row is called the total, not by the unit it totals, so
+  // that nobody adds it to the rows above it.
+  const unitName = (row, total) => (total ? t("total") : row.tenant);
+
+  function unitCell(row, plain, total) {
+    if (plain) return el("th", { scope: "row" }, unitName(row, total));
     const button = el("button", { type: "button", class: "link", "data-level": row.level }, row.tenant);
     if (row.level === "branch") {
       button.setAttribute("aria-label", t("branch.open", { name: row.tenant }));
       button.addEventListener("click", () => openBranch(row));
     } else {
+      // From the path on screen, not one a load still under way may have
+      // changed: a double click or a second row must not stack steps.
       button.addEventListener("click", () => {
-        state.trail.push({ id: row.tenant_id, name: row.tenant });
+        state.trail = [...state.shownTrail, { id: row.tenant_id, name: row.tenant }];
         load();
       });
     }
@@ -352,7 +358,7 @@
   // A row of figures; `plain` (the total, and the printed tables) names the
   // unit without a button.
   function figureRow(row, columns, { total = false, plain = total } = {}) {
-    const tr = el("tr", total ? { class: "total" } : { class: row.level === "branch" ? "branch" : "drill" }, unitCell(row, plain),
+    const tr = el("tr", total ? { class: "total" } : { class: row.level === "branch" ? "branch" : "drill" }, unitCell(row, plain, total),
       ...columns.map((c) => el("td", { "data-key": c.key, "data-label": `${t(`col.${c.key}`)} · ${t(`when.${c.when}`)}` }, fmt(row[c.key], c.unit))));
     tr.dataset.tenant = row.tenant_id;
     return tr;
@@ -466,8 +472,11 @@
     return out;
   }
 
+  // The width the chart has; drawn while hidden (no width), a guess, and
+  // drawn again when shown.
   function chartWidth(svg) {
-    return Math.max(260, Math.floor(svg.parentElement.clientWidth - 2 || 480));
+    const width = svg.parentElement.clientWidth;
+    return width ? Math.max(260, Math.floor(width - 2)) : 480;
   }
 
   function prepare(svg, width, height, desc) {
@@ -616,14 +625,23 @@
 
   // ---- Loading and drawing ---------------------------------------------
 
+  // The charts alone: what a new width changes. The table is left as it is,
+  // so a resize (a phone turned) does not take the keyboard's focus away.
+  function drawCharts() {
+    const view = state.view;
+    if (!view) return;
+    monthsChart($("chart-months"), monthsOf(view.rollup.period, view.months));
+    coverageChart($("chart-coverage"), view.rollup.rows);
+    document.body.dataset.charts = String(Number(document.body.dataset.charts || 0) + 1);
+  }
+
   function render() {
     const view = state.view;
     if (!view) return;
     renderTable(view.rollup);
     renderCrumbs(view.rollup);
     renderCompare(view);
-    monthsChart($("chart-months"), monthsOf(view.rollup.period, view.months));
-    coverageChart($("chart-coverage"), view.rollup.rows);
+    drawCharts();
     renderHealth(view.health);
     renderPrintTables(view.rollup);
     document.body.dataset.renders = String(Number(document.body.dataset.renders || 0) + 1);
@@ -638,8 +656,9 @@
     }
     $("table-title").textContent = `${t("table.title")} · —`;
     delete $("table-title").dataset.period;
-    $("chart-months").replaceChildren();
-    $("chart-coverage").replaceChildren();
+    $("compare").querySelector("thead").replaceChildren();
+    for (const id of ["rollup-caption", "print-title", "print-meta", "print-generated", "crumbs"]) $(id).replaceChildren();
+    for (const id of ["chart-months", "chart-coverage"]) $(id).replaceChildren(el("svg:desc", { id: `${id}-desc` }));
     $("print-tables").replaceChildren();
   }
 
@@ -668,12 +687,15 @@
       ]);
       if (ticket !== latestLoad) return;
       if (!state.trail.length) state.topName = rollup.tenant;
+      state.shownTrail = [...state.trail];
       state.view = { rollup, months, health, previous, yearEarlier, readAt: Date.now() };
       render();
       // Everything on the page now shows this load: tests (and people) can rely on it.
       document.body.dataset.loads = String(Number(document.body.dataset.loads || 0) + 1);
     } catch (e) {
       if (ticket !== latestLoad) return;
+      // The crumbs still show the path last drawn: "show" goes there again.
+      state.trail = [...state.shownTrail];
       clearFigures();
       $("status").textContent = t("err.read", { why: e.message });
     }
@@ -681,13 +703,16 @@
 
   // ---- CSV of the view -------------------------------------------------
 
-  // A cell as RFC 4180 wants it; text that a spreadsheet would run as a
-  // formula gets a leading ' (numbers are ours, never text).
+  // A cell by the server's rule (server/src/rollup/csv.rs): text that a
+  // spreadsheet would run as a formula, half- or full-width, gets a leading
+  // ' and quotes; a comma, semicolon, quote or line break gets quotes.
+  // Numbers are ours, never text.
   function csvCell(value) {
     if (typeof value === "number") return String(value);
-    let text = String(value ?? "");
-    if (/^[=+\-@\t\r\n]/.test(text)) text = `'${text}`;
-    return /[",\r\n']/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
+    const text = String(value ?? "");
+    const quoted = (v) => `"${v.replaceAll('"', '""')}"`;
+    if (/^[=+\-@\t\r\n\uFF1D\uFF0B\uFF0D\uFF20]/.test(text)) return quoted(`'${text}`);
+    return /[,;"\r\n]/.test(text) ? quoted(text) : text;
   }
 
   // Exactly what the view shows, in its language: every group's columns
@@ -696,7 +721,8 @@
     const { rollup } = state.view;
     const heading = [t("unit"), ...COLUMNS.map((c) => `${t(`col.${c.key}`)} (${t(`when.${c.when}`)})`)];
     const value = (row, c) => (c.unit === "yuan" ? Number((row[c.key] / 100).toFixed(2)) : row[c.key]);
-    const lines = [heading, ...[...rollup.rows, rollup.total].map((row) => [row.tenant, ...COLUMNS.map((c) => value(row, c))])];
+    const lines = [heading, ...rollup.rows.map((row) => [row.tenant, ...COLUMNS.map((c) => value(row, c))]),
+      [t("total"), ...COLUMNS.map((c) => value(rollup.total, c))]];
     return lines.map((line) => line.map(csvCell).join(",")).join("\r\n") + "\r\n";
   }
 
@@ -719,25 +745,30 @@
 
   // ---- The branch page -------------------------------------------------
 
+  // A branch's page for the period of the table it was opened from.
   async function openBranch(row) {
-    state.branch = { id: row.tenant_id, name: row.tenant };
+    if (!state.view) return;
+    const branch = { id: row.tenant_id, name: row.tenant };
+    state.branch = branch;
     $("branch-names-list").replaceChildren();
     $("branch-names-status").textContent = "";
     try {
-      const period = periodQuery(), tenant = tenantParam(row.tenant_id);
+      const period = state.view.rollup.query, tenant = tenantParam(row.tenant_id);
       const [rollup, health, kinds] = await Promise.all([
         json(`/api/v1/rollups?${period}${tenant}`),
         json(`/api/v1/health?${tenant.slice(1)}`),
         json(`/api/v1/rollups/breakdown?by=visits_by_kind&${period}${tenant}`),
       ]);
-      state.branch.view = { rollup, health, kinds };
+      // Another branch was opened meanwhile, or the session ended.
+      if (state.branch !== branch) return;
+      branch.view = { rollup, health, kinds };
       renderBranch();
       $("app").hidden = true;
       $("branch-view").hidden = false;
       $("branch-title").focus();
       document.body.dataset.branchLoads = String(Number(document.body.dataset.branchLoads || 0) + 1);
     } catch (e) {
-      $("status").textContent = t("err.read", { why: e.message });
+      if (state.branch === branch) $("status").textContent = t("err.read", { why: e.message });
     }
   }
 
@@ -765,10 +796,15 @@
   }
 
   async function showNames() {
-    const branch = state.branch;
+    const branch = state.branch, token = state.token;
     if (!branch) return;
+    // Names go only onto the page of the branch they are of, in the
+    // session that asked: not onto a page opened since, nor after logout.
+    const current = () => state.branch === branch && state.token === token;
     $("branch-names-status").textContent = "";
-    const response = await fetch(`/api/v1/branches/${encodeURIComponent(branch.id)}/members`, { headers: { authorization: `Bearer ${state.token}` } }).catch(() => null);
+    $("branch-names-list").replaceChildren();
+    const response = await fetch(`/api/v1/branches/${encodeURIComponent(branch.id)}/members`, { headers: { authorization: `Bearer ${token}` } }).catch(() => null);
+    if (!current()) return;
     if (response && response.status === 403) {
       $("branch-names-status").textContent = t("branch.namesRefused");
       return;
@@ -777,7 +813,8 @@
       $("branch-names-status").textContent = await refusalText(response);
       return;
     }
-    const members = await response.json();
+    const members = await response.json().catch(() => []);
+    if (!current()) return;
     $("branch-names-status").textContent = t("branch.namesCount", { n: number(members.length) });
     $("branch-names-list").replaceChildren(...members.map((m) => el("li", {}, m.household ? `${m.name} · ${m.household}` : m.name)));
   }
@@ -788,6 +825,9 @@
     $("branch-names-list").replaceChildren();
     $("branch-view").hidden = true;
     $("app").hidden = false;
+    // Charts drawn while the page was away (a language switch, a resize)
+    // take the width they have again.
+    drawCharts();
     const row = [...$("rollup").querySelectorAll("tbody tr")].find((tr) => tr.dataset.tenant === id);
     if (row) row.querySelector("button")?.focus();
   }
@@ -827,9 +867,12 @@
 
   // One of the screens before login: "login" or "activate".
   function showLogin(screen = "login") {
+    // A load or branch page still under way draws nothing for the next person.
+    latestLoad += 1;
     clearSecrets();
     state.token = null;
     state.trail = [];
+    state.shownTrail = [];
     state.me = null;
     state.branch = null;
     clearFigures();
@@ -956,6 +999,7 @@
     const me = await api("/api/v1/me").then((r) => r.json()).catch(() => null);
     if (!me) return showLogin();
     state.me = me;
+    clearFigures();
     showWho();
     $("logout").hidden = false;
     $("change-password-open").hidden = false;
@@ -1026,7 +1070,7 @@
   let resizing = null;
   window.addEventListener("resize", () => {
     clearTimeout(resizing);
-    resizing = setTimeout(() => state.view && render(), 150);
+    resizing = setTimeout(drawCharts, 150);
   });
   applyLanguage();
   route();
