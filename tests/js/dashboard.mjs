@@ -16,22 +16,9 @@
 
 import { readFile } from "node:fs/promises"
 import { join } from "node:path"
-import { chromium } from "playwright-core"
+import { afterLoad, env, fail, launch, watchedPage } from "./lib.mjs"
 
-const env = (name) => {
-  const value = process.env[name]
-  if (!value) throw new Error(`missing ${name}`)
-  return value
-}
 const names = (name) => JSON.parse(process.env[name] || "[]")
-
-// Runs `action` and waits until the page has finished the load it starts
-// (table, charts and health panel all rendered).
-async function afterLoad(page, action) {
-  const before = await page.evaluate(() => Number(document.body.dataset.loads || 0))
-  await action()
-  await page.waitForFunction((n) => Number(document.body.dataset.loads || 0) > n, before)
-}
 
 async function readTable(page) {
   return page.$$eval("#rollup tbody tr", (rows) =>
@@ -69,25 +56,15 @@ async function findNames(page, list) {
   }, list)
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync"],
-})
+const browser = await launch()
 const problems = []
 let expectViolation = false
 const afterControl = []
 try {
-  const page = await browser.newPage({ acceptDownloads: true, viewport: { width: 1400, height: 1000 } })
+  const page = await watchedPage(browser, { acceptDownloads: true, viewport: { width: 1400, height: 1000 } }, problems)
+  // After the deliberate violation below, console errors are its report.
   page.on("console", (m) => {
-    console.error("[page]", m.type(), m.text())
-    if (m.type() === "error") (expectViolation ? afterControl : problems).push(`console error: ${m.text()}`)
-  })
-  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`))
-  page.on("dialog", async (d) => {
-    problems.push(`a ${d.type()} dialog opened: ${d.message()}`)
-    await d.dismiss().catch(() => {})
+    if (expectViolation && m.type() === "error") afterControl.push(`console error: ${m.text()}`)
   })
   // Playwright's init scripts run whatever the CSP says: a listener for
   // violations, in place before the page's own script.
@@ -145,6 +122,7 @@ try {
   // The control: the CSP is really enforced. An inline script put into the
   // page is refused, and the refusal is reported.
   expectViolation = true
+  page.expected.push(/./)
   await page.evaluate(() => {
     const s = document.createElement("script")
     s.textContent = "window.__inlineRan = true"
@@ -171,7 +149,7 @@ try {
   await page.waitForSelector("#login", { state: "visible" })
   const loggedOutOnReload = await page.evaluate(() => document.querySelector("#app").hidden)
 
-  if (problems.length) throw new Error(`the dashboard misbehaved:\n${problems.join("\n")}`)
+  fail(problems)
   process.stdout.write(JSON.stringify({
     top, csv, csvName, drilled, health, hostileTop, hostileDrilled, headers, tokenStored,
     storageEntries: storage.session.length + storage.local.length, cookies: cookies.length,

@@ -10,35 +10,16 @@
 // Env: DOORSTEP_URL, CODE (the activation code), USERNAME (the invited
 // username), PASSWORD, NEW_PASSWORD, CHROMIUM (default /usr/bin/chromium).
 
-import { chromium } from "playwright-core"
+import { env, fail, launch, watchedPage } from "./lib.mjs"
 
-const env = (name) => {
-  const value = process.env[name]
-  if (!value) throw new Error(`missing ${name}`)
-  return value
-}
 const text = (page, selector) => page.$eval(selector, (e) => e.textContent)
 const visible = (page, selector) => page.$eval(selector, (e) => !e.closest("[hidden]"))
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync"],
-})
+const browser = await launch()
 const problems = []
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } })
-  page.on("console", (m) => {
-    console.error("[page]", m.type(), m.text())
-    // A refused request logs a console error; the mismatch below sends none.
-    if (m.type() === "error") problems.push(`console error: ${m.text()}`)
-  })
-  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`))
-  page.on("dialog", async (d) => {
-    problems.push(`a ${d.type()} dialog opened: ${d.message()}`)
-    await d.dismiss().catch(() => {})
-  })
+  // A refused request would log a console error; the mismatch below sends none.
+  const page = await watchedPage(browser, { viewport: { width: 1280, height: 800 } }, problems)
 
   // The invitation link: the code after `#`, which no server sees.
   await page.goto(`${env("DOORSTEP_URL")}/dashboard#activate=${encodeURIComponent(env("CODE"))}`)
@@ -94,7 +75,7 @@ try {
   await page.waitForFunction(() => location.hash === "")
   const activateHidden = !(await visible(page, "#activate")) && (await visible(page, "#app"))
 
-  if (problems.length) throw new Error(`the onboarding pages misbehaved:\n${problems.join("\n")}`)
+  fail(problems)
   process.stdout.write(JSON.stringify({
     prefilled, urlAfter, mismatch, sentOnMismatch, clearedOnMismatch, activations, who, changed, leftBehind,
     relogged, activateHidden,

@@ -177,6 +177,18 @@ impl TestServer {
         format!("ws://{}/sync", self.addr)
     }
 
+    /// `GET path` as the holder of `token`, expecting success and JSON.
+    pub async fn get_json(&self, token: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(reqwest::Client::new()
+            .get(format!("{}{path}", self.http_url()))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
     /// Where the server's database is.
     pub fn location(&self) -> Location {
         match self.store.backend() {

@@ -95,7 +95,7 @@ pub async fn rollup(
     may_see_figures(&auth)?;
     let target = target(&state, &auth, q.tenant.as_deref()).await?;
     let named = NamedPeriod::try_from(&q.period)?;
-    let period = Period::try_from(&q.period)?;
+    let period = named.dates()?;
     let rollup = rollup::rollup(&state.store, &target, period).await?;
     let mut rows = rollup.rows.clone();
     rows.push(rollup.total.clone());

@@ -125,6 +125,13 @@ impl NamedPeriod {
         }
     }
 
+    /// The dates of a period parsed from a query: every form has them once
+    /// parsed (a campaign's year was checked against the lunar tables).
+    pub fn dates(&self) -> Result<Period, PeriodError> {
+        self.period()
+            .ok_or_else(|| PeriodError::Campaign(self.query()))
+    }
+
     /// The query string that names this period, as the API takes it.
     pub fn query(&self) -> String {
         match self {
@@ -239,10 +246,7 @@ impl TryFrom<&PeriodQuery> for Period {
     type Error = PeriodError;
 
     fn try_from(q: &PeriodQuery) -> Result<Self, Self::Error> {
-        let named = NamedPeriod::try_from(q)?;
-        // Every form but a campaign has dates once parsed; a campaign was
-        // checked to have them.
-        named.period().ok_or(PeriodError::NotOne)
+        NamedPeriod::try_from(q)?.dates()
     }
 }
 

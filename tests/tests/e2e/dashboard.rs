@@ -181,13 +181,7 @@ async fn an_official_logs_in_picks_a_period_drills_down_and_downloads_the_csv() 
     let token = server
         .login_as("api-reader", Role::DistrictAdmin, d.district.id)
         .await?;
-    let api: Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/rollups?year=2026", server.http_url()))
-        .bearer_auth(&token)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let api = server.get_json(&token, "/api/v1/rollups?year=2026").await?;
 
     let out = tempfile::tempdir()?;
     let url = server.http_url();
@@ -832,25 +826,20 @@ async fn the_dashboard_fits_every_screen_draws_to_scale_speaks_both_languages_an
     let token = server
         .login_as("layout-reader", Role::DistrictAdmin, d.district.id)
         .await?;
-    let get = |path: String| {
-        let request = reqwest::Client::new()
-            .get(format!("{}{path}", server.http_url()))
-            .bearer_auth(&token);
-        async move {
-            anyhow::Ok(
-                request
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json::<Value>()
-                    .await?,
-            )
-        }
-    };
-    let top = get("/api/v1/rollups?year=2026".into()).await?;
-    let drilled = get(format!("/api/v1/rollups?year=2026&tenant={}", many.id)).await?;
-    let top_before = get("/api/v1/rollups?year=2025".into()).await?;
-    let drilled_before = get(format!("/api/v1/rollups?year=2025&tenant={}", many.id)).await?;
+    let top = server.get_json(&token, "/api/v1/rollups?year=2026").await?;
+    let drilled = server
+        .get_json(
+            &token,
+            &format!("/api/v1/rollups?year=2026&tenant={}", many.id),
+        )
+        .await?;
+    let top_before = server.get_json(&token, "/api/v1/rollups?year=2025").await?;
+    let drilled_before = server
+        .get_json(
+            &token,
+            &format!("/api/v1/rollups?year=2025&tenant={}", many.id),
+        )
+        .await?;
     assert_eq!(top["previous"]["query"], "year=2025");
     assert_eq!(top["year_earlier"]["query"], "year=2025");
 
